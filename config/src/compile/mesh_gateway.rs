@@ -1,0 +1,247 @@
+//! MeshGateway -> `ProxySettings`; Kyma `Istio` and `IstioOperator` -> `TrustSettings`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use http::HeaderName;
+
+use super::{relative_to, Origin, Parsed};
+use crate::error::ConfigError;
+use crate::model::{ForwardClientCert, IdentityFiles, ProxySettings, Tagging, TrustSettings};
+use crate::raw::mesh_gateway::MeshGatewaySpec;
+use crate::spiffe::TrustDomain;
+
+/// Where Gateway ports bind.
+pub(crate) struct ListenSettings {
+    pub address: IpAddr,
+    pub port_overrides: BTreeMap<u16, u16>,
+}
+
+/// The one MeshGateway.
+pub(crate) fn compile(
+    found: &[(Origin, MeshGatewaySpec)],
+    errors: &mut Vec<ConfigError>,
+) -> Option<(ProxySettings, ListenSettings)> {
+    let (o, spec) = match found {
+        [one] => one,
+        [] => {
+            errors.push(ConfigError::global(
+                "no MeshGateway (apiVersion meshgate.dev/v1alpha1) found: exactly one is required",
+            ));
+            return None;
+        }
+        [_, rest @ ..] => {
+            for (o, _) in rest {
+                errors.push(o.error("metadata", "a second MeshGateway: exactly one is required"));
+            }
+            return None;
+        }
+    };
+    let before = errors.len();
+    let identity = spec.identity.as_ref().map(|id| IdentityFiles {
+        cert_chain: relative_to(&o.file, &id.cert_chain),
+        private_key: relative_to(&o.file, &id.private_key),
+        root_certs: relative_to(&o.file, &id.root_certs),
+    });
+    let socket = |field: &str, value: &str, errors: &mut Vec<ConfigError>| {
+        value
+            .parse::<SocketAddr>()
+            .map_err(|_| errors.push(o.error(field, format!("`{value}` is not an ip:port address"))))
+            .ok()
+    };
+    let admin = spec.admin.as_ref().and_then(|a| socket("spec.admin.address", &a.address, errors));
+    let outbound = spec
+        .outbound
+        .as_ref()
+        .and_then(|a| socket("spec.outbound.address", &a.address, errors));
+    let mut listen = ListenSettings {
+        address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        port_overrides: BTreeMap::new(),
+    };
+    if let Some(l) = &spec.listen {
+        if let Some(address) = &l.address {
+            match address.parse() {
+                Ok(ip) => listen.address = ip,
+                Err(_) => errors.push(o.error(
+                    "spec.listen.address",
+                    format!("`{address}` is not an IP address"),
+                )),
+            }
+        }
+        for (&from, &to) in &l.port_overrides {
+            match (u16::try_from(from), u16::try_from(to)) {
+                (Ok(from), Ok(to)) if from > 0 && to > 0 => {
+                    listen.port_overrides.insert(from, to);
+                }
+                _ => errors.push(o.error(
+                    format!("spec.listen.portOverrides.{from}"),
+                    "ports must be 1 to 65535",
+                )),
+            }
+        }
+    }
+    let tagging = tagging(o, spec, errors);
+    if errors.len() > before {
+        return None;
+    }
+    let proxy = ProxySettings {
+        name: o.key(),
+        labels: spec.labels.clone(),
+        identity,
+        admin,
+        outbound,
+        tagging: tagging?,
+    };
+    Some((proxy, listen))
+}
+
+fn tagging(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> Option<Tagging> {
+    let t = spec.tagging.as_ref();
+    let mut header = |field: &str, value: Option<&String>, default: &'static str| {
+        let Some(value) = value else {
+            return Some(HeaderName::from_static(default));
+        };
+        match HeaderName::from_bytes(value.as_bytes()) {
+            Ok(h) if h.as_str() == value => Some(h),
+            _ => {
+                errors.push(o.error(
+                    format!("spec.tagging.{field}"),
+                    format!("`{value}` is not a lowercase HTTP header name"),
+                ));
+                None
+            }
+        }
+    };
+    let origin = header("originHeader", t.and_then(|t| t.origin_header.as_ref()), "x-mesh-origin");
+    let trust_domain = header(
+        "trustDomainHeader",
+        t.and_then(|t| t.trust_domain_header.as_ref()),
+        "x-source-trust-domain",
+    );
+    let principal = header(
+        "principalHeader",
+        t.and_then(|t| t.principal_header.as_ref()),
+        "x-source-principal",
+    );
+    let forward_client_cert = match t.and_then(|t| t.forward_client_cert.as_deref()) {
+        None | Some("SANITIZE_SET") => ForwardClientCert::SanitizeSet,
+        Some("SANITIZE") => ForwardClientCert::Sanitize,
+        Some(other) => {
+            errors.push(o.error(
+                "spec.tagging.forwardClientCert",
+                format!(
+                    "`{other}` is not supported: meshgate owns x-forwarded-client-cert and never \
+                     forwards a client's copy; use SANITIZE_SET or SANITIZE"
+                ),
+            ));
+            return None;
+        }
+    };
+    Some(Tagging {
+        origin: origin?,
+        trust_domain: trust_domain?,
+        principal: principal?,
+        forward_client_cert,
+    })
+}
+
+/// The trust domain, aliases and handshake policy, from every source that names them.
+pub(crate) fn trust(
+    parsed: &Parsed,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> Option<TrustSettings> {
+    let before = errors.len();
+    // (value, where it was set), to report a disagreement with both places.
+    let mut named: Vec<(TrustDomain, String)> = Vec::new();
+    let mut aliases = Vec::new();
+    let trust_domain = |o: &Origin, field: &str, value: &str, errors: &mut Vec<ConfigError>| {
+        match TrustDomain::new(value) {
+            Ok(td) => Some(td),
+            Err(e) => {
+                errors.push(o.error(field, format!("`{value}` is not a valid trust domain: {e}")));
+                None
+            }
+        }
+    };
+    for (o, spec) in &parsed.kyma {
+        let Some(config) = &spec.config else { continue };
+        o.unsupported(
+            errors,
+            "spec.config",
+            &[
+                ("numTrustedProxies", config.num_trusted_proxies.is_some()),
+                ("authorizers", config.authorizers.is_some()),
+                ("gatewayExternalTrafficPolicy", config.gateway_external_traffic_policy.is_some()),
+                ("forwardClientCertDetails", config.forward_client_cert_details.is_some()),
+                ("telemetry", config.telemetry.is_some()),
+            ],
+        );
+        if let Some(value) = &config.trust_domain {
+            if value.contains('_') {
+                warnings.push(format!(
+                    "{}: spec.config.trustDomain `{value}` contains `_`, which Istio rejects",
+                    o.resource()
+                ));
+            }
+            if let Some(td) = trust_domain(o, "spec.config.trustDomain", value, errors) {
+                named.push((td, format!("{} spec.config.trustDomain", o.resource())));
+            }
+        }
+    }
+    for (o, spec) in &parsed.operators {
+        let Some(mesh) = &spec.mesh_config else { continue };
+        o.unsupported(
+            errors,
+            "spec.meshConfig",
+            &[
+                ("defaultConfig", mesh.default_config.is_some()),
+                ("outboundTrafficPolicy", mesh.outbound_traffic_policy.is_some()),
+                ("accessLogFile", mesh.access_log_file.is_some()),
+                ("enableTracing", mesh.enable_tracing.is_some()),
+                ("extensionProviders", mesh.extension_providers.is_some()),
+                ("caCertificates", mesh.ca_certificates.is_some()),
+                ("rootNamespace", mesh.root_namespace.is_some()),
+            ],
+        );
+        if let Some(value) = &mesh.trust_domain {
+            if let Some(td) = trust_domain(o, "spec.meshConfig.trustDomain", value, errors) {
+                named.push((td, format!("{} spec.meshConfig.trustDomain", o.resource())));
+            }
+        }
+        for (i, value) in mesh.trust_domain_aliases.iter().enumerate() {
+            let field = format!("spec.meshConfig.trustDomainAliases[{i}]");
+            aliases.extend(trust_domain(o, &field, value, errors));
+        }
+    }
+    if let Some((first, at)) = named.first() {
+        for (other, other_at) in &named[1..] {
+            if other != first {
+                errors.push(ConfigError::global(format!(
+                    "the trust domain is set twice and disagrees: `{first}` ({at}) and `{other}` ({other_at})"
+                )));
+            }
+        }
+    }
+    let mut settings = TrustSettings {
+        trust_domain: named.first().map(|(td, _)| td.clone()).unwrap_or_else(TrustDomain::cluster_local),
+        aliases,
+        cluster_local_is_local: true,
+        allowed_trust_domains: None,
+    };
+    if let [(o, spec)] = parsed.mesh_gateways.as_slice() {
+        if let Some(trust) = &spec.trust {
+            settings.cluster_local_is_local = trust.cluster_local_is_local.unwrap_or(true);
+            o.unsupported(errors, "spec.trust", &[("issuers", trust.issuers.is_some())]);
+            if let Some(list) = &trust.trust_domains {
+                let mut allowed = Vec::new();
+                for (i, value) in list.iter().enumerate() {
+                    let field = format!("spec.trust.trustDomains[{i}]");
+                    allowed.extend(trust_domain(o, &field, value, errors));
+                }
+                settings.allowed_trust_domains = Some(allowed);
+            }
+        }
+    }
+    (errors.len() == before).then_some(settings)
+}

@@ -1,0 +1,211 @@
+//! Raw resources to the runtime model, one file per kind, collecting every error.
+//!
+//! Order: parse every document by its kind; then the MeshGateway and trust domain; then
+//! ServiceEntries (backends); then Gateways selected by this proxy's labels (listeners); then
+//! VirtualServices bound to those Gateways (routes).
+
+mod gateway;
+mod mesh_gateway;
+mod service_entry;
+mod virtual_service;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::ConfigError;
+use crate::model::Model;
+use crate::raw::{self, Resource};
+use crate::source::Document;
+
+/// Compiles documents into a model, or returns `None` with the problems in `errors`.
+pub fn compile(documents: &[Document], files: Vec<PathBuf>, errors: &mut Vec<ConfigError>) -> Option<Model> {
+    let mut parsed = Parsed::default();
+    for doc in documents {
+        parse_document(doc, &mut parsed, errors);
+    }
+    let mut warnings = Vec::new();
+    let proxy = mesh_gateway::compile(&parsed.mesh_gateways, errors);
+    let trust = mesh_gateway::trust(&parsed, errors, &mut warnings);
+    let mut backends = service_entry::compile(&parsed.service_entries, errors);
+    let mut listeners = match &proxy {
+        Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
+        None => Vec::new(),
+    };
+    virtual_service::bind(&parsed.virtual_services, &mut listeners, &mut backends, errors, &mut warnings);
+    for (o, _) in &parsed.destination_rules {
+        errors.push(o.error(
+            "spec",
+            "DestinationRule (upstream TLS origination) is not implemented yet",
+        ));
+    }
+    for o in &parsed.authorization_policies {
+        errors.push(o.error("spec", "AuthorizationPolicy is not implemented yet"));
+    }
+    if listeners.is_empty() && proxy.as_ref().is_some_and(|(p, _)| p.outbound.is_none()) {
+        warnings.push("no Gateway selects this MeshGateway's labels: no listener will be bound".into());
+    }
+    if !errors.is_empty() {
+        return None;
+    }
+    let (proxy, _) = proxy?;
+    Some(Model {
+        proxy,
+        trust: trust?,
+        listeners,
+        backends: backends.into_backends(),
+        files,
+        warnings,
+    })
+}
+
+/// Where a resource came from, to name it in errors.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub file: PathBuf,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Origin {
+    /// `Kind namespace/name`.
+    pub fn resource(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// An error in `field` of this resource.
+    pub fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            position: None,
+            resource: Some(self.resource()),
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// One error for each declared-but-unimplemented field that is present.
+    pub fn unsupported(&self, errors: &mut Vec<ConfigError>, path: &str, fields: &[(&str, bool)]) {
+        for (name, present) in fields {
+            if *present {
+                errors.push(self.error(
+                    format!("{path}.{name}"),
+                    "this Istio field is not implemented by meshgate",
+                ));
+            }
+        }
+    }
+}
+
+/// Every recognised resource, typed.
+#[derive(Default)]
+pub(crate) struct Parsed {
+    pub mesh_gateways: Vec<(Origin, raw::mesh_gateway::MeshGatewaySpec)>,
+    pub kyma: Vec<(Origin, raw::istio::KymaIstioSpec)>,
+    pub operators: Vec<(Origin, raw::istio::IstioOperatorSpec)>,
+    pub gateways: Vec<(Origin, raw::gateway::GatewaySpec)>,
+    pub virtual_services: Vec<(Origin, raw::virtual_service::VirtualServiceSpec)>,
+    pub service_entries: Vec<(Origin, raw::service_entry::ServiceEntrySpec)>,
+    pub destination_rules: Vec<(Origin, raw::destination_rule::DestinationRuleSpec)>,
+    pub authorization_policies: Vec<Origin>,
+}
+
+fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigError>) {
+    let header: raw::Header = match parse(doc) {
+        Ok(h) => h,
+        Err(e) => return errors.push(e),
+    };
+    let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
+        return errors.push(ConfigError {
+            message: format!("document {} has no apiVersion or kind", doc.index + 1),
+            ..ConfigError::file(&doc.file, "")
+        });
+    };
+    let origin = Origin {
+        file: doc.file.clone(),
+        namespace: header.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: header.metadata.name.unwrap_or_default(),
+        kind: kind.clone(),
+    };
+    if origin.name.is_empty() {
+        return errors.push(origin.error("metadata.name", "required"));
+    }
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    macro_rules! take {
+        ($list:ident) => {
+            match parse::<Resource<_>>(doc) {
+                Ok(r) => parsed.$list.push((origin, r.spec)),
+                Err(e) => errors.push(ConfigError { resource: Some(origin.resource()), ..e }),
+            }
+        };
+    }
+    match (group, version, kind.as_str()) {
+        ("meshgate.dev", "v1alpha1", "MeshGateway") => take!(mesh_gateways),
+        ("operator.kyma-project.io", "v1alpha1" | "v1alpha2", "Istio") => take!(kyma),
+        ("install.istio.io", "v1alpha1", "IstioOperator") => take!(operators),
+        ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "Gateway") => take!(gateways),
+        ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "VirtualService") => {
+            take!(virtual_services)
+        }
+        ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "ServiceEntry") => {
+            take!(service_entries)
+        }
+        ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "DestinationRule") => {
+            take!(destination_rules)
+        }
+        ("security.istio.io", "v1" | "v1beta1", "AuthorizationPolicy") => {
+            parsed.authorization_policies.push(origin)
+        }
+        _ => errors.push(origin.error(
+            "kind",
+            format!("unknown kind `{kind}` of apiVersion `{api_version}`"),
+        )),
+    }
+}
+
+/// Deserializes one document, keeping the field path and the line and column of an error.
+fn parse<T: DeserializeOwned>(doc: &Document) -> Result<T, ConfigError> {
+    let mut path = None;
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| ConfigError {
+        file: doc.file.clone(),
+        position: e.location().map(|l| (l.line(), l.column())),
+        resource: None,
+        field: path.filter(|p| p != "."),
+        message: yaml_message(&e),
+    })
+}
+
+/// The parser's message without the position it appends (we print the position first).
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Resolves a path named in `file` relative to that file's directory.
+pub(crate) fn relative_to(file: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    file.parent().unwrap_or(Path::new(".")).join(p)
+}
+
+/// Kubernetes' namespace for a resource that names none.
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";

@@ -1,0 +1,213 @@
+//! The runtime model: immutable, shared behind an `Arc`, `Serialize` for `/config_dump`.
+//!
+//! A `Model` that exists is valid: every string that matters was parsed into its type when the
+//! configuration was compiled, and matching data (host suffixes, regexes) is precomputed.
+
+mod host;
+mod route;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use http::HeaderName;
+use serde::Serialize;
+
+pub use host::{HostMatcher, NamespaceFilter};
+pub use route::{
+    DirectResponse, HeaderMatch, HeaderOps, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
+    WeightedBackend,
+};
+
+use crate::spiffe::TrustDomain;
+
+/// Everything one meshgate process runs with.
+#[derive(Debug, Serialize)]
+pub struct Model {
+    /// This proxy: identity files, addresses, tagging (from the MeshGateway).
+    pub proxy: ProxySettings,
+    /// Trust domains and what counts as local.
+    pub trust: TrustSettings,
+    /// One per Gateway port bound on this proxy.
+    pub listeners: Vec<Listener>,
+    /// Upstream services, indexed by [`WeightedBackend::backend`].
+    pub backends: Vec<Backend>,
+    /// Every file that was read, for reload watching.
+    pub files: Vec<PathBuf>,
+    /// Problems that do not stop the proxy, for `meshgate check`.
+    pub warnings: Vec<String>,
+}
+
+/// This proxy, as its `MeshGateway` resource describes it.
+#[derive(Debug, Serialize)]
+pub struct ProxySettings {
+    /// `namespace/name` of the MeshGateway.
+    pub name: String,
+    /// Matched by Gateway selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Istio's file-mounted identity, absolute paths.
+    pub identity: Option<IdentityFiles>,
+    /// The admin listener.
+    pub admin: Option<SocketAddr>,
+    /// The plaintext egress listener.
+    pub outbound: Option<SocketAddr>,
+    /// Header names the proxy owns.
+    pub tagging: Tagging,
+}
+
+/// Paths of the workload certificate chain, its key and the trust bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityFiles {
+    pub cert_chain: PathBuf,
+    pub private_key: PathBuf,
+    pub root_certs: PathBuf,
+}
+
+/// The request headers the proxy owns: every client-sent copy is removed before they are set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tagging {
+    #[serde(serialize_with = "route::serialize_display")]
+    pub origin: HeaderName,
+    #[serde(serialize_with = "route::serialize_display")]
+    pub trust_domain: HeaderName,
+    #[serde(serialize_with = "route::serialize_display")]
+    pub principal: HeaderName,
+    /// What happens to `x-forwarded-client-cert`, as Envoy's `forward_client_cert_details`.
+    pub forward_client_cert: ForwardClientCert,
+}
+
+/// Envoy's `forward_client_cert_details` modes that meshgate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCert {
+    /// Remove the client's XFCC and set our own (Envoy's `SANITIZE_SET`, the default).
+    SanitizeSet,
+    /// Remove the client's XFCC and set nothing.
+    Sanitize,
+}
+
+/// The local trust domain, its aliases and the handshake allow-list.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustSettings {
+    /// The mesh's trust domain (`cluster.local` unless configured).
+    pub trust_domain: TrustDomain,
+    /// `trustDomainAliases`: also local.
+    pub aliases: Vec<TrustDomain>,
+    /// Whether `cluster.local` peers count as local (Istio's migration rule; default true).
+    pub cluster_local_is_local: bool,
+    /// Trust domains accepted at the handshake; `None` accepts any that chains to the bundle.
+    pub allowed_trust_domains: Option<Vec<TrustDomain>>,
+}
+
+impl TrustSettings {
+    /// Whether a peer of trust domain `td` belongs to this mesh.
+    pub fn is_local(&self, td: &str) -> bool {
+        td == self.trust_domain.as_str()
+            || self.aliases.iter().any(|a| a.as_str() == td)
+            || (self.cluster_local_is_local && td == "cluster.local")
+    }
+
+    /// Whether the handshake allow-list admits `td`.
+    pub fn admits(&self, td: &str) -> bool {
+        match &self.allowed_trust_domains {
+            None => true,
+            Some(list) => list.iter().any(|a| a.as_str() == td),
+        }
+    }
+}
+
+/// One bound port: the Gateway servers on it and the routes of the VirtualServices bound to
+/// those servers.
+#[derive(Debug, Serialize)]
+pub struct Listener {
+    /// A stable name for logs and metrics: the first server's port name, or `port-<n>`.
+    pub name: String,
+    /// The Gateway port number, which route `port` matches compare with.
+    pub port: u16,
+    /// Where it binds (after `portOverrides`).
+    pub address: SocketAddr,
+    /// Plaintext HTTP or TLS-terminated HTTPS.
+    pub protocol: ListenerProtocol,
+    /// TLS settings, for `Https` listeners.
+    pub tls: Option<ServerTls>,
+    /// Hosts the servers on this port accept.
+    pub servers: Vec<ServerHost>,
+    /// Routes, from VirtualServices bound to the servers' Gateways.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ListenerProtocol {
+    /// Plaintext HTTP/1.1 (and h2c with prior knowledge).
+    Http,
+    /// TLS, then HTTP/1.1 or HTTP/2 by ALPN.
+    Https,
+}
+
+/// Server-side TLS of an `Https` listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerTls {
+    /// Only `ISTIO_MUTUAL` for now: the workload identity, client certificate required.
+    pub mode: ServerTlsMode,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+}
+
+/// Gateway `tls.mode` values meshgate terminates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsMode {
+    IstioMutual,
+}
+
+/// TLS protocol versions, as Istio's `TLSV1_2` and `TLSV1_3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLSV1_2")]
+    V1_2,
+    #[serde(rename = "TLSV1_3")]
+    V1_3,
+}
+
+/// One host of one Gateway server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerHost {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    /// Which VirtualService namespaces may bind this host.
+    pub namespace: NamespaceFilter,
+    pub host: HostMatcher,
+}
+
+/// An upstream service: a ServiceEntry host and port, or a name resolved by DNS.
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    /// The service host, as routes name it.
+    pub host: String,
+    /// The service port, as routes name it.
+    pub port: u16,
+    /// HTTP/1.1 or HTTP/2 towards the endpoints.
+    pub protocol: BackendProtocol,
+    /// Where connections go.
+    pub endpoints: Endpoints,
+    /// `ServiceEntry ns/name`, or `None` for a host that no ServiceEntry declares.
+    pub source: Option<String>,
+}
+
+/// The upstream HTTP version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BackendProtocol {
+    Http1,
+    /// Ports with protocol `HTTP2` or `GRPC`: prior-knowledge HTTP/2.
+    Http2,
+}
+
+/// The endpoints of a backend.
+#[derive(Debug, Clone, Serialize)]
+pub enum Endpoints {
+    /// `resolution: STATIC`: fixed addresses.
+    Static(Vec<SocketAddr>),
+    /// `resolution: DNS`: names resolved when a connection is made.
+    Dns(Vec<(String, u16)>),
+}

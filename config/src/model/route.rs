@@ -1,0 +1,209 @@
+//! Routes compiled from VirtualServices: virtual hosts, request matches, actions.
+//!
+//! The predicates here are the per-field checks; choosing a virtual host and the first matching
+//! route is `meshgate-proxy`'s `route` stage.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use regex::Regex;
+use serde::{Serialize, Serializer};
+
+use super::HostMatcher;
+
+/// The routes of one VirtualService, for its hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualHost {
+    /// `VirtualService namespace/name`.
+    pub source: String,
+    pub hosts: Vec<HostMatcher>,
+    /// In order: the first route whose match succeeds wins.
+    pub routes: Vec<Route>,
+}
+
+/// One `http` rule of a VirtualService.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    pub name: Option<String>,
+    /// Any one must match (OR); empty matches every request.
+    pub matches: Vec<RequestMatch>,
+    pub action: RouteAction,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    /// Replaces the matched path prefix (or the whole path for exact/regex matches).
+    pub rewrite_uri: Option<String>,
+    #[serde(serialize_with = "serialize_opt_header_value")]
+    pub rewrite_authority: Option<HeaderValue>,
+    /// The whole request's deadline; `None` means none, as Istio's default.
+    pub timeout: Option<Duration>,
+}
+
+/// What a matched route does.
+#[derive(Debug, Clone, Serialize)]
+pub enum RouteAction {
+    /// Forward to one of the weighted backends.
+    Forward(Vec<WeightedBackend>),
+    /// Answer directly (`directResponse`).
+    Direct(DirectResponse),
+}
+
+/// A route destination: a backend and its weight.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightedBackend {
+    /// Index into `Model::backends`.
+    pub backend: usize,
+    /// Relative weight; all weights of a route are > 0 after compilation.
+    pub weight: u32,
+}
+
+/// `directResponse`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectResponse {
+    #[serde(serialize_with = "serialize_status")]
+    pub status: StatusCode,
+    #[serde(serialize_with = "serialize_bytes_lossy")]
+    pub body: Bytes,
+}
+
+/// One `match` entry: all present fields must match (AND).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestMatch {
+    pub name: Option<String>,
+    pub uri: Option<StringMatcher>,
+    pub authority: Option<StringMatcher>,
+    pub method: Option<StringMatcher>,
+    /// Header name and value matcher; `None` means "present".
+    pub headers: Vec<HeaderMatch>,
+    /// Header name and value matcher; `None` means "absent".
+    pub without_headers: Vec<HeaderMatch>,
+    pub port: Option<u16>,
+}
+
+/// A header condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatch {
+    #[serde(serialize_with = "serialize_display")]
+    pub name: HeaderName,
+    pub value: Option<StringMatcher>,
+}
+
+impl RequestMatch {
+    /// Whether a request with this method, path, authority (port removed), headers and
+    /// listener port matches.
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        authority: &str,
+        headers: &HeaderMap,
+        port: u16,
+    ) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && self.method.as_ref().is_none_or(|m| m.matches(method.as_str().as_bytes()))
+            && self.uri.as_ref().is_none_or(|m| m.matches(path.as_bytes()))
+            && self.authority.as_ref().is_none_or(|m| m.matches(authority.as_bytes()))
+            && self.headers.iter().all(|h| h.present_in(headers))
+            && !self.without_headers.iter().any(|h| h.present_in(headers))
+    }
+}
+
+impl HeaderMatch {
+    /// Whether some value of the header satisfies the condition.
+    fn present_in(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter();
+        match &self.value {
+            None => values.next().is_some(),
+            Some(m) => values.any(|v| m.matches(v.as_bytes())),
+        }
+    }
+}
+
+/// Istio's `StringMatch`, compiled. Regexes are RE2 syntax, matched against the whole value.
+#[derive(Debug, Clone, Serialize)]
+pub enum StringMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(#[serde(serialize_with = "serialize_display")] Regex),
+}
+
+impl StringMatcher {
+    /// Whether `value` matches. A non-UTF-8 value never matches a regex.
+    pub fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Exact(s) => value == s.as_bytes(),
+            Self::Prefix(s) => value.starts_with(s.as_bytes()),
+            Self::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+        }
+    }
+}
+
+/// `headers.request` or `headers.response`: applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderOps {
+    #[serde(serialize_with = "serialize_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "serialize_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "serialize_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the operations to a header map.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+pub(crate) fn serialize_display<T: std::fmt::Display, S: Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn serialize_status<S: Serializer>(v: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(v.as_u16())
+}
+
+fn serialize_bytes_lossy<S: Serializer>(v: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(v))
+}
+
+fn serialize_opt_header_value<S: Serializer>(
+    v: &Option<HeaderValue>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&String::from_utf8_lossy(v.as_bytes())),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_pairs<S: Serializer>(
+    v: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        v.iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()))),
+    )
+}
+
+fn serialize_names<S: Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(HeaderName::as_str))
+}

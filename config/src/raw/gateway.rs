@@ -1,0 +1,55 @@
+//! `networking.istio.io Gateway`.
+
+use serde::Deserialize;
+
+use super::{Labels, Unsupported};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub selector: Labels,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    pub port: Port,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub tls: Option<ServerTls>,
+    pub name: Option<String>,
+    pub bind: Unsupported,
+    pub default_endpoint: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    pub number: u32,
+    pub name: Option<String>,
+    pub protocol: String,
+    pub target_port: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTls {
+    pub mode: Option<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub https_redirect: Unsupported,
+    pub server_certificate: Unsupported,
+    pub private_key: Unsupported,
+    pub ca_certificates: Unsupported,
+    pub ca_crl: Unsupported,
+    pub credential_name: Unsupported,
+    pub credential_names: Unsupported,
+    pub tls_certificates: Unsupported,
+    pub subject_alt_names: Unsupported,
+    pub verify_certificate_spki: Unsupported,
+    pub verify_certificate_hash: Unsupported,
+    pub cipher_suites: Unsupported,
+}

@@ -1,0 +1,65 @@
+//! `meshgate.dev/v1alpha1 MeshGateway`: this proxy's own settings.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{Labels, Unsupported};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshGatewaySpec {
+    #[serde(default)]
+    pub labels: Labels,
+    pub identity: Option<Identity>,
+    pub listen: Option<Listen>,
+    pub outbound: Option<Outbound>,
+    pub admin: Option<Admin>,
+    pub trust: Option<Trust>,
+    pub tagging: Option<Tagging>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Identity {
+    pub cert_chain: String,
+    pub private_key: String,
+    pub root_certs: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub port_overrides: BTreeMap<u32, u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outbound {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admin {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trust {
+    pub cluster_local_is_local: Option<bool>,
+    pub trust_domains: Option<Vec<String>>,
+    pub issuers: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tagging {
+    pub origin_header: Option<String>,
+    pub trust_domain_header: Option<String>,
+    pub principal_header: Option<String>,
+    pub forward_client_cert: Option<String>,
+}

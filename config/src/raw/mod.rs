@@ -1,0 +1,67 @@
+//! Serde structs mirroring the YAML, one file per kind, no logic.
+//!
+//! Unknown fields are rejected. Istio fields that meshgate parses but does not implement are
+//! declared as [`Unsupported`] so that `compile` can name them in its error.
+
+pub mod destination_rule;
+pub mod gateway;
+pub mod istio;
+pub mod mesh_gateway;
+pub mod service_entry;
+pub mod virtual_service;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A field meshgate recognises but does not implement: present means an error.
+pub type Unsupported = Option<serde::de::IgnoredAny>;
+
+/// The envelope every resource shares. `status` is ignored, as DESIGN.md says.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resource<S> {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: S,
+    #[serde(default)]
+    pub status: Option<serde::de::IgnoredAny>,
+}
+
+/// Kubernetes object metadata. Only `name` and `namespace` mean anything to meshgate; the rest
+/// (labels, annotations, uid, resourceVersion, managedFields, ...) is what `kubectl get -o yaml`
+/// prints and is skipped.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// What is read of every document before its kind is known.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Istio's `StringMatch`: exactly one of `exact`, `prefix`, `regex`; empty means "present".
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+/// A label map such as `selector` or `matchLabels`.
+pub type Labels = BTreeMap<String, String>;

@@ -1,0 +1,48 @@
+//! `networking.istio.io ServiceEntry`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{Labels, Unsupported};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    pub location: Option<String>,
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntry>,
+    pub addresses: Unsupported,
+    pub workload_selector: Unsupported,
+    pub export_to: Unsupported,
+    pub subject_alt_names: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    pub number: u32,
+    pub protocol: Option<String>,
+    pub name: Option<String>,
+    pub target_port: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntry {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    /// Labels only select subsets, which meshgate does not implement; they change nothing.
+    #[serde(default)]
+    pub labels: Labels,
+    pub weight: Unsupported,
+    pub network: Unsupported,
+    pub locality: Unsupported,
+    pub service_account: Unsupported,
+}
