@@ -1,1 +1,274 @@
-fn main() {}
+//! The `meshgate` command line: parses arguments, sets up logging and the Tokio runtime, and
+//! calls into `meshgate-config`, `meshgate-proxy` and `meshgate-pki`.
+
+#![forbid(unsafe_code)]
+
+mod summary;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use meshgate_config::spiffe::{SpiffeId, TrustDomain};
+use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec};
+
+#[derive(Parser)]
+#[command(name = "meshgate", version, about = "A data-plane proxy for service meshes that share a root CA")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// A config file or a directory of *.yaml / *.yml files; repeatable.
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+        /// Worker threads (default: one per core), as Envoy's --concurrency.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// How long to wait for open requests after SIGTERM or SIGINT, in seconds.
+        #[arg(long, default_value_t = 5)]
+        drain_timeout: u64,
+    },
+    /// Validate the configuration and print a summary, or every error.
+    Check {
+        /// A config file or a directory; repeatable.
+        #[arg(short = 'c', long = "config", required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// A backend that answers every request with JSON of what it received.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Make and inspect Istio-style certificates.
+    #[command(subcommand)]
+    Pki(Pki),
+}
+
+#[derive(Subcommand)]
+enum Pki {
+    /// A shared root CA: root-cert.pem, root-key.pem.
+    Root {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "meshgate shared root")]
+        common_name: String,
+        #[arg(long)]
+        rsa: bool,
+    },
+    /// A per-mesh CA in Istio's cacerts layout: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem.
+    Intermediate {
+        /// The directory of the root (or of a parent intermediate).
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        rsa: bool,
+    },
+    /// A workload leaf in the file-mounted layout: cert-chain.pem, key.pem, root-cert.pem.
+    Workload {
+        /// The directory of the issuing CA (cacerts layout).
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS SANs.
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+        #[arg(long)]
+        rsa: bool,
+    },
+    /// SPIFFE ID, trust domain, issuer, validity and SPKI SHA-256 of each certificate in a PEM file.
+    Inspect { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, concurrency, drain_timeout } => {
+            let runtime = tokio_runtime(concurrency)?;
+            runtime.block_on(run(config, Duration::from_secs(drain_timeout)))
+        }
+        Command::Check { config } => check(&config),
+        Command::Echo { listen } => {
+            let runtime = tokio_runtime(None)?;
+            runtime.block_on(async {
+                let echo = meshgate_proxy::echo::Echo::start(listen).with_context(|| format!("cannot bind {listen}"))?;
+                tracing::info!(address = %echo.address, "echo listening");
+                shutdown_signal().await;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Pki(pki) => {
+            pki_command(pki)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(config: Vec<PathBuf>, drain: Duration) -> anyhow::Result<ExitCode> {
+    let model = match meshgate_config::load(&config) {
+        Ok(model) => model,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &model.warnings {
+        tracing::warn!("{w}");
+    }
+    let running = meshgate_proxy::start(model).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining for at most {}s", drain.as_secs());
+    running.shutdown(drain).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let model = match meshgate_config::load(config) {
+        Ok(model) => model,
+        Err(errors) => {
+            for e in &errors.0 {
+                println!("error: {e}");
+            }
+            println!("{} error(s)", errors.0.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // Also load the identity and build the TLS configs, as `run` would, without binding.
+    let model = Arc::new(model);
+    let metrics = Arc::new(meshgate_proxy::metrics::Metrics::new(&model.trust));
+    let runtime = meshgate_proxy::runtime::Runtime::build(model.clone(), metrics);
+    print!("{}", summary::summary(&model, runtime.as_ref().ok()));
+    for w in &model.warnings {
+        println!("warning: {w}");
+    }
+    if let Err(e) = runtime {
+        println!("error: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("configuration OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pki_command(pki: Pki) -> anyhow::Result<()> {
+    let alg = |rsa: bool| if rsa { KeyAlgorithm::Rsa2048 } else { KeyAlgorithm::EcdsaP256 };
+    match pki {
+        Pki::Root { out, common_name, rsa } => {
+            Authority::root(&common_name, alg(rsa))?.write_root(&out)?;
+            println!("wrote {}/root-cert.pem and root-key.pem", out.display());
+        }
+        Pki::Intermediate { root, trust_domain, out, rsa } => {
+            let td = TrustDomain::new(&trust_domain).map_err(|e| anyhow::anyhow!("--trust-domain `{trust_domain}`: {e}"))?;
+            let parent = Authority::load(&root)?;
+            parent.intermediate(&td, alg(rsa))?.write_cacerts(&out)?;
+            println!("wrote {}/ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem", out.display());
+        }
+        Pki::Workload { ca, spiffe_id, out, dns, hours, rsa } => {
+            SpiffeId::parse(&spiffe_id).map_err(|e| anyhow::anyhow!("--spiffe-id `{spiffe_id}`: {e}"))?;
+            if hours <= 0 {
+                bail!("--hours must be positive");
+            }
+            let authority = Authority::load(&ca)?;
+            let mut spec = LeafSpec::spiffe(&spiffe_id);
+            spec.dns = dns;
+            spec.key = alg(rsa);
+            spec.not_after = spec.not_before + time_hours(hours);
+            authority.issue(&spec)?.write(&out)?;
+            println!("wrote {}/cert-chain.pem, key.pem, root-cert.pem", out.display());
+        }
+        Pki::Inspect { file } => inspect(&file)?,
+    }
+    Ok(())
+}
+
+fn inspect(file: &Path) -> anyhow::Result<()> {
+    for (i, cert) in meshgate_pki::inspect(file)?.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("certificate {i}:");
+        println!("{cert}");
+    }
+    Ok(())
+}
+
+fn time_hours(hours: i64) -> meshgate_pki::Duration {
+    meshgate_pki::Duration::hours(hours) + meshgate_pki::Duration::minutes(5)
+}
+
+fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        if n == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().build()?)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -17,7 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use time::{Duration, OffsetDateTime};
+pub use time::{Duration, OffsetDateTime};
 
 pub use inspect::{inspect, CertSummary};
 use meshgate_config::spiffe::TrustDomain;

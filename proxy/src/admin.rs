@@ -1,0 +1,58 @@
+//! The admin listener: `/ready`, `/healthz`, `/stats/prometheus`.
+//!
+//! `/ready` answers 200 once every listener is bound and the identity is loaded, and 503 again
+//! once shutdown starts; `/healthz` answers 200 while the process runs.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::ResponseBody;
+use crate::listen::accept_loop;
+use crate::metrics::Metrics;
+
+/// What the admin endpoints report on.
+#[derive(Debug)]
+pub struct AdminState {
+    pub ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the admin endpoints until shutdown.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
+    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    accept_loop(listener, shutdown, move |stream, _| {
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    })
+    .await;
+}
+
+async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => (StatusCode::OK, TEXT, Bytes::from_static(b"LIVE\n")),
+        (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, TEXT, Bytes::from_static(b"NOT READY\n")),
+        (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, Bytes::from_static(b"OK\n")),
+        (&Method::GET, "/stats/prometheus") => (StatusCode::OK, PROMETHEUS, Bytes::from(state.metrics.render())),
+        _ => (StatusCode::NOT_FOUND, TEXT, Bytes::from_static(b"not found\n")),
+    };
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(response)
+}
+
+const TEXT: &str = "text/plain";
+const PROMETHEUS: &str = "text/plain; version=0.0.4";

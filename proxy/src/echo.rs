@@ -1,0 +1,85 @@
+//! `meshgate echo`: a backend answering every request with JSON of what it received (method,
+//! path, version, headers, body size), for tests, demos and load tests.
+//!
+//! `/status/<code>` answers with that status; `/delay/<ms>` waits that long first.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::sync::watch;
+
+use crate::body::ResponseBody;
+use crate::listen::{accept_loop, bind};
+
+/// A running echo server.
+#[derive(Debug)]
+pub struct Echo {
+    pub address: SocketAddr,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Echo {
+    /// Binds `address` and serves HTTP/1.1 and h2c until dropped.
+    pub fn start(address: SocketAddr) -> std::io::Result<Self> {
+        let listener = bind(address)?;
+        let address = listener.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        let builder = Arc::new(Builder::new(TokioExecutor::new()));
+        tokio::spawn(accept_loop(listener, rx, move |stream, _| {
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(echo);
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }));
+        Ok(Self { address, shutdown })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body_bytes = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let mut status = StatusCode::OK;
+    let path = parts.uri.path();
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+    }
+    if let Some(ms) = path.strip_prefix("/delay/").and_then(|ms| ms.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let mut headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        headers
+            .entry(name.as_str())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let json = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    let mut response = Response::new(ResponseBody::full(Bytes::from(json.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}

@@ -1,0 +1,183 @@
+//! Peer identity: the verified leaf certificate -> `PeerIdentity`.
+//!
+//! Receives the leaf that rustls has already chained to the trust bundle. Applies the X509-SVID
+//! rules (exactly one URI SAN, a valid SPIFFE ID, not a CA) and keeps owned values — the SPIFFE
+//! ID, the leaf's SHA-256 and its subject — so that nothing downstream re-parses DER. Refuses,
+//! with a `PeerError` whose `reason()` feeds the log and the metric label, every leaf that
+//! breaks a rule; such a peer never reaches HTTP.
+
+use std::fmt::Write as _;
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use meshgate_config::spiffe::{SpiffeId, SpiffeIdError};
+
+/// The verified caller of a connection.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// The one SPIFFE ID of the leaf.
+    pub spiffe_id: SpiffeId,
+    /// SHA-256 of the leaf's DER, lowercase hex (Envoy's XFCC `Hash=`).
+    pub leaf_sha256: String,
+    /// The leaf's subject in RFC 2253 form (empty for Istio leaves).
+    pub subject: String,
+}
+
+/// Why a peer was refused at the handshake. `reason()` is the log and metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The client sent no certificate; ISTIO_MUTUAL requires one.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// The chain does not lead to a root of the trust bundle.
+    #[error("certificate chain does not verify to the trust bundle")]
+    UnknownIssuer,
+    /// The leaf (or a CA in its chain) is past its notAfter.
+    #[error("certificate expired")]
+    Expired,
+    /// The leaf (or a CA in its chain) is before its notBefore.
+    #[error("certificate not yet valid")]
+    NotYetValid,
+    /// Another X.509 failure: bad signature, wrong key usage, bad encoding.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// The leaf carries no URI SAN.
+    #[error("leaf has no URI SAN")]
+    NoUriSan,
+    /// The leaf carries more than one URI SAN (X509-SVID allows exactly one).
+    #[error("leaf has {0} URI SANs; an X509-SVID has exactly one")]
+    MultipleUriSans(usize),
+    /// The URI SAN is not a valid SPIFFE ID.
+    #[error("URI SAN is not a valid SPIFFE ID: {0}")]
+    InvalidSpiffeId(#[source] SpiffeIdError),
+    /// The leaf is a CA certificate or may sign certificates, which X509-SVID forbids.
+    #[error("leaf is a CA certificate")]
+    CaLeaf,
+    /// The peer's trust domain is not in `MeshGateway.spec.trust.trustDomains`.
+    #[error("trust domain `{0}` is not allowed")]
+    TrustDomainNotAllowed(String),
+    /// The SNI names no host of this listener's Gateway servers.
+    #[error("SNI `{0}` matches no Gateway server host")]
+    SniMismatch(String),
+    /// The handshake took longer than the TLS handshake timeout.
+    #[error("handshake timed out")]
+    Timeout,
+    /// A TLS protocol failure (no shared version or cipher, bad message).
+    #[error("TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The socket failed or closed during the handshake.
+    #[error("I/O: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl PeerError {
+    /// The label for logs and `meshgate_handshakes_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_client_certificate",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::InvalidCertificate(_) => "invalid_certificate",
+            Self::NoUriSan => "no_uri_san",
+            Self::MultipleUriSans(_) => "multiple_uri_sans",
+            Self::InvalidSpiffeId(_) => "invalid_spiffe_id",
+            Self::CaLeaf => "ca_leaf",
+            Self::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
+            Self::SniMismatch(_) => "sni_mismatch",
+            Self::Timeout => "timeout",
+            Self::Tls(_) => "tls_error",
+            Self::Io(_) => "io_error",
+        }
+    }
+
+    /// Every reason, for pre-registering metric series.
+    pub const REASONS: [&'static str; 14] = [
+        "no_client_certificate",
+        "unknown_issuer",
+        "expired",
+        "not_yet_valid",
+        "invalid_certificate",
+        "no_uri_san",
+        "multiple_uri_sans",
+        "invalid_spiffe_id",
+        "ca_leaf",
+        "trust_domain_not_allowed",
+        "sni_mismatch",
+        "timeout",
+        "tls_error",
+        "io_error",
+    ];
+}
+
+/// Reads the identity of a leaf that already chains to the bundle.
+pub fn peer_identity(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerError> {
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
+    if cert.is_ca() {
+        return Err(PeerError::CaLeaf);
+    }
+    if let Ok(Some(ku)) = cert.key_usage() {
+        // X509-SVID: a leaf must not carry keyCertSign or cRLSign.
+        if ku.value.key_cert_sign() || ku.value.crl_sign() {
+            return Err(PeerError::CaLeaf);
+        }
+    }
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                uris.push(*uri);
+            }
+        }
+    }
+    let uri = match uris.as_slice() {
+        [] => return Err(PeerError::NoUriSan),
+        [one] => *one,
+        many => return Err(PeerError::MultipleUriSans(many.len())),
+    };
+    let spiffe_id = SpiffeId::parse(uri).map_err(PeerError::InvalidSpiffeId)?;
+    Ok(PeerIdentity {
+        spiffe_id,
+        leaf_sha256: sha256_hex(leaf),
+        subject: rfc2253(&cert),
+    })
+}
+
+/// The subject as OpenSSL's `XN_FLAG_RFC2253` prints it, which is what Envoy puts in XFCC:
+/// the RDNs in reverse order, joined by `,`.
+fn rfc2253(cert: &X509Certificate<'_>) -> String {
+    let mut out = String::new();
+    let rdns: Vec<_> = cert.subject().iter().collect();
+    for rdn in rdns.iter().rev() {
+        for attr in rdn.iter() {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            let key = x509_parser::objects::oid2abbrev(attr.attr_type(), x509_parser::objects::oid_registry())
+                .map(str::to_string)
+                .unwrap_or_else(|_| attr.attr_type().to_id_string());
+            let value = attr.as_str().unwrap_or("");
+            let _ = write!(out, "{key}=");
+            for c in value.chars() {
+                if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}

@@ -1,0 +1,150 @@
+//! The inbound data path, top to bottom: `serve_connection` (accept to HTTP) and
+//! `handle_request` (tag to forward). Each is a short sequence of calls into one module per
+//! stage; reading these two functions explains the product.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use meshgate_config::model::RouteAction;
+
+use crate::body::ResponseBody;
+use crate::identity::PeerIdentity;
+use crate::origin::{origin, Origin};
+use crate::respond::{self, ProxyError};
+use crate::route::{self, RouteRequest};
+use crate::runtime::Runtime;
+use crate::tag::{self, ConnectionTags};
+use crate::tls::server::handshake;
+use crate::{forward, HANDSHAKE_TIMEOUT};
+
+/// What every request of one connection shares, computed once when it opens.
+struct Connection {
+    runtime: Arc<Runtime>,
+    listener: usize,
+    tags: ConnectionTags,
+    origin: Option<Origin>,
+    /// The metric label index of the peer's trust domain.
+    trust_domain: usize,
+    peer: Option<PeerIdentity>,
+    peer_addr: SocketAddr,
+}
+
+/// Accept to HTTP: handshake (on TLS listeners), identity, origin, tags, then serve HTTP.
+pub async fn serve_connection(
+    runtime: Arc<Runtime>,
+    listener: usize,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    watcher: Watcher,
+) {
+    let metrics = runtime.metrics.clone();
+    metrics.connection(1);
+    let tagging = &runtime.model.proxy.tagging;
+    let served = match &runtime.listeners[listener] {
+        Some(tls) => {
+            let servers = &runtime.model.listeners[listener].servers;
+            match handshake(stream, tls, servers, HANDSHAKE_TIMEOUT).await {
+                Err(e) => {
+                    metrics.handshake_rejected(&e);
+                    warn!(peer = %peer_addr, listener = %runtime.model.listeners[listener].name, reason = e.reason(), "handshake rejected: {e}");
+                    Ok(())
+                }
+                Ok((tls, peer, version)) => {
+                    metrics.handshake_ok();
+                    let origin = origin(&peer, &runtime.model.trust);
+                    let own = runtime.credentials.as_ref().map(|c| &c.spiffe_id);
+                    let conn = Connection {
+                        tags: ConnectionTags::new(Some((&peer, origin)), own, tagging, peer_addr),
+                        origin: Some(origin),
+                        trust_domain: metrics.trust_domain_index(Some(peer.spiffe_id.trust_domain())),
+                        peer: Some(peer),
+                        runtime: runtime.clone(),
+                        listener,
+                        peer_addr,
+                    };
+                    serve(Arc::new(conn), TokioIo::new(tls), Some(version), watcher).await
+                }
+            }
+        }
+        None => {
+            let conn = Connection {
+                tags: ConnectionTags::new(None, None, tagging, peer_addr),
+                origin: None,
+                trust_domain: metrics.trust_domain_index(None),
+                peer: None,
+                runtime: runtime.clone(),
+                listener,
+                peer_addr,
+            };
+            serve(Arc::new(conn), TokioIo::new(stream), None, watcher).await
+        }
+    };
+    if let Err(e) = served {
+        debug!(peer = %peer_addr, "connection ended: {e}");
+    }
+    metrics.connection(-1);
+}
+
+async fn serve<I>(
+    conn: Arc<Connection>,
+    io: TokioIo<I>,
+    version: Option<crate::tls::server::HttpVersion>,
+    watcher: Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let runtime = conn.runtime.clone();
+    let service = hyper::service::service_fn(move |req| handle_request(conn.clone(), req));
+    let http = runtime.http.for_version(version).serve_connection(io, service);
+    watcher.watch(http.into_owned()).await
+}
+
+/// Tag to forward: tag, route, forward (or answer directly), count.
+async fn handle_request(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let model = &conn.runtime.model;
+    tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
+    let response = match route_and_forward(&conn, req).await {
+        Ok(response) => response,
+        Err(e) => {
+            let listener = &model.listeners[conn.listener].name;
+            let principal = conn.peer.as_ref().map(|p| p.spiffe_id.principal()).unwrap_or("");
+            warn!(peer = %conn.peer_addr, %listener, principal, flag = e.flag(), "{e}");
+            respond::error(&e)
+        }
+    };
+    conn.runtime.metrics.request(conn.origin, conn.trust_domain, response.status().as_u16());
+    Ok(response)
+}
+
+async fn route_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+    let listener = &conn.runtime.model.listeners[conn.listener];
+    let authority = route::authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("no authority"))?;
+    let head = RouteRequest {
+        method: req.method(),
+        path: req.uri().path(),
+        authority,
+        headers: req.headers(),
+        port: listener.port,
+    };
+    let route = route::route(listener, &head).ok_or(ProxyError::NoRoute)?;
+    let mut response = match &route.action {
+        RouteAction::Direct(direct) => respond::direct(direct),
+        RouteAction::Forward(backends) => {
+            let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
+            route.request_headers.apply(req.headers_mut());
+            let upstream = forward::forward(&conn.runtime.upstreams, backend, route, req).await?;
+            upstream.map(ResponseBody::Upstream)
+        }
+    };
+    route.response_headers.apply(response.headers_mut());
+    Ok(response)
+}

@@ -1,0 +1,87 @@
+//! Every response the proxy makes itself, with its status chosen in one place.
+//!
+//! | case | status |
+//! |---|---|
+//! | no Gateway host / VirtualService route matches | 404 |
+//! | upstream refused, reset, unresolvable | 503 |
+//! | upstream timeout | 504 |
+//! | malformed request | 400 |
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use meshgate_config::model::DirectResponse;
+
+use crate::body::ResponseBody;
+
+/// Why a request was not forwarded, or failed upstream. The variant says who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Downstream: the request has no usable authority or path.
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// Downstream: no Gateway host or VirtualService route matches.
+    #[error("no route")]
+    NoRoute,
+    /// Upstream: the connection could not be made (refused, unresolvable, connect timeout).
+    #[error("upstream connect: {0}")]
+    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    /// Upstream: the connection failed after it was made (reset, protocol error).
+    #[error("upstream: {0}")]
+    Upstream(#[source] hyper_util::client::legacy::Error),
+    /// Upstream: no response within the route's timeout.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::UpstreamConnect(_) | Self::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Envoy's response flag, for the access log.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "DPE",
+            Self::NoRoute => "NR",
+            Self::UpstreamConnect(_) => "UF",
+            Self::Upstream(_) => "UC",
+            Self::UpstreamTimeout => "UT",
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad request\n",
+            Self::NoRoute => "no route\n",
+            Self::UpstreamConnect(_) => "upstream connect error\n",
+            Self::Upstream(_) => "upstream reset\n",
+            Self::UpstreamTimeout => "upstream request timeout\n",
+        }
+    }
+}
+
+/// The response for a failed request.
+pub fn error(e: &ProxyError) -> Response<ResponseBody> {
+    plain(e.status(), Bytes::from_static(e.body().as_bytes()))
+}
+
+/// A route's `directResponse`.
+pub fn direct(d: &DirectResponse) -> Response<ResponseBody> {
+    plain(d.status, d.body.clone())
+}
+
+fn plain(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}

@@ -1,0 +1,94 @@
+//! Route: request head -> the matched route -> the upstream to forward to.
+//!
+//! Istio's semantics: the authority (port removed) must match a host of the listener's Gateway
+//! servers; the most specific VirtualService host that matches wins (exact, then the longest
+//! wildcard suffix, then `*`); inside it the first route whose match succeeds wins. Pure: no
+//! I/O, no locks, no allocation.
+
+use http::{HeaderMap, Method, Uri};
+
+use meshgate_config::model::{Listener, Route, WeightedBackend};
+
+/// What routing looks at.
+#[derive(Debug)]
+pub struct RouteRequest<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// Host without port.
+    pub authority: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The Gateway port of the listener.
+    pub port: u16,
+}
+
+/// The route for a request, or `None` (404).
+pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<&'a Route> {
+    if !listener.servers.iter().any(|s| s.host.matches(req.authority)) {
+        return None;
+    }
+    let mut best: Option<(usize, &meshgate_config::model::VirtualHost)> = None;
+    for vh in &listener.virtual_hosts {
+        let score = vh
+            .hosts
+            .iter()
+            .filter(|h| h.matches(req.authority))
+            .map(|h| h.specificity())
+            .max();
+        if let Some(score) = score {
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, vh));
+            }
+        }
+    }
+    let (_, vh) = best?;
+    vh.routes.iter().find(|r| {
+        r.matches.is_empty()
+            || r.matches
+                .iter()
+                .any(|m| m.matches(req.method, req.path, req.authority, req.headers, req.port))
+    })
+}
+
+/// Picks a destination by weight. One destination takes everything, without a random draw.
+pub fn pick(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
+    match backends {
+        [] => None,
+        [one] => Some(one),
+        many => {
+            let total: u32 = many.iter().map(|b| b.weight).sum();
+            let mut draw = fastrand::u32(0..total.max(1));
+            many.iter().find(|b| {
+                if draw < b.weight {
+                    true
+                } else {
+                    draw -= b.weight;
+                    false
+                }
+            })
+        }
+    }
+}
+
+/// The request's authority without its port: the URI's (HTTP/2, absolute form) or the Host
+/// header's.
+pub fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(authority: &str) -> &str {
+    // `[::1]:443` keeps its brackets; `host:443` loses its port.
+    if let Some(end) = authority.strip_prefix('[').and_then(|r| r.find(']')) {
+        return &authority[..end + 2];
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests;

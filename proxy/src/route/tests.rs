@@ -1,0 +1,127 @@
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::*;
+use meshgate_config::model::RouteAction;
+
+const CONFIG: &str = r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*.example.com", "exact.other.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wildcard, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [gw]
+  http:
+  - name: wildcard
+    directResponse: {status: 200, body: {string: wildcard}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: exact, namespace: istio-system}
+spec:
+  hosts: ["api.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - name: remote-only
+    match: [{headers: {x-mesh-origin: {exact: remote}}}]
+    directResponse: {status: 200, body: {string: remote}}
+  - name: admin-prefix
+    match: [{uri: {prefix: /admin}, method: {exact: POST}}]
+    directResponse: {status: 200, body: {string: admin}}
+  - name: regex
+    match: [{uri: {regex: "/v[0-9]+/items"}}]
+    directResponse: {status: 200, body: {string: regex}}
+  - name: no-debug
+    match: [{uri: {exact: /debug}, withoutHeaders: {x-debug: {}}}]
+    directResponse: {status: 200, body: {string: no-debug}}
+  - name: port
+    match: [{port: 9999}]
+    directResponse: {status: 200, body: {string: port}}
+  - name: fallback
+    directResponse: {status: 200, body: {string: fallback}}
+"#;
+
+fn listener() -> meshgate_config::model::Listener {
+    let mut model = meshgate_config::load_str("route.yaml", CONFIG).unwrap();
+    model.listeners.remove(0)
+}
+
+fn name(l: &meshgate_config::model::Listener, method: Method, path: &str, authority: &str, headers: &[(&'static str, &'static str)]) -> Option<String> {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(*k, HeaderValue::from_static(v));
+    }
+    let req = RouteRequest { method: &method, path, authority, headers: &h, port: 8080 };
+    route(l, &req).map(|r| match &r.action {
+        RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
+        RouteAction::Forward(_) => "forward".into(),
+    })
+}
+
+#[test]
+fn istio_route_selection() {
+    let l = listener();
+    let cases: &[(Method, &str, &str, &[(&str, &str)], Option<&str>)] = &[
+        (Method::GET, "/", "www.example.com", &[], Some("wildcard")),
+        (Method::GET, "/", "WWW.Example.COM", &[], Some("wildcard")),
+        (Method::GET, "/", "api.example.com", &[], Some("fallback")),
+        (Method::GET, "/", "api.example.com", &[("x-mesh-origin", "remote")], Some("remote")),
+        (Method::GET, "/", "api.example.com", &[("x-mesh-origin", "local")], Some("fallback")),
+        (Method::POST, "/admin/users", "api.example.com", &[], Some("admin")),
+        (Method::GET, "/admin/users", "api.example.com", &[], Some("fallback")),
+        (Method::GET, "/v12/items", "api.example.com", &[], Some("regex")),
+        (Method::GET, "/v12/items/x", "api.example.com", &[], Some("fallback")),
+        (Method::GET, "/debug", "api.example.com", &[], Some("no-debug")),
+        (Method::GET, "/debug", "api.example.com", &[("x-debug", "1")], Some("fallback")),
+        // A host of the Gateway server, but no VirtualService for it.
+        (Method::GET, "/", "exact.other.com", &[], None),
+        // Not a host of the Gateway server at all.
+        (Method::GET, "/", "api.example.org", &[], None),
+        (Method::GET, "/", "example.com", &[], None),
+    ];
+    for (method, path, authority, headers, want) in cases {
+        let got = name(&l, method.clone(), path, authority, headers);
+        assert_eq!(got.as_deref(), *want, "{method} {authority}{path} {headers:?}");
+    }
+}
+
+#[test]
+fn weighted_pick_follows_weights() {
+    let backends = [
+        WeightedBackend { backend: 0, weight: 90 },
+        WeightedBackend { backend: 1, weight: 10 },
+    ];
+    let mut counts = [0u32; 2];
+    for _ in 0..10_000 {
+        counts[pick(&backends).unwrap().backend] += 1;
+    }
+    // 9000 expected; five standard deviations (150) either way.
+    assert!((8250..=9750).contains(&counts[0]), "{counts:?}");
+    assert_eq!(pick(&[]).map(|b| b.backend), None);
+}
+
+#[test]
+fn authority_loses_its_port() {
+    let h = HeaderMap::new();
+    let uri: Uri = "https://httpbin.example-target.com:18443/get".parse().unwrap();
+    assert_eq!(authority(&uri, &h), Some("httpbin.example-target.com"));
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("[::1]:8080"));
+    assert_eq!(authority(&"/".parse().unwrap(), &h), Some("[::1]"));
+    h.insert("host", HeaderValue::from_static("plain.example.com"));
+    assert_eq!(authority(&"/".parse().unwrap(), &h), Some("plain.example.com"));
+}

@@ -1,0 +1,221 @@
+//! Tag: strip every client-sent copy of the headers the proxy owns, then set ours.
+//!
+//! The values depend only on the connection (the verified peer, its origin, our identity), so
+//! they are built once per connection in `ConnectionTags::new` and each request only clones
+//! them (a reference-count increment). XFCC follows Envoy's `SANITIZE_SET`:
+//! `By=<our SPIFFE ID>;Hash=<sha256 of the peer leaf>;Subject="<subject>";URI=<peer SPIFFE ID>`.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use meshgate_config::model::{ForwardClientCert, Tagging};
+use meshgate_config::spiffe::SpiffeId;
+
+use crate::identity::PeerIdentity;
+use crate::origin::Origin;
+
+/// The header values of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionTags {
+    /// `None` on plaintext listeners: no identity, so the tags are only stripped.
+    identity: Option<IdentityTags>,
+    forwarded_for: HeaderValue,
+    forwarded_proto: HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+struct IdentityTags {
+    origin: HeaderValue,
+    trust_domain: HeaderValue,
+    principal: HeaderValue,
+    xfcc: Option<HeaderValue>,
+}
+
+impl ConnectionTags {
+    /// Builds the values for a connection from `peer_addr`, verified as `peer` when it is TLS.
+    pub fn new(
+        peer: Option<(&PeerIdentity, Origin)>,
+        own_id: Option<&SpiffeId>,
+        tagging: &Tagging,
+        peer_addr: SocketAddr,
+    ) -> Self {
+        let identity = peer.map(|(peer, origin)| {
+            let id = &peer.spiffe_id;
+            let xfcc = match (tagging.forward_client_cert, own_id) {
+                (ForwardClientCert::SanitizeSet, Some(own)) => xfcc(own, peer),
+                _ => None,
+            };
+            IdentityTags {
+                origin: HeaderValue::from_static(origin.as_str()),
+                trust_domain: value(id.trust_domain()),
+                principal: value(id.principal()),
+                xfcc,
+            }
+        });
+        Self {
+            forwarded_for: value(&peer_addr.ip().to_string()),
+            forwarded_proto: HeaderValue::from_static(if identity.is_some() { "https" } else { "http" }),
+            identity,
+        }
+    }
+
+    /// The `x-mesh-origin` value, for logs and metrics.
+    pub fn origin(&self) -> Option<&HeaderValue> {
+        self.identity.as_ref().map(|i| &i.origin)
+    }
+}
+
+/// Removes the client's copies of the owned headers and sets the connection's values.
+pub fn tag(headers: &mut HeaderMap, tags: &ConnectionTags, tagging: &Tagging) {
+    // `insert` replaces every existing value; `remove` drops every one.
+    let owned = [&tagging.origin, &tagging.trust_domain, &tagging.principal];
+    match &tags.identity {
+        Some(id) => {
+            headers.insert(tagging.origin.clone(), id.origin.clone());
+            headers.insert(tagging.trust_domain.clone(), id.trust_domain.clone());
+            headers.insert(tagging.principal.clone(), id.principal.clone());
+            match &id.xfcc {
+                Some(x) => {
+                    headers.insert(XFCC, x.clone());
+                }
+                None => {
+                    headers.remove(XFCC);
+                }
+            }
+        }
+        None => {
+            for name in owned {
+                headers.remove(name);
+            }
+            headers.remove(XFCC);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, tags.forwarded_proto.clone());
+    append_forwarded_for(headers, &tags.forwarded_for);
+}
+
+/// Envoy appends the peer address to `x-forwarded-for` (use_remote_address at the edge).
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let joined = {
+        let mut existing = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+        if existing.peek().is_none() {
+            None
+        } else {
+            let mut v = Vec::new();
+            for (i, e) in existing.enumerate() {
+                if i > 0 {
+                    v.extend_from_slice(b", ");
+                }
+                v.extend_from_slice(e.as_bytes());
+            }
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, joined.unwrap_or_else(|| peer.clone()));
+}
+
+fn xfcc(own: &SpiffeId, peer: &PeerIdentity) -> Option<HeaderValue> {
+    let subject = peer.subject.replace('\\', "\\\\").replace('"', "\\\"");
+    let text = format!(
+        "By={};Hash={};Subject=\"{}\";URI={}",
+        own, peer.leaf_sha256, subject, peer.spiffe_id
+    );
+    HeaderValue::from_str(&text).ok()
+}
+
+fn value(s: &str) -> HeaderValue {
+    // SPIFFE IDs, trust domains and IP addresses are visible ASCII by construction.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Envoy's client-certificate header.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tagging() -> Tagging {
+        Tagging {
+            origin: HeaderName::from_static("x-mesh-origin"),
+            trust_domain: HeaderName::from_static("x-source-trust-domain"),
+            principal: HeaderName::from_static("x-source-principal"),
+            forward_client_cert: ForwardClientCert::SanitizeSet,
+        }
+    }
+
+    fn peer() -> PeerIdentity {
+        PeerIdentity {
+            spiffe_id: SpiffeId::parse("spiffe://example.com/ns/default/sa/sleep").unwrap(),
+            leaf_sha256: "ab".repeat(32),
+            subject: String::new(),
+        }
+    }
+
+    fn spoofed() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-mesh-origin", "local"),
+            ("x-mesh-origin", "local"),
+            ("x-source-trust-domain", "example-target.com"),
+            ("x-source-principal", "example-target.com/ns/admin/sa/root"),
+            ("x-forwarded-client-cert", "By=x;URI=spiffe://example-target.com/ns/admin/sa/root"),
+            ("x-forwarded-proto", "http"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn spoofed_headers_are_replaced_on_tls_connections() {
+        let own = SpiffeId::parse("spiffe://example-target.com/ns/istio-system/sa/gw").unwrap();
+        let peer = peer();
+        let tags = ConnectionTags::new(Some((&peer, Origin::Remote)), Some(&own), &tagging(), "10.1.2.3:5000".parse().unwrap());
+        let mut h = spoofed();
+        tag(&mut h, &tags, &tagging());
+        let all = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(all("x-mesh-origin"), ["remote"]);
+        assert_eq!(all("x-source-trust-domain"), ["example.com"]);
+        assert_eq!(all("x-source-principal"), ["example.com/ns/default/sa/sleep"]);
+        assert_eq!(
+            all("x-forwarded-client-cert"),
+            [format!(
+                "By=spiffe://example-target.com/ns/istio-system/sa/gw;Hash={};Subject=\"\";URI=spiffe://example.com/ns/default/sa/sleep",
+                "ab".repeat(32)
+            )]
+        );
+        assert_eq!(all("x-forwarded-proto"), ["https"]);
+        assert_eq!(all("x-forwarded-for"), ["10.1.2.3"]);
+    }
+
+    #[test]
+    fn plaintext_connections_only_strip() {
+        let tags = ConnectionTags::new(None, None, &tagging(), "127.0.0.1:1".parse().unwrap());
+        let mut h = spoofed();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        tag(&mut h, &tags, &tagging());
+        for name in ["x-mesh-origin", "x-source-trust-domain", "x-source-principal", "x-forwarded-client-cert"] {
+            assert!(h.get(name).is_none(), "{name} survived");
+        }
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
+    }
+
+    #[test]
+    fn sanitize_mode_removes_xfcc_without_setting_it() {
+        let mut t = tagging();
+        t.forward_client_cert = ForwardClientCert::Sanitize;
+        let own = SpiffeId::parse("spiffe://example-target.com/ns/istio-system/sa/gw").unwrap();
+        let peer = peer();
+        let tags = ConnectionTags::new(Some((&peer, Origin::Local)), Some(&own), &t, "127.0.0.1:1".parse().unwrap());
+        let mut h = spoofed();
+        tag(&mut h, &tags, &t);
+        assert!(h.get("x-forwarded-client-cert").is_none());
+        assert_eq!(h["x-mesh-origin"], "local");
+    }
+}

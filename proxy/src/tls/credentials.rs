@@ -1,0 +1,86 @@
+//! Our own identity, in Istio's file-mounted layout: `cert-chain.pem` (leaf first), `key.pem`
+//! and `root-cert.pem` (the trust bundle, one or more roots).
+//!
+//! Refuses a chain whose leaf is not an X509-SVID, a key that does not match the leaf, and an
+//! empty or unparsable bundle, naming the file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+use meshgate_config::model::IdentityFiles;
+use meshgate_config::spiffe::SpiffeId;
+
+use crate::identity::peer_identity;
+use crate::StartError;
+
+/// The workload certificate this proxy presents, and the bundle it trusts.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Chain and key, for rustls.
+    pub certified_key: Arc<CertifiedKey>,
+    /// The trust bundle.
+    pub roots: Arc<RootCertStore>,
+    /// Our SPIFFE ID (XFCC `By=`).
+    pub spiffe_id: SpiffeId,
+}
+
+impl Credentials {
+    /// Loads and checks the three files.
+    pub fn load(files: &IdentityFiles, provider: &CryptoProvider) -> Result<Self, StartError> {
+        let chain = read_certs(&files.cert_chain)?;
+        let key = PrivateKeyDer::from_pem_file(&files.private_key)
+            .map_err(|e| identity_error(&files.private_key, format!("no usable private key: {e}")))?;
+        let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
+            identity_error(&files.private_key, format!("does not match the leaf of {}: {e}", files.cert_chain.display()))
+        })?;
+        let spiffe_id = peer_identity(&chain[0])
+            .map_err(|e| identity_error(&files.cert_chain, format!("leaf is not an X509-SVID: {e}")))?
+            .spiffe_id;
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(&files.root_certs)? {
+            roots
+                .add(cert)
+                .map_err(|e| identity_error(&files.root_certs, format!("unusable root: {e}")))?;
+        }
+        Ok(Self {
+            certified_key: Arc::new(certified_key),
+            roots: Arc::new(roots),
+            spiffe_id,
+        })
+    }
+}
+
+/// Presents our one chain, whatever the SNI.
+#[derive(Debug)]
+pub struct OwnCertificate(pub Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OwnCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, StartError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| identity_error(path, format!("cannot read: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| identity_error(path, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(identity_error(path, "holds no CERTIFICATE".into()));
+    }
+    Ok(certs)
+}
+
+fn identity_error(path: &Path, message: String) -> StartError {
+    StartError::Identity {
+        path: path.to_path_buf(),
+        message,
+    }
+}

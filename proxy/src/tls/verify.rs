@@ -1,0 +1,125 @@
+//! Client-certificate verification: rustls' WebPKI verifier (chain to the bundle, validity,
+//! clientAuth usage), then the X509-SVID checks and the trust-domain allow-list.
+//!
+//! A failure of our own checks travels as `CertificateError::Other` holding the `PeerError`,
+//! so the client gets a TLS alert and the reason survives to the log and the metric.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+
+use meshgate_config::model::TrustSettings;
+
+use crate::identity::{peer_identity, PeerError};
+
+/// WebPKI plus SPIFFE.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust: TrustSettings,
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier for `roots` that admits the trust domains `trust` allows.
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        trust: TrustSettings,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+        Ok(Self { inner, trust })
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let peer = peer_identity(end_entity).map_err(reject)?;
+        let td = peer.spiffe_id.trust_domain();
+        if !self.trust.admits(td) {
+            return Err(reject(PeerError::TrustDomainNotAllowed(td.to_string())));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn reject(e: PeerError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Recovers the `PeerError` from a handshake failure, by the error rustls reports.
+pub fn peer_error(e: std::io::Error) -> PeerError {
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        return PeerError::Io(e);
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => PeerError::NoCertificate,
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => PeerError::UnknownIssuer,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => PeerError::Expired,
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => PeerError::NotYetValid,
+            CertificateError::Other(OtherError(inner)) => match inner.downcast_ref::<PeerError>() {
+                Some(p) => copy(p),
+                None => PeerError::InvalidCertificate(inner.to_string()),
+            },
+            other => PeerError::InvalidCertificate(format!("{other:?}")),
+        },
+        other => PeerError::Tls(other.clone()),
+    }
+}
+
+/// The verifier's errors, out of the `Arc` rustls keeps them in.
+fn copy(e: &PeerError) -> PeerError {
+    match e {
+        PeerError::NoUriSan => PeerError::NoUriSan,
+        PeerError::MultipleUriSans(n) => PeerError::MultipleUriSans(*n),
+        PeerError::InvalidSpiffeId(s) => PeerError::InvalidSpiffeId(*s),
+        PeerError::CaLeaf => PeerError::CaLeaf,
+        PeerError::TrustDomainNotAllowed(td) => PeerError::TrustDomainNotAllowed(td.clone()),
+        other => PeerError::InvalidCertificate(other.to_string()),
+    }
+}
