@@ -18,7 +18,11 @@ use meshgate_config::spiffe::{SpiffeId, TrustDomain};
 use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec};
 
 #[derive(Parser)]
-#[command(name = "meshgate", version, about = "A data-plane proxy for service meshes that share a root CA")]
+#[command(
+    name = "meshgate",
+    version,
+    about = "A data-plane proxy for service meshes that share a root CA"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -122,7 +126,11 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, concurrency, drain_timeout } => {
+        Command::Run {
+            config,
+            concurrency,
+            drain_timeout,
+        } => {
             let runtime = tokio_runtime(concurrency)?;
             runtime.block_on(run(config, Duration::from_secs(drain_timeout)))
         }
@@ -130,7 +138,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Echo { listen } => {
             let runtime = tokio_runtime(None)?;
             runtime.block_on(async {
-                let echo = meshgate_proxy::echo::Echo::start(listen).with_context(|| format!("cannot bind {listen}"))?;
+                let echo = meshgate_proxy::echo::Echo::start(listen)
+                    .with_context(|| format!("cannot bind {listen}"))?;
                 tracing::info!(address = %echo.address, "echo listening");
                 shutdown_signal().await;
                 Ok(ExitCode::SUCCESS)
@@ -191,20 +200,47 @@ fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {
 }
 
 fn pki_command(pki: Pki) -> anyhow::Result<()> {
-    let alg = |rsa: bool| if rsa { KeyAlgorithm::Rsa2048 } else { KeyAlgorithm::EcdsaP256 };
+    let alg = |rsa: bool| {
+        if rsa {
+            KeyAlgorithm::Rsa2048
+        } else {
+            KeyAlgorithm::EcdsaP256
+        }
+    };
     match pki {
-        Pki::Root { out, common_name, rsa } => {
+        Pki::Root {
+            out,
+            common_name,
+            rsa,
+        } => {
             Authority::root(&common_name, alg(rsa))?.write_root(&out)?;
             println!("wrote {}/root-cert.pem and root-key.pem", out.display());
         }
-        Pki::Intermediate { root, trust_domain, out, rsa } => {
-            let td = TrustDomain::new(&trust_domain).map_err(|e| anyhow::anyhow!("--trust-domain `{trust_domain}`: {e}"))?;
+        Pki::Intermediate {
+            root,
+            trust_domain,
+            out,
+            rsa,
+        } => {
+            let td = TrustDomain::new(&trust_domain)
+                .map_err(|e| anyhow::anyhow!("--trust-domain `{trust_domain}`: {e}"))?;
             let parent = Authority::load(&root)?;
             parent.intermediate(&td, alg(rsa))?.write_cacerts(&out)?;
-            println!("wrote {}/ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem", out.display());
+            println!(
+                "wrote {}/ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem",
+                out.display()
+            );
         }
-        Pki::Workload { ca, spiffe_id, out, dns, hours, rsa } => {
-            SpiffeId::parse(&spiffe_id).map_err(|e| anyhow::anyhow!("--spiffe-id `{spiffe_id}`: {e}"))?;
+        Pki::Workload {
+            ca,
+            spiffe_id,
+            out,
+            dns,
+            hours,
+            rsa,
+        } => {
+            SpiffeId::parse(&spiffe_id)
+                .map_err(|e| anyhow::anyhow!("--spiffe-id `{spiffe_id}`: {e}"))?;
             if hours <= 0 {
                 bail!("--hours must be positive");
             }
@@ -214,7 +250,10 @@ fn pki_command(pki: Pki) -> anyhow::Result<()> {
             spec.key = alg(rsa);
             spec.not_after = spec.not_before + time_hours(hours);
             authority.issue(&spec)?.write(&out)?;
-            println!("wrote {}/cert-chain.pem, key.pem, root-cert.pem", out.display());
+            println!(
+                "wrote {}/cert-chain.pem, key.pem, root-cert.pem",
+                out.display()
+            );
         }
         Pki::Inspect { file } => inspect(&file)?,
     }
@@ -244,7 +283,11 @@ fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
         }
         builder.worker_threads(n);
     }
-    Ok(builder.enable_all().build()?)
+    // Named so that operators (and the tests) can count them in /proc or top.
+    Ok(builder
+        .thread_name("meshgate-worker")
+        .enable_all()
+        .build()?)
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -266,7 +309,10 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -12,11 +12,27 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
     let trust = &model.trust;
     let _ = writeln!(out, "  trust domain: {}", trust.trust_domain);
     let aliases: Vec<_> = trust.aliases.iter().map(|a| a.as_str()).collect();
-    let _ = writeln!(out, "  aliases: {}", if aliases.is_empty() { "(none)".into() } else { aliases.join(", ") });
-    let _ = writeln!(out, "  cluster.local counts as local: {}", trust.cluster_local_is_local);
+    let _ = writeln!(
+        out,
+        "  aliases: {}",
+        if aliases.is_empty() {
+            "(none)".into()
+        } else {
+            aliases.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  cluster.local counts as local: {}",
+        trust.cluster_local_is_local
+    );
     if let Some(allowed) = &trust.allowed_trust_domains {
         let list: Vec<_> = allowed.iter().map(|a| a.as_str()).collect();
-        let _ = writeln!(out, "  trust domains accepted at the handshake: {}", list.join(", "));
+        let _ = writeln!(
+            out,
+            "  trust domains accepted at the handshake: {}",
+            list.join(", ")
+        );
     }
     if let Some(id) = runtime.and_then(|r| r.credentials.as_ref()) {
         let _ = writeln!(out, "  identity: {}", id.spiffe_id);
@@ -26,11 +42,21 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
     }
     for l in &model.listeners {
         let tls = match &l.tls {
-            Some(t) => format!("HTTPS {:?} ({:?}..{:?})", t.mode, t.min_version, t.max_version),
+            Some(t) => format!(
+                "HTTPS {:?} ({:?}..{:?})",
+                t.mode, t.min_version, t.max_version
+            ),
             None => "HTTP".into(),
         };
         let hosts: Vec<_> = l.servers.iter().map(|s| s.host.to_string()).collect();
-        let _ = writeln!(out, "listener {} port {} on {}: {tls}, hosts {}", l.name, l.port, l.address, hosts.join(", "));
+        let _ = writeln!(
+            out,
+            "listener {} port {} on {}: {tls}, hosts {}",
+            l.name,
+            l.port,
+            l.address,
+            hosts.join(", ")
+        );
         for vh in &l.virtual_hosts {
             let hosts: Vec<_> = vh.hosts.iter().map(|h| h.to_string()).collect();
             let _ = writeln!(out, "  {} hosts {}", vh.source, hosts.join(", "));
@@ -47,18 +73,34 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                         .collect::<Vec<_>>()
                         .join(", "),
                 };
-                let matches = if r.matches.is_empty() { "any request".to_string() } else { format!("{} match(es)", r.matches.len()) };
+                let matches = if r.matches.is_empty() {
+                    "any request".to_string()
+                } else {
+                    format!("{} match(es)", r.matches.len())
+                };
                 let _ = writeln!(out, "    route {name}: {matches} -> {what}");
             }
         }
     }
     for b in &model.backends {
         let endpoints = match &b.endpoints {
-            Endpoints::Static(list) => list.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-            Endpoints::Dns(list) => list.iter().map(|(h, p)| format!("{h}:{p} (DNS)")).collect::<Vec<_>>().join(", "),
+            Endpoints::Static(list) => list
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Endpoints::Dns(list) => list
+                .iter()
+                .map(|(h, p)| format!("{h}:{p} (DNS)"))
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let source = b.source.as_deref().unwrap_or("no ServiceEntry");
-        let _ = writeln!(out, "backend {}:{} {:?} -> {endpoints} [{source}]", b.host, b.port, b.protocol);
+        let _ = writeln!(
+            out,
+            "backend {}:{} {:?} -> {endpoints} [{source}]",
+            b.host, b.port, b.protocol
+        );
     }
     out
 }

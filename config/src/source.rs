@@ -27,11 +27,17 @@ pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> (Vec<Document>,
             Ok(meta) if meta.is_dir() => match list_dir(path) {
                 Ok(mut found) => {
                     if found.is_empty() {
-                        errors.push(ConfigError::file(path, "directory has no *.yaml or *.yml file"));
+                        errors.push(ConfigError::file(
+                            path,
+                            "directory has no *.yaml or *.yml file",
+                        ));
                     }
                     files.append(&mut found);
                 }
-                Err(e) => errors.push(ConfigError::file(path, format!("cannot list directory: {e}"))),
+                Err(e) => errors.push(ConfigError::file(
+                    path,
+                    format!("cannot list directory: {e}"),
+                )),
             },
             Ok(_) => files.push(path.clone()),
             Err(e) => errors.push(ConfigError::file(path, format!("cannot read: {e}"))),

@@ -199,8 +199,16 @@ mod tests {
     fn valid_ids_from_the_spec_and_istio() {
         let cases = [
             ("spiffe://example.org/workload", "example.org", "/workload"),
-            ("spiffe://cluster.local/ns/default/sa/sleep", "cluster.local", "/ns/default/sa/sleep"),
-            ("spiffe://example_td-1.org/a/b.c/D-_.e", "example_td-1.org", "/a/b.c/D-_.e"),
+            (
+                "spiffe://cluster.local/ns/default/sa/sleep",
+                "cluster.local",
+                "/ns/default/sa/sleep",
+            ),
+            (
+                "spiffe://example_td-1.org/a/b.c/D-_.e",
+                "example_td-1.org",
+                "/a/b.c/D-_.e",
+            ),
             ("spiffe://1.2.3.4/ns/a/sa/b", "1.2.3.4", "/ns/a/sa/b"),
             ("spiffe://td/...", "td", "/..."),
         ];
@@ -260,9 +268,17 @@ mod tests {
     #[test]
     fn trust_domain_names() {
         assert!(TrustDomain::new("example-target.com").is_ok());
-        assert!(TrustDomain::new("cluster.local").unwrap().is_cluster_local());
-        assert_eq!(TrustDomain::new("Upper.com"), Err(SpiffeIdError::TrustDomainChar));
+        assert!(TrustDomain::new("cluster.local")
+            .unwrap()
+            .is_cluster_local());
+        assert_eq!(
+            TrustDomain::new("Upper.com"),
+            Err(SpiffeIdError::TrustDomainChar)
+        );
         assert_eq!(TrustDomain::new(""), Err(SpiffeIdError::EmptyTrustDomain));
-        assert_eq!(TrustDomain::new("spiffe://x"), Err(SpiffeIdError::TrustDomainChar));
+        assert_eq!(
+            TrustDomain::new("spiffe://x"),
+            Err(SpiffeIdError::TrustDomainChar)
+        );
     }
 }

@@ -34,12 +34,19 @@ pub struct CertSummary {
 
 /// Summarises every certificate in a PEM file, in file order.
 pub fn inspect(path: &Path) -> Result<Vec<CertSummary>, PkiError> {
-    let bytes = std::fs::read(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })?;
-    let invalid = |message: String| PkiError::Invalid { path: path.to_path_buf(), message };
+    let bytes = std::fs::read(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |message: String| PkiError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut out = Vec::new();
     for der in CertificateDer::pem_slice_iter(&bytes) {
         let der = der.map_err(|e| invalid(format!("bad PEM: {e}")))?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| invalid(format!("bad certificate: {e}")))?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| invalid(format!("bad certificate: {e}")))?;
         out.push(summarise(&der, &cert));
     }
     if out.is_empty() {
@@ -66,7 +73,9 @@ fn summarise(der: &[u8], cert: &X509Certificate<'_>) -> CertSummary {
     };
     let key_type = match cert.public_key().parsed() {
         Ok(x509_parser::public_key::PublicKey::EC(ec)) => format!("ECDSA ({} bits)", ec.key_size()),
-        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => format!("RSA ({} bits)", rsa.key_size()),
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+            format!("RSA ({} bits)", rsa.key_size())
+        }
         Ok(_) => "other".to_string(),
         Err(_) => "unparsable".to_string(),
     };
@@ -94,7 +103,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 impl fmt::Display for CertSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let empty = |s: &str| if s.is_empty() { "(empty)".to_string() } else { s.to_string() };
+        let empty = |s: &str| {
+            if s.is_empty() {
+                "(empty)".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         writeln!(f, "subject:      {}", empty(&self.subject))?;
         writeln!(f, "issuer:       {}", empty(&self.issuer))?;
         writeln!(f, "serial:       {}", self.serial)?;
@@ -105,7 +120,11 @@ impl fmt::Display for CertSummary {
                 writeln!(f, "spiffe id:    {id}")?;
                 writeln!(f, "trust domain: {}", id.trust_domain())?;
             }
-            None if !self.uris.is_empty() => writeln!(f, "uri sans:     {} (not one valid SPIFFE ID)", self.uris.join(", "))?,
+            None if !self.uris.is_empty() => writeln!(
+                f,
+                "uri sans:     {} (not one valid SPIFFE ID)",
+                self.uris.join(", ")
+            )?,
             None => {}
         }
         if !self.dns.is_empty() {

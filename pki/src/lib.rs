@@ -14,8 +14,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 pub use time::{Duration, OffsetDateTime};
 
@@ -122,7 +122,11 @@ impl Authority {
 
     /// A mesh CA for `trust_domain`, signed by this CA, valid for five years. Like Istio's
     /// plugged-in CAs it may sign leaves only (path length 0).
-    pub fn intermediate(&self, trust_domain: &TrustDomain, key: KeyAlgorithm) -> Result<Self, PkiError> {
+    pub fn intermediate(
+        &self,
+        trust_domain: &TrustDomain,
+        key: KeyAlgorithm,
+    ) -> Result<Self, PkiError> {
         let key_pair = generate_key(key)?;
         let mut params = ca_params(
             &format!("meshgate mesh CA {trust_domain}"),
@@ -151,21 +155,36 @@ impl Authority {
         params.not_after = spec.not_after;
         params.use_authority_key_identifier_extension = true;
         for uri in &spec.uris {
-            let ia5 = uri.as_str().try_into().map_err(|_| PkiError::San(uri.clone()))?;
+            let ia5 = uri
+                .as_str()
+                .try_into()
+                .map_err(|_| PkiError::San(uri.clone()))?;
             params.subject_alt_names.push(SanType::URI(ia5));
         }
         for dns in &spec.dns {
-            let ia5 = dns.as_str().try_into().map_err(|_| PkiError::San(dns.clone()))?;
+            let ia5 = dns
+                .as_str()
+                .try_into()
+                .map_err(|_| PkiError::San(dns.clone()))?;
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
         if spec.ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
         } else {
             params.is_ca = IsCa::ExplicitNoCa;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = params.signed_by(&key_pair, &self.issuer()?)?;
         Ok(Workload {
             chain_pem: format!("{}{}", cert.pem(), self.intermediates_pem),
@@ -187,7 +206,12 @@ impl Authority {
         write(dir, "ca-cert.pem", &self.cert_pem, false)?;
         write(dir, "ca-key.pem", &self.key_pem, true)?;
         write(dir, "root-cert.pem", &self.root_pem, false)?;
-        write(dir, "cert-chain.pem", &format!("{}{}", self.intermediates_pem, self.root_pem), false)
+        write(
+            dir,
+            "cert-chain.pem",
+            &format!("{}{}", self.intermediates_pem, self.root_pem),
+            false,
+        )
     }
 
     /// Reads a CA written by `write_cacerts` (an intermediate) or `write_root` (a root).
@@ -229,7 +253,11 @@ impl Workload {
     }
 }
 
-fn ca_params(common_name: &str, organization: &str, constraints: BasicConstraints) -> CertificateParams {
+fn ca_params(
+    common_name: &str,
+    organization: &str,
+    constraints: BasicConstraints,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, organization);
@@ -254,21 +282,27 @@ fn ca_params(common_name: &str, organization: &str, constraints: BasicConstraint
 fn generate_key(key: KeyAlgorithm) -> Result<KeyPair, PkiError> {
     Ok(match key {
         KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
-        KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?,
+        KeyAlgorithm::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?
+        }
     })
 }
 
 /// A random positive 128-bit serial, as RFC 5280 recommends.
 fn serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::Generate(rcgen::Error::RingUnspecified))?;
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| PkiError::Generate(rcgen::Error::RingUnspecified))?;
     bytes[0] &= 0x7f;
     Ok(SerialNumber::from_slice(&bytes))
 }
 
 fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<(), PkiError> {
     let path = dir.join(name);
-    let io = |source| PkiError::Io { path: path.clone(), source };
+    let io = |source| PkiError::Io {
+        path: path.clone(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(io)?;
     // Write a sibling and rename it into place, so that a watcher never reads half a file.
     let tmp = dir.join(format!(".{name}.tmp"));

@@ -34,23 +34,44 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watc
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     })
     .await;
 }
 
-async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+async fn respond(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => (StatusCode::OK, TEXT, Bytes::from_static(b"LIVE\n")),
-        (&Method::GET, "/ready") => (StatusCode::SERVICE_UNAVAILABLE, TEXT, Bytes::from_static(b"NOT READY\n")),
+        (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => {
+            (StatusCode::OK, TEXT, Bytes::from_static(b"LIVE\n"))
+        }
+        (&Method::GET, "/ready") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            Bytes::from_static(b"NOT READY\n"),
+        ),
         (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, Bytes::from_static(b"OK\n")),
-        (&Method::GET, "/stats/prometheus") => (StatusCode::OK, PROMETHEUS, Bytes::from(state.metrics.render())),
-        _ => (StatusCode::NOT_FOUND, TEXT, Bytes::from_static(b"not found\n")),
+        (&Method::GET, "/stats/prometheus") => (
+            StatusCode::OK,
+            PROMETHEUS,
+            Bytes::from(state.metrics.render()),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            TEXT,
+            Bytes::from_static(b"not found\n"),
+        ),
     };
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(response)
 }
 

@@ -1,5 +1,6 @@
 //! `meshgate echo`: a backend answering every request with JSON of what it received (method,
-//! path, version, headers, body size), for tests, demos and load tests.
+//! path, version, headers, body size, and the address it was reached on), for tests, demos and
+//! load tests.
 //!
 //! `/status/<code>` answers with that status; `/delay/<ms>` waits that long first.
 
@@ -37,8 +38,11 @@ impl Echo {
         tokio::spawn(accept_loop(listener, rx, move |stream, _| {
             let builder = builder.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(echo);
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                let server = stream.local_addr().ok();
+                let service = hyper::service::service_fn(move |req| echo(req, server));
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }));
         Ok(Self { address, shutdown })
@@ -51,15 +55,29 @@ impl Drop for Echo {
     }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+async fn echo(
+    req: Request<Incoming>,
+    server: Option<SocketAddr>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_bytes = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let mut status = StatusCode::OK;
     let path = parts.uri.path();
     if let Some(code) = path.strip_prefix("/status/") {
-        status = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
     }
-    if let Some(ms) = path.strip_prefix("/delay/").and_then(|ms| ms.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     let mut headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -75,11 +93,13 @@ async fn echo(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallib
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "body_bytes": body_bytes,
+        "server": server.map(|a| a.to_string()),
     });
     let mut response = Response::new(ResponseBody::full(Bytes::from(json.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }

@@ -156,9 +156,12 @@ fn rfc2253(cert: &X509Certificate<'_>) -> String {
             if !out.is_empty() {
                 out.push(',');
             }
-            let key = x509_parser::objects::oid2abbrev(attr.attr_type(), x509_parser::objects::oid_registry())
-                .map(str::to_string)
-                .unwrap_or_else(|_| attr.attr_type().to_id_string());
+            let key = x509_parser::objects::oid2abbrev(
+                attr.attr_type(),
+                x509_parser::objects::oid_registry(),
+            )
+            .map(str::to_string)
+            .unwrap_or_else(|_| attr.attr_type().to_id_string());
             let value = attr.as_str().unwrap_or("");
             let _ = write!(out, "{key}=");
             for c in value.chars() {

@@ -64,7 +64,8 @@ pub async fn serve_connection(
                     let conn = Connection {
                         tags: ConnectionTags::new(Some((&peer, origin)), own, tagging, peer_addr),
                         origin: Some(origin),
-                        trust_domain: metrics.trust_domain_index(Some(peer.spiffe_id.trust_domain())),
+                        trust_domain: metrics
+                            .trust_domain_index(Some(peer.spiffe_id.trust_domain())),
                         peer: Some(peer),
                         runtime: runtime.clone(),
                         listener,
@@ -104,30 +105,46 @@ where
 {
     let runtime = conn.runtime.clone();
     let service = hyper::service::service_fn(move |req| handle_request(conn.clone(), req));
-    let http = runtime.http.for_version(version).serve_connection(io, service);
+    let http = runtime
+        .http
+        .for_version(version)
+        .serve_connection(io, service);
     watcher.watch(http.into_owned()).await
 }
 
 /// Tag to forward: tag, route, forward (or answer directly), count.
-async fn handle_request(conn: Arc<Connection>, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+async fn handle_request(
+    conn: Arc<Connection>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let model = &conn.runtime.model;
     tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
     let response = match route_and_forward(&conn, req).await {
         Ok(response) => response,
         Err(e) => {
             let listener = &model.listeners[conn.listener].name;
-            let principal = conn.peer.as_ref().map(|p| p.spiffe_id.principal()).unwrap_or("");
+            let principal = conn
+                .peer
+                .as_ref()
+                .map(|p| p.spiffe_id.principal())
+                .unwrap_or("");
             warn!(peer = %conn.peer_addr, %listener, principal, flag = e.flag(), "{e}");
             respond::error(&e)
         }
     };
-    conn.runtime.metrics.request(conn.origin, conn.trust_domain, response.status().as_u16());
+    conn.runtime
+        .metrics
+        .request(conn.origin, conn.trust_domain, response.status().as_u16());
     Ok(response)
 }
 
-async fn route_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+async fn route_and_forward(
+    conn: &Connection,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = &conn.runtime.model.listeners[conn.listener];
-    let authority = route::authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("no authority"))?;
+    let authority =
+        route::authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("no authority"))?;
     let head = RouteRequest {
         method: req.method(),
         path: req.uri().path(),

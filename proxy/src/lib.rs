@@ -16,15 +16,15 @@
 
 #![forbid(unsafe_code)]
 
-pub mod listen;
-pub mod tls;
+pub mod forward;
 pub mod identity;
+pub mod listen;
 pub mod origin;
+pub mod respond;
+pub mod route;
 pub mod serve;
 pub mod tag;
-pub mod route;
-pub mod forward;
-pub mod respond;
+pub mod tls;
 
 pub mod admin;
 pub mod body;
@@ -106,7 +106,14 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
             source,
         })?;
         let address = listener.local_addr().unwrap_or(l.address);
-        bound.push((listener, BoundListener { name: l.name.clone(), port: l.port, address }));
+        bound.push((
+            listener,
+            BoundListener {
+                name: l.name.clone(),
+                port: l.port,
+                address,
+            },
+        ));
     }
     let admin_listener = match model.proxy.admin {
         Some(address) => Some(listen::bind(address).map_err(|source| StartError::Bind {
@@ -129,9 +136,19 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         info!(listener = %info.name, port = info.port, address = %info.address, "listening");
         let runtime = runtime.clone();
         let graceful = graceful.clone();
-        accept_loops.push(tokio::spawn(listen::accept_loop(listener, rx.clone(), move |stream, peer| {
-            tokio::spawn(inbound::serve_connection(runtime.clone(), index, stream, peer, graceful.watcher()));
-        })));
+        accept_loops.push(tokio::spawn(listen::accept_loop(
+            listener,
+            rx.clone(),
+            move |stream, peer| {
+                tokio::spawn(inbound::serve_connection(
+                    runtime.clone(),
+                    index,
+                    stream,
+                    peer,
+                    graceful.watcher(),
+                ));
+            },
+        )));
         listeners.push(info);
     }
     let admin = match admin_listener {
@@ -160,7 +177,10 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
 impl Running {
     /// The bound address of the listener for Gateway port `port`.
     pub fn address(&self, port: u16) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.port == port).map(|l| l.address)
+        self.listeners
+            .iter()
+            .find(|l| l.port == port)
+            .map(|l| l.address)
     }
 
     /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 close after
@@ -175,7 +195,10 @@ impl Running {
         let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
             return;
         };
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
             info!("drain timeout passed with connections still open");
         }
     }

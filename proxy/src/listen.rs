@@ -11,7 +11,11 @@ use tracing::warn;
 
 /// Binds `address` for accepting.
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
@@ -21,8 +25,11 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts until `shutdown` turns true, calling `handle` for each stream.
-pub async fn accept_loop<F>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, mut handle: F)
-where
+pub async fn accept_loop<F>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    mut handle: F,
+) where
     F: FnMut(TcpStream, SocketAddr),
 {
     loop {

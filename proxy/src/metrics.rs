@@ -37,7 +37,11 @@ impl Metrics {
     /// Counters for the trust domains `trust` names.
     pub fn new(trust: &TrustSettings) -> Self {
         let mut tds: Vec<String> = vec![String::new(), trust.trust_domain.to_string()];
-        for td in trust.aliases.iter().chain(trust.allowed_trust_domains.iter().flatten()) {
+        for td in trust
+            .aliases
+            .iter()
+            .chain(trust.allowed_trust_domains.iter().flatten())
+        {
             tds.push(td.to_string());
         }
         tds.push("cluster.local".into());
@@ -100,7 +104,9 @@ impl Metrics {
     /// The Prometheus 0.0.4 text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP meshgate_handshakes_total TLS handshakes on ISTIO_MUTUAL listeners.\n");
+        out.push_str(
+            "# HELP meshgate_handshakes_total TLS handshakes on ISTIO_MUTUAL listeners.\n",
+        );
         out.push_str("# TYPE meshgate_handshakes_total counter\n");
         let _ = writeln!(
             out,
@@ -132,7 +138,11 @@ impl Metrics {
         }
         out.push_str("# HELP meshgate_connections_active Downstream connections open now.\n");
         out.push_str("# TYPE meshgate_connections_active gauge\n");
-        let _ = writeln!(out, "meshgate_connections_active {}", self.active_connections.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "meshgate_connections_active {}",
+            self.active_connections.load(Ordering::Relaxed)
+        );
         out
     }
 }

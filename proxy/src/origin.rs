@@ -61,12 +61,20 @@ mod tests {
             ..trust.clone()
         };
         let cases = [
-            ("spiffe://example-target.com/ns/a/sa/b", &trust, Origin::Local),
+            (
+                "spiffe://example-target.com/ns/a/sa/b",
+                &trust,
+                Origin::Local,
+            ),
             ("spiffe://old-target.com/ns/a/sa/b", &trust, Origin::Local),
             ("spiffe://cluster.local/ns/a/sa/b", &trust, Origin::Local),
             ("spiffe://cluster.local/ns/a/sa/b", &strict, Origin::Remote),
             ("spiffe://example.com/ns/a/sa/b", &trust, Origin::Remote),
-            ("spiffe://example-target.com.evil/ns/a/sa/b", &trust, Origin::Remote),
+            (
+                "spiffe://example-target.com.evil/ns/a/sa/b",
+                &trust,
+                Origin::Remote,
+            ),
             ("spiffe://target.com/ns/a/sa/b", &trust, Origin::Remote),
         ];
         for (id, trust, want) in cases {

@@ -55,7 +55,11 @@ impl ConnectionTags {
         });
         Self {
             forwarded_for: value(&peer_addr.ip().to_string()),
-            forwarded_proto: HeaderValue::from_static(if identity.is_some() { "https" } else { "http" }),
+            forwarded_proto: HeaderValue::from_static(if identity.is_some() {
+                "https"
+            } else {
+                "http"
+            }),
             identity,
         }
     }
@@ -164,7 +168,10 @@ mod tests {
             ("x-mesh-origin", "local"),
             ("x-source-trust-domain", "example-target.com"),
             ("x-source-principal", "example-target.com/ns/admin/sa/root"),
-            ("x-forwarded-client-cert", "By=x;URI=spiffe://example-target.com/ns/admin/sa/root"),
+            (
+                "x-forwarded-client-cert",
+                "By=x;URI=spiffe://example-target.com/ns/admin/sa/root",
+            ),
             ("x-forwarded-proto", "http"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
@@ -176,13 +183,26 @@ mod tests {
     fn spoofed_headers_are_replaced_on_tls_connections() {
         let own = SpiffeId::parse("spiffe://example-target.com/ns/istio-system/sa/gw").unwrap();
         let peer = peer();
-        let tags = ConnectionTags::new(Some((&peer, Origin::Remote)), Some(&own), &tagging(), "10.1.2.3:5000".parse().unwrap());
+        let tags = ConnectionTags::new(
+            Some((&peer, Origin::Remote)),
+            Some(&own),
+            &tagging(),
+            "10.1.2.3:5000".parse().unwrap(),
+        );
         let mut h = spoofed();
         tag(&mut h, &tags, &tagging());
-        let all = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        let all = |name: &str| {
+            h.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(all("x-mesh-origin"), ["remote"]);
         assert_eq!(all("x-source-trust-domain"), ["example.com"]);
-        assert_eq!(all("x-source-principal"), ["example.com/ns/default/sa/sleep"]);
+        assert_eq!(
+            all("x-source-principal"),
+            ["example.com/ns/default/sa/sleep"]
+        );
         assert_eq!(
             all("x-forwarded-client-cert"),
             [format!(
@@ -200,7 +220,12 @@ mod tests {
         let mut h = spoofed();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         tag(&mut h, &tags, &tagging());
-        for name in ["x-mesh-origin", "x-source-trust-domain", "x-source-principal", "x-forwarded-client-cert"] {
+        for name in [
+            "x-mesh-origin",
+            "x-source-trust-domain",
+            "x-source-principal",
+            "x-forwarded-client-cert",
+        ] {
             assert!(h.get(name).is_none(), "{name} survived");
         }
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
@@ -212,7 +237,12 @@ mod tests {
         t.forward_client_cert = ForwardClientCert::Sanitize;
         let own = SpiffeId::parse("spiffe://example-target.com/ns/istio-system/sa/gw").unwrap();
         let peer = peer();
-        let tags = ConnectionTags::new(Some((&peer, Origin::Local)), Some(&own), &t, "127.0.0.1:1".parse().unwrap());
+        let tags = ConnectionTags::new(
+            Some((&peer, Origin::Local)),
+            Some(&own),
+            &t,
+            "127.0.0.1:1".parse().unwrap(),
+        );
         let mut h = spoofed();
         tag(&mut h, &tags, &t);
         assert!(h.get("x-forwarded-client-cert").is_none());

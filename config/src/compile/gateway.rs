@@ -38,7 +38,9 @@ pub(crate) fn compile(
                     let same_tls = match (&existing.tls, &compiled.tls) {
                         (None, None) => true,
                         (Some(a), Some(b)) => {
-                            a.mode == b.mode && a.min_version == b.min_version && a.max_version == b.max_version
+                            a.mode == b.mode
+                                && a.min_version == b.min_version
+                                && a.max_version == b.max_version
                         }
                         _ => false,
                     };
@@ -72,9 +74,16 @@ fn compile_server(
     o.unsupported(
         errors,
         path,
-        &[("bind", server.bind.is_some()), ("defaultEndpoint", server.default_endpoint.is_some())],
+        &[
+            ("bind", server.bind.is_some()),
+            ("defaultEndpoint", server.default_endpoint.is_some()),
+        ],
     );
-    o.unsupported(errors, &format!("{path}.port"), &[("targetPort", server.port.target_port.is_some())]);
+    o.unsupported(
+        errors,
+        &format!("{path}.port"),
+        &[("targetPort", server.port.target_port.is_some())],
+    );
     let port = match u16::try_from(server.port.number) {
         Ok(p) if p > 0 => p,
         _ => {
@@ -93,7 +102,10 @@ fn compile_server(
             None
         }
         ("HTTPS", None) => {
-            errors.push(o.error(format!("{path}.tls"), "protocol HTTPS needs tls (mode ISTIO_MUTUAL)"));
+            errors.push(o.error(
+                format!("{path}.tls"),
+                "protocol HTTPS needs tls (mode ISTIO_MUTUAL)",
+            ));
             None
         }
         ("HTTPS", Some(tls)) => {
@@ -111,14 +123,23 @@ fn compile_server(
                     ("credentialNames", tls.credential_names.is_some()),
                     ("tlsCertificates", tls.tls_certificates.is_some()),
                     ("subjectAltNames", tls.subject_alt_names.is_some()),
-                    ("verifyCertificateSpki", tls.verify_certificate_spki.is_some()),
-                    ("verifyCertificateHash", tls.verify_certificate_hash.is_some()),
+                    (
+                        "verifyCertificateSpki",
+                        tls.verify_certificate_spki.is_some(),
+                    ),
+                    (
+                        "verifyCertificateHash",
+                        tls.verify_certificate_hash.is_some(),
+                    ),
                     ("cipherSuites", tls.cipher_suites.is_some()),
                 ],
             );
             let mode = match tls.mode.as_deref() {
                 Some("ISTIO_MUTUAL") => Some(ServerTlsMode::IstioMutual),
-                Some(other @ ("SIMPLE" | "MUTUAL" | "PASSTHROUGH" | "AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL")) => {
+                Some(
+                    other @ ("SIMPLE" | "MUTUAL" | "PASSTHROUGH" | "AUTO_PASSTHROUGH"
+                    | "OPTIONAL_MUTUAL"),
+                ) => {
                     errors.push(o.error(
                         format!("{tls_path}.mode"),
                         format!("{other} is not implemented: meshgate terminates ISTIO_MUTUAL"),
@@ -126,7 +147,10 @@ fn compile_server(
                     None
                 }
                 Some(other) => {
-                    errors.push(o.error(format!("{tls_path}.mode"), format!("unknown TLS mode `{other}`")));
+                    errors.push(o.error(
+                        format!("{tls_path}.mode"),
+                        format!("unknown TLS mode `{other}`"),
+                    ));
                     None
                 }
                 None => {
@@ -134,7 +158,10 @@ fn compile_server(
                     None
                 }
             };
-            let version = |field: &str, value: Option<&str>, default, errors: &mut Vec<ConfigError>| match value {
+            let version = |field: &str,
+                           value: Option<&str>,
+                           default,
+                           errors: &mut Vec<ConfigError>| match value {
                 None | Some("TLS_AUTO") => default,
                 Some("TLSV1_2") => TlsVersion::V1_2,
                 Some("TLSV1_3") => TlsVersion::V1_3,
@@ -146,8 +173,18 @@ fn compile_server(
                     default
                 }
             };
-            let min_version = version("minProtocolVersion", tls.min_protocol_version.as_deref(), TlsVersion::V1_2, errors);
-            let max_version = version("maxProtocolVersion", tls.max_protocol_version.as_deref(), TlsVersion::V1_3, errors);
+            let min_version = version(
+                "minProtocolVersion",
+                tls.min_protocol_version.as_deref(),
+                TlsVersion::V1_2,
+                errors,
+            );
+            let max_version = version(
+                "maxProtocolVersion",
+                tls.max_protocol_version.as_deref(),
+                TlsVersion::V1_3,
+                errors,
+            );
             if min_version > max_version {
                 errors.push(o.error(
                     format!("{tls_path}.minProtocolVersion"),
@@ -163,7 +200,9 @@ fn compile_server(
         (other, _) => {
             errors.push(o.error(
                 format!("{path}.port.protocol"),
-                format!("`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC and HTTPS"),
+                format!(
+                    "`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC and HTTPS"
+                ),
             ));
             None
         }
@@ -174,7 +213,10 @@ fn compile_server(
     let mut servers = Vec::new();
     for (h, host) in server.hosts.iter().enumerate() {
         let (namespace, name) = match host.split_once('/') {
-            None | Some(("*", _)) => (NamespaceFilter::Any, host.rsplit('/').next().unwrap_or(host)),
+            None | Some(("*", _)) => (
+                NamespaceFilter::Any,
+                host.rsplit('/').next().unwrap_or(host),
+            ),
             Some((".", name)) => (NamespaceFilter::Exact(o.namespace.clone()), name),
             Some((ns, name)) => (NamespaceFilter::Exact(ns.to_string()), name),
         };
@@ -186,7 +228,9 @@ fn compile_server(
             }),
             None => errors.push(o.error(
                 format!("{path}.hosts[{h}]"),
-                format!("`{host}` is not a host, `*.suffix` or `*` (optionally after `namespace/`)"),
+                format!(
+                    "`{host}` is not a host, `*.suffix` or `*` (optionally after `namespace/`)"
+                ),
             )),
         }
     }
@@ -195,10 +239,18 @@ fn compile_server(
     }
     let bind_port = listen.port_overrides.get(&port).copied().unwrap_or(port);
     Some(Listener {
-        name: server.port.name.clone().unwrap_or_else(|| format!("port-{port}")),
+        name: server
+            .port
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("port-{port}")),
         port,
         address: SocketAddr::new(listen.address, bind_port),
-        protocol: if tls.is_some() { ListenerProtocol::Https } else { ListenerProtocol::Http },
+        protocol: if tls.is_some() {
+            ListenerProtocol::Https
+        } else {
+            ListenerProtocol::Http
+        },
         tls,
         servers,
         virtual_hosts: Vec::new(),

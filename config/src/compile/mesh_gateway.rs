@@ -46,10 +46,15 @@ pub(crate) fn compile(
     let socket = |field: &str, value: &str, errors: &mut Vec<ConfigError>| {
         value
             .parse::<SocketAddr>()
-            .map_err(|_| errors.push(o.error(field, format!("`{value}` is not an ip:port address"))))
+            .map_err(|_| {
+                errors.push(o.error(field, format!("`{value}` is not an ip:port address")))
+            })
             .ok()
     };
-    let admin = spec.admin.as_ref().and_then(|a| socket("spec.admin.address", &a.address, errors));
+    let admin = spec
+        .admin
+        .as_ref()
+        .and_then(|a| socket("spec.admin.address", &a.address, errors));
     let outbound = spec
         .outbound
         .as_ref()
@@ -69,13 +74,14 @@ pub(crate) fn compile(
             }
         }
         for (&from, &to) in &l.port_overrides {
+            // `to: 0` binds an ephemeral port (tests, or several proxies on one host).
             match (u16::try_from(from), u16::try_from(to)) {
-                (Ok(from), Ok(to)) if from > 0 && to > 0 => {
+                (Ok(from), Ok(to)) if from > 0 => {
                     listen.port_overrides.insert(from, to);
                 }
                 _ => errors.push(o.error(
                     format!("spec.listen.portOverrides.{from}"),
-                    "ports must be 1 to 65535",
+                    "ports are 1 to 65535 (0 as the local port binds an ephemeral one)",
                 )),
             }
         }
@@ -112,7 +118,11 @@ fn tagging(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) ->
             }
         }
     };
-    let origin = header("originHeader", t.and_then(|t| t.origin_header.as_ref()), "x-mesh-origin");
+    let origin = header(
+        "originHeader",
+        t.and_then(|t| t.origin_header.as_ref()),
+        "x-mesh-origin",
+    );
     let trust_domain = header(
         "trustDomainHeader",
         t.and_then(|t| t.trust_domain_header.as_ref()),
@@ -172,8 +182,14 @@ pub(crate) fn trust(
             &[
                 ("numTrustedProxies", config.num_trusted_proxies.is_some()),
                 ("authorizers", config.authorizers.is_some()),
-                ("gatewayExternalTrafficPolicy", config.gateway_external_traffic_policy.is_some()),
-                ("forwardClientCertDetails", config.forward_client_cert_details.is_some()),
+                (
+                    "gatewayExternalTrafficPolicy",
+                    config.gateway_external_traffic_policy.is_some(),
+                ),
+                (
+                    "forwardClientCertDetails",
+                    config.forward_client_cert_details.is_some(),
+                ),
                 ("telemetry", config.telemetry.is_some()),
             ],
         );
@@ -190,13 +206,18 @@ pub(crate) fn trust(
         }
     }
     for (o, spec) in &parsed.operators {
-        let Some(mesh) = &spec.mesh_config else { continue };
+        let Some(mesh) = &spec.mesh_config else {
+            continue;
+        };
         o.unsupported(
             errors,
             "spec.meshConfig",
             &[
                 ("defaultConfig", mesh.default_config.is_some()),
-                ("outboundTrafficPolicy", mesh.outbound_traffic_policy.is_some()),
+                (
+                    "outboundTrafficPolicy",
+                    mesh.outbound_traffic_policy.is_some(),
+                ),
                 ("accessLogFile", mesh.access_log_file.is_some()),
                 ("enableTracing", mesh.enable_tracing.is_some()),
                 ("extensionProviders", mesh.extension_providers.is_some()),
@@ -224,7 +245,10 @@ pub(crate) fn trust(
         }
     }
     let mut settings = TrustSettings {
-        trust_domain: named.first().map(|(td, _)| td.clone()).unwrap_or_else(TrustDomain::cluster_local),
+        trust_domain: named
+            .first()
+            .map(|(td, _)| td.clone())
+            .unwrap_or_else(TrustDomain::cluster_local),
         aliases,
         cluster_local_is_local: true,
         allowed_trust_domains: None,
@@ -232,7 +256,11 @@ pub(crate) fn trust(
     if let [(o, spec)] = parsed.mesh_gateways.as_slice() {
         if let Some(trust) = &spec.trust {
             settings.cluster_local_is_local = trust.cluster_local_is_local.unwrap_or(true);
-            o.unsupported(errors, "spec.trust", &[("issuers", trust.issuers.is_some())]);
+            o.unsupported(
+                errors,
+                "spec.trust",
+                &[("issuers", trust.issuers.is_some())],
+            );
             if let Some(list) = &trust.trust_domains {
                 let mut allowed = Vec::new();
                 for (i, value) in list.iter().enumerate() {

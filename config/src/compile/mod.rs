@@ -19,7 +19,11 @@ use crate::raw::{self, Resource};
 use crate::source::Document;
 
 /// Compiles documents into a model, or returns `None` with the problems in `errors`.
-pub fn compile(documents: &[Document], files: Vec<PathBuf>, errors: &mut Vec<ConfigError>) -> Option<Model> {
+pub fn compile(
+    documents: &[Document],
+    files: Vec<PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Model> {
     let mut parsed = Parsed::default();
     for doc in documents {
         parse_document(doc, &mut parsed, errors);
@@ -32,7 +36,13 @@ pub fn compile(documents: &[Document], files: Vec<PathBuf>, errors: &mut Vec<Con
         Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
         None => Vec::new(),
     };
-    virtual_service::bind(&parsed.virtual_services, &mut listeners, &mut backends, errors, &mut warnings);
+    virtual_service::bind(
+        &parsed.virtual_services,
+        &mut listeners,
+        &mut backends,
+        errors,
+        &mut warnings,
+    );
     for (o, _) in &parsed.destination_rules {
         errors.push(o.error(
             "spec",
@@ -42,8 +52,22 @@ pub fn compile(documents: &[Document], files: Vec<PathBuf>, errors: &mut Vec<Con
     for o in &parsed.authorization_policies {
         errors.push(o.error("spec", "AuthorizationPolicy is not implemented yet"));
     }
+    if let (Some((p, _)), [(o, _)]) = (&proxy, parsed.mesh_gateways.as_slice()) {
+        if p.identity.is_none() {
+            for l in listeners.iter().filter(|l| l.tls.is_some()) {
+                errors.push(o.error(
+                    "spec.identity",
+                    format!(
+                        "required: listener {} (port {}) is ISTIO_MUTUAL",
+                        l.name, l.port
+                    ),
+                ));
+            }
+        }
+    }
     if listeners.is_empty() && proxy.as_ref().is_some_and(|(p, _)| p.outbound.is_none()) {
-        warnings.push("no Gateway selects this MeshGateway's labels: no listener will be bound".into());
+        warnings
+            .push("no Gateway selects this MeshGateway's labels: no listener will be bound".into());
     }
     if !errors.is_empty() {
         return None;
@@ -129,7 +153,10 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
     };
     let origin = Origin {
         file: doc.file.clone(),
-        namespace: header.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        namespace: header
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         name: header.metadata.name.unwrap_or_default(),
         kind: kind.clone(),
     };
@@ -141,7 +168,10 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
         ($list:ident) => {
             match parse::<Resource<_>>(doc) {
                 Ok(r) => parsed.$list.push((origin, r.spec)),
-                Err(e) => errors.push(ConfigError { resource: Some(origin.resource()), ..e }),
+                Err(e) => errors.push(ConfigError {
+                    resource: Some(origin.resource()),
+                    ..e
+                }),
             }
         };
     }

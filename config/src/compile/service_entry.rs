@@ -21,11 +21,17 @@ impl Backends {
         let port = match port {
             Some(p) => p,
             None => {
-                let mut ports = self.index.keys().filter(|(h, _)| h == host).map(|(_, p)| *p);
+                let mut ports = self
+                    .index
+                    .keys()
+                    .filter(|(h, _)| h == host)
+                    .map(|(_, p)| *p);
                 match (ports.next(), ports.next()) {
                     (Some(p), None) => p,
                     (Some(_), Some(_)) => {
-                        return Err(format!("`{host}` has several ports: name one in port.number"))
+                        return Err(format!(
+                            "`{host}` has several ports: name one in port.number"
+                        ))
                     }
                     (None, _) => {
                         return Err(format!(
@@ -55,7 +61,10 @@ impl Backends {
     }
 }
 
-pub(crate) fn compile(found: &[(Origin, ServiceEntrySpec)], errors: &mut Vec<ConfigError>) -> Backends {
+pub(crate) fn compile(
+    found: &[(Origin, ServiceEntrySpec)],
+    errors: &mut Vec<ConfigError>,
+) -> Backends {
     let mut backends = Backends {
         list: Vec::new(),
         index: HashMap::new(),
@@ -66,7 +75,12 @@ pub(crate) fn compile(found: &[(Origin, ServiceEntrySpec)], errors: &mut Vec<Con
     backends
 }
 
-fn compile_one(o: &Origin, spec: &ServiceEntrySpec, out: &mut Backends, errors: &mut Vec<ConfigError>) {
+fn compile_one(
+    o: &Origin,
+    spec: &ServiceEntrySpec,
+    out: &mut Backends,
+    errors: &mut Vec<ConfigError>,
+) {
     o.unsupported(
         errors,
         "spec",
@@ -90,18 +104,20 @@ fn compile_one(o: &Origin, spec: &ServiceEntrySpec, out: &mut Backends, errors: 
     let dns = match spec.resolution.as_deref() {
         Some("STATIC") => false,
         Some("DNS") | Some("DNS_ROUND_ROBIN") => true,
-        None | Some("NONE") => {
-            return errors.push(o.error(
-                "spec.resolution",
-                "NONE (pass-through to the original destination) is not implemented: use STATIC or DNS",
-            ))
-        }
+        None | Some("NONE") => return errors.push(o.error(
+            "spec.resolution",
+            "NONE (pass-through to the original destination) is not implemented: use STATIC or DNS",
+        )),
         Some(other) => {
-            return errors.push(o.error("spec.resolution", format!("`{other}` is not STATIC or DNS")))
+            return errors
+                .push(o.error("spec.resolution", format!("`{other}` is not STATIC or DNS")))
         }
     };
     if !dns && spec.endpoints.is_empty() {
-        errors.push(o.error("spec.endpoints", "resolution STATIC needs at least one endpoint"));
+        errors.push(o.error(
+            "spec.endpoints",
+            "resolution STATIC needs at least one endpoint",
+        ));
     }
     for (i, e) in spec.endpoints.iter().enumerate() {
         let path = format!("spec.endpoints[{i}]");
@@ -139,13 +155,20 @@ fn compile_one(o: &Origin, spec: &ServiceEntrySpec, out: &mut Backends, errors: 
                 errors.push(o.error(format!("{path}.number"), "ports must be 1 to 65535"));
                 continue;
             };
-            let protocol = match port.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            let protocol = match port
+                .protocol
+                .as_deref()
+                .map(str::to_ascii_uppercase)
+                .as_deref()
+            {
                 Some("HTTP") => BackendProtocol::Http1,
                 Some("HTTP2") | Some("GRPC") => BackendProtocol::Http2,
                 Some(other) => {
                     errors.push(o.error(
                         format!("{path}.protocol"),
-                        format!("`{other}` is not implemented: meshgate proxies HTTP, HTTP2 and GRPC"),
+                        format!(
+                            "`{other}` is not implemented: meshgate proxies HTTP, HTTP2 and GRPC"
+                        ),
                     ));
                     continue;
                 }
@@ -161,7 +184,11 @@ fn compile_one(o: &Origin, spec: &ServiceEntrySpec, out: &mut Backends, errors: 
             };
             let endpoints = if dns {
                 let list: Vec<_> = if spec.endpoints.is_empty() {
-                    u16::try_from(target).ok().map(|t| (host.clone(), t)).into_iter().collect()
+                    u16::try_from(target)
+                        .ok()
+                        .map(|t| (host.clone(), t))
+                        .into_iter()
+                        .collect()
                 } else {
                     spec.endpoints
                         .iter()

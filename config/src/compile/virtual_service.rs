@@ -10,8 +10,8 @@ use super::service_entry::Backends;
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
-    DirectResponse, HeaderMatch, HeaderOps, HostMatcher, Listener, RequestMatch, Route, RouteAction,
-    StringMatcher, VirtualHost, WeightedBackend,
+    DirectResponse, HeaderMatch, HeaderOps, HostMatcher, Listener, RequestMatch, Route,
+    RouteAction, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{HeaderOperations, HttpMatch, HttpRoute, VirtualServiceSpec};
 use crate::raw::StringMatch;
@@ -54,14 +54,19 @@ pub(crate) fn bind(
         for (i, host) in spec.hosts.iter().enumerate() {
             match HostMatcher::parse(host) {
                 Some(h) => hosts.push(h),
-                None => errors.push(o.error(format!("spec.hosts[{i}]"), format!("`{host}` is not a host"))),
+                None => errors.push(o.error(
+                    format!("spec.hosts[{i}]"),
+                    format!("`{host}` is not a host"),
+                )),
             }
         }
         let routes: Vec<Route> = spec
             .http
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| compile_route(o, &format!("spec.http[{i}]"), r, backends, errors, warnings))
+            .filter_map(|(i, r)| {
+                compile_route(o, &format!("spec.http[{i}]"), r, backends, errors, warnings)
+            })
             .collect();
         for listener in listeners.iter_mut() {
             let servers: Vec<_> = listener
@@ -130,18 +135,33 @@ fn compile_route(
             None
         }
         (None, true) => {
-            errors.push(o.error(format!("{path}.route"), "a route or a directResponse is required"));
+            errors.push(o.error(
+                format!("{path}.route"),
+                "a route or a directResponse is required",
+            ));
             None
         }
         (Some(d), true) => {
             let p = format!("{path}.directResponse");
             if let Some(body) = &d.body {
-                o.unsupported(errors, &format!("{p}.body"), &[("bytes", body.bytes.is_some())]);
+                o.unsupported(
+                    errors,
+                    &format!("{p}.body"),
+                    &[("bytes", body.bytes.is_some())],
+                );
             }
-            match u16::try_from(d.status).ok().and_then(|s| StatusCode::from_u16(s).ok()) {
+            match u16::try_from(d.status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+            {
                 Some(status) => Some(RouteAction::Direct(DirectResponse {
                     status,
-                    body: Bytes::from(d.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default()),
+                    body: Bytes::from(
+                        d.body
+                            .as_ref()
+                            .and_then(|b| b.string.clone())
+                            .unwrap_or_default(),
+                    ),
                 })),
                 None => {
                     errors.push(o.error(format!("{p}.status"), "not an HTTP status code"));
@@ -155,7 +175,11 @@ fn compile_route(
             for (i, d) in r.route.iter().enumerate() {
                 let p = format!("{path}.route[{i}]");
                 o.unsupported(errors, &p, &[("headers", d.headers.is_some())]);
-                o.unsupported(errors, &format!("{p}.destination"), &[("subset", d.destination.subset.is_some())]);
+                o.unsupported(
+                    errors,
+                    &format!("{p}.destination"),
+                    &[("subset", d.destination.subset.is_some())],
+                );
                 // Istio: a lone destination takes all traffic; otherwise weights are relative.
                 let weight = if weighted { d.weight.unwrap_or(0) } else { 1 };
                 let host = qualify(&d.destination.host, &o.namespace);
@@ -163,7 +187,10 @@ fn compile_route(
                     None => None,
                     Some(Ok(n)) if n > 0 => Some(n),
                     Some(_) => {
-                        errors.push(o.error(format!("{p}.destination.port.number"), "ports must be 1 to 65535"));
+                        errors.push(o.error(
+                            format!("{p}.destination.port.number"),
+                            "ports must be 1 to 65535",
+                        ));
                         continue;
                     }
                 };
@@ -192,14 +219,28 @@ fn compile_route(
     let (request_headers, response_headers) = match &r.headers {
         None => (HeaderOps::default(), HeaderOps::default()),
         Some(h) => (
-            header_ops(o, &format!("{path}.headers.request"), h.request.as_ref(), errors),
-            header_ops(o, &format!("{path}.headers.response"), h.response.as_ref(), errors),
+            header_ops(
+                o,
+                &format!("{path}.headers.request"),
+                h.request.as_ref(),
+                errors,
+            ),
+            header_ops(
+                o,
+                &format!("{path}.headers.response"),
+                h.response.as_ref(),
+                errors,
+            ),
         ),
     };
     let mut rewrite_uri = None;
     let mut rewrite_authority = None;
     if let Some(rw) = &r.rewrite {
-        o.unsupported(errors, &format!("{path}.rewrite"), &[("uriRegexRewrite", rw.uri_regex_rewrite.is_some())]);
+        o.unsupported(
+            errors,
+            &format!("{path}.rewrite"),
+            &[("uriRegexRewrite", rw.uri_regex_rewrite.is_some())],
+        );
         if let Some(uri) = &rw.uri {
             if !uri.starts_with('/') {
                 errors.push(o.error(format!("{path}.rewrite.uri"), "must start with `/`"));
@@ -209,7 +250,8 @@ fn compile_route(
         if let Some(a) = &rw.authority {
             match HeaderValue::from_str(a) {
                 Ok(v) if !a.is_empty() => rewrite_authority = Some(v),
-                _ => errors.push(o.error(format!("{path}.rewrite.authority"), "not a valid authority")),
+                _ => errors
+                    .push(o.error(format!("{path}.rewrite.authority"), "not a valid authority")),
             }
         }
     }
@@ -219,7 +261,10 @@ fn compile_route(
             Some(d) if d.is_zero() => None,
             Some(d) => Some(d),
             None => {
-                errors.push(o.error(format!("{path}.timeout"), format!("`{t}` is not a duration such as 10s or 500ms")));
+                errors.push(o.error(
+                    format!("{path}.timeout"),
+                    format!("`{t}` is not a duration such as 10s or 500ms"),
+                ));
                 None
             }
         },
@@ -239,7 +284,12 @@ fn compile_route(
     })
 }
 
-fn compile_match(o: &Origin, path: &str, m: &HttpMatch, errors: &mut Vec<ConfigError>) -> Option<RequestMatch> {
+fn compile_match(
+    o: &Origin,
+    path: &str,
+    m: &HttpMatch,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RequestMatch> {
     o.unsupported(
         errors,
         path,
@@ -257,7 +307,10 @@ fn compile_match(o: &Origin, path: &str, m: &HttpMatch, errors: &mut Vec<ConfigE
         sm.and_then(|sm| match string_matcher(sm) {
             Ok(Some(m)) => Some(m),
             Ok(None) => {
-                errors.push(o.error(format!("{path}.{field}"), "one of exact, prefix or regex is required"));
+                errors.push(o.error(
+                    format!("{path}.{field}"),
+                    "one of exact, prefix or regex is required",
+                ));
                 None
             }
             Err(e) => {
@@ -270,7 +323,12 @@ fn compile_match(o: &Origin, path: &str, m: &HttpMatch, errors: &mut Vec<ConfigE
     let authority = required("authority", m.authority.as_ref());
     let method = required("method", m.method.as_ref());
     let headers = header_matches(o, &format!("{path}.headers"), &m.headers, errors);
-    let without_headers = header_matches(o, &format!("{path}.withoutHeaders"), &m.without_headers, errors);
+    let without_headers = header_matches(
+        o,
+        &format!("{path}.withoutHeaders"),
+        &m.without_headers,
+        errors,
+    );
     let port = match m.port.map(u16::try_from) {
         None => None,
         Some(Ok(p)) => Some(p),
@@ -330,13 +388,18 @@ fn header_ops(
     ops: Option<&HeaderOperations>,
     errors: &mut Vec<ConfigError>,
 ) -> HeaderOps {
-    let Some(ops) = ops else { return HeaderOps::default() };
+    let Some(ops) = ops else {
+        return HeaderOps::default();
+    };
     let mut pairs = |field: &str, map: &std::collections::BTreeMap<String, String>| {
         let mut out = Vec::new();
         for (k, v) in map {
             match (header_name(k), HeaderValue::from_str(v)) {
                 (Some(k), Ok(v)) => out.push((k, v)),
-                _ => errors.push(o.error(format!("{path}.{field}.{k}"), "not a valid header name and value")),
+                _ => errors.push(o.error(
+                    format!("{path}.{field}.{k}"),
+                    "not a valid header name and value",
+                )),
             }
         }
         out
@@ -362,7 +425,10 @@ fn qualify(host: &str, namespace: &str) -> String {
     if host.contains('.') {
         host.to_ascii_lowercase()
     } else {
-        format!("{}.{namespace}.svc.cluster.local", host.to_ascii_lowercase())
+        format!(
+            "{}.{namespace}.svc.cluster.local",
+            host.to_ascii_lowercase()
+        )
     }
 }
 
@@ -397,7 +463,10 @@ mod tests {
 
     #[test]
     fn short_hosts_are_qualified_with_the_namespace() {
-        assert_eq!(qualify("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(
+            qualify("reviews", "bookinfo"),
+            "reviews.bookinfo.svc.cluster.local"
+        );
         assert_eq!(qualify("Echo.Internal", "x"), "echo.internal");
     }
 }

@@ -42,7 +42,8 @@ impl HostMatcher {
             Self::Exact(name) => host.eq_ignore_ascii_case(name),
             Self::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
             }
         }
     }
@@ -112,7 +113,11 @@ mod tests {
     fn host_patterns() {
         let cases = [
             ("*.example-target.com", "httpbin.example-target.com", true),
-            ("*.example-target.com", "outbound_.80_._.httpbin.example-target.com", true),
+            (
+                "*.example-target.com",
+                "outbound_.80_._.httpbin.example-target.com",
+                true,
+            ),
             ("*.example-target.com", "HTTPBIN.Example-Target.com", true),
             ("*.example-target.com", "example-target.com", false),
             ("*.example-target.com", "evil-example-target.com", false),

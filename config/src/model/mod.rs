@@ -15,8 +15,8 @@ use serde::Serialize;
 
 pub use host::{HostMatcher, NamespaceFilter};
 pub use route::{
-    DirectResponse, HeaderMatch, HeaderOps, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
-    WeightedBackend,
+    DirectResponse, HeaderMatch, HeaderOps, RequestMatch, Route, RouteAction, StringMatcher,
+    VirtualHost, WeightedBackend,
 };
 
 use crate::spiffe::TrustDomain;

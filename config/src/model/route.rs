@@ -100,9 +100,15 @@ impl RequestMatch {
         port: u16,
     ) -> bool {
         self.port.is_none_or(|p| p == port)
-            && self.method.as_ref().is_none_or(|m| m.matches(method.as_str().as_bytes()))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.matches(method.as_str().as_bytes()))
             && self.uri.as_ref().is_none_or(|m| m.matches(path.as_bytes()))
-            && self.authority.as_ref().is_none_or(|m| m.matches(authority.as_bytes()))
+            && self
+                .authority
+                .as_ref()
+                .is_none_or(|m| m.matches(authority.as_bytes()))
             && self.headers.iter().all(|h| h.present_in(headers))
             && !self.without_headers.iter().any(|h| h.present_in(headers))
     }

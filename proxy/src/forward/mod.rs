@@ -56,7 +56,9 @@ pub async fn forward(
 
     let send = upstreams.client(upstream.protocol).request(req);
     let result = match route.timeout {
-        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ProxyError::UpstreamTimeout)?,
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?,
         None => send.await,
     };
     let mut response = result.map_err(|e| {
@@ -72,13 +74,18 @@ pub async fn forward(
 
 /// Istio's `rewrite.uri`: replaces the matched prefix (for prefix matches) or the whole path.
 fn rewrite_path(uri: &Uri, route: &Route) -> PathAndQuery {
-    let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let Some(new) = &route.rewrite_uri else {
         return original;
     };
     let path = original.path();
     let prefix = route.matches.iter().find_map(|m| match &m.uri {
-        Some(meshgate_config::model::StringMatcher::Prefix(p)) if path.starts_with(p.as_str()) => Some(p.len()),
+        Some(meshgate_config::model::StringMatcher::Prefix(p)) if path.starts_with(p.as_str()) => {
+            Some(p.len())
+        }
         _ => None,
     });
     let rest = match prefix {

@@ -49,10 +49,15 @@ impl Upstreams {
             .iter()
             .map(|b| {
                 let endpoints = match &b.endpoints {
-                    Endpoints::Static(list) => list.iter().filter_map(|a| Authority::try_from(a.to_string()).ok()).collect(),
+                    Endpoints::Static(list) => list
+                        .iter()
+                        .filter_map(|a| Authority::try_from(a.to_string()).ok())
+                        .collect(),
                     Endpoints::Dns(list) => list
                         .iter()
-                        .filter_map(|(host, port)| Authority::try_from(format!("{host}:{port}")).ok())
+                        .filter_map(|(host, port)| {
+                            Authority::try_from(format!("{host}:{port}")).ok()
+                        })
                         .collect(),
                 };
                 UpstreamBackend {
@@ -62,7 +67,11 @@ impl Upstreams {
                 }
             })
             .collect();
-        Self { http1, http2, backends }
+        Self {
+            http1,
+            http2,
+            backends,
+        }
     }
 
     /// Backend `i` of the model.

@@ -23,7 +23,11 @@ pub struct RouteRequest<'a> {
 
 /// The route for a request, or `None` (404).
 pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<&'a Route> {
-    if !listener.servers.iter().any(|s| s.host.matches(req.authority)) {
+    if !listener
+        .servers
+        .iter()
+        .any(|s| s.host.matches(req.authority))
+    {
         return None;
     }
     let mut best: Option<(usize, &meshgate_config::model::VirtualHost)> = None;

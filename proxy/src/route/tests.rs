@@ -60,12 +60,24 @@ fn listener() -> meshgate_config::model::Listener {
     model.listeners.remove(0)
 }
 
-fn name(l: &meshgate_config::model::Listener, method: Method, path: &str, authority: &str, headers: &[(&'static str, &'static str)]) -> Option<String> {
+fn name(
+    l: &meshgate_config::model::Listener,
+    method: Method,
+    path: &str,
+    authority: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Option<String> {
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.append(*k, HeaderValue::from_static(v));
     }
-    let req = RouteRequest { method: &method, path, authority, headers: &h, port: 8080 };
+    let req = RouteRequest {
+        method: &method,
+        path,
+        authority,
+        headers: &h,
+        port: 8080,
+    };
     route(l, &req).map(|r| match &r.action {
         RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
         RouteAction::Forward(_) => "forward".into(),
@@ -79,14 +91,62 @@ fn istio_route_selection() {
         (Method::GET, "/", "www.example.com", &[], Some("wildcard")),
         (Method::GET, "/", "WWW.Example.COM", &[], Some("wildcard")),
         (Method::GET, "/", "api.example.com", &[], Some("fallback")),
-        (Method::GET, "/", "api.example.com", &[("x-mesh-origin", "remote")], Some("remote")),
-        (Method::GET, "/", "api.example.com", &[("x-mesh-origin", "local")], Some("fallback")),
-        (Method::POST, "/admin/users", "api.example.com", &[], Some("admin")),
-        (Method::GET, "/admin/users", "api.example.com", &[], Some("fallback")),
-        (Method::GET, "/v12/items", "api.example.com", &[], Some("regex")),
-        (Method::GET, "/v12/items/x", "api.example.com", &[], Some("fallback")),
-        (Method::GET, "/debug", "api.example.com", &[], Some("no-debug")),
-        (Method::GET, "/debug", "api.example.com", &[("x-debug", "1")], Some("fallback")),
+        (
+            Method::GET,
+            "/",
+            "api.example.com",
+            &[("x-mesh-origin", "remote")],
+            Some("remote"),
+        ),
+        (
+            Method::GET,
+            "/",
+            "api.example.com",
+            &[("x-mesh-origin", "local")],
+            Some("fallback"),
+        ),
+        (
+            Method::POST,
+            "/admin/users",
+            "api.example.com",
+            &[],
+            Some("admin"),
+        ),
+        (
+            Method::GET,
+            "/admin/users",
+            "api.example.com",
+            &[],
+            Some("fallback"),
+        ),
+        (
+            Method::GET,
+            "/v12/items",
+            "api.example.com",
+            &[],
+            Some("regex"),
+        ),
+        (
+            Method::GET,
+            "/v12/items/x",
+            "api.example.com",
+            &[],
+            Some("fallback"),
+        ),
+        (
+            Method::GET,
+            "/debug",
+            "api.example.com",
+            &[],
+            Some("no-debug"),
+        ),
+        (
+            Method::GET,
+            "/debug",
+            "api.example.com",
+            &[("x-debug", "1")],
+            Some("fallback"),
+        ),
         // A host of the Gateway server, but no VirtualService for it.
         (Method::GET, "/", "exact.other.com", &[], None),
         // Not a host of the Gateway server at all.
@@ -95,15 +155,25 @@ fn istio_route_selection() {
     ];
     for (method, path, authority, headers, want) in cases {
         let got = name(&l, method.clone(), path, authority, headers);
-        assert_eq!(got.as_deref(), *want, "{method} {authority}{path} {headers:?}");
+        assert_eq!(
+            got.as_deref(),
+            *want,
+            "{method} {authority}{path} {headers:?}"
+        );
     }
 }
 
 #[test]
 fn weighted_pick_follows_weights() {
     let backends = [
-        WeightedBackend { backend: 0, weight: 90 },
-        WeightedBackend { backend: 1, weight: 10 },
+        WeightedBackend {
+            backend: 0,
+            weight: 90,
+        },
+        WeightedBackend {
+            backend: 1,
+            weight: 10,
+        },
     ];
     let mut counts = [0u32; 2];
     for _ in 0..10_000 {
@@ -117,11 +187,16 @@ fn weighted_pick_follows_weights() {
 #[test]
 fn authority_loses_its_port() {
     let h = HeaderMap::new();
-    let uri: Uri = "https://httpbin.example-target.com:18443/get".parse().unwrap();
+    let uri: Uri = "https://httpbin.example-target.com:18443/get"
+        .parse()
+        .unwrap();
     assert_eq!(authority(&uri, &h), Some("httpbin.example-target.com"));
     let mut h = HeaderMap::new();
     h.insert("host", HeaderValue::from_static("[::1]:8080"));
     assert_eq!(authority(&"/".parse().unwrap(), &h), Some("[::1]"));
     h.insert("host", HeaderValue::from_static("plain.example.com"));
-    assert_eq!(authority(&"/".parse().unwrap(), &h), Some("plain.example.com"));
+    assert_eq!(
+        authority(&"/".parse().unwrap(), &h),
+        Some("plain.example.com")
+    );
 }

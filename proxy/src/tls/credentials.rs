@@ -35,13 +35,22 @@ impl Credentials {
     /// Loads and checks the three files.
     pub fn load(files: &IdentityFiles, provider: &CryptoProvider) -> Result<Self, StartError> {
         let chain = read_certs(&files.cert_chain)?;
-        let key = PrivateKeyDer::from_pem_file(&files.private_key)
-            .map_err(|e| identity_error(&files.private_key, format!("no usable private key: {e}")))?;
+        let key = PrivateKeyDer::from_pem_file(&files.private_key).map_err(|e| {
+            identity_error(&files.private_key, format!("no usable private key: {e}"))
+        })?;
         let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
-            identity_error(&files.private_key, format!("does not match the leaf of {}: {e}", files.cert_chain.display()))
+            identity_error(
+                &files.private_key,
+                format!(
+                    "does not match the leaf of {}: {e}",
+                    files.cert_chain.display()
+                ),
+            )
         })?;
         let spiffe_id = peer_identity(&chain[0])
-            .map_err(|e| identity_error(&files.cert_chain, format!("leaf is not an X509-SVID: {e}")))?
+            .map_err(|e| {
+                identity_error(&files.cert_chain, format!("leaf is not an X509-SVID: {e}"))
+            })?
             .spiffe_id;
         let mut roots = RootCertStore::empty();
         for cert in read_certs(&files.root_certs)? {

@@ -45,13 +45,17 @@ impl ServerTlsConfigs {
         trust: &TrustSettings,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::Error> {
-        let versions: Vec<_> = [(TlsVersion::V1_2, &rustls::version::TLS12), (TlsVersion::V1_3, &rustls::version::TLS13)]
-            .into_iter()
-            .filter(|(v, _)| *v >= tls.min_version && *v <= tls.max_version)
-            .map(|(_, v)| v)
-            .collect();
-        let verifier = SpiffeClientVerifier::new(credentials.roots.clone(), trust.clone(), provider.clone())
-            .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
+        let versions: Vec<_> = [
+            (TlsVersion::V1_2, &rustls::version::TLS12),
+            (TlsVersion::V1_3, &rustls::version::TLS13),
+        ]
+        .into_iter()
+        .filter(|(v, _)| *v >= tls.min_version && *v <= tls.max_version)
+        .map(|(_, v)| v)
+        .collect();
+        let verifier =
+            SpiffeClientVerifier::new(credentials.roots.clone(), trust.clone(), provider.clone())
+                .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)?
             .with_client_cert_verifier(Arc::new(verifier))
@@ -96,8 +100,15 @@ async fn handshake_inner(
     let shares_alpn = hello
         .alpn()
         .is_none_or(|mut offered| offered.any(|p| ALPN.contains(&p)));
-    let config = if shares_alpn { &configs.with_alpn } else { &configs.without_alpn };
-    let tls = start.into_stream(config.clone()).await.map_err(peer_error)?;
+    let config = if shares_alpn {
+        &configs.with_alpn
+    } else {
+        &configs.without_alpn
+    };
+    let tls = start
+        .into_stream(config.clone())
+        .await
+        .map_err(peer_error)?;
     let (_, conn) = tls.get_ref();
     // rustls verified the chain (or resumed a session that it had verified); the leaf is there.
     let leaf = conn
@@ -130,7 +141,14 @@ fn istio_sni_host(sni: &str) -> Option<&str> {
 }
 
 /// Our ALPN list, in preference order. `istio-peer-exchange` is deliberately absent.
-const ALPN: [&[u8]; 6] = [b"h2", b"http/1.1", b"istio-h2", b"istio-http/1.1", b"istio-http/1.0", b"istio"];
+const ALPN: [&[u8]; 6] = [
+    b"h2",
+    b"http/1.1",
+    b"istio-h2",
+    b"istio-http/1.1",
+    b"istio-http/1.0",
+    b"istio",
+];
 
 /// Sessions kept for TLS 1.3 resumption (stateful tickets) per listener.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -141,8 +159,14 @@ mod tests {
 
     #[test]
     fn istio_outbound_sni() {
-        assert_eq!(istio_sni_host("outbound_.80_._.httpbin.example.com"), Some("httpbin.example.com"));
-        assert_eq!(istio_sni_host("outbound_.443_.v1_.reviews.default.svc.cluster.local"), Some("reviews.default.svc.cluster.local"));
+        assert_eq!(
+            istio_sni_host("outbound_.80_._.httpbin.example.com"),
+            Some("httpbin.example.com")
+        );
+        assert_eq!(
+            istio_sni_host("outbound_.443_.v1_.reviews.default.svc.cluster.local"),
+            Some("reviews.default.svc.cluster.local")
+        );
         assert_eq!(istio_sni_host("httpbin.example.com"), None);
         assert_eq!(istio_sni_host("outbound_.80_._."), None);
     }

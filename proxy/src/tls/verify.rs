@@ -11,7 +11,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
 
 use meshgate_config::model::TrustSettings;
 
@@ -55,7 +58,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let peer = peer_identity(end_entity).map_err(reject)?;
         let td = peer.spiffe_id.trust_domain();
         if !self.trust.admits(td) {
@@ -93,15 +97,22 @@ fn reject(e: PeerError) -> rustls::Error {
 
 /// Recovers the `PeerError` from a handshake failure, by the error rustls reports.
 pub fn peer_error(e: std::io::Error) -> PeerError {
-    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
         return PeerError::Io(e);
     };
     match tls {
         rustls::Error::NoCertificatesPresented => PeerError::NoCertificate,
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer => PeerError::UnknownIssuer,
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => PeerError::Expired,
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => PeerError::NotYetValid,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                PeerError::Expired
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                PeerError::NotYetValid
+            }
             CertificateError::Other(OtherError(inner)) => match inner.downcast_ref::<PeerError>() {
                 Some(p) => copy(p),
                 None => PeerError::InvalidCertificate(inner.to_string()),

@@ -1,0 +1,362 @@
+//! The built binary: `check` on good and bad input, the shipped examples, `run` start-up
+//! failures, `--concurrency`, and a clean SIGTERM that lets a request in flight finish.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::{echo, gateway_yaml, route_to};
+use support::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+
+fn meshgate(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn check_reports_every_error_with_file_resource_and_field() {
+    let dir = TempDir::new("bad-config");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "a.yaml",
+        r#"apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*.example.com"]
+    tls: {mode: SIMPLE, credentialName: foo}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: default}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - retries: {attempts: 3}
+    match: [{uri: {prefix: /a, exact: /b}}]
+    route: [{destination: {host: x.internal, port: {number: 80}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Frobnicator
+metadata: {name: f}
+spec: {}
+"#,
+    );
+    write(
+        "b.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se\nspec:\n  hosts: [x.internal]\n  ports:\n  - number: eighty\n",
+    );
+    write("c.yaml", "apiVersion: v1\nkind: [\n");
+    let missing = dir.path().join("missing.yaml");
+    let out = meshgate(&[
+        "check",
+        "-c",
+        dir.path().to_str().unwrap(),
+        "-c",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let text = text(&out);
+    let a = dir.path().join("a.yaml").display().to_string();
+    let b = dir.path().join("b.yaml").display().to_string();
+    let c = dir.path().join("c.yaml").display().to_string();
+    let expected = [
+        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate"),
+        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.mode: SIMPLE is not implemented"),
+        format!("{a}: VirtualService default/vs: spec.http[0].retries: this Istio field is not implemented by meshgate"),
+        format!("{a}: VirtualService default/vs: spec.http[0].match[0].uri: only one of exact, prefix and regex may be set"),
+        format!("{a}: Frobnicator default/f: kind: unknown kind `Frobnicator`"),
+        format!("{b}:8:13: ServiceEntry default/se: spec.ports[0].number: "),
+        format!("{c}:2:7: "),
+        format!("{}: cannot read", missing.display()),
+    ];
+    for line in expected {
+        assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+    }
+    assert!(text.contains("8 error(s)"), "{text}");
+}
+
+/// Writes a gateway config for `yaml` into a temp dir, with the gateway's identity in certs/.
+fn config_dir(pki: &Pki, yaml: &str) -> TempDir {
+    let dir = TempDir::new("cli");
+    pki.workload("example-target.com", GATEWAY_ID)
+        .write(&dir.path().join("certs"))
+        .unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    dir
+}
+
+#[test]
+fn check_refuses_identity_files_that_do_not_fit() {
+    let pki = Pki::new(&["example-target.com"]);
+    let dir = config_dir(&pki, &gateway_yaml(""));
+    let certs = dir.path().join("certs");
+    let config = dir.path().to_str().unwrap();
+
+    let ok = meshgate(&["check", "-c", config]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(
+        text(&ok).contains(&format!("identity: {GATEWAY_ID}")),
+        "{}",
+        text(&ok)
+    );
+
+    // A key from another workload.
+    let other = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/a/sa/b",
+    );
+    std::fs::write(certs.join("key.pem"), &other.key_pem).unwrap();
+    let out = meshgate(&["check", "-c", config]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("key.pem: does not match the leaf"),
+        "{}",
+        text(&out)
+    );
+
+    // An empty bundle.
+    std::fs::write(
+        certs.join("key.pem"),
+        pki.workload("example-target.com", GATEWAY_ID).key_pem,
+    )
+    .unwrap();
+    let fresh = pki.workload("example-target.com", GATEWAY_ID);
+    fresh.write(&certs).unwrap();
+    std::fs::write(certs.join("root-cert.pem"), "").unwrap();
+    let out = meshgate(&["check", "-c", config]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("root-cert.pem: holds no CERTIFICATE"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn every_example_passes_check() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let example = entry.unwrap().path();
+        if !example.is_dir() {
+            continue;
+        }
+        // Copy the YAML, and give it certificates as the README's pki commands would.
+        let dir = TempDir::new("example");
+        for file in std::fs::read_dir(&example).unwrap() {
+            let file = file.unwrap().path();
+            if file.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+            }
+        }
+        pki.workload("example-target.com", GATEWAY_ID)
+            .write(&dir.path().join("certs"))
+            .unwrap();
+        let out = meshgate(&["check", "-c", dir.path().to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            example.display(),
+            text(&out)
+        );
+        assert!(text(&out).contains("configuration OK"));
+        checked += 1;
+    }
+    assert!(
+        checked >= 1,
+        "no example found under {}",
+        examples.display()
+    );
+}
+
+/// A `meshgate run` child, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn run(config: &Path, extra: &[&str]) -> Self {
+        let child = Command::new(BIN)
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "-c",
+                config.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// Reads the JSON log until the listener and admin addresses are known.
+    fn addresses(&mut self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        use std::io::BufRead;
+        let stderr = self.0.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let (mut listener, mut admin) = (None, None);
+        while listener.is_none() || admin.is_none() {
+            let line = lines
+                .next()
+                .expect("meshgate exited before listening")
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let address = json["fields"]["address"]
+                .as_str()
+                .map(|a| a.parse().unwrap());
+            match json["fields"]["message"].as_str() {
+                Some("listening") => listener = address,
+                Some("admin listening") => admin = address,
+                _ => {}
+            }
+        }
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (listener.unwrap(), admin.unwrap())
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn gateway_with_admin(extra: &str) -> String {
+    gateway_yaml(extra).replacen(
+        "  listen: {address: 127.0.0.1",
+        "  admin: {address: \"127.0.0.1:0\"}\n  listen: {address: 127.0.0.1",
+        1,
+    )
+}
+
+#[test]
+fn run_fails_clearly_when_the_port_is_taken() {
+    let pki = Pki::new(&["example-target.com"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let yaml = gateway_yaml("").replace(
+        "portOverrides: {443: 0}",
+        &format!("portOverrides: {{443: {port}}}"),
+    );
+    let dir = config_dir(&pki, &yaml);
+    let out = meshgate(&["run", "-c", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = text(&out);
+    assert!(
+        text.contains(&format!("cannot bind https on 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("Address already in use"), "{text}");
+}
+
+#[test]
+fn concurrency_sets_the_worker_threads() {
+    let pki = Pki::new(&["example-target.com"]);
+    let dir = config_dir(&pki, &gateway_with_admin(""));
+    for n in [1usize, 3] {
+        let mut proc = Proc::run(dir.path(), &["--concurrency", &n.to_string()]);
+        proc.addresses();
+        let workers = std::fs::read_dir(format!("/proc/{}/task", proc.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "meshgate-worker")
+            .count();
+        assert_eq!(workers, n);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_request_in_flight_then_exits_cleanly() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let dir = config_dir(
+        &pki,
+        &gateway_with_admin(&route_to("httpbin.example-target.com", backend.address)),
+    );
+    let mut proc = Proc::run(dir.path(), &["--drain-timeout", "5"]);
+    let (listener, admin) = proc.addresses();
+
+    let ready = reqwest_ready(admin).await;
+    assert_eq!(ready, 200);
+
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let host = "httpbin.example-target.com";
+    let in_flight =
+        tokio::spawn(async move { client.get(listener, host, host, "/delay/700", &[]).await });
+    // Let the request reach the backend, then ask the proxy to stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let reply = in_flight.await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let status = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// GET /ready on the admin port with a plain HTTP/1.1 client.
+async fn reqwest_ready(admin: std::net::SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(support::TIMEOUT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out[9..12].parse().unwrap()
+}

@@ -1,0 +1,368 @@
+//! The inbound gateway end to end: real mTLS on 127.0.0.1, certificates made at test time
+//! (shared root -> per-mesh intermediate -> Istio-style leaf), the proxy in process, the echo
+//! backend, and a real rustls + hyper client.
+
+mod support;
+
+use http::StatusCode;
+
+use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec, OffsetDateTime};
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::{echo, gateway_yaml, route_to, Proxy};
+
+const HOST: &str = "httpbin.example-target.com";
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+
+fn pki() -> Pki {
+    Pki::new(&["example-target.com", "example.com", "cluster.local"])
+}
+
+/// A gateway for `HOST` forwarding to a fresh echo backend.
+async fn gateway(pki: &Pki) -> (Proxy, meshgate_proxy::echo::Echo) {
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address));
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    (proxy, backend)
+}
+
+#[tokio::test]
+async fn local_remote_and_cluster_local_callers_are_tagged() {
+    let pki = pki();
+    let (proxy, _backend) = gateway(&pki).await;
+    let addr = proxy.addr(443);
+    let cases = [
+        (
+            "example-target.com",
+            "spiffe://example-target.com/ns/default/sa/curl",
+            "local",
+        ),
+        (
+            "example.com",
+            "spiffe://example.com/ns/default/sa/sleep",
+            "remote",
+        ),
+        // Istio's default trust domain: still local while workloads hold old certificates.
+        (
+            "cluster.local",
+            "spiffe://cluster.local/ns/legacy/sa/app",
+            "local",
+        ),
+    ];
+    for (mesh, id, want_origin) in cases {
+        let caller = pki.workload(mesh, id);
+        let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+        let reply = client.get(addr, HOST, HOST, "/get", &[]).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{id}");
+        let principal = id.strip_prefix("spiffe://").unwrap();
+        assert_eq!(
+            reply.echoed("x-mesh-origin").as_deref(),
+            Some(want_origin),
+            "{id}"
+        );
+        assert_eq!(
+            reply.echoed("x-source-trust-domain").as_deref(),
+            Some(mesh),
+            "{id}"
+        );
+        assert_eq!(
+            reply.echoed("x-source-principal").as_deref(),
+            Some(principal),
+            "{id}"
+        );
+        let leaf_hash = meshgate_proxy::identity::sha256_hex(&caller.leaf_der);
+        assert_eq!(
+            reply.echoed("x-forwarded-client-cert").unwrap(),
+            format!("By={GATEWAY_ID};Hash={leaf_hash};Subject=\"\";URI={id}"),
+        );
+        assert_eq!(reply.echoed("x-forwarded-proto").as_deref(), Some("https"));
+    }
+    let metrics = proxy.running.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"meshgate_requests_total{origin="remote",source_trust_domain="other",code="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"meshgate_requests_total{origin="local",source_trust_domain="example-target.com",code="200"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"meshgate_handshakes_total{result="success",reason=""} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn spoofed_tag_headers_from_a_remote_caller_are_replaced() {
+    let pki = pki();
+    let (proxy, _backend) = gateway(&pki).await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let spoofed = [
+        ("x-mesh-origin", "local"),
+        ("x-source-trust-domain", "example-target.com"),
+        (
+            "x-source-principal",
+            "example-target.com/ns/istio-system/sa/admin",
+        ),
+        (
+            "x-forwarded-client-cert",
+            "By=spiffe://x/y;URI=spiffe://example-target.com/ns/istio-system/sa/admin",
+        ),
+    ];
+    // Both HTTP/1.1 and HTTP/2 must strip every copy.
+    for client in [
+        client.clone(),
+        Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]),
+    ] {
+        let reply = client
+            .get(proxy.addr(443), HOST, HOST, "/", &spoofed)
+            .await
+            .unwrap();
+        assert_eq!(reply.echoed("x-mesh-origin").as_deref(), Some("remote"));
+        assert_eq!(
+            reply.echoed("x-source-trust-domain").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            reply.echoed("x-source-principal").as_deref(),
+            Some("example.com/ns/default/sa/sleep")
+        );
+        assert!(reply
+            .echoed("x-forwarded-client-cert")
+            .unwrap()
+            .ends_with("URI=spiffe://example.com/ns/default/sa/sleep"));
+    }
+}
+
+#[tokio::test]
+async fn rejected_certificates_never_reach_http_and_are_counted_by_reason() {
+    let pki = pki();
+    let (proxy, _backend) = gateway(&pki).await;
+    let addr = proxy.addr(443);
+    let now = OffsetDateTime::now_utc();
+    let day = meshgate_pki::Duration::days(1);
+    let spec = |f: &dyn Fn(&mut LeafSpec)| {
+        let mut s = LeafSpec::spiffe("spiffe://example.com/ns/default/sa/sleep");
+        f(&mut s);
+        s
+    };
+    let other_root = Authority::root("an unrelated root", KeyAlgorithm::EcdsaP256).unwrap();
+    let foreign = other_root
+        .intermediate(
+            &meshgate_config::spiffe::TrustDomain::new("example.com").unwrap(),
+            KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap()
+        .issue(&LeafSpec::spiffe(
+            "spiffe://example.com/ns/default/sa/sleep",
+        ))
+        .unwrap();
+    let cases: Vec<(&str, Option<meshgate_pki::Workload>, &str)> = vec![
+        ("no client certificate", None, "no_client_certificate"),
+        ("untrusted root", Some(foreign), "unknown_issuer"),
+        (
+            "expired",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.not_before = now - day * 3;
+                    s.not_after = now - day;
+                }),
+            )),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.not_before = now + day;
+                    s.not_after = now + day * 2;
+                }),
+            )),
+            "not_yet_valid",
+        ),
+        (
+            "DNS SAN only",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris.clear();
+                    s.dns = vec!["sleep.default.svc".into()];
+                }),
+            )),
+            "no_uri_san",
+        ),
+        (
+            "two URI SANs",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris
+                        .push("spiffe://example.com/ns/default/sa/other".into());
+                }),
+            )),
+            "multiple_uri_sans",
+        ),
+        (
+            "non-SPIFFE URI",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris = vec!["https://example.com/sleep".into()];
+                }),
+            )),
+            "invalid_spiffe_id",
+        ),
+        (
+            "uppercase trust domain",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris = vec!["spiffe://Example.com/ns/default/sa/sleep".into()];
+                }),
+            )),
+            "invalid_spiffe_id",
+        ),
+        (
+            "dot segment",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris = vec!["spiffe://example.com/ns/../sa/sleep".into()];
+                }),
+            )),
+            "invalid_spiffe_id",
+        ),
+        (
+            "query in SPIFFE ID",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris = vec!["spiffe://example.com/ns/default/sa/sleep?admin=1".into()];
+                }),
+            )),
+            "invalid_spiffe_id",
+        ),
+        (
+            "trust domain only",
+            Some(pki.leaf(
+                "example.com",
+                &spec(&|s| {
+                    s.uris = vec!["spiffe://example.com".into()];
+                }),
+            )),
+            "invalid_spiffe_id",
+        ),
+        // webpki refuses a CA as an end entity before our own X509-SVID check runs.
+        (
+            "CA leaf",
+            Some(pki.leaf("example.com", &spec(&|s| s.ca = true))),
+            "invalid_certificate",
+        ),
+    ];
+    for (name, identity, reason) in cases {
+        let before = proxy.rejected(reason);
+        let client = Client::plain(identity.as_ref(), &pki.root.cert_pem);
+        let result = client.get(addr, HOST, HOST, "/get", &[]).await;
+        assert!(result.is_err(), "{name}: request got through: {result:?}");
+        support::eventually(&format!("{name} counted as {reason}"), || {
+            proxy.rejected(reason) == before + 1
+        })
+        .await;
+    }
+    // Nothing was forwarded and nothing was counted as a request.
+    let metrics = proxy.running.metrics.render();
+    assert!(!metrics.contains("meshgate_requests_total{"), "{metrics}");
+    assert!(
+        metrics.contains(r#"meshgate_handshakes_total{result="success",reason=""} 0"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_istio_sidecar_client_is_served() {
+    let pki = pki();
+    let (proxy, _backend) = gateway(&pki).await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let sni = "outbound_.443_._.httpbin.example-target.com";
+    let cases: [(&[&[u8]], http::Version); 4] = [
+        (
+            &[b"istio-http/1.1", b"istio", b"http/1.1"],
+            http::Version::HTTP_11,
+        ),
+        (&[b"istio-h2", b"istio", b"h2"], http::Version::HTTP_2),
+        (&[b"istio-h2", b"istio"], http::Version::HTTP_2),
+        // No token in common: the handshake still completes, without ALPN, as HTTP/1.1.
+        (&[b"istio-peer-exchange"], http::Version::HTTP_11),
+    ];
+    for (alpn, version) in cases {
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, alpn);
+        let tls = client.connect(proxy.addr(443), sni).await.unwrap();
+        let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        assert_ne!(negotiated.as_deref(), Some(&b"istio-peer-exchange"[..]));
+        drop(tls);
+        let reply = client
+            .get(proxy.addr(443), sni, HOST, "/get", &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{alpn:?}");
+        assert_eq!(reply.version, version, "{alpn:?}");
+        assert_eq!(reply.echoed("x-mesh-origin").as_deref(), Some("remote"));
+    }
+}
+
+#[tokio::test]
+async fn an_sni_for_another_host_is_refused() {
+    let pki = pki();
+    let (proxy, _backend) = gateway(&pki).await;
+    let caller = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/default/sa/curl",
+    );
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let result = client
+        .get(proxy.addr(443), "httpbin.example.org", HOST, "/", &[])
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    support::eventually("sni_mismatch counted", || {
+        proxy.rejected("sni_mismatch") == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http2_and_http1_clients_reach_the_backend() {
+    let pki = pki();
+    let (proxy, backend) = gateway(&pki).await;
+    let caller = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/default/sa/curl",
+    );
+    for (alpn, version) in [
+        (&b"h2"[..], http::Version::HTTP_2),
+        (&b"http/1.1"[..], http::Version::HTTP_11),
+    ] {
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[alpn]);
+        let reply = client
+            .get(
+                proxy.addr(443),
+                HOST,
+                &format!("{HOST}:18443"),
+                "/anything?x=1",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.version, version);
+        let json = reply.json();
+        assert_eq!(json["path"], "/anything?x=1");
+        assert_eq!(json["server"], backend.address.to_string());
+        // The upstream sees the authority the client sent, port included.
+        assert_eq!(
+            reply.echoed("host").as_deref(),
+            Some("httpbin.example-target.com:18443")
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! Istio routing through the gateway: routes by mesh origin, weighted destinations, direct
+//! responses, rewrites and header operations, and the statuses the proxy makes itself.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::{echo, gateway_yaml, Proxy};
+
+const HOST: &str = "httpbin.example-target.com";
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+
+fn service_entry(name: &str, port: u16) -> String {
+    format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#
+    )
+}
+
+/// A port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Setup {
+    pki: Pki,
+    proxy: Proxy,
+    local_pool: meshgate_proxy::echo::Echo,
+    remote_pool: meshgate_proxy::echo::Echo,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let pki = Pki::new(&["example-target.com", "example.com"]);
+        let local_pool = echo();
+        let remote_pool = echo();
+        let vs = format!(
+            r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http:
+  - name: by-origin
+    match: [{{uri: {{prefix: /origin}}, headers: {{x-mesh-origin: {{exact: remote}}}}}}]
+    route: [{{destination: {{host: remote-pool.internal, port: {{number: 80}}}}}}]
+  - name: origin-local
+    match: [{{uri: {{prefix: /origin}}}}]
+    route: [{{destination: {{host: local-pool.internal, port: {{number: 80}}}}}}]
+  - name: weighted
+    match: [{{uri: {{prefix: /weighted}}}}]
+    route:
+    - {{destination: {{host: local-pool.internal}}, weight: 75}}
+    - {{destination: {{host: remote-pool.internal}}, weight: 25}}
+  - name: direct
+    match: [{{uri: {{exact: /health}}}}]
+    directResponse: {{status: 418, body: {{string: "short and stout"}}}}
+    headers: {{response: {{set: {{x-direct: "yes"}}}}}}
+  - name: rewritten
+    match: [{{uri: {{prefix: /api/v1/}}}}]
+    rewrite: {{uri: /v2/, authority: backend.internal}}
+    headers:
+      request: {{set: {{x-added: "1"}}, remove: [x-secret]}}
+      response: {{add: {{x-served-by: meshgate}}}}
+    route: [{{destination: {{host: local-pool.internal}}}}]
+  - name: refused
+    match: [{{uri: {{prefix: /refused}}}}]
+    route: [{{destination: {{host: nowhere.internal}}}}]
+  - name: slow
+    match: [{{uri: {{prefix: /delay}}}}]
+    timeout: 200ms
+    route: [{{destination: {{host: local-pool.internal}}}}]
+"#
+        );
+        let extra = format!(
+            "{vs}{}{}{}",
+            service_entry("local-pool", local_pool.address.port()),
+            service_entry("remote-pool", remote_pool.address.port()),
+            service_entry("nowhere", closed_port()),
+        );
+        let proxy = Proxy::start(
+            &gateway_yaml(&extra),
+            &pki.workload("example-target.com", GATEWAY_ID),
+        )
+        .await;
+        Self {
+            pki,
+            proxy,
+            local_pool,
+            remote_pool,
+        }
+    }
+
+    fn client(&self, mesh: &str) -> Client {
+        let id = format!("spiffe://{mesh}/ns/default/sa/app");
+        Client::plain(Some(&self.pki.workload(mesh, &id)), &self.pki.root.cert_pem)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr(443)
+    }
+}
+
+#[tokio::test]
+async fn routes_by_mesh_origin() {
+    let s = Setup::new().await;
+    let local = s
+        .client("example-target.com")
+        .get(s.addr(), HOST, HOST, "/origin", &[])
+        .await
+        .unwrap();
+    assert_eq!(local.json()["server"], s.local_pool.address.to_string());
+    let remote = s
+        .client("example.com")
+        .get(s.addr(), HOST, HOST, "/origin", &[])
+        .await
+        .unwrap();
+    assert_eq!(remote.json()["server"], s.remote_pool.address.to_string());
+    // A local caller claiming to be remote is routed by what the proxy knows, not what it sent.
+    let spoofed = s
+        .client("example-target.com")
+        .get(
+            s.addr(),
+            HOST,
+            HOST,
+            "/origin",
+            &[("x-mesh-origin", "remote")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(spoofed.json()["server"], s.local_pool.address.to_string());
+}
+
+#[tokio::test]
+async fn weighted_destinations_share_traffic() {
+    let s = Setup::new().await;
+    let client = s.client("example-target.com");
+    let mut local = 0;
+    let n = 200;
+    for _ in 0..n {
+        let reply = client
+            .get(s.addr(), HOST, HOST, "/weighted", &[])
+            .await
+            .unwrap();
+        if reply.json()["server"] == s.local_pool.address.to_string() {
+            local += 1;
+        }
+    }
+    // 150 expected (75%); the bounds are about five standard deviations (6.1) either way.
+    assert!(
+        (120..=180).contains(&local),
+        "{local} of {n} went to the 75% destination"
+    );
+}
+
+#[tokio::test]
+async fn direct_responses_rewrites_and_header_operations() {
+    let s = Setup::new().await;
+    let client = s.client("example.com");
+    let direct = client
+        .get(s.addr(), HOST, HOST, "/health", &[])
+        .await
+        .unwrap();
+    assert_eq!(direct.status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(&direct.body[..], b"short and stout");
+    assert_eq!(direct.headers["x-direct"], "yes");
+
+    let rewritten = client
+        .get(
+            s.addr(),
+            HOST,
+            HOST,
+            "/api/v1/items?page=2",
+            &[("x-secret", "s3cr3t")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rewritten.json()["path"], "/v2/items?page=2");
+    assert_eq!(
+        rewritten.echoed("host").as_deref(),
+        Some("backend.internal")
+    );
+    assert_eq!(rewritten.echoed("x-added").as_deref(), Some("1"));
+    assert!(rewritten.json()["headers"].get("x-secret").is_none());
+    assert_eq!(rewritten.headers["x-served-by"], "meshgate");
+}
+
+#[tokio::test]
+async fn statuses_the_proxy_makes_itself() {
+    let s = Setup::new().await;
+    let client = s.client("example.com");
+    // A host the Gateway serves but no VirtualService routes.
+    let r = client
+        .get(s.addr(), HOST, "other.example-target.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A host the Gateway does not serve at all (SNI of a served host, so the handshake passes).
+    let r = client
+        .get(s.addr(), HOST, "httpbin.example.org", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = client
+        .get(s.addr(), HOST, HOST, "/refused", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&r.body[..], b"upstream connect error\n");
+    let r = client
+        .get(s.addr(), HOST, HOST, "/delay/3000", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let metrics = s.proxy.running.metrics.render();
+    for code in ["404\"} 2", "503\"} 1", "504\"} 1"] {
+        assert!(metrics.contains(code), "{code} not counted:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_host_is_a_400() {
+    let s = Setup::new().await;
+    let caller = s
+        .pki
+        .workload("example.com", "spiffe://example.com/ns/default/sa/app");
+    let client = Client::new(Some(&caller), &s.pki.root.cert_pem, &[b"http/1.1"]);
+    let addr = s.addr();
+    // Raw HTTP/1.1 with no Host header, over a real TLS connection.
+    let mut tls = client.connect(addr, HOST).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(support::TIMEOUT, tls.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
+    let response = String::from_utf8_lossy(&out);
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+}

@@ -1,0 +1,234 @@
+//! A real client: rustls with a workload certificate, any SNI and ALPN, then hyper HTTP/1.1 or
+//! HTTP/2 as ALPN chose.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use meshgate_pki::Workload;
+
+use super::TIMEOUT;
+
+/// What came back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as the JSON `meshgate echo` sends.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The single value of a request header as the echo backend saw it.
+    pub fn echoed(&self, name: &str) -> Option<String> {
+        let values = self.json()["headers"][name].as_array()?.clone();
+        assert_eq!(
+            values.len(),
+            1,
+            "{name} arrived {} times: {values:?}",
+            values.len()
+        );
+        values[0].as_str().map(str::to_string)
+    }
+}
+
+/// A TLS client configuration.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+}
+
+impl Client {
+    /// A client presenting `identity` (or no certificate), trusting `roots_pem`, offering `alpn`.
+    pub fn new(identity: Option<&Workload>, roots_pem: &str, alpn: &[&[u8]]) -> Self {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = Arc::new(ChainOnly(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap(),
+        ));
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match identity {
+            Some(w) => {
+                let chain = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The plain `h2, http/1.1` client most HTTP clients are.
+    pub fn plain(identity: Option<&Workload>, roots_pem: &str) -> Self {
+        Self::new(identity, roots_pem, &[b"h2", b"http/1.1"])
+    }
+
+    /// Connects and completes the TLS handshake.
+    pub async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        sni: &str,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(sni.to_string())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+    }
+
+    /// One GET on a new connection. `authority` goes into Host (HTTP/1.1) or :authority (h2).
+    pub async fn get(
+        &self,
+        addr: std::net::SocketAddr,
+        sni: &str,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        tokio::time::timeout(TIMEOUT, self.get_inner(addr, sni, authority, path, headers))
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    async fn get_inner(
+        &self,
+        addr: std::net::SocketAddr,
+        sni: &str,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        let tls = self
+            .connect(addr, sni)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let h2 = matches!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(b"h2") | Some(b"istio-h2")
+        );
+        let mut req = Request::get(format!("https://{authority}{path}"));
+        if !h2 {
+            req = req.header("host", authority).version(Version::HTTP_11);
+        } else {
+            req = req.version(Version::HTTP_2);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(Full::new(Bytes::new())).unwrap();
+        if !h2 {
+            // HTTP/1.1 sends origin-form; the authority travels in Host.
+            *req.uri_mut() = path.parse().unwrap();
+        }
+        let io = TokioIo::new(tls);
+        let response = if h2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2: {e}"))?;
+            tokio::spawn(conn);
+            send.send_request(req).await
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("h1: {e}"))?;
+            tokio::spawn(conn);
+            send.send_request(req).await
+        }
+        .map_err(|e| format!("request: {e}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// Verifies the server's chain to the bundle but not its name: an Istio gateway presents a
+/// workload certificate whose only SAN is its SPIFFE ID.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                ..
+            })) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}

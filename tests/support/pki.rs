@@ -1,0 +1,45 @@
+//! A shared root with per-mesh intermediates, made by the code behind `meshgate pki`.
+
+use std::collections::BTreeMap;
+
+use meshgate_config::spiffe::TrustDomain;
+use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec, Workload};
+
+pub struct Pki {
+    pub root: Authority,
+    meshes: BTreeMap<String, Authority>,
+}
+
+impl Pki {
+    /// A root and an intermediate for each trust domain.
+    pub fn new(trust_domains: &[&str]) -> Self {
+        let root = Authority::root("test shared root", KeyAlgorithm::EcdsaP256).unwrap();
+        let meshes = trust_domains
+            .iter()
+            .map(|td| {
+                let ca = root
+                    .intermediate(&TrustDomain::new(td).unwrap(), KeyAlgorithm::EcdsaP256)
+                    .unwrap();
+                (td.to_string(), ca)
+            })
+            .collect();
+        Self { root, meshes }
+    }
+
+    /// The intermediate of a mesh.
+    pub fn ca(&self, trust_domain: &str) -> &Authority {
+        &self.meshes[trust_domain]
+    }
+
+    /// An Istio workload leaf issued by `trust_domain`'s CA for `spiffe_id`.
+    pub fn workload(&self, trust_domain: &str, spiffe_id: &str) -> Workload {
+        self.ca(trust_domain)
+            .issue(&LeafSpec::spiffe(spiffe_id))
+            .unwrap()
+    }
+
+    /// A leaf from `trust_domain`'s CA with a custom spec.
+    pub fn leaf(&self, trust_domain: &str, spec: &LeafSpec) -> Workload {
+        self.ca(trust_domain).issue(spec).unwrap()
+    }
+}

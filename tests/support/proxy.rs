@@ -1,0 +1,109 @@
+//! Start the proxy in process from YAML, with its identity written to a temp directory.
+
+use std::net::SocketAddr;
+
+use meshgate_pki::Workload;
+use meshgate_proxy::echo::Echo;
+use meshgate_proxy::Running;
+
+use super::TempDir;
+
+/// A running proxy and the directory holding its config and certificates.
+pub struct Proxy {
+    pub running: Running,
+    pub dir: TempDir,
+}
+
+impl Proxy {
+    /// Writes `identity` to `certs/` and `yaml` to `config.yaml`, then loads and starts it.
+    /// `yaml` may use `certs/cert-chain.pem`, `certs/key.pem`, `certs/root-cert.pem`.
+    pub async fn start(yaml: &str, identity: &Workload) -> Self {
+        let dir = TempDir::new("proxy");
+        identity.write(&dir.path().join("certs")).unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let model = meshgate_config::load(&[config]).unwrap_or_else(|e| panic!("config: {e}"));
+        let running = meshgate_proxy::start(model)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        Self { running, dir }
+    }
+
+    /// The bound address of Gateway port `port`.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        self.running
+            .address(port)
+            .expect("no listener for that port")
+    }
+
+    /// How many handshakes were refused for `reason`.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.running.metrics.handshakes_rejected(reason)
+    }
+}
+
+/// An echo backend on an ephemeral loopback port.
+pub fn echo() -> Echo {
+    Echo::start("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// The MeshGateway + Kyma Istio + ISTIO_MUTUAL Gateway every inbound test starts from: trust
+/// domain `example-target.com`, port 443 bound to an ephemeral port, hosts `*.example-target.com`.
+pub fn gateway_yaml(extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: target-gateway, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{443: 0}}}}
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec:
+  config: {{trustDomain: example-target.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: multi-mesh-gateway, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["*.example-target.com"]
+    tls: {{mode: ISTIO_MUTUAL}}
+{extra}"#
+    )
+}
+
+/// A VirtualService for `host` on the gateway, routing everything to `backend` (an echo).
+pub fn route_to(host: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: ["{host}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http:
+  - route:
+    - destination: {{host: {name}.backend.internal, port: {{number: 80}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.backend.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        name = host.split('.').next().unwrap(),
+        port = backend.port(),
+    )
+}
