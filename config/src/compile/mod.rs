@@ -239,3 +239,6 @@ pub(crate) fn relative_to(file: &Path, path: &str) -> PathBuf {
 
 /// Kubernetes' namespace for a resource that names none.
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+//! Compilation, table-driven: what each resource becomes, and the error each mistake gives.
+
+use crate::load_str;
+use crate::model::{Endpoints, ListenerProtocol, RouteAction};
+
+const MESH_GATEWAY: &str = r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway, app: edge}
+  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}
+"#;
+
+fn with_gateway(extra: &str) -> String {
+    format!("{MESH_GATEWAY}---\n{extra}")
+}
+
+/// The messages of a failed load, each as `check` prints it.
+fn errors(yaml: &str) -> Vec<String> {
+    match load_str("t.yaml", yaml) {
+        Ok(_) => panic!("loaded without error:\n{yaml}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn trust_domain_sources_and_defaults() {
+    let model = load_str("t.yaml", MESH_GATEWAY).unwrap();
+    assert_eq!(model.trust.trust_domain.as_str(), "cluster.local");
+    assert!(model.trust.cluster_local_is_local);
+
+    let yaml = with_gateway(
+        r#"apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {name: istio, namespace: istio-system}
+spec:
+  profile: default
+  meshConfig:
+    trustDomain: new.example.com
+    trustDomainAliases: [old.example.com]
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {name: default, namespace: kyma-system}
+spec:
+  config: {trustDomain: new.example.com}
+  components: {pilot: {k8s: {resources: {}}}}
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(model.trust.trust_domain.as_str(), "new.example.com");
+    assert_eq!(model.trust.aliases[0].as_str(), "old.example.com");
+    assert!(model.trust.is_local("old.example.com"));
+    assert!(model.trust.is_local("cluster.local"));
+    assert!(!model.trust.is_local("example.com"));
+}
+
+#[test]
+fn disagreeing_trust_domains_are_an_error_naming_both() {
+    let yaml = with_gateway(
+        r#"apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {name: default, namespace: kyma-system}
+spec:
+  config: {trustDomain: a.example.com}
+---
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {name: istio, namespace: istio-system}
+spec:
+  meshConfig: {trustDomain: b.example.com}
+"#,
+    );
+    let e = errors(&yaml);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("`a.example.com` (Istio kyma-system/default spec.config.trustDomain)"),
+        "{e:?}"
+    );
+    assert!(
+        e[0].contains(
+            "`b.example.com` (IstioOperator istio-system/istio spec.meshConfig.trustDomain)"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn kyma_trust_domain_with_underscore_is_a_warning() {
+    let yaml = with_gateway(
+        "apiVersion: operator.kyma-project.io/v1alpha2\nkind: Istio\nmetadata: {name: default}\nspec:\n  config: {trustDomain: my_mesh.local}\n",
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("`my_mesh.local` contains `_`")),
+        "{:?}",
+        model.warnings
+    );
+}
+
+#[test]
+fn gateways_apply_by_selector_and_group_servers_by_port() {
+    let yaml = with_gateway(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: mine, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["./a.example.com", "team/b.example.com"]
+    tls: {mode: ISTIO_MUTUAL, minProtocolVersion: TLSV1_3}
+  - port: {number: 443, name: https-2, protocol: HTTPS}
+    hosts: ["*/c.example.com"]
+    tls: {mode: ISTIO_MUTUAL, minProtocolVersion: TLSV1_3}
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: other, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: ISTIO_MUTUAL}
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(
+        model.listeners.len(),
+        2,
+        "the east-west Gateway selects another workload"
+    );
+    let https = &model.listeners[0];
+    assert_eq!((https.port, https.protocol), (443, ListenerProtocol::Https));
+    assert_eq!(https.servers.len(), 3);
+    assert!(https.servers[0].namespace.admits("istio-system"));
+    assert!(!https.servers[0].namespace.admits("default"));
+    assert!(https.servers[1].namespace.admits("team"));
+    assert!(https.servers[2].namespace.admits("anything"));
+    assert_eq!(model.listeners[1].protocol, ListenerProtocol::Http);
+    assert_eq!(model.listeners[1].address.to_string(), "0.0.0.0:8080");
+}
+
+#[test]
+fn virtual_services_bind_by_gateway_namespace_and_host() {
+    let yaml = with_gateway(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["team/*.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bound, namespace: team}
+spec:
+  hosts: [a.example.com, a.example.org]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: reviews, port: {number: 9080}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wrong-namespace, namespace: default}
+spec:
+  hosts: [b.example.com]
+  gateways: [istio-system/gw]
+  http: [{directResponse: {status: 200}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sidecars-only, namespace: team}
+spec:
+  hosts: [c.example.com]
+  http: [{directResponse: {status: 200}}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let vhosts = &model.listeners[0].virtual_hosts;
+    assert_eq!(vhosts.len(), 1, "{vhosts:?}");
+    assert_eq!(vhosts[0].source, "VirtualService team/bound");
+    // Only the host that intersects the server's hosts is bound.
+    assert_eq!(vhosts[0].hosts.len(), 1);
+    assert_eq!(vhosts[0].hosts[0].to_string(), "a.example.com");
+    // A short destination host takes the VirtualService's namespace, and, declared by no
+    // ServiceEntry, is resolved by DNS with a warning.
+    let RouteAction::Forward(dest) = &vhosts[0].routes[0].action else {
+        panic!()
+    };
+    let backend = &model.backends[dest[0].backend];
+    assert_eq!(backend.host, "reviews.team.svc.cluster.local");
+    assert!(
+        matches!(&backend.endpoints, Endpoints::Dns(e) if e[0] == ("reviews.team.svc.cluster.local".to_string(), 9080))
+    );
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("declared by no ServiceEntry")),
+        "{:?}",
+        model.warnings
+    );
+}
+
+#[test]
+fn each_mistake_names_file_resource_and_field() {
+    let gw = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+"#;
+    let vs = |http: &str| {
+        with_gateway(&format!(
+            "{gw}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: ns}}\nspec:\n  hosts: [a.b]\n  gateways: [istio-system/gw]\n  http:\n  - {http}\n"
+        ))
+    };
+    let cases: &[(String, &str)] = &[
+        (vs("{route: [{destination: {host: x.y}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route[0].destination: no ServiceEntry declares `x.y`: port.number is required"),
+        (vs("{directResponse: {status: 200}, route: [{destination: {host: x.y, port: {number: 1}}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0]: route and directResponse are exclusive"),
+        (vs("{match: [{uri: {regex: \"(\"}}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].uri: invalid regex"),
+        (vs("{match: [{queryParams: {a: {exact: b}}}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].queryParams: this Istio field is not implemented by meshgate"),
+        (vs("{timeout: soon, directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].timeout: `soon` is not a duration"),
+        (vs("{directResponse: {status: 1000}}"), "t.yaml: VirtualService ns/vs: spec.http[0].directResponse.status: not an HTTP status code"),
+        (vs("{route: [{destination: {host: x.y, port: {number: 1}}, weight: 0}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route: every destination has weight 0"),
+        (vs("{mirror: {host: x}, directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].mirror: this Istio field is not implemented by meshgate"),
+        (vs("{directResponse: {status: 200}, retires: {attempts: 1}}"), "t.yaml:25:37: VirtualService ns/vs: spec.http[0].retires: unknown field `retires`"),
+        (MESH_GATEWAY.replace("labels:", "labelz:"), "t.yaml:6:3: MeshGateway istio-system/gw: spec.labelz: unknown field `labelz`"),
+        (format!("{MESH_GATEWAY}---\n{MESH_GATEWAY}"), "t.yaml: MeshGateway istio-system/gw: metadata: a second MeshGateway"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n".to_string(), "no MeshGateway (apiVersion meshgate.dev/v1alpha1) found"),
+        (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec: {}\n"), "t.yaml: AuthorizationPolicy default/deny: spec: AuthorizationPolicy is not implemented yet"),
+        (with_gateway("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: TCP}]\n  resolution: DNS\n"), "t.yaml: ServiceEntry default/se: spec.ports[0].protocol: `TCP` is not implemented"),
+        (with_gateway("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: x.example.com}]\n"), "t.yaml: ServiceEntry default/se: spec.endpoints[0].address: `x.example.com` is not an IP address"),
+        (MESH_GATEWAY.replace("spec:\n", "spec:\n  tagging: {forwardClientCert: APPEND_FORWARD}\n"), "t.yaml: MeshGateway istio-system/gw: spec.tagging.forwardClientCert: `APPEND_FORWARD` is not supported"),
+        (MESH_GATEWAY.replace("spec:\n", "spec:\n  trust: {trustDomains: [Bad.Domain]}\n"), "t.yaml: MeshGateway istio-system/gw: spec.trust.trustDomains[0]: `Bad.Domain` is not a valid trust domain"),
+        (MESH_GATEWAY.replace("  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}\n", "") + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: ISTIO_MUTUAL}}]\n", "t.yaml: MeshGateway istio-system/gw: spec.identity: required: listener https (port 443) is ISTIO_MUTUAL"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(yaml);
+        assert!(
+            got.iter().any(|e| e.starts_with(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}
