@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -359,4 +360,135 @@ async fn reqwest_ready(admin: std::net::SocketAddr) -> u16 {
         .unwrap()
         .unwrap();
     out[9..12].parse().unwrap()
+}
+
+/// The README's quickstart, with `meshgate pki` making the certificates and curl as the
+/// client; only the fixed ports are swapped for ephemeral ones.
+#[test]
+fn readme_quickstart_with_curl() {
+    let work = TempDir::new("readme");
+    let p = |s: &str| work.path().join(s).display().to_string();
+    let pki_steps: [&[&str]; 4] = [
+        &["pki", "root", "--out", &p("root")],
+        &[
+            "pki",
+            "intermediate",
+            "--root",
+            &p("root"),
+            "--trust-domain",
+            "example-target.com",
+            "--out",
+            &p("target"),
+        ],
+        &[
+            "pki",
+            "intermediate",
+            "--root",
+            &p("root"),
+            "--trust-domain",
+            "example.com",
+            "--out",
+            &p("source"),
+        ],
+        &[
+            "pki",
+            "workload",
+            "--ca",
+            &p("source"),
+            "--out",
+            &p("sleep"),
+            "--spiffe-id",
+            "spiffe://example.com/ns/default/sa/sleep",
+        ],
+    ];
+    for args in pki_steps {
+        let out = meshgate(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let config = work.path().join("config");
+    let gateway_cert = [
+        "pki",
+        "workload",
+        "--ca",
+        &p("target"),
+        "--out",
+        &p("config/certs"),
+        "--spiffe-id",
+        GATEWAY_ID,
+        "--dns",
+        "*.example-target.com",
+    ];
+    assert!(meshgate(&gateway_cert).status.success());
+    assert_eq!(
+        std::fs::metadata(config.join("certs/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // The echo backend runs on a Tokio runtime of its own; the rest of this test blocks.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let backend = echo();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/target-mesh");
+    for file in std::fs::read_dir(&example).unwrap() {
+        let file = file.unwrap().path();
+        if file.extension().is_some_and(|e| e == "yaml") {
+            let yaml = std::fs::read_to_string(&file)
+                .unwrap()
+                .replace("443: 18443", "443: 0")
+                .replace("127.0.0.1:15000", "\"127.0.0.1:0\"")
+                .replace(
+                    "targetPort: 8080",
+                    &format!("targetPort: {}", backend.address.port()),
+                );
+            std::fs::write(config.join(file.file_name().unwrap()), yaml).unwrap();
+        }
+    }
+    let mut proc = Proc::run(&config, &[]);
+    let (listener, _admin) = proc.addresses();
+    let port = listener.port();
+    let curl = |extra: &[&str]| {
+        let resolve = format!("httpbin.example-target.com:{port}:127.0.0.1");
+        let url = format!("https://httpbin.example-target.com:{port}/get");
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &p("root/root-cert.pem"),
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let out = curl(&[
+        "--cert",
+        &p("sleep/cert-chain.pem"),
+        "--key",
+        &p("sleep/key.pem"),
+        "-H",
+        "x-mesh-origin: local",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["headers"]["x-mesh-origin"],
+        serde_json::json!(["remote"])
+    );
+    assert_eq!(
+        json["headers"]["x-source-principal"],
+        serde_json::json!(["example.com/ns/default/sa/sleep"])
+    );
+
+    // Without a client certificate curl gets a TLS alert, not a response.
+    let out = curl(&[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty());
 }
