@@ -347,13 +347,17 @@ async fn sigterm_drains_a_request_in_flight_then_exits_cleanly() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
-/// GET /ready on the admin port with a plain HTTP/1.1 client.
+/// GET /ready on the admin port.
 async fn reqwest_ready(admin: std::net::SocketAddr) -> u16 {
+    admin_get(admin, "/ready").await
+}
+
+/// The status of a GET on the admin port, with a plain HTTP/1.1 client.
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     tokio::time::timeout(support::TIMEOUT, s.read_to_string(&mut out))
         .await
@@ -491,4 +495,24 @@ fn readme_quickstart_with_curl() {
     let out = curl(&[]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn sigint_stops_the_proxy_and_healthz_answers_until_then() {
+    let pki = Pki::new(&["example-target.com"]);
+    let dir = config_dir(&pki, &gateway_with_admin(""));
+    let mut proc = Proc::run(dir.path(), &[]);
+    let (_listener, admin) = proc.addresses();
+    assert_eq!(admin_get(admin, "/healthz").await, 200);
+    assert_eq!(admin_get(admin, "/ready").await, 200);
+    assert_eq!(admin_get(admin, "/nope").await, 404);
+    let killed = Command::new("kill")
+        .args(["-INT", &proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

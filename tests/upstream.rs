@@ -1,0 +1,220 @@
+//! Upstream behaviour: HTTP/2 to HTTP2/GRPC ports, DNS resolution, round robin over
+//! endpoints, streamed bodies both ways, connection reuse, and the TLS versions a Gateway allows.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::{echo, gateway_yaml, Proxy};
+
+const HOST: &str = "httpbin.example-target.com";
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+
+fn virtual_service(destination: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http: [{{route: [{{destination: {{host: {destination}, port: {{number: 80}}}}}}]}}]
+"#
+    )
+}
+
+async fn start(pki: &Pki, extra: &str) -> Proxy {
+    Proxy::start(
+        &gateway_yaml(extra),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await
+}
+
+fn caller(pki: &Pki) -> Client {
+    let w = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    Client::plain(Some(&w), &pki.root.cert_pem)
+}
+
+#[tokio::test]
+async fn http2_service_ports_are_reached_over_http2() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    for protocol in ["HTTP2", "GRPC", "HTTP"] {
+        let extra = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: p, protocol: {protocol}, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+            virtual_service("h2.internal"),
+            backend.address.port()
+        );
+        let proxy = start(&pki, &extra).await;
+        // The client speaks HTTP/1.1 to the gateway; the upstream hop follows the port protocol.
+        let client = Client::new(
+            Some(&pki.workload("example.com", "spiffe://example.com/ns/a/sa/b")),
+            &pki.root.cert_pem,
+            &[b"http/1.1"],
+        );
+        let reply = client
+            .get(proxy.addr(443), HOST, HOST, "/", &[])
+            .await
+            .unwrap();
+        let want = if protocol == "HTTP" {
+            "HTTP/1.1"
+        } else {
+            "HTTP/2.0"
+        };
+        assert_eq!(reply.json()["version"], want, "{protocol}");
+        assert_eq!(reply.echoed("x-mesh-origin").as_deref(), Some("remote"));
+    }
+}
+
+#[tokio::test]
+async fn dns_resolution_and_round_robin_over_endpoints() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (a, b) = (echo(), echo());
+    // DNS: the endpoint is a name, resolved when connecting.
+    let dns = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: dns}}\nspec:\n  hosts: [dns.internal]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: DNS\n  endpoints: [{{address: localhost}}]\n",
+        virtual_service("dns.internal"),
+        a.address.port()
+    );
+    let proxy = start(&pki, &dns).await;
+    let reply = caller(&pki)
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.json()["server"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{}", a.address.port())));
+
+    // STATIC with two endpoints on their own ports (by port name): round robin.
+    let rr = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: rr}}\nspec:\n  hosts: [rr.internal]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n",
+        virtual_service("rr.internal"),
+        a.address.port(),
+        b.address.port()
+    );
+    let proxy = start(&pki, &rr).await;
+    let client = caller(&pki);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let reply = client
+            .get(proxy.addr(443), HOST, HOST, "/", &[])
+            .await
+            .unwrap();
+        seen.push(reply.json()["server"].as_str().unwrap().to_string());
+    }
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "not alternating: {seen:?}");
+    }
+    assert!(seen.contains(&a.address.to_string()) && seen.contains(&b.address.to_string()));
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_over_one_connection() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let extra = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: big}}\nspec:\n  hosts: [big.internal]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        virtual_service("big.internal"),
+        backend.address.port()
+    );
+    let proxy = start(&pki, &extra).await;
+    let w = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&w), &pki.root.cert_pem, &[b"h2"]);
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = Bytes::from(vec![b'x'; 8 * 1024 * 1024]);
+    // Several requests on one downstream connection; the upstream pool is reused too.
+    for _ in 0..3 {
+        let req = Request::post(format!("https://{HOST}/upload"))
+            .body(Full::new(body.clone()))
+            .unwrap();
+        let response = tokio::time::timeout(support::TIMEOUT, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["body_bytes"], 8 * 1024 * 1024);
+        assert_eq!(json["method"], "POST");
+    }
+    let metrics = proxy.running.metrics.render();
+    assert!(
+        metrics.contains(r#"meshgate_handshakes_total{result="success",reason=""} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tls_versions_follow_the_gateway() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let w = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let tls12_only = {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.root.cert_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+    };
+    let connect = |addr| {
+        let config = Arc::new(tls12_only.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(HOST).unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+        }
+    };
+    let route = support::proxy::route_to(HOST, backend.address);
+    // Default: TLS 1.2 and 1.3. The gateway's certificate has no DNS SAN, so the 1.2 client
+    // stops at the name check — after the server accepted TLS 1.2.
+    let proxy = start(&pki, &route).await;
+    let err = connect(proxy.addr(443)).await.unwrap_err();
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+    // minProtocolVersion TLSV1_3: the server refuses TLS 1.2 outright.
+    let strict = gateway_yaml(&route).replace(
+        "tls: {mode: ISTIO_MUTUAL}",
+        "tls: {mode: ISTIO_MUTUAL, minProtocolVersion: TLSV1_3}",
+    );
+    let proxy = Proxy::start(&strict, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let err = connect(proxy.addr(443)).await.unwrap_err();
+    assert!(err.to_string().contains("ProtocolVersion"), "{err}");
+    support::eventually("tls_error counted", || proxy.rejected("tls_error") == 1).await;
+    // TLS 1.3 clients still get through.
+    let reply = caller(&pki)
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+}
