@@ -366,3 +366,94 @@ async fn http2_and_http1_clients_reach_the_backend() {
         );
     }
 }
+
+#[tokio::test]
+async fn resumed_sessions_keep_their_identity_and_resumption_can_be_turned_off() {
+    let pki = pki();
+    let backend = echo();
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let yaml = gateway_yaml(&route_to(HOST, backend.address));
+    for (resumption, want) in [
+        (true, rustls::HandshakeKind::Resumed),
+        (false, rustls::HandshakeKind::Full),
+    ] {
+        let yaml = yaml.replacen(
+            "  labels: {istio: ingressgateway}",
+            &format!(
+                "  labels: {{istio: ingressgateway}}\n  tls: {{sessionResumption: {resumption}}}"
+            ),
+            1,
+        );
+        let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+        // One client config keeps rustls' session cache between connections.
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+        let first = client
+            .get(proxy.addr(443), HOST, HOST, "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            first.echoed("x-source-principal").as_deref(),
+            Some("example.com/ns/default/sa/sleep")
+        );
+        let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+        // TLS 1.3 tickets arrive after the handshake: a second connection may need a moment.
+        let kind = tls.get_ref().1.handshake_kind();
+        drop(tls);
+        let kind = if kind == Some(want) {
+            kind
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            client
+                .connect(proxy.addr(443), HOST)
+                .await
+                .unwrap()
+                .get_ref()
+                .1
+                .handshake_kind()
+        };
+        assert_eq!(kind, Some(want), "sessionResumption: {resumption}");
+        // Whether resumed or not, the request carries the caller's identity.
+        let again = client
+            .get(proxy.addr(443), HOST, HOST, "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            again.echoed("x-source-principal").as_deref(),
+            Some("example.com/ns/default/sa/sleep")
+        );
+        assert_eq!(again.echoed("x-mesh-origin").as_deref(), Some("remote"));
+    }
+}
+
+#[tokio::test]
+async fn mesh_config_ecdh_curves_choose_the_key_exchange() {
+    let pki = pki();
+    let backend = echo();
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let operator = |curves: &str| {
+        format!(
+            "{}---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {{name: istio, namespace: istio-system}}\nspec:\n  meshConfig:\n    trustDomain: example-target.com\n    tlsDefaults: {{ecdhCurves: [{curves}]}}\n",
+            route_to(HOST, backend.address)
+        )
+    };
+    for (curves, want) in [
+        ("X25519", rustls::NamedGroup::X25519),
+        ("P-256", rustls::NamedGroup::secp256r1),
+        ("X25519MLKEM768, X25519", rustls::NamedGroup::X25519MLKEM768),
+    ] {
+        let proxy = Proxy::start(
+            &gateway_yaml(&operator(curves)),
+            &pki.workload("example-target.com", GATEWAY_ID),
+        )
+        .await;
+        // A fresh client each time: rustls remembers a server's key-exchange group per name.
+        let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+        let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+        let group = tls
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name());
+        assert_eq!(group, Some(want), "{curves}");
+    }
+}

@@ -30,7 +30,7 @@ pub struct Runtime {
 impl Runtime {
     /// Loads the identity files and builds every config; fails without side effects.
     pub fn build(model: Arc<Model>, metrics: Arc<Metrics>) -> Result<Self, StartError> {
-        let provider = crate::tls::provider();
+        let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
         let credentials = match &model.proxy.identity {
             Some(files) => Some(Credentials::load(files, &provider)?),
             None => None,
@@ -39,7 +39,7 @@ impl Runtime {
         for l in &model.listeners {
             let tls = match (&l.tls, l.protocol, &credentials) {
                 (Some(tls), ListenerProtocol::Https, Some(creds)) => Some(
-                    ServerTlsConfigs::new(creds, tls, &model.trust, provider.clone())
+                    ServerTlsConfigs::new(creds, tls, &model, provider.clone())
                         .map_err(|e| StartError::Tls(format!("listener {}: {e}", l.name)))?,
                 ),
                 (Some(_), _, None) => {

@@ -7,7 +7,9 @@ use http::HeaderName;
 
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
-use crate::model::{ForwardClientCert, IdentityFiles, ProxySettings, Tagging, TrustSettings};
+use crate::model::{
+    EcdhCurve, ForwardClientCert, IdentityFiles, ProxySettings, Tagging, TrustSettings,
+};
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
 
@@ -97,6 +99,11 @@ pub(crate) fn compile(
         admin,
         outbound,
         tagging: tagging?,
+        session_resumption: spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.session_resumption)
+            .unwrap_or(true),
     };
     Some((proxy, listen))
 }
@@ -165,6 +172,7 @@ pub(crate) fn trust(
     // (value, where it was set), to report a disagreement with both places.
     let mut named: Vec<(TrustDomain, String)> = Vec::new();
     let mut aliases = Vec::new();
+    let mut curves = None;
     let trust_domain = |o: &Origin, field: &str, value: &str, errors: &mut Vec<ConfigError>| {
         match TrustDomain::new(value) {
             Ok(td) => Some(td),
@@ -225,6 +233,29 @@ pub(crate) fn trust(
                 ("rootNamespace", mesh.root_namespace.is_some()),
             ],
         );
+        if let Some(tls) = &mesh.tls_defaults {
+            o.unsupported(
+                errors,
+                "spec.meshConfig.tlsDefaults",
+                &[
+                    ("cipherSuites", tls.cipher_suites.is_some()),
+                    ("minProtocolVersion", tls.min_protocol_version.is_some()),
+                ],
+            );
+            let mut list = Vec::new();
+            for (i, name) in tls.ecdh_curves.iter().enumerate() {
+                match EcdhCurve::parse(name) {
+                    Some(c) => list.push(c),
+                    None => errors.push(o.error(
+                        format!("spec.meshConfig.tlsDefaults.ecdhCurves[{i}]"),
+                        format!("`{name}` is not X25519, P-256, P-384 or X25519MLKEM768"),
+                    )),
+                }
+            }
+            if !list.is_empty() {
+                curves = Some(list);
+            }
+        }
         if let Some(value) = &mesh.trust_domain {
             if let Some(td) = trust_domain(o, "spec.meshConfig.trustDomain", value, errors) {
                 named.push((td, format!("{} spec.meshConfig.trustDomain", o.resource())));
@@ -252,6 +283,7 @@ pub(crate) fn trust(
         aliases,
         cluster_local_is_local: true,
         allowed_trust_domains: None,
+        ecdh_curves: curves,
     };
     if let [(o, spec)] = parsed.mesh_gateways.as_slice() {
         if let Some(trust) = &spec.trust {

@@ -53,6 +53,9 @@ pub struct ProxySettings {
     pub outbound: Option<SocketAddr>,
     /// Header names the proxy owns.
     pub tagging: Tagging,
+    /// Whether TLS 1.3 session tickets are issued (Envoy's stateful/stateless session
+    /// resumption); default true.
+    pub session_resumption: bool,
 }
 
 /// Paths of the workload certificate chain, its key and the trust bundle.
@@ -97,6 +100,35 @@ pub struct TrustSettings {
     pub cluster_local_is_local: bool,
     /// Trust domains accepted at the handshake; `None` accepts any that chains to the bundle.
     pub allowed_trust_domains: Option<Vec<TrustDomain>>,
+    /// `meshConfig.tlsDefaults.ecdhCurves`, in preference order; `None` keeps the default
+    /// (X25519MLKEM768, X25519, P-256, P-384).
+    pub ecdh_curves: Option<Vec<EcdhCurve>>,
+}
+
+/// A TLS key-exchange group, by the names Istio and Envoy use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EcdhCurve {
+    #[serde(rename = "X25519")]
+    X25519,
+    #[serde(rename = "P-256")]
+    P256,
+    #[serde(rename = "P-384")]
+    P384,
+    #[serde(rename = "X25519MLKEM768")]
+    X25519Mlkem768,
+}
+
+impl EcdhCurve {
+    /// Parses Envoy's name for the group.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "X25519" => Some(Self::X25519),
+            "P-256" => Some(Self::P256),
+            "P-384" => Some(Self::P384),
+            "X25519MLKEM768" => Some(Self::X25519Mlkem768),
+            _ => None,
+        }
+    }
 }
 
 impl TrustSettings {

@@ -67,4 +67,15 @@ pub struct MeshConfig {
     pub extension_providers: Unsupported,
     pub ca_certificates: Unsupported,
     pub root_namespace: Unsupported,
+    pub tls_defaults: Option<TlsDefaults>,
+}
+
+/// `meshConfig.tlsDefaults`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsDefaults {
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
+    pub cipher_suites: Unsupported,
+    pub min_protocol_version: Unsupported,
 }

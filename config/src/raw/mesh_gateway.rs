@@ -17,6 +17,13 @@ pub struct MeshGatewaySpec {
     pub admin: Option<Admin>,
     pub trust: Option<Trust>,
     pub tagging: Option<Tagging>,
+    pub tls: Option<DownstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownstreamTls {
+    pub session_resumption: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

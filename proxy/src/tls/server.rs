@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{Acceptor, ServerSessionMemoryCache};
+use rustls::server::{Acceptor, NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use meshgate_config::model::{ServerHost, ServerTls, TlsVersion, TrustSettings};
+use meshgate_config::model::{ServerHost, ServerTls, TlsVersion};
+use meshgate_config::Model;
 
 use super::credentials::{Credentials, OwnCertificate};
 use super::verify::{peer_error, SpiffeClientVerifier};
@@ -42,7 +43,7 @@ impl ServerTlsConfigs {
     pub fn new(
         credentials: &Credentials,
         tls: &ServerTls,
-        trust: &TrustSettings,
+        model: &Model,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::Error> {
         let versions: Vec<_> = [
@@ -53,14 +54,22 @@ impl ServerTlsConfigs {
         .filter(|(v, _)| *v >= tls.min_version && *v <= tls.max_version)
         .map(|(_, v)| v)
         .collect();
-        let verifier =
-            SpiffeClientVerifier::new(credentials.roots.clone(), trust.clone(), provider.clone())
-                .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
+        let verifier = SpiffeClientVerifier::new(
+            credentials.roots.clone(),
+            model.trust.clone(),
+            provider.clone(),
+        )
+        .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(OwnCertificate(credentials.certified_key.clone())));
-        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        if model.proxy.session_resumption {
+            config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        } else {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         let without_alpn = Arc::new(config.clone());
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         Ok(Self {
