@@ -300,16 +300,25 @@ fn run_fails_clearly_when_the_port_is_taken() {
 fn concurrency_sets_the_worker_threads() {
     let pki = Pki::new(&["example-target.com"]);
     let dir = config_dir(&pki, &gateway_with_admin(""));
-    for n in [1usize, 3] {
-        let mut proc = Proc::run(dir.path(), &["--concurrency", &n.to_string()]);
-        proc.addresses();
-        let workers = std::fs::read_dir(format!("/proc/{}/task", proc.pid()))
+    let threads = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-            .filter(|comm| comm.trim() == "meshgate-worker")
-            .count();
-        assert_eq!(workers, n);
-    }
+            .map(|comm| comm.trim().to_string())
+            .collect()
+    };
+    // One worker: a single event loop on the main thread, nothing else.
+    let mut proc = Proc::run(dir.path(), &["--concurrency", "1"]);
+    proc.addresses();
+    assert_eq!(threads(proc.pid()), ["meshgate"]);
+    drop(proc);
+    let mut proc = Proc::run(dir.path(), &["--concurrency", "3"]);
+    proc.addresses();
+    let workers = threads(proc.pid())
+        .iter()
+        .filter(|c| *c == "meshgate-worker")
+        .count();
+    assert_eq!(workers, 3);
 }
 
 #[tokio::test]
