@@ -57,7 +57,7 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             l.address,
             hosts.join(", ")
         );
-        for vh in &l.virtual_hosts {
+        for vh in l.routes.virtual_hosts() {
             let hosts: Vec<_> = vh.hosts.iter().map(|h| h.to_string()).collect();
             let _ = writeln!(out, "  {} hosts {}", vh.source, hosts.join(", "));
             for (i, r) in vh.routes.iter().enumerate() {

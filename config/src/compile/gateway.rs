@@ -7,8 +7,8 @@ use super::mesh_gateway::ListenSettings;
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
-    HostMatcher, Listener, ListenerProtocol, NamespaceFilter, ServerHost, ServerTls, ServerTlsMode,
-    TlsVersion,
+    HostMatcher, Listener, ListenerProtocol, NamespaceFilter, RouteTable, ServerHost, ServerTls,
+    ServerTlsMode, TlsVersion,
 };
 use crate::raw::gateway::{GatewaySpec, Server};
 
@@ -253,6 +253,6 @@ fn compile_server(
         },
         tls,
         servers,
-        virtual_hosts: Vec::new(),
+        routes: RouteTable::default(),
     })
 }

@@ -185,7 +185,7 @@ spec:
 "#,
     );
     let model = load_str("t.yaml", &yaml).unwrap();
-    let vhosts = &model.listeners[0].virtual_hosts;
+    let vhosts = model.listeners[0].routes.virtual_hosts();
     assert_eq!(vhosts.len(), 1, "{vhosts:?}");
     assert_eq!(vhosts[0].source, "VirtualService team/bound");
     // Only the host that intersects the server's hosts is bound.

@@ -11,7 +11,7 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
     DirectResponse, HeaderMatch, HeaderOps, HostMatcher, Listener, RequestMatch, Route,
-    RouteAction, StringMatcher, VirtualHost, WeightedBackend,
+    RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{HeaderOperations, HttpMatch, HttpRoute, VirtualServiceSpec};
 use crate::raw::StringMatch;
@@ -26,6 +26,7 @@ pub(crate) fn bind(
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
 ) {
+    let mut tables: Vec<Vec<VirtualHost>> = listeners.iter().map(|_| Vec::new()).collect();
     for (o, spec) in found {
         o.unsupported(
             errors,
@@ -68,7 +69,7 @@ pub(crate) fn bind(
                 compile_route(o, &format!("spec.http[{i}]"), r, backends, errors, warnings)
             })
             .collect();
-        for listener in listeners.iter_mut() {
+        for (listener, table) in listeners.iter().zip(tables.iter_mut()) {
             let servers: Vec<_> = listener
                 .servers
                 .iter()
@@ -90,12 +91,15 @@ pub(crate) fn bind(
                 ));
                 continue;
             }
-            listener.virtual_hosts.push(VirtualHost {
+            table.push(VirtualHost {
                 source: o.resource(),
                 hosts: bound,
                 routes: routes.clone(),
             });
         }
+    }
+    for (listener, table) in listeners.iter_mut().zip(tables) {
+        listener.routes = RouteTable::new(table);
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod host;
 mod route;
+mod table;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ pub use route::{
     DirectResponse, HeaderMatch, HeaderOps, RequestMatch, Route, RouteAction, StringMatcher,
     VirtualHost, WeightedBackend,
 };
+pub use table::RouteTable;
 
 use crate::spiffe::TrustDomain;
 
@@ -165,7 +167,7 @@ pub struct Listener {
     /// Hosts the servers on this port accept.
     pub servers: Vec<ServerHost>,
     /// Routes, from VirtualServices bound to the servers' Gateways.
-    pub virtual_hosts: Vec<VirtualHost>,
+    pub routes: RouteTable,
 }
 
 /// What a listener speaks.

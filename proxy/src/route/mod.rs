@@ -2,8 +2,8 @@
 //!
 //! Istio's semantics: the authority (port removed) must match a host of the listener's Gateway
 //! servers; the most specific VirtualService host that matches wins (exact, then the longest
-//! wildcard suffix, then `*`); inside it the first route whose match succeeds wins. Pure: no
-//! I/O, no locks, no allocation.
+//! wildcard suffix, then `*`, by the listener's precomputed host index); inside it the first
+//! route whose match succeeds wins. Pure: no I/O, no locks, no allocation.
 
 use http::{HeaderMap, Method, Uri};
 
@@ -30,21 +30,7 @@ pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<&'a R
     {
         return None;
     }
-    let mut best: Option<(usize, &meshgate_config::model::VirtualHost)> = None;
-    for vh in &listener.virtual_hosts {
-        let score = vh
-            .hosts
-            .iter()
-            .filter(|h| h.matches(req.authority))
-            .map(|h| h.specificity())
-            .max();
-        if let Some(score) = score {
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, vh));
-            }
-        }
-    }
-    let (_, vh) = best?;
+    let vh = listener.routes.find(req.authority)?;
     vh.routes.iter().find(|r| {
         r.matches.is_empty()
             || r.matches

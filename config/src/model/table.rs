@@ -1,0 +1,134 @@
+//! A listener's virtual hosts, indexed by host: choosing one costs a few hash lookups (one per
+//! label of the authority) whatever the number of VirtualServices.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{HostMatcher, VirtualHost};
+
+/// The virtual hosts of one listener and their host index. Built once; never out of step.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteTable {
+    virtual_hosts: Vec<VirtualHost>,
+    #[serde(skip)]
+    exact: HashMap<Box<str>, usize>,
+    /// `*.example.com` kept as `.example.com`.
+    #[serde(skip)]
+    suffix: HashMap<Box<str>, usize>,
+    #[serde(skip)]
+    any: Option<usize>,
+}
+
+impl RouteTable {
+    /// Indexes `virtual_hosts`; for a host pattern that several declare, the first wins.
+    pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
+        let mut table = Self::default();
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for host in &vh.hosts {
+                match host {
+                    HostMatcher::Exact(h) => {
+                        table.exact.entry(h.clone()).or_insert(i);
+                    }
+                    HostMatcher::Suffix(s) => {
+                        table.suffix.entry(s.clone()).or_insert(i);
+                    }
+                    HostMatcher::Any => {
+                        table.any.get_or_insert(i);
+                    }
+                }
+            }
+        }
+        table.virtual_hosts = virtual_hosts;
+        table
+    }
+
+    /// Every virtual host, in declaration order.
+    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+        &self.virtual_hosts
+    }
+
+    /// The virtual host for `host` (no port, any case), as Envoy picks it: an exact host, else
+    /// the longest matching `*.suffix`, else `*`.
+    pub fn find(&self, host: &str) -> Option<&VirtualHost> {
+        let mut buf = [0u8; 256];
+        let owned;
+        let lower: &str = if host.len() <= buf.len() {
+            let bytes = &mut buf[..host.len()];
+            bytes.copy_from_slice(host.as_bytes());
+            bytes.make_ascii_lowercase();
+            // ASCII lowercasing keeps UTF-8 valid; a host that is not UTF-8 cannot get here.
+            std::str::from_utf8(bytes).ok()?
+        } else {
+            owned = host.to_ascii_lowercase();
+            &owned
+        };
+        let i = self.exact.get(lower).copied().or_else(|| {
+            // Longest suffix first: `.b.example.com` before `.example.com`. A suffix needs at
+            // least one character before its dot.
+            lower
+                .char_indices()
+                .filter(|&(i, c)| c == '.' && i > 0)
+                .find_map(|(i, _)| self.suffix.get(&lower[i..]).copied())
+        });
+        i.or(self.any).map(|i| &self.virtual_hosts[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vh(source: &str, hosts: &[&str]) -> VirtualHost {
+        VirtualHost {
+            source: source.into(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostMatcher::parse(h).unwrap())
+                .collect(),
+            routes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn envoy_precedence() {
+        let table = RouteTable::new(vec![
+            vh("any", &["*"]),
+            vh("short-suffix", &["*.example.com"]),
+            vh("long-suffix", &["*.api.example.com"]),
+            vh("exact", &["www.api.example.com", "Other.Example.org"]),
+            vh("duplicate-exact", &["www.api.example.com"]),
+        ]);
+        let cases = [
+            ("www.api.example.com", "exact"),
+            ("WWW.API.Example.COM", "exact"),
+            ("other.example.org", "exact"),
+            ("v2.api.example.com", "long-suffix"),
+            ("a.b.api.example.com", "long-suffix"),
+            ("api.example.com", "short-suffix"),
+            ("x.example.com", "short-suffix"),
+            ("example.com", "any"),
+            (".example.com", "any"),
+            ("elsewhere.net", "any"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(
+                table.find(host).map(|v| v.source.as_str()),
+                Some(want),
+                "{host}"
+            );
+        }
+        let long = format!("{}.example.com", "a".repeat(300));
+        assert_eq!(
+            table.find(&long).map(|v| v.source.as_str()),
+            Some("short-suffix")
+        );
+    }
+
+    #[test]
+    fn no_fallback_without_star() {
+        let table = RouteTable::new(vec![vh("only", &["*.example.com"])]);
+        assert!(table.find("example.com").is_none());
+        assert!(table.find("example.org").is_none());
+    }
+}
