@@ -314,11 +314,18 @@ fn concurrency_sets_the_worker_threads() {
     drop(proc);
     let mut proc = Proc::run(dir.path(), &["--concurrency", "3"]);
     proc.addresses();
-    let workers = threads(proc.pid())
-        .iter()
-        .filter(|c| *c == "meshgate-worker")
-        .count();
-    assert_eq!(workers, 3);
+    // A thread names itself once it runs: poll rather than read once.
+    let workers = || {
+        threads(proc.pid())
+            .iter()
+            .filter(|c| *c == "meshgate-worker")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + support::TIMEOUT;
+    while workers() != 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(workers(), 3);
 }
 
 #[tokio::test]

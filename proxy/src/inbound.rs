@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -71,7 +70,7 @@ pub async fn serve_connection(
                         listener,
                         peer_addr,
                     };
-                    serve(Arc::new(conn), TokioIo::new(tls), Some(version), watcher).await
+                    serve(Arc::new(conn), tls, Some(version), watcher).await
                 }
             }
         }
@@ -85,7 +84,7 @@ pub async fn serve_connection(
                 listener,
                 peer_addr,
             };
-            serve(Arc::new(conn), TokioIo::new(stream), None, watcher).await
+            serve(Arc::new(conn), stream, None, watcher).await
         }
     };
     if let Err(e) = served {
@@ -96,20 +95,16 @@ pub async fn serve_connection(
 
 async fn serve<I>(
     conn: Arc<Connection>,
-    io: TokioIo<I>,
+    io: I,
     version: Option<crate::tls::server::HttpVersion>,
     watcher: Watcher,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+) -> Result<(), crate::serve::ServeError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let runtime = conn.runtime.clone();
     let service = hyper::service::service_fn(move |req| handle_request(conn.clone(), req));
-    let http = runtime
-        .http
-        .for_version(version)
-        .serve_connection(io, service);
-    watcher.watch(http.into_owned()).await
+    runtime.http.serve(io, version, service, watcher).await
 }
 
 /// Tag to forward: tag, route, forward (or answer directly), count.
