@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use meshgate_config::model::{Endpoints, RouteAction};
+use meshgate_config::model::{Endpoints, RouteAction, UpstreamTls};
 use meshgate_config::Model;
 use meshgate_proxy::runtime::Runtime;
 
@@ -96,6 +96,23 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                 .join(", "),
         };
         let source = b.source.as_deref().unwrap_or("no ServiceEntry");
+        let tls = match &b.policy.tls {
+            UpstreamTls::Disable => "plaintext",
+            UpstreamTls::Simple(_) => "TLS SIMPLE",
+            UpstreamTls::Mutual(_) => "TLS MUTUAL",
+            UpstreamTls::IstioMutual(_) => "ISTIO_MUTUAL",
+        };
+        let policy = b
+            .policy
+            .source
+            .as_deref()
+            .map(|s| format!(", {s}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "backend {}:{} {:?} {tls} {:?} -> {endpoints} [{source}{policy}]",
+            b.host, b.port, b.protocol, b.policy.load_balancer
+        );
         let _ = writeln!(
             out,
             "backend {}:{} {:?} -> {endpoints} [{source}]",

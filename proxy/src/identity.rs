@@ -58,6 +58,10 @@ pub enum PeerError {
     /// The peer's trust domain is not in `MeshGateway.spec.trust.trustDomains`.
     #[error("trust domain `{0}` is not allowed")]
     TrustDomainNotAllowed(String),
+    /// An upstream's identity is not one of the DestinationRule's `subjectAltNames`, or (for
+    /// ISTIO_MUTUAL without them) is not a SPIFFE ID.
+    #[error("server identity not allowed: {0}")]
+    IdentityNotAllowed(String),
     /// The SNI names no host of this listener's Gateway servers.
     #[error("SNI `{0}` matches no Gateway server host")]
     SniMismatch(String),
@@ -86,6 +90,7 @@ impl PeerError {
             Self::InvalidSpiffeId(_) => "invalid_spiffe_id",
             Self::CaLeaf => "ca_leaf",
             Self::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
+            Self::IdentityNotAllowed(_) => "identity_not_allowed",
             Self::SniMismatch(_) => "sni_mismatch",
             Self::Timeout => "timeout",
             Self::Tls(_) => "tls_error",
@@ -94,7 +99,7 @@ impl PeerError {
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const REASONS: [&'static str; 14] = [
+    pub const REASONS: [&'static str; 15] = [
         "no_client_certificate",
         "unknown_issuer",
         "expired",
@@ -105,6 +110,7 @@ impl PeerError {
         "invalid_spiffe_id",
         "ca_leaf",
         "trust_domain_not_allowed",
+        "identity_not_allowed",
         "sni_mismatch",
         "timeout",
         "tls_error",

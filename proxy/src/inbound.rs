@@ -12,7 +12,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use meshgate_config::model::RouteAction;
+use meshgate_config::model::{ListenerKind, RouteAction};
 
 use crate::body::ResponseBody;
 use crate::identity::PeerIdentity;
@@ -140,12 +140,16 @@ async fn route_and_forward(
     let listener = &conn.runtime.model.listeners[conn.listener];
     let authority =
         route::authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("no authority"))?;
+    let port = match listener.kind {
+        ListenerKind::Gateway => listener.port,
+        ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
+    };
     let head = RouteRequest {
         method: req.method(),
         path: req.uri().path(),
         authority,
         headers: req.headers(),
-        port: listener.port,
+        port,
     };
     let route = route::route(listener, &head).ok_or(ProxyError::NoRoute)?;
     let mut response = match &route.action {

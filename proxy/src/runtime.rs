@@ -53,7 +53,7 @@ impl Runtime {
             listeners.push(tls);
         }
         Ok(Self {
-            upstreams: Upstreams::new(&model),
+            upstreams: Upstreams::new(&model, credentials.as_ref(), &provider)?,
             http: HttpServers::new(),
             credentials,
             listeners,

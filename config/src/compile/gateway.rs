@@ -7,8 +7,8 @@ use super::mesh_gateway::ListenSettings;
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
-    HostMatcher, Listener, ListenerProtocol, NamespaceFilter, RouteTable, ServerHost, ServerTls,
-    ServerTlsMode, TlsVersion,
+    HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter, RouteTable, ServerHost,
+    ServerTls, ServerTlsMode, TlsVersion,
 };
 use crate::raw::gateway::{GatewaySpec, Server};
 
@@ -244,6 +244,7 @@ fn compile_server(
             .name
             .clone()
             .unwrap_or_else(|| format!("port-{port}")),
+        kind: ListenerKind::Gateway,
         port,
         address: SocketAddr::new(listen.address, bind_port),
         protocol: if tls.is_some() {

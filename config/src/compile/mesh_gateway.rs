@@ -13,10 +13,12 @@ use crate::model::{
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
 
-/// Where Gateway ports bind.
+/// Where Gateway ports bind, and the DNS overrides for upstream names.
 pub(crate) struct ListenSettings {
     pub address: IpAddr,
     pub port_overrides: BTreeMap<u16, u16>,
+    /// (host, port) -> address, from `spec.resolve`.
+    pub resolve: Vec<((String, u16), SocketAddr)>,
 }
 
 /// The one MeshGateway.
@@ -64,7 +66,23 @@ pub(crate) fn compile(
     let mut listen = ListenSettings {
         address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         port_overrides: BTreeMap::new(),
+        resolve: Vec::new(),
     };
+    for (i, r) in spec.resolve.iter().enumerate() {
+        let field = format!("spec.resolve[{i}]");
+        match (u16::try_from(r.port), r.address.parse::<SocketAddr>()) {
+            (Ok(port), Ok(address)) if port > 0 => listen
+                .resolve
+                .push(((r.host.to_ascii_lowercase(), port), address)),
+            (Err(_), _) | (Ok(0), _) => {
+                errors.push(o.error(format!("{field}.port"), "ports are 1 to 65535"))
+            }
+            _ => errors.push(o.error(
+                format!("{field}.address"),
+                format!("`{}` is not an ip:port address", r.address),
+            )),
+        }
+    }
     if let Some(l) = &spec.listen {
         if let Some(address) = &l.address {
             match address.parse() {

@@ -4,8 +4,10 @@
 //! ServiceEntries (backends); then Gateways selected by this proxy's labels (listeners); then
 //! VirtualServices bound to those Gateways (routes).
 
+mod destination_rule;
 mod gateway;
 mod mesh_gateway;
+mod outbound;
 mod service_entry;
 mod virtual_service;
 
@@ -36,6 +38,10 @@ pub fn compile(
         Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
         None => Vec::new(),
     };
+    let outbound = proxy.as_ref().and_then(|(p, _)| p.outbound).map(|address| {
+        listeners.push(outbound::listener(address));
+        listeners.len() - 1
+    });
     virtual_service::bind(
         &parsed.virtual_services,
         &mut listeners,
@@ -43,11 +49,12 @@ pub fn compile(
         errors,
         &mut warnings,
     );
-    for (o, _) in &parsed.destination_rules {
-        errors.push(o.error(
-            "spec",
-            "DestinationRule (upstream TLS origination) is not implemented yet",
-        ));
+    if let Some(i) = outbound {
+        outbound::add_service_entries(&mut listeners[i], &backends);
+    }
+    destination_rule::compile(&parsed.destination_rules, errors).apply(backends.list_mut());
+    if let Some((_, listen)) = &proxy {
+        service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
     for o in &parsed.authorization_policies {
         errors.push(o.error("spec", "AuthorizationPolicy is not implemented yet"));

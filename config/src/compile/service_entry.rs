@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::Origin;
 use crate::error::ConfigError;
-use crate::model::{Backend, BackendProtocol, Endpoints};
+use crate::model::{Backend, BackendProtocol, Endpoints, UpstreamPolicy};
 use crate::raw::service_entry::ServiceEntrySpec;
 
 /// The backends found so far, with their (host, port) index.
@@ -51,6 +51,7 @@ impl Backends {
             protocol: BackendProtocol::Http1,
             endpoints: Endpoints::Dns(vec![(host.to_string(), port)]),
             source: None,
+            policy: UpstreamPolicy::default(),
         });
         self.index.insert((host.to_string(), port), i);
         Ok((i, true))
@@ -58,6 +59,32 @@ impl Backends {
 
     pub fn into_backends(self) -> Vec<Backend> {
         self.list
+    }
+
+    /// Every backend so far.
+    pub fn list_mut(&mut self) -> &mut [Backend] {
+        &mut self.list
+    }
+
+    /// Every backend so far.
+    pub fn list(&self) -> &[Backend] {
+        &self.list
+    }
+}
+
+/// Applies `MeshGateway.spec.resolve`: a DNS endpoint named there connects to the given
+/// address instead.
+pub(crate) fn resolve(backends: &mut [Backend], overrides: &[((String, u16), SocketAddr)]) {
+    for b in backends {
+        if let Endpoints::Dns(list) = &mut b.endpoints {
+            for (host, port) in list.iter_mut() {
+                let key = (host.to_ascii_lowercase(), *port);
+                if let Some((_, address)) = overrides.iter().find(|(k, _)| *k == key) {
+                    *host = address.ip().to_string();
+                    *port = address.port();
+                }
+            }
+        }
     }
 }
 
@@ -222,6 +249,7 @@ fn compile_one(
                 protocol,
                 endpoints,
                 source: Some(o.resource()),
+                policy: UpstreamPolicy::default(),
             });
         }
     }

@@ -156,6 +156,7 @@ impl TrustSettings {
 pub struct Listener {
     /// A stable name for logs and metrics: the first server's port name, or `port-<n>`.
     pub name: String,
+    pub kind: ListenerKind,
     /// The Gateway port number, which route `port` matches compare with.
     pub port: u16,
     /// Where it binds (after `portOverrides`).
@@ -168,6 +169,17 @@ pub struct Listener {
     pub servers: Vec<ServerHost>,
     /// Routes, from VirtualServices bound to the servers' Gateways.
     pub routes: RouteTable,
+}
+
+/// Which side of the mesh a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ListenerKind {
+    /// A Gateway port: route `port` matches compare with the Gateway port.
+    Gateway,
+    /// The plaintext egress listener (`MeshGateway.spec.outbound`): requests from local apps,
+    /// routed by VirtualServices bound to `mesh` and by ServiceEntry host and port; route `port`
+    /// matches compare with the port of the request's authority (80 by default).
+    Outbound,
 }
 
 /// What a listener speaks.
@@ -227,6 +239,69 @@ pub struct Backend {
     pub endpoints: Endpoints,
     /// `ServiceEntry ns/name`, or `None` for a host that no ServiceEntry declares.
     pub source: Option<String>,
+    /// TLS, load balancing and connection pool, from the DestinationRule for this host.
+    pub policy: UpstreamPolicy,
+}
+
+/// How connections to a backend are made and chosen (a DestinationRule's `trafficPolicy`,
+/// with its `portLevelSettings` for this port applied).
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamPolicy {
+    pub tls: UpstreamTls,
+    pub load_balancer: LoadBalancer,
+    /// `connectionPool.tcp.connectTimeout`; Istio's default is 10 s.
+    pub connect_timeout: std::time::Duration,
+    /// `connectionPool.http.idleTimeout`: an idle pooled connection is closed after this.
+    pub idle_timeout: std::time::Duration,
+    /// `DestinationRule ns/name`, when one applies.
+    pub source: Option<String>,
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        Self {
+            tls: UpstreamTls::Disable,
+            load_balancer: LoadBalancer::RoundRobin,
+            connect_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            source: None,
+        }
+    }
+}
+
+/// A DestinationRule's `tls.mode`.
+#[derive(Debug, Clone, Serialize)]
+pub enum UpstreamTls {
+    /// `DISABLE`: plaintext.
+    Disable,
+    /// `SIMPLE`: TLS, the server verified against `caCertificates` or the mesh bundle.
+    Simple(ClientTls),
+    /// `MUTUAL`: TLS with the client certificate files named here.
+    Mutual(ClientTls),
+    /// `ISTIO_MUTUAL`: TLS with our own workload identity and the mesh bundle; the server must
+    /// present a SPIFFE ID (one of `subjectAltNames` when given).
+    IstioMutual(ClientTls),
+}
+
+/// The settings of a TLS origination.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientTls {
+    /// Overrides the SNI (default: `outbound_.<port>_._.<host>` for ISTIO_MUTUAL, the host
+    /// otherwise).
+    pub sni: Option<String>,
+    /// The server's SPIFFE ID or DNS name must be one of these, when given.
+    pub subject_alt_names: Vec<String>,
+    pub ca_certificates: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+}
+
+/// `loadBalancer.simple`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    RoundRobin,
+    LeastRequest,
+    Random,
 }
 
 /// The upstream HTTP version.

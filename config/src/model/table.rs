@@ -43,6 +43,11 @@ impl RouteTable {
         table
     }
 
+    /// Gives the virtual hosts back, to build a larger table.
+    pub fn into_virtual_hosts(self) -> Vec<VirtualHost> {
+        self.virtual_hosts
+    }
+
     /// Every virtual host, in declaration order.
     pub fn virtual_hosts(&self) -> &[VirtualHost] {
         &self.virtual_hosts

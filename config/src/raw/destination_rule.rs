@@ -1,9 +1,100 @@
-//! `networking.istio.io DestinationRule`. Parsed so that its kind is recognised; upstream TLS
-//! origination is tracked in issue 3 and every DestinationRule is reported as not implemented.
+//! `networking.istio.io DestinationRule`.
 
 use serde::Deserialize;
 
+use super::Unsupported;
+
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
-    pub host: Option<String>,
+    pub host: String,
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub subsets: Unsupported,
+    pub export_to: Unsupported,
+    pub workload_selector: Unsupported,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    pub tls: Option<ClientTls>,
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    pub outlier_detection: Unsupported,
+    pub tunnel: Unsupported,
+    pub proxy_protocol: Unsupported,
+    pub retry_budget: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortSelector>,
+    pub tls: Option<ClientTls>,
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSelector {
+    pub number: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTls {
+    pub mode: Option<String>,
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
+    pub credential_name: Unsupported,
+    pub ca_crl: Unsupported,
+    pub insecure_skip_verify: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub simple: Option<String>,
+    pub consistent_hash: Unsupported,
+    pub locality_lb_setting: Unsupported,
+    pub warmup_duration_secs: Unsupported,
+    pub warmup: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    pub tcp: Option<TcpSettings>,
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    pub connect_timeout: Option<String>,
+    pub max_connections: Option<u32>,
+    pub tcp_keepalive: Unsupported,
+    pub max_connection_duration: Unsupported,
+    pub idle_timeout: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    pub idle_timeout: Option<String>,
+    pub max_requests_per_connection: Option<u32>,
+    pub http1_max_pending_requests: Unsupported,
+    pub http2_max_requests: Unsupported,
+    pub max_retries: Unsupported,
+    pub h2_upgrade_policy: Unsupported,
+    pub use_client_protocol: Unsupported,
+    pub max_concurrent_streams: Unsupported,
 }

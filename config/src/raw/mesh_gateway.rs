@@ -18,6 +18,17 @@ pub struct MeshGatewaySpec {
     pub trust: Option<Trust>,
     pub tagging: Option<Tagging>,
     pub tls: Option<DownstreamTls>,
+    #[serde(default)]
+    pub resolve: Vec<Resolve>,
+}
+
+/// A DNS override, as curl's `--resolve host:port:address`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resolve {
+    pub host: String,
+    pub port: u32,
+    pub address: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,7 +26,7 @@ pub async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let upstream = upstreams.backend(backend);
-    let endpoint = upstream.next_endpoint().ok_or(ProxyError::NoRoute)?;
+    let (endpoint, _in_flight) = upstream.pick().ok_or(ProxyError::NoRoute)?;
 
     // The upstream sees the original host (or the rewritten one), as Envoy sends it.
     let host = match &route.rewrite_authority {
@@ -43,7 +43,12 @@ pub async fn forward(
     };
     let path = rewrite_path(req.uri(), route);
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    // The scheme keys the pool; the connector already knows whether to originate TLS.
+    parts.scheme = Some(if upstream.tls {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
     parts.authority = Some(endpoint.clone());
     parts.path_and_query = Some(path);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
@@ -54,7 +59,7 @@ pub async fn forward(
         BackendProtocol::Http2 => Version::HTTP_2,
     };
 
-    let send = upstreams.client(upstream.protocol).request(req);
+    let send = upstream.client.request(req);
     let result = match route.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await

@@ -69,6 +69,29 @@ pub fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     Some(strip_port(raw))
 }
 
+/// The port of the request's authority: the one written, else 80 (the outbound listener
+/// matches ServiceEntry ports with it, as a sidecar does with the destination port).
+pub fn authority_port(uri: &Uri, headers: &HeaderMap) -> u16 {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => match headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            Some(h) => h,
+            None => return DEFAULT_PORT,
+        },
+    };
+    let host = strip_port(raw);
+    raw[host.len()..]
+        .strip_prefix(':')
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(DEFAULT_PORT)
+}
+
+/// The port of an authority that names none.
+const DEFAULT_PORT: u16 = 80;
+
 fn strip_port(authority: &str) -> &str {
     // `[::1]:443` keeps its brackets; `host:443` loses its port.
     if let Some(end) = authority.strip_prefix('[').and_then(|r| r.find(']')) {

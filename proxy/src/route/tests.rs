@@ -200,3 +200,27 @@ fn authority_loses_its_port() {
         Some("plain.example.com")
     );
 }
+
+#[test]
+fn authority_port_defaults_to_80() {
+    let h = |v: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static(v));
+        h
+    };
+    let origin: Uri = "/".parse().unwrap();
+    assert_eq!(
+        authority_port(&origin, &h("httpbin.example-target.com")),
+        80
+    );
+    assert_eq!(
+        authority_port(&origin, &h("httpbin.example-target.com:8080")),
+        8080
+    );
+    assert_eq!(authority_port(&origin, &h("[::1]:9000")), 9000);
+    assert_eq!(authority_port(&origin, &h("[::1]")), 80);
+    assert_eq!(
+        authority_port(&"http://a.b:81/".parse().unwrap(), &HeaderMap::new()),
+        81
+    );
+}

@@ -1,0 +1,177 @@
+//! The client side: TLS origination to upstreams, as a DestinationRule's `tls` describes it.
+//!
+//! `ISTIO_MUTUAL` presents our own workload chain, trusts the mesh bundle, sends the SNI and
+//! ALPN an Istio sidecar sends (`outbound_.<port>_._.<host>`; `istio-http/1.1, istio,
+//! http/1.1` or `istio-h2, istio, h2`), and accepts the server by its SPIFFE ID (one of
+//! `subjectAltNames` when given, else any valid SPIFFE ID chained to the bundle, as Istio).
+//! `SIMPLE` and `MUTUAL` verify the server's name (or `subjectAltNames`) against
+//! `caCertificates` or the bundle. Sessions are resumed (rustls' client session cache).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
+
+use meshgate_config::model::{Backend, BackendProtocol, ClientTls, UpstreamTls};
+
+use super::credentials::Credentials;
+use super::verify::SpiffeServerVerifier;
+use crate::StartError;
+
+/// What the connector needs to originate TLS to one backend.
+#[derive(Debug, Clone)]
+pub struct Origination {
+    pub config: Arc<ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+/// The origination for `backend`, or `None` for plaintext.
+pub fn origination(
+    backend: &Backend,
+    credentials: Option<&Credentials>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<Origination>, StartError> {
+    let (settings, mutual, istio) = match &backend.policy.tls {
+        UpstreamTls::Disable => return Ok(None),
+        UpstreamTls::Simple(s) => (s, false, false),
+        UpstreamTls::Mutual(s) => (s, true, false),
+        UpstreamTls::IstioMutual(s) => (s, true, true),
+    };
+    let what = || {
+        let source = backend
+            .policy
+            .source
+            .as_deref()
+            .unwrap_or("DestinationRule");
+        format!("{source} for {}:{}", backend.host, backend.port)
+    };
+    let roots = match (&settings.ca_certificates, credentials) {
+        (Some(path), _) if !istio => Arc::new(read_roots(path)?),
+        (_, Some(c)) => c.roots.clone(),
+        (_, None) => {
+            return Err(StartError::Tls(format!(
+                "{}: {} needs the MeshGateway identity (its trust bundle{})",
+                what(),
+                if istio {
+                    "ISTIO_MUTUAL"
+                } else {
+                    "SIMPLE without caCertificates"
+                },
+                if istio { " and certificate" } else { "" }
+            )))
+        }
+    };
+    let verifier = SpiffeServerVerifier::new(
+        roots,
+        settings.subject_alt_names.clone(),
+        istio,
+        provider.clone(),
+    )
+    .map_err(|e| StartError::Tls(format!("{}: {e}", what())))?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match (mutual, istio) {
+        (false, _) => builder.with_no_client_auth(),
+        (true, true) => {
+            let creds = credentials.ok_or_else(|| {
+                StartError::Tls(format!(
+                    "{}: ISTIO_MUTUAL needs the MeshGateway identity",
+                    what()
+                ))
+            })?;
+            builder.with_client_cert_resolver(Arc::new(OwnClientCertificate(
+                creds.certified_key.clone(),
+            )))
+        }
+        (true, false) => {
+            let (chain, key) = read_client_files(settings)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| StartError::Tls(format!("{}: client certificate: {e}", what())))?
+        }
+    };
+    config.alpn_protocols = alpn(istio, backend.protocol);
+    let sni = match &settings.sni {
+        Some(sni) => sni.clone(),
+        // Istio's sidecar SNI names the service port and host (subset `_`: none).
+        None if istio => format!("outbound_.{}_._.{}", backend.port, backend.host),
+        None => backend.host.clone(),
+    };
+    let server_name = ServerName::try_from(sni.clone())
+        .map_err(|_| StartError::Tls(format!("{}: `{sni}` is not a valid SNI", what())))?;
+    Ok(Some(Origination {
+        config: Arc::new(config),
+        server_name,
+    }))
+}
+
+fn alpn(istio: bool, protocol: BackendProtocol) -> Vec<Vec<u8>> {
+    let list: &[&[u8]] = match (istio, protocol) {
+        (true, BackendProtocol::Http1) => &[b"istio-http/1.1", b"istio", b"http/1.1"],
+        (true, BackendProtocol::Http2) => &[b"istio-h2", b"istio", b"h2"],
+        (false, BackendProtocol::Http1) => &[b"http/1.1"],
+        (false, BackendProtocol::Http2) => &[b"h2"],
+    };
+    list.iter().map(|p| p.to_vec()).collect()
+}
+
+/// Presents our workload chain to every upstream that asks.
+#[derive(Debug)]
+struct OwnClientCertificate(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for OwnClientCertificate {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn read_roots(path: &Path) -> Result<RootCertStore, StartError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_error(path, format!("cannot read certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "holds no CERTIFICATE".into()));
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("unusable root: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn read_client_files(
+    settings: &ClientTls,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), StartError> {
+    let (Some(cert), Some(key)) = (&settings.client_certificate, &settings.private_key) else {
+        return Err(StartError::Tls(
+            "MUTUAL needs clientCertificate and privateKey".into(),
+        ));
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_error(cert, format!("cannot read certificates: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| file_error(key, format!("no usable private key: {e}")))?;
+    Ok((chain, key))
+}
+
+fn file_error(path: &Path, message: String) -> StartError {
+    StartError::Identity {
+        path: path.to_path_buf(),
+        message,
+    }
+}
