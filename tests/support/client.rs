@@ -232,3 +232,44 @@ impl ServerCertVerifier for ChainOnly {
         self.0.supported_verify_schemes()
     }
 }
+
+/// One plaintext HTTP/1.1 GET, as a local app sends it to the outbound listener.
+pub async fn plain_get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let run = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("h1: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = Request::get(path).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = send
+            .send_request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(TIMEOUT, run)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}

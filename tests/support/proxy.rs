@@ -107,3 +107,55 @@ spec:
         port = backend.port(),
     )
 }
+
+impl Proxy {
+    /// The bound address of the outbound listener.
+    pub fn outbound(&self) -> SocketAddr {
+        self.running
+            .listeners
+            .iter()
+            .find(|l| l.name == "outbound")
+            .map(|l| l.address)
+            .expect("no outbound listener")
+    }
+}
+
+/// The source mesh's proxy: trust domain `example.com`, an outbound listener, the seed's
+/// ServiceEntry for `httpbin.example-target.com` (80 -> 443, DNS) with `httpbin...:443`
+/// resolved to `target`, and a DestinationRule whose `trafficPolicy` is `policy`.
+pub fn source_yaml(target: SocketAddr, policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: source-egress, namespace: default}}
+spec:
+  labels: {{app: sleep}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  outbound: {{address: "127.0.0.1:0"}}
+  resolve: [{{host: httpbin.example-target.com, port: 443, address: "{target}"}}]
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec:
+  config: {{trustDomain: example.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin-example-target, namespace: default}}
+spec:
+  hosts: [httpbin.example-target.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin-example-target, namespace: default}}
+spec:
+  host: httpbin.example-target.com
+  trafficPolicy: {policy}
+"#
+    )
+}

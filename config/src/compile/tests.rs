@@ -256,3 +256,89 @@ spec:
         );
     }
 }
+
+#[test]
+fn destination_rules_most_specific_host_and_port_level_settings() {
+    use crate::model::{LoadBalancer, UpstreamTls};
+    let yaml = MESH_GATEWAY.replace("spec:\n", "spec:\n  outbound: {address: \"127.0.0.1:15001\"}\n  resolve: [{host: api.example.com, port: 443, address: \"127.0.0.1:18443\"}]\n")
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}, {number: 8080, name: alt, protocol: HTTP2}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: wide}
+spec:
+  host: "*.example.com"
+  trafficPolicy: {tls: {mode: SIMPLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: narrow}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL, sni: api.mesh}
+    loadBalancer: {simple: LEAST_REQUEST}
+    portLevelSettings:
+    - port: {number: 8080}
+      tls: {mode: DISABLE}
+"#;
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let by_port = |p: u16| model.backends.iter().find(|b| b.port == p).unwrap();
+    let b80 = by_port(80);
+    assert!(
+        matches!(&b80.policy.tls, UpstreamTls::IstioMutual(t) if t.sni.as_deref() == Some("api.mesh"))
+    );
+    assert_eq!(b80.policy.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(
+        b80.policy.source.as_deref(),
+        Some("DestinationRule default/narrow")
+    );
+    // The resolve override replaced the DNS endpoint for port 443.
+    assert!(
+        matches!(&b80.endpoints, Endpoints::Dns(e) if e == &[("127.0.0.1".to_string(), 18443)])
+    );
+    // Port-level tls replaces the top-level one; the load balancer is inherited.
+    let b8080 = by_port(8080);
+    assert!(matches!(b8080.policy.tls, UpstreamTls::Disable));
+    assert_eq!(b8080.policy.load_balancer, LoadBalancer::LeastRequest);
+    // The outbound listener routes both ports of the ServiceEntry host.
+    let outbound = model
+        .listeners
+        .iter()
+        .find(|l| l.name == "outbound")
+        .unwrap();
+    assert_eq!(outbound.routes.virtual_hosts()[0].routes.len(), 2);
+}
+
+#[test]
+fn destination_rule_mistakes() {
+    let dr = |policy: &str| {
+        with_gateway(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr}}\nspec:\n  host: x.example.com\n  trafficPolicy: {policy}\n"
+        ))
+    };
+    let cases: &[(String, &str)] = &[
+        (dr("{tls: {mode: ISTIO_MUTUAL, clientCertificate: c.pem}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.clientCertificate: not used with ISTIO_MUTUAL"),
+        (dr("{tls: {mode: MUTUAL}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls: MUTUAL needs clientCertificate and privateKey"),
+        (dr("{tls: {mode: SOMETIMES}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.mode: unknown TLS mode `SOMETIMES`"),
+        (dr("{loadBalancer: {simple: PASSTHROUGH}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.simple: `PASSTHROUGH` is not implemented"),
+        (dr("{connectionPool: {tcp: {maxConnections: 10}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.tcp.maxConnections: this Istio field is not implemented by meshgate"),
+        (dr("{outlierDetection: {consecutive5xxErrors: 3}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.outlierDetection: this Istio field is not implemented by meshgate"),
+        (dr("{portLevelSettings: [{tls: {mode: DISABLE}}]}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.portLevelSettings[0].port.number: required"),
+        (dr("{connectionPool: {tcp: {connectTimeout: never}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.tcp.connectTimeout: `never` is not a positive duration"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(yaml);
+        assert!(
+            got.iter().any(|e| e.starts_with(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}

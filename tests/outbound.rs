@@ -1,0 +1,328 @@
+//! Cross-mesh: the source mesh's proxy takes plaintext from an app and originates ISTIO_MUTUAL
+//! to the target mesh's gateway, as the seed's ServiceEntry and DestinationRule describe.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+
+use support::client::plain_get;
+use support::observer::Observer;
+use support::pki::Pki;
+use support::proxy::{echo, gateway_yaml, route_to, source_yaml, Proxy};
+
+const HOST: &str = "httpbin.example-target.com";
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+const SOURCE_ID: &str = "spiffe://example.com/ns/default/sa/sleep";
+const ISTIO_MUTUAL: &str = "{tls: {mode: ISTIO_MUTUAL}}";
+
+fn pki() -> Pki {
+    Pki::new(&["example-target.com", "example.com"])
+}
+
+/// The target mesh's gateway in front of an echo backend.
+async fn target(pki: &Pki) -> (Proxy, meshgate_proxy::echo::Echo) {
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address));
+    (
+        Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await,
+        backend,
+    )
+}
+
+async fn source(pki: &Pki, target: SocketAddr, policy: &str) -> Proxy {
+    Proxy::start(
+        &source_yaml(target, policy),
+        &pki.workload("example.com", SOURCE_ID),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_seed_two_mesh_path_with_pooled_connections() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    let source = source(&pki, target.addr(443), ISTIO_MUTUAL).await;
+    let spoof = [
+        ("x-mesh-origin", "local"),
+        ("x-source-principal", "example-target.com/ns/x/sa/admin"),
+    ];
+    let reply = plain_get(source.outbound(), HOST, "/get", &spoof)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echoed("x-mesh-origin").as_deref(), Some("remote"));
+    assert_eq!(
+        reply.echoed("x-source-trust-domain").as_deref(),
+        Some("example.com")
+    );
+    assert_eq!(
+        reply.echoed("x-source-principal").as_deref(),
+        Some("example.com/ns/default/sa/sleep")
+    );
+    assert!(reply
+        .echoed("x-forwarded-client-cert")
+        .unwrap()
+        .starts_with(&format!("By={GATEWAY_ID};")));
+    // Path and query travel unchanged.
+    let r = plain_get(source.outbound(), HOST, "/anything?x=1", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.json()["path"], "/anything?x=1");
+    // Many requests, one upstream mTLS connection: the target counted one handshake.
+    for _ in 0..30 {
+        let r = plain_get(source.outbound(), &format!("{HOST}:80"), "/get", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let metrics = target.running.metrics.render();
+    assert!(
+        metrics.contains(r#"meshgate_handshakes_total{result="success",reason=""} 1"#),
+        "{metrics}"
+    );
+    // A host no ServiceEntry declares is not routed.
+    let r = plain_get(source.outbound(), "unknown.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Nor is another port of a declared host.
+    let r = plain_get(source.outbound(), &format!("{HOST}:8080"), "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn sni_alpn_and_identity_are_what_an_istio_sidecar_sends() {
+    let pki = pki();
+    let gateway = pki.workload("example-target.com", GATEWAY_ID);
+    let observer = Observer::start(
+        &gateway,
+        &pki.root.cert_pem,
+        &[b"istio-http/1.1", b"http/1.1"],
+    )
+    .await;
+    let source = source(&pki, observer.address, ISTIO_MUTUAL).await;
+    let reply = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(&reply.body[..], b"observed");
+    let seen = observer.seen();
+    assert_eq!(
+        seen[0].sni.as_deref(),
+        Some("outbound_.80_._.httpbin.example-target.com")
+    );
+    assert_eq!(seen[0].alpn, ["istio-http/1.1", "istio", "http/1.1"]);
+    assert_eq!(seen[0].client_uri.as_deref(), Some(SOURCE_ID));
+
+    // tls.sni overrides the SNI; an HTTP2 port offers Istio's h2 tokens.
+    let h2 = source_yaml(
+        observer.address,
+        "{tls: {mode: ISTIO_MUTUAL, sni: gateway.example-target.com}}",
+    )
+    .replace("protocol: HTTP,", "protocol: HTTP2,");
+    let source = Proxy::start(&h2, &pki.workload("example.com", SOURCE_ID)).await;
+    let _ = plain_get(source.outbound(), HOST, "/", &[]).await;
+    let seen = observer.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.sni.as_deref(), Some("gateway.example-target.com"));
+    assert_eq!(last.alpn, ["istio-h2", "istio", "h2"]);
+}
+
+#[tokio::test]
+async fn subject_alt_names_select_the_servers_accepted() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    let allowed = format!("{{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{GATEWAY_ID}]}}}}");
+    let source = self::source(&pki, target.addr(443), &allowed).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+
+    let other = "{tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://example-target.com/ns/istio-system/sa/other]}}";
+    let source = self::source(&pki, target.addr(443), other).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&r.body[..], b"upstream connect error\n");
+}
+
+#[tokio::test]
+async fn upstream_failures_are_clean() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+
+    // A source identity under another root: the target refuses it, the source answers 503.
+    let stranger = Pki::new(&["example.com"]);
+    let source = Proxy::start(
+        &source_yaml(target.addr(443), ISTIO_MUTUAL),
+        &stranger.workload("example.com", SOURCE_ID),
+    )
+    .await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The source trusts only its own root, so it refuses the target's certificate first.
+    let metrics = target.running.metrics.render();
+    assert!(
+        metrics.contains(r#"meshgate_handshakes_total{result="success",reason=""} 0"#),
+        "{metrics}"
+    );
+
+    // SIMPLE TLS (no client certificate) to an ISTIO_MUTUAL gateway.
+    let source = self::source(&pki, target.addr(443), "{tls: {mode: SIMPLE, sni: httpbin.example-target.com, subjectAltNames: [spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway]}}").await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Plaintext to a TLS port.
+    let source = self::source(&pki, target.addr(443), "{tls: {mode: DISABLE}}").await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let source = self::source(&pki, closed, ISTIO_MUTUAL).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A name that does not resolve (`.invalid` never does, RFC 2606).
+    let yaml = source_yaml(closed, ISTIO_MUTUAL).replace(
+        "  resolution: DNS\n",
+        "  resolution: DNS\n  endpoints: [{address: nowhere.invalid}]\n",
+    );
+    assert!(yaml.contains("nowhere.invalid"));
+    let source = Proxy::start(&yaml, &pki.workload("example.com", SOURCE_ID)).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn mutual_tls_with_explicit_files() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    // The files of another workload of the source mesh, named in the DestinationRule.
+    let dir = support::TempDir::new("mutual");
+    let files = pki.workload("example.com", "spiffe://example.com/ns/payments/sa/batch");
+    files.write(dir.path()).unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let policy = format!(
+        "{{tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}, sni: {HOST}, subjectAltNames: [{GATEWAY_ID}]}}}}",
+        p("cert-chain.pem"),
+        p("key.pem"),
+        p("root-cert.pem")
+    );
+    let source = self::source(&pki, target.addr(443), &policy).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.echoed("x-source-principal").as_deref(),
+        Some("example.com/ns/payments/sa/batch")
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_forwards_into_another_mesh_over_istio_mutual() {
+    let pki = pki();
+    // Gateway B in front of echo; gateway A routes httpbin to B with ISTIO_MUTUAL.
+    let (b, _backend) = target(&pki).await;
+    let a_id = "spiffe://example-target.com/ns/istio-system/sa/edge";
+    let a_routes = format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: to-b, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http: [{{route: [{{destination: {{host: gateway-b.example-target.com, port: {{number: 443}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: gateway-b, namespace: default}}
+spec:
+  hosts: [gateway-b.example-target.com]
+  ports: [{{number: 443, name: https, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{https: {}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: gateway-b, namespace: default}}
+spec:
+  host: "*.example-target.com"
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{GATEWAY_ID}]}}}}
+"#,
+        b.addr(443).port()
+    );
+    let a = Proxy::start(
+        &gateway_yaml(&a_routes),
+        &pki.workload("example-target.com", a_id),
+    )
+    .await;
+    let caller = pki.workload("example.com", SOURCE_ID);
+    let client = support::client::Client::plain(Some(&caller), &pki.root.cert_pem);
+    let r = client.get(a.addr(443), HOST, HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // B saw gateway A as its (local) caller; A's own view of the first caller travelled as
+    // headers that B replaced, since B owns them.
+    assert_eq!(
+        r.echoed("x-source-principal").as_deref(),
+        Some("example-target.com/ns/istio-system/sa/edge")
+    );
+    assert_eq!(r.echoed("x-mesh-origin").as_deref(), Some("local"));
+}
+
+#[tokio::test]
+async fn load_balancers_spread_requests_over_endpoints() {
+    let (e1, e2) = (echo(), echo());
+    for lb in ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] {
+        let yaml = format!(
+            r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: egress, namespace: default}}
+spec:
+  outbound: {{address: "127.0.0.1:0"}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: pool}}
+spec:
+  hosts: [pool.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pool}}
+spec:
+  host: pool.internal
+  trafficPolicy: {{loadBalancer: {{simple: {lb}}}, connectionPool: {{tcp: {{connectTimeout: 2s}}, http: {{idleTimeout: 30s}}}}}}
+"#,
+            e1.address.port(),
+            e2.address.port()
+        );
+        let model = meshgate_config::load_str("lb.yaml", &yaml).unwrap();
+        let running = meshgate_proxy::start(model).await.unwrap();
+        let outbound = running.listeners[0].address;
+        let mut first = 0;
+        for _ in 0..60 {
+            let r = plain_get(outbound, "pool.internal", "/", &[])
+                .await
+                .unwrap();
+            if r.json()["server"] == e1.address.to_string() {
+                first += 1;
+            }
+        }
+        // Sequential requests: every policy must use both endpoints, none only one.
+        assert!(
+            (10..=50).contains(&first),
+            "{lb}: {first} of 60 to the first endpoint"
+        );
+        running.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
