@@ -532,3 +532,32 @@ async fn sigint_stops_the_proxy_and_healthz_answers_until_then() {
         .unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[test]
+fn demo_runs_two_meshes_end_to_end() {
+    let out = meshgate(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    let row = |caller: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(caller))
+            .unwrap_or_else(|| panic!("no row for {caller}:\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(
+        row("target-mesh workload").ends_with("200 local example-target.com/ns/default/sa/curl ok")
+    );
+    assert!(row("source-mesh app").ends_with("200 remote example.com/ns/default/sa/sleep ok"));
+    assert!(row("legacy cluster.local workload")
+        .ends_with("200 local cluster.local/ns/default/sa/legacy ok"));
+    let untrusted = row("caller from an untrusted root");
+    assert!(
+        untrusted.contains("refused: TLS received fatal alert: UnknownCA"),
+        "{untrusted}"
+    );
+    assert!(untrusted.ends_with(" ok"));
+    assert!(stdout.contains(r#"reason="unknown_issuer"} 1"#), "{stdout}");
+}
