@@ -561,3 +561,64 @@ fn demo_runs_two_meshes_end_to_end() {
     assert!(untrusted.ends_with(" ok"));
     assert!(stdout.contains(r#"reason="unknown_issuer"} 1"#), "{stdout}");
 }
+
+/// Runs `meshgate check` on YAML files written to a temp dir, with the identity paths they name
+/// (`identity_dir`) pointing at freshly made certificates instead.
+fn check_copy(files: &[(String, String)], identity_dir: &str) -> Output {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let dir = TempDir::new("docker");
+    let certs = dir.path().join("certs");
+    pki.workload("example-target.com", GATEWAY_ID)
+        .write(&certs)
+        .unwrap();
+    for (name, text) in files {
+        let text = text.replace(identity_dir, &format!("{}/", certs.display()));
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    meshgate(&["check", "-c", dir.path().to_str().unwrap()])
+}
+
+fn yaml_files(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_docker_and_kubernetes_config_passes_check() {
+    let docker = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker");
+    for (mesh, identity) in [("target", "/pki/target/"), ("source", "/pki/source/")] {
+        let files = yaml_files(&docker.join("config").join(mesh));
+        assert!(files.len() >= 4, "{mesh}: {files:?}");
+        let out = check_copy(&files, identity);
+        assert!(out.status.success(), "docker/config/{mesh}: {}", text(&out));
+    }
+    // The meshgate config inside each Kubernetes ConfigMap.
+    let mut checked = 0;
+    for (name, manifest) in yaml_files(&docker.join("kubernetes")) {
+        for doc in manifest.split("\n---\n") {
+            let value: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+            if value["kind"] != "ConfigMap" {
+                continue;
+            }
+            let files: Vec<(String, String)> = value["data"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            let out = check_copy(&files, "/etc/meshgate/identity/");
+            assert!(out.status.success(), "{name}: {}", text(&out));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1);
+}
