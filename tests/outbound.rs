@@ -326,3 +326,79 @@ spec:
         running.shutdown(std::time::Duration::from_secs(1)).await;
     }
 }
+
+/// How many mTLS connections the target gateway accepted.
+fn accepted(target: &Proxy) -> u64 {
+    let metrics = target.running.metrics.render();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"meshgate_handshakes_total{result="success""#))
+        .unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_retires_connections() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    let policy =
+        "{tls: {mode: ISTIO_MUTUAL}, connectionPool: {http: {maxRequestsPerConnection: 2}}}";
+    let source = source(&pki, target.addr(443), policy).await;
+    for _ in 0..10 {
+        let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(accepted(&target), 5);
+}
+
+#[tokio::test]
+async fn max_connections_queues_requests_on_the_allowed_connections() {
+    let pki = pki();
+    for (limit, policy) in [
+        (
+            Some(1),
+            "{tls: {mode: ISTIO_MUTUAL}, connectionPool: {tcp: {maxConnections: 1}}}",
+        ),
+        (None, ISTIO_MUTUAL),
+    ] {
+        let (target, _backend) = target(&pki).await;
+        let source = source(&pki, target.addr(443), policy).await;
+        let outbound = source.outbound();
+        // Four slow requests at once.
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn(async move { plain_get(outbound, HOST, "/delay/300", &[]).await })
+            })
+            .collect();
+        for r in requests {
+            assert_eq!(r.await.unwrap().unwrap().status, StatusCode::OK);
+        }
+        match limit {
+            Some(n) => assert_eq!(accepted(&target), n),
+            // Without the limit each concurrent request needed its own connection.
+            None => assert_eq!(accepted(&target), 4),
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    let policy = "{tls: {mode: ISTIO_MUTUAL}, connectionPool: {http: {idleTimeout: 200ms}}}";
+    let source = source(&pki, target.addr(443), policy).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // The source closes its idle connection; the target sees it go.
+    support::eventually("the idle upstream connection to close", || {
+        target
+            .running
+            .metrics
+            .render()
+            .contains("meshgate_connections_active 0")
+    })
+    .await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(accepted(&target), 2);
+}

@@ -6,13 +6,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::forward::pool::PooledBody;
 
 /// A response body.
 #[derive(Debug)]
 pub enum ResponseBody {
     /// Streamed from the upstream, never buffered whole.
-    Upstream(Incoming),
+    Upstream(PooledBody),
     /// Made by the proxy (errors, direct responses, admin, echo).
     Full(Option<Bytes>),
 }

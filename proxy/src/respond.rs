@@ -23,12 +23,17 @@ pub enum ProxyError {
     /// Downstream: no Gateway host or VirtualService route matches.
     #[error("no route")]
     NoRoute,
-    /// Upstream: the connection could not be made (refused, unresolvable, connect timeout).
+    /// Upstream: the backend has no endpoint (a DNS ServiceEntry whose names all failed to
+    /// parse).
+    #[error("no upstream endpoint")]
+    NoEndpoint,
+    /// Upstream: the connection could not be made (refused, unresolvable, connect timeout,
+    /// TLS refused).
     #[error("upstream connect: {0}")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] crate::forward::connect::ConnectError),
     /// Upstream: the connection failed after it was made (reset, protocol error).
     #[error("upstream: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] hyper::Error),
     /// Upstream: no response within the route's timeout.
     #[error("upstream timeout")]
     UpstreamTimeout,
@@ -40,7 +45,9 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::UpstreamConnect(_) | Self::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint | Self::UpstreamConnect(_) | Self::Upstream(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -50,6 +57,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => "DPE",
             Self::NoRoute => "NR",
+            Self::NoEndpoint => "UH",
             Self::UpstreamConnect(_) => "UF",
             Self::Upstream(_) => "UC",
             Self::UpstreamTimeout => "UT",
@@ -60,6 +68,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) => "bad request\n",
             Self::NoRoute => "no route\n",
+            Self::NoEndpoint => "no healthy upstream\n",
             Self::UpstreamConnect(_) => "upstream connect error\n",
             Self::Upstream(_) => "upstream reset\n",
             Self::UpstreamTimeout => "upstream request timeout\n",

@@ -25,6 +25,8 @@ struct Patch {
 struct Pool {
     connect_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    max_connections: Option<u32>,
+    max_requests_per_connection: Option<u32>,
 }
 
 /// Compiled DestinationRules.
@@ -145,6 +147,8 @@ impl Rules {
                 if let Some(t) = pool.idle_timeout {
                     policy.idle_timeout = t;
                 }
+                policy.max_connections = pool.max_connections;
+                policy.max_requests_per_connection = pool.max_requests_per_connection;
             }
             backend.policy = policy;
         }
@@ -209,7 +213,7 @@ fn patch(
                     ],
                 );
                 out.connect_timeout = duration(format!("{path}.tcp.connectTimeout"), &tcp.connect_timeout, errors);
-                o.unsupported(errors, &format!("{path}.tcp"), &[("maxConnections", tcp.max_connections.is_some())]);
+                out.max_connections = positive(o, format!("{path}.tcp.maxConnections"), tcp.max_connections, errors);
             }
             if let Some(http) = &p.http {
                 o.unsupported(
@@ -225,14 +229,31 @@ fn patch(
                     ],
                 );
                 out.idle_timeout = duration(format!("{path}.http.idleTimeout"), &http.idle_timeout, errors);
-                o.unsupported(
+                out.max_requests_per_connection = positive(
+                    o,
+                    format!("{path}.http.maxRequestsPerConnection"),
+                    http.max_requests_per_connection,
                     errors,
-                    &format!("{path}.http"),
-                    &[("maxRequestsPerConnection", http.max_requests_per_connection.is_some())],
                 );
             }
             out
         }),
+    }
+}
+
+/// Istio's limits are positive; 0 would stop all traffic.
+fn positive(
+    o: &Origin,
+    field: String,
+    v: Option<u32>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<u32> {
+    match v {
+        Some(0) => {
+            errors.push(o.error(field, "must be at least 1"));
+            None
+        }
+        other => other,
     }
 }
 

@@ -253,6 +253,11 @@ pub struct UpstreamPolicy {
     pub connect_timeout: std::time::Duration,
     /// `connectionPool.http.idleTimeout`: an idle pooled connection is closed after this.
     pub idle_timeout: std::time::Duration,
+    /// `connectionPool.tcp.maxConnections`: at most this many HTTP/1.1 connections (and so
+    /// requests at once) to the backend; more requests wait for one.
+    pub max_connections: Option<u32>,
+    /// `connectionPool.http.maxRequestsPerConnection`: a connection is closed after this many.
+    pub max_requests_per_connection: Option<u32>,
     /// `DestinationRule ns/name`, when one applies.
     pub source: Option<String>,
 }
@@ -264,6 +269,8 @@ impl Default for UpstreamPolicy {
             load_balancer: LoadBalancer::RoundRobin,
             connect_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(60),
+            max_connections: None,
+            max_requests_per_connection: None,
             source: None,
         }
     }

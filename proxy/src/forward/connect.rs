@@ -1,16 +1,11 @@
-//! How upstream connections are made: TCP (nodelay, connect timeout, DNS for names), then TLS
-//! when the backend's DestinationRule originates it. One connector per backend, so a pooled
-//! connection is only ever reused for the backend, TLS settings and identity it was made for.
+//! How upstream connections are made: TCP (names resolved when connecting, nodelay, keepalive,
+//! a connect timeout), then TLS when the backend's DestinationRule originates it.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -18,22 +13,57 @@ use tokio_rustls::TlsConnector;
 
 use crate::tls::client::Origination;
 
-/// Makes connections to one backend's endpoints.
+/// Makes connections for one backend.
 #[derive(Debug, Clone)]
 pub struct Connector {
-    tcp: HttpConnector,
+    connect_timeout: Duration,
     tls: Option<Origination>,
+}
+
+/// Why a connection could not be made. All of them answer 503.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No TCP connection within `connectTimeout`.
+    #[error("connect timeout after {0:?}")]
+    Timeout(Duration),
+    /// Refused, unreachable, or a name that does not resolve.
+    #[error("connect: {0}")]
+    Tcp(#[source] io::Error),
+    /// The TLS handshake failed: wrong root, identity not allowed, refused certificate.
+    #[error("TLS: {0}")]
+    Tls(#[source] io::Error),
+    /// The HTTP handshake on the new connection failed.
+    #[error("HTTP handshake: {0}")]
+    Http(#[source] hyper::Error),
 }
 
 impl Connector {
     pub fn new(connect_timeout: Duration, tls: Option<Origination>) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        // The pool keys TLS connections on an `https` URI; this connector does the TLS itself.
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(connect_timeout));
-        tcp.set_keepalive(Some(Duration::from_secs(60)));
-        Self { tcp, tls }
+        Self {
+            connect_timeout,
+            tls,
+        }
+    }
+
+    /// A new connection to `host:port` (a name is resolved now, every address tried).
+    pub async fn connect(&self, host: &str, port: u16) -> Result<UpstreamStream, ConnectError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+            .map_err(ConnectError::Tcp)?;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        match &self.tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some(o) => {
+                let tls = TlsConnector::from(o.config.clone())
+                    .connect(o.server_name.clone(), tcp)
+                    .await
+                    .map_err(ConnectError::Tls)?;
+                Ok(UpstreamStream::Tls(Box::new(tls)))
+            }
+        }
     }
 }
 
@@ -42,101 +72,6 @@ impl Connector {
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// What the pooled client reads and writes.
-pub type UpstreamIo = TokioIo<UpstreamStream>;
-
-type ConnectError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = PooledConnection;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<PooledConnection, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.tcp.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        // Boxed once per new connection, not per request.
-        let tcp = self.tcp.call(uri);
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = tcp.await?.into_inner();
-            let stream = match tls {
-                None => UpstreamStream::Plain(tcp),
-                Some(o) => {
-                    let tls = TlsConnector::from(o.config)
-                        .connect(o.server_name, tcp)
-                        .await?;
-                    UpstreamStream::Tls(Box::new(tls))
-                }
-            };
-            Ok(PooledConnection(TokioIo::new(stream)))
-        })
-    }
-}
-
-/// An upstream connection as hyper-util's pool holds it.
-#[derive(Debug)]
-pub struct PooledConnection(UpstreamIo);
-
-impl Connection for PooledConnection {
-    fn connected(&self) -> Connected {
-        let connected = Connected::new();
-        match self.0.inner() {
-            UpstreamStream::Tls(tls)
-                if matches!(
-                    tls.get_ref().1.alpn_protocol(),
-                    Some(b"h2") | Some(b"istio-h2")
-                ) =>
-            {
-                connected.negotiated_h2()
-            }
-            _ => connected,
-        }
-    }
-}
-
-impl hyper::rt::Read for PooledConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for PooledConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
 }
 
 impl AsyncRead for UpstreamStream {

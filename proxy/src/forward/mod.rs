@@ -1,20 +1,20 @@
 //! Forward: request -> upstream response, over a pooled connection.
 //!
-//! Picks the backend's next endpoint (round robin), rewrites the URI to it, applies the route's
-//! URI and authority rewrites, drops hop-by-hop headers, and streams both bodies. The route's
-//! timeout bounds the wait for the response head.
+//! Applies the route's URI and authority rewrites, drops hop-by-hop headers, hands the request
+//! to the backend's pool (which picks the endpoint and the connection), and streams both
+//! bodies. The route's timeout bounds the wait for the response head.
 
-mod connect;
+pub mod connect;
 pub mod pool;
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use meshgate_config::model::{BackendProtocol, Route};
 
-pub use pool::Upstreams;
+pub use pool::{PooledBody, Upstreams};
 
 use crate::respond::ProxyError;
 
@@ -24,9 +24,8 @@ pub async fn forward(
     backend: usize,
     route: &Route,
     mut req: Request<Incoming>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<PooledBody>, ProxyError> {
     let upstream = upstreams.backend(backend);
-    let (endpoint, _in_flight) = upstream.pick().ok_or(ProxyError::NoRoute)?;
 
     // The upstream sees the original host (or the rewritten one), as Envoy sends it.
     let host = match &route.rewrite_authority {
@@ -42,37 +41,35 @@ pub async fn forward(
         },
     };
     let path = rewrite_path(req.uri(), route);
-    let mut parts = http::uri::Parts::default();
-    // The scheme keys the pool; the connector already knows whether to originate TLS.
-    parts.scheme = Some(if upstream.tls {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    });
-    parts.authority = Some(endpoint.clone());
-    parts.path_and_query = Some(path);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
     remove_hop_by_hop(req.headers_mut());
-    req.headers_mut().insert(header::HOST, host);
-    *req.version_mut() = match upstream.protocol {
-        BackendProtocol::Http1 => Version::HTTP_11,
-        BackendProtocol::Http2 => Version::HTTP_2,
-    };
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    match upstream.protocol {
+        // Origin form, with the authority in Host.
+        BackendProtocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        // The authority travels as :authority.
+        BackendProtocol::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(
+                Authority::try_from(host.as_bytes())
+                    .map_err(|_| ProxyError::BadRequest("authority"))?,
+            );
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
 
-    let send = upstream.client.request(req);
-    let result = match route.timeout {
+    let send = upstream.send(req);
+    let mut response = match route.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
-            .map_err(|_| ProxyError::UpstreamTimeout)?,
-        None => send.await,
+            .map_err(|_| ProxyError::UpstreamTimeout)??,
+        None => send.await?,
     };
-    let mut response = result.map_err(|e| {
-        if e.is_connect() {
-            ProxyError::UpstreamConnect(e)
-        } else {
-            ProxyError::Upstream(e)
-        }
-    })?;
     remove_hop_by_hop(response.headers_mut());
     Ok(response)
 }

@@ -1,19 +1,33 @@
-//! Upstream pools: one hyper client per backend (its own connector, so connections are keyed
-//! by everything that shapes them: endpoint, TLS mode, SNI, identity), and the load balancer
-//! that picks an endpoint.
+//! Upstream pools, on hyper's connection API.
+//!
+//! Each backend has its own connector (so a connection is only reused for the endpoint, TLS
+//! settings and identity that shaped it) and its endpoints. An endpoint keeps its idle HTTP/1.1
+//! connections in a list behind a mutex that one worker holds for a push or a pop, and one
+//! shared HTTP/2 connection. A request leases a connection; the lease rides on the response
+//! body and puts the connection back when the body ends (`maxRequestsPerConnection` retires it
+//! instead). `maxConnections` is a semaphore: an HTTP/1.1 connection carries one request at a
+//! time, so at most that many requests, and connections, at once. Idle connections are closed
+//! after `idleTimeout` by a sweeper per endpoint.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::uri::Authority;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use meshgate_config::model::{BackendProtocol, Endpoints, LoadBalancer, Model};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connect::Connector;
+use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, Model};
+
+use super::connect::{ConnectError, Connector};
+use crate::respond::ProxyError;
 use crate::tls::client::origination;
 use crate::tls::credentials::Credentials;
 use crate::StartError;
@@ -28,29 +42,39 @@ pub struct Upstreams {
 #[derive(Debug)]
 pub struct UpstreamBackend {
     pub protocol: BackendProtocol,
-    pub client: Client<Connector, Incoming>,
-    /// Whether connections are TLS (the URI scheme the pool keys on).
-    pub tls: bool,
+    connector: Connector,
     load_balancer: LoadBalancer,
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
+    /// `maxConnections`, as permits.
+    connections: Option<Arc<Semaphore>>,
+    max_requests_per_connection: Option<u32>,
+    idle_timeout: Duration,
 }
 
+/// One address of a backend and its connections.
 #[derive(Debug)]
 struct Endpoint {
-    authority: Authority,
-    /// Requests waiting for a response head, for LEAST_REQUEST.
-    in_flight: Arc<AtomicUsize>,
+    host: Box<str>,
+    port: u16,
+    /// Requests sent and not yet answered, for LEAST_REQUEST.
+    in_flight: AtomicUsize,
+    idle: Mutex<Vec<Idle>>,
+    http2: Mutex<Option<Shared>>,
+    sweeper: AtomicBool,
 }
 
-/// Decrements an endpoint's in-flight count when the request is answered or dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    used: u32,
+    since: Instant,
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+#[derive(Debug)]
+struct Shared {
+    sender: http2::SendRequest<Incoming>,
+    used: Arc<AtomicUsize>,
 }
 
 impl Upstreams {
@@ -60,51 +84,11 @@ impl Upstreams {
         credentials: Option<&Credentials>,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, StartError> {
-        let mut backends = Vec::with_capacity(model.backends.len());
-        for b in &model.backends {
-            let tls = origination(b, credentials, provider)?;
-            let is_tls = tls.is_some();
-            let connector = Connector::new(b.policy.connect_timeout, tls);
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_idle_timeout(b.policy.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            if b.protocol == BackendProtocol::Http2 {
-                builder.http2_only(true);
-            }
-            let endpoints = match &b.endpoints {
-                Endpoints::Static(list) => list
-                    .iter()
-                    .filter_map(|a| Authority::try_from(a.to_string()).ok())
-                    .collect::<Vec<_>>(),
-                Endpoints::Dns(list) => list
-                    .iter()
-                    .filter_map(|(host, port)| {
-                        // An IP (from `spec.resolve`) needs brackets when it is IPv6.
-                        let text = match host.parse::<std::net::IpAddr>() {
-                            Ok(ip) => std::net::SocketAddr::new(ip, *port).to_string(),
-                            Err(_) => format!("{host}:{port}"),
-                        };
-                        Authority::try_from(text).ok()
-                    })
-                    .collect(),
-            };
-            backends.push(UpstreamBackend {
-                protocol: b.protocol,
-                client: builder.build(connector),
-                tls: is_tls,
-                load_balancer: b.policy.load_balancer,
-                endpoints: endpoints
-                    .into_iter()
-                    .map(|authority| Endpoint {
-                        authority,
-                        in_flight: Arc::new(AtomicUsize::new(0)),
-                    })
-                    .collect(),
-                next: AtomicUsize::new(0),
-            });
-        }
+        let backends = model
+            .backends
+            .iter()
+            .map(|b| UpstreamBackend::new(b, credentials, provider))
+            .collect::<Result<_, _>>()?;
         Ok(Self { backends })
     }
 
@@ -115,11 +99,64 @@ impl Upstreams {
 }
 
 impl UpstreamBackend {
-    /// The endpoint for the next request, by the backend's load balancer, with its in-flight
-    /// guard.
-    pub fn pick(&self) -> Option<(&Authority, InFlight)> {
+    fn new(
+        b: &Backend,
+        credentials: Option<&Credentials>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, StartError> {
+        let connector = Connector::new(
+            b.policy.connect_timeout,
+            origination(b, credentials, provider)?,
+        );
+        let addresses: Vec<(Box<str>, u16)> = match &b.endpoints {
+            Endpoints::Static(list) => list
+                .iter()
+                .map(|a| (a.ip().to_string().into(), a.port()))
+                .collect(),
+            Endpoints::Dns(list) => list.iter().map(|(h, p)| (h.as_str().into(), *p)).collect(),
+        };
+        Ok(Self {
+            protocol: b.protocol,
+            connector,
+            load_balancer: b.policy.load_balancer,
+            endpoints: addresses
+                .into_iter()
+                .map(|(host, port)| {
+                    Arc::new(Endpoint {
+                        host,
+                        port,
+                        in_flight: AtomicUsize::new(0),
+                        idle: Mutex::new(Vec::new()),
+                        http2: Mutex::new(None),
+                        sweeper: AtomicBool::new(false),
+                    })
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            connections: b
+                .policy
+                .max_connections
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            max_requests_per_connection: b.policy.max_requests_per_connection,
+            idle_timeout: b.policy.idle_timeout,
+        })
+    }
+
+    /// Sends `req` to the next endpoint and returns the response, whose body holds the lease.
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, ProxyError> {
+        let endpoint = self.pick().ok_or(ProxyError::NoEndpoint)?;
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _answered = InFlight(&endpoint.in_flight);
+        match self.protocol {
+            BackendProtocol::Http1 => self.send_http1(endpoint, req).await,
+            BackendProtocol::Http2 => self.send_http2(endpoint, req).await,
+        }
+    }
+
+    /// The endpoint for the next request, by the backend's load balancer.
+    fn pick(&self) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
-        let e = match (n, self.load_balancer) {
+        Some(match (n, self.load_balancer) {
             (0, _) => return None,
             (1, _) => &self.endpoints[0],
             (_, LoadBalancer::RoundRobin) => {
@@ -136,8 +173,253 @@ impl UpstreamBackend {
                     a
                 }
             }
+        })
+    }
+
+    async fn send_http1(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let permit = match &self.connections {
+            // The semaphore is never closed.
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
         };
-        e.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((&e.authority, InFlight(e.in_flight.clone())))
+        // Pooled connections first; one the server closed meanwhile gives the request back
+        // unsent, and the next one is tried.
+        while let Some(mut idle) = endpoint.take_idle(self.idle_timeout) {
+            // Ready at once unless its last response is still being wound up; an error means
+            // the server closed it.
+            if idle.sender.ready().await.is_err() {
+                continue;
+            }
+            match idle.sender.try_send_request(req).await {
+                Ok(response) => {
+                    return Ok(self.lease(
+                        response,
+                        endpoint,
+                        Lease1::new(idle.sender, idle.used, permit),
+                    ))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(ProxyError::Upstream(e.into_error())),
+                },
+            }
+        }
+        let io = self
+            .connector
+            .connect(&endpoint.host, endpoint.port)
+            .await
+            .map_err(ProxyError::UpstreamConnect)?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
+        tokio::spawn(conn);
+        self.start_sweeper(endpoint);
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(ProxyError::Upstream)?;
+        Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit)))
+    }
+
+    async fn send_http2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let limit = self
+            .max_requests_per_connection
+            .map_or(usize::MAX, |n| n as usize);
+        let shared = {
+            let guard = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .as_ref()
+                .filter(|s| !s.sender.is_closed() && s.used.load(Ordering::Relaxed) < limit)
+                .map(|s| (s.sender.clone(), s.used.clone()))
+        };
+        let (mut sender, used) = match shared {
+            Some(s) => s,
+            None => {
+                let io = self
+                    .connector
+                    .connect(&endpoint.host, endpoint.port)
+                    .await
+                    .map_err(ProxyError::UpstreamConnect)?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
+                tokio::spawn(conn);
+                let used = Arc::new(AtomicUsize::new(0));
+                *endpoint.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Shared {
+                    sender: sender.clone(),
+                    used: used.clone(),
+                });
+                (sender, used)
+            }
+        };
+        used.fetch_add(1, Ordering::Relaxed);
+        sender.ready().await.map_err(ProxyError::Upstream)?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(ProxyError::Upstream)?;
+        Ok(response.map(|body| PooledBody { body, lease: None }))
+    }
+
+    fn lease(
+        &self,
+        response: Response<Incoming>,
+        endpoint: &Arc<Endpoint>,
+        mut lease: Lease1,
+    ) -> Response<PooledBody> {
+        lease.used += 1;
+        lease.endpoint = Some(endpoint.clone());
+        lease.max_requests = self.max_requests_per_connection;
+        let lease = Some(lease);
+        response.map(|body| {
+            let mut pooled = PooledBody { body, lease };
+            // A response without a body (204, HEAD, Content-Length: 0) is done already.
+            if pooled.body.is_end_stream() {
+                pooled.release();
+            }
+            pooled
+        })
+    }
+
+    /// One sweeper per endpoint, started with its first connection; it ends with the backend.
+    fn start_sweeper(&self, endpoint: &Arc<Endpoint>) {
+        if endpoint.sweeper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak: Weak<Endpoint> = Arc::downgrade(endpoint);
+        let timeout = self.idle_timeout;
+        tokio::spawn(async move {
+            let period = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(endpoint) = weak.upgrade() else {
+                    return;
+                };
+                endpoint
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+            }
+        });
+    }
+}
+
+impl Endpoint {
+    /// The most recently used idle connection still open and fresh.
+    fn take_idle(&self, idle_timeout: Duration) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+}
+
+/// Counts a request as answered when the response head is back, or the request failed.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/1.1 connection lent to one request.
+#[derive(Debug)]
+struct Lease1 {
+    sender: http1::SendRequest<Incoming>,
+    used: u32,
+    max_requests: Option<u32>,
+    endpoint: Option<Arc<Endpoint>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Lease1 {
+    fn new(
+        sender: http1::SendRequest<Incoming>,
+        used: u32,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            sender,
+            used,
+            max_requests: None,
+            endpoint: None,
+            _permit: permit,
+        }
+    }
+
+    /// Puts the connection back, unless it served its last request or is closed; dropping the
+    /// sender closes the connection once its response is done.
+    fn release(self) {
+        let retire = self.max_requests.is_some_and(|max| self.used >= max);
+        if let (false, false, Some(endpoint)) = (retire, self.sender.is_closed(), &self.endpoint) {
+            endpoint
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Idle {
+                    sender: self.sender,
+                    used: self.used,
+                    since: Instant::now(),
+                });
+        }
+    }
+}
+
+/// An upstream response body; an HTTP/1.1 connection goes back to its pool when it ends.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: Incoming,
+    lease: Option<Lease1>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            // A failed body leaves the connection in an unknown state: it is not reused.
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
