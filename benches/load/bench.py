@@ -36,6 +36,9 @@ MESHGATE_PORT = 18443
 NGINX_PORT = 19443
 BACKEND_PORT = 18080
 ADMIN_PORT = 15900
+OUTBOUND_PORT = 15901
+SOURCE_ADMIN_PORT = 15910
+NGINX_OUTBOUND_PORT = 19001
 GATEWAY_ID = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway"
 CLIENT_ID = "spiffe://example.com/ns/default/sa/sleep"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -66,7 +69,9 @@ def main():
             for r in range(args.rounds):
                 for name in ("meshgate", "nginx"):
                     print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
-                    results[name].append(run_proxy(name, args, work))
+                    one_hop = run_proxy(name, args, work)
+                    one_hop["two_hop"] = run_two_hop(name, args, work)
+                    results[name].append(one_hop)
             report(results, args)
         finally:
             stop(backend)
@@ -227,8 +232,7 @@ def run_proxy(name, args, work):
             res = oha(work, port, args.duration, conns, keepalive)
             cpu = cpu_seconds(pids) - cpu0
             ok = res["statusCodeDistribution"].get("200", 0)
-            # oha cuts the requests in flight when -z runs out: one per connection, not a failure.
-            errors = sum(v for k, v in res.get("errorDistribution", {}).items() if k != "aborted due to deadline")
+            errors = failures(res)
             out[kind] = {
                 "rps": res["summary"]["requestsPerSec"],
                 "p50_ms": res["latencyPercentiles"]["p50"] * 1000,
@@ -241,6 +245,133 @@ def run_proxy(name, args, work):
         return out
     finally:
         stop(proc)
+
+
+def source_config(work):
+    d = f"{work}/source"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/config.yaml", "w") as f:
+        f.write(f"""
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: source, namespace: default}}
+spec:
+  identity: {{certChain: {work}/client/cert-chain.pem, privateKey: {work}/client/key.pem, rootCerts: {work}/client/root-cert.pem}}
+  outbound: {{address: "127.0.0.1:{OUTBOUND_PORT}"}}
+  admin: {{address: "127.0.0.1:{SOURCE_ADMIN_PORT}"}}
+  resolve: [{{host: {HOST}, port: 443, address: "127.0.0.1:{MESHGATE_PORT}"}}]
+---
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {{name: istio, namespace: istio-system}}
+spec:
+  meshConfig:
+    trustDomain: example.com
+    tlsDefaults: {{ecdhCurves: [X25519]}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin-example-target, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin-example-target, namespace: default}}
+spec:
+  host: {HOST}
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+""")
+    return f"{d}/config.yaml"
+
+
+def nginx_outbound_config(work):
+    return nginx(work, "nginx-outbound", f"""
+user root;
+worker_processes 1;
+daemon off;
+pid {work}/nginx-outbound/nginx.pid;
+error_log {work}/nginx-outbound/logs/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream gateway {{ server 127.0.0.1:{NGINX_PORT}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{NGINX_OUTBOUND_PORT} backlog=4096;
+    location / {{
+      proxy_pass https://gateway;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_ssl_certificate {work}/client/cert-chain.pem;
+      proxy_ssl_certificate_key {work}/client/key.pem;
+      proxy_ssl_trusted_certificate {work}/root/root-cert.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_verify_depth 2;
+      proxy_ssl_name {HOST};
+      proxy_ssl_server_name on;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_session_reuse on;
+    }}
+  }}
+}}
+""")
+
+
+def run_two_hop(name, args, work):
+    """client -> source proxy (plaintext) -> ISTIO_MUTUAL -> gateway -> backend; both proxies
+    on core 0, the upstream mTLS connections pooled."""
+    gateway, _ = start_proxy(name, args, work)
+    if name == "meshgate":
+        cmd = ["taskset", "-c", "0", args.binary, "run", "--concurrency", "1", "-c", source_config(work)]
+        port = OUTBOUND_PORT
+        env = dict(os.environ, MESHGATE_LOG="warn")
+    else:
+        cmd = ["taskset", "-c", "0", "nginx", "-p", nginx_outbound_config(work), "-c", "nginx.conf"]
+        port = NGINX_OUTBOUND_PORT
+        env = None
+    source = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_port(port)
+    try:
+        pids = family(gateway.pid) + family(source.pid)
+        plain_oha(port, 2, args.connections)  # warm-up, and the pooled upstream connections
+        cpu0 = cpu_seconds(pids)
+        res = plain_oha(port, args.duration, args.connections)
+        cpu = cpu_seconds(pids) - cpu0
+        ok = res["statusCodeDistribution"].get("200", 0)
+        return {
+            "rps": res["summary"]["requestsPerSec"],
+            "p50_ms": res["latencyPercentiles"]["p50"] * 1000,
+            "p99_ms": res["latencyPercentiles"]["p99"] * 1000,
+            "cpu_us_per_req": cpu / max(ok, 1) * 1e6,
+            "ok": ok,
+            "errors": failures(res),
+        }
+    finally:
+        stop(source)
+        stop(gateway)
+
+
+def failures(res):
+    """Transport errors and every response that is not a 200. oha cuts the requests in flight
+    when -z runs out ("aborted due to deadline", one per connection): not a failure."""
+    transport = sum(v for k, v in res.get("errorDistribution", {}).items() if k != "aborted due to deadline")
+    not_ok = sum(v for code, v in res["statusCodeDistribution"].items() if code != "200")
+    return transport + not_ok
+
+
+def plain_oha(port, duration, conns):
+    cmd = [
+        "taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json",
+        "-z", f"{duration}s", "-c", str(conns),
+        "--connect-to", f"{HOST}:80:127.0.0.1:{port}",
+        f"http://{HOST}/",
+    ]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
 def oha(work, port, duration, conns, keepalive):
@@ -358,6 +489,10 @@ def report(results, args):
         ("handshake p50 latency (ms)", "handshake", "p50_ms", "{:.2f}", "lower"),
         ("handshake p99 latency (ms)", "handshake", "p99_ms", "{:.2f}", "lower"),
         ("CPU per handshake + request (µs)", "handshake", "cpu_us_per_req", "{:.1f}", "lower"),
+        ("two hops, keep-alive requests/s", "two_hop", "rps", "{:.0f}", "higher"),
+        ("two hops, p50 latency (ms)", "two_hop", "p50_ms", "{:.2f}", "lower"),
+        ("two hops, p99 latency (ms)", "two_hop", "p99_ms", "{:.2f}", "lower"),
+        ("two hops, CPU per request, both proxies (µs)", "two_hop", "cpu_us_per_req", "{:.1f}", "lower"),
     ]
     print(f"\n{args.rounds} rounds of {args.duration}s, median; keep-alive with {args.connections} connections, handshakes with {args.handshake_connections}\n")
     print("| metric | meshgate | nginx | meshgate/nginx |")
@@ -368,7 +503,7 @@ def report(results, args):
     m, n = med_idle("meshgate"), med_idle("nginx")
     ratio = f"{m / n:.2f}" if n > 0 else "n/a"
     print(f"| memory per idle mTLS connection (KiB) | {m:.1f} | {n:.1f} | {ratio} |")
-    errors = {name: sum(r[k]["errors"] for r in results[name] for k in ("keepalive", "handshake")) for name in results}
+    errors = {name: sum(r[k]["errors"] for r in results[name] for k in ("keepalive", "handshake", "two_hop")) for name in results}
     print(f"\nfailed requests: meshgate {errors['meshgate']}, nginx {errors['nginx']}")
     print("\nraw rounds (JSON):")
     print(json.dumps(results, indent=1))
