@@ -402,3 +402,89 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(accepted(&target), 2);
 }
+
+#[tokio::test]
+async fn simple_tls_checks_the_server_name_and_sessions_are_resumed() {
+    let pki = pki();
+    // A plain TLS server (no client certificate) whose certificate names the host.
+    let mut spec = meshgate_pki::LeafSpec::spiffe("spiffe://example-target.com/ns/default/sa/web");
+    spec.dns = vec![HOST.into()];
+    let server = pki.leaf("example-target.com", &spec);
+    let observer = Observer::start_with(&server, &pki.root.cert_pem, &[b"http/1.1"], false).await;
+    // A new connection per request, so every request is a handshake.
+    let policy = "{tls: {mode: SIMPLE}, connectionPool: {http: {maxRequestsPerConnection: 1}}}";
+    let source = source(&pki, observer.address, policy).await;
+    for _ in 0..3 {
+        let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(&r.body[..], b"observed");
+    }
+    let seen = observer.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].sni.as_deref(), Some(HOST));
+    assert_eq!(
+        seen[0].client_uri, None,
+        "SIMPLE sends no client certificate"
+    );
+    assert!(!seen[0].resumed);
+    assert!(
+        seen[1..].iter().all(|o| o.resumed),
+        "later handshakes resume: {seen:?}"
+    );
+
+    // The same server under another name fails the name check.
+    let wrong = "{tls: {mode: SIMPLE, sni: other.example-target.com}}";
+    let source = self::source(&pki, observer.address, wrong).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_outbound_listener_speaks_h2c_with_prior_knowledge() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    let source = source(&pki, target.addr(443), ISTIO_MUTUAL).await;
+    let tcp = tokio::net::TcpStream::connect(source.outbound())
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{HOST}/h2c"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(support::TIMEOUT, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/h2c");
+    assert_eq!(json["headers"]["x-mesh-origin"][0], "remote");
+}
+
+#[tokio::test]
+async fn an_upstream_that_resets_is_a_503() {
+    let pki = pki();
+    // Accepts, reads the request, and closes without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+        }
+    });
+    let source = source(&pki, address, "{tls: {mode: DISABLE}}").await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&r.body[..], b"upstream reset\n");
+}

@@ -322,3 +322,87 @@ fn read(dir: &Path, name: &str) -> Result<String, PkiError> {
     let path = dir.join(name);
     fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("meshgate-pki-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn cacerts_layout_round_trips_and_issues_chained_leaves() {
+        let dir = temp("cacerts");
+        let root = Authority::root("r", KeyAlgorithm::EcdsaP256).unwrap();
+        let td = TrustDomain::new("example.com").unwrap();
+        root.intermediate(&td, KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .write_cacerts(&dir)
+            .unwrap();
+        let loaded = Authority::load(&dir).unwrap();
+        assert_eq!(loaded.root_pem, root.cert_pem);
+        let leaf = loaded
+            .issue(&LeafSpec::spiffe("spiffe://example.com/ns/a/sa/b"))
+            .unwrap();
+        // Leaf, then the intermediate; the root travels separately.
+        assert_eq!(leaf.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+        let mode = |f: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("ca-key.pem"), 0o600);
+        assert_eq!(mode("ca-cert.pem"), 0o644);
+        let chain = fs::read_to_string(dir.join("cert-chain.pem")).unwrap();
+        assert!(
+            chain.ends_with(&root.cert_pem),
+            "cert-chain.pem ends with the root"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rsa_and_ecdsa_leaves_are_istio_shaped() {
+        let dir = temp("leaf");
+        let root = Authority::root("r", KeyAlgorithm::Rsa2048).unwrap();
+        let ca = root
+            .intermediate(
+                &TrustDomain::new("example.com").unwrap(),
+                KeyAlgorithm::Rsa2048,
+            )
+            .unwrap();
+        for (key, want) in [
+            (KeyAlgorithm::Rsa2048, "RSA (2048 bits)"),
+            (KeyAlgorithm::EcdsaP256, "ECDSA (256 bits)"),
+        ] {
+            let mut spec = LeafSpec::spiffe("spiffe://example.com/ns/default/sa/sleep");
+            spec.key = key;
+            ca.issue(&spec).unwrap().write(&dir).unwrap();
+            let certs = inspect(&dir.join("cert-chain.pem")).unwrap();
+            let leaf = &certs[0];
+            assert_eq!(leaf.key_type, want);
+            assert_eq!(leaf.subject, "", "Istio leaves have an empty subject");
+            assert!(!leaf.is_ca);
+            assert_eq!(
+                leaf.spiffe_id.as_ref().map(|i| i.as_str()),
+                Some("spiffe://example.com/ns/default/sa/sleep")
+            );
+            assert_eq!(certs[1].spki_sha256.len(), 64);
+            // The SAN is critical when the subject is empty (RFC 5280 4.2.1.6).
+            let der = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("cert-chain.pem"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            assert!(san.critical);
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.server_auth && eku.client_auth);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -24,6 +24,7 @@ pub struct Observed {
     pub alpn: Vec<String>,
     pub client_uri: Option<String>,
     pub negotiated: Option<String>,
+    pub resumed: bool,
 }
 
 pub struct Observer {
@@ -35,15 +36,29 @@ impl Observer {
     /// Serves with `identity`, requiring client certificates chained to `root_pem`, offering
     /// `alpn` (in order).
     pub async fn start(identity: &Workload, root_pem: &str, alpn: &[&[u8]]) -> Self {
+        Self::start_with(identity, root_pem, alpn, true).await
+    }
+
+    /// As `start`; without `client_auth` no client certificate is asked for (a plain TLS
+    /// server, for SIMPLE origination).
+    pub async fn start_with(
+        identity: &Workload,
+        root_pem: &str,
+        alpn: &[&[u8]],
+        client_auth: bool,
+    ) -> Self {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier =
+        let verifier = if client_auth {
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .unwrap();
+                .unwrap()
+        } else {
+            WebPkiClientVerifier::no_client_auth()
+        };
         let chain = CertificateDer::pem_slice_iter(identity.chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -85,6 +100,8 @@ impl Observer {
                     observed.negotiated = conn
                         .alpn_protocol()
                         .map(|p| String::from_utf8_lossy(p).into_owned());
+                    observed.resumed =
+                        conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                     observed.client_uri = conn
                         .peer_certificates()
                         .and_then(|c| c.first())
