@@ -32,6 +32,22 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads the whole response.
+    pub async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Self, String> {
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     /// The body as the JSON `meshgate echo` sends.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -169,18 +185,7 @@ impl Client {
             send.send_request(req).await
         }
         .map_err(|e| format!("request: {e}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        })
+        Reply::read(response).await
     }
 }
 
@@ -256,18 +261,7 @@ pub async fn plain_get(
             .send_request(req.body(Full::new(Bytes::new())).unwrap())
             .await
             .map_err(|e| format!("request: {e}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        })
+        Reply::read(response).await
     };
     tokio::time::timeout(TIMEOUT, run)
         .await
