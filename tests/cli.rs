@@ -363,9 +363,16 @@ async fn sigterm_drains_a_request_in_flight_then_exits_cleanly() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
-/// GET /ready on the admin port.
+/// Polls GET /ready on the admin port until it answers; returns the last status.
 async fn reqwest_ready(admin: std::net::SocketAddr) -> u16 {
-    admin_get(admin, "/ready").await
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let status = admin_get(admin, "/ready").await;
+        if status == 200 || tokio::time::Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The status of a GET on the admin port, with a plain HTTP/1.1 client.
@@ -519,8 +526,8 @@ async fn sigint_stops_the_proxy_and_healthz_answers_until_then() {
     let dir = config_dir(&pki, &gateway_with_admin(""));
     let mut proc = Proc::run(dir.path(), &[]);
     let (_listener, admin) = proc.addresses();
+    assert_eq!(reqwest_ready(admin).await, 200);
     assert_eq!(admin_get(admin, "/healthz").await, 200);
-    assert_eq!(admin_get(admin, "/ready").await, 200);
     assert_eq!(admin_get(admin, "/nope").await, 404);
     let killed = Command::new("kill")
         .args(["-INT", &proc.pid().to_string()])
@@ -554,10 +561,9 @@ fn demo_runs_two_meshes_end_to_end() {
     assert!(row("legacy cluster.local workload")
         .ends_with("200 local cluster.local/ns/default/sa/legacy ok"));
     let untrusted = row("caller from an untrusted root");
-    assert!(
-        untrusted.contains("refused: TLS received fatal alert: UnknownCA"),
-        "{untrusted}"
-    );
+    // TLS 1.3: the client may read the server's close before its alert; the gateway's counter
+    // below says why either way.
+    assert!(untrusted.contains("refused: "), "{untrusted}");
     assert!(untrusted.ends_with(" ok"));
     assert!(stdout.contains(r#"reason="unknown_issuer"} 1"#), "{stdout}");
 }

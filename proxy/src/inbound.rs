@@ -10,10 +10,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use meshgate_config::model::authz::Attributes;
 use meshgate_config::model::{ListenerKind, RouteAction};
 
+use crate::authorize::{self, Decision};
 use crate::body::ResponseBody;
 use crate::identity::PeerIdentity;
 use crate::origin::{origin, Origin};
@@ -34,6 +36,8 @@ struct Connection {
     trust_domain: usize,
     peer: Option<PeerIdentity>,
     peer_addr: SocketAddr,
+    /// The SNI the client sent, for `connection.sni` conditions.
+    sni: Option<Box<str>>,
 }
 
 /// Accept to HTTP: handshake (on TLS listeners), identity, origin, tags, then serve HTTP.
@@ -58,6 +62,7 @@ pub async fn serve_connection(
                 }
                 Ok((tls, peer, version)) => {
                     metrics.handshake_ok();
+                    let sni = tls.get_ref().1.server_name().map(Into::into);
                     let origin = origin(&peer, &runtime.model.trust);
                     let own = runtime.credentials.as_ref().map(|c| &c.spiffe_id);
                     let conn = Connection {
@@ -69,6 +74,7 @@ pub async fn serve_connection(
                         runtime: runtime.clone(),
                         listener,
                         peer_addr,
+                        sni,
                     };
                     serve(Arc::new(conn), tls, Some(version), watcher).await
                 }
@@ -83,6 +89,7 @@ pub async fn serve_connection(
                 runtime: runtime.clone(),
                 listener,
                 peer_addr,
+                sni: None,
             };
             serve(Arc::new(conn), stream, None, watcher).await
         }
@@ -133,6 +140,33 @@ async fn handle_request(
     Ok(response)
 }
 
+fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyError> {
+    let policies = &conn.runtime.model.policies;
+    if policies.allow.is_empty() && policies.deny.is_empty() && policies.audit.is_empty() {
+        return Ok(());
+    }
+    let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
+    let attributes = Attributes {
+        principal: id.map(|i| i.principal()),
+        namespace: id.and_then(|i| i.namespace()),
+        trust_domain: id.map(|i| i.trust_domain()),
+        source_ip: conn.peer_addr.ip(),
+        host: head.authority,
+        port: head.port,
+        method: head.method.as_str(),
+        path: head.path,
+        headers: head.headers,
+        sni: conn.sni.as_deref(),
+    };
+    for p in authorize::audited(policies, &attributes) {
+        info!(policy = %p.name, principal = attributes.principal.unwrap_or(""), path = head.path, "AUDIT");
+    }
+    match authorize::authorize(policies, &attributes) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(policy) => Err(ProxyError::Denied(policy.map(str::to_string))),
+    }
+}
+
 async fn route_and_forward(
     conn: &Connection,
     mut req: Request<Incoming>,
@@ -151,6 +185,11 @@ async fn route_and_forward(
         headers: req.headers(),
         port,
     };
+    // AuthorizationPolicies guard the Gateway's listeners, as Istio's apply to a workload's
+    // inbound side; the outbound listener serves local apps.
+    if listener.kind == ListenerKind::Gateway {
+        authorize(conn, &head)?;
+    }
     let route = route::route(listener, &head).ok_or(ProxyError::NoRoute)?;
     let mut response = match &route.action {
         RouteAction::Direct(direct) => respond::direct(direct),

@@ -7,6 +7,7 @@
 //! origin     origin.rs       -> Origin::{Local, Remote}: trust domain, aliases, cluster.local
 //! HTTP       serve.rs        -> hyper HTTP/1.1 or HTTP/2, chosen by ALPN
 //! tag        tag.rs          -> client copies stripped; x-mesh-origin, principal, XFCC set
+//! authorize  authorize/      -> AuthorizationPolicy: DENY, then ALLOW (403 RBAC: access denied)
 //! route      route.rs        -> Gateway server host, VirtualService route, weighted backend
 //! forward    forward/        -> pooled upstream connection, bodies streamed
 //! respond    respond.rs      -> every response the proxy makes itself (400, 404, 503, 504)
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authorize;
 pub mod forward;
 pub mod identity;
 pub mod listen;

@@ -2,6 +2,7 @@
 //!
 //! | case | status |
 //! |---|---|
+//! | AuthorizationPolicy denies | 403, body `RBAC: access denied` |
 //! | no Gateway host / VirtualService route matches | 404 |
 //! | upstream refused, reset, unresolvable | 503 |
 //! | upstream timeout | 504 |
@@ -20,6 +21,10 @@ pub enum ProxyError {
     /// Downstream: the request has no usable authority or path.
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// Downstream: an AuthorizationPolicy denies the request (the DENY policy, or none when no
+    /// ALLOW policy matched).
+    #[error("RBAC: access denied ({})", .0.as_deref().unwrap_or("no ALLOW policy matched"))]
+    Denied(Option<String>),
     /// Downstream: no Gateway host or VirtualService route matches.
     #[error("no route")]
     NoRoute,
@@ -44,6 +49,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::UpstreamConnect(_) | Self::Upstream(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -56,6 +62,7 @@ impl ProxyError {
     pub fn flag(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "DPE",
+            Self::Denied(_) => "RBAC",
             Self::NoRoute => "NR",
             Self::NoEndpoint => "UH",
             Self::UpstreamConnect(_) => "UF",
@@ -67,6 +74,8 @@ impl ProxyError {
     fn body(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad request\n",
+            // Envoy's body, byte for byte: clients and tests look for it.
+            Self::Denied(_) => "RBAC: access denied",
             Self::NoRoute => "no route\n",
             Self::NoEndpoint => "no healthy upstream\n",
             Self::UpstreamConnect(_) => "upstream connect error\n",

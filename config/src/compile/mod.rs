@@ -4,6 +4,7 @@
 //! ServiceEntries (backends); then Gateways selected by this proxy's labels (listeners); then
 //! VirtualServices bound to those Gateways (routes).
 
+mod authorization_policy;
 mod destination_rule;
 mod gateway;
 mod mesh_gateway;
@@ -56,8 +57,29 @@ pub fn compile(
     if let Some((_, listen)) = &proxy {
         service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
-    for o in &parsed.authorization_policies {
-        errors.push(o.error("spec", "AuthorizationPolicy is not implemented yet"));
+    let workload = parsed
+        .mesh_gateways
+        .first()
+        .map(|(o, spec)| authorization_policy::Workload {
+            namespace: &o.namespace,
+            root_namespace: spec.root_namespace.as_deref().unwrap_or(ROOT_NAMESPACE),
+            labels: &spec.labels,
+        });
+    let policies = authorization_policy::compile(
+        &parsed.authorization_policies,
+        workload.as_ref(),
+        trust.as_ref(),
+        errors,
+        &mut warnings,
+    );
+    if let Some(t) = &trust {
+        if t.allowed_trust_domains.is_none() && listeners.iter().any(|l| l.tls.is_some()) {
+            warnings.push(
+                "spec.trust sets no trustDomains allow-list: any mesh whose certificates chain to the \
+                 shared root is accepted at the handshake (AuthorizationPolicies still apply)"
+                    .into(),
+            );
+        }
     }
     if let (Some((p, _)), [(o, _)]) = (&proxy, parsed.mesh_gateways.as_slice()) {
         if p.identity.is_none() {
@@ -85,6 +107,7 @@ pub fn compile(
         trust: trust?,
         listeners,
         backends: backends.into_backends(),
+        policies,
         files,
         warnings,
     })
@@ -144,7 +167,7 @@ pub(crate) struct Parsed {
     pub virtual_services: Vec<(Origin, raw::virtual_service::VirtualServiceSpec)>,
     pub service_entries: Vec<(Origin, raw::service_entry::ServiceEntrySpec)>,
     pub destination_rules: Vec<(Origin, raw::destination_rule::DestinationRuleSpec)>,
-    pub authorization_policies: Vec<Origin>,
+    pub authorization_policies: Vec<(Origin, raw::authorization_policy::AuthorizationPolicySpec)>,
 }
 
 fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigError>) {
@@ -197,7 +220,7 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
             take!(destination_rules)
         }
         ("security.istio.io", "v1" | "v1beta1", "AuthorizationPolicy") => {
-            parsed.authorization_policies.push(origin)
+            take!(authorization_policies)
         }
         _ => errors.push(origin.error(
             "kind",
@@ -243,6 +266,9 @@ pub(crate) fn relative_to(file: &Path, path: &str) -> PathBuf {
     }
     file.parent().unwrap_or(Path::new(".")).join(p)
 }
+
+/// Istio's default root namespace.
+const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Kubernetes' namespace for a resource that names none.
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";

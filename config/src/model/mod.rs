@@ -3,6 +3,7 @@
 //! A `Model` that exists is valid: every string that matters was parsed into its type when the
 //! configuration was compiled, and matching data (host suffixes, regexes) is precomputed.
 
+pub mod authz;
 mod host;
 mod route;
 mod table;
@@ -34,6 +35,8 @@ pub struct Model {
     pub listeners: Vec<Listener>,
     /// Upstream services, indexed by [`WeightedBackend::backend`].
     pub backends: Vec<Backend>,
+    /// The AuthorizationPolicies that apply to this proxy.
+    pub policies: authz::Policies,
     /// Every file that was read, for reload watching.
     pub files: Vec<PathBuf>,
     /// Problems that do not stop the proxy, for `meshgate check`.

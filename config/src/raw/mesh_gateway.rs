@@ -20,6 +20,8 @@ pub struct MeshGatewaySpec {
     pub tls: Option<DownstreamTls>,
     #[serde(default)]
     pub resolve: Vec<Resolve>,
+    /// Istio's root namespace: policies there without a selector apply mesh-wide.
+    pub root_namespace: Option<String>,
 }
 
 /// A DNS override, as curl's `--resolve host:port:address`.

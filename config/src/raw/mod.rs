@@ -3,6 +3,7 @@
 //! Unknown fields are rejected. Istio fields that meshgate parses but does not implement are
 //! declared as [`Unsupported`] so that `compile` can name them in its error.
 
+pub mod authorization_policy;
 pub mod destination_rule;
 pub mod gateway;
 pub mod istio;

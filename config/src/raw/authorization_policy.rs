@@ -1,0 +1,86 @@
+//! `security.istio.io AuthorizationPolicy`.
+
+use serde::Deserialize;
+
+use super::{Labels, Unsupported};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    pub selector: Option<Selector>,
+    pub action: Option<String>,
+    pub rules: Option<Vec<Rule>>,
+    pub provider: Unsupported,
+    pub target_ref: Unsupported,
+    pub target_refs: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default)]
+    pub match_labels: Labels,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub from: Vec<From>,
+    #[serde(default)]
+    pub to: Vec<To>,
+    #[serde(default)]
+    pub when: Vec<Condition>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct From {
+    pub source: Source,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    pub principals: Option<Vec<String>>,
+    pub not_principals: Option<Vec<String>>,
+    pub namespaces: Option<Vec<String>>,
+    pub not_namespaces: Option<Vec<String>>,
+    pub trust_domains: Option<Vec<String>>,
+    pub not_trust_domains: Option<Vec<String>>,
+    pub ip_blocks: Option<Vec<String>>,
+    pub not_ip_blocks: Option<Vec<String>>,
+    pub request_principals: Unsupported,
+    pub not_request_principals: Unsupported,
+    pub remote_ip_blocks: Unsupported,
+    pub not_remote_ip_blocks: Unsupported,
+    pub service_accounts: Unsupported,
+    pub not_service_accounts: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct To {
+    pub operation: Operation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    pub hosts: Option<Vec<String>>,
+    pub not_hosts: Option<Vec<String>>,
+    pub ports: Option<Vec<String>>,
+    pub not_ports: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub not_methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub not_paths: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    pub key: String,
+    pub values: Option<Vec<String>>,
+    pub not_values: Option<Vec<String>>,
+}
