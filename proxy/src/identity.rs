@@ -58,6 +58,10 @@ pub enum PeerError {
     /// The peer's trust domain is not in `MeshGateway.spec.trust.trustDomains`.
     #[error("trust domain `{0}` is not allowed")]
     TrustDomainNotAllowed(String),
+    /// The leaf's issuing CA is not bound to its trust domain (`spec.trust.issuers`): under a
+    /// shared root, one mesh's CA minting another mesh's identity.
+    #[error("issuer not allowed: {0}")]
+    IssuerNotAllowed(String),
     /// An upstream's identity is not one of the DestinationRule's `subjectAltNames`, or (for
     /// ISTIO_MUTUAL without them) is not a SPIFFE ID.
     #[error("server identity not allowed: {0}")]
@@ -90,6 +94,7 @@ impl PeerError {
             Self::InvalidSpiffeId(_) => "invalid_spiffe_id",
             Self::CaLeaf => "ca_leaf",
             Self::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
+            Self::IssuerNotAllowed(_) => "issuer_not_allowed",
             Self::IdentityNotAllowed(_) => "identity_not_allowed",
             Self::SniMismatch(_) => "sni_mismatch",
             Self::Timeout => "timeout",
@@ -99,7 +104,7 @@ impl PeerError {
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const REASONS: [&'static str; 15] = [
+    pub const REASONS: [&'static str; 16] = [
         "no_client_certificate",
         "unknown_issuer",
         "expired",
@@ -110,6 +115,7 @@ impl PeerError {
         "invalid_spiffe_id",
         "ca_leaf",
         "trust_domain_not_allowed",
+        "issuer_not_allowed",
         "identity_not_allowed",
         "sni_mismatch",
         "timeout",

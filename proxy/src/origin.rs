@@ -55,6 +55,7 @@ mod tests {
             aliases: vec![td("old-target.com")],
             cluster_local_is_local: true,
             allowed_trust_domains: None,
+            issuers: Vec::new(),
             ecdh_curves: None,
         };
         let strict = TrustSettings {

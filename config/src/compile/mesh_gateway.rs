@@ -8,7 +8,8 @@ use http::HeaderName;
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::{
-    EcdhCurve, ForwardClientCert, IdentityFiles, ProxySettings, Tagging, TrustSettings,
+    EcdhCurve, ForwardClientCert, IdentityFiles, IssuerBinding, IssuerKey, ProxySettings, Tagging,
+    TrustSettings,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -301,16 +302,58 @@ pub(crate) fn trust(
         aliases,
         cluster_local_is_local: true,
         allowed_trust_domains: None,
+        issuers: Vec::new(),
         ecdh_curves: curves,
     };
     if let [(o, spec)] = parsed.mesh_gateways.as_slice() {
         if let Some(trust) = &spec.trust {
             settings.cluster_local_is_local = trust.cluster_local_is_local.unwrap_or(true);
-            o.unsupported(
-                errors,
-                "spec.trust",
-                &[("issuers", trust.issuers.is_some())],
-            );
+            for (i, issuer) in trust.issuers.iter().flatten().enumerate() {
+                let path = format!("spec.trust.issuers[{i}]");
+                let key = match (&issuer.certificate, &issuer.spki_sha256) {
+                    (Some(file), None) => Some(IssuerKey::Certificate(relative_to(&o.file, file))),
+                    (None, Some(hex))
+                        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        Some(IssuerKey::SpkiSha256(hex.to_ascii_lowercase()))
+                    }
+                    (None, Some(hex)) => {
+                        errors.push(o.error(
+                            format!("{path}.spkiSha256"),
+                            format!("`{hex}` is not 64 hex digits"),
+                        ));
+                        None
+                    }
+                    _ => {
+                        errors.push(o.error(
+                            path.clone(),
+                            "exactly one of certificate and spkiSha256 is required",
+                        ));
+                        None
+                    }
+                };
+                if issuer.trust_domains.is_empty() {
+                    errors.push(o.error(
+                        format!("{path}.trustDomains"),
+                        "at least one trust domain is required",
+                    ));
+                }
+                let mut tds = Vec::new();
+                for (j, td) in issuer.trust_domains.iter().enumerate() {
+                    tds.extend(trust_domain(
+                        o,
+                        &format!("{path}.trustDomains[{j}]"),
+                        td,
+                        errors,
+                    ));
+                }
+                if let Some(issuer) = key {
+                    settings.issuers.push(IssuerBinding {
+                        issuer,
+                        trust_domains: tds,
+                    });
+                }
+            }
             if let Some(list) = &trust.trust_domains {
                 let mut allowed = Vec::new();
                 for (i, value) in list.iter().enumerate() {

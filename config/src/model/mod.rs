@@ -105,9 +105,27 @@ pub struct TrustSettings {
     pub cluster_local_is_local: bool,
     /// Trust domains accepted at the handshake; `None` accepts any that chains to the bundle.
     pub allowed_trust_domains: Option<Vec<TrustDomain>>,
+    /// Issuer binding: when not empty, a leaf's issuing CA must be listed here and may only
+    /// issue the trust domains listed with it.
+    pub issuers: Vec<IssuerBinding>,
     /// `meshConfig.tlsDefaults.ecdhCurves`, in preference order; `None` keeps the default
     /// (X25519MLKEM768, X25519, P-256, P-384).
     pub ecdh_curves: Option<Vec<EcdhCurve>>,
+}
+
+/// One entry of `MeshGateway.spec.trust.issuers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuerBinding {
+    pub issuer: IssuerKey,
+    pub trust_domains: Vec<TrustDomain>,
+}
+
+/// How an issuing CA is named: its certificate file, or the SHA-256 of its
+/// SubjectPublicKeyInfo (lowercase hex, as `meshgate pki inspect` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub enum IssuerKey {
+    Certificate(PathBuf),
+    SpkiSha256(String),
 }
 
 /// A TLS key-exchange group, by the names Istio and Envoy use.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Labels, Unsupported};
+use super::Labels;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -72,7 +72,17 @@ pub struct Admin {
 pub struct Trust {
     pub cluster_local_is_local: Option<bool>,
     pub trust_domains: Option<Vec<String>>,
-    pub issuers: Unsupported,
+    pub issuers: Option<Vec<Issuer>>,
+}
+
+/// An intermediate CA, by its certificate or SPKI hash, and the trust domains it may issue.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Issuer {
+    pub certificate: Option<String>,
+    pub spki_sha256: Option<String>,
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

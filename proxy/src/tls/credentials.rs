@@ -14,10 +14,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
-use meshgate_config::model::IdentityFiles;
+use meshgate_config::model::{IdentityFiles, IssuerBinding, IssuerKey};
 use meshgate_config::spiffe::SpiffeId;
 
-use crate::identity::peer_identity;
+use crate::identity::{peer_identity, sha256_hex};
 use crate::StartError;
 
 /// The workload certificate this proxy presents, and the bundle it trusts.
@@ -64,6 +64,31 @@ impl Credentials {
             spiffe_id,
         })
     }
+}
+
+/// Resolves `spec.trust.issuers` to (SPKI SHA-256 hex, trust domains), reading certificate
+/// files.
+pub fn issuer_bindings(
+    bindings: &[IssuerBinding],
+) -> Result<Vec<(String, Vec<String>)>, StartError> {
+    bindings
+        .iter()
+        .map(|b| {
+            let spki = match &b.issuer {
+                IssuerKey::SpkiSha256(hex) => hex.clone(),
+                IssuerKey::Certificate(path) => {
+                    let der = read_certs(path)?.remove(0);
+                    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                        .map_err(|e| identity_error(path, format!("bad certificate: {e}")))?;
+                    sha256_hex(cert.public_key().raw)
+                }
+            };
+            Ok((
+                spki,
+                b.trust_domains.iter().map(|t| t.to_string()).collect(),
+            ))
+        })
+        .collect()
 }
 
 /// Presents our one chain, whatever the SNI.

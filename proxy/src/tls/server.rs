@@ -54,9 +54,12 @@ impl ServerTlsConfigs {
         .filter(|(v, _)| *v >= tls.min_version && *v <= tls.max_version)
         .map(|(_, v)| v)
         .collect();
+        let issuers = super::credentials::issuer_bindings(&model.trust.issuers)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verifier = SpiffeClientVerifier::new(
             credentials.roots.clone(),
             model.trust.clone(),
+            issuers,
             provider.clone(),
         )
         .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;

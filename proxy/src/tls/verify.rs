@@ -18,24 +18,73 @@ use rustls::{
 
 use meshgate_config::model::TrustSettings;
 
-use crate::identity::{peer_identity, PeerError};
+use crate::identity::{peer_identity, sha256_hex, PeerError};
 
 /// WebPKI plus SPIFFE.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust: TrustSettings,
+    /// Issuer binding: SPKI SHA-256 (hex) of a CA and the trust domains it may issue.
+    issuers: Vec<(String, Vec<String>)>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeClientVerifier {
     /// A verifier for `roots` that admits the trust domains `trust` allows.
+    /// `issuers` are the resolved `spec.trust.issuers`: SPKI SHA-256 and trust domains.
     pub fn new(
         roots: Arc<RootCertStore>,
         trust: TrustSettings,
+        issuers: Vec<(String, Vec<String>)>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
-        Ok(Self { inner, trust })
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        Ok(Self {
+            inner,
+            trust,
+            issuers,
+            roots,
+            provider,
+        })
+    }
+
+    /// Issuer binding: the CA that signed the leaf on the verified path must be bound to the
+    /// leaf's trust domain.
+    fn check_issuer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        td: &str,
+    ) -> Result<(), rustls::Error> {
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
+        let path = ee
+            .verify_for_usage(
+                self.provider.signature_verification_algorithms.all,
+                &self.roots.roots,
+                intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
+        let spki = sha256_hex(path.issuer_spki().as_ref());
+        match self.issuers.iter().find(|(hash, _)| *hash == spki) {
+            None => Err(reject(PeerError::IssuerNotAllowed(format!(
+                "issuing CA (SPKI SHA-256 {spki}) is not in spec.trust.issuers"
+            )))),
+            Some((_, tds)) if !tds.iter().any(|t| t == td) => {
+                Err(reject(PeerError::IssuerNotAllowed(format!(
+                    "issuing CA (SPKI SHA-256 {spki}) may not issue trust domain `{td}`"
+                ))))
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -64,6 +113,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let td = peer.spiffe_id.trust_domain();
         if !self.trust.admits(td) {
             return Err(reject(PeerError::TrustDomainNotAllowed(td.to_string())));
+        }
+        if !self.issuers.is_empty() {
+            self.check_issuer(end_entity, intermediates, now, td)?;
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -131,6 +183,7 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::InvalidSpiffeId(s) => PeerError::InvalidSpiffeId(*s),
         PeerError::CaLeaf => PeerError::CaLeaf,
         PeerError::TrustDomainNotAllowed(td) => PeerError::TrustDomainNotAllowed(td.clone()),
+        PeerError::IssuerNotAllowed(why) => PeerError::IssuerNotAllowed(why.clone()),
         other => PeerError::InvalidCertificate(other.to_string()),
     }
 }
