@@ -73,10 +73,12 @@ pub fn compile(
         &mut warnings,
     );
     if let Some(t) = &trust {
-        if t.allowed_trust_domains.is_none() && listeners.iter().any(|l| l.tls.is_some()) {
+        let no_policy = t.allowed_trust_domains.is_none() && t.issuers.is_empty();
+        if no_policy && listeners.iter().any(|l| l.tls.is_some()) {
             warnings.push(
-                "spec.trust sets no trustDomains allow-list: any mesh whose certificates chain to the \
-                 shared root is accepted at the handshake (AuthorizationPolicies still apply)"
+                "spec.trust has neither a trustDomains allow-list nor issuer binding: any mesh whose \
+                 certificates chain to the shared root is accepted at the handshake, and one mesh's \
+                 CA can issue another mesh's identities"
                     .into(),
             );
         }

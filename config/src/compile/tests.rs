@@ -346,3 +346,54 @@ fn destination_rule_mistakes() {
         );
     }
 }
+
+#[test]
+fn check_warns_where_the_setup_is_weak_or_cannot_work() {
+    let gateway = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ["*"], tls: {mode: ISTIO_MUTUAL}}]
+"#;
+    // No allow-list, no issuer binding, on an ISTIO_MUTUAL gateway.
+    let model = load_str("t.yaml", &with_gateway(gateway)).unwrap();
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("neither a trustDomains allow-list nor issuer binding")),
+        "{:?}",
+        model.warnings
+    );
+
+    // With an allow-list: no such warning, but a principal of a trust domain that can never
+    // connect is pointed out.
+    let trusted = with_gateway(gateway).replacen(
+        "  identity:",
+        "  trust: {trustDomains: [example.com]}\n  identity:",
+        1,
+    ) + r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: istio-system}
+spec:
+  rules: [{from: [{source: {principals: [partner.org/ns/a/sa/b, example.com/ns/a/sa/b]}}]}]
+"#;
+    let model = load_str("t.yaml", &trusted).unwrap();
+    assert!(
+        !model
+            .warnings
+            .iter()
+            .any(|w| w.contains("neither a trustDomains")),
+        "{:?}",
+        model.warnings
+    );
+    let unreachable: Vec<_> = model
+        .warnings
+        .iter()
+        .filter(|w| w.contains("can never match"))
+        .collect();
+    assert_eq!(unreachable.len(), 1, "{:?}", model.warnings);
+    assert!(unreachable[0].contains("partner.org/ns/a/sa/b"));
+}
