@@ -457,3 +457,70 @@ async fn mesh_config_ecdh_curves_choose_the_key_exchange() {
         assert_eq!(group, Some(want), "{curves}");
     }
 }
+
+#[tokio::test]
+async fn admin_shows_the_effective_config_and_certificates_without_keys() {
+    let pki = pki();
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address)).replacen(
+        "  listen:",
+        "  admin: {address: \"127.0.0.1:0\"}\n  listen:",
+        1,
+    );
+    let identity = pki.workload("example-target.com", GATEWAY_ID);
+    let proxy = Proxy::start(&yaml, &identity).await;
+    let admin = proxy.running.admin.expect("admin bound");
+
+    let dump = support::client::plain_get(admin, "admin", "/config_dump", &[])
+        .await
+        .unwrap();
+    assert_eq!(dump.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&dump.body);
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),
+        "key material in /config_dump"
+    );
+    let json = dump.json();
+    assert_eq!(json["version"], 1);
+    assert_eq!(
+        json["config"]["trust"]["trust_domain"],
+        "example-target.com"
+    );
+    assert_eq!(json["config"]["listeners"][0]["name"], "https");
+    assert_eq!(
+        json["config"]["listeners"][0]["servers"][0]["host"],
+        "*.example-target.com"
+    );
+    assert_eq!(
+        json["config"]["backends"][0]["host"],
+        "httpbin.backend.internal"
+    );
+
+    let certs = support::client::plain_get(admin, "admin", "/certs", &[])
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(certs["spiffe_id"], GATEWAY_ID);
+    let chain = certs["cert_chain"]["certificates"].as_array().unwrap();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let leaf_expiry = chain[0]["not_after_unix"].as_i64().unwrap();
+    assert!(
+        leaf_expiry > now && leaf_expiry <= now + 25 * 3600,
+        "{leaf_expiry}"
+    );
+    assert_eq!(
+        chain[1]["subject"],
+        "O=example-target.com, CN=meshgate mesh CA example-target.com"
+    );
+    assert_eq!(
+        certs["root_certs"]["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

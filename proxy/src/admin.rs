@@ -1,4 +1,6 @@
-//! The admin listener: `/ready`, `/healthz`, `/stats/prometheus`.
+//! The admin listener: `/ready`, `/healthz`, `/stats/prometheus`, `/config_dump` (the
+//! effective compiled configuration as JSON, no key material), `/certs` (our SPIFFE ID, chain
+//! and bundle with their expiry).
 //!
 //! `/ready` answers 200 once every listener is bound and the identity is loaded, and 503 again
 //! once shutdown starts; `/healthz` answers 200 while the process runs.
@@ -18,12 +20,16 @@ use tokio::sync::watch;
 use crate::body::ResponseBody;
 use crate::listen::accept_loop;
 use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 
 /// What the admin endpoints report on.
 #[derive(Debug)]
 pub struct AdminState {
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
+    pub runtime: Arc<Runtime>,
+    /// Counts configurations loaded; 1 for the first.
+    pub version: u64,
 }
 
 /// Serves the admin endpoints until shutdown.
@@ -61,6 +67,19 @@ async fn respond(
             PROMETHEUS,
             Bytes::from(state.metrics.render()),
         ),
+        (&Method::GET, "/config_dump") => {
+            let dump =
+                serde_json::json!({ "version": state.version, "config": &*state.runtime.model });
+            (StatusCode::OK, JSON, Bytes::from(pretty(&dump)))
+        }
+        (&Method::GET, "/certs") => match &state.runtime.credentials {
+            Some(c) => (StatusCode::OK, JSON, Bytes::from(pretty(&c.summary))),
+            None => (
+                StatusCode::NOT_FOUND,
+                TEXT,
+                Bytes::from_static(b"no identity configured\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
@@ -75,5 +94,12 @@ async fn respond(
     Ok(response)
 }
 
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
 const TEXT: &str = "text/plain";
+const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4";

@@ -131,6 +131,8 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
     let state = Arc::new(AdminState {
         ready: false.into(),
         metrics: metrics.clone(),
+        runtime: runtime.clone(),
+        version: 1,
     });
     let mut accept_loops = Vec::new();
     let mut listeners = Vec::new();

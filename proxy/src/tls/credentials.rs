@@ -29,6 +29,8 @@ pub struct Credentials {
     pub roots: Arc<RootCertStore>,
     /// Our SPIFFE ID (XFCC `By=`).
     pub spiffe_id: SpiffeId,
+    /// What `/certs` shows: our chain and the bundle, summarised at load.
+    pub summary: serde_json::Value,
 }
 
 impl Credentials {
@@ -53,15 +55,22 @@ impl Credentials {
             })?
             .spiffe_id;
         let mut roots = RootCertStore::empty();
-        for cert in read_certs(&files.root_certs)? {
+        let root_ders = read_certs(&files.root_certs)?;
+        for cert in root_ders.iter().cloned() {
             roots
                 .add(cert)
                 .map_err(|e| identity_error(&files.root_certs, format!("unusable root: {e}")))?;
         }
+        let summary = serde_json::json!({
+            "spiffe_id": spiffe_id.as_str(),
+            "cert_chain": { "file": files.cert_chain, "certificates": chain.iter().map(|c| describe(c)).collect::<Vec<_>>() },
+            "root_certs": { "file": files.root_certs, "certificates": root_ders.iter().map(|c| describe(c)).collect::<Vec<_>>() },
+        });
         Ok(Self {
             certified_key: Arc::new(certified_key),
             roots: Arc::new(roots),
             spiffe_id,
+            summary,
         })
     }
 }
@@ -89,6 +98,22 @@ pub fn issuer_bindings(
             ))
         })
         .collect()
+}
+
+/// Subject, issuer, serial, validity and SPKI hash of a certificate, for `/certs`.
+fn describe(der: &CertificateDer<'_>) -> serde_json::Value {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => serde_json::json!({
+            "subject": cert.subject().to_string(),
+            "issuer": cert.issuer().to_string(),
+            "serial": cert.raw_serial_as_string(),
+            "not_before": cert.validity().not_before.to_rfc2822().unwrap_or_default(),
+            "not_after": cert.validity().not_after.to_rfc2822().unwrap_or_default(),
+            "not_after_unix": cert.validity().not_after.timestamp(),
+            "spki_sha256": sha256_hex(cert.public_key().raw),
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
 
 /// Presents our one chain, whatever the SNI.
