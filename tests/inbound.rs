@@ -524,3 +524,43 @@ async fn admin_shows_the_effective_config_and_certificates_without_keys() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_bundle_of_several_roots_admits_callers_of_each() {
+    // Two roots, as during a root rotation or with meshes that do not share one.
+    let old = pki();
+    let new = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let bundle = format!("{}{}", old.root.cert_pem, new.root.cert_pem);
+    let yaml = gateway_yaml(&route_to(HOST, backend.address));
+    let proxy = Proxy::start_with_bundle(
+        &yaml,
+        &old.workload("example-target.com", GATEWAY_ID),
+        &bundle,
+    )
+    .await;
+    for (pki, id) in [
+        (&old, "spiffe://example.com/ns/a/sa/old"),
+        (&new, "spiffe://example.com/ns/a/sa/new"),
+    ] {
+        let caller = pki.workload("example.com", id);
+        // The client trusts the gateway's root.
+        let client = Client::plain(Some(&caller), &old.root.cert_pem);
+        let reply = client
+            .get(proxy.addr(443), HOST, HOST, "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.echoed("x-source-principal").as_deref(),
+            Some(&id["spiffe://".len()..])
+        );
+    }
+    // A third root is still a stranger.
+    let stranger = Pki::new(&["example.com"]);
+    let caller = stranger.workload("example.com", "spiffe://example.com/ns/a/sa/x");
+    let client = Client::plain(Some(&caller), &old.root.cert_pem);
+    assert!(client
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .is_err());
+}

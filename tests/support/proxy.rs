@@ -18,8 +18,14 @@ impl Proxy {
     /// Writes `identity` to `certs/` and `yaml` to `config.yaml`, then loads and starts it.
     /// `yaml` may use `certs/cert-chain.pem`, `certs/key.pem`, `certs/root-cert.pem`.
     pub async fn start(yaml: &str, identity: &Workload) -> Self {
+        Self::start_with_bundle(yaml, identity, &identity.root_pem).await
+    }
+
+    /// As `start`, with `bundle` (one or more PEM roots) as `certs/root-cert.pem`.
+    pub async fn start_with_bundle(yaml: &str, identity: &Workload, bundle: &str) -> Self {
         let dir = TempDir::new("proxy");
         identity.write(&dir.path().join("certs")).unwrap();
+        std::fs::write(dir.path().join("certs/root-cert.pem"), bundle).unwrap();
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
         let model = meshgate_config::load(&[config]).unwrap_or_else(|e| panic!("config: {e}"));
