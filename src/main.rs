@@ -308,7 +308,13 @@ fn time_hours(hours: i64) -> meshgate_pki::Duration {
 fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = match workers {
         Some(0) => bail!("--concurrency must be at least 1"),
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(1) => {
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            // Poll the I/O driver every 128 tasks instead of 61: under 64 busy connections,
+            // measured -18% p99 and +2% requests/s (BENCHMARKS.md); 16 and 256 were worse.
+            b.event_interval(128);
+            b
+        }
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);
