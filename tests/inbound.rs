@@ -564,3 +564,74 @@ async fn a_bundle_of_several_roots_admits_callers_of_each() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn the_access_log_has_a_json_line_per_request_and_refused_handshake() {
+    let pki = pki();
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address)).replacen(
+        "  listen:",
+        "  accessLog: {path: access.log}\n  listen:",
+        1,
+    );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    assert_eq!(
+        client
+            .get(proxy.addr(443), HOST, HOST, "/get?x=1", &[])
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    let other = "other.example-target.com";
+    assert_eq!(
+        client
+            .get(proxy.addr(443), HOST, other, "/", &[])
+            .await
+            .unwrap()
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(Client::plain(None, &pki.root.cert_pem)
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .is_err());
+
+    let path = proxy.dir.path().join("access.log");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    support::eventually("three access log lines", || read().lines().count() == 3).await;
+    let lines: Vec<serde_json::Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok = lines
+        .iter()
+        .find(|l| l["status"] == 200)
+        .expect("a 200 line");
+    assert_eq!(ok["listener"], "https");
+    assert_eq!(ok["origin"], "remote");
+    assert_eq!(ok["source_trust_domain"], "example.com");
+    assert_eq!(ok["principal"], "example.com/ns/default/sa/sleep");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["authority"], HOST);
+    assert_eq!(ok["path"], "/get?x=1");
+    assert_eq!(ok["upstream"], "httpbin.backend.internal:80");
+    assert_eq!(ok["response_flags"], "-");
+    assert!(ok["bytes_out"].as_u64().unwrap() > 100);
+    assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(ok["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ok["start_time"].as_str().unwrap().ends_with('Z'));
+    let not_found = lines
+        .iter()
+        .find(|l| l["status"] == 404)
+        .expect("a 404 line");
+    assert_eq!(not_found["response_flags"], "NR");
+    assert_eq!(not_found["upstream"], serde_json::Value::Null);
+    let refused = lines
+        .iter()
+        .find(|l| l["event"] == "handshake_rejected")
+        .expect("a handshake line");
+    assert_eq!(refused["reason"], "no_client_certificate");
+}

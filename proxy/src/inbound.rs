@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use meshgate_config::model::authz::Attributes;
 use meshgate_config::model::{ListenerKind, RouteAction};
 
+use crate::access_log::{self, AccessLog, HandshakeEntry, RequestEntry};
 use crate::authorize::{self, Decision};
 use crate::body::ResponseBody;
 use crate::identity::PeerIdentity;
@@ -57,6 +58,16 @@ pub async fn serve_connection(
             match handshake(stream, tls, servers, HANDSHAKE_TIMEOUT).await {
                 Err(e) => {
                     metrics.handshake_rejected(&e);
+                    if let Some(log) = &runtime.access_log {
+                        log.log(&HandshakeEntry {
+                            start_time: &access_log::rfc3339(std::time::SystemTime::now()),
+                            event: "handshake_rejected",
+                            listener: &runtime.model.listeners[listener].name,
+                            peer: peer_addr.to_string(),
+                            reason: e.reason(),
+                            detail: e.to_string(),
+                        });
+                    }
                     warn!(peer = %peer_addr, listener = %runtime.model.listeners[listener].name, reason = e.reason(), "handshake rejected: {e}");
                     Ok(())
                 }
@@ -121,9 +132,14 @@ async fn handle_request(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let model = &conn.runtime.model;
     tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
-    let response = match route_and_forward(&conn, req).await {
+    // What the access log needs of the request, copied only when there is an access log.
+    let logged = conn.runtime.access_log.as_ref().map(|_| Logged::new(&req));
+    let mut backend = None;
+    let mut flag = "-";
+    let response = match route_and_forward(&conn, req, &mut backend).await {
         Ok(response) => response,
         Err(e) => {
+            flag = e.flag();
             let listener = &model.listeners[conn.listener].name;
             let principal = conn
                 .peer
@@ -137,6 +153,9 @@ async fn handle_request(
     conn.runtime
         .metrics
         .request(conn.origin, conn.trust_domain, response.status().as_u16());
+    if let (Some(log), Some(logged)) = (&conn.runtime.access_log, logged) {
+        log_request(log, &conn, logged, backend, flag, &response);
+    }
     Ok(response)
 }
 
@@ -170,6 +189,7 @@ fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyErro
 async fn route_and_forward(
     conn: &Connection,
     mut req: Request<Incoming>,
+    chosen: &mut Option<usize>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = &conn.runtime.model.listeners[conn.listener];
     let authority =
@@ -195,6 +215,7 @@ async fn route_and_forward(
         RouteAction::Direct(direct) => respond::direct(direct),
         RouteAction::Forward(backends) => {
             let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
+            *chosen = Some(backend);
             route.request_headers.apply(req.headers_mut());
             let upstream = forward::forward(&conn.runtime.upstreams, backend, route, req).await?;
             upstream.map(ResponseBody::Upstream)
@@ -202,4 +223,73 @@ async fn route_and_forward(
     };
     route.response_headers.apply(response.headers_mut());
     Ok(response)
+}
+
+/// The request as the access log shows it, taken before the request moves on.
+struct Logged {
+    start: std::time::Instant,
+    start_time: std::time::SystemTime,
+    method: http::Method,
+    authority: String,
+    path: String,
+    bytes_in: Option<u64>,
+}
+
+impl Logged {
+    fn new(req: &Request<Incoming>) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            start_time: std::time::SystemTime::now(),
+            method: req.method().clone(),
+            authority: route::authority(req.uri(), req.headers())
+                .unwrap_or("")
+                .to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            bytes_in: content_length(req.headers()),
+        }
+    }
+}
+
+fn log_request(
+    log: &AccessLog,
+    conn: &Connection,
+    logged: Logged,
+    backend: Option<usize>,
+    flag: &str,
+    response: &Response<ResponseBody>,
+) {
+    let model = &conn.runtime.model;
+    let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
+    let start_time = access_log::rfc3339(logged.start_time);
+    log.log(&RequestEntry {
+        start_time: &start_time,
+        listener: &model.listeners[conn.listener].name,
+        peer: conn.peer_addr.to_string(),
+        origin: conn.origin.map(Origin::as_str),
+        source_trust_domain: id.map(|i| i.trust_domain()),
+        principal: id.map(|i| i.principal()),
+        method: logged.method.as_str(),
+        authority: &logged.authority,
+        path: &logged.path,
+        status: response.status().as_u16(),
+        upstream: backend.map(|b| format!("{}:{}", model.backends[b].host, model.backends[b].port)),
+        duration_ms: logged.start.elapsed().as_secs_f64() * 1000.0,
+        bytes_in: logged.bytes_in,
+        bytes_out: content_length(response.headers())
+            .or_else(|| http_body::Body::size_hint(response.body()).exact()),
+        response_flags: flag,
+    });
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -28,6 +28,7 @@ pub mod serve;
 pub mod tag;
 pub mod tls;
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod echo;
@@ -48,6 +49,7 @@ use tracing::info;
 
 use meshgate_config::Model;
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminState;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -98,7 +100,14 @@ pub struct Running {
 pub async fn start(model: Model) -> Result<Running, StartError> {
     let model = Arc::new(model);
     let metrics = Arc::new(Metrics::new(&model.trust));
-    let runtime = Arc::new(Runtime::build(model.clone(), metrics.clone())?);
+    let access_log = match &model.proxy.access_log {
+        Some(path) => Some(AccessLog::open(path).map_err(|e| StartError::Identity {
+            path: path.clone(),
+            message: format!("cannot open the access log: {e}"),
+        })?),
+        None => None,
+    };
+    let runtime = Arc::new(Runtime::build(model.clone(), metrics.clone(), access_log)?);
 
     let mut bound = Vec::new();
     for l in &model.listeners {

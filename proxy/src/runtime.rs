@@ -7,6 +7,7 @@ use std::sync::Arc;
 use meshgate_config::model::ListenerProtocol;
 use meshgate_config::Model;
 
+use crate::access_log::AccessLog;
 use crate::forward::Upstreams;
 use crate::metrics::Metrics;
 use crate::serve::HttpServers;
@@ -25,11 +26,17 @@ pub struct Runtime {
     pub upstreams: Upstreams,
     pub http: HttpServers,
     pub metrics: Arc<Metrics>,
+    /// The access log, when the MeshGateway asks for one.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Runtime {
     /// Loads the identity files and builds every config; fails without side effects.
-    pub fn build(model: Arc<Model>, metrics: Arc<Metrics>) -> Result<Self, StartError> {
+    pub fn build(
+        model: Arc<Model>,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> Result<Self, StartError> {
         let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
         let credentials = match &model.proxy.identity {
             Some(files) => Some(Credentials::load(files, &provider)?),
@@ -58,6 +65,7 @@ impl Runtime {
             credentials,
             listeners,
             metrics,
+            access_log,
             model,
         })
     }

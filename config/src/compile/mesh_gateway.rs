@@ -118,6 +118,10 @@ pub(crate) fn compile(
         admin,
         outbound,
         tagging: tagging?,
+        access_log: spec
+            .access_log
+            .as_ref()
+            .map(|a| relative_to(&o.file, &a.path)),
         session_resumption: spec
             .tls
             .as_ref()

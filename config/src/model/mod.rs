@@ -61,6 +61,8 @@ pub struct ProxySettings {
     /// Whether TLS 1.3 session tickets are issued (Envoy's stateful/stateless session
     /// resumption); default true.
     pub session_resumption: bool,
+    /// Where the JSON access log goes (`/dev/stdout` works); `None`: off.
+    pub access_log: Option<PathBuf>,
 }
 
 /// Paths of the workload certificate chain, its key and the trust bundle.

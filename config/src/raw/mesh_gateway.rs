@@ -22,6 +22,13 @@ pub struct MeshGatewaySpec {
     pub resolve: Vec<Resolve>,
     /// Istio's root namespace: policies there without a selector apply mesh-wide.
     pub root_namespace: Option<String>,
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    pub path: String,
 }
 
 /// A DNS override, as curl's `--resolve host:port:address`.
