@@ -39,6 +39,14 @@ pub fn compile(
         Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
         None => Vec::new(),
     };
+    if let Some(address) = proxy.as_ref().and_then(|(p, _)| p.outbound) {
+        if !address.ip().is_loopback() {
+            warnings.push(format!(
+                "spec.outbound.address {address} is not a loopback address: any client that can \
+                 reach it can send requests as this proxy's identity"
+            ));
+        }
+    }
     let outbound = proxy.as_ref().and_then(|(p, _)| p.outbound).map(|address| {
         listeners.push(outbound::listener(address));
         listeners.len() - 1

@@ -397,3 +397,30 @@ spec:
     assert_eq!(unreachable.len(), 1, "{:?}", model.warnings);
     assert!(unreachable[0].contains("partner.org/ns/a/sa/b"));
 }
+
+#[test]
+fn an_outbound_listener_off_loopback_is_a_warning() {
+    let open = MESH_GATEWAY.replace(
+        "spec:\n",
+        "spec:\n  outbound: {address: \"0.0.0.0:15001\"}\n",
+    );
+    let model = load_str("t.yaml", &open).unwrap();
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("is not a loopback address")),
+        "{:?}",
+        model.warnings
+    );
+    let local = MESH_GATEWAY.replace(
+        "spec:\n",
+        "spec:\n  outbound: {address: \"127.0.0.1:15001\"}\n",
+    );
+    let model = load_str("t.yaml", &local).unwrap();
+    assert!(
+        !model.warnings.iter().any(|w| w.contains("loopback")),
+        "{:?}",
+        model.warnings
+    );
+}
