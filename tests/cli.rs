@@ -628,3 +628,73 @@ fn every_docker_and_kubernetes_config_passes_check() {
     }
     assert_eq!(checked, 1);
 }
+
+/// The body of a GET on the admin port.
+async fn admin_text(admin: std::net::SocketAddr, path: &str) -> String {
+    support::client::plain_get(admin, "admin", path, &[])
+        .await
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let vs = |body: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: default}}\nspec:\n  hosts: [\"httpbin.example-target.com\"]\n  gateways: [istio-system/multi-mesh-gateway]\n  http: [{{directResponse: {{status: 200, body: {{string: {body}}}}}}}]\n"
+        )
+    };
+    let dir = config_dir(&pki, &gateway_with_admin(&vs("v1")));
+    let mut proc = Proc::run(dir.path(), &[]);
+    let (listener, admin) = proc.addresses();
+    assert_eq!(reqwest_ready(admin).await, 200);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let host = "httpbin.example-target.com";
+    let get = || async {
+        client
+            .get(listener, host, host, "/", &[])
+            .await
+            .map(|r| r.body)
+    };
+    assert_eq!(&get().await.unwrap()[..], b"v1");
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &proc.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+
+    // A field meshgate does not know: the reload fails, v1 keeps serving.
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &file,
+        gateway_with_admin(&vs("v2")).replace("  http: [", "  bogus: true\n  http: ["),
+    )
+    .unwrap();
+    assert!(hup().success());
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while !admin_text(admin, "/stats/prometheus")
+        .await
+        .contains(r#"meshgate_config_reloads_total{result="failure"} 1"#)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed reload was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(&get().await.unwrap()[..], b"v1");
+
+    // Fixed: the next SIGHUP swaps it in.
+    std::fs::write(&file, gateway_with_admin(&vs("v2"))).unwrap();
+    assert!(hup().success());
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while &get().await.unwrap()[..] != b"v2" {
+        assert!(tokio::time::Instant::now() < deadline, "v2 never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dump = admin_text(admin, "/config_dump").await;
+    assert!(dump.contains("\"version\": 2"), "{dump}");
+}

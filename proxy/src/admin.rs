@@ -6,9 +6,10 @@
 //! once shutdown starts; `/healthz` answers 200 while the process runs.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -27,9 +28,10 @@ use crate::runtime::Runtime;
 pub struct AdminState {
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
-    pub runtime: Arc<Runtime>,
+    /// The configuration new connections get.
+    pub shared: Arc<ArcSwap<Runtime>>,
     /// Counts configurations loaded; 1 for the first.
-    pub version: u64,
+    pub version: AtomicU64,
 }
 
 /// Serves the admin endpoints until shutdown.
@@ -68,11 +70,12 @@ async fn respond(
             Bytes::from(state.metrics.render()),
         ),
         (&Method::GET, "/config_dump") => {
-            let dump =
-                serde_json::json!({ "version": state.version, "config": &*state.runtime.model });
+            let runtime = state.shared.load();
+            let version = state.version.load(Ordering::Relaxed);
+            let dump = serde_json::json!({ "version": version, "config": &*runtime.model });
             (StatusCode::OK, JSON, Bytes::from(pretty(&dump)))
         }
-        (&Method::GET, "/certs") => match &state.runtime.credentials {
+        (&Method::GET, "/certs") => match &state.shared.load().credentials {
             Some(c) => (StatusCode::OK, JSON, Bytes::from(pretty(&c.summary))),
             None => (
                 StatusCode::NOT_FOUND,

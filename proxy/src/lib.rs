@@ -38,10 +38,11 @@ pub mod runtime;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -85,14 +86,30 @@ pub struct BoundListener {
 
 /// A running proxy.
 pub struct Running {
+    /// The Gateway listeners as first bound.
     pub listeners: Vec<BoundListener>,
     pub admin: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     state: Arc<AdminState>,
-    shutdown: watch::Sender<bool>,
-    accept_loops: Vec<JoinHandle<()>>,
+    /// The configuration every new connection starts with; a reload swaps it.
+    shared: Arc<ArcSwap<Runtime>>,
+    /// The accept loops, by Gateway port and the address their listener was configured with
+    /// (several may be configured with port 0).
+    active: tokio::sync::Mutex<Vec<Active>>,
+    admin_stop: watch::Sender<bool>,
     /// Shared with the accept loops, which hand a watcher to each connection.
     graceful: Arc<GracefulShutdown>,
+}
+
+/// A listener across reloads: its Gateway port and configured address.
+type ListenerKey = (u16, SocketAddr);
+
+/// One accept loop.
+struct Active {
+    key: ListenerKey,
+    info: BoundListener,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
 }
 
 /// Builds the runtime, binds every listener and the admin address, and starts serving. On
@@ -108,24 +125,7 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         None => None,
     };
     let runtime = Arc::new(Runtime::build(model.clone(), metrics.clone(), access_log)?);
-
-    let mut bound = Vec::new();
-    for l in &model.listeners {
-        let listener = listen::bind(l.address).map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            address: l.address,
-            source,
-        })?;
-        let address = listener.local_addr().unwrap_or(l.address);
-        bound.push((
-            listener,
-            BoundListener {
-                name: l.name.clone(),
-                port: l.port,
-                address,
-            },
-        ));
-    }
+    let bound = bind_all(&model, &[])?;
     let admin_listener = match model.proxy.admin {
         Some(address) => Some(listen::bind(address).map_err(|source| StartError::Bind {
             name: "admin".into(),
@@ -135,33 +135,19 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         None => None,
     };
 
-    let (shutdown, rx) = watch::channel(false);
+    let shared = Arc::new(ArcSwap::new(runtime));
     let graceful = Arc::new(GracefulShutdown::new());
     let state = Arc::new(AdminState {
         ready: false.into(),
         metrics: metrics.clone(),
-        runtime: runtime.clone(),
-        version: 1,
+        shared: shared.clone(),
+        version: AtomicU64::new(1),
     });
-    let mut accept_loops = Vec::new();
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let mut active = Vec::new();
     let mut listeners = Vec::new();
-    for (index, (listener, info)) in bound.into_iter().enumerate() {
-        info!(listener = %info.name, port = info.port, address = %info.address, "listening");
-        let runtime = runtime.clone();
-        let graceful = graceful.clone();
-        accept_loops.push(tokio::spawn(listen::accept_loop(
-            listener,
-            rx.clone(),
-            move |stream, peer| {
-                tokio::spawn(inbound::serve_connection(
-                    runtime.clone(),
-                    index,
-                    stream,
-                    peer,
-                    graceful.watcher(),
-                ));
-            },
-        )));
+    for (key, listener, info) in bound {
+        active.push(spawn_accept(key, listener, &info, &shared, &graceful));
         listeners.push(info);
     }
     let admin = match admin_listener {
@@ -170,7 +156,7 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
             if let Some(a) = address {
                 info!(address = %a, "admin listening");
             }
-            tokio::spawn(admin::serve(listener, state.clone(), rx.clone()));
+            tokio::spawn(admin::serve(listener, state.clone(), admin_rx));
             address
         }
         None => None,
@@ -181,10 +167,76 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         admin,
         metrics,
         state,
-        shutdown,
-        accept_loops,
+        shared,
+        active: tokio::sync::Mutex::new(active),
+        admin_stop,
         graceful,
     })
+}
+
+/// Binds every listener of `model` whose configured address is not in `existing`.
+fn bind_all(
+    model: &Model,
+    existing: &[ListenerKey],
+) -> Result<Vec<(ListenerKey, tokio::net::TcpListener, BoundListener)>, StartError> {
+    let mut bound = Vec::new();
+    for l in model
+        .listeners
+        .iter()
+        .filter(|l| !existing.contains(&(l.port, l.address)))
+    {
+        let listener = listen::bind(l.address).map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            address: l.address,
+            source,
+        })?;
+        let address = listener.local_addr().unwrap_or(l.address);
+        let info = BoundListener {
+            name: l.name.clone(),
+            port: l.port,
+            address,
+        };
+        bound.push(((l.port, l.address), listener, info));
+    }
+    Ok(bound)
+}
+
+/// Accepts on `listener`; every connection starts with the runtime current at its accept, and
+/// finds its listener there by the configured address.
+fn spawn_accept(
+    key: ListenerKey,
+    listener: tokio::net::TcpListener,
+    info: &BoundListener,
+    shared: &Arc<ArcSwap<Runtime>>,
+    graceful: &Arc<GracefulShutdown>,
+) -> Active {
+    info!(listener = %info.name, port = info.port, address = %info.address, "listening");
+    let (stop, rx) = watch::channel(false);
+    let shared = shared.clone();
+    let graceful = graceful.clone();
+    let handle = tokio::spawn(listen::accept_loop(listener, rx, move |stream, peer| {
+        let runtime = shared.load_full();
+        if let Some(index) = runtime
+            .model
+            .listeners
+            .iter()
+            .position(|l| (l.port, l.address) == key)
+        {
+            tokio::spawn(inbound::serve_connection(
+                runtime,
+                index,
+                stream,
+                peer,
+                graceful.watcher(),
+            ));
+        }
+    }));
+    Active {
+        key,
+        info: info.clone(),
+        stop,
+        handle,
+    }
 }
 
 impl Running {
@@ -196,13 +248,69 @@ impl Running {
             .map(|l| l.address)
     }
 
+    /// The listeners bound now (after any reload).
+    pub async fn bound(&self) -> Vec<BoundListener> {
+        self.active
+            .lock()
+            .await
+            .iter()
+            .map(|a| a.info.clone())
+            .collect()
+    }
+
+    /// Replaces the configuration: builds the new runtime completely (identity and bundle
+    /// files read again, TLS configs, pools), binds the listeners it adds, swaps it in for new
+    /// connections, and stops accepting on the listeners it removes. Connections already open
+    /// keep the configuration they started with. On error nothing changes.
+    pub async fn reload(&self, model: Model) -> Result<(), StartError> {
+        let result = self.try_reload(model).await;
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    async fn try_reload(&self, model: Model) -> Result<(), StartError> {
+        let model = Arc::new(model);
+        // The access log keeps its file; moving it needs a restart.
+        let access_log = self.shared.load().access_log.clone();
+        let runtime = Arc::new(Runtime::build(
+            model.clone(),
+            self.metrics.clone(),
+            access_log,
+        )?);
+        let mut active = self.active.lock().await;
+        let existing: Vec<ListenerKey> = active.iter().map(|a| a.key).collect();
+        let fresh = bind_all(&model, &existing)?;
+        self.shared.store(runtime);
+        for (key, listener, info) in fresh {
+            active.push(spawn_accept(
+                key,
+                listener,
+                &info,
+                &self.shared,
+                &self.graceful,
+            ));
+        }
+        active.retain(|a| {
+            let keep = model.listeners.iter().any(|l| (l.port, l.address) == a.key);
+            if !keep {
+                info!(port = a.key.0, address = %a.key.1, "listener removed");
+                let _ = a.stop.send(true);
+            }
+            keep
+        });
+        self.state.version.fetch_add(1, Ordering::Relaxed);
+        info!(listeners = model.listeners.len(), "configuration reloaded");
+        Ok(())
+    }
+
     /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 close after
     /// the current response) and waits for them for at most `drain`.
     pub async fn shutdown(self, drain: Duration) {
         self.state.ready.store(false, Ordering::Release);
-        let _ = self.shutdown.send(true);
-        for handle in self.accept_loops {
-            let _ = handle.await;
+        let _ = self.admin_stop.send(true);
+        for a in self.active.into_inner() {
+            let _ = a.stop.send(true);
+            let _ = a.handle.await;
         }
         // The accept loops have ended and dropped their handles: ours is the last one.
         let Ok(graceful) = Arc::try_unwrap(self.graceful) else {

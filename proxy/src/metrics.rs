@@ -22,6 +22,8 @@ pub struct Metrics {
     requests: Box<[AtomicU64]>,
     trust_domains: Vec<String>,
     active_connections: AtomicI64,
+    /// Configuration reloads: succeeded, failed.
+    reloads: [AtomicU64; 2],
 }
 
 /// The origin label of a request: no identity (plaintext), local or remote.
@@ -55,6 +57,7 @@ impl Metrics {
             requests: (0..len).map(|_| AtomicU64::new(0)).collect(),
             trust_domains: tds,
             active_connections: AtomicI64::new(0),
+            reloads: Default::default(),
         }
     }
 
@@ -96,6 +99,11 @@ impl Metrics {
         }
     }
 
+    /// Counts a configuration reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.active_connections.fetch_add(delta, Ordering::Relaxed);
@@ -134,6 +142,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "meshgate_requests_total{{origin=\"{origin}\",source_trust_domain=\"{td}\",code=\"{code}\"}} {v}"
+            );
+        }
+        out.push_str("# HELP meshgate_config_reloads_total Configuration reloads by result.\n");
+        out.push_str("# TYPE meshgate_config_reloads_total counter\n");
+        for (result, c) in ["success", "failure"].iter().zip(&self.reloads) {
+            let _ = writeln!(
+                out,
+                "meshgate_config_reloads_total{{result=\"{result}\"}} {}",
+                c.load(Ordering::Relaxed)
             );
         }
         out.push_str("# HELP meshgate_connections_active Downstream connections open now.\n");

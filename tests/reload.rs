@@ -1,0 +1,193 @@
+//! Reload: a new configuration (and the identity files read again) swapped in for new
+//! connections, with none dropped; a reload that cannot be built changes nothing.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::gateway_yaml;
+
+const HOST: &str = "httpbin.example-target.com";
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+
+/// A gateway answering `body` directly; with `plain`, also a plaintext listener on port 8080.
+fn config(body: &str, plain: bool) -> String {
+    let extra_server = if plain {
+        "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*.example-target.com\"]\n"
+    } else {
+        ""
+    };
+    let vs = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: default}}\nspec:\n  hosts: [\"{HOST}\"]\n  gateways: [istio-system/multi-mesh-gateway]\n  http: [{{directResponse: {{status: 200, body: {{string: {body}}}}}}}]\n"
+    );
+    gateway_yaml(&vs)
+        .replace(
+            "    tls: {mode: ISTIO_MUTUAL}\n",
+            &format!("    tls: {{mode: ISTIO_MUTUAL}}\n{extra_server}"),
+        )
+        .replace(
+            "portOverrides: {443: 0}",
+            "portOverrides: {443: 0, 8080: 0}",
+        )
+}
+
+fn serial_of(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+    cert.raw_serial_as_string()
+}
+
+#[tokio::test]
+async fn reload_swaps_config_and_identity_for_new_connections_without_dropping_any() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let proxy = support::proxy::Proxy::start(
+        &config("v1", false),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let body = |r: &support::client::Reply| String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(
+        body(&client.get(addr, HOST, HOST, "/", &[]).await.unwrap()),
+        "v1"
+    );
+
+    // A keep-alive connection opened before the reload.
+    let tls = client.connect(addr, HOST).await.unwrap();
+    let old_serial = serial_of(&tls);
+    let (mut kept, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // Requests on new connections, one after another, across the reload.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, saw_v2) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = {
+        let (client, stop, ok, failed, saw_v2) = (
+            client.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            saw_v2.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(addr, HOST, HOST, "/", &[]).await {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        if &r.body[..] == b"v2" {
+                            saw_v2.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    support::eventually("requests before the reload", || {
+        ok.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+
+    // New identity files (a new leaf: rotation) and a new configuration with a new listener.
+    pki.workload("example-target.com", GATEWAY_ID)
+        .write(&proxy.dir.path().join("certs"))
+        .unwrap();
+    let config_file = proxy.dir.path().join("config.yaml");
+    std::fs::write(&config_file, config("v2", true)).unwrap();
+    let model = meshgate_config::load(std::slice::from_ref(&config_file)).unwrap();
+    proxy.running.reload(model).await.unwrap();
+    support::eventually("v2 on new connections", || saw_v2.load(Ordering::Relaxed)).await;
+    let after = ok.load(Ordering::Relaxed);
+    support::eventually("requests after the reload", || {
+        ok.load(Ordering::Relaxed) >= after + 20
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed across the reload"
+    );
+
+    // The connection from before still runs on the configuration it started with.
+    let req = Request::get("/")
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = kept.send_request(req).await.unwrap();
+    assert_eq!(
+        &response.into_body().collect().await.unwrap().to_bytes()[..],
+        b"v1"
+    );
+    // The listener the reload added serves too (plaintext: no identity, tags only stripped).
+    let bound = proxy.running.bound().await;
+    let plain = bound
+        .iter()
+        .find(|l| l.port == 8080)
+        .expect("the new listener")
+        .address;
+    let r = support::client::plain_get(plain, HOST, "/", &[("x-mesh-origin", "local")])
+        .await
+        .unwrap();
+    assert_eq!(&r.body[..], b"v2");
+    assert_eq!(bound.len(), 2);
+    // New handshakes present the new certificate.
+    let tls = client.connect(addr, HOST).await.unwrap();
+    assert_ne!(serial_of(&tls), old_serial);
+
+    // A reload whose identity cannot be read changes nothing.
+    std::fs::write(proxy.dir.path().join("certs/key.pem"), "not a key").unwrap();
+    std::fs::write(&config_file, config("v3", true)).unwrap();
+    let model = meshgate_config::load(&[config_file]).unwrap();
+    let err = proxy.running.reload(model).await.unwrap_err();
+    assert!(err.to_string().contains("key.pem"), "{err}");
+    assert_eq!(
+        body(&client.get(addr, HOST, HOST, "/", &[]).await.unwrap()),
+        "v2"
+    );
+    // A reload that removes the plaintext server stops accepting on its port.
+    pki.workload("example-target.com", GATEWAY_ID)
+        .write(&proxy.dir.path().join("certs"))
+        .unwrap();
+    std::fs::write(proxy.dir.path().join("config.yaml"), config("v4", false)).unwrap();
+    let model = meshgate_config::load(&[proxy.dir.path().join("config.yaml")]).unwrap();
+    proxy.running.reload(model).await.unwrap();
+    assert_eq!(
+        body(&client.get(addr, HOST, HOST, "/", &[]).await.unwrap()),
+        "v4"
+    );
+    assert_eq!(proxy.running.bound().await.len(), 1);
+    support::eventually("the removed listener to close", || {
+        std::net::TcpStream::connect(plain).is_err()
+    })
+    .await;
+
+    let metrics = proxy.running.metrics.render();
+    assert!(
+        metrics.contains(r#"meshgate_config_reloads_total{result="success"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meshgate_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+}
