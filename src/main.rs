@@ -193,39 +193,10 @@ async fn run(config: Vec<PathBuf>, drain: Duration) -> anyhow::Result<ExitCode> 
         tracing::warn!("{w}");
     }
     let running = meshgate_proxy::start(model).await?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = hangup.recv() => reload(&running, &config).await,
-        }
-    }
+    meshgate_proxy::reload::run(&running, &config, shutdown_signal()).await;
     tracing::info!("shutting down: draining for at most {}s", drain.as_secs());
     running.shutdown(drain).await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGHUP: load and compile the configuration again and swap it in; any error keeps the
-/// running configuration, logged and counted.
-async fn reload(running: &meshgate_proxy::Running, config: &[PathBuf]) {
-    match meshgate_config::load(config) {
-        Ok(model) => {
-            for w in &model.warnings {
-                tracing::warn!("{w}");
-            }
-            if let Err(e) = running.reload(model).await {
-                tracing::error!("reload failed, the running configuration stays: {e}");
-            }
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!("reload failed, the running configuration stays: {e}");
-            }
-            running.metrics.reload(false);
-        }
-    }
 }
 
 fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {

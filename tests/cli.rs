@@ -645,7 +645,15 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
             "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: default}}\nspec:\n  hosts: [\"httpbin.example-target.com\"]\n  gateways: [istio-system/multi-mesh-gateway]\n  http: [{{directResponse: {{status: 200, body: {{string: {body}}}}}}}]\n"
         )
     };
-    let dir = config_dir(&pki, &gateway_with_admin(&vs("v1")));
+    // Only SIGHUP reloads here: no polling of the files.
+    let config = |body: &str| {
+        gateway_with_admin(&vs(body)).replacen(
+            "  listen:",
+            "  reload: {pollInterval: 0s}\n  listen:",
+            1,
+        )
+    };
+    let dir = config_dir(&pki, &config("v1"));
     let mut proc = Proc::run(dir.path(), &[]);
     let (listener, admin) = proc.addresses();
     assert_eq!(reqwest_ready(admin).await, 200);
@@ -670,7 +678,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     let file = dir.path().join("gateway.yaml");
     std::fs::write(
         &file,
-        gateway_with_admin(&vs("v2")).replace("  http: [", "  bogus: true\n  http: ["),
+        config("v2").replace("  http: [", "  bogus: true\n  http: ["),
     )
     .unwrap();
     assert!(hup().success());
@@ -688,7 +696,7 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     assert_eq!(&get().await.unwrap()[..], b"v1");
 
     // Fixed: the next SIGHUP swaps it in.
-    std::fs::write(&file, gateway_with_admin(&vs("v2"))).unwrap();
+    std::fs::write(&file, config("v2")).unwrap();
     assert!(hup().success());
     let deadline = tokio::time::Instant::now() + support::TIMEOUT;
     while &get().await.unwrap()[..] != b"v2" {

@@ -191,3 +191,156 @@ async fn reload_swaps_config_and_identity_for_new_connections_without_dropping_a
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn rotating_the_leaf_and_the_bundle_under_load_drops_nothing() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let other_root = Pki::new(&["example.com"]);
+    let yaml =
+        config("ok", false).replacen("  listen:", "  reload: {pollInterval: 50ms}\n  listen:", 1);
+    let proxy =
+        support::proxy::Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let addr = proxy.addr(443);
+    let paths = vec![proxy.dir.path().join("config.yaml")];
+    let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = &proxy.running;
+    let watcher = meshgate_proxy::reload::run(running, &paths, async {
+        let _ = watch_rx.await;
+    });
+    let scenario = async {
+        let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+        let stranger =
+            other_root.workload("example.com", "spiffe://example.com/ns/default/sa/other");
+        let stranger = Client::plain(Some(&stranger), &pki.root.cert_pem);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let load = {
+            let (client, stop, ok, failed) =
+                (client.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match client.get(addr, HOST, HOST, "/", &[]).await {
+                        Ok(r) if r.status == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        let certs = proxy.dir.path().join("certs");
+        let current_serial = || async { serial_of(&client.connect(addr, HOST).await.unwrap()) };
+        for _ in 0..5 {
+            let before = current_serial().await;
+            pki.workload("example-target.com", GATEWAY_ID)
+                .write(&certs)
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+            while current_serial().await == before {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the new leaf was never presented"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        // Bundle rotation: a second root joins (its callers get in), then leaves again.
+        assert!(stranger.get(addr, HOST, HOST, "/", &[]).await.is_err());
+        let bundle =
+            |pems: &[&str]| std::fs::write(certs.join("root-cert.pem"), pems.concat()).unwrap();
+        bundle(&[&pki.root.cert_pem, &other_root.root.cert_pem]);
+        let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+        while stranger.get(addr, HOST, HOST, "/", &[]).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the added root was never trusted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        bundle(&[&pki.root.cert_pem]);
+        let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+        while stranger.get(addr, HOST, HOST, "/", &[]).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the removed root was still trusted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        load.await.unwrap();
+        assert!(ok.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            0,
+            "requests failed during the rotations"
+        );
+        let _ = stop_watch.send(());
+    };
+    tokio::join!(watcher, scenario);
+    let metrics = proxy.running.metrics.render();
+    let reloads: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"meshgate_config_reloads_total{result="success"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(reloads >= 7, "{metrics}");
+}
+
+/// Lays out `w` as a Kubernetes Secret volume does: `..<version>/` holding the files,
+/// `..data -> ..<version>`, and each file a link through `..data`. A new version is swapped in
+/// by renaming a new `..data` link over the old one, atomically.
+fn secret_volume(dir: &std::path::Path, version: u32, w: &meshgate_pki::Workload) {
+    let versioned = dir.join(format!("..v{version}"));
+    w.write(&versioned).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..v{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["cert-chain.pem", "key.pem", "root-cert.pem"] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_secret_volume_swap_rotates_the_identity() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let volume = support::TempDir::new("secret");
+    secret_volume(
+        volume.path(),
+        1,
+        &pki.workload("example-target.com", GATEWAY_ID),
+    );
+    let yaml = config("ok", false)
+        .replacen("  listen:", "  reload: {pollInterval: 50ms}\n  listen:", 1)
+        .replace("certs/", &format!("{}/", volume.path().display()));
+    let proxy =
+        support::proxy::Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let before = serial_of(&client.connect(addr, HOST).await.unwrap());
+    let paths = vec![proxy.dir.path().join("config.yaml")];
+    let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, async {
+        let _ = watch_rx.await;
+    });
+    let scenario = async {
+        secret_volume(
+            volume.path(),
+            2,
+            &pki.workload("example-target.com", GATEWAY_ID),
+        );
+        let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+        while serial_of(&client.connect(addr, HOST).await.unwrap()) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the swapped identity was never presented"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = stop_watch.send(());
+    };
+    tokio::join!(watcher, scenario);
+}

@@ -53,6 +53,20 @@ pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> (Vec<Document>,
     (documents, files)
 }
 
+/// The files `paths` stand for now (directories listed as `read` lists them); unreadable
+/// paths are left out. For change detection.
+pub fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(list_dir(path).unwrap_or_default());
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+}
+
 fn list_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {

@@ -22,6 +22,7 @@ pub mod forward;
 pub mod identity;
 pub mod listen;
 pub mod origin;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod serve;
@@ -246,6 +247,11 @@ impl Running {
             .iter()
             .find(|l| l.port == port)
             .map(|l| l.address)
+    }
+
+    /// The configuration new connections get now.
+    pub fn model(&self) -> Arc<Model> {
+        self.shared.load().model.clone()
     }
 
     /// The listeners bound now (after any reload).

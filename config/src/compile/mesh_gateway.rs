@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use http::HeaderName;
 
+use super::virtual_service::parse_duration;
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::{
@@ -122,6 +124,7 @@ pub(crate) fn compile(
             .access_log
             .as_ref()
             .map(|a| relative_to(&o.file, &a.path)),
+        reload_poll: reload_poll(o, spec, errors),
         session_resumption: spec
             .tls
             .as_ref()
@@ -130,6 +133,31 @@ pub(crate) fn compile(
     };
     Some((proxy, listen))
 }
+
+/// `spec.reload.pollInterval`: default 2 s; `0s` turns polling off.
+fn reload_poll(
+    o: &Origin,
+    spec: &MeshGatewaySpec,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Duration> {
+    let Some(text) = spec.reload.as_ref().and_then(|r| r.poll_interval.as_ref()) else {
+        return Some(DEFAULT_RELOAD_POLL);
+    };
+    match parse_duration(text) {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => {
+            errors.push(o.error(
+                "spec.reload.pollInterval",
+                format!("`{text}` is not a duration such as 2s"),
+            ));
+            None
+        }
+    }
+}
+
+/// How often files are checked for changes by default.
+const DEFAULT_RELOAD_POLL: Duration = Duration::from_secs(2);
 
 fn tagging(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> Option<Tagging> {
     let t = spec.tagging.as_ref();

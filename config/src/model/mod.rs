@@ -63,6 +63,8 @@ pub struct ProxySettings {
     pub session_resumption: bool,
     /// Where the JSON access log goes (`/dev/stdout` works); `None`: off.
     pub access_log: Option<PathBuf>,
+    /// How often config and certificate files are checked for changes; `None`: never.
+    pub reload_poll: Option<std::time::Duration>,
 }
 
 /// Paths of the workload certificate chain, its key and the trust bundle.
@@ -153,6 +155,38 @@ impl EcdhCurve {
             "X25519MLKEM768" => Some(Self::X25519Mlkem768),
             _ => None,
         }
+    }
+}
+
+impl Model {
+    /// Every certificate and key file the configuration names, which a change must reload.
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(id) = &self.proxy.identity {
+            files.extend([
+                id.cert_chain.clone(),
+                id.private_key.clone(),
+                id.root_certs.clone(),
+            ]);
+        }
+        for issuer in &self.trust.issuers {
+            if let IssuerKey::Certificate(path) = &issuer.issuer {
+                files.push(path.clone());
+            }
+        }
+        for b in &self.backends {
+            if let UpstreamTls::Simple(t) | UpstreamTls::Mutual(t) = &b.policy.tls {
+                files.extend(
+                    [&t.ca_certificates, &t.client_certificate, &t.private_key]
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
     }
 }
 

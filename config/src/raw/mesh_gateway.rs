@@ -23,6 +23,13 @@ pub struct MeshGatewaySpec {
     /// Istio's root namespace: policies there without a selector apply mesh-wide.
     pub root_namespace: Option<String>,
     pub access_log: Option<AccessLog>,
+    pub reload: Option<Reload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reload {
+    pub poll_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

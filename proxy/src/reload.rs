@@ -1,0 +1,119 @@
+//! What triggers a reload: SIGHUP, and a change to any configuration file (directories are
+//! listed again) or to any certificate or key file the configuration names.
+//!
+//! Changes are found by polling (`MeshGateway.spec.reload.pollInterval`, default 2 s) and
+//! comparing contents, not by inotify: reading through the path follows Kubernetes' `..data`
+//! symlink swap, which a watch on the file itself misses. A file half-written when polled fails
+//! the reload, which keeps the running configuration; the next poll sees it complete and
+//! reloads again.
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{Interval, MissedTickBehavior};
+use tracing::{error, info, warn};
+
+use crate::Running;
+
+/// Reloads `running` from `paths` on SIGHUP and on file changes, until `stop` resolves.
+pub async fn run(running: &Running, paths: &[PathBuf], stop: impl Future<Output = ()>) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("SIGHUP will not reload: {e}");
+            None
+        }
+    };
+    let mut period = running.model().proxy.reload_poll;
+    let mut ticker = period.map(interval);
+    let mut seen = fingerprint(running, paths).await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangup_recv(&mut hangup) => {
+                info!("SIGHUP: reloading");
+                reload(running, paths).await;
+            }
+            _ = tick(&mut ticker) => {
+                let now = fingerprint(running, paths).await;
+                if now == seen {
+                    continue;
+                }
+                info!("configuration or certificate files changed: reloading");
+                reload(running, paths).await;
+            }
+        }
+        seen = fingerprint(running, paths).await;
+        let configured = running.model().proxy.reload_poll;
+        if configured != period {
+            period = configured;
+            ticker = period.map(interval);
+        }
+    }
+}
+
+/// Loads and compiles the configuration again and swaps it in; any error keeps the running
+/// configuration, logged and counted.
+pub async fn reload(running: &Running, paths: &[PathBuf]) {
+    match meshgate_config::load(paths) {
+        Ok(model) => {
+            for w in &model.warnings {
+                warn!("{w}");
+            }
+            if let Err(e) = running.reload(model).await {
+                error!("reload failed, the running configuration stays: {e}");
+            }
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                error!("reload failed, the running configuration stays: {e}");
+            }
+            running.metrics.reload(false);
+        }
+    }
+}
+
+/// A hash of the contents of every watched file (a missing one counts as such).
+async fn fingerprint(running: &Running, paths: &[PathBuf]) -> u64 {
+    let mut files = meshgate_config::source::files(paths);
+    files.extend(running.model().certificate_files());
+    tokio::task::spawn_blocking(move || {
+        let mut h = DefaultHasher::new();
+        for f in &files {
+            f.hash(&mut h);
+            std::fs::read(f).ok().hash(&mut h);
+        }
+        h.finish()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+fn interval(period: Duration) -> Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    i
+}
+
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn hangup_recv(hangup: &mut Option<tokio::signal::unix::Signal>) {
+    match hangup {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
