@@ -18,6 +18,7 @@ use meshgate_config::model::{ListenerKind, RouteAction};
 use crate::access_log::{self, AccessLog, HandshakeEntry, RequestEntry};
 use crate::authorize::{self, Decision};
 use crate::body::ResponseBody;
+use crate::forward;
 use crate::identity::PeerIdentity;
 use crate::origin::{origin, Origin};
 use crate::respond::{self, ProxyError};
@@ -25,7 +26,6 @@ use crate::route::{self, RouteRequest};
 use crate::runtime::Runtime;
 use crate::tag::{self, ConnectionTags};
 use crate::tls::server::handshake;
-use crate::{forward, HANDSHAKE_TIMEOUT};
 
 /// What every request of one connection shares, computed once when it opens.
 struct Connection {
@@ -55,7 +55,8 @@ pub async fn serve_connection(
     let served = match &runtime.listeners[listener] {
         Some(tls) => {
             let servers = &runtime.model.listeners[listener].servers;
-            match handshake(stream, tls, servers, HANDSHAKE_TIMEOUT).await {
+            let timeout = runtime.model.proxy.limits.handshake_timeout;
+            match handshake(stream, tls, servers, timeout).await {
                 Err(e) => {
                     metrics.handshake_rejected(&e);
                     if let Some(log) = &runtime.access_log {

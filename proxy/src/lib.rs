@@ -39,7 +39,7 @@ pub mod runtime;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +100,22 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     /// Shared with the accept loops, which hand a watcher to each connection.
     graceful: Arc<GracefulShutdown>,
+}
+
+/// One open connection of a listener, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A listener across reloads: its Gateway port and configured address.
@@ -215,22 +231,29 @@ fn spawn_accept(
     let (stop, rx) = watch::channel(false);
     let shared = shared.clone();
     let graceful = graceful.clone();
+    let open = Arc::new(AtomicUsize::new(0));
     let handle = tokio::spawn(listen::accept_loop(listener, rx, move |stream, peer| {
         let runtime = shared.load_full();
-        if let Some(index) = runtime
+        let Some(index) = runtime
             .model
             .listeners
             .iter()
             .position(|l| (l.port, l.address) == key)
-        {
-            tokio::spawn(inbound::serve_connection(
-                runtime,
-                index,
-                stream,
-                peer,
-                graceful.watcher(),
-            ));
+        else {
+            return;
+        };
+        // `maxConnectionsPerListener`: one over the limit is closed at once; the others carry on.
+        let limit = runtime.model.proxy.limits.max_connections_per_listener;
+        if limit.is_some_and(|max| open.load(Ordering::Relaxed) >= max as usize) {
+            runtime.metrics.connection_refused();
+            return;
         }
+        let slot = Slot::take(&open);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            inbound::serve_connection(runtime, index, stream, peer, watcher).await;
+            drop(slot);
+        });
     }));
     Active {
         key,
@@ -330,6 +353,3 @@ impl Running {
         }
     }
 }
-
-/// How long a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

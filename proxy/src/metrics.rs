@@ -24,6 +24,7 @@ pub struct Metrics {
     active_connections: AtomicI64,
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
+    connections_refused: AtomicU64,
 }
 
 /// The origin label of a request: no identity (plaintext), local or remote.
@@ -58,6 +59,7 @@ impl Metrics {
             trust_domains: tds,
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
+            connections_refused: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +99,11 @@ impl Metrics {
         if let Some(c) = self.requests.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a connection closed at accept because its listener is full.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a configuration reload.
@@ -153,6 +160,13 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        out.push_str("# HELP meshgate_connections_refused_total Connections closed at accept: the listener was full.\n");
+        out.push_str("# TYPE meshgate_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "meshgate_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP meshgate_connections_active Downstream connections open now.\n");
         out.push_str("# TYPE meshgate_connections_active gauge\n");
         let _ = writeln!(

@@ -61,7 +61,7 @@ impl Runtime {
         }
         Ok(Self {
             upstreams: Upstreams::new(&model, credentials.as_ref(), &provider)?,
-            http: HttpServers::new(),
+            http: HttpServers::new(&model.proxy.limits),
             credentials,
             listeners,
             metrics,

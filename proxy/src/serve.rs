@@ -5,7 +5,6 @@
 //! HTTP/2 with prior knowledge).
 
 use std::error::Error as StdError;
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -15,6 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use meshgate_config::model::Limits;
 
 use crate::body::ResponseBody;
 use crate::tls::server::HttpVersion;
@@ -31,22 +32,32 @@ pub struct HttpServers {
 pub type ServeError = Box<dyn StdError + Send + Sync>;
 
 impl HttpServers {
-    /// Builders with the header-read timeout applied to HTTP/1.1.
-    pub fn new() -> Self {
+    /// Builders with the MeshGateway's limits.
+    pub fn new(limits: &Limits) -> Self {
+        let header_bytes = limits.max_request_header_bytes as usize;
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.request_header_timeout)
+            .max_buf_size(header_bytes)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(limits.max_request_header_bytes);
         let mut detect = auto::Builder::new(TokioExecutor::new());
         detect
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.request_header_timeout)
+            .max_buf_size(header_bytes)
             .keep_alive(true);
-        detect.http2().timer(TokioTimer::new());
+        detect
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(limits.max_request_header_bytes);
         Self {
             detect,
             http1,
@@ -84,12 +95,3 @@ impl HttpServers {
         }
     }
 }
-
-impl Default for HttpServers {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// How long an HTTP/1.1 client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

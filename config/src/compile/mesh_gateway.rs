@@ -10,8 +10,8 @@ use super::virtual_service::parse_duration;
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::{
-    EcdhCurve, ForwardClientCert, IdentityFiles, IssuerBinding, IssuerKey, ProxySettings, Tagging,
-    TrustSettings,
+    EcdhCurve, ForwardClientCert, IdentityFiles, IssuerBinding, IssuerKey, Limits, ProxySettings,
+    Tagging, TrustSettings,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -125,6 +125,7 @@ pub(crate) fn compile(
             .as_ref()
             .map(|a| relative_to(&o.file, &a.path)),
         reload_poll: reload_poll(o, spec, errors),
+        limits: limits(o, spec, errors),
         session_resumption: spec
             .tls
             .as_ref()
@@ -154,6 +155,64 @@ fn reload_poll(
             None
         }
     }
+}
+
+/// `spec.limits`, over the defaults.
+fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> Limits {
+    let mut out = Limits::default();
+    let Some(l) = &spec.limits else { return out };
+    o.unsupported(
+        errors,
+        "spec.limits",
+        &[("idleTimeout", l.idle_timeout.is_some())],
+    );
+    let mut duration = |field: &str, v: &Option<String>, into: &mut Duration| {
+        if let Some(text) = v {
+            match parse_duration(text) {
+                Some(d) if !d.is_zero() => *into = d,
+                _ => errors.push(o.error(
+                    format!("spec.limits.{field}"),
+                    format!("`{text}` is not a positive duration such as 10s"),
+                )),
+            }
+        }
+    };
+    duration(
+        "handshakeTimeout",
+        &l.handshake_timeout,
+        &mut out.handshake_timeout,
+    );
+    duration(
+        "requestHeaderTimeout",
+        &l.request_header_timeout,
+        &mut out.request_header_timeout,
+    );
+    let mut positive = |field: &str, v: Option<u32>, min: u32| match v {
+        Some(n) if n < min => {
+            errors.push(o.error(
+                format!("spec.limits.{field}"),
+                format!("must be at least {min}"),
+            ));
+            None
+        }
+        other => other,
+    };
+    if let Some(n) = positive("maxRequestHeaderBytes", l.max_request_header_bytes, 8192) {
+        out.max_request_header_bytes = n;
+    }
+    out.max_connections_per_listener = positive(
+        "maxConnectionsPerListener",
+        l.max_connections_per_listener,
+        1,
+    );
+    if let Some(n) = positive(
+        "http2MaxConcurrentStreams",
+        l.http2_max_concurrent_streams,
+        1,
+    ) {
+        out.http2_max_concurrent_streams = n;
+    }
+    out
 }
 
 /// How often files are checked for changes by default.

@@ -65,6 +65,35 @@ pub struct ProxySettings {
     pub access_log: Option<PathBuf>,
     /// How often config and certificate files are checked for changes; `None`: never.
     pub reload_poll: Option<std::time::Duration>,
+    /// Downstream limits.
+    pub limits: Limits,
+}
+
+/// What one downstream client may take (`MeshGateway.spec.limits`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// From accept to a completed TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// For each HTTP/1.1 request head.
+    pub request_header_timeout: std::time::Duration,
+    /// The largest request head accepted (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_request_header_bytes: u32,
+    /// Connections over this many on one listener are closed at once.
+    pub max_connections_per_listener: Option<u32>,
+    /// Streams one HTTP/2 client may have open at once.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: std::time::Duration::from_secs(10),
+            request_header_timeout: std::time::Duration::from_secs(30),
+            max_request_header_bytes: 64 * 1024,
+            max_connections_per_listener: None,
+            http2_max_concurrent_streams: 1024,
+        }
+    }
 }
 
 /// Paths of the workload certificate chain, its key and the trust bundle.

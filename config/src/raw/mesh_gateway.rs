@@ -24,6 +24,18 @@ pub struct MeshGatewaySpec {
     pub root_namespace: Option<String>,
     pub access_log: Option<AccessLog>,
     pub reload: Option<Reload>,
+    pub limits: Option<Limits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    pub handshake_timeout: Option<String>,
+    pub request_header_timeout: Option<String>,
+    pub max_request_header_bytes: Option<u32>,
+    pub max_connections_per_listener: Option<u32>,
+    pub http2_max_concurrent_streams: Option<u32>,
+    pub idle_timeout: Option<super::Unsupported>,
 }
 
 #[derive(Debug, Deserialize)]
