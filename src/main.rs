@@ -192,8 +192,11 @@ async fn run(config: Vec<PathBuf>, drain: Duration) -> anyhow::Result<ExitCode> 
     for w in &model.warnings {
         tracing::warn!("{w}");
     }
+    // Every handler before the proxy starts: a signal without one ends the process.
+    let stop = shutdown_signal();
+    let hangup = meshgate_proxy::reload::hangup();
     let running = meshgate_proxy::start(model).await?;
-    meshgate_proxy::reload::run(&running, &config, shutdown_signal()).await;
+    meshgate_proxy::reload::run(&running, &config, hangup, stop).await;
     tracing::info!("shutting down: draining for at most {}s", drain.as_secs());
     running.shutdown(drain).await;
     Ok(ExitCode::SUCCESS)
@@ -329,18 +332,23 @@ fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
         .build()?)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are registered when this is called, not when
+/// the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -299,7 +299,10 @@ fn run_fails_clearly_when_the_port_is_taken() {
 #[test]
 fn concurrency_sets_the_worker_threads() {
     let pki = Pki::new(&["example-target.com"]);
-    let dir = config_dir(&pki, &gateway_with_admin(""));
+    // No file polling: its reads would add Tokio's (same-named) blocking thread.
+    let yaml =
+        gateway_with_admin("").replacen("  listen:", "  reload: {pollInterval: 0s}\n  listen:", 1);
+    let dir = config_dir(&pki, &yaml);
     let threads = |pid: u32| -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()

@@ -204,7 +204,7 @@ async fn rotating_the_leaf_and_the_bundle_under_load_drops_nothing() {
     let paths = vec![proxy.dir.path().join("config.yaml")];
     let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
     let running = &proxy.running;
-    let watcher = meshgate_proxy::reload::run(running, &paths, async {
+    let watcher = meshgate_proxy::reload::run(running, &paths, None, async {
         let _ = watch_rx.await;
     });
     let scenario = async {
@@ -323,7 +323,7 @@ async fn a_kubernetes_secret_volume_swap_rotates_the_identity() {
     let before = serial_of(&client.connect(addr, HOST).await.unwrap());
     let paths = vec![proxy.dir.path().join("config.yaml")];
     let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, async {
+    let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, None, async {
         let _ = watch_rx.await;
     });
     let scenario = async {

@@ -13,24 +13,38 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{error, info, warn};
 
 use crate::Running;
 
-/// Reloads `running` from `paths` on SIGHUP and on file changes, until `stop` resolves.
-pub async fn run(running: &Running, paths: &[PathBuf], stop: impl Future<Output = ()>) {
-    let mut hangup = match signal(SignalKind::hangup()) {
+/// The SIGHUP handler, registered now: a SIGHUP before the handler exists would end the
+/// process. Call it before the proxy starts.
+pub fn hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             warn!("SIGHUP will not reload: {e}");
             None
         }
-    };
+    }
+}
+
+/// Reloads `running` from `paths` on `hangup` (SIGHUP) and on file changes, until `stop`
+/// resolves.
+pub async fn run(
+    running: &Running,
+    paths: &[PathBuf],
+    mut hangup: Option<Signal>,
+    stop: impl Future<Output = ()>,
+) {
     let mut period = running.model().proxy.reload_poll;
     let mut ticker = period.map(interval);
-    let mut seen = fingerprint(running, paths).await;
+    let mut seen = match period {
+        Some(_) => fingerprint(running, paths).await,
+        None => 0,
+    };
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -48,8 +62,10 @@ pub async fn run(running: &Running, paths: &[PathBuf], stop: impl Future<Output 
                 reload(running, paths).await;
             }
         }
-        seen = fingerprint(running, paths).await;
         let configured = running.model().proxy.reload_poll;
+        if configured.is_some() {
+            seen = fingerprint(running, paths).await;
+        }
         if configured != period {
             period = configured;
             ticker = period.map(interval);
@@ -109,7 +125,7 @@ async fn tick(ticker: &mut Option<Interval>) {
     }
 }
 
-async fn hangup_recv(hangup: &mut Option<tokio::signal::unix::Signal>) {
+async fn hangup_recv(hangup: &mut Option<Signal>) {
     match hangup {
         Some(s) => {
             s.recv().await;
