@@ -635,3 +635,82 @@ async fn the_access_log_has_a_json_line_per_request_and_refused_handshake() {
         .expect("a handshake line");
     assert_eq!(refused["reason"], "no_client_certificate");
 }
+
+#[tokio::test]
+async fn drain_answers_not_ready_closes_idle_connections_and_finishes_requests() {
+    let pki = pki();
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address)).replacen(
+        "  listen:",
+        "  admin: {address: \"127.0.0.1:0\"}\n  listen:",
+        1,
+    );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let (addr, admin) = (proxy.addr(443), proxy.running.admin.unwrap());
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let h1 = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let h2 = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
+
+    // An idle HTTP/1.1 connection and an idle HTTP/2 one, and a request in flight.
+    let idle1 = h1.connect(addr, HOST).await.unwrap();
+    let (mut idle2, conn2) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2.connect(addr, HOST).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let conn2 = tokio::spawn(conn2);
+    let in_flight = tokio::spawn({
+        let h1 = h1.clone();
+        async move { h1.get(addr, HOST, HOST, "/delay/500", &[]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let (proxy_parts, dir) = (proxy.running, proxy.dir);
+    let drain = tokio::spawn(proxy_parts.shutdown(std::time::Duration::from_secs(5)));
+    // Not ready as soon as the drain starts, while the admin listener still answers.
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let r = support::client::plain_get(admin, "admin", "/ready", &[])
+            .await
+            .unwrap();
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never answered 503"
+        );
+    }
+    // The request in flight finishes, told that its connection closes after it.
+    let reply = in_flight.await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    // The idle HTTP/1.1 connection is closed; the HTTP/2 one got GOAWAY and ended.
+    let mut idle1 = idle1;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        support::TIMEOUT,
+        tokio::io::AsyncReadExt::read(&mut idle1, &mut buf),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    tokio::time::timeout(support::TIMEOUT, conn2)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let req = http::Request::get(format!("https://{HOST}/"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert!(idle2.send_request(req).await.is_err());
+    tokio::time::timeout(support::TIMEOUT, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(dir);
+}

@@ -334,22 +334,24 @@ impl Running {
 
     /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 close after
     /// the current response) and waits for them for at most `drain`.
+    ///
+    /// `/ready` answers 503 from the start, and the admin listener keeps answering until the
+    /// drain ends, so that a load balancer's readiness probe sees the proxy leave.
     pub async fn shutdown(self, drain: Duration) {
         self.state.ready.store(false, Ordering::Release);
-        let _ = self.admin_stop.send(true);
         for a in self.active.into_inner() {
             let _ = a.stop.send(true);
             let _ = a.handle.await;
         }
         // The accept loops have ended and dropped their handles: ours is the last one.
-        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
-            return;
-        };
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            info!("drain timeout passed with connections still open");
+        if let Ok(graceful) = Arc::try_unwrap(self.graceful) {
+            if tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                info!("drain timeout passed with connections still open");
+            }
         }
+        let _ = self.admin_stop.send(true);
     }
 }
