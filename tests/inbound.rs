@@ -523,6 +523,32 @@ async fn admin_shows_the_effective_config_and_certificates_without_keys() {
             .len(),
         1
     );
+
+    // One request through: the histogram, the upstream pool and the expiry gauges show it.
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    assert_eq!(
+        client
+            .get(proxy.addr(443), HOST, HOST, "/", &[])
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    let stats = support::client::plain_get(admin, "admin", "/stats/prometheus", &[])
+        .await
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.body).into_owned();
+    for line in [
+        "meshgate_request_duration_seconds_count 1".to_string(),
+        "meshgate_request_duration_seconds_bucket{le=\"+Inf\"} 1".to_string(),
+        "meshgate_upstream_connections_total{backend=\"httpbin.backend.internal:80\",result=\"success\"} 1".to_string(),
+        "meshgate_upstream_connections_total{backend=\"httpbin.backend.internal:80\",result=\"failure\"} 0".to_string(),
+        "meshgate_upstream_idle_connections{backend=\"httpbin.backend.internal:80\"} 1".to_string(),
+        format!("meshgate_certificate_expiry_timestamp_seconds{{kind=\"chain\",index=\"0\",subject=\"\"}} {leaf_expiry}"),
+    ] {
+        assert!(stats.contains(&line), "missing `{line}` in:\n{stats}");
+    }
 }
 
 #[tokio::test]

@@ -67,7 +67,7 @@ async fn respond(
         (&Method::GET, "/stats/prometheus") => (
             StatusCode::OK,
             PROMETHEUS,
-            Bytes::from(state.metrics.render()),
+            Bytes::from(render_metrics(&state)),
         ),
         (&Method::GET, "/config_dump") => {
             let runtime = state.shared.load();
@@ -95,6 +95,62 @@ async fn respond(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(response)
+}
+
+/// The process counters, and what the current configuration adds: upstream connections per
+/// backend (reset by a reload) and the expiry of our certificates.
+fn render_metrics(state: &AdminState) -> String {
+    use std::fmt::Write as _;
+    let mut out = state.metrics.render();
+    let runtime = state.shared.load();
+    out.push_str("# HELP meshgate_upstream_connections_total Upstream connections made, by backend and result.\n");
+    out.push_str("# TYPE meshgate_upstream_connections_total counter\n");
+    out.push_str(
+        "# HELP meshgate_upstream_idle_connections Idle pooled upstream connections, by backend.\n",
+    );
+    out.push_str("# TYPE meshgate_upstream_idle_connections gauge\n");
+    for (b, u) in runtime.model.backends.iter().zip(runtime.upstreams.all()) {
+        let s = u.stats();
+        let name = format!("{}:{}", b.host, b.port);
+        let _ = writeln!(
+            out,
+            "meshgate_upstream_connections_total{{backend=\"{name}\",result=\"success\"}} {}",
+            s.connects
+        );
+        let _ = writeln!(
+            out,
+            "meshgate_upstream_connections_total{{backend=\"{name}\",result=\"failure\"}} {}",
+            s.connect_failures
+        );
+        let _ = writeln!(
+            out,
+            "meshgate_upstream_idle_connections{{backend=\"{name}\"}} {}",
+            s.idle
+        );
+    }
+    if let Some(c) = &runtime.credentials {
+        out.push_str("# HELP meshgate_certificate_expiry_timestamp_seconds notAfter of our chain and bundle.\n");
+        out.push_str("# TYPE meshgate_certificate_expiry_timestamp_seconds gauge\n");
+        for (kind, list) in [
+            ("chain", &c.summary["cert_chain"]),
+            ("root", &c.summary["root_certs"]),
+        ] {
+            for (i, cert) in list["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let subject = cert["subject"].as_str().unwrap_or("").replace('"', "'");
+                let _ = writeln!(
+                    out,
+                    "meshgate_certificate_expiry_timestamp_seconds{{kind=\"{kind}\",index=\"{i}\",subject=\"{subject}\"}} {}",
+                    cert["not_after_unix"].as_i64().unwrap_or(0)
+                );
+            }
+        }
+    }
+    out
 }
 
 fn pretty(v: &serde_json::Value) -> String {

@@ -133,6 +133,7 @@ async fn handle_request(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let model = &conn.runtime.model;
     tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
+    let started = std::time::Instant::now();
     // What the access log needs of the request, copied only when there is an access log.
     let logged = conn.runtime.access_log.as_ref().map(|_| Logged::new(&req));
     let mut backend = None;
@@ -151,9 +152,12 @@ async fn handle_request(
             respond::error(&e)
         }
     };
-    conn.runtime
-        .metrics
-        .request(conn.origin, conn.trust_domain, response.status().as_u16());
+    conn.runtime.metrics.request(
+        conn.origin,
+        conn.trust_domain,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     if let (Some(log), Some(logged)) = (&conn.runtime.access_log, logged) {
         log_request(log, &conn, logged, backend, flag, &response);
     }

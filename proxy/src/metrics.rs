@@ -25,6 +25,11 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
+    /// Request durations (to the response head): one counter per bucket of `BUCKETS_MS`, then
+    /// the sum in microseconds and the count.
+    duration_buckets: [AtomicU64; BUCKETS_MS.len()],
+    duration_sum_us: AtomicU64,
+    duration_count: AtomicU64,
 }
 
 /// The origin label of a request: no identity (plaintext), local or remote.
@@ -60,6 +65,9 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
+            duration_buckets: Default::default(),
+            duration_sum_us: AtomicU64::new(0),
+            duration_count: AtomicU64::new(0),
         }
     }
 
@@ -92,8 +100,21 @@ impl Metrics {
             .map_or(0, |i| self.handshakes_rejected[i].load(Ordering::Relaxed))
     }
 
-    /// Counts a finished request.
-    pub fn request(&self, origin: Option<Origin>, td: usize, status: u16) {
+    /// Counts a finished request and how long it took to its response head.
+    pub fn request(
+        &self,
+        origin: Option<Origin>,
+        td: usize,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        let ms = took.as_millis() as u64;
+        if let Some(b) = BUCKETS_MS.iter().position(|le| ms <= *le) {
+            self.duration_buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.duration_count.fetch_add(1, Ordering::Relaxed);
         let code = usize::from(status.clamp(100, 599)) - 100;
         let i = (origin_index(origin) * self.trust_domains.len() + td) * CODES + code;
         if let Some(c) = self.requests.get(i) {
@@ -160,6 +181,28 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        out.push_str("# HELP meshgate_request_duration_seconds Time to the response head.\n");
+        out.push_str("# TYPE meshgate_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (le, c) in BUCKETS_MS.iter().zip(&self.duration_buckets) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "meshgate_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *le as f64 / 1000.0
+            );
+        }
+        let count = self.duration_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "meshgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "meshgate_request_duration_seconds_sum {}",
+            self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "meshgate_request_duration_seconds_count {count}");
         out.push_str("# HELP meshgate_connections_refused_total Connections closed at accept: the listener was full.\n");
         out.push_str("# TYPE meshgate_connections_refused_total counter\n");
         let _ = writeln!(
@@ -177,6 +220,9 @@ impl Metrics {
         out
     }
 }
+
+/// Upper bounds of the duration histogram's buckets, in milliseconds.
+const BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
 /// Status codes 100..=599.
 const CODES: usize = 500;

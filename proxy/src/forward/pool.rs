@@ -10,7 +10,7 @@
 //! after `idleTimeout` by a sweeper per endpoint.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -50,6 +50,18 @@ pub struct UpstreamBackend {
     connections: Option<Arc<Semaphore>>,
     max_requests_per_connection: Option<u32>,
     idle_timeout: Duration,
+    /// Connections made, and attempts that failed, for `/stats/prometheus`.
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+/// What `/stats/prometheus` shows of one backend.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendStats {
+    pub connects: u64,
+    pub connect_failures: u64,
+    /// Idle HTTP/1.1 connections in the pool now.
+    pub idle: usize,
 }
 
 /// One address of a backend and its connections.
@@ -90,6 +102,11 @@ impl Upstreams {
             .map(|b| UpstreamBackend::new(b, credentials, provider))
             .collect::<Result<_, _>>()?;
         Ok(Self { backends })
+    }
+
+    /// Every backend, in model order.
+    pub fn all(&self) -> &[UpstreamBackend] {
+        &self.backends
     }
 
     /// Backend `i` of the model (an index the compiled model guarantees).
@@ -139,6 +156,8 @@ impl UpstreamBackend {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             max_requests_per_connection: b.policy.max_requests_per_connection,
             idle_timeout: b.policy.idle_timeout,
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
         })
     }
 
@@ -150,6 +169,36 @@ impl UpstreamBackend {
         match self.protocol {
             BackendProtocol::Http1 => self.send_http1(endpoint, req).await,
             BackendProtocol::Http2 => self.send_http2(endpoint, req).await,
+        }
+    }
+
+    /// A new connection to `endpoint`, counted.
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<super::connect::UpstreamStream, ProxyError> {
+        match self.connector.connect(&endpoint.host, endpoint.port).await {
+            Ok(io) => {
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                Ok(io)
+            }
+            Err(e) => {
+                self.connect_failures.fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::UpstreamConnect(e))
+            }
+        }
+    }
+
+    /// Connections made and failed so far, and the idle ones now.
+    pub fn stats(&self) -> BackendStats {
+        BackendStats {
+            connects: self.connects.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            idle: self
+                .endpoints
+                .iter()
+                .map(|e| e.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
+                .sum(),
         }
     }
 
@@ -208,11 +257,7 @@ impl UpstreamBackend {
                 },
             }
         }
-        let io = self
-            .connector
-            .connect(&endpoint.host, endpoint.port)
-            .await
-            .map_err(ProxyError::UpstreamConnect)?;
+        let io = self.connect(endpoint).await?;
         let (mut sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
@@ -243,11 +288,7 @@ impl UpstreamBackend {
         let (mut sender, used) = match shared {
             Some(s) => s,
             None => {
-                let io = self
-                    .connector
-                    .connect(&endpoint.host, endpoint.port)
-                    .await
-                    .map_err(ProxyError::UpstreamConnect)?;
+                let io = self.connect(endpoint).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .handshake(TokioIo::new(io))
