@@ -264,7 +264,8 @@ fn spawn_accept(
 }
 
 impl Running {
-    /// The bound address of the listener for Gateway port `port`.
+    /// The bound address of the listener for Gateway port `port`, as first bound; after a
+    /// reload that adds or removes listeners, see `bound()`.
     pub fn address(&self, port: u16) -> Option<SocketAddr> {
         self.listeners
             .iter()

@@ -63,11 +63,6 @@ impl ConnectionTags {
             identity,
         }
     }
-
-    /// The `x-mesh-origin` value, for logs and metrics.
-    pub fn origin(&self) -> Option<&HeaderValue> {
-        self.identity.as_ref().map(|i| &i.origin)
-    }
 }
 
 /// Removes the client's copies of the owned headers and sets the connection's values.
