@@ -215,7 +215,7 @@ fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {
     };
     // Also load the identity and build the TLS configs, as `run` would, without binding.
     let model = Arc::new(model);
-    let metrics = Arc::new(meshgate_proxy::metrics::Metrics::new(&model.trust));
+    let metrics = Arc::new(meshgate_proxy::metrics::Metrics::new());
     let runtime = meshgate_proxy::runtime::Runtime::build(model.clone(), metrics, None);
     print!("{}", summary::summary(&model, runtime.as_ref().ok()));
     for w in &model.warnings {

@@ -1,5 +1,5 @@
-//! The per-request decisions allocate nothing: AuthorizationPolicy evaluation and route
-//! matching, measured with a counting global allocator in this test binary.
+//! The per-request decisions allocate nothing: AuthorizationPolicy evaluation, route matching
+//! and counting the request, measured with a counting global allocator in this test binary.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
@@ -9,6 +9,8 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use meshgate_config::model::authz::Attributes;
 use meshgate_proxy::authorize::{authorize, Decision};
+use meshgate_proxy::metrics::{Metrics, ModelCounters};
+use meshgate_proxy::origin::Origin;
 use meshgate_proxy::route::{route, RouteRequest};
 
 struct Counting;
@@ -78,7 +80,7 @@ spec:
 "#;
 
 #[test]
-fn authorize_and_route_allocate_nothing() {
+fn authorize_route_and_count_allocate_nothing() {
     let model = meshgate_config::load_str("no-alloc.yaml", CONFIG).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("x-mesh-origin", HeaderValue::from_static("remote"));
@@ -103,6 +105,9 @@ fn authorize_and_route_allocate_nothing() {
         port: 8080,
     };
     let listener = &model.listeners[0];
+    let metrics = Metrics::new();
+    let counters = ModelCounters::new(&metrics, &model);
+    let td = counters.trust_domain_index(Some("example.com"));
     // Warm up anything lazily initialised (the regex engine's caches).
     assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
     assert!(route(listener, &request).is_some());
@@ -110,8 +115,18 @@ fn authorize_and_route_allocate_nothing() {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..1000 {
         assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
-        assert!(route(listener, &request).is_some());
+        let chosen = route(listener, &request).map(|r| r.index);
+        assert!(chosen.is_some());
+        counters.request(0, chosen, Some(Origin::Remote), td, 200);
+        metrics.request_duration(std::time::Duration::from_micros(300));
     }
     let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(allocated, 0, "{allocated} allocations in 1000 decisions");
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(
+            r#"meshgate_requests_total{origin="remote",source_trust_domain="other",code="200"} 1000"#
+        ),
+        "{rendered}"
+    );
 }

@@ -97,35 +97,23 @@ async fn respond(
     Ok(response)
 }
 
-/// The process counters, and what the current configuration adds: upstream connections per
-/// backend (reset by a reload) and the expiry of our certificates.
+/// The process counters, and what the current configuration adds: idle upstream connections
+/// per backend and the expiry of our certificates.
 fn render_metrics(state: &AdminState) -> String {
     use std::fmt::Write as _;
     let mut out = state.metrics.render();
     let runtime = state.shared.load();
-    out.push_str("# HELP meshgate_upstream_connections_total Upstream connections made, by backend and result.\n");
-    out.push_str("# TYPE meshgate_upstream_connections_total counter\n");
     out.push_str(
         "# HELP meshgate_upstream_idle_connections Idle pooled upstream connections, by backend.\n",
     );
     out.push_str("# TYPE meshgate_upstream_idle_connections gauge\n");
     for (b, u) in runtime.model.backends.iter().zip(runtime.upstreams.all()) {
-        let s = u.stats();
-        let name = format!("{}:{}", b.host, b.port);
         let _ = writeln!(
             out,
-            "meshgate_upstream_connections_total{{backend=\"{name}\",result=\"success\"}} {}",
-            s.connects
-        );
-        let _ = writeln!(
-            out,
-            "meshgate_upstream_connections_total{{backend=\"{name}\",result=\"failure\"}} {}",
-            s.connect_failures
-        );
-        let _ = writeln!(
-            out,
-            "meshgate_upstream_idle_connections{{backend=\"{name}\"}} {}",
-            s.idle
+            "meshgate_upstream_idle_connections{{backend=\"{}:{}\"}} {}",
+            b.host,
+            b.port,
+            u.idle()
         );
     }
     if let Some(c) = &runtime.credentials {

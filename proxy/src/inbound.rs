@@ -80,7 +80,8 @@ pub async fn serve_connection(
                     let conn = Connection {
                         tags: ConnectionTags::new(Some((&peer, origin)), own, tagging, peer_addr),
                         origin: Some(origin),
-                        trust_domain: metrics
+                        trust_domain: runtime
+                            .counters
                             .trust_domain_index(Some(peer.spiffe_id.trust_domain())),
                         peer: Some(peer),
                         runtime: runtime.clone(),
@@ -96,7 +97,7 @@ pub async fn serve_connection(
             let conn = Connection {
                 tags: ConnectionTags::new(None, None, tagging, peer_addr),
                 origin: None,
-                trust_domain: metrics.trust_domain_index(None),
+                trust_domain: runtime.counters.trust_domain_index(None),
                 peer: None,
                 runtime: runtime.clone(),
                 listener,
@@ -136,9 +137,9 @@ async fn handle_request(
     let started = std::time::Instant::now();
     // What the access log needs of the request, copied only when there is an access log.
     let logged = conn.runtime.access_log.as_ref().map(|_| Logged::new(&req));
-    let mut backend = None;
+    let mut chosen = Chosen::default();
     let mut flag = "-";
-    let response = match route_and_forward(&conn, req, &mut backend).await {
+    let response = match route_and_forward(&conn, req, &mut chosen).await {
         Ok(response) => response,
         Err(e) => {
             flag = e.flag();
@@ -152,14 +153,16 @@ async fn handle_request(
             respond::error(&e)
         }
     };
-    conn.runtime.metrics.request(
+    conn.runtime.metrics.request_duration(started.elapsed());
+    conn.runtime.counters.request(
+        conn.listener,
+        chosen.route,
         conn.origin,
         conn.trust_domain,
         response.status().as_u16(),
-        started.elapsed(),
     );
     if let (Some(log), Some(logged)) = (&conn.runtime.access_log, logged) {
-        log_request(log, &conn, logged, backend, flag, &response);
+        log_request(log, &conn, logged, chosen.backend, flag, &response);
     }
     Ok(response)
 }
@@ -191,10 +194,19 @@ fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyErro
     }
 }
 
+/// What routing chose for a request, for its counters and its access log line.
+#[derive(Debug, Default)]
+struct Chosen {
+    /// `Route::index` of the route taken.
+    route: Option<usize>,
+    /// The backend forwarded to.
+    backend: Option<usize>,
+}
+
 async fn route_and_forward(
     conn: &Connection,
     mut req: Request<Incoming>,
-    chosen: &mut Option<usize>,
+    chosen: &mut Chosen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = &conn.runtime.model.listeners[conn.listener];
     let authority =
@@ -210,17 +222,21 @@ async fn route_and_forward(
         headers: req.headers(),
         port,
     };
+    // The route is chosen first so that a denied request is counted under it; the policy
+    // still answers before a missing route does, as Envoy's RBAC filter runs before its router.
+    let route = route::route(listener, &head);
+    chosen.route = route.map(|r| r.index);
     // AuthorizationPolicies guard the Gateway's listeners, as Istio's apply to a workload's
     // inbound side; the outbound listener serves local apps.
     if listener.kind == ListenerKind::Gateway {
         authorize(conn, &head)?;
     }
-    let route = route::route(listener, &head).ok_or(ProxyError::NoRoute)?;
+    let route = route.ok_or(ProxyError::NoRoute)?;
     let mut response = match &route.action {
         RouteAction::Direct(direct) => respond::direct(direct),
         RouteAction::Forward(backends) => {
             let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
-            *chosen = Some(backend);
+            chosen.backend = Some(backend);
             route.request_headers.apply(req.headers_mut());
             let upstream = forward::forward(&conn.runtime.upstreams, backend, route, req).await?;
             upstream.map(ResponseBody::Upstream)

@@ -133,7 +133,7 @@ struct Active {
 /// error nothing stays bound.
 pub async fn start(model: Model) -> Result<Running, StartError> {
     let model = Arc::new(model);
-    let metrics = Arc::new(Metrics::new(&model.trust));
+    let metrics = Arc::new(Metrics::new());
     let access_log = match &model.proxy.access_log {
         Some(path) => Some(AccessLog::open(path).map_err(|e| StartError::Identity {
             path: path.clone(),

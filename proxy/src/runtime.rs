@@ -9,7 +9,7 @@ use meshgate_config::Model;
 
 use crate::access_log::AccessLog;
 use crate::forward::Upstreams;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelCounters};
 use crate::serve::HttpServers;
 use crate::tls::credentials::Credentials;
 use crate::tls::server::ServerTlsConfigs;
@@ -26,6 +26,8 @@ pub struct Runtime {
     pub upstreams: Upstreams,
     pub http: HttpServers,
     pub metrics: Arc<Metrics>,
+    /// This configuration's series of `metrics`.
+    pub counters: ModelCounters,
     /// The access log, when the MeshGateway asks for one.
     pub access_log: Option<AccessLog>,
 }
@@ -59,8 +61,10 @@ impl Runtime {
             };
             listeners.push(tls);
         }
+        let counters = ModelCounters::new(&metrics, &model);
         Ok(Self {
-            upstreams: Upstreams::new(&model, credentials.as_ref(), &provider)?,
+            upstreams: Upstreams::new(&model, credentials.as_ref(), &provider, &counters)?,
+            counters,
             http: HttpServers::new(&model.proxy.limits),
             credentials,
             listeners,

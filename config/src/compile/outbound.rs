@@ -38,6 +38,7 @@ pub(crate) fn add_service_entries(listener: &mut Listener, backends: &Backends) 
         let Some(source) = &b.source else { continue };
         let route = Route {
             name: Some(format!("{}:{}", b.host, b.port)),
+            index: 0,
             matches: vec![RequestMatch {
                 port: Some(b.port),
                 ..RequestMatch::default()

@@ -278,6 +278,7 @@ fn compile_route(
     }
     Some(Route {
         name: r.name.clone(),
+        index: 0,
         matches,
         action: action?,
         request_headers,

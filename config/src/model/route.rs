@@ -26,6 +26,10 @@ pub struct VirtualHost {
 #[derive(Debug, Clone, Serialize)]
 pub struct Route {
     pub name: Option<String>,
+    /// Its position among all the routes of its listener, numbered by `RouteTable::new`: the
+    /// proxy keeps per-route counters in a list by this index.
+    #[serde(skip)]
+    pub index: usize,
     /// Any one must match (OR); empty matches every request.
     pub matches: Vec<RequestMatch>,
     pub action: RouteAction,

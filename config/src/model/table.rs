@@ -21,9 +21,17 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Indexes `virtual_hosts`; for a host pattern that several declare, the first wins.
-    pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
+    /// Indexes `virtual_hosts`; for a host pattern that several declare, the first wins. Numbers
+    /// every route (`Route::index`) in declaration order.
+    pub fn new(mut virtual_hosts: Vec<VirtualHost>) -> Self {
         let mut table = Self::default();
+        for (index, route) in virtual_hosts
+            .iter_mut()
+            .flat_map(|vh| vh.routes.iter_mut())
+            .enumerate()
+        {
+            route.index = index;
+        }
         for (i, vh) in virtual_hosts.iter().enumerate() {
             for host in &vh.hosts {
                 match host {
@@ -46,6 +54,11 @@ impl RouteTable {
     /// Gives the virtual hosts back, to build a larger table.
     pub fn into_virtual_hosts(self) -> Vec<VirtualHost> {
         self.virtual_hosts
+    }
+
+    /// How many routes the virtual hosts hold together: one past the largest `Route::index`.
+    pub fn route_count(&self) -> usize {
+        self.virtual_hosts.iter().map(|vh| vh.routes.len()).sum()
     }
 
     /// Every virtual host, in declaration order.

@@ -10,7 +10,7 @@
 //! after `idleTimeout` by a sweeper per endpoint.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, Model};
 
 use super::connect::{ConnectError, Connector};
+use crate::metrics::{ModelCounters, UpstreamCounts};
 use crate::respond::ProxyError;
 use crate::tls::client::origination;
 use crate::tls::credentials::Credentials;
@@ -51,17 +52,7 @@ pub struct UpstreamBackend {
     max_requests_per_connection: Option<u32>,
     idle_timeout: Duration,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
-    connects: AtomicU64,
-    connect_failures: AtomicU64,
-}
-
-/// What `/stats/prometheus` shows of one backend.
-#[derive(Debug, Clone, Copy)]
-pub struct BackendStats {
-    pub connects: u64,
-    pub connect_failures: u64,
-    /// Idle HTTP/1.1 connections in the pool now.
-    pub idle: usize,
+    counts: UpstreamCounts,
 }
 
 /// One address of a backend and its connections.
@@ -95,11 +86,13 @@ impl Upstreams {
         model: &Model,
         credentials: Option<&Credentials>,
         provider: &Arc<CryptoProvider>,
+        counters: &ModelCounters,
     ) -> Result<Self, StartError> {
         let backends = model
             .backends
             .iter()
-            .map(|b| UpstreamBackend::new(b, credentials, provider))
+            .enumerate()
+            .map(|(i, b)| UpstreamBackend::new(b, credentials, provider, counters.upstream(i)))
             .collect::<Result<_, _>>()?;
         Ok(Self { backends })
     }
@@ -120,6 +113,7 @@ impl UpstreamBackend {
         b: &Backend,
         credentials: Option<&Credentials>,
         provider: &Arc<CryptoProvider>,
+        counts: UpstreamCounts,
     ) -> Result<Self, StartError> {
         let connector = Connector::new(
             b.policy.connect_timeout,
@@ -156,8 +150,7 @@ impl UpstreamBackend {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             max_requests_per_connection: b.policy.max_requests_per_connection,
             idle_timeout: b.policy.idle_timeout,
-            connects: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
+            counts,
         })
     }
 
@@ -179,27 +172,22 @@ impl UpstreamBackend {
     ) -> Result<super::connect::UpstreamStream, ProxyError> {
         match self.connector.connect(&endpoint.host, endpoint.port).await {
             Ok(io) => {
-                self.connects.fetch_add(1, Ordering::Relaxed);
+                self.counts.connect(true);
                 Ok(io)
             }
             Err(e) => {
-                self.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.counts.connect(false);
                 Err(ProxyError::UpstreamConnect(e))
             }
         }
     }
 
-    /// Connections made and failed so far, and the idle ones now.
-    pub fn stats(&self) -> BackendStats {
-        BackendStats {
-            connects: self.connects.load(Ordering::Relaxed),
-            connect_failures: self.connect_failures.load(Ordering::Relaxed),
-            idle: self
-                .endpoints
-                .iter()
-                .map(|e| e.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
-                .sum(),
-        }
+    /// Idle HTTP/1.1 connections in the pool now.
+    pub fn idle(&self) -> usize {
+        self.endpoints
+            .iter()
+            .map(|e| e.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// The endpoint for the next request, by the backend's load balancer.
