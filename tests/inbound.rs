@@ -663,6 +663,92 @@ async fn the_access_log_has_a_json_line_per_request_and_refused_handshake() {
 }
 
 #[tokio::test]
+async fn the_access_log_counts_body_bytes_to_the_end_and_flags_cut_short_responses() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let pki = pki();
+    let backend = echo();
+    let gap = std::time::Duration::from_millis(100);
+    let slow = support::proxy::slow_backend("tick", 4, gap).await;
+    let yaml = gateway_yaml(&format!(
+        "{}{}",
+        route_to(HOST, backend.address),
+        route_to("slow.example-target.com", slow)
+    ))
+    .replacen("  listen:", "  accessLog: {path: access.log}\n  listen:", 1);
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
+    let connect = || async {
+        let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        (send, tokio::spawn(conn))
+    };
+
+    // A request body with no Content-Length (HTTP/2 need not declare one), echoed back.
+    let (mut send, _conn) = connect().await;
+    let upload = Bytes::from(vec![b'x'; 5000]);
+    let req = http::Request::post(format!("https://{HOST}/post"))
+        .body(Full::new(upload.clone()))
+        .unwrap();
+    let response = send.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = response.into_body().collect().await.unwrap().to_bytes();
+    let echoed_json: serde_json::Value = serde_json::from_slice(&echoed).unwrap();
+    assert_eq!(echoed_json["body_bytes"], 5000);
+
+    // A streamed response read to its end; then one the client walks away from.
+    let slow_get = || {
+        http::Request::get("https://slow.example-target.com/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let response = send.send_request(slow_get()).await.unwrap();
+    let whole = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&whole[..], b"ticktickticktick");
+    let (mut send, conn) = connect().await;
+    let mut body = send.send_request(slow_get()).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"tick");
+    drop((body, send));
+    conn.abort();
+
+    let path = proxy.dir.path().join("access.log");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    support::eventually("three access log lines", || read().lines().count() == 3).await;
+    let lines: Vec<serde_json::Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let post = lines.iter().find(|l| l["method"] == "POST").unwrap();
+    assert_eq!(post["bytes_in"], 5000);
+    assert_eq!(post["bytes_out"], echoed.len() as u64);
+    assert_eq!(post["response_flags"], "-");
+    let slow: Vec<_> = lines
+        .iter()
+        .filter(|l| l["authority"] == "slow.example-target.com")
+        .collect();
+    let (whole_line, cut) = (slow[0], slow[1]);
+    assert_eq!(whole_line["bytes_out"], 16);
+    assert_eq!(whole_line["response_flags"], "-");
+    // The duration runs to the last byte; the response head came before the first tick.
+    let (total, head) = (
+        whole_line["duration_ms"].as_f64().unwrap(),
+        whole_line["response_duration_ms"].as_f64().unwrap(),
+    );
+    assert!(total >= (3 * gap).as_secs_f64() * 1000.0, "{whole_line}");
+    assert!(head <= total, "{whole_line}");
+    assert_eq!(cut["status"], 200);
+    assert_eq!(cut["response_flags"], "DC", "{cut}");
+    assert!(cut["bytes_out"].as_u64().unwrap() < 16, "{cut}");
+}
+
+#[tokio::test]
 async fn drain_answers_not_ready_closes_idle_connections_and_finishes_requests() {
     let pki = pki();
     let backend = echo();

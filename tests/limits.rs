@@ -137,3 +137,105 @@ async fn connections_over_the_maximum_are_refused_and_the_admitted_keep_working(
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let idle = std::time::Duration::from_millis(400);
+    let slow = support::proxy::slow_backend("tick", 4, std::time::Duration::from_millis(200)).await;
+    let yaml = gateway_yaml(&format!(
+        "{}{}",
+        route_to(HOST, echo_address()),
+        route_to("slow.example-target.com", slow)
+    ))
+    .replacen("  listen:", "  limits: {idleTimeout: 400ms}\n  listen:", 1);
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[alpn]);
+        let tls = client.connect(addr, HOST).await.unwrap();
+        let opened = std::time::Instant::now();
+        let (mut send, conn) = if alpn == b"h2" {
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(tls),
+            )
+            .await
+            .unwrap();
+            (
+                Sender::H2(send),
+                tokio::spawn(async move { conn.await.is_ok() }),
+            )
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            (
+                Sender::H1(send),
+                tokio::spawn(async move { conn.await.is_ok() }),
+            )
+        };
+        // A response head that takes longer than the idle timeout, then a body that streams
+        // for longer than it: the connection is busy throughout, and stays open.
+        let r = send.get(HOST, "/delay/600").await;
+        assert_eq!(r.0, StatusCode::OK, "{alpn:?}");
+        let r = send.get("slow.example-target.com", "/").await;
+        assert_eq!(
+            (r.0, &r.1[..]),
+            (StatusCode::OK, &b"ticktickticktick"[..]),
+            "{alpn:?}"
+        );
+        let busy_until = std::time::Instant::now();
+        // Then nothing: the proxy closes it (HTTP/2 with a GOAWAY first), not before the
+        // timeout.
+        let closed = tokio::time::timeout(support::TIMEOUT, conn)
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap();
+        assert!(closed, "{alpn:?}: the connection did not end cleanly");
+        assert!(busy_until.elapsed() >= idle, "{alpn:?}: closed while busy");
+        assert!(opened.elapsed() >= idle * 3);
+    }
+    support::eventually("no connection left open", || active(&proxy)).await;
+}
+
+fn echo_address() -> std::net::SocketAddr {
+    // Kept running for the whole test binary: an echo per test would be dropped here.
+    static ECHO: std::sync::OnceLock<meshgate_proxy::echo::Echo> = std::sync::OnceLock::new();
+    ECHO.get_or_init(echo).address
+}
+
+/// An HTTP/1.1 or HTTP/2 client connection.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    /// GETs `path` from `authority` and reads the whole body.
+    async fn get(&mut self, authority: &str, path: &str) -> (StatusCode, Bytes) {
+        use http_body_util::BodyExt;
+        let response = match self {
+            Sender::H1(s) => {
+                let req = Request::get(path)
+                    .header("host", authority)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Sender::H2(s) => {
+                let req = Request::get(format!("https://{authority}{path}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        };
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+}

@@ -36,12 +36,15 @@ pub struct RequestEntry<'a> {
     pub status: u16,
     /// `host:port` of the backend, when the request was forwarded.
     pub upstream: Option<String>,
-    /// Until the response head was ready; the body streams after.
+    /// From the request head to the end of the response (Envoy's `%DURATION%`).
     pub duration_ms: f64,
-    /// `Content-Length` of the request and the response, when they declare one.
-    pub bytes_in: Option<u64>,
-    pub bytes_out: Option<u64>,
-    /// Envoy's response flag: `NR`, `UF`, `UH`, `UC`, `UT`, `RBAC`, `DPE`, or `-`.
+    /// From the request head to the response head (Envoy's `%RESPONSE_DURATION%`); absent
+    /// when there was no response.
+    pub response_duration_ms: Option<f64>,
+    /// Body bytes received from the client and sent to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Envoy's response flag: `NR`, `UF`, `UH`, `UC`, `UT`, `UR`, `DC`, `RBAC`, `DPE`, or `-`.
     pub response_flags: &'a str,
 }
 

@@ -4,26 +4,29 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use meshgate_config::model::authz::Attributes;
 use meshgate_config::model::{ListenerKind, RouteAction};
 
-use crate::access_log::{self, AccessLog, HandshakeEntry, RequestEntry};
+use crate::access_log::{self, HandshakeEntry, RequestEntry};
 use crate::authorize::{self, Decision};
-use crate::body::ResponseBody;
+use crate::body::{Done, RequestBody, ResponseBody, Tracked};
+use crate::drain::Watch;
 use crate::forward;
 use crate::identity::PeerIdentity;
 use crate::origin::{origin, Origin};
 use crate::respond::{self, ProxyError};
 use crate::route::{self, RouteRequest};
 use crate::runtime::Runtime;
+use crate::serve::Activity;
 use crate::tag::{self, ConnectionTags};
 use crate::tls::server::handshake;
 
@@ -39,6 +42,8 @@ struct Connection {
     peer_addr: SocketAddr,
     /// The SNI the client sent, for `connection.sni` conditions.
     sni: Option<Box<str>>,
+    /// Requests in flight, for the idle timeout.
+    activity: Activity,
 }
 
 /// Accept to HTTP: handshake (on TLS listeners), identity, origin, tags, then serve HTTP.
@@ -47,7 +52,7 @@ pub async fn serve_connection(
     listener: usize,
     stream: TcpStream,
     peer_addr: SocketAddr,
-    watcher: Watcher,
+    watch: Watch,
 ) {
     let metrics = runtime.metrics.clone();
     metrics.connection(1);
@@ -88,8 +93,9 @@ pub async fn serve_connection(
                         listener,
                         peer_addr,
                         sni,
+                        activity: Activity::new(),
                     };
-                    serve(Arc::new(conn), tls, Some(version), watcher).await
+                    serve(Arc::new(conn), tls, Some(version), watch).await
                 }
             }
         }
@@ -103,8 +109,9 @@ pub async fn serve_connection(
                 listener,
                 peer_addr,
                 sni: None,
+                activity: Activity::new(),
             };
-            serve(Arc::new(conn), stream, None, watcher).await
+            serve(Arc::new(conn), stream, None, watch).await
         }
     };
     if let Err(e) = served {
@@ -117,26 +124,35 @@ async fn serve<I>(
     conn: Arc<Connection>,
     io: I,
     version: Option<crate::tls::server::HttpVersion>,
-    watcher: Watcher,
+    watch: Watch,
 ) -> Result<(), crate::serve::ServeError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let runtime = conn.runtime.clone();
+    let idle_timeout = runtime.model.proxy.limits.idle_timeout;
+    let clock = conn.clone();
+    let idle = async move {
+        match idle_timeout {
+            Some(timeout) => clock.activity.idle_for(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     let service = hyper::service::service_fn(move |req| handle_request(conn.clone(), req));
-    runtime.http.serve(io, version, service, watcher).await
+    runtime.http.serve(io, version, service, watch, idle).await
 }
 
-/// Tag to forward: tag, route, forward (or answer directly), count.
+/// Tag to forward: tag, route, forward (or answer directly), count. The response body carries
+/// the `Exchange` to the end of the response.
 async fn handle_request(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<Tracked<Exchange>>, Infallible> {
+    let mut exchange = Exchange::start(conn.clone(), &req);
     let model = &conn.runtime.model;
     tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
-    let started = std::time::Instant::now();
-    // What the access log needs of the request, copied only when there is an access log.
-    let logged = conn.runtime.access_log.as_ref().map(|_| Logged::new(&req));
+    let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
+    let req = req.map(|body| RequestBody::new(body, bytes_in));
     let mut chosen = Chosen::default();
     let mut flag = "-";
     let response = match route_and_forward(&conn, req, &mut chosen).await {
@@ -153,18 +169,21 @@ async fn handle_request(
             respond::error(&e)
         }
     };
-    conn.runtime.metrics.request_duration(started.elapsed());
+    let status = response.status().as_u16();
     conn.runtime.counters.request(
         conn.listener,
         chosen.route,
         conn.origin,
         conn.trust_domain,
-        response.status().as_u16(),
+        status,
     );
-    if let (Some(log), Some(logged)) = (&conn.runtime.access_log, logged) {
-        log_request(log, &conn, logged, chosen.backend, flag, &response);
+    if let Some(log) = &mut exchange.log {
+        log.head = Some(exchange.started.elapsed());
+        log.status = status;
+        log.backend = chosen.backend;
+        log.flag = flag;
     }
-    Ok(response)
+    Ok(response.map(|body| Tracked::new(body, exchange)))
 }
 
 fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyError> {
@@ -205,7 +224,7 @@ struct Chosen {
 
 async fn route_and_forward(
     conn: &Connection,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     chosen: &mut Chosen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = &conn.runtime.model.listeners[conn.listener];
@@ -246,71 +265,117 @@ async fn route_and_forward(
     Ok(response)
 }
 
-/// The request as the access log shows it, taken before the request moves on.
+/// One request, from its head until its response is over (sent, or cut short): in flight on
+/// its connection's idle clock until then, and timed and logged when it ends.
+struct Exchange {
+    conn: Arc<Connection>,
+    started: Instant,
+    /// What the access log needs, only when there is one.
+    log: Option<Box<Logged>>,
+    /// Whether `done` ran.
+    finished: bool,
+}
+
+/// The request as the access log shows it, taken before the request moves on, and its
+/// response as it goes.
 struct Logged {
-    start: std::time::Instant,
-    start_time: std::time::SystemTime,
+    start_time: SystemTime,
     method: http::Method,
     authority: String,
     path: String,
-    bytes_in: Option<u64>,
+    /// Counted by the request body on its way upstream.
+    bytes_in: Arc<AtomicU64>,
+    /// The response head: when it was ready, its status (0: there was none), where from, and
+    /// the flag of the error the proxy answered.
+    head: Option<Duration>,
+    status: u16,
+    backend: Option<usize>,
+    flag: &'static str,
 }
 
-impl Logged {
-    fn new(req: &Request<Incoming>) -> Self {
+impl Exchange {
+    fn start(conn: Arc<Connection>, req: &Request<Incoming>) -> Self {
+        conn.activity.request_started();
+        let log = conn.runtime.access_log.as_ref().map(|_| {
+            Box::new(Logged {
+                start_time: SystemTime::now(),
+                method: req.method().clone(),
+                authority: route::authority(req.uri(), req.headers())
+                    .unwrap_or("")
+                    .to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                bytes_in: Arc::new(AtomicU64::new(0)),
+                head: None,
+                status: 0,
+                backend: None,
+                flag: "-",
+            })
+        });
         Self {
-            start: std::time::Instant::now(),
-            start_time: std::time::SystemTime::now(),
-            method: req.method().clone(),
-            authority: route::authority(req.uri(), req.headers())
-                .unwrap_or("")
-                .to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            bytes_in: content_length(req.headers()),
+            conn,
+            started: Instant::now(),
+            log,
+            finished: false,
         }
     }
 }
 
-fn log_request(
-    log: &AccessLog,
-    conn: &Connection,
-    logged: Logged,
-    backend: Option<usize>,
-    flag: &str,
-    response: &Response<ResponseBody>,
-) {
-    let model = &conn.runtime.model;
-    let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
-    let start_time = access_log::rfc3339(logged.start_time);
-    log.log(&RequestEntry {
-        start_time: &start_time,
-        listener: &model.listeners[conn.listener].name,
-        peer: conn.peer_addr.to_string(),
-        origin: conn.origin.map(Origin::as_str),
-        source_trust_domain: id.map(|i| i.trust_domain()),
-        principal: id.map(|i| i.principal()),
-        method: logged.method.as_str(),
-        authority: &logged.authority,
-        path: &logged.path,
-        status: response.status().as_u16(),
-        upstream: backend.map(|b| format!("{}:{}", model.backends[b].host, model.backends[b].port)),
-        duration_ms: logged.start.elapsed().as_secs_f64() * 1000.0,
-        bytes_in: logged.bytes_in,
-        bytes_out: content_length(response.headers())
-            .or_else(|| http_body::Body::size_hint(response.body()).exact()),
-        response_flags: flag,
-    });
+impl Done for Exchange {
+    fn done(&mut self, bytes_out: u64, ended: bool, failed: bool) {
+        self.finished = true;
+        let took = self.started.elapsed();
+        self.conn.runtime.metrics.request_duration(took);
+        let (Some(log), Some(logged)) = (&self.conn.runtime.access_log, self.log.take()) else {
+            return;
+        };
+        // Envoy's flags for a response that did not finish: the upstream broke off (UR), or
+        // the client went away first (DC).
+        let flag = match (logged.flag, failed, ended) {
+            ("-", true, _) => "UR",
+            ("-", false, false) => "DC",
+            (flag, _, _) => flag,
+        };
+        let conn = &self.conn;
+        let model = &conn.runtime.model;
+        let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
+        log.log(&RequestEntry {
+            start_time: &access_log::rfc3339(logged.start_time),
+            listener: &model.listeners[conn.listener].name,
+            peer: conn.peer_addr.to_string(),
+            origin: conn.origin.map(Origin::as_str),
+            source_trust_domain: id.map(|i| i.trust_domain()),
+            principal: id.map(|i| i.principal()),
+            method: logged.method.as_str(),
+            authority: &logged.authority,
+            path: &logged.path,
+            status: logged.status,
+            upstream: logged
+                .backend
+                .map(|b| format!("{}:{}", model.backends[b].host, model.backends[b].port)),
+            duration_ms: millis(took),
+            response_duration_ms: logged.head.map(millis),
+            bytes_in: logged.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            response_flags: flag,
+        });
+    }
 }
 
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // A request dropped before its response head (the client reset the stream or closed
+        // the connection) is still timed and logged.
+        if !self.finished {
+            self.done(0, false, false);
+        }
+        self.conn.activity.request_ended();
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

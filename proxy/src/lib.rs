@@ -32,6 +32,7 @@ pub mod tls;
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod drain;
 pub mod echo;
 mod inbound;
 pub mod metrics;
@@ -44,7 +45,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -53,6 +53,7 @@ use meshgate_config::Model;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminState;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -98,8 +99,8 @@ pub struct Running {
     /// (several may be configured with port 0).
     active: tokio::sync::Mutex<Vec<Active>>,
     admin_stop: watch::Sender<bool>,
-    /// Shared with the accept loops, which hand a watcher to each connection.
-    graceful: Arc<GracefulShutdown>,
+    /// Shared with the accept loops, which hand a watch to each connection.
+    drain: Arc<Drain>,
 }
 
 /// One open connection of a listener, given back when dropped.
@@ -153,7 +154,7 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
     };
 
     let shared = Arc::new(ArcSwap::new(runtime));
-    let graceful = Arc::new(GracefulShutdown::new());
+    let drain = Arc::new(Drain::new());
     let state = Arc::new(AdminState {
         ready: false.into(),
         metrics: metrics.clone(),
@@ -164,7 +165,7 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
     let mut active = Vec::new();
     let mut listeners = Vec::new();
     for (key, listener, info) in bound {
-        active.push(spawn_accept(key, listener, &info, &shared, &graceful));
+        active.push(spawn_accept(key, listener, &info, &shared, &drain));
         listeners.push(info);
     }
     let admin = match admin_listener {
@@ -187,7 +188,7 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         shared,
         active: tokio::sync::Mutex::new(active),
         admin_stop,
-        graceful,
+        drain,
     })
 }
 
@@ -225,12 +226,12 @@ fn spawn_accept(
     listener: tokio::net::TcpListener,
     info: &BoundListener,
     shared: &Arc<ArcSwap<Runtime>>,
-    graceful: &Arc<GracefulShutdown>,
+    drain: &Arc<Drain>,
 ) -> Active {
     info!(listener = %info.name, port = info.port, address = %info.address, "listening");
     let (stop, rx) = watch::channel(false);
     let shared = shared.clone();
-    let graceful = graceful.clone();
+    let drain = drain.clone();
     let open = Arc::new(AtomicUsize::new(0));
     let handle = tokio::spawn(listen::accept_loop(listener, rx, move |stream, peer| {
         let runtime = shared.load_full();
@@ -249,9 +250,9 @@ fn spawn_accept(
             return;
         }
         let slot = Slot::take(&open);
-        let watcher = graceful.watcher();
+        let watch = drain.watch();
         tokio::spawn(async move {
-            inbound::serve_connection(runtime, index, stream, peer, watcher).await;
+            inbound::serve_connection(runtime, index, stream, peer, watch).await;
             drop(slot);
         });
     }));
@@ -317,7 +318,7 @@ impl Running {
                 listener,
                 &info,
                 &self.shared,
-                &self.graceful,
+                &self.drain,
             ));
         }
         active.retain(|a| {
@@ -344,14 +345,11 @@ impl Running {
             let _ = a.stop.send(true);
             let _ = a.handle.await;
         }
-        // The accept loops have ended and dropped their handles: ours is the last one.
-        if let Ok(graceful) = Arc::try_unwrap(self.graceful) {
-            if tokio::time::timeout(drain, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                info!("drain timeout passed with connections still open");
-            }
+        if tokio::time::timeout(drain, self.drain.drain())
+            .await
+            .is_err()
+        {
+            info!("drain timeout passed with connections still open");
         }
         let _ = self.admin_stop.send(true);
     }

@@ -35,8 +35,8 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
-    /// Request durations (to the response head): one counter per bucket of `BUCKETS_MS`, then
-    /// the sum in microseconds and the count.
+    /// Request durations (request head to the end of the response): one counter per bucket of
+    /// `BUCKETS_MS`, then the sum in microseconds and the count.
     duration_buckets: [AtomicU64; BUCKETS_MS.len()],
     duration_sum_us: AtomicU64,
     duration_count: AtomicU64,
@@ -124,7 +124,7 @@ impl Metrics {
             .map_or(0, |i| self.handshakes_rejected[i].load(Ordering::Relaxed))
     }
 
-    /// Adds a request's time to its response head to the histogram.
+    /// Adds a request's time, from its head to the end of its response, to the histogram.
     pub fn request_duration(&self, took: Duration) {
         let ms = took.as_millis() as u64;
         if let Some(b) = BUCKETS_MS.iter().position(|le| ms <= *le) {
@@ -215,7 +215,7 @@ impl Metrics {
             &mut out,
             "meshgate_request_duration_seconds",
             "histogram",
-            "Time to the response head.",
+            "From the request head to the end of the response.",
         );
         let mut cumulative = 0;
         for (le, c) in BUCKETS_MS.iter().zip(&self.duration_buckets) {

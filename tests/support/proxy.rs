@@ -165,3 +165,48 @@ spec:
 "#
     )
 }
+
+/// A raw HTTP/1.1 backend on an ephemeral loopback port that answers every request with a
+/// chunked body of `chunks` copies of `chunk`, one every `gap`: a response still streaming long
+/// after its head.
+pub async fn slow_backend(
+    chunk: &'static str,
+    chunks: usize,
+    gap: std::time::Duration,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                // Request after request on one connection, as the proxy's pool expects.
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                    for _ in 0..chunks {
+                        out.extend_from_slice(
+                            format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes(),
+                        );
+                        if tcp.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                        tokio::time::sleep(gap).await;
+                    }
+                    if tcp.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}

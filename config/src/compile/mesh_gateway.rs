@@ -161,11 +161,15 @@ fn reload_poll(
 fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> Limits {
     let mut out = Limits::default();
     let Some(l) = &spec.limits else { return out };
-    o.unsupported(
-        errors,
-        "spec.limits",
-        &[("idleTimeout", l.idle_timeout.is_some())],
-    );
+    if let Some(text) = &l.idle_timeout {
+        match parse_duration(text) {
+            Some(d) => out.idle_timeout = (!d.is_zero()).then_some(d),
+            None => errors.push(o.error(
+                "spec.limits.idleTimeout",
+                format!("`{text}` is not a duration such as 1h, or 0s for none"),
+            )),
+        }
+    }
     let mut duration = |field: &str, v: &Option<String>, into: &mut Duration| {
         if let Some(text) = v {
             match parse_duration(text) {

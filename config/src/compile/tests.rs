@@ -424,3 +424,46 @@ fn an_outbound_listener_off_loopback_is_a_warning() {
         model.warnings
     );
 }
+
+#[test]
+fn limits_defaults_overrides_and_mistakes() {
+    use std::time::Duration;
+    let model = load_str("t.yaml", MESH_GATEWAY).unwrap();
+    let limits = &model.proxy.limits;
+    assert_eq!(limits.idle_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+
+    let with =
+        |limits: &str| MESH_GATEWAY.replace("spec:\n", &format!("spec:\n  limits: {limits}\n"));
+    let model = load_str(
+        "t.yaml",
+        &with("{idleTimeout: 90s, handshakeTimeout: 2s, maxConnectionsPerListener: 5}"),
+    )
+    .unwrap();
+    let limits = &model.proxy.limits;
+    assert_eq!(limits.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(limits.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(limits.max_connections_per_listener, Some(5));
+    // As Envoy's idle_timeout: 0 turns it off.
+    let model = load_str("t.yaml", &with("{idleTimeout: 0s}")).unwrap();
+    assert_eq!(model.proxy.limits.idle_timeout, None);
+
+    let cases = [
+        ("{idleTimeout: soon}", "spec.limits.idleTimeout"),
+        ("{handshakeTimeout: 0s}", "spec.limits.handshakeTimeout"),
+        (
+            "{maxRequestHeaderBytes: 100}",
+            "spec.limits.maxRequestHeaderBytes",
+        ),
+        ("{keepalive: 1s}", "keepalive"),
+    ];
+    for (limits, field) in cases {
+        let errs = errors(&with(limits));
+        assert!(
+            errs.iter().any(|e| e.contains("t.yaml")
+                && e.contains("MeshGateway istio-system/gw")
+                && e.contains(field)),
+            "{limits}: {errs:?}"
+        );
+    }
+}

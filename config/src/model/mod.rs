@@ -82,6 +82,9 @@ pub struct Limits {
     pub max_connections_per_listener: Option<u32>,
     /// Streams one HTTP/2 client may have open at once.
     pub http2_max_concurrent_streams: u32,
+    /// A connection with no request in flight for this long is closed (Envoy's
+    /// `idle_timeout`, 1 h by default); `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Limits {
@@ -92,6 +95,7 @@ impl Default for Limits {
             max_request_header_bytes: 64 * 1024,
             max_connections_per_listener: None,
             http2_max_concurrent_streams: 1024,
+            idle_timeout: Some(std::time::Duration::from_secs(3600)),
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct Limits {
     pub max_request_header_bytes: Option<u32>,
     pub max_connections_per_listener: Option<u32>,
     pub http2_max_concurrent_streams: Option<u32>,
-    pub idle_timeout: Option<super::Unsupported>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

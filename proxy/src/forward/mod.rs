@@ -10,12 +10,12 @@ pub mod pool;
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use meshgate_config::model::{BackendProtocol, Route};
 
 pub use pool::{PooledBody, Upstreams};
 
+use crate::body::RequestBody;
 use crate::respond::ProxyError;
 
 /// Sends `req` to backend `backend` of the model and returns the upstream's response.
@@ -23,7 +23,7 @@ pub async fn forward(
     upstreams: &Upstreams,
     backend: usize,
     route: &Route,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let upstream = upstreams.backend(backend);
 

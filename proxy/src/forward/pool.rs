@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, Model};
 
 use super::connect::{ConnectError, Connector};
+use crate::body::RequestBody;
 use crate::metrics::{ModelCounters, UpstreamCounts};
 use crate::respond::ProxyError;
 use crate::tls::client::origination;
@@ -69,14 +70,14 @@ struct Endpoint {
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     used: u32,
     since: Instant,
 }
 
 #[derive(Debug)]
 struct Shared {
-    sender: http2::SendRequest<Incoming>,
+    sender: http2::SendRequest<RequestBody>,
     used: Arc<AtomicUsize>,
 }
 
@@ -155,7 +156,10 @@ impl UpstreamBackend {
     }
 
     /// Sends `req` to the next endpoint and returns the response, whose body holds the lease.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, ProxyError> {
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let endpoint = self.pick().ok_or(ProxyError::NoEndpoint)?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
@@ -216,7 +220,7 @@ impl UpstreamBackend {
     async fn send_http1(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let permit = match &self.connections {
             // The semaphore is never closed.
@@ -261,7 +265,7 @@ impl UpstreamBackend {
     async fn send_http2(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let limit = self
             .max_requests_per_connection
@@ -369,7 +373,7 @@ impl Drop for InFlight<'_> {
 /// An HTTP/1.1 connection lent to one request.
 #[derive(Debug)]
 struct Lease1 {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     used: u32,
     max_requests: Option<u32>,
     endpoint: Option<Arc<Endpoint>>,
@@ -378,7 +382,7 @@ struct Lease1 {
 
 impl Lease1 {
     fn new(
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<RequestBody>,
         used: u32,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
