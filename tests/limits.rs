@@ -239,3 +239,79 @@ impl Sender {
         )
     }
 }
+
+#[tokio::test]
+async fn the_request_header_timeout_runs_from_the_first_byte_of_a_head_not_between_requests() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{requestHeaderTimeout: 300ms, idleTimeout: 5s}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let head = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+
+    // A keep-alive connection waits, idle, longer than the header timeout between requests
+    // (as a client's connection pool does) and is still served.
+    let mut tls = client.connect(addr, HOST).await.unwrap();
+    for _ in 0..2 {
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&response).contains("\"body_bytes\"") {
+            let n = tokio::time::timeout(support::TIMEOUT, tls.read(&mut buf))
+                .await
+                .expect("no response")
+                .unwrap();
+            assert!(n > 0, "closed instead of answering");
+            response.extend_from_slice(&buf[..n]);
+        }
+        assert!(response.starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+
+    // The same wait in the middle of a head, on that connection, ends it.
+    let started = std::time::Instant::now();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
+    closed_by_server(tls).await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn on_plaintext_the_header_timeout_cuts_http1_heads_and_leaves_http2_alone() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address))
+        .replace(
+            "    tls: {mode: ISTIO_MUTUAL}\n",
+            "    tls: {mode: ISTIO_MUTUAL}\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*.example-target.com\"]\n",
+        )
+        .replace("portOverrides: {443: 0}", "portOverrides: {443: 0, 8080: 0}")
+        .replacen(
+            "  listen:",
+            "  limits: {requestHeaderTimeout: 300ms, idleTimeout: 5s}\n  listen:",
+            1,
+        );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let addr = proxy.addr(8080);
+
+    // HTTP/2 with prior knowledge: frames flow while no request is in flight (its preface,
+    // SETTINGS), none of them a request head.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut h2 = Sender::H2(send);
+    for _ in 0..2 {
+        assert_eq!(h2.get(HOST, "/").await.0, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    assert_eq!(h2.get(HOST, "/").await.0, StatusCode::OK);
+
+    // HTTP/1.1: half a head, then nothing.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
+    closed_by_server(tcp).await;
+}

@@ -43,7 +43,7 @@ struct Connection {
     /// The SNI the client sent, for `connection.sni` conditions.
     sni: Option<Box<str>>,
     /// Requests in flight, for the idle timeout.
-    activity: Activity,
+    activity: Arc<Activity>,
 }
 
 /// Accept to HTTP: handshake (on TLS listeners), identity, origin, tags, then serve HTTP.
@@ -93,7 +93,7 @@ pub async fn serve_connection(
                         listener,
                         peer_addr,
                         sni,
-                        activity: Activity::new(),
+                        activity: Arc::new(Activity::new()),
                     };
                     serve(Arc::new(conn), tls, Some(version), watch).await
                 }
@@ -109,7 +109,7 @@ pub async fn serve_connection(
                 listener,
                 peer_addr,
                 sni: None,
-                activity: Activity::new(),
+                activity: Arc::new(Activity::new()),
             };
             serve(Arc::new(conn), stream, None, watch).await
         }
@@ -130,16 +130,12 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let runtime = conn.runtime.clone();
-    let idle_timeout = runtime.model.proxy.limits.idle_timeout;
-    let clock = conn.clone();
-    let idle = async move {
-        match idle_timeout {
-            Some(timeout) => clock.activity.idle_for(timeout).await,
-            None => std::future::pending().await,
-        }
-    };
+    let activity = conn.activity.clone();
     let service = hyper::service::service_fn(move |req| handle_request(conn.clone(), req));
-    runtime.http.serve(io, version, service, watch, idle).await
+    runtime
+        .http
+        .serve(io, version, service, activity, watch)
+        .await
 }
 
 /// Tag to forward: tag, route, forward (or answer directly), count. The response body carries
@@ -333,8 +329,10 @@ impl Done for Exchange {
             return;
         };
         // Envoy's flags for a response that did not finish: the upstream broke off (UR), or
-        // the client went away first (DC).
-        let flag = match (logged.flag, failed, ended) {
+        // the client went away first (DC). A response that may have no body (to HEAD, 204,
+        // 304) is not read by the server at all.
+        let bodiless = logged.method == http::Method::HEAD || matches!(logged.status, 204 | 304);
+        let flag = match (logged.flag, failed, ended || bodiless) {
             ("-", true, _) => "UR",
             ("-", false, false) => "DC",
             (flag, _, _) => flag,

@@ -8,6 +8,8 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +21,8 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tracing::debug;
 
 use meshgate_config::model::Limits;
@@ -33,6 +36,11 @@ pub struct HttpServers {
     detect: auto::Builder<TokioExecutor>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// `limits.requestHeaderTimeout`, kept by `HeadTimeout` rather than hyper (whose timer also
+    /// runs while an HTTP/1.1 connection waits, idle, for its next request).
+    request_header_timeout: Duration,
+    /// `limits.idleTimeout`.
+    idle_timeout: Option<Duration>,
 }
 
 /// A connection's failure, whichever builder served it.
@@ -45,7 +53,6 @@ impl HttpServers {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.request_header_timeout)
             .max_buf_size(header_bytes)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -57,7 +64,6 @@ impl HttpServers {
         detect
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.request_header_timeout)
             .max_buf_size(header_bytes)
             .keep_alive(true);
         detect
@@ -69,19 +75,23 @@ impl HttpServers {
             detect,
             http1,
             http2,
+            request_header_timeout: limits.request_header_timeout,
+            idle_timeout: limits.idle_timeout,
         }
     }
 
-    /// Serves `io` until the client is done, the drain starts or `idle` resolves; the last
-    /// two close the connection gracefully (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close` on the
-    /// response in flight, or at once when there is none).
+    /// Serves `io` until the client is done, the drain starts or the connection has been idle
+    /// (`activity`) for the idle timeout; the last two close the connection gracefully (HTTP/2
+    /// GOAWAY, HTTP/1.1 `Connection: close` on the response in flight, or at once when there
+    /// is none). An HTTP/1.1 request head must arrive within the request header timeout of its
+    /// first byte.
     pub async fn serve<I, S, B>(
         &self,
         io: I,
         version: Option<HttpVersion>,
         service: S,
+        activity: Arc<Activity>,
         drain: Watch,
-        idle: impl Future<Output = ()>,
     ) -> Result<(), ServeError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -90,7 +100,22 @@ impl HttpServers {
         S::Error: Into<ServeError>,
         B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
     {
-        let io = TokioIo::new(io);
+        let idle_timeout = self.idle_timeout;
+        let clock = activity.clone();
+        let idle = async move {
+            match idle_timeout {
+                Some(timeout) => clock.idle_for(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        // HTTP/2 (by ALPN) has no request heads to time here; plaintext may turn out to be
+        // HTTP/2 with prior knowledge, which `HeadTimeout` recognises by its preface.
+        let timed = version != Some(HttpVersion::Http2);
+        let io = TokioIo::new(HeadTimeout::new(
+            io,
+            activity,
+            timed.then_some(self.request_header_timeout),
+        ));
         match version {
             Some(HttpVersion::Http1) => {
                 let conn = self.http1.serve_connection(io, service);
@@ -157,6 +182,11 @@ impl Activity {
         }
     }
 
+    /// Whether a request is in flight.
+    pub fn busy(&self) -> bool {
+        self.active.load(Ordering::Acquire) > 0
+    }
+
     pub fn request_started(&self) {
         self.active.fetch_add(1, Ordering::AcqRel);
     }
@@ -183,5 +213,112 @@ impl Activity {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// Downstream I/O that keeps Envoy's `request_headers_timeout` for HTTP/1.1: from the first
+/// byte of a request head until the head is complete, which is when the request reaches the
+/// proxy and `Activity` counts it in flight. A connection waiting, idle, for its next request
+/// is not timed here (the idle timeout is its clock), nor is a request body.
+///
+/// Bytes read while no request is in flight are a request head. The timer exists only while
+/// such a head is incomplete and the client has sent nothing more, so a head that arrives
+/// whole (the usual case) costs no timer at all. A partial head that arrives pipelined behind
+/// a request still in flight is left to the idle timeout.
+pub struct HeadTimeout<I> {
+    io: I,
+    activity: Arc<Activity>,
+    /// `None`: nothing to time (HTTP/2).
+    timeout: Option<Duration>,
+    /// Nothing was read yet: the first bytes may be the HTTP/2 preface.
+    first: bool,
+    /// Bytes of a head have arrived and its request has not started.
+    in_head: bool,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<I> HeadTimeout<I> {
+    pub fn new(io: I, activity: Arc<Activity>, timeout: Option<Duration>) -> Self {
+        Self {
+            io,
+            activity,
+            timeout,
+            first: true,
+            in_head: false,
+            deadline: None,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(timeout) = this.timeout else {
+            return read;
+        };
+        if this.activity.busy() {
+            this.in_head = false;
+            this.deadline = None;
+            return read;
+        }
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if std::mem::take(&mut this.first) && buf.filled()[before..].starts_with(b"PRI") {
+                    // `PRI * HTTP/2.0`: HTTP/2 with prior knowledge.
+                    this.timeout = None;
+                } else {
+                    this.in_head = true;
+                }
+            }
+            Poll::Pending if this.in_head => {
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request head timeout",
+                    )));
+                }
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
