@@ -315,3 +315,24 @@ async fn on_plaintext_the_header_timeout_cuts_http1_heads_and_leaves_http2_alone
     tcp.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
     closed_by_server(tcp).await;
 }
+
+/// hyper closes an HTTP/1.1 connection that waits 30 s for a request head unless told not to,
+/// which would cut every idle keep-alive connection at 30 s whatever `idleTimeout` says.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_hypers_default_header_timeout() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{idleTimeout: 1h}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let tls = client.connect(addr, HOST).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h1 = Sender::H1(send);
+    assert_eq!(h1.get(HOST, "/").await.0, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+    assert!(!conn.is_finished(), "the proxy closed the idle connection");
+    assert_eq!(h1.get(HOST, "/").await.0, StatusCode::OK);
+}

@@ -15,6 +15,7 @@ reported. Needs: oha (`cargo install oha --locked`), nginx (Debian package), tas
 release build of meshgate (built here if missing).
 
 Usage: python3 benches/load/bench.py [--duration 10] [--rounds 3] [--connections 64]
+       python3 benches/load/bench.py --baseline OLD_BINARY   # two meshgate builds, alternating
 """
 
 import argparse
@@ -52,7 +53,9 @@ def main():
     ap.add_argument("--handshake-connections", type=int, default=16)
     ap.add_argument("--idle-connections", type=int, default=500)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/meshgate"))
+    ap.add_argument("--baseline", help="another meshgate binary to compare with, instead of nginx")
     args = ap.parse_args()
+    other = "baseline" if args.baseline else "nginx"
 
     for tool in ("oha", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -65,9 +68,9 @@ def main():
         pki(args.binary, work)
         backend = start_backend(work)
         try:
-            results = {"meshgate": [], "nginx": []}
+            results = {"meshgate": [], other: []}
             for r in range(args.rounds):
-                for name in ("meshgate", "nginx"):
+                for name in ("meshgate", other):
                     print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
                     one_hop = run_proxy(name, args, work)
                     one_hop["two_hop"] = run_two_hop(name, args, work)
@@ -207,9 +210,14 @@ http {{
 """)
 
 
+def binary(name, args):
+    """The meshgate binary that runs as `name`, or None for nginx."""
+    return {"meshgate": args.binary, "baseline": args.baseline}.get(name)
+
+
 def start_proxy(name, args, work):
-    if name == "meshgate":
-        cmd = ["taskset", "-c", "0", args.binary, "run", "--concurrency", "1", "-c", meshgate_config(work)]
+    if binary(name, args):
+        cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", meshgate_config(work)]
         port = MESHGATE_PORT
         env = dict(os.environ, MESHGATE_LOG="warn")
     else:
@@ -326,8 +334,8 @@ def run_two_hop(name, args, work):
     """client -> source proxy (plaintext) -> ISTIO_MUTUAL -> gateway -> backend; both proxies
     on core 0, the upstream mTLS connections pooled."""
     gateway, _ = start_proxy(name, args, work)
-    if name == "meshgate":
-        cmd = ["taskset", "-c", "0", args.binary, "run", "--concurrency", "1", "-c", source_config(work)]
+    if binary(name, args):
+        cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", source_config(work)]
         port = OUTBOUND_PORT
         env = dict(os.environ, MESHGATE_LOG="warn")
     else:
@@ -495,16 +503,17 @@ def report(results, args):
         ("two hops, CPU per request, both proxies (µs)", "two_hop", "cpu_us_per_req", "{:.1f}", "lower"),
     ]
     print(f"\n{args.rounds} rounds of {args.duration}s, median; keep-alive with {args.connections} connections, handshakes with {args.handshake_connections}\n")
-    print("| metric | meshgate | nginx | meshgate/nginx |")
+    other = [name for name in results if name != "meshgate"][0]
+    print(f"| metric | meshgate | {other} | meshgate/{other} |")
     print("|---|---|---|---|")
     for label, kind, key, fmt, _better in rows:
-        m, n = med("meshgate", kind, key), med("nginx", kind, key)
+        m, n = med("meshgate", kind, key), med(other, kind, key)
         print(f"| {label} | {fmt.format(m)} | {fmt.format(n)} | {m / n:.2f} |")
-    m, n = med_idle("meshgate"), med_idle("nginx")
+    m, n = med_idle("meshgate"), med_idle(other)
     ratio = f"{m / n:.2f}" if n > 0 else "n/a"
     print(f"| memory per idle mTLS connection (KiB) | {m:.1f} | {n:.1f} | {ratio} |")
     errors = {name: sum(r[k]["errors"] for r in results[name] for k in ("keepalive", "handshake", "two_hop")) for name in results}
-    print(f"\nfailed requests: meshgate {errors['meshgate']}, nginx {errors['nginx']}")
+    print(f"\nfailed requests: meshgate {errors['meshgate']}, {other} {errors[other]}")
     print("\nraw rounds (JSON):")
     print(json.dumps(results, indent=1))
 

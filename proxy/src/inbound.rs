@@ -268,8 +268,8 @@ struct Exchange {
     started: Instant,
     /// What the access log needs, only when there is one.
     log: Option<Box<Logged>>,
-    /// Whether `done` ran.
-    finished: bool,
+    /// When `done` ran.
+    finished: Option<Instant>,
 }
 
 /// The request as the access log shows it, taken before the request moves on, and its
@@ -315,15 +315,16 @@ impl Exchange {
             conn,
             started: Instant::now(),
             log,
-            finished: false,
+            finished: None,
         }
     }
 }
 
 impl Done for Exchange {
     fn done(&mut self, bytes_out: u64, ended: bool, failed: bool) {
-        self.finished = true;
-        let took = self.started.elapsed();
+        let now = Instant::now();
+        self.finished = Some(now);
+        let took = now - self.started;
         self.conn.runtime.metrics.request_duration(took);
         let (Some(log), Some(logged)) = (&self.conn.runtime.access_log, self.log.take()) else {
             return;
@@ -367,10 +368,14 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         // A request dropped before its response head (the client reset the stream or closed
         // the connection) is still timed and logged.
-        if !self.finished {
-            self.done(0, false, false);
-        }
-        self.conn.activity.request_ended();
+        let ended = match self.finished {
+            Some(at) => at,
+            None => {
+                self.done(0, false, false);
+                self.finished.unwrap_or_else(Instant::now)
+            }
+        };
+        self.conn.activity.request_ended(ended);
     }
 }
 

@@ -53,6 +53,8 @@ impl HttpServers {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
+            // hyper's own (30 s unless turned off) would run between requests too.
+            .header_read_timeout(None)
             .max_buf_size(header_bytes)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -64,6 +66,8 @@ impl HttpServers {
         detect
             .http1()
             .timer(TokioTimer::new())
+            // hyper's own (30 s unless turned off) would run between requests too.
+            .header_read_timeout(None)
             .max_buf_size(header_bytes)
             .keep_alive(true);
         detect
@@ -191,9 +195,10 @@ impl Activity {
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub fn request_ended(&self) {
-        let now = self.opened.elapsed().as_millis() as u64;
-        self.idle_since_ms.store(now, Ordering::Release);
+    /// A request ended `at` (the caller's clock reading, to spare another).
+    pub fn request_ended(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.opened).as_millis() as u64;
+        self.idle_since_ms.store(since, Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -223,7 +228,7 @@ impl Activity {
 ///
 /// Bytes read while no request is in flight are a request head. The timer exists only while
 /// such a head is incomplete and the client has sent nothing more, so a head that arrives
-/// whole (the usual case) costs no timer at all. A partial head that arrives pipelined behind
+/// whole and alone (the usual case) costs no timer at all. A partial head that arrives pipelined behind
 /// a request still in flight is left to the idle timeout.
 pub struct HeadTimeout<I> {
     io: I,
@@ -273,7 +278,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
                     // `PRI * HTTP/2.0`: HTTP/2 with prior knowledge.
                     this.timeout = None;
                 } else {
-                    this.in_head = true;
+                    // Bytes that end with the blank line that ends a head complete it (the
+                    // usual request without a body): nothing to time.
+                    this.in_head = !buf.filled()[before..].ends_with(b"\r\n\r\n");
+                    if !this.in_head {
+                        this.deadline = None;
+                    }
                 }
             }
             Poll::Pending if this.in_head => {

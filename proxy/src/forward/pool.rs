@@ -9,6 +9,7 @@
 //! time, so at most that many requests, and connections, at once. Idle connections are closed
 //! after `idleTimeout` by a sweeper per endpoint.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -55,6 +56,9 @@ pub struct UpstreamBackend {
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
 }
+
+/// A connection being opened.
+type Opening<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProxyError>> + Send + 'a>>;
 
 /// One address of a backend and its connections.
 #[derive(Debug)]
@@ -169,6 +173,43 @@ impl UpstreamBackend {
         }
     }
 
+    /// A new HTTP/1.1 connection to `endpoint`, its task spawned.
+    ///
+    /// Boxed, as `open_http2`: connecting and the TLS handshake need a large state, rarely, and
+    /// inline it would make every request's future larger (hyper allocates room for one per
+    /// downstream connection).
+    fn open_http1<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
+    ) -> Opening<'a, http1::SendRequest<RequestBody>> {
+        Box::pin(async move {
+            let io = self.connect(endpoint).await?;
+            let (sender, conn) = http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
+            tokio::spawn(conn);
+            self.start_sweeper(endpoint);
+            Ok(sender)
+        })
+    }
+
+    /// A new HTTP/2 connection to `endpoint`, its task spawned.
+    fn open_http2<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
+    ) -> Opening<'a, http2::SendRequest<RequestBody>> {
+        Box::pin(async move {
+            let io = self.connect(endpoint).await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
+            tokio::spawn(conn);
+            Ok(sender)
+        })
+    }
+
     /// A new connection to `endpoint`, counted.
     async fn connect(
         &self,
@@ -249,12 +290,7 @@ impl UpstreamBackend {
                 },
             }
         }
-        let io = self.connect(endpoint).await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
-        tokio::spawn(conn);
-        self.start_sweeper(endpoint);
+        let mut sender = self.open_http1(endpoint).await?;
         let response = sender
             .send_request(req)
             .await
@@ -280,13 +316,7 @@ impl UpstreamBackend {
         let (mut sender, used) = match shared {
             Some(s) => s,
             None => {
-                let io = self.connect(endpoint).await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
-                tokio::spawn(conn);
+                let sender = self.open_http2(endpoint).await?;
                 let used = Arc::new(AtomicUsize::new(0));
                 *endpoint.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Shared {
                     sender: sender.clone(),
