@@ -336,3 +336,46 @@ async fn an_idle_keep_alive_connection_outlives_hypers_default_header_timeout() 
     assert!(!conn.is_finished(), "the proxy closed the idle connection");
     assert_eq!(h1.get(HOST, "/").await.0, StatusCode::OK);
 }
+
+/// HTTP starts when the client first sends something: a connection opened ahead of need is
+/// served whenever its first request comes, and closed by the idle timeout if none does.
+#[tokio::test]
+async fn a_connection_that_has_sent_nothing_yet_is_served_later_or_closed_when_idle() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{idleTimeout: 600ms}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[alpn]);
+        let silent = client.connect(addr, HOST).await.unwrap();
+        let opened = std::time::Instant::now();
+
+        // A pause after the handshake, then requests.
+        let tls = client.connect(addr, HOST).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut sender = if alpn == b"h2" {
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(tls),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            Sender::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Sender::H1(send)
+        };
+        for _ in 0..2 {
+            assert_eq!(sender.get(HOST, "/").await.0, StatusCode::OK, "{alpn:?}");
+        }
+
+        // The silent one goes at the idle timeout, counted from the handshake.
+        closed_by_server(silent).await;
+        assert!(opened.elapsed() >= std::time::Duration::from_millis(600));
+    }
+    support::eventually("no connection left open", || active(&proxy)).await;
+}

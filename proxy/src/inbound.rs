@@ -127,7 +127,7 @@ async fn serve<I>(
     watch: Watch,
 ) -> Result<(), crate::serve::ServeError>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: crate::serve::Downstream,
 {
     let runtime = conn.runtime.clone();
     let activity = conn.activity.clone();

@@ -22,7 +22,9 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use meshgate_config::model::Limits;
@@ -98,7 +100,7 @@ impl HttpServers {
         drain: Watch,
     ) -> Result<(), ServeError>
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: Downstream,
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<ServeError>,
@@ -112,6 +114,18 @@ impl HttpServers {
                 None => std::future::pending().await,
             }
         };
+        tokio::pin!(idle);
+        let mut drain = drain;
+        let mut io = io;
+        // No HTTP state exists until the client sends something: hyper allocates its buffers
+        // (16 KiB for HTTP/1.1) and room for a request as soon as it starts, and a connection
+        // opened ahead of need, as pools and browsers open them, may idle for a long time.
+        tokio::select! {
+            biased;
+            sent = io.first_bytes() => sent?,
+            () = drain.signaled() => return Ok(()),
+            () = &mut idle => return Ok(()),
+        }
         // HTTP/2 (by ALPN) has no request heads to time here; plaintext may turn out to be
         // HTTP/2 with prior knowledge, which `HeadTimeout` recognises by its preface.
         let timed = version != Some(HttpVersion::Http2);
@@ -330,5 +344,32 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A downstream connection, plaintext or TLS, that can wait for the client's first bytes
+/// without reading them.
+pub trait Downstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves once the client has sent something (or closed): at once when the TLS layer
+    /// already holds data that arrived with the end of the handshake.
+    fn first_bytes(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Downstream for TcpStream {
+    async fn first_bytes(&mut self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl Downstream for TlsStream<TcpStream> {
+    async fn first_bytes(&mut self) -> std::io::Result<()> {
+        let (tcp, tls) = self.get_mut();
+        // Records read with the handshake's last flight (a client often sends its request
+        // right behind its Finished) are in rustls already; the socket may have nothing more.
+        let state = tls.process_new_packets().map_err(std::io::Error::other)?;
+        if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+            return Ok(());
+        }
+        tcp.readable().await
     }
 }

@@ -89,7 +89,10 @@ pub async fn handshake(
     servers: &[ServerHost],
     timeout: Duration,
 ) -> Result<(TlsStream<TcpStream>, PeerIdentity, HttpVersion), PeerError> {
-    match tokio::time::timeout(timeout, handshake_inner(stream, configs, servers)).await {
+    // Boxed: the handshake's state is large and needed only until it ends; inline it would sit
+    // in every connection's task for the connection's whole life, beside the HTTP state.
+    let inner = Box::pin(handshake_inner(stream, configs, servers));
+    match tokio::time::timeout(timeout, inner).await {
         Ok(result) => result,
         Err(_) => Err(PeerError::Timeout),
     }
