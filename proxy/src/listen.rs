@@ -1,5 +1,5 @@
-//! Accept: bind a listener (reuseaddr, reuseport, backlog) and hand each accepted stream, with
-//! nodelay set, to a handler until shutdown.
+//! Accept: bind a listener (reuseaddr, backlog; deliberately no reuseport, see the README) and
+//! hand each accepted stream, with nodelay set, to a handler until shutdown.
 
 use std::net::SocketAddr;
 use std::time::Duration;
