@@ -445,10 +445,12 @@ impl Family {
             .retain(|_, counts| Arc::strong_count(counts) > 1);
     }
 
-    /// The series now, so that rendering does not hold the lock.
+    /// The series some configuration holds now (not those of a configuration that failed to
+    /// build, nor of one gone since), copied so that rendering does not hold the lock.
     fn snapshot(&self) -> Vec<(String, Counts)> {
         self.lock()
             .iter()
+            .filter(|(_, v)| Arc::strong_count(v) > 1)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -523,7 +525,8 @@ mod tests {
         family.retain_used();
         assert_eq!(family.snapshot().len(), 1, "still held");
         drop(again);
+        assert!(family.snapshot().is_empty(), "shown while nobody holds it");
         family.retain_used();
-        assert!(family.snapshot().is_empty());
+        assert!(family.lock().is_empty());
     }
 }
