@@ -7,9 +7,9 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -163,15 +163,79 @@ where
     C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
-    tokio::pin!(idle);
+    let stop = async {
+        tokio::select! {
+            () = drain.signaled() => {}
+            () = idle => debug!("idle timeout: closing the connection"),
+        }
+    };
+    tokio::pin!(stop);
+    let mut stop = Gated::new(stop);
     tokio::select! {
         biased;
         done = &mut conn => return done,
-        () = drain.signaled() => {}
-        () = &mut idle => debug!("idle timeout: closing the connection"),
+        () = &mut stop => {}
     }
     shutdown(conn.as_mut());
     conn.await
+}
+
+/// Polls `inner` only when its own waker has fired since it was last polled (and the first
+/// time). Beside a connection in one task, the drain signal and the idle timer are then
+/// polled on their own wake-ups only, not on each of the connection's.
+struct Gated<F> {
+    inner: F,
+    flag: Arc<Flag>,
+}
+
+/// The waker `Gated` gives its future: it raises the flag and wakes the task.
+struct Flag {
+    woken: AtomicBool,
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl<F> Gated<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner,
+            flag: Arc::new(Flag {
+                woken: AtomicBool::new(true),
+                task: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = &*self.task.lock().unwrap_or_else(|p| p.into_inner()) {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        {
+            let mut task = this.flag.task.lock().unwrap_or_else(|p| p.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let waker = Waker::from(this.flag.clone());
+        Pin::new(&mut this.inner).poll(&mut Context::from_waker(&waker))
+    }
 }
 
 /// One connection's requests in flight and since when it has had none: the clock of
@@ -371,5 +435,43 @@ impl Downstream for TlsStream<TcpStream> {
             return Ok(());
         }
         tcp.readable().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts its polls and keeps the waker it was given.
+    struct Probe {
+        polls: usize,
+        waker: Option<Waker>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls += 1;
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_gated_future_is_polled_on_its_own_wake_ups_only() {
+        let mut gated = Gated::new(Probe {
+            polls: 0,
+            waker: None,
+        });
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..5 {
+            assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        }
+        assert_eq!(gated.inner.polls, 1, "polled although nothing woke it");
+        gated.inner.waker.take().unwrap().wake();
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        assert_eq!(gated.inner.polls, 2);
     }
 }
