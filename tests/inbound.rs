@@ -625,13 +625,7 @@ async fn the_access_log_has_a_json_line_per_request_and_refused_handshake() {
         .await
         .is_err());
 
-    let path = proxy.dir.path().join("access.log");
-    let read = || std::fs::read_to_string(&path).unwrap_or_default();
-    support::eventually("three access log lines", || read().lines().count() == 3).await;
-    let lines: Vec<serde_json::Value> = read()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = support::json_lines(&proxy.dir.path().join("access.log"), 3).await;
     let ok = lines
         .iter()
         .find(|l| l["status"] == 200)
@@ -718,13 +712,7 @@ async fn the_access_log_counts_body_bytes_to_the_end_and_flags_cut_short_respons
     drop((body, send));
     conn.abort();
 
-    let path = proxy.dir.path().join("access.log");
-    let read = || std::fs::read_to_string(&path).unwrap_or_default();
-    support::eventually("three access log lines", || read().lines().count() == 3).await;
-    let lines: Vec<serde_json::Value> = read()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = support::json_lines(&proxy.dir.path().join("access.log"), 3).await;
     let post = lines.iter().find(|l| l["method"] == "POST").unwrap();
     assert_eq!(post["bytes_in"], 5000);
     assert_eq!(post["bytes_out"], echoed.len() as u64);

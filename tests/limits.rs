@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::client::Client;
+use support::client::{Client, Conn};
 use support::pki::Pki;
 use support::proxy::{echo, gateway_yaml, route_to, Proxy};
 
@@ -157,26 +157,7 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         let client = Client::new(Some(&caller), &pki.root.cert_pem, &[alpn]);
         let tls = client.connect(addr, HOST).await.unwrap();
         let opened = std::time::Instant::now();
-        let (mut send, conn) = if alpn == b"h2" {
-            let (send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                TokioIo::new(tls),
-            )
-            .await
-            .unwrap();
-            (
-                Sender::H2(send),
-                tokio::spawn(async move { conn.await.is_ok() }),
-            )
-        } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            (
-                Sender::H1(send),
-                tokio::spawn(async move { conn.await.is_ok() }),
-            )
-        };
+        let (mut send, conn) = Conn::open(tls, alpn == b"h2").await;
         // A response head that takes longer than the idle timeout, then a body that streams
         // for longer than it: the connection is busy throughout, and stays open.
         let r = send.get(HOST, "/delay/600").await;
@@ -205,39 +186,6 @@ fn echo_address() -> std::net::SocketAddr {
     // Kept running for the whole test binary: an echo per test would be dropped here.
     static ECHO: std::sync::OnceLock<meshgate_proxy::echo::Echo> = std::sync::OnceLock::new();
     ECHO.get_or_init(echo).address
-}
-
-/// An HTTP/1.1 or HTTP/2 client connection.
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-impl Sender {
-    /// GETs `path` from `authority` and reads the whole body.
-    async fn get(&mut self, authority: &str, path: &str) -> (StatusCode, Bytes) {
-        use http_body_util::BodyExt;
-        let response = match self {
-            Sender::H1(s) => {
-                let req = Request::get(path)
-                    .header("host", authority)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                s.send_request(req).await.unwrap()
-            }
-            Sender::H2(s) => {
-                let req = Request::get(format!("https://{authority}{path}"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                s.send_request(req).await.unwrap()
-            }
-        };
-        let status = response.status();
-        (
-            status,
-            response.into_body().collect().await.unwrap().to_bytes(),
-        )
-    }
 }
 
 #[tokio::test]
@@ -295,15 +243,7 @@ async fn on_plaintext_the_header_timeout_cuts_http1_heads_and_leaves_http2_alone
 
     // HTTP/2 with prior knowledge: frames flow while no request is in flight (its preface,
     // SETTINGS), none of them a request head.
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let mut h2 = Sender::H2(send);
+    let (mut h2, _conn) = Conn::open(TcpStream::connect(addr).await.unwrap(), true).await;
     for _ in 0..2 {
         assert_eq!(h2.get(HOST, "/").await.0, StatusCode::OK);
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
@@ -325,12 +265,7 @@ async fn an_idle_keep_alive_connection_outlives_hypers_default_header_timeout() 
     let addr = proxy.addr(443);
     let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
-    let tls = client.connect(addr, HOST).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut h1 = Sender::H1(send);
+    let (mut h1, conn) = Conn::open(client.connect(addr, HOST).await.unwrap(), false).await;
     assert_eq!(h1.get(HOST, "/").await.0, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_secs(31)).await;
     assert!(!conn.is_finished(), "the proxy closed the idle connection");
@@ -353,22 +288,7 @@ async fn a_connection_that_has_sent_nothing_yet_is_served_later_or_closed_when_i
         // A pause after the handshake, then requests.
         let tls = client.connect(addr, HOST).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let mut sender = if alpn == b"h2" {
-            let (send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                TokioIo::new(tls),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
-            Sender::H2(send)
-        } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            Sender::H1(send)
-        };
+        let (mut sender, _conn) = Conn::open(tls, alpn == b"h2").await;
         for _ in 0..2 {
             assert_eq!(sender.get(HOST, "/").await.0, StatusCode::OK, "{alpn:?}");
         }

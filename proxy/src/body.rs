@@ -84,10 +84,8 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(counted)) = (&frame, &this.counted) {
-            if let Some(data) = f.data_ref() {
-                counted.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+        if let Some(counted) = &this.counted {
+            counted.fetch_add(data_len(&frame), Ordering::Relaxed);
         }
         frame
     }
@@ -141,13 +139,9 @@ impl<D: Done + Unpin> Body for Tracked<D> {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
+        this.bytes += data_len(&frame);
         match &frame {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(data) = f.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-                this.ended = this.body.is_end_stream();
-            }
+            Poll::Ready(Some(Ok(_))) => this.ended = this.body.is_end_stream(),
             Poll::Ready(Some(Err(_))) => this.failed = true,
             Poll::Ready(None) => this.ended = true,
             Poll::Pending => {}
@@ -167,5 +161,13 @@ impl<D: Done + Unpin> Body for Tracked<D> {
 impl<D: Done> Drop for Tracked<D> {
     fn drop(&mut self) {
         self.done.done(self.bytes, self.ended, self.failed);
+    }
+}
+
+/// The data bytes a polled frame carries (0 for trailers, errors and the end).
+fn data_len<E>(frame: &Poll<Option<Result<Frame<Bytes>, E>>>) -> u64 {
+    match frame {
+        Poll::Ready(Some(Ok(f))) => f.data_ref().map_or(0, |d| d.len() as u64),
+        _ => 0,
     }
 }

@@ -267,3 +267,59 @@ pub async fn plain_get(
         .await
         .map_err(|_| "timed out".to_string())?
 }
+
+/// One HTTP/1.1 or HTTP/2 client connection kept open across requests, over any stream.
+pub enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Conn {
+    /// The HTTP handshake over `io` (HTTP/2 when `h2`), and the connection's task, which ends
+    /// `true` when the server closed the connection cleanly.
+    pub async fn open<I>(io: I, h2: bool) -> (Self, tokio::task::JoinHandle<bool>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            (
+                Conn::H2(send),
+                tokio::spawn(async move { conn.await.is_ok() }),
+            )
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            (
+                Conn::H1(send),
+                tokio::spawn(async move { conn.await.is_ok() }),
+            )
+        }
+    }
+
+    /// GETs `path` from `authority` and reads the whole body.
+    pub async fn get(&mut self, authority: &str, path: &str) -> (StatusCode, Bytes) {
+        let response = match self {
+            Conn::H1(s) => {
+                let req = Request::get(path)
+                    .header("host", authority)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Conn::H2(s) => {
+                let req = Request::get(format!("https://{authority}{path}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        };
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+}

@@ -54,3 +54,16 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Waits until the JSON-lines file at `path` has `n` lines, and parses them.
+pub async fn json_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    eventually(&format!("{n} lines in {}", path.display()), || {
+        read().lines().count() == n
+    })
+    .await;
+    read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
