@@ -224,9 +224,12 @@ impl<F: Future + Unpin> Future for Gated<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+        // A load, not a swap, on the common path. A wake-up between the load and the store is
+        // not lost: the inner future is polled after the store.
+        if !this.flag.woken.load(Ordering::Acquire) {
             return Poll::Pending;
         }
+        this.flag.woken.store(false, Ordering::Release);
         {
             let mut task = this.flag.task.lock().unwrap_or_else(|p| p.into_inner());
             if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
