@@ -657,17 +657,19 @@ async fn the_access_log_has_a_json_line_per_request_and_refused_handshake() {
 }
 
 #[tokio::test]
-async fn the_access_log_counts_body_bytes_to_the_end_and_flags_cut_short_responses() {
+async fn the_access_log_counts_body_bytes_to_the_end_and_flags_responses_cut_short() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     let pki = pki();
     let backend = echo();
     let gap = std::time::Duration::from_millis(100);
     let slow = support::proxy::slow_backend("tick", 4, gap).await;
+    let broken = support::proxy::broken_backend("half").await;
     let yaml = gateway_yaml(&format!(
-        "{}{}",
+        "{}{}{}",
         route_to(HOST, backend.address),
-        route_to("slow.example-target.com", slow)
+        route_to("slow.example-target.com", slow),
+        route_to("broken.example-target.com", broken)
     ))
     .replacen("  listen:", "  accessLog: {path: access.log}\n  listen:", 1);
     let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
@@ -712,7 +714,16 @@ async fn the_access_log_counts_body_bytes_to_the_end_and_flags_cut_short_respons
     drop((body, send));
     conn.abort();
 
-    let lines = support::json_lines(&proxy.dir.path().join("access.log"), 3).await;
+    // An upstream that breaks off in the middle of its body: the client's body fails too.
+    let (mut send, _conn) = connect().await;
+    let req = http::Request::get("https://broken.example-target.com/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = send.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.into_body().collect().await.is_err());
+
+    let lines = support::json_lines(&proxy.dir.path().join("access.log"), 4).await;
     let post = lines.iter().find(|l| l["method"] == "POST").unwrap();
     assert_eq!(post["bytes_in"], 5000);
     assert_eq!(post["bytes_out"], echoed.len() as u64);
@@ -734,6 +745,12 @@ async fn the_access_log_counts_body_bytes_to_the_end_and_flags_cut_short_respons
     assert_eq!(cut["status"], 200);
     assert_eq!(cut["response_flags"], "DC", "{cut}");
     assert!(cut["bytes_out"].as_u64().unwrap() < 16, "{cut}");
+    let broken = lines
+        .iter()
+        .find(|l| l["authority"] == "broken.example-target.com")
+        .unwrap();
+    assert_eq!(broken["response_flags"], "UR", "{broken}");
+    assert_eq!(broken["bytes_out"], 4, "{broken}");
 }
 
 #[tokio::test]
