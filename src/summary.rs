@@ -40,6 +40,18 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
     if let Some(a) = model.proxy.admin {
         let _ = writeln!(out, "  admin: {a}");
     }
+    let l = &model.proxy.limits;
+    let _ = writeln!(
+        out,
+        "  limits: handshake {:?}, request head {:?}, idle {}, request head size {} bytes, {} connections per listener, {} HTTP/2 streams",
+        l.handshake_timeout,
+        l.request_header_timeout,
+        l.idle_timeout.map_or("never".into(), |d| format!("{d:?}")),
+        l.max_request_header_bytes,
+        l.max_connections_per_listener
+            .map_or("unlimited".into(), |n| n.to_string()),
+        l.http2_max_concurrent_streams,
+    );
     for l in &model.listeners {
         let tls = match &l.tls {
             Some(t) => format!(
@@ -112,11 +124,6 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             out,
             "backend {}:{} {:?} {tls} {:?} -> {endpoints} [{source}{policy}]",
             b.host, b.port, b.protocol, b.policy.load_balancer
-        );
-        let _ = writeln!(
-            out,
-            "backend {}:{} {:?} -> {endpoints} [{source}]",
-            b.host, b.port, b.protocol
         );
     }
     out

@@ -127,6 +127,11 @@ fn check_refuses_identity_files_that_do_not_fit() {
         "{}",
         text(&ok)
     );
+    assert!(
+        text(&ok).contains("limits: handshake 10s, request head 30s, idle 3600s, request head size 65536 bytes, unlimited connections per listener, 1024 HTTP/2 streams"),
+        "{}",
+        text(&ok)
+    );
 
     // A key from another workload.
     let other = pki.workload(
@@ -188,7 +193,16 @@ fn every_example_passes_check() {
             example.display(),
             text(&out)
         );
-        assert!(text(&out).contains("configuration OK"));
+        let summary = text(&out);
+        assert!(summary.contains("configuration OK"));
+        // Each backend once.
+        let backends: Vec<&str> = summary
+            .lines()
+            .filter(|l| l.starts_with("backend "))
+            .collect();
+        let mut unique = backends.clone();
+        unique.dedup_by_key(|l| l.split(' ').nth(1));
+        assert_eq!(backends.len(), unique.len(), "{summary}");
         checked += 1;
     }
     assert!(
