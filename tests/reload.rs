@@ -344,3 +344,51 @@ async fn a_kubernetes_secret_volume_swap_rotates_the_identity() {
     };
     tokio::join!(watcher, scenario);
 }
+
+#[tokio::test]
+async fn a_broken_or_expired_new_identity_keeps_the_old_one_serving() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let proxy = support::proxy::Proxy::start(
+        &config("ok", false),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let serial = serial_of(&client.connect(addr, HOST).await.unwrap());
+    let certs = proxy.dir.path().join("certs");
+    let config_file = proxy.dir.path().join("config.yaml");
+
+    let mut expired = meshgate_pki::LeafSpec::spiffe(GATEWAY_ID);
+    expired.not_before = meshgate_pki::OffsetDateTime::now_utc() - meshgate_pki::Duration::days(2);
+    expired.not_after = meshgate_pki::OffsetDateTime::now_utc() - meshgate_pki::Duration::days(1);
+    // An expired leaf, then a chain file that does not parse.
+    for (i, expect) in ["expired", "cert-chain.pem"].into_iter().enumerate() {
+        if i == 0 {
+            pki.leaf("example-target.com", &expired)
+                .write(&certs)
+                .unwrap();
+        } else {
+            let garbage = "-----BEGIN CERTIFICATE-----\nnot base64\n";
+            std::fs::write(certs.join("cert-chain.pem"), garbage).unwrap();
+        }
+        let model = meshgate_config::load(std::slice::from_ref(&config_file)).unwrap();
+        let err = proxy.running.reload(model).await.unwrap_err().to_string();
+        assert!(
+            err.contains("cert-chain.pem") && err.contains(expect),
+            "{err}"
+        );
+        // The identity in use still serves, to new connections too.
+        let tls = client.connect(addr, HOST).await.unwrap();
+        assert_eq!(serial_of(&tls), serial);
+        let r = client.get(addr, HOST, HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let metrics = proxy.running.metrics.render();
+        let failures = format!(
+            "meshgate_config_reloads_total{{result=\"failure\"}} {}",
+            i + 1
+        );
+        assert!(metrics.contains(&failures), "{metrics}");
+    }
+}

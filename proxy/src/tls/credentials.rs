@@ -1,8 +1,8 @@
 //! Our own identity, in Istio's file-mounted layout: `cert-chain.pem` (leaf first), `key.pem`
 //! and `root-cert.pem` (the trust bundle, one or more roots).
 //!
-//! Refuses a chain whose leaf is not an X509-SVID, a key that does not match the leaf, and an
-//! empty or unparsable bundle, naming the file.
+//! Refuses a chain whose leaf is not an X509-SVID, a chain with an expired certificate, a key
+//! that does not match the leaf, and an empty or unparsable bundle, naming the file.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -54,6 +54,27 @@ impl Credentials {
                 identity_error(&files.cert_chain, format!("leaf is not an X509-SVID: {e}"))
             })?
             .spiffe_id;
+        // Peers would refuse an expired chain: a rotation to one is refused instead, and the
+        // identity in use keeps serving.
+        for (i, der) in chain.iter().enumerate() {
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
+                let not_after = cert.validity().not_after;
+                if not_after.timestamp() < now_unix() {
+                    let which = if i == 0 {
+                        "the leaf"
+                    } else {
+                        "an intermediate"
+                    };
+                    return Err(identity_error(
+                        &files.cert_chain,
+                        format!(
+                            "{which} expired at {}",
+                            not_after.to_rfc2822().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
         let mut roots = RootCertStore::empty();
         let root_ders = read_certs(&files.root_certs)?;
         for cert in root_ders.iter().cloned() {
@@ -142,4 +163,10 @@ fn identity_error(path: &Path, message: String) -> StartError {
         path: path.to_path_buf(),
         message,
     }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
