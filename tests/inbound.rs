@@ -540,8 +540,8 @@ async fn admin_shows_the_effective_config_and_certificates_without_keys() {
         .unwrap();
     let stats = String::from_utf8_lossy(&stats.body).into_owned();
     for line in [
-        "meshgate_request_duration_seconds_count 1".to_string(),
-        "meshgate_request_duration_seconds_bucket{le=\"+Inf\"} 1".to_string(),
+        "meshgate_request_duration_seconds_count{listener=\"https\",origin=\"remote\"} 1".to_string(),
+        "meshgate_request_duration_seconds_bucket{listener=\"https\",origin=\"remote\",le=\"+Inf\"} 1".to_string(),
         "meshgate_upstream_connections_total{backend=\"httpbin.backend.internal:80\",result=\"success\"} 1".to_string(),
         "meshgate_upstream_connections_total{backend=\"httpbin.backend.internal:80\",result=\"failure\"} 0".to_string(),
         "meshgate_upstream_idle_connections{backend=\"httpbin.backend.internal:80\"} 1".to_string(),

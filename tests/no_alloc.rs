@@ -118,15 +118,20 @@ fn authorize_route_and_count_allocate_nothing() {
         let chosen = route(listener, &request).map(|r| r.index);
         assert!(chosen.is_some());
         counters.request(0, chosen, Some(Origin::Remote), td, 200);
-        metrics.request_duration(std::time::Duration::from_micros(300));
+        counters.request_duration(
+            0,
+            Some(Origin::Remote),
+            std::time::Duration::from_micros(300),
+        );
     }
     let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(allocated, 0, "{allocated} allocations in 1000 decisions");
     let rendered = metrics.render();
-    assert!(
-        rendered.contains(
-            r#"meshgate_requests_total{origin="remote",source_trust_domain="other",code="200"} 1000"#
-        ),
-        "{rendered}"
-    );
+    for series in [
+        r#"meshgate_requests_total{origin="remote",source_trust_domain="other",code="200"} 1000"#,
+        r#"meshgate_request_duration_seconds_bucket{listener="http",origin="remote",le="0.001"} 1000"#,
+        r#"meshgate_request_duration_seconds_count{listener="http",origin="remote"} 1000"#,
+    ] {
+        assert!(rendered.contains(series), "{series}\n{rendered}");
+    }
 }

@@ -325,7 +325,10 @@ impl Done for Exchange {
         let now = Instant::now();
         self.finished = Some(now);
         let took = now - self.started;
-        self.conn.runtime.metrics.request_duration(took);
+        self.conn
+            .runtime
+            .counters
+            .request_duration(self.conn.listener, self.conn.origin, took);
         let (Some(log), Some(logged)) = (&self.conn.runtime.access_log, self.log.take()) else {
             return;
         };

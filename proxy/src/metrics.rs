@@ -1,9 +1,10 @@
 //! Counters, lock-free and allocation-free on the request path, rendered in the Prometheus text
 //! format at `/stats/prometheus`.
 //!
-//! Two kinds of series. Fixed ones (handshakes, reloads, connections, the duration histogram)
-//! live in `Metrics` for the life of the process. Series whose labels come from the
-//! configuration (trust domains, listeners and routes, backends) live in a `Family`: a
+//! Two kinds of series. Fixed ones (handshakes, reloads, connections) live in `Metrics` for the
+//! life of the process. Series whose labels come from the
+//! configuration (trust domains, listeners and routes, backends, and the duration histograms by
+//! listener) live in a `Family`: a
 //! configuration takes its series from the family when it is built (`ModelCounters::new`, a
 //! lock then, never per request), and a series the old and the new configuration both name is
 //! the same counters — a reload neither resets nor loses a count, even for requests still
@@ -35,17 +36,15 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
-    /// Request durations (request head to the end of the response): one counter per bucket of
-    /// `BUCKETS_MS`, then the sum in microseconds and the count.
-    duration_buckets: [AtomicU64; BUCKETS_MS.len()],
-    duration_sum_us: AtomicU64,
-    duration_count: AtomicU64,
     /// `meshgate_requests_total`, per source trust domain: origin x status code.
     trust_domains: Family,
     /// `meshgate_route_requests_total`, per listener and route: origin x code class.
     routes: Family,
     /// `meshgate_upstream_connections_total`, per backend: made, failed.
     upstreams: Family,
+    /// `meshgate_request_duration_seconds`, per listener: for each origin, one counter per
+    /// bucket of `BUCKETS_MS`, then the sum in microseconds and the count.
+    durations: Family,
 }
 
 /// What one configuration counts into: its series, taken from the families once, in lists the
@@ -58,6 +57,8 @@ pub struct ModelCounters {
     routes: Vec<Box<[Counts]>>,
     /// Per backend of the model.
     upstreams: Vec<UpstreamCounts>,
+    /// Per listener of the model.
+    durations: Vec<Counts>,
 }
 
 /// One backend's connection counters.
@@ -95,12 +96,10 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
-            duration_buckets: Default::default(),
-            duration_sum_us: AtomicU64::new(0),
-            duration_count: AtomicU64::new(0),
             trust_domains: Family::new(ORIGINS.len() * CODES),
             routes: Family::new(ORIGINS.len() * CLASSES),
             upstreams: Family::new(2),
+            durations: Family::new(ORIGINS.len() * SLOTS),
         }
     }
 
@@ -122,17 +121,6 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.handshakes_rejected[i].load(Ordering::Relaxed))
-    }
-
-    /// Adds a request's time, from its head to the end of its response, to the histogram.
-    pub fn request_duration(&self, took: Duration) {
-        let ms = took.as_millis() as u64;
-        if let Some(b) = BUCKETS_MS.iter().position(|le| ms <= *le) {
-            self.duration_buckets[b].fetch_add(1, Ordering::Relaxed);
-        }
-        self.duration_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection closed at accept because its listener is full.
@@ -215,28 +203,34 @@ impl Metrics {
             &mut out,
             "meshgate_request_duration_seconds",
             "histogram",
-            "From the request head to the end of the response.",
+            "From the request head to the end of the response, by listener and caller origin.",
         );
-        let mut cumulative = 0;
-        for (le, c) in BUCKETS_MS.iter().zip(&self.duration_buckets) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "meshgate_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *le as f64 / 1000.0
-            );
+        for (labels, counts) in self.durations.snapshot() {
+            for (o, origin) in ORIGINS.iter().enumerate() {
+                let slots = &counts[o * SLOTS..(o + 1) * SLOTS];
+                let count = slots[SLOTS - 1].load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let series = format!("{labels},origin=\"{origin}\"");
+                let mut cumulative = 0;
+                for (le, c) in BUCKETS_MS.iter().zip(slots) {
+                    cumulative += c.load(Ordering::Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "meshgate_request_duration_seconds_bucket{{{series},le=\"{}\"}} {cumulative}",
+                        *le as f64 / 1000.0
+                    );
+                }
+                let sum = slots[SLOTS - 2].load(Ordering::Relaxed) as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "meshgate_request_duration_seconds_bucket{{{series},le=\"+Inf\"}} {count}\n\
+                     meshgate_request_duration_seconds_sum{{{series}}} {sum}\n\
+                     meshgate_request_duration_seconds_count{{{series}}} {count}"
+                );
+            }
         }
-        let count = self.duration_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "meshgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "meshgate_request_duration_seconds_sum {}",
-            self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "meshgate_request_duration_seconds_count {count}");
 
         header(
             &mut out,
@@ -297,7 +291,12 @@ impl ModelCounters {
     /// Takes the series `model` names from the families of `metrics` (creating those it is
     /// the first to name), after dropping those no configuration holds any more.
     pub fn new(metrics: &Metrics, model: &Model) -> Self {
-        for family in [&metrics.trust_domains, &metrics.routes, &metrics.upstreams] {
+        for family in [
+            &metrics.trust_domains,
+            &metrics.routes,
+            &metrics.upstreams,
+            &metrics.durations,
+        ] {
             family.retain_used();
         }
         let trust_domains = trust_domain_labels(&model.trust)
@@ -341,10 +340,16 @@ impl ModelCounters {
                 UpstreamCounts(metrics.upstreams.series(labels(&[("backend", &name)])))
             })
             .collect();
+        let durations = model
+            .listeners
+            .iter()
+            .map(|l| metrics.durations.series(labels(&[("listener", &l.name)])))
+            .collect();
         Self {
             trust_domains,
             routes,
             upstreams,
+            durations,
         }
     }
 
@@ -381,6 +386,21 @@ impl ModelCounters {
         if let Some(counts) = series {
             counts[origin * CLASSES + status / 100 - 1].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Adds a request's time, from its head to the end of its response, to the histogram of
+    /// its listener and origin.
+    pub fn request_duration(&self, listener: usize, origin: Option<Origin>, took: Duration) {
+        let Some(counts) = self.durations.get(listener) else {
+            return;
+        };
+        let slots = &counts[origin_index(origin) * SLOTS..][..SLOTS];
+        let ms = took.as_millis() as u64;
+        if let Some(b) = BUCKETS_MS.iter().position(|le| ms <= *le) {
+            slots[b].fetch_add(1, Ordering::Relaxed);
+        }
+        slots[SLOTS - 2].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        slots[SLOTS - 1].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The connection counters of backend `i` of the model.
@@ -488,6 +508,8 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Upper bounds of the duration histogram's buckets, in milliseconds.
 const BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+/// Counters per origin in a duration histogram: the buckets, the sum (µs), the count.
+const SLOTS: usize = BUCKETS_MS.len() + 2;
 
 /// The `origin` label values, by `origin_index`.
 const ORIGINS: [&str; 3] = ["none", "local", "remote"];
