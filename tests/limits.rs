@@ -299,3 +299,63 @@ async fn a_connection_that_has_sent_nothing_yet_is_served_later_or_closed_when_i
     }
     support::eventually("no connection left open", || active(&proxy)).await;
 }
+
+/// Writes `bytes` one at a time, `gap` apart, until the server closes the connection; returns
+/// how many it took, or `None` if all of them went through.
+async fn trickle<S>(stream: S, bytes: &[u8], gap: std::time::Duration) -> Option<usize>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut read, mut write) = tokio::io::split(stream);
+    let mut closed = Box::pin(async move {
+        let mut buf = [0u8; 512];
+        while !matches!(read.read(&mut buf).await, Ok(0) | Err(_)) {}
+    });
+    for (i, b) in bytes.iter().enumerate() {
+        tokio::select! {
+            () = &mut closed => return Some(i),
+            () = tokio::time::sleep(gap) => {}
+        }
+        if write.write_all(&[*b]).await.is_err() {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_trickle_does_not_stretch_the_timeouts() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(
+        &pki,
+        "{handshakeTimeout: 300ms, requestHeaderTimeout: 300ms}",
+    )
+    .await;
+    let addr = proxy.addr(443);
+    let gap = std::time::Duration::from_millis(50);
+
+    // Before the handshake: a ClientHello's first bytes, one every 50 ms, for up to 3 s.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(60, 0);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let sent = trickle(tcp, &hello, gap).await;
+    assert!(
+        sent.is_some_and(|n| n < 30),
+        "still open after {sent:?} bytes"
+    );
+
+    // After it: a request head, one byte every 50 ms.
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let tls = client.connect(addr, HOST).await.unwrap();
+    let mut head = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\nx-padding: ").into_bytes();
+    head.resize(60, b'a');
+    let sent = trickle(tls, &head, gap).await;
+    assert!(
+        sent.is_some_and(|n| n < 30),
+        "still open after {sent:?} bytes"
+    );
+    support::eventually("no connection left open", || active(&proxy)).await;
+}
