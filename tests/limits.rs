@@ -157,7 +157,7 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         let client = Client::new(Some(&caller), &pki.root.cert_pem, &[alpn]);
         let tls = client.connect(addr, HOST).await.unwrap();
         let opened = std::time::Instant::now();
-        let (mut send, conn) = Conn::open(tls, alpn == b"h2").await;
+        let (mut send, conn) = Conn::open(tls, alpn == b"h2").await.unwrap();
         // A response head that takes longer than the idle timeout, then a body that streams
         // for longer than it: the connection is busy throughout, and stays open.
         let r = send.get(HOST, "/delay/600").await;
@@ -243,7 +243,9 @@ async fn on_plaintext_the_header_timeout_cuts_http1_heads_and_leaves_http2_alone
 
     // HTTP/2 with prior knowledge: frames flow while no request is in flight (its preface,
     // SETTINGS), none of them a request head.
-    let (mut h2, _conn) = Conn::open(TcpStream::connect(addr).await.unwrap(), true).await;
+    let (mut h2, _conn) = Conn::open(TcpStream::connect(addr).await.unwrap(), true)
+        .await
+        .unwrap();
     for _ in 0..2 {
         assert_eq!(h2.get(HOST, "/").await.0, StatusCode::OK);
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
@@ -265,7 +267,9 @@ async fn an_idle_keep_alive_connection_outlives_hypers_default_header_timeout() 
     let addr = proxy.addr(443);
     let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
-    let (mut h1, conn) = Conn::open(client.connect(addr, HOST).await.unwrap(), false).await;
+    let (mut h1, conn) = Conn::open(client.connect(addr, HOST).await.unwrap(), false)
+        .await
+        .unwrap();
     assert_eq!(h1.get(HOST, "/").await.0, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_secs(31)).await;
     assert!(!conn.is_finished(), "the proxy closed the idle connection");
@@ -288,7 +292,7 @@ async fn a_connection_that_has_sent_nothing_yet_is_served_later_or_closed_when_i
         // A pause after the handshake, then requests.
         let tls = client.connect(addr, HOST).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let (mut sender, _conn) = Conn::open(tls, alpn == b"h2").await;
+        let (mut sender, _conn) = Conn::open(tls, alpn == b"h2").await.unwrap();
         for _ in 0..2 {
             assert_eq!(sender.get(HOST, "/").await.0, StatusCode::OK, "{alpn:?}");
         }

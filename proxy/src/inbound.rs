@@ -144,14 +144,16 @@ async fn handle_request(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Tracked<Exchange>>, Infallible> {
-    let mut exchange = Exchange::start(conn.clone(), &req);
+    let mut exchange = Exchange::start(conn, &req);
+    // The exchange owns the connection's handle from here: no second one per request.
+    let conn = &*exchange.conn;
     let model = &conn.runtime.model;
     tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
     let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
     let req = req.map(|body| RequestBody::new(body, bytes_in));
     let mut chosen = Chosen::default();
     let mut flag = "-";
-    let response = match route_and_forward(&conn, req, &mut chosen).await {
+    let response = match route_and_forward(conn, req, &mut chosen).await {
         Ok(response) => response,
         Err(e) => {
             flag = e.flag();

@@ -156,35 +156,8 @@ impl Client {
             tls.get_ref().1.alpn_protocol(),
             Some(b"h2") | Some(b"istio-h2")
         );
-        let mut req = Request::get(format!("https://{authority}{path}"));
-        if !h2 {
-            req = req.header("host", authority).version(Version::HTTP_11);
-        } else {
-            req = req.version(Version::HTTP_2);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let mut req = req.body(Full::new(Bytes::new())).unwrap();
-        if !h2 {
-            // HTTP/1.1 sends origin-form; the authority travels in Host.
-            *req.uri_mut() = path.parse().unwrap();
-        }
-        let io = TokioIo::new(tls);
-        let response = if h2 {
-            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2: {e}"))?;
-            tokio::spawn(conn);
-            send.send_request(req).await
-        } else {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| format!("h1: {e}"))?;
-            tokio::spawn(conn);
-            send.send_request(req).await
-        }
-        .map_err(|e| format!("request: {e}"))?;
+        let (mut conn, _task) = Conn::open(tls, h2).await?;
+        let response = conn.send(authority, path, headers).await?;
         Reply::read(response).await
     }
 }
@@ -277,45 +250,60 @@ pub enum Conn {
 impl Conn {
     /// The HTTP handshake over `io` (HTTP/2 when `h2`), and the connection's task, which ends
     /// `true` when the server closed the connection cleanly.
-    pub async fn open<I>(io: I, h2: bool) -> (Self, tokio::task::JoinHandle<bool>)
+    pub async fn open<I>(io: I, h2: bool) -> Result<(Self, tokio::task::JoinHandle<bool>), String>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let io = TokioIo::new(io);
-        if h2 {
+        Ok(if h2 {
             let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
-                .unwrap();
+                .map_err(|e| format!("h2: {e}"))?;
             (
                 Conn::H2(send),
                 tokio::spawn(async move { conn.await.is_ok() }),
             )
         } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("h1: {e}"))?;
             (
                 Conn::H1(send),
                 tokio::spawn(async move { conn.await.is_ok() }),
             )
+        })
+    }
+
+    /// A GET for `path` from `authority` with `headers`: origin-form with Host on HTTP/1.1,
+    /// the authority in the URI on HTTP/2.
+    pub async fn send(
+        &mut self,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let h2 = matches!(self, Conn::H2(_));
+        let mut req = if h2 {
+            Request::get(format!("https://{authority}{path}")).version(Version::HTTP_2)
+        } else {
+            Request::get(path)
+                .header("host", authority)
+                .version(Version::HTTP_11)
+        };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        match self {
+            Conn::H1(s) => s.send_request(req).await,
+            Conn::H2(s) => s.send_request(req).await,
+        }
+        .map_err(|e| format!("request: {e}"))
     }
 
     /// GETs `path` from `authority` and reads the whole body.
     pub async fn get(&mut self, authority: &str, path: &str) -> (StatusCode, Bytes) {
-        let response = match self {
-            Conn::H1(s) => {
-                let req = Request::get(path)
-                    .header("host", authority)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                s.send_request(req).await.unwrap()
-            }
-            Conn::H2(s) => {
-                let req = Request::get(format!("https://{authority}{path}"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                s.send_request(req).await.unwrap()
-            }
-        };
+        let response = self.send(authority, path, &[]).await.unwrap();
         let status = response.status();
         (
             status,
