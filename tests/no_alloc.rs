@@ -89,6 +89,9 @@ fn authorize_route_and_count_allocate_nothing() {
         namespace: Some("team-a"),
         trust_domain: Some("example.com"),
         source_ip: "127.0.0.1".parse::<IpAddr>().unwrap(),
+        remote_ip: "127.0.0.1".parse::<IpAddr>().unwrap(),
+        destination_ip: "127.0.0.1".parse::<IpAddr>().unwrap(),
+        authority: "API.example-target.com",
         host: "API.example-target.com",
         port: 8080,
         method: "GET",
@@ -115,7 +118,7 @@ fn authorize_route_and_count_allocate_nothing() {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..1000 {
         assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
-        let chosen = route(listener, &request).map(|r| r.index);
+        let chosen = route(listener, &request).map(|r| r.route.index);
         assert!(chosen.is_some());
         counters.request(0, chosen, Some(Origin::Remote), td, 200);
         counters.request_duration(

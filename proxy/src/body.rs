@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::forward::pool::PooledBody;
+use crate::tag::Owned;
 
 /// A response body.
 #[derive(Debug)]
@@ -59,18 +60,24 @@ impl Body for ResponseBody {
     }
 }
 
-/// A request body on its way upstream, its bytes counted when the access log wants them.
+/// A request body on its way upstream, its bytes counted when the access log wants them, and
+/// its trailers stripped of every header the proxy owns.
 #[derive(Debug)]
 pub struct RequestBody {
     body: Incoming,
     /// Bytes read so far; `None` when nobody reads the count.
     counted: Option<Arc<AtomicU64>>,
+    owned: Arc<Owned>,
 }
 
 impl RequestBody {
     /// `body`, counting its bytes into `counted` when given.
-    pub fn new(body: Incoming, counted: Option<Arc<AtomicU64>>) -> Self {
-        Self { body, counted }
+    pub fn new(body: Incoming, counted: Option<Arc<AtomicU64>>, owned: Arc<Owned>) -> Self {
+        Self {
+            body,
+            counted,
+            owned,
+        }
     }
 }
 
@@ -83,9 +90,14 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Some(counted) = &this.counted {
             counted.fetch_add(data_len(&frame), Ordering::Relaxed);
+        }
+        if let Poll::Ready(Some(Ok(f))) = &mut frame {
+            if let Some(trailers) = f.trailers_mut() {
+                this.owned.strip_trailers(trailers);
+            }
         }
         frame
     }

@@ -1,6 +1,6 @@
 //! `meshgate echo`: a backend answering every request with JSON of what it received (method,
 //! path, version, headers, body size, and the address it was reached on), for tests, demos and
-//! load tests.
+//! load tests. Request trailers are echoed beside the headers.
 //!
 //! `/status/<code>` answers with that status; `/delay/<ms>` waits that long first.
 
@@ -60,11 +60,16 @@ async fn echo(
     server: Option<SocketAddr>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_bytes = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+    let (body_bytes, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected
+                .trailers()
+                .map(names_and_values)
+                .unwrap_or_default();
+            (collected.to_bytes().len(), trailers)
+        }
+        Err(_) => (0, BTreeMap::new()),
+    };
     let mut status = StatusCode::OK;
     let path = parts.uri.path();
     if let Some(code) = path.strip_prefix("/status/") {
@@ -80,18 +85,12 @@ async fn echo(
     {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
-    let mut headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, value) in &parts.headers {
-        headers
-            .entry(name.as_str())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
     let json = serde_json::json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
         "version": format!("{:?}", parts.version),
-        "headers": headers,
+        "headers": names_and_values(&parts.headers),
+        "trailers": trailers,
         "body_bytes": body_bytes,
         "server": server.map(|a| a.to_string()),
     });
@@ -102,4 +101,15 @@ async fn echo(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// Every value of every header, by name.
+fn names_and_values(headers: &http::HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        out.entry(name.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    out
 }

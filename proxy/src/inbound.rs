@@ -17,10 +17,11 @@ use meshgate_config::model::authz::Attributes;
 use meshgate_config::model::{ListenerKind, RouteAction};
 
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
-use crate::authorize::{self, Decision};
+use crate::authorize::{self, Decision, ShadowAction};
 use crate::body::{Done, RequestBody, ResponseBody, Tracked};
 use crate::drain::Watch;
 use crate::forward;
+use crate::head;
 use crate::identity::PeerIdentity;
 use crate::origin::{origin, Origin};
 use crate::respond::{self, ProxyError};
@@ -40,6 +41,8 @@ struct Connection {
     trust_domain: usize,
     peer: Option<PeerIdentity>,
     peer_addr: SocketAddr,
+    /// The local address the connection was accepted on (`destination.ip`).
+    local_addr: SocketAddr,
     /// The SNI the client sent, for `connection.sni` conditions.
     sni: Option<Box<str>>,
     /// Requests in flight, for the idle timeout.
@@ -57,6 +60,7 @@ pub async fn serve_connection(
     let metrics = runtime.metrics.clone();
     metrics.connection(1);
     let tagging = &runtime.model.proxy.tagging;
+    let local_addr = stream.local_addr().unwrap_or(peer_addr);
     let served = match &runtime.listeners[listener] {
         Some(tls) => {
             let servers = &runtime.model.listeners[listener].servers;
@@ -92,6 +96,7 @@ pub async fn serve_connection(
                         runtime: runtime.clone(),
                         listener,
                         peer_addr,
+                        local_addr,
                         sni,
                         activity: Arc::new(Activity::new()),
                     };
@@ -108,6 +113,7 @@ pub async fn serve_connection(
                 runtime: runtime.clone(),
                 listener,
                 peer_addr,
+                local_addr,
                 sni: None,
                 activity: Arc::new(Activity::new()),
             };
@@ -138,8 +144,8 @@ where
         .await
 }
 
-/// Tag to forward: tag, route, forward (or answer directly), count. The response body carries
-/// the `Exchange` to the end of the response.
+/// Head to forward: make the head canonical, tag, route, authorize, forward (or answer
+/// directly), count. The response body carries the `Exchange` to the end of the response.
 async fn handle_request(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,
@@ -147,13 +153,25 @@ async fn handle_request(
     let mut exchange = Exchange::start(conn, &req);
     // The exchange owns the connection's handle from here: no second one per request.
     let conn = &*exchange.conn;
-    let model = &conn.runtime.model;
-    tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
-    let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
-    let req = req.map(|body| RequestBody::new(body, bytes_in));
+    let runtime = &conn.runtime;
+    let model = &runtime.model;
+    let canonical = head::canonicalize(&mut req, &model.proxy.http, &runtime.owned);
+    if let Some(log) = &mut exchange.log {
+        log.describe(&req);
+    }
     let mut chosen = Chosen::default();
+    let result = match canonical {
+        Err(e) => Err(ProxyError::Head(e)),
+        Ok(()) => {
+            // Last edit of the request's headers: nothing after this may change them.
+            tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
+            let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
+            let req = req.map(|body| RequestBody::new(body, bytes_in, runtime.owned.clone()));
+            route_and_forward(conn, req, &mut chosen).await
+        }
+    };
     let mut flag = "-";
-    let response = match route_and_forward(conn, req, &mut chosen).await {
+    let response = match result {
         Ok(response) => response,
         Err(e) => {
             flag = e.flag();
@@ -168,7 +186,7 @@ async fn handle_request(
         }
     };
     let status = response.status().as_u16();
-    conn.runtime.counters.request(
+    runtime.counters.request(
         conn.listener,
         chosen.route,
         conn.origin,
@@ -184,9 +202,13 @@ async fn handle_request(
     Ok(response.map(|body| Tracked::new(body, exchange)))
 }
 
-fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyError> {
+fn authorize(
+    conn: &Connection,
+    head: &RouteRequest<'_>,
+    authority: &str,
+) -> Result<(), ProxyError> {
     let policies = &conn.runtime.model.policies;
-    if policies.allow.is_empty() && policies.deny.is_empty() && policies.audit.is_empty() {
+    if policies.is_empty() {
         return Ok(());
     }
     let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
@@ -195,6 +217,9 @@ fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyErro
         namespace: id.and_then(|i| i.namespace()),
         trust_domain: id.map(|i| i.trust_domain()),
         source_ip: conn.peer_addr.ip(),
+        remote_ip: conn.peer_addr.ip(),
+        destination_ip: conn.local_addr.ip(),
+        authority,
         host: head.authority,
         port: head.port,
         method: head.method.as_str(),
@@ -202,8 +227,27 @@ fn authorize(conn: &Connection, head: &RouteRequest<'_>) -> Result<(), ProxyErro
         headers: head.headers,
         sni: conn.sni.as_deref(),
     };
+    let principal = attributes.principal.unwrap_or("");
     for p in authorize::audited(policies, &attributes) {
-        info!(policy = %p.name, principal = attributes.principal.unwrap_or(""), path = head.path, "AUDIT");
+        info!(policy = %p.name, principal, path = head.path, "AUDIT");
+    }
+    for shadow in authorize::dry_run(policies, &attributes)
+        .into_iter()
+        .flatten()
+    {
+        conn.runtime.metrics.dry_run(shadow.action, shadow.allowed);
+        let (action, result) = match (shadow.action, shadow.allowed) {
+            (ShadowAction::Deny, _) => ("DENY", shadow.allowed),
+            (ShadowAction::Allow, _) => ("ALLOW", shadow.allowed),
+        };
+        info!(
+            policy = shadow.policy.unwrap_or("-"),
+            action,
+            principal,
+            path = head.path,
+            result = if result { "would-allow" } else { "would-deny" },
+            "dry-run"
+        );
     }
     match authorize::authorize(policies, &attributes) {
         Decision::Allow => Ok(()),
@@ -226,8 +270,8 @@ async fn route_and_forward(
     chosen: &mut Chosen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = &conn.runtime.model.listeners[conn.listener];
-    let authority =
-        route::authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("no authority"))?;
+    let full = route::full_authority(req.uri(), req.headers())
+        .ok_or(ProxyError::BadRequest("no authority"))?;
     let port = match listener.kind {
         ListenerKind::Gateway => listener.port,
         ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
@@ -235,27 +279,29 @@ async fn route_and_forward(
     let head = RouteRequest {
         method: req.method(),
         path: req.uri().path(),
-        authority,
+        authority: route::strip_port(full),
         headers: req.headers(),
         port,
     };
     // The route is chosen first so that a denied request is counted under it; the policy
     // still answers before a missing route does, as Envoy's RBAC filter runs before its router.
-    let route = route::route(listener, &head);
-    chosen.route = route.map(|r| r.index);
+    let selected = route::route(listener, &head);
+    chosen.route = selected.map(|s| s.route.index);
     // AuthorizationPolicies guard the Gateway's listeners, as Istio's apply to a workload's
     // inbound side; the outbound listener serves local apps.
     if listener.kind == ListenerKind::Gateway {
-        authorize(conn, &head)?;
+        authorize(conn, &head, full)?;
     }
-    let route = route.ok_or(ProxyError::NoRoute)?;
+    let selected = selected.ok_or(ProxyError::NoRoute)?;
+    let route = selected.route;
     let mut response = match &route.action {
         RouteAction::Direct(direct) => respond::direct(direct),
         RouteAction::Forward(backends) => {
             let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
             chosen.backend = Some(backend);
             route.request_headers.apply(req.headers_mut());
-            let upstream = forward::forward(&conn.runtime.upstreams, backend, route, req).await?;
+            let upstream =
+                forward::forward(&conn.runtime.upstreams, backend, selected, req).await?;
             upstream.map(ResponseBody::Upstream)
         }
     };
@@ -298,14 +344,8 @@ impl Exchange {
             Box::new(Logged {
                 start_time: SystemTime::now(),
                 method: req.method().clone(),
-                authority: route::authority(req.uri(), req.headers())
-                    .unwrap_or("")
-                    .to_string(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
+                authority: String::new(),
+                path: String::new(),
                 bytes_in: Arc::new(AtomicU64::new(0)),
                 head: None,
                 status: 0,
@@ -319,6 +359,21 @@ impl Exchange {
             log,
             finished: None,
         }
+    }
+}
+
+impl Logged {
+    /// Takes the authority and path the access log shows: the canonical ones, or as received
+    /// when the head was refused.
+    fn describe<B>(&mut self, req: &Request<B>) {
+        self.authority = route::full_authority(req.uri(), req.headers())
+            .unwrap_or("")
+            .to_string();
+        self.path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
     }
 }
 

@@ -6,6 +6,7 @@
 //! identity   identity.rs     -> PeerIdentity: exactly one SPIFFE URI SAN, leaf not a CA
 //! origin     origin.rs       -> Origin::{Local, Remote}: trust domain, aliases, cluster.local
 //! HTTP       serve.rs        -> hyper HTTP/1.1 or HTTP/2, chosen by ALPN
+//! head       head.rs         -> one authority, normalized path, hop-by-hop gone (400, 405)
 //! tag        tag.rs          -> client copies stripped; x-mesh-origin, principal, XFCC set
 //! authorize  authorize/      -> AuthorizationPolicy: DENY, then ALLOW (403 RBAC: access denied)
 //! route      route.rs        -> Gateway server host, VirtualService route, weighted backend
@@ -19,6 +20,7 @@
 
 pub mod authorize;
 pub mod forward;
+pub mod head;
 pub mod identity;
 pub mod listen;
 pub mod origin;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use meshgate_config::model::TrustSettings;
 use meshgate_config::Model;
 
+use crate::authorize::ShadowAction;
 use crate::identity::PeerError;
 use crate::origin::Origin;
 
@@ -36,6 +37,8 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
+    /// Dry-run decisions: (deny set, allow set) x (allowed, denied).
+    dry_run: [AtomicU64; 4],
     /// `meshgate_requests_total`, per source trust domain: origin x status code.
     trust_domains: Family,
     /// `meshgate_route_requests_total`, per listener and route: origin x code class.
@@ -96,6 +99,7 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
+            dry_run: Default::default(),
             trust_domains: Family::new(ORIGINS.len() * CODES),
             routes: Family::new(ORIGINS.len() * CLASSES),
             upstreams: Family::new(2),
@@ -126,6 +130,18 @@ impl Metrics {
     /// Counts a connection closed at accept because its listener is full.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts what a set of dry-run policies would have decided.
+    pub fn dry_run(&self, action: ShadowAction, allowed: bool) {
+        let i = usize::from(action == ShadowAction::Allow) * 2 + usize::from(!allowed);
+        self.dry_run[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Dry-run decisions counted, for tests.
+    pub fn dry_runs(&self, action: ShadowAction, allowed: bool) -> u64 {
+        let i = usize::from(action == ShadowAction::Allow) * 2 + usize::from(!allowed);
+        self.dry_run[i].load(Ordering::Relaxed)
     }
 
     /// Counts a configuration reload.
@@ -246,6 +262,23 @@ impl Metrics {
                     c.load(Ordering::Relaxed)
                 );
             }
+        }
+
+        header(
+            &mut out,
+            "meshgate_authorization_dry_run_total",
+            "counter",
+            "What the dry-run (istio.io/dry-run) AuthorizationPolicies would have decided, by \
+             the action of the set and its result; never enforced.",
+        );
+        for (i, c) in self.dry_run.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "meshgate_authorization_dry_run_total{{action=\"{}\",result=\"{}\"}} {}",
+                ["deny", "allow"][i / 2],
+                ["allowed", "denied"][i % 2],
+                c.load(Ordering::Relaxed)
+            );
         }
 
         header(

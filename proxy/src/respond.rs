@@ -7,6 +7,7 @@
 //! | upstream refused, reset, unresolvable | 503 |
 //! | upstream timeout | 504 |
 //! | malformed request | 400 |
+//! | CONNECT | 405 |
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -14,6 +15,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use meshgate_config::model::DirectResponse;
 
 use crate::body::ResponseBody;
+use crate::head::HeadError;
 
 /// Why a request was not forwarded, or failed upstream. The variant says who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,9 @@ pub enum ProxyError {
     /// Downstream: the request has no usable authority or path.
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// Downstream: the request head cannot be made canonical (or is a CONNECT).
+    #[error("malformed request: {0}")]
+    Head(#[from] HeadError),
     /// Downstream: an AuthorizationPolicy denies the request (the DENY policy, or none when no
     /// ALLOW policy matched).
     #[error("RBAC: access denied ({})", .0.as_deref().unwrap_or("no ALLOW policy matched"))]
@@ -49,6 +54,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Head(HeadError::Connect) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Head(_) => StatusCode::BAD_REQUEST,
             Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::UpstreamConnect(_) | Self::Upstream(_) => {
@@ -61,7 +68,7 @@ impl ProxyError {
     /// Envoy's response flag, for the access log.
     pub fn flag(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) => "DPE",
+            Self::BadRequest(_) | Self::Head(_) => "DPE",
             Self::Denied(_) => "RBAC",
             Self::NoRoute => "NR",
             Self::NoEndpoint => "UH",
@@ -74,6 +81,8 @@ impl ProxyError {
     fn body(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad request\n",
+            Self::Head(HeadError::Connect) => "CONNECT is not supported\n",
+            Self::Head(_) => "bad request\n",
             // Envoy's body, byte for byte: clients and tests look for it.
             Self::Denied(_) => "RBAC: access denied",
             Self::NoRoute => "no route\n",

@@ -11,6 +11,7 @@ use crate::access_log::AccessLog;
 use crate::forward::Upstreams;
 use crate::metrics::{Metrics, ModelCounters};
 use crate::serve::HttpServers;
+use crate::tag::Owned;
 use crate::tls::credentials::Credentials;
 use crate::tls::server::ServerTlsConfigs;
 use crate::StartError;
@@ -30,6 +31,8 @@ pub struct Runtime {
     pub counters: ModelCounters,
     /// The access log, when the MeshGateway asks for one.
     pub access_log: Option<AccessLog>,
+    /// The request headers the proxy owns; shared with every request body, for its trailers.
+    pub owned: Arc<Owned>,
 }
 
 impl Runtime {
@@ -70,6 +73,10 @@ impl Runtime {
             listeners,
             metrics,
             access_log,
+            owned: Arc::new(Owned::new(
+                &model.proxy.tagging,
+                model.proxy.http.headers_with_underscores,
+            )),
             model,
         })
     }

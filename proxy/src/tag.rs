@@ -1,5 +1,10 @@
 //! Tag: strip every client-sent copy of the headers the proxy owns, then set ours.
 //!
+//! Runs after `head` has removed what `Connection` nominates and the underscore spellings of
+//! owned headers, and nothing after it edits the request's headers (route header operations
+//! may not name an owned header), so what the backend receives is what is set here. Request
+//! trailers cannot carry an owned header either: `Owned::strip_trailers` removes them.
+//!
 //! The values depend only on the connection (the verified peer, its origin, our identity), so
 //! they are built once per connection in `ConnectionTags::new` and each request only clones
 //! them (a reference-count increment). XFCC follows Envoy's `SANITIZE_SET`:
@@ -9,7 +14,10 @@ use std::net::SocketAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use meshgate_config::model::{ForwardClientCert, Tagging};
+use meshgate_config::model::{
+    ForwardClientCert, Tagging, UnderscoreHeaders, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+};
 use meshgate_config::spiffe::SpiffeId;
 
 use crate::identity::PeerIdentity;
@@ -131,9 +139,63 @@ fn value(s: &str) -> HeaderValue {
 }
 
 /// Envoy's client-certificate header.
-pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const XFCC: HeaderName = X_FORWARDED_CLIENT_CERT;
+
+/// The request headers the proxy owns (`Tagging::owned`), built once per configuration.
+#[derive(Debug)]
+pub struct Owned {
+    names: [HeaderName; 6],
+    underscores: UnderscoreHeaders,
+}
+
+impl Owned {
+    pub fn new(tagging: &Tagging, underscores: UnderscoreHeaders) -> Self {
+        Self {
+            names: tagging.owned(),
+            underscores,
+        }
+    }
+
+    /// Whether the proxy owns `name`.
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Whether `name` is an owned header spelled with `_` for some `-` (`x_mesh_origin`).
+    pub fn spelled_with_underscores(&self, name: &str) -> bool {
+        self.names.iter().any(|owned| {
+            let (a, b) = (owned.as_str().as_bytes(), name.as_bytes());
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x == y || (*x == b'-' && *y == b'_'))
+        })
+    }
+
+    /// Removes from request trailers every owned header, its underscore spellings, and (unless
+    /// underscores are allowed) every name with `_`: trailers must not say what the head may
+    /// not.
+    pub fn strip_trailers(&self, trailers: &mut HeaderMap) {
+        for name in &self.names {
+            trailers.remove(name);
+        }
+        if trailers.keys().any(|k| k.as_str().contains('_')) {
+            let names: Vec<HeaderName> = trailers
+                .keys()
+                .filter(|k| {
+                    let k = k.as_str();
+                    k.contains('_')
+                        && (self.underscores != UnderscoreHeaders::Allow
+                            || self.spelled_with_underscores(k))
+                })
+                .cloned()
+                .collect();
+            for name in names {
+                trailers.remove(name);
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

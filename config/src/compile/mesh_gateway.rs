@@ -9,9 +9,10 @@ use http::HeaderName;
 use super::virtual_service::parse_duration;
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
+use crate::model::path::{NormalizationMode, PathNormalization};
 use crate::model::{
-    EcdhCurve, ForwardClientCert, IdentityFiles, IssuerBinding, IssuerKey, Limits, ProxySettings,
-    Tagging, TrustSettings,
+    EcdhCurve, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey, Limits,
+    ProxySettings, Tagging, TrustSettings, UnderscoreHeaders,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -27,6 +28,7 @@ pub(crate) struct ListenSettings {
 /// The one MeshGateway.
 pub(crate) fn compile(
     found: &[(Origin, MeshGatewaySpec)],
+    path_normalization: PathNormalization,
     errors: &mut Vec<ConfigError>,
 ) -> Option<(ProxySettings, ListenSettings)> {
     let (o, spec) = match found {
@@ -126,6 +128,10 @@ pub(crate) fn compile(
             .map(|a| relative_to(&o.file, &a.path)),
         reload_poll: reload_poll(o, spec, errors),
         limits: limits(o, spec, errors),
+        http: HttpSettings {
+            path_normalization,
+            headers_with_underscores: underscores(o, spec, errors),
+        },
         session_resumption: spec
             .tls
             .as_ref()
@@ -217,6 +223,75 @@ fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> 
         out.http2_max_concurrent_streams = n;
     }
     out
+}
+
+/// `spec.http.headersWithUnderscoresAction`, Envoy's names.
+fn underscores(
+    o: &Origin,
+    spec: &MeshGatewaySpec,
+    errors: &mut Vec<ConfigError>,
+) -> UnderscoreHeaders {
+    let action = spec
+        .http
+        .as_ref()
+        .and_then(|h| h.headers_with_underscores_action.as_deref());
+    match action {
+        None => UnderscoreHeaders::default(),
+        Some("ALLOW") => UnderscoreHeaders::Allow,
+        Some("DROP_HEADER") => UnderscoreHeaders::DropHeader,
+        Some("REJECT_REQUEST") => UnderscoreHeaders::RejectRequest,
+        Some(other) => {
+            errors.push(o.error(
+                "spec.http.headersWithUnderscoresAction",
+                format!("`{other}` is not ALLOW, DROP_HEADER or REJECT_REQUEST"),
+            ));
+            UnderscoreHeaders::default()
+        }
+    }
+}
+
+/// `meshConfig.pathNormalization.normalization` of the IstioOperator, or meshgate's default.
+pub(crate) fn path_normalization(
+    parsed: &Parsed,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> PathNormalization {
+    let mut chosen = PathNormalization::default();
+    for (o, spec) in &parsed.operators {
+        let Some(mode) = spec
+            .mesh_config
+            .as_ref()
+            .and_then(|m| m.path_normalization.as_ref())
+            .and_then(|p| p.normalization.as_deref())
+        else {
+            continue;
+        };
+        let field = "spec.meshConfig.pathNormalization.normalization";
+        let mode = match mode {
+            "NONE" => NormalizationMode::None,
+            // Istio maps DEFAULT to BASE.
+            "BASE" | "DEFAULT" => NormalizationMode::Base,
+            "MERGE_SLASHES" => NormalizationMode::MergeSlashes,
+            "DECODE_AND_MERGE_SLASHES" => NormalizationMode::DecodeAndMergeSlashes,
+            other => {
+                errors.push(o.error(
+                    field,
+                    format!(
+                        "`{other}` is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
+                    ),
+                ));
+                continue;
+            }
+        };
+        if matches!(mode, NormalizationMode::None | NormalizationMode::Base) {
+            warnings.push(format!(
+                "{}: {field} {mode:?}: `//admin` and `/admin%2Fsecret` reach the backend                  unchanged and dodge a policy on `/admin/*`; MERGE_SLASHES or                  DECODE_AND_MERGE_SLASHES close that (meshgate's default, without this                  setting, merges slashes and refuses escaped ones)",
+                o.resource()
+            ));
+        }
+        chosen = PathNormalization::istio(mode);
+    }
+    chosen
 }
 
 /// How often files are checked for changes by default.

@@ -12,6 +12,7 @@ mod outbound;
 mod service_entry;
 mod virtual_service;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -32,7 +33,8 @@ pub fn compile(
         parse_document(doc, &mut parsed, errors);
     }
     let mut warnings = Vec::new();
-    let proxy = mesh_gateway::compile(&parsed.mesh_gateways, errors);
+    let paths = mesh_gateway::path_normalization(&parsed, errors, &mut warnings);
+    let proxy = mesh_gateway::compile(&parsed.mesh_gateways, paths, errors);
     let trust = mesh_gateway::trust(&parsed, errors, &mut warnings);
     let mut backends = service_entry::compile(&parsed.service_entries, errors);
     let mut listeners = match &proxy {
@@ -51,10 +53,15 @@ pub fn compile(
         listeners.push(outbound::listener(address));
         listeners.len() - 1
     });
+    let owned = proxy
+        .as_ref()
+        .map(|(p, _)| p.tagging.owned().to_vec())
+        .unwrap_or_default();
     virtual_service::bind(
         &parsed.virtual_services,
         &mut listeners,
         &mut backends,
+        &owned,
         errors,
         &mut warnings,
     );
@@ -77,18 +84,28 @@ pub fn compile(
         &parsed.authorization_policies,
         workload.as_ref(),
         trust.as_ref(),
+        &paths,
         errors,
         &mut warnings,
     );
-    if let Some(t) = &trust {
-        let no_policy = t.allowed_trust_domains.is_none() && t.issuers.is_empty();
-        if no_policy && listeners.iter().any(|l| l.tls.is_some()) {
+    if let Some(t) = trust
+        .as_ref()
+        .filter(|_| listeners.iter().any(|l| l.tls.is_some()))
+    {
+        if t.allowed_trust_domains.is_none() && t.issuers.is_empty() {
             warnings.push(
                 "spec.trust has neither a trustDomains allow-list nor issuer binding: any mesh whose \
                  certificates chain to the shared root is accepted at the handshake, and one mesh's \
                  CA can issue another mesh's identities"
                     .into(),
             );
+        } else if t.issuers.is_empty() {
+            warnings.push(format!(
+                "spec.trust.issuers is empty: under a shared root, any mesh's CA can issue \
+                 identities of every trust domain the allow-list admits, `{}` (this mesh) \
+                 included; bind each intermediate CA to its trust domains",
+                t.trust_domain
+            ));
         }
     }
     if let (Some((p, _)), [(o, _)]) = (&proxy, parsed.mesh_gateways.as_slice()) {
@@ -130,6 +147,8 @@ pub(crate) struct Origin {
     pub kind: String,
     pub namespace: String,
     pub name: String,
+    /// `metadata.annotations`; meshgate reads `istio.io/dry-run`.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Origin {
@@ -198,6 +217,7 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
             .namespace
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         name: header.metadata.name.unwrap_or_default(),
+        annotations: header.metadata.annotations.unwrap_or_default(),
         kind: kind.clone(),
     };
     if origin.name.is_empty() {

@@ -243,7 +243,7 @@ spec:
         ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n".to_string(), "no MeshGateway (apiVersion meshgate.dev/v1alpha1) found"),
         (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\nspec: {action: CUSTOM, provider: {name: opa}}\n"), "t.yaml: AuthorizationPolicy default/ext: spec.action: CUSTOM (an external authorizer) is not implemented"),
         (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: jwt}\nspec: {rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}\n"), "t.yaml: AuthorizationPolicy default/jwt: spec.rules[0].from[0].source.requestPrincipals: this Istio field is not implemented by meshgate"),
-        (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: k}\nspec: {rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}\n"), "t.yaml: AuthorizationPolicy default/k: spec.rules[0].when[0].key: `request.auth.claims[iss]` is not implemented"),
+        (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: k}\nspec: {rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}\n"), "t.yaml: AuthorizationPolicy default/k: spec.rules[0].when[0].key: `request.auth.claims[iss]` needs JWT authentication"),
         (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ip}\nspec: {rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]}\n"), "t.yaml: AuthorizationPolicy default/ip: spec.rules[0].from[0].source.ipBlocks[0]: `10.0.0.0/40` is not an address or CIDR block"),
         (with_gateway("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: TCP}]\n  resolution: DNS\n"), "t.yaml: ServiceEntry default/se: spec.ports[0].protocol: `TCP` is not implemented"),
         (with_gateway("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: x.example.com}]\n"), "t.yaml: ServiceEntry default/se: spec.endpoints[0].address: `x.example.com` is not an IP address"),
@@ -466,4 +466,192 @@ fn limits_defaults_overrides_and_mistakes() {
             "{limits}: {errs:?}"
         );
     }
+}
+
+/// An AuthorizationPolicy in the MeshGateway's namespace with `spec` as given.
+fn policy(name: &str, spec: &str) -> String {
+    with_gateway(&format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: istio-system}}\nspec: {spec}\n"
+    ))
+}
+
+#[test]
+fn policy_values_that_cannot_match_are_errors() {
+    let rule = |r: &str| policy("p", &format!("{{action: DENY, rules: [{r}]}}"));
+    let cases: &[(String, &str)] = &[
+        (rule("{when: [{key: source.ip, values: [10.0.0.0/33]}]}"), "spec.rules[0].when[0].values[0]: `10.0.0.0/33` is not an address or CIDR block"),
+        (rule("{when: [{key: remote.ip, notValues: [not-an-ip]}]}"), "spec.rules[0].when[0].notValues[0]: `not-an-ip` is not an address"),
+        (rule("{when: [{key: destination.ip, values: [10.0.0.1/x]}]}"), "spec.rules[0].when[0].values[0]: `10.0.0.1/x` is not an address"),
+        (rule("{when: [{key: destination.port, values: [80a]}]}"), "spec.rules[0].when[0].values[0]: `80a` is not a port"),
+        (rule("{to: [{operation: {ports: [\"0\"]}}]}"), "spec.rules[0].to[0].operation.ports[0]: `0` is not a port"),
+        (rule("{from: [{source: {principals: [\"example.com/ns/*/sa/app\"]}}]}"), "spec.rules[0].from[0].source.principals[0]: `example.com/ns/*/sa/app` has a `*`"),
+        (rule("{from: [{source: {principals: [\"spiffe://example.com/ns/a/sa/b\"]}}]}"), "starts with spiffe://"),
+        (rule("{from: [{source: {principals: [\"example.com\"]}}]}"), "`example.com` is not a principal"),
+        (rule("{from: [{source: {trustDomains: [Example.com]}}]}"), "spec.rules[0].from[0].source.trustDomains[0]: `Example.com` is not a trust domain"),
+        (rule("{from: [{source: {namespaces: [\"a b\"]}}]}"), "spec.rules[0].from[0].source.namespaces[0]: `a b` has ` `"),
+        (rule("{from: [{source: {namespaces: [\"\"]}}]}"), "`` is empty"),
+        (rule("{to: [{operation: {hosts: [\"a.*.com\"]}}]}"), "spec.rules[0].to[0].operation.hosts[0]: `a.*.com` has a `*`"),
+        (rule("{to: [{operation: {methods: [\"G E\"]}}]}"), "operation.methods[0]: `G E` has ` `"),
+        (rule("{to: [{operation: {paths: [\"/foo{*}\"]}}]}"), "operation.paths[0]: `/foo{*}` has segment `foo{*}`"),
+        (rule("{to: [{operation: {paths: [\"/{**}/{*}\"]}}]}"), "{**} must be the last operator"),
+        (rule("{to: [{operation: {paths: [\"/a//{*}\"]}}]}"), "has an empty segment"),
+        (rule("{to: [{operation: {paths: [\"/api/{id}\"]}}]}"), "has segment `{id}`"),
+        (rule("{to: [{operation: {paths: [\"admin/*\"]}}]}"), "`admin/*` does not start with `/`"),
+        (rule("{to: [{operation: {paths: [\"/a/*/b\"]}}]}"), "`/a/*/b` has a `*` inside"),
+        (rule("{to: [{operation: {paths: [\"//admin\"]}}]}"), "`//admin` is never seen"),
+        (rule("{to: [{operation: {paths: [\"/admin?x=1\"]}}]}"), "holds a query"),
+        (rule("{when: [{key: \"request.headers[x-a]\"}]}"), "spec.rules[0].when[0]: values or notValues is required"),
+        (rule("{when: [{key: \"request.headers[]\", values: [a]}]}"), "is not a header name"),
+        (rule("{when: [{key: \"destination.labels[app]\", values: [a]}]}"), "`destination.labels[app]` is not a key Istio supports"),
+        (rule("{from: []}"), "spec.rules[0].from: empty"),
+        (rule("{to: []}"), "spec.rules[0].to: empty"),
+        (rule("{from: [{source: {}}]}"), "spec.rules[0].from[0].source: an empty source"),
+        (rule("{to: [{operation: {}}]}"), "spec.rules[0].to[0].operation: an empty operation"),
+        (rule("{from: [{source: {serviceAccounts: [ns/a], principals: [\"*\"]}}]}"), "serviceAccounts cannot be set with principals or namespaces"),
+        (rule("{from: [{source: {serviceAccounts: [\"ns/*\"]}}]}"), "service accounts take no wildcard"),
+        (rule("{from: [{source: {serviceAccounts: [a/b/c]}}]}"), "`a/b/c` is not `<namespace>/<service-account>`"),
+        (policy("p", "{action: DENY}"), "spec.rules: a DENY policy needs rules"),
+        (policy("p", "{selector: {matchLabels: {app: \"*\"}}, rules: [{}]}"), "spec.selector.matchLabels.app"),
+        (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system, annotations: {istio.io/dry-run: maybe}}\nspec: {rules: [{}]}\n"), "metadata.annotations.istio.io/dry-run: `maybe` is not true or false"),
+        (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: AUDIT, rules: [{}]}\n"), "dry-run applies to ALLOW and DENY policies only"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(yaml);
+        assert!(
+            got.iter()
+                .any(|e| e.contains(want) && e.contains("AuthorizationPolicy istio-system/p")),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn policy_values_are_parsed_at_load() {
+    use crate::model::authz::{ConditionValues, PathMatch};
+    let yaml = policy(
+        "p",
+        r#"
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin/{*}", "/files/{**}", "/exact", "/pre*", "*.png", "*"]}}]
+    when: [{key: destination.port, values: ["443"]}, {key: source.ip, values: [10.0.0.0/8]}]
+  - from: [{source: {serviceAccounts: [team/app, local-sa], trustDomains: [cluster.local]}}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let rules = &model.policies.deny[0].rules;
+    let paths = rules[0].to[0].paths.as_ref().unwrap();
+    assert!(
+        matches!(&paths[0], PathMatch::Template(t) if t.matches("/admin/x") && !t.matches("/admin/x/y"))
+    );
+    assert!(matches!(&paths[1], PathMatch::Template(t) if t.matches("/files/a/b")));
+    assert!(matches!(&paths[2], PathMatch::Exact(_)));
+    assert!(matches!(&paths[3], PathMatch::Prefix(_)));
+    assert!(matches!(&paths[4], PathMatch::Suffix(_)));
+    assert!(matches!(&paths[5], PathMatch::Any));
+    assert!(matches!(rules[0].when[0].values, Some(ConditionValues::Ports(ref p)) if p == &[443]));
+    assert!(matches!(
+        rules[0].when[1].values,
+        Some(ConditionValues::Addresses(_))
+    ));
+    let accounts = rules[1].from[0].service_accounts.as_ref().unwrap();
+    assert_eq!(accounts[0].namespace, "team");
+    assert_eq!(
+        accounts[1].namespace, "istio-system",
+        "a bare name takes the policy's namespace"
+    );
+}
+
+#[test]
+fn dry_run_policies_are_kept_apart() {
+    let yaml = with_gateway(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: trial
+  namespace: istio-system
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin/{**}"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: enforced, namespace: istio-system, annotations: {istio.io/dry-run: "false"}}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/secret"]}}]}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(model.policies.dry_run.deny.len(), 1);
+    assert_eq!(
+        model.policies.dry_run.deny[0].name,
+        "AuthorizationPolicy istio-system/trial"
+    );
+    assert_eq!(model.policies.deny.len(), 1);
+    assert_eq!(
+        model.policies.deny[0].name,
+        "AuthorizationPolicy istio-system/enforced"
+    );
+}
+
+#[test]
+fn path_normalization_from_mesh_config() {
+    use crate::model::path::{EscapedSlashes, NormalizationMode};
+    let model = load_str("t.yaml", MESH_GATEWAY).unwrap();
+    let p = model.proxy.http.path_normalization;
+    assert_eq!(
+        (p.mode, p.merge_slashes, p.escaped_slashes),
+        (None, true, EscapedSlashes::Reject)
+    );
+    let yaml = with_gateway(
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: i, namespace: istio-system}\nspec: {meshConfig: {pathNormalization: {normalization: BASE}}}\n",
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let p = model.proxy.http.path_normalization;
+    assert_eq!(
+        (p.mode, p.merge_slashes, p.escaped_slashes),
+        (Some(NormalizationMode::Base), false, EscapedSlashes::Keep)
+    );
+    assert!(
+        model.warnings.iter().any(|w| w.contains("dodge a policy")),
+        "{:?}",
+        model.warnings
+    );
+    let yaml = with_gateway(
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: i, namespace: istio-system}\nspec: {meshConfig: {pathNormalization: {normalization: SOMETIMES}}}\n",
+    );
+    assert!(errors(&yaml)[0]
+        .contains("spec.meshConfig.pathNormalization.normalization: `SOMETIMES` is not NONE"));
+}
+
+#[test]
+fn route_header_operations_may_not_touch_owned_headers() {
+    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n---\n";
+    let vs = |http: &str| {
+        with_gateway(&format!(
+            "{gw}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: ns}}\nspec:\n  hosts: [a.b]\n  gateways: [istio-system/gw]\n  http:\n  - {http}\n"
+        ))
+    };
+    let cases = [
+        (vs("{headers: {request: {set: {x-mesh-origin: local}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.x-mesh-origin: `x-mesh-origin` is owned by the proxy"),
+        (vs("{headers: {request: {remove: [X-Forwarded-Client-Cert]}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.remove[0]: `x-forwarded-client-cert` is owned"),
+        (vs("{headers: {request: {add: {x-forwarded-for: 1.2.3.4}}}, directResponse: {status: 200}}"), "headers.request.add.x-forwarded-for"),
+        (vs("{headers: {request: {set: {host: x}}}, directResponse: {status: 200}}"), "use rewrite.authority"),
+        (vs("{match: [{method: {exact: CONNECT}}], directResponse: {status: 200}}"), "spec.http[0].match[0].method: CONNECT cannot be routed"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(&yaml);
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+    // Response headers are the backend's: setting them is fine.
+    load_str(
+        "t.yaml",
+        &vs("{headers: {response: {set: {x-forwarded-for: x}}}, directResponse: {status: 200}}"),
+    )
+    .unwrap();
 }

@@ -23,6 +23,7 @@ pub(crate) fn bind(
     found: &[(Origin, VirtualServiceSpec)],
     listeners: &mut [Listener],
     backends: &mut Backends,
+    owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
 ) {
@@ -66,7 +67,15 @@ pub(crate) fn bind(
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                compile_route(o, &format!("spec.http[{i}]"), r, backends, errors, warnings)
+                compile_route(
+                    o,
+                    &format!("spec.http[{i}]"),
+                    r,
+                    backends,
+                    owned,
+                    errors,
+                    warnings,
+                )
             })
             .collect();
         for (listener, table) in listeners.iter().zip(tables.iter_mut()) {
@@ -108,6 +117,7 @@ fn compile_route(
     path: &str,
     r: &HttpRoute,
     backends: &mut Backends,
+    owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
 ) -> Option<Route> {
@@ -227,12 +237,14 @@ fn compile_route(
                 o,
                 &format!("{path}.headers.request"),
                 h.request.as_ref(),
+                owned,
                 errors,
             ),
             header_ops(
                 o,
                 &format!("{path}.headers.response"),
                 h.response.as_ref(),
+                &[],
                 errors,
             ),
         ),
@@ -327,6 +339,12 @@ fn compile_match(
     let uri = required("uri", m.uri.as_ref());
     let authority = required("authority", m.authority.as_ref());
     let method = required("method", m.method.as_ref());
+    if matches!(&method, Some(StringMatcher::Exact(m)) if m == "CONNECT") {
+        errors.push(o.error(
+            format!("{path}.method"),
+            "CONNECT cannot be routed: meshgate does not tunnel, and answers CONNECT with 405",
+        ));
+    }
     let headers = header_matches(o, &format!("{path}.headers"), &m.headers, errors);
     let without_headers = header_matches(
         o,
@@ -387,35 +405,68 @@ fn string_matcher(sm: &StringMatch) -> Result<Option<StringMatcher>, String> {
     }
 }
 
+/// `headers.request` or `headers.response`. Request operations may not name a header the
+/// proxy owns (`owned`), nor `host`: the proxy sets those last, from the connection and the
+/// one authority of the request.
 fn header_ops(
     o: &Origin,
     path: &str,
     ops: Option<&HeaderOperations>,
+    owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
 ) -> HeaderOps {
     let Some(ops) = ops else {
         return HeaderOps::default();
     };
-    let mut pairs = |field: &str, map: &std::collections::BTreeMap<String, String>| {
-        let mut out = Vec::new();
-        for (k, v) in map {
-            match (header_name(k), HeaderValue::from_str(v)) {
-                (Some(k), Ok(v)) => out.push((k, v)),
-                _ => errors.push(o.error(
-                    format!("{path}.{field}.{k}"),
-                    "not a valid header name and value",
-                )),
-            }
+    let refused = |field: String, name: &HeaderName, errors: &mut Vec<ConfigError>| {
+        let request = path.ends_with(".request");
+        if request && name == http::header::HOST {
+            errors.push(o.error(
+                field,
+                "`host` is the request's authority: use rewrite.authority",
+            ));
+            true
+        } else if owned.contains(name) {
+            errors.push(o.error(
+                field,
+                format!(
+                    "`{name}` is owned by the proxy: it is set from the verified connection \
+                     after every other change to the request, so this would never take effect"
+                ),
+            ));
+            true
+        } else {
+            false
         }
-        out
     };
-    let set = pairs("set", &ops.set);
-    let add = pairs("add", &ops.add);
+    let pairs =
+        |field: &str, map: &std::collections::BTreeMap<String, String>, errors: &mut Vec<_>| {
+            let mut out = Vec::new();
+            for (k, v) in map {
+                let at = format!("{path}.{field}.{k}");
+                match (header_name(k), HeaderValue::from_str(v)) {
+                    (Some(k), Ok(v)) => {
+                        if !refused(at, &k, errors) {
+                            out.push((k, v));
+                        }
+                    }
+                    _ => errors.push(o.error(at, "not a valid header name and value")),
+                }
+            }
+            out
+        };
+    let set = pairs("set", &ops.set, errors);
+    let add = pairs("add", &ops.add, errors);
     let mut remove = Vec::new();
     for (i, k) in ops.remove.iter().enumerate() {
+        let at = format!("{path}.remove[{i}]");
         match header_name(k) {
-            Some(k) => remove.push(k),
-            None => errors.push(o.error(format!("{path}.remove[{i}]"), "not a valid header name")),
+            Some(k) => {
+                if !refused(at, &k, errors) {
+                    remove.push(k);
+                }
+            }
+            None => errors.push(o.error(at, "not a valid header name")),
         }
     }
     HeaderOps { set, add, remove }

@@ -1,11 +1,50 @@
 //! AuthorizationPolicies, compiled: the policies that apply to this proxy, by action, with
-//! every value parsed and the trust-domain expansion already done. The predicates here check
-//! one field; the evaluation order (DENY, then ALLOW) is `meshgate-proxy`'s `authorize` stage.
+//! every value parsed into what it is compared with (addresses, ports, path templates, service
+//! accounts) and the trust-domain expansion already done. The predicates here check one field;
+//! the evaluation order (DENY, then ALLOW) is `meshgate-proxy`'s `authorize` stage.
+//!
+//! Nothing here parses at request time and nothing allocates: a value that could not be
+//! parsed was refused when the configuration was compiled.
 
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 use serde::{Serialize, Serializer};
+
+/// Every field of an AuthorizationPolicy rule that meshgate implements, as Istio names it.
+/// The README's table and the end-to-end test that proves each one denies what it names both
+/// read this list.
+pub const SUPPORTED_FIELDS: &[&str] = &[
+    "from.source.principals",
+    "from.source.notPrincipals",
+    "from.source.namespaces",
+    "from.source.notNamespaces",
+    "from.source.trustDomains",
+    "from.source.notTrustDomains",
+    "from.source.serviceAccounts",
+    "from.source.notServiceAccounts",
+    "from.source.ipBlocks",
+    "from.source.notIpBlocks",
+    "from.source.remoteIpBlocks",
+    "from.source.notRemoteIpBlocks",
+    "to.operation.hosts",
+    "to.operation.notHosts",
+    "to.operation.ports",
+    "to.operation.notPorts",
+    "to.operation.methods",
+    "to.operation.notMethods",
+    "to.operation.paths",
+    "to.operation.notPaths",
+    "when.source.principal",
+    "when.source.namespace",
+    "when.source.serviceAccount",
+    "when.source.ip",
+    "when.remote.ip",
+    "when.destination.ip",
+    "when.destination.port",
+    "when.request.headers[NAME]",
+    "when.connection.sni",
+];
 
 /// The policies that apply to this proxy.
 #[derive(Debug, Default, Serialize)]
@@ -14,6 +53,28 @@ pub struct Policies {
     pub allow: Vec<Policy>,
     /// Matches are logged; they change nothing.
     pub audit: Vec<Policy>,
+    /// Policies annotated `istio.io/dry-run: "true"`: evaluated as Istio's shadow rules are,
+    /// logged and counted, never enforced.
+    pub dry_run: DryRunPolicies,
+}
+
+/// The dry-run policies, by action. Each set is decided on its own, as if it were the only
+/// one: a dry-run ALLOW set would deny a request none of its policies matches.
+#[derive(Debug, Default, Serialize)]
+pub struct DryRunPolicies {
+    pub deny: Vec<Policy>,
+    pub allow: Vec<Policy>,
+}
+
+impl Policies {
+    /// Whether there is nothing to evaluate: every request is allowed without a look.
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
+            && self.dry_run.deny.is_empty()
+            && self.dry_run.allow.is_empty()
+    }
 }
 
 /// One AuthorizationPolicy.
@@ -46,8 +107,12 @@ pub struct Source {
     pub not_namespaces: Option<Values>,
     pub trust_domains: Option<Values>,
     pub not_trust_domains: Option<Values>,
+    pub service_accounts: Option<Vec<ServiceAccount>>,
+    pub not_service_accounts: Option<Vec<ServiceAccount>>,
     pub ip_blocks: Option<Vec<Cidr>>,
     pub not_ip_blocks: Option<Vec<Cidr>>,
+    pub remote_ip_blocks: Option<Vec<Cidr>>,
+    pub not_remote_ip_blocks: Option<Vec<Cidr>>,
 }
 
 /// `to.operation`.
@@ -59,16 +124,16 @@ pub struct Operation {
     pub not_ports: Option<Vec<u16>>,
     pub methods: Option<Values>,
     pub not_methods: Option<Values>,
-    pub paths: Option<Values>,
-    pub not_paths: Option<Values>,
+    pub paths: Option<Vec<PathMatch>>,
+    pub not_paths: Option<Vec<PathMatch>>,
 }
 
-/// One `when` condition.
+/// One `when` condition: a key and its values, parsed into the type the key compares.
 #[derive(Debug, Serialize)]
 pub struct Condition {
     pub key: ConditionKey,
-    pub values: Option<Values>,
-    pub not_values: Option<Values>,
+    pub values: Option<ConditionValues>,
+    pub not_values: Option<ConditionValues>,
 }
 
 /// The `when` keys meshgate implements.
@@ -76,10 +141,22 @@ pub struct Condition {
 pub enum ConditionKey {
     SourcePrincipal,
     SourceNamespace,
+    SourceServiceAccount,
     SourceIp,
-    RequestHeader(#[serde(serialize_with = "super::route::serialize_display")] HeaderName),
+    RemoteIp,
+    DestinationIp,
     DestinationPort,
+    RequestHeader(#[serde(serialize_with = "super::route::serialize_display")] HeaderName),
     ConnectionSni,
+}
+
+/// A condition's values, in the type its key compares.
+#[derive(Debug, Serialize)]
+pub enum ConditionValues {
+    Strings(Values),
+    Addresses(Vec<Cidr>),
+    Ports(Vec<u16>),
+    ServiceAccounts(Vec<ServiceAccount>),
 }
 
 /// What a request offers to the policies.
@@ -89,13 +166,20 @@ pub struct Attributes<'a> {
     pub principal: Option<&'a str>,
     pub namespace: Option<&'a str>,
     pub trust_domain: Option<&'a str>,
+    /// The peer's address.
     pub source_ip: IpAddr,
+    /// The client's address as the gateway trusts it (`remote.ip`, `remoteIpBlocks`).
+    pub remote_ip: IpAddr,
+    /// The local address the connection was accepted on.
+    pub destination_ip: IpAddr,
+    /// The request's authority, as sent (with its port, if any).
+    pub authority: &'a str,
     /// The authority without its port.
     pub host: &'a str,
     /// The listener's Gateway port.
     pub port: u16,
     pub method: &'a str,
-    /// The path without its query.
+    /// The normalized path, without its query.
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub sni: Option<&'a str>,
@@ -118,53 +202,86 @@ impl Rule {
 
 impl Source {
     fn matches(&self, a: &Attributes<'_>) -> bool {
-        let ip = |blocks: &Vec<Cidr>| blocks.iter().any(|b| b.contains(a.source_ip));
+        let source = |blocks: &Vec<Cidr>| blocks.iter().any(|b| b.contains(a.source_ip));
+        let remote = |blocks: &Vec<Cidr>| blocks.iter().any(|b| b.contains(a.remote_ip));
+        let account = |list: &Vec<ServiceAccount>| {
+            a.principal
+                .is_some_and(|p| list.iter().any(|sa| sa.matches(p)))
+        };
         positive(&self.principals, a.principal)
             && negative(&self.not_principals, a.principal)
             && positive(&self.namespaces, a.namespace)
             && negative(&self.not_namespaces, a.namespace)
             && positive(&self.trust_domains, a.trust_domain)
             && negative(&self.not_trust_domains, a.trust_domain)
-            && self.ip_blocks.as_ref().is_none_or(ip)
-            && !self.not_ip_blocks.as_ref().is_some_and(ip)
+            && self.service_accounts.as_ref().is_none_or(account)
+            && !self.not_service_accounts.as_ref().is_some_and(account)
+            && self.ip_blocks.as_ref().is_none_or(source)
+            && !self.not_ip_blocks.as_ref().is_some_and(source)
+            && self.remote_ip_blocks.as_ref().is_none_or(remote)
+            && !self.not_remote_ip_blocks.as_ref().is_some_and(remote)
     }
 }
 
 impl Operation {
     fn matches(&self, a: &Attributes<'_>) -> bool {
-        let host = |v: &Values| v.matches_ignore_case(a.host);
+        let host = |v: &Values| v.matches_host(a.authority, a.host);
+        let path = |list: &Vec<PathMatch>| list.iter().any(|p| p.matches(a.path));
         self.hosts.as_ref().is_none_or(host)
             && !self.not_hosts.as_ref().is_some_and(host)
             && self.ports.as_ref().is_none_or(|p| p.contains(&a.port))
             && !self.not_ports.as_ref().is_some_and(|p| p.contains(&a.port))
             && positive(&self.methods, Some(a.method))
             && negative(&self.not_methods, Some(a.method))
-            && positive(&self.paths, Some(a.path))
-            && negative(&self.not_paths, Some(a.path))
+            && self.paths.as_ref().is_none_or(path)
+            && !self.not_paths.as_ref().is_some_and(path)
     }
 }
 
 impl Condition {
     fn matches(&self, a: &Attributes<'_>) -> bool {
-        let mut buf = itoa_buf();
-        let value: Option<&str> = match &self.key {
-            ConditionKey::SourcePrincipal => a.principal,
-            ConditionKey::SourceNamespace => a.namespace,
-            ConditionKey::SourceIp => {
-                return self
-                    .values
-                    .as_ref()
-                    .is_none_or(|v| v.matches_ip(a.source_ip))
-                    && !self
-                        .not_values
-                        .as_ref()
-                        .is_some_and(|v| v.matches_ip(a.source_ip))
-            }
-            ConditionKey::RequestHeader(name) => a.headers.get(name).and_then(|v| v.to_str().ok()),
-            ConditionKey::DestinationPort => Some(format_port(&mut buf, a.port)),
-            ConditionKey::ConnectionSni => a.sni,
+        let hit = |v: &ConditionValues| self.key.matches(v, a);
+        self.values.as_ref().is_none_or(hit) && !self.not_values.as_ref().is_some_and(hit)
+    }
+}
+
+impl ConditionKey {
+    /// Whether the request's value for this key is among `values`. A request without the
+    /// value (no identity, no such header, no SNI) is among none.
+    fn matches(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
+        let ip = |ip: IpAddr| match values {
+            ConditionValues::Addresses(list) => list.iter().any(|c| c.contains(ip)),
+            _ => false,
         };
-        positive(&self.values, value) && negative(&self.not_values, value)
+        let text = |value: Option<&str>| match (values, value) {
+            (ConditionValues::Strings(v), Some(x)) => v.matches(x),
+            _ => false,
+        };
+        match self {
+            Self::SourcePrincipal => text(a.principal),
+            Self::SourceNamespace => text(a.namespace),
+            Self::SourceServiceAccount => match (values, a.principal) {
+                (ConditionValues::ServiceAccounts(list), Some(p)) => {
+                    list.iter().any(|sa| sa.matches(p))
+                }
+                _ => false,
+            },
+            Self::SourceIp => ip(a.source_ip),
+            Self::RemoteIp => ip(a.remote_ip),
+            Self::DestinationIp => ip(a.destination_ip),
+            Self::DestinationPort => match values {
+                ConditionValues::Ports(list) => list.contains(&a.port),
+                _ => false,
+            },
+            Self::RequestHeader(name) => {
+                // Any value of a repeated header may match, as Envoy joins them.
+                a.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| text(Some(v))))
+            }
+            Self::ConnectionSni => text(a.sni),
+        }
     }
 }
 
@@ -189,7 +306,7 @@ fn negative(list: &Option<Values>, value: Option<&str>) -> bool {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Values(pub Vec<ValueMatch>);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ValueMatch {
     Any,
     Exact(String),
@@ -198,7 +315,8 @@ pub enum ValueMatch {
 }
 
 impl ValueMatch {
-    /// Parses Istio's notation.
+    /// Parses Istio's notation. A `*` anywhere else is a literal character (Istio's exact
+    /// match), which the compiler refuses where no value can contain it.
     pub fn parse(s: &str) -> Self {
         if s == "*" {
             Self::Any
@@ -208,6 +326,14 @@ impl ValueMatch {
             Self::Suffix(p.to_string())
         } else {
             Self::Exact(s.to_string())
+        }
+    }
+
+    /// The characters the value itself is made of (its wildcard removed).
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Any => "",
+            Self::Exact(s) | Self::Prefix(s) | Self::Suffix(s) => s,
         }
     }
 
@@ -238,17 +364,172 @@ impl Values {
         self.0.iter().any(|m| m.matches(v))
     }
 
-    fn matches_ignore_case(&self, v: &str) -> bool {
-        self.0.iter().any(|m| m.matches_ignore_case(v))
+    /// `hosts`: case-insensitive, against the authority as sent and against it without its
+    /// port, so that `*.example.com` also covers `a.example.com:443` (Istio compares the
+    /// authority only, and its own guide asks for `example.com:*` beside `example.com`; both
+    /// forms work here).
+    fn matches_host(&self, authority: &str, host: &str) -> bool {
+        self.0
+            .iter()
+            .any(|m| m.matches_ignore_case(authority) || m.matches_ignore_case(host))
+    }
+}
+
+/// One `paths` value: Istio's string forms, or a path template (Istio 1.22+).
+#[derive(Debug, Clone, Serialize)]
+pub enum PathMatch {
+    /// `*`: any path.
+    Any,
+    Exact(String),
+    /// `/prefix*`.
+    Prefix(String),
+    /// `*suffix`.
+    Suffix(String),
+    /// A path with `{*}` or `{**}` segments, as Envoy's `uri_template` matcher.
+    Template(PathTemplate),
+}
+
+impl PathMatch {
+    /// Whether the normalized path (no query) matches. Case-sensitive, as Istio's.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Any => !path.is_empty(),
+            Self::Exact(e) => path == e,
+            Self::Prefix(p) => path.starts_with(p.as_str()),
+            Self::Suffix(s) => path.ends_with(s.as_str()),
+            Self::Template(t) => t.matches(path),
+        }
+    }
+}
+
+/// A path template: `/` then its segments joined by `/`. `{*}` is one segment of one or more
+/// path characters; `{**}` is zero or more characters including `/`; the others are literal.
+/// Envoy's `uri_template` defines it so, and Istio compiles `{*}`/`{**}` paths to it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "String")]
+pub struct PathTemplate {
+    segments: Vec<TemplateSegment>,
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSegment {
+    Literal(String),
+    /// `{*}`.
+    One,
+    /// `{**}`.
+    Rest,
+}
+
+impl PathTemplate {
+    /// A template from its segments (the compiler checks them first).
+    pub fn new(segments: Vec<TemplateSegment>) -> Self {
+        Self { segments }
     }
 
-    /// `source.ip` values are addresses or CIDR blocks.
-    fn matches_ip(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|m| match m {
-            ValueMatch::Any => true,
-            ValueMatch::Exact(e) => Cidr::parse(e).is_some_and(|c| c.contains(ip)),
-            _ => false,
-        })
+    /// Whether `path` matches the whole template.
+    pub fn matches(&self, path: &str) -> bool {
+        match_segments(&self.segments, path.as_bytes())
+    }
+}
+
+/// `/` + segment, for each segment, must consume `path` exactly. Only `{**}` can take a
+/// variable length, and at most one `{**}` stands in a template Istio accepts, so the
+/// backtracking below stays linear in practice.
+fn match_segments(segments: &[TemplateSegment], path: &[u8]) -> bool {
+    let Some((first, rest)) = segments.split_first() else {
+        return path.is_empty();
+    };
+    let Some(after) = path.strip_prefix(b"/") else {
+        return false;
+    };
+    match first {
+        TemplateSegment::Literal(l) => after
+            .strip_prefix(l.as_bytes())
+            .is_some_and(|next| match_segments(rest, next)),
+        TemplateSegment::One => {
+            let run = after.iter().take_while(|b| is_template_char(**b)).count();
+            run > 0 && match_segments(rest, &after[run..])
+        }
+        TemplateSegment::Rest => {
+            let run = after
+                .iter()
+                .take_while(|b| **b == b'/' || is_template_char(**b))
+                .count();
+            (0..=run)
+                .rev()
+                .any(|taken| match_segments(rest, &after[taken..]))
+        }
+    }
+}
+
+/// The characters Envoy's `uri_template` lets a `*` or `**` segment take (besides `/` for
+/// `**`): RFC 3986 `pchar` without `*`, percent escapes kept as written.
+pub fn is_template_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b)
+}
+
+impl From<PathTemplate> for String {
+    fn from(t: PathTemplate) -> String {
+        let mut out = String::new();
+        for s in &t.segments {
+            out.push('/');
+            match s {
+                TemplateSegment::Literal(l) => out.push_str(l),
+                TemplateSegment::One => out.push_str("{*}"),
+                TemplateSegment::Rest => out.push_str("{**}"),
+            }
+        }
+        out
+    }
+}
+
+/// `serviceAccounts` value: a Kubernetes service account in a namespace, matched as Istio
+/// does, against the peer's principal in any trust domain: `<td>/ns/<ns>/[...]/sa/<sa>[/...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// Whether `principal` (`td/path`) is this service account's: Istio's regex
+    /// `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`, without the regex.
+    pub fn matches(&self, principal: &str) -> bool {
+        let ns = &*self.namespace;
+        let mut from = 0;
+        while let Some(i) = principal[from..].find("/ns/") {
+            let at = from + i;
+            from = at + 1;
+            if at == 0 {
+                continue;
+            }
+            let Some(rest) = principal[at + 4..]
+                .strip_prefix(ns)
+                .and_then(|r| r.strip_prefix('/'))
+            else {
+                continue;
+            };
+            if self.account_at(rest) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `(.+/|)sa/<sa>(/.+)?` against the whole of `rest`.
+    fn account_at(&self, rest: &str) -> bool {
+        let tail_ok = |after: &str| after.is_empty() || after.len() > 1 && after.starts_with('/');
+        let here = |s: &str| {
+            s.strip_prefix("sa/")
+                .and_then(|r| r.strip_prefix(&*self.name))
+                .is_some_and(tail_ok)
+        };
+        if here(rest) {
+            return true;
+        }
+        rest.match_indices("/sa/")
+            .any(|(i, _)| i > 0 && here(&rest[i + 1..]))
     }
 }
 
@@ -269,7 +550,10 @@ impl Cidr {
         let network: IpAddr = addr.parse().ok()?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match len {
-            Some(l) => l.parse().ok().filter(|p| *p <= max)?,
+            Some(l) if l.bytes().all(|b| b.is_ascii_digit()) => {
+                l.parse().ok().filter(|p| *p <= max)?
+            }
+            Some(_) => return None,
             None => max,
         };
         Some(Self { network, prefix })
@@ -303,26 +587,6 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
     bits == 0 || (a[bytes] ^ b[bytes]) >> (8 - bits) == 0
 }
 
-fn itoa_buf() -> [u8; 5] {
-    [0; 5]
-}
-
-/// The port as text, without allocating.
-fn format_port(buf: &mut [u8; 5], port: u16) -> &str {
-    let mut n = port;
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or("")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +618,90 @@ mod tests {
                 "{pattern} vs {value}"
             );
         }
-        assert!(ValueMatch::parse("*.Example.com").matches_ignore_case("api.example.COM"));
+    }
+
+    #[test]
+    fn hosts_match_with_and_without_the_port_in_any_case() {
+        let v = |p: &str| Values(vec![ValueMatch::parse(p)]);
+        let cases = [
+            ("*.Example.com", "api.example.COM", true),
+            ("*.example.com", "api.example.com:443", true),
+            ("example.com", "EXAMPLE.com:8443", true),
+            ("example.com:*", "example.com:8443", true),
+            ("example.com:8443", "example.com:8443", true),
+            ("example.com:8443", "example.com:443", false),
+            ("example.com", "example.com.evil", false),
+            ("*", "anything", true),
+        ];
+        for (pattern, authority, want) in cases {
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            assert_eq!(
+                v(pattern).matches_host(authority, host),
+                want,
+                "{pattern} vs {authority}"
+            );
+        }
+    }
+
+    #[test]
+    fn path_templates_follow_envoys_uri_template() {
+        use TemplateSegment::{Literal, One, Rest};
+        let lit = |s: &str| Literal(s.into());
+        let t = |segments: Vec<TemplateSegment>| PathTemplate::new(segments);
+        let cases = [
+            // /foo/{*}
+            (t(vec![lit("foo"), One]), "/foo/bar", true),
+            (t(vec![lit("foo"), One]), "/foo/bar/baz", false),
+            (t(vec![lit("foo"), One]), "/foo/", false),
+            (t(vec![lit("foo"), One]), "/foo", false),
+            // /foo/{*}/bar
+            (t(vec![lit("foo"), One, lit("bar")]), "/foo/x/bar", true),
+            (t(vec![lit("foo"), One, lit("bar")]), "/foo/x/y/bar", false),
+            // /foo/{**}: zero or more characters after `/foo/`, slashes included.
+            (t(vec![lit("foo"), Rest]), "/foo/", true),
+            (t(vec![lit("foo"), Rest]), "/foo/a/b/c", true),
+            (t(vec![lit("foo"), Rest]), "/foo", false),
+            (t(vec![lit("foo"), Rest]), "/foobar", false),
+            // /{**}/secret: a literal after {**}, as Istio accepts.
+            (t(vec![Rest, lit("secret")]), "/a/b/secret", true),
+            (t(vec![Rest, lit("secret")]), "//secret", true),
+            (t(vec![Rest, lit("secret")]), "/a/b/secrets", false),
+            // /foo/{**}/: a trailing slash is an empty last segment.
+            (t(vec![lit("foo"), Rest, lit("")]), "/foo/a/b/", true),
+            (t(vec![lit("foo"), Rest, lit("")]), "/foo/a/b", false),
+            // Characters outside the template set stop a segment.
+            (t(vec![lit("foo"), One]), "/foo/a*b", false),
+            (t(vec![lit("foo"), One]), "/foo/a%2Fb", true),
+        ];
+        for (template, path, want) in cases {
+            assert_eq!(
+                template.matches(path),
+                want,
+                "{} vs {path}",
+                String::from(template.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn service_accounts_match_istios_regex() {
+        let sa = ServiceAccount {
+            namespace: "default".into(),
+            name: "sleep".into(),
+        };
+        let cases = [
+            ("example.com/ns/default/sa/sleep", true),
+            ("cluster.local/ns/default/sa/sleep", true),
+            ("example.com/ns/default/x/sa/sleep", true),
+            ("example.com/ns/default/sa/sleep/extra", true),
+            ("example.com/ns/default/sa/sleeper", false),
+            ("example.com/ns/other/sa/sleep", false),
+            ("example.com/ns/default/sa/sleep/", false),
+            ("example.com/ns/defaults/sa/sleep", false),
+        ];
+        for (principal, want) in cases {
+            assert_eq!(sa.matches(principal), want, "{principal}");
+        }
     }
 
     #[test]
@@ -380,15 +727,8 @@ mod tests {
                 "{block} vs {addr}"
             );
         }
-        assert!(Cidr::parse("10.0.0.0/33").is_none());
-        assert!(Cidr::parse("example.com").is_none());
-    }
-
-    #[test]
-    fn ports_format_without_allocating() {
-        let mut buf = itoa_buf();
-        assert_eq!(format_port(&mut buf, 443), "443");
-        assert_eq!(format_port(&mut buf, 0), "0");
-        assert_eq!(format_port(&mut buf, 65535), "65535");
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0.0/+8", "10.0.0.0/", ""] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod authz;
 mod host;
+pub mod path;
 mod route;
 mod table;
 
@@ -67,6 +68,31 @@ pub struct ProxySettings {
     pub reload_poll: Option<std::time::Duration>,
     /// Downstream limits.
     pub limits: Limits,
+    /// How request heads are made canonical before anything reads them.
+    pub http: HttpSettings,
+}
+
+/// How request heads are made canonical (`meshConfig.pathNormalization` and
+/// `MeshGateway.spec.http`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HttpSettings {
+    pub path_normalization: path::PathNormalization,
+    pub headers_with_underscores: UnderscoreHeaders,
+}
+
+/// Envoy's `headers_with_underscores_action`, for request headers whose name holds `_`. An
+/// underscore spelling of a header the proxy owns (`x_mesh_origin`) is dropped whatever this
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnderscoreHeaders {
+    /// Forward them (Envoy's and Istio's default).
+    Allow,
+    /// Remove them before routing (meshgate's default, as nginx's).
+    #[default]
+    DropHeader,
+    /// Answer 400.
+    RejectRequest,
 }
 
 /// What one downstream client may take (`MeshGateway.spec.limits`).
@@ -120,6 +146,29 @@ pub struct Tagging {
     /// What happens to `x-forwarded-client-cert`, as Envoy's `forward_client_cert_details`.
     pub forward_client_cert: ForwardClientCert,
 }
+
+impl Tagging {
+    /// Every request header the proxy owns: the three tags, `x-forwarded-client-cert`,
+    /// `x-forwarded-for` (appended to) and `x-forwarded-proto`. No client input removes or
+    /// duplicates them, and no route's header operations may name them.
+    pub fn owned(&self) -> [HeaderName; 6] {
+        [
+            self.origin.clone(),
+            self.trust_domain.clone(),
+            self.principal.clone(),
+            X_FORWARDED_CLIENT_CERT,
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+        ]
+    }
+}
+
+/// Envoy's client-certificate header.
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// The client address chain.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `https` on TLS listeners, `http` on plaintext ones.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Envoy's `forward_client_cert_details` modes that meshgate implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

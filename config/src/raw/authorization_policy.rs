@@ -22,13 +22,12 @@ pub struct Selector {
     pub match_labels: Labels,
 }
 
+/// Absent and empty lists are told apart: Istio refuses `from: []` and `to: []`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
-    #[serde(default)]
-    pub from: Vec<From>,
-    #[serde(default)]
-    pub to: Vec<To>,
+    pub from: Option<Vec<From>>,
+    pub to: Option<Vec<To>>,
     #[serde(default)]
     pub when: Vec<Condition>,
 }
@@ -50,12 +49,12 @@ pub struct Source {
     pub not_trust_domains: Option<Vec<String>>,
     pub ip_blocks: Option<Vec<String>>,
     pub not_ip_blocks: Option<Vec<String>>,
+    pub remote_ip_blocks: Option<Vec<String>>,
+    pub not_remote_ip_blocks: Option<Vec<String>>,
+    pub service_accounts: Option<Vec<String>>,
+    pub not_service_accounts: Option<Vec<String>>,
     pub request_principals: Unsupported,
     pub not_request_principals: Unsupported,
-    pub remote_ip_blocks: Unsupported,
-    pub not_remote_ip_blocks: Unsupported,
-    pub service_accounts: Unsupported,
-    pub not_service_accounts: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]

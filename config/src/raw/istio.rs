@@ -68,6 +68,14 @@ pub struct MeshConfig {
     pub ca_certificates: Unsupported,
     pub root_namespace: Unsupported,
     pub tls_defaults: Option<TlsDefaults>,
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// `meshConfig.pathNormalization`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathNormalization {
+    pub normalization: Option<String>,
 }
 
 /// `meshConfig.tlsDefaults`.

@@ -25,6 +25,14 @@ pub struct MeshGatewaySpec {
     pub access_log: Option<AccessLog>,
     pub reload: Option<Reload>,
     pub limits: Option<Limits>,
+    pub http: Option<Http>,
+}
+
+/// Request handling that Istio leaves to Envoy's defaults.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http {
+    pub headers_with_underscores_action: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

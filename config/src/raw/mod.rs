@@ -31,9 +31,9 @@ pub struct Resource<S> {
     pub status: Option<serde::de::IgnoredAny>,
 }
 
-/// Kubernetes object metadata. Only `name` and `namespace` mean anything to meshgate; the rest
-/// (labels, annotations, uid, resourceVersion, managedFields, ...) is what `kubectl get -o yaml`
-/// prints and is skipped.
+/// Kubernetes object metadata. `name`, `namespace` and the annotations meshgate reads
+/// (`istio.io/dry-run`) mean anything to meshgate; the rest (labels, uid, resourceVersion,
+/// managedFields, ...) is what `kubectl get -o yaml` prints and is skipped.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
@@ -41,6 +41,8 @@ pub struct Metadata {
     pub name: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// What is read of every document before its kind is known.

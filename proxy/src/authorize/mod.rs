@@ -2,7 +2,9 @@
 //!
 //! Istio's order: a matching DENY policy denies; then, if any ALLOW policy applies, a request
 //! that matches none of them is denied; otherwise it is allowed. AUDIT policies change nothing
-//! (`audited` names the ones that match, for the log). Pure: no I/O, no locks, no allocation.
+//! (`audited` names the ones that match, for the log). Dry-run policies change nothing either:
+//! `dry_run` decides each of their sets as Istio's shadow rules do, for the log and a metric.
+//! Pure: no I/O, no locks, no allocation.
 
 use meshgate_config::model::authz::{Attributes, Policies, Policy};
 
@@ -24,6 +26,47 @@ pub fn authorize<'a>(policies: &'a Policies, a: &Attributes<'_>) -> Decision<'a>
     } else {
         Decision::Deny(None)
     }
+}
+
+/// What a set of dry-run policies would have decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shadow<'a> {
+    /// Which set: the dry-run DENY policies or the dry-run ALLOW policies.
+    pub action: ShadowAction,
+    /// The policy that decided (Envoy's `shadow_effective_policy_id`), if one matched.
+    pub policy: Option<&'a str>,
+    pub allowed: bool,
+}
+
+/// The action of a set of dry-run policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowAction {
+    Deny,
+    Allow,
+}
+
+/// Decides the dry-run policies: each set on its own, as if it were the only one enforced. A
+/// DENY set would deny the request a policy of it matches; an ALLOW set would deny the request
+/// none of its policies matches. An empty set decides nothing.
+pub fn dry_run<'a>(policies: &'a Policies, a: &Attributes<'_>) -> [Option<Shadow<'a>>; 2] {
+    let set = &policies.dry_run;
+    let deny = (!set.deny.is_empty()).then(|| {
+        let hit = set.deny.iter().find(|p| p.matches(a));
+        Shadow {
+            action: ShadowAction::Deny,
+            policy: hit.map(|p| p.name.as_str()),
+            allowed: hit.is_none(),
+        }
+    });
+    let allow = (!set.allow.is_empty()).then(|| {
+        let hit = set.allow.iter().find(|p| p.matches(a));
+        Shadow {
+            action: ShadowAction::Allow,
+            policy: hit.map(|p| p.name.as_str()),
+            allowed: hit.is_some(),
+        }
+    });
+    [deny, allow]
 }
 
 /// The AUDIT policies a request matches.

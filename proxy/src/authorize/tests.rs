@@ -64,6 +64,9 @@ fn decide(model: &meshgate_config::Model, r: &Req) -> bool {
         namespace: id.as_ref().and_then(|i| i.namespace()),
         trust_domain: id.as_ref().map(|i| i.trust_domain()),
         source_ip: r.ip.parse::<IpAddr>().unwrap(),
+        remote_ip: r.ip.parse::<IpAddr>().unwrap(),
+        destination_ip: "127.0.0.1".parse::<IpAddr>().unwrap(),
+        authority: r.host,
         host: r.host,
         port: r.port,
         method: r.method,
@@ -139,11 +142,6 @@ fn istio_evaluation_order_and_empty_rules() {
         (
             "ALLOW rules: [{}] allows all",
             policy("a", "ALLOW", "  rules: [{}]"),
-            true,
-        ),
-        (
-            "DENY without rules matches nothing",
-            policy("d", "DENY", ""),
             true,
         ),
         (

@@ -1,8 +1,10 @@
 //! Forward: request -> upstream response, over a pooled connection.
 //!
-//! Applies the route's URI and authority rewrites, drops hop-by-hop headers, hands the request
-//! to the backend's pool (which picks the endpoint and the connection), and streams both
-//! bodies. The route's timeout bounds the wait for the response head.
+//! Applies the route's URI and authority rewrites, hands the request to the backend's pool
+//! (which picks the endpoint and the connection), and streams both bodies. The request's
+//! hop-by-hop headers are gone already (`head`), and its headers are not edited here: the
+//! owned ones were set last. The response's hop-by-hop headers are dropped. The route's
+//! timeout bounds the wait for the response head.
 
 pub mod connect;
 pub mod pool;
@@ -11,21 +13,23 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 
-use meshgate_config::model::{BackendProtocol, Route};
+use meshgate_config::model::{BackendProtocol, RequestMatch, StringMatcher};
 
 pub use pool::{PooledBody, Upstreams};
 
 use crate::body::RequestBody;
 use crate::respond::ProxyError;
+use crate::route::Selected;
 
 /// Sends `req` to backend `backend` of the model and returns the upstream's response.
 pub async fn forward(
     upstreams: &Upstreams,
     backend: usize,
-    route: &Route,
+    selected: Selected<'_>,
     mut req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let upstream = upstreams.backend(backend);
+    let route = selected.route;
 
     // The upstream sees the original host (or the rewritten one), as Envoy sends it.
     let host = match &route.rewrite_authority {
@@ -40,8 +44,14 @@ pub async fn forward(
                 .ok_or(ProxyError::BadRequest("no authority"))?,
         },
     };
-    let path = rewrite_path(req.uri(), route);
-    remove_hop_by_hop(req.headers_mut());
+    let path = match &route.rewrite_uri {
+        Some(new) => rewrite_path(req.uri(), new, selected.matched),
+        None => req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = Some(path);
     match upstream.protocol {
@@ -74,26 +84,24 @@ pub async fn forward(
     Ok(response)
 }
 
-/// Istio's `rewrite.uri`: replaces the matched prefix (for prefix matches) or the whole path.
-fn rewrite_path(uri: &Uri, route: &Route) -> PathAndQuery {
+/// Istio's `rewrite.uri`, as Envoy's `prefix_rewrite` on the route Istio makes of the match
+/// that selected the request: a `prefix` match has that prefix replaced; an `exact` or `regex`
+/// match has the whole path replaced; a match without `uri` (or a route without matches) is
+/// Envoy's prefix `/`, so only the leading `/` is replaced. The query is kept.
+fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAndQuery {
     let original = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Some(new) = &route.rewrite_uri else {
-        return original;
-    };
     let path = original.path();
-    let prefix = route.matches.iter().find_map(|m| match &m.uri {
-        Some(meshgate_config::model::StringMatcher::Prefix(p)) if path.starts_with(p.as_str()) => {
-            Some(p.len())
-        }
-        _ => None,
-    });
-    let rest = match prefix {
-        Some(n) => &path[n..],
-        None => "",
+    let replaced = match matched.and_then(|m| m.uri.as_ref()) {
+        Some(StringMatcher::Prefix(p)) if path.starts_with(p.as_str()) => p.len(),
+        Some(StringMatcher::Prefix(_))
+        | Some(StringMatcher::Exact(_))
+        | Some(StringMatcher::Regex(_)) => path.len(),
+        None => usize::from(path.starts_with('/')),
     };
+    let rest = &path[replaced..];
     let mut text = String::with_capacity(new.len() + rest.len() + 16);
     text.push_str(new);
     text.push_str(rest);
@@ -104,8 +112,8 @@ fn rewrite_path(uri: &Uri, route: &Route) -> PathAndQuery {
     PathAndQuery::try_from(text).unwrap_or(original)
 }
 
-/// Drops the headers that describe one hop (RFC 9110 7.6.1), and those the Connection header
-/// names.
+/// Drops from a response the headers that describe one hop (RFC 9110 7.6.1), and those its
+/// Connection header names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

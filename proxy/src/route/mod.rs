@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, Method, Uri};
 
-use meshgate_config::model::{Listener, Route, WeightedBackend};
+use meshgate_config::model::{Listener, RequestMatch, Route, WeightedBackend};
 
 /// What routing looks at.
 #[derive(Debug)]
@@ -21,8 +21,16 @@ pub struct RouteRequest<'a> {
     pub port: u16,
 }
 
+/// The route a request takes, and which of its matches selected it.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    pub route: &'a Route,
+    /// `None` for a route without matches (it takes every request).
+    pub matched: Option<&'a RequestMatch>,
+}
+
 /// The route for a request, or `None` (404).
-pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<&'a Route> {
+pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<Selected<'a>> {
     if !listener
         .servers
         .iter()
@@ -31,11 +39,21 @@ pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<&'a R
         return None;
     }
     let vh = listener.routes.find(req.authority)?;
-    vh.routes.iter().find(|r| {
-        r.matches.is_empty()
-            || r.matches
-                .iter()
-                .any(|m| m.matches(req.method, req.path, req.authority, req.headers, req.port))
+    vh.routes.iter().find_map(|route| {
+        if route.matches.is_empty() {
+            return Some(Selected {
+                route,
+                matched: None,
+            });
+        }
+        route
+            .matches
+            .iter()
+            .find(|m| m.matches(req.method, req.path, req.authority, req.headers, req.port))
+            .map(|m| Selected {
+                route,
+                matched: Some(m),
+            })
     })
 }
 
@@ -59,14 +77,18 @@ pub fn pick(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
     }
 }
 
-/// The request's authority without its port: the URI's (HTTP/2, absolute form) or the Host
-/// header's.
+/// The request's authority without its port: the URI's (HTTP/2) or the Host header's.
 pub fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let raw = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => headers.get(http::header::HOST)?.to_str().ok()?,
-    };
-    Some(strip_port(raw))
+    full_authority(uri, headers).map(strip_port)
+}
+
+/// The request's authority as sent, with its port if it names one. After the `head` stage
+/// there is exactly one: the URI's (HTTP/2) or the Host header's.
+pub fn full_authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => headers.get(http::header::HOST)?.to_str().ok(),
+    }
 }
 
 /// The port of the request's authority: the one written, else 80 (the outbound listener
@@ -92,8 +114,8 @@ pub fn authority_port(uri: &Uri, headers: &HeaderMap) -> u16 {
 /// The port of an authority that names none.
 const DEFAULT_PORT: u16 = 80;
 
-fn strip_port(authority: &str) -> &str {
-    // `[::1]:443` keeps its brackets; `host:443` loses its port.
+/// The host of an authority: `[::1]:443` keeps its brackets, `host:443` loses its port.
+pub fn strip_port(authority: &str) -> &str {
     if let Some(end) = authority.strip_prefix('[').and_then(|r| r.find(']')) {
         return &authority[..end + 2];
     }

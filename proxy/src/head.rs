@@ -1,0 +1,326 @@
+//! Head: the request head made canonical before anything reads it, or refused.
+//!
+//! Receives a request as hyper parsed it; hands on a request with
+//!
+//! - one authority, which routing, AuthorizationPolicy, the access log and the upstream all
+//!   use: lowercase, no trailing dot, in the `Host` header (HTTP/1.1) or the URI (HTTP/2). An
+//!   HTTP/1.1 absolute-form target replaces `Host`, as RFC 9112 3.2.2 tells a proxy to do; an
+//!   HTTP/2 `host` header that disagrees with `:authority` is refused (RFC 9113 8.3.1), as is a
+//!   second `Host`, userinfo, or a character no host name has;
+//! - one path, normalized as `meshConfig.pathNormalization` says (see `model::path`);
+//! - no hop-by-hop headers: `Connection` and the headers it nominates are removed, `TE` is kept
+//!   only as `trailers`. Nominating a header the proxy owns (or `host`, `x-forwarded-host`, a
+//!   pseudo-header), or ten or more headers, is refused, as Envoy refuses nominations of its
+//!   `x-forwarded-*` headers;
+//! - headers whose name holds `_` dropped, kept or refused per
+//!   `spec.http.headersWithUnderscoresAction`; the underscore spelling of an owned header
+//!   (`x_mesh_origin`) is dropped whatever the setting, since some backends read `_` as `-`.
+//!
+//! It refuses (400) what it cannot make canonical, and CONNECT (405): meshgate does not tunnel.
+//! The tags are set after this stage and nothing after them edits the request's headers.
+//! Nothing here allocates for a head that is already canonical.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Version};
+
+use meshgate_config::model::path::PathError;
+use meshgate_config::model::{HttpSettings, UnderscoreHeaders};
+
+use crate::tag::Owned;
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// No `Host` (HTTP/1.1) and no `:authority` (HTTP/2).
+    #[error("no authority")]
+    NoAuthority,
+    /// More than one `Host` header (RFC 9112 3.2).
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// An authority that is not `host[:port]`: userinfo, an empty host, a bad port, or a
+    /// character no host name holds.
+    #[error("malformed authority")]
+    BadAuthority,
+    /// HTTP/2 `:authority` and `host` name different hosts (RFC 9113 8.3.1).
+    #[error(":authority and host disagree")]
+    AuthorityMismatch,
+    /// The path could not be normalized.
+    #[error("{0}")]
+    Path(#[from] PathError),
+    /// `Connection` nominates a header the proxy owns, `host`, `x-forwarded-host` or a
+    /// pseudo-header: removing it would change who the caller is or where it goes.
+    #[error("Connection nominates a header the proxy owns")]
+    NominatesOwned,
+    /// `Connection` nominates ten or more headers (Envoy's limit).
+    #[error("Connection nominates too many headers")]
+    TooManyNominations,
+    /// A header that is not text where text is required.
+    #[error("malformed header")]
+    BadHeader,
+    /// A header name holds `_` and `headersWithUnderscoresAction` is `REJECT_REQUEST`.
+    #[error("a header name holds an underscore")]
+    Underscore,
+    /// CONNECT: meshgate routes requests, it does not tunnel.
+    #[error("CONNECT is not supported")]
+    Connect,
+}
+
+/// Makes `req`'s head canonical in place, or says why it cannot be.
+pub fn canonicalize<B>(
+    req: &mut Request<B>,
+    settings: &HttpSettings,
+    owned: &Owned,
+) -> Result<(), HeadError> {
+    if req.method() == Method::CONNECT {
+        return Err(HeadError::Connect);
+    }
+    authority(req)?;
+    let path = req.uri().path();
+    if let Cow::Owned(normalized) = settings.path_normalization.apply(path)? {
+        set_path(req.uri_mut(), &normalized)?;
+    }
+    let headers = req.headers_mut();
+    hop_by_hop(headers, owned)?;
+    underscores(headers, settings.headers_with_underscores, owned)
+}
+
+/// One authority, canonical, in one place.
+fn authority<B>(req: &mut Request<B>) -> Result<(), HeadError> {
+    let h2 = req.version() == Version::HTTP_2;
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HeadError::DuplicateHost);
+    }
+    match (req.uri().authority(), host) {
+        // HTTP/2 with `:authority`: a `host` header must say the same, and goes.
+        (Some(a), host) if h2 => {
+            let canonical = canonical(a.as_str())?;
+            let had_host = match host {
+                None => false,
+                Some(host) => {
+                    let host = host.to_str().map_err(|_| HeadError::BadAuthority)?;
+                    if *self::canonical(host)? != *canonical {
+                        return Err(HeadError::AuthorityMismatch);
+                    }
+                    true
+                }
+            };
+            let rewritten = match canonical {
+                Cow::Owned(c) => Some(c),
+                Cow::Borrowed(_) => None,
+            };
+            if had_host {
+                req.headers_mut().remove(header::HOST);
+            }
+            if let Some(c) = rewritten {
+                let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                parts.authority = Some(c.parse().map_err(|_| HeadError::BadAuthority)?);
+                *req.uri_mut() = Uri::from_parts(parts).map_err(|_| HeadError::BadAuthority)?;
+            }
+        }
+        // HTTP/1.1 absolute form: the target's authority replaces Host (RFC 9112 3.2.2), and
+        // the target becomes origin form.
+        (Some(a), _) => {
+            let value = HeaderValue::from_str(&canonical(a.as_str())?)
+                .map_err(|_| HeadError::BadAuthority)?;
+            req.headers_mut().insert(header::HOST, value);
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = None;
+            parts.authority = None;
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| HeadError::BadAuthority)?;
+        }
+        (None, Some(host)) => {
+            let text = host.to_str().map_err(|_| HeadError::BadAuthority)?;
+            if let Cow::Owned(c) = canonical(text)? {
+                let value = HeaderValue::from_str(&c).map_err(|_| HeadError::BadAuthority)?;
+                req.headers_mut().insert(header::HOST, value);
+            }
+        }
+        (None, None) => return Err(HeadError::NoAuthority),
+    }
+    Ok(())
+}
+
+/// `host[:port]` lowercase, without a trailing dot on the host or an empty port; borrowed
+/// when it already is. Refuses anything else.
+pub fn canonical(authority: &str) -> Result<Cow<'_, str>, HeadError> {
+    let (host, port) = split_port(authority)?;
+    let literal = host.starts_with('[');
+    let valid = if literal {
+        host.len() > 2
+            && host[1..host.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    };
+    if !valid {
+        return Err(HeadError::BadAuthority);
+    }
+    let trimmed = if literal {
+        host
+    } else {
+        host.strip_suffix('.').unwrap_or(host)
+    };
+    if trimmed.is_empty() || trimmed.ends_with('.') {
+        return Err(HeadError::BadAuthority);
+    }
+    let unchanged = trimmed.len() == host.len()
+        && !host.bytes().any(|b| b.is_ascii_uppercase())
+        && port.is_none_or(|p| !p.is_empty());
+    if unchanged {
+        return Ok(Cow::Borrowed(authority));
+    }
+    let mut out = trimmed.to_ascii_lowercase();
+    if let Some(p) = port.filter(|p| !p.is_empty()) {
+        out.push(':');
+        out.push_str(p);
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Splits off `:port` (digits, at most 65535; empty allowed, as RFC 3986's `*DIGIT`).
+fn split_port(authority: &str) -> Result<(&str, Option<&str>), HeadError> {
+    let cut = if authority.starts_with('[') {
+        authority
+            .find(']')
+            .map(|i| i + 1)
+            .ok_or(HeadError::BadAuthority)?
+    } else {
+        authority.rfind(':').unwrap_or(authority.len())
+    };
+    let (host, rest) = authority.split_at(cut);
+    let port = match rest.strip_prefix(':') {
+        None if rest.is_empty() => None,
+        None => return Err(HeadError::BadAuthority),
+        Some(p) => {
+            let number_ok = p.is_empty()
+                || (p.len() <= 5
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u32>().is_ok_and(|n| n <= 65535));
+            if !number_ok {
+                return Err(HeadError::BadAuthority);
+            }
+            Some(p)
+        }
+    };
+    Ok((host, port))
+}
+
+/// Replaces the URI's path, keeping its query (and scheme and authority on HTTP/2).
+fn set_path(uri: &mut Uri, path: &str) -> Result<(), HeadError> {
+    let mut parts = std::mem::take(uri).into_parts();
+    let query = parts.path_and_query.as_ref().and_then(|p| p.query());
+    let text = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(text).map_err(|_| HeadError::Path(PathError::NotAbsolute))?);
+    *uri = Uri::from_parts(parts).map_err(|_| HeadError::Path(PathError::NotAbsolute))?;
+    Ok(())
+}
+
+/// Removes `Connection`, what it nominates, and the other hop-by-hop headers.
+fn hop_by_hop(headers: &mut HeaderMap, owned: &Owned) -> Result<(), HeadError> {
+    if headers.contains_key(header::CONNECTION) {
+        let mut nominated = Vec::new();
+        let mut count = 0;
+        for value in headers.get_all(header::CONNECTION) {
+            let text = value.to_str().map_err(|_| HeadError::BadHeader)?;
+            for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                count += 1;
+                if count >= MAX_NOMINATIONS {
+                    return Err(HeadError::TooManyNominations);
+                }
+                if token.starts_with(':') {
+                    return Err(HeadError::NominatesOwned);
+                }
+                // Hop-by-hop already, or the connection's own options.
+                if ["close", "keep-alive", "upgrade", "http2-settings", "te"]
+                    .iter()
+                    .any(|t| token.eq_ignore_ascii_case(t))
+                {
+                    continue;
+                }
+                let name =
+                    HeaderName::from_bytes(token.as_bytes()).map_err(|_| HeadError::BadHeader)?;
+                if owned.contains(&name) || name == header::HOST || name == X_FORWARDED_HOST {
+                    return Err(HeadError::NominatesOwned);
+                }
+                nominated.push(name);
+            }
+        }
+        for name in nominated {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // TE survives only as `trailers` (gRPC backends ask for it), as Envoy keeps it.
+    if let Some(te) = headers.remove(header::TE) {
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    Ok(())
+}
+
+/// Headers whose name holds `_`.
+fn underscores(
+    headers: &mut HeaderMap,
+    action: UnderscoreHeaders,
+    owned: &Owned,
+) -> Result<(), HeadError> {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return Ok(());
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        match action {
+            UnderscoreHeaders::RejectRequest => return Err(HeadError::Underscore),
+            UnderscoreHeaders::DropHeader => {
+                headers.remove(&name);
+            }
+            UnderscoreHeaders::Allow => {
+                if owned.spelled_with_underscores(name.as_str()) {
+                    headers.remove(&name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Envoy refuses more nominations than this.
+const MAX_NOMINATIONS: usize = 10;
+
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop (RFC 9110 7.6.1), besides `TE`.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+#[cfg(test)]
+mod tests;
