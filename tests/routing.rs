@@ -260,3 +260,58 @@ async fn a_request_without_host_is_a_400() {
     let response = String::from_utf8_lossy(&out);
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 }
+
+#[tokio::test]
+async fn rewrite_uri_replaces_the_prefix_of_the_match_that_selected_the_route() {
+    let pki = Pki::new(&["example-target.com"]);
+    let backend = echo();
+    let vs = format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: rewrites, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http:
+  - match:
+    - {{uri: {{prefix: /api/}}, headers: {{x-version: {{exact: "2"}}}}}}
+    - {{uri: {{prefix: /api/v1/}}}}
+    - {{uri: {{exact: /legacy}}}}
+    rewrite: {{uri: /new/}}
+    route: [{{destination: {{host: echo.internal}}}}]
+  - match: [{{headers: {{x-any: {{exact: "1"}}}}}}]
+    rewrite: {{uri: /v2/}}
+    route: [{{destination: {{host: echo.internal}}}}]
+{}"#,
+        service_entry("echo", backend.address.port())
+    );
+    let proxy = Proxy::start(
+        &gateway_yaml(&vs),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let caller = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/default/sa/app",
+    );
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+        // The second match selected the route: its prefix goes, not the first one's.
+        ("/api/v1/items?x=1", &[], "/new/items?x=1"),
+        ("/api/v1/items", &[("x-version", "2")], "/new/v1/items"),
+        // An exact match has its whole path replaced.
+        ("/legacy", &[], "/new/"),
+        // A match without a uri is Envoy's prefix `/`: only the leading slash goes.
+        ("/foo/bar", &[("x-any", "1")], "/v2/foo/bar"),
+        ("/", &[("x-any", "1")], "/v2/"),
+    ];
+    for (path, headers, want) in cases {
+        let r = client
+            .get(proxy.addr(443), HOST, HOST, path, headers)
+            .await
+            .unwrap();
+        assert_eq!(r.json()["path"], want, "{path} {headers:?}");
+    }
+}

@@ -118,7 +118,27 @@ impl Client {
         addr: std::net::SocketAddr,
         sni: &str,
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(addr).await?;
+        self.handshake(TcpStream::connect(addr).await?, sni).await
+    }
+
+    /// As `connect`, from the local address `from` (any 127.x.y.z works on loopback).
+    pub async fn connect_from(
+        &self,
+        from: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+        sni: &str,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(from, 0))?;
+        self.handshake(socket.connect(addr).await?, sni).await
+    }
+
+    /// The TLS handshake over `tcp`, with `sni`.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        sni: &str,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let name = ServerName::try_from(sni.to_string())
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         TlsConnector::from(self.config.clone())
@@ -282,11 +302,28 @@ impl Conn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.request(http::Method::GET, authority, path, headers)
+            .await
+    }
+
+    /// As `send`, with any method.
+    pub async fn request(
+        &mut self,
+        method: http::Method,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
         let h2 = matches!(self, Conn::H2(_));
         let mut req = if h2 {
-            Request::get(format!("https://{authority}{path}")).version(Version::HTTP_2)
+            Request::builder()
+                .method(method)
+                .uri(format!("https://{authority}{path}"))
+                .version(Version::HTTP_2)
         } else {
-            Request::get(path)
+            Request::builder()
+                .method(method)
+                .uri(path)
                 .header("host", authority)
                 .version(Version::HTTP_11)
         };

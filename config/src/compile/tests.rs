@@ -396,6 +396,30 @@ spec:
         .collect();
     assert_eq!(unreachable.len(), 1, "{:?}", model.warnings);
     assert!(unreachable[0].contains("partner.org/ns/a/sa/b"));
+    // An allow-list without issuer binding still lets one mesh's CA mint another allowed
+    // domain's identities, this mesh's own included.
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("spec.trust.issuers is empty")),
+        "{:?}",
+        model.warnings
+    );
+    let bound = trusted.replacen(
+        "  trust: {trustDomains: [example.com]}",
+        "  trust: {trustDomains: [example.com], issuers: [{spkiSha256: \"00000000000000000000000000000000000000000000000000000000000000aa\", trustDomains: [example.com]}]}",
+        1,
+    );
+    let model = load_str("t.yaml", &bound).unwrap();
+    assert!(
+        !model
+            .warnings
+            .iter()
+            .any(|w| w.contains("issuers is empty")),
+        "{:?}",
+        model.warnings
+    );
 }
 
 #[test]
