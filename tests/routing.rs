@@ -297,7 +297,8 @@ spec:
         "spiffe://example-target.com/ns/default/sa/app",
     );
     let client = Client::plain(Some(&caller), &pki.root.cert_pem);
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         // The second match selected the route: its prefix goes, not the first one's.
         ("/api/v1/items?x=1", &[], "/new/items?x=1"),
         ("/api/v1/items", &[("x-version", "2")], "/new/v1/items"),
