@@ -750,3 +750,43 @@ fn the_readme_lists_every_policy_field() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_policy_typo_at_reload_keeps_the_old_policies_serving() {
+    let s = Setup::new(DENY_ADMIN_PATHS).await;
+    let config = s.proxy.dir.path().join("config.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let typo = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-partners, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{when: [{key: source.ip, values: [127.0.0.0/33]}]}]
+"#;
+    std::fs::write(&config, format!("{original}{typo}")).unwrap();
+    meshgate_proxy::reload::reload(&s.proxy.running, std::slice::from_ref(&config)).await;
+    assert!(s
+        .proxy
+        .running
+        .metrics
+        .render()
+        .contains("meshgate_config_reloads_total{result=\"failure\"} 1"));
+    assert_eq!(
+        s.get(false, HOST, "/admin/x", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.get(false, HOST, "/public", &[]).await.status,
+        StatusCode::OK
+    );
+
+    // Corrected, it takes effect.
+    std::fs::write(&config, format!("{original}{}", typo.replace("/33", "/8"))).unwrap();
+    meshgate_proxy::reload::reload(&s.proxy.running, std::slice::from_ref(&config)).await;
+    assert_eq!(
+        s.get(false, HOST, "/public", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
