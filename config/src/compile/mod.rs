@@ -32,6 +32,7 @@ pub fn compile(
     for doc in documents {
         parse_document(doc, &mut parsed, errors);
     }
+    duplicates(&parsed, errors);
     let mut warnings = Vec::new();
     let paths = mesh_gateway::path_normalization(&parsed, errors, &mut warnings);
     let proxy = mesh_gateway::compile(&parsed.mesh_gateways, paths, errors);
@@ -57,16 +58,21 @@ pub fn compile(
         .as_ref()
         .map(|(p, _)| p.tagging.owned().to_vec())
         .unwrap_or_default();
+    let proxy_namespace = parsed
+        .mesh_gateways
+        .first()
+        .map_or(DEFAULT_NAMESPACE, |(o, _)| o.namespace.as_str());
     virtual_service::bind(
         &parsed.virtual_services,
         &mut listeners,
         &mut backends,
         &owned,
+        proxy_namespace,
         errors,
         &mut warnings,
     );
     if let Some(i) = outbound {
-        outbound::add_service_entries(&mut listeners[i], &backends);
+        outbound::add_service_entries(&mut listeners[i], &backends, proxy_namespace);
     }
     destination_rule::compile(&parsed.destination_rules, errors).apply(backends.list_mut());
     if let Some((_, listen)) = &proxy {
@@ -149,6 +155,8 @@ pub(crate) struct Origin {
     pub name: String,
     /// `metadata.annotations`; meshgate reads `istio.io/dry-run`.
     pub annotations: BTreeMap<String, String>,
+    /// The line its document starts on, to tell two declarations apart.
+    pub line: usize,
 }
 
 impl Origin {
@@ -218,6 +226,7 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         name: header.metadata.name.unwrap_or_default(),
         annotations: header.metadata.annotations.unwrap_or_default(),
+        line: first_line(&doc.text),
         kind: kind.clone(),
     };
     if origin.name.is_empty() {
@@ -256,6 +265,50 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
             "kind",
             format!("unknown kind `{kind}` of apiVersion `{api_version}`"),
         )),
+    }
+}
+
+/// The 1-based line of a document's first line with content (documents are padded with the
+/// lines before them).
+fn first_line(text: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && t != "---"
+        })
+        .map_or(1, |i| i + 1)
+}
+
+/// Two resources of one kind with one `namespace/name`: Kubernetes would keep one, silently;
+/// meshgate refuses both, naming where each is.
+fn duplicates(parsed: &Parsed, errors: &mut Vec<ConfigError>) {
+    let origins = parsed
+        .mesh_gateways
+        .iter()
+        .map(|(o, _)| o)
+        .chain(parsed.kyma.iter().map(|(o, _)| o))
+        .chain(parsed.operators.iter().map(|(o, _)| o))
+        .chain(parsed.gateways.iter().map(|(o, _)| o))
+        .chain(parsed.virtual_services.iter().map(|(o, _)| o))
+        .chain(parsed.service_entries.iter().map(|(o, _)| o))
+        .chain(parsed.destination_rules.iter().map(|(o, _)| o))
+        .chain(parsed.authorization_policies.iter().map(|(o, _)| o));
+    let mut seen: std::collections::HashMap<(&str, &str, &str), &Origin> =
+        std::collections::HashMap::new();
+    for o in origins {
+        let key = (o.kind.as_str(), o.namespace.as_str(), o.name.as_str());
+        if let Some(first) = seen.insert(key, o) {
+            errors.push(o.error(
+                "metadata.name",
+                format!(
+                    "declared twice: at {}:{} and at {}:{}; Kubernetes would keep only one",
+                    first.file.display(),
+                    first.line,
+                    o.file.display(),
+                    o.line
+                ),
+            ));
+        }
     }
 }
 

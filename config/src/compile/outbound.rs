@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use super::service_entry::Backends;
+use super::virtual_service::sidecar_names;
 use crate::model::{
     HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter,
     RequestMatch, Route, RouteAction, RouteTable, ServerHost, VirtualHost, WeightedBackend,
@@ -32,7 +33,11 @@ pub(crate) fn listener(address: SocketAddr) -> Listener {
 
 /// Adds a virtual host per ServiceEntry host, after those of the `mesh` VirtualServices (which
 /// therefore take over a host they declare, as in Istio), routing each port to its backend.
-pub(crate) fn add_service_entries(listener: &mut Listener, backends: &Backends) {
+pub(crate) fn add_service_entries(
+    listener: &mut Listener,
+    backends: &Backends,
+    proxy_namespace: &str,
+) {
     let mut vhosts = std::mem::take(&mut listener.routes).into_virtual_hosts();
     for (i, b) in backends.list().iter().enumerate() {
         let Some(source) = &b.source else { continue };
@@ -56,14 +61,18 @@ pub(crate) fn add_service_entries(listener: &mut Listener, backends: &Backends) 
         let host = HostMatcher::Exact(b.host.as_str().into());
         match vhosts
             .iter_mut()
-            .find(|v| v.source == *source && v.hosts == [host.clone()])
+            .find(|v| v.source == *source && v.hosts.first() == Some(&host))
         {
             Some(v) => v.routes.push(route),
-            None => vhosts.push(VirtualHost {
-                source: source.clone(),
-                hosts: vec![host],
-                routes: vec![route],
-            }),
+            None => {
+                let mut hosts = vec![host.clone()];
+                hosts.extend(sidecar_names(&host, proxy_namespace));
+                vhosts.push(VirtualHost {
+                    source: source.clone(),
+                    hosts,
+                    routes: vec![route],
+                })
+            }
         }
     }
     listener.routes = RouteTable::new(vhosts);

@@ -679,3 +679,22 @@ fn route_header_operations_may_not_touch_owned_headers() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_resource_declared_twice_is_an_error_naming_both_places() {
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http: [{directResponse: {status: 200}}]\n";
+    let yaml = with_gateway(&format!("{vs}---\n{vs}"));
+    let got = errors(&yaml);
+    assert!(
+        got.iter().any(|e| e.contains("VirtualService default/reviews: metadata.name: declared twice: at t.yaml:9 and at t.yaml:16")),
+        "{got:#?}"
+    );
+    // One name in two kinds, or in two namespaces, is two resources.
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec: {host: reviews}\n";
+    let other = vs.replace("namespace: default", "namespace: other");
+    load_str(
+        "t.yaml",
+        &with_gateway(&format!("{vs}---\n{dr}---\n{other}")),
+    )
+    .unwrap();
+}

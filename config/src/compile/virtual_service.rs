@@ -10,8 +10,8 @@ use super::service_entry::Backends;
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
-    DirectResponse, HeaderMatch, HeaderOps, HostMatcher, Listener, RequestMatch, Route,
-    RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
+    DirectResponse, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, RequestMatch,
+    Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{HeaderOperations, HttpMatch, HttpRoute, VirtualServiceSpec};
 use crate::raw::StringMatch;
@@ -24,6 +24,7 @@ pub(crate) fn bind(
     listeners: &mut [Listener],
     backends: &mut Backends,
     owned: &[HeaderName],
+    proxy_namespace: &str,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
 ) {
@@ -54,7 +55,14 @@ pub(crate) fn bind(
             errors.push(o.error("spec.hosts", "at least one host is required"));
         }
         for (i, host) in spec.hosts.iter().enumerate() {
-            match HostMatcher::parse(host) {
+            // Istio's ResolveShortnameToFQDN: a name without a dot is a Kubernetes service in
+            // the VirtualService's namespace.
+            let host = if host == "*" {
+                host.clone()
+            } else {
+                qualify(host, &o.namespace)
+            };
+            match HostMatcher::parse(&host) {
                 Some(h) => hosts.push(h),
                 None => errors.push(o.error(
                     format!("spec.hosts[{i}]"),
@@ -87,11 +95,18 @@ pub(crate) fn bind(
             if servers.is_empty() {
                 continue;
             }
-            let bound: Vec<HostMatcher> = hosts
+            let mut bound: Vec<HostMatcher> = hosts
                 .iter()
                 .filter(|h| servers.iter().any(|s| s.host.intersects(h)))
                 .cloned()
                 .collect();
+            if listener.kind == ListenerKind::Outbound {
+                let short: Vec<HostMatcher> = bound
+                    .iter()
+                    .flat_map(|h| sidecar_names(h, proxy_namespace))
+                    .collect();
+                bound.extend(short);
+            }
             if bound.is_empty() {
                 warnings.push(format!(
                     "{}: no host matches a host of its Gateway servers on port {}",
@@ -476,8 +491,39 @@ fn header_name(name: &str) -> Option<HeaderName> {
     HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()
 }
 
+/// The other names a sidecar answers for a Kubernetes service host, as Istio's outbound
+/// routes do: `reviews.default.svc.cluster.local` is also `reviews.default.svc` and
+/// `reviews.default`, and `reviews` from a proxy in namespace `default`. (The port is removed
+/// from the authority before matching, so `reviews:9080` is covered too.)
+pub(crate) fn sidecar_names(host: &HostMatcher, proxy_namespace: &str) -> Vec<HostMatcher> {
+    let HostMatcher::Exact(name) = host else {
+        return Vec::new();
+    };
+    let Some(service) = name.strip_suffix(CLUSTER_DOMAIN) else {
+        return Vec::new();
+    };
+    let Some((short, namespace)) = service.strip_suffix(".svc").and_then(|s| s.split_once('.'))
+    else {
+        return Vec::new();
+    };
+    if namespace.contains('.') {
+        return Vec::new();
+    }
+    let mut names = vec![
+        HostMatcher::Exact(format!("{short}.{namespace}.svc").into()),
+        HostMatcher::Exact(format!("{short}.{namespace}").into()),
+    ];
+    if namespace == proxy_namespace {
+        names.push(HostMatcher::Exact(short.into()));
+    }
+    names
+}
+
+/// The Kubernetes cluster domain Istio appends to short names.
+const CLUSTER_DOMAIN: &str = ".cluster.local";
+
 /// Istio expands a short destination host (`reviews`) with the VirtualService's namespace.
-fn qualify(host: &str, namespace: &str) -> String {
+pub(crate) fn qualify(host: &str, namespace: &str) -> String {
     if host.contains('.') {
         host.to_ascii_lowercase()
     } else {
