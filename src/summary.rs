@@ -74,17 +74,7 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             let _ = writeln!(out, "  {} hosts {}", vh.source, hosts.join(", "));
             for (i, r) in vh.routes.iter().enumerate() {
                 let name = r.name.clone().unwrap_or_else(|| format!("#{i}"));
-                let what = match &r.action {
-                    RouteAction::Direct(d) => format!("direct response {}", d.status.as_u16()),
-                    RouteAction::Forward(list) => list
-                        .iter()
-                        .map(|w| {
-                            let b = &model.backends[w.backend];
-                            format!("{}:{} (weight {})", b.host, b.port, w.weight)
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                };
+                let what = destinations(model, &r.action);
                 let matches = if r.matches.is_empty() {
                     "any request".to_string()
                 } else {
@@ -94,20 +84,26 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             }
         }
     }
+    for l in &model.listeners {
+        for vh in l.routes.virtual_hosts() {
+            if !vh.source.starts_with("VirtualService ") {
+                continue;
+            }
+            let routes: Vec<String> = vh
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let name = r.name.clone().unwrap_or_else(|| format!("http[{i}]"));
+                    format!("{name} -> {}", destinations(model, &r.action))
+                })
+                .collect();
+            let _ = writeln!(out, "{} on {}: {}", vh.source, l.name, routes.join("; "));
+        }
+    }
     for b in &model.backends {
-        let endpoints = match &b.endpoints {
-            Endpoints::Static(list) => list
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            Endpoints::Dns(list) => list
-                .iter()
-                .map(|(h, p)| format!("{h}:{p} (DNS)"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        let source = b.source.as_deref().unwrap_or("no ServiceEntry");
+        let endpoints = endpoints(&b.endpoints);
+        let source = b.source.as_deref().unwrap_or("no ServiceEntry or Service");
         let tls = match &b.policy.tls {
             UpstreamTls::Disable => "plaintext",
             UpstreamTls::Simple(_) => "TLS SIMPLE",
@@ -122,9 +118,50 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "backend {}:{} {:?} {tls} {:?} -> {endpoints} [{source}{policy}]",
-            b.host, b.port, b.protocol, b.policy.load_balancer
+            "backend {} {:?} {tls} {:?} -> {endpoints} [{source}{policy}]",
+            b.name(),
+            b.protocol,
+            b.policy.load_balancer
         );
     }
     out
+}
+
+/// Where a route goes: each backend (host, port, subset) with its weight and endpoints, or
+/// its direct response, as `istioctl x describe` shows a route.
+fn destinations(model: &Model, action: &RouteAction) -> String {
+    match action {
+        RouteAction::Direct(d) => format!("direct response {}", d.status.as_u16()),
+        RouteAction::Forward(list) => list
+            .iter()
+            .map(|w| {
+                let b = &model.backends[w.backend];
+                format!(
+                    "{} weight {} [{}]",
+                    b.name(),
+                    w.weight,
+                    endpoints(&b.endpoints)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn endpoints(e: &Endpoints) -> String {
+    match e {
+        Endpoints::Static(list) if list.is_empty() => "no endpoint".into(),
+        Endpoints::Static(list) => list
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Endpoints::Dns(list) if list.is_empty() => "no endpoint".into(),
+        Endpoints::Dns(list) => list
+            .iter()
+            .map(|(h, p)| format!("{h}:{p} (DNS)"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Endpoints::Undefined => "subset not defined: 503".into(),
+    }
 }

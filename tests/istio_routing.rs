@@ -21,7 +21,15 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(extra: &str) -> Self {
+        Self::start_with_files(extra, &[]).await
+    }
+
+    /// As `start`, with `files` (name, contents) written beside the configuration.
+    async fn start_with_files(extra: &str, files: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("sidecar");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         let yaml = format!(
             r#"
 apiVersion: meshgate.dev/v1alpha1
@@ -115,4 +123,361 @@ spec:
         );
         assert_eq!(sidecar.server(host, "/", &[]).await, one, "{host}");
     }
+}
+
+/// Three versions of a service, as bookinfo's reviews, each an echo on its own port.
+struct Versions {
+    v1: Echo,
+    v2: Echo,
+    v3: Echo,
+}
+
+impl Versions {
+    fn new() -> Self {
+        Self {
+            v1: echo(),
+            v2: echo(),
+            v3: echo(),
+        }
+    }
+
+    /// A ServiceEntry for `reviews.default.svc.cluster.local:9080` whose endpoints carry
+    /// bookinfo's version labels, and the DestinationRule with a subset per version.
+    fn registry(&self) -> String {
+        format!(
+            r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: reviews, version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: reviews, version: v2}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: reviews, version: v3}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  - {{name: v3, labels: {{version: v3}}}}
+"#,
+            self.v1.address.port(),
+            self.v2.address.port(),
+            self.v3.address.port()
+        )
+    }
+}
+
+#[tokio::test]
+async fn bookinfo_subsets_route_by_version_label() {
+    let v = Versions::new();
+    // bookinfo's virtual-service-reviews-test-v2.yaml and -50-v3.yaml, together.
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
+    - {destination: {host: reviews, subset: v3}, weight: 50}
+"#;
+    let sidecar = Sidecar::start(&format!("{}{vs}", v.registry())).await;
+    for _ in 0..5 {
+        assert_eq!(
+            sidecar
+                .server("reviews:9080", "/", &[("end-user", "jason")])
+                .await,
+            v.v2.address.to_string()
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        seen.insert(sidecar.server("reviews:9080", "/", &[]).await);
+    }
+    let want: std::collections::HashSet<String> =
+        [v.v1.address.to_string(), v.v3.address.to_string()].into();
+    assert_eq!(seen, want, "v1 and v3 only, never v2");
+}
+
+#[tokio::test]
+async fn workload_entries_picked_by_a_workload_selector_carry_the_subset_labels() {
+    let (v1, v2) = (echo(), echo());
+    let extra = format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-vm-1, namespace: default, labels: {{version: v1}}}}
+spec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: ratings}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-vm-2, namespace: default}}
+spec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: ratings, version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: elsewhere, namespace: other}}
+spec: {{address: 127.0.0.2, labels: {{app: ratings, version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.vm.internal]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: ratings}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings, namespace: default}}
+spec:
+  host: ratings.vm.internal
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.vm.internal]
+  http:
+  - match: [{{uri: {{prefix: /v2}}}}]
+    route: [{{destination: {{host: ratings.vm.internal, subset: v2}}}}]
+  - route: [{{destination: {{host: ratings.vm.internal, subset: v1}}}}]
+"#,
+        v1.address.port(),
+        v2.address.port()
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    for _ in 0..4 {
+        assert_eq!(
+            sidecar.server("ratings.vm.internal:9080", "/v2", &[]).await,
+            v2.address.to_string()
+        );
+        assert_eq!(
+            sidecar.server("ratings.vm.internal:9080", "/", &[]).await,
+            v1.address.to_string()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subset_no_destination_rule_defines_is_a_503_as_in_istio() {
+    let v = Versions::new();
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v9}}]}]
+"#;
+    let sidecar = Sidecar::start(&format!("{}{vs}", v.registry())).await;
+    let r = plain_get(sidecar.addr(), "reviews", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&r.body[..], b"cluster not found\n");
+    assert!(sidecar
+        .running
+        .model()
+        .warnings
+        .iter()
+        .any(|w| w.contains("subset `v9` is defined by no DestinationRule")));
+}
+
+#[tokio::test]
+async fn a_kubernetes_service_supplies_the_host_and_its_only_port() {
+    let backend = echo();
+    let extra = format!(
+        r#"  resolve: [{{host: ratings.default.svc.cluster.local, port: 9080, address: "{}"}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings, namespace: default, labels: {{app: ratings, service: ratings}}}}
+spec:
+  ports: [{{port: 9080, name: http}}]
+  selector: {{app: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings]
+  http: [{{route: [{{destination: {{host: ratings}}}}]}}]
+"#,
+        backend.address
+    );
+    // `resolve` continues the MeshGateway's spec: the Service's name points at the echo.
+    let sidecar = Sidecar::start(&extra).await;
+    for host in [
+        "ratings",
+        "ratings.default",
+        "ratings.default.svc.cluster.local:9080",
+    ] {
+        assert_eq!(
+            sidecar.server(host, "/", &[]).await,
+            backend.address.to_string(),
+            "{host}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn match_gateways_and_source_labels_choose_the_routes_that_apply_here() {
+    let (a, b, c) = (echo(), echo(), echo());
+    let extra = format!(
+        r#"{}{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.internal]
+  gateways: [mesh, istio-system/ingress]
+  http:
+  - match: [{{sourceLabels: {{app: reviews}}}}]
+    route: [{{destination: {{host: a.internal}}}}]
+  - match: [{{gateways: [istio-system/ingress], sourceLabels: {{app: productpage}}}}]
+    route: [{{destination: {{host: b.internal}}}}]
+  - match: [{{sourceLabels: {{app: productpage}}, sourceNamespace: other}}]
+    route: [{{destination: {{host: b.internal}}}}]
+  - match: [{{gateways: [mesh], uri: {{prefix: /mesh}}}}, {{sourceLabels: {{app: productpage}}, uri: {{prefix: /labels}}}}]
+    route: [{{destination: {{host: c.internal}}}}]
+"#,
+        service_entry("a", "a.internal", 80, &a),
+        service_entry("b", "b.internal", 80, &b),
+        service_entry("c", "c.internal", 80, &c),
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    assert_eq!(
+        sidecar.server("ratings.internal", "/mesh", &[]).await,
+        c.address.to_string()
+    );
+    assert_eq!(
+        sidecar.server("ratings.internal", "/labels", &[]).await,
+        c.address.to_string()
+    );
+    // Nothing else applies here: the first route is for reviews, the second for the ingress,
+    // the third for another namespace.
+    let r = plain_get(sidecar.addr(), "ratings.internal", "/other", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// A TLS server for `edition.cnn.com` (its certificate names it), chained to a test root.
+async fn tls_origin() -> (support::pki::Pki, support::observer::Observer) {
+    let pki = support::pki::Pki::new(&["example.com"]);
+    let mut spec = meshgate_pki::LeafSpec::spiffe("spiffe://example.com/ns/web/sa/cnn");
+    spec.dns = vec!["edition.cnn.com".into()];
+    let server = pki.leaf("example.com", &spec);
+    let observer =
+        support::observer::Observer::start_with(&server, &pki.root.cert_pem, &[b"http/1.1"], false)
+            .await;
+    (pki, observer)
+}
+
+/// Istio's egress TLS origination task, as published now: the app sends plain HTTP to port
+/// 80, which targets 443; the DestinationRule originates TLS on port 80.
+#[tokio::test]
+async fn tls_origination_on_the_http_port_as_istios_egress_task() {
+    let (pki, observer) = tls_origin().await;
+    let extra = format!(
+        r#"  resolve: [{{host: edition.cnn.com, port: 443, address: "{}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP, targetPort: 443}}
+  - {{number: 443, name: https-port, protocol: HTTPS}}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls: {{mode: SIMPLE, caCertificates: root.pem}}
+"#,
+        observer.address
+    );
+    let sidecar = Sidecar::start_with_files(&extra, &[("root.pem", &pki.root.cert_pem)]).await;
+    let r = plain_get(sidecar.addr(), "edition.cnn.com", "/politics", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"observed");
+    assert_eq!(observer.seen()[0].sni.as_deref(), Some("edition.cnn.com"));
+}
+
+/// The same task as Istio published it before: a VirtualService sends port 80 to the HTTPS
+/// port 443, through a subset whose port-level policy originates TLS.
+#[tokio::test]
+async fn tls_origination_through_a_subset_on_the_https_port() {
+    let (pki, observer) = tls_origin().await;
+    let extra = format!(
+        r#"  resolve: [{{host: edition.cnn.com, port: 443, address: "{}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP}}
+  - {{number: 443, name: https-port-for-tls-origination, protocol: HTTPS}}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  hosts: [edition.cnn.com]
+  http:
+  - match: [{{port: 80}}]
+    route:
+    - destination: {{host: edition.cnn.com, subset: tls-origination, port: {{number: 443}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  host: edition.cnn.com
+  subsets:
+  - name: tls-origination
+    trafficPolicy:
+      portLevelSettings:
+      - port: {{number: 443}}
+        tls: {{mode: SIMPLE, caCertificates: root.pem}}
+"#,
+        observer.address
+    );
+    let sidecar = Sidecar::start_with_files(&extra, &[("root.pem", &pki.root.cert_pem)]).await;
+    let r = plain_get(sidecar.addr(), "edition.cnn.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(&r.body[..], b"observed", "{:?}", r.status);
+    assert_eq!(observer.seen()[0].sni.as_deref(), Some("edition.cnn.com"));
 }

@@ -97,9 +97,10 @@ async fn dns_resolution_and_round_robin_over_endpoints() {
         .unwrap()
         .ends_with(&format!(":{}", a.address.port())));
 
-    // STATIC with two endpoints on their own ports (by port name): round robin.
+    // STATIC with two endpoints on their own ports (by port name), ROUND_ROBIN (Istio's default
+    // without a DestinationRule is LEAST_REQUEST).
     let rr = format!(
-        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: rr}}\nspec:\n  hosts: [rr.internal]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n",
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: rr}}\nspec:\n  hosts: [rr.internal]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: rr}}\nspec: {{host: rr.internal, trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}}}\n",
         virtual_service("rr.internal"),
         a.address.port(),
         b.address.port()

@@ -33,10 +33,13 @@ pub enum ProxyError {
     /// Downstream: no Gateway host or VirtualService route matches.
     #[error("no route")]
     NoRoute,
-    /// Upstream: the backend has no endpoint (a DNS ServiceEntry whose names all failed to
-    /// parse).
+    /// Upstream: the backend has no endpoint (a subset whose labels select none).
     #[error("no upstream endpoint")]
     NoEndpoint,
+    /// Upstream: the route names a subset no DestinationRule defines (Envoy's missing
+    /// cluster).
+    #[error("no cluster for the route's destination subset")]
+    NoCluster,
     /// Upstream: the connection could not be made (refused, unresolvable, connect timeout,
     /// TLS refused).
     #[error("upstream connect: {0}")]
@@ -58,7 +61,7 @@ impl ProxyError {
             Self::Head(_) => StatusCode::BAD_REQUEST,
             Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoEndpoint | Self::UpstreamConnect(_) | Self::Upstream(_) => {
+            Self::NoEndpoint | Self::NoCluster | Self::UpstreamConnect(_) | Self::Upstream(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -72,6 +75,7 @@ impl ProxyError {
             Self::Denied(_) => "RBAC",
             Self::NoRoute => "NR",
             Self::NoEndpoint => "UH",
+            Self::NoCluster => "NC",
             Self::UpstreamConnect(_) => "UF",
             Self::Upstream(_) => "UC",
             Self::UpstreamTimeout => "UT",
@@ -87,6 +91,7 @@ impl ProxyError {
             Self::Denied(_) => "RBAC: access denied",
             Self::NoRoute => "no route\n",
             Self::NoEndpoint => "no healthy upstream\n",
+            Self::NoCluster => "cluster not found\n",
             Self::UpstreamConnect(_) => "upstream connect error\n",
             Self::Upstream(_) => "upstream reset\n",
             Self::UpstreamTimeout => "upstream request timeout\n",

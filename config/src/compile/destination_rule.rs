@@ -1,21 +1,25 @@
-//! DestinationRules -> the upstream policy of each backend.
+//! DestinationRules -> the upstream policy of each backend, and the subsets routes name.
 //!
-//! For a backend (host, port), the DestinationRule with the most specific matching `host`
-//! applies (exact, then the longest `*.suffix`, then `*`; the first declared on a tie); its
-//! `portLevelSettings` for the port replace `tls`, `loadBalancer` and `connectionPool` of the
-//! top-level `trafficPolicy`, each as a whole, as Istio does.
+//! For a backend (host, port, subset), the DestinationRule with the most specific matching
+//! `host` applies (exact, then the longest `*.suffix`, then `*`; the first declared on a tie; a
+//! short host is a Kubernetes service in the rule's namespace). Its policy is merged as Istio's
+//! `MergeTrafficPolicy` does: a `portLevelSettings` entry for the port replaces the top-level
+//! policy entirely (omitted blocks take their defaults, they are not inherited); a subset's
+//! `trafficPolicy` then replaces each block it sets (`tls`, `loadBalancer`, `connectionPool`),
+//! and a subset's own `portLevelSettings` entry for the port replaces them all.
 
 use std::time::Duration;
 
-use super::virtual_service::parse_duration;
+use super::virtual_service::{parse_duration, qualify};
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
-use crate::model::{Backend, ClientTls, HostMatcher, LoadBalancer, UpstreamPolicy, UpstreamTls};
+use crate::model::{ClientTls, HostMatcher, LoadBalancer, UpstreamPolicy, UpstreamTls};
 use crate::raw::destination_rule::{self as raw, DestinationRuleSpec};
+use crate::raw::Labels;
 
-/// The parts of a traffic policy that a level sets.
+/// The blocks of a traffic policy that one level sets.
 #[derive(Debug, Clone, Default)]
-struct Patch {
+struct Blocks {
     tls: Option<UpstreamTls>,
     load_balancer: Option<LoadBalancer>,
     pool: Option<Pool>,
@@ -29,14 +33,39 @@ struct Pool {
     max_requests_per_connection: Option<u32>,
 }
 
+/// A `trafficPolicy`: its blocks, and the per-port replacements.
+#[derive(Debug, Default)]
+struct Policy {
+    top: Blocks,
+    ports: Vec<(u16, Blocks)>,
+}
+
+impl Policy {
+    /// The blocks for `port`: its `portLevelSettings` entry, whole, or the top level.
+    fn for_port(&self, port: u16) -> &Blocks {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(&self.top, |(_, b)| b)
+    }
+}
+
+/// One subset of a DestinationRule.
+#[derive(Debug)]
+pub(crate) struct Subset {
+    pub labels: Labels,
+    name: String,
+    policy: Option<Policy>,
+}
+
 /// Compiled DestinationRules.
 pub(crate) struct Rules(Vec<Rule>);
 
 struct Rule {
     source: String,
     host: HostMatcher,
-    top: Patch,
-    ports: Vec<(u16, Patch)>,
+    policy: Policy,
+    subsets: Vec<Subset>,
 }
 
 pub(crate) fn compile(
@@ -49,109 +78,188 @@ pub(crate) fn compile(
             errors,
             "spec",
             &[
-                ("subsets", spec.subsets.is_some()),
                 ("exportTo", spec.export_to.is_some()),
                 ("workloadSelector", spec.workload_selector.is_some()),
             ],
         );
-        let Some(host) = HostMatcher::parse(&spec.host) else {
+        let host = if spec.host == "*" {
+            spec.host.clone()
+        } else {
+            qualify(&spec.host, &o.namespace)
+        };
+        let Some(host) = HostMatcher::parse(&host) else {
             errors.push(o.error("spec.host", format!("`{}` is not a host", spec.host)));
             continue;
         };
-        let mut rule = Rule {
+        let policy = spec
+            .traffic_policy
+            .as_ref()
+            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, errors))
+            .unwrap_or_default();
+        let mut subsets: Vec<Subset> = Vec::new();
+        for (i, s) in spec.subsets.iter().enumerate() {
+            let path = format!("spec.subsets[{i}]");
+            if s.name.is_empty() {
+                errors.push(o.error(format!("{path}.name"), "required"));
+                continue;
+            }
+            if subsets.iter().any(|other| other.name == s.name) {
+                errors.push(o.error(
+                    format!("{path}.name"),
+                    format!("subset `{}` is defined twice", s.name),
+                ));
+                continue;
+            }
+            subsets.push(Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                policy: s
+                    .traffic_policy
+                    .as_ref()
+                    .map(|tp| traffic_policy(o, &format!("{path}.trafficPolicy"), tp, errors)),
+            });
+        }
+        rules.push(Rule {
             source: o.resource(),
             host,
-            top: Patch::default(),
-            ports: Vec::new(),
-        };
-        if let Some(tp) = &spec.traffic_policy {
-            let path = "spec.trafficPolicy";
-            o.unsupported(
-                errors,
-                path,
-                &[
-                    ("outlierDetection", tp.outlier_detection.is_some()),
-                    ("tunnel", tp.tunnel.is_some()),
-                    ("proxyProtocol", tp.proxy_protocol.is_some()),
-                    ("retryBudget", tp.retry_budget.is_some()),
-                ],
-            );
-            rule.top = patch(
-                o,
-                path,
-                tp.tls.as_ref(),
-                tp.load_balancer.as_ref(),
-                tp.connection_pool.as_ref(),
-                errors,
-            );
-            for (i, p) in tp.port_level_settings.iter().enumerate() {
-                let path = format!("{path}.portLevelSettings[{i}]");
-                o.unsupported(
-                    errors,
-                    &path,
-                    &[("outlierDetection", p.outlier_detection.is_some())],
-                );
-                let Some(port) = p.port.as_ref().and_then(|p| u16::try_from(p.number).ok()) else {
-                    errors.push(o.error(format!("{path}.port.number"), "required, 1 to 65535"));
-                    continue;
-                };
-                let settings = patch(
-                    o,
-                    &path,
-                    p.tls.as_ref(),
-                    p.load_balancer.as_ref(),
-                    p.connection_pool.as_ref(),
-                    errors,
-                );
-                rule.ports.push((port, settings));
-            }
-        }
-        rules.push(rule);
+            policy,
+            subsets,
+        });
     }
     Rules(rules)
 }
 
+/// One `trafficPolicy`, top level or a subset's.
+fn traffic_policy(
+    o: &Origin,
+    path: &str,
+    tp: &raw::TrafficPolicy,
+    errors: &mut Vec<ConfigError>,
+) -> Policy {
+    o.unsupported(
+        errors,
+        path,
+        &[
+            ("outlierDetection", tp.outlier_detection.is_some()),
+            ("tunnel", tp.tunnel.is_some()),
+            ("proxyProtocol", tp.proxy_protocol.is_some()),
+            ("retryBudget", tp.retry_budget.is_some()),
+        ],
+    );
+    let top = patch(
+        o,
+        path,
+        tp.tls.as_ref(),
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        errors,
+    );
+    let mut ports = Vec::new();
+    for (i, p) in tp.port_level_settings.iter().enumerate() {
+        let path = format!("{path}.portLevelSettings[{i}]");
+        o.unsupported(
+            errors,
+            &path,
+            &[("outlierDetection", p.outlier_detection.is_some())],
+        );
+        let Some(port) = p
+            .port
+            .as_ref()
+            .and_then(|p| u16::try_from(p.number).ok())
+            .filter(|p| *p > 0)
+        else {
+            errors.push(o.error(format!("{path}.port.number"), "required, 1 to 65535"));
+            continue;
+        };
+        let blocks = patch(
+            o,
+            &path,
+            p.tls.as_ref(),
+            p.load_balancer.as_ref(),
+            p.connection_pool.as_ref(),
+            errors,
+        );
+        ports.push((port, blocks));
+    }
+    Policy { top, ports }
+}
+
 impl Rules {
-    /// Sets the policy of every backend from the rule that applies to it.
-    pub fn apply(&self, backends: &mut [Backend]) {
-        for backend in backends {
-            let best = self
-                .0
+    /// The rule for `host`: the most specific, the first declared on a tie.
+    fn rule(&self, host: &str) -> Option<&Rule> {
+        self.0
+            .iter()
+            .filter(|r| r.host.matches(host))
+            .fold(None::<&Rule>, |best, r| match best {
+                Some(b) if b.host.specificity() >= r.host.specificity() => Some(b),
+                _ => Some(r),
+            })
+    }
+
+    /// The subset `name` of the rule for `host`, with the rule's name; `None` when the rule
+    /// (or any rule) does not define it.
+    pub fn subset(&self, host: &str, name: &str) -> Option<(&Subset, &str)> {
+        let rule = self.rule(host)?;
+        let subset = rule.subsets.iter().find(|s| s.name == name)?;
+        Some((subset, &rule.source))
+    }
+
+    /// Every subset defined, as (rule, host pattern, subset name), for `check`.
+    pub fn subsets(&self) -> impl Iterator<Item = (&str, String, &str)> {
+        self.0.iter().flat_map(|r| {
+            r.subsets
                 .iter()
-                .filter(|r| r.host.matches(&backend.host))
-                .fold(None::<&Rule>, |best, r| match best {
-                    Some(b) if b.host.specificity() >= r.host.specificity() => Some(b),
-                    _ => Some(r),
-                });
-            let Some(rule) = best else { continue };
-            let mut policy = UpstreamPolicy {
-                source: Some(rule.source.clone()),
-                ..UpstreamPolicy::default()
-            };
-            let port = rule
-                .ports
-                .iter()
-                .find(|(p, _)| *p == backend.port)
-                .map(|(_, p)| p);
-            let pick = |f: fn(&Patch) -> bool| port.filter(|p| f(p)).unwrap_or(&rule.top);
-            if let Some(tls) = &pick(|p| p.tls.is_some()).tls {
-                policy.tls = tls.clone();
-            }
-            if let Some(lb) = pick(|p| p.load_balancer.is_some()).load_balancer {
-                policy.load_balancer = lb;
-            }
-            if let Some(pool) = &pick(|p| p.pool.is_some()).pool {
-                if let Some(t) = pool.connect_timeout {
-                    policy.connect_timeout = t;
+                .map(|s| (r.source.as_str(), r.host.to_string(), s.name.as_str()))
+        })
+    }
+
+    /// The policy of backend (host, port, subset), merged as Istio merges it.
+    pub fn policy(&self, host: &str, port: u16, subset: Option<&str>) -> UpstreamPolicy {
+        let Some(rule) = self.rule(host) else {
+            return UpstreamPolicy::default();
+        };
+        let mut blocks = rule.policy.for_port(port).clone();
+        let subset_policy = subset
+            .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
+            .and_then(|s| s.policy.as_ref());
+        if let Some(sp) = subset_policy {
+            match sp.ports.iter().find(|(p, _)| *p == port) {
+                // Istio: "port level policies do not inherit".
+                Some((_, whole)) => blocks = whole.clone(),
+                None => {
+                    if sp.top.tls.is_some() {
+                        blocks.tls = sp.top.tls.clone();
+                    }
+                    if sp.top.load_balancer.is_some() {
+                        blocks.load_balancer = sp.top.load_balancer;
+                    }
+                    if sp.top.pool.is_some() {
+                        blocks.pool = sp.top.pool.clone();
+                    }
                 }
-                if let Some(t) = pool.idle_timeout {
-                    policy.idle_timeout = t;
-                }
-                policy.max_connections = pool.max_connections;
-                policy.max_requests_per_connection = pool.max_requests_per_connection;
             }
-            backend.policy = policy;
         }
+        let mut policy = UpstreamPolicy {
+            source: Some(rule.source.clone()),
+            ..UpstreamPolicy::default()
+        };
+        if let Some(tls) = blocks.tls {
+            policy.tls = tls;
+        }
+        if let Some(lb) = blocks.load_balancer {
+            policy.load_balancer = lb;
+        }
+        if let Some(pool) = blocks.pool {
+            if let Some(t) = pool.connect_timeout {
+                policy.connect_timeout = t;
+            }
+            if let Some(t) = pool.idle_timeout {
+                policy.idle_timeout = t;
+            }
+            policy.max_connections = pool.max_connections;
+            policy.max_requests_per_connection = pool.max_requests_per_connection;
+        }
+        policy
     }
 }
 
@@ -162,8 +270,8 @@ fn patch(
     lb: Option<&raw::LoadBalancer>,
     pool: Option<&raw::ConnectionPool>,
     errors: &mut Vec<ConfigError>,
-) -> Patch {
-    Patch {
+) -> Blocks {
+    Blocks {
         tls: tls.and_then(|t| client_tls(o, &format!("{path}.tls"), t, errors)),
         load_balancer: lb.and_then(|lb| {
             let path = format!("{path}.loadBalancer");
@@ -178,8 +286,11 @@ fn patch(
                 ],
             );
             match lb.simple.as_deref() {
-                Some("ROUND_ROBIN") | Some("UNSPECIFIED") | None => Some(LoadBalancer::RoundRobin),
-                Some("LEAST_REQUEST") | Some("LEAST_CONN") => Some(LoadBalancer::LeastRequest),
+                Some("ROUND_ROBIN") => Some(LoadBalancer::RoundRobin),
+                // Istio: UNSPECIFIED (or no `simple`) is LEAST_REQUEST; LEAST_CONN its old name.
+                Some("LEAST_REQUEST") | Some("LEAST_CONN") | Some("UNSPECIFIED") | None => {
+                    Some(LoadBalancer::LeastRequest)
+                }
                 Some("RANDOM") => Some(LoadBalancer::Random),
                 Some(other) => {
                     errors.push(o.error(

@@ -37,7 +37,17 @@ pub fn compile(
     let paths = mesh_gateway::path_normalization(&parsed, errors, &mut warnings);
     let proxy = mesh_gateway::compile(&parsed.mesh_gateways, paths, errors);
     let trust = mesh_gateway::trust(&parsed, errors, &mut warnings);
-    let mut backends = service_entry::compile(&parsed.service_entries, errors);
+    let mut backends = service_entry::Backends::new();
+    service_entry::compile(
+        &parsed.service_entries,
+        &parsed.workload_entries,
+        &mut backends,
+        errors,
+    );
+    for (o, spec) in &parsed.services {
+        service_entry::service(o, spec, &mut backends, errors);
+    }
+    let rules = destination_rule::compile(&parsed.destination_rules, errors);
     let mut listeners = match &proxy {
         Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
         None => Vec::new(),
@@ -62,19 +72,44 @@ pub fn compile(
         .mesh_gateways
         .first()
         .map_or(DEFAULT_NAMESPACE, |(o, _)| o.namespace.as_str());
+    let no_labels = raw::Labels::new();
+    let workload = virtual_service::Proxy {
+        namespace: proxy_namespace,
+        labels: proxy.as_ref().map_or(&no_labels, |(p, _)| &p.labels),
+    };
     virtual_service::bind(
         &parsed.virtual_services,
         &mut listeners,
         &mut backends,
+        &rules,
         &owned,
-        proxy_namespace,
+        &workload,
         errors,
         &mut warnings,
     );
     if let Some(i) = outbound {
-        outbound::add_service_entries(&mut listeners[i], &backends, proxy_namespace);
+        outbound::add_services(&mut listeners[i], &mut backends, &rules, proxy_namespace);
+        for (host, port, d) in backends.declared_other() {
+            warnings.push(format!(
+                "{}: port {port} of `{host}` is {}: the outbound listener does not serve it \
+                 (meshgate proxies HTTP; originate TLS from an HTTP port with a DestinationRule \
+                 instead)",
+                d.source,
+                d.protocol_name()
+            ));
+        }
     }
-    destination_rule::compile(&parsed.destination_rules, errors).apply(backends.list_mut());
+    for (rule, host, subset) in rules.subsets() {
+        let used = backends.list().iter().any(|b| {
+            b.subset.as_deref() == Some(subset)
+                && crate::model::HostMatcher::parse(&host).is_some_and(|h| h.matches(&b.host))
+        });
+        if !used {
+            warnings.push(format!(
+                "{rule}: subset `{subset}` of `{host}` is named by no route"
+            ));
+        }
+    }
     if let Some((_, listen)) = &proxy {
         service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
@@ -157,6 +192,8 @@ pub(crate) struct Origin {
     pub annotations: BTreeMap<String, String>,
     /// The line its document starts on, to tell two declarations apart.
     pub line: usize,
+    /// `metadata.labels` (WorkloadEntries are selected by them).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Origin {
@@ -205,6 +242,8 @@ pub(crate) struct Parsed {
     pub service_entries: Vec<(Origin, raw::service_entry::ServiceEntrySpec)>,
     pub destination_rules: Vec<(Origin, raw::destination_rule::DestinationRuleSpec)>,
     pub authorization_policies: Vec<(Origin, raw::authorization_policy::AuthorizationPolicySpec)>,
+    pub services: Vec<(Origin, raw::kubernetes::ServiceSpec)>,
+    pub workload_entries: Vec<(Origin, raw::service_entry::WorkloadEntry)>,
 }
 
 fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigError>) {
@@ -227,6 +266,7 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
         name: header.metadata.name.unwrap_or_default(),
         annotations: header.metadata.annotations.unwrap_or_default(),
         line: first_line(&doc.text),
+        labels: header.metadata.labels.unwrap_or_default(),
         kind: kind.clone(),
     };
     if origin.name.is_empty() {
@@ -261,6 +301,10 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
         ("security.istio.io", "v1" | "v1beta1", "AuthorizationPolicy") => {
             take!(authorization_policies)
         }
+        ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "WorkloadEntry") => {
+            take!(workload_entries)
+        }
+        ("", "v1", "Service") => take!(services),
         _ => errors.push(origin.error(
             "kind",
             format!("unknown kind `{kind}` of apiVersion `{api_version}`"),
@@ -292,7 +336,9 @@ fn duplicates(parsed: &Parsed, errors: &mut Vec<ConfigError>) {
         .chain(parsed.virtual_services.iter().map(|(o, _)| o))
         .chain(parsed.service_entries.iter().map(|(o, _)| o))
         .chain(parsed.destination_rules.iter().map(|(o, _)| o))
-        .chain(parsed.authorization_policies.iter().map(|(o, _)| o));
+        .chain(parsed.authorization_policies.iter().map(|(o, _)| o))
+        .chain(parsed.services.iter().map(|(o, _)| o))
+        .chain(parsed.workload_entries.iter().map(|(o, _)| o));
     let mut seen: std::collections::HashMap<(&str, &str, &str), &Origin> =
         std::collections::HashMap::new();
     for o in origins {

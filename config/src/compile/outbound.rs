@@ -1,8 +1,10 @@
 //! The plaintext egress listener (`MeshGateway.spec.outbound`), as a sidecar's outbound side:
-//! VirtualServices bound to `mesh` first, then every ServiceEntry host and port directly.
+//! VirtualServices bound to `mesh` first, then every ServiceEntry and Kubernetes Service host
+//! and port directly.
 
 use std::net::SocketAddr;
 
+use super::destination_rule::Rules;
 use super::service_entry::Backends;
 use super::virtual_service::sidecar_names;
 use crate::model::{
@@ -31,25 +33,34 @@ pub(crate) fn listener(address: SocketAddr) -> Listener {
     }
 }
 
-/// Adds a virtual host per ServiceEntry host, after those of the `mesh` VirtualServices (which
-/// therefore take over a host they declare, as in Istio), routing each port to its backend.
-pub(crate) fn add_service_entries(
+/// Adds a virtual host per declared HTTP service (ServiceEntry or Kubernetes Service host),
+/// after those of the `mesh` VirtualServices (which therefore take over a host they declare,
+/// as in Istio), routing each port to its backend.
+pub(crate) fn add_services(
     listener: &mut Listener,
-    backends: &Backends,
+    backends: &mut Backends,
+    rules: &Rules,
     proxy_namespace: &str,
 ) {
     let mut vhosts = std::mem::take(&mut listener.routes).into_virtual_hosts();
-    for (i, b) in backends.list().iter().enumerate() {
-        let Some(source) = &b.source else { continue };
+    let declared: Vec<(String, u16, String)> = backends
+        .declared_http()
+        .map(|(h, p, d)| (h.to_string(), p, d.source.clone()))
+        .collect();
+    for (host, port, source) in declared {
+        // Declared HTTP ports always resolve: only TLS and other protocols are refused.
+        let Ok(resolved) = backends.resolve(&host, Some(port), None, rules) else {
+            continue;
+        };
         let route = Route {
-            name: Some(format!("{}:{}", b.host, b.port)),
+            name: Some(format!("{host}:{port}")),
             index: 0,
             matches: vec![RequestMatch {
-                port: Some(b.port),
+                port: Some(port),
                 ..RequestMatch::default()
             }],
             action: RouteAction::Forward(vec![WeightedBackend {
-                backend: i,
+                backend: resolved.backend,
                 weight: 1,
             }]),
             request_headers: HeaderOps::default(),
@@ -58,17 +69,17 @@ pub(crate) fn add_service_entries(
             rewrite_authority: None,
             timeout: None,
         };
-        let host = HostMatcher::Exact(b.host.as_str().into());
+        let exact = HostMatcher::Exact(host.as_str().into());
         match vhosts
             .iter_mut()
-            .find(|v| v.source == *source && v.hosts.first() == Some(&host))
+            .find(|v| v.source == source && v.hosts.first() == Some(&exact))
         {
             Some(v) => v.routes.push(route),
             None => {
-                let mut hosts = vec![host.clone()];
-                hosts.extend(sidecar_names(&host, proxy_namespace));
+                let mut hosts = vec![exact.clone()];
+                hosts.extend(sidecar_names(&exact, proxy_namespace));
                 vhosts.push(VirtualHost {
-                    source: source.clone(),
+                    source,
                     hosts,
                     routes: vec![route],
                 })

@@ -1,60 +1,252 @@
-//! ServiceEntry -> backends, keyed by (host, port).
+//! The service registry: ServiceEntries (with their endpoints, or the WorkloadEntries their
+//! `workloadSelector` picks) and Kubernetes Services declare (host, port)s; routes then name
+//! backends as Istio names clusters, `outbound|port|subset|host`, made here when first named.
+//!
+//! A backend's endpoints are its service's, narrowed to a subset's labels when a route names
+//! one; its policy is the DestinationRules' for that host, port and subset. A ServiceEntry port
+//! meshgate cannot proxy (TCP, or HTTPS it would have to pass through) is declared all the
+//! same: only a route to it is an error, so one port never refuses the rest of the entry.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use super::destination_rule::Rules;
 use super::Origin;
 use crate::error::ConfigError;
-use crate::model::{Backend, BackendProtocol, Endpoints, UpstreamPolicy};
-use crate::raw::service_entry::ServiceEntrySpec;
+use crate::model::{Backend, BackendProtocol, Endpoints, UpstreamTls};
+use crate::raw::service_entry::{ServiceEntrySpec, WorkloadEntry};
+use crate::raw::Labels;
 
-/// The backends found so far, with their (host, port) index.
+/// What a declared port carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PortProtocol {
+    Http(BackendProtocol),
+    /// `HTTPS` or `TLS`: TLS from the client, which meshgate can only originate, not pass.
+    Tls,
+    /// Anything else (`TCP`, `MONGO`, `UDP`, ...), by its name.
+    Other(String),
+}
+
+/// A (host, port) a ServiceEntry or Service declares.
+#[derive(Debug)]
+pub(crate) struct Declared {
+    /// `ServiceEntry ns/name` or `Service ns/name`.
+    pub source: String,
+    pub protocol: PortProtocol,
+    endpoints: DeclaredEndpoints,
+}
+
+impl Declared {
+    /// The protocol as the resource named it.
+    pub fn protocol_name(&self) -> &str {
+        match &self.protocol {
+            PortProtocol::Http(BackendProtocol::Http1) => "HTTP",
+            PortProtocol::Http(BackendProtocol::Http2) => "HTTP2",
+            PortProtocol::Tls => "HTTPS/TLS",
+            PortProtocol::Other(name) => name,
+        }
+    }
+}
+
+/// The endpoints of a declared port, with the labels subsets select by.
+#[derive(Debug)]
+enum DeclaredEndpoints {
+    Static(Vec<(SocketAddr, Labels)>),
+    Dns(Vec<((String, u16), Labels)>),
+    /// A Kubernetes Service: its name, resolved by DNS; which pods stand behind it, and their
+    /// labels, meshgate cannot know.
+    Service((String, u16)),
+}
+
+/// The backends made so far, and the ports declared.
 pub(crate) struct Backends {
     list: Vec<Backend>,
-    index: HashMap<(String, u16), usize>,
+    index: HashMap<(String, u16, Option<String>), usize>,
+    declared: Vec<((String, u16), Declared)>,
+    declared_index: HashMap<(String, u16), usize>,
+}
+
+/// A route destination, resolved.
+pub(crate) struct Resolved {
+    pub backend: usize,
+    /// Nothing declares the host: it is resolved by DNS when a request comes.
+    pub implicit: bool,
+    /// The subset is defined by no DestinationRule: requests get 503 (`NC`), as in Istio.
+    pub undefined_subset: bool,
 }
 
 impl Backends {
-    /// The backend for a route destination, by host and optional port. A host no ServiceEntry
-    /// declares becomes a DNS backend (as a Kubernetes service name would be resolved).
-    pub fn resolve(&mut self, host: &str, port: Option<u16>) -> Result<(usize, bool), String> {
+    pub fn new() -> Self {
+        Self {
+            list: Vec::new(),
+            index: HashMap::new(),
+            declared: Vec::new(),
+            declared_index: HashMap::new(),
+        }
+    }
+
+    /// The backend for a route destination. An omitted port is the service's only port. A
+    /// host nothing declares becomes a DNS backend (as a Kubernetes service name would be
+    /// resolved), and needs its port.
+    pub fn resolve(
+        &mut self,
+        host: &str,
+        port: Option<u16>,
+        subset: Option<&str>,
+        rules: &Rules,
+    ) -> Result<Resolved, String> {
         let port = match port {
             Some(p) => p,
-            None => {
-                let mut ports = self
-                    .index
-                    .keys()
-                    .filter(|(h, _)| h == host)
-                    .map(|(_, p)| *p);
-                match (ports.next(), ports.next()) {
-                    (Some(p), None) => p,
-                    (Some(_), Some(_)) => {
-                        return Err(format!(
-                            "`{host}` has several ports: name one in port.number"
-                        ))
-                    }
-                    (None, _) => {
-                        return Err(format!(
-                            "no ServiceEntry declares `{host}`: port.number is required"
-                        ))
-                    }
+            None => self.only_port(host)?,
+        };
+        let key = (host.to_string(), port, subset.map(str::to_string));
+        let declared = self
+            .declared_index
+            .get(&(host.to_string(), port))
+            .map(|&i| &self.declared[i].1);
+        let undefined_subset = subset.is_some_and(|s| rules.subset(host, s).is_none());
+        if let Some(&i) = self.index.get(&key) {
+            return Ok(Resolved {
+                backend: i,
+                implicit: declared.is_none(),
+                undefined_subset,
+            });
+        }
+        let policy = rules.policy(host, port, subset);
+        let protocol = match declared.map(|d| &d.protocol) {
+            None => BackendProtocol::Http1,
+            Some(PortProtocol::Http(p)) => *p,
+            Some(PortProtocol::Tls) => {
+                if matches!(policy.tls, UpstreamTls::Disable) {
+                    return Err(format!(
+                        "port {port} of `{host}` is HTTPS/TLS: meshgate does not pass TLS \
+                         through; originate it with a DestinationRule `tls.mode: SIMPLE` (or \
+                         MUTUAL, ISTIO_MUTUAL) on this port, or route to an HTTP port"
+                    ));
                 }
+                BackendProtocol::Http1
+            }
+            Some(PortProtocol::Other(name)) => {
+                return Err(format!(
+                    "port {port} of `{host}` is {name}: meshgate proxies HTTP, HTTP2 and GRPC"
+                ))
             }
         };
-        if let Some(&i) = self.index.get(&(host.to_string(), port)) {
-            return Ok((i, false));
+        let mut endpoints = match declared.map(|d| &d.endpoints) {
+            None => Endpoints::Dns(vec![(host.to_string(), port)]),
+            Some(DeclaredEndpoints::Static(list)) => {
+                Endpoints::Static(list.iter().map(|(a, _)| *a).collect())
+            }
+            Some(DeclaredEndpoints::Dns(list)) => {
+                Endpoints::Dns(list.iter().map(|(a, _)| a.clone()).collect())
+            }
+            Some(DeclaredEndpoints::Service(a)) => Endpoints::Dns(vec![a.clone()]),
+        };
+        if let Some(name) = subset {
+            match rules.subset(host, name) {
+                None => endpoints = Endpoints::Undefined,
+                Some((s, _)) if s.labels.is_empty() => {}
+                Some((s, rule)) => {
+                    endpoints = match declared.map(|d| &d.endpoints) {
+                        Some(DeclaredEndpoints::Static(list)) => Endpoints::Static(
+                            list.iter()
+                                .filter(|(_, l)| selects(&s.labels, l))
+                                .map(|(a, _)| *a)
+                                .collect(),
+                        ),
+                        Some(DeclaredEndpoints::Dns(list)) => Endpoints::Dns(
+                            list.iter()
+                                .filter(|(_, l)| selects(&s.labels, l))
+                                .map(|(a, _)| a.clone())
+                                .collect(),
+                        ),
+                        _ => {
+                            return Err(format!(
+                                "subset `{name}` of {rule} selects endpoints by labels {:?}, but \
+                                 the endpoints of `{host}` are not known here ({}); declare them \
+                                 with their labels: a ServiceEntry with `endpoints[].labels`, or \
+                                 WorkloadEntries its `workloadSelector` picks",
+                                s.labels,
+                                match declared {
+                                    Some(d) => format!("{} is resolved by DNS", d.source),
+                                    None => "no ServiceEntry declares it".to_string(),
+                                }
+                            ))
+                        }
+                    };
+                }
+            }
         }
         let i = self.list.len();
         self.list.push(Backend {
             host: host.to_string(),
             port,
-            protocol: BackendProtocol::Http1,
-            endpoints: Endpoints::Dns(vec![(host.to_string(), port)]),
-            source: None,
-            policy: UpstreamPolicy::default(),
+            subset: subset.map(str::to_string),
+            protocol,
+            endpoints,
+            source: declared.map(|d| d.source.clone()),
+            policy,
         });
-        self.index.insert((host.to_string(), port), i);
-        Ok((i, true))
+        self.index.insert(key, i);
+        Ok(Resolved {
+            backend: i,
+            implicit: declared.is_none(),
+            undefined_subset,
+        })
+    }
+
+    /// The port of a service that declares exactly one.
+    fn only_port(&self, host: &str) -> Result<u16, String> {
+        let ports: Vec<u16> = self
+            .declared
+            .iter()
+            .filter(|((h, _), _)| h == host)
+            .map(|((_, p), _)| *p)
+            .collect();
+        match ports.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!(
+                "`{host}` has no declared port: add destination.port.number, or a Service or \
+                 ServiceEntry that declares `{host}`"
+            )),
+            many => Err(format!(
+                "`{host}` has several ports ({}): name one in destination.port.number",
+                many.iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Declares (host, port); a second declaration of one (host, port) is an error.
+    pub fn declare(&mut self, host: String, port: u16, declared: Declared) -> Result<(), String> {
+        let key = (host, port);
+        if let Some(&i) = self.declared_index.get(&key) {
+            return Err(format!(
+                "{}:{} is already declared by {}",
+                key.0, key.1, self.declared[i].1.source
+            ));
+        }
+        self.declared_index.insert(key.clone(), self.declared.len());
+        self.declared.push((key, declared));
+        Ok(())
+    }
+
+    /// Every declared (host, port) that an HTTP route can reach, in declaration order.
+    pub fn declared_http(&self) -> impl Iterator<Item = (&str, u16, &Declared)> {
+        self.declared
+            .iter()
+            .filter(|(_, d)| matches!(d.protocol, PortProtocol::Http(_)))
+            .map(|((h, p), d)| (h.as_str(), *p, d))
+    }
+
+    /// Every declared (host, port) meshgate cannot serve on its own, for `check`.
+    pub fn declared_other(&self) -> impl Iterator<Item = (&str, u16, &Declared)> {
+        self.declared
+            .iter()
+            .filter(|(_, d)| !matches!(d.protocol, PortProtocol::Http(_)))
+            .map(|((h, p), d)| (h.as_str(), *p, d))
     }
 
     pub fn into_backends(self) -> Vec<Backend> {
@@ -70,6 +262,11 @@ impl Backends {
     pub fn list(&self) -> &[Backend] {
         &self.list
     }
+}
+
+/// Whether a subset's labels are all among an endpoint's.
+fn selects(subset: &Labels, endpoint: &Labels) -> bool {
+    subset.iter().all(|(k, v)| endpoint.get(k) == Some(v))
 }
 
 /// Applies `MeshGateway.spec.resolve`: a DNS endpoint named there connects to the given
@@ -88,23 +285,25 @@ pub(crate) fn resolve(backends: &mut [Backend], overrides: &[((String, u16), Soc
     }
 }
 
+/// Declares the ports of every ServiceEntry.
 pub(crate) fn compile(
     found: &[(Origin, ServiceEntrySpec)],
+    workloads: &[(Origin, WorkloadEntry)],
+    backends: &mut Backends,
     errors: &mut Vec<ConfigError>,
-) -> Backends {
-    let mut backends = Backends {
-        list: Vec::new(),
-        index: HashMap::new(),
-    };
+) {
     for (o, spec) in found {
-        compile_one(o, spec, &mut backends, errors);
+        compile_one(o, spec, workloads, backends, errors);
     }
-    backends
+    for (o, w) in workloads {
+        check_endpoint(o, "spec", w, true, errors);
+    }
 }
 
 fn compile_one(
     o: &Origin,
     spec: &ServiceEntrySpec,
+    workloads: &[(Origin, WorkloadEntry)],
     out: &mut Backends,
     errors: &mut Vec<ConfigError>,
 ) {
@@ -113,13 +312,15 @@ fn compile_one(
         "spec",
         &[
             ("addresses", spec.addresses.is_some()),
-            ("workloadSelector", spec.workload_selector.is_some()),
             ("exportTo", spec.export_to.is_some()),
             ("subjectAltNames", spec.subject_alt_names.is_some()),
         ],
     );
     if spec.hosts.is_empty() {
         errors.push(o.error("spec.hosts", "at least one host is required"));
+    }
+    if spec.ports.is_empty() {
+        errors.push(o.error("spec.ports", "at least one port is required"));
     }
     match spec.location.as_deref() {
         None | Some("MESH_EXTERNAL") | Some("MESH_INTERNAL") => {}
@@ -140,32 +341,37 @@ fn compile_one(
                 .push(o.error("spec.resolution", format!("`{other}` is not STATIC or DNS")))
         }
     };
-    if !dns && spec.endpoints.is_empty() {
+    // Endpoints: listed, or the WorkloadEntries the selector picks (Istio: one or the other).
+    let mut entries: Vec<(&WorkloadEntry, Labels)> = Vec::new();
+    if let Some(selector) = &spec.workload_selector {
+        if !spec.endpoints.is_empty() {
+            errors.push(o.error(
+                "spec.workloadSelector",
+                "endpoints and workloadSelector are exclusive (Istio refuses both)",
+            ));
+        }
+        for (wo, w) in workloads
+            .iter()
+            .filter(|(wo, _)| wo.namespace == o.namespace)
+        {
+            let mut labels = w.labels.clone();
+            labels.extend(wo.labels.clone());
+            if selects(&selector.labels, &labels) {
+                entries.push((w, labels));
+            }
+        }
+    } else {
+        for (i, e) in spec.endpoints.iter().enumerate() {
+            if check_endpoint(o, &format!("spec.endpoints[{i}]"), e, !dns, errors) {
+                entries.push((e, e.labels.clone()));
+            }
+        }
+    }
+    if !dns && entries.is_empty() && spec.workload_selector.is_none() {
         errors.push(o.error(
             "spec.endpoints",
             "resolution STATIC needs at least one endpoint",
         ));
-    }
-    for (i, e) in spec.endpoints.iter().enumerate() {
-        let path = format!("spec.endpoints[{i}]");
-        o.unsupported(
-            errors,
-            &path,
-            &[
-                ("weight", e.weight.is_some()),
-                ("network", e.network.is_some()),
-                ("locality", e.locality.is_some()),
-                ("serviceAccount", e.service_account.is_some()),
-            ],
-        );
-        match &e.address {
-            None => errors.push(o.error(format!("{path}.address"), "required")),
-            Some(a) if !dns && a.parse::<IpAddr>().is_err() => errors.push(o.error(
-                format!("{path}.address"),
-                format!("`{a}` is not an IP address, as resolution STATIC needs"),
-            )),
-            Some(_) => {}
-        }
     }
     for (h, host) in spec.hosts.iter().enumerate() {
         if host.contains('*') || host.is_empty() {
@@ -178,7 +384,7 @@ fn compile_one(
         let host = host.to_ascii_lowercase();
         for (p, port) in spec.ports.iter().enumerate() {
             let path = format!("spec.ports[{p}]");
-            let Ok(number) = u16::try_from(port.number) else {
+            let Some(number) = u16::try_from(port.number).ok().filter(|n| *n > 0) else {
                 errors.push(o.error(format!("{path}.number"), "ports must be 1 to 65535"));
                 continue;
             };
@@ -188,17 +394,10 @@ fn compile_one(
                 .map(str::to_ascii_uppercase)
                 .as_deref()
             {
-                Some("HTTP") => BackendProtocol::Http1,
-                Some("HTTP2") | Some("GRPC") => BackendProtocol::Http2,
-                Some(other) => {
-                    errors.push(o.error(
-                        format!("{path}.protocol"),
-                        format!(
-                            "`{other}` is not implemented: meshgate proxies HTTP, HTTP2 and GRPC"
-                        ),
-                    ));
-                    continue;
-                }
+                Some("HTTP") => PortProtocol::Http(BackendProtocol::Http1),
+                Some("HTTP2") | Some("GRPC") => PortProtocol::Http(BackendProtocol::Http2),
+                Some("HTTPS") | Some("TLS") => PortProtocol::Tls,
+                Some(other) => PortProtocol::Other(other.to_string()),
                 None => {
                     errors.push(o.error(format!("{path}.protocol"), "required"));
                     continue;
@@ -209,51 +408,142 @@ fn compile_one(
                 let named = port.name.as_ref().and_then(|n| ports.get(n)).copied();
                 u16::try_from(named.unwrap_or(target)).ok()
             };
-            let endpoints = if dns {
-                let list: Vec<_> = if spec.endpoints.is_empty() {
+            let endpoints = if dns && entries.is_empty() && spec.workload_selector.is_none() {
+                // DNS with no endpoints: the host itself, without labels.
+                DeclaredEndpoints::Dns(
                     u16::try_from(target)
                         .ok()
-                        .map(|t| (host.clone(), t))
+                        .map(|t| ((host.clone(), t), Labels::new()))
                         .into_iter()
-                        .collect()
-                } else {
-                    spec.endpoints
+                        .collect(),
+                )
+            } else if dns {
+                DeclaredEndpoints::Dns(
+                    entries
                         .iter()
-                        .filter_map(|e| Some((e.address.clone()?, endpoint_port(&e.ports)?)))
-                        .collect()
-                };
-                Endpoints::Dns(list)
+                        .filter_map(|(e, l)| {
+                            Some(((e.address.clone()?, endpoint_port(&e.ports)?), l.clone()))
+                        })
+                        .collect(),
+                )
             } else {
-                Endpoints::Static(
-                    spec.endpoints
+                DeclaredEndpoints::Static(
+                    entries
                         .iter()
-                        .filter_map(|e| {
+                        .filter_map(|(e, l)| {
                             let ip: IpAddr = e.address.as_ref()?.parse().ok()?;
-                            Some(SocketAddr::new(ip, endpoint_port(&e.ports)?))
+                            Some((SocketAddr::new(ip, endpoint_port(&e.ports)?), l.clone()))
                         })
                         .collect(),
                 )
             };
-            let key = (host.clone(), number);
-            if out.index.contains_key(&key) {
-                errors.push(o.error(
-                    format!("spec.hosts[{h}]"),
-                    format!("{host}:{number} is already declared by another ServiceEntry"),
-                ));
-                continue;
-            }
-            out.index.insert(key, out.list.len());
-            out.list.push(Backend {
-                host: host.clone(),
-                port: number,
+            let declared = Declared {
+                source: o.resource(),
                 protocol,
                 endpoints,
-                source: Some(o.resource()),
-                policy: UpstreamPolicy::default(),
-            });
+            };
+            if let Err(e) = out.declare(host.clone(), number, declared) {
+                errors.push(o.error(format!("spec.hosts[{h}]"), e));
+            }
         }
     }
-    if spec.ports.is_empty() {
-        errors.push(o.error("spec.ports", "at least one port is required"));
+}
+
+/// Checks an endpoint (or a WorkloadEntry's spec); whether it is usable.
+fn check_endpoint(
+    o: &Origin,
+    path: &str,
+    e: &WorkloadEntry,
+    static_address: bool,
+    errors: &mut Vec<ConfigError>,
+) -> bool {
+    let before = errors.len();
+    o.unsupported(
+        errors,
+        path,
+        &[
+            ("weight", e.weight.is_some()),
+            ("network", e.network.is_some()),
+            ("locality", e.locality.is_some()),
+            ("serviceAccount", e.service_account.is_some()),
+        ],
+    );
+    match &e.address {
+        None => errors.push(o.error(format!("{path}.address"), "required")),
+        Some(a) if static_address && a.parse::<IpAddr>().is_err() => errors.push(o.error(
+            format!("{path}.address"),
+            format!("`{a}` is not an IP address, as resolution STATIC needs"),
+        )),
+        Some(_) => {}
+    }
+    errors.len() == before
+}
+
+/// Declares the ports of a Kubernetes Service: `name.namespace.svc.cluster.local`, resolved by
+/// DNS (or its `externalName`), each port's protocol from `appProtocol` or the port name's
+/// prefix, as Istio reads them.
+pub(crate) fn service(
+    o: &Origin,
+    spec: &crate::raw::kubernetes::ServiceSpec,
+    backends: &mut Backends,
+    errors: &mut Vec<ConfigError>,
+) {
+    let host = format!("{}.{}.svc.cluster.local", o.name, o.namespace);
+    let target = match (spec.kind.as_deref(), &spec.external_name) {
+        (Some("ExternalName"), Some(name)) => name.to_ascii_lowercase(),
+        (Some("ExternalName"), None) => {
+            return errors.push(o.error("spec.externalName", "required with type ExternalName"))
+        }
+        _ => host.clone(),
+    };
+    for (i, p) in spec.ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        let Some(number) = u16::try_from(p.port).ok().filter(|n| *n > 0) else {
+            errors.push(o.error(format!("{path}.port"), "ports must be 1 to 65535"));
+            continue;
+        };
+        let declared = Declared {
+            source: o.resource(),
+            protocol: kubernetes_protocol(p),
+            endpoints: DeclaredEndpoints::Service((target.clone(), number)),
+        };
+        if let Err(e) = backends.declare(host.clone(), number, declared) {
+            errors.push(o.error(path, e));
+        }
+    }
+}
+
+/// Istio's `ConvertProtocol`: UDP is UDP; else `appProtocol`, or the port name up to its first
+/// `-`, names the protocol. A name Istio does not know is sniffed by Istio; meshgate treats it
+/// as HTTP/1.1.
+fn kubernetes_protocol(p: &crate::raw::kubernetes::ServicePort) -> PortProtocol {
+    if p.protocol
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("TCP"))
+    {
+        return PortProtocol::Other(p.protocol.clone().unwrap_or_default().to_ascii_uppercase());
+    }
+    let name = p
+        .app_protocol
+        .as_deref()
+        .or(p.name.as_deref())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if name == "kubernetes.io/h2c" {
+        return PortProtocol::Http(BackendProtocol::Http2);
+    }
+    if name.starts_with("grpc-web") {
+        return PortProtocol::Http(BackendProtocol::Http1);
+    }
+    let prefix = name.split('-').next().unwrap_or("");
+    match prefix {
+        "http" | "http_proxy" | "kubernetes.io/ws" => PortProtocol::Http(BackendProtocol::Http1),
+        "http2" | "grpc" => PortProtocol::Http(BackendProtocol::Http2),
+        "https" | "tls" | "kubernetes.io/wss" => PortProtocol::Tls,
+        "tcp" | "udp" | "mongo" | "redis" | "mysql" => {
+            PortProtocol::Other(prefix.to_ascii_uppercase())
+        }
+        _ if matches!(p.port, 25 | 53 | 3306 | 27017) => PortProtocol::Other("TCP".into()),
+        _ => PortProtocol::Http(BackendProtocol::Http1),
     }
 }

@@ -229,7 +229,7 @@ spec:
         ))
     };
     let cases: &[(String, &str)] = &[
-        (vs("{route: [{destination: {host: x.y}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route[0].destination: no ServiceEntry declares `x.y`: port.number is required"),
+        (vs("{route: [{destination: {host: x.y}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route[0].destination: `x.y` has no declared port: add destination.port.number, or a Service or ServiceEntry"),
         (vs("{directResponse: {status: 200}, route: [{destination: {host: x.y, port: {number: 1}}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0]: route and directResponse are exclusive"),
         (vs("{match: [{uri: {regex: \"(\"}}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].uri: invalid regex"),
         (vs("{match: [{queryParams: {a: {exact: b}}}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].queryParams: this Istio field is not implemented by meshgate"),
@@ -245,7 +245,7 @@ spec:
         (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: jwt}\nspec: {rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}\n"), "t.yaml: AuthorizationPolicy default/jwt: spec.rules[0].from[0].source.requestPrincipals: this Istio field is not implemented by meshgate"),
         (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: k}\nspec: {rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}\n"), "t.yaml: AuthorizationPolicy default/k: spec.rules[0].when[0].key: `request.auth.claims[iss]` needs JWT authentication"),
         (with_gateway("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ip}\nspec: {rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]}\n"), "t.yaml: AuthorizationPolicy default/ip: spec.rules[0].from[0].source.ipBlocks[0]: `10.0.0.0/40` is not an address or CIDR block"),
-        (with_gateway("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: TCP}]\n  resolution: DNS\n"), "t.yaml: ServiceEntry default/se: spec.ports[0].protocol: `TCP` is not implemented"),
+        (vs("{route: [{destination: {host: x.y}}]}") + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: TCP}]\n  resolution: DNS\n", "t.yaml: VirtualService ns/vs: spec.http[0].route[0].destination: port 80 of `x.y` is TCP: meshgate proxies HTTP"),
         (with_gateway("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x.y]\n  ports: [{number: 80, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: x.example.com}]\n"), "t.yaml: ServiceEntry default/se: spec.endpoints[0].address: `x.example.com` is not an IP address"),
         (MESH_GATEWAY.replace("spec:\n", "spec:\n  tagging: {forwardClientCert: APPEND_FORWARD}\n"), "t.yaml: MeshGateway istio-system/gw: spec.tagging.forwardClientCert: `APPEND_FORWARD` is not supported"),
         (MESH_GATEWAY.replace("spec:\n", "spec:\n  trust: {trustDomains: [Bad.Domain]}\n"), "t.yaml: MeshGateway istio-system/gw: spec.trust.trustDomains[0]: `Bad.Domain` is not a valid trust domain"),
@@ -697,4 +697,268 @@ fn a_resource_declared_twice_is_an_error_naming_both_places() {
         &with_gateway(&format!("{vs}---\n{dr}---\n{other}")),
     )
     .unwrap();
+}
+
+/// A MeshGateway in `default` with an outbound listener (a sidecar), and `extra`.
+fn sidecar(extra: &str) -> String {
+    format!(
+        "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {{name: sidecar, namespace: default}}\nspec:\n  labels: {{app: productpage}}\n  outbound: {{address: \"127.0.0.1:15001\"}}\n---\n{extra}"
+    )
+}
+
+const BOOKINFO_REVIEWS: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {app: reviews, version: v1}}
+  - {address: 10.0.0.2, labels: {app: reviews, version: v2}}
+  - {address: 10.0.0.3, labels: {app: reviews, version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+  - {name: v3, labels: {version: v3}}
+  - name: all
+"#;
+
+#[test]
+fn subsets_select_endpoints_by_label_and_merge_policies() {
+    use crate::model::LoadBalancer;
+    let yaml = sidecar(&format!(
+        "{BOOKINFO_REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 50}}\n    - {{destination: {{host: reviews, subset: v3}}, weight: 50}}\n"
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let find = |subset: Option<&str>| {
+        model
+            .backends
+            .iter()
+            .find(|b| {
+                b.host == "reviews.default.svc.cluster.local" && b.subset.as_deref() == subset
+            })
+            .unwrap_or_else(|| panic!("no backend for {subset:?}"))
+    };
+    let ip = |b: &crate::model::Backend| match &b.endpoints {
+        Endpoints::Static(list) => list.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ip(find(Some("v1"))), ["10.0.0.1:9080"]);
+    assert_eq!(ip(find(Some("v2"))), ["10.0.0.2:9080"]);
+    assert_eq!(ip(find(Some("v3"))), ["10.0.0.3:9080"]);
+    assert_eq!(
+        ip(find(None)).len(),
+        3,
+        "the outbound route to the service itself"
+    );
+    // The subset's block replaces the rule's; the others inherit it.
+    assert_eq!(
+        find(Some("v2")).policy.load_balancer,
+        LoadBalancer::RoundRobin
+    );
+    assert_eq!(find(Some("v1")).policy.load_balancer, LoadBalancer::Random);
+    // `all` is named by no route.
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("subset `all`") && w.contains("named by no route")),
+        "{:?}",
+        model.warnings
+    );
+}
+
+#[test]
+fn port_level_settings_replace_the_whole_policy_as_istio_documents() {
+    use crate::model::{LoadBalancer, UpstreamTls};
+    let yaml = sidecar(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: http-alt, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    connectionPool: {tcp: {maxConnections: 7}}
+    portLevelSettings:
+    - port: {number: 8080}
+      tls: {mode: SIMPLE}
+  subsets:
+  - name: pinned
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 3}}
+      portLevelSettings:
+      - port: {number: 80}
+        loadBalancer: {simple: ROUND_ROBIN}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  http:
+  - match: [{port: 81}]
+    route: [{destination: {host: api.example.com, port: {number: 80}, subset: pinned}}]
+  - match: [{port: 82}]
+    route: [{destination: {host: api.example.com, port: {number: 8080}, subset: pinned}}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let b = |port: u16, subset: Option<&str>| {
+        model
+            .backends
+            .iter()
+            .find(|b| b.port == port && b.subset.as_deref() == subset)
+            .unwrap()
+    };
+    // Port 8080's entry replaces everything: RANDOM and maxConnections are not inherited.
+    let p = &b(8080, None).policy;
+    assert!(matches!(p.tls, UpstreamTls::Simple(_)));
+    assert_eq!(p.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(p.max_connections, None);
+    // Port 80 has no entry: the top level.
+    let p = &b(80, None).policy;
+    assert_eq!(
+        (p.load_balancer, p.max_connections),
+        (LoadBalancer::Random, Some(7))
+    );
+    // The subset's own port entry for 80 replaces every block.
+    let p = &b(80, Some("pinned")).policy;
+    assert_eq!(
+        (p.load_balancer, p.max_connections),
+        (LoadBalancer::RoundRobin, None)
+    );
+    // On 8080 the subset has no port entry: its connectionPool replaces that block only.
+    let p = &b(8080, Some("pinned")).policy;
+    assert!(matches!(p.tls, UpstreamTls::Simple(_)));
+    assert_eq!(p.max_connections, Some(3));
+    // The HTTPS port is declared, not served on the outbound listener, and said so.
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.contains("port 443 of `api.example.com` is HTTPS/TLS")),
+        "{:?}",
+        model.warnings
+    );
+}
+
+#[test]
+fn subset_and_port_mistakes() {
+    let route = |dest: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: default}}\nspec:\n  hosts: [reviews]\n  http: [{{route: [{{destination: {dest}}}]}}]\n")
+    };
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080, targetPort: 9080}]\n";
+    let two_ports = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  ports: [{name: http, port: 9080}, {name: grpc-api, port: 9090}]\n";
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+    let cases = [
+        (
+            sidecar(&format!("{service}---\n{dr}---\n{}", route("{host: reviews, subset: v1}"))),
+            "subset `v1` of DestinationRule default/reviews selects endpoints by labels {\"version\": \"v1\"}, but the endpoints of `reviews.default.svc.cluster.local` are not known here (Service default/reviews is resolved by DNS); declare them with their labels",
+        ),
+        (
+            sidecar(&format!("{dr}---\n{}", route("{host: reviews, port: {number: 9080}, subset: v1}"))),
+            "no ServiceEntry declares it",
+        ),
+        (
+            sidecar(&format!("{two_ports}---\n{}", route("{host: reviews}"))),
+            "`reviews.default.svc.cluster.local` has several ports (9080, 9090): name one in destination.port.number",
+        ),
+        (
+            sidecar(&route("{host: reviews}")),
+            "has no declared port: add destination.port.number, or a Service or ServiceEntry",
+        ),
+        (
+            sidecar(&format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: default}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  resolution: DNS\n---\n{}", route("{host: reviews, port: {number: 443}}"))),
+            "port 443 of `reviews.default.svc.cluster.local` is HTTPS/TLS: meshgate does not pass TLS through; originate it with a DestinationRule `tls.mode: SIMPLE`",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(&yaml);
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_services_declare_ports_and_protocols() {
+    use crate::model::BackendProtocol;
+    let yaml = sidecar(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default, labels: {app: ratings}}
+spec:
+  selector: {app: ratings}
+  type: ClusterIP
+  ports:
+  - {name: http, port: 9080, targetPort: 9080, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpc, namespace: default}
+spec:
+  ports: [{name: api, port: 50051, appProtocol: grpc}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  ports: [{name: tcp-db, port: 5432}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http: [{route: [{destination: {host: ratings}}]}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let ratings = model
+        .backends
+        .iter()
+        .find(|b| b.host == "ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(
+        ratings.port, 9080,
+        "the only port, destination.port omitted"
+    );
+    assert_eq!(ratings.source.as_deref(), Some("Service default/ratings"));
+    let grpc = model
+        .backends
+        .iter()
+        .find(|b| b.host == "grpc.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(grpc.protocol, BackendProtocol::Http2, "appProtocol grpc");
+    assert!(
+        model.backends.iter().all(|b| !b.host.starts_with("db.")),
+        "TCP: not routed"
+    );
+    // The outbound listener answers the Services by their short names.
+    let outbound = model
+        .listeners
+        .iter()
+        .find(|l| l.name == "outbound")
+        .unwrap();
+    for name in ["grpc", "grpc.default", "grpc.default.svc.cluster.local"] {
+        assert!(outbound.routes.find(name).is_some(), "{name}");
+    }
 }

@@ -1,4 +1,11 @@
 //! VirtualServices bound to this proxy's Gateways -> virtual hosts on listeners.
+//!
+//! A VirtualService binds to the listeners of the Gateways it names (`mesh`: the outbound
+//! listener). Inside it, a `match` applies on a listener as Istio's `sourceMatchHTTP` decides:
+//! one with `gateways` where one of them is the listener's (its `sourceLabels` are then not
+//! looked at), one without where its `sourceLabels` are among the MeshGateway's labels and its
+//! `sourceNamespace` is the MeshGateway's namespace. A route whose matches all fail on a
+//! listener is not on it.
 
 use std::time::Duration;
 
@@ -6,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
+use super::destination_rule::Rules;
 use super::service_entry::Backends;
 use super::Origin;
 use crate::error::ConfigError;
@@ -14,20 +22,38 @@ use crate::model::{
     Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{HeaderOperations, HttpMatch, HttpRoute, VirtualServiceSpec};
-use crate::raw::StringMatch;
+use crate::raw::{Labels, StringMatch};
 
 /// The gateway name that binds a VirtualService to sidecars rather than to a Gateway.
 const MESH_GATEWAY: &str = "mesh";
 
+/// The workload this proxy is, as `sourceLabels` and `sourceNamespace` see it.
+pub(crate) struct Proxy<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a Labels,
+}
+
+/// Where one `match` applies.
+#[derive(Debug, Clone)]
+enum Scope {
+    /// `gateways` given: on these (qualified) only.
+    Gateways(Vec<String>),
+    /// No `gateways`: on every listener of the VirtualService, if the source fits this proxy.
+    Source(bool),
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bind(
     found: &[(Origin, VirtualServiceSpec)],
     listeners: &mut [Listener],
     backends: &mut Backends,
+    rules: &Rules,
     owned: &[HeaderName],
-    proxy_namespace: &str,
+    proxy: &Proxy<'_>,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
 ) {
+    let proxy_namespace = proxy.namespace;
     let mut tables: Vec<Vec<VirtualHost>> = listeners.iter().map(|_| Vec::new()).collect();
     for (o, spec) in found {
         o.unsupported(
@@ -41,14 +67,7 @@ pub(crate) fn bind(
         );
         let gateways: Vec<String> = match &spec.gateways {
             None => vec![MESH_GATEWAY.to_string()],
-            Some(list) => list
-                .iter()
-                .map(|g| match g.split_once('/') {
-                    _ if g == MESH_GATEWAY => g.clone(),
-                    Some(_) => g.clone(),
-                    None => format!("{}/{g}", o.namespace),
-                })
-                .collect(),
+            Some(list) => qualify_gateways(list, &o.namespace),
         };
         let mut hosts = Vec::new();
         if spec.hosts.is_empty() {
@@ -70,20 +89,19 @@ pub(crate) fn bind(
                 )),
             }
         }
-        let routes: Vec<Route> = spec
+        let routes: Vec<(Route, Vec<Scope>)> = spec
             .http
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                compile_route(
-                    o,
-                    &format!("spec.http[{i}]"),
-                    r,
-                    backends,
-                    owned,
-                    errors,
-                    warnings,
-                )
+                let path = format!("spec.http[{i}]");
+                let scopes = r
+                    .matches
+                    .iter()
+                    .map(|m| scope(m, &o.namespace, proxy))
+                    .collect();
+                let route = compile_route(o, &path, r, backends, rules, owned, errors, warnings);
+                route.map(|route| (route, scopes))
             })
             .collect();
         for (listener, table) in listeners.iter().zip(tables.iter_mut()) {
@@ -115,10 +133,15 @@ pub(crate) fn bind(
                 ));
                 continue;
             }
+            let names: Vec<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
+            let on_listener = routes
+                .iter()
+                .filter_map(|(route, scopes)| on(route, scopes, &names))
+                .collect();
             table.push(VirtualHost {
                 source: o.resource(),
                 hosts: bound,
-                routes: routes.clone(),
+                routes: on_listener,
             });
         }
     }
@@ -127,11 +150,64 @@ pub(crate) fn bind(
     }
 }
 
+/// `gateways` names qualified with the VirtualService's namespace (`mesh` stays).
+fn qualify_gateways(list: &[String], namespace: &str) -> Vec<String> {
+    list.iter()
+        .map(|g| match g.split_once('/') {
+            _ if g == MESH_GATEWAY => g.clone(),
+            Some(_) => g.clone(),
+            None => format!("{namespace}/{g}"),
+        })
+        .collect()
+}
+
+fn scope(m: &HttpMatch, namespace: &str, proxy: &Proxy<'_>) -> Scope {
+    match &m.gateways {
+        Some(list) => Scope::Gateways(qualify_gateways(list, namespace)),
+        None => Scope::Source(
+            m.source_labels
+                .iter()
+                .all(|(k, v)| proxy.labels.get(k) == Some(v))
+                && m.source_namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == proxy.namespace),
+        ),
+    }
+}
+
+/// The route as it stands on a listener whose servers belong to `gateways`: only the matches
+/// that apply there; `None` when none does.
+fn on(route: &Route, scopes: &[Scope], gateways: &[&str]) -> Option<Route> {
+    if route.matches.is_empty() {
+        return Some(route.clone());
+    }
+    let applies = |s: &Scope| match s {
+        Scope::Gateways(list) => list.iter().any(|g| gateways.contains(&g.as_str())),
+        Scope::Source(fits) => *fits,
+    };
+    if scopes.iter().all(applies) {
+        return Some(route.clone());
+    }
+    let matches: Vec<RequestMatch> = route
+        .matches
+        .iter()
+        .zip(scopes)
+        .filter(|(_, s)| applies(s))
+        .map(|(m, _)| m.clone())
+        .collect();
+    (!matches.is_empty()).then(|| Route {
+        matches,
+        ..route.clone()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn compile_route(
     o: &Origin,
     path: &str,
     r: &HttpRoute,
     backends: &mut Backends,
+    rules: &Rules,
     owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<String>,
@@ -204,11 +280,6 @@ fn compile_route(
             for (i, d) in r.route.iter().enumerate() {
                 let p = format!("{path}.route[{i}]");
                 o.unsupported(errors, &p, &[("headers", d.headers.is_some())]);
-                o.unsupported(
-                    errors,
-                    &format!("{p}.destination"),
-                    &[("subset", d.destination.subset.is_some())],
-                );
                 // Istio: a lone destination takes all traffic; otherwise weights are relative.
                 let weight = if weighted { d.weight.unwrap_or(0) } else { 1 };
                 let host = qualify(&d.destination.host, &o.namespace);
@@ -223,17 +294,30 @@ fn compile_route(
                         continue;
                     }
                 };
-                match backends.resolve(&host, port) {
-                    Ok((backend, implicit)) => {
-                        if implicit {
+                let subset = d.destination.subset.as_deref();
+                match backends.resolve(&host, port, subset, rules) {
+                    Ok(resolved) => {
+                        if resolved.implicit {
                             warnings.push(format!(
-                                "{}: {p}.destination.host `{host}` is declared by no ServiceEntry; it \
-                                 will be resolved by DNS when a request comes",
+                                "{}: {p}.destination.host `{host}` is declared by no ServiceEntry \
+                                 or Service; it will be resolved by DNS when a request comes",
                                 o.resource()
                             ));
                         }
+                        if resolved.undefined_subset {
+                            warnings.push(format!(
+                                "{}: {p}.destination.subset `{}` is defined by no \
+                                 DestinationRule for `{host}`: requests routed here get 503, as \
+                                 in Istio",
+                                o.resource(),
+                                subset.unwrap_or_default()
+                            ));
+                        }
                         if weight > 0 {
-                            list.push(WeightedBackend { backend, weight });
+                            list.push(WeightedBackend {
+                                backend: resolved.backend,
+                                weight,
+                            });
                         }
                     }
                     Err(message) => errors.push(o.error(format!("{p}.destination"), message)),
@@ -329,9 +413,6 @@ fn compile_match(
             ("scheme", m.scheme.is_some()),
             ("queryParams", m.query_params.is_some()),
             ("ignoreUriCase", m.ignore_uri_case.is_some()),
-            ("sourceLabels", m.source_labels.is_some()),
-            ("sourceNamespace", m.source_namespace.is_some()),
-            ("gateways", m.gateways.is_some()),
             ("statPrefix", m.stat_prefix.is_some()),
         ],
     );

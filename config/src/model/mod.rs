@@ -365,18 +365,21 @@ pub struct ServerHost {
     pub host: HostMatcher,
 }
 
-/// An upstream service: a ServiceEntry host and port, or a name resolved by DNS.
+/// An upstream service: a ServiceEntry or Kubernetes Service host and port (and subset), or a
+/// name resolved by DNS. Istio's cluster `outbound|port|subset|host`.
 #[derive(Debug, Serialize)]
 pub struct Backend {
     /// The service host, as routes name it.
     pub host: String,
     /// The service port, as routes name it.
     pub port: u16,
+    /// The DestinationRule subset, when a route names one.
+    pub subset: Option<String>,
     /// HTTP/1.1 or HTTP/2 towards the endpoints.
     pub protocol: BackendProtocol,
     /// Where connections go.
     pub endpoints: Endpoints,
-    /// `ServiceEntry ns/name`, or `None` for a host that no ServiceEntry declares.
+    /// `ServiceEntry ns/name` or `Service ns/name`, or `None` for a host that nothing declares.
     pub source: Option<String>,
     /// TLS, load balancing and connection pool, from the DestinationRule for this host.
     pub policy: UpstreamPolicy,
@@ -405,7 +408,8 @@ impl Default for UpstreamPolicy {
     fn default() -> Self {
         Self {
             tls: UpstreamTls::Disable,
-            load_balancer: LoadBalancer::RoundRobin,
+            // Istio's default (`UNSPECIFIED`).
+            load_balancer: LoadBalancer::LeastRequest,
             connect_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(60),
             max_connections: None,
@@ -465,4 +469,16 @@ pub enum Endpoints {
     Static(Vec<SocketAddr>),
     /// `resolution: DNS`: names resolved when a connection is made.
     Dns(Vec<(String, u16)>),
+    /// A subset no DestinationRule defines: Envoy's missing cluster, answered 503 (`NC`).
+    Undefined,
+}
+
+impl Backend {
+    /// `host:port`, or `host:port (subset)`, for logs and labels.
+    pub fn name(&self) -> String {
+        match &self.subset {
+            Some(s) => format!("{}:{} ({s})", self.host, self.port),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
 }

@@ -9,9 +9,20 @@ use super::Unsupported;
 pub struct DestinationRuleSpec {
     pub host: String,
     pub traffic_policy: Option<TrafficPolicy>,
-    pub subsets: Unsupported,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
     pub export_to: Unsupported,
     pub workload_selector: Unsupported,
+}
+
+/// A named version of the service: the endpoints with these labels, and the policy for them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    pub name: String,
+    #[serde(default)]
+    pub labels: super::Labels,
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]

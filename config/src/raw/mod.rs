@@ -7,6 +7,7 @@ pub mod authorization_policy;
 pub mod destination_rule;
 pub mod gateway;
 pub mod istio;
+pub mod kubernetes;
 pub mod mesh_gateway;
 pub mod service_entry;
 pub mod virtual_service;
@@ -43,6 +44,8 @@ pub struct Metadata {
     pub namespace: Option<String>,
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// What is read of every document before its kind is known.

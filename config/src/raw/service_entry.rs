@@ -17,8 +17,8 @@ pub struct ServiceEntrySpec {
     pub resolution: Option<String>,
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntry>,
+    pub workload_selector: Option<WorkloadSelector>,
     pub addresses: Unsupported,
-    pub workload_selector: Unsupported,
     pub export_to: Unsupported,
     pub subject_alt_names: Unsupported,
 }
@@ -32,13 +32,22 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
+/// `workloadSelector`: the WorkloadEntries (same namespace) whose labels include these.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A ServiceEntry endpoint, and the spec of a `WorkloadEntry` resource.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntry {
     pub address: Option<String>,
     #[serde(default)]
     pub ports: BTreeMap<String, u32>,
-    /// Labels only select subsets, which meshgate does not implement; they change nothing.
+    /// What DestinationRule subsets select by.
     #[serde(default)]
     pub labels: Labels,
     pub weight: Unsupported,

@@ -54,12 +54,13 @@ pub struct HttpMatch {
     #[serde(default)]
     pub without_headers: BTreeMap<String, StringMatch>,
     pub port: Option<u32>,
+    pub gateways: Option<Vec<String>>,
+    #[serde(default)]
+    pub source_labels: super::Labels,
+    pub source_namespace: Option<String>,
     pub scheme: Unsupported,
     pub query_params: Unsupported,
     pub ignore_uri_case: Unsupported,
-    pub source_labels: Unsupported,
-    pub source_namespace: Unsupported,
-    pub gateways: Unsupported,
     pub stat_prefix: Unsupported,
 }
 
@@ -76,7 +77,7 @@ pub struct RouteDestination {
 pub struct Destination {
     pub host: String,
     pub port: Option<PortSelector>,
-    pub subset: Unsupported,
+    pub subset: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,8 @@ pub struct UpstreamBackend {
     idle_timeout: Duration,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
+    /// A subset no DestinationRule defines: every request is a 503 (`NC`).
+    undefined: bool,
 }
 
 /// A connection being opened.
@@ -130,6 +132,7 @@ impl UpstreamBackend {
                 .map(|a| (a.ip().to_string().into(), a.port()))
                 .collect(),
             Endpoints::Dns(list) => list.iter().map(|(h, p)| (h.as_str().into(), *p)).collect(),
+            Endpoints::Undefined => Vec::new(),
         };
         Ok(Self {
             protocol: b.protocol,
@@ -156,6 +159,7 @@ impl UpstreamBackend {
             max_requests_per_connection: b.policy.max_requests_per_connection,
             idle_timeout: b.policy.idle_timeout,
             counts,
+            undefined: matches!(b.endpoints, Endpoints::Undefined),
         })
     }
 
@@ -164,6 +168,9 @@ impl UpstreamBackend {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
+        if self.undefined {
+            return Err(ProxyError::NoCluster);
+        }
         let endpoint = self.pick().ok_or(ProxyError::NoEndpoint)?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
