@@ -132,6 +132,12 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
 fn destinations(model: &Model, action: &RouteAction) -> String {
     match action {
         RouteAction::Direct(d) => format!("direct response {}", d.status.as_u16()),
+        RouteAction::Redirect(r) => format!(
+            "redirect {} to {}{}",
+            r.code.as_u16(),
+            r.authority.as_deref().unwrap_or("(same host)"),
+            r.uri.as_deref().unwrap_or("")
+        ),
         RouteAction::Forward(list) => list
             .iter()
             .map(|w| {

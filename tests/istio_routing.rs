@@ -481,3 +481,250 @@ spec:
     assert_eq!(&r.body[..], b"observed", "{:?}", r.status);
     assert_eq!(observer.seen()[0].sni.as_deref(), Some("edition.cnn.com"));
 }
+
+/// A VirtualService for `ratings.internal` with `http` rules, and the echo behind it.
+fn ratings(backend: &Echo, http: &str) -> String {
+    format!(
+        r#"{}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.internal]
+  http:
+{http}"#,
+        service_entry("ratings", "ratings.internal", 80, backend)
+    )
+}
+
+#[tokio::test]
+async fn fault_injection_delays_and_aborts_as_envoys_fault_filter() {
+    let backend = echo();
+    let dir = TempDir::new("fault-log");
+    let log = dir.path().join("access.log");
+    let http = r#"  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}
+    route: [{destination: {host: ratings.internal}}]
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 555, percentage: {value: 100.0}}}
+    route: [{destination: {host: ratings.internal}}]
+  - match: [{uri: {prefix: /grpc}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: ratings.internal}}]
+  - match: [{uri: {prefix: /half}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+    route: [{destination: {host: ratings.internal}}]
+  - match: [{uri: {prefix: /unset}}]
+    fault: {abort: {httpStatus: 503}}
+    route: [{destination: {host: ratings.internal}}]
+  - match: [{uri: {prefix: /legacy}}]
+    fault: {delay: {fixedDelay: 1ms, percent: 100}}
+    route: [{destination: {host: ratings.internal}}]
+"#;
+    let extra = format!(
+        "  accessLog: {{path: {}}}\n{}",
+        log.display(),
+        ratings(&backend, http)
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    let get = |path: &'static str| plain_get(sidecar.addr(), "ratings.internal", path, &[]);
+
+    let started = std::time::Instant::now();
+    let r = get("/delay").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    let r = get("/abort").await.unwrap();
+    assert_eq!(r.status.as_u16(), 555);
+    assert_eq!(&r.body[..], b"fault filter abort");
+
+    let r = get("/grpc").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "14");
+
+    let mut aborted = 0;
+    for _ in 0..200 {
+        if get("/half").await.unwrap().status == StatusCode::SERVICE_UNAVAILABLE {
+            aborted += 1;
+        }
+    }
+    // 100 expected; about five standard deviations (7.1) either way.
+    assert!((65..=135).contains(&aborted), "{aborted} of 200 aborted");
+
+    // Istio's default share is 0%: nothing is aborted, and `check` says so.
+    for _ in 0..20 {
+        assert_eq!(get("/unset").await.unwrap().status, StatusCode::OK);
+    }
+    assert!(sidecar
+        .running
+        .model()
+        .warnings
+        .iter()
+        .any(|w| w.contains("abort has no percentage")));
+    assert_eq!(get("/legacy").await.unwrap().status, StatusCode::OK);
+
+    let lines = support::json_lines(&log, 224).await;
+    let flag = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .map(|l| l["response_flags"].as_str().unwrap().to_string())
+    };
+    assert_eq!(flag("/delay").as_deref(), Some("DI"));
+    assert_eq!(flag("/abort").as_deref(), Some("FI"));
+    assert_eq!(
+        flag("/legacy").as_deref(),
+        Some("DI"),
+        "the deprecated integer percent"
+    );
+}
+
+#[tokio::test]
+async fn redirects_build_the_location_as_istio_configures_envoy() {
+    let backend = echo();
+    let http = r#"  - match: [{uri: {exact: /v1/getProductRatings}}]
+    redirect: {uri: /v1/bookRatings, authority: newratings.default.svc.cluster.local}
+  - match: [{uri: {prefix: /secure}}]
+    redirect: {scheme: https, redirectCode: 308}
+  - match: [{uri: {prefix: /port}}]
+    redirect: {port: 8443, scheme: https}
+  - match: [{uri: {prefix: /derived}}]
+    redirect: {derivePort: FROM_REQUEST_PORT, uri: "/moved?from=derived"}
+  - match: [{uri: {prefix: /default-port}}]
+    redirect: {derivePort: FROM_PROTOCOL_DEFAULT, authority: "other.internal:9090"}
+"#;
+    let sidecar = Sidecar::start(&ratings(&backend, http)).await;
+    let cases = [
+        (
+            "ratings.internal",
+            "/v1/getProductRatings?id=1",
+            301,
+            "http://newratings.default.svc.cluster.local/v1/bookRatings?id=1".to_string(),
+        ),
+        (
+            "ratings.internal:8080",
+            "/secure/x",
+            308,
+            "https://ratings.internal:8080/secure/x".to_string(),
+        ),
+        (
+            "ratings.internal",
+            "/port",
+            301,
+            "https://ratings.internal:8443/port".to_string(),
+        ),
+        (
+            "ratings.internal",
+            "/derived?q=1",
+            301,
+            // On the outbound listener, the port the request was for (80 when it names none).
+            "http://ratings.internal/moved?from=derived".to_string(),
+        ),
+        (
+            "ratings.internal:9080",
+            "/derived",
+            301,
+            "http://ratings.internal:9080/moved?from=derived".to_string(),
+        ),
+        (
+            "ratings.internal",
+            "/default-port",
+            301,
+            "http://other.internal/default-port".to_string(),
+        ),
+    ];
+    for (host, path, code, location) in cases {
+        let r = plain_get(sidecar.addr(), host, path, &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), code, "{path}");
+        assert_eq!(r.headers["location"], location.as_str(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_allowed_origins_marked() {
+    let backend = echo();
+    let http = r#"  - match: [{uri: {prefix: /ignore}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://example.com"}]
+      allowMethods: [GET]
+      unmatchedPreflights: IGNORE
+    route: [{destination: {host: ratings.internal}}]
+  - corsPolicy:
+      allowOrigins: [{exact: "https://example.com"}, {regex: "https://.*\\.example\\.org"}]
+      allowMethods: [POST, GET]
+      allowHeaders: [x-custom-header]
+      exposeHeaders: [x-served-by]
+      maxAge: 24h
+      allowCredentials: true
+    route: [{destination: {host: ratings.internal}}]
+"#;
+    let sidecar = Sidecar::start(&ratings(&backend, http)).await;
+    let addr = sidecar.addr();
+    let options = |path: &'static str, origin: &'static str| async move {
+        use http_body_util::{BodyExt, Full};
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::options(path)
+            .header("host", "ratings.internal")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = send.send_request(req).await.unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body)
+    };
+
+    // An allowed origin's preflight is answered here.
+    let (status, h, body) = options("/", "https://a.example.org").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty(), "answered by the proxy, not the echo");
+    assert_eq!(h["access-control-allow-origin"], "https://a.example.org");
+    assert_eq!(h["access-control-allow-methods"], "POST,GET");
+    assert_eq!(h["access-control-allow-headers"], "x-custom-header");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    // Another origin's goes upstream (FORWARD).
+    let (status, h, body) = options("/", "https://evil.example.net").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.is_empty(), "the echo answered");
+    assert!(h.get("access-control-allow-origin").is_none());
+    // With IGNORE it is answered here, without allowing the origin.
+    let (status, h, body) = options("/ignore", "https://evil.example.net").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert!(h.get("access-control-allow-origin").is_none());
+    assert_eq!(h["access-control-allow-methods"], "GET");
+
+    // Actual requests: marked for an allowed origin only.
+    let r = plain_get(
+        sidecar.addr(),
+        "ratings.internal",
+        "/",
+        &[("origin", "https://example.com")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://example.com"
+    );
+    assert_eq!(r.headers["access-control-expose-headers"], "x-served-by");
+    let r = plain_get(
+        sidecar.addr(),
+        "ratings.internal",
+        "/",
+        &[("origin", "https://evil.example.net")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+}

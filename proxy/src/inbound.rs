@@ -19,7 +19,9 @@ use meshgate_config::model::{ListenerKind, RouteAction};
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
 use crate::authorize::{self, Decision, ShadowAction};
 use crate::body::{Done, RequestBody, ResponseBody, Tracked};
+use crate::cors;
 use crate::drain::Watch;
+use crate::fault;
 use crate::forward;
 use crate::head;
 use crate::identity::PeerIdentity;
@@ -170,7 +172,7 @@ async fn handle_request(
             route_and_forward(conn, req, &mut chosen).await
         }
     };
-    let mut flag = "-";
+    let mut flag = if chosen.delayed { "DI" } else { "-" };
     let response = match result {
         Ok(response) => response,
         Err(e) => {
@@ -262,6 +264,8 @@ struct Chosen {
     route: Option<usize>,
     /// The backend forwarded to.
     backend: Option<usize>,
+    /// The route's fault delayed the request (Envoy's `DI`).
+    delayed: bool,
 }
 
 async fn route_and_forward(
@@ -294,8 +298,30 @@ async fn route_and_forward(
     }
     let selected = selected.ok_or(ProxyError::NoRoute)?;
     let route = selected.route;
+    if let Some(cors) = &route.cors {
+        if let Some(answer) = cors::preflight(cors, req.method(), req.headers()) {
+            return Ok(answer);
+        }
+    }
+    if let Some(fault) = &route.fault {
+        let injected = fault::inject(fault).await;
+        chosen.delayed = injected.delayed;
+        if let Some(status) = injected.abort {
+            return Err(ProxyError::FaultAbort(status));
+        }
+    }
+    let origin = route
+        .cors
+        .as_ref()
+        .and_then(|_| req.headers().get(http::header::ORIGIN).cloned());
     let mut response = match &route.action {
         RouteAction::Direct(direct) => respond::direct(direct),
+        RouteAction::Redirect(redirect) => {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            // The port a request arrived for: the Gateway port, or on the outbound listener the
+            // authority's, as a sidecar's listener is per service port.
+            respond::redirect(redirect, full, target, listener.tls.is_some(), port)
+        }
         RouteAction::Forward(backends) => {
             let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
             chosen.backend = Some(backend);
@@ -306,6 +332,9 @@ async fn route_and_forward(
         }
     };
     route.response_headers.apply(response.headers_mut());
+    if let Some(cors) = &route.cors {
+        cors::decorate(cors, origin.as_ref(), response.headers_mut());
+    }
     Ok(response)
 }
 

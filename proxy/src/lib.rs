@@ -10,6 +10,8 @@
 //! tag        tag.rs          -> client copies stripped; x-mesh-origin, principal, XFCC set
 //! authorize  authorize/      -> AuthorizationPolicy: DENY, then ALLOW (403 RBAC: access denied)
 //! route      route.rs        -> Gateway server host, VirtualService route, weighted backend
+//! cors       cors.rs         -> preflights answered, allowed origins marked (route corsPolicy)
+//! fault      fault.rs        -> delay, abort (route fault)
 //! forward    forward/        -> pooled upstream connection, bodies streamed
 //! respond    respond.rs      -> every response the proxy makes itself (400, 404, 503, 504)
 //! ```
@@ -19,6 +21,8 @@
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+pub mod cors;
+pub mod fault;
 pub mod forward;
 pub mod head;
 pub mod identity;

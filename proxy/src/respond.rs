@@ -8,11 +8,13 @@
 //! | upstream timeout | 504 |
 //! | malformed request | 400 |
 //! | CONNECT | 405 |
+//! | route `fault.abort` | its status, body `fault filter abort` (gRPC: 200 and `grpc-status`) |
+//! | route `redirect` | its code, `location` |
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use meshgate_config::model::DirectResponse;
+use meshgate_config::model::{AbortStatus, DirectResponse, Redirect, RedirectPort};
 
 use crate::body::ResponseBody;
 use crate::head::HeadError;
@@ -50,6 +52,9 @@ pub enum ProxyError {
     /// Upstream: no response within the route's timeout.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// The route's `fault.abort` drew this request.
+    #[error("fault injected: abort")]
+    FaultAbort(AbortStatus),
 }
 
 impl ProxyError {
@@ -65,6 +70,9 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::FaultAbort(AbortStatus::Http(status)) => *status,
+            // gRPC carries its status in `grpc-status`, over HTTP 200.
+            Self::FaultAbort(AbortStatus::Grpc(_)) => StatusCode::OK,
         }
     }
 
@@ -79,6 +87,7 @@ impl ProxyError {
             Self::UpstreamConnect(_) => "UF",
             Self::Upstream(_) => "UC",
             Self::UpstreamTimeout => "UT",
+            Self::FaultAbort(_) => "FI",
         }
     }
 
@@ -95,14 +104,85 @@ impl ProxyError {
             Self::UpstreamConnect(_) => "upstream connect error\n",
             Self::Upstream(_) => "upstream reset\n",
             Self::UpstreamTimeout => "upstream request timeout\n",
+            // Envoy's body, byte for byte.
+            Self::FaultAbort(_) => "fault filter abort",
         }
     }
 }
 
 /// The response for a failed request.
 pub fn error(e: &ProxyError) -> Response<ResponseBody> {
-    plain(e.status(), Bytes::from_static(e.body().as_bytes()))
+    let mut response = plain(e.status(), Bytes::from_static(e.body().as_bytes()));
+    if let ProxyError::FaultAbort(AbortStatus::Grpc(code)) = e {
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(GRPC_STATUS, HeaderValue::from(*code));
+        headers.insert(GRPC_MESSAGE, HeaderValue::from_static("fault filter abort"));
+    }
+    response
 }
+
+/// A route's `redirect`: the location built from the request's authority and path, as Istio
+/// sets Envoy's RedirectAction. `tls` and `listener_port` describe the listener the request
+/// came in on (the default scheme, and `derivePort: FROM_REQUEST_PORT`).
+pub fn redirect(
+    r: &Redirect,
+    authority: &str,
+    path_and_query: &str,
+    tls: bool,
+    listener_port: u16,
+) -> Response<ResponseBody> {
+    let scheme = r
+        .scheme
+        .as_deref()
+        .unwrap_or(if tls { "https" } else { "http" });
+    let written = r.authority.as_deref().unwrap_or(authority);
+    let host = crate::route::strip_port(written);
+    let own_port = written[host.len()..]
+        .strip_prefix(':')
+        .and_then(|p| p.parse::<u16>().ok());
+    let port = match r.port {
+        RedirectPort::Unchanged => own_port,
+        RedirectPort::Fixed(p) => Some(p),
+        RedirectPort::Listener => Some(listener_port),
+        RedirectPort::ProtocolDefault => None,
+    }
+    .filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        location.push_str(&format!(":{p}"));
+    }
+    match &r.uri {
+        // A query in `uri` replaces the request's; otherwise the request's is kept.
+        Some(uri) if uri.contains('?') => location.push_str(uri),
+        Some(uri) => push_path(&mut location, uri, query),
+        None => push_path(&mut location, path, query),
+    }
+    let mut response = Response::new(ResponseBody::full(Bytes::new()));
+    *response.status_mut() = r.code;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+fn push_path(location: &mut String, path: &str, query: Option<&str>) {
+    location.push_str(path);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+}
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
 /// A route's `directResponse`.
 pub fn direct(d: &DirectResponse) -> Response<ResponseBody> {

@@ -68,6 +68,8 @@ pub(crate) fn add_services(
             rewrite_uri: None,
             rewrite_authority: None,
             timeout: None,
+            fault: None,
+            cors: None,
         };
         let exact = HostMatcher::Exact(host.as_str().into());
         match vhosts

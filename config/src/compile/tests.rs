@@ -962,3 +962,35 @@ spec:
         assert!(outbound.routes.find(name).is_some(), "{name}");
     }
 }
+
+#[test]
+fn fault_redirect_and_cors_mistakes() {
+    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n---\n";
+    let vs = |http: &str| {
+        with_gateway(&format!(
+            "{gw}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: ns}}\nspec:\n  hosts: [a.b]\n  gateways: [istio-system/gw]\n  http:\n  - {http}\n"
+        ))
+    };
+    let cases = [
+        (vs("{fault: {abort: {httpStatus: 700, percentage: {value: 10}}}, directResponse: {status: 200}}"), "spec.http[0].fault.abort.httpStatus: `700` is not an HTTP status code"),
+        (vs("{fault: {abort: {grpcStatus: BROKEN}}, directResponse: {status: 200}}"), "spec.http[0].fault.abort.grpcStatus: `BROKEN` is not a gRPC status name"),
+        (vs("{fault: {abort: {http2Error: PROTOCOL_ERROR}}, directResponse: {status: 200}}"), "spec.http[0].fault.abort.http2Error: this Istio field is not implemented"),
+        (vs("{fault: {delay: {fixedDelay: soon, percentage: {value: 10}}}, directResponse: {status: 200}}"), "spec.http[0].fault.delay.fixedDelay: not a duration"),
+        (vs("{fault: {delay: {fixedDelay: 1s, percentage: {value: 101}}}, directResponse: {status: 200}}"), "spec.http[0].fault.delay.percentage.value: `101` is not a percentage"),
+        (vs("{fault: {}, directResponse: {status: 200}}"), "spec.http[0].fault: a delay or an abort is required"),
+        (vs("{redirect: {uri: /x, redirectCode: 200}}"), "spec.http[0].redirect.redirectCode: `200` is not a redirect code"),
+        (vs("{redirect: {uri: /x}, rewrite: {uri: /y}}"), "spec.http[0].rewrite: rewrite and redirect are exclusive"),
+        (vs("{redirect: {uri: /x}, directResponse: {status: 200}}"), "spec.http[0]: redirect is exclusive"),
+        (vs("{redirect: {port: 80, derivePort: FROM_REQUEST_PORT}}"), "spec.http[0].redirect: port and derivePort are exclusive"),
+        (vs("{corsPolicy: {allowOrigins: [{}]}, directResponse: {status: 200}}"), "spec.http[0].corsPolicy.allowOrigins[0]: one of exact, prefix or regex is required"),
+        (vs("{corsPolicy: {maxAge: forever}, directResponse: {status: 200}}"), "spec.http[0].corsPolicy.maxAge: not a duration"),
+        (vs("{corsPolicy: {unmatchedPreflights: DROP}, directResponse: {status: 200}}"), "spec.http[0].corsPolicy.unmatchedPreflights: `DROP` is not FORWARD or IGNORE"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(&yaml);
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}

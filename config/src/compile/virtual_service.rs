@@ -18,10 +18,14 @@ use super::service_entry::Backends;
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
-    DirectResponse, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, RequestMatch,
-    Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
+    AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
+    HostMatcher, Listener, ListenerKind, Redirect, RedirectPort, RequestMatch, Route, RouteAction,
+    RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
-use crate::raw::virtual_service::{HeaderOperations, HttpMatch, HttpRoute, VirtualServiceSpec};
+use crate::raw::virtual_service::{
+    CorsPolicy as CorsSpec, Fault as FaultSpec, HeaderOperations, HttpMatch, HttpRoute, Percent,
+    Redirect as RedirectSpec, VirtualServiceSpec,
+};
 use crate::raw::{Labels, StringMatch};
 
 /// The gateway name that binds a VirtualService to sidecars rather than to a Gateway.
@@ -217,15 +221,12 @@ fn compile_route(
         errors,
         path,
         &[
-            ("redirect", r.redirect.is_some()),
             ("delegate", r.delegate.is_some()),
             ("retries", r.retries.is_some()),
-            ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some()),
             ("mirrors", r.mirrors.is_some()),
             ("mirrorPercentage", r.mirror_percentage.is_some()),
             ("mirrorPercent", r.mirror_percent.is_some()),
-            ("corsPolicy", r.cors_policy.is_some()),
         ],
     );
     let matches = r
@@ -234,19 +235,32 @@ fn compile_route(
         .enumerate()
         .filter_map(|(i, m)| compile_match(o, &format!("{path}.match[{i}]"), m, errors))
         .collect();
-    let action = match (&r.direct_response, r.route.is_empty()) {
-        (Some(_), false) => {
+    let action = match (&r.redirect, &r.direct_response, r.route.is_empty()) {
+        (Some(rd), None, true) => {
+            if r.rewrite.is_some() {
+                errors.push(o.error(
+                    format!("{path}.rewrite"),
+                    "rewrite and redirect are exclusive (Istio refuses both)",
+                ));
+            }
+            redirect(o, &format!("{path}.redirect"), rd, errors).map(RouteAction::Redirect)
+        }
+        (Some(_), _, _) => {
+            errors.push(o.error(path, "redirect is exclusive with route and directResponse"));
+            None
+        }
+        (None, Some(_), false) => {
             errors.push(o.error(path, "route and directResponse are exclusive"));
             None
         }
-        (None, true) => {
+        (None, None, true) => {
             errors.push(o.error(
                 format!("{path}.route"),
-                "a route or a directResponse is required",
+                "a route, a redirect or a directResponse is required",
             ));
             None
         }
-        (Some(d), true) => {
+        (None, Some(d), true) => {
             let p = format!("{path}.directResponse");
             if let Some(body) = &d.body {
                 o.unsupported(
@@ -274,7 +288,7 @@ fn compile_route(
                 }
             }
         }
-        (None, false) => {
+        (None, None, false) => {
             let mut list = Vec::new();
             let weighted = r.route.iter().any(|d| d.weight.is_some());
             for (i, d) in r.route.iter().enumerate() {
@@ -384,10 +398,20 @@ fn compile_route(
             }
         },
     };
+    let fault = r
+        .fault
+        .as_ref()
+        .and_then(|f| fault(o, &format!("{path}.fault"), f, errors, warnings));
+    let cors = r
+        .cors_policy
+        .as_ref()
+        .and_then(|c| cors(o, &format!("{path}.corsPolicy"), c, errors));
     if errors.len() > before {
         return None;
     }
     Some(Route {
+        fault,
+        cors,
         name: r.name.clone(),
         index: 0,
         matches,
@@ -397,6 +421,273 @@ fn compile_route(
         rewrite_uri,
         rewrite_authority,
         timeout,
+    })
+}
+
+/// `redirect`, as Istio's `ApplyRedirect` sets Envoy's RedirectAction.
+fn redirect(
+    o: &Origin,
+    path: &str,
+    rd: &RedirectSpec,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Redirect> {
+    let before = errors.len();
+    let code = match rd.redirect_code.unwrap_or(301) {
+        0 | 301 => StatusCode::MOVED_PERMANENTLY,
+        c @ (302 | 303 | 307 | 308) => StatusCode::from_u16(c as u16).ok()?,
+        other => {
+            errors.push(o.error(
+                format!("{path}.redirectCode"),
+                format!("`{other}` is not a redirect code Istio accepts (301, 302, 303, 307, 308)"),
+            ));
+            StatusCode::MOVED_PERMANENTLY
+        }
+    };
+    let port = match (rd.port, rd.derive_port.as_deref()) {
+        (Some(_), Some(_)) => {
+            errors.push(o.error(path, "port and derivePort are exclusive"));
+            RedirectPort::Unchanged
+        }
+        (Some(p), None) => match u16::try_from(p).ok().filter(|p| *p > 0) {
+            Some(p) => RedirectPort::Fixed(p),
+            None => {
+                errors.push(o.error(format!("{path}.port"), "ports must be 1 to 65535"));
+                RedirectPort::Unchanged
+            }
+        },
+        (None, None) => RedirectPort::Unchanged,
+        (None, Some("FROM_REQUEST_PORT")) => RedirectPort::Listener,
+        (None, Some("FROM_PROTOCOL_DEFAULT")) => RedirectPort::ProtocolDefault,
+        (None, Some(other)) => {
+            errors.push(o.error(
+                format!("{path}.derivePort"),
+                format!("`{other}` is not FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+            ));
+            RedirectPort::Unchanged
+        }
+    };
+    if let Some(uri) = &rd.uri {
+        if !uri.starts_with('/') {
+            errors.push(o.error(format!("{path}.uri"), "must start with `/`"));
+        }
+    }
+    if let Some(a) = &rd.authority {
+        if a.is_empty() || HeaderValue::from_str(a).is_err() || a.contains('/') {
+            errors.push(o.error(format!("{path}.authority"), "not a valid authority"));
+        }
+    }
+    if let Some(scheme) = &rd.scheme {
+        if !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            errors.push(o.error(format!("{path}.scheme"), "not a URI scheme"));
+        }
+    }
+    (errors.len() == before).then(|| Redirect {
+        uri: rd.uri.clone(),
+        authority: rd.authority.as_ref().map(|a| a.to_ascii_lowercase()),
+        port,
+        scheme: rd.scheme.as_ref().map(|s| s.to_ascii_lowercase()),
+        code,
+    })
+}
+
+/// `fault`. Istio injects nothing for a share it is not given: an absent `percentage` is 0.
+fn fault(
+    o: &Origin,
+    path: &str,
+    f: &FaultSpec,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
+) -> Option<Fault> {
+    let before = errors.len();
+    let share =
+        |field: String, p: Option<&Percent>, legacy: Option<u32>, errors: &mut Vec<ConfigError>| {
+            let value = match (p.and_then(|p| p.value), legacy) {
+                (Some(v), _) => v,
+                (None, Some(n)) => f64::from(n),
+                (None, None) => 0.0,
+            };
+            if !(0.0..=100.0).contains(&value) {
+                errors.push(o.error(field, format!("`{value}` is not a percentage (0 to 100)")));
+                return 0;
+            }
+            (value * 10_000.0).round() as u32
+        };
+    let delay = f.delay.as_ref().and_then(|d| {
+        let p = format!("{path}.delay");
+        o.unsupported(
+            errors,
+            &p,
+            &[("exponentialDelay", d.exponential_delay.is_some())],
+        );
+        let per_million = share(
+            format!("{p}.percentage.value"),
+            d.percentage.as_ref(),
+            d.percent,
+            errors,
+        );
+        let fixed = match d.fixed_delay.as_deref().map(parse_duration) {
+            Some(Some(t)) => t,
+            Some(None) => {
+                errors.push(o.error(format!("{p}.fixedDelay"), "not a duration such as 5s"));
+                return None;
+            }
+            None => {
+                errors.push(o.error(format!("{p}.fixedDelay"), "required"));
+                return None;
+            }
+        };
+        if per_million == 0 {
+            warnings.push(format!(
+                "{}: {p} has no percentage: it delays no request (Istio's default is 0%)",
+                o.resource()
+            ));
+        }
+        Some(FaultDelay { fixed, per_million })
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let p = format!("{path}.abort");
+        o.unsupported(errors, &p, &[("http2Error", a.http2_error.is_some())]);
+        let per_million = share(
+            format!("{p}.percentage.value"),
+            a.percentage.as_ref(),
+            None,
+            errors,
+        );
+        let status = match (a.http_status, &a.grpc_status) {
+            (Some(code), None) => match u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                Some(s) if (200..=599).contains(&s.as_u16()) => AbortStatus::Http(s),
+                _ => {
+                    errors.push(o.error(
+                        format!("{p}.httpStatus"),
+                        format!("`{code}` is not an HTTP status code of 200 to 599"),
+                    ));
+                    return None;
+                }
+            },
+            (None, Some(name)) => match GRPC_STATUS.iter().position(|n| n == name) {
+                Some(code) => AbortStatus::Grpc(code as u32),
+                None => {
+                    errors.push(o.error(
+                        format!("{p}.grpcStatus"),
+                        format!("`{name}` is not a gRPC status name such as UNAVAILABLE"),
+                    ));
+                    return None;
+                }
+            },
+            _ => {
+                errors.push(o.error(
+                    p.clone(),
+                    "exactly one of httpStatus and grpcStatus is required",
+                ));
+                return None;
+            }
+        };
+        if per_million == 0 {
+            warnings.push(format!(
+                "{}: {p} has no percentage: it aborts no request (Istio's default is 0%)",
+                o.resource()
+            ));
+        }
+        Some(FaultAbort {
+            status,
+            per_million,
+        })
+    });
+    if f.delay.is_none() && f.abort.is_none() {
+        errors.push(o.error(path, "a delay or an abort is required"));
+    }
+    (errors.len() == before).then_some(Fault { delay, abort })
+}
+
+/// gRPC status names, by code.
+const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// `corsPolicy`, as Istio's `TranslateCORSPolicy` sets Envoy's CORS filter.
+fn cors(o: &Origin, path: &str, c: &CorsSpec, errors: &mut Vec<ConfigError>) -> Option<Cors> {
+    let before = errors.len();
+    let mut allow_origins = Vec::new();
+    for (i, m) in c.allow_origins.iter().flatten().enumerate() {
+        match string_matcher(m) {
+            Ok(Some(m)) => allow_origins.push(m),
+            Ok(None) => errors.push(o.error(
+                format!("{path}.allowOrigins[{i}]"),
+                "one of exact, prefix or regex is required",
+            )),
+            Err(e) => errors.push(o.error(format!("{path}.allowOrigins[{i}]"), e)),
+        }
+    }
+    allow_origins.extend(
+        c.allow_origin
+            .iter()
+            .flatten()
+            .map(|e| StringMatcher::Exact(e.clone())),
+    );
+    let mut joined = |field: &str, list: &[String]| {
+        if list.is_empty() {
+            return None;
+        }
+        match HeaderValue::from_str(&list.join(",")) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                errors.push(o.error(format!("{path}.{field}"), "not valid header text"));
+                None
+            }
+        }
+    };
+    let allow_methods = joined("allowMethods", &c.allow_methods);
+    let allow_headers = joined("allowHeaders", &c.allow_headers);
+    let expose_headers = joined("exposeHeaders", &c.expose_headers);
+    let max_age = match c.max_age.as_deref().map(parse_duration) {
+        None => None,
+        Some(Some(d)) => Some(HeaderValue::from(d.as_secs())),
+        Some(None) => {
+            errors.push(o.error(format!("{path}.maxAge"), "not a duration such as 24h"));
+            None
+        }
+    };
+    let forward_unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED") | Some("FORWARD") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            errors.push(o.error(
+                format!("{path}.unmatchedPreflights"),
+                format!("`{other}` is not FORWARD or IGNORE"),
+            ));
+            true
+        }
+    };
+    (errors.len() == before).then_some(Cors {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights,
     })
 }
 

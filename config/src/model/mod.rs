@@ -18,8 +18,9 @@ use serde::Serialize;
 
 pub use host::{HostMatcher, NamespaceFilter};
 pub use route::{
-    DirectResponse, HeaderMatch, HeaderOps, RequestMatch, Route, RouteAction, StringMatcher,
-    VirtualHost, WeightedBackend,
+    AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
+    Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
+    WeightedBackend,
 };
 pub use table::RouteTable;
 

@@ -41,6 +41,10 @@ pub struct Route {
     pub rewrite_authority: Option<HeaderValue>,
     /// The whole request's deadline; `None` means none, as Istio's default.
     pub timeout: Option<Duration>,
+    /// Faults to inject before forwarding (Envoy's fault filter, per route).
+    pub fault: Option<Fault>,
+    /// CORS (Envoy's CORS filter, per route).
+    pub cors: Option<Cors>,
 }
 
 /// What a matched route does.
@@ -50,6 +54,91 @@ pub enum RouteAction {
     Forward(Vec<WeightedBackend>),
     /// Answer directly (`directResponse`).
     Direct(DirectResponse),
+    /// Answer with a redirect (`redirect`).
+    Redirect(Redirect),
+}
+
+/// `redirect`, as Istio sets Envoy's RedirectAction: the path is replaced whole, the query
+/// kept unless `uri` has one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    /// Replaces the host (and any port the request named).
+    pub authority: Option<String>,
+    pub port: RedirectPort,
+    /// `None`: `https` on a TLS listener, `http` otherwise.
+    pub scheme: Option<String>,
+    #[serde(serialize_with = "serialize_status")]
+    pub code: StatusCode,
+}
+
+/// The port of a redirect's location. A port that is its scheme's default is left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RedirectPort {
+    /// Neither `port` nor `derivePort`: the authority's port as it is.
+    Unchanged,
+    Fixed(u16),
+    /// `derivePort: FROM_REQUEST_PORT`: the listener's port (as Istio: Envoy cannot derive it
+    /// from the request).
+    Listener,
+    /// `derivePort: FROM_PROTOCOL_DEFAULT`: none.
+    ProtocolDefault,
+}
+
+/// `fault`: a delay, then an abort, each for a share of requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultDelay {
+    pub fixed: Duration,
+    /// Requests delayed, per million.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultAbort {
+    pub status: AbortStatus,
+    /// Requests aborted, per million.
+    pub per_million: u32,
+}
+
+/// What an abort answers.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum AbortStatus {
+    Http(#[serde(serialize_with = "serialize_status")] StatusCode),
+    /// A gRPC status code, answered as gRPC does: HTTP 200 with `grpc-status`.
+    Grpc(u32),
+}
+
+/// `corsPolicy`, compiled: the origins allowed and the headers each answer carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cors {
+    pub allow_origins: Vec<StringMatcher>,
+    #[serde(serialize_with = "serialize_opt_header_value")]
+    pub allow_methods: Option<HeaderValue>,
+    #[serde(serialize_with = "serialize_opt_header_value")]
+    pub allow_headers: Option<HeaderValue>,
+    #[serde(serialize_with = "serialize_opt_header_value")]
+    pub expose_headers: Option<HeaderValue>,
+    #[serde(serialize_with = "serialize_opt_header_value")]
+    pub max_age: Option<HeaderValue>,
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights: FORWARD` (the default): a preflight from an origin not allowed
+    /// goes upstream; `IGNORE`: it is answered here, without `access-control-allow-origin`.
+    pub forward_unmatched_preflights: bool,
+}
+
+impl Cors {
+    /// Whether `origin` is allowed. A matcher that matches `*` allows every origin, as Envoy's.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        self.allow_origins
+            .iter()
+            .any(|m| m.matches(b"*") || m.matches(origin))
+    }
 }
 
 /// A route destination: a backend and its weight.

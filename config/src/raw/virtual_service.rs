@@ -31,15 +31,79 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
     pub rewrite: Option<Rewrite>,
     pub timeout: Option<String>,
-    pub redirect: Unsupported,
+    pub redirect: Option<Redirect>,
+    pub fault: Option<Fault>,
+    pub cors_policy: Option<CorsPolicy>,
     pub delegate: Unsupported,
     pub retries: Unsupported,
-    pub fault: Unsupported,
     pub mirror: Unsupported,
     pub mirrors: Unsupported,
     pub mirror_percentage: Unsupported,
     pub mirror_percent: Unsupported,
-    pub cors_policy: Unsupported,
+}
+
+/// `redirect`: Envoy's RedirectAction.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub derive_port: Option<String>,
+    pub scheme: Option<String>,
+    pub redirect_code: Option<u32>,
+}
+
+/// `fault`: Envoy's HTTP fault filter, per route.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    pub delay: Option<Delay>,
+    pub abort: Option<Abort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delay {
+    pub fixed_delay: Option<String>,
+    pub percentage: Option<Percent>,
+    /// Deprecated: an integer percentage.
+    pub percent: Option<u32>,
+    pub exponential_delay: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Abort {
+    pub http_status: Option<u32>,
+    pub grpc_status: Option<String>,
+    pub percentage: Option<Percent>,
+    pub http2_error: Unsupported,
+}
+
+/// Istio's `Percent`: a double, 0 to 100.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Percent {
+    pub value: Option<f64>,
+}
+
+/// `corsPolicy`: Envoy's CORS filter, per route.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    pub allow_origins: Option<Vec<StringMatch>>,
+    /// Deprecated: exact origins.
+    pub allow_origin: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
