@@ -13,7 +13,9 @@ use std::time::Duration;
 use super::virtual_service::{parse_duration, qualify};
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
-use crate::model::{ClientTls, HostMatcher, LoadBalancer, UpstreamPolicy, UpstreamTls};
+use crate::model::{
+    ClientTls, HostMatcher, LoadBalancer, TcpKeepalive, UpstreamPolicy, UpstreamTls,
+};
 use crate::raw::destination_rule::{self as raw, DestinationRuleSpec};
 use crate::raw::Labels;
 
@@ -28,6 +30,7 @@ struct Blocks {
 #[derive(Debug, Clone, Default)]
 struct Pool {
     connect_timeout: Option<Duration>,
+    tcp_keepalive: Option<TcpKeepalive>,
     idle_timeout: Option<Duration>,
     max_connections: Option<u32>,
     max_requests_per_connection: Option<u32>,
@@ -253,6 +256,9 @@ impl Rules {
             if let Some(t) = pool.connect_timeout {
                 policy.connect_timeout = t;
             }
+            if let Some(k) = pool.tcp_keepalive {
+                policy.tcp_keepalive = k;
+            }
             if let Some(t) = pool.idle_timeout {
                 policy.idle_timeout = t;
             }
@@ -318,11 +324,21 @@ fn patch(
                     errors,
                     &format!("{path}.tcp"),
                     &[
-                        ("tcpKeepalive", tcp.tcp_keepalive.is_some()),
                         ("maxConnectionDuration", tcp.max_connection_duration.is_some()),
-                        ("idleTimeout", tcp.idle_timeout.is_some()),
                     ],
                 );
+                // Istio: http.idleTimeout, else tcp.idleTimeout.
+                out.idle_timeout = duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors);
+                if let Some(k) = &tcp.tcp_keepalive {
+                    let p = format!("{path}.tcp.tcpKeepalive");
+                    let mut keepalive = TcpKeepalive::default();
+                    if let Some(t) = duration(format!("{p}.time"), &k.time, errors) {
+                        keepalive.time = t;
+                    }
+                    keepalive.interval = duration(format!("{p}.interval"), &k.interval, errors);
+                    keepalive.probes = positive(o, format!("{p}.probes"), k.probes, errors);
+                    out.tcp_keepalive = Some(keepalive);
+                }
                 out.connect_timeout = duration(format!("{path}.tcp.connectTimeout"), &tcp.connect_timeout, errors);
                 out.max_connections = positive(o, format!("{path}.tcp.maxConnections"), tcp.max_connections, errors);
             }
@@ -339,7 +355,9 @@ fn patch(
                         ("maxConcurrentStreams", http.max_concurrent_streams.is_some()),
                     ],
                 );
-                out.idle_timeout = duration(format!("{path}.http.idleTimeout"), &http.idle_timeout, errors);
+                if let Some(t) = duration(format!("{path}.http.idleTimeout"), &http.idle_timeout, errors) {
+                    out.idle_timeout = Some(t);
+                }
                 out.max_requests_per_connection = positive(
                     o,
                     format!("{path}.http.maxRequestsPerConnection"),

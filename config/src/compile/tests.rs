@@ -795,7 +795,7 @@ spec:
   host: api.example.com
   trafficPolicy:
     loadBalancer: {simple: RANDOM}
-    connectionPool: {tcp: {maxConnections: 7}}
+    connectionPool: {tcp: {maxConnections: 7, idleTimeout: 90s, tcpKeepalive: {time: 30s, interval: 5s, probes: 3}}}
     portLevelSettings:
     - port: {number: 8080}
       tls: {mode: SIMPLE}

@@ -394,6 +394,9 @@ pub struct UpstreamPolicy {
     pub load_balancer: LoadBalancer,
     /// `connectionPool.tcp.connectTimeout`; Istio's default is 10 s.
     pub connect_timeout: std::time::Duration,
+    /// `connectionPool.tcp.tcpKeepalive`; by default probes start after 60 s idle, at the
+    /// system's interval and count.
+    pub tcp_keepalive: TcpKeepalive,
     /// `connectionPool.http.idleTimeout`: an idle pooled connection is closed after this.
     pub idle_timeout: std::time::Duration,
     /// `connectionPool.tcp.maxConnections`: at most this many HTTP/1.1 connections (and so
@@ -412,10 +415,32 @@ impl Default for UpstreamPolicy {
             // Istio's default (`UNSPECIFIED`).
             load_balancer: LoadBalancer::LeastRequest,
             connect_timeout: std::time::Duration::from_secs(10),
+            tcp_keepalive: TcpKeepalive::default(),
             idle_timeout: std::time::Duration::from_secs(60),
             max_connections: None,
             max_requests_per_connection: None,
             source: None,
+        }
+    }
+}
+
+/// TCP keepalive on upstream connections (`connectionPool.tcp.tcpKeepalive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe.
+    pub time: std::time::Duration,
+    /// Between probes; `None`: the system's.
+    pub interval: Option<std::time::Duration>,
+    /// Unanswered probes before the connection is dropped; `None`: the system's.
+    pub probes: Option<u32>,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        Self {
+            time: std::time::Duration::from_secs(60),
+            interval: None,
+            probes: None,
         }
     }
 }

@@ -92,9 +92,17 @@ pub struct ConnectionPool {
 pub struct TcpSettings {
     pub connect_timeout: Option<String>,
     pub max_connections: Option<u32>,
-    pub tcp_keepalive: Unsupported,
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    pub idle_timeout: Option<String>,
     pub max_connection_duration: Unsupported,
-    pub idle_timeout: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<String>,
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,12 +11,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use meshgate_config::model::TcpKeepalive;
+
 use crate::tls::client::Origination;
 
 /// Makes connections for one backend.
 #[derive(Debug, Clone)]
 pub struct Connector {
     connect_timeout: Duration,
+    keepalive: socket2::TcpKeepalive,
     tls: Option<Origination>,
 }
 
@@ -38,9 +41,21 @@ pub enum ConnectError {
 }
 
 impl Connector {
-    pub fn new(connect_timeout: Duration, tls: Option<Origination>) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        keepalive: &TcpKeepalive,
+        tls: Option<Origination>,
+    ) -> Self {
+        let mut probes = socket2::TcpKeepalive::new().with_time(keepalive.time);
+        if let Some(i) = keepalive.interval {
+            probes = probes.with_interval(i);
+        }
+        if let Some(n) = keepalive.probes {
+            probes = probes.with_retries(n);
+        }
         Self {
             connect_timeout,
+            keepalive: probes,
             tls,
         }
     }
@@ -52,8 +67,7 @@ impl Connector {
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
             .map_err(ConnectError::Tcp)?;
         let _ = tcp.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&self.keepalive);
         match &self.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some(o) => {
@@ -129,5 +143,31 @@ impl AsyncWrite for UpstreamStream {
             Self::Plain(s) => s.is_write_vectored(),
             Self::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_follows_the_destination_rule() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keepalive = TcpKeepalive {
+            time: Duration::from_secs(30),
+            interval: Some(Duration::from_secs(5)),
+            probes: Some(3),
+        };
+        let connector = Connector::new(Duration::from_secs(1), &keepalive, None);
+        let UpstreamStream::Plain(tcp) = connector.connect("127.0.0.1", port).await.unwrap()
+        else {
+            panic!("plaintext expected")
+        };
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(socket.keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(socket.keepalive_retries().unwrap(), 3);
     }
 }

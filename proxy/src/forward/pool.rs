@@ -124,6 +124,7 @@ impl UpstreamBackend {
     ) -> Result<Self, StartError> {
         let connector = Connector::new(
             b.policy.connect_timeout,
+            &b.policy.tcp_keepalive,
             origination(b, credentials, provider)?,
         );
         let addresses: Vec<(Box<str>, u16)> = match &b.endpoints {
