@@ -166,8 +166,8 @@ mod tests {
         };
         let socket = socket2::SockRef::from(&tcp);
         assert!(socket.keepalive().unwrap());
-        assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(30));
-        assert_eq!(socket.keepalive_interval().unwrap(), Duration::from_secs(5));
-        assert_eq!(socket.keepalive_retries().unwrap(), 3);
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
     }
 }

@@ -81,6 +81,7 @@ fn name(
     route(l, &req).map(|r| match &r.route.action {
         RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
         RouteAction::Forward(_) => "forward".into(),
+        RouteAction::Redirect(_) => "redirect".into(),
     })
 }
 
