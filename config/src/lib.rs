@@ -8,6 +8,7 @@
 
 mod compile;
 pub mod error;
+pub mod fields;
 pub mod model;
 pub mod raw;
 pub mod source;

@@ -218,14 +218,19 @@ impl Origin {
         }
     }
 
-    /// One error for each declared-but-unimplemented field that is present.
+    /// One error for each declared-but-unimplemented field that is present, with the nearest
+    /// supported way where `fields::FIELDS` knows one.
     pub fn unsupported(&self, errors: &mut Vec<ConfigError>, path: &str, fields: &[(&str, bool)]) {
         for (name, present) in fields {
             if *present {
-                errors.push(self.error(
-                    format!("{path}.{name}"),
-                    "this Istio field is not implemented by meshgate",
-                ));
+                let field = format!("{path}.{name}");
+                let message = match crate::fields::advice(&self.kind, &field) {
+                    Some(advice) => {
+                        format!("this Istio field is not implemented by meshgate: {advice}")
+                    }
+                    None => "this Istio field is not implemented by meshgate".to_string(),
+                };
+                errors.push(self.error(field, message));
             }
         }
     }

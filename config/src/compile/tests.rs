@@ -994,3 +994,149 @@ fn fault_redirect_and_cors_mistakes() {
         );
     }
 }
+
+/// A flow-YAML tree built from dotted paths (`http[].match[].scheme`), each `[]` a list of one
+/// map: the smallest resource that sets a field.
+#[derive(Default)]
+struct Tree(Vec<(String, bool, Node)>);
+
+enum Node {
+    Leaf(String),
+    Map(Tree),
+}
+
+impl Tree {
+    fn set(&mut self, path: &str, value: &str) {
+        let (head, rest) = match path.split_once('.') {
+            Some((h, r)) => (h, Some(r)),
+            None => (path, None),
+        };
+        let (name, list) = match head.strip_suffix("[]") {
+            Some(n) => (n, true),
+            None => (head, false),
+        };
+        let i = match self.0.iter().position(|(n, _, _)| n == name) {
+            Some(i) => i,
+            None => {
+                let node = match rest {
+                    Some(_) => Node::Map(Tree::default()),
+                    None => Node::Leaf(value.to_string()),
+                };
+                self.0.push((name.to_string(), list, node));
+                self.0.len() - 1
+            }
+        };
+        if let (Some(rest), Node::Map(t)) = (rest, &mut self.0[i].2) {
+            t.set(rest, value);
+        }
+    }
+
+    fn render(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, list, node)| {
+                let v = match node {
+                    Node::Leaf(v) => v.clone(),
+                    Node::Map(t) => t.render(),
+                };
+                if *list {
+                    format!("{name}: [{v}]")
+                } else {
+                    format!("{name}: {v}")
+                }
+            })
+            .collect();
+        format!("{{{}}}", parts.join(", "))
+    }
+}
+
+#[test]
+fn every_refused_networking_field_is_refused_by_name_with_its_advice() {
+    use crate::fields::{table_path, Support, FIELDS};
+    let base: &[(&str, &str, &[(&str, &str)])] = &[
+        (
+            "Gateway",
+            "networking.istio.io/v1",
+            &[
+                ("servers[].port.number", "443"),
+                ("servers[].port.protocol", "HTTPS"),
+                ("servers[].port.name", "https"),
+                ("servers[].hosts", "['*']"),
+                ("servers[].tls.mode", "ISTIO_MUTUAL"),
+            ],
+        ),
+        (
+            "VirtualService",
+            "networking.istio.io/v1",
+            &[("hosts", "[a.b]")],
+        ),
+        (
+            "DestinationRule",
+            "networking.istio.io/v1",
+            &[("host", "a.b")],
+        ),
+        (
+            "ServiceEntry",
+            "networking.istio.io/v1",
+            &[
+                ("hosts", "[a.b]"),
+                ("ports[].number", "80"),
+                ("ports[].protocol", "HTTP"),
+                ("resolution", "STATIC"),
+                ("endpoints[].address", "10.0.0.1"),
+            ],
+        ),
+        (
+            "WorkloadEntry",
+            "networking.istio.io/v1",
+            &[("address", "10.0.0.1")],
+        ),
+    ];
+    let mut checked = 0;
+    for field in FIELDS {
+        let Support::Refused(advice) = field.support else {
+            continue;
+        };
+        let (_, api, required) = base
+            .iter()
+            .find(|(k, _, _)| *k == field.kind)
+            .unwrap_or_else(|| panic!("no base for {}", field.kind));
+        let mut tree = Tree::default();
+        for (path, value) in *required {
+            tree.set(path, value);
+        }
+        if field.path.starts_with("http[].route[]") {
+            tree.set("http[].route[].destination.host", "a.b");
+            tree.set("http[].route[].destination.port.number", "80");
+        } else if field.path.starts_with("http[]") {
+            tree.set("http[].directResponse.status", "200");
+        }
+        tree.set(field.path, "{}");
+        let yaml = with_gateway(&format!(
+            "apiVersion: {api}\nkind: {}\nmetadata: {{name: x, namespace: default}}\nspec: {}\n",
+            field.kind,
+            tree.render()
+        ));
+        let errors = match load_str("t.yaml", &yaml) {
+            Ok(_) => panic!("{} {} was accepted:\n{yaml}", field.kind, field.path),
+            Err(e) => e.0,
+        };
+        let named = errors.iter().find(|e| {
+            e.resource.as_deref() == Some(&format!("{} default/x", field.kind))
+                && e.field.as_deref().map(table_path).as_deref() == Some(field.path)
+        });
+        let Some(e) = named else {
+            panic!(
+                "{} {}: no error names it: {errors:#?}",
+                field.kind, field.path
+            )
+        };
+        assert!(e.message.contains("not implemented by meshgate"), "{e}");
+        if let Some(advice) = advice {
+            assert!(e.message.contains(advice), "{e}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 40, "{checked}");
+}

@@ -160,14 +160,19 @@ mod tests {
             probes: Some(3),
         };
         let connector = Connector::new(Duration::from_secs(1), &keepalive, None);
-        let UpstreamStream::Plain(tcp) = connector.connect("127.0.0.1", port).await.unwrap()
-        else {
+        let UpstreamStream::Plain(tcp) = connector.connect("127.0.0.1", port).await.unwrap() else {
             panic!("plaintext expected")
         };
         let socket = socket2::SockRef::from(&tcp);
         assert!(socket.keepalive().unwrap());
-        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
-        assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(5)
+        );
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
     }
 }

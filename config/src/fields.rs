@@ -1,0 +1,359 @@
+//! Every field of Istio's networking kinds, and what meshgate does with it.
+//!
+//! The compiler's refusals take their advice from here (`advice`), the README's table of
+//! networking fields is checked against it by a test, and another test proves that each field
+//! marked refused is refused with its advice. Paths are relative to `spec`, `[]` standing for
+//! any list index.
+
+/// What meshgate does with a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Implemented with Istio's semantics.
+    Supported,
+    /// Refused with an error naming the field; the text, when there is one, says the nearest
+    /// supported way.
+    Refused(Option<&'static str>),
+}
+
+/// One field of one kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub kind: &'static str,
+    pub path: &'static str,
+    pub support: Support,
+}
+
+const fn yes(kind: &'static str, path: &'static str) -> Field {
+    Field {
+        kind,
+        path,
+        support: Support::Supported,
+    }
+}
+
+const fn no(kind: &'static str, path: &'static str, advice: &'static str) -> Field {
+    Field {
+        kind,
+        path,
+        support: Support::Refused(if advice.is_empty() {
+            None
+        } else {
+            Some(advice)
+        }),
+    }
+}
+
+const VS: &str = "VirtualService";
+const DR: &str = "DestinationRule";
+const SE: &str = "ServiceEntry";
+const WE: &str = "WorkloadEntry";
+const GW: &str = "Gateway";
+
+/// The fields of Gateway, VirtualService, DestinationRule, ServiceEntry and WorkloadEntry.
+pub const FIELDS: &[Field] = &[
+    yes(GW, "selector"),
+    yes(GW, "servers[].port.number"),
+    yes(GW, "servers[].port.name"),
+    yes(GW, "servers[].port.protocol"),
+    no(
+        GW,
+        "servers[].port.targetPort",
+        "map ports with MeshGateway spec.listen.portOverrides",
+    ),
+    yes(GW, "servers[].hosts"),
+    yes(GW, "servers[].name"),
+    no(GW, "servers[].bind", "set MeshGateway spec.listen.address"),
+    no(GW, "servers[].defaultEndpoint", ""),
+    yes(GW, "servers[].tls.mode"),
+    yes(GW, "servers[].tls.minProtocolVersion"),
+    yes(GW, "servers[].tls.maxProtocolVersion"),
+    no(GW, "servers[].tls.httpsRedirect", ""),
+    no(GW, "servers[].tls.serverCertificate", ""),
+    no(GW, "servers[].tls.privateKey", ""),
+    no(GW, "servers[].tls.caCertificates", ""),
+    no(GW, "servers[].tls.caCrl", ""),
+    no(GW, "servers[].tls.credentialName", ""),
+    no(GW, "servers[].tls.credentialNames", ""),
+    no(GW, "servers[].tls.tlsCertificates", ""),
+    no(GW, "servers[].tls.subjectAltNames", ""),
+    no(GW, "servers[].tls.verifyCertificateSpki", ""),
+    no(GW, "servers[].tls.verifyCertificateHash", ""),
+    no(GW, "servers[].tls.cipherSuites", ""),
+    yes(VS, "hosts"),
+    yes(VS, "gateways"),
+    yes(VS, "http[].name"),
+    yes(VS, "http[].match[].name"),
+    yes(VS, "http[].match[].uri"),
+    yes(VS, "http[].match[].authority"),
+    yes(VS, "http[].match[].method"),
+    yes(VS, "http[].match[].headers"),
+    yes(VS, "http[].match[].withoutHeaders"),
+    yes(VS, "http[].match[].port"),
+    yes(VS, "http[].match[].gateways"),
+    yes(VS, "http[].match[].sourceLabels"),
+    yes(VS, "http[].match[].sourceNamespace"),
+    no(
+        VS,
+        "http[].match[].scheme",
+        "match the port (a Gateway port has one scheme), or the x-forwarded-proto header",
+    ),
+    no(VS, "http[].match[].queryParams", ""),
+    no(
+        VS,
+        "http[].match[].ignoreUriCase",
+        "write a case-insensitive uri regex: `regex: \"(?i)/path.*\"`",
+    ),
+    no(
+        VS,
+        "http[].match[].statPrefix",
+        "metrics name routes by http[].name",
+    ),
+    yes(VS, "http[].route[].destination.host"),
+    yes(VS, "http[].route[].destination.port"),
+    yes(VS, "http[].route[].destination.subset"),
+    yes(VS, "http[].route[].weight"),
+    no(
+        VS,
+        "http[].route[].headers",
+        "set headers for the whole rule with http[].headers",
+    ),
+    yes(VS, "http[].redirect"),
+    yes(VS, "http[].directResponse.status"),
+    yes(VS, "http[].directResponse.body.string"),
+    no(VS, "http[].directResponse.body.bytes", "use body.string"),
+    no(
+        VS,
+        "http[].delegate",
+        "write the routes in the VirtualService bound to the Gateway",
+    ),
+    yes(VS, "http[].rewrite.uri"),
+    yes(VS, "http[].rewrite.authority"),
+    no(
+        VS,
+        "http[].rewrite.uriRegexRewrite",
+        "match a uri prefix and use rewrite.uri",
+    ),
+    yes(VS, "http[].timeout"),
+    no(VS, "http[].retries", ""),
+    yes(VS, "http[].fault.delay.fixedDelay"),
+    yes(VS, "http[].fault.delay.percentage"),
+    yes(VS, "http[].fault.delay.percent"),
+    no(
+        VS,
+        "http[].fault.delay.exponentialDelay",
+        "use fixedDelay (Istio does not implement it either)",
+    ),
+    yes(VS, "http[].fault.abort.httpStatus"),
+    yes(VS, "http[].fault.abort.grpcStatus"),
+    yes(VS, "http[].fault.abort.percentage"),
+    no(
+        VS,
+        "http[].fault.abort.http2Error",
+        "use httpStatus (Istio does not implement it either)",
+    ),
+    no(VS, "http[].mirror", ""),
+    no(VS, "http[].mirrors", ""),
+    no(VS, "http[].mirrorPercentage", ""),
+    no(VS, "http[].mirrorPercent", ""),
+    yes(VS, "http[].corsPolicy"),
+    yes(VS, "http[].headers"),
+    no(
+        VS,
+        "tls",
+        "meshgate routes HTTP: terminate TLS at a Gateway server and route with http",
+    ),
+    no(VS, "tcp", "meshgate routes HTTP: route with http"),
+    no(
+        VS,
+        "exportTo",
+        "meshgate applies every VirtualService it is given: give it only the ones for it",
+    ),
+    yes(DR, "host"),
+    yes(DR, "subsets"),
+    no(
+        DR,
+        "exportTo",
+        "meshgate applies every DestinationRule it is given: give it only the ones for it",
+    ),
+    no(
+        DR,
+        "workloadSelector",
+        "meshgate applies every DestinationRule it is given: give it only the ones for it",
+    ),
+    yes(DR, "trafficPolicy.portLevelSettings"),
+    yes(DR, "trafficPolicy.tls.mode"),
+    yes(DR, "trafficPolicy.tls.clientCertificate"),
+    yes(DR, "trafficPolicy.tls.privateKey"),
+    yes(DR, "trafficPolicy.tls.caCertificates"),
+    yes(DR, "trafficPolicy.tls.subjectAltNames"),
+    yes(DR, "trafficPolicy.tls.sni"),
+    no(
+        DR,
+        "trafficPolicy.tls.credentialName",
+        "name the files: clientCertificate, privateKey, caCertificates",
+    ),
+    no(DR, "trafficPolicy.tls.caCrl", ""),
+    no(
+        DR,
+        "trafficPolicy.tls.insecureSkipVerify",
+        "give caCertificates for the server's CA",
+    ),
+    yes(DR, "trafficPolicy.loadBalancer.simple"),
+    no(DR, "trafficPolicy.loadBalancer.consistentHash", ""),
+    no(
+        DR,
+        "trafficPolicy.loadBalancer.localityLbSetting",
+        "meshgate knows no localities: use loadBalancer.simple",
+    ),
+    no(DR, "trafficPolicy.loadBalancer.warmupDurationSecs", ""),
+    no(DR, "trafficPolicy.loadBalancer.warmup", ""),
+    yes(DR, "trafficPolicy.connectionPool.tcp.maxConnections"),
+    yes(DR, "trafficPolicy.connectionPool.tcp.connectTimeout"),
+    yes(DR, "trafficPolicy.connectionPool.tcp.tcpKeepalive"),
+    yes(DR, "trafficPolicy.connectionPool.tcp.idleTimeout"),
+    no(
+        DR,
+        "trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+        "",
+    ),
+    no(
+        DR,
+        "trafficPolicy.connectionPool.http.http1MaxPendingRequests",
+        "",
+    ),
+    no(DR, "trafficPolicy.connectionPool.http.http2MaxRequests", ""),
+    yes(
+        DR,
+        "trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+    ),
+    no(DR, "trafficPolicy.connectionPool.http.maxRetries", ""),
+    yes(DR, "trafficPolicy.connectionPool.http.idleTimeout"),
+    no(DR, "trafficPolicy.connectionPool.http.h2UpgradePolicy", ""),
+    no(
+        DR,
+        "trafficPolicy.connectionPool.http.useClientProtocol",
+        "",
+    ),
+    no(
+        DR,
+        "trafficPolicy.connectionPool.http.maxConcurrentStreams",
+        "",
+    ),
+    no(DR, "trafficPolicy.outlierDetection", ""),
+    no(DR, "trafficPolicy.tunnel", ""),
+    no(DR, "trafficPolicy.proxyProtocol", ""),
+    no(DR, "trafficPolicy.retryBudget", ""),
+    yes(SE, "hosts"),
+    yes(SE, "ports[].number"),
+    yes(SE, "ports[].protocol"),
+    yes(SE, "ports[].name"),
+    yes(SE, "ports[].targetPort"),
+    yes(SE, "location"),
+    yes(SE, "resolution"),
+    yes(SE, "endpoints[].address"),
+    yes(SE, "endpoints[].ports"),
+    yes(SE, "endpoints[].labels"),
+    no(SE, "endpoints[].weight", "list an endpoint once per share"),
+    no(SE, "endpoints[].network", ""),
+    no(SE, "endpoints[].locality", ""),
+    no(SE, "endpoints[].serviceAccount", ""),
+    yes(SE, "workloadSelector"),
+    no(
+        SE,
+        "addresses",
+        "meshgate routes by host name, not by address",
+    ),
+    no(
+        SE,
+        "exportTo",
+        "meshgate applies every ServiceEntry it is given: give it only the ones for it",
+    ),
+    no(
+        SE,
+        "subjectAltNames",
+        "set a DestinationRule's tls.subjectAltNames for the host",
+    ),
+    yes(WE, "address"),
+    yes(WE, "ports"),
+    yes(WE, "labels"),
+    no(WE, "weight", ""),
+    no(WE, "network", ""),
+    no(WE, "locality", ""),
+    no(WE, "serviceAccount", ""),
+];
+
+/// The advice for a refused field of `kind`, given its path as an error names it
+/// (`spec.http[0].retries`). Port-level and subset policies share the fields of the
+/// top-level `trafficPolicy`.
+pub fn advice(kind: &str, path: &str) -> Option<&'static str> {
+    let key = table_path(path);
+    let field = FIELDS.iter().find(|f| f.kind == kind && f.path == key)?;
+    match field.support {
+        Support::Refused(advice) => advice,
+        Support::Supported => None,
+    }
+}
+
+/// `spec.subsets[2].trafficPolicy.portLevelSettings[0].tls` -> `trafficPolicy.tls`.
+pub(crate) fn table_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut chars = path
+        .strip_prefix("spec.")
+        .unwrap_or(path)
+        .chars()
+        .peekable();
+    while let Some(c) = chars.next() {
+        if c == '[' {
+            out.push_str("[]");
+            for d in chars.by_ref() {
+                if d == ']' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    let out = out
+        .replace("portLevelSettings[].", "")
+        .replace("trafficPolicy.trafficPolicy", "trafficPolicy");
+    match out.strip_prefix("subsets[].") {
+        Some(rest) => rest.to_string(),
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_as_errors_name_them_find_their_row() {
+        assert_eq!(
+            table_path("spec.http[3].match[0].scheme"),
+            "http[].match[].scheme"
+        );
+        assert_eq!(
+            table_path("spec.subsets[1].trafficPolicy.portLevelSettings[0].outlierDetection"),
+            "trafficPolicy.outlierDetection"
+        );
+        assert!(advice(VS, "spec.http[0].delegate").is_some());
+        assert!(advice(DR, "spec.subsets[0].trafficPolicy.tls.insecureSkipVerify").is_some());
+        assert_eq!(advice(VS, "spec.http[0].retries"), None);
+        assert_eq!(advice(VS, "spec.http[0].timeout"), None);
+    }
+
+    #[test]
+    fn every_row_is_unique() {
+        for (i, a) in FIELDS.iter().enumerate() {
+            for b in &FIELDS[i + 1..] {
+                assert!(
+                    !(a.kind == b.kind && a.path == b.path),
+                    "{} {} twice",
+                    a.kind,
+                    a.path
+                );
+            }
+        }
+    }
+}
