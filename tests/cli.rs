@@ -67,6 +67,14 @@ apiVersion: networking.istio.io/v1
 kind: Frobnicator
 metadata: {name: f}
 spec: {}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {namespace: istio-system}
+spec:
+  selector: {app: other}
+  servres: []
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"], bogus: 1}]
 "#,
     );
     write(
@@ -88,11 +96,14 @@ spec: {}
     let b = dir.path().join("b.yaml").display().to_string();
     let c = dir.path().join("c.yaml").display().to_string();
     let expected = [
-        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate"),
-        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.mode: SIMPLE is not implemented"),
+        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: names a Kubernetes Secret, which meshgate does not read: mount the Secret as files and name them with serverCertificate and privateKey"),
         format!("{a}: VirtualService default/vs: spec.http[0].retries: this Istio field is not implemented by meshgate"),
         format!("{a}: VirtualService default/vs: spec.http[0].match[0].uri: only one of exact, prefix and regex may be set"),
         format!("{a}: Frobnicator default/f: kind: unknown kind `Frobnicator`"),
+        // A resource without a name: that, and every other error it has.
+        format!("{a}: Gateway istio-system/<no name>: metadata.name: required"),
+        format!("{a}:38:3: Gateway istio-system/<no name>: spec.servres: unknown field `servres`"),
+        format!("{a}:39:76: Gateway istio-system/<no name>: spec.servers[0].bogus: unknown field `bogus`"),
         format!("{b}:8:13: ServiceEntry default/se: spec.ports[0].number: "),
         format!("{c}:2:7: "),
         format!("{}: cannot read", missing.display()),
@@ -100,7 +111,7 @@ spec: {}
     for line in expected {
         assert!(text.contains(&line), "missing `{line}` in:\n{text}");
     }
-    assert!(text.contains("8 error(s)"), "{text}");
+    assert!(text.contains("10 error(s)"), "{text}");
 }
 
 /// Writes a gateway config for `yaml` into a temp dir, with the gateway's identity in certs/.

@@ -99,6 +99,16 @@ pub fn error(e: &ProxyError) -> Response<ResponseBody> {
     plain(e.status(), Bytes::from_static(e.body().as_bytes()))
 }
 
+/// Envoy's answer to `require_tls`: 301 to the same URL over HTTPS, no body.
+pub fn redirect(location: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::new()));
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 /// A route's `directResponse`.
 pub fn direct(d: &DirectResponse) -> Response<ResponseBody> {
     plain(d.status, d.body.clone())

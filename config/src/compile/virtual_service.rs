@@ -15,6 +15,7 @@ use crate::model::{
 };
 use crate::raw::virtual_service::{HeaderOperations, HttpMatch, HttpRoute, VirtualServiceSpec};
 use crate::raw::StringMatch;
+use crate::warning::{Code, Warning};
 
 /// The gateway name that binds a VirtualService to sidecars rather than to a Gateway.
 const MESH_GATEWAY: &str = "mesh";
@@ -25,7 +26,7 @@ pub(crate) fn bind(
     backends: &mut Backends,
     owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) {
     let mut tables: Vec<Vec<VirtualHost>> = listeners.iter().map(|_| Vec::new()).collect();
     for (o, spec) in found {
@@ -42,11 +43,7 @@ pub(crate) fn bind(
             None => vec![MESH_GATEWAY.to_string()],
             Some(list) => list
                 .iter()
-                .map(|g| match g.split_once('/') {
-                    _ if g == MESH_GATEWAY => g.clone(),
-                    Some(_) => g.clone(),
-                    None => format!("{}/{g}", o.namespace),
-                })
+                .map(|g| super::gateway::resolve_name(g, &o.namespace))
                 .collect(),
         };
         let mut hosts = Vec::new();
@@ -92,12 +89,8 @@ pub(crate) fn bind(
                 .filter(|h| servers.iter().any(|s| s.host.intersects(h)))
                 .cloned()
                 .collect();
+            // `check` says why (analyze.rs: MG0103).
             if bound.is_empty() {
-                warnings.push(format!(
-                    "{}: no host matches a host of its Gateway servers on port {}",
-                    o.resource(),
-                    listener.port
-                ));
                 continue;
             }
             table.push(VirtualHost {
@@ -119,7 +112,7 @@ fn compile_route(
     backends: &mut Backends,
     owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Option<Route> {
     let before = errors.len();
     o.unsupported(
@@ -211,10 +204,13 @@ fn compile_route(
                 match backends.resolve(&host, port) {
                     Ok((backend, implicit)) => {
                         if implicit {
-                            warnings.push(format!(
-                                "{}: {p}.destination.host `{host}` is declared by no ServiceEntry; it \
-                                 will be resolved by DNS when a request comes",
-                                o.resource()
+                            warnings.push(o.warn(
+                                Code::DestinationNotDeclared,
+                                Some(&format!("{p}.destination.host")),
+                                format!(
+                                    "`{host}` is declared by no ServiceEntry; it will be \
+                                     resolved by DNS when a request comes"
+                                ),
                             ));
                         }
                         if weight > 0 {

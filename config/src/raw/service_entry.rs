@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{Labels, Unsupported};
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -24,7 +24,7 @@ pub struct ServiceEntrySpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub number: u32,
     pub protocol: Option<String>,
@@ -33,7 +33,7 @@ pub struct ServicePort {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadEntry {
     pub address: Option<String>,
     #[serde(default)]
