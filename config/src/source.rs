@@ -2,7 +2,7 @@
 //!
 //! A directory loads every `*.yaml`, `*.yml` and `*.json` in it (JSON is YAML; as `kubectl
 //! apply -f DIR` reads them), not recursively; other entries are skipped with a warning, hidden
-//! ones (Kubernetes' `..data`) silently. A file is cut into documents by the YAML parser
+//! ones (Kubernetes' `..data`) and subdirectories silently. A file is cut into documents by the YAML parser
 //! itself, so a `---` line inside a block scalar stays part of its scalar. A `kind: List` (what
 //! `kubectl get -o yaml` prints) is unwrapped into its items. Each document keeps the line it
 //! starts on, so that errors point into the file; nothing is copied more than once, so loading
@@ -115,13 +115,11 @@ fn list_dir(dir: &Path, skipped: &mut Vec<Warning>) -> std::io::Result<Vec<PathB
             continue;
         }
         let config = [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
+        // Subdirectories (such as `certs/`) are not read, and not worth a warning.
         if path.is_dir() {
-            skipped.push(Warning::file(
-                Code::FileSkipped,
-                &path,
-                "skipped: a directory (directories are not read recursively; name it with -c to load it)",
-            ));
-        } else if !config {
+            continue;
+        }
+        if !config {
             skipped.push(Warning::file(
                 Code::FileSkipped,
                 &path,

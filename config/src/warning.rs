@@ -131,8 +131,7 @@ macro_rules! codes {
 }
 
 codes! {
-    /// A file in a configuration directory was not read (not `*.yaml`, `*.yml` or `*.json`,
-    /// or a directory: directories are not read recursively).
+    /// A file in a configuration directory was not read (not `*.yaml`, `*.yml` or `*.json`).
     FileSkipped = "MG0001",
     /// A resource of a kind that cannot change what meshgate does (a Deployment, a Secret,
     /// a PeerAuthentication, ...) was skipped.
