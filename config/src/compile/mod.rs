@@ -1,8 +1,10 @@
 //! Raw resources to the runtime model, one file per kind, collecting every error.
 //!
-//! Order: parse every document by its kind; then the MeshGateway and trust domain; then
-//! ServiceEntries (backends); then Gateways selected by this proxy's labels (listeners); then
-//! VirtualServices bound to those Gateways (routes).
+//! Order: parse every document by its kind (kinds that cannot change this proxy are skipped
+//! with a warning, every unknown field is reported); then the installation resources (Kyma's
+//! `Istio`, `IstioOperator`), the MeshGateway and the trust domain; then ServiceEntries
+//! (backends); then Gateways selected by this proxy's labels (listeners); then VirtualServices
+//! bound to those Gateways (routes); then what `check` explains (`analyze`).
 
 mod analyze;
 mod authorization_policy;
