@@ -72,7 +72,7 @@ fn route_match(c: &mut Criterion) {
                         headers: &headers,
                         port: 80,
                     };
-                    route(listener, &req).unwrap();
+                    route(listener, None, &req).unwrap();
                 })
             });
         }

@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched_ref(
                 || headers.clone(),
-                |h| tag(black_box(h), &tags, &tagging),
+                |h| tag(black_box(h), &tags, &tagging, 0, true),
                 criterion::BatchSize::SmallInput,
             )
         });

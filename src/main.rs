@@ -37,6 +37,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
@@ -56,12 +62,24 @@ enum Command {
         /// How long to wait for open requests after SIGTERM or SIGINT, in seconds.
         #[arg(long, default_value_t = 5)]
         drain_timeout: u64,
+        /// Do not log warnings with this code (`MG0101`), or of this code and resource
+        /// (`MG0101=VirtualService team/*`); repeatable.
+        #[arg(long, value_name = "CODE[=RESOURCE]")]
+        suppress: Vec<String>,
     },
-    /// Validate the configuration and print a summary, or every error.
+    /// Validate the configuration and print a summary and warnings, or every error.
     Check {
         /// A config file or a directory; repeatable.
         #[arg(short = 'c', long = "config", required = true)]
         config: Vec<PathBuf>,
+        /// Hide warnings with this code (`MG0101`), or of this code and resource
+        /// (`MG0101=VirtualService team/*`, `*` a wildcard), as `istioctl analyze --suppress`;
+        /// repeatable.
+        #[arg(long, value_name = "CODE[=RESOURCE]")]
+        suppress: Vec<String>,
+        /// `text` for people, `json` for CI.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// A backend that answers every request with JSON of what it received.
     Echo {
@@ -148,11 +166,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             concurrency,
             drain_timeout,
+            suppress,
         } => {
             let runtime = tokio_runtime(concurrency)?;
-            runtime.block_on(run(config, Duration::from_secs(drain_timeout)))
+            runtime.block_on(run(config, Duration::from_secs(drain_timeout), &suppress))
         }
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            suppress,
+            output,
+        } => check(&config, &suppress, output),
         Command::Echo { listen } => {
             let runtime = tokio_runtime(None)?;
             runtime.block_on(async {
@@ -179,7 +202,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(config: Vec<PathBuf>, drain: Duration) -> anyhow::Result<ExitCode> {
+async fn run(
+    config: Vec<PathBuf>,
+    drain: Duration,
+    suppress: &[String],
+) -> anyhow::Result<ExitCode> {
     let model = match meshgate_config::load(&config) {
         Ok(model) => model,
         Err(errors) => {
@@ -189,27 +216,38 @@ async fn run(config: Vec<PathBuf>, drain: Duration) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::FAILURE);
         }
     };
-    for w in &model.warnings {
+    for w in shown(&model.warnings, suppress) {
         tracing::warn!("{w}");
     }
     // Every handler before the proxy starts: a signal without one ends the process.
     let stop = shutdown_signal();
     let hangup = meshgate_proxy::reload::hangup();
     let running = meshgate_proxy::start(model).await?;
+    for w in shown(&running.warnings(), suppress) {
+        tracing::warn!("{w}");
+    }
     meshgate_proxy::reload::run(&running, &config, hangup, stop).await;
     tracing::info!("shutting down: draining for at most {}s", drain.as_secs());
     running.shutdown(drain).await;
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn check(config: &[PathBuf], suppress: &[String], output: Output) -> anyhow::Result<ExitCode> {
     let model = match meshgate_config::load(config) {
         Ok(model) => model,
         Err(errors) => {
-            for e in &errors.0 {
-                println!("error: {e}");
+            if output == Output::Json {
+                let errors: Vec<_> = errors.0.iter().map(error_json).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "errors": errors, "warnings": []})
+                );
+            } else {
+                for e in &errors.0 {
+                    println!("error: {e}");
+                }
+                println!("{} error(s)", errors.0.len());
             }
-            println!("{} error(s)", errors.0.len());
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -217,9 +255,39 @@ fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let model = Arc::new(model);
     let metrics = Arc::new(meshgate_proxy::metrics::Metrics::new());
     let runtime = meshgate_proxy::runtime::Runtime::build(model.clone(), metrics, None);
+    let mut warnings = model.warnings.clone();
+    if let Ok(r) = &runtime {
+        warnings.extend(r.warnings.iter().cloned());
+    }
+    let shown = shown(&warnings, suppress);
+    let suppressed = warnings.len() - shown.len();
+    if output == Output::Json {
+        let errors: Vec<_> = match &runtime {
+            Err(e) => vec![serde_json::json!({"message": e.to_string()})],
+            Ok(_) => Vec::new(),
+        };
+        let warnings: Vec<_> = shown.iter().map(|w| warning_json(w)).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": runtime.is_ok(),
+                "errors": errors,
+                "warnings": warnings,
+                "suppressed": suppressed,
+            })
+        );
+        return Ok(if runtime.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     print!("{}", summary::summary(&model, runtime.as_ref().ok()));
-    for w in &model.warnings {
-        println!("warning: {w}");
+    for w in &shown {
+        println!("warning {w}");
+    }
+    if suppressed > 0 {
+        println!("({suppressed} warning(s) suppressed)");
     }
     if let Err(e) = runtime {
         println!("error: {e}");
@@ -227,6 +295,41 @@ fn check(config: &[PathBuf]) -> anyhow::Result<ExitCode> {
     }
     println!("configuration OK");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The warnings no `--suppress` rule hides.
+fn shown<'a>(
+    warnings: &'a [meshgate_config::Warning],
+    suppress: &[String],
+) -> Vec<&'a meshgate_config::Warning> {
+    warnings
+        .iter()
+        .filter(|w| !suppress.iter().any(|rule| w.suppressed_by(rule)))
+        .collect()
+}
+
+fn warning_json(w: &meshgate_config::Warning) -> serde_json::Value {
+    serde_json::json!({
+        "code": w.code.id(),
+        "name": w.code.name(),
+        "file": w.file,
+        "resource": w.resource,
+        "field": w.field,
+        "message": w.message,
+    })
+}
+
+fn error_json(e: &meshgate_config::ConfigError) -> serde_json::Value {
+    let file = (!e.file.as_os_str().is_empty()).then_some(&e.file);
+    serde_json::json!({
+        "file": file,
+        "line": e.position.map(|p| p.0),
+        "column": e.position.map(|p| p.1),
+        "resource": e.resource,
+        "field": e.field,
+        "message": e.message,
+        "text": e.to_string(),
+    })
 }
 
 fn pki_command(pki: Pki) -> anyhow::Result<()> {

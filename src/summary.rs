@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use meshgate_config::model::{Endpoints, RouteAction, UpstreamTls};
+use meshgate_config::model::{Endpoints, RouteAction, ServerTlsMode, UpstreamTls};
 use meshgate_config::Model;
 use meshgate_proxy::runtime::Runtime;
 
@@ -40,6 +40,20 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
     if let Some(a) = model.proxy.admin {
         let _ = writeln!(out, "  admin: {a}");
     }
+    let p = &model.proxy;
+    let _ = writeln!(
+        out,
+        "  trusted proxies in front: {}; root namespace: {}; outbound policy: {:?}; tracing: {}",
+        p.num_trusted_proxies, p.root_namespace, p.outbound_policy, p.tracing
+    );
+    if let Some(path) = &p.access_log {
+        let _ = writeln!(
+            out,
+            "  access log: {} ({:?})",
+            path.display(),
+            p.access_log_encoding
+        );
+    }
     let l = &model.proxy.limits;
     let _ = writeln!(
         out,
@@ -53,14 +67,47 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
         l.http2_max_concurrent_streams,
     );
     for l in &model.listeners {
-        let tls = match &l.tls {
-            Some(t) => format!(
-                "HTTPS {:?} ({:?}..{:?})",
-                t.mode, t.min_version, t.max_version
-            ),
-            None => "HTTP".into(),
+        let tls = if l.tls.is_empty() {
+            "HTTP".to_string()
+        } else {
+            let groups: Vec<String> = l
+                .tls
+                .iter()
+                .map(|t| {
+                    let mode = match &t.mode {
+                        ServerTlsMode::IstioMutual => "ISTIO_MUTUAL".to_string(),
+                        ServerTlsMode::Simple(c) => {
+                            format!("SIMPLE {}", c.certificate.display())
+                        }
+                        ServerTlsMode::Mutual(c) => format!(
+                            "MUTUAL {} (clients of {})",
+                            c.certificate.display(),
+                            c.ca_certificates
+                                .as_ref()
+                                .map_or("-".into(), |p| p.display().to_string())
+                        ),
+                    };
+                    let ciphers = if t.cipher_suites.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", TLS 1.2 suites {}", t.cipher_suites.join(":"))
+                    };
+                    format!("{mode} ({:?}..{:?}{ciphers})", t.min_version, t.max_version)
+                })
+                .collect();
+            format!("HTTPS {}", groups.join("; "))
         };
-        let hosts: Vec<_> = l.servers.iter().map(|s| s.host.to_string()).collect();
+        let hosts: Vec<_> = l
+            .servers
+            .iter()
+            .map(|s| {
+                if s.https_redirect {
+                    format!("{} (301 to https)", s.host)
+                } else {
+                    s.host.to_string()
+                }
+            })
+            .collect();
         let _ = writeln!(
             out,
             "listener {} port {} on {}: {tls}, hosts {}",

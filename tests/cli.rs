@@ -67,6 +67,14 @@ apiVersion: networking.istio.io/v1
 kind: Frobnicator
 metadata: {name: f}
 spec: {}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {namespace: istio-system}
+spec:
+  selector: {app: other}
+  servres: []
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"], bogus: 1}]
 "#,
     );
     write(
@@ -88,11 +96,14 @@ spec: {}
     let b = dir.path().join("b.yaml").display().to_string();
     let c = dir.path().join("c.yaml").display().to_string();
     let expected = [
-        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate"),
-        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.mode: SIMPLE is not implemented"),
+        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate: it names a Kubernetes Secret, which meshgate does not read: mount the Secret as files and name them with serverCertificate and privateKey"),
         format!("{a}: VirtualService default/vs: spec.http[0].retries: this Istio field is not implemented by meshgate"),
         format!("{a}: VirtualService default/vs: spec.http[0].match[0].uri: only one of exact, prefix and regex may be set"),
         format!("{a}: Frobnicator default/f: kind: unknown kind `Frobnicator`"),
+        // A resource without a name: that, and every other error it has.
+        format!("{a}: Gateway istio-system/<no name>: metadata.name: required"),
+        format!("{a}:38:3: Gateway istio-system/<no name>: spec.servres: unknown field `servres`"),
+        format!("{a}:39:76: Gateway istio-system/<no name>: spec.servers[0].bogus: unknown field `bogus`"),
         format!("{b}:8:13: ServiceEntry default/se: spec.ports[0].number: "),
         format!("{c}:2:7: "),
         format!("{}: cannot read", missing.display()),
@@ -100,7 +111,7 @@ spec: {}
     for line in expected {
         assert!(text.contains(&line), "missing `{line}` in:\n{text}");
     }
-    assert!(text.contains("8 error(s)"), "{text}");
+    assert!(text.contains("10 error(s)"), "{text}");
 }
 
 /// Writes a gateway config for `yaml` into a temp dir, with the gateway's identity in certs/.
@@ -722,4 +733,103 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     }
     let dump = admin_text(admin, "/config_dump").await;
     assert!(dump.contains("\"version\": 2"), "{dump}");
+}
+
+/// A namespace's manifests as `kubectl get -o yaml` and `istioctl install -f` take them: check
+/// loads the directory, explains with coded warnings, suppresses by code and resource, and
+/// speaks JSON for CI.
+#[test]
+fn check_explains_a_namespace_directory_with_codes() {
+    let pki = Pki::new(&["example.com"]);
+    let dir = TempDir::new("namespace");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/namespace");
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    // An identity of another trust domain than the configured example-target.com.
+    pki.workload("example.com", "spiffe://example.com/ns/istio-system/sa/gw")
+        .write(&dir.path().join("certs"))
+        .unwrap();
+    let config = dir.path().to_str().unwrap();
+    let out = meshgate(&["check", "-c", config]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for want in [
+        "warning [MG0001] ",
+        "README.md: skipped: not a *.yaml, *.yml or *.json file",
+        "[MG0002] ",
+        "bookinfo.yaml: Deployment bookinfo/productpage-v1: skipped",
+        "bookinfo.yaml: Secret bookinfo/productpage-credential: skipped",
+        "bookinfo.yaml: ConfigMap bookinfo/productpage-scripts: skipped",
+        "bookinfo.yaml: PeerAuthentication bookinfo/default: skipped",
+        "istio-operator.yaml: IstioOperator default/<no name>: installation-only settings skipped",
+        "kyma-istio.yaml: Istio kyma-system/default: installation-only settings skipped (nothing for this proxy's traffic): spec.components, spec.config.gatewayExternalTrafficPolicy",
+        "[MG0101] ",
+        "bookinfo.yaml: VirtualService bookinfo/bookinfo: spec.gateways[0]: Gateway `bookinfo/bookinfo-gateway` is not defined",
+        "[MG0104] ",
+        "gateway.yaml: Gateway istio-system/bookinfo-gateway: spec.servers[0].hosts[0]: no VirtualService route answers",
+        "[MG0105] ",
+        "bookinfo.yaml: DestinationRule bookinfo/reviews: spec.host",
+        "[MG0108] ",
+        "this proxy's identity spiffe://example.com/ns/istio-system/sa/gw is of trust domain `example.com`, but the configured trust domain is `example-target.com`",
+        "trusted proxies in front: 1",
+        "configuration OK",
+    ] {
+        assert!(shown.contains(want), "missing `{want}` in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("c2VjcmV0"),
+        "a Secret's data was printed:\n{shown}"
+    );
+
+    let out = meshgate(&[
+        "check",
+        "-c",
+        config,
+        "--suppress",
+        "MG0002",
+        "--suppress",
+        "GatewayNotFound=VirtualService bookinfo/*",
+    ]);
+    let quiet = text(&out);
+    assert!(out.status.success(), "{quiet}");
+    assert!(
+        !quiet.contains("[MG0002]") && !quiet.contains("[MG0101]"),
+        "{quiet}"
+    );
+    assert!(quiet.contains("[MG0104]"), "{quiet}");
+    assert!(quiet.contains("(6 warning(s) suppressed)"), "{quiet}");
+
+    let out = meshgate(&[
+        "check",
+        "-c",
+        config,
+        "--output",
+        "json",
+        "--suppress",
+        "MG0001",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["suppressed"], 1);
+    let warnings = json["warnings"].as_array().unwrap();
+    let gateway = warnings
+        .iter()
+        .find(|w| w["code"] == "MG0101")
+        .expect("MG0101 in JSON");
+    assert_eq!(gateway["name"], "GatewayNotFound");
+    assert_eq!(gateway["resource"], "VirtualService bookinfo/bookinfo");
+    assert_eq!(gateway["field"], "spec.gateways[0]");
+    assert!(gateway["file"].as_str().unwrap().ends_with("bookinfo.yaml"));
+    assert!(warnings.iter().all(|w| w["code"] != "MG0001"));
+
+    // Errors in JSON carry their position.
+    std::fs::write(dir.path().join("broken.yaml"), "apiVersion: v1\nkind: [\n").unwrap();
+    let out = meshgate(&["check", "-c", config, "-o", "json"]);
+    assert!(!out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["errors"][0]["line"], 2);
 }

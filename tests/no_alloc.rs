@@ -113,12 +113,12 @@ fn authorize_route_and_count_allocate_nothing() {
     let td = counters.trust_domain_index(Some("example.com"));
     // Warm up anything lazily initialised (the regex engine's caches).
     assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
-    assert!(route(listener, &request).is_some());
+    assert!(route(listener, None, &request).is_some());
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..1000 {
         assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
-        let chosen = route(listener, &request).map(|r| r.route.index);
+        let chosen = route(listener, None, &request).map(|r| r.route.index);
         assert!(chosen.is_some());
         counters.request(0, chosen, Some(Origin::Remote), td, 200);
         counters.request_duration(

@@ -31,13 +31,14 @@ const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-m
 const CALLER: &str = "spiffe://example.com/ns/default/sa/sleep";
 
 /// Every header the proxy owns with the default tagging.
-const OWNED: [&str; 6] = [
+const OWNED: [&str; 7] = [
     "x-mesh-origin",
     "x-source-trust-domain",
     "x-source-principal",
     "x-forwarded-client-cert",
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-envoy-external-address",
 ];
 
 /// `*.example-target.com` to the echo backend over HTTP/1.1, `grpc.` over HTTP/2.
@@ -179,6 +180,8 @@ fn expected(name: &str, value: &str) -> bool {
         // Appended to: the client's hops stay, ours is last.
         "x-forwarded-for" => value.ends_with("127.0.0.1"),
         "x-forwarded-proto" => value == "https",
+        // The trusted client address: the peer, with no proxies trusted in front.
+        "x-envoy-external-address" => value == "127.0.0.1",
         _ => unreachable!("{name}"),
     }
 }

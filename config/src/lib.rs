@@ -13,17 +13,19 @@ pub mod model;
 pub mod raw;
 pub mod source;
 pub mod spiffe;
+pub mod warning;
 
 use std::path::PathBuf;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Model;
+pub use warning::{Code, Warning};
 
 /// Reads, parses and compiles the configuration at `paths` (files or directories).
 pub fn load(paths: &[PathBuf]) -> Result<Model, ConfigErrors> {
     let mut errors = Vec::new();
-    let (documents, files) = source::read(paths, &mut errors);
-    let model = compile::compile(&documents, files, &mut errors);
+    let read = source::read(paths, &mut errors);
+    let model = compile::compile(read, &mut errors);
     match model {
         Some(model) if errors.is_empty() => Ok(model),
         _ => Err(ConfigErrors(errors)),
@@ -34,8 +36,13 @@ pub fn load(paths: &[PathBuf]) -> Result<Model, ConfigErrors> {
 pub fn load_str(file: &str, text: &str) -> Result<Model, ConfigErrors> {
     let mut errors = Vec::new();
     let file = PathBuf::from(file);
-    let documents = source::split(&file, text);
-    let model = compile::compile(&documents, vec![file], &mut errors);
+    let documents = source::split(&file, text, &mut errors);
+    let read = source::Read {
+        documents,
+        files: vec![file],
+        warnings: Vec::new(),
+    };
+    let model = compile::compile(read, &mut errors);
     match model {
         Some(model) if errors.is_empty() => Ok(model),
         _ => Err(ConfigErrors(errors)),

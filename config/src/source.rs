@@ -1,56 +1,87 @@
 //! Files and directories to YAML documents.
 //!
-//! A directory loads every `*.yaml` and `*.yml` in it (not recursively, skipping hidden
-//! entries such as Kubernetes' `..data`). A file is split at `---` lines; each document keeps
-//! its absolute line numbers (padded with the blank lines before it) so that parse errors
-//! point into the file, not into the document.
+//! A directory loads every `*.yaml`, `*.yml` and `*.json` in it (JSON is YAML; as `kubectl
+//! apply -f DIR` reads them), not recursively; other entries are skipped with a warning, hidden
+//! ones (Kubernetes' `..data`) and subdirectories silently. A file is cut into documents by the YAML parser
+//! itself, so a `---` line inside a block scalar stays part of its scalar. A `kind: List` (what
+//! `kubectl get -o yaml` prints) is unwrapped into its items. Each document keeps the line it
+//! starts on, so that errors point into the file; nothing is copied more than once, so loading
+//! stays linear in the size of the file however many documents it holds.
 
 use std::path::{Path, PathBuf};
 
-use crate::error::ConfigError;
+use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, Span};
 
-/// One YAML document of one file.
+use crate::error::ConfigError;
+use crate::warning::{Code, Warning};
+
+/// One YAML document of one file (or one item of a `kind: List` document).
 #[derive(Debug)]
 pub struct Document {
     pub file: PathBuf,
     /// 0-based index of the document in its file.
     pub index: usize,
-    /// The document, preceded by as many newlines as there are lines before it in the file.
+    /// The index in `items` when the document is an item of a `kind: List`.
+    pub item: Option<usize>,
+    /// The document's text, from the start of the line it begins on (an item's first line is
+    /// blanked up to the item, so that columns stay those of the file).
     pub text: String,
+    /// The 1-based line of the file that `text` starts on.
+    pub line: u64,
 }
 
-/// Reads every path. Returns the documents and the files read; unreadable paths are errors.
-pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> (Vec<Document>, Vec<PathBuf>) {
-    let mut files = Vec::new();
+impl Document {
+    /// Where the document is, for messages about it as a whole: `document 2`, or
+    /// `document 1, items[3]`.
+    pub fn describe(&self) -> String {
+        match self.item {
+            Some(i) => format!("document {}, items[{i}]", self.index + 1),
+            None => format!("document {}", self.index + 1),
+        }
+    }
+}
+
+/// What `read` found.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub documents: Vec<Document>,
+    /// Every file read, for reload watching.
+    pub files: Vec<PathBuf>,
+    /// Directory entries that were not read, and why.
+    pub warnings: Vec<Warning>,
+}
+
+/// Reads every path; unreadable paths and YAML syntax errors go to `errors`.
+pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Read {
+    let mut out = Read::default();
     for path in paths {
         match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => match list_dir(path) {
+            Ok(meta) if meta.is_dir() => match list_dir(path, &mut out.warnings) {
                 Ok(mut found) => {
                     if found.is_empty() {
                         errors.push(ConfigError::file(
                             path,
-                            "directory has no *.yaml or *.yml file",
+                            "directory has no *.yaml, *.yml or *.json file",
                         ));
                     }
-                    files.append(&mut found);
+                    out.files.append(&mut found);
                 }
                 Err(e) => errors.push(ConfigError::file(
                     path,
                     format!("cannot list directory: {e}"),
                 )),
             },
-            Ok(_) => files.push(path.clone()),
+            Ok(_) => out.files.push(path.clone()),
             Err(e) => errors.push(ConfigError::file(path, format!("cannot read: {e}"))),
         }
     }
-    let mut documents = Vec::new();
-    for file in &files {
+    for file in &out.files {
         match std::fs::read_to_string(file) {
-            Ok(text) => documents.extend(split(file, &text)),
+            Ok(text) => out.documents.extend(split(file, &text, errors)),
             Err(e) => errors.push(ConfigError::file(file, format!("cannot read: {e}"))),
         }
     }
-    (documents, files)
+    out
 }
 
 /// The files `paths` stand for now (directories listed as `read` lists them); unreadable
@@ -59,7 +90,7 @@ pub fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            files.extend(list_dir(path).unwrap_or_default());
+            files.extend(list_dir(path, &mut Vec::new()).unwrap_or_default());
         } else {
             files.push(path.clone());
         }
@@ -67,77 +98,320 @@ pub fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
-fn list_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+fn list_dir(dir: &Path, skipped: &mut Vec<Warning>) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
+    let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        entries.push(entry?.path());
+    }
+    entries.sort();
+    for path in entries {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if yaml && !name.starts_with('.') && path.is_file() {
+        // Hidden entries are Kubernetes' volume machinery (`..data`, `..2024_01_01...`) or
+        // editors' files: nothing a user put there to be read.
+        if name.starts_with('.') {
+            continue;
+        }
+        let config = [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
+        // Subdirectories (such as `certs/`) are not read, and not worth a warning.
+        if path.is_dir() {
+            continue;
+        }
+        if !config {
+            skipped.push(Warning::file(
+                Code::FileSkipped,
+                &path,
+                "skipped: not a *.yaml, *.yml or *.json file",
+            ));
+        } else {
             found.push(path);
         }
     }
-    found.sort();
     Ok(found)
 }
 
-/// Splits a file into its `---`-separated documents, dropping empty ones.
-pub fn split(file: &Path, text: &str) -> Vec<Document> {
-    let mut documents = Vec::new();
-    let mut current = String::new();
-    let mut first_line = 0;
-    let mut index = 0;
-    let mut push = |current: &mut String, first_line: usize| {
-        if has_content(current) {
-            let mut doc = "\n".repeat(first_line);
-            doc.push_str(current);
-            documents.push(Document {
-                file: file.to_path_buf(),
-                index,
-                text: doc,
-            });
-            index += 1;
-        }
-        current.clear();
-    };
-    for (n, line) in text.lines().enumerate() {
-        if is_separator(line) {
-            push(&mut current, first_line);
-            first_line = n + 1;
-        } else {
-            current.push_str(line);
-            current.push('\n');
+/// Cuts a file into its documents, dropping empty ones and unwrapping `kind: List`s. A syntax
+/// error is reported and the parser resumes at the next document.
+pub fn split(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Vec<Document> {
+    let mut found: Vec<Found> = Vec::new();
+    let mut parser = Parser::new_from_str(text);
+    let mut walk = Walk::default();
+    loop {
+        match parser.next() {
+            None => break,
+            Some(Ok((event, span))) => match event {
+                Event::StreamEnd => break,
+                Event::DocumentStart(..) => {
+                    walk = Walk::default();
+                    found.push(Found {
+                        start: line_start(text, &span.start),
+                        line: span.start.line() as u64,
+                        empty: true,
+                        broken: false,
+                        list: None,
+                    });
+                }
+                event => {
+                    if let Some(doc) = found.last_mut() {
+                        walk.event(&event, &span, doc, text);
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                let at = e.marker();
+                errors.push(ConfigError {
+                    position: Some((at.line() as u64, at.col() as u64 + 1)),
+                    ..ConfigError::file(file, format!("invalid YAML: {}", e.info()))
+                });
+                if let Some(doc) = found.last_mut() {
+                    doc.broken = true;
+                }
+                match parser.proceed_next_document() {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            }
         }
     }
-    push(&mut current, first_line);
+    let mut documents = Vec::new();
+    let mut index = 0;
+    for (i, doc) in found.iter().enumerate() {
+        if doc.empty || doc.broken {
+            continue;
+        }
+        let end = found.get(i + 1).map_or(text.len(), |next| next.start);
+        match &doc.list {
+            Some(list) if list.is_list => {
+                for (n, item) in list.items.iter().enumerate() {
+                    let mut item_text = " ".repeat(item.column);
+                    item_text.push_str(&text[item.start..item.end]);
+                    documents.push(Document {
+                        file: file.to_path_buf(),
+                        index,
+                        item: Some(n),
+                        text: item_text,
+                        line: item.line,
+                    });
+                }
+            }
+            _ => documents.push(Document {
+                file: file.to_path_buf(),
+                index,
+                item: None,
+                text: text[doc.start..end.max(doc.start)].to_string(),
+                line: doc.line,
+            }),
+        }
+        index += 1;
+    }
     documents
 }
 
-fn is_separator(line: &str) -> bool {
-    line.strip_prefix("---")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+/// A document as the parser found it.
+struct Found {
+    /// Byte offset of the start of its first line.
+    start: usize,
+    line: u64,
+    /// Whether its root is an empty (or null) scalar: a document of comments only.
+    empty: bool,
+    /// Whether it held a syntax error (reported already).
+    broken: bool,
+    list: Option<List>,
 }
 
-fn has_content(doc: &str) -> bool {
-    doc.lines().any(|l| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#') && t != "..."
-    })
+/// A root mapping's `kind` and its `items`, for `kind: List`.
+#[derive(Default)]
+struct List {
+    is_list: bool,
+    items: Vec<Item>,
+}
+
+struct Item {
+    start: usize,
+    end: usize,
+    line: u64,
+    column: usize,
+}
+
+/// Where the walk through one document is: nesting depth, and inside the root mapping,
+/// whether the next scalar is a key and which key the current value belongs to.
+#[derive(Default)]
+struct Walk {
+    depth: usize,
+    root_is_mapping: bool,
+    expect_key: bool,
+    key: Option<String>,
+    in_items: bool,
+    item_start: Option<(usize, u64, usize)>,
+}
+
+impl Walk {
+    fn event(&mut self, event: &Event<'_>, span: &Span, doc: &mut Found, text: &str) {
+        match event {
+            Event::Scalar(value, style, _, tag) if self.depth == 0 => {
+                let null = tag.is_none()
+                    && *style == ScalarStyle::Plain
+                    && matches!(value.as_ref(), "" | "~" | "null" | "Null" | "NULL");
+                doc.empty = null;
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.depth == 0 {
+                    doc.empty = false;
+                    self.root_is_mapping = matches!(event, Event::MappingStart(..));
+                    self.expect_key = true;
+                    if self.root_is_mapping {
+                        doc.list = Some(List::default());
+                    }
+                } else if self.depth == 1 && self.root_is_mapping {
+                    self.in_items = self.key.as_deref() == Some("items")
+                        && matches!(event, Event::SequenceStart(..));
+                } else if self.depth == 2 && self.in_items {
+                    self.item_start =
+                        byte(&span.start).map(|b| (b, span.start.line() as u64, span.start.col()));
+                }
+                self.depth += 1;
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 2 && self.in_items {
+                    if let (Some((start, line, column)), Some(list)) =
+                        (self.item_start.take(), doc.list.as_mut())
+                    {
+                        let end = byte(&span.end).unwrap_or(start).clamp(start, text.len());
+                        list.items.push(Item {
+                            start,
+                            end,
+                            line,
+                            column,
+                        });
+                    }
+                } else if self.depth == 1 {
+                    self.in_items = false;
+                    self.expect_key = true;
+                    self.key = None;
+                }
+            }
+            Event::Scalar(value, ..) if self.depth == 1 && self.root_is_mapping => {
+                if self.expect_key {
+                    self.key = Some(value.to_string());
+                    self.expect_key = false;
+                } else {
+                    if self.key.as_deref() == Some("kind") {
+                        // `List`, and the typed lists the API server returns (`GatewayList`).
+                        if let Some(list) = doc.list.as_mut() {
+                            list.is_list = value.ends_with("List");
+                        }
+                    }
+                    self.expect_key = true;
+                    self.key = None;
+                }
+            }
+            Event::Alias(..) if self.depth == 1 && self.root_is_mapping => {
+                self.expect_key = !self.expect_key;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn byte(marker: &Marker) -> Option<usize> {
+    marker.byte_offset()
+}
+
+/// The byte offset of the start of the line `marker` is on.
+fn line_start(text: &str, marker: &Marker) -> usize {
+    let at = byte(marker).unwrap_or(0).min(text.len());
+    text[..at].rfind('\n').map_or(0, |i| i + 1)
+}
+
+/// The line and column (1-based) of the key at `path` (`spec.servers[0].tls`) in a document,
+/// for errors whose parser knows the path but not the place.
+pub fn locate(doc: &Document, path: &[PathSegment]) -> Option<(u64, u64)> {
+    let mut stack: Vec<Frame> = Vec::new();
+    for item in Parser::new_from_str(&doc.text) {
+        let (event, span) = item.ok()?;
+        if let (Some(Frame::Map { key, expect_key }), Event::Scalar(value, ..)) =
+            (stack.last_mut(), &event)
+        {
+            if *expect_key {
+                *key = Some(value.to_string());
+                *expect_key = false;
+                if current(&stack) == path {
+                    let line = span.start.line() as u64 + doc.line - 1;
+                    return Some((line, span.start.col() as u64 + 1));
+                }
+                continue;
+            }
+        }
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                enter(&mut stack);
+                stack.push(match event {
+                    Event::MappingStart(..) => Frame::Map {
+                        key: None,
+                        expect_key: true,
+                    },
+                    _ => Frame::Seq { index: None },
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+                value_done(&mut stack);
+            }
+            Event::Scalar(..) | Event::Alias(..) => {
+                enter(&mut stack);
+                value_done(&mut stack);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSegment {
+    Key(String),
+    Index(usize),
+}
+
+enum Frame {
+    Map {
+        key: Option<String>,
+        expect_key: bool,
+    },
+    Seq {
+        index: Option<usize>,
+    },
+}
+
+/// A node starts in the innermost collection: a sequence moves to its next index.
+fn enter(stack: &mut [Frame]) {
+    if let Some(Frame::Seq { index }) = stack.last_mut() {
+        *index = Some(index.map_or(0, |i| i + 1));
+    }
+}
+
+/// A node ended: in a mapping, a key comes next.
+fn value_done(stack: &mut [Frame]) {
+    if let Some(Frame::Map { expect_key, .. }) = stack.last_mut() {
+        *expect_key = true;
+    }
+}
+
+/// The path of the node being read.
+fn current(stack: &[Frame]) -> Vec<PathSegment> {
+    stack
+        .iter()
+        .filter_map(|frame| match frame {
+            Frame::Map { key: Some(k), .. } => Some(PathSegment::Key(k.clone())),
+            Frame::Seq { index: Some(n) } => Some(PathSegment::Index(*n)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_keeps_line_numbers_and_drops_empty_documents() {
-        let text = "---\na: 1\n---\n# only a comment\n---\nb: 2\nc: 3\n";
-        let docs = split(Path::new("f.yaml"), text);
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].text, "\na: 1\n");
-        assert_eq!(docs[1].text.lines().nth(5), Some("b: 2"));
-        assert_eq!(docs[1].index, 1);
-    }
-}
+mod tests;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use meshgate_config::model::AccessLogEncoding;
 use tokio::sync::mpsc;
 
 /// A handle to the writer.
@@ -19,6 +21,14 @@ use tokio::sync::mpsc;
 pub struct AccessLog {
     lines: mpsc::Sender<String>,
     dropped: Arc<AtomicU64>,
+    encoding: AccessLogEncoding,
+}
+
+/// An entry, in either encoding.
+pub trait Entry: Serialize {
+    /// The entry as one line of text (`meshConfig.accessLogEncoding: TEXT`), without its
+    /// newline.
+    fn text(&self) -> String;
 }
 
 /// One request, as logged.
@@ -27,6 +37,9 @@ pub struct RequestEntry<'a> {
     pub start_time: &'a str,
     pub listener: &'a str,
     pub peer: String,
+    /// The trusted client address (`numTrustedProxies`): Envoy's `%DOWNSTREAM_REMOTE_ADDRESS%`,
+    /// where `peer` is `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`.
+    pub client_address: String,
     pub origin: Option<&'a str>,
     pub source_trust_domain: Option<&'a str>,
     pub principal: Option<&'a str>,
@@ -61,7 +74,7 @@ pub struct HandshakeEntry<'a> {
 
 impl AccessLog {
     /// Opens (appending, creating) `path` and starts the writer task.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(path: &Path, encoding: AccessLogEncoding) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,13 +94,18 @@ impl AccessLog {
         Ok(Self {
             lines,
             dropped: Arc::new(AtomicU64::new(0)),
+            encoding,
         })
     }
 
     /// Logs one entry without waiting.
-    pub fn log(&self, entry: &impl Serialize) {
-        let Ok(mut line) = serde_json::to_string(entry) else {
-            return;
+    pub fn log(&self, entry: &impl Entry) {
+        let mut line = match self.encoding {
+            AccessLogEncoding::Json => match serde_json::to_string(entry) {
+                Ok(line) => line,
+                Err(_) => return,
+            },
+            AccessLogEncoding::Text => entry.text(),
         };
         line.push('\n');
         if self.lines.try_send(line).is_err() {
@@ -98,6 +116,42 @@ impl AccessLog {
     /// Lines dropped because the writer was behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Entry for RequestEntry<'_> {
+    /// Envoy's default format's order, as far as meshgate has the fields: `[start] "METHOD
+    /// PATH" STATUS FLAGS BYTES_IN BYTES_OUT DURATION_MS "CLIENT" "AUTHORITY" "UPSTREAM"`, then
+    /// the listener, the peer, the origin and the principal (`-` for none).
+    fn text(&self) -> String {
+        let or = |v: Option<&str>| v.unwrap_or("-").to_string();
+        format!(
+            "[{}] \"{} {}\" {} {} {} {} {:.0} \"{}\" \"{}\" \"{}\" {} {} {} {}",
+            self.start_time,
+            self.method,
+            self.path,
+            self.status,
+            self.response_flags,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration_ms,
+            self.client_address,
+            self.authority,
+            or(self.upstream.as_deref()),
+            self.listener,
+            self.peer,
+            or(self.origin),
+            or(self.principal),
+        )
+    }
+}
+
+impl Entry for HandshakeEntry<'_> {
+    fn text(&self) -> String {
+        format!(
+            "[{}] {} {} {} {}: {}",
+            self.start_time, self.event, self.listener, self.peer, self.reason, self.detail
+        )
     }
 }
 

@@ -25,6 +25,44 @@ pub struct PeerIdentity {
     pub subject: String,
 }
 
+/// A client certificate verified against a `MUTUAL` server's CAs: no SPIFFE identity, only
+/// what Envoy's XFCC says of it.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// SHA-256 of the leaf's DER, lowercase hex.
+    pub leaf_sha256: String,
+    /// The leaf's subject in RFC 2253 form.
+    pub subject: String,
+    /// URI SANs.
+    pub uris: Vec<String>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
+}
+
+/// Reads what XFCC shows of a client certificate that already chains to a `MUTUAL` server's
+/// CAs.
+pub fn client_certificate(leaf: &CertificateDer<'_>) -> Result<ClientCertificate, PeerError> {
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(uri) => uris.push(uri.to_string()),
+                GeneralName::DNSName(name) => dns.push(name.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Ok(ClientCertificate {
+        leaf_sha256: sha256_hex(leaf),
+        subject: rfc2253(&cert),
+        uris,
+        dns,
+    })
+}
+
 /// Why a peer was refused at the handshake. `reason()` is the log and metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

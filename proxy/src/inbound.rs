@@ -3,7 +3,7 @@
 //! stage; reading these two functions explains the product.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use meshgate_config::model::authz::Attributes;
-use meshgate_config::model::{ListenerKind, RouteAction};
+use meshgate_config::model::{ListenerKind, OutboundPolicy, RouteAction};
 
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
 use crate::authorize::{self, Decision, ShadowAction};
@@ -31,12 +31,15 @@ use crate::route::{self, RouteRequest};
 use crate::runtime::Runtime;
 use crate::serve::Activity;
 use crate::tag::{self, ConnectionTags};
-use crate::tls::server::handshake;
+use crate::tls::server::{handshake, Accepted, Peer};
 
 /// What every request of one connection shares, computed once when it opens.
 struct Connection {
     runtime: Arc<Runtime>,
     listener: usize,
+    /// The TLS group the SNI chose (`Listener::tls`); the request's host must be among its
+    /// servers' hosts.
+    group: Option<usize>,
     tags: ConnectionTags,
     origin: Option<Origin>,
     /// The metric label index of the peer's trust domain.
@@ -83,20 +86,42 @@ pub async fn serve_connection(
                     warn!(peer = %peer_addr, listener = %runtime.model.listeners[listener].name, reason = e.reason(), "handshake rejected: {e}");
                     Ok(())
                 }
-                Ok((tls, peer, version)) => {
+                Ok(accepted) => {
                     metrics.handshake_ok();
+                    let Accepted {
+                        tls,
+                        peer,
+                        version,
+                        group,
+                    } = accepted;
                     let sni = tls.get_ref().1.server_name().map(Into::into);
-                    let origin = origin(&peer, &runtime.model.trust);
-                    let own = runtime.credentials.as_ref().map(|c| &c.spiffe_id);
+                    let (tags, origin, peer) = match peer {
+                        Peer::Spiffe(peer) => {
+                            let origin = origin(&peer, &runtime.model.trust);
+                            let own = runtime.credentials.as_ref().map(|c| &c.spiffe_id);
+                            let tags =
+                                ConnectionTags::new(Some((&peer, origin)), own, tagging, peer_addr);
+                            (tags, Some(origin), Some(peer))
+                        }
+                        Peer::Certificate(cert) => (
+                            ConnectionTags::tls(Some(&cert), tagging, peer_addr),
+                            None,
+                            None,
+                        ),
+                        Peer::Anonymous => {
+                            (ConnectionTags::tls(None, tagging, peer_addr), None, None)
+                        }
+                    };
                     let conn = Connection {
-                        tags: ConnectionTags::new(Some((&peer, origin)), own, tagging, peer_addr),
-                        origin: Some(origin),
+                        tags,
+                        origin,
                         trust_domain: runtime
                             .counters
-                            .trust_domain_index(Some(peer.spiffe_id.trust_domain())),
-                        peer: Some(peer),
+                            .trust_domain_index(peer.as_ref().map(|p| p.spiffe_id.trust_domain())),
+                        peer,
                         runtime: runtime.clone(),
                         listener,
+                        group: Some(group),
                         peer_addr,
                         local_addr,
                         sni,
@@ -114,6 +139,7 @@ pub async fn serve_connection(
                 peer: None,
                 runtime: runtime.clone(),
                 listener,
+                group: None,
                 peer_addr,
                 local_addr,
                 sni: None,
@@ -165,11 +191,24 @@ async fn handle_request(
     let result = match canonical {
         Err(e) => Err(ProxyError::Head(e)),
         Ok(()) => {
+            let gateway = model.listeners[conn.listener].kind == ListenerKind::Gateway;
+            if model.proxy.tracing {
+                tag::request_id(req.headers_mut());
+            }
             // Last edit of the request's headers: nothing after this may change them.
-            tag::tag(req.headers_mut(), &conn.tags, &model.proxy.tagging);
+            let client = tag::tag(
+                req.headers_mut(),
+                &conn.tags,
+                &model.proxy.tagging,
+                model.proxy.num_trusted_proxies,
+                gateway,
+            );
+            if let Some(log) = &mut exchange.log {
+                log.client = Some(client.address);
+            }
             let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
             let req = req.map(|body| RequestBody::new(body, bytes_in, runtime.owned.clone()));
-            route_and_forward(conn, req, &mut chosen).await
+            route_and_forward(conn, req, client.address, &mut chosen).await
         }
     };
     let mut flag = if chosen.delayed { "DI" } else { "-" };
@@ -208,6 +247,7 @@ fn authorize(
     conn: &Connection,
     head: &RouteRequest<'_>,
     authority: &str,
+    client: IpAddr,
 ) -> Result<(), ProxyError> {
     let policies = &conn.runtime.model.policies;
     if policies.is_empty() {
@@ -219,7 +259,9 @@ fn authorize(
         namespace: id.and_then(|i| i.namespace()),
         trust_domain: id.map(|i| i.trust_domain()),
         source_ip: conn.peer_addr.ip(),
-        remote_ip: conn.peer_addr.ip(),
+        // Istio: `remote.ip` and `remoteIpBlocks` see the trusted client address (from
+        // x-forwarded-for with numTrustedProxies), `source.ip` the peer.
+        remote_ip: client,
         destination_ip: conn.local_addr.ip(),
         authority,
         host: head.authority,
@@ -271,6 +313,7 @@ struct Chosen {
 async fn route_and_forward(
     conn: &Connection,
     mut req: Request<RequestBody>,
+    client: IpAddr,
     chosen: &mut Chosen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = &conn.runtime.model.listeners[conn.listener];
@@ -289,14 +332,36 @@ async fn route_and_forward(
     };
     // The route is chosen first so that a denied request is counted under it; the policy
     // still answers before a missing route does, as Envoy's RBAC filter runs before its router.
-    let selected = route::route(listener, &head);
+    let selected = route::route(listener, conn.group, &head);
     chosen.route = selected.map(|s| s.route.index);
     // AuthorizationPolicies guard the Gateway's listeners, as Istio's apply to a workload's
     // inbound side; the outbound listener serves local apps.
     if listener.kind == ListenerKind::Gateway {
-        authorize(conn, &head, full)?;
+        authorize(conn, &head, full, client)?;
+        // `tls.httpsRedirect`: Envoy's `require_tls`, after its RBAC filter.
+        if route::https_redirect(listener, head.authority) {
+            let target = format!(
+                "https://{}{}",
+                route::redirect_authority(full),
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            return Ok(respond::https_redirect(&target));
+        }
     }
-    let selected = selected.ok_or(ProxyError::NoRoute)?;
+    let selected = match selected {
+        Some(selected) => selected,
+        None => {
+            if listener.kind == ListenerKind::Outbound
+                && conn.runtime.model.proxy.outbound_policy == OutboundPolicy::AllowAny
+            {
+                let port = route::authority_port(req.uri(), req.headers());
+                let host = head.authority.to_string();
+                let response = forward::passthrough(&host, port, req).await?;
+                return Ok(response.map(ResponseBody::Upstream));
+            }
+            return Err(ProxyError::NoRoute);
+        }
+    };
     let route = selected.route;
     if let Some(cors) = &route.cors {
         if let Some(answer) = cors::preflight(cors, req.method(), req.headers()) {
@@ -320,7 +385,7 @@ async fn route_and_forward(
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             // The port a request arrived for: the Gateway port, or on the outbound listener the
             // authority's, as a sidecar's listener is per service port.
-            respond::redirect(redirect, full, target, listener.tls.is_some(), port)
+            respond::redirect(redirect, full, target, !listener.tls.is_empty(), port)
         }
         RouteAction::Forward(backends) => {
             let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
@@ -356,6 +421,8 @@ struct Logged {
     method: http::Method,
     authority: String,
     path: String,
+    /// The trusted client address.
+    client: Option<IpAddr>,
     /// Counted by the request body on its way upstream.
     bytes_in: Arc<AtomicU64>,
     /// The response head: when it was ready, its status (0: there was none), where from, and
@@ -375,6 +442,7 @@ impl Exchange {
                 method: req.method().clone(),
                 authority: String::new(),
                 path: String::new(),
+                client: None,
                 bytes_in: Arc::new(AtomicU64::new(0)),
                 head: None,
                 status: 0,
@@ -434,6 +502,7 @@ impl Done for Exchange {
             start_time: &access_log::rfc3339(logged.start_time),
             listener: &model.listeners[conn.listener].name,
             peer: conn.peer_addr.to_string(),
+            client_address: logged.client.unwrap_or(conn.peer_addr.ip()).to_string(),
             origin: conn.origin.map(Origin::as_str),
             source_trust_domain: id.map(|i| i.trust_domain()),
             principal: id.map(|i| i.principal()),

@@ -142,10 +142,14 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
     let model = Arc::new(model);
     let metrics = Arc::new(Metrics::new());
     let access_log = match &model.proxy.access_log {
-        Some(path) => Some(AccessLog::open(path).map_err(|e| StartError::Identity {
-            path: path.clone(),
-            message: format!("cannot open the access log: {e}"),
-        })?),
+        Some(path) => Some(
+            AccessLog::open(path, model.proxy.access_log_encoding).map_err(|e| {
+                StartError::Identity {
+                    path: path.clone(),
+                    message: format!("cannot open the access log: {e}"),
+                }
+            })?,
+        ),
         None => None,
     };
     let runtime = Arc::new(Runtime::build(model.clone(), metrics.clone(), access_log)?);
@@ -280,6 +284,11 @@ impl Running {
             .map(|l| l.address)
     }
 
+    /// What building the running configuration found worth a warning (beside the model's).
+    pub fn warnings(&self) -> Vec<meshgate_config::Warning> {
+        self.shared.load().warnings.clone()
+    }
+
     /// The configuration new connections get now.
     pub fn model(&self) -> Arc<Model> {
         self.shared.load().model.clone()
@@ -336,6 +345,9 @@ impl Running {
             keep
         });
         self.state.version.fetch_add(1, Ordering::Relaxed);
+        for w in &self.shared.load().warnings {
+            tracing::warn!("{w}");
+        }
         info!(listeners = model.listeners.len(), "configuration reloaded");
         Ok(())
     }

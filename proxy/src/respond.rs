@@ -173,6 +173,17 @@ pub fn redirect(
     response
 }
 
+/// Envoy's answer to `require_tls` (a Gateway server's `tls.httpsRedirect`): 301 to the same
+/// URL over HTTPS, no body.
+pub fn https_redirect(location: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::new()));
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 fn push_path(location: &mut String, path: &str, query: Option<&str>) {
     location.push_str(path);
     if let Some(q) = query {

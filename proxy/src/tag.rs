@@ -10,24 +10,28 @@
 //! them (a reference-count increment). XFCC follows Envoy's `SANITIZE_SET`:
 //! `By=<our SPIFFE ID>;Hash=<sha256 of the peer leaf>;Subject="<subject>";URI=<peer SPIFFE ID>`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use meshgate_config::model::{
-    ForwardClientCert, Tagging, UnderscoreHeaders, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
+    ForwardClientCert, Tagging, UnderscoreHeaders, X_ENVOY_EXTERNAL_ADDRESS,
+    X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR, X_FORWARDED_PROTO,
 };
 use meshgate_config::spiffe::SpiffeId;
 
-use crate::identity::PeerIdentity;
+use crate::identity::{ClientCertificate, PeerIdentity};
 use crate::origin::Origin;
 
 /// The header values of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionTags {
-    /// `None` on plaintext listeners: no identity, so the tags are only stripped.
+    /// `None` on plaintext, `SIMPLE` and `MUTUAL` listeners: no SPIFFE identity, so the tags
+    /// are only stripped.
     identity: Option<IdentityTags>,
+    /// XFCC for a `MUTUAL` client certificate.
+    certificate_xfcc: Option<HeaderValue>,
+    peer: IpAddr,
     forwarded_for: HeaderValue,
     forwarded_proto: HeaderValue,
 }
@@ -62,6 +66,8 @@ impl ConnectionTags {
             }
         });
         Self {
+            certificate_xfcc: None,
+            peer: peer_addr.ip(),
             forwarded_for: value(&peer_addr.ip().to_string()),
             forwarded_proto: HeaderValue::from_static(if identity.is_some() {
                 "https"
@@ -71,10 +77,49 @@ impl ConnectionTags {
             identity,
         }
     }
+
+    /// The values for a `SIMPLE` (no `certificate`) or `MUTUAL` connection: HTTPS without a
+    /// SPIFFE identity. The tags are only stripped; with `SANITIZE_SET`, a client certificate
+    /// sets XFCC as Envoy does at an Istio gateway (`Hash`, `Subject`, `URI`, `DNS`).
+    pub fn tls(
+        certificate: Option<&ClientCertificate>,
+        tagging: &Tagging,
+        peer_addr: SocketAddr,
+    ) -> Self {
+        let certificate_xfcc = match (tagging.forward_client_cert, certificate) {
+            (ForwardClientCert::SanitizeSet, Some(cert)) => certificate_xfcc(cert),
+            _ => None,
+        };
+        Self {
+            certificate_xfcc,
+            forwarded_proto: HeaderValue::from_static("https"),
+            ..Self::new(None, None, tagging, peer_addr)
+        }
+    }
+}
+
+/// What `tag` decided about the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The trusted client address (Envoy's downstream remote address): the peer, or with
+    /// `numTrustedProxies` N, the Nth address from the right of `x-forwarded-for` as received.
+    pub address: IpAddr,
 }
 
 /// Removes the client's copies of the owned headers and sets the connection's values.
-pub fn tag(headers: &mut HeaderMap, tags: &ConnectionTags, tagging: &Tagging) {
+///
+/// `x-forwarded-for` follows Envoy at an edge (`use_remote_address`, `xff_num_trusted_hops` =
+/// `trusted_proxies`): the trusted client address is read from it as received, then the peer is
+/// appended. At a gateway (`external`), `x-envoy-external-address` is set to the trusted
+/// client address; a client's copy is never kept.
+pub fn tag(
+    headers: &mut HeaderMap,
+    tags: &ConnectionTags,
+    tagging: &Tagging,
+    trusted_proxies: u32,
+    external: bool,
+) -> Client {
+    let client = trusted_client(headers, tags.peer, trusted_proxies);
     // `insert` replaces every existing value; `remove` drops every one.
     let owned = [&tagging.origin, &tagging.trust_domain, &tagging.principal];
     match &tags.identity {
@@ -95,11 +140,74 @@ pub fn tag(headers: &mut HeaderMap, tags: &ConnectionTags, tagging: &Tagging) {
             for name in owned {
                 headers.remove(name);
             }
-            headers.remove(XFCC);
+            match &tags.certificate_xfcc {
+                Some(x) => {
+                    headers.insert(XFCC, x.clone());
+                }
+                None => {
+                    headers.remove(XFCC);
+                }
+            }
         }
     }
     headers.insert(X_FORWARDED_PROTO, tags.forwarded_proto.clone());
     append_forwarded_for(headers, &tags.forwarded_for);
+    if external {
+        let address = if client == tags.peer {
+            tags.forwarded_for.clone()
+        } else {
+            value(&client.to_string())
+        };
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, address);
+    } else {
+        headers.remove(X_ENVOY_EXTERNAL_ADDRESS);
+    }
+    Client { address: client }
+}
+
+/// `meshConfig.enableTracing`: a request without `x-request-id` gets one (a random UUID v4, as
+/// Envoy generates it), so that the backend's spans and logs can be joined.
+pub fn request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(X_REQUEST_ID) {
+        return;
+    }
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        hex(&b[0..4]),
+        hex(&b[4..6]),
+        hex(&b[6..8]),
+        hex(&b[8..10]),
+        hex(&b[10..16])
+    );
+    headers.insert(X_REQUEST_ID, value(&id));
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Envoy's trusted client address: with `hops` trusted proxies in front, the `hops`th address
+/// from the right of the `x-forwarded-for` the request arrived with; the peer when there are
+/// none, too few entries, or the entry is not an IP address.
+fn trusted_client(headers: &HeaderMap, peer: IpAddr, hops: u32) -> IpAddr {
+    if hops == 0 {
+        return peer;
+    }
+    let mut remaining = hops;
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return peer;
+        };
+        for entry in text.rsplit(',') {
+            remaining -= 1;
+            if remaining == 0 {
+                return entry.trim().parse().unwrap_or(peer);
+            }
+        }
+    }
+    peer
 }
 
 /// Envoy appends the peer address to `x-forwarded-for` (use_remote_address at the edge).
@@ -133,6 +241,20 @@ fn xfcc(own: &SpiffeId, peer: &PeerIdentity) -> Option<HeaderValue> {
     HeaderValue::from_str(&text).ok()
 }
 
+/// Envoy's XFCC for a client certificate without our identity (no `By`: a gateway's own
+/// certificate has no URI SAN).
+fn certificate_xfcc(cert: &ClientCertificate) -> Option<HeaderValue> {
+    let subject = cert.subject.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = format!("Hash={};Subject=\"{subject}\"", cert.leaf_sha256);
+    for uri in &cert.uris {
+        text.push_str(&format!(";URI={uri}"));
+    }
+    for dns in &cert.dns {
+        text.push_str(&format!(";DNS={dns}"));
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
 fn value(s: &str) -> HeaderValue {
     // SPIFFE IDs, trust domains and IP addresses are visible ASCII by construction.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -144,7 +266,7 @@ pub const XFCC: HeaderName = X_FORWARDED_CLIENT_CERT;
 /// The request headers the proxy owns (`Tagging::owned`), built once per configuration.
 #[derive(Debug)]
 pub struct Owned {
-    names: [HeaderName; 6],
+    names: [HeaderName; 7],
     underscores: UnderscoreHeaders,
 }
 
@@ -247,7 +369,12 @@ mod tests {
             "10.1.2.3:5000".parse().unwrap(),
         );
         let mut h = spoofed();
-        tag(&mut h, &tags, &tagging());
+        h.insert(
+            "x-envoy-external-address",
+            HeaderValue::from_static("1.1.1.1"),
+        );
+        let client = tag(&mut h, &tags, &tagging(), 0, true);
+        assert_eq!(client.address.to_string(), "10.1.2.3");
         let all = |name: &str| {
             h.get_all(name)
                 .iter()
@@ -269,6 +396,74 @@ mod tests {
         );
         assert_eq!(all("x-forwarded-proto"), ["https"]);
         assert_eq!(all("x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(all("x-envoy-external-address"), ["10.1.2.3"]);
+    }
+
+    /// Envoy's `xff_num_trusted_hops` examples, and what a client cannot make of them.
+    #[test]
+    fn trusted_proxies_choose_the_client_address_from_the_right() {
+        let peer = "192.0.2.5:1000".parse().unwrap();
+        let tags = ConnectionTags::new(None, None, &tagging(), peer);
+        let cases: &[(&[&str], u32, &str, &str)] = &[
+            // (x-forwarded-for as received, trusted proxies, client, x-forwarded-for sent)
+            (&[], 0, "192.0.2.5", "192.0.2.5"),
+            (
+                &["203.0.113.128, 203.0.113.10, 203.0.113.1"],
+                0,
+                "192.0.2.5",
+                "203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5",
+            ),
+            (
+                &["203.0.113.128, 203.0.113.10, 203.0.113.1"],
+                2,
+                "203.0.113.10",
+                "203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5",
+            ),
+            (
+                &["203.0.113.128, 203.0.113.10, 203.0.113.1"],
+                1,
+                "203.0.113.1",
+                "203.0.113.128, 203.0.113.10, 203.0.113.1, 192.0.2.5",
+            ),
+            // Fewer entries than trusted proxies: the peer.
+            (&["203.0.113.1"], 2, "192.0.2.5", "203.0.113.1, 192.0.2.5"),
+            // Two headers count as one list.
+            (
+                &["198.51.100.7", "203.0.113.1"],
+                2,
+                "198.51.100.7",
+                "198.51.100.7, 203.0.113.1, 192.0.2.5",
+            ),
+            // Not an address: the peer.
+            (
+                &["evil, 203.0.113.1"],
+                2,
+                "192.0.2.5",
+                "evil, 203.0.113.1, 192.0.2.5",
+            ),
+            (&["2001:db8::7"], 1, "2001:db8::7", "2001:db8::7, 192.0.2.5"),
+        ];
+        for (xff, hops, client, sent) in cases {
+            let mut h = HeaderMap::new();
+            for v in *xff {
+                h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            h.insert(
+                "x-envoy-external-address",
+                HeaderValue::from_static("6.6.6.6"),
+            );
+            let got = tag(&mut h, &tags, &tagging(), *hops, true);
+            assert_eq!(got.address.to_string(), *client, "{xff:?} {hops}");
+            assert_eq!(h["x-forwarded-for"], *sent, "{xff:?} {hops}");
+            assert_eq!(h["x-envoy-external-address"], *client, "{xff:?} {hops}");
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-envoy-external-address",
+                HeaderValue::from_static("6.6.6.6"),
+            );
+            tag(&mut h, &tags, &tagging(), *hops, false);
+            assert!(h.get("x-envoy-external-address").is_none());
+        }
     }
 
     #[test]
@@ -276,7 +471,7 @@ mod tests {
         let tags = ConnectionTags::new(None, None, &tagging(), "127.0.0.1:1".parse().unwrap());
         let mut h = spoofed();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
-        tag(&mut h, &tags, &tagging());
+        tag(&mut h, &tags, &tagging(), 0, true);
         for name in [
             "x-mesh-origin",
             "x-source-trust-domain",
@@ -301,7 +496,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
         );
         let mut h = spoofed();
-        tag(&mut h, &tags, &t);
+        tag(&mut h, &tags, &t, 0, true);
         assert!(h.get("x-forwarded-client-cert").is_none());
         assert_eq!(h["x-mesh-origin"], "local");
     }

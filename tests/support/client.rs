@@ -76,18 +76,52 @@ pub struct Client {
 impl Client {
     /// A client presenting `identity` (or no certificate), trusting `roots_pem`, offering `alpn`.
     pub fn new(identity: Option<&Workload>, roots_pem: &str, alpn: &[&[u8]]) -> Self {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        Self::build(
+            identity,
+            roots_pem,
+            alpn,
+            provider,
+            rustls::DEFAULT_VERSIONS,
+        )
+    }
+
+    /// A TLS 1.2-only client offering only `suites`.
+    pub fn tls12(
+        identity: Option<&Workload>,
+        roots_pem: &str,
+        suites: &[rustls::SupportedCipherSuite],
+    ) -> Self {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = suites.to_vec();
+        Self::build(
+            identity,
+            roots_pem,
+            &[b"http/1.1"],
+            provider,
+            &[&rustls::version::TLS12],
+        )
+    }
+
+    fn build(
+        identity: Option<&Workload>,
+        roots_pem: &str,
+        alpn: &[&[u8]],
+        provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Self {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(provider);
         let verifier = Arc::new(ChainOnly(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .unwrap(),
         ));
         let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .dangerous()
             .with_custom_certificate_verifier(verifier);

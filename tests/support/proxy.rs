@@ -21,9 +21,24 @@ impl Proxy {
         Self::start_with_bundle(yaml, identity, &identity.root_pem).await
     }
 
+    /// As `start`, with more files (path relative to the config's directory, contents) written
+    /// first: server certificates of SIMPLE and MUTUAL Gateway servers, say.
+    pub async fn start_with_files(yaml: &str, identity: &Workload, files: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("proxy");
+        for (path, contents) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        Self::start_in(dir, yaml, identity, &identity.root_pem).await
+    }
+
     /// As `start`, with `bundle` (one or more PEM roots) as `certs/root-cert.pem`.
     pub async fn start_with_bundle(yaml: &str, identity: &Workload, bundle: &str) -> Self {
-        let dir = TempDir::new("proxy");
+        Self::start_in(TempDir::new("proxy"), yaml, identity, bundle).await
+    }
+
+    async fn start_in(dir: TempDir, yaml: &str, identity: &Workload, bundle: &str) -> Self {
         identity.write(&dir.path().join("certs")).unwrap();
         std::fs::write(dir.path().join("certs/root-cert.pem"), bundle).unwrap();
         let config = dir.path().join("config.yaml");
@@ -33,6 +48,11 @@ impl Proxy {
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
         Self { running, dir }
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("config.yaml")
     }
 
     /// The bound address of Gateway port `port`.

@@ -28,12 +28,23 @@ use crate::model::TrustSettings;
 use crate::raw::authorization_policy as raw;
 use crate::raw::Labels;
 use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::warning::{Code, Warning};
 
 /// What decides whether a policy applies.
 pub(crate) struct Workload<'a> {
     pub namespace: &'a str,
     pub root_namespace: &'a str,
     pub labels: &'a Labels,
+}
+
+impl Workload<'_> {
+    /// Whether a policy-like resource in `o`'s namespace with `selector` applies here, as Istio
+    /// decides for a workload: in the root namespace or the workload's, with every selector
+    /// label among the workload's.
+    pub(crate) fn selects(&self, o: &Origin, selector: Option<&Labels>) -> bool {
+        let in_scope = o.namespace == self.root_namespace || o.namespace == self.namespace;
+        in_scope && selector.is_none_or(|s| s.iter().all(|(k, v)| self.labels.get(k) == Some(v)))
+    }
 }
 
 /// The annotation that makes a policy a trial: evaluated and logged, never enforced.
@@ -45,7 +56,7 @@ pub(crate) fn compile(
     trust: Option<&TrustSettings>,
     paths: &PathNormalization,
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Policies {
     let mut policies = Policies::default();
     let bundle: Vec<String> = trust.map(bundle).unwrap_or_default();
@@ -83,19 +94,15 @@ pub(crate) fn compile(
             continue;
         }
         let Some(w) = workload else { continue };
-        let in_scope = o.namespace == w.root_namespace || o.namespace == w.namespace;
-        let selected = spec.selector.as_ref().is_none_or(|s| {
-            s.match_labels
-                .iter()
-                .all(|(k, v)| w.labels.get(k) == Some(v))
-        });
-        if !(in_scope && selected) {
-            warnings.push(format!(
-                "{}: selects no workload of this proxy (namespace {} or root namespace {}, labels {:?})",
-                o.resource(),
-                w.namespace,
-                w.root_namespace,
-                w.labels
+        if !w.selects(o, spec.selector.as_ref().map(|s| &s.match_labels)) {
+            warnings.push(o.warn(
+                Code::PolicyNotApplied,
+                None,
+                format!(
+                    "selects no workload of this proxy (namespace {} or root namespace {}, \
+                     labels {:?})",
+                    w.namespace, w.root_namespace, w.labels
+                ),
             ));
             continue;
         }
@@ -129,7 +136,7 @@ struct Context<'a> {
     trust: Option<&'a TrustSettings>,
     paths: &'a PathNormalization,
     errors: &'a mut Vec<ConfigError>,
-    warnings: &'a mut Vec<String>,
+    warnings: &'a mut Vec<Warning>,
 }
 
 /// What the values of a string field are made of, to refuse those that cannot match.
@@ -535,11 +542,15 @@ impl Context<'_> {
                 )?;
                 let upper = value.to_ascii_uppercase();
                 if upper != value && STANDARD_METHODS.contains(&upper.as_str()) {
-                    self.warnings.push(format!(
-                        "{}: method `{value}` is compared case-sensitively, as in Istio: it \
-                         does not match `{upper}`",
-                        self.o.resource()
-                    ));
+                    let w = self.o.warn(
+                        Code::PolicyValueNeverMatches,
+                        None,
+                        format!(
+                            "method `{value}` is compared case-sensitively, as in Istio: it \
+                             does not match `{upper}`"
+                        ),
+                    );
+                    self.warnings.push(w);
                 }
                 Ok(())
             }
@@ -711,10 +722,15 @@ impl Context<'_> {
             return;
         }
         if !allowed.iter().any(|a| a.as_str() == td) {
-            self.warnings.push(format!(
-                "{}: {path}: principal `{principal}` is of trust domain `{td}`, which the handshake does not accept (spec.trust.trustDomains): it can never match",
-                self.o.resource()
-            ));
+            let w = self.o.warn(
+                Code::PolicyValueNeverMatches,
+                Some(path),
+                format!(
+                    "principal `{principal}` is of trust domain `{td}`, which the handshake \
+                     does not accept (spec.trust.trustDomains): it can never match"
+                ),
+            );
+            self.warnings.push(w);
         }
     }
 }

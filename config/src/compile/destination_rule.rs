@@ -207,15 +207,6 @@ impl Rules {
         Some((subset, &rule.source))
     }
 
-    /// Every subset defined, as (rule, host pattern, subset name), for `check`.
-    pub fn subsets(&self) -> impl Iterator<Item = (&str, String, &str)> {
-        self.0.iter().flat_map(|r| {
-            r.subsets
-                .iter()
-                .map(|s| (r.source.as_str(), r.host.to_string(), s.name.as_str()))
-        })
-    }
-
     /// The policy of backend (host, port, subset), merged as Istio merges it.
     pub fn policy(&self, host: &str, port: u16, subset: Option<&str>) -> UpstreamPolicy {
         let Some(rule) = self.rule(host) else {

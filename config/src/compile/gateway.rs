@@ -1,16 +1,20 @@
 //! Gateways selected by this proxy's labels -> listeners, one per port.
+//!
+//! Servers on one port must all be plaintext or all HTTPS. HTTPS servers are grouped by their
+//! TLS settings; a connection's SNI picks the group (the proxy's handshake), and the request's
+//! host must then be a host of that group. A host served with two TLS settings is an error.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::mesh_gateway::ListenSettings;
-use super::Origin;
+use super::{relative_to, Origin};
 use crate::error::ConfigError;
 use crate::model::{
-    HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter, RouteTable, ServerHost,
-    ServerTls, ServerTlsMode, TlsVersion,
+    HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter, RouteTable,
+    ServerCertificate, ServerHost, ServerTls, ServerTlsMode, TlsVersion, CIPHER_SUITES,
 };
-use crate::raw::gateway::{GatewaySpec, Server};
+use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
 
 pub(crate) fn compile(
     found: &[(Origin, GatewaySpec)],
@@ -29,35 +33,74 @@ pub(crate) fn compile(
         }
         for (i, server) in spec.servers.iter().enumerate() {
             let path = format!("spec.servers[{i}]");
-            let Some(compiled) = compile_server(o, &path, server, listen, errors) else {
+            let Some((mut compiled, tls)) = compile_server(o, &path, server, listen, errors) else {
                 continue;
             };
-            match listeners.iter_mut().find(|l| l.port == compiled.port) {
-                None => listeners.push(compiled),
-                Some(existing) => {
-                    let same_tls = match (&existing.tls, &compiled.tls) {
-                        (None, None) => true,
-                        (Some(a), Some(b)) => {
-                            a.mode == b.mode
-                                && a.min_version == b.min_version
-                                && a.max_version == b.max_version
+            let index = listeners.iter().position(|l| l.port == compiled.port);
+            let listener = match index {
+                None => {
+                    listeners.push(compiled);
+                    let l = listeners.last_mut().expect("just pushed");
+                    if let Some(tls) = tls {
+                        l.tls.push(tls);
+                        for s in &mut l.servers {
+                            s.tls = Some(0);
                         }
-                        _ => false,
-                    };
-                    if existing.protocol != compiled.protocol || !same_tls {
-                        errors.push(o.error(
-                            format!("{path}.port"),
-                            format!(
-                                "port {} is already served with other protocol or TLS settings; \
-                                 servers sharing a port must agree",
-                                compiled.port
-                            ),
-                        ));
-                        continue;
                     }
-                    existing.servers.extend(compiled.servers);
+                    continue;
+                }
+                Some(i) => &mut listeners[i],
+            };
+            if listener.protocol != compiled.protocol {
+                errors.push(o.error(
+                    format!("{path}.port"),
+                    format!(
+                        "port {} is already served as {}: servers sharing a port must all be \
+                         plaintext or all HTTPS",
+                        compiled.port,
+                        if listener.protocol == ListenerProtocol::Https {
+                            "HTTPS"
+                        } else {
+                            "plaintext HTTP"
+                        }
+                    ),
+                ));
+                continue;
+            }
+            // HTTPS servers sharing a port are told apart by SNI: one TLS setting per group,
+            // and a host may not be served with two.
+            let group = tls.map(|tls| match listener.tls.iter().position(|t| *t == tls) {
+                Some(g) => g,
+                None => {
+                    listener.tls.push(tls);
+                    listener.tls.len() - 1
+                }
+            });
+            let mut clash = false;
+            for s in &compiled.servers {
+                if let Some(other) = listener
+                    .servers
+                    .iter()
+                    .find(|e| e.host == s.host && e.tls != group)
+                {
+                    clash = true;
+                    errors.push(o.error(
+                        format!("{path}.hosts"),
+                        format!(
+                            "`{}` is already served on port {} with other TLS settings (Gateway \
+                             {}): the SNI could not choose between them",
+                            s.host, compiled.port, other.gateway
+                        ),
+                    ));
                 }
             }
+            if clash {
+                continue;
+            }
+            for s in &mut compiled.servers {
+                s.tls = group;
+            }
+            listener.servers.append(&mut compiled.servers);
         }
     }
     listeners
@@ -69,7 +112,7 @@ fn compile_server(
     server: &Server,
     listen: &ListenSettings,
     errors: &mut Vec<ConfigError>,
-) -> Option<Listener> {
+) -> Option<(Listener, Option<ServerTls>)> {
     let before = errors.len();
     o.unsupported(
         errors,
@@ -92,111 +135,38 @@ fn compile_server(
         }
     };
     let protocol = server.port.protocol.to_ascii_uppercase();
+    let tls_path = format!("{path}.tls");
+    let mut https_redirect = false;
     let tls = match (protocol.as_str(), &server.tls) {
         ("HTTP" | "HTTP2" | "GRPC", None) => None,
-        ("HTTP" | "HTTP2" | "GRPC", Some(_)) => {
-            errors.push(o.error(
-                format!("{path}.tls"),
-                format!("protocol {protocol} is plaintext: use protocol HTTPS for TLS"),
-            ));
+        ("HTTP" | "HTTP2" | "GRPC", Some(tls)) => {
+            // Istio: on a plaintext server, `tls` may only ask for the redirect.
+            https_redirect = tls.https_redirect.unwrap_or(false);
+            let other = tls.mode.is_some()
+                || tls.server_certificate.is_some()
+                || tls.private_key.is_some()
+                || tls.ca_certificates.is_some()
+                || tls.credential_name.is_some()
+                || tls.cipher_suites.is_some();
+            if other {
+                errors.push(o.error(
+                    tls_path.clone(),
+                    format!(
+                        "protocol {protocol} is plaintext: only httpsRedirect may be set here; \
+                         use protocol HTTPS for TLS"
+                    ),
+                ));
+            }
             None
         }
         ("HTTPS", None) => {
             errors.push(o.error(
-                format!("{path}.tls"),
-                "protocol HTTPS needs tls (mode ISTIO_MUTUAL)",
+                tls_path.clone(),
+                "protocol HTTPS needs tls (mode SIMPLE, MUTUAL or ISTIO_MUTUAL)",
             ));
             None
         }
-        ("HTTPS", Some(tls)) => {
-            let tls_path = format!("{path}.tls");
-            o.unsupported(
-                errors,
-                &tls_path,
-                &[
-                    ("httpsRedirect", tls.https_redirect.is_some()),
-                    ("serverCertificate", tls.server_certificate.is_some()),
-                    ("privateKey", tls.private_key.is_some()),
-                    ("caCertificates", tls.ca_certificates.is_some()),
-                    ("caCrl", tls.ca_crl.is_some()),
-                    ("credentialName", tls.credential_name.is_some()),
-                    ("credentialNames", tls.credential_names.is_some()),
-                    ("tlsCertificates", tls.tls_certificates.is_some()),
-                    ("subjectAltNames", tls.subject_alt_names.is_some()),
-                    (
-                        "verifyCertificateSpki",
-                        tls.verify_certificate_spki.is_some(),
-                    ),
-                    (
-                        "verifyCertificateHash",
-                        tls.verify_certificate_hash.is_some(),
-                    ),
-                    ("cipherSuites", tls.cipher_suites.is_some()),
-                ],
-            );
-            let mode = match tls.mode.as_deref() {
-                Some("ISTIO_MUTUAL") => Some(ServerTlsMode::IstioMutual),
-                Some(
-                    other @ ("SIMPLE" | "MUTUAL" | "PASSTHROUGH" | "AUTO_PASSTHROUGH"
-                    | "OPTIONAL_MUTUAL"),
-                ) => {
-                    errors.push(o.error(
-                        format!("{tls_path}.mode"),
-                        format!("{other} is not implemented: meshgate terminates ISTIO_MUTUAL"),
-                    ));
-                    None
-                }
-                Some(other) => {
-                    errors.push(o.error(
-                        format!("{tls_path}.mode"),
-                        format!("unknown TLS mode `{other}`"),
-                    ));
-                    None
-                }
-                None => {
-                    errors.push(o.error(format!("{tls_path}.mode"), "required (ISTIO_MUTUAL)"));
-                    None
-                }
-            };
-            let version = |field: &str,
-                           value: Option<&str>,
-                           default,
-                           errors: &mut Vec<ConfigError>| match value {
-                None | Some("TLS_AUTO") => default,
-                Some("TLSV1_2") => TlsVersion::V1_2,
-                Some("TLSV1_3") => TlsVersion::V1_3,
-                Some(other) => {
-                    errors.push(o.error(
-                        format!("{tls_path}.{field}"),
-                        format!("`{other}` is not supported: meshgate speaks TLSV1_2 and TLSV1_3"),
-                    ));
-                    default
-                }
-            };
-            let min_version = version(
-                "minProtocolVersion",
-                tls.min_protocol_version.as_deref(),
-                TlsVersion::V1_2,
-                errors,
-            );
-            let max_version = version(
-                "maxProtocolVersion",
-                tls.max_protocol_version.as_deref(),
-                TlsVersion::V1_3,
-                errors,
-            );
-            if min_version > max_version {
-                errors.push(o.error(
-                    format!("{tls_path}.minProtocolVersion"),
-                    "is above maxProtocolVersion",
-                ));
-            }
-            mode.map(|mode| ServerTls {
-                mode,
-                min_version,
-                max_version,
-            })
-        }
+        ("HTTPS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
         (other, _) => {
             errors.push(o.error(
                 format!("{path}.port.protocol"),
@@ -225,6 +195,8 @@ fn compile_server(
                 gateway: o.key(),
                 namespace,
                 host,
+                tls: None,
+                https_redirect,
             }),
             None => errors.push(o.error(
                 format!("{path}.hosts[{h}]"),
@@ -238,7 +210,7 @@ fn compile_server(
         return None;
     }
     let bind_port = listen.port_overrides.get(&port).copied().unwrap_or(port);
-    Some(Listener {
+    let listener = Listener {
         name: server
             .port
             .name
@@ -252,8 +224,223 @@ fn compile_server(
         } else {
             ListenerProtocol::Http
         },
-        tls,
+        tls: Vec::new(),
         servers,
         routes: RouteTable::default(),
+    };
+    Some((listener, tls))
+}
+
+/// The `tls` of an HTTPS server: `ISTIO_MUTUAL` with our identity, `SIMPLE` or `MUTUAL` with
+/// certificate files (relative to the Gateway's file, as meshgate's other paths).
+fn server_tls(
+    o: &Origin,
+    tls_path: &str,
+    tls: &RawTls,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ServerTls> {
+    let before = errors.len();
+    o.unsupported(
+        errors,
+        tls_path,
+        &[
+            ("credentialNames", tls.credential_names.is_some()),
+            ("tlsCertificates", tls.tls_certificates.is_some()),
+            ("subjectAltNames", tls.subject_alt_names.is_some()),
+            (
+                "verifyCertificateSpki",
+                tls.verify_certificate_spki.is_some(),
+            ),
+            (
+                "verifyCertificateHash",
+                tls.verify_certificate_hash.is_some(),
+            ),
+        ],
+    );
+    o.unsupported(
+        errors,
+        tls_path,
+        &[("credentialName", tls.credential_name.is_some())],
+    );
+    let file = |field: &str, value: &Option<String>, errors: &mut Vec<ConfigError>| match value {
+        Some(v) if !v.is_empty() => Some(relative_to(&o.file, v)),
+        _ => {
+            errors.push(o.error(format!("{tls_path}.{field}"), "required"));
+            None
+        }
+    };
+    let mode = match tls.mode.as_deref() {
+        Some("ISTIO_MUTUAL") => {
+            for (field, set) in [
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("caCrl", tls.ca_crl.is_some()),
+            ] {
+                if set {
+                    errors.push(o.error(
+                        format!("{tls_path}.{field}"),
+                        "ISTIO_MUTUAL presents the MeshGateway's identity and trusts its bundle: \
+                         certificate files are for SIMPLE and MUTUAL",
+                    ));
+                }
+            }
+            Some(ServerTlsMode::IstioMutual)
+        }
+        Some(mode @ ("SIMPLE" | "MUTUAL")) if tls.credential_name.is_none() => {
+            let certificate = file("serverCertificate", &tls.server_certificate, errors);
+            let private_key = file("privateKey", &tls.private_key, errors);
+            let (ca_certificates, ca_crl) = if mode == "MUTUAL" {
+                let ca = file("caCertificates", &tls.ca_certificates, errors);
+                let crl = tls.ca_crl.as_ref().map(|c| relative_to(&o.file, c));
+                (ca, crl)
+            } else {
+                for (field, set) in [
+                    ("caCertificates", tls.ca_certificates.is_some()),
+                    ("caCrl", tls.ca_crl.is_some()),
+                ] {
+                    if set {
+                        errors.push(o.error(
+                            format!("{tls_path}.{field}"),
+                            "SIMPLE asks for no client certificate: use mode MUTUAL to verify one",
+                        ));
+                    }
+                }
+                (None, None)
+            };
+            match (certificate, private_key) {
+                (Some(certificate), Some(private_key)) => {
+                    let files = ServerCertificate {
+                        certificate,
+                        private_key,
+                        ca_certificates,
+                        ca_crl,
+                    };
+                    Some(if mode == "MUTUAL" {
+                        ServerTlsMode::Mutual(files)
+                    } else {
+                        ServerTlsMode::Simple(files)
+                    })
+                }
+                _ => None,
+            }
+        }
+        Some("SIMPLE" | "MUTUAL") => None,
+        Some(other @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL")) => {
+            errors.push(o.error(
+                format!("{tls_path}.mode"),
+                format!(
+                    "{other} is not implemented: meshgate terminates SIMPLE, MUTUAL and \
+                     ISTIO_MUTUAL"
+                ),
+            ));
+            None
+        }
+        Some(other) => {
+            errors.push(o.error(
+                format!("{tls_path}.mode"),
+                format!("unknown TLS mode `{other}`"),
+            ));
+            None
+        }
+        None => {
+            errors.push(o.error(
+                format!("{tls_path}.mode"),
+                "required (SIMPLE, MUTUAL or ISTIO_MUTUAL)",
+            ));
+            None
+        }
+    };
+    let version =
+        |field: &str, value: Option<&str>, default, errors: &mut Vec<ConfigError>| match value {
+            None | Some("TLS_AUTO") => default,
+            Some("TLSV1_2") => TlsVersion::V1_2,
+            Some("TLSV1_3") => TlsVersion::V1_3,
+            Some(other) => {
+                errors.push(o.error(
+                    format!("{tls_path}.{field}"),
+                    format!("`{other}` is not supported: meshgate speaks TLSV1_2 and TLSV1_3"),
+                ));
+                default
+            }
+        };
+    let min_version = version(
+        "minProtocolVersion",
+        tls.min_protocol_version.as_deref(),
+        TlsVersion::V1_2,
+        errors,
+    );
+    let max_version = version(
+        "maxProtocolVersion",
+        tls.max_protocol_version.as_deref(),
+        TlsVersion::V1_3,
+        errors,
+    );
+    if min_version > max_version {
+        errors.push(o.error(
+            format!("{tls_path}.minProtocolVersion"),
+            "is above maxProtocolVersion",
+        ));
+    }
+    let mut cipher_suites = Vec::new();
+    for (i, name) in tls.cipher_suites.iter().flatten().enumerate() {
+        let field = format!("{tls_path}.cipherSuites[{i}]");
+        if CIPHER_SUITES.contains(&name.as_str()) {
+            if !cipher_suites.contains(name) {
+                cipher_suites.push(name.clone());
+            }
+        } else if name.starts_with("TLS_AES_") || name.starts_with("TLS_CHACHA20_") {
+            errors.push(o.error(
+                field,
+                format!(
+                    "`{name}` is a TLS 1.3 suite: those are not configurable (as in Envoy); \
+                     cipherSuites applies to TLS 1.2"
+                ),
+            ));
+        } else {
+            errors.push(o.error(
+                field,
+                format!(
+                    "`{name}` is not offered by meshgate's TLS (rustls), which offers {}",
+                    CIPHER_SUITES.join(", ")
+                ),
+            ));
+        }
+    }
+    if !cipher_suites.is_empty() && min_version == TlsVersion::V1_3 {
+        errors.push(o.error(
+            format!("{tls_path}.cipherSuites"),
+            "applies to TLS 1.2 only, and minProtocolVersion is TLSV1_3",
+        ));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    mode.map(|mode| ServerTls {
+        mode,
+        min_version,
+        max_version,
+        cipher_suites,
     })
+}
+
+/// A VirtualService's `gateways` entry as `namespace/name`, by Istio's `resolveGatewayName`:
+/// `ns/name` as written (`./name` in the VirtualService's namespace); a short `name` in the
+/// VirtualService's namespace; the legacy `name.ns.svc.cluster.local` (or `name.ns`) form as
+/// `ns/name`; `mesh` stays `mesh`.
+pub(crate) fn resolve_name(gateway: &str, namespace: &str) -> String {
+    if gateway == "mesh" {
+        return gateway.to_string();
+    }
+    match gateway.split_once('/') {
+        Some((".", name)) => format!("{namespace}/{name}"),
+        Some(_) => gateway.to_string(),
+        None => match gateway.split_once('.') {
+            None => format!("{namespace}/{gateway}"),
+            Some((name, rest)) => {
+                let ns = rest.split('.').next().unwrap_or(rest);
+                format!("{ns}/{name}")
+            }
+        },
+    }
 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::install::{self, Install};
 use super::virtual_service::parse_duration;
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
-use crate::model::path::{NormalizationMode, PathNormalization};
 use crate::model::{
-    EcdhCurve, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey, Limits,
-    ProxySettings, Tagging, TrustSettings, UnderscoreHeaders,
+    AccessLogEncoding, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey,
+    Limits, ProxySettings, Tagging, TrustSettings, UnderscoreHeaders,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -28,7 +28,7 @@ pub(crate) struct ListenSettings {
 /// The one MeshGateway.
 pub(crate) fn compile(
     found: &[(Origin, MeshGatewaySpec)],
-    path_normalization: PathNormalization,
+    install: &Install,
     errors: &mut Vec<ConfigError>,
 ) -> Option<(ProxySettings, ListenSettings)> {
     let (o, spec) = match found {
@@ -111,10 +111,34 @@ pub(crate) fn compile(
             }
         }
     }
-    let tagging = tagging(o, spec, errors);
+    let tagging = tagging(o, spec, install, errors);
+    // Settings that the MeshGateway and the installation resources may both give: they must
+    // agree.
+    let mut access_log = install.access_log.clone();
+    if let Some(a) = &spec.access_log {
+        let path = Some(relative_to(&o.file, &a.path));
+        install::set(&mut access_log, path, o, "spec.accessLog.path", errors);
+    }
+    let mut root_namespace = install.root_namespace.clone();
+    if let Some(ns) = &spec.root_namespace {
+        install::set(
+            &mut root_namespace,
+            ns.clone(),
+            o,
+            "spec.rootNamespace",
+            errors,
+        );
+    }
     if errors.len() > before {
         return None;
     }
+    // Istio's default encoding is TEXT; a MeshGateway's own access log, without meshConfig,
+    // keeps meshgate's JSON lines.
+    let access_log_encoding = match (&install.access_log_encoding, &install.access_log) {
+        (Some(e), _) => e.value,
+        (None, Some(_)) => AccessLogEncoding::Text,
+        (None, None) => AccessLogEncoding::Json,
+    };
     let proxy = ProxySettings {
         name: o.key(),
         labels: spec.labels.clone(),
@@ -122,14 +146,22 @@ pub(crate) fn compile(
         admin,
         outbound,
         tagging: tagging?,
-        access_log: spec
-            .access_log
+        access_log: access_log.and_then(|a| a.value),
+        access_log_encoding,
+        outbound_policy: install
+            .outbound
             .as_ref()
-            .map(|a| relative_to(&o.file, &a.path)),
+            .map(|s| s.value)
+            .unwrap_or_default(),
+        tracing: install.tracing.as_ref().is_some_and(|s| s.value),
+        num_trusted_proxies: install.num_trusted_proxies.as_ref().map_or(0, |s| s.value),
+        root_namespace: root_namespace
+            .map(|s| s.value)
+            .unwrap_or_else(|| super::ROOT_NAMESPACE.to_string()),
         reload_poll: reload_poll(o, spec, errors),
         limits: limits(o, spec, errors),
         http: HttpSettings {
-            path_normalization,
+            path_normalization: install.path_normalization.unwrap_or_default(),
             headers_with_underscores: underscores(o, spec, errors),
         },
         session_resumption: spec
@@ -250,54 +282,15 @@ fn underscores(
     }
 }
 
-/// `meshConfig.pathNormalization.normalization` of the IstioOperator, or meshgate's default.
-pub(crate) fn path_normalization(
-    parsed: &Parsed,
-    errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
-) -> PathNormalization {
-    let mut chosen = PathNormalization::default();
-    for (o, spec) in &parsed.operators {
-        let Some(mode) = spec
-            .mesh_config
-            .as_ref()
-            .and_then(|m| m.path_normalization.as_ref())
-            .and_then(|p| p.normalization.as_deref())
-        else {
-            continue;
-        };
-        let field = "spec.meshConfig.pathNormalization.normalization";
-        let mode = match mode {
-            "NONE" => NormalizationMode::None,
-            // Istio maps DEFAULT to BASE.
-            "BASE" | "DEFAULT" => NormalizationMode::Base,
-            "MERGE_SLASHES" => NormalizationMode::MergeSlashes,
-            "DECODE_AND_MERGE_SLASHES" => NormalizationMode::DecodeAndMergeSlashes,
-            other => {
-                errors.push(o.error(
-                    field,
-                    format!(
-                        "`{other}` is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
-                    ),
-                ));
-                continue;
-            }
-        };
-        if matches!(mode, NormalizationMode::None | NormalizationMode::Base) {
-            warnings.push(format!(
-                "{}: {field} {mode:?}: `//admin` and `/admin%2Fsecret` reach the backend                  unchanged and dodge a policy on `/admin/*`; MERGE_SLASHES or                  DECODE_AND_MERGE_SLASHES close that (meshgate's default, without this                  setting, merges slashes and refuses escaped ones)",
-                o.resource()
-            ));
-        }
-        chosen = PathNormalization::istio(mode);
-    }
-    chosen
-}
-
 /// How often files are checked for changes by default.
 const DEFAULT_RELOAD_POLL: Duration = Duration::from_secs(2);
 
-fn tagging(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> Option<Tagging> {
+fn tagging(
+    o: &Origin,
+    spec: &MeshGatewaySpec,
+    install: &Install,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Tagging> {
     let t = spec.tagging.as_ref();
     let mut header = |field: &str, value: Option<&String>, default: &'static str| {
         let Some(value) = value else {
@@ -329,9 +322,11 @@ fn tagging(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) ->
         t.and_then(|t| t.principal_header.as_ref()),
         "x-source-principal",
     );
-    let forward_client_cert = match t.and_then(|t| t.forward_client_cert.as_deref()) {
-        None | Some("SANITIZE_SET") => ForwardClientCert::SanitizeSet,
-        Some("SANITIZE") => ForwardClientCert::Sanitize,
+    let mut chosen = install.forward_client_cert.clone();
+    let own = match t.and_then(|t| t.forward_client_cert.as_deref()) {
+        None => None,
+        Some("SANITIZE_SET") => Some(ForwardClientCert::SanitizeSet),
+        Some("SANITIZE") => Some(ForwardClientCert::Sanitize),
         Some(other) => {
             errors.push(o.error(
                 "spec.tagging.forwardClientCert",
@@ -343,25 +338,31 @@ fn tagging(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) ->
             return None;
         }
     };
+    if let Some(mode) = own {
+        install::set(
+            &mut chosen,
+            mode,
+            o,
+            "spec.tagging.forwardClientCert",
+            errors,
+        );
+    }
     Some(Tagging {
         origin: origin?,
         trust_domain: trust_domain?,
         principal: principal?,
-        forward_client_cert,
+        forward_client_cert: chosen.map_or(ForwardClientCert::SanitizeSet, |s| s.value),
     })
 }
 
-/// The trust domain, aliases and handshake policy, from every source that names them.
+/// The trust domain, aliases and handshake policy, from the installation resources and the
+/// MeshGateway's `spec.trust`.
 pub(crate) fn trust(
     parsed: &Parsed,
+    install: &Install,
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
 ) -> Option<TrustSettings> {
     let before = errors.len();
-    // (value, where it was set), to report a disagreement with both places.
-    let mut named: Vec<(TrustDomain, String)> = Vec::new();
-    let mut aliases = Vec::new();
-    let mut curves = None;
     let trust_domain = |o: &Origin, field: &str, value: &str, errors: &mut Vec<ConfigError>| {
         match TrustDomain::new(value) {
             Ok(td) => Some(td),
@@ -371,109 +372,17 @@ pub(crate) fn trust(
             }
         }
     };
-    for (o, spec) in &parsed.kyma {
-        let Some(config) = &spec.config else { continue };
-        o.unsupported(
-            errors,
-            "spec.config",
-            &[
-                ("numTrustedProxies", config.num_trusted_proxies.is_some()),
-                ("authorizers", config.authorizers.is_some()),
-                (
-                    "gatewayExternalTrafficPolicy",
-                    config.gateway_external_traffic_policy.is_some(),
-                ),
-                (
-                    "forwardClientCertDetails",
-                    config.forward_client_cert_details.is_some(),
-                ),
-                ("telemetry", config.telemetry.is_some()),
-            ],
-        );
-        if let Some(value) = &config.trust_domain {
-            if value.contains('_') {
-                warnings.push(format!(
-                    "{}: spec.config.trustDomain `{value}` contains `_`, which Istio rejects",
-                    o.resource()
-                ));
-            }
-            if let Some(td) = trust_domain(o, "spec.config.trustDomain", value, errors) {
-                named.push((td, format!("{} spec.config.trustDomain", o.resource())));
-            }
-        }
-    }
-    for (o, spec) in &parsed.operators {
-        let Some(mesh) = &spec.mesh_config else {
-            continue;
-        };
-        o.unsupported(
-            errors,
-            "spec.meshConfig",
-            &[
-                ("defaultConfig", mesh.default_config.is_some()),
-                (
-                    "outboundTrafficPolicy",
-                    mesh.outbound_traffic_policy.is_some(),
-                ),
-                ("accessLogFile", mesh.access_log_file.is_some()),
-                ("enableTracing", mesh.enable_tracing.is_some()),
-                ("extensionProviders", mesh.extension_providers.is_some()),
-                ("caCertificates", mesh.ca_certificates.is_some()),
-                ("rootNamespace", mesh.root_namespace.is_some()),
-            ],
-        );
-        if let Some(tls) = &mesh.tls_defaults {
-            o.unsupported(
-                errors,
-                "spec.meshConfig.tlsDefaults",
-                &[
-                    ("cipherSuites", tls.cipher_suites.is_some()),
-                    ("minProtocolVersion", tls.min_protocol_version.is_some()),
-                ],
-            );
-            let mut list = Vec::new();
-            for (i, name) in tls.ecdh_curves.iter().enumerate() {
-                match EcdhCurve::parse(name) {
-                    Some(c) => list.push(c),
-                    None => errors.push(o.error(
-                        format!("spec.meshConfig.tlsDefaults.ecdhCurves[{i}]"),
-                        format!("`{name}` is not X25519, P-256, P-384 or X25519MLKEM768"),
-                    )),
-                }
-            }
-            if !list.is_empty() {
-                curves = Some(list);
-            }
-        }
-        if let Some(value) = &mesh.trust_domain {
-            if let Some(td) = trust_domain(o, "spec.meshConfig.trustDomain", value, errors) {
-                named.push((td, format!("{} spec.meshConfig.trustDomain", o.resource())));
-            }
-        }
-        for (i, value) in mesh.trust_domain_aliases.iter().enumerate() {
-            let field = format!("spec.meshConfig.trustDomainAliases[{i}]");
-            aliases.extend(trust_domain(o, &field, value, errors));
-        }
-    }
-    if let Some((first, at)) = named.first() {
-        for (other, other_at) in &named[1..] {
-            if other != first {
-                errors.push(ConfigError::global(format!(
-                    "the trust domain is set twice and disagrees: `{first}` ({at}) and `{other}` ({other_at})"
-                )));
-            }
-        }
-    }
     let mut settings = TrustSettings {
-        trust_domain: named
-            .first()
-            .map(|(td, _)| td.clone())
+        trust_domain: install
+            .trust_domain
+            .as_ref()
+            .map(|s| s.value.clone())
             .unwrap_or_else(TrustDomain::cluster_local),
-        aliases,
+        aliases: install.aliases.clone(),
         cluster_local_is_local: true,
         allowed_trust_domains: None,
-        issuers: Vec::new(),
-        ecdh_curves: curves,
+        issuers: install.issuers.clone(),
+        ecdh_curves: install.ecdh_curves.clone(),
     };
     if let [(o, spec)] = parsed.mesh_gateways.as_slice() {
         if let Some(trust) = &spec.trust {

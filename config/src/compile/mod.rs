@@ -1,14 +1,19 @@
 //! Raw resources to the runtime model, one file per kind, collecting every error.
 //!
-//! Order: parse every document by its kind; then the MeshGateway and trust domain; then
-//! ServiceEntries (backends); then Gateways selected by this proxy's labels (listeners); then
-//! VirtualServices bound to those Gateways (routes).
+//! Order: parse every document by its kind (kinds that cannot change this proxy are skipped
+//! with a warning, every unknown field is reported); then the installation resources (Kyma's
+//! `Istio`, `IstioOperator`), the MeshGateway and the trust domain; then ServiceEntries
+//! (backends); then Gateways selected by this proxy's labels (listeners); then VirtualServices
+//! bound to those Gateways (routes); then what `check` explains (`analyze`).
 
+mod analyze;
 mod authorization_policy;
 mod destination_rule;
 mod gateway;
+mod install;
 mod mesh_gateway;
 mod outbound;
+mod request_authentication;
 mod service_entry;
 mod virtual_service;
 
@@ -20,23 +25,26 @@ use serde::de::DeserializeOwned;
 use crate::error::ConfigError;
 use crate::model::Model;
 use crate::raw::{self, Resource};
-use crate::source::Document;
+use crate::source::{self, Document, PathSegment, Read};
+use crate::warning::{Code, Warning};
 
-/// Compiles documents into a model, or returns `None` with the problems in `errors`.
-pub fn compile(
-    documents: &[Document],
-    files: Vec<PathBuf>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Model> {
+/// Compiles what `source::read` found into a model, or returns `None` with the problems in
+/// `errors`.
+pub fn compile(read: Read, errors: &mut Vec<ConfigError>) -> Option<Model> {
+    let Read {
+        documents,
+        files,
+        mut warnings,
+    } = read;
     let mut parsed = Parsed::default();
-    for doc in documents {
-        parse_document(doc, &mut parsed, errors);
+    for doc in &documents {
+        parse_document(doc, &mut parsed, errors, &mut warnings);
     }
     duplicates(&parsed, errors);
-    let mut warnings = Vec::new();
-    let paths = mesh_gateway::path_normalization(&parsed, errors, &mut warnings);
-    let proxy = mesh_gateway::compile(&parsed.mesh_gateways, paths, errors);
-    let trust = mesh_gateway::trust(&parsed, errors, &mut warnings);
+    drop(documents);
+    let install = install::compile(&parsed, errors, &mut warnings);
+    let proxy = mesh_gateway::compile(&parsed.mesh_gateways, &install, errors);
+    let trust = mesh_gateway::trust(&parsed, &install, errors);
     let mut backends = service_entry::Backends::new();
     service_entry::compile(
         &parsed.service_entries,
@@ -54,9 +62,14 @@ pub fn compile(
     };
     if let Some(address) = proxy.as_ref().and_then(|(p, _)| p.outbound) {
         if !address.ip().is_loopback() {
-            warnings.push(format!(
-                "spec.outbound.address {address} is not a loopback address: any client that can \
-                 reach it can send requests as this proxy's identity"
+            warnings.push(mesh_gateway_warning(
+                &parsed,
+                Code::OutboundNotLoopback,
+                "spec.outbound.address",
+                format!(
+                    "{address} is not a loopback address: any client that can reach it can send \
+                     requests as this proxy's identity"
+                ),
             ));
         }
     }
@@ -90,37 +103,36 @@ pub fn compile(
     if let Some(i) = outbound {
         outbound::add_services(&mut listeners[i], &mut backends, &rules, proxy_namespace);
         for (host, port, d) in backends.declared_other() {
-            warnings.push(format!(
-                "{}: port {port} of `{host}` is {}: the outbound listener does not serve it \
-                 (meshgate proxies HTTP; originate TLS from an HTTP port with a DestinationRule \
-                 instead)",
-                d.source,
-                d.protocol_name()
-            ));
+            warnings.push(Warning {
+                resource: Some(d.source.clone()),
+                ..Warning::global(
+                    Code::PortNotServed,
+                    format!(
+                        "port {port} of `{host}` is {}: the outbound listener does not serve it \
+                         (meshgate proxies HTTP; originate TLS from an HTTP port with a \
+                         DestinationRule instead)",
+                        d.protocol_name()
+                    ),
+                )
+            });
         }
     }
-    for (rule, host, subset) in rules.subsets() {
-        let used = backends.list().iter().any(|b| {
-            b.subset.as_deref() == Some(subset)
-                && crate::model::HostMatcher::parse(&host).is_some_and(|h| h.matches(&b.host))
-        });
-        if !used {
-            warnings.push(format!(
-                "{rule}: subset `{subset}` of `{host}` is named by no route"
-            ));
-        }
+    if let Some((proxy, _)) = &proxy {
+        analyze::bindings(&parsed, &proxy.labels, &listeners, &mut warnings);
     }
+    analyze::destination_rules(&parsed, backends.list(), &mut warnings);
     if let Some((_, listen)) = &proxy {
         service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
-    let workload = parsed
-        .mesh_gateways
-        .first()
-        .map(|(o, spec)| authorization_policy::Workload {
+    let workload = match (parsed.mesh_gateways.first(), &proxy) {
+        (Some((o, spec)), Some((p, _))) => Some(authorization_policy::Workload {
             namespace: &o.namespace,
-            root_namespace: spec.root_namespace.as_deref().unwrap_or(ROOT_NAMESPACE),
+            root_namespace: &p.root_namespace,
             labels: &spec.labels,
-        });
+        }),
+        _ => None,
+    };
+    let paths = install.path_normalization.unwrap_or_default();
     let policies = authorization_policy::compile(
         &parsed.authorization_policies,
         workload.as_ref(),
@@ -129,29 +141,39 @@ pub fn compile(
         errors,
         &mut warnings,
     );
+    if let Some(w) = &workload {
+        request_authentication::compile(&parsed.request_authentications, w, errors, &mut warnings);
+    }
     if let Some(t) = trust
         .as_ref()
-        .filter(|_| listeners.iter().any(|l| l.tls.is_some()))
+        .filter(|_| listeners.iter().any(|l| l.istio_mutual()))
     {
         if t.allowed_trust_domains.is_none() && t.issuers.is_empty() {
-            warnings.push(
-                "spec.trust has neither a trustDomains allow-list nor issuer binding: any mesh whose \
-                 certificates chain to the shared root is accepted at the handshake, and one mesh's \
-                 CA can issue another mesh's identities"
-                    .into(),
-            );
+            warnings.push(mesh_gateway_warning(
+                &parsed,
+                Code::NoIssuerBinding,
+                "spec.trust",
+                "neither a trustDomains allow-list nor issuer binding: any mesh whose \
+                 certificates chain to the shared root is accepted at the handshake, and one \
+                 mesh's CA can issue another mesh's identities",
+            ));
         } else if t.issuers.is_empty() {
-            warnings.push(format!(
-                "spec.trust.issuers is empty: under a shared root, any mesh's CA can issue \
-                 identities of every trust domain the allow-list admits, `{}` (this mesh) \
-                 included; bind each intermediate CA to its trust domains",
-                t.trust_domain
+            warnings.push(mesh_gateway_warning(
+                &parsed,
+                Code::NoIssuerBinding,
+                "spec.trust.issuers",
+                format!(
+                    "empty: under a shared root, any mesh's CA can issue identities of every \
+                     trust domain the allow-list admits, `{}` (this mesh) included; bind each \
+                     intermediate CA to its trust domains",
+                    t.trust_domain
+                ),
             ));
         }
     }
     if let (Some((p, _)), [(o, _)]) = (&proxy, parsed.mesh_gateways.as_slice()) {
         if p.identity.is_none() {
-            for l in listeners.iter().filter(|l| l.tls.is_some()) {
+            for l in listeners.iter().filter(|l| l.istio_mutual()) {
                 errors.push(o.error(
                     "spec.identity",
                     format!(
@@ -163,8 +185,12 @@ pub fn compile(
         }
     }
     if listeners.is_empty() && proxy.as_ref().is_some_and(|(p, _)| p.outbound.is_none()) {
-        warnings
-            .push("no Gateway selects this MeshGateway's labels: no listener will be bound".into());
+        warnings.push(mesh_gateway_warning(
+            &parsed,
+            Code::NoListener,
+            "spec.labels",
+            "no Gateway selects this MeshGateway's labels: no listener will be bound",
+        ));
     }
     if !errors.is_empty() {
         return None;
@@ -181,6 +207,19 @@ pub fn compile(
     })
 }
 
+/// A warning about a field of the (first) MeshGateway.
+fn mesh_gateway_warning(
+    parsed: &Parsed,
+    code: Code,
+    field: &str,
+    message: impl Into<String>,
+) -> Warning {
+    match parsed.mesh_gateways.first() {
+        Some((o, _)) => o.warn(code, Some(field), message),
+        None => Warning::global(code, message),
+    }
+}
+
 /// Where a resource came from, to name it in errors.
 #[derive(Debug, Clone)]
 pub(crate) struct Origin {
@@ -191,15 +230,31 @@ pub(crate) struct Origin {
     /// `metadata.annotations`; meshgate reads `istio.io/dry-run`.
     pub annotations: BTreeMap<String, String>,
     /// The line its document starts on, to tell two declarations apart.
-    pub line: usize,
+    pub line: u64,
     /// `metadata.labels` (WorkloadEntries are selected by them).
     pub labels: BTreeMap<String, String>,
 }
 
 impl Origin {
-    /// `Kind namespace/name`.
+    /// `Kind namespace/name` (`Kind namespace/<no name>` for a resource without one).
     pub fn resource(&self) -> String {
-        format!("{} {}/{}", self.kind, self.namespace, self.name)
+        let name = if self.name.is_empty() {
+            "<no name>"
+        } else {
+            &self.name
+        };
+        format!("{} {}/{name}", self.kind, self.namespace)
+    }
+
+    /// A warning about `field` (or the whole resource) of this resource.
+    pub fn warn(&self, code: Code, field: Option<&str>, message: impl Into<String>) -> Warning {
+        Warning {
+            code,
+            file: Some(self.file.clone()),
+            resource: Some(self.resource()),
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
     }
 
     /// `namespace/name`.
@@ -249,16 +304,26 @@ pub(crate) struct Parsed {
     pub authorization_policies: Vec<(Origin, raw::authorization_policy::AuthorizationPolicySpec)>,
     pub services: Vec<(Origin, raw::kubernetes::ServiceSpec)>,
     pub workload_entries: Vec<(Origin, raw::service_entry::WorkloadEntry)>,
+    pub request_authentications: Vec<(
+        Origin,
+        raw::request_authentication::RequestAuthenticationSpec,
+    )>,
 }
 
-fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigError>) {
-    let header: raw::Header = match parse(doc) {
+fn parse_document(
+    doc: &Document,
+    parsed: &mut Parsed,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
+) {
+    let header: raw::Header = match parse(doc, &mut Vec::new()) {
         Ok(h) => h,
         Err(e) => return errors.push(e),
     };
     let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
         return errors.push(ConfigError {
-            message: format!("document {} has no apiVersion or kind", doc.index + 1),
+            message: format!("{} has no apiVersion or kind", doc.describe()),
+            position: Some((doc.line, 1)),
             ..ConfigError::file(&doc.file, "")
         });
     };
@@ -270,29 +335,57 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         name: header.metadata.name.unwrap_or_default(),
         annotations: header.metadata.annotations.unwrap_or_default(),
-        line: first_line(&doc.text),
+        line: doc.line + first_content_line(&doc.text),
         labels: header.metadata.labels.unwrap_or_default(),
         kind: kind.clone(),
     };
-    if origin.name.is_empty() {
-        return errors.push(origin.error("metadata.name", "required"));
-    }
     let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    if let Some(why) = skipped(group, &kind) {
+        return warnings.push(origin.warn(Code::ResourceSkipped, None, format!("skipped: {why}")));
+    }
+    // `istioctl install -f` takes an IstioOperator without a name; every other kind needs one.
+    // The resource's other errors are reported beside this one.
+    if origin.name.is_empty() && kind != "IstioOperator" {
+        errors.push(origin.error("metadata.name", "required"));
+    }
     macro_rules! take {
         ($list:ident) => {
-            match parse::<Resource<_>>(doc) {
-                Ok(r) => parsed.$list.push((origin, r.spec)),
-                Err(e) => errors.push(ConfigError {
-                    resource: Some(origin.resource()),
-                    ..e
-                }),
-            }
+            take!($list, |origin: &Origin, errors: &mut Vec<ConfigError>| {
+                errors.push(origin.error("spec", "required"));
+                None
+            })
         };
+        ($list:ident, $absent:expr) => {{
+            let mut unknown = Vec::new();
+            match parse::<Resource<_>>(doc, &mut unknown) {
+                Ok(r) => {
+                    let spec = match r.spec {
+                        Some(spec) => Some(spec),
+                        None => ($absent)(&origin, errors),
+                    };
+                    report_unknown(doc, &origin, &unknown, errors);
+                    if let Some(spec) = spec {
+                        parsed.$list.push((origin, spec));
+                    }
+                }
+                Err(e) => {
+                    report_unknown(doc, &origin, &unknown, errors);
+                    errors.push(ConfigError {
+                        resource: Some(origin.resource()),
+                        ..e
+                    })
+                }
+            }
+        }};
+    }
+    // Kyma's published samples have no spec, or `spec:` with only a comment: defaults.
+    fn defaults<S: Default>(_: &Origin, _: &mut Vec<ConfigError>) -> Option<S> {
+        Some(S::default())
     }
     match (group, version, kind.as_str()) {
         ("meshgate.dev", "v1alpha1", "MeshGateway") => take!(mesh_gateways),
-        ("operator.kyma-project.io", "v1alpha1" | "v1alpha2", "Istio") => take!(kyma),
-        ("install.istio.io", "v1alpha1", "IstioOperator") => take!(operators),
+        ("operator.kyma-project.io", "v1alpha1" | "v1alpha2", "Istio") => take!(kyma, defaults),
+        ("install.istio.io", "v1alpha1", "IstioOperator") => take!(operators, defaults),
         ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "Gateway") => take!(gateways),
         ("networking.istio.io", "v1" | "v1beta1" | "v1alpha3", "VirtualService") => {
             take!(virtual_services)
@@ -310,6 +403,9 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
             take!(workload_entries)
         }
         ("", "v1", "Service") => take!(services),
+        ("security.istio.io", "v1" | "v1beta1", "RequestAuthentication") => {
+            take!(request_authentications)
+        }
         _ => errors.push(origin.error(
             "kind",
             format!("unknown kind `{kind}` of apiVersion `{api_version}`"),
@@ -317,15 +413,14 @@ fn parse_document(doc: &Document, parsed: &mut Parsed, errors: &mut Vec<ConfigEr
     }
 }
 
-/// The 1-based line of a document's first line with content (documents are padded with the
-/// lines before them).
-fn first_line(text: &str) -> usize {
+/// How many lines into `text` its first line with content is (0 for the first).
+fn first_content_line(text: &str) -> u64 {
     text.lines()
         .position(|l| {
             let t = l.trim();
             !t.is_empty() && !t.starts_with('#') && t != "---"
         })
-        .map_or(1, |i| i + 1)
+        .unwrap_or(0) as u64
 }
 
 /// Two resources of one kind with one `namespace/name`: Kubernetes would keep one, silently;
@@ -363,24 +458,133 @@ fn duplicates(parsed: &Parsed, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// Deserializes one document, keeping the field path and the line and column of an error.
-fn parse<T: DeserializeOwned>(doc: &Document) -> Result<T, ConfigError> {
+/// Why a kind is skipped, when it cannot change what this proxy does.
+fn skipped(group: &str, kind: &str) -> Option<&'static str> {
+    Some(match (group, kind) {
+        (
+            "apps",
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ControllerRevision",
+        )
+        | ("", "Pod" | "ReplicationController")
+        | ("batch", "Job" | "CronJob") => {
+            "a workload: meshgate runs no Pods; its MeshGateway says what this proxy is"
+        }
+        ("", "ServiceAccount") => {
+            "an identity's name: meshgate's identity is in its certificate files"
+        }
+        ("", "ConfigMap") => "configuration for Pods: meshgate reads its files with -c",
+        ("", "Secret") => {
+            "its contents are never read nor printed: name certificate files in the MeshGateway \
+             or a Gateway server"
+        }
+        ("", "Namespace" | "ResourceQuota" | "LimitRange") => "a Kubernetes namespace setting",
+        (
+            "rbac.authorization.k8s.io",
+            "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding",
+        ) => "Kubernetes API permissions",
+        ("autoscaling", "HorizontalPodAutoscaler") | ("policy", "PodDisruptionBudget") => {
+            "scaling and disruption of Pods"
+        }
+        ("security.istio.io", "PeerAuthentication") => {
+            "it sets sidecars' inbound mTLS; a gateway's TLS is set by its Gateway servers"
+        }
+        ("telemetry.istio.io", "Telemetry") => {
+            "metrics, tracing and access log providers; meshgate's are its own (see accessLogFile)"
+        }
+        ("networking.istio.io", "Sidecar") => "it configures sidecars, not gateways",
+        _ => return None,
+    })
+}
+
+/// Fields of the document that no struct declares, each an error with its position.
+fn report_unknown(
+    doc: &Document,
+    o: &Origin,
+    unknown: &[Vec<PathSegment>],
+    errors: &mut Vec<ConfigError>,
+) {
+    for path in unknown {
+        let Some(PathSegment::Key(name)) = path.last() else {
+            continue;
+        };
+        errors.push(ConfigError {
+            position: source::locate(doc, path),
+            ..o.error(field_path(path), format!("unknown field `{name}`"))
+        });
+    }
+}
+
+/// `spec.servers[0].tls`.
+fn field_path(path: &[PathSegment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            PathSegment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            PathSegment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Deserializes one document, keeping the field path and the line and column of an error, and
+/// collecting into `unknown` the path of every field that no struct declares (the metadata
+/// Kubernetes adds and `status` are not collected).
+fn parse<T: DeserializeOwned>(
+    doc: &Document,
+    unknown: &mut Vec<Vec<PathSegment>>,
+) -> Result<T, ConfigError> {
     let mut path = None;
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
+    let mut ignored = |p: serde_ignored::Path<'_>| {
+        let segments = segments(&p);
+        // Declared `Option<IgnoredAny>` fields (skipped or unsupported settings) end in `Some`;
+        // counted lists end in an index. Only a map key is a field nobody declared.
+        let declared = !matches!(p, serde_ignored::Path::Map { .. });
+        let kubernetes = matches!(
+            segments.first(),
+            Some(PathSegment::Key(k)) if k == "metadata" || k == "status"
+        );
+        if !declared && !kubernetes {
+            unknown.push(segments);
+        }
+    };
     let result = serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = Some(e.path().to_string());
-            e.into_inner()
-        })
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut ignored))
+            .map_err(|e| {
+                path = Some(e.path().to_string());
+                e.into_inner()
+            })
     });
     result.map_err(|e| ConfigError {
         file: doc.file.clone(),
-        position: e.location().map(|l| (l.line(), l.column())),
+        position: e.location().map(|l| (l.line() + doc.line - 1, l.column())),
         resource: None,
         field: path.filter(|p| p != "."),
         message: yaml_message(&e),
     })
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<PathSegment> {
+    let mut out = match path {
+        serde_ignored::Path::Root => return Vec::new(),
+        serde_ignored::Path::Seq { parent, .. }
+        | serde_ignored::Path::Map { parent, .. }
+        | serde_ignored::Path::Some { parent }
+        | serde_ignored::Path::NewtypeStruct { parent }
+        | serde_ignored::Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        serde_ignored::Path::Seq { index, .. } => out.push(PathSegment::Index(*index)),
+        serde_ignored::Path::Map { key, .. } => out.push(PathSegment::Key(key.clone())),
+        _ => {}
+    }
+    out
 }
 
 /// The parser's message without the position it appends (we print the position first).
@@ -402,7 +606,7 @@ pub(crate) fn relative_to(file: &Path, path: &str) -> PathBuf {
 }
 
 /// Istio's default root namespace.
-const ROOT_NAMESPACE: &str = "istio-system";
+pub(crate) const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Kubernetes' namespace for a resource that names none.
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";

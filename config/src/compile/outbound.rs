@@ -23,11 +23,13 @@ pub(crate) fn listener(address: SocketAddr) -> Listener {
         port: address.port(),
         address,
         protocol: ListenerProtocol::Http,
-        tls: None,
+        tls: Vec::new(),
         servers: vec![ServerHost {
             gateway: MESH.into(),
             namespace: NamespaceFilter::Any,
             host: HostMatcher::Any,
+            tls: None,
+            https_redirect: false,
         }],
         routes: RouteTable::default(),
     }

@@ -27,6 +27,7 @@ use crate::raw::virtual_service::{
     Redirect as RedirectSpec, VirtualServiceSpec,
 };
 use crate::raw::{Labels, StringMatch};
+use crate::warning::{Code, Warning};
 
 /// The gateway name that binds a VirtualService to sidecars rather than to a Gateway.
 const MESH_GATEWAY: &str = "mesh";
@@ -55,7 +56,7 @@ pub(crate) fn bind(
     owned: &[HeaderName],
     proxy: &Proxy<'_>,
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) {
     let proxy_namespace = proxy.namespace;
     let mut tables: Vec<Vec<VirtualHost>> = listeners.iter().map(|_| Vec::new()).collect();
@@ -129,12 +130,8 @@ pub(crate) fn bind(
                     .collect();
                 bound.extend(short);
             }
+            // `check` says why (analyze.rs: MG0103).
             if bound.is_empty() {
-                warnings.push(format!(
-                    "{}: no host matches a host of its Gateway servers on port {}",
-                    o.resource(),
-                    listener.port
-                ));
                 continue;
             }
             let names: Vec<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
@@ -154,14 +151,10 @@ pub(crate) fn bind(
     }
 }
 
-/// `gateways` names qualified with the VirtualService's namespace (`mesh` stays).
+/// `gateways` names as `namespace/name`, by Istio's rules (`mesh` stays).
 fn qualify_gateways(list: &[String], namespace: &str) -> Vec<String> {
     list.iter()
-        .map(|g| match g.split_once('/') {
-            _ if g == MESH_GATEWAY => g.clone(),
-            Some(_) => g.clone(),
-            None => format!("{namespace}/{g}"),
-        })
+        .map(|g| super::gateway::resolve_name(g, namespace))
         .collect()
 }
 
@@ -214,7 +207,7 @@ fn compile_route(
     rules: &Rules,
     owned: &[HeaderName],
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Option<Route> {
     let before = errors.len();
     o.unsupported(
@@ -312,19 +305,24 @@ fn compile_route(
                 match backends.resolve(&host, port, subset, rules) {
                     Ok(resolved) => {
                         if resolved.implicit {
-                            warnings.push(format!(
-                                "{}: {p}.destination.host `{host}` is declared by no ServiceEntry \
-                                 or Service; it will be resolved by DNS when a request comes",
-                                o.resource()
+                            warnings.push(o.warn(
+                                Code::DestinationNotDeclared,
+                                Some(&format!("{p}.destination.host")),
+                                format!(
+                                    "`{host}` is declared by no ServiceEntry or Service; it will \
+                                     be resolved by DNS when a request comes"
+                                ),
                             ));
                         }
                         if resolved.undefined_subset {
-                            warnings.push(format!(
-                                "{}: {p}.destination.subset `{}` is defined by no \
-                                 DestinationRule for `{host}`: requests routed here get 503, as \
-                                 in Istio",
-                                o.resource(),
-                                subset.unwrap_or_default()
+                            warnings.push(o.warn(
+                                Code::SubsetNotFound,
+                                Some(&format!("{p}.destination.subset")),
+                                format!(
+                                    "`{}` is defined by no DestinationRule for `{host}`: \
+                                     requests routed here get 503, as in Istio",
+                                    subset.unwrap_or_default()
+                                ),
                             ));
                         }
                         if weight > 0 {
@@ -499,7 +497,7 @@ fn fault(
     path: &str,
     f: &FaultSpec,
     errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Option<Fault> {
     let before = errors.len();
     let share =
@@ -540,9 +538,10 @@ fn fault(
             }
         };
         if per_million == 0 {
-            warnings.push(format!(
-                "{}: {p} has no percentage: it delays no request (Istio's default is 0%)",
-                o.resource()
+            warnings.push(o.warn(
+                Code::FaultNeverInjected,
+                Some(&p),
+                "has no percentage: it delays no request (Istio's default is 0%)",
             ));
         }
         Some(FaultDelay { fixed, per_million })
@@ -589,9 +588,10 @@ fn fault(
             }
         };
         if per_million == 0 {
-            warnings.push(format!(
-                "{}: {p} has no percentage: it aborts no request (Istio's default is 0%)",
-                o.resource()
+            warnings.push(o.warn(
+                Code::FaultNeverInjected,
+                Some(&p),
+                "has no percentage: it aborts no request (Istio's default is 0%)",
             ));
         }
         Some(FaultAbort {

@@ -25,6 +25,7 @@ pub use route::{
 pub use table::RouteTable;
 
 use crate::spiffe::TrustDomain;
+use crate::warning::Warning;
 
 /// Everything one meshgate process runs with.
 #[derive(Debug, Serialize)]
@@ -41,8 +42,8 @@ pub struct Model {
     pub policies: authz::Policies,
     /// Every file that was read, for reload watching.
     pub files: Vec<PathBuf>,
-    /// Problems that do not stop the proxy, for `meshgate check`.
-    pub warnings: Vec<String>,
+    /// Problems that do not stop the proxy, for `meshgate check`, `run` and reloads.
+    pub warnings: Vec<Warning>,
 }
 
 /// This proxy, as its `MeshGateway` resource describes it.
@@ -63,14 +64,51 @@ pub struct ProxySettings {
     /// Whether TLS 1.3 session tickets are issued (Envoy's stateful/stateless session
     /// resumption); default true.
     pub session_resumption: bool,
-    /// Where the JSON access log goes (`/dev/stdout` works); `None`: off.
+    /// Where the access log goes (`/dev/stdout` works); `None`: off.
     pub access_log: Option<PathBuf>,
+    /// One JSON object or one line of Envoy's default text format per entry.
+    pub access_log_encoding: AccessLogEncoding,
+    /// What the outbound listener does with a host no route or ServiceEntry names.
+    pub outbound_policy: OutboundPolicy,
+    /// `meshConfig.enableTracing`: an `x-request-id` is set on requests without one, so that
+    /// backends can join their spans and logs; no spans are sent.
+    pub tracing: bool,
+    /// Proxies in front of this gateway whose `x-forwarded-for` entries are trusted (Istio's
+    /// `numTrustedProxies`, Envoy's `xff_num_trusted_hops`).
+    pub num_trusted_proxies: u32,
+    /// Istio's root namespace (`meshConfig.rootNamespace`, or `MeshGateway.spec.rootNamespace`;
+    /// default `istio-system`): AuthorizationPolicies there apply mesh-wide.
+    pub root_namespace: String,
     /// How often config and certificate files are checked for changes; `None`: never.
     pub reload_poll: Option<std::time::Duration>,
     /// Downstream limits.
     pub limits: Limits,
     /// How request heads are made canonical before anything reads them.
     pub http: HttpSettings,
+}
+
+/// How the access log writes an entry (`meshConfig.accessLogEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    /// Envoy's default format, as Istio configures it (Istio's default encoding).
+    Text,
+    /// One JSON object per line (meshgate's default for `MeshGateway.spec.accessLog`).
+    #[default]
+    Json,
+}
+
+/// `meshConfig.outboundTrafficPolicy.mode`, for the outbound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundPolicy {
+    /// Only VirtualService and ServiceEntry hosts are routed; any other host gets 404
+    /// (meshgate's default: the outbound listener sends as this proxy).
+    #[default]
+    RegistryOnly,
+    /// A host nothing names is forwarded, plaintext, to the host and port of the request's
+    /// authority, resolved by DNS (Istio's `PassthroughCluster`).
+    AllowAny,
 }
 
 /// How request heads are made canonical (`meshConfig.pathNormalization` and
@@ -150,9 +188,10 @@ pub struct Tagging {
 
 impl Tagging {
     /// Every request header the proxy owns: the three tags, `x-forwarded-client-cert`,
-    /// `x-forwarded-for` (appended to) and `x-forwarded-proto`. No client input removes or
-    /// duplicates them, and no route's header operations may name them.
-    pub fn owned(&self) -> [HeaderName; 6] {
+    /// `x-forwarded-for` (appended to), `x-forwarded-proto` and `x-envoy-external-address`.
+    /// No client input removes or duplicates them, and no route's header operations may name
+    /// them.
+    pub fn owned(&self) -> [HeaderName; 7] {
         [
             self.origin.clone(),
             self.trust_domain.clone(),
@@ -160,6 +199,7 @@ impl Tagging {
             X_FORWARDED_CLIENT_CERT,
             X_FORWARDED_FOR,
             X_FORWARDED_PROTO,
+            X_ENVOY_EXTERNAL_ADDRESS,
         ]
     }
 }
@@ -168,6 +208,9 @@ impl Tagging {
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// The client address chain.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The trusted client address, as Envoy sets it at an edge (never a client's copy).
+pub const X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
+    HeaderName::from_static("x-envoy-external-address");
 /// `https` on TLS listeners, `http` on plaintext ones.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -213,6 +256,14 @@ pub struct IssuerBinding {
 pub enum IssuerKey {
     Certificate(PathBuf),
     SpkiSha256(String),
+    /// A PEM certificate given inline (`meshConfig.caCertificates[].pem`).
+    #[serde(serialize_with = "serialize_pem")]
+    Pem(String),
+}
+
+/// Certificates are public, but a dump need not repeat them: their first line says what they are.
+fn serialize_pem<S: serde::Serializer>(pem: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("<{} bytes of PEM>", pem.len()))
 }
 
 /// A TLS key-exchange group, by the names Istio and Envoy use.
@@ -251,6 +302,14 @@ impl Model {
                 id.private_key.clone(),
                 id.root_certs.clone(),
             ]);
+        }
+        for l in &self.listeners {
+            for t in &l.tls {
+                if let ServerTlsMode::Simple(c) | ServerTlsMode::Mutual(c) = &t.mode {
+                    files.extend([c.certificate.clone(), c.private_key.clone()]);
+                    files.extend(c.ca_certificates.iter().chain(&c.ca_crl).cloned());
+                }
+            }
         }
         for issuer in &self.trust.issuers {
             if let IssuerKey::Certificate(path) = &issuer.issuer {
@@ -303,12 +362,22 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Plaintext HTTP or TLS-terminated HTTPS.
     pub protocol: ListenerProtocol,
-    /// TLS settings, for `Https` listeners.
-    pub tls: Option<ServerTls>,
+    /// The TLS settings of the HTTPS servers on this port, one per distinct setting; the SNI
+    /// of a connection chooses one (`ServerHost::tls`). Empty on plaintext listeners.
+    pub tls: Vec<ServerTls>,
     /// Hosts the servers on this port accept.
     pub servers: Vec<ServerHost>,
     /// Routes, from VirtualServices bound to the servers' Gateways.
     pub routes: RouteTable,
+}
+
+impl Listener {
+    /// Whether any server on this port terminates `ISTIO_MUTUAL` (needs our identity).
+    pub fn istio_mutual(&self) -> bool {
+        self.tls
+            .iter()
+            .any(|t| matches!(t.mode, ServerTlsMode::IstioMutual))
+    }
 }
 
 /// Which side of the mesh a listener serves.
@@ -331,20 +400,40 @@ pub enum ListenerProtocol {
     Https,
 }
 
-/// Server-side TLS of an `Https` listener.
-#[derive(Debug, Clone, Serialize)]
+/// Server-side TLS of one group of Gateway servers (Istio's `ServerTLSSettings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerTls {
-    /// Only `ISTIO_MUTUAL` for now: the workload identity, client certificate required.
     pub mode: ServerTlsMode,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
+    /// TLS 1.2 cipher suites by their OpenSSL names, in preference order; empty: rustls'
+    /// defaults. TLS 1.3 suites are not configurable, as in Envoy.
+    pub cipher_suites: Vec<String>,
 }
 
 /// Gateway `tls.mode` values meshgate terminates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServerTlsMode {
+    /// Our workload identity; a client certificate with a SPIFFE ID, chained to the bundle,
+    /// is required and tags the request.
     IstioMutual,
+    /// HTTPS with the server certificate files; no client certificate.
+    Simple(ServerCertificate),
+    /// HTTPS with the server certificate files; a client certificate chained to
+    /// `ca_certificates` is required.
+    Mutual(ServerCertificate),
+}
+
+/// The files of a `SIMPLE` or `MUTUAL` server, as Istio's file-mounted gateway certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerCertificate {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Client CAs (`MUTUAL`).
+    pub ca_certificates: Option<PathBuf>,
+    /// Revoked client certificates (`MUTUAL`).
+    pub ca_crl: Option<PathBuf>,
 }
 
 /// TLS protocol versions, as Istio's `TLSV1_2` and `TLSV1_3`.
@@ -356,6 +445,16 @@ pub enum TlsVersion {
     V1_3,
 }
 
+/// TLS 1.2 cipher suites meshgate's TLS (rustls) offers, by the OpenSSL names Istio uses.
+pub const CIPHER_SUITES: [&str; 6] = [
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
 /// One host of one Gateway server.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerHost {
@@ -364,6 +463,10 @@ pub struct ServerHost {
     /// Which VirtualService namespaces may bind this host.
     pub namespace: NamespaceFilter,
     pub host: HostMatcher,
+    /// The server's TLS settings: an index into `Listener::tls` (HTTPS listeners).
+    pub tls: Option<usize>,
+    /// `tls.httpsRedirect` of a plaintext server: requests get a 301 to `https://`.
+    pub https_redirect: bool,
 }
 
 /// An upstream service: a ServiceEntry or Kubernetes Service host and port (and subset), or a

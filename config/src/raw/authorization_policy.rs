@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::{Labels, Unsupported};
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<Selector>,
     pub action: Option<String>,
@@ -16,7 +16,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Selector {
     #[serde(default)]
     pub match_labels: Labels,
@@ -24,7 +24,7 @@ pub struct Selector {
 
 /// Absent and empty lists are told apart: Istio refuses `from: []` and `to: []`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Rule {
     pub from: Option<Vec<From>>,
     pub to: Option<Vec<To>>,
@@ -33,13 +33,13 @@ pub struct Rule {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct From {
     pub source: Source,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Source {
     pub principals: Option<Vec<String>>,
     pub not_principals: Option<Vec<String>>,
@@ -58,13 +58,13 @@ pub struct Source {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct To {
     pub operation: Operation,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Operation {
     pub hosts: Option<Vec<String>>,
     pub not_hosts: Option<Vec<String>>,
@@ -77,7 +77,7 @@ pub struct Operation {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub key: String,
     pub values: Option<Vec<String>>,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::{Labels, Unsupported};
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
     #[serde(default)]
     pub selector: Labels,
@@ -14,7 +14,7 @@ pub struct GatewaySpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Server {
     pub port: Port,
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct Server {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Port {
     pub number: u32,
     pub name: Option<String>,
@@ -35,21 +35,21 @@ pub struct Port {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServerTls {
     pub mode: Option<String>,
     pub min_protocol_version: Option<String>,
     pub max_protocol_version: Option<String>,
-    pub https_redirect: Unsupported,
-    pub server_certificate: Unsupported,
-    pub private_key: Unsupported,
-    pub ca_certificates: Unsupported,
-    pub ca_crl: Unsupported,
-    pub credential_name: Unsupported,
+    pub https_redirect: Option<bool>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    pub cipher_suites: Option<Vec<String>>,
+    pub credential_name: Option<String>,
     pub credential_names: Unsupported,
     pub tls_certificates: Unsupported,
     pub subject_alt_names: Unsupported,
     pub verify_certificate_spki: Unsupported,
     pub verify_certificate_hash: Unsupported,
-    pub cipher_suites: Unsupported,
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::Labels;
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshGatewaySpec {
     #[serde(default)]
     pub labels: Labels,
@@ -30,13 +30,13 @@ pub struct MeshGatewaySpec {
 
 /// Request handling that Istio leaves to Envoy's defaults.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Http {
     pub headers_with_underscores_action: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     pub handshake_timeout: Option<String>,
     pub request_header_timeout: Option<String>,
@@ -47,20 +47,20 @@ pub struct Limits {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Reload {
     pub poll_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AccessLog {
     pub path: String,
 }
 
 /// A DNS override, as curl's `--resolve host:port:address`.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Resolve {
     pub host: String,
     pub port: u32,
@@ -68,13 +68,13 @@ pub struct Resolve {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DownstreamTls {
     pub session_resumption: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Identity {
     pub cert_chain: String,
     pub private_key: String,
@@ -82,7 +82,7 @@ pub struct Identity {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Listen {
     pub address: Option<String>,
     #[serde(default)]
@@ -90,19 +90,19 @@ pub struct Listen {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Outbound {
     pub address: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Admin {
     pub address: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Trust {
     pub cluster_local_is_local: Option<bool>,
     pub trust_domains: Option<Vec<String>>,
@@ -111,7 +111,7 @@ pub struct Trust {
 
 /// An intermediate CA, by its certificate or SPKI hash, and the trust domains it may issue.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Issuer {
     pub certificate: Option<String>,
     pub spki_sha256: Option<String>,
@@ -120,7 +120,7 @@ pub struct Issuer {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Tagging {
     pub origin_header: Option<String>,
     pub trust_domain_header: Option<String>,

@@ -1,7 +1,8 @@
 //! Serde structs mirroring the YAML, one file per kind, no logic.
 //!
-//! Unknown fields are rejected. Istio fields that meshgate parses but does not implement are
-//! declared as [`Unsupported`] so that `compile` can name them in its error.
+//! Fields no struct declares are collected while parsing (every one of them, not only the
+//! first) and reported by `compile` as unknown. Istio fields that meshgate parses but does not
+//! implement are declared as [`Unsupported`] so that `compile` can name them in its error.
 
 pub mod authorization_policy;
 pub mod destination_rule;
@@ -9,6 +10,7 @@ pub mod gateway;
 pub mod istio;
 pub mod kubernetes;
 pub mod mesh_gateway;
+pub mod request_authentication;
 pub mod service_entry;
 pub mod virtual_service;
 
@@ -21,15 +23,21 @@ pub type Unsupported = Option<serde::de::IgnoredAny>;
 
 /// The envelope every resource shares. `status` is ignored, as DESIGN.md says.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Resource<S> {
     pub api_version: String,
     pub kind: String,
     #[serde(default)]
     pub metadata: Metadata,
-    pub spec: S,
+    /// Absent or null: `compile` decides whether the kind needs one (Kyma's `Istio` does not).
+    #[serde(default = "none")]
+    pub spec: Option<S>,
     #[serde(default)]
     pub status: Option<serde::de::IgnoredAny>,
+}
+
+fn none<S>() -> Option<S> {
+    None
 }
 
 /// Kubernetes object metadata. `name`, `namespace` and the annotations meshgate reads
@@ -62,7 +70,7 @@ pub struct Header {
 
 /// Istio's `StringMatch`: exactly one of `exact`, `prefix`, `regex`; empty means "present".
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct StringMatch {
     pub exact: Option<String>,
     pub prefix: Option<String>,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{Labels, Unsupported};
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -24,7 +24,7 @@ pub struct ServiceEntrySpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     pub number: u32,
     pub protocol: Option<String>,
@@ -42,7 +42,7 @@ pub struct WorkloadSelector {
 
 /// A ServiceEntry endpoint, and the spec of a `WorkloadEntry` resource.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadEntry {
     pub address: Option<String>,
     #[serde(default)]

@@ -429,7 +429,9 @@ fn policies_apply_by_namespace_and_selector() {
         );
         if want {
             assert!(
-                m.warnings.iter().any(|w| w.contains("selects no workload")),
+                m.warnings
+                    .iter()
+                    .any(|w| w.message.contains("selects no workload")),
                 "{name}: {:?}",
                 m.warnings
             );

@@ -84,6 +84,53 @@ pub async fn forward(
     Ok(response)
 }
 
+/// `outboundTrafficPolicy: ALLOW_ANY` on the outbound listener: a request for a host that no
+/// route or ServiceEntry names goes, plaintext HTTP/1.1, to that host and the port of its
+/// authority, resolved by DNS now (Istio's `PassthroughCluster`). One connection per request:
+/// such traffic is the exception, and a pool per arbitrary host would grow without bound.
+pub async fn passthrough(
+    host: &str,
+    port: u16,
+    mut req: Request<RequestBody>,
+) -> Result<Response<PooledBody>, ProxyError> {
+    let connector = connect::Connector::new(
+        PASSTHROUGH_CONNECT_TIMEOUT,
+        &meshgate_config::model::TcpKeepalive::default(),
+        None,
+    );
+    let io = connector
+        .connect(host, port)
+        .await
+        .map_err(ProxyError::UpstreamConnect)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(connect::ConnectError::Http(e)))?;
+    tokio::spawn(conn);
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req.uri().authority().map(|a| a.as_str().to_string());
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            req.headers_mut().insert(header::HOST, value);
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+    *req.uri_mut() = Uri::from(path);
+    let mut response = sender
+        .send_request(req)
+        .await
+        .map_err(ProxyError::Upstream)?;
+    remove_hop_by_hop(response.headers_mut());
+    Ok(response.map(PooledBody::unpooled))
+}
+
+/// Istio's default `connectTimeout`.
+const PASSTHROUGH_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Istio's `rewrite.uri`, as Envoy's `prefix_rewrite` on the route Istio makes of the match
 /// that selected the request: a `prefix` match has that prefix replaced; an `exact` or `regex`
 /// match has the whole path replaced; a match without `uri` (or a route without matches) is

@@ -459,6 +459,11 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// The body of a response on a connection that is not pooled.
+    pub(crate) fn unpooled(body: Incoming) -> Self {
+        Self { body, lease: None }
+    }
+
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.release();

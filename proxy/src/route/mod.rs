@@ -29,12 +29,18 @@ pub struct Selected<'a> {
     pub matched: Option<&'a RequestMatch>,
 }
 
-/// The route for a request, or `None` (404).
-pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<Selected<'a>> {
+/// The route for a request, or `None` (404). On an HTTPS listener, `group` is the TLS group
+/// the connection's SNI chose: the authority must be a host of its servers, as Envoy's route
+/// configuration belongs to the filter chain the SNI selected.
+pub fn route<'a>(
+    listener: &'a Listener,
+    group: Option<usize>,
+    req: &RouteRequest<'_>,
+) -> Option<Selected<'a>> {
     if !listener
         .servers
         .iter()
-        .any(|s| s.host.matches(req.authority))
+        .any(|s| (group.is_none() || s.tls == group) && s.host.matches(req.authority))
     {
         return None;
     }
@@ -55,6 +61,23 @@ pub fn route<'a>(listener: &'a Listener, req: &RouteRequest<'_>) -> Option<Selec
                 matched: Some(m),
             })
     })
+}
+
+/// Whether the server host that `authority` matches most specifically asks for a redirect to
+/// HTTPS (`tls.httpsRedirect` on a plaintext server; Envoy's `require_tls`).
+pub fn https_redirect(listener: &Listener, authority: &str) -> bool {
+    listener
+        .servers
+        .iter()
+        .filter(|s| s.host.matches(authority))
+        .min_by_key(|s| std::cmp::Reverse(s.host.specificity()))
+        .is_some_and(|s| s.https_redirect)
+}
+
+/// The authority of an HTTPS redirect: as sent, without an explicit `:80` (Envoy drops the
+/// port only when it is HTTP's default).
+pub fn redirect_authority(authority: &str) -> &str {
+    authority.strip_suffix(":80").unwrap_or(authority)
 }
 
 /// Picks a destination by weight. One destination takes everything, without a random draw.

@@ -78,7 +78,7 @@ fn name(
         headers: &h,
         port: 8080,
     };
-    route(l, &req).map(|r| match &r.route.action {
+    route(l, None, &req).map(|r| match &r.route.action {
         RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
         RouteAction::Forward(_) => "forward".into(),
         RouteAction::Redirect(_) => "redirect".into(),

@@ -112,6 +112,18 @@ pub fn issuer_bindings(
                         .map_err(|e| identity_error(path, format!("bad certificate: {e}")))?;
                     sha256_hex(cert.public_key().raw)
                 }
+                IssuerKey::Pem(pem) => {
+                    let place = std::path::Path::new("meshConfig.caCertificates");
+                    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+                        .next()
+                        .and_then(Result::ok)
+                        .ok_or_else(|| {
+                            identity_error(place, "holds no usable PEM CERTIFICATE".into())
+                        })?;
+                    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                        .map_err(|e| identity_error(place, format!("bad certificate: {e}")))?;
+                    sha256_hex(cert.public_key().raw)
+                }
             };
             Ok((
                 spki,

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod files;
 pub mod server;
 pub mod verify;
 
@@ -30,4 +31,34 @@ fn kx(curve: EcdhCurve) -> &'static dyn SupportedKxGroup {
         EcdhCurve::P384 => kx_group::SECP384R1,
         EcdhCurve::X25519Mlkem768 => kx_group::X25519MLKEM768,
     }
+}
+
+/// `provider` with its TLS 1.2 suites restricted to `names` (OpenSSL names, in preference
+/// order); TLS 1.3 suites stay, as Envoy's `cipher_suites` leave them. Empty: unchanged.
+pub fn with_cipher_suites(provider: &Arc<CryptoProvider>, names: &[String]) -> Arc<CryptoProvider> {
+    if names.is_empty() {
+        return provider.clone();
+    }
+    let mut restricted = (**provider).clone();
+    let tls13 = provider
+        .cipher_suites
+        .iter()
+        .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+    let tls12 = names.iter().filter_map(|name| suite(name));
+    restricted.cipher_suites = tls13.copied().chain(tls12).collect();
+    Arc::new(restricted)
+}
+
+/// A TLS 1.2 suite by its OpenSSL name (`meshgate_config::model::CIPHER_SUITES`).
+fn suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    Some(match name {
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        _ => return None,
+    })
 }

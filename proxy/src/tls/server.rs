@@ -1,9 +1,10 @@
-//! The server side of the handshake: TCP stream -> TLS stream, peer identity and HTTP version.
+//! The server side of the handshake: TCP stream -> TLS stream, peer and HTTP version.
 //!
-//! Reads the ClientHello first, so that the SNI can be checked against the listener's Gateway
-//! server hosts (Istio's `outbound_.<port>_.<subset>_.<host>` form included) and so that a
-//! client whose ALPN list shares nothing with ours still completes the handshake (DESIGN.md:
-//! a handshake must not fail only because of ALPN). Istio's `istio-h2` selects HTTP/2;
+//! Reads the ClientHello first, so that the SNI chooses among the listener's Gateway servers
+//! (Istio's `outbound_.<port>_.<subset>_.<host>` form included) the TLS settings to use —
+//! `ISTIO_MUTUAL` with our identity, `SIMPLE` or `MUTUAL` with the server's certificate files —
+//! and so that a client whose ALPN list shares nothing with ours still completes the handshake
+//! (DESIGN.md: a handshake must not fail only because of ALPN). Istio's `istio-h2` selects HTTP/2;
 //! `istio-http/1.x` and `istio` select HTTP/1.1; `istio-peer-exchange` is never selected.
 
 use std::sync::Arc;
@@ -16,12 +17,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use meshgate_config::model::{ServerHost, ServerTls, TlsVersion};
+use meshgate_config::model::{
+    HostMatcher, Listener, ServerHost, ServerTls, ServerTlsMode, TlsVersion,
+};
 use meshgate_config::Model;
 
 use super::credentials::{Credentials, OwnCertificate};
+use super::files::{LoadedServerCertificate, ServerFiles};
 use super::verify::{peer_error, SpiffeClientVerifier};
-use crate::identity::{peer_identity, PeerError, PeerIdentity};
+use crate::identity::{
+    client_certificate, peer_identity, ClientCertificate, PeerError, PeerIdentity,
+};
 
 /// The HTTP version a connection speaks, from ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,56 +36,155 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// The two server configs of one listener: with our ALPN list, and with none for clients
-/// whose list shares nothing with ours.
+/// What a handshake tells about the client.
+#[derive(Debug)]
+pub enum Peer {
+    /// `ISTIO_MUTUAL`: a verified SPIFFE identity.
+    Spiffe(PeerIdentity),
+    /// `MUTUAL`: a client certificate chained to the server's CAs.
+    Certificate(ClientCertificate),
+    /// `SIMPLE`: no client certificate.
+    Anonymous,
+}
+
+/// A completed handshake.
+pub struct Accepted {
+    pub tls: TlsStream<TcpStream>,
+    pub peer: Peer,
+    pub version: HttpVersion,
+    /// The TLS group (`Listener::tls` index) the SNI chose: the request's host must be one of
+    /// its servers' hosts.
+    pub group: usize,
+}
+
+/// The server configs of one HTTPS listener: one group per distinct TLS setting of its
+/// servers, chosen by SNI.
 #[derive(Debug, Clone)]
 pub struct ServerTlsConfigs {
+    groups: Vec<Group>,
+}
+
+/// The two configs of one group: with our ALPN list, and with none for clients whose list
+/// shares nothing with ours.
+#[derive(Debug, Clone)]
+struct Group {
     with_alpn: Arc<ServerConfig>,
     without_alpn: Arc<ServerConfig>,
+    mode: GroupMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupMode {
+    IstioMutual,
+    Simple,
+    Mutual,
 }
 
 impl ServerTlsConfigs {
-    /// Builds the configs for an ISTIO_MUTUAL listener.
+    /// Builds the configs of every TLS group of `listener`, with the certificate files read
+    /// in `files` (for SIMPLE and MUTUAL groups) and our credentials (ISTIO_MUTUAL).
     pub fn new(
-        credentials: &Credentials,
-        tls: &ServerTls,
+        credentials: Option<&Credentials>,
+        listener: &Listener,
+        files: &ServerFiles,
         model: &Model,
-        provider: Arc<CryptoProvider>,
+        provider: &Arc<CryptoProvider>,
     ) -> Result<Self, rustls::Error> {
-        let versions: Vec<_> = [
-            (TlsVersion::V1_2, &rustls::version::TLS12),
-            (TlsVersion::V1_3, &rustls::version::TLS13),
-        ]
-        .into_iter()
-        .filter(|(v, _)| *v >= tls.min_version && *v <= tls.max_version)
-        .map(|(_, v)| v)
-        .collect();
-        let issuers = super::credentials::issuer_bindings(&model.trust.issuers)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verifier = SpiffeClientVerifier::new(
-            credentials.roots.clone(),
-            model.trust.clone(),
-            issuers,
-            provider.clone(),
-        )
-        .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&versions)?
-            .with_client_cert_verifier(Arc::new(verifier))
-            .with_cert_resolver(Arc::new(OwnCertificate(credentials.certified_key.clone())));
-        if model.proxy.session_resumption {
-            config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-        } else {
-            config.session_storage = Arc::new(NoServerSessionStorage {});
-            config.send_tls13_tickets = 0;
+        let mut groups = Vec::new();
+        for (i, tls) in listener.tls.iter().enumerate() {
+            groups.push(group(
+                credentials,
+                tls,
+                files.get(listener, i),
+                model,
+                provider,
+            )?);
         }
-        let without_alpn = Arc::new(config.clone());
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        Ok(Self {
-            with_alpn: Arc::new(config),
-            without_alpn,
-        })
+        Ok(Self { groups })
     }
+}
+
+fn group(
+    credentials: Option<&Credentials>,
+    tls: &ServerTls,
+    files: Option<&LoadedServerCertificate>,
+    model: &Model,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Group, rustls::Error> {
+    let versions: Vec<_> = [
+        (TlsVersion::V1_2, &rustls::version::TLS12),
+        (TlsVersion::V1_3, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| *v >= tls.min_version && *v <= tls.max_version)
+    .map(|(_, v)| v)
+    .collect();
+    let provider = super::with_cipher_suites(provider, &tls.cipher_suites);
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
+    let missing = |what: &str| rustls::Error::General(format!("{what} not loaded"));
+    let (mut config, mode) = match &tls.mode {
+        ServerTlsMode::IstioMutual => {
+            let credentials = credentials.ok_or_else(|| missing("the MeshGateway identity"))?;
+            let issuers = super::credentials::issuer_bindings(&model.trust.issuers)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let verifier = SpiffeClientVerifier::new(
+                credentials.roots.clone(),
+                model.trust.clone(),
+                issuers,
+                provider.clone(),
+            )
+            .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
+            let config = builder
+                .with_client_cert_verifier(Arc::new(verifier))
+                .with_cert_resolver(Arc::new(OwnCertificate(credentials.certified_key.clone())));
+            (config, GroupMode::IstioMutual)
+        }
+        ServerTlsMode::Simple(_) => {
+            let files = files.ok_or_else(|| missing("the server certificate"))?;
+            let config = builder
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
+            (config, GroupMode::Simple)
+        }
+        ServerTlsMode::Mutual(_) => {
+            let files = files.ok_or_else(|| missing("the server certificate"))?;
+            let roots = files
+                .client_roots
+                .clone()
+                .ok_or_else(|| missing("caCertificates"))?;
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots,
+                provider.clone(),
+            );
+            if !files.crls.is_empty() {
+                // A CRL file need not cover every CA of the bundle.
+                verifier = verifier
+                    .with_crls(files.crls.iter().cloned())
+                    .allow_unknown_revocation_status();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|e| rustls::Error::General(format!("caCertificates: {e}")))?;
+            let config = builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
+            (config, GroupMode::Mutual)
+        }
+    };
+    if model.proxy.session_resumption {
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    } else {
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    let without_alpn = Arc::new(config.clone());
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Group {
+        with_alpn: Arc::new(config),
+        without_alpn,
+        mode,
+    })
 }
 
 /// Completes the server handshake, or says why the peer was refused.
@@ -88,7 +193,7 @@ pub async fn handshake(
     configs: &ServerTlsConfigs,
     servers: &[ServerHost],
     timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, PeerIdentity, HttpVersion), PeerError> {
+) -> Result<Accepted, PeerError> {
     // Boxed: the handshake's state is large and needed only until it ends; inline it would sit
     // in every connection's task for the connection's whole life, beside the HTTP state.
     let inner = Box::pin(handshake_inner(stream, configs, servers));
@@ -102,49 +207,78 @@ async fn handshake_inner(
     stream: TcpStream,
     configs: &ServerTlsConfigs,
     servers: &[ServerHost],
-) -> Result<(TlsStream<TcpStream>, PeerIdentity, HttpVersion), PeerError> {
+) -> Result<Accepted, PeerError> {
     let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
         .await
         .map_err(peer_error)?;
     let hello = start.client_hello();
-    if let Some(sni) = hello.server_name() {
-        if !sni_admitted(sni, servers) {
-            return Err(PeerError::SniMismatch(sni.to_string()));
-        }
-    }
+    let index = choose_group(hello.server_name(), servers, configs.groups.len())?;
+    let group = configs
+        .groups
+        .get(index)
+        .ok_or_else(|| PeerError::SniMismatch(hello.server_name().unwrap_or("").into()))?;
     let shares_alpn = hello
         .alpn()
         .is_none_or(|mut offered| offered.any(|p| ALPN.contains(&p)));
     let config = if shares_alpn {
-        &configs.with_alpn
+        &group.with_alpn
     } else {
-        &configs.without_alpn
+        &group.without_alpn
     };
     let tls = start
         .into_stream(config.clone())
         .await
         .map_err(peer_error)?;
     let (_, conn) = tls.get_ref();
-    // rustls verified the chain (or resumed a session that it had verified); the leaf is there.
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or(PeerError::NoCertificate)?;
-    let peer = peer_identity(leaf)?;
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let peer = match group.mode {
+        // rustls verified the chain (or resumed a session that it had verified).
+        GroupMode::IstioMutual => {
+            Peer::Spiffe(peer_identity(leaf.ok_or(PeerError::NoCertificate)?)?)
+        }
+        GroupMode::Mutual => {
+            Peer::Certificate(client_certificate(leaf.ok_or(PeerError::NoCertificate)?)?)
+        }
+        GroupMode::Simple => Peer::Anonymous,
+    };
     let version = match conn.alpn_protocol() {
         Some(b"h2") | Some(b"istio-h2") => HttpVersion::Http2,
         _ => HttpVersion::Http1,
     };
-    Ok((tls, peer, version))
+    Ok(Accepted {
+        tls,
+        peer,
+        version,
+        group: index,
+    })
 }
 
-/// Whether an SNI names a host of the listener's servers, directly or in Istio's
-/// `outbound_.<port>_.<subset>_.<host>` form.
-fn sni_admitted(sni: &str, servers: &[ServerHost]) -> bool {
+/// The TLS group for an SNI, as Envoy chooses a filter chain by `server_names`: the server
+/// whose host matches it most specifically (exact, then the longest `*.suffix`, then `*`),
+/// directly or in Istio's `outbound_.<port>_.<subset>_.<host>` form. Without SNI: the group of
+/// a `*` server, or the only group.
+fn choose_group(
+    sni: Option<&str>,
+    servers: &[ServerHost],
+    groups: usize,
+) -> Result<usize, PeerError> {
+    let Some(sni) = sni else {
+        if groups == 1 {
+            return Ok(0);
+        }
+        return servers
+            .iter()
+            .find(|s| s.host == HostMatcher::Any)
+            .and_then(|s| s.tls)
+            .ok_or_else(|| PeerError::SniMismatch(String::new()));
+    };
     let istio_host = istio_sni_host(sni);
     servers
         .iter()
-        .any(|s| s.host.matches(sni) || istio_host.is_some_and(|h| s.host.matches(h)))
+        .filter(|s| s.host.matches(sni) || istio_host.is_some_and(|h| s.host.matches(h)))
+        .min_by_key(|s| std::cmp::Reverse(s.host.specificity()))
+        .and_then(|s| s.tls)
+        .ok_or_else(|| PeerError::SniMismatch(sni.to_string()))
 }
 
 /// The host inside an Istio outbound SNI: `outbound_.80_._.httpbin.example.com` -> `httpbin.example.com`.

@@ -73,12 +73,23 @@ impl SpiffeClientVerifier {
                 None,
             )
             .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
-        let spki = sha256_hex(path.issuer_spki().as_ref());
-        match self.issuers.iter().find(|(hash, _)| *hash == spki) {
+        // The nearest listed CA on the verified path decides: the issuer, then the CAs above
+        // it, then the trust anchor (so that a per-mesh root in `meshConfig.caCertificates`
+        // binds every leaf under it).
+        let issuer = sha256_hex(path.issuer_spki().as_ref());
+        let mut up: Vec<String> = path
+            .intermediate_certificates()
+            .map(|c| sha256_hex(c.subject_public_key_info().as_ref()))
+            .collect();
+        up.push(sha256_hex(webpki::spki_for_anchor(path.anchor()).as_ref()));
+        let bound = up
+            .iter()
+            .find_map(|spki| self.issuers.iter().find(|(hash, _)| hash == spki));
+        match bound {
             None => Err(reject(PeerError::IssuerNotAllowed(format!(
-                "issuing CA (SPKI SHA-256 {spki}) is not in spec.trust.issuers"
+                "issuing CA (SPKI SHA-256 {issuer}) is not in spec.trust.issuers"
             )))),
-            Some((_, tds)) if !tds.iter().any(|t| t == td) => {
+            Some((spki, tds)) if !tds.iter().any(|t| t == td) => {
                 Err(reject(PeerError::IssuerNotAllowed(format!(
                     "issuing CA (SPKI SHA-256 {spki}) may not issue trust domain `{td}`"
                 ))))

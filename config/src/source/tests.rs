@@ -1,0 +1,108 @@
+//! Documents as the YAML parser cuts them: line numbers kept, empty documents dropped, block
+//! scalars left whole, `kind: List` unwrapped, syntax errors reported and skipped, and linear
+//! time in the number of documents.
+
+use super::*;
+
+fn docs(text: &str) -> (Vec<Document>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    let docs = split(Path::new("f.yaml"), text, &mut errors);
+    (docs, errors)
+}
+
+#[test]
+fn documents_keep_their_line_and_empty_ones_go() {
+    let (d, e) = docs("---\na: 1\n---\n# only a comment\n---\nb: 2\nc: 3\n...\n---\n~\n");
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0].line, 1);
+    assert!(d[0].text.contains("a: 1"));
+    assert_eq!(d[1].line, 5);
+    assert_eq!(d[1].text.lines().nth(1), Some("b: 2"));
+    assert_eq!(d[1].index, 1);
+}
+
+#[test]
+fn a_separator_inside_a_block_scalar_is_text() {
+    let text =
+        "kind: ConfigMap\ndata:\n  script: |\n    echo a\n---\n    echo b\n---\nkind: Second\n";
+    let (d, e) = docs(text);
+    // `---` at column 0 ends the block scalar in YAML; but indented it is text.
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(d.len(), 3, "{d:?}");
+    let text =
+        "kind: ConfigMap\ndata:\n  script: |\n    echo a\n    ---\n    echo b\n---\nkind: Second\n";
+    let (d, e) = docs(text);
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d[0].text.contains("echo b"));
+    assert_eq!(d[1].line, 7);
+}
+
+#[test]
+fn lists_are_unwrapped_with_their_positions() {
+    let text = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: a}\n- {apiVersion: v1, kind: Secret, metadata: {name: b}}\nkind: List\nmetadata:\n  resourceVersion: \"\"\n";
+    let (d, e) = docs(text);
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[0].item, Some(0));
+    assert_eq!(d[0].line, 3);
+    assert!(
+        d[0].text.starts_with("  apiVersion: v1\n  kind: ConfigMap"),
+        "{:?}",
+        d[0].text
+    );
+    assert!(!d[0].text.contains("kind: List"), "{:?}", d[0].text);
+    assert_eq!(d[1].line, 6);
+    assert!(
+        d[1].text.trim_start().starts_with("{apiVersion"),
+        "{:?}",
+        d[1].text
+    );
+    assert_eq!(d[1].describe(), "document 1, items[1]");
+}
+
+#[test]
+fn a_syntax_error_is_reported_and_the_next_document_still_loads() {
+    let (d, e) = docs("a: [1, 2\n---\nb: 2\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].position.is_some());
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].text.contains("b: 2"));
+    assert_eq!(d[0].line, 2);
+}
+
+#[test]
+fn locate_finds_keys_by_path() {
+    let (d, _) = docs("---\n---\na: 1\nspec:\n  servers:\n  - port: 1\n  - port: 2\n    tlz: {}\n");
+    let path = [
+        PathSegment::Key("spec".into()),
+        PathSegment::Key("servers".into()),
+        PathSegment::Index(1),
+        PathSegment::Key("tlz".into()),
+    ];
+    assert_eq!(locate(&d[0], &path), Some((8, 5)));
+}
+
+#[test]
+fn twenty_thousand_documents_load_in_linear_time() {
+    let one = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n";
+    let time = |n: usize| {
+        let text = one.repeat(n);
+        let start = std::time::Instant::now();
+        let (d, e) = docs(&text);
+        assert!(e.is_empty());
+        assert_eq!(d.len(), n);
+        // Each document holds its own text only: no padding to its line.
+        assert!(d.iter().map(|d| d.text.len()).sum::<usize>() <= text.len());
+        assert_eq!(d[n - 1].line as usize, 4 * (n - 1));
+        start.elapsed()
+    };
+    let small = time(2_000);
+    let large = time(20_000);
+    // Ten times the documents: linear is about 10x; quadratic would be about 100x.
+    assert!(
+        large < small * 40 + std::time::Duration::from_millis(200),
+        "2,000 documents: {small:?}; 20,000: {large:?}"
+    );
+}

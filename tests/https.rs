@@ -1,0 +1,371 @@
+//! HTTPS ingress as Istio's Gateway servers configure it, over real handshakes: `SIMPLE` and
+//! `MUTUAL` servers with certificate files beside an `ISTIO_MUTUAL` one on the same port,
+//! chosen by SNI; the request host must be one of the chosen server's hosts; `cipherSuites`
+//! and protocol versions; `httpsRedirect`; certificate files reloaded.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec, Workload};
+use meshgate_proxy::echo::Echo;
+use support::client::{Client, Conn, Reply};
+use support::pki::Pki;
+use support::proxy::{echo, Proxy};
+use support::TIMEOUT;
+
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+const CALLER: &str = "spiffe://example.com/ns/default/sa/sleep";
+
+/// A server certificate as a public CA would issue it: DNS SANs only.
+fn server_cert(ca: &Authority, dns: &str) -> Workload {
+    let mut spec = LeafSpec::spiffe("spiffe://unused");
+    spec.uris.clear();
+    spec.dns = vec![dns.to_string()];
+    ca.issue(&spec).unwrap()
+}
+
+fn config(backend: SocketAddr, a_ciphers: &str) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{443: 0, 80: 0}}}}
+  reload: {{pollInterval: 0s}}
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec: {{config: {{trustDomain: example-target.com}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-a, protocol: HTTPS}}
+    hosts: [a.example.com]
+    tls:
+      mode: SIMPLE
+      serverCertificate: tls/a.pem
+      privateKey: tls/a-key.pem
+      maxProtocolVersion: TLSV1_3
+      cipherSuites: [{a_ciphers}]
+  - port: {{number: 443, name: https-b, protocol: HTTPS}}
+    hosts: [b.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: tls/b.pem, privateKey: tls/b-key.pem, caCertificates: tls/clients.pem}}
+  - port: {{number: 443, name: mtls, protocol: HTTPS}}
+    hosts: ["*.example-target.com"]
+    tls: {{mode: ISTIO_MUTUAL}}
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [a.example.com]
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: all, namespace: istio-system}}
+spec:
+  hosts: [a.example.com, b.example.com, "*.example-target.com"]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: [echo.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        port = backend.port()
+    )
+}
+
+struct Setup {
+    pki: Pki,
+    public: Authority,
+    clients: Authority,
+    a: Workload,
+    proxy: Proxy,
+    _echo: Echo,
+}
+
+impl Setup {
+    async fn new(a_ciphers: &str) -> Self {
+        let pki = Pki::new(&["example-target.com", "example.com"]);
+        let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
+        let clients = Authority::root("partner client CA", KeyAlgorithm::EcdsaP256).unwrap();
+        let a = server_cert(&public, "a.example.com");
+        let b = server_cert(&public, "b.example.com");
+        let backend = echo();
+        let proxy = Proxy::start_with_files(
+            &config(backend.address, a_ciphers),
+            &pki.workload("example-target.com", GATEWAY_ID),
+            &[
+                ("tls/a.pem", &a.chain_pem),
+                ("tls/a-key.pem", &a.key_pem),
+                ("tls/b.pem", &b.chain_pem),
+                ("tls/b-key.pem", &b.key_pem),
+                ("tls/clients.pem", &clients.cert_pem),
+            ],
+        )
+        .await;
+        Self {
+            pki,
+            public,
+            clients,
+            a,
+            proxy,
+            _echo: backend,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr(443)
+    }
+
+    /// A browser-like client: trusts the public CA, no certificate.
+    fn anonymous(&self) -> Client {
+        Client::plain(None, &self.public.cert_pem)
+    }
+
+    /// The leaf the server presented for `sni`.
+    async fn presented(&self, client: &Client, sni: &str) -> Vec<u8> {
+        let tls = client.connect(self.addr(), sni).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+}
+
+#[tokio::test]
+async fn simple_mutual_and_istio_mutual_share_a_port_by_sni() {
+    let s = Setup::new("ECDHE-ECDSA-AES128-GCM-SHA256").await;
+
+    // SIMPLE: the server's own certificate, no client certificate, no identity tags.
+    assert_eq!(
+        s.presented(&s.anonymous(), "a.example.com").await,
+        s.a.leaf_der
+    );
+    let r = s
+        .anonymous()
+        .get(
+            s.addr(),
+            "a.example.com",
+            "a.example.com",
+            "/get",
+            &[
+                ("x-mesh-origin", "local"),
+                ("x-forwarded-client-cert", "By=x"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let json = r.json();
+    assert!(json["headers"].get("x-mesh-origin").is_none(), "{json}");
+    assert!(
+        json["headers"].get("x-forwarded-client-cert").is_none(),
+        "{json}"
+    );
+    assert_eq!(r.echoed("x-forwarded-proto").as_deref(), Some("https"));
+
+    // The host must be one of the chosen server's hosts, as Envoy's route configuration
+    // belongs to the filter chain the SNI chose.
+    let r = s
+        .anonymous()
+        .get(s.addr(), "a.example.com", "b.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // MUTUAL: a client certificate of the configured CA is required; XFCC describes it.
+    let refused = s
+        .anonymous()
+        .get(s.addr(), "b.example.com", "b.example.com", "/", &[])
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let mut spec = LeafSpec::spiffe("spiffe://unused");
+    spec.uris.clear();
+    spec.dns = vec!["partner.example.org".into()];
+    let partner = s.clients.issue(&spec).unwrap();
+    let client = Client::plain(Some(&partner), &s.public.cert_pem);
+    let r = client
+        .get(
+            s.addr(),
+            "b.example.com",
+            "b.example.com",
+            "/",
+            &[("x-mesh-origin", "local")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let xfcc = r.echoed("x-forwarded-client-cert").unwrap();
+    let hash = meshgate_proxy::identity::sha256_hex(&partner.leaf_der);
+    assert_eq!(
+        xfcc,
+        format!("Hash={hash};Subject=\"\";DNS=partner.example.org")
+    );
+    assert!(r.json()["headers"].get("x-mesh-origin").is_none());
+    // A mesh workload's certificate is not of the partner CA.
+    let mesh = s.pki.workload("example.com", CALLER);
+    let wrong = Client::plain(Some(&mesh), &s.public.cert_pem)
+        .get(s.addr(), "b.example.com", "b.example.com", "/", &[])
+        .await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    assert!(s.proxy.rejected("no_client_certificate") >= 1);
+    assert!(s.proxy.rejected("unknown_issuer") >= 1);
+
+    // ISTIO_MUTUAL on the same port: the mesh identity and its tags.
+    let istio = Client::plain(Some(&mesh), &s.pki.root.cert_pem);
+    let r = istio
+        .get(
+            s.addr(),
+            "outbound_.443_._.httpbin.example-target.com",
+            "httpbin.example-target.com",
+            "/",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-mesh-origin").as_deref(), Some("remote"));
+
+    // An SNI no server has.
+    let r = s
+        .anonymous()
+        .get(s.addr(), "c.example.org", "c.example.org", "/", &[])
+        .await;
+    assert!(r.is_err());
+    assert_eq!(s.proxy.rejected("sni_mismatch"), 1);
+}
+
+#[tokio::test]
+async fn cipher_suites_restrict_tls12_as_envoy_does() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let s = Setup::new("ECDHE-ECDSA-AES128-GCM-SHA256").await;
+    let listed = Client::tls12(
+        None,
+        &s.public.cert_pem,
+        &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+    );
+    let r = listed
+        .get(s.addr(), "a.example.com", "a.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let other = Client::tls12(
+        None,
+        &s.public.cert_pem,
+        &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
+    );
+    let refused = other
+        .get(s.addr(), "a.example.com", "a.example.com", "/", &[])
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // The ISTIO_MUTUAL server has no list: the same suite is fine there.
+    let mesh = s.pki.workload("example.com", CALLER);
+    let istio = Client::tls12(
+        Some(&mesh),
+        &s.pki.root.cert_pem,
+        &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
+    );
+    let r = istio
+        .get(
+            s.addr(),
+            "httpbin.example-target.com",
+            "httpbin.example-target.com",
+            "/",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// Raw HTTP/1.1 over plaintext: the status line and the `location` header.
+async fn plain(addr: SocketAddr, host: &str, target: &str) -> (u16, Option<String>) {
+    let run = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let text = tokio::time::timeout(TIMEOUT, run).await.unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .map(str::to_string);
+    (status, location)
+}
+
+#[tokio::test]
+async fn https_redirect_answers_301_to_the_same_url() {
+    let s = Setup::new("ECDHE-ECDSA-AES128-GCM-SHA256").await;
+    let http = s.proxy.addr(80);
+    let (status, location) = plain(http, "a.example.com:8080", "/path?q=1").await;
+    assert_eq!(status, 301);
+    assert_eq!(
+        location.as_deref(),
+        Some("https://a.example.com:8080/path?q=1")
+    );
+    // Envoy drops HTTP's default port.
+    let (status, location) = plain(http, "a.example.com:80", "/").await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (301, Some("https://a.example.com/"))
+    );
+    // A host the server does not have.
+    let (status, _) = plain(http, "other.example.com", "/").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn server_certificates_reload_like_identity_files() {
+    let s = Setup::new("ECDHE-ECDSA-AES128-GCM-SHA256").await;
+    // An open connection keeps working across the rotation.
+    let tls = s
+        .anonymous()
+        .connect(s.addr(), "a.example.com")
+        .await
+        .unwrap();
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let (mut open, _task) = Conn::open(tls, h2).await.unwrap();
+
+    let rotated = server_cert(&s.public, "a.example.com");
+    let dir = s.proxy.dir.path();
+    std::fs::write(dir.join("tls/a.pem"), &rotated.chain_pem).unwrap();
+    std::fs::write(dir.join("tls/a-key.pem"), &rotated.key_pem).unwrap();
+    meshgate_proxy::reload::reload(&s.proxy.running, &[s.proxy.config()]).await;
+    assert_eq!(
+        s.presented(&s.anonymous(), "a.example.com").await,
+        rotated.leaf_der
+    );
+    let (status, _) = open.get("a.example.com", "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A key that does not match keeps the serving certificate.
+    std::fs::write(dir.join("tls/a-key.pem"), &s.a.key_pem).unwrap();
+    meshgate_proxy::reload::reload(&s.proxy.running, &[s.proxy.config()]).await;
+    assert_eq!(
+        s.presented(&s.anonymous(), "a.example.com").await,
+        rotated.leaf_der
+    );
+    let r: Reply = s
+        .anonymous()
+        .get(s.addr(), "a.example.com", "a.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
