@@ -1525,3 +1525,21 @@ spec:
         "{shown:#?}"
     );
 }
+
+#[test]
+fn every_unknown_field_of_a_route_is_reported_at_once() {
+    let yaml = sidecar(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: default}\nspec:\n  hosts: [a.b]\n  http:\n  - retires: {attempts: 3}\n    directResponse: {status: 200, bodee: x}\n  - match: [{urii: {exact: /}}]\n    directResponse: {status: 200}\n",
+    );
+    let got = errors(&yaml);
+    for want in [
+        "spec.http[0].retires: unknown field `retires`",
+        "spec.http[0].directResponse.bodee: unknown field `bodee`",
+        "spec.http[1].match[0].urii: unknown field `urii`",
+    ] {
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::Unsupported;
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     pub host: String,
     pub traffic_policy: Option<TrafficPolicy>,
@@ -17,7 +17,7 @@ pub struct DestinationRuleSpec {
 
 /// A named version of the service: the endpoints with these labels, and the policy for them.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Subset {
     pub name: String,
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct Subset {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
     pub tls: Option<ClientTls>,
     pub load_balancer: Option<LoadBalancer>,
@@ -40,7 +40,7 @@ pub struct TrafficPolicy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
     pub tls: Option<ClientTls>,
@@ -50,13 +50,13 @@ pub struct PortTrafficPolicy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PortSelector {
     pub number: u32,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientTls {
     pub mode: Option<String>,
     pub client_certificate: Option<String>,
@@ -71,7 +71,7 @@ pub struct ClientTls {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     pub simple: Option<String>,
     pub consistent_hash: Unsupported,
@@ -81,14 +81,14 @@ pub struct LoadBalancer {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ConnectionPool {
     pub tcp: Option<TcpSettings>,
     pub http: Option<HttpSettings>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TcpSettings {
     pub connect_timeout: Option<String>,
     pub max_connections: Option<u32>,
@@ -98,7 +98,7 @@ pub struct TcpSettings {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TcpKeepalive {
     pub probes: Option<u32>,
     pub time: Option<String>,
@@ -106,7 +106,7 @@ pub struct TcpKeepalive {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpSettings {
     pub idle_timeout: Option<String>,
     pub max_requests_per_connection: Option<u32>,

@@ -34,7 +34,7 @@ pub struct ServicePort {
 
 /// `workloadSelector`: the WorkloadEntries (same namespace) whose labels include these.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(default)]
     pub labels: Labels,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{StringMatch, Unsupported};
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -20,7 +20,7 @@ pub struct VirtualServiceSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
@@ -44,7 +44,7 @@ pub struct HttpRoute {
 
 /// `redirect`: Envoy's RedirectAction.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Redirect {
     pub uri: Option<String>,
     pub authority: Option<String>,
@@ -56,14 +56,14 @@ pub struct Redirect {
 
 /// `fault`: Envoy's HTTP fault filter, per route.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Fault {
     pub delay: Option<Delay>,
     pub abort: Option<Abort>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Delay {
     pub fixed_delay: Option<String>,
     pub percentage: Option<Percent>,
@@ -73,7 +73,7 @@ pub struct Delay {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Abort {
     pub http_status: Option<u32>,
     pub grpc_status: Option<String>,
@@ -83,14 +83,14 @@ pub struct Abort {
 
 /// Istio's `Percent`: a double, 0 to 100.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Percent {
     pub value: Option<f64>,
 }
 
 /// `corsPolicy`: Envoy's CORS filter, per route.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CorsPolicy {
     pub allow_origins: Option<Vec<StringMatch>>,
     /// Deprecated: exact origins.
@@ -107,7 +107,7 @@ pub struct CorsPolicy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpMatch {
     pub name: Option<String>,
     pub uri: Option<StringMatch>,
@@ -129,7 +129,7 @@ pub struct HttpMatch {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteDestination {
     pub destination: Destination,
     pub weight: Option<u32>,
@@ -137,7 +137,7 @@ pub struct RouteDestination {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Destination {
     pub host: String,
     pub port: Option<PortSelector>,
@@ -145,34 +145,34 @@ pub struct Destination {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PortSelector {
     pub number: u32,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DirectResponse {
     pub status: u32,
     pub body: Option<HttpBody>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpBody {
     pub string: Option<String>,
     pub bytes: Unsupported,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Headers {
     pub request: Option<HeaderOperations>,
     pub response: Option<HeaderOperations>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderOperations {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
@@ -183,7 +183,7 @@ pub struct HeaderOperations {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Rewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
