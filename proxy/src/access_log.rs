@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -46,7 +46,9 @@ pub struct RequestEntry<'a> {
     pub method: &'a str,
     pub authority: &'a str,
     pub path: &'a str,
-    pub status: u16,
+    /// The response's status; absent when there was no response (the client went away
+    /// first).
+    pub status: Option<u16>,
     /// `host:port` of the backend, when the request was forwarded.
     pub upstream: Option<String>,
     /// From the request head to the end of the response (Envoy's `%DURATION%`).
@@ -57,9 +59,118 @@ pub struct RequestEntry<'a> {
     /// Body bytes received from the client and sent to it.
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Envoy's response flag: `NR`, `UF`, `UH`, `UC`, `UT`, `UR`, `DC`, `RBAC`, `DPE`, or `-`.
-    pub response_flags: &'a str,
+    /// Envoy's response flags, comma-separated, or `-`.
+    pub response_flags: ResponseFlags,
 }
+
+/// One of Envoy's response flags: what went differently for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// `DPE`: the request head was malformed.
+    DownstreamProtocolError,
+    /// `RBAC`: an AuthorizationPolicy denied it.
+    RbacDenied,
+    /// `NR`: no route.
+    NoRoute,
+    /// `NC`: the route's cluster (subset) does not exist.
+    NoCluster,
+    /// `UH`: no healthy upstream endpoint.
+    NoHealthyUpstream,
+    /// `UF`: the upstream connection could not be made.
+    UpstreamConnectionFailure,
+    /// `UC`: the upstream connection broke before the response head.
+    UpstreamConnectionTermination,
+    /// `UT`: the route's timeout passed.
+    UpstreamRequestTimeout,
+    /// `UR`: the upstream broke off the response body.
+    UpstreamRemoteReset,
+    /// `DC`: the client went away before the response ended.
+    DownstreamConnectionTermination,
+    /// `DI`: the route's fault delayed the request.
+    DelayInjected,
+    /// `FI`: the route's fault aborted the request.
+    FaultInjected,
+}
+
+impl ResponseFlag {
+    /// Envoy's short code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::DownstreamProtocolError => "DPE",
+            Self::RbacDenied => "RBAC",
+            Self::NoRoute => "NR",
+            Self::NoCluster => "NC",
+            Self::NoHealthyUpstream => "UH",
+            Self::UpstreamConnectionFailure => "UF",
+            Self::UpstreamConnectionTermination => "UC",
+            Self::UpstreamRequestTimeout => "UT",
+            Self::UpstreamRemoteReset => "UR",
+            Self::DownstreamConnectionTermination => "DC",
+            Self::DelayInjected => "DI",
+            Self::FaultInjected => "FI",
+        }
+    }
+}
+
+/// The flags of one request: a set, printed as Envoy prints `%RESPONSE_FLAGS%` (codes joined
+/// by `,`, or `-` for none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u16);
+
+impl ResponseFlags {
+    pub fn insert(&mut self, flag: ResponseFlag) {
+        self.0 |= 1 << flag as u16;
+    }
+
+    pub fn contains(self, flag: ResponseFlag) -> bool {
+        self.0 & (1 << flag as u16) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for flag in ALL_FLAGS {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(flag.code())?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for ResponseFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Every flag, in the order they are printed.
+const ALL_FLAGS: [ResponseFlag; 12] = [
+    ResponseFlag::DownstreamProtocolError,
+    ResponseFlag::RbacDenied,
+    ResponseFlag::NoRoute,
+    ResponseFlag::NoCluster,
+    ResponseFlag::NoHealthyUpstream,
+    ResponseFlag::UpstreamConnectionFailure,
+    ResponseFlag::UpstreamConnectionTermination,
+    ResponseFlag::UpstreamRequestTimeout,
+    ResponseFlag::UpstreamRemoteReset,
+    ResponseFlag::DownstreamConnectionTermination,
+    ResponseFlag::DelayInjected,
+    ResponseFlag::FaultInjected,
+];
 
 /// One refused handshake, as logged.
 #[derive(Debug, Serialize)]
@@ -130,7 +241,7 @@ impl Entry for RequestEntry<'_> {
             self.start_time,
             self.method,
             self.path,
-            self.status,
+            self.status.unwrap_or(0),
             self.response_flags,
             self.bytes_in,
             self.bytes_out,
@@ -155,33 +266,20 @@ impl Entry for HandshakeEntry<'_> {
     }
 }
 
-/// `SystemTime` as RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
+/// `SystemTime` as RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`
+/// (`%Y-%m-%dT%H:%M:%S.%3fZ`), the calendar from the `time` crate.
 pub fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let t = time::OffsetDateTime::from(t);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Lines the writer may fall behind by before lines are dropped.
@@ -189,7 +287,20 @@ const QUEUE: usize = 8192;
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
+
+    #[test]
+    fn flags_print_as_envoys() {
+        let mut f = ResponseFlags::default();
+        assert_eq!(f.to_string(), "-");
+        f.insert(ResponseFlag::DelayInjected);
+        f.insert(ResponseFlag::UpstreamConnectionFailure);
+        assert_eq!(f.to_string(), "UF,DI");
+        assert!(f.contains(ResponseFlag::DelayInjected));
+        assert!(!f.contains(ResponseFlag::NoRoute));
+    }
 
     #[test]
     fn rfc3339_dates() {

@@ -18,7 +18,7 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::ResponseBody;
+use crate::respond::ResponseBody;
 use crate::listen::accept_loop;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;

@@ -1,7 +1,6 @@
-//! Bodies. `ResponseBody`, of every response meshgate sends: streamed from upstream, or a
-//! buffer the proxy made — an enum rather than a boxed trait object, so responses cost no extra
-//! allocation. `Tracked` wraps it on the proxy's listeners to see the response through to its
-//! end; `RequestBody` is a request body going upstream.
+//! Bodies on their way through: `RequestBody`, a request body going upstream (its bytes
+//! counted, its trailers stripped of owned headers), and `Tracked`, which wraps a response body
+//! on the proxy's listeners to see the response through to its end.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,53 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::forward::pool::PooledBody;
 use crate::tag::Owned;
-
-/// A response body.
-#[derive(Debug)]
-pub enum ResponseBody {
-    /// Streamed from the upstream, never buffered whole.
-    Upstream(PooledBody),
-    /// Made by the proxy (errors, direct responses, admin, echo).
-    Full(Option<Bytes>),
-}
-
-impl ResponseBody {
-    /// A complete body.
-    pub fn full(bytes: Bytes) -> Self {
-        Self::Full((!bytes.is_empty()).then_some(bytes))
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Upstream(body) => Pin::new(body).poll_frame(cx),
-            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Upstream(body) => body.is_end_stream(),
-            Self::Full(bytes) => bytes.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Upstream(body) => body.size_hint(),
-            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
 
 /// A request body on its way upstream, its bytes counted when the access log wants them, and
 /// its trailers stripped of every header the proxy owns.
@@ -111,37 +64,53 @@ impl Body for RequestBody {
     }
 }
 
-/// A response body that knows when it is over: it counts the bytes sent and whether it ended
-/// or was cut short, and when dropped tells its `Done` (then drops it).
-pub struct Tracked<D: Done> {
-    body: ResponseBody,
+/// A response body that knows when it is over: it counts the bytes sent and how it ended,
+/// and when dropped tells its `Done` (then drops it).
+pub struct Tracked<B, D: Done> {
+    body: B,
     done: D,
     bytes: u64,
-    ended: bool,
-    failed: bool,
+    end: End,
+}
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Not yet, or never: the client went away first (Envoy's `DC`).
+    Open,
+    /// Its last byte was sent.
+    Complete,
+    /// The upstream broke off in the middle (Envoy's `UR`).
+    UpstreamFailed,
 }
 
 /// What happens when a response is over.
 pub trait Done {
-    /// Called once, when the body is dropped: `bytes` sent; `ended` when the body reached its
-    /// end, `failed` when the upstream's body broke off.
-    fn done(&mut self, bytes: u64, ended: bool, failed: bool);
+    /// Called once, when the body is dropped, with the bytes sent and how it ended.
+    fn done(&mut self, bytes: u64, end: End);
 }
 
-impl<D: Done> Tracked<D> {
-    pub fn new(body: ResponseBody, done: D) -> Self {
-        let ended = body.is_end_stream();
+impl<B: Body, D: Done> Tracked<B, D> {
+    pub fn new(body: B, done: D) -> Self {
+        let end = if body.is_end_stream() {
+            End::Complete
+        } else {
+            End::Open
+        };
         Self {
             body,
             done,
             bytes: 0,
-            ended,
-            failed: false,
+            end,
         }
     }
 }
 
-impl<D: Done + Unpin> Body for Tracked<D> {
+impl<B, D> Body for Tracked<B, D>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    D: Done + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -153,10 +122,10 @@ impl<D: Done + Unpin> Body for Tracked<D> {
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         this.bytes += data_len(&frame);
         match &frame {
-            Poll::Ready(Some(Ok(_))) => this.ended = this.body.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => this.failed = true,
-            Poll::Ready(None) => this.ended = true,
-            Poll::Pending => {}
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.end = End::Complete,
+            Poll::Ready(Some(Err(_))) => this.end = End::UpstreamFailed,
+            Poll::Ready(None) => this.end = End::Complete,
+            _ => {}
         }
         frame
     }
@@ -170,9 +139,9 @@ impl<D: Done + Unpin> Body for Tracked<D> {
     }
 }
 
-impl<D: Done> Drop for Tracked<D> {
+impl<B, D: Done> Drop for Tracked<B, D> {
     fn drop(&mut self) {
-        self.done.done(self.bytes, self.ended, self.failed);
+        self.done.done(self.bytes, self.end);
     }
 }
 

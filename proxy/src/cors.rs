@@ -13,7 +13,7 @@ use http::{Method, Response, StatusCode};
 
 use meshgate_config::model::Cors;
 
-use crate::body::ResponseBody;
+use crate::respond::ResponseBody;
 
 /// The answer to a preflight, when this proxy gives it.
 pub fn preflight(

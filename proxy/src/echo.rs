@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::sync::watch;
 
-use crate::body::ResponseBody;
+use crate::respond::ResponseBody;
 use crate::listen::{accept_loop, bind};
 
 /// A running echo server.

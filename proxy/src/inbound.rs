@@ -18,7 +18,8 @@ use meshgate_config::model::{ListenerKind, OutboundPolicy, RouteAction};
 
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
 use crate::authorize::{self, Decision, ShadowAction};
-use crate::body::{Done, RequestBody, ResponseBody, Tracked};
+use crate::access_log::{ResponseFlag, ResponseFlags};
+use crate::body::{Done, End, RequestBody, Tracked};
 use crate::cors;
 use crate::drain::Watch;
 use crate::fault;
@@ -26,7 +27,7 @@ use crate::forward;
 use crate::head;
 use crate::identity::PeerIdentity;
 use crate::origin::{origin, Origin};
-use crate::respond::{self, ProxyError};
+use crate::respond::{self, ProxyError, ResponseBody};
 use crate::route::{self, RouteRequest};
 use crate::runtime::Runtime;
 use crate::serve::Activity;
@@ -177,7 +178,7 @@ where
 async fn handle_request(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,
-) -> Result<Response<Tracked<Exchange>>, Infallible> {
+) -> Result<Response<Tracked<ResponseBody, Exchange>>, Infallible> {
     let mut exchange = Exchange::start(conn, &req);
     // The exchange owns the connection's handle from here: no second one per request.
     let conn = &*exchange.conn;
@@ -211,18 +212,21 @@ async fn handle_request(
             route_and_forward(conn, req, client.address, &mut chosen).await
         }
     };
-    let mut flag = if chosen.delayed { "DI" } else { "-" };
+    let mut flags = ResponseFlags::default();
+    if chosen.delayed {
+        flags.insert(ResponseFlag::DelayInjected);
+    }
     let response = match result {
         Ok(response) => response,
         Err(e) => {
-            flag = e.flag();
+            flags.insert(e.flag());
             let listener = &model.listeners[conn.listener].name;
             let principal = conn
                 .peer
                 .as_ref()
                 .map(|p| p.spiffe_id.principal())
                 .unwrap_or("");
-            warn!(peer = %conn.peer_addr, %listener, principal, flag = e.flag(), "{e}");
+            warn!(peer = %conn.peer_addr, %listener, principal, flag = e.flag().code(), "{e}");
             respond::error(&e)
         }
     };
@@ -236,9 +240,9 @@ async fn handle_request(
     );
     if let Some(log) = &mut exchange.log {
         log.head = Some(exchange.started.elapsed());
-        log.status = status;
+        log.status = Some(status);
         log.backend = chosen.backend;
-        log.flag = flag;
+        log.flags = flags;
     }
     Ok(response.map(|body| Tracked::new(body, exchange)))
 }
@@ -425,12 +429,12 @@ struct Logged {
     client: Option<IpAddr>,
     /// Counted by the request body on its way upstream.
     bytes_in: Arc<AtomicU64>,
-    /// The response head: when it was ready, its status (0: there was none), where from, and
-    /// the flag of the error the proxy answered.
+    /// The response head: when it was ready, its status (`None`: there was none), where
+    /// from, and the flags of how it came about.
     head: Option<Duration>,
-    status: u16,
+    status: Option<u16>,
     backend: Option<usize>,
-    flag: &'static str,
+    flags: ResponseFlags,
 }
 
 impl Exchange {
@@ -445,9 +449,9 @@ impl Exchange {
                 client: None,
                 bytes_in: Arc::new(AtomicU64::new(0)),
                 head: None,
-                status: 0,
+                status: None,
                 backend: None,
-                flag: "-",
+                flags: ResponseFlags::default(),
             })
         });
         Self {
@@ -475,7 +479,7 @@ impl Logged {
 }
 
 impl Done for Exchange {
-    fn done(&mut self, bytes_out: u64, ended: bool, failed: bool) {
+    fn done(&mut self, bytes_out: u64, end: End) {
         let now = Instant::now();
         self.finished = Some(now);
         let took = now - self.started;
@@ -489,12 +493,18 @@ impl Done for Exchange {
         // Envoy's flags for a response that did not finish: the upstream broke off (UR), or
         // the client went away first (DC). A response that may have no body (to HEAD, 204,
         // 304) is not read by the server at all.
-        let bodiless = logged.method == http::Method::HEAD || matches!(logged.status, 204 | 304);
-        let flag = match (logged.flag, failed, ended || bodiless) {
-            ("-", true, _) => "UR",
-            ("-", false, false) => "DC",
-            (flag, _, _) => flag,
-        };
+        let bodiless =
+            logged.method == http::Method::HEAD || matches!(logged.status, Some(204 | 304));
+        let mut flags = logged.flags;
+        match end {
+            End::UpstreamFailed if flags.is_empty() => {
+                flags.insert(ResponseFlag::UpstreamRemoteReset)
+            }
+            End::Open if flags.is_empty() && !bodiless => {
+                flags.insert(ResponseFlag::DownstreamConnectionTermination)
+            }
+            _ => {}
+        }
         let conn = &self.conn;
         let model = &conn.runtime.model;
         let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
@@ -517,7 +527,7 @@ impl Done for Exchange {
             response_duration_ms: logged.head.map(millis),
             bytes_in: logged.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            response_flags: flag,
+            response_flags: flags,
         });
     }
 }
@@ -529,7 +539,7 @@ impl Drop for Exchange {
         let ended = match self.finished {
             Some(at) => at,
             None => {
-                self.done(0, false, false);
+                self.done(0, End::Open);
                 self.finished.unwrap_or_else(Instant::now)
             }
         };

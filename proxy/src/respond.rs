@@ -11,13 +11,64 @@
 //! | route `fault.abort` | its status, body `fault filter abort` (gRPC: 200 and `grpc-status`) |
 //! | route `redirect` | its code, `location` |
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 
 use meshgate_config::model::{AbortStatus, DirectResponse, Redirect, RedirectPort};
 
-use crate::body::ResponseBody;
+use crate::access_log::ResponseFlag;
+use crate::forward::{ForwardError, PooledBody};
 use crate::head::HeadError;
+
+/// The body of every response meshgate sends: streamed from upstream, or a buffer the proxy
+/// made — an enum rather than a boxed trait object, so responses cost no extra allocation.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// Streamed from the upstream, never buffered whole.
+    Upstream(PooledBody),
+    /// Made by the proxy (errors, direct responses, admin, echo).
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(bytes: Bytes) -> Self {
+        Self::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream(body) => body.is_end_stream(),
+            Self::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream(body) => body.size_hint(),
+            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
 
 /// Why a request was not forwarded, or failed upstream. The variant says who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -35,23 +86,9 @@ pub enum ProxyError {
     /// Downstream: no Gateway host or VirtualService route matches.
     #[error("no route")]
     NoRoute,
-    /// Upstream: the backend has no endpoint (a subset whose labels select none).
-    #[error("no upstream endpoint")]
-    NoEndpoint,
-    /// Upstream: the route names a subset no DestinationRule defines (Envoy's missing
-    /// cluster).
-    #[error("no cluster for the route's destination subset")]
-    NoCluster,
-    /// Upstream: the connection could not be made (refused, unresolvable, connect timeout,
-    /// TLS refused).
-    #[error("upstream connect: {0}")]
-    UpstreamConnect(#[source] crate::forward::connect::ConnectError),
-    /// Upstream: the connection failed after it was made (reset, protocol error).
-    #[error("upstream: {0}")]
-    Upstream(#[source] hyper::Error),
-    /// Upstream: no response within the route's timeout.
-    #[error("upstream timeout")]
-    UpstreamTimeout,
+    /// Upstream (or, for an authority that cannot be sent on, downstream): the forward failed.
+    #[error("{0}")]
+    Forward(#[from] ForwardError),
     /// The route's `fault.abort` drew this request.
     #[error("fault injected: abort")]
     FaultAbort(AbortStatus),
@@ -66,10 +103,9 @@ impl ProxyError {
             Self::Head(_) => StatusCode::BAD_REQUEST,
             Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoEndpoint | Self::NoCluster | Self::UpstreamConnect(_) | Self::Upstream(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forward(ForwardError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            Self::Forward(ForwardError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forward(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::FaultAbort(AbortStatus::Http(status)) => *status,
             // gRPC carries its status in `grpc-status`, over HTTP 200.
             Self::FaultAbort(AbortStatus::Grpc(_)) => StatusCode::OK,
@@ -77,17 +113,21 @@ impl ProxyError {
     }
 
     /// Envoy's response flag, for the access log.
-    pub fn flag(&self) -> &'static str {
+    pub fn flag(&self) -> ResponseFlag {
         match self {
-            Self::BadRequest(_) | Self::Head(_) => "DPE",
-            Self::Denied(_) => "RBAC",
-            Self::NoRoute => "NR",
-            Self::NoEndpoint => "UH",
-            Self::NoCluster => "NC",
-            Self::UpstreamConnect(_) => "UF",
-            Self::Upstream(_) => "UC",
-            Self::UpstreamTimeout => "UT",
-            Self::FaultAbort(_) => "FI",
+            Self::BadRequest(_) | Self::Head(_) | Self::Forward(ForwardError::BadRequest(_)) => {
+                ResponseFlag::DownstreamProtocolError
+            }
+            Self::Denied(_) => ResponseFlag::RbacDenied,
+            Self::NoRoute => ResponseFlag::NoRoute,
+            Self::Forward(ForwardError::NoEndpoint) => ResponseFlag::NoHealthyUpstream,
+            Self::Forward(ForwardError::NoCluster) => ResponseFlag::NoCluster,
+            Self::Forward(ForwardError::Connect(_)) => ResponseFlag::UpstreamConnectionFailure,
+            Self::Forward(ForwardError::Upstream(_)) => {
+                ResponseFlag::UpstreamConnectionTermination
+            }
+            Self::Forward(ForwardError::Timeout) => ResponseFlag::UpstreamRequestTimeout,
+            Self::FaultAbort(_) => ResponseFlag::FaultInjected,
         }
     }
 
@@ -99,11 +139,12 @@ impl ProxyError {
             // Envoy's body, byte for byte: clients and tests look for it.
             Self::Denied(_) => "RBAC: access denied",
             Self::NoRoute => "no route\n",
-            Self::NoEndpoint => "no healthy upstream\n",
-            Self::NoCluster => "cluster not found\n",
-            Self::UpstreamConnect(_) => "upstream connect error\n",
-            Self::Upstream(_) => "upstream reset\n",
-            Self::UpstreamTimeout => "upstream request timeout\n",
+            Self::Forward(ForwardError::BadRequest(_)) => "bad request\n",
+            Self::Forward(ForwardError::NoEndpoint) => "no healthy upstream\n",
+            Self::Forward(ForwardError::NoCluster) => "cluster not found\n",
+            Self::Forward(ForwardError::Connect(_)) => "upstream connect error\n",
+            Self::Forward(ForwardError::Upstream(_)) => "upstream reset\n",
+            Self::Forward(ForwardError::Timeout) => "upstream request timeout\n",
             // Envoy's body, byte for byte.
             Self::FaultAbort(_) => "fault filter abort",
         }

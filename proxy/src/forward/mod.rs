@@ -18,8 +18,31 @@ use meshgate_config::model::{BackendProtocol, RequestMatch, StringMatcher};
 pub use pool::{PooledBody, Upstreams};
 
 use crate::body::RequestBody;
-use crate::respond::ProxyError;
 use crate::route::Selected;
+
+/// Why a request got no upstream response. All of them are the upstream's fault (503, 504),
+/// but for a request whose authority cannot be sent on (400).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The request's authority cannot be written upstream.
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// The backend has no endpoint (a subset whose labels select none).
+    #[error("no upstream endpoint")]
+    NoEndpoint,
+    /// The route names a subset no DestinationRule defines (Envoy's missing cluster).
+    #[error("no cluster for the route's destination subset")]
+    NoCluster,
+    /// The connection could not be made (refused, unresolvable, connect timeout, TLS refused).
+    #[error("upstream connect: {0}")]
+    Connect(#[source] connect::ConnectError),
+    /// The connection failed after it was made (reset, protocol error).
+    #[error("upstream: {0}")]
+    Upstream(#[source] hyper::Error),
+    /// No response within the route's timeout.
+    #[error("upstream timeout")]
+    Timeout,
+}
 
 /// Sends `req` to backend `backend` of the model and returns the upstream's response.
 pub async fn forward(
@@ -27,7 +50,7 @@ pub async fn forward(
     backend: usize,
     selected: Selected<'_>,
     mut req: Request<RequestBody>,
-) -> Result<Response<PooledBody>, ProxyError> {
+) -> Result<Response<PooledBody>, ForwardError> {
     let upstream = upstreams.backend(backend);
     let route = selected.route;
 
@@ -41,7 +64,7 @@ pub async fn forward(
                 .uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .ok_or(ProxyError::BadRequest("no authority"))?,
+                .ok_or(ForwardError::BadRequest("no authority"))?,
         },
     };
     let path = match &route.rewrite_uri {
@@ -66,18 +89,18 @@ pub async fn forward(
             parts.scheme = Some(Scheme::HTTP);
             parts.authority = Some(
                 Authority::try_from(host.as_bytes())
-                    .map_err(|_| ProxyError::BadRequest("authority"))?,
+                    .map_err(|_| ForwardError::BadRequest("authority"))?,
             );
             req.headers_mut().remove(header::HOST);
         }
     }
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ForwardError::BadRequest("uri"))?;
 
     let send = upstream.send(req);
     let mut response = match route.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
-            .map_err(|_| ProxyError::UpstreamTimeout)??,
+            .map_err(|_| ForwardError::Timeout)??,
         None => send.await?,
     };
     remove_hop_by_hop(response.headers_mut());
@@ -92,7 +115,7 @@ pub async fn passthrough(
     host: &str,
     port: u16,
     mut req: Request<RequestBody>,
-) -> Result<Response<PooledBody>, ProxyError> {
+) -> Result<Response<PooledBody>, ForwardError> {
     let connector = connect::Connector::new(
         PASSTHROUGH_CONNECT_TIMEOUT,
         &meshgate_config::model::TcpKeepalive::default(),
@@ -101,11 +124,11 @@ pub async fn passthrough(
     let io = connector
         .connect(host, port)
         .await
-        .map_err(ProxyError::UpstreamConnect)?;
+        .map_err(ForwardError::Connect)?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
-            .map_err(|e| ProxyError::UpstreamConnect(connect::ConnectError::Http(e)))?;
+            .map_err(|e| ForwardError::Connect(connect::ConnectError::Http(e)))?;
     tokio::spawn(conn);
     let path = req
         .uri()
@@ -123,7 +146,7 @@ pub async fn passthrough(
     let mut response = sender
         .send_request(req)
         .await
-        .map_err(ProxyError::Upstream)?;
+        .map_err(ForwardError::Upstream)?;
     remove_hop_by_hop(response.headers_mut());
     Ok(response.map(PooledBody::unpooled))
 }

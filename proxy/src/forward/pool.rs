@@ -28,9 +28,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, Model};
 
 use super::connect::{ConnectError, Connector};
+use super::ForwardError;
 use crate::body::RequestBody;
 use crate::metrics::{ModelCounters, UpstreamCounts};
-use crate::respond::ProxyError;
 use crate::tls::client::origination;
 use crate::tls::credentials::Credentials;
 use crate::StartError;
@@ -60,7 +60,7 @@ pub struct UpstreamBackend {
 }
 
 /// A connection being opened.
-type Opening<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProxyError>> + Send + 'a>>;
+type Opening<'a, T> = Pin<Box<dyn Future<Output = Result<T, ForwardError>> + Send + 'a>>;
 
 /// One address of a backend and its connections.
 #[derive(Debug)]
@@ -168,11 +168,11 @@ impl UpstreamBackend {
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         if self.undefined {
-            return Err(ProxyError::NoCluster);
+            return Err(ForwardError::NoCluster);
         }
-        let endpoint = self.pick().ok_or(ProxyError::NoEndpoint)?;
+        let endpoint = self.pick().ok_or(ForwardError::NoEndpoint)?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
         match self.protocol {
@@ -194,7 +194,7 @@ impl UpstreamBackend {
             let io = self.connect(endpoint).await?;
             let (sender, conn) = http1::handshake(TokioIo::new(io))
                 .await
-                .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
+                .map_err(|e| ForwardError::Connect(ConnectError::Http(e)))?;
             tokio::spawn(conn);
             self.start_sweeper(endpoint);
             Ok(sender)
@@ -212,7 +212,7 @@ impl UpstreamBackend {
                 .timer(TokioTimer::new())
                 .handshake(TokioIo::new(io))
                 .await
-                .map_err(|e| ProxyError::UpstreamConnect(ConnectError::Http(e)))?;
+                .map_err(|e| ForwardError::Connect(ConnectError::Http(e)))?;
             tokio::spawn(conn);
             Ok(sender)
         })
@@ -222,7 +222,7 @@ impl UpstreamBackend {
     async fn connect(
         &self,
         endpoint: &Endpoint,
-    ) -> Result<super::connect::UpstreamStream, ProxyError> {
+    ) -> Result<super::connect::UpstreamStream, ForwardError> {
         match self.connector.connect(&endpoint.host, endpoint.port).await {
             Ok(io) => {
                 self.counts.connect(true);
@@ -230,7 +230,7 @@ impl UpstreamBackend {
             }
             Err(e) => {
                 self.counts.connect(false);
-                Err(ProxyError::UpstreamConnect(e))
+                Err(ForwardError::Connect(e))
             }
         }
     }
@@ -270,7 +270,7 @@ impl UpstreamBackend {
         &self,
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let permit = match &self.connections {
             // The semaphore is never closed.
             Some(s) => s.clone().acquire_owned().await.ok(),
@@ -294,7 +294,7 @@ impl UpstreamBackend {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(ProxyError::Upstream(e.into_error())),
+                    None => return Err(ForwardError::Upstream(e.into_error())),
                 },
             }
         }
@@ -302,7 +302,7 @@ impl UpstreamBackend {
         let response = sender
             .send_request(req)
             .await
-            .map_err(ProxyError::Upstream)?;
+            .map_err(ForwardError::Upstream)?;
         Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit)))
     }
 
@@ -310,7 +310,7 @@ impl UpstreamBackend {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let limit = self
             .max_requests_per_connection
             .map_or(usize::MAX, |n| n as usize);
@@ -334,11 +334,11 @@ impl UpstreamBackend {
             }
         };
         used.fetch_add(1, Ordering::Relaxed);
-        sender.ready().await.map_err(ProxyError::Upstream)?;
+        sender.ready().await.map_err(ForwardError::Upstream)?;
         let response = sender
             .send_request(req)
             .await
-            .map_err(ProxyError::Upstream)?;
+            .map_err(ForwardError::Upstream)?;
         Ok(response.map(|body| PooledBody { body, lease: None }))
     }
 
