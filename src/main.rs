@@ -251,10 +251,16 @@ fn check(config: &[PathBuf], suppress: &[String], output: Output) -> anyhow::Res
             return Ok(ExitCode::FAILURE);
         }
     };
-    // Also load the identity and build the TLS configs, as `run` would, without binding.
+    // Also read the files it names and build the TLS configs, as `run` would, without binding.
     let model = Arc::new(model);
     let metrics = Arc::new(meshgate_proxy::metrics::Metrics::new());
-    let runtime = meshgate_proxy::runtime::Runtime::build(model.clone(), metrics, None);
+    let runtime = match meshgate_proxy::material::Material::read(&model) {
+        Ok(material) => {
+            meshgate_proxy::runtime::Runtime::build(model.clone(), &material, metrics, None)
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
     let mut warnings = model.warnings.clone();
     if let Ok(r) = &runtime {
         warnings.extend(r.warnings.iter().cloned());

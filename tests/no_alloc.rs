@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use meshgate_config::model::authz::Attributes;
 use meshgate_proxy::authorize::{authorize, Decision};
-use meshgate_proxy::metrics::{Metrics, ModelCounters};
+use meshgate_proxy::metrics::Metrics;
 use meshgate_proxy::origin::Origin;
 use meshgate_proxy::route::{route, RouteRequest};
 
@@ -109,8 +109,10 @@ fn authorize_route_and_count_allocate_nothing() {
     };
     let listener = &model.listeners[0];
     let metrics = Metrics::new();
-    let counters = ModelCounters::new(&metrics, &model);
-    let td = counters.trust_domain_index(Some("example.com"));
+    let series = metrics.series();
+    let trust_domains = series.trust_domains(&model.trust);
+    let counts = series.listener(listener);
+    let td = trust_domains.index(Some("example.com"));
     // Warm up anything lazily initialised (the regex engine's caches).
     assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
     assert!(route(listener, None, &request).is_some());
@@ -120,12 +122,9 @@ fn authorize_route_and_count_allocate_nothing() {
         assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
         let chosen = route(listener, None, &request).map(|r| r.route.index);
         assert!(chosen.is_some());
-        counters.request(0, chosen, Some(Origin::Remote), td, 200);
-        counters.request_duration(
-            0,
-            Some(Origin::Remote),
-            std::time::Duration::from_micros(300),
-        );
+        trust_domains.request(td, Some(Origin::Remote), 200);
+        counts.request(chosen, Some(Origin::Remote), 200);
+        counts.duration(Some(Origin::Remote), std::time::Duration::from_micros(300));
     }
     let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(allocated, 0, "{allocated} allocations in 1000 decisions");

@@ -392,3 +392,61 @@ async fn a_broken_or_expired_new_identity_keeps_the_old_one_serving() {
         assert!(metrics.contains(&failures), "{metrics}");
     }
 }
+
+/// A reload reads its files and builds off the async workers: on a one-worker runtime (as
+/// `--concurrency 1` runs), a reload whose read blocks — here on a FIFO nobody writes yet —
+/// does not stall the requests being served meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_does_not_stall_requests_on_a_one_worker_runtime() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let proxy = support::proxy::Proxy::start(
+        &config("served", false),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let fifo = proxy.dir.path().join("slow.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // The writer: releases the reload once the request is answered (or after 5 s, so that a
+    // reload that blocks the worker fails this test instead of hanging it).
+    let written = Arc::new(AtomicBool::new(false));
+    let (answered, wait) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (fifo, written) = (fifo.clone(), written.clone());
+        std::thread::spawn(move || {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
+            written.store(true, Ordering::SeqCst);
+            std::fs::write(&fifo, "# nothing more\n").unwrap();
+        })
+    };
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let paths = [proxy.dir.path().join("config.yaml"), fifo];
+    let addr = proxy.addr(443);
+    let request = async {
+        // Let the reload start and block first.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let reply = client.get(addr, HOST, HOST, "/", &[]).await;
+        let before_release = !written.load(Ordering::SeqCst);
+        let _ = answered.send(());
+        (reply, before_release)
+    };
+    let ((reply, before_release), ()) = tokio::join!(
+        request,
+        meshgate_proxy::reload::reload(&proxy.running, &paths)
+    );
+    writer.join().unwrap();
+    assert_eq!(reply.unwrap().status, StatusCode::OK);
+    assert!(
+        before_release,
+        "the request waited for the reload's blocked read"
+    );
+    assert!(proxy
+        .running
+        .metrics
+        .render()
+        .contains("meshgate_config_reloads_total{result=\"success\"} 1"));
+}

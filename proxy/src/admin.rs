@@ -18,9 +18,9 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::respond::ResponseBody;
 use crate::listen::accept_loop;
-use crate::metrics::Metrics;
+use crate::metrics::{labels, Encoder, Metrics};
+use crate::respond::ResponseBody;
 use crate::runtime::Runtime;
 
 /// What the admin endpoints report on.
@@ -98,27 +98,29 @@ async fn respond(
 }
 
 /// The process counters, and what the current configuration adds: idle upstream connections
-/// per backend and the expiry of our certificates.
+/// per backend, the expiry of our certificates, and the access log lines dropped.
 fn render_metrics(state: &AdminState) -> String {
-    use std::fmt::Write as _;
-    let mut out = state.metrics.render();
+    let mut e = Encoder::default();
+    state.metrics.encode(&mut e);
     let runtime = state.shared.load();
-    out.push_str(
-        "# HELP meshgate_upstream_idle_connections Idle pooled upstream connections, by backend.\n",
+    e.family(
+        "meshgate_upstream_idle_connections",
+        "gauge",
+        "Idle pooled upstream connections, by backend.",
     );
-    out.push_str("# TYPE meshgate_upstream_idle_connections gauge\n");
     for (b, u) in runtime.model.backends.iter().zip(runtime.upstreams.all()) {
-        let _ = writeln!(
-            out,
-            "meshgate_upstream_idle_connections{{backend=\"{}:{}\"}} {}",
-            b.host,
-            b.port,
-            u.idle()
+        e.sample(
+            "meshgate_upstream_idle_connections",
+            &labels(&[("backend", &b.name())]),
+            u.idle(),
         );
     }
     if let Some(c) = &runtime.credentials {
-        out.push_str("# HELP meshgate_certificate_expiry_timestamp_seconds notAfter of our chain and bundle.\n");
-        out.push_str("# TYPE meshgate_certificate_expiry_timestamp_seconds gauge\n");
+        e.family(
+            "meshgate_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of our chain and bundle.",
+        );
         for (kind, list) in [
             ("chain", &c.summary["cert_chain"]),
             ("root", &c.summary["root_certs"]),
@@ -129,16 +131,25 @@ fn render_metrics(state: &AdminState) -> String {
                 .flatten()
                 .enumerate()
             {
-                let subject = cert["subject"].as_str().unwrap_or("").replace('"', "'");
-                let _ = writeln!(
-                    out,
-                    "meshgate_certificate_expiry_timestamp_seconds{{kind=\"{kind}\",index=\"{i}\",subject=\"{subject}\"}} {}",
-                    cert["not_after_unix"].as_i64().unwrap_or(0)
+                let index = i.to_string();
+                let subject = cert["subject"].as_str().unwrap_or("");
+                e.sample(
+                    "meshgate_certificate_expiry_timestamp_seconds",
+                    &labels(&[("kind", kind), ("index", &index), ("subject", subject)]),
+                    cert["not_after_unix"].as_i64().unwrap_or(0),
                 );
             }
         }
     }
-    out
+    if let Some(log) = &runtime.access_log {
+        e.family(
+            "meshgate_access_log_dropped_total",
+            "counter",
+            "Access log lines dropped because the writer fell behind.",
+        );
+        e.sample("meshgate_access_log_dropped_total", "", log.dropped());
+    }
+    e.finish()
 }
 
 fn pretty(v: &serde_json::Value) -> String {

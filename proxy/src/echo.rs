@@ -18,8 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::sync::watch;
 
-use crate::respond::ResponseBody;
 use crate::listen::{accept_loop, bind};
+use crate::respond::ResponseBody;
 
 /// A running echo server.
 #[derive(Debug)]

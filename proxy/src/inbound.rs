@@ -17,8 +17,8 @@ use meshgate_config::model::authz::Attributes;
 use meshgate_config::model::{ListenerKind, OutboundPolicy, RouteAction};
 
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
-use crate::authorize::{self, Decision, ShadowAction};
 use crate::access_log::{ResponseFlag, ResponseFlags};
+use crate::authorize::{self, Decision, ShadowAction};
 use crate::body::{Done, End, RequestBody, Tracked};
 use crate::cors;
 use crate::drain::Watch;
@@ -67,7 +67,7 @@ pub async fn serve_connection(
     metrics.connection(1);
     let tagging = &runtime.model.proxy.tagging;
     let local_addr = stream.local_addr().unwrap_or(peer_addr);
-    let served = match &runtime.listeners[listener] {
+    let served = match &runtime.listeners[listener].tls {
         Some(tls) => {
             let servers = &runtime.model.listeners[listener].servers;
             let timeout = runtime.model.proxy.limits.handshake_timeout;
@@ -117,8 +117,8 @@ pub async fn serve_connection(
                         tags,
                         origin,
                         trust_domain: runtime
-                            .counters
-                            .trust_domain_index(peer.as_ref().map(|p| p.spiffe_id.trust_domain())),
+                            .trust_domains
+                            .index(peer.as_ref().map(|p| p.spiffe_id.trust_domain())),
                         peer,
                         runtime: runtime.clone(),
                         listener,
@@ -136,7 +136,7 @@ pub async fn serve_connection(
             let conn = Connection {
                 tags: ConnectionTags::new(None, None, tagging, peer_addr),
                 origin: None,
-                trust_domain: runtime.counters.trust_domain_index(None),
+                trust_domain: runtime.trust_domains.index(None),
                 peer: None,
                 runtime: runtime.clone(),
                 listener,
@@ -231,13 +231,12 @@ async fn handle_request(
         }
     };
     let status = response.status().as_u16();
-    runtime.counters.request(
-        conn.listener,
-        chosen.route,
-        conn.origin,
-        conn.trust_domain,
-        status,
-    );
+    runtime
+        .trust_domains
+        .request(conn.trust_domain, conn.origin, status);
+    runtime.listeners[conn.listener]
+        .counts
+        .request(chosen.route, conn.origin, status);
     if let Some(log) = &mut exchange.log {
         log.head = Some(exchange.started.elapsed());
         log.status = Some(status);
@@ -483,10 +482,9 @@ impl Done for Exchange {
         let now = Instant::now();
         self.finished = Some(now);
         let took = now - self.started;
-        self.conn
-            .runtime
-            .counters
-            .request_duration(self.conn.listener, self.conn.origin, took);
+        self.conn.runtime.listeners[self.conn.listener]
+            .counts
+            .duration(self.conn.origin, took);
         let (Some(log), Some(logged)) = (&self.conn.runtime.access_log, self.log.take()) else {
             return;
         };

@@ -2,27 +2,28 @@
 //! format at `/stats/prometheus`.
 //!
 //! Two kinds of series. Fixed ones (handshakes, reloads, connections) live in `Metrics` for the
-//! life of the process. Series whose labels come from the
-//! configuration (trust domains, listeners and routes, backends, and the duration histograms by
-//! listener) live in a `Family`: a
-//! configuration takes its series from the family when it is built (`ModelCounters::new`, a
-//! lock then, never per request), and a series the old and the new configuration both name is
-//! the same counters — a reload neither resets nor loses a count, even for requests still
-//! finishing on the old configuration. A series no live configuration names any more is
-//! dropped at the next reload.
+//! life of the process. Series whose labels come from the configuration (trust domains,
+//! listeners and routes, backends, the duration histograms by listener) live in a `Family`: a
+//! configuration takes its series when it is built (`Metrics::series`, a lock then, never per
+//! request) and keeps them in the per-listener and per-backend state that uses them; a series
+//! the old and the new configuration both name is the same counters — a reload neither resets
+//! nor loses a count, even for requests still finishing on the old configuration. A series no
+//! live configuration names any more is dropped at the next reload.
 //!
 //! Label cardinality is bounded by the configuration: `source_trust_domain` takes the trust
 //! domains it names (ours, aliases, the allow-list, `cluster.local`), `""` without a peer, and
 //! `other`; `code` is the status code, 100 to 599; routes and backends are the configured ones.
+//!
+//! Every line of the exposition goes through one `Encoder`, the one place label values and
+//! help texts are escaped.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use meshgate_config::model::TrustSettings;
-use meshgate_config::Model;
+use meshgate_config::model::{Backend, Listener, TrustSettings};
 
 use crate::authorize::ShadowAction;
 use crate::identity::PeerError;
@@ -50,39 +51,25 @@ pub struct Metrics {
     durations: Family,
 }
 
-/// What one configuration counts into: its series, taken from the families once, in lists the
-/// request path indexes.
+/// Hands out a configuration's series (see `Metrics::series`).
 #[derive(Debug)]
-pub struct ModelCounters {
-    /// `""` (no peer) first and `other` last.
-    trust_domains: Vec<(Box<str>, Counts)>,
-    /// Per listener: requests no route took, then one series per route by `Route::index`.
-    routes: Vec<Box<[Counts]>>,
-    /// Per backend of the model.
-    upstreams: Vec<UpstreamCounts>,
-    /// Per listener of the model.
-    durations: Vec<Counts>,
+pub struct Series<'a>(&'a Metrics);
+
+/// A configuration's requests by source trust domain; `""` (no peer) first and `other` last.
+#[derive(Debug)]
+pub struct TrustDomainCounts(Vec<(Box<str>, Counts)>);
+
+/// One listener's requests by route, and its duration histogram.
+#[derive(Debug)]
+pub struct ListenerCounts {
+    /// Requests no route took, then one series per route by `Route::index`.
+    routes: Box<[Counts]>,
+    duration: Counts,
 }
 
 /// One backend's connection counters.
 #[derive(Debug, Clone)]
 pub struct UpstreamCounts(Counts);
-
-impl UpstreamCounts {
-    /// Counts a connection attempt.
-    pub fn connect(&self, ok: bool) {
-        self.0[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The origin label of a request: no identity (plaintext), local or remote.
-fn origin_index(origin: Option<Origin>) -> usize {
-    match origin {
-        None => 0,
-        Some(Origin::Local) => 1,
-        Some(Origin::Remote) => 2,
-    }
-}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -105,6 +92,20 @@ impl Metrics {
             upstreams: Family::new(2),
             durations: Family::new(ORIGINS.len() * SLOTS),
         }
+    }
+
+    /// Starts taking the series of a new configuration, after dropping those no configuration
+    /// holds any more.
+    pub fn series(&self) -> Series<'_> {
+        for family in [
+            &self.trust_domains,
+            &self.routes,
+            &self.upstreams,
+            &self.durations,
+        ] {
+            family.retain_used();
+        }
+        Series(self)
     }
 
     /// Counts a completed handshake.
@@ -134,14 +135,12 @@ impl Metrics {
 
     /// Counts what a set of dry-run policies would have decided.
     pub fn dry_run(&self, action: ShadowAction, allowed: bool) {
-        let i = usize::from(action == ShadowAction::Allow) * 2 + usize::from(!allowed);
-        self.dry_run[i].fetch_add(1, Ordering::Relaxed);
+        self.dry_run[dry_run_index(action, allowed)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Dry-run decisions counted, for tests.
     pub fn dry_runs(&self, action: ShadowAction, allowed: bool) -> u64 {
-        let i = usize::from(action == ShadowAction::Allow) * 2 + usize::from(!allowed);
-        self.dry_run[i].load(Ordering::Relaxed)
+        self.dry_run[dry_run_index(action, allowed)].load(Ordering::Relaxed)
     }
 
     /// Counts a configuration reload.
@@ -154,280 +153,260 @@ impl Metrics {
         self.active_connections.fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// The Prometheus 0.0.4 text exposition.
+    /// The Prometheus 0.0.4 text exposition of the process counters and of every series a
+    /// live configuration holds.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        header(
-            &mut out,
+        let mut e = Encoder::default();
+        self.encode(&mut e);
+        e.finish()
+    }
+
+    /// Writes the process counters and the live series into `e`.
+    pub fn encode(&self, e: &mut Encoder) {
+        e.family(
             "meshgate_handshakes_total",
             "counter",
             "TLS handshakes on ISTIO_MUTUAL listeners.",
         );
-        let _ = writeln!(
-            out,
-            "meshgate_handshakes_total{{result=\"success\",reason=\"\"}} {}",
-            self.handshakes_ok.load(Ordering::Relaxed)
+        e.sample(
+            "meshgate_handshakes_total",
+            &labels(&[("result", "success"), ("reason", "")]),
+            self.handshakes_ok.load(Ordering::Relaxed),
         );
         for (reason, c) in PeerError::REASONS.iter().zip(&self.handshakes_rejected) {
-            let _ = writeln!(
-                out,
-                "meshgate_handshakes_total{{result=\"rejected\",reason=\"{reason}\"}} {}",
-                c.load(Ordering::Relaxed)
+            e.sample(
+                "meshgate_handshakes_total",
+                &labels(&[("result", "rejected"), ("reason", reason)]),
+                c.load(Ordering::Relaxed),
             );
         }
 
-        header(
-            &mut out,
+        e.family(
             "meshgate_requests_total",
             "counter",
             "HTTP requests by caller origin, source trust domain and status code.",
         );
-        for (labels, counts) in self.trust_domains.snapshot() {
+        for (family, counts) in self.trust_domains.snapshot() {
             for (i, c) in counts.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 if v != 0 {
-                    let (origin, code) = (ORIGINS[i / CODES], i % CODES + 100);
-                    let _ = writeln!(
-                        out,
-                        "meshgate_requests_total{{origin=\"{origin}\",{labels},code=\"{code}\"}} {v}"
+                    let origin = labels(&[("origin", ORIGINS[i / CODES])]);
+                    let code = (i % CODES + 100).to_string();
+                    let code = labels(&[("code", &code)]);
+                    e.sample(
+                        "meshgate_requests_total",
+                        &join(&[&origin, &family, &code]),
+                        v,
                     );
                 }
             }
         }
 
-        header(
-            &mut out,
+        e.family(
             "meshgate_route_requests_total",
             "counter",
             "HTTP requests by listener, route (resource and route name; empty when no route \
              matched), caller origin and status code class.",
         );
-        for (labels, counts) in self.routes.snapshot() {
+        for (family, counts) in self.routes.snapshot() {
             for (i, c) in counts.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 if v != 0 {
-                    let (origin, class) = (ORIGINS[i / CLASSES], i % CLASSES + 1);
-                    let _ = writeln!(
-                        out,
-                        "meshgate_route_requests_total{{{labels},origin=\"{origin}\",code_class=\"{class}xx\"}} {v}"
+                    let class = format!("{}xx", i % CLASSES + 1);
+                    let extra = labels(&[("origin", ORIGINS[i / CLASSES]), ("code_class", &class)]);
+                    e.sample(
+                        "meshgate_route_requests_total",
+                        &join(&[&family, &extra]),
+                        v,
                     );
                 }
             }
         }
 
-        header(
-            &mut out,
+        e.family(
             "meshgate_request_duration_seconds",
             "histogram",
             "From the request head to the end of the response, by listener and caller origin.",
         );
-        for (labels, counts) in self.durations.snapshot() {
+        for (family, counts) in self.durations.snapshot() {
             for (o, origin) in ORIGINS.iter().enumerate() {
                 let slots = &counts[o * SLOTS..(o + 1) * SLOTS];
                 let count = slots[SLOTS - 1].load(Ordering::Relaxed);
                 if count == 0 {
                     continue;
                 }
-                let series = format!("{labels},origin=\"{origin}\"");
+                let series = join(&[&family, &labels(&[("origin", origin)])]);
                 let mut cumulative = 0;
                 for (le, c) in BUCKETS_MS.iter().zip(slots) {
                     cumulative += c.load(Ordering::Relaxed);
-                    let _ = writeln!(
-                        out,
-                        "meshgate_request_duration_seconds_bucket{{{series},le=\"{}\"}} {cumulative}",
-                        *le as f64 / 1000.0
+                    let le = (*le as f64 / 1000.0).to_string();
+                    e.sample(
+                        "meshgate_request_duration_seconds_bucket",
+                        &join(&[&series, &labels(&[("le", &le)])]),
+                        cumulative,
                     );
                 }
-                let sum = slots[SLOTS - 2].load(Ordering::Relaxed) as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "meshgate_request_duration_seconds_bucket{{{series},le=\"+Inf\"}} {count}\n\
-                     meshgate_request_duration_seconds_sum{{{series}}} {sum}\n\
-                     meshgate_request_duration_seconds_count{{{series}}} {count}"
+                e.sample(
+                    "meshgate_request_duration_seconds_bucket",
+                    &join(&[&series, &labels(&[("le", "+Inf")])]),
+                    count,
                 );
+                let sum = slots[SLOTS - 2].load(Ordering::Relaxed) as f64 / 1e6;
+                e.sample("meshgate_request_duration_seconds_sum", &series, sum);
+                e.sample("meshgate_request_duration_seconds_count", &series, count);
             }
         }
 
-        header(
-            &mut out,
+        e.family(
             "meshgate_upstream_connections_total",
             "counter",
             "Upstream connections made, by backend and result.",
         );
-        for (labels, counts) in self.upstreams.snapshot() {
+        for (family, counts) in self.upstreams.snapshot() {
             for (result, c) in ["success", "failure"].iter().zip(counts.iter()) {
-                let _ = writeln!(
-                    out,
-                    "meshgate_upstream_connections_total{{{labels},result=\"{result}\"}} {}",
-                    c.load(Ordering::Relaxed)
+                e.sample(
+                    "meshgate_upstream_connections_total",
+                    &join(&[&family, &labels(&[("result", result)])]),
+                    c.load(Ordering::Relaxed),
                 );
             }
         }
 
-        header(
-            &mut out,
+        e.family(
             "meshgate_authorization_dry_run_total",
             "counter",
             "What the dry-run (istio.io/dry-run) AuthorizationPolicies would have decided, by \
              the action of the set and its result; never enforced.",
         );
         for (i, c) in self.dry_run.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "meshgate_authorization_dry_run_total{{action=\"{}\",result=\"{}\"}} {}",
-                ["deny", "allow"][i / 2],
-                ["allowed", "denied"][i % 2],
-                c.load(Ordering::Relaxed)
+            e.sample(
+                "meshgate_authorization_dry_run_total",
+                &labels(&[
+                    ("action", ["deny", "allow"][i / 2]),
+                    ("result", ["allowed", "denied"][i % 2]),
+                ]),
+                c.load(Ordering::Relaxed),
             );
         }
 
-        header(
-            &mut out,
+        e.family(
             "meshgate_config_reloads_total",
             "counter",
             "Configuration reloads by result.",
         );
         for (result, c) in ["success", "failure"].iter().zip(&self.reloads) {
-            let _ = writeln!(
-                out,
-                "meshgate_config_reloads_total{{result=\"{result}\"}} {}",
-                c.load(Ordering::Relaxed)
+            e.sample(
+                "meshgate_config_reloads_total",
+                &labels(&[("result", result)]),
+                c.load(Ordering::Relaxed),
             );
         }
-        header(
-            &mut out,
+        e.family(
             "meshgate_connections_refused_total",
             "counter",
             "Connections closed at accept: the listener was full.",
         );
-        let _ = writeln!(
-            out,
-            "meshgate_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
+        e.sample(
+            "meshgate_connections_refused_total",
+            "",
+            self.connections_refused.load(Ordering::Relaxed),
         );
-        header(
-            &mut out,
+        e.family(
             "meshgate_connections_active",
             "gauge",
             "Downstream connections open now.",
         );
-        let _ = writeln!(
-            out,
-            "meshgate_connections_active {}",
-            self.active_connections.load(Ordering::Relaxed)
+        e.sample(
+            "meshgate_connections_active",
+            "",
+            self.active_connections.load(Ordering::Relaxed),
         );
-        out
     }
 }
 
-impl ModelCounters {
-    /// Takes the series `model` names from the families of `metrics` (creating those it is
-    /// the first to name), after dropping those no configuration holds any more.
-    pub fn new(metrics: &Metrics, model: &Model) -> Self {
-        for family in [
-            &metrics.trust_domains,
-            &metrics.routes,
-            &metrics.upstreams,
-            &metrics.durations,
-        ] {
-            family.retain_used();
-        }
-        let trust_domains = trust_domain_labels(&model.trust)
-            .into_iter()
-            .map(|td| {
-                let counts = metrics
-                    .trust_domains
-                    .series(labels(&[("source_trust_domain", &td)]));
-                (td.into_boxed_str(), counts)
-            })
-            .collect();
-        let routes = model
-            .listeners
-            .iter()
-            .map(|l| {
-                let unrouted = metrics.routes.series(labels(&[
+impl Series<'_> {
+    /// The requests-by-trust-domain series of a configuration with `trust`.
+    pub fn trust_domains(&self, trust: &TrustSettings) -> TrustDomainCounts {
+        TrustDomainCounts(
+            trust_domain_labels(trust)
+                .into_iter()
+                .map(|td| {
+                    let counts = self
+                        .0
+                        .trust_domains
+                        .series(labels(&[("source_trust_domain", &td)]));
+                    (td.into_boxed_str(), counts)
+                })
+                .collect(),
+        )
+    }
+
+    /// The series of listener `l`: its routes and its duration histogram.
+    pub fn listener(&self, l: &Listener) -> ListenerCounts {
+        let family = &self.0.routes;
+        let unrouted = family.series(labels(&[
+            ("listener", &l.name),
+            ("resource", ""),
+            ("route", ""),
+        ]));
+        let mut routes = vec![unrouted; 1 + l.routes.route_count()];
+        for vh in l.routes.virtual_hosts() {
+            for (i, r) in vh.routes.iter().enumerate() {
+                let position = i.to_string();
+                let name = r.name.as_deref().unwrap_or(&position);
+                routes[1 + r.index] = family.series(labels(&[
                     ("listener", &l.name),
-                    ("resource", ""),
-                    ("route", ""),
+                    ("resource", &vh.source),
+                    ("route", name),
                 ]));
-                let mut list = vec![unrouted; 1 + l.routes.route_count()];
-                for vh in l.routes.virtual_hosts() {
-                    for (i, r) in vh.routes.iter().enumerate() {
-                        let position = i.to_string();
-                        let name = r.name.as_deref().unwrap_or(&position);
-                        list[1 + r.index] = metrics.routes.series(labels(&[
-                            ("listener", &l.name),
-                            ("resource", &vh.source),
-                            ("route", name),
-                        ]));
-                    }
-                }
-                list.into_boxed_slice()
-            })
-            .collect();
-        let upstreams = model
-            .backends
-            .iter()
-            .map(|b| {
-                let name = format!("{}:{}", b.host, b.port);
-                UpstreamCounts(metrics.upstreams.series(labels(&[("backend", &name)])))
-            })
-            .collect();
-        let durations = model
-            .listeners
-            .iter()
-            .map(|l| metrics.durations.series(labels(&[("listener", &l.name)])))
-            .collect();
-        Self {
-            trust_domains,
-            routes,
-            upstreams,
-            durations,
+            }
+        }
+        ListenerCounts {
+            routes: routes.into_boxed_slice(),
+            duration: self.0.durations.series(labels(&[("listener", &l.name)])),
         }
     }
 
-    /// The index of a peer's trust domain (`None`: no peer) for `request`, computed once per
-    /// connection; a trust domain the configuration does not name counts as `other`.
-    pub fn trust_domain_index(&self, td: Option<&str>) -> usize {
+    /// The connection counters of backend `b`.
+    pub fn upstream(&self, b: &Backend) -> UpstreamCounts {
+        UpstreamCounts(self.0.upstreams.series(labels(&[("backend", &b.name())])))
+    }
+}
+
+impl TrustDomainCounts {
+    /// The index of a peer's trust domain (`None`: no peer), computed once per connection; a
+    /// trust domain the configuration does not name counts as `other`.
+    pub fn index(&self, td: Option<&str>) -> usize {
         let td = td.unwrap_or("");
-        self.trust_domains
+        self.0
             .iter()
             .position(|(t, _)| &**t == td)
-            .unwrap_or(self.trust_domains.len() - 1)
+            .unwrap_or(self.0.len() - 1)
     }
 
-    /// Counts a request: by its peer's origin and trust domain (`trust_domain_index`) with its
-    /// status code, and by listener and route (`Route::index`, `None` when none matched) with
-    /// the code's class.
-    pub fn request(
-        &self,
-        listener: usize,
-        route: Option<usize>,
-        origin: Option<Origin>,
-        trust_domain: usize,
-        status: u16,
-    ) {
+    /// Counts a request of the peer trust domain `index` with its origin and status code.
+    pub fn request(&self, index: usize, origin: Option<Origin>, status: u16) {
         let status = usize::from(status.clamp(100, 599));
-        let origin = origin_index(origin);
-        if let Some((_, counts)) = self.trust_domains.get(trust_domain) {
-            counts[origin * CODES + status - 100].fetch_add(1, Ordering::Relaxed);
+        if let Some((_, counts)) = self.0.get(index) {
+            counts[origin_index(origin) * CODES + status - 100].fetch_add(1, Ordering::Relaxed);
         }
-        let series = self
-            .routes
-            .get(listener)
-            .and_then(|l| l.get(route.map_or(0, |r| r + 1)));
-        if let Some(counts) = series {
-            counts[origin * CLASSES + status / 100 - 1].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ListenerCounts {
+    /// Counts a request under its route (`Route::index`; `None` when none matched) with its
+    /// origin and the class of its status code.
+    pub fn request(&self, route: Option<usize>, origin: Option<Origin>, status: u16) {
+        let class = usize::from(status.clamp(100, 599)) / 100 - 1;
+        if let Some(counts) = self.routes.get(route.map_or(0, |r| r + 1)) {
+            counts[origin_index(origin) * CLASSES + class].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Adds a request's time, from its head to the end of its response, to the histogram of
-    /// its listener and origin.
-    pub fn request_duration(&self, listener: usize, origin: Option<Origin>, took: Duration) {
-        let Some(counts) = self.durations.get(listener) else {
-            return;
-        };
-        let slots = &counts[origin_index(origin) * SLOTS..][..SLOTS];
+    /// its origin.
+    pub fn duration(&self, origin: Option<Origin>, took: Duration) {
+        let slots = &self.duration[origin_index(origin) * SLOTS..][..SLOTS];
         let ms = took.as_millis() as u64;
         if let Some(b) = BUCKETS_MS.iter().position(|le| ms <= *le) {
             slots[b].fetch_add(1, Ordering::Relaxed);
@@ -435,11 +414,86 @@ impl ModelCounters {
         slots[SLOTS - 2].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         slots[SLOTS - 1].fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// The connection counters of backend `i` of the model.
-    pub fn upstream(&self, i: usize) -> UpstreamCounts {
-        self.upstreams[i].clone()
+impl UpstreamCounts {
+    /// Counts a connection attempt.
+    pub fn connect(&self, ok: bool) {
+        self.0[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Writes the Prometheus 0.0.4 text format: `# HELP` and `# TYPE` lines, then samples.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    out: String,
+}
+
+impl Encoder {
+    /// Starts a metric family. Help text escapes `\` and newlines, as the format requires.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` as `labels()` renders them (empty for none).
+    pub fn sample(&mut self, name: &str, labels: &str, value: impl Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// `a="x",b="y"`, with the values escaped as the text format requires (`\`, `"`, newline):
+/// the one place label values are written.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+/// Rendered label sets, joined in order (empty ones left out).
+fn join(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The origin label of a request: no identity (plaintext), local or remote.
+fn origin_index(origin: Option<Origin>) -> usize {
+    match origin {
+        None => 0,
+        Some(Origin::Local) => 1,
+        Some(Origin::Remote) => 2,
+    }
+}
+
+fn dry_run_index(action: ShadowAction, allowed: bool) -> usize {
+    usize::from(action == ShadowAction::Allow) * 2 + usize::from(!allowed)
 }
 
 /// The trust domain labels of a configuration: none, ours, aliases, the allow-list,
@@ -513,32 +567,6 @@ impl Family {
     }
 }
 
-/// `a="x",b="y"`, with the values escaped as the text format requires.
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (i, (name, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 /// Upper bounds of the duration histogram's buckets, in milliseconds.
 const BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 /// Counters per origin in a duration histogram: the buckets, the sum (µs), the count.
@@ -557,12 +585,42 @@ const OTHER: &str = "other";
 mod tests {
     use super::*;
 
+    /// The text format's rules (Prometheus `exposition_formats.md`): a sample line is a metric
+    /// name, optional `{label="value",...}`, a space and a value; label values escape `\`, `"`
+    /// and newline; help text escapes `\` and newline.
     #[test]
-    fn label_values_are_escaped() {
+    fn the_exposition_follows_the_text_format() {
         assert_eq!(
             labels(&[("a", "x"), ("b", "q\"uo\\te\nd")]),
             r#"a="x",b="q\"uo\\te\nd""#
         );
+        let mut e = Encoder::default();
+        e.family("m_total", "counter", "Line one\nback\\slash.");
+        e.sample("m_total", &labels(&[("subject", "CN=\"a\\b\"")]), 3);
+        e.sample("m_total", "", 1.5);
+        let text = e.finish();
+        assert_eq!(
+            text,
+            "# HELP m_total Line one\\nback\\\\slash.\n# TYPE m_total counter\n\
+             m_total{subject=\"CN=\\\"a\\\\b\\\"\"} 3\nm_total 1.5\n"
+        );
+        for line in Metrics::new().render().lines() {
+            if line.starts_with('#') {
+                assert!(
+                    line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                    "{line}"
+                );
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap();
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{line}"
+            );
+        }
     }
 
     #[test]

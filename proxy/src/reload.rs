@@ -74,10 +74,13 @@ pub async fn run(
 }
 
 /// Loads and compiles the configuration again and swaps it in; any error keeps the running
-/// configuration, logged and counted.
+/// configuration, logged and counted. Reading and compiling run off the async workers, as the
+/// runtime's build does: a reload never stalls a connection.
 pub async fn reload(running: &Running, paths: &[PathBuf]) {
-    match meshgate_config::load(paths) {
-        Ok(model) => {
+    let paths = paths.to_vec();
+    let loaded = tokio::task::spawn_blocking(move || meshgate_config::load(&paths)).await;
+    match loaded {
+        Ok(Ok(model)) => {
             for w in &model.warnings {
                 warn!("{w}");
             }
@@ -85,10 +88,14 @@ pub async fn reload(running: &Running, paths: &[PathBuf]) {
                 error!("reload failed, the running configuration stays: {e}");
             }
         }
-        Err(errors) => {
+        Ok(Err(errors)) => {
             for e in &errors.0 {
                 error!("reload failed, the running configuration stays: {e}");
             }
+            running.metrics.reload(false);
+        }
+        Err(e) => {
+            error!("reload failed, the running configuration stays: {e}");
             running.metrics.reload(false);
         }
     }

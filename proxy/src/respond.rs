@@ -123,9 +123,7 @@ impl ProxyError {
             Self::Forward(ForwardError::NoEndpoint) => ResponseFlag::NoHealthyUpstream,
             Self::Forward(ForwardError::NoCluster) => ResponseFlag::NoCluster,
             Self::Forward(ForwardError::Connect(_)) => ResponseFlag::UpstreamConnectionFailure,
-            Self::Forward(ForwardError::Upstream(_)) => {
-                ResponseFlag::UpstreamConnectionTermination
-            }
+            Self::Forward(ForwardError::Upstream(_)) => ResponseFlag::UpstreamConnectionTermination,
             Self::Forward(ForwardError::Timeout) => ResponseFlag::UpstreamRequestTimeout,
             Self::FaultAbort(_) => ResponseFlag::FaultInjected,
         }

@@ -1,21 +1,25 @@
-//! Runtime: a compiled `Model` plus everything built from it once — our credentials, the
-//! rustls configs, the upstream pools, the HTTP server builders. Connections hold an
-//! `Arc<Runtime>`; the request path takes no lock.
+//! Runtime: a compiled `Model` plus everything built from it and its material (the files it
+//! names, read beforehand) — our credentials, the rustls configs, the upstream pools, the HTTP
+//! server builders, the metric series. Building is pure: no file is read here. Connections
+//! hold an `Arc<Runtime>`; the request path takes no lock.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use meshgate_config::model::ListenerProtocol;
+use meshgate_config::model::{Listener, ListenerProtocol};
 use meshgate_config::{Code, Model, Warning};
 
 use crate::access_log::AccessLog;
 use crate::forward::Upstreams;
-use crate::metrics::{Metrics, ModelCounters};
+use crate::material::{Material, Missing};
+use crate::metrics::{ListenerCounts, Metrics, TrustDomainCounts};
 use crate::serve::HttpServers;
 use crate::tag::Owned;
-use crate::tls::credentials::Credentials;
+use crate::tls::credentials::{issuer_bindings, Credentials};
 use crate::tls::files::ServerFiles;
 use crate::tls::server::ServerTlsConfigs;
-use crate::StartError;
 
 /// One configuration, ready to serve.
 #[derive(Debug)]
@@ -23,19 +27,132 @@ pub struct Runtime {
     pub model: Arc<Model>,
     /// Our workload identity, when the configuration names one.
     pub credentials: Option<Credentials>,
-    /// Per listener of the model: the TLS configs of an HTTPS listener.
-    pub listeners: Vec<Option<ServerTlsConfigs>>,
+    /// Per listener of the model, in model order.
+    pub listeners: Vec<ListenerRuntime>,
     pub upstreams: Upstreams,
     pub http: HttpServers,
     pub metrics: Arc<Metrics>,
-    /// This configuration's series of `metrics`.
-    pub counters: ModelCounters,
+    /// This configuration's requests by source trust domain.
+    pub trust_domains: TrustDomainCounts,
     /// The access log, when the MeshGateway asks for one.
     pub access_log: Option<AccessLog>,
     /// The request headers the proxy owns; shared with every request body, for its trailers.
     pub owned: Arc<Owned>,
     /// What building found worth a warning (our identity's trust domain).
     pub warnings: Vec<Warning>,
+    /// Listener index by (Gateway port, configured address), for the accept loops.
+    by_key: HashMap<ListenerKey, usize>,
+}
+
+/// A listener across reloads: its Gateway port and configured address.
+pub type ListenerKey = (u16, SocketAddr);
+
+/// What one listener of a configuration needs at run time.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    /// The TLS configs of an HTTPS listener.
+    pub tls: Option<ServerTlsConfigs>,
+    /// Its requests by route, and its duration histogram.
+    pub counts: ListenerCounts,
+}
+
+/// Why a runtime could not be built from a model and its material.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A file lacks what the configuration needs from it.
+    #[error(transparent)]
+    Missing(#[from] Missing),
+    /// A file holds something unusable: a key that does not match its certificate, an expired
+    /// chain, a leaf that is not an X509-SVID.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// A TLS configuration could not be built.
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl Runtime {
+    /// Builds every config of `model` from `material`; fails without side effects.
+    pub fn build(
+        model: Arc<Model>,
+        material: &Material,
+        metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
+    ) -> Result<Self, BuildError> {
+        let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
+        let credentials = match &model.proxy.identity {
+            Some(files) => Some(Credentials::load(files, material, &provider)?),
+            None => None,
+        };
+        let files = ServerFiles::load(&model, material, &provider)?;
+        let issuers = issuer_bindings(&model.trust.issuers, material)?;
+        let series = metrics.series();
+        let mut listeners = Vec::with_capacity(model.listeners.len());
+        for l in &model.listeners {
+            if l.istio_mutual() && credentials.is_none() {
+                return Err(BuildError::Tls(format!(
+                    "listener {} is ISTIO_MUTUAL but the MeshGateway has no spec.identity",
+                    l.name
+                )));
+            }
+            let tls = match l.protocol {
+                ListenerProtocol::Https => Some(
+                    ServerTlsConfigs::new(
+                        credentials.as_ref(),
+                        l,
+                        &files,
+                        &issuers,
+                        &model,
+                        &provider,
+                    )
+                    .map_err(|e| BuildError::Tls(format!("listener {}: {e}", l.name)))?,
+                ),
+                ListenerProtocol::Http => None,
+            };
+            listeners.push(ListenerRuntime {
+                tls,
+                counts: series.listener(l),
+            });
+        }
+        let warnings = identity_warnings(&model, credentials.as_ref());
+        let upstreams = Upstreams::new(&model, credentials.as_ref(), material, &provider, &series)?;
+        Ok(Self {
+            upstreams,
+            trust_domains: series.trust_domains(&model.trust),
+            http: HttpServers::new(&model.proxy.limits),
+            by_key: model
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (key(l), i))
+                .collect(),
+            credentials,
+            listeners,
+            metrics,
+            access_log,
+            owned: Arc::new(Owned::new(
+                &model.proxy.tagging,
+                model.proxy.http.headers_with_underscores,
+            )),
+            model,
+            warnings,
+        })
+    }
+
+    /// The index of the listener configured as `key`, if this configuration has it.
+    pub fn listener(&self, key: ListenerKey) -> Option<usize> {
+        self.by_key.get(&key).copied()
+    }
+}
+
+/// The key of a model listener.
+pub fn key(l: &Listener) -> ListenerKey {
+    (l.port, l.address)
+}
+
+/// Whether `model` has the listener `key`.
+pub fn key_in(model: &Model, key: ListenerKey) -> bool {
+    model.listeners.iter().any(|l| self::key(l) == key)
 }
 
 /// MG0108: our own identity is of another trust domain than the configured one, so Istio
@@ -66,54 +183,4 @@ fn identity_warnings(model: &Model, credentials: Option<&Credentials>) -> Vec<Wa
              domain is `{configured}`{alias}"
         ),
     }]
-}
-
-impl Runtime {
-    /// Loads the identity files and builds every config; fails without side effects.
-    pub fn build(
-        model: Arc<Model>,
-        metrics: Arc<Metrics>,
-        access_log: Option<AccessLog>,
-    ) -> Result<Self, StartError> {
-        let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
-        let credentials = match &model.proxy.identity {
-            Some(files) => Some(Credentials::load(files, &provider)?),
-            None => None,
-        };
-        let files = ServerFiles::load(&model, &provider)?;
-        let mut listeners = Vec::with_capacity(model.listeners.len());
-        for l in &model.listeners {
-            if l.istio_mutual() && credentials.is_none() {
-                return Err(StartError::Tls(format!(
-                    "listener {} is ISTIO_MUTUAL but the MeshGateway has no spec.identity",
-                    l.name
-                )));
-            }
-            let tls = match l.protocol {
-                ListenerProtocol::Https => Some(
-                    ServerTlsConfigs::new(credentials.as_ref(), l, &files, &model, &provider)
-                        .map_err(|e| StartError::Tls(format!("listener {}: {e}", l.name)))?,
-                ),
-                ListenerProtocol::Http => None,
-            };
-            listeners.push(tls);
-        }
-        let warnings = identity_warnings(&model, credentials.as_ref());
-        let counters = ModelCounters::new(&metrics, &model);
-        Ok(Self {
-            upstreams: Upstreams::new(&model, credentials.as_ref(), &provider, &counters)?,
-            counters,
-            http: HttpServers::new(&model.proxy.limits),
-            credentials,
-            listeners,
-            metrics,
-            access_log,
-            owned: Arc::new(Owned::new(
-                &model.proxy.tagging,
-                model.proxy.http.headers_with_underscores,
-            )),
-            model,
-            warnings,
-        })
-    }
 }

@@ -30,10 +30,11 @@ use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, 
 use super::connect::{ConnectError, Connector};
 use super::ForwardError;
 use crate::body::RequestBody;
-use crate::metrics::{ModelCounters, UpstreamCounts};
+use crate::material::Material;
+use crate::metrics::{Series, UpstreamCounts};
+use crate::runtime::BuildError;
 use crate::tls::client::origination;
 use crate::tls::credentials::Credentials;
-use crate::StartError;
 
 /// Every backend of the model, ready to forward to.
 #[derive(Debug)]
@@ -92,14 +93,14 @@ impl Upstreams {
     pub fn new(
         model: &Model,
         credentials: Option<&Credentials>,
+        material: &Material,
         provider: &Arc<CryptoProvider>,
-        counters: &ModelCounters,
-    ) -> Result<Self, StartError> {
+        series: &Series<'_>,
+    ) -> Result<Self, BuildError> {
         let backends = model
             .backends
             .iter()
-            .enumerate()
-            .map(|(i, b)| UpstreamBackend::new(b, credentials, provider, counters.upstream(i)))
+            .map(|b| UpstreamBackend::new(b, credentials, material, provider, series.upstream(b)))
             .collect::<Result<_, _>>()?;
         Ok(Self { backends })
     }
@@ -119,13 +120,14 @@ impl UpstreamBackend {
     fn new(
         b: &Backend,
         credentials: Option<&Credentials>,
+        material: &Material,
         provider: &Arc<CryptoProvider>,
         counts: UpstreamCounts,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, BuildError> {
         let connector = Connector::new(
             b.policy.connect_timeout,
             &b.policy.tcp_keepalive,
-            origination(b, credentials, provider)?,
+            origination(b, credentials, material, provider)?,
         );
         let addresses: Vec<(Box<str>, u16)> = match &b.endpoints {
             Endpoints::Static(list) => list

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, SignatureScheme};
@@ -21,7 +20,8 @@ use meshgate_config::model::{Backend, BackendProtocol, ClientTls, UpstreamTls};
 
 use super::credentials::Credentials;
 use super::verify::SpiffeServerVerifier;
-use crate::StartError;
+use crate::material::Material;
+use crate::runtime::BuildError;
 
 /// What the connector needs to originate TLS to one backend.
 #[derive(Debug, Clone)]
@@ -34,8 +34,9 @@ pub struct Origination {
 pub fn origination(
     backend: &Backend,
     credentials: Option<&Credentials>,
+    material: &Material,
     provider: &Arc<CryptoProvider>,
-) -> Result<Option<Origination>, StartError> {
+) -> Result<Option<Origination>, BuildError> {
     let (settings, mutual, istio) = match &backend.policy.tls {
         UpstreamTls::Disable => return Ok(None),
         UpstreamTls::Simple(s) => (s, false, false),
@@ -51,10 +52,10 @@ pub fn origination(
         format!("{source} for {}:{}", backend.host, backend.port)
     };
     let roots = match (&settings.ca_certificates, credentials) {
-        (Some(path), _) if !istio => Arc::new(read_roots(path)?),
+        (Some(path), _) if !istio => Arc::new(read_roots(path, material)?),
         (_, Some(c)) => c.roots.clone(),
         (_, None) => {
-            return Err(StartError::Tls(format!(
+            return Err(BuildError::Tls(format!(
                 "{}: {} needs the MeshGateway identity (its trust bundle{})",
                 what(),
                 if istio {
@@ -72,17 +73,17 @@ pub fn origination(
         istio,
         provider.clone(),
     )
-    .map_err(|e| StartError::Tls(format!("{}: {e}", what())))?;
+    .map_err(|e| BuildError::Tls(format!("{}: {e}", what())))?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
+        .map_err(|e| BuildError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match (mutual, istio) {
         (false, _) => builder.with_no_client_auth(),
         (true, true) => {
             let creds = credentials.ok_or_else(|| {
-                StartError::Tls(format!(
+                BuildError::Tls(format!(
                     "{}: ISTIO_MUTUAL needs the MeshGateway identity",
                     what()
                 ))
@@ -92,21 +93,26 @@ pub fn origination(
             )))
         }
         (true, false) => {
-            let (chain, key) = read_client_files(settings)?;
+            let (chain, key) = read_client_files(settings, material)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| StartError::Tls(format!("{}: client certificate: {e}", what())))?
+                .map_err(|e| BuildError::Tls(format!("{}: client certificate: {e}", what())))?
         }
     };
     config.alpn_protocols = alpn(istio, backend.protocol);
     let sni = match &settings.sni {
         Some(sni) => sni.clone(),
-        // Istio's sidecar SNI names the service port and host (subset `_`: none).
-        None if istio => format!("outbound_.{}_._.{}", backend.port, backend.host),
+        // Istio's sidecar SNI names the service port, subset (empty: none) and host.
+        None if istio => format!(
+            "outbound_.{}_.{}_.{}",
+            backend.port,
+            backend.subset.as_deref().unwrap_or(""),
+            backend.host
+        ),
         None => backend.host.clone(),
     };
     let server_name = ServerName::try_from(sni.clone())
-        .map_err(|_| StartError::Tls(format!("{}: `{sni}` is not a valid SNI", what())))?;
+        .map_err(|_| BuildError::Tls(format!("{}: `{sni}` is not a valid SNI", what())))?;
     Ok(Some(Origination {
         config: Arc::new(config),
         server_name,
@@ -137,41 +143,25 @@ impl ResolvesClientCert for OwnClientCertificate {
     }
 }
 
-fn read_roots(path: &Path) -> Result<RootCertStore, StartError> {
+fn read_roots(path: &Path, material: &Material) -> Result<RootCertStore, BuildError> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file_error(path, format!("cannot read certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "holds no CERTIFICATE".into()));
-    }
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| file_error(path, format!("unusable root: {e}")))?;
+    for cert in material.certificates(path)? {
+        roots.add(cert.clone()).map_err(|e| BuildError::File {
+            path: path.to_path_buf(),
+            message: format!("unusable root: {e}"),
+        })?;
     }
     Ok(roots)
 }
 
 fn read_client_files(
     settings: &ClientTls,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), StartError> {
+    material: &Material,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), BuildError> {
     let (Some(cert), Some(key)) = (&settings.client_certificate, &settings.private_key) else {
-        return Err(StartError::Tls(
+        return Err(BuildError::Tls(
             "MUTUAL needs clientCertificate and privateKey".into(),
         ));
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file_error(cert, format!("cannot read certificates: {e}")))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| file_error(key, format!("no usable private key: {e}")))?;
-    Ok((chain, key))
-}
-
-fn file_error(path: &Path, message: String) -> StartError {
-    StartError::Identity {
-        path: path.to_path_buf(),
-        message,
-    }
+    Ok((material.certificates(cert)?.to_vec(), material.key(key)?))
 }

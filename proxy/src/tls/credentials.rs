@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
@@ -18,7 +18,8 @@ use meshgate_config::model::{IdentityFiles, IssuerBinding, IssuerKey};
 use meshgate_config::spiffe::SpiffeId;
 
 use crate::identity::{peer_identity, sha256_hex};
-use crate::StartError;
+use crate::material::Material;
+use crate::runtime::BuildError;
 
 /// The workload certificate this proxy presents, and the bundle it trusts.
 #[derive(Debug)]
@@ -34,12 +35,14 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Loads and checks the three files.
-    pub fn load(files: &IdentityFiles, provider: &CryptoProvider) -> Result<Self, StartError> {
-        let chain = read_certs(&files.cert_chain)?;
-        let key = PrivateKeyDer::from_pem_file(&files.private_key).map_err(|e| {
-            identity_error(&files.private_key, format!("no usable private key: {e}"))
-        })?;
+    /// Checks the three files, as read into `material`.
+    pub fn load(
+        files: &IdentityFiles,
+        material: &Material,
+        provider: &CryptoProvider,
+    ) -> Result<Self, BuildError> {
+        let chain = material.certificates(&files.cert_chain)?.to_vec();
+        let key = material.key(&files.private_key)?;
         let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
             identity_error(
                 &files.private_key,
@@ -76,7 +79,7 @@ impl Credentials {
             }
         }
         let mut roots = RootCertStore::empty();
-        let root_ders = read_certs(&files.root_certs)?;
+        let root_ders = material.certificates(&files.root_certs)?.to_vec();
         for cert in root_ders.iter().cloned() {
             roots
                 .add(cert)
@@ -96,19 +99,20 @@ impl Credentials {
     }
 }
 
-/// Resolves `spec.trust.issuers` to (SPKI SHA-256 hex, trust domains), reading certificate
-/// files.
+/// Resolves `spec.trust.issuers` to (SPKI SHA-256 hex, trust domains), from the certificate
+/// files as read into `material`.
 pub fn issuer_bindings(
     bindings: &[IssuerBinding],
-) -> Result<Vec<(String, Vec<String>)>, StartError> {
+    material: &Material,
+) -> Result<Vec<(String, Vec<String>)>, BuildError> {
     bindings
         .iter()
         .map(|b| {
             let spki = match &b.issuer {
                 IssuerKey::SpkiSha256(hex) => hex.clone(),
                 IssuerKey::Certificate(path) => {
-                    let der = read_certs(path)?.remove(0);
-                    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                    let der = &material.certificates(path)?[0];
+                    let (_, cert) = x509_parser::parse_x509_certificate(der)
                         .map_err(|e| identity_error(path, format!("bad certificate: {e}")))?;
                     sha256_hex(cert.public_key().raw)
                 }
@@ -159,19 +163,8 @@ impl ResolvesServerCert for OwnCertificate {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, StartError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| identity_error(path, format!("cannot read: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| identity_error(path, format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(identity_error(path, "holds no CERTIFICATE".into()));
-    }
-    Ok(certs)
-}
-
-fn identity_error(path: &Path, message: String) -> StartError {
-    StartError::Identity {
+fn identity_error(path: &Path, message: String) -> BuildError {
+    BuildError::File {
         path: path.to_path_buf(),
         message,
     }

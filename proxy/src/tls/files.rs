@@ -1,6 +1,6 @@
 //! The certificate files of `SIMPLE` and `MUTUAL` Gateway servers (`serverCertificate`,
-//! `privateKey`, `caCertificates`, `caCrl`), read once per configuration and again on every
-//! reload, as the identity files are.
+//! `privateKey`, `caCertificates`, `caCrl`), as read into the configuration's material (so
+//! again on every reload, as the identity files are).
 //!
 //! Refuses a key that does not match its certificate, an expired server certificate, and a
 //! file without the PEM blocks it should hold, naming the file.
@@ -9,15 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::CertificateRevocationListDer;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
 use meshgate_config::model::{Listener, ServerCertificate, ServerTlsMode};
 use meshgate_config::Model;
 
-use crate::StartError;
+use crate::material::Material;
+use crate::runtime::BuildError;
 
 /// The loaded files of every SIMPLE and MUTUAL group, by listener and group.
 #[derive(Debug, Default)]
@@ -36,13 +36,17 @@ pub struct LoadedServerCertificate {
 }
 
 impl ServerFiles {
-    /// Reads the files of every SIMPLE and MUTUAL server of `model`.
-    pub fn load(model: &Model, provider: &CryptoProvider) -> Result<Self, StartError> {
+    /// The files of every SIMPLE and MUTUAL server of `model`, from `material`.
+    pub fn load(
+        model: &Model,
+        material: &Material,
+        provider: &CryptoProvider,
+    ) -> Result<Self, BuildError> {
         let mut loaded = Vec::new();
         for l in &model.listeners {
             for (i, tls) in l.tls.iter().enumerate() {
                 if let ServerTlsMode::Simple(files) | ServerTlsMode::Mutual(files) = &tls.mode {
-                    loaded.push(((l.port, i), load(files, provider)?));
+                    loaded.push(((l.port, i), load(files, material, provider)?));
                 }
             }
         }
@@ -60,11 +64,11 @@ impl ServerFiles {
 
 fn load(
     files: &ServerCertificate,
+    material: &Material,
     provider: &CryptoProvider,
-) -> Result<LoadedServerCertificate, StartError> {
-    let chain = certificates(&files.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&files.private_key)
-        .map_err(|e| error(&files.private_key, format!("no usable private key: {e}")))?;
+) -> Result<LoadedServerCertificate, BuildError> {
+    let chain = material.certificates(&files.certificate)?.to_vec();
+    let key = material.key(&files.private_key)?;
     let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
         error(
             &files.private_key,
@@ -87,9 +91,9 @@ fn load(
         None => None,
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for cert in certificates(path)? {
+            for cert in material.certificates(path)? {
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| error(path, format!("unusable CA certificate: {e}")))?;
             }
             Some(Arc::new(roots))
@@ -97,20 +101,7 @@ fn load(
     };
     let crls = match &files.ca_crl {
         None => Vec::new(),
-        Some(path) => {
-            let pem: Result<Vec<_>, _> = CertificateRevocationListDer::pem_file_iter(path)
-                .map_err(|e| error(path, format!("cannot read: {e}")))?
-                .collect();
-            let crls = pem.map_err(|e| error(path, format!("bad PEM: {e}")))?;
-            if crls.is_empty() {
-                // DER, as Envoy also takes.
-                let der =
-                    std::fs::read(path).map_err(|e| error(path, format!("cannot read: {e}")))?;
-                vec![CertificateRevocationListDer::from(der)]
-            } else {
-                crls
-            }
-        }
+        Some(path) => material.crls(path)?,
     };
     Ok(LoadedServerCertificate {
         certified_key: Arc::new(certified_key),
@@ -119,19 +110,8 @@ fn load(
     })
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, StartError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(path, format!("cannot read: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(path, format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(error(path, "holds no CERTIFICATE".into()));
-    }
-    Ok(certs)
-}
-
-fn error(path: &Path, message: String) -> StartError {
-    StartError::Identity {
+fn error(path: &Path, message: String) -> BuildError {
+    BuildError::File {
         path: path.to_path_buf(),
         message,
     }

@@ -87,6 +87,7 @@ impl ServerTlsConfigs {
         credentials: Option<&Credentials>,
         listener: &Listener,
         files: &ServerFiles,
+        issuers: &[(String, Vec<String>)],
         model: &Model,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, rustls::Error> {
@@ -96,6 +97,7 @@ impl ServerTlsConfigs {
                 credentials,
                 tls,
                 files.get(listener, i),
+                issuers,
                 model,
                 provider,
             )?);
@@ -108,6 +110,7 @@ fn group(
     credentials: Option<&Credentials>,
     tls: &ServerTls,
     files: Option<&LoadedServerCertificate>,
+    issuers: &[(String, Vec<String>)],
     model: &Model,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Group, rustls::Error> {
@@ -126,12 +129,10 @@ fn group(
     let (mut config, mode) = match &tls.mode {
         ServerTlsMode::IstioMutual => {
             let credentials = credentials.ok_or_else(|| missing("the MeshGateway identity"))?;
-            let issuers = super::credentials::issuer_bindings(&model.trust.issuers)
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
             let verifier = SpiffeClientVerifier::new(
                 credentials.roots.clone(),
                 model.trust.clone(),
-                issuers,
+                issuers.to_vec(),
                 provider.clone(),
             )
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;

@@ -1,0 +1,359 @@
+//! Server: binds the listeners and the admin address, starts the accept loops, and swaps a new
+//! runtime in on reload. Each (re)load reads every file it needs off the async workers (the
+//! configuration, then its material, in `spawn_blocking`) and builds the runtime there too, so
+//! that a reload never stalls a connection, even on a one-worker runtime.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use meshgate_config::Model;
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, AdminState};
+use crate::drain::Drain;
+use crate::inbound;
+use crate::listen;
+use crate::material::{FileErrors, Material};
+use crate::metrics::Metrics;
+use crate::runtime::{self, BuildError, ListenerKey, Runtime};
+
+/// Why the proxy could not start. Nothing is left running when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound (in use, not local, no permission).
+    #[error("cannot bind {name} on {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Files the configuration names could not be read (every one is listed).
+    #[error(transparent)]
+    Files(#[from] FileErrors),
+    /// The runtime could not be built from the configuration and its files.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The access log could not be opened.
+    #[error("{}: cannot open the access log: {source}", path.display())]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blocking task that read the files ended abnormally.
+    #[error("reading the configuration's files: {0}")]
+    Reader(#[source] tokio::task::JoinError),
+}
+
+/// A listener as bound.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    pub name: String,
+    /// The Gateway port.
+    pub port: u16,
+    /// The local address, with the actual port when 0 was asked for.
+    pub address: SocketAddr,
+}
+
+/// A running proxy.
+pub struct Running {
+    /// The Gateway listeners as first bound.
+    pub listeners: Vec<BoundListener>,
+    pub admin: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    state: Arc<AdminState>,
+    /// The configuration every new connection starts with; a reload swaps it.
+    shared: Arc<ArcSwap<Runtime>>,
+    /// The accept loops, by Gateway port and the address their listener was configured with
+    /// (several may be configured with port 0).
+    active: tokio::sync::Mutex<Vec<Active>>,
+    admin_stop: watch::Sender<bool>,
+    /// Shared with the accept loops, which hand a watch to each connection.
+    drain: Arc<Drain>,
+}
+
+/// One open connection of a listener, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One accept loop.
+struct Active {
+    key: ListenerKey,
+    info: BoundListener,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+/// Builds the runtime, binds every listener and the admin address, and starts serving. On
+/// error nothing stays bound.
+pub async fn start(model: Model) -> Result<Running, StartError> {
+    let model = Arc::new(model);
+    let metrics = Arc::new(Metrics::new());
+    let access_log = match &model.proxy.access_log {
+        Some(path) => Some(
+            AccessLog::open(path, model.proxy.access_log_encoding).map_err(|source| {
+                StartError::AccessLog {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
+        None => None,
+    };
+    // Nothing is served yet, so the files are read here, on this thread: no blocking thread is
+    // started for it (with `--concurrency 1` the proxy stays one thread until a reload).
+    let material = Material::read(&model)?;
+    let runtime = Arc::new(Runtime::build(
+        model.clone(),
+        &material,
+        metrics.clone(),
+        access_log,
+    )?);
+    drop(material);
+    let bound = bind_all(&model, &[])?;
+    let admin_listener = match model.proxy.admin {
+        Some(address) => Some(listen::bind(address).map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address,
+            source,
+        })?),
+        None => None,
+    };
+
+    let shared = Arc::new(ArcSwap::new(runtime));
+    let drain = Arc::new(Drain::new());
+    let state = Arc::new(AdminState {
+        ready: false.into(),
+        metrics: metrics.clone(),
+        shared: shared.clone(),
+        version: AtomicU64::new(1),
+    });
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let mut active = Vec::new();
+    let mut listeners = Vec::new();
+    for (key, listener, info) in bound {
+        active.push(spawn_accept(key, listener, &info, &shared, &drain));
+        listeners.push(info);
+    }
+    let admin = match admin_listener {
+        Some(listener) => {
+            let address = listener.local_addr().ok();
+            if let Some(a) = address {
+                info!(address = %a, "admin listening");
+            }
+            tokio::spawn(admin::serve(listener, state.clone(), admin_rx));
+            address
+        }
+        None => None,
+    };
+    state.ready.store(true, Ordering::Release);
+    Ok(Running {
+        listeners,
+        admin,
+        metrics,
+        state,
+        shared,
+        active: tokio::sync::Mutex::new(active),
+        admin_stop,
+        drain,
+    })
+}
+
+/// Reads the files `model` names and builds its runtime, both off the async workers, for a
+/// reload while connections are being served.
+async fn build(
+    model: Arc<Model>,
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
+) -> Result<Runtime, StartError> {
+    tokio::task::spawn_blocking(move || {
+        let material = Material::read(&model)?;
+        Ok(Runtime::build(model, &material, metrics, access_log)?)
+    })
+    .await
+    .map_err(StartError::Reader)?
+}
+
+/// Binds every listener of `model` whose configured address is not in `existing`.
+fn bind_all(
+    model: &Model,
+    existing: &[ListenerKey],
+) -> Result<Vec<(ListenerKey, tokio::net::TcpListener, BoundListener)>, StartError> {
+    let mut bound = Vec::new();
+    for l in model
+        .listeners
+        .iter()
+        .filter(|l| !existing.contains(&runtime::key(l)))
+    {
+        let listener = listen::bind(l.address).map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            address: l.address,
+            source,
+        })?;
+        let address = listener.local_addr().unwrap_or(l.address);
+        let info = BoundListener {
+            name: l.name.clone(),
+            port: l.port,
+            address,
+        };
+        bound.push((runtime::key(l), listener, info));
+    }
+    Ok(bound)
+}
+
+/// Accepts on `listener`; every connection starts with the runtime current at its accept, and
+/// finds its listener there by the configured address.
+fn spawn_accept(
+    key: ListenerKey,
+    listener: tokio::net::TcpListener,
+    info: &BoundListener,
+    shared: &Arc<ArcSwap<Runtime>>,
+    drain: &Arc<Drain>,
+) -> Active {
+    info!(listener = %info.name, port = info.port, address = %info.address, "listening");
+    let (stop, rx) = watch::channel(false);
+    let shared = shared.clone();
+    let drain = drain.clone();
+    let open = Arc::new(AtomicUsize::new(0));
+    let handle = tokio::spawn(listen::accept_loop(listener, rx, move |stream, peer| {
+        let runtime = shared.load_full();
+        let Some(index) = runtime.listener(key) else {
+            return;
+        };
+        // `maxConnectionsPerListener`: one over the limit is closed at once; the others carry on.
+        let limit = runtime.model.proxy.limits.max_connections_per_listener;
+        if limit.is_some_and(|max| open.load(Ordering::Relaxed) >= max as usize) {
+            runtime.metrics.connection_refused();
+            return;
+        }
+        let slot = Slot::take(&open);
+        let watch = drain.watch();
+        tokio::spawn(async move {
+            inbound::serve_connection(runtime, index, stream, peer, watch).await;
+            drop(slot);
+        });
+    }));
+    Active {
+        key,
+        info: info.clone(),
+        stop,
+        handle,
+    }
+}
+
+impl Running {
+    /// The bound address of the listener for Gateway port `port`, as first bound; after a
+    /// reload that adds or removes listeners, see `bound()`.
+    pub fn address(&self, port: u16) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.port == port)
+            .map(|l| l.address)
+    }
+
+    /// What building the running configuration found worth a warning (beside the model's).
+    pub fn warnings(&self) -> Vec<meshgate_config::Warning> {
+        self.shared.load().warnings.clone()
+    }
+
+    /// The configuration new connections get now.
+    pub fn model(&self) -> Arc<Model> {
+        self.shared.load().model.clone()
+    }
+
+    /// The listeners bound now (after any reload).
+    pub async fn bound(&self) -> Vec<BoundListener> {
+        self.active
+            .lock()
+            .await
+            .iter()
+            .map(|a| a.info.clone())
+            .collect()
+    }
+
+    /// Replaces the configuration: builds the new runtime completely, off the async workers
+    /// (every file it names read again, TLS configs, pools), binds the listeners it adds, swaps
+    /// it in for new connections, and stops accepting on the listeners it removes.
+    /// Connections already open keep the configuration they started with. On error nothing
+    /// changes.
+    pub async fn reload(&self, model: Model) -> Result<(), StartError> {
+        let result = self.try_reload(model).await;
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    async fn try_reload(&self, model: Model) -> Result<(), StartError> {
+        let model = Arc::new(model);
+        // The access log keeps its file; moving it needs a restart.
+        let access_log = self.shared.load().access_log.clone();
+        let runtime = Arc::new(build(model.clone(), self.metrics.clone(), access_log).await?);
+        let mut active = self.active.lock().await;
+        let existing: Vec<ListenerKey> = active.iter().map(|a| a.key).collect();
+        let fresh = bind_all(&model, &existing)?;
+        self.shared.store(runtime);
+        for (key, listener, info) in fresh {
+            active.push(spawn_accept(
+                key,
+                listener,
+                &info,
+                &self.shared,
+                &self.drain,
+            ));
+        }
+        active.retain(|a| {
+            let keep = runtime::key_in(&model, a.key);
+            if !keep {
+                info!(port = a.key.0, address = %a.key.1, "listener removed");
+                let _ = a.stop.send(true);
+            }
+            keep
+        });
+        self.state.version.fetch_add(1, Ordering::Relaxed);
+        for w in &self.shared.load().warnings {
+            tracing::warn!("{w}");
+        }
+        info!(listeners = model.listeners.len(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 close after
+    /// the current response) and waits for them for at most `drain`.
+    ///
+    /// `/ready` answers 503 from the start, and the admin listener keeps answering until the
+    /// drain ends, so that a load balancer's readiness probe sees the proxy leave.
+    pub async fn shutdown(self, drain: Duration) {
+        self.state.ready.store(false, Ordering::Release);
+        for a in self.active.into_inner() {
+            let _ = a.stop.send(true);
+            let _ = a.handle.await;
+        }
+        if tokio::time::timeout(drain, self.drain.drain())
+            .await
+            .is_err()
+        {
+            info!("drain timeout passed with connections still open");
+        }
+        let _ = self.admin_stop.send(true);
+    }
+}
