@@ -196,4 +196,36 @@ async fn issuer_binding_stops_one_mesh_minting_another_meshs_identities() {
         bound.rejected("issuer_not_allowed") == 2
     })
     .await;
+
+    // With binding on, the chain is verified once, by the binding's own path check: its
+    // failures keep their reasons.
+    let mut spec = meshgate_pki::LeafSpec::spiffe("spiffe://example.com/ns/default/sa/old");
+    spec.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    spec.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let expired = pki.leaf("example.com", &spec);
+    assert!(get(&bound, &expired).await.is_err());
+    support::eventually("expired counted", || bound.rejected("expired") == 1).await;
+    let other_root =
+        meshgate_pki::Authority::root("another root", meshgate_pki::KeyAlgorithm::EcdsaP256)
+            .unwrap();
+    let other_ca = other_root
+        .intermediate(
+            &meshgate_config::spiffe::TrustDomain::new("example.com").unwrap(),
+            meshgate_pki::KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap();
+    let foreign = other_ca
+        .issue(&meshgate_pki::LeafSpec::spiffe(
+            "spiffe://example.com/ns/default/sa/sleep",
+        ))
+        .unwrap();
+    let client = Client::plain(Some(&foreign), &pki.root.cert_pem);
+    assert!(client
+        .get(bound.addr(443), HOST, HOST, "/", &[])
+        .await
+        .is_err());
+    support::eventually("unknown_issuer counted", || {
+        bound.rejected("unknown_issuer") == 1
+    })
+    .await;
 }

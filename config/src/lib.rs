@@ -12,7 +12,8 @@ pub mod fields;
 pub mod model;
 pub mod raw;
 pub mod source;
-pub mod spiffe;
+/// SPIFFE IDs and trust domains, from the crate they live in.
+pub use meshgate_spiffe as spiffe;
 pub mod warning;
 
 use std::path::PathBuf;

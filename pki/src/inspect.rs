@@ -6,11 +6,11 @@ use std::path::Path;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::PkiError;
-use meshgate_config::spiffe::SpiffeId;
+use meshgate_spiffe::svid::SanNames;
+use meshgate_spiffe::{sha256_hex, SpiffeId};
 
 /// One certificate, summarised.
 #[derive(Debug, Clone)]
@@ -56,17 +56,7 @@ pub fn inspect(path: &Path) -> Result<Vec<CertSummary>, PkiError> {
 }
 
 fn summarise(der: &[u8], cert: &X509Certificate<'_>) -> CertSummary {
-    let mut uris = Vec::new();
-    let mut dns = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::URI(u) => uris.push(u.to_string()),
-                GeneralName::DNSName(d) => dns.push(d.to_string()),
-                _ => {}
-            }
-        }
-    }
+    let SanNames { uris, dns } = SanNames::of(cert);
     let spiffe_id = match uris.as_slice() {
         [one] => SpiffeId::parse(one).ok(),
         _ => None,
@@ -93,12 +83,6 @@ fn summarise(der: &[u8], cert: &X509Certificate<'_>) -> CertSummary {
         spki_sha256: sha256_hex(cert.public_key().raw),
         cert_sha256: sha256_hex(der),
     }
-}
-
-/// Lowercase hex SHA-256.
-pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Display for CertSummary {

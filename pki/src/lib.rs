@@ -20,7 +20,7 @@ use rcgen::{
 pub use time::{Duration, OffsetDateTime};
 
 pub use inspect::{inspect, CertSummary};
-use meshgate_config::spiffe::TrustDomain;
+use meshgate_spiffe::TrustDomain;
 
 /// What went wrong making, reading or writing certificates.
 #[derive(Debug, thiserror::Error)]

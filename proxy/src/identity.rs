@@ -9,10 +9,11 @@
 use std::fmt::Write as _;
 
 use rustls::pki_types::CertificateDer;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use meshgate_config::spiffe::{SpiffeId, SpiffeIdError};
+pub use meshgate_spiffe::sha256_hex;
+use meshgate_spiffe::svid::{self, SanNames, SvidError};
+use meshgate_spiffe::{SpiffeId, SpiffeIdError};
 
 /// The verified caller of a connection.
 #[derive(Debug, Clone)]
@@ -44,17 +45,7 @@ pub struct ClientCertificate {
 pub fn client_certificate(leaf: &CertificateDer<'_>) -> Result<ClientCertificate, PeerError> {
     let (_, cert) = X509Certificate::from_der(leaf)
         .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
-    let mut uris = Vec::new();
-    let mut dns = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::URI(uri) => uris.push(uri.to_string()),
-                GeneralName::DNSName(name) => dns.push(name.to_string()),
-                _ => {}
-            }
-        }
-    }
+    let SanNames { uris, dns } = SanNames::of(&cert);
     Ok(ClientCertificate {
         leaf_sha256: sha256_hex(leaf),
         subject: rfc2253(&cert),
@@ -166,29 +157,12 @@ impl PeerError {
 pub fn peer_identity(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerError> {
     let (_, cert) = X509Certificate::from_der(leaf)
         .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
-    if cert.is_ca() {
-        return Err(PeerError::CaLeaf);
-    }
-    if let Ok(Some(ku)) = cert.key_usage() {
-        // X509-SVID: a leaf must not carry keyCertSign or cRLSign.
-        if ku.value.key_cert_sign() || ku.value.crl_sign() {
-            return Err(PeerError::CaLeaf);
-        }
-    }
-    let mut uris = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                uris.push(*uri);
-            }
-        }
-    }
-    let uri = match uris.as_slice() {
-        [] => return Err(PeerError::NoUriSan),
-        [one] => *one,
-        many => return Err(PeerError::MultipleUriSans(many.len())),
-    };
-    let spiffe_id = SpiffeId::parse(uri).map_err(PeerError::InvalidSpiffeId)?;
+    let spiffe_id = svid::spiffe_id(&cert).map_err(|e| match e {
+        SvidError::NoUriSan => PeerError::NoUriSan,
+        SvidError::MultipleUriSans(n) => PeerError::MultipleUriSans(n),
+        SvidError::InvalidSpiffeId(e) => PeerError::InvalidSpiffeId(e),
+        SvidError::CaLeaf => PeerError::CaLeaf,
+    })?;
     Ok(PeerIdentity {
         spiffe_id,
         leaf_sha256: sha256_hex(leaf),
@@ -221,16 +195,6 @@ fn rfc2253(cert: &X509Certificate<'_>) -> String {
                 out.push(c);
             }
         }
-    }
-    out
-}
-
-/// Lowercase hex SHA-256.
-pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = String::with_capacity(64);
-    for b in digest.as_ref() {
-        let _ = write!(out, "{b:02x}");
     }
     out
 }

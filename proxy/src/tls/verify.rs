@@ -51,15 +51,15 @@ impl SpiffeClientVerifier {
         })
     }
 
-    /// Issuer binding: the CA that signed the leaf on the verified path must be bound to the
-    /// leaf's trust domain.
-    fn check_issuer(
+    /// With issuer binding: verifies the chain (once: rustls' verifier is not run as well) and
+    /// returns the SPKI SHA-256 of the CAs on the verified path, nearest first: the issuer,
+    /// the CAs above it, the trust anchor.
+    fn verified_path(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-        td: &str,
-    ) -> Result<(), rustls::Error> {
+    ) -> Result<Vec<String>, rustls::Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
         let path = ee
@@ -72,22 +72,27 @@ impl SpiffeClientVerifier {
                 None,
                 None,
             )
-            .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
-        // The nearest listed CA on the verified path decides: the issuer, then the CAs above
-        // it, then the trust anchor (so that a per-mesh root in `meshConfig.caCertificates`
-        // binds every leaf under it).
-        let issuer = sha256_hex(path.issuer_spki().as_ref());
-        let mut up: Vec<String> = path
-            .intermediate_certificates()
-            .map(|c| sha256_hex(c.subject_public_key_info().as_ref()))
-            .collect();
+            .map_err(|e| reject(path_error(e)))?;
+        let mut up = vec![sha256_hex(path.issuer_spki().as_ref())];
+        up.extend(
+            path.intermediate_certificates()
+                .map(|c| sha256_hex(c.subject_public_key_info().as_ref())),
+        );
         up.push(sha256_hex(webpki::spki_for_anchor(path.anchor()).as_ref()));
-        let bound = up
+        Ok(up)
+    }
+
+    /// Issuer binding: the nearest listed CA on the verified path (the issuer, then the CAs
+    /// above it, then the trust anchor, so that a per-mesh root in `meshConfig.caCertificates`
+    /// binds every leaf under it) must be bound to the leaf's trust domain.
+    fn check_issuer(&self, path: &[String], td: &str) -> Result<(), rustls::Error> {
+        let bound = path
             .iter()
             .find_map(|spki| self.issuers.iter().find(|(hash, _)| hash == spki));
         match bound {
             None => Err(reject(PeerError::IssuerNotAllowed(format!(
-                "issuing CA (SPKI SHA-256 {issuer}) is not in spec.trust.issuers"
+                "issuing CA (SPKI SHA-256 {}) is not in spec.trust.issuers",
+                path[0]
             )))),
             Some((spki, tds)) if !tds.iter().any(|t| t == td) => {
                 Err(reject(PeerError::IssuerNotAllowed(format!(
@@ -96,6 +101,16 @@ impl SpiffeClientVerifier {
             }
             Some(_) => Ok(()),
         }
+    }
+}
+
+/// What a webpki path failure means for the peer, as rustls maps the same errors.
+fn path_error(e: webpki::Error) -> PeerError {
+    match e {
+        webpki::Error::UnknownIssuer => PeerError::UnknownIssuer,
+        webpki::Error::CertExpired { .. } => PeerError::Expired,
+        webpki::Error::CertNotValidYet { .. } => PeerError::NotYetValid,
+        other => PeerError::InvalidCertificate(format!("{other:?}")),
     }
 }
 
@@ -118,15 +133,22 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        // With issuer binding the path is needed: verify it once, here, instead of in rustls'
+        // verifier too.
+        let path = if self.issuers.is_empty() {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?;
+            None
+        } else {
+            Some(self.verified_path(end_entity, intermediates, now)?)
+        };
         let peer = peer_identity(end_entity).map_err(reject)?;
         let td = peer.spiffe_id.trust_domain();
         if !self.trust.admits(td) {
             return Err(reject(PeerError::TrustDomainNotAllowed(td.to_string())));
         }
-        if !self.issuers.is_empty() {
-            self.check_issuer(end_entity, intermediates, now, td)?;
+        if let Some(path) = path {
+            self.check_issuer(&path, td)?;
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -195,6 +217,9 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::CaLeaf => PeerError::CaLeaf,
         PeerError::TrustDomainNotAllowed(td) => PeerError::TrustDomainNotAllowed(td.clone()),
         PeerError::IssuerNotAllowed(why) => PeerError::IssuerNotAllowed(why.clone()),
+        PeerError::UnknownIssuer => PeerError::UnknownIssuer,
+        PeerError::Expired => PeerError::Expired,
+        PeerError::NotYetValid => PeerError::NotYetValid,
         other => PeerError::InvalidCertificate(other.to_string()),
     }
 }
@@ -290,21 +315,10 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
 
 /// The URI and DNS SANs of a certificate.
 fn san_names(cert: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
     use x509_parser::prelude::{FromDer, X509Certificate};
     let Ok((_, cert)) = X509Certificate::from_der(cert) else {
         return Vec::new();
     };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(u.to_string()),
-            GeneralName::DNSName(d) => Some(d.to_string()),
-            _ => None,
-        })
-        .collect()
+    let names = meshgate_spiffe::svid::SanNames::of(&cert);
+    names.uris.into_iter().chain(names.dns).collect()
 }

@@ -1,8 +1,8 @@
 //! SPIFFE identities, parsed by the rules of the SPIFFE-ID specification.
 //!
-//! `TrustDomain`, `SpiffeId` and Istio's `Principal` form are shared by the config (trust
-//! domains, aliases, policies) and the proxy (peer identities). A value that exists is valid:
-//! the constructors refuse anything the specification forbids.
+//! `TrustDomain` and `SpiffeId` (with Istio's principal form) are shared by the config (trust
+//! domains, aliases, policies), the proxy (peer identities) and `meshgate pki`. A value that
+//! exists is valid: the constructors refuse anything the specification forbids.
 
 use std::fmt;
 
