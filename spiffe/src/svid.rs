@@ -2,8 +2,6 @@
 //! URI SAN, a valid SPIFFE ID, and a leaf that is not a CA (no CA basic constraint, no
 //! keyCertSign or cRLSign). And the two hashes meshgate shows of certificates.
 
-use std::fmt::Write as _;
-
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
@@ -71,12 +69,7 @@ impl SanNames {
 /// Lowercase hex SHA-256: of a certificate's DER (Envoy's XFCC `Hash=`), or of a
 /// SubjectPublicKeyInfo (issuer binding's `spkiSha256`).
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = String::with_capacity(64);
-    for b in digest.as_ref() {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
 }
 
 #[cfg(test)]

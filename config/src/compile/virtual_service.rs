@@ -906,19 +906,53 @@ pub(crate) fn qualify(host: &str, namespace: &str) -> String {
     }
 }
 
-/// `10s`, `1.5s`, `250ms`, `2m`, `1h`.
+/// A duration as Istio writes it, which is Go's `time.ParseDuration` format: decimal numbers
+/// with units, one or more (`10s`, `1.5s`, `250ms`, `1h30m`, `100us`), and `0` alone.
+/// Durations over ten years are refused: none of Istio's settings means one, and the timers
+/// they would arm overflow.
+///
+/// Written here rather than taken from a crate: the small duration crates (humantime and
+/// friends) read other formats, with spaces and long unit names, and not Go's.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?);
-    let n: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut seconds = 0.0_f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(digits);
+        if number.is_empty() || number == "." {
+            return None;
+        }
+        let n: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        seconds += n * scale;
+        rest = next;
+    }
+    if seconds > MAX_DURATION_SECS {
+        return None;
+    }
     Duration::try_from_secs_f64(seconds).ok()
 }
+
+/// Ten years.
+const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 86_400.0;
 
 #[cfg(test)]
 mod tests {
@@ -930,9 +964,18 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("100us"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_duration("2µs"), Some(Duration::from_micros(2)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("1x"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("1 s"), None);
+        assert_eq!(parse_duration("9999999999999999999s"), None);
     }
 
     #[test]

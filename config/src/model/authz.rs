@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
 /// Every field of an AuthorizationPolicy rule that meshgate implements, as Istio names it.
@@ -533,58 +534,34 @@ impl ServiceAccount {
     }
 }
 
-/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address (`ipnet` does the
+/// arithmetic).
 #[derive(Debug, Clone, Copy)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Parses `addr/len` or a bare address.
     pub fn parse(s: &str) -> Option<Self> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let network: IpAddr = addr.parse().ok()?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match len {
-            Some(l) if l.bytes().all(|b| b.is_ascii_digit()) => {
-                l.parse().ok().filter(|p| *p <= max)?
-            }
-            Some(_) => return None,
-            None => max,
-        };
-        Some(Self { network, prefix })
+        match s.parse::<IpNet>() {
+            Ok(net) => Some(Self(net)),
+            Err(_) => s.parse::<IpAddr>().ok().map(|ip| Self(IpNet::from(ip))),
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.network, ip) {
+        let ip = match (self.0, ip) {
             // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
-            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            (IpNet::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             _ => ip,
         };
-        match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.prefix),
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
 impl Serialize for Cidr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}/{}", self.network, self.prefix))
+        s.collect_str(&self.0)
     }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let (bytes, bits) = (usize::from(prefix / 8), prefix % 8);
-    if a[..bytes] != b[..bytes] {
-        return false;
-    }
-    bits == 0 || (a[bytes] ^ b[bytes]) >> (8 - bits) == 0
 }
 
 #[cfg(test)]

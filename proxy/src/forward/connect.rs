@@ -2,14 +2,12 @@
 //! a connect timeout), then TLS when the backend's DestinationRule originates it.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use meshgate_config::model::TcpKeepalive;
 
@@ -69,82 +67,21 @@ impl Connector {
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&self.keepalive);
         match &self.tls {
-            None => Ok(UpstreamStream::Plain(tcp)),
+            None => Ok(Either::Left(tcp)),
             Some(o) => {
                 let tls = TlsConnector::from(o.config.clone())
                     .connect(o.server_name.clone(), tcp)
                     .await
                     .map_err(ConnectError::Tls)?;
-                Ok(UpstreamStream::Tls(Box::new(tls)))
+                Ok(Either::Right(Box::new(tls)))
             }
         }
     }
 }
 
-/// A connection to an upstream, plaintext or TLS.
-#[derive(Debug)]
-pub enum UpstreamStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
+/// A connection to an upstream, plaintext (`Left`) or TLS (`Right`, boxed: the TLS state is
+/// large and most upstreams are plaintext).
+pub type UpstreamStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 #[cfg(test)]
 mod tests {
@@ -160,7 +97,7 @@ mod tests {
             probes: Some(3),
         };
         let connector = Connector::new(Duration::from_secs(1), &keepalive, None);
-        let UpstreamStream::Plain(tcp) = connector.connect("127.0.0.1", port).await.unwrap() else {
+        let Either::Left(tcp) = connector.connect("127.0.0.1", port).await.unwrap() else {
             panic!("plaintext expected")
         };
         let socket = socket2::SockRef::from(&tcp);
