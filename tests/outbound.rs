@@ -1,5 +1,5 @@
 //! Cross-mesh: the source mesh's proxy takes plaintext from an app and originates ISTIO_MUTUAL
-//! to the target mesh's gateway, as the seed's ServiceEntry and DestinationRule describe.
+//! to the target mesh's gateway, as an Istio ServiceEntry and DestinationRule describe.
 
 mod support;
 
@@ -40,7 +40,7 @@ async fn source(pki: &Pki, target: SocketAddr, policy: &str) -> Proxy {
 }
 
 #[tokio::test]
-async fn the_seed_two_mesh_path_with_pooled_connections() {
+async fn the_two_mesh_path_with_pooled_connections() {
     let pki = pki();
     let (target, _backend) = target(&pki).await;
     let source = source(&pki, target.addr(443), ISTIO_MUTUAL).await;

@@ -146,7 +146,7 @@ impl Proxy {
     }
 }
 
-/// The source mesh's proxy: trust domain `example.com`, an outbound listener, the seed's
+/// The source mesh's proxy: trust domain `example.com`, an outbound listener, the
 /// ServiceEntry for `httpbin.example-target.com` (80 -> 443, DNS) with `httpbin...:443`
 /// resolved to `target`, and a DestinationRule whose `trafficPolicy` is `policy`.
 pub fn source_yaml(target: SocketAddr, policy: &str) -> String {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 /// A field meshgate recognises but does not implement: present means an error.
 pub type Unsupported = Option<serde::de::IgnoredAny>;
 
-/// The envelope every resource shares. `status` is ignored, as DESIGN.md says.
+/// The envelope every resource shares. `status` is what a cluster reports, and is ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resource<S> {

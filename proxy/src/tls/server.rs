@@ -4,7 +4,7 @@
 //! (Istio's `outbound_.<port>_.<subset>_.<host>` form included) the TLS settings to use —
 //! `ISTIO_MUTUAL` with our identity, `SIMPLE` or `MUTUAL` with the server's certificate files —
 //! and so that a client whose ALPN list shares nothing with ours still completes the handshake
-//! (DESIGN.md: a handshake must not fail only because of ALPN). Istio's `istio-h2` selects HTTP/2;
+//! (a handshake must not fail only because the ALPN lists share nothing). Istio's `istio-h2` selects HTTP/2;
 //! `istio-http/1.x` and `istio` select HTTP/1.1; `istio-peer-exchange` is never selected.
 
 use std::sync::Arc;
