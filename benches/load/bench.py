@@ -45,6 +45,9 @@ CLIENT_ID = "spiffe://example.com/ns/default/sa/sleep"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+PARTS = ("keepalive", "handshake", "two-hop", "idle")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
@@ -54,7 +57,16 @@ def main():
     ap.add_argument("--idle-connections", type=int, default=500)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/meshgate"))
     ap.add_argument("--baseline", help="another meshgate binary to compare with, instead of nginx")
+    ap.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help="comma-separated parts to run: " + ", ".join(PARTS)
+        + " (idle alone opens its connections on a fresh process, after a short keep-alive warm-up)",
+    )
     args = ap.parse_args()
+    args.only = set(args.only.split(","))
+    if not args.only <= set(PARTS):
+        sys.exit(f"--only takes {', '.join(PARTS)}")
     other = "baseline" if args.baseline else "nginx"
 
     for tool in ("oha", "nginx", "taskset"):
@@ -73,7 +85,8 @@ def main():
                 for name in ("meshgate", other):
                     print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
                     one_hop = run_proxy(name, args, work)
-                    one_hop["two_hop"] = run_two_hop(name, args, work)
+                    if "two-hop" in args.only:
+                        one_hop["two_hop"] = run_two_hop(name, args, work)
                     results[name].append(one_hop)
             report(results, args)
         finally:
@@ -236,6 +249,8 @@ def run_proxy(name, args, work):
         oha(work, port, 2, args.connections, keepalive=True)  # warm-up
         out = {}
         for kind, conns, keepalive in (("keepalive", args.connections, True), ("handshake", args.handshake_connections, False)):
+            if kind not in args.only:
+                continue
             cpu0 = cpu_seconds(pids)
             res = oha(work, port, args.duration, conns, keepalive)
             cpu = cpu_seconds(pids) - cpu0
@@ -249,7 +264,8 @@ def run_proxy(name, args, work):
                 "ok": ok,
                 "errors": errors,
             }
-        out["idle_kib_per_conn"] = idle_memory(pids, port, work, args.idle_connections)
+        if "idle" in args.only:
+            out["idle_kib_per_conn"] = idle_memory(pids, port, work, args.idle_connections)
         return out
     finally:
         stop(proc)
@@ -507,12 +523,16 @@ def report(results, args):
     print(f"| metric | meshgate | {other} | meshgate/{other} |")
     print("|---|---|---|---|")
     for label, kind, key, fmt, _better in rows:
+        if kind not in results["meshgate"][0]:
+            continue
         m, n = med("meshgate", kind, key), med(other, kind, key)
         print(f"| {label} | {fmt.format(m)} | {fmt.format(n)} | {m / n:.2f} |")
-    m, n = med_idle("meshgate"), med_idle(other)
-    ratio = f"{m / n:.2f}" if n > 0 else "n/a"
-    print(f"| memory per idle mTLS connection (KiB) | {m:.1f} | {n:.1f} | {ratio} |")
-    errors = {name: sum(r[k]["errors"] for r in results[name] for k in ("keepalive", "handshake", "two_hop")) for name in results}
+    if "idle" in args.only:
+        m, n = med_idle("meshgate"), med_idle(other)
+        ratio = f"{m / n:.2f}" if n > 0 else "n/a"
+        print(f"| memory per idle mTLS connection (KiB) | {m:.1f} | {n:.1f} | {ratio} |")
+    kinds = ("keepalive", "handshake", "two_hop")
+    errors = {name: sum(r[k]["errors"] for r in results[name] for k in kinds if k in r) for name in results}
     print(f"\nfailed requests: meshgate {errors['meshgate']}, {other} {errors[other]}")
     print("\nraw rounds (JSON):")
     print(json.dumps(results, indent=1))
