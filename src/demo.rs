@@ -240,7 +240,15 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
         ]);
     }
     print_table(&rows);
-    let rejected = target.metrics.handshakes_rejected("unknown_issuer");
+    // The client sees the alert before the gateway's task has counted the rejection.
+    let mut rejected = 0;
+    for _ in 0..100 {
+        rejected = target.metrics.handshakes_rejected("unknown_issuer");
+        if rejected > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!("\ntarget gateway: meshgate_handshakes_total{{result=\"rejected\",reason=\"unknown_issuer\"}} {rejected}");
     all_ok &= rejected == 1;
 

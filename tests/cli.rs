@@ -59,7 +59,7 @@ spec:
   hosts: [a.example.com]
   gateways: [istio-system/gw]
   http:
-  - retries: {attempts: 3}
+  - retries: {attempts: 3, retryOn: sometimes}
     match: [{uri: {prefix: /a, exact: /b}}]
     route: [{destination: {host: x.internal, port: {number: 80}}}]
 ---
@@ -97,7 +97,7 @@ spec:
     let c = dir.path().join("c.yaml").display().to_string();
     let expected = [
         format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate: it names a Kubernetes Secret, which meshgate does not read: mount the Secret as files and name them with serverCertificate and privateKey"),
-        format!("{a}: VirtualService default/vs: spec.http[0].retries: this Istio field is not implemented by meshgate"),
+        format!("{a}: VirtualService default/vs: spec.http[0].retries.retryOn: `sometimes` is not a retry condition meshgate implements; use 5xx, gateway-error"),
         format!("{a}: VirtualService default/vs: spec.http[0].match[0].uri: only one of exact, prefix and regex may be set"),
         format!("{a}: Frobnicator default/f: kind: unknown kind `Frobnicator`"),
         // A resource without a name: that, and every other error it has.

@@ -148,7 +148,16 @@ pub const FIELDS: &[Field] = &[
         "match a uri prefix and use rewrite.uri",
     ),
     yes(VS, "http[].timeout"),
-    no(VS, "http[].retries", ""),
+    yes(VS, "http[].retries.attempts"),
+    yes(VS, "http[].retries.perTryTimeout"),
+    yes(VS, "http[].retries.retryOn"),
+    yes(VS, "http[].retries.retryIgnorePreviousHosts"),
+    yes(VS, "http[].retries.backoff"),
+    no(
+        VS,
+        "http[].retries.retryRemoteLocalities",
+        "remove it: meshgate knows no localities, and a retry already prefers an endpoint not tried yet",
+    ),
     yes(VS, "http[].fault.delay.fixedDelay"),
     yes(VS, "http[].fault.delay.percentage"),
     yes(VS, "http[].fault.delay.percent"),
@@ -230,17 +239,16 @@ pub const FIELDS: &[Field] = &[
         "trafficPolicy.connectionPool.tcp.maxConnectionDuration",
         "",
     ),
-    no(
+    yes(
         DR,
         "trafficPolicy.connectionPool.http.http1MaxPendingRequests",
-        "",
     ),
-    no(DR, "trafficPolicy.connectionPool.http.http2MaxRequests", ""),
+    yes(DR, "trafficPolicy.connectionPool.http.http2MaxRequests"),
     yes(
         DR,
         "trafficPolicy.connectionPool.http.maxRequestsPerConnection",
     ),
-    no(DR, "trafficPolicy.connectionPool.http.maxRetries", ""),
+    yes(DR, "trafficPolicy.connectionPool.http.maxRetries"),
     yes(DR, "trafficPolicy.connectionPool.http.idleTimeout"),
     no(DR, "trafficPolicy.connectionPool.http.h2UpgradePolicy", ""),
     no(

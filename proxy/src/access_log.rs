@@ -90,6 +90,10 @@ pub enum ResponseFlag {
     DelayInjected,
     /// `FI`: the route's fault aborted the request.
     FaultInjected,
+    /// `UO`: a circuit breaker (`http1MaxPendingRequests`, `http2MaxRequests`) refused it.
+    UpstreamOverflow,
+    /// `URX`: the last try failed too, and the route's retries were used up.
+    UpstreamRetryLimitExceeded,
 }
 
 impl ResponseFlag {
@@ -108,6 +112,8 @@ impl ResponseFlag {
             Self::DownstreamConnectionTermination => "DC",
             Self::DelayInjected => "DI",
             Self::FaultInjected => "FI",
+            Self::UpstreamOverflow => "UO",
+            Self::UpstreamRetryLimitExceeded => "URX",
         }
     }
 }
@@ -157,7 +163,7 @@ impl Serialize for ResponseFlags {
 }
 
 /// Every flag, in the order they are printed.
-const ALL_FLAGS: [ResponseFlag; 12] = [
+const ALL_FLAGS: [ResponseFlag; 14] = [
     ResponseFlag::DownstreamProtocolError,
     ResponseFlag::RbacDenied,
     ResponseFlag::NoRoute,
@@ -170,6 +176,8 @@ const ALL_FLAGS: [ResponseFlag; 12] = [
     ResponseFlag::DownstreamConnectionTermination,
     ResponseFlag::DelayInjected,
     ResponseFlag::FaultInjected,
+    ResponseFlag::UpstreamOverflow,
+    ResponseFlag::UpstreamRetryLimitExceeded,
 ];
 
 /// One refused handshake, as logged.

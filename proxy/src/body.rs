@@ -1,10 +1,11 @@
 //! Bodies on their way through: `RequestBody`, a request body going upstream (its bytes
-//! counted, its trailers stripped of owned headers), and `Tracked`, which wraps a response body
-//! on the proxy's listeners to see the response through to its end.
+//! counted, its trailers stripped of owned headers), `Replayable`, which keeps one for another
+//! try, and `Tracked`, which wraps a response body on the proxy's listeners to see the response
+//! through to its end.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -13,54 +14,263 @@ use hyper::body::Incoming;
 
 use crate::tag::Owned;
 
-/// A request body on its way upstream, its bytes counted when the access log wants them, and
-/// its trailers stripped of every header the proxy owns.
+/// A request body on its way upstream: the client's, its bytes counted when the access log
+/// wants them and its trailers stripped of every header the proxy owns; or one try's reading of
+/// a body kept for retries.
 #[derive(Debug)]
-pub struct RequestBody {
+pub struct RequestBody(Source);
+
+#[derive(Debug)]
+enum Source {
+    Client(ClientBody),
+    /// One try's reading of a kept body.
+    Replay(Reader),
+    /// No body.
+    Empty,
+}
+
+#[derive(Debug)]
+struct ClientBody {
     body: Incoming,
     /// Bytes read so far; `None` when nobody reads the count.
     counted: Option<Arc<AtomicU64>>,
     owned: Arc<Owned>,
 }
 
+/// Why a request body stopped.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl RequestBody {
     /// `body`, counting its bytes into `counted` when given.
     pub fn new(body: Incoming, counted: Option<Arc<AtomicU64>>, owned: Arc<Owned>) -> Self {
-        Self {
+        Self(Source::Client(ClientBody {
             body,
             counted,
             owned,
+        }))
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self(Source::Empty)
+    }
+}
+
+impl ClientBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(counted) = &self.counted {
+            counted.fetch_add(data_len(&frame), Ordering::Relaxed);
         }
+        if let Poll::Ready(Some(Ok(f))) = &mut frame {
+            if let Some(trailers) = f.trailers_mut() {
+                self.owned.strip_trailers(trailers);
+            }
+        }
+        frame.map_err(Into::into)
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(counted) = &this.counted {
-            counted.fetch_add(data_len(&frame), Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().0 {
+            Source::Client(body) => body.poll_frame(cx),
+            Source::Replay(reader) => reader.poll_frame(cx),
+            Source::Empty => Poll::Ready(None),
         }
-        if let Poll::Ready(Some(Ok(f))) = &mut frame {
-            if let Some(trailers) = f.trailers_mut() {
-                this.owned.strip_trailers(trailers);
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Source::Client(c) => c.body.is_end_stream(),
+            Source::Replay(reader) => reader.is_end_stream(),
+            Source::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Source::Client(c) => c.body.size_hint(),
+            Source::Replay(reader) => reader.size_hint(),
+            Source::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A request body kept for another try: the frames the client has sent so far are kept (up to
+/// a limit), so that each try reads them from the start and then, like the first, on from the
+/// client. Only the newest try reads: an older one, still being written by a connection that
+/// was given up, fails. A body larger than the limit is not kept, and then only the try that
+/// read past the limit can go on.
+#[derive(Debug)]
+pub enum Replayable {
+    /// A request without a body: every try has none.
+    Empty,
+    Kept(Arc<Mutex<Kept>>),
+}
+
+#[derive(Debug)]
+pub struct Kept {
+    source: ClientBody,
+    /// Every frame read so far, while they fit the limit.
+    frames: Vec<Stored>,
+    /// Frames read from the client so far.
+    read: usize,
+    bytes: usize,
+    limit: usize,
+    /// The frames went over the limit and are not kept.
+    overflowed: bool,
+    ended: bool,
+    /// The body's length, when the client declared it.
+    exact: Option<u64>,
+    /// The try allowed to read.
+    current: u32,
+}
+
+#[derive(Debug)]
+enum Stored {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+}
+
+/// One try's reading of a kept body.
+#[derive(Debug)]
+struct Reader {
+    kept: Arc<Mutex<Kept>>,
+    id: u32,
+    /// The next frame to read.
+    next: usize,
+    /// Data bytes read.
+    sent: u64,
+}
+
+impl Replayable {
+    /// Keeps `body` for as many tries as it takes, holding at most `limit` bytes of it.
+    pub fn new(body: RequestBody, limit: usize) -> Self {
+        match body.0 {
+            Source::Client(c) if !c.body.is_end_stream() => {
+                let exact = c.body.size_hint().exact();
+                Self::Kept(Arc::new(Mutex::new(Kept {
+                    source: c,
+                    frames: Vec::new(),
+                    read: 0,
+                    bytes: 0,
+                    limit,
+                    overflowed: false,
+                    ended: false,
+                    exact,
+                    current: 0,
+                })))
             }
+            // A kept body is never kept again; an ended or empty one is empty.
+            Source::Replay(_) => unreachable!("a try's body is not kept again"),
+            Source::Client(_) | Source::Empty => Self::Empty,
+        }
+    }
+
+    /// The body for the next try, which from now on is the only one that reads; `None` when
+    /// the body outgrew the limit after a try read some of it.
+    pub fn next_try(&self) -> Option<RequestBody> {
+        match self {
+            Self::Empty => Some(RequestBody::empty()),
+            Self::Kept(kept) => {
+                let mut k = lock(kept);
+                if k.overflowed && k.read > 0 {
+                    return None;
+                }
+                k.current += 1;
+                Some(RequestBody(Source::Replay(Reader {
+                    kept: kept.clone(),
+                    id: k.current,
+                    next: 0,
+                    sent: 0,
+                })))
+            }
+        }
+    }
+}
+
+fn lock(kept: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
+    kept.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A try that was given up for a newer one.
+#[derive(Debug, thiserror::Error)]
+#[error("request body: superseded by a retry")]
+struct Superseded;
+
+impl Reader {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut k = lock(&self.kept);
+        if k.current != self.id {
+            return Poll::Ready(Some(Err(Superseded.into())));
+        }
+        if self.next < k.read {
+            // Kept: `next_try` refuses a try once frames were dropped.
+            let frame = match &k.frames[self.next] {
+                Stored::Data(b) => {
+                    self.sent += b.len() as u64;
+                    Frame::data(b.clone())
+                }
+                Stored::Trailers(t) => Frame::trailers(t.clone()),
+            };
+            self.next += 1;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if k.ended {
+            return Poll::Ready(None);
+        }
+        let k = &mut *k;
+        let frame = k.source.poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(f))) => {
+                k.read += 1;
+                self.next += 1;
+                let stored = match (f.data_ref(), f.trailers_ref()) {
+                    (Some(d), _) => {
+                        self.sent += d.len() as u64;
+                        k.bytes += d.len();
+                        Some(Stored::Data(d.clone()))
+                    }
+                    (None, Some(t)) => Some(Stored::Trailers(t.clone())),
+                    (None, None) => None,
+                };
+                if k.bytes > k.limit {
+                    k.overflowed = true;
+                    k.frames = Vec::new();
+                } else if let (false, Some(stored)) = (k.overflowed, stored) {
+                    k.frames.push(stored);
+                }
+            }
+            Poll::Ready(None) => k.ended = true,
+            _ => {}
         }
         frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        let k = lock(&self.kept);
+        k.current == self.id && k.ended && self.next >= k.read
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let k = lock(&self.kept);
+        match k.exact {
+            Some(n) => SizeHint::with_exact(n.saturating_sub(self.sent)),
+            None => SizeHint::default(),
+        }
     }
 }
 

@@ -216,6 +216,9 @@ async fn handle_request(
     if chosen.delayed {
         flags.insert(ResponseFlag::DelayInjected);
     }
+    if chosen.tries.limit_exceeded {
+        flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
+    }
     let response = match result {
         Ok(response) => response,
         Err(e) => {
@@ -311,6 +314,8 @@ struct Chosen {
     backend: Option<usize>,
     /// The route's fault delayed the request (Envoy's `DI`).
     delayed: bool,
+    /// How the request's tries went.
+    tries: forward::Tries,
 }
 
 async fn route_and_forward(
@@ -394,8 +399,9 @@ async fn route_and_forward(
             let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
             chosen.backend = Some(backend);
             route.request_headers.apply(req.headers_mut());
+            let upstreams = &conn.runtime.upstreams;
             let upstream =
-                forward::forward(&conn.runtime.upstreams, backend, selected, req).await?;
+                forward::forward(upstreams, backend, selected, req, &mut chosen.tries).await?;
             upstream.map(ResponseBody::Upstream)
         }
     };

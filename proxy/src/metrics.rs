@@ -89,7 +89,7 @@ impl Metrics {
             dry_run: Default::default(),
             trust_domains: Family::new(ORIGINS.len() * CODES),
             routes: Family::new(ORIGINS.len() * CLASSES),
-            upstreams: Family::new(2),
+            upstreams: Family::new(UPSTREAM_SLOTS),
             durations: Family::new(ORIGINS.len() * SLOTS),
         }
     }
@@ -273,6 +273,37 @@ impl Metrics {
         }
 
         e.family(
+            "meshgate_upstream_retries_total",
+            "counter",
+            "Retries by backend and outcome: retried (a try was tried again), succeeded (a \
+             retried request got an answer no retry was needed for), overflow (not retried: \
+             maxRetries in flight), limit_exceeded (not retried: the route's attempts used up).",
+        );
+        let upstreams = self.upstreams.snapshot();
+        for (family, counts) in &upstreams {
+            for (outcome, slot) in RETRY_SLOTS {
+                e.sample(
+                    "meshgate_upstream_retries_total",
+                    &join(&[family, &labels(&[("outcome", outcome)])]),
+                    counts[slot].load(Ordering::Relaxed),
+                );
+            }
+        }
+        e.family(
+            "meshgate_upstream_overflow_total",
+            "counter",
+            "Requests a circuit breaker (http1MaxPendingRequests, http2MaxRequests) answered \
+             with 503, by backend.",
+        );
+        for (family, counts) in &upstreams {
+            e.sample(
+                "meshgate_upstream_overflow_total",
+                family,
+                counts[OVERFLOW_SLOT].load(Ordering::Relaxed),
+            );
+        }
+
+        e.family(
             "meshgate_authorization_dry_run_total",
             "counter",
             "What the dry-run (istio.io/dry-run) AuthorizationPolicies would have decided, by \
@@ -416,10 +447,51 @@ impl ListenerCounts {
     }
 }
 
+/// A backend's counters, by slot: connections made and failed, then the retry outcomes (as
+/// Envoy's `upstream_rq_retry`, `_retry_success`, `_retry_overflow`,
+/// `_retry_limit_exceeded`), then requests a circuit breaker refused.
+const UPSTREAM_SLOTS: usize = 7;
+const RETRY_SLOTS: [(&str, usize); 4] = [
+    ("retried", 2),
+    ("succeeded", 3),
+    ("overflow", 4),
+    ("limit_exceeded", 5),
+];
+const OVERFLOW_SLOT: usize = 6;
+
 impl UpstreamCounts {
     /// Counts a connection attempt.
     pub fn connect(&self, ok: bool) {
         self.0[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(&self, slot: usize) {
+        self.0[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A try was tried again.
+    pub fn retried(&self) {
+        self.add(2);
+    }
+
+    /// A request that was retried got a response no retry was needed for.
+    pub fn retry_succeeded(&self) {
+        self.add(3);
+    }
+
+    /// A retry was not made: `maxRetries` retries were in flight.
+    pub fn retry_overflow(&self) {
+        self.add(4);
+    }
+
+    /// A retry was not made: the route's attempts were used up.
+    pub fn retry_limit_exceeded(&self) {
+        self.add(5);
+    }
+
+    /// A request was refused by `http1MaxPendingRequests` or `http2MaxRequests`.
+    pub fn overflow(&self) {
+        self.add(OVERFLOW_SLOT);
     }
 }
 

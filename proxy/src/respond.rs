@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use meshgate_config::model::{AbortStatus, DirectResponse, Redirect, RedirectPort};
@@ -125,6 +125,7 @@ impl ProxyError {
             Self::Forward(ForwardError::Connect(_)) => ResponseFlag::UpstreamConnectionFailure,
             Self::Forward(ForwardError::Upstream(_)) => ResponseFlag::UpstreamConnectionTermination,
             Self::Forward(ForwardError::Timeout) => ResponseFlag::UpstreamRequestTimeout,
+            Self::Forward(ForwardError::Overflow) => ResponseFlag::UpstreamOverflow,
             Self::FaultAbort(_) => ResponseFlag::FaultInjected,
         }
     }
@@ -144,6 +145,10 @@ impl ProxyError {
             Self::Forward(ForwardError::Upstream(_)) => "upstream reset\n",
             Self::Forward(ForwardError::Timeout) => "upstream request timeout\n",
             // Envoy's body, byte for byte.
+            Self::Forward(ForwardError::Overflow) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
+            // Envoy's body, byte for byte.
             Self::FaultAbort(_) => "fault filter abort",
         }
     }
@@ -160,6 +165,13 @@ pub fn error(e: &ProxyError) -> Response<ResponseBody> {
         );
         headers.insert(GRPC_STATUS, HeaderValue::from(*code));
         headers.insert(GRPC_MESSAGE, HeaderValue::from_static("fault filter abort"));
+    }
+    if let ProxyError::Forward(ForwardError::Overflow) = e {
+        // Envoy marks its circuit breakers' answers so that callers' retries back off.
+        response.headers_mut().insert(
+            HeaderName::from_static("x-envoy-overloaded"),
+            HeaderValue::from_static("true"),
+        );
     }
     response
 }

@@ -272,6 +272,18 @@ pub async fn plain_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
+    plain_request(addr, http::Method::GET, host, path, headers, Bytes::new()).await
+}
+
+/// One plaintext HTTP/1.1 request with a body, on a connection of its own.
+pub async fn plain_request(
+    addr: std::net::SocketAddr,
+    method: http::Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
     let run = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -280,12 +292,15 @@ pub async fn plain_get(
             .await
             .map_err(|e| format!("h1: {e}"))?;
         tokio::spawn(conn);
-        let mut req = Request::get(path).header("host", host);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let response = send
-            .send_request(req.body(Full::new(Bytes::new())).unwrap())
+            .send_request(req.body(Full::new(body)).unwrap())
             .await
             .map_err(|e| format!("request: {e}"))?;
         Reply::read(response).await

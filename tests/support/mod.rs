@@ -7,6 +7,8 @@ pub mod client;
 pub mod observer;
 pub mod pki;
 pub mod proxy;
+pub mod scripted;
+pub mod sidecar;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

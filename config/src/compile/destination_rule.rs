@@ -34,6 +34,9 @@ struct Pool {
     idle_timeout: Option<Duration>,
     max_connections: Option<u32>,
     max_requests_per_connection: Option<u32>,
+    max_pending_requests: Option<u32>,
+    max_requests: Option<u32>,
+    max_retries: Option<u32>,
 }
 
 /// A `trafficPolicy`: its blocks, and the per-port replacements.
@@ -255,6 +258,9 @@ impl Rules {
             }
             policy.max_connections = pool.max_connections;
             policy.max_requests_per_connection = pool.max_requests_per_connection;
+            policy.max_pending_requests = pool.max_pending_requests;
+            policy.max_requests = pool.max_requests;
+            policy.max_retries = pool.max_retries;
         }
         policy
     }
@@ -327,20 +333,17 @@ fn patch(
                         keepalive.time = t;
                     }
                     keepalive.interval = duration(format!("{p}.interval"), &k.interval, errors);
-                    keepalive.probes = positive(o, format!("{p}.probes"), k.probes, errors);
+                    keepalive.probes = limit(k.probes);
                     out.tcp_keepalive = Some(keepalive);
                 }
                 out.connect_timeout = duration(format!("{path}.tcp.connectTimeout"), &tcp.connect_timeout, errors);
-                out.max_connections = positive(o, format!("{path}.tcp.maxConnections"), tcp.max_connections, errors);
+                out.max_connections = limit(tcp.max_connections);
             }
             if let Some(http) = &p.http {
                 o.unsupported(
                     errors,
                     &format!("{path}.http"),
                     &[
-                        ("http1MaxPendingRequests", http.http1_max_pending_requests.is_some()),
-                        ("http2MaxRequests", http.http2_max_requests.is_some()),
-                        ("maxRetries", http.max_retries.is_some()),
                         ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
                         ("useClientProtocol", http.use_client_protocol.is_some()),
                         ("maxConcurrentStreams", http.max_concurrent_streams.is_some()),
@@ -349,32 +352,20 @@ fn patch(
                 if let Some(t) = duration(format!("{path}.http.idleTimeout"), &http.idle_timeout, errors) {
                     out.idle_timeout = Some(t);
                 }
-                out.max_requests_per_connection = positive(
-                    o,
-                    format!("{path}.http.maxRequestsPerConnection"),
-                    http.max_requests_per_connection,
-                    errors,
-                );
+                out.max_requests_per_connection = limit(http.max_requests_per_connection);
+                out.max_pending_requests = limit(http.http1_max_pending_requests);
+                out.max_requests = limit(http.http2_max_requests);
+                out.max_retries = limit(http.max_retries);
             }
             out
         }),
     }
 }
 
-/// Istio's limits are positive; 0 would stop all traffic.
-fn positive(
-    o: &Origin,
-    field: String,
-    v: Option<u32>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<u32> {
-    match v {
-        Some(0) => {
-            errors.push(o.error(field, "must be at least 1"));
-            None
-        }
-        other => other,
-    }
+/// Istio's limits: 0 is the field's zero value, which Istio reads as not set (its default,
+/// unlimited), not as "none at all".
+fn limit(v: Option<u32>) -> Option<u32> {
+    v.filter(|n| *n > 0)
 }
 
 fn client_tls(

@@ -70,6 +70,8 @@ pub(crate) fn add_services(
             rewrite_uri: None,
             rewrite_authority: None,
             timeout: None,
+            // Istio's default route for a service retries as a VirtualService route does.
+            retry: Some(crate::model::Retry::istio_default()),
             fault: None,
             cors: None,
         };

@@ -19,12 +19,12 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    HostMatcher, Listener, ListenerKind, Redirect, RedirectPort, RequestMatch, Route, RouteAction,
-    RouteTable, StringMatcher, VirtualHost, WeightedBackend,
+    HostMatcher, Listener, ListenerKind, Redirect, RedirectPort, RequestMatch, Retry, RetryOn,
+    Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Fault as FaultSpec, HeaderOperations, HttpMatch, HttpRoute, Percent,
-    Redirect as RedirectSpec, VirtualServiceSpec,
+    Redirect as RedirectSpec, Retries as RetriesSpec, VirtualServiceSpec,
 };
 use crate::raw::{Labels, StringMatch};
 use crate::warning::{Code, Warning};
@@ -215,7 +215,6 @@ fn compile_route(
         path,
         &[
             ("delegate", r.delegate.is_some()),
-            ("retries", r.retries.is_some()),
             ("mirror", r.mirror.is_some()),
             ("mirrors", r.mirrors.is_some()),
             ("mirrorPercentage", r.mirror_percentage.is_some()),
@@ -404,6 +403,10 @@ fn compile_route(
         .cors_policy
         .as_ref()
         .and_then(|c| cors(o, &format!("{path}.corsPolicy"), c, errors));
+    let retry = match &r.retries {
+        None => Some(Retry::istio_default()),
+        Some(spec) => retries(o, &format!("{path}.retries"), spec, errors),
+    };
     if errors.len() > before {
         return None;
     }
@@ -419,7 +422,86 @@ fn compile_route(
         rewrite_uri,
         rewrite_authority,
         timeout,
+        retry,
     })
+}
+
+/// `retries`, as Istio's `ConvertPolicy`: `attempts: 0` turns retries off; an omitted
+/// `retryOn` keeps Istio's default conditions; numbers in `retryOn` are status codes for
+/// `retriable-status-codes`, which they imply.
+fn retries(
+    o: &Origin,
+    path: &str,
+    spec: &RetriesSpec,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Retry> {
+    let before = errors.len();
+    let mut retry = Retry::istio_default();
+    let attempts = spec.attempts.unwrap_or(0);
+    match u32::try_from(attempts) {
+        Ok(n) => retry.attempts = n,
+        Err(_) => errors.push(o.error(
+            format!("{path}.attempts"),
+            format!("`{attempts}` is not a number of attempts (0 or more)"),
+        )),
+    }
+    o.unsupported(
+        errors,
+        path,
+        &[(
+            "retryRemoteLocalities",
+            spec.retry_remote_localities.is_some(),
+        )],
+    );
+    if let Some(other) = spec.retry_ignore_previous_hosts {
+        retry.other_hosts = other;
+    }
+    let duration = |field: &str, v: &Option<String>, errors: &mut Vec<ConfigError>| {
+        v.as_deref().and_then(|t| match parse_duration(t) {
+            Some(d) if d >= Duration::from_millis(1) => Some(d),
+            _ => {
+                errors.push(o.error(
+                    format!("{path}.{field}"),
+                    format!("`{t}` is not a duration of 1ms or more"),
+                ));
+                None
+            }
+        })
+    };
+    retry.per_try_timeout = duration("perTryTimeout", &spec.per_try_timeout, errors);
+    if let Some(base) = duration("backoff", &spec.backoff, errors) {
+        retry.backoff = base;
+    }
+    if let Some(on) = spec.retry_on.as_deref() {
+        retry.on = RetryOn::default();
+        for part in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(condition) = RetryOn::named(part) {
+                retry.on.insert(condition);
+            } else if let Some(code) = part.parse::<u16>().ok().filter(|c| (100..=599).contains(c))
+            {
+                retry.status_codes.push(code);
+                retry.on.insert(RetryOn::RETRIABLE_STATUS_CODES);
+            } else {
+                let advice = match part {
+                    "retriable-headers" => {
+                        ": it needs retriable response headers, which Istio cannot configure"
+                    }
+                    "http3-post-connect-failure" => ": meshgate does not speak HTTP/3",
+                    _ => "",
+                };
+                errors.push(o.error(
+                    format!("{path}.retryOn"),
+                    format!(
+                        "`{part}` is not a retry condition meshgate implements{advice}; use {} or \
+                         an HTTP status code",
+                        RetryOn::NAMES.map(|(n, _)| n).join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    // Istio: `attempts` 0 (or left out) turns retries off.
+    (errors.len() == before && retry.attempts > 0).then_some(retry)
 }
 
 /// `redirect`, as Istio's `ApplyRedirect` sets Envoy's RedirectAction.

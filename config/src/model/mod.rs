@@ -6,6 +6,7 @@
 pub mod authz;
 mod host;
 pub mod path;
+mod retry;
 mod route;
 mod table;
 
@@ -17,6 +18,7 @@ use http::HeaderName;
 use serde::Serialize;
 
 pub use host::{HostMatcher, NamespaceFilter};
+pub use retry::{Retry, RetryOn};
 pub use route::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
     Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
@@ -507,6 +509,15 @@ pub struct UpstreamPolicy {
     pub max_connections: Option<u32>,
     /// `connectionPool.http.maxRequestsPerConnection`: a connection is closed after this many.
     pub max_requests_per_connection: Option<u32>,
+    /// `connectionPool.http.http1MaxPendingRequests`: requests waiting for one of
+    /// `maxConnections`; one more is answered 503 (`UO`). `None`: unlimited, as Istio's default.
+    pub max_pending_requests: Option<u32>,
+    /// `connectionPool.http.http2MaxRequests`: requests in flight to the backend, whatever the
+    /// protocol (as Envoy's `max_requests`); one more is answered 503 (`UO`).
+    pub max_requests: Option<u32>,
+    /// `connectionPool.http.maxRetries`: retries in flight to the backend; a retry over it is
+    /// not made.
+    pub max_retries: Option<u32>,
     /// `DestinationRule ns/name`, when one applies.
     pub source: Option<String>,
 }
@@ -522,6 +533,9 @@ impl Default for UpstreamPolicy {
             idle_timeout: std::time::Duration::from_secs(60),
             max_connections: None,
             max_requests_per_connection: None,
+            max_pending_requests: None,
+            max_requests: None,
+            max_retries: None,
             source: None,
         }
     }

@@ -39,8 +39,10 @@ pub struct Route {
     pub rewrite_uri: Option<String>,
     #[serde(serialize_with = "serialize_opt_header_value")]
     pub rewrite_authority: Option<HeaderValue>,
-    /// The whole request's deadline; `None` means none, as Istio's default.
+    /// The whole request's deadline, retries included; `None` means none, as Istio's default.
     pub timeout: Option<Duration>,
+    /// When a failed try is tried again; `None`: never (`retries.attempts: 0`).
+    pub retry: Option<super::Retry>,
     /// Faults to inject before forwarding (Envoy's fault filter, per route).
     pub fault: Option<Fault>,
     /// CORS (Envoy's CORS filter, per route).

@@ -110,9 +110,9 @@ pub struct TcpKeepalive {
 pub struct HttpSettings {
     pub idle_timeout: Option<String>,
     pub max_requests_per_connection: Option<u32>,
-    pub http1_max_pending_requests: Unsupported,
-    pub http2_max_requests: Unsupported,
-    pub max_retries: Unsupported,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
     pub h2_upgrade_policy: Unsupported,
     pub use_client_protocol: Unsupported,
     pub max_concurrent_streams: Unsupported,

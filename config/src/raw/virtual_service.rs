@@ -35,11 +35,23 @@ pub struct HttpRoute {
     pub fault: Option<Fault>,
     pub cors_policy: Option<CorsPolicy>,
     pub delegate: Unsupported,
-    pub retries: Unsupported,
+    pub retries: Option<Retries>,
     pub mirror: Unsupported,
     pub mirrors: Unsupported,
     pub mirror_percentage: Unsupported,
     pub mirror_percent: Unsupported,
+}
+
+/// `retries`: Envoy's RetryPolicy.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    pub attempts: Option<i64>,
+    pub per_try_timeout: Option<String>,
+    pub retry_on: Option<String>,
+    pub retry_remote_localities: Unsupported,
+    pub retry_ignore_previous_hosts: Option<bool>,
+    pub backoff: Option<String>,
 }
 
 /// `redirect`: Envoy's RedirectAction.

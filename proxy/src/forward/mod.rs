@@ -1,24 +1,31 @@
 //! Forward: request -> upstream response, over a pooled connection.
 //!
 //! Applies the route's URI and authority rewrites, hands the request to the backend's pool
-//! (which picks the endpoint and the connection), and streams both bodies. The request's
-//! hop-by-hop headers are gone already (`head`), and its headers are not edited here: the
-//! owned ones were set last. The response's hop-by-hop headers are dropped. The route's
-//! timeout bounds the wait for the response head.
+//! (which picks the endpoint and the connection), tries again as the route's retry policy says,
+//! and streams both bodies. The request's hop-by-hop headers are gone already (`head`), and its
+//! headers are not edited here: the owned ones were set last. The response's hop-by-hop headers
+//! are dropped. The route's timeout bounds the wait for the response head, every try and
+//! backoff included; `perTryTimeout` bounds each try.
 
 pub mod connect;
 pub mod pool;
+pub mod retry;
+
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use tokio::time::Instant;
 
-use meshgate_config::model::{BackendProtocol, RequestMatch, StringMatcher};
+use meshgate_config::model::{BackendProtocol, RequestMatch, Retry, StringMatcher};
 
 pub use pool::{PooledBody, Upstreams};
 
-use crate::body::RequestBody;
+use crate::body::{Replayable, RequestBody};
 use crate::route::Selected;
+use pool::{Failed, UpstreamBackend};
+use retry::{Failure, Tried};
 
 /// Why a request got no upstream response. All of them are the upstream's fault (503, 504),
 /// but for a request whose authority cannot be sent on (400).
@@ -39,10 +46,26 @@ pub enum ForwardError {
     /// The connection failed after it was made (reset, protocol error).
     #[error("upstream: {0}")]
     Upstream(#[source] hyper::Error),
-    /// No response within the route's timeout.
+    /// No response within the route's timeout (or, on the last try, its `perTryTimeout`).
     #[error("upstream timeout")]
     Timeout,
+    /// A circuit breaker is open: too many requests pending or in flight.
+    #[error("upstream overflow")]
+    Overflow,
 }
+
+/// How a request's tries went, for its response flags and the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tries {
+    /// Tries after the first.
+    pub retries: u32,
+    /// The last try failed in a way the policy retries, and no retry was left.
+    pub limit_exceeded: bool,
+}
+
+/// The most of a request body kept for a retry: Envoy's default per-request buffer limit. A
+/// larger body is sent on as it comes and not retried once any of it was sent.
+pub const RETRY_BUFFER_BYTES: usize = 1 << 20;
 
 /// Sends `req` to backend `backend` of the model and returns the upstream's response.
 pub async fn forward(
@@ -50,6 +73,7 @@ pub async fn forward(
     backend: usize,
     selected: Selected<'_>,
     mut req: Request<RequestBody>,
+    tries: &mut Tries,
 ) -> Result<Response<PooledBody>, ForwardError> {
     let upstream = upstreams.backend(backend);
     let route = selected.route;
@@ -96,15 +120,199 @@ pub async fn forward(
     }
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ForwardError::BadRequest("uri"))?;
 
-    let send = upstream.send(req);
-    let mut response = match route.timeout {
-        Some(t) => tokio::time::timeout(t, send)
-            .await
-            .map_err(|_| ForwardError::Timeout)??,
-        None => send.await?,
+    let policy = route.retry.as_ref();
+    let deadline = route.timeout.map(|t| Instant::now() + t);
+    let mut response = match policy {
+        None => {
+            let (result, _) =
+                try_once(upstream, req, None, deadline, &mut Tried::default(), false).await;
+            result.map_err(|f| f.error)?
+        }
+        Some(policy) => with_retries(upstream, policy, req, deadline, tries).await?,
     };
     remove_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// Tries `req` until a try succeeds or `policy` says to stop.
+async fn with_retries(
+    upstream: &UpstreamBackend,
+    policy: &Retry,
+    req: Request<RequestBody>,
+    deadline: Option<Instant>,
+    tries: &mut Tries,
+) -> Result<Response<PooledBody>, ForwardError> {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let http2 = upstream.protocol == BackendProtocol::Http2;
+    // The head and body are kept only when a try that was sent may be tried again.
+    let mut kept = retry::may_retry_after_send(policy, http2, grpc).then(|| Kept::new(&req));
+    let mut req = match &mut kept {
+        Some(k) => k.first(req),
+        None => req,
+    };
+    let mut tried = Tried::default();
+    let mut slot = None;
+    loop {
+        let (result, failure) = try_once(
+            upstream,
+            req,
+            policy.per_try_timeout,
+            deadline,
+            &mut tried,
+            policy.other_hosts,
+        )
+        .await;
+        let retriable = match (&result, failure) {
+            (Ok(response), _) => retry::retries_response(policy, response),
+            (Err(_), Some(failure)) => retry::retries_failure(policy, failure),
+            (Err(_), None) => false,
+        };
+        if !retriable {
+            if tries.retries > 0 && result.is_ok() {
+                upstream.counts().retry_succeeded();
+            }
+            return finish(result);
+        }
+        if tries.retries >= policy.attempts {
+            tries.limit_exceeded = true;
+            upstream.counts().retry_limit_exceeded();
+            return finish(result);
+        }
+        // `maxRetries`: the retries in flight on this backend.
+        drop(slot.take());
+        let Some(entered) = upstream.retry_slot() else {
+            upstream.counts().retry_overflow();
+            return finish(result);
+        };
+        slot = Some(entered);
+        // The request again: as it came back unsent, or rebuilt from what was kept.
+        let next = match result {
+            Err(Failed {
+                unsent: Some(unsent),
+                ..
+            }) => unsent,
+            result => match kept.as_ref().and_then(Kept::again) {
+                Some(again) => again,
+                // The body outgrew what is kept: the last answer stands.
+                None => return finish(result),
+            },
+        };
+        tries.retries += 1;
+        upstream.counts().retried();
+        let wait = retry::backoff(policy.backoff, tries.retries);
+        match deadline {
+            Some(d) if Instant::now() + wait >= d => {
+                tokio::time::sleep_until(d).await;
+                return Err(ForwardError::Timeout);
+            }
+            _ => tokio::time::sleep(wait).await,
+        }
+        req = next;
+    }
+}
+
+fn finish(
+    result: Result<Response<PooledBody>, Failed>,
+) -> Result<Response<PooledBody>, ForwardError> {
+    result.map_err(|f| f.error)
+}
+
+/// One try, within the try's and the request's deadlines. A failed try says how it failed,
+/// for the retry policy (`None`: a failure no policy retries, or the request's deadline).
+async fn try_once(
+    upstream: &UpstreamBackend,
+    req: Request<RequestBody>,
+    per_try: Option<Duration>,
+    deadline: Option<Instant>,
+    tried: &mut Tried,
+    other_hosts: bool,
+) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
+    let per_try_deadline = per_try.map(|t| Instant::now() + t);
+    let (until, per_try_first) = match (per_try_deadline, deadline) {
+        (Some(p), Some(d)) if p < d => (Some(p), true),
+        (Some(p), None) => (Some(p), true),
+        (_, d) => (d, false),
+    };
+    let send = upstream.send(req, tried, other_hosts);
+    let result = match until {
+        None => send.await,
+        Some(until) => match tokio::time::timeout_at(until, send).await {
+            Ok(result) => result,
+            Err(_) => {
+                let failure = per_try_first.then_some(Failure::PerTryTimeout);
+                return (Err(Failed::sent(ForwardError::Timeout)), failure);
+            }
+        },
+    };
+    let failure = match &result {
+        Ok(_) => None,
+        Err(f) => match &f.error {
+            ForwardError::Connect(_) => Some(Failure::Connect),
+            ForwardError::Upstream(e) => Some(Failure::Reset {
+                sent: f.unsent.is_none(),
+                refused: refused_stream(e),
+            }),
+            _ => None,
+        },
+    };
+    (result, failure)
+}
+
+/// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): the request was not
+/// processed, and can be tried again.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// A request's head and body, kept for another try.
+struct Kept {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Replayable,
+}
+
+impl Kept {
+    /// Keeps the head of `req`; its body is kept by `first`.
+    fn new(req: &Request<RequestBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body: Replayable::Empty,
+        }
+    }
+
+    /// The first try's request, its body now kept.
+    fn first(&mut self, req: Request<RequestBody>) -> Request<RequestBody> {
+        let (parts, body) = req.into_parts();
+        self.body = Replayable::new(body, RETRY_BUFFER_BYTES);
+        let body = self.body.next_try().unwrap_or_else(RequestBody::empty);
+        Request::from_parts(parts, body)
+    }
+
+    /// The request for the next try; `None` when the body is no longer whole.
+    fn again(&self) -> Option<Request<RequestBody>> {
+        let body = self.body.next_try()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
 }
 
 /// `outboundTrafficPolicy: ALLOW_ANY` on the outbound listener: a request for a host that no

@@ -6,8 +6,11 @@
 //! shared HTTP/2 connection. A request leases a connection; the lease rides on the response
 //! body and puts the connection back when the body ends (`maxRequestsPerConnection` retires it
 //! instead). `maxConnections` is a semaphore: an HTTP/1.1 connection carries one request at a
-//! time, so at most that many requests, and connections, at once. Idle connections are closed
-//! after `idleTimeout` by a sweeper per endpoint.
+//! time, so at most that many requests, and connections, at once; a request waiting for a
+//! permit is pending, and more pending than `http1MaxPendingRequests` overflow (Envoy's circuit
+//! breakers, as are `http2MaxRequests` for the requests in flight, and `maxRetries` for the
+//! retries in flight). Idle connections are closed after `idleTimeout` by a sweeper per
+//! endpoint.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, Model};
 
 use super::connect::{ConnectError, Connector};
+use super::retry::Tried;
 use super::ForwardError;
 use crate::body::RequestBody;
 use crate::material::Material;
@@ -52,12 +56,88 @@ pub struct UpstreamBackend {
     next: AtomicUsize,
     /// `maxConnections`, as permits.
     connections: Option<Arc<Semaphore>>,
+    /// Requests waiting for a permit, and how many may (`http1MaxPendingRequests`).
+    pending: Gauge,
+    /// Requests in flight, from the try to the end of its response, and how many may be
+    /// (`http2MaxRequests`): counted only when limited.
+    requests: Option<(Arc<AtomicUsize>, usize)>,
+    /// Retries in flight, and how many may be (`maxRetries`).
+    retries: Gauge,
     max_requests_per_connection: Option<u32>,
     idle_timeout: Duration,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
     /// A subset no DestinationRule defines: every request is a 503 (`NC`).
     undefined: bool,
+}
+
+/// A count of things in flight and its limit.
+#[derive(Debug)]
+struct Gauge {
+    now: AtomicUsize,
+    max: usize,
+}
+
+impl Gauge {
+    fn new(max: Option<u32>) -> Self {
+        Self {
+            now: AtomicUsize::new(0),
+            max: max.map_or(usize::MAX, |n| n as usize),
+        }
+    }
+
+    /// One more, unless the limit is reached.
+    fn enter(&self) -> Option<Entered<'_>> {
+        if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.now.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Entered(&self.now))
+    }
+}
+
+/// One of a gauge's, until dropped.
+#[derive(Debug)]
+pub struct Entered<'a>(&'a AtomicUsize);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request counted in flight on its backend until its response ends.
+#[derive(Debug)]
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A try that got no response: why, and the request when it was never sent (so it can be
+/// tried again as it is).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ForwardError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Failed {
+    fn unsent(error: ForwardError, req: Request<RequestBody>) -> Self {
+        Self {
+            error,
+            unsent: Some(req),
+        }
+    }
+
+    pub(super) fn sent(error: ForwardError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
 }
 
 /// A connection being opened.
@@ -159,6 +239,12 @@ impl UpstreamBackend {
                 .policy
                 .max_connections
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
+            pending: Gauge::new(b.policy.max_pending_requests),
+            requests: b
+                .policy
+                .max_requests
+                .map(|n| (Arc::new(AtomicUsize::new(0)), n as usize)),
+            retries: Gauge::new(b.policy.max_retries),
             max_requests_per_connection: b.policy.max_requests_per_connection,
             idle_timeout: b.policy.idle_timeout,
             counts,
@@ -166,21 +252,51 @@ impl UpstreamBackend {
         })
     }
 
-    /// Sends `req` to the next endpoint and returns the response, whose body holds the lease.
+    /// Sends `req` to the next endpoint (one not in `tried`, when `other_hosts` and there is
+    /// one), adds it to `tried`, and returns the response, whose body holds the lease.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+        tried: &mut Tried,
+        other_hosts: bool,
+    ) -> Result<Response<PooledBody>, Failed> {
         if self.undefined {
-            return Err(ForwardError::NoCluster);
+            return Err(Failed::unsent(ForwardError::NoCluster, req));
         }
-        let endpoint = self.pick().ok_or(ForwardError::NoEndpoint)?;
+        let Some(i) = self.pick(*tried, other_hosts) else {
+            return Err(Failed::unsent(ForwardError::NoEndpoint, req));
+        };
+        tried.add(i);
+        let active = match &self.requests {
+            None => None,
+            Some((now, max)) => {
+                if now.fetch_add(1, Ordering::AcqRel) >= *max {
+                    now.fetch_sub(1, Ordering::AcqRel);
+                    self.counts.overflow();
+                    return Err(Failed::unsent(ForwardError::Overflow, req));
+                }
+                Some(Active(now.clone()))
+            }
+        };
+        let endpoint = &self.endpoints[i];
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
-        match self.protocol {
-            BackendProtocol::Http1 => self.send_http1(endpoint, req).await,
-            BackendProtocol::Http2 => self.send_http2(endpoint, req).await,
-        }
+        let mut response = match self.protocol {
+            BackendProtocol::Http1 => self.send_http1(endpoint, req).await?,
+            BackendProtocol::Http2 => self.send_http2(endpoint, req).await?,
+        };
+        response.body_mut().active = active;
+        Ok(response)
+    }
+
+    /// A retry's place among the backend's retries in flight, unless `maxRetries` are.
+    pub fn retry_slot(&self) -> Option<Entered<'_>> {
+        self.retries.enter()
+    }
+
+    /// The backend's counters.
+    pub fn counts(&self) -> &UpstreamCounts {
+        &self.counts
     }
 
     /// A new HTTP/1.1 connection to `endpoint`, its task spawned.
@@ -245,38 +361,57 @@ impl UpstreamBackend {
             .sum()
     }
 
-    /// The endpoint for the next request, by the backend's load balancer.
-    fn pick(&self) -> Option<&Arc<Endpoint>> {
+    /// The endpoint for the next try, by the backend's load balancer. With `other_hosts`, one
+    /// not in `tried` when a few draws find one, as Envoy's `previous_hosts` predicate with
+    /// its 5 attempts.
+    fn pick(&self, tried: Tried, other_hosts: bool) -> Option<usize> {
         let n = self.endpoints.len();
-        Some(match (n, self.load_balancer) {
-            (0, _) => return None,
-            (1, _) => &self.endpoints[0],
-            (_, LoadBalancer::RoundRobin) => {
-                &self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n]
-            }
-            (_, LoadBalancer::Random) => &self.endpoints[fastrand::usize(..n)],
-            // Envoy's LEAST_REQUEST: the less busy of two random choices.
-            (_, LoadBalancer::LeastRequest) => {
-                let a = &self.endpoints[fastrand::usize(..n)];
-                let b = &self.endpoints[fastrand::usize(..n)];
-                if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
-                    b
-                } else {
-                    a
+        let draws = if other_hosts { 5 } else { 1 };
+        let mut choice = None;
+        for _ in 0..draws {
+            let i = match (n, self.load_balancer) {
+                (0, _) => return None,
+                (1, _) => return Some(0),
+                (_, LoadBalancer::RoundRobin) => self.next.fetch_add(1, Ordering::Relaxed) % n,
+                (_, LoadBalancer::Random) => fastrand::usize(..n),
+                // Envoy's LEAST_REQUEST: the less busy of two random choices.
+                (_, LoadBalancer::LeastRequest) => {
+                    let a = fastrand::usize(..n);
+                    let b = fastrand::usize(..n);
+                    let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
+                    if load(b) < load(a) {
+                        b
+                    } else {
+                        a
+                    }
                 }
+            };
+            choice = Some(i);
+            if !tried.contains(i) {
+                break;
             }
-        })
+        }
+        choice
     }
 
     async fn send_http1(
         &self,
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+    ) -> Result<Response<PooledBody>, Failed> {
         let permit = match &self.connections {
-            // The semaphore is never closed.
-            Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
+            // The semaphore is never closed.
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let Some(_pending) = self.pending.enter() else {
+                        self.counts.overflow();
+                        return Err(Failed::unsent(ForwardError::Overflow, req));
+                    };
+                    s.clone().acquire_owned().await.ok()
+                }
+            },
         };
         // Pooled connections first; one the server closed meanwhile gives the request back
         // unsent, and the next one is tried.
@@ -296,23 +431,28 @@ impl UpstreamBackend {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(ForwardError::Upstream(e.into_error())),
+                    None => return Err(Failed::sent(ForwardError::Upstream(e.into_error()))),
                 },
             }
         }
-        let mut sender = self.open_http1(endpoint).await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(ForwardError::Upstream)?;
-        Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit)))
+        let mut sender = match self.open_http1(endpoint).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(Failed::unsent(e, req)),
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit))),
+            Err(mut e) => Err(Failed {
+                unsent: e.take_message(),
+                error: ForwardError::Upstream(e.into_error()),
+            }),
+        }
     }
 
     async fn send_http2(
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, ForwardError> {
+    ) -> Result<Response<PooledBody>, Failed> {
         let limit = self
             .max_requests_per_connection
             .map_or(usize::MAX, |n| n as usize);
@@ -326,7 +466,10 @@ impl UpstreamBackend {
         let (mut sender, used) = match shared {
             Some(s) => s,
             None => {
-                let sender = self.open_http2(endpoint).await?;
+                let sender = match self.open_http2(endpoint).await {
+                    Ok(sender) => sender,
+                    Err(e) => return Err(Failed::unsent(e, req)),
+                };
                 let used = Arc::new(AtomicUsize::new(0));
                 *endpoint.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Shared {
                     sender: sender.clone(),
@@ -336,12 +479,20 @@ impl UpstreamBackend {
             }
         };
         used.fetch_add(1, Ordering::Relaxed);
-        sender.ready().await.map_err(ForwardError::Upstream)?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(ForwardError::Upstream)?;
-        Ok(response.map(|body| PooledBody { body, lease: None }))
+        if let Err(e) = sender.ready().await {
+            return Err(Failed::unsent(ForwardError::Upstream(e), req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response.map(|body| PooledBody {
+                body,
+                lease: None,
+                active: None,
+            })),
+            Err(mut e) => Err(Failed {
+                unsent: e.take_message(),
+                error: ForwardError::Upstream(e.into_error()),
+            }),
+        }
     }
 
     fn lease(
@@ -355,7 +506,11 @@ impl UpstreamBackend {
         lease.max_requests = self.max_requests_per_connection;
         let lease = Some(lease);
         response.map(|body| {
-            let mut pooled = PooledBody { body, lease };
+            let mut pooled = PooledBody {
+                body,
+                lease,
+                active: None,
+            };
             // A response without a body (204, HEAD, Content-Length: 0) is done already.
             if pooled.body.is_end_stream() {
                 pooled.release();
@@ -458,18 +613,25 @@ impl Lease1 {
 pub struct PooledBody {
     body: Incoming,
     lease: Option<Lease1>,
+    /// The request's place among the backend's requests in flight, when they are limited.
+    active: Option<Active>,
 }
 
 impl PooledBody {
     /// The body of a response on a connection that is not pooled.
     pub(crate) fn unpooled(body: Incoming) -> Self {
-        Self { body, lease: None }
+        Self {
+            body,
+            lease: None,
+            active: None,
+        }
     }
 
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.release();
         }
+        self.active = None;
     }
 }
 

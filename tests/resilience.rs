@@ -1,0 +1,438 @@
+//! Retries, timeouts and circuit breakers as Istio configures Envoy's router and cluster,
+//! through the outbound listener to scripted backends that fail on cue.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use support::client::{plain_get, plain_request};
+use support::scripted::{Answer, Scripted};
+use support::sidecar::Sidecar;
+use support::TempDir;
+
+/// A ServiceEntry for `host` port 80 whose endpoints are `ports` on 127.0.0.1, in order, and a
+/// DestinationRule balancing them round robin (plus `pool`, a `connectionPool` when not empty),
+/// and a VirtualService with `http`.
+fn service(host: &str, ports: &[u16], pool: &str, http: &str) -> String {
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{address: 127.0.0.1, ports: {{http: {p}}}}}"))
+        .collect();
+    let pool = if pool.is_empty() {
+        String::new()
+    } else {
+        format!(", connectionPool: {pool}")
+    };
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc, namespace: default}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{endpoints}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc, namespace: default}}
+spec:
+  host: {host}
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}{pool}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc, namespace: default}}
+spec:
+  hosts: [{host}]
+  http:
+{http}"#,
+        endpoints = endpoints.join(", ")
+    )
+}
+
+/// A loopback port nothing listens on.
+async fn dead_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &'static [u8]) -> support::client::Reply {
+    plain_request(
+        addr,
+        Method::POST,
+        "svc.internal",
+        path,
+        &[],
+        Bytes::from_static(body),
+    )
+    .await
+    .unwrap()
+}
+
+/// The value of `meshgate_upstream_retries_total` for `outcome`, summed over backends.
+async fn retries(sidecar: &Sidecar, outcome: &str) -> u64 {
+    let text = sidecar.running.metrics.render();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("meshgate_upstream_retries_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn without_retries_istio_retries_connect_failures_twice_and_never_a_5xx() {
+    let good = Scripted::start("good", &[]).await;
+    let dead = dead_port().await;
+    let http = "  - route: [{destination: {host: svc.internal}}]\n";
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[dead, good.address.port()],
+        "",
+        http,
+    ))
+    .await;
+    // Round robin over a dead and a live endpoint: every request that met the dead one is
+    // tried again, on the other.
+    for _ in 0..10 {
+        let r = plain_get(sidecar.addr(), "svc.internal", "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    assert!(retries(&sidecar, "retried").await >= 4);
+
+    // A 503 is the upstream's answer, not retried by Istio's default policy.
+    good.then(&[Answer::Status(503)]);
+    let before = good.seen().len();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(
+            plain_get(sidecar.addr(), "svc.internal", "/", &[])
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| s.as_u16() == 503).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(good.seen().len() - before, 2, "one try per request");
+
+    // gRPC UNAVAILABLE (14) is retried by default; INTERNAL (13) is not.
+    good.then(&[Answer::Grpc(14)]);
+    let before = good.seen().len();
+    let mut r = plain_get(
+        sidecar.addr(),
+        "svc.internal",
+        "/",
+        &[("content-type", "application/grpc")],
+    )
+    .await
+    .unwrap();
+    if r.headers.get("grpc-status").is_none() {
+        // Round robin sent the first try to the dead endpoint; the retry got UNAVAILABLE.
+        r = plain_get(
+            sidecar.addr(),
+            "svc.internal",
+            "/",
+            &[("content-type", "application/grpc")],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        good.seen().len() - before >= 2,
+        "UNAVAILABLE was not retried"
+    );
+}
+
+#[tokio::test]
+async fn retries_on_5xx_replay_the_body_and_stop_at_the_attempts() {
+    let dir = TempDir::new("retry-log");
+    let log = dir.path().join("access.log");
+    let backend = Scripted::start("b", &[Answer::Status(503), Answer::Reset]).await;
+    let http = "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
+    let extra = format!(
+        "  accessLog: {{path: {}}}\n{}",
+        log.display(),
+        service("svc.internal", &[backend.address.port()], "", http)
+    );
+    let sidecar = Sidecar::start(&extra).await;
+
+    // 503, then a reset, then 200: three tries, each with the whole body.
+    let r = post(sidecar.addr(), "/once", b"hello, retries").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|s| s.body == b"hello, retries"), "{seen:?}");
+    assert_eq!(retries(&sidecar, "retried").await, 2);
+    assert_eq!(retries(&sidecar, "succeeded").await, 1);
+
+    // Always 500: the first try and 3 retries, then the last answer, flagged URX.
+    backend.then(&[Answer::Status(500); 4]);
+    let r = post(sidecar.addr(), "/exhausted", b"again").await;
+    assert_eq!(r.status.as_u16(), 500);
+    assert_eq!(backend.seen().len(), 3 + 4);
+    assert_eq!(retries(&sidecar, "limit_exceeded").await, 1);
+    let lines = support::json_lines(&log, 2).await;
+    let flags = |path: &str| {
+        lines.iter().find(|l| l["path"] == path).unwrap()["response_flags"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(flags("/once"), "-");
+    assert_eq!(flags("/exhausted"), "URX");
+}
+
+#[tokio::test]
+async fn retry_conditions_are_envoys_status_codes_4xx_and_gateway_errors() {
+    let backend = Scripted::start("b", &[]).await;
+    let http = r#"  - match: [{uri: {prefix: /codes}}]
+    retries: {attempts: 2, retryOn: "429,connect-failure"}
+    route: [{destination: {host: svc.internal}}]
+  - match: [{uri: {prefix: /gateway}}]
+    retries: {attempts: 2, retryOn: gateway-error}
+    route: [{destination: {host: svc.internal}}]
+  - match: [{uri: {prefix: /off}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: svc.internal}}]
+"#;
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        "",
+        http,
+    ))
+    .await;
+    let tries = |path: &'static str, script: &'static [Answer]| {
+        let backend = backend.clone();
+        let addr = sidecar.addr();
+        async move {
+            let before = backend.seen().len();
+            backend.then(script);
+            let r = plain_get(addr, "svc.internal", path, &[]).await.unwrap();
+            (r.status.as_u16(), backend.seen().len() - before)
+        }
+    };
+    assert_eq!(tries("/codes", &[Answer::Status(429)]).await, (200, 2));
+    assert_eq!(tries("/codes", &[Answer::Status(503)]).await, (503, 1));
+    assert_eq!(
+        tries("/gateway", &[Answer::Status(502), Answer::Status(504)]).await,
+        (200, 3)
+    );
+    assert_eq!(tries("/gateway", &[Answer::Status(500)]).await, (500, 1));
+    // `attempts: 0` turns retries off, Istio's default conditions included.
+    let r = tries("/off", &[Answer::Reset]).await;
+    assert_eq!(r, (503, 1));
+}
+
+#[tokio::test]
+async fn per_try_timeout_retries_a_slow_try_and_the_route_timeout_bounds_them_all() {
+    let backend = Scripted::start("b", &[Answer::Slow(Duration::from_secs(2), 200)]).await;
+    let http = r#"  - match: [{uri: {prefix: /per-try}}]
+    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+    route: [{destination: {host: svc.internal}}]
+  - match: [{uri: {prefix: /bounded}}]
+    timeout: 500ms
+    retries: {attempts: 10, perTryTimeout: 200ms, retryOn: reset}
+    route: [{destination: {host: svc.internal}}]
+"#;
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        "",
+        http,
+    ))
+    .await;
+    let started = Instant::now();
+    let r = plain_get(sidecar.addr(), "svc.internal", "/per-try", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend.seen().len(), 2);
+
+    backend.then(&[Answer::Slow(Duration::from_secs(2), 200); 10]);
+    let started = Instant::now();
+    let r = plain_get(sidecar.addr(), "svc.internal", "/bounded", &[])
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // 200 ms a try within 500 ms: two or three tries, never ten.
+    let tries = backend.seen().len() - 2;
+    assert!((2..=3).contains(&tries), "{tries} tries");
+}
+
+#[tokio::test]
+async fn a_body_over_the_retry_buffer_is_sent_once_and_its_answer_stands() {
+    let backend = Scripted::start("b", &[Answer::Status(503)]).await;
+    let http = "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        "",
+        http,
+    ))
+    .await;
+    let big = Bytes::from(vec![b'x'; 2 << 20]);
+    let r = plain_request(
+        sidecar.addr(),
+        Method::PUT,
+        "svc.internal",
+        "/big",
+        &[],
+        big,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status.as_u16(), 503);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.len(), 2 << 20);
+}
+
+#[tokio::test]
+async fn circuit_breakers_answer_overflow_with_503_uo_and_count_it() {
+    let dir = TempDir::new("breaker-log");
+    let log = dir.path().join("access.log");
+    let slow = Answer::Slow(Duration::from_millis(600), 200);
+    let backend = Scripted::start("b", &[slow; 3]).await;
+    let http = "  - route: [{destination: {host: svc.internal}}]\n";
+    // Istio's circuit-breaking task: one connection, one request pending.
+    let pool = "{tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}";
+    let extra = format!(
+        "  accessLog: {{path: {}}}\n{}",
+        log.display(),
+        service("svc.internal", &[backend.address.port()], pool, http)
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    let addr = sidecar.addr();
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        calls.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            plain_get(addr, "svc.internal", "/", &[]).await.unwrap()
+        }));
+    }
+    let mut replies = Vec::new();
+    for c in calls {
+        replies.push(c.await.unwrap());
+    }
+    let overflowed: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!(overflowed.len(), 1, "{replies:?}");
+    assert_eq!(overflowed[0].headers["x-envoy-overloaded"], "true");
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .count(),
+        2
+    );
+    let metrics = sidecar.running.metrics.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meshgate_upstream_overflow_total{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let lines = support::json_lines(&log, 3).await;
+    assert_eq!(
+        lines.iter().filter(|l| l["response_flags"] == "UO").count(),
+        1,
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn http2_max_requests_limits_the_requests_in_flight_to_a_backend() {
+    let slow = Answer::Slow(Duration::from_millis(500), 200);
+    let backend = Scripted::start("b", &[slow; 3]).await;
+    let http = "  - route: [{destination: {host: svc.internal}}]\n";
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        "{http: {http2MaxRequests: 2}}",
+        http,
+    ))
+    .await;
+    let addr = sidecar.addr();
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                plain_get(addr, "svc.internal", "/", &[])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503]);
+    // Once they are answered, there is room again.
+    let r = plain_get(addr, "svc.internal", "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn max_retries_caps_the_retries_in_flight_on_a_backend() {
+    let fail = Answer::Slow(Duration::from_millis(300), 503);
+    let backend = Scripted::start("b", &[fail; 2]).await;
+    backend.then(&[Answer::Slow(Duration::from_millis(300), 200)]);
+    let http = "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        "{http: {maxRetries: 1}}",
+        http,
+    ))
+    .await;
+    let addr = sidecar.addr();
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                plain_get(addr, "svc.internal", "/", &[])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap().as_u16());
+    }
+    statuses.sort();
+    // Both failed together; one retry was in flight, so the other's answer stood.
+    assert_eq!(statuses, [200, 503]);
+    assert_eq!(retries(&sidecar, "overflow").await, 1);
+    assert_eq!(retries(&sidecar, "retried").await, 1);
+}
