@@ -18,15 +18,25 @@ use support::TempDir;
 /// DestinationRule balancing them round robin (plus `pool`, a `connectionPool` when not empty),
 /// and a VirtualService with `http`.
 fn service(host: &str, ports: &[u16], pool: &str, http: &str) -> String {
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|p| format!("{{address: 127.0.0.1, ports: {{http: {p}}}}}"))
-        .collect();
     let pool = if pool.is_empty() {
         String::new()
     } else {
         format!(", connectionPool: {pool}")
     };
+    service_with(
+        host,
+        ports,
+        &format!("{{loadBalancer: {{simple: ROUND_ROBIN}}{pool}}}"),
+        http,
+    )
+}
+
+/// As `service`, with the DestinationRule's whole `trafficPolicy`.
+fn service_with(host: &str, ports: &[u16], traffic_policy: &str, http: &str) -> String {
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{address: 127.0.0.1, ports: {{http: {p}}}}}"))
+        .collect();
     format!(
         r#"---
 apiVersion: networking.istio.io/v1
@@ -43,7 +53,7 @@ kind: DestinationRule
 metadata: {{name: svc, namespace: default}}
 spec:
   host: {host}
-  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}{pool}}}
+  trafficPolicy: {traffic_policy}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -435,4 +445,161 @@ async fn max_retries_caps_the_retries_in_flight_on_a_backend() {
     assert_eq!(statuses, [200, 503]);
     assert_eq!(retries(&sidecar, "overflow").await, 1);
     assert_eq!(retries(&sidecar, "retried").await, 1);
+}
+
+/// The admin endpoint's `/stats/prometheus`.
+async fn admin_stats(sidecar: &Sidecar) -> String {
+    let admin = sidecar.running.admin.expect("admin bound");
+    let r = plain_get(admin, "admin", "/stats/prometheus", &[])
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_an_endpoint_after_consecutive_5xx_and_shows_it() {
+    let failing = Scripted::start("failing", &[Answer::Status(503); 50]).await;
+    let healthy = Scripted::start("healthy", &[]).await;
+    let http = "  - retries: {attempts: 0}\n    route: [{destination: {host: svc.internal}}]\n";
+    let policy = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}}";
+    let extra = format!(
+        "  admin: {{address: \"127.0.0.1:0\"}}\n{}",
+        service_with(
+            "svc.internal",
+            &[failing.address.port(), healthy.address.port()],
+            policy,
+            http
+        )
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let r = plain_get(sidecar.addr(), "svc.internal", "/", &[])
+            .await
+            .unwrap();
+        statuses.push(r.status.as_u16());
+    }
+    // Round robin: the failing endpoint's first two answers eject it; the rest go to the other.
+    assert_eq!(failing.seen().len(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
+    let stats = admin_stats(&sidecar).await;
+    assert!(
+        stats.contains("meshgate_upstream_ejections_total{backend=\"svc.internal:80\"} 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("meshgate_upstream_ejected_endpoints{backend=\"svc.internal:80\"} 1"),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_user_a_cookie_and_a_source_on_one_endpoint() {
+    let backends = [
+        Scripted::start("a", &[]).await,
+        Scripted::start("b", &[]).await,
+        Scripted::start("c", &[]).await,
+    ];
+    let ports: Vec<u16> = backends.iter().map(|b| b.address.port()).collect();
+    let http = "  - route: [{destination: {host: svc.internal}}]\n";
+    let which = |r: &support::client::Reply| r.headers["x-backend"].to_str().unwrap().to_string();
+
+    let header = Sidecar::start(&service_with(
+        "svc.internal",
+        &ports,
+        "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+        http,
+    ))
+    .await;
+    let mut chosen = std::collections::BTreeMap::new();
+    for round in 0..4 {
+        for user in ["ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal"] {
+            let r = plain_get(header.addr(), "svc.internal", "/", &[("x-user", user)])
+                .await
+                .unwrap();
+            let got = which(&r);
+            let first = chosen.entry(user).or_insert_with(|| got.clone());
+            assert_eq!(*first, got, "{user} moved in round {round}");
+        }
+    }
+    let spread: std::collections::BTreeSet<_> = chosen.values().collect();
+    assert!(spread.len() >= 2, "eight users on one endpoint: {chosen:?}");
+
+    let source = Sidecar::start(&service_with(
+        "svc.internal",
+        &ports,
+        "{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}}",
+        http,
+    ))
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(which(
+            &plain_get(source.addr(), "svc.internal", "/", &[])
+                .await
+                .unwrap(),
+        ));
+    }
+    assert_eq!(seen.len(), 1, "one client address, one endpoint: {seen:?}");
+
+    let cookie = Sidecar::start(&service_with(
+        "svc.internal",
+        &ports,
+        "{loadBalancer: {consistentHash: {httpCookie: {name: affinity, path: /, ttl: 60s}}}}",
+        http,
+    ))
+    .await;
+    let first = plain_get(cookie.addr(), "svc.internal", "/", &[])
+        .await
+        .unwrap();
+    let set = first.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.starts_with("affinity=\"") && set.ends_with("; Max-Age=60; Path=/; HttpOnly"),
+        "{set}"
+    );
+    let value = set.split(';').next().unwrap().to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let r = plain_get(cookie.addr(), "svc.internal", "/", &[("cookie", &value)])
+            .await
+            .unwrap();
+        assert!(r.headers.get("set-cookie").is_none());
+        seen.insert(which(&r));
+    }
+    assert_eq!(seen.len(), 1, "one cookie, one endpoint: {seen:?}");
+}
+
+#[tokio::test]
+async fn h2_upgrade_policy_speaks_http2_to_an_http_port() {
+    let backend = support::proxy::echo();
+    let http = "  - route: [{destination: {host: svc.internal}}]\n";
+    let sidecar = Sidecar::start(&service_with(
+        "svc.internal",
+        &[backend.address.port()],
+        "{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}",
+        http,
+    ))
+    .await;
+    let r = plain_get(sidecar.addr(), "svc.internal", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+
+    let plain = Sidecar::start(&service_with(
+        "svc.internal",
+        &[backend.address.port()],
+        "{connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}",
+        http,
+    ))
+    .await;
+    let r = plain_get(plain.addr(), "svc.internal", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.json()["version"], "HTTP/1.1");
 }

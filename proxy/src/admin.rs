@@ -115,6 +115,18 @@ fn render_metrics(state: &AdminState) -> String {
             u.idle(),
         );
     }
+    e.family(
+        "meshgate_upstream_ejected_endpoints",
+        "gauge",
+        "Endpoints outlier detection holds out now, by backend.",
+    );
+    for (b, u) in runtime.model.backends.iter().zip(runtime.upstreams.all()) {
+        e.sample(
+            "meshgate_upstream_ejected_endpoints",
+            &labels(&[("backend", &b.name())]),
+            u.ejected(),
+        );
+    }
     if let Some(c) = &runtime.credentials {
         e.family(
             "meshgate_certificate_expiry_timestamp_seconds",

@@ -400,8 +400,14 @@ async fn route_and_forward(
             chosen.backend = Some(backend);
             route.request_headers.apply(req.headers_mut());
             let upstreams = &conn.runtime.upstreams;
+            let downstream = forward::Downstream {
+                client,
+                peer: conn.peer_addr,
+                local: conn.local_addr,
+            };
+            let tries = &mut chosen.tries;
             let upstream =
-                forward::forward(upstreams, backend, selected, req, &mut chosen.tries).await?;
+                forward::forward(upstreams, backend, selected, req, &downstream, tries).await?;
             upstream.map(ResponseBody::Upstream)
         }
     };

@@ -304,6 +304,19 @@ impl Metrics {
         }
 
         e.family(
+            "meshgate_upstream_ejections_total",
+            "counter",
+            "Endpoints outlier detection ejected, by backend.",
+        );
+        for (family, counts) in &upstreams {
+            e.sample(
+                "meshgate_upstream_ejections_total",
+                family,
+                counts[EJECTED_SLOT].load(Ordering::Relaxed),
+            );
+        }
+
+        e.family(
             "meshgate_authorization_dry_run_total",
             "counter",
             "What the dry-run (istio.io/dry-run) AuthorizationPolicies would have decided, by \
@@ -449,8 +462,8 @@ impl ListenerCounts {
 
 /// A backend's counters, by slot: connections made and failed, then the retry outcomes (as
 /// Envoy's `upstream_rq_retry`, `_retry_success`, `_retry_overflow`,
-/// `_retry_limit_exceeded`), then requests a circuit breaker refused.
-const UPSTREAM_SLOTS: usize = 7;
+/// `_retry_limit_exceeded`), then requests a circuit breaker refused, then ejections.
+const UPSTREAM_SLOTS: usize = 8;
 const RETRY_SLOTS: [(&str, usize); 4] = [
     ("retried", 2),
     ("succeeded", 3),
@@ -458,6 +471,7 @@ const RETRY_SLOTS: [(&str, usize); 4] = [
     ("limit_exceeded", 5),
 ];
 const OVERFLOW_SLOT: usize = 6;
+const EJECTED_SLOT: usize = 7;
 
 impl UpstreamCounts {
     /// Counts a connection attempt.
@@ -492,6 +506,11 @@ impl UpstreamCounts {
     /// A request was refused by `http1MaxPendingRequests` or `http2MaxRequests`.
     pub fn overflow(&self) {
         self.add(OVERFLOW_SLOT);
+    }
+
+    /// Outlier detection ejected an endpoint.
+    pub fn ejected(&self) {
+        self.add(EJECTED_SLOT);
     }
 }
 

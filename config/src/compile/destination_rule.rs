@@ -14,7 +14,8 @@ use super::virtual_service::{parse_duration, qualify};
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
 use crate::model::{
-    ClientTls, HostMatcher, LoadBalancer, TcpKeepalive, UpstreamPolicy, UpstreamTls,
+    ClientTls, ConsistentHash, HashKey, HashTable, HostMatcher, LoadBalancer, OutlierDetection,
+    TcpKeepalive, UpstreamPolicy, UpstreamTls,
 };
 use crate::raw::destination_rule::{self as raw, DestinationRuleSpec};
 use crate::raw::Labels;
@@ -25,6 +26,7 @@ struct Blocks {
     tls: Option<UpstreamTls>,
     load_balancer: Option<LoadBalancer>,
     pool: Option<Pool>,
+    outlier: Option<OutlierDetection>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,6 +39,7 @@ struct Pool {
     max_pending_requests: Option<u32>,
     max_requests: Option<u32>,
     max_retries: Option<u32>,
+    h2_upgrade: bool,
 }
 
 /// A `trafficPolicy`: its blocks, and the per-port replacements.
@@ -146,7 +149,6 @@ fn traffic_policy(
         errors,
         path,
         &[
-            ("outlierDetection", tp.outlier_detection.is_some()),
             ("tunnel", tp.tunnel.is_some()),
             ("proxyProtocol", tp.proxy_protocol.is_some()),
             ("retryBudget", tp.retry_budget.is_some()),
@@ -158,16 +160,12 @@ fn traffic_policy(
         tp.tls.as_ref(),
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
         errors,
     );
     let mut ports = Vec::new();
     for (i, p) in tp.port_level_settings.iter().enumerate() {
         let path = format!("{path}.portLevelSettings[{i}]");
-        o.unsupported(
-            errors,
-            &path,
-            &[("outlierDetection", p.outlier_detection.is_some())],
-        );
         let Some(port) = p
             .port
             .as_ref()
@@ -183,6 +181,7 @@ fn traffic_policy(
             p.tls.as_ref(),
             p.load_balancer.as_ref(),
             p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
             errors,
         );
         ports.push((port, blocks));
@@ -228,10 +227,13 @@ impl Rules {
                         blocks.tls = sp.top.tls.clone();
                     }
                     if sp.top.load_balancer.is_some() {
-                        blocks.load_balancer = sp.top.load_balancer;
+                        blocks.load_balancer = sp.top.load_balancer.clone();
                     }
                     if sp.top.pool.is_some() {
                         blocks.pool = sp.top.pool.clone();
+                    }
+                    if sp.top.outlier.is_some() {
+                        blocks.outlier = sp.top.outlier.clone();
                     }
                 }
             }
@@ -261,7 +263,9 @@ impl Rules {
             policy.max_pending_requests = pool.max_pending_requests;
             policy.max_requests = pool.max_requests;
             policy.max_retries = pool.max_retries;
+            policy.h2_upgrade = pool.h2_upgrade;
         }
+        policy.outlier_detection = blocks.outlier;
         policy
     }
 }
@@ -272,9 +276,12 @@ fn patch(
     tls: Option<&raw::ClientTls>,
     lb: Option<&raw::LoadBalancer>,
     pool: Option<&raw::ConnectionPool>,
+    outlier: Option<&raw::OutlierDetection>,
     errors: &mut Vec<ConfigError>,
 ) -> Blocks {
     Blocks {
+        outlier: outlier
+            .and_then(|od| outlier_detection(o, &format!("{path}.outlierDetection"), od, errors)),
         tls: tls.and_then(|t| client_tls(o, &format!("{path}.tls"), t, errors)),
         load_balancer: lb.and_then(|lb| {
             let path = format!("{path}.loadBalancer");
@@ -282,12 +289,19 @@ fn patch(
                 errors,
                 &path,
                 &[
-                    ("consistentHash", lb.consistent_hash.is_some()),
                     ("localityLbSetting", lb.locality_lb_setting.is_some()),
                     ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
                     ("warmup", lb.warmup.is_some()),
                 ],
             );
+            if let Some(ch) = &lb.consistent_hash {
+                if lb.simple.is_some() {
+                    errors.push(o.error(path.clone(), "simple and consistentHash are exclusive"));
+                    return None;
+                }
+                return consistent_hash(o, &format!("{path}.consistentHash"), ch, errors)
+                    .map(LoadBalancer::ConsistentHash);
+            }
             match lb.simple.as_deref() {
                 Some("ROUND_ROBIN") => Some(LoadBalancer::RoundRobin),
                 // Istio: UNSPECIFIED (or no `simple`) is LEAST_REQUEST; LEAST_CONN its old name.
@@ -344,7 +358,6 @@ fn patch(
                     errors,
                     &format!("{path}.http"),
                     &[
-                        ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
                         ("useClientProtocol", http.use_client_protocol.is_some()),
                         ("maxConcurrentStreams", http.max_concurrent_streams.is_some()),
                     ],
@@ -356,10 +369,184 @@ fn patch(
                 out.max_pending_requests = limit(http.http1_max_pending_requests);
                 out.max_requests = limit(http.http2_max_requests);
                 out.max_retries = limit(http.max_retries);
+                out.h2_upgrade = match http.h2_upgrade_policy.as_deref() {
+                    None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => false,
+                    Some("UPGRADE") => true,
+                    Some(other) => {
+                        errors.push(o.error(
+                            format!("{path}.http.h2UpgradePolicy"),
+                            format!("`{other}` is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"),
+                        ));
+                        false
+                    }
+                };
             }
             out
         }),
     }
+}
+
+/// `consistentHash`: exactly one key; `ringHash` (the default) or `maglev`.
+fn consistent_hash(
+    o: &Origin,
+    path: &str,
+    ch: &raw::ConsistentHash,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ConsistentHash> {
+    let before = errors.len();
+    let mut keys = Vec::new();
+    if let Some(name) = &ch.http_header_name {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => keys.push(HashKey::Header(h)),
+            Err(_) => errors.push(o.error(
+                format!("{path}.httpHeaderName"),
+                format!("`{name}` is not a header name"),
+            )),
+        }
+    }
+    if let Some(c) = &ch.http_cookie {
+        let p = format!("{path}.httpCookie");
+        o.unsupported(errors, &p, &[("attributes", c.attributes.is_some())]);
+        let name = c.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            errors.push(o.error(format!("{p}.name"), "required"));
+        }
+        let ttl = c.ttl.as_deref().and_then(|t| match parse_duration(t) {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => {
+                errors.push(o.error(
+                    format!("{p}.ttl"),
+                    format!("`{t}` is not a duration such as 10s"),
+                ));
+                None
+            }
+        });
+        keys.push(HashKey::Cookie {
+            name,
+            path: c.path.clone(),
+            ttl,
+        });
+    }
+    if ch.use_source_ip == Some(true) {
+        keys.push(HashKey::SourceIp);
+    }
+    if let Some(q) = &ch.http_query_parameter_name {
+        keys.push(HashKey::QueryParameter(q.clone()));
+    }
+    if keys.len() != 1 {
+        errors.push(o.error(
+            path,
+            "exactly one of httpHeaderName, httpCookie, useSourceIp and httpQueryParameterName is required",
+        ));
+    }
+    let table = match (&ch.ring_hash, &ch.maglev, ch.minimum_ring_size) {
+        (Some(_), Some(_), _) => {
+            errors.push(o.error(path, "ringHash and maglev are exclusive"));
+            HashTable::Ring { minimum_size: 1024 }
+        }
+        (None, Some(m), _) => {
+            let size = m.table_size.unwrap_or(65537);
+            if !is_prime(size) || size > 5_000_011 {
+                errors.push(o.error(
+                    format!("{path}.maglev.tableSize"),
+                    format!("`{size}` is not a prime of at most 5000011"),
+                ));
+            }
+            HashTable::Maglev { size }
+        }
+        (ring, None, legacy) => {
+            let minimum_size = ring
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(legacy)
+                .filter(|n| *n > 0)
+                .unwrap_or(1024);
+            if minimum_size > 8_388_608 {
+                errors.push(o.error(
+                    format!("{path}.ringHash.minimumRingSize"),
+                    "at most 8388608 (Envoy's limit)",
+                ));
+            }
+            HashTable::Ring { minimum_size }
+        }
+    };
+    (errors.len() == before).then(|| ConsistentHash {
+        key: keys.remove(0),
+        table,
+    })
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// `outlierDetection`, as Istio's `applyOutlierDetection` sets Envoy's detector.
+fn outlier_detection(
+    o: &Origin,
+    path: &str,
+    od: &raw::OutlierDetection,
+    errors: &mut Vec<ConfigError>,
+) -> Option<OutlierDetection> {
+    let before = errors.len();
+    let mut out = OutlierDetection::default();
+    // A wrapper set to 0 turns the check off; left out, Envoy's default stands.
+    if let Some(n) = od.consecutive_5xx_errors {
+        out.consecutive_5xx = (n > 0).then_some(n);
+    }
+    if let Some(n) = od.consecutive_gateway_errors {
+        out.consecutive_gateway = (n > 0).then_some(n);
+    }
+    // Deprecated: gateway errors only, as Istio first defined it.
+    if let Some(n) = od.consecutive_errors.filter(|n| *n > 0) {
+        out.consecutive_gateway = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        if od.consecutive_5xx_errors.is_none() {
+            out.consecutive_5xx = None;
+        }
+    }
+    if od.split_external_local_origin_errors == Some(true) {
+        out.split_local = true;
+        out.consecutive_local =
+            Some(od.consecutive_local_origin_failures.unwrap_or(5)).filter(|n| *n > 0);
+    }
+    let duration = |field: &str, v: &Option<String>, errors: &mut Vec<ConfigError>| {
+        v.as_deref().and_then(|t| match parse_duration(t) {
+            Some(d) if d >= Duration::from_millis(1) => Some(d),
+            _ => {
+                errors.push(o.error(
+                    format!("{path}.{field}"),
+                    format!("`{t}` is not a duration of 1ms or more"),
+                ));
+                None
+            }
+        })
+    };
+    if let Some(d) = duration("interval", &od.interval, errors) {
+        out.interval = d;
+    }
+    if let Some(d) = duration("baseEjectionTime", &od.base_ejection_time, errors) {
+        out.base_ejection_time = d;
+    }
+    let percent = |field: &str, v: Option<i64>, errors: &mut Vec<ConfigError>| match v {
+        Some(p) if (0..=100).contains(&p) => Some(p as u32),
+        Some(p) => {
+            errors.push(o.error(
+                format!("{path}.{field}"),
+                format!("`{p}` is not a percentage (0 to 100)"),
+            ));
+            None
+        }
+        None => None,
+    };
+    if let Some(p) =
+        percent("maxEjectionPercent", od.max_ejection_percent, errors).filter(|p| *p > 0)
+    {
+        out.max_ejection_percent = p;
+    }
+    if let Some(p) = percent("minHealthPercent", od.min_health_percent, errors) {
+        out.min_health_percent = p;
+    }
+    (errors.len() == before).then_some(out)
 }
 
 /// Istio's limits: 0 is the field's zero value, which Istio reads as not set (its default,

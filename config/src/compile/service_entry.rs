@@ -114,6 +114,10 @@ impl Backends {
         }
         let policy = rules.policy(host, port, subset);
         let protocol = match declared.map(|d| &d.protocol) {
+            // `h2UpgradePolicy: UPGRADE` upgrades HTTP ports (as Istio: not HTTPS or TLS).
+            None | Some(PortProtocol::Http(BackendProtocol::Http1)) if policy.h2_upgrade => {
+                BackendProtocol::Http2
+            }
             None => BackendProtocol::Http1,
             Some(PortProtocol::Http(p)) => *p,
             Some(PortProtocol::Tls) => {

@@ -334,7 +334,11 @@ fn destination_rule_mistakes() {
         (dr("{tls: {mode: SOMETIMES}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.mode: unknown TLS mode `SOMETIMES`"),
         (dr("{loadBalancer: {simple: PASSTHROUGH}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.simple: `PASSTHROUGH` is not implemented"),
         (dr("{connectionPool: {http: {useClientProtocol: true}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.http.useClientProtocol: this Istio field is not implemented by meshgate"),
-        (dr("{outlierDetection: {consecutive5xxErrors: 3}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.outlierDetection: this Istio field is not implemented by meshgate"),
+        (dr("{outlierDetection: {maxEjectionPercent: 120}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.outlierDetection.maxEjectionPercent: `120` is not a percentage"),
+        (dr("{loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer: simple and consistentHash are exclusive"),
+        (dr("{loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x-user}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.consistentHash: exactly one of"),
+        (dr("{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: `1000` is not a prime"),
+        (dr("{connectionPool: {http: {h2UpgradePolicy: ALWAYS}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: `ALWAYS` is not DEFAULT"),
         (dr("{portLevelSettings: [{tls: {mode: DISABLE}}]}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.portLevelSettings[0].port.number: required"),
         (dr("{connectionPool: {tcp: {connectTimeout: never}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.tcp.connectTimeout: `never` is not a positive duration"),
     ];
@@ -840,13 +844,13 @@ spec:
     // Port 80 has no entry: the top level.
     let p = &b(80, None).policy;
     assert_eq!(
-        (p.load_balancer, p.max_connections),
+        (p.load_balancer.clone(), p.max_connections),
         (LoadBalancer::Random, Some(7))
     );
     // The subset's own port entry for 80 replaces every block.
     let p = &b(80, Some("pinned")).policy;
     assert_eq!(
-        (p.load_balancer, p.max_connections),
+        (p.load_balancer.clone(), p.max_connections),
         (LoadBalancer::RoundRobin, None)
     );
     // On 8080 the subset has no port entry: its connectionPool replaces that block only.

@@ -5,6 +5,7 @@
 
 pub mod authz;
 mod host;
+mod outlier;
 pub mod path;
 mod retry;
 mod route;
@@ -18,6 +19,7 @@ use http::HeaderName;
 use serde::Serialize;
 
 pub use host::{HostMatcher, NamespaceFilter};
+pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
@@ -518,6 +520,11 @@ pub struct UpstreamPolicy {
     /// `connectionPool.http.maxRetries`: retries in flight to the backend; a retry over it is
     /// not made.
     pub max_retries: Option<u32>,
+    /// `outlierDetection`; `None`: endpoints are never ejected.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `connectionPool.http.h2UpgradePolicy: UPGRADE`: an HTTP/1.1 port is spoken to as
+    /// HTTP/2.
+    pub h2_upgrade: bool,
     /// `DestinationRule ns/name`, when one applies.
     pub source: Option<String>,
 }
@@ -536,6 +543,8 @@ impl Default for UpstreamPolicy {
             max_pending_requests: None,
             max_requests: None,
             max_retries: None,
+            outlier_detection: None,
+            h2_upgrade: false,
             source: None,
         }
     }
@@ -589,12 +598,49 @@ pub struct ClientTls {
     pub private_key: Option<PathBuf>,
 }
 
-/// `loadBalancer.simple`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `loadBalancer`: `simple`, or `consistentHash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum LoadBalancer {
     RoundRobin,
     LeastRequest,
     Random,
+    /// Requests with the same key go to the same endpoint while it is in, and few keys move
+    /// when endpoints come and go.
+    ConsistentHash(ConsistentHash),
+}
+
+/// `loadBalancer.consistentHash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsistentHash {
+    pub key: HashKey,
+    pub table: HashTable,
+}
+
+/// What a request is hashed by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HashKey {
+    /// `httpHeaderName`: the header's value (a request without it gets any endpoint).
+    Header(#[serde(serialize_with = "route::serialize_display")] HeaderName),
+    /// `httpCookie`: the cookie's value; with a `ttl`, a request without the cookie gets one
+    /// (`Set-Cookie` on its response, as Envoy generates it), and without, any endpoint.
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<std::time::Duration>,
+    },
+    /// `useSourceIp`: the client's address (the trusted one, under `numTrustedProxies`).
+    SourceIp,
+    /// `httpQueryParameterName`: the query parameter's first value.
+    QueryParameter(String),
+}
+
+/// How keys map to endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HashTable {
+    /// `ringHash` (Istio's default): a ring of at least this many points (1024 by default).
+    Ring { minimum_size: u64 },
+    /// `maglev`: a lookup table of this prime size (65537 by default).
+    Maglev { size: u64 },
 }
 
 /// The upstream HTTP version.

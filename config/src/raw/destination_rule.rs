@@ -33,7 +33,7 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    pub outlier_detection: Unsupported,
+    pub outlier_detection: Option<OutlierDetection>,
     pub tunnel: Unsupported,
     pub proxy_protocol: Unsupported,
     pub retry_budget: Unsupported,
@@ -46,7 +46,24 @@ pub struct PortTrafficPolicy {
     pub tls: Option<ClientTls>,
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
-    pub outlier_detection: Unsupported,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// `outlierDetection`: Envoy's outlier detector, consecutive errors only.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub split_external_local_origin_errors: Option<bool>,
+    pub consecutive_local_origin_failures: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// Deprecated: consecutive gateway errors.
+    pub consecutive_errors: Option<i64>,
+    pub interval: Option<String>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+    pub min_health_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,10 +91,45 @@ pub struct ClientTls {
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     pub simple: Option<String>,
-    pub consistent_hash: Unsupported,
+    pub consistent_hash: Option<ConsistentHash>,
     pub locality_lb_setting: Unsupported,
     pub warmup_duration_secs: Unsupported,
     pub warmup: Unsupported,
+}
+
+/// `loadBalancer.consistentHash`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHash {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<RingHash>,
+    pub maglev: Option<Maglev>,
+    /// Deprecated: `ringHash.minimumRingSize`.
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub ttl: Option<String>,
+    pub attributes: Unsupported,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RingHash {
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Maglev {
+    pub table_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +165,7 @@ pub struct HttpSettings {
     pub http1_max_pending_requests: Option<u32>,
     pub http2_max_requests: Option<u32>,
     pub max_retries: Option<u32>,
-    pub h2_upgrade_policy: Unsupported,
+    pub h2_upgrade_policy: Option<String>,
     pub use_client_protocol: Unsupported,
     pub max_concurrent_streams: Unsupported,
 }

@@ -7,10 +7,12 @@
 //! are dropped. The route's timeout bounds the wait for the response head, every try and
 //! backoff included; `perTryTimeout` bounds each try.
 
+pub mod balance;
 pub mod connect;
 pub mod pool;
 pub mod retry;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -67,12 +69,22 @@ pub struct Tries {
 /// larger body is sent on as it comes and not retried once any of it was sent.
 pub const RETRY_BUFFER_BYTES: usize = 1 << 20;
 
+/// The downstream side of a request, for consistent hashing: the client's address (the
+/// trusted one) and the connection's two ends (the seed of a generated cookie, as Envoy's).
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    pub client: IpAddr,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
 /// Sends `req` to backend `backend` of the model and returns the upstream's response.
 pub async fn forward(
     upstreams: &Upstreams,
     backend: usize,
     selected: Selected<'_>,
     mut req: Request<RequestBody>,
+    downstream: &Downstream,
     tries: &mut Tries,
 ) -> Result<Response<PooledBody>, ForwardError> {
     let upstream = upstreams.backend(backend);
@@ -120,97 +132,156 @@ pub async fn forward(
     }
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ForwardError::BadRequest("uri"))?;
 
-    let policy = route.retry.as_ref();
-    let deadline = route.timeout.map(|t| Instant::now() + t);
-    let mut response = match policy {
+    let key = upstream
+        .balancer()
+        .key(req.headers(), req.uri(), downstream.client, || {
+            let seed = format!("{}{}", downstream.peer, downstream.local);
+            format!("{:016x}", balance::hash(seed.as_bytes()))
+        });
+    let attempt = Attempt {
+        upstream,
+        key: key.hash,
+        deadline: route.timeout.map(|t| Instant::now() + t),
+    };
+    let mut response = match route.retry.as_ref() {
         None => {
-            let (result, _) =
-                try_once(upstream, req, None, deadline, &mut Tried::default(), false).await;
+            let (result, _) = attempt.once(req, None, &mut Tried::default(), false).await;
             result.map_err(|f| f.error)?
         }
-        Some(policy) => with_retries(upstream, policy, req, deadline, tries).await?,
+        Some(policy) => attempt.with_retries(policy, req, tries).await?,
     };
     remove_hop_by_hop(response.headers_mut());
+    if let Some(cookie) = key.set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     Ok(response)
 }
 
-/// Tries `req` until a try succeeds or `policy` says to stop.
-async fn with_retries(
-    upstream: &UpstreamBackend,
-    policy: &Retry,
-    req: Request<RequestBody>,
+/// What every try of one request shares.
+struct Attempt<'a> {
+    upstream: &'a UpstreamBackend,
+    /// The consistent-hash key.
+    key: Option<u64>,
+    /// The route's timeout, from the request's first try.
     deadline: Option<Instant>,
-    tries: &mut Tries,
-) -> Result<Response<PooledBody>, ForwardError> {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let http2 = upstream.protocol == BackendProtocol::Http2;
-    // The head and body are kept only when a try that was sent may be tried again.
-    let mut kept = retry::may_retry_after_send(policy, http2, grpc).then(|| Kept::new(&req));
-    let mut req = match &mut kept {
-        Some(k) => k.first(req),
-        None => req,
-    };
-    let mut tried = Tried::default();
-    let mut slot = None;
-    loop {
-        let (result, failure) = try_once(
-            upstream,
-            req,
-            policy.per_try_timeout,
-            deadline,
-            &mut tried,
-            policy.other_hosts,
-        )
-        .await;
-        let retriable = match (&result, failure) {
-            (Ok(response), _) => retry::retries_response(policy, response),
-            (Err(_), Some(failure)) => retry::retries_failure(policy, failure),
-            (Err(_), None) => false,
+}
+
+impl Attempt<'_> {
+    /// Tries `req` until a try succeeds or `policy` says to stop.
+    async fn with_retries(
+        &self,
+        policy: &Retry,
+        req: Request<RequestBody>,
+        tries: &mut Tries,
+    ) -> Result<Response<PooledBody>, ForwardError> {
+        let (upstream, deadline) = (self.upstream, self.deadline);
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let http2 = upstream.protocol == BackendProtocol::Http2;
+        // The head and body are kept only when a try that was sent may be tried again.
+        let mut kept = retry::may_retry_after_send(policy, http2, grpc).then(|| Kept::new(&req));
+        let mut req = match &mut kept {
+            Some(k) => k.first(req),
+            None => req,
         };
-        if !retriable {
-            if tries.retries > 0 && result.is_ok() {
-                upstream.counts().retry_succeeded();
+        let mut tried = Tried::default();
+        let mut slot = None;
+        loop {
+            let (result, failure) = self
+                .once(req, policy.per_try_timeout, &mut tried, policy.other_hosts)
+                .await;
+            let retriable = match (&result, failure) {
+                (Ok(response), _) => retry::retries_response(policy, response),
+                (Err(_), Some(failure)) => retry::retries_failure(policy, failure),
+                (Err(_), None) => false,
+            };
+            if !retriable {
+                if tries.retries > 0 && result.is_ok() {
+                    upstream.counts().retry_succeeded();
+                }
+                return finish(result);
             }
-            return finish(result);
+            if tries.retries >= policy.attempts {
+                tries.limit_exceeded = true;
+                upstream.counts().retry_limit_exceeded();
+                return finish(result);
+            }
+            // `maxRetries`: the retries in flight on this backend.
+            drop(slot.take());
+            let Some(entered) = upstream.retry_slot() else {
+                upstream.counts().retry_overflow();
+                return finish(result);
+            };
+            slot = Some(entered);
+            // The request again: as it came back unsent, or rebuilt from what was kept.
+            let next = match result {
+                Err(Failed {
+                    unsent: Some(unsent),
+                    ..
+                }) => unsent,
+                result => match kept.as_ref().and_then(Kept::again) {
+                    Some(again) => again,
+                    // The body outgrew what is kept: the last answer stands.
+                    None => return finish(result),
+                },
+            };
+            tries.retries += 1;
+            upstream.counts().retried();
+            let wait = retry::backoff(policy.backoff, tries.retries);
+            match deadline {
+                Some(d) if Instant::now() + wait >= d => {
+                    tokio::time::sleep_until(d).await;
+                    return Err(ForwardError::Timeout);
+                }
+                _ => tokio::time::sleep(wait).await,
+            }
+            req = next;
         }
-        if tries.retries >= policy.attempts {
-            tries.limit_exceeded = true;
-            upstream.counts().retry_limit_exceeded();
-            return finish(result);
-        }
-        // `maxRetries`: the retries in flight on this backend.
-        drop(slot.take());
-        let Some(entered) = upstream.retry_slot() else {
-            upstream.counts().retry_overflow();
-            return finish(result);
+    }
+
+    /// One try, within the try's and the request's deadlines. A failed try says how it failed,
+    /// for the retry policy (`None`: a failure no policy retries, or the request's deadline).
+    async fn once(
+        &self,
+        req: Request<RequestBody>,
+        per_try: Option<Duration>,
+        tried: &mut Tried,
+        other_hosts: bool,
+    ) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
+        let per_try_deadline = per_try.map(|t| Instant::now() + t);
+        let (until, per_try_first) = match (per_try_deadline, self.deadline) {
+            (Some(p), Some(d)) if p < d => (Some(p), true),
+            (Some(p), None) => (Some(p), true),
+            (_, d) => (d, false),
         };
-        slot = Some(entered);
-        // The request again: as it came back unsent, or rebuilt from what was kept.
-        let next = match result {
-            Err(Failed {
-                unsent: Some(unsent),
-                ..
-            }) => unsent,
-            result => match kept.as_ref().and_then(Kept::again) {
-                Some(again) => again,
-                // The body outgrew what is kept: the last answer stands.
-                None => return finish(result),
+        let send = self.upstream.send(req, self.key, tried, other_hosts);
+        let result = match until {
+            None => send.await,
+            Some(until) => match tokio::time::timeout_at(until, send).await {
+                Ok(result) => result,
+                Err(_) => {
+                    if let Some(i) = tried.last() {
+                        self.upstream.record(i, balance::Outcome::Timeout);
+                    }
+                    let failure = per_try_first.then_some(Failure::PerTryTimeout);
+                    return (Err(Failed::sent(ForwardError::Timeout)), failure);
+                }
             },
         };
-        tries.retries += 1;
-        upstream.counts().retried();
-        let wait = retry::backoff(policy.backoff, tries.retries);
-        match deadline {
-            Some(d) if Instant::now() + wait >= d => {
-                tokio::time::sleep_until(d).await;
-                return Err(ForwardError::Timeout);
-            }
-            _ => tokio::time::sleep(wait).await,
-        }
-        req = next;
+        let failure = match &result {
+            Ok(_) => None,
+            Err(f) => match &f.error {
+                ForwardError::Connect(_) => Some(Failure::Connect),
+                ForwardError::Upstream(e) => Some(Failure::Reset {
+                    sent: f.unsent.is_none(),
+                    refused: refused_stream(e),
+                }),
+                _ => None,
+            },
+        };
+        (result, failure)
     }
 }
 
@@ -218,47 +289,6 @@ fn finish(
     result: Result<Response<PooledBody>, Failed>,
 ) -> Result<Response<PooledBody>, ForwardError> {
     result.map_err(|f| f.error)
-}
-
-/// One try, within the try's and the request's deadlines. A failed try says how it failed,
-/// for the retry policy (`None`: a failure no policy retries, or the request's deadline).
-async fn try_once(
-    upstream: &UpstreamBackend,
-    req: Request<RequestBody>,
-    per_try: Option<Duration>,
-    deadline: Option<Instant>,
-    tried: &mut Tried,
-    other_hosts: bool,
-) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
-    let per_try_deadline = per_try.map(|t| Instant::now() + t);
-    let (until, per_try_first) = match (per_try_deadline, deadline) {
-        (Some(p), Some(d)) if p < d => (Some(p), true),
-        (Some(p), None) => (Some(p), true),
-        (_, d) => (d, false),
-    };
-    let send = upstream.send(req, tried, other_hosts);
-    let result = match until {
-        None => send.await,
-        Some(until) => match tokio::time::timeout_at(until, send).await {
-            Ok(result) => result,
-            Err(_) => {
-                let failure = per_try_first.then_some(Failure::PerTryTimeout);
-                return (Err(Failed::sent(ForwardError::Timeout)), failure);
-            }
-        },
-    };
-    let failure = match &result {
-        Ok(_) => None,
-        Err(f) => match &f.error {
-            ForwardError::Connect(_) => Some(Failure::Connect),
-            ForwardError::Upstream(e) => Some(Failure::Reset {
-                sent: f.unsent.is_none(),
-                refused: refused_stream(e),
-            }),
-            _ => None,
-        },
-    };
-    (result, failure)
 }
 
 /// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): the request was not

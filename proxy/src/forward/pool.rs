@@ -28,8 +28,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use meshgate_config::model::{Backend, BackendProtocol, Endpoints, LoadBalancer, Model};
+use meshgate_config::model::{Backend, BackendProtocol, Endpoints, Model};
 
+use super::balance::{Balancer, Candidate, Health, Outcome};
 use super::connect::{ConnectError, Connector};
 use super::retry::Tried;
 use super::ForwardError;
@@ -51,9 +52,8 @@ pub struct Upstreams {
 pub struct UpstreamBackend {
     pub protocol: BackendProtocol,
     connector: Connector,
-    load_balancer: LoadBalancer,
+    balancer: Balancer,
     endpoints: Vec<Arc<Endpoint>>,
-    next: AtomicUsize,
     /// `maxConnections`, as permits.
     connections: Option<Arc<Semaphore>>,
     /// Requests waiting for a permit, and how many may (`http1MaxPendingRequests`).
@@ -150,6 +150,8 @@ struct Endpoint {
     port: u16,
     /// Requests sent and not yet answered, for LEAST_REQUEST.
     in_flight: AtomicUsize,
+    /// Its consecutive errors and ejection, for outlier detection.
+    health: Health,
     idle: Mutex<Vec<Idle>>,
     http2: Mutex<Option<Shared>>,
     sweeper: AtomicBool,
@@ -217,10 +219,15 @@ impl UpstreamBackend {
             Endpoints::Dns(list) => list.iter().map(|(h, p)| (h.as_str().into(), *p)).collect(),
             Endpoints::Undefined => Vec::new(),
         };
+        let names: Vec<String> = addresses.iter().map(|(h, p)| format!("{h}:{p}")).collect();
         Ok(Self {
             protocol: b.protocol,
             connector,
-            load_balancer: b.policy.load_balancer,
+            balancer: Balancer::new(
+                &b.policy.load_balancer,
+                b.policy.outlier_detection.as_ref(),
+                &names,
+            ),
             endpoints: addresses
                 .into_iter()
                 .map(|(host, port)| {
@@ -228,13 +235,13 @@ impl UpstreamBackend {
                         host,
                         port,
                         in_flight: AtomicUsize::new(0),
+                        health: Health::default(),
                         idle: Mutex::new(Vec::new()),
                         http2: Mutex::new(None),
                         sweeper: AtomicBool::new(false),
                     })
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
             connections: b
                 .policy
                 .max_connections
@@ -252,18 +259,24 @@ impl UpstreamBackend {
         })
     }
 
-    /// Sends `req` to the next endpoint (one not in `tried`, when `other_hosts` and there is
-    /// one), adds it to `tried`, and returns the response, whose body holds the lease.
+    /// Sends `req` to the next endpoint (by `key` under consistent hashing; one not in
+    /// `tried`, when `other_hosts` and there is one), adds it to `tried`, and returns the
+    /// response, whose body holds the lease. The outlier detector counts how it ended.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
+        key: Option<u64>,
         tried: &mut Tried,
         other_hosts: bool,
     ) -> Result<Response<PooledBody>, Failed> {
         if self.undefined {
             return Err(Failed::unsent(ForwardError::NoCluster, req));
         }
-        let Some(i) = self.pick(*tried, other_hosts) else {
+        let other_hosts = other_hosts && self.balancer.retries_elsewhere();
+        let Some(i) = self
+            .balancer
+            .pick(&self.endpoints, key, *tried, other_hosts)
+        else {
             return Err(Failed::unsent(ForwardError::NoEndpoint, req));
         };
         tried.add(i);
@@ -281,12 +294,40 @@ impl UpstreamBackend {
         let endpoint = &self.endpoints[i];
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
-        let mut response = match self.protocol {
-            BackendProtocol::Http1 => self.send_http1(endpoint, req).await?,
-            BackendProtocol::Http2 => self.send_http2(endpoint, req).await?,
+        let result = match self.protocol {
+            BackendProtocol::Http1 => self.send_http1(endpoint, req).await,
+            BackendProtocol::Http2 => self.send_http2(endpoint, req).await,
         };
+        let outcome = match &result {
+            Ok(response) => Some(Outcome::Status(response.status().as_u16())),
+            Err(f) => match f.error {
+                ForwardError::Connect(_) | ForwardError::Upstream(_) => Some(Outcome::LocalFailure),
+                _ => None,
+            },
+        };
+        if let Some(outcome) = outcome {
+            self.record(i, outcome);
+        }
+        let mut response = result?;
         response.body_mut().active = active;
         Ok(response)
+    }
+
+    /// Counts how a try on endpoint `i` ended, for outlier detection.
+    pub fn record(&self, i: usize, outcome: Outcome) {
+        if self.balancer.record(&self.endpoints, i, outcome) {
+            self.counts.ejected();
+        }
+    }
+
+    /// The hash key of a request, under consistent hashing (see `Balancer::key`).
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Endpoints ejected by outlier detection now.
+    pub fn ejected(&self) -> usize {
+        self.balancer.ejected_now(&self.endpoints)
     }
 
     /// A retry's place among the backend's retries in flight, unless `maxRetries` are.
@@ -359,39 +400,6 @@ impl UpstreamBackend {
             .iter()
             .map(|e| e.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
-    }
-
-    /// The endpoint for the next try, by the backend's load balancer. With `other_hosts`, one
-    /// not in `tried` when a few draws find one, as Envoy's `previous_hosts` predicate with
-    /// its 5 attempts.
-    fn pick(&self, tried: Tried, other_hosts: bool) -> Option<usize> {
-        let n = self.endpoints.len();
-        let draws = if other_hosts { 5 } else { 1 };
-        let mut choice = None;
-        for _ in 0..draws {
-            let i = match (n, self.load_balancer) {
-                (0, _) => return None,
-                (1, _) => return Some(0),
-                (_, LoadBalancer::RoundRobin) => self.next.fetch_add(1, Ordering::Relaxed) % n,
-                (_, LoadBalancer::Random) => fastrand::usize(..n),
-                // Envoy's LEAST_REQUEST: the less busy of two random choices.
-                (_, LoadBalancer::LeastRequest) => {
-                    let a = fastrand::usize(..n);
-                    let b = fastrand::usize(..n);
-                    let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
-                    if load(b) < load(a) {
-                        b
-                    } else {
-                        a
-                    }
-                }
-            };
-            choice = Some(i);
-            if !tried.contains(i) {
-                break;
-            }
-        }
-        choice
     }
 
     async fn send_http1(
@@ -553,6 +561,16 @@ impl Endpoint {
             }
         }
         None
+    }
+}
+
+impl Candidate for Arc<Endpoint> {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 }
 

@@ -104,19 +104,28 @@ pub fn backoff(base: Duration, n: u32) -> Duration {
 }
 
 /// The endpoints of one request's tries, to prefer one not tried yet (Envoy's
-/// `previous_hosts` predicate): a bit per endpoint, for the first 64.
+/// `previous_hosts` predicate): a bit per endpoint, for the first 64; and the last one.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Tried(u64);
+pub struct Tried {
+    set: u64,
+    last: Option<usize>,
+}
 
 impl Tried {
     pub fn add(&mut self, endpoint: usize) {
         if endpoint < 64 {
-            self.0 |= 1 << endpoint;
+            self.set |= 1 << endpoint;
         }
+        self.last = Some(endpoint);
     }
 
     pub fn contains(self, endpoint: usize) -> bool {
-        endpoint < 64 && self.0 & (1 << endpoint) != 0
+        endpoint < 64 && self.set & (1 << endpoint) != 0
+    }
+
+    /// The endpoint of the latest try.
+    pub fn last(self) -> Option<usize> {
+        self.last
     }
 }
 
