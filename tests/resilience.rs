@@ -603,3 +603,91 @@ async fn h2_upgrade_policy_speaks_http2_to_an_http_port() {
         .unwrap();
     assert_eq!(r.json()["version"], "HTTP/1.1");
 }
+
+#[tokio::test]
+async fn mirrors_get_a_copy_with_the_shadow_host_and_never_hold_up_the_request() {
+    let main = Scripted::start("main", &[]).await;
+    let shadow = Scripted::start("shadow", &[Answer::Slow(Duration::from_secs(2), 500)]).await;
+    let http = r#"  - match: [{uri: {prefix: /all}}]
+    route: [{destination: {host: svc.internal}}]
+    mirror: {host: mirror.internal}
+    mirrorPercentage: {value: 100.0}
+  - match: [{uri: {prefix: /none}}]
+    route: [{destination: {host: svc.internal}}]
+    mirrors: [{destination: {host: mirror.internal}, percentage: {value: 0}}]
+"#;
+    let extra = format!(
+        r#"{}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: mirror, namespace: default}}
+spec:
+  hosts: [mirror.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+"#,
+        service("svc.internal", &[main.address.port()], "", http),
+        shadow.address.port()
+    );
+    let sidecar = Sidecar::start(&extra).await;
+
+    // The shadow answers 500 after 2 s; the request is answered by the main backend at once.
+    let started = Instant::now();
+    let r = post(sidecar.addr(), "/all", b"copy me").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    support::eventually("the shadow saw the copy", || shadow.seen().len() == 1).await;
+    let copy = &shadow.seen()[0];
+    assert_eq!(copy.path, "/all");
+    assert_eq!(copy.body, b"copy me");
+    assert_eq!(copy.host, "svc.internal-shadow");
+    assert_eq!(main.seen()[0].host, "svc.internal");
+
+    for _ in 0..20 {
+        assert_eq!(
+            post(sidecar.addr(), "/none", b"x").await.status,
+            StatusCode::OK
+        );
+    }
+    let stats = sidecar.running.metrics.render();
+    assert!(
+        stats.contains(
+            "meshgate_upstream_mirrors_total{backend=\"mirror.internal:80\",result=\"sent\"} 1"
+        ),
+        "{stats}"
+    );
+    assert_eq!(shadow.seen().len(), 1, "a 0% mirror copied a request");
+}
+
+#[test]
+fn mirror_shares_and_exclusive_fields_are_checked() {
+    let yaml = |http: &str| {
+        format!(
+            "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {{name: gw, namespace: default}}\nspec: {{outbound: {{address: \"127.0.0.1:0\"}}}}\n{}",
+            service("svc.internal", &[80], "", http)
+        )
+    };
+    for (http, want) in [
+        (
+            "  - route: [{destination: {host: svc.internal}}]\n    mirror: {host: svc.internal}\n    mirrors: [{destination: {host: svc.internal}}]\n",
+            "spec.http[0]: mirror and mirrors are exclusive",
+        ),
+        (
+            "  - route: [{destination: {host: svc.internal}}]\n    mirror: {host: svc.internal}\n    mirrorPercentage: {value: 150}\n",
+            "spec.http[0].mirrorPercentage.value: `150` is not a percentage",
+        ),
+        (
+            "  - route: [{destination: {host: svc.internal}}]\n    mirrorPercentage: {value: 50}\n",
+            "spec.http[0].mirrorPercentage: set without a mirror",
+        ),
+    ] {
+        let e = meshgate_config::load_str("t.yaml", &yaml(http)).unwrap_err().to_string();
+        assert!(e.contains(want), "want `{want}` in {e}");
+    }
+}

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use crate::tag::Owned;
 
@@ -25,6 +26,8 @@ enum Source {
     Client(ClientBody),
     /// One try's reading of a kept body.
     Replay(Reader),
+    /// A whole body read before, sent again (a mirror's copy).
+    Copy(Complete, usize),
     /// No body.
     Empty,
 }
@@ -85,6 +88,11 @@ impl Body for RequestBody {
         match &mut self.get_mut().0 {
             Source::Client(body) => body.poll_frame(cx),
             Source::Replay(reader) => reader.poll_frame(cx),
+            Source::Copy(all, next) => {
+                let frame = all.0.get(*next).map(|f| Ok(f.frame()));
+                *next += 1;
+                Poll::Ready(frame)
+            }
             Source::Empty => Poll::Ready(None),
         }
     }
@@ -93,6 +101,7 @@ impl Body for RequestBody {
         match &self.0 {
             Source::Client(c) => c.body.is_end_stream(),
             Source::Replay(reader) => reader.is_end_stream(),
+            Source::Copy(all, next) => *next >= all.0.len(),
             Source::Empty => true,
         }
     }
@@ -101,6 +110,15 @@ impl Body for RequestBody {
         match &self.0 {
             Source::Client(c) => c.body.size_hint(),
             Source::Replay(reader) => reader.size_hint(),
+            Source::Copy(all, next) => SizeHint::with_exact(
+                all.0[(*next).min(all.0.len())..]
+                    .iter()
+                    .map(|f| match f {
+                        Stored::Data(b) => b.len() as u64,
+                        Stored::Trailers(_) => 0,
+                    })
+                    .sum(),
+            ),
             Source::Empty => SizeHint::with_exact(0),
         }
     }
@@ -116,6 +134,8 @@ pub enum Replayable {
     /// A request without a body: every try has none.
     Empty,
     Kept(Arc<Mutex<Kept>>),
+    /// A body that cannot be kept: for the first try only.
+    Once(Mutex<Option<RequestBody>>),
 }
 
 #[derive(Debug)]
@@ -134,12 +154,34 @@ pub struct Kept {
     exact: Option<u64>,
     /// The try allowed to read.
     current: u32,
+    /// Copies waiting for the whole body (mirrors); dropped, they learn it will not come.
+    waiting: Vec<oneshot::Sender<Complete>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Stored {
     Data(Bytes),
     Trailers(http::HeaderMap),
+}
+
+impl Stored {
+    fn frame(&self) -> Frame<Bytes> {
+        match self {
+            Stored::Data(b) => Frame::data(b.clone()),
+            Stored::Trailers(t) => Frame::trailers(t.clone()),
+        }
+    }
+}
+
+/// A whole request body, as the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct Complete(Arc<[Stored]>);
+
+impl Complete {
+    /// A body that sends this again.
+    pub fn body(&self) -> RequestBody {
+        RequestBody(Source::Copy(self.clone(), 0))
+    }
 }
 
 /// One try's reading of a kept body.
@@ -169,12 +211,34 @@ impl Replayable {
                     ended: false,
                     exact,
                     current: 0,
+                    waiting: Vec::new(),
                 })))
             }
-            // A kept body is never kept again; an ended or empty one is empty.
-            Source::Replay(_) => unreachable!("a try's body is not kept again"),
             Source::Client(_) | Source::Empty => Self::Empty,
+            // A try's or a copy's body is not kept again: it goes once.
+            other => Self::Once(Mutex::new(Some(RequestBody(other)))),
         }
+    }
+
+    /// The whole body once the tries have read it to its end; never (the sender dropped) when
+    /// it outgrows the limit or the request goes away first.
+    pub fn complete(&self) -> oneshot::Receiver<Complete> {
+        let (tx, rx) = oneshot::channel();
+        match self {
+            Self::Empty => {
+                let _ = tx.send(Complete::default());
+            }
+            Self::Once(_) => {}
+            Self::Kept(kept) => {
+                let mut k = lock(kept);
+                if k.ended && !k.overflowed {
+                    let _ = tx.send(Complete(k.frames.clone().into()));
+                } else if !k.overflowed {
+                    k.waiting.push(tx);
+                }
+            }
+        }
+        rx
     }
 
     /// The body for the next try, which from now on is the only one that reads; `None` when
@@ -182,6 +246,7 @@ impl Replayable {
     pub fn next_try(&self) -> Option<RequestBody> {
         match self {
             Self::Empty => Some(RequestBody::empty()),
+            Self::Once(body) => body.lock().unwrap_or_else(|p| p.into_inner()).take(),
             Self::Kept(kept) => {
                 let mut k = lock(kept);
                 if k.overflowed && k.read > 0 {
@@ -203,6 +268,19 @@ fn lock(kept: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
     kept.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Kept {
+    /// The client's body is over: the copies waiting for it get it whole.
+    fn end(&mut self) {
+        self.ended = true;
+        if !self.overflowed {
+            let all = Complete(self.frames.clone().into());
+            for tx in self.waiting.drain(..) {
+                let _ = tx.send(all.clone());
+            }
+        }
+    }
+}
+
 /// A try that was given up for a newer one.
 #[derive(Debug, thiserror::Error)]
 #[error("request body: superseded by a retry")]
@@ -219,13 +297,11 @@ impl Reader {
         }
         if self.next < k.read {
             // Kept: `next_try` refuses a try once frames were dropped.
-            let frame = match &k.frames[self.next] {
-                Stored::Data(b) => {
-                    self.sent += b.len() as u64;
-                    Frame::data(b.clone())
-                }
-                Stored::Trailers(t) => Frame::trailers(t.clone()),
-            };
+            let stored = &k.frames[self.next];
+            if let Stored::Data(b) = stored {
+                self.sent += b.len() as u64;
+            }
+            let frame = stored.frame();
             self.next += 1;
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -250,11 +326,17 @@ impl Reader {
                 if k.bytes > k.limit {
                     k.overflowed = true;
                     k.frames = Vec::new();
+                    k.waiting.clear();
                 } else if let (false, Some(stored)) = (k.overflowed, stored) {
                     k.frames.push(stored);
                 }
+                // A body of known length ends with its last bytes: the sender need not poll
+                // again to learn it.
+                if k.source.body.is_end_stream() {
+                    k.end();
+                }
             }
-            Poll::Ready(None) => k.ended = true,
+            Poll::Ready(None) => k.end(),
             _ => {}
         }
         frame

@@ -317,6 +317,22 @@ impl Metrics {
         }
 
         e.family(
+            "meshgate_upstream_mirrors_total",
+            "counter",
+            "Mirrored copies by the backend they go to and result: sent, or dropped (too many \
+             in flight, or a body over the buffer limit).",
+        );
+        for (family, counts) in &upstreams {
+            for (result, slot) in MIRROR_SLOTS {
+                e.sample(
+                    "meshgate_upstream_mirrors_total",
+                    &join(&[family, &labels(&[("result", result)])]),
+                    counts[slot].load(Ordering::Relaxed),
+                );
+            }
+        }
+
+        e.family(
             "meshgate_authorization_dry_run_total",
             "counter",
             "What the dry-run (istio.io/dry-run) AuthorizationPolicies would have decided, by \
@@ -462,8 +478,9 @@ impl ListenerCounts {
 
 /// A backend's counters, by slot: connections made and failed, then the retry outcomes (as
 /// Envoy's `upstream_rq_retry`, `_retry_success`, `_retry_overflow`,
-/// `_retry_limit_exceeded`), then requests a circuit breaker refused, then ejections.
-const UPSTREAM_SLOTS: usize = 8;
+/// `_retry_limit_exceeded`), then requests a circuit breaker refused, then ejections, then
+/// mirrored copies sent and dropped.
+const UPSTREAM_SLOTS: usize = 10;
 const RETRY_SLOTS: [(&str, usize); 4] = [
     ("retried", 2),
     ("succeeded", 3),
@@ -472,6 +489,7 @@ const RETRY_SLOTS: [(&str, usize); 4] = [
 ];
 const OVERFLOW_SLOT: usize = 6;
 const EJECTED_SLOT: usize = 7;
+const MIRROR_SLOTS: [(&str, usize); 2] = [("sent", 8), ("dropped", 9)];
 
 impl UpstreamCounts {
     /// Counts a connection attempt.
@@ -511,6 +529,12 @@ impl UpstreamCounts {
     /// Outlier detection ejected an endpoint.
     pub fn ejected(&self) {
         self.add(EJECTED_SLOT);
+    }
+
+    /// A mirrored copy was sent (`true`), or dropped: too many in flight, or its body was
+    /// not kept whole.
+    pub fn mirrored(&self, sent: bool) {
+        self.add(if sent { 8 } else { 9 });
     }
 }
 

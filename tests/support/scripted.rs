@@ -27,6 +27,8 @@ pub enum Answer {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub path: String,
+    /// The `host` header.
+    pub host: String,
     pub body: Vec<u8>,
 }
 
@@ -72,10 +74,10 @@ impl Scripted {
     async fn serve(self, mut tcp: TcpStream) {
         let mut buf = Vec::new();
         loop {
-            let Some((path, body)) = read_request(&mut tcp, &mut buf).await else {
+            let Some(seen) = read_request(&mut tcp, &mut buf).await else {
                 return;
             };
-            self.seen.lock().unwrap().push(Seen { path, body });
+            self.seen.lock().unwrap().push(seen);
             let answer = self.script.lock().unwrap().pop_front();
             let (status, grpc) = match answer.unwrap_or(Answer::Status(200)) {
                 Answer::Status(s) => (s, None),
@@ -102,9 +104,9 @@ impl Scripted {
     }
 }
 
-/// Reads one request (its head, and a `content-length` body): its path and body. `None` when
-/// the connection ends first.
-async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+/// Reads one request (its head, and a `content-length` body). `None` when the connection ends
+/// first.
+async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
     let mut chunk = [0u8; 16 * 1024];
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -117,14 +119,16 @@ async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String,
     };
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
     let path = head.split(' ').nth(1).unwrap_or("").to_string();
-    let length = head
-        .lines()
-        .find_map(|l| {
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
+    };
+    let length = header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
+    let host = header("host").unwrap_or_default();
     while buf.len() < end + length {
         match tcp.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
@@ -133,5 +137,5 @@ async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String,
     }
     let body = buf[end..end + length].to_vec();
     buf.drain(..end + length);
-    Some((path, body))
+    Some(Seen { path, host, body })
 }

@@ -72,6 +72,7 @@ pub(crate) fn add_services(
             timeout: None,
             // Istio's default route for a service retries as a VirtualService route does.
             retry: Some(crate::model::Retry::istio_default()),
+            mirrors: Vec::new(),
             fault: None,
             cors: None,
         };

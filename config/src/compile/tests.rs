@@ -237,7 +237,7 @@ spec:
         (vs("{timeout: soon, directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].timeout: `soon` is not a duration"),
         (vs("{directResponse: {status: 1000}}"), "t.yaml: VirtualService ns/vs: spec.http[0].directResponse.status: not an HTTP status code"),
         (vs("{route: [{destination: {host: x.y, port: {number: 1}}, weight: 0}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route: every destination has weight 0"),
-        (vs("{mirror: {host: x}, directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].mirror: this Istio field is not implemented by meshgate"),
+        (vs("{mirror: {host: x, port: {number: 80}}, directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0]: a mirror copies requests a route forwards"),
         (vs("{directResponse: {status: 200}, retires: {attempts: 1}}"), "t.yaml:25:37: VirtualService ns/vs: spec.http[0].retires: unknown field `retires`"),
         (MESH_GATEWAY.replace("labels:", "labelz:"), "t.yaml:6:3: MeshGateway istio-system/gw: spec.labelz: unknown field `labelz`"),
         (format!("{MESH_GATEWAY}---\n{MESH_GATEWAY}"), "t.yaml: MeshGateway istio-system/gw: metadata: a second MeshGateway"),

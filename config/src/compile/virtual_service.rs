@@ -19,12 +19,13 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    HostMatcher, Listener, ListenerKind, Redirect, RedirectPort, RequestMatch, Retry, RetryOn,
-    Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
+    HostMatcher, Listener, ListenerKind, Mirror, Redirect, RedirectPort, RequestMatch, Retry,
+    RetryOn, Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
-    CorsPolicy as CorsSpec, Fault as FaultSpec, HeaderOperations, HttpMatch, HttpRoute, Percent,
-    Redirect as RedirectSpec, Retries as RetriesSpec, VirtualServiceSpec,
+    CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
+    HttpMatch, HttpRoute, Percent, Redirect as RedirectSpec, Retries as RetriesSpec,
+    VirtualServiceSpec,
 };
 use crate::raw::{Labels, StringMatch};
 use crate::warning::{Code, Warning};
@@ -210,17 +211,7 @@ fn compile_route(
     warnings: &mut Vec<Warning>,
 ) -> Option<Route> {
     let before = errors.len();
-    o.unsupported(
-        errors,
-        path,
-        &[
-            ("delegate", r.delegate.is_some()),
-            ("mirror", r.mirror.is_some()),
-            ("mirrors", r.mirrors.is_some()),
-            ("mirrorPercentage", r.mirror_percentage.is_some()),
-            ("mirrorPercent", r.mirror_percent.is_some()),
-        ],
-    );
+    o.unsupported(errors, path, &[("delegate", r.delegate.is_some())]);
     let matches = r
         .matches
         .iter()
@@ -288,50 +279,13 @@ fn compile_route(
                 o.unsupported(errors, &p, &[("headers", d.headers.is_some())]);
                 // Istio: a lone destination takes all traffic; otherwise weights are relative.
                 let weight = if weighted { d.weight.unwrap_or(0) } else { 1 };
-                let host = qualify(&d.destination.host, &o.namespace);
-                let port = match d.destination.port.as_ref().map(|p| u16::try_from(p.number)) {
-                    None => None,
-                    Some(Ok(n)) if n > 0 => Some(n),
-                    Some(_) => {
-                        errors.push(o.error(
-                            format!("{p}.destination.port.number"),
-                            "ports must be 1 to 65535",
-                        ));
-                        continue;
-                    }
+                let Some(backend) =
+                    destination(o, &p, &d.destination, backends, rules, errors, warnings)
+                else {
+                    continue;
                 };
-                let subset = d.destination.subset.as_deref();
-                match backends.resolve(&host, port, subset, rules) {
-                    Ok(resolved) => {
-                        if resolved.implicit {
-                            warnings.push(o.warn(
-                                Code::DestinationNotDeclared,
-                                Some(&format!("{p}.destination.host")),
-                                format!(
-                                    "`{host}` is declared by no ServiceEntry or Service; it will \
-                                     be resolved by DNS when a request comes"
-                                ),
-                            ));
-                        }
-                        if resolved.undefined_subset {
-                            warnings.push(o.warn(
-                                Code::SubsetNotFound,
-                                Some(&format!("{p}.destination.subset")),
-                                format!(
-                                    "`{}` is defined by no DestinationRule for `{host}`: \
-                                     requests routed here get 503, as in Istio",
-                                    subset.unwrap_or_default()
-                                ),
-                            ));
-                        }
-                        if weight > 0 {
-                            list.push(WeightedBackend {
-                                backend: resolved.backend,
-                                weight,
-                            });
-                        }
-                    }
-                    Err(message) => errors.push(o.error(format!("{p}.destination"), message)),
+                if weight > 0 {
+                    list.push(WeightedBackend { backend, weight });
                 }
             }
             if list.is_empty() && errors.len() == before {
@@ -403,6 +357,13 @@ fn compile_route(
         .cors_policy
         .as_ref()
         .and_then(|c| cors(o, &format!("{path}.corsPolicy"), c, errors));
+    let mirrors = mirrors(o, path, r, backends, rules, errors, warnings);
+    if !mirrors.is_empty() && r.route.is_empty() {
+        errors.push(o.error(
+            path,
+            "a mirror copies requests a route forwards: this rule answers itself (directResponse or redirect)",
+        ));
+    }
     let retry = match &r.retries {
         None => Some(Retry::istio_default()),
         Some(spec) => retries(o, &format!("{path}.retries"), spec, errors),
@@ -423,7 +384,143 @@ fn compile_route(
         rewrite_authority,
         timeout,
         retry,
+        mirrors,
     })
+}
+
+/// A route's or a mirror's `destination`: its backend, with a warning for a host nothing
+/// declares and for a subset no DestinationRule defines.
+fn destination(
+    o: &Origin,
+    p: &str,
+    d: &DestinationSpec,
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
+) -> Option<usize> {
+    let host = qualify(&d.host, &o.namespace);
+    let port = match d.port.as_ref().map(|p| u16::try_from(p.number)) {
+        None => None,
+        Some(Ok(n)) if n > 0 => Some(n),
+        Some(_) => {
+            errors.push(o.error(
+                format!("{p}.destination.port.number"),
+                "ports must be 1 to 65535",
+            ));
+            return None;
+        }
+    };
+    let subset = d.subset.as_deref();
+    match backends.resolve(&host, port, subset, rules) {
+        Ok(resolved) => {
+            if resolved.implicit {
+                warnings.push(o.warn(
+                    Code::DestinationNotDeclared,
+                    Some(&format!("{p}.destination.host")),
+                    format!(
+                        "`{host}` is declared by no ServiceEntry or Service; it will be \
+                         resolved by DNS when a request comes"
+                    ),
+                ));
+            }
+            if resolved.undefined_subset {
+                warnings.push(o.warn(
+                    Code::SubsetNotFound,
+                    Some(&format!("{p}.destination.subset")),
+                    format!(
+                        "`{}` is defined by no DestinationRule for `{host}`: requests routed \
+                         here get 503, as in Istio",
+                        subset.unwrap_or_default()
+                    ),
+                ));
+            }
+            Some(resolved.backend)
+        }
+        Err(message) => {
+            errors.push(o.error(format!("{p}.destination"), message));
+            None
+        }
+    }
+}
+
+/// `mirror` with `mirrorPercentage` (or the deprecated `mirrorPercent`), or `mirrors`: each
+/// destination with its share, 100% when none is given, as Istio.
+#[allow(clippy::too_many_arguments)]
+fn mirrors(
+    o: &Origin,
+    path: &str,
+    r: &HttpRoute,
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Mirror> {
+    let share =
+        |field: String, p: Option<&Percent>, legacy: Option<u32>, errors: &mut Vec<ConfigError>| {
+            let value = match (p.and_then(|p| p.value), legacy) {
+                (Some(v), _) => v,
+                (None, Some(n)) => f64::from(n),
+                (None, None) => 100.0,
+            };
+            if !(0.0..=100.0).contains(&value) {
+                errors.push(o.error(field, format!("`{value}` is not a percentage (0 to 100)")));
+                return 0;
+            }
+            (value * 10_000.0).round() as u32
+        };
+    let mut out = Vec::new();
+    match (&r.mirror, &r.mirrors) {
+        (Some(_), Some(_)) => {
+            errors.push(o.error(path, "mirror and mirrors are exclusive"));
+        }
+        (Some(d), None) => {
+            let per_million = share(
+                format!("{path}.mirrorPercentage.value"),
+                r.mirror_percentage.as_ref(),
+                r.mirror_percent,
+                errors,
+            );
+            let p = format!("{path}.mirror");
+            if let Some(backend) = destination(o, &p, d, backends, rules, errors, warnings) {
+                out.push(Mirror {
+                    backend,
+                    per_million,
+                });
+            }
+        }
+        (None, Some(list)) => {
+            if r.mirror_percentage.is_some() || r.mirror_percent.is_some() {
+                errors.push(o.error(
+                    format!("{path}.mirrorPercentage"),
+                    "goes with mirror; each of mirrors has its own percentage",
+                ));
+            }
+            for (i, m) in list.iter().enumerate() {
+                let p = format!("{path}.mirrors[{i}]");
+                let per_million = share(
+                    format!("{p}.percentage.value"),
+                    m.percentage.as_ref(),
+                    None,
+                    errors,
+                );
+                if let Some(backend) =
+                    destination(o, &p, &m.destination, backends, rules, errors, warnings)
+                {
+                    out.push(Mirror {
+                        backend,
+                        per_million,
+                    });
+                }
+            }
+        }
+        (None, None) => {
+            if r.mirror_percentage.is_some() || r.mirror_percent.is_some() {
+                errors.push(o.error(format!("{path}.mirrorPercentage"), "set without a mirror"));
+            }
+        }
+    }
+    out
 }
 
 /// `retries`, as Istio's `ConvertPolicy`: `attempts: 0` turns retries off; an omitted

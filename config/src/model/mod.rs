@@ -23,7 +23,7 @@ pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
+    Mirror, Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
     WeightedBackend,
 };
 pub use table::RouteTable;

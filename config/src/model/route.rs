@@ -43,10 +43,21 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// When a failed try is tried again; `None`: never (`retries.attempts: 0`).
     pub retry: Option<super::Retry>,
+    /// Backends that get a copy of a share of the requests (`mirror`, `mirrors`).
+    pub mirrors: Vec<Mirror>,
     /// Faults to inject before forwarding (Envoy's fault filter, per route).
     pub fault: Option<Fault>,
     /// CORS (Envoy's CORS filter, per route).
     pub cors: Option<Cors>,
+}
+
+/// A copy of a share of a route's requests, sent and forgotten (Envoy's shadow).
+#[derive(Debug, Clone, Serialize)]
+pub struct Mirror {
+    /// Index into `Model::backends`.
+    pub backend: usize,
+    /// The share copied, in millionths.
+    pub per_million: u32,
 }
 
 /// What a matched route does.

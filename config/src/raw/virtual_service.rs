@@ -36,10 +36,11 @@ pub struct HttpRoute {
     pub cors_policy: Option<CorsPolicy>,
     pub delegate: Unsupported,
     pub retries: Option<Retries>,
-    pub mirror: Unsupported,
-    pub mirrors: Unsupported,
-    pub mirror_percentage: Unsupported,
-    pub mirror_percent: Unsupported,
+    pub mirror: Option<Destination>,
+    pub mirrors: Option<Vec<MirrorPolicy>>,
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated: an integer percentage.
+    pub mirror_percent: Option<u32>,
 }
 
 /// `retries`: Envoy's RetryPolicy.
@@ -138,6 +139,14 @@ pub struct HttpMatch {
     pub query_params: Unsupported,
     pub ignore_uri_case: Unsupported,
     pub stat_prefix: Unsupported,
+}
+
+/// One of `mirrors`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorPolicy {
+    pub destination: Destination,
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ pub mod pool;
 pub mod retry;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -83,7 +84,7 @@ pub async fn forward(
     upstreams: &Upstreams,
     backend: usize,
     selected: Selected<'_>,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     downstream: &Downstream,
     tries: &mut Tries,
 ) -> Result<Response<PooledBody>, ForwardError> {
@@ -111,26 +112,15 @@ pub async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path);
-    match upstream.protocol {
-        // Origin form, with the authority in Host.
-        BackendProtocol::Http1 => {
-            *req.version_mut() = Version::HTTP_11;
-            req.headers_mut().insert(header::HOST, host);
-        }
-        // The authority travels as :authority.
-        BackendProtocol::Http2 => {
-            *req.version_mut() = Version::HTTP_2;
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(
-                Authority::try_from(host.as_bytes())
-                    .map_err(|_| ForwardError::BadRequest("authority"))?,
-            );
-            req.headers_mut().remove(header::HOST);
-        }
-    }
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ForwardError::BadRequest("uri"))?;
+    let policy = route.retry.as_ref();
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let http2 = upstream.protocol == BackendProtocol::Http2;
+    let again = policy.is_some_and(|p| retry::may_retry_after_send(p, http2, grpc));
+    let (mut req, replay) = keep_and_mirror(req, again, upstreams, route, &host, &path);
+    to_upstream(&mut req, host, path, upstream.protocol)?;
 
     let key = upstream
         .balancer()
@@ -148,7 +138,10 @@ pub async fn forward(
             let (result, _) = attempt.once(req, None, &mut Tried::default(), false).await;
             result.map_err(|f| f.error)?
         }
-        Some(policy) => attempt.with_retries(policy, req, tries).await?,
+        Some(policy) => {
+            let kept = replay.filter(|_| again).map(|body| Kept::new(&req, body));
+            attempt.with_retries(policy, req, kept, tries).await?
+        }
     };
     remove_hop_by_hop(response.headers_mut());
     if let Some(cookie) = key.set_cookie {
@@ -171,21 +164,11 @@ impl Attempt<'_> {
     async fn with_retries(
         &self,
         policy: &Retry,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
+        kept: Option<Kept>,
         tries: &mut Tries,
     ) -> Result<Response<PooledBody>, ForwardError> {
         let (upstream, deadline) = (self.upstream, self.deadline);
-        let grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let http2 = upstream.protocol == BackendProtocol::Http2;
-        // The head and body are kept only when a try that was sent may be tried again.
-        let mut kept = retry::may_retry_after_send(policy, http2, grpc).then(|| Kept::new(&req));
-        let mut req = match &mut kept {
-            Some(k) => k.first(req),
-            None => req,
-        };
         let mut tried = Tried::default();
         let mut slot = None;
         loop {
@@ -314,23 +297,15 @@ struct Kept {
 }
 
 impl Kept {
-    /// Keeps the head of `req`; its body is kept by `first`.
-    fn new(req: &Request<RequestBody>) -> Self {
+    /// Keeps the head of `req`, the first try's, and its `body`.
+    fn new(req: &Request<RequestBody>, body: Replayable) -> Self {
         Self {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
-            body: Replayable::Empty,
+            body,
         }
-    }
-
-    /// The first try's request, its body now kept.
-    fn first(&mut self, req: Request<RequestBody>) -> Request<RequestBody> {
-        let (parts, body) = req.into_parts();
-        self.body = Replayable::new(body, RETRY_BUFFER_BYTES);
-        let body = self.body.next_try().unwrap_or_else(RequestBody::empty);
-        Request::from_parts(parts, body)
     }
 
     /// The request for the next try; `None` when the body is no longer whole.
@@ -343,6 +318,133 @@ impl Kept {
         *req.headers_mut() = self.headers.clone();
         Some(req)
     }
+}
+
+/// Writes the authority and path as the upstream's HTTP version carries them: HTTP/1.1 in
+/// origin form with `Host`, HTTP/2 with `:authority`.
+fn to_upstream(
+    req: &mut Request<RequestBody>,
+    host: HeaderValue,
+    path: PathAndQuery,
+    protocol: BackendProtocol,
+) -> Result<(), ForwardError> {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    match protocol {
+        BackendProtocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        BackendProtocol::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(
+                Authority::try_from(host.as_bytes())
+                    .map_err(|_| ForwardError::BadRequest("authority"))?,
+            );
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ForwardError::BadRequest("uri"))?;
+    Ok(())
+}
+
+/// Keeps the body of `req` when a try that was sent may be tried `again`, or for the route's
+/// mirrors that draw this request, and sends those their copies.
+fn keep_and_mirror(
+    req: Request<RequestBody>,
+    again: bool,
+    upstreams: &Upstreams,
+    route: &meshgate_config::model::Route,
+    host: &HeaderValue,
+    path: &PathAndQuery,
+) -> (Request<RequestBody>, Option<Replayable>) {
+    let mut mirrors = route
+        .mirrors
+        .iter()
+        .filter(|m| drawn(m.per_million))
+        .peekable();
+    if !again && mirrors.peek().is_none() {
+        return (req, None);
+    }
+    let (parts, body) = req.into_parts();
+    let kept = Replayable::new(body, RETRY_BUFFER_BYTES);
+    let req = Request::from_parts(parts, kept.next_try().unwrap_or_else(RequestBody::empty));
+    for m in mirrors {
+        mirror(
+            upstreams.backend(m.backend),
+            &req,
+            host,
+            path,
+            &kept,
+            route.timeout,
+        );
+    }
+    (req, Some(kept))
+}
+
+/// Whether a share of `per_million` takes this request.
+fn drawn(per_million: u32) -> bool {
+    per_million >= 1_000_000 || (per_million > 0 && fastrand::u32(..1_000_000) < per_million)
+}
+
+/// Sends a copy of `req` (its method and headers; its body once the client has sent it whole)
+/// to `backend`, with `-shadow` added to the host as Envoy does (before any port), and forgets
+/// it: the copy never holds up or fails the request. Dropped, and counted, when too many copies
+/// are in flight to the backend or the body outgrows what is kept.
+fn mirror(
+    backend: &Arc<UpstreamBackend>,
+    req: &Request<RequestBody>,
+    host: &HeaderValue,
+    path: &PathAndQuery,
+    body: &Replayable,
+    timeout: Option<Duration>,
+) {
+    let Some(slot) = backend.mirror_slot() else {
+        backend.counts().mirrored(false);
+        return;
+    };
+    let Some(host) = shadow_host(host) else {
+        backend.counts().mirrored(false);
+        return;
+    };
+    let (method, headers, path) = (req.method().clone(), req.headers().clone(), path.clone());
+    let complete = body.complete();
+    let backend = backend.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let Ok(body) = complete.await else {
+            backend.counts().mirrored(false);
+            return;
+        };
+        let mut copy = Request::new(body.body());
+        *copy.method_mut() = method;
+        *copy.headers_mut() = headers;
+        if to_upstream(&mut copy, host, path, backend.protocol).is_err() {
+            backend.counts().mirrored(false);
+            return;
+        }
+        backend.counts().mirrored(true);
+        let mut tried = Tried::default();
+        let send = backend.send(copy, None, &mut tried, false);
+        let response = match timeout {
+            Some(t) => tokio::time::timeout(t, send).await.ok(),
+            None => Some(send.await),
+        };
+        // The answer is read to its end, so that the connection goes back to its pool.
+        if let Some(Ok(response)) = response {
+            let mut body = response.into_body();
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+        }
+    });
+}
+
+/// `host-shadow`, or `host-shadow:port`.
+fn shadow_host(host: &HeaderValue) -> Option<HeaderValue> {
+    let text = host.to_str().ok()?;
+    let name = crate::route::strip_port(text);
+    let port = &text[name.len()..];
+    HeaderValue::from_str(&format!("{name}-shadow{port}")).ok()
 }
 
 /// `outboundTrafficPolicy: ALLOW_ANY` on the outbound listener: a request for a host that no

@@ -44,7 +44,7 @@ use crate::tls::credentials::Credentials;
 /// Every backend of the model, ready to forward to.
 #[derive(Debug)]
 pub struct Upstreams {
-    backends: Vec<UpstreamBackend>,
+    backends: Vec<Arc<UpstreamBackend>>,
 }
 
 /// One backend at run time.
@@ -63,6 +63,8 @@ pub struct UpstreamBackend {
     requests: Option<(Arc<AtomicUsize>, usize)>,
     /// Retries in flight, and how many may be (`maxRetries`).
     retries: Gauge,
+    /// Mirrored copies in flight to this backend.
+    mirrors: Arc<AtomicUsize>,
     max_requests_per_connection: Option<u32>,
     idle_timeout: Duration,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
@@ -70,6 +72,10 @@ pub struct UpstreamBackend {
     /// A subset no DestinationRule defines: every request is a 503 (`NC`).
     undefined: bool,
 }
+
+/// The most mirrored copies in flight to one backend; more are not sent (a mirror never
+/// holds up the main request, and a slow one must not hold the proxy's memory either).
+pub const MIRRORS_IN_FLIGHT: usize = 1024;
 
 /// A count of things in flight and its limit.
 #[derive(Debug)]
@@ -182,18 +188,21 @@ impl Upstreams {
         let backends = model
             .backends
             .iter()
-            .map(|b| UpstreamBackend::new(b, credentials, material, provider, series.upstream(b)))
+            .map(|b| {
+                UpstreamBackend::new(b, credentials, material, provider, series.upstream(b))
+                    .map(Arc::new)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self { backends })
     }
 
     /// Every backend, in model order.
-    pub fn all(&self) -> &[UpstreamBackend] {
+    pub fn all(&self) -> &[Arc<UpstreamBackend>] {
         &self.backends
     }
 
     /// Backend `i` of the model (an index the compiled model guarantees).
-    pub fn backend(&self, i: usize) -> &UpstreamBackend {
+    pub fn backend(&self, i: usize) -> &Arc<UpstreamBackend> {
         &self.backends[i]
     }
 }
@@ -252,6 +261,7 @@ impl UpstreamBackend {
                 .max_requests
                 .map(|n| (Arc::new(AtomicUsize::new(0)), n as usize)),
             retries: Gauge::new(b.policy.max_retries),
+            mirrors: Arc::new(AtomicUsize::new(0)),
             max_requests_per_connection: b.policy.max_requests_per_connection,
             idle_timeout: b.policy.idle_timeout,
             counts,
@@ -328,6 +338,16 @@ impl UpstreamBackend {
     /// Endpoints ejected by outlier detection now.
     pub fn ejected(&self) -> usize {
         self.balancer.ejected_now(&self.endpoints)
+    }
+
+    /// A mirrored copy's place among those in flight to this backend, unless
+    /// `MIRRORS_IN_FLIGHT` are.
+    pub fn mirror_slot(&self) -> Option<impl Drop + Send + 'static> {
+        if self.mirrors.fetch_add(1, Ordering::AcqRel) >= MIRRORS_IN_FLIGHT {
+            self.mirrors.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Active(self.mirrors.clone()))
     }
 
     /// A retry's place among the backend's retries in flight, unless `maxRetries` are.
