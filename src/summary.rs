@@ -212,7 +212,10 @@ fn endpoints(e: &Endpoints) -> String {
         Endpoints::Dns(list) if list.is_empty() => "no endpoint".into(),
         Endpoints::Dns(list) => list
             .iter()
-            .map(|(h, p)| format!("{h}:{p} (DNS)"))
+            .map(|(h, p)| match p {
+                0 => format!("{h}:<the request's port> (DNS)"),
+                p => format!("{h}:{p} (DNS)"),
+            })
             .collect::<Vec<_>>()
             .join(", "),
         Endpoints::Undefined => "subset not defined: 503".into(),

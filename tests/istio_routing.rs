@@ -671,3 +671,56 @@ async fn cors_preflights_are_answered_and_allowed_origins_marked() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers.get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn on_the_outbound_listener_an_undeclared_host_without_a_port_takes_the_requests_port() {
+    let backend = echo();
+    let port = backend.address.port();
+    // An address for a host: resolved as a name is, when the request comes.
+    let sidecar = Sidecar::start(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: plain, namespace: default}
+spec:
+  hosts: [127.0.0.1]
+  http: [{route: [{destination: {host: 127.0.0.1}}]}]
+"#,
+    )
+    .await;
+    let authority = format!("127.0.0.1:{port}");
+    let r = plain_get(sidecar.addr(), &authority, "/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["path"], "/x");
+
+    // Bound to a Gateway as well, the route has no port to take: the error says what to add.
+    let yaml = r#"apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: default}
+spec: {labels: {istio: ingressgateway}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: plain, namespace: default}
+spec:
+  hosts: [plain.example.test]
+  gateways: [gw, mesh]
+  http: [{route: [{destination: {host: plain.example.test}}]}]
+"#;
+    let e = meshgate_config::load_str("t.yaml", yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.http[0].route[0].destination: `plain.example.test` has no declared port: add destination.port.number"),
+        "{e}"
+    );
+}

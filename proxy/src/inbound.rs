@@ -530,9 +530,10 @@ impl Done for Exchange {
             authority: &logged.authority,
             path: &logged.path,
             status: logged.status,
-            upstream: logged
-                .backend
-                .map(|b| format!("{}:{}", model.backends[b].host, model.backends[b].port)),
+            upstream: logged.backend.map(|b| match model.backends[b].port {
+                0 => format!("{}:*", model.backends[b].host),
+                port => format!("{}:{port}", model.backends[b].host),
+            }),
             duration_ms: millis(took),
             response_duration_ms: logged.head.map(millis),
             bytes_in: logged.bytes_in.load(Ordering::Relaxed),

@@ -64,6 +64,9 @@ pub(crate) struct Backends {
     index: HashMap<(String, u16, Option<String>), usize>,
     declared: Vec<((String, u16), Declared)>,
     declared_index: HashMap<(String, u16), usize>,
+    /// The routes being resolved are the outbound listener's alone: a host nothing declares
+    /// may leave out its port, which is then the request's.
+    request_port: bool,
 }
 
 /// A route destination, resolved.
@@ -82,12 +85,20 @@ impl Backends {
             index: HashMap::new(),
             declared: Vec::new(),
             declared_index: HashMap::new(),
+            request_port: false,
         }
+    }
+
+    /// Whether the routes resolved from now on are the outbound listener's alone (a
+    /// VirtualService bound to `mesh` only).
+    pub fn outbound_only(&mut self, yes: bool) {
+        self.request_port = yes;
     }
 
     /// The backend for a route destination. An omitted port is the service's only port. A
     /// host nothing declares becomes a DNS backend (as a Kubernetes service name would be
-    /// resolved), and needs its port.
+    /// resolved), and needs its port, but on the outbound listener alone, where it is the
+    /// request's (port 0 here), as a sidecar's listener for that port would send it on.
     pub fn resolve(
         &mut self,
         host: &str,
@@ -97,6 +108,7 @@ impl Backends {
     ) -> Result<Resolved, String> {
         let port = match port {
             Some(p) => p,
+            None if self.request_port && !self.declared.iter().any(|((h, _), _)| h == host) => 0,
             None => self.only_port(host)?,
         };
         let key = (host.to_string(), port, subset.map(str::to_string));
@@ -211,7 +223,8 @@ impl Backends {
             [one] => Ok(*one),
             [] => Err(format!(
                 "`{host}` has no declared port: add destination.port.number, or a Service or \
-                 ServiceEntry that declares `{host}`"
+                 ServiceEntry that declares `{host}` (on the outbound listener alone, a \
+                 VirtualService bound to `mesh` only, the request's port is taken)"
             )),
             many => Err(format!(
                 "`{host}` has several ports ({}): name one in destination.port.number",

@@ -889,7 +889,8 @@ fn subset_and_port_mistakes() {
             "`reviews.default.svc.cluster.local` has several ports (9080, 9090): name one in destination.port.number",
         ),
         (
-            sidecar(&route("{host: reviews}")),
+            // Bound to a Gateway too: no request port to take.
+            sidecar(&route("{host: reviews}").replace("  http:", "  gateways: [mesh, istio-system/gw]\n  http:")),
             "has no declared port: add destination.port.number, or a Service or ServiceEntry",
         ),
         (

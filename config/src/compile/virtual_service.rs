@@ -95,6 +95,7 @@ pub(crate) fn bind(
                 )),
             }
         }
+        backends.outbound_only(gateways.iter().all(|g| g == MESH_GATEWAY));
         let routes: Vec<(Route, Vec<Scope>)> = spec
             .http
             .iter()
@@ -110,6 +111,7 @@ pub(crate) fn bind(
                 route.map(|route| (route, scopes))
             })
             .collect();
+        backends.outbound_only(false);
         for (listener, table) in listeners.iter().zip(tables.iter_mut()) {
             let servers: Vec<_> = listener
                 .servers

@@ -479,7 +479,8 @@ pub struct ServerHost {
 pub struct Backend {
     /// The service host, as routes name it.
     pub host: String,
-    /// The service port, as routes name it.
+    /// The service port, as routes name it; 0: the port of each request's authority (a
+    /// route of the outbound listener alone to a host nothing declares, without a port).
     pub port: u16,
     /// The DestinationRule subset, when a route names one.
     pub subset: Option<String>,
@@ -665,9 +666,13 @@ pub enum Endpoints {
 impl Backend {
     /// `host:port`, or `host:port (subset)`, for logs and labels.
     pub fn name(&self) -> String {
+        let port = match self.port {
+            0 => "*".to_string(),
+            p => p.to_string(),
+        };
         match &self.subset {
-            Some(s) => format!("{}:{} ({s})", self.host, self.port),
-            None => format!("{}:{}", self.host, self.port),
+            Some(s) => format!("{}:{port} ({s})", self.host),
+            None => format!("{}:{port}", self.host),
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct UpstreamBackend {
     counts: UpstreamCounts,
     /// A subset no DestinationRule defines: every request is a 503 (`NC`).
     undefined: bool,
+    /// The endpoint's port is each request's (`Backend::port` 0): one endpoint per port seen,
+    /// made on first use.
+    by_port: Option<Mutex<Vec<Arc<Endpoint>>>>,
 }
 
 /// The most mirrored copies in flight to one backend; more are not sent (a mirror never
@@ -239,17 +242,7 @@ impl UpstreamBackend {
             ),
             endpoints: addresses
                 .into_iter()
-                .map(|(host, port)| {
-                    Arc::new(Endpoint {
-                        host,
-                        port,
-                        in_flight: AtomicUsize::new(0),
-                        health: Health::default(),
-                        idle: Mutex::new(Vec::new()),
-                        http2: Mutex::new(None),
-                        sweeper: AtomicBool::new(false),
-                    })
-                })
+                .map(|(host, port)| Arc::new(Endpoint::new(host, port)))
                 .collect(),
             connections: b
                 .policy
@@ -266,6 +259,7 @@ impl UpstreamBackend {
             idle_timeout: b.policy.idle_timeout,
             counts,
             undefined: matches!(b.endpoints, Endpoints::Undefined),
+            by_port: (b.port == 0).then(|| Mutex::new(Vec::new())),
         })
     }
 
@@ -282,6 +276,10 @@ impl UpstreamBackend {
         if self.undefined {
             return Err(Failed::unsent(ForwardError::NoCluster, req));
         }
+        if let Some(ports) = &self.by_port {
+            let endpoint = self.port_endpoint(ports, &req);
+            return self.send_to(&endpoint, None, req).await;
+        }
         let other_hosts = other_hosts && self.balancer.retries_elsewhere();
         let Some(i) = self
             .balancer
@@ -290,6 +288,35 @@ impl UpstreamBackend {
             return Err(Failed::unsent(ForwardError::NoEndpoint, req));
         };
         tried.add(i);
+        self.send_to(&self.endpoints[i], Some(i), req).await
+    }
+
+    /// The endpoint for the port of the request's authority (80 when it names none), on a
+    /// backend whose port is each request's.
+    fn port_endpoint(
+        &self,
+        ports: &Mutex<Vec<Arc<Endpoint>>>,
+        req: &Request<RequestBody>,
+    ) -> Arc<Endpoint> {
+        let port = crate::route::authority_port(req.uri(), req.headers());
+        let mut ports = ports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = ports.iter().find(|e| e.port == port) {
+            return e.clone();
+        }
+        let host = self.endpoints.first().map_or("", |e| &e.host);
+        let endpoint = Arc::new(Endpoint::new(host.into(), port));
+        ports.push(endpoint.clone());
+        endpoint
+    }
+
+    /// Sends `req` to `endpoint` (the backend's endpoint `index`, counted for outlier
+    /// detection when it has one).
+    async fn send_to(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        index: Option<usize>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
         let active = match &self.requests {
             None => None,
             Some((now, max)) => {
@@ -301,7 +328,6 @@ impl UpstreamBackend {
                 Some(Active(now.clone()))
             }
         };
-        let endpoint = &self.endpoints[i];
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
         let result = match self.protocol {
@@ -315,7 +341,7 @@ impl UpstreamBackend {
                 _ => None,
             },
         };
-        if let Some(outcome) = outcome {
+        if let (Some(i), Some(outcome)) = (index, outcome) {
             self.record(i, outcome);
         }
         let mut response = result?;
@@ -572,6 +598,18 @@ impl UpstreamBackend {
 }
 
 impl Endpoint {
+    fn new(host: Box<str>, port: u16) -> Self {
+        Self {
+            host,
+            port,
+            in_flight: AtomicUsize::new(0),
+            health: Health::default(),
+            idle: Mutex::new(Vec::new()),
+            http2: Mutex::new(None),
+            sweeper: AtomicBool::new(false),
+        }
+    }
+
     /// The most recently used idle connection still open and fresh.
     fn take_idle(&self, idle_timeout: Duration) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
