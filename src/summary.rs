@@ -142,7 +142,16 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                 .enumerate()
                 .map(|(i, r)| {
                     let name = r.name.clone().unwrap_or_else(|| format!("http[{i}]"));
-                    format!("{name} -> {}", destinations(model, &r.action))
+                    let mut line = format!("{name} -> {}", destinations(model, &r.action));
+                    for m in &r.mirrors {
+                        let share = f64::from(m.per_million) / 10_000.0;
+                        let _ = write!(
+                            line,
+                            ", mirror {} {share}%",
+                            model.backends[m.backend].name()
+                        );
+                    }
+                    line
                 })
                 .collect();
             let _ = writeln!(out, "{} on {}: {}", vh.source, l.name, routes.join("; "));

@@ -833,3 +833,55 @@ fn check_explains_a_namespace_directory_with_codes() {
     assert_eq!(json["ok"], false);
     assert_eq!(json["errors"][0]["line"], 2);
 }
+
+/// Istio's mirroring and circuit-breaking task files, with the httpbin Service: `check` says
+/// where each VirtualService's routes go, mirrors included, as `istioctl x describe` would.
+#[test]
+fn check_prints_where_each_virtual_service_route_goes() {
+    let dir = TempDir::new("describe");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        r#"apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: sleep, namespace: default}
+spec:
+  labels: {app: sleep}
+  outbound: {address: "127.0.0.1:15001"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin, labels: {app: httpbin}}
+spec:
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+  selector: {app: httpbin}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+  subsets: [{name: v1}, {name: v2}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - route: [{destination: {host: httpbin, subset: v1}, weight: 100}]
+    mirror: {host: httpbin, subset: v2}
+    mirrorPercentage: {value: 50.0}
+"#,
+    )
+    .unwrap();
+    let out = meshgate(&["check", "-c", dir.path().to_str().unwrap()]);
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("VirtualService default/httpbin on outbound: http[0] -> httpbin.default.svc.cluster.local:8000 (v1) weight 100 [httpbin.default.svc.cluster.local:8000 (DNS)], mirror httpbin.default.svc.cluster.local:8000 (v2) 50%"),
+        "{text}"
+    );
+}
