@@ -12,6 +12,7 @@ pub mod connect;
 pub mod pool;
 pub mod retry;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,15 +134,26 @@ pub async fn forward(
         key: key.hash,
         deadline: route.timeout.map(|t| Instant::now() + t),
     };
-    let mut response = match route.retry.as_ref() {
-        None => {
-            let (result, _) = attempt.once(req, None, &mut Tried::default(), false).await;
-            result.map_err(|f| f.error)?
+    // The first try, here rather than in a function of its own: every request's future holds
+    // it, and each layer of `async fn` would hold the request once more.
+    let (per_try, other_hosts) =
+        policy.map_or((None, false), |p| (p.per_try_timeout, p.other_hosts));
+    let kept = replay.filter(|_| again).map(|body| Kept::new(&req, body));
+    let mut tried = Tried::default();
+    let (result, failure) = match upstream.pick(&req, attempt.key, &mut tried, other_hosts) {
+        Err(e) => (Err(Failed::unsent(e, req)), None),
+        Ok(target) => {
+            let (until, per_try_first) = attempt.until(per_try);
+            let index = target.index();
+            let sent = Within::new(until, upstream.send_to(target, req)).await;
+            attempt.ended(sent, index, per_try_first)
         }
-        Some(policy) => {
-            let kept = replay.filter(|_| again).map(|body| Kept::new(&req, body));
-            attempt.with_retries(policy, req, kept, tries).await?
+    };
+    let mut response = match policy {
+        Some(policy) if retriable(policy, &result, failure) => {
+            Box::pin(attempt.retry(policy, result, kept, tried, tries)).await?
         }
+        _ => finish(result)?,
     };
     remove_hop_by_hop(response.headers_mut());
     if let Some(cookie) = key.set_cookie {
@@ -151,6 +163,7 @@ pub async fn forward(
 }
 
 /// What every try of one request shares.
+#[derive(Clone, Copy)]
 struct Attempt<'a> {
     upstream: &'a UpstreamBackend,
     /// The consistent-hash key.
@@ -160,32 +173,19 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// Tries `req` until a try succeeds or `policy` says to stop.
-    async fn with_retries(
+    /// Tries again after `result`, a try the policy retries, until a try succeeds or the
+    /// policy says to stop.
+    async fn retry(
         &self,
         policy: &Retry,
-        mut req: Request<RequestBody>,
+        mut result: Result<Response<PooledBody>, Failed>,
         kept: Option<Kept>,
+        mut tried: Tried,
         tries: &mut Tries,
     ) -> Result<Response<PooledBody>, ForwardError> {
         let (upstream, deadline) = (self.upstream, self.deadline);
-        let mut tried = Tried::default();
         let mut slot = None;
         loop {
-            let (result, failure) = self
-                .once(req, policy.per_try_timeout, &mut tried, policy.other_hosts)
-                .await;
-            let retriable = match (&result, failure) {
-                (Ok(response), _) => retry::retries_response(policy, response),
-                (Err(_), Some(failure)) => retry::retries_failure(policy, failure),
-                (Err(_), None) => false,
-            };
-            if !retriable {
-                if tries.retries > 0 && result.is_ok() {
-                    upstream.counts().retry_succeeded();
-                }
-                return finish(result);
-            }
             if tries.retries >= policy.attempts {
                 tries.limit_exceeded = true;
                 upstream.counts().retry_limit_exceeded();
@@ -220,38 +220,43 @@ impl Attempt<'_> {
                 }
                 _ => tokio::time::sleep(wait).await,
             }
-            req = next;
+            let failure;
+            (result, failure) = self
+                .once(next, policy.per_try_timeout, &mut tried, policy.other_hosts)
+                .await;
+            if !retriable(policy, &result, failure) {
+                if result.is_ok() {
+                    upstream.counts().retry_succeeded();
+                }
+                return finish(result);
+            }
         }
     }
 
-    /// One try, within the try's and the request's deadlines. A failed try says how it failed,
-    /// for the retry policy (`None`: a failure no policy retries, or the request's deadline).
-    async fn once(
-        &self,
-        req: Request<RequestBody>,
-        per_try: Option<Duration>,
-        tried: &mut Tried,
-        other_hosts: bool,
-    ) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
-        let per_try_deadline = per_try.map(|t| Instant::now() + t);
-        let (until, per_try_first) = match (per_try_deadline, self.deadline) {
+    /// The deadline of a try: its `perTryTimeout` or the request's, the earlier; and whether
+    /// it is the try's.
+    fn until(&self, per_try: Option<Duration>) -> (Option<Instant>, bool) {
+        match (per_try.map(|t| Instant::now() + t), self.deadline) {
             (Some(p), Some(d)) if p < d => (Some(p), true),
             (Some(p), None) => (Some(p), true),
             (_, d) => (d, false),
-        };
-        let send = self.upstream.send(req, self.key, tried, other_hosts);
-        let result = match until {
-            None => send.await,
-            Some(until) => match tokio::time::timeout_at(until, send).await {
-                Ok(result) => result,
-                Err(_) => {
-                    if let Some(i) = tried.last() {
-                        self.upstream.record(i, balance::Outcome::Timeout);
-                    }
-                    let failure = per_try_first.then_some(Failure::PerTryTimeout);
-                    return (Err(Failed::sent(ForwardError::Timeout)), failure);
-                }
-            },
+        }
+    }
+
+    /// How a try to endpoint `index` ended (`None`: its deadline passed), and how it failed,
+    /// for the retry policy (`None`: a failure no policy retries, or the request's deadline).
+    fn ended(
+        &self,
+        sent: Option<Result<Response<PooledBody>, Failed>>,
+        index: Option<usize>,
+        per_try_first: bool,
+    ) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
+        let Some(result) = sent else {
+            if let Some(i) = index {
+                self.upstream.record(i, balance::Outcome::Timeout);
+            }
+            let failure = per_try_first.then_some(Failure::PerTryTimeout);
+            return (Err(Failed::sent(ForwardError::Timeout)), failure);
         };
         let failure = match &result {
             Ok(_) => None,
@@ -265,6 +270,71 @@ impl Attempt<'_> {
             },
         };
         (result, failure)
+    }
+
+    /// One try of a retry.
+    async fn once(
+        &self,
+        req: Request<RequestBody>,
+        per_try: Option<Duration>,
+        tried: &mut Tried,
+        other_hosts: bool,
+    ) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
+        let target = match self.upstream.pick(&req, self.key, tried, other_hosts) {
+            Ok(target) => target,
+            Err(e) => return (Err(Failed::unsent(e, req)), None),
+        };
+        let (until, per_try_first) = self.until(per_try);
+        let index = target.index();
+        let sent = Within::new(until, self.upstream.send_to(target, req)).await;
+        self.ended(sent, index, per_try_first)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, given up when `until` passes (`None` out), when there is an `until`.
+    #[project = WithinProj]
+    enum Within<F> {
+        Bounded { #[pin] inner: tokio::time::Timeout<F> },
+        Free { #[pin] inner: F },
+    }
+}
+
+impl<F: Future> Within<F> {
+    fn new(until: Option<Instant>, inner: F) -> Self {
+        match until {
+            Some(until) => Within::Bounded {
+                inner: tokio::time::timeout_at(until, inner),
+            },
+            None => Within::Free { inner },
+        }
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<F::Output>> {
+        match self.project() {
+            WithinProj::Bounded { inner } => inner.poll(cx).map(Result::ok),
+            WithinProj::Free { inner } => inner.poll(cx).map(Some),
+        }
+    }
+}
+
+/// Whether `policy` tries again after a try that ended so.
+fn retriable(
+    policy: &Retry,
+    result: &Result<Response<PooledBody>, Failed>,
+    failure: Option<Failure>,
+) -> bool {
+    match (result, failure) {
+        (Ok(response), _) => retry::retries_response(policy, response),
+        (Err(_), Some(failure)) => retry::retries_failure(policy, failure),
+        (Err(_), None) => false,
     }
 }
 

@@ -125,6 +125,25 @@ impl Drop for Active {
     }
 }
 
+/// Where a try goes.
+#[derive(Debug)]
+pub enum Target {
+    /// The backend's endpoint at this index.
+    Endpoint(usize),
+    /// The endpoint for the request's port.
+    Port(Arc<Endpoint>),
+}
+
+impl Target {
+    /// The index of the backend's endpoint, for outlier detection.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Target::Endpoint(i) => Some(*i),
+            Target::Port(_) => None,
+        }
+    }
+}
+
 /// A try that got no response: why, and the request when it was never sent (so it can be
 /// tried again as it is).
 #[derive(Debug)]
@@ -134,7 +153,7 @@ pub struct Failed {
 }
 
 impl Failed {
-    fn unsent(error: ForwardError, req: Request<RequestBody>) -> Self {
+    pub(super) fn unsent(error: ForwardError, req: Request<RequestBody>) -> Self {
         Self {
             error,
             unsent: Some(req),
@@ -154,7 +173,7 @@ type Opening<'a, T> = Pin<Box<dyn Future<Output = Result<T, ForwardError>> + Sen
 
 /// One address of a backend and its connections.
 #[derive(Debug)]
-struct Endpoint {
+pub struct Endpoint {
     host: Box<str>,
     port: u16,
     /// Requests sent and not yet answered, for LEAST_REQUEST.
@@ -263,9 +282,8 @@ impl UpstreamBackend {
         })
     }
 
-    /// Sends `req` to the next endpoint (by `key` under consistent hashing; one not in
-    /// `tried`, when `other_hosts` and there is one), adds it to `tried`, and returns the
-    /// response, whose body holds the lease. The outlier detector counts how it ended.
+    /// Sends `req` to the next endpoint (see `pick`) and returns the response, whose body
+    /// holds the lease.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
@@ -273,22 +291,35 @@ impl UpstreamBackend {
         tried: &mut Tried,
         other_hosts: bool,
     ) -> Result<Response<PooledBody>, Failed> {
+        match self.pick(&req, key, tried, other_hosts) {
+            Ok(target) => self.send_to(target, req).await,
+            Err(e) => Err(Failed::unsent(e, req)),
+        }
+    }
+
+    /// The endpoint for the next try of `req`: by `key` under consistent hashing; one not in
+    /// `tried` when `other_hosts` and there is one; added to `tried`. On a backend whose port
+    /// is each request's, the endpoint for the request's port.
+    pub fn pick(
+        &self,
+        req: &Request<RequestBody>,
+        key: Option<u64>,
+        tried: &mut Tried,
+        other_hosts: bool,
+    ) -> Result<Target, ForwardError> {
         if self.undefined {
-            return Err(Failed::unsent(ForwardError::NoCluster, req));
+            return Err(ForwardError::NoCluster);
         }
         if let Some(ports) = &self.by_port {
-            let endpoint = self.port_endpoint(ports, &req);
-            return self.send_to(&endpoint, None, req).await;
+            return Ok(Target::Port(self.port_endpoint(ports, req)));
         }
         let other_hosts = other_hosts && self.balancer.retries_elsewhere();
-        let Some(i) = self
+        let i = self
             .balancer
             .pick(&self.endpoints, key, *tried, other_hosts)
-        else {
-            return Err(Failed::unsent(ForwardError::NoEndpoint, req));
-        };
+            .ok_or(ForwardError::NoEndpoint)?;
         tried.add(i);
-        self.send_to(&self.endpoints[i], Some(i), req).await
+        Ok(Target::Endpoint(i))
     }
 
     /// The endpoint for the port of the request's authority (80 when it names none), on a
@@ -309,14 +340,17 @@ impl UpstreamBackend {
         endpoint
     }
 
-    /// Sends `req` to `endpoint` (the backend's endpoint `index`, counted for outlier
-    /// detection when it has one).
-    async fn send_to(
+    /// Sends `req` to `target` and returns the response, whose body holds the lease. The
+    /// outlier detector counts how it ended.
+    pub async fn send_to(
         &self,
-        endpoint: &Arc<Endpoint>,
-        index: Option<usize>,
+        target: Target,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, Failed> {
+        let (endpoint, index) = match &target {
+            Target::Endpoint(i) => (&self.endpoints[*i], Some(*i)),
+            Target::Port(e) => (e, None),
+        };
         let active = match &self.requests {
             None => None,
             Some((now, max)) => {
