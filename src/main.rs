@@ -233,18 +233,29 @@ async fn run(
 }
 
 fn check(config: &[PathBuf], suppress: &[String], output: Output) -> anyhow::Result<ExitCode> {
-    let model = match meshgate_config::load(config) {
+    let model = match meshgate_config::load_checked(config) {
         Ok(model) => model,
-        Err(errors) => {
+        Err((errors, warnings)) => {
+            let shown = shown(&warnings, suppress);
+            let suppressed = warnings.len() - shown.len();
             if output == Output::Json {
                 let errors: Vec<_> = errors.0.iter().map(error_json).collect();
+                let warnings: Vec<_> = shown.iter().map(|w| warning_json(w)).collect();
                 println!(
                     "{}",
-                    serde_json::json!({"ok": false, "errors": errors, "warnings": []})
+                    serde_json::json!({
+                        "ok": false,
+                        "errors": errors,
+                        "warnings": warnings,
+                        "suppressed": suppressed,
+                    })
                 );
             } else {
                 for e in &errors.0 {
                     println!("error: {e}");
+                }
+                for w in &shown {
+                    println!("warning {w}");
                 }
                 println!("{} error(s)", errors.0.len());
             }

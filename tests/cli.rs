@@ -79,8 +79,9 @@ spec:
     );
     write(
         "b.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se\nspec:\n  hosts: [x.internal]\n  ports:\n  - number: eighty\n",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se\nspec:\n  hosts: [x.internal]\n  ports:\n  - number: eighty\n  resolution: {dns: yes}\n",
     );
+    write("notes.txt", "not configuration");
     write("c.yaml", "apiVersion: v1\nkind: [\n");
     let missing = dir.path().join("missing.yaml");
     let out = meshgate(&[
@@ -101,17 +102,24 @@ spec:
         format!("{a}: VirtualService default/vs: spec.http[0].match[0].uri: only one of exact, prefix and regex may be set"),
         format!("{a}: Frobnicator default/f: kind: unknown kind `Frobnicator`"),
         // A resource without a name: that, and every other error it has.
-        format!("{a}: Gateway istio-system/<no name>: metadata.name: required"),
+        format!("{a}:33:1: Gateway istio-system/<no name>: metadata.name: required"),
         format!("{a}:38:3: Gateway istio-system/<no name>: spec.servres: unknown field `servres`"),
         format!("{a}:39:76: Gateway istio-system/<no name>: spec.servers[0].bogus: unknown field `bogus`"),
+        // Every type error of a resource, not only the first.
         format!("{b}:8:13: ServiceEntry default/se: spec.ports[0].number: "),
+        format!("{b}:9:15: ServiceEntry default/se: spec.resolution: "),
         format!("{c}:2:7: "),
         format!("{}: cannot read", missing.display()),
     ];
     for line in expected {
         assert!(text.contains(&line), "missing `{line}` in:\n{text}");
     }
-    assert!(text.contains("10 error(s)"), "{text}");
+    assert!(text.contains("11 error(s)"), "{text}");
+    // What was skipped is shown beside the errors.
+    assert!(
+        text.contains("warning") && text.contains("notes.txt"),
+        "{text}"
+    );
 }
 
 /// Writes a gateway config for `yaml` into a temp dir, with the gateway's identity in certs/.

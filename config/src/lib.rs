@@ -24,13 +24,15 @@ pub use warning::{Code, Warning};
 
 /// Reads, parses and compiles the configuration at `paths` (files or directories).
 pub fn load(paths: &[PathBuf]) -> Result<Model, ConfigErrors> {
+    load_checked(paths).map_err(|(errors, _)| errors)
+}
+
+/// `load`, keeping on failure the warnings found beside the errors (files skipped, resources
+/// that do not apply), so that `check` shows everything that is wrong at once.
+pub fn load_checked(paths: &[PathBuf]) -> Result<Model, (ConfigErrors, Vec<Warning>)> {
     let mut errors = Vec::new();
     let read = source::read(paths, &mut errors);
-    let model = compile::compile(read, &mut errors);
-    match model {
-        Some(model) if errors.is_empty() => Ok(model),
-        _ => Err(ConfigErrors(errors)),
-    }
+    finish(read, errors)
 }
 
 /// Compiles configuration given as text, as if read from `file` (for tests and tools).
@@ -43,9 +45,17 @@ pub fn load_str(file: &str, text: &str) -> Result<Model, ConfigErrors> {
         files: vec![file],
         warnings: Vec::new(),
     };
-    let model = compile::compile(read, &mut errors);
+    finish(read, errors).map_err(|(errors, _)| errors)
+}
+
+fn finish(
+    read: source::Read,
+    mut errors: Vec<ConfigError>,
+) -> Result<Model, (ConfigErrors, Vec<Warning>)> {
+    let mut warnings = Vec::new();
+    let model = compile::compile(read, &mut errors, &mut warnings);
     match model {
         Some(model) if errors.is_empty() => Ok(model),
-        _ => Err(ConfigErrors(errors)),
+        _ => Err((ConfigErrors(errors), warnings)),
     }
 }

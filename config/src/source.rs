@@ -329,8 +329,78 @@ fn line_start(text: &str, marker: &Marker) -> usize {
 /// The line and column (1-based) of the key at `path` (`spec.servers[0].tls`) in a document,
 /// for errors whose parser knows the path but not the place.
 pub fn locate(doc: &Document, path: &[PathSegment]) -> Option<(u64, u64)> {
+    let entry = entry(&doc.text, path)?;
+    Some((entry.line + doc.line - 1, entry.column))
+}
+
+/// `text` with the mapping entry at `path`, key and value, blanked out: every character but
+/// line breaks replaced by a space, so that all that follows keeps its line and column; in flow
+/// style the comma after the entry goes with it. `None` when no entry is at `path`.
+pub fn blank_entry(text: &str, path: &[PathSegment]) -> Option<String> {
+    let entry = entry(text, path)?;
+    let mut end = entry.end.min(text.len());
+    let rest = &text[end..];
+    let gap = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+    if rest[gap..].starts_with(',') {
+        end += gap + 1;
+    }
+    Some(overwrite(text, entry.start.min(end), end, ""))
+}
+
+/// `text` with the value of the mapping entry at `path` made null (`~` right after its key's
+/// colon, where a null is valid whatever the indentation), all else keeping its line and
+/// column. `None` when no entry is at `path`.
+pub fn null_value(text: &str, path: &[PathSegment]) -> Option<String> {
+    let entry = entry(text, path)?;
+    let end = entry.end.min(text.len());
+    let after_key = &text[entry.key_end.min(end)..end];
+    let gap = after_key.len() - after_key.trim_start_matches([' ', '\t']).len();
+    let start = match after_key[gap..].starts_with(':') {
+        true => entry.key_end + gap + 1,
+        false => entry.value.min(end),
+    };
+    Some(overwrite(text, start, end, " ~"))
+}
+
+/// `text` with `start..end` replaced by `with` and then spaces, line breaks kept (`with`
+/// takes the place of what the first line held, as far as it goes).
+fn overwrite(text: &str, start: usize, end: usize, with: &str) -> String {
+    let mut out = String::with_capacity(text.len() + with.len());
+    out.push_str(&text[..start]);
+    out.push_str(with);
+    let region = &text[start..end];
+    let first_line = region.find(['\n', '\r']).unwrap_or(region.len());
+    let taken = region[..first_line]
+        .char_indices()
+        .nth(with.len())
+        .map_or(first_line, |(i, _)| i);
+    out.extend(
+        region[taken..]
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { c } else { ' ' }),
+    );
+    out.push_str(&text[end..]);
+    out
+}
+
+/// Where a mapping entry is in a document's text.
+struct Entry {
+    /// 1-based line and column of its key, in the text.
+    line: u64,
+    column: u64,
+    /// Byte offsets of the start and end of its key, and of the start and end of its value.
+    start: usize,
+    key_end: usize,
+    value: usize,
+    end: usize,
+}
+
+/// The mapping entry whose key is at `path`.
+fn entry(text: &str, path: &[PathSegment]) -> Option<Entry> {
     let mut stack: Vec<Frame> = Vec::new();
-    for item in Parser::new_from_str(&doc.text) {
+    // The entry found, while its value is read, and the depth its value ends at.
+    let mut found: Option<(Entry, usize)> = None;
+    for item in Parser::new_from_str(text) {
         let (event, span) = item.ok()?;
         if let (Some(Frame::Map { key, expect_key }), Event::Scalar(value, ..)) =
             (stack.last_mut(), &event)
@@ -338,14 +408,21 @@ pub fn locate(doc: &Document, path: &[PathSegment]) -> Option<(u64, u64)> {
             if *expect_key {
                 *key = Some(value.to_string());
                 *expect_key = false;
-                if current(&stack) == path {
-                    let line = span.start.line() as u64 + doc.line - 1;
-                    return Some((line, span.start.col() as u64 + 1));
+                if found.is_none() && current(&stack) == path {
+                    let entry = Entry {
+                        line: span.start.line() as u64,
+                        column: span.start.col() as u64 + 1,
+                        start: byte(&span.start)?,
+                        key_end: byte(&span.end)?,
+                        value: byte(&span.end)?,
+                        end: byte(&span.end)?,
+                    };
+                    found = Some((entry, stack.len()));
                 }
                 continue;
             }
         }
-        match event {
+        let ends_a_node = match event {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 enter(&mut stack);
                 stack.push(match event {
@@ -355,19 +432,42 @@ pub fn locate(doc: &Document, path: &[PathSegment]) -> Option<(u64, u64)> {
                     },
                     _ => Frame::Seq { index: None },
                 });
+                false
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 stack.pop();
                 value_done(&mut stack);
+                true
             }
             Event::Scalar(..) | Event::Alias(..) => {
                 enter(&mut stack);
                 value_done(&mut stack);
+                true
             }
-            _ => {}
+            _ => false,
+        };
+        if let Some((mut entry, depth)) = found.take() {
+            if entry.value == entry.end {
+                // The value's first event: where it starts. A block sequence's starts at its
+                // first item, after the `- `.
+                let mut start = byte(&span.start)?.max(entry.end);
+                if matches!(event, Event::SequenceStart(..)) {
+                    let before = text[..start].trim_end_matches([' ', '\t']);
+                    if before.ends_with('-') {
+                        start = before.len() - 1;
+                    }
+                }
+                entry.value = start;
+            }
+            if ends_a_node && stack.len() == depth {
+                entry.end = byte(&span.end)?;
+                return Some(entry);
+            }
+            found = Some((entry, depth));
         }
     }
-    None
+    // A key whose value the parser never closed (the end of the text): the key alone.
+    found.map(|(entry, _)| entry)
 }
 
 /// One step of a field path.

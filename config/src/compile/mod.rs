@@ -29,20 +29,25 @@ use crate::source::{self, Document, PathSegment, Read};
 use crate::warning::{Code, Warning};
 
 /// Compiles what `source::read` found into a model, or returns `None` with the problems in
-/// `errors`.
-pub fn compile(read: Read, errors: &mut Vec<ConfigError>) -> Option<Model> {
+/// `errors`. The warnings found go into the model, or stay in `warnings` when there is none.
+pub fn compile(
+    read: Read,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
+) -> Option<Model> {
     let Read {
         documents,
         files,
-        mut warnings,
+        warnings: skipped,
     } = read;
+    warnings.extend(skipped);
     let mut parsed = Parsed::default();
     for doc in &documents {
-        parse_document(doc, &mut parsed, errors, &mut warnings);
+        parse_document(doc, &mut parsed, errors, warnings);
     }
     duplicates(&parsed, errors);
     drop(documents);
-    let install = install::compile(&parsed, errors, &mut warnings);
+    let install = install::compile(&parsed, errors, warnings);
     let proxy = mesh_gateway::compile(&parsed.mesh_gateways, &install, errors);
     let trust = mesh_gateway::trust(&parsed, &install, errors);
     let mut backends = service_entry::Backends::new();
@@ -98,7 +103,7 @@ pub fn compile(read: Read, errors: &mut Vec<ConfigError>) -> Option<Model> {
         &owned,
         &workload,
         errors,
-        &mut warnings,
+        warnings,
     );
     if let Some(i) = outbound {
         outbound::add_services(&mut listeners[i], &mut backends, &rules, proxy_namespace);
@@ -118,9 +123,9 @@ pub fn compile(read: Read, errors: &mut Vec<ConfigError>) -> Option<Model> {
         }
     }
     if let Some((proxy, _)) = &proxy {
-        analyze::bindings(&parsed, &proxy.labels, &listeners, &mut warnings);
+        analyze::bindings(&parsed, &proxy.labels, &listeners, warnings);
     }
-    analyze::destination_rules(&parsed, backends.list(), &mut warnings);
+    analyze::destination_rules(&parsed, backends.list(), warnings);
     if let Some((_, listen)) = &proxy {
         service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
@@ -139,10 +144,10 @@ pub fn compile(read: Read, errors: &mut Vec<ConfigError>) -> Option<Model> {
         trust.as_ref(),
         &paths,
         errors,
-        &mut warnings,
+        warnings,
     );
     if let Some(w) = &workload {
-        request_authentication::compile(&parsed.request_authentications, w, errors, &mut warnings);
+        request_authentication::compile(&parsed.request_authentications, w, errors, warnings);
     }
     if let Some(t) = trust
         .as_ref()
@@ -203,7 +208,7 @@ pub fn compile(read: Read, errors: &mut Vec<ConfigError>) -> Option<Model> {
         backends: backends.into_backends(),
         policies,
         files,
-        warnings,
+        warnings: std::mem::take(warnings),
     })
 }
 
@@ -346,7 +351,10 @@ fn parse_document(
     // `istioctl install -f` takes an IstioOperator without a name; every other kind needs one.
     // The resource's other errors are reported beside this one.
     if origin.name.is_empty() && kind != "IstioOperator" {
-        errors.push(origin.error("metadata.name", "required"));
+        errors.push(ConfigError {
+            position: Some((origin.line, 1)),
+            ..origin.error("metadata.name", "required")
+        });
     }
     macro_rules! take {
         ($list:ident) => {
@@ -357,7 +365,7 @@ fn parse_document(
         };
         ($list:ident, $absent:expr) => {{
             let mut unknown = Vec::new();
-            match parse::<Resource<_>>(doc, &mut unknown) {
+            match parse_all::<Resource<_>>(doc, &mut unknown) {
                 Ok(r) => {
                     let spec = match r.spec {
                         Some(spec) => Some(spec),
@@ -368,12 +376,12 @@ fn parse_document(
                         parsed.$list.push((origin, spec));
                     }
                 }
-                Err(e) => {
+                Err(found) => {
                     report_unknown(doc, &origin, &unknown, errors);
-                    errors.push(ConfigError {
+                    errors.extend(found.into_iter().map(|e| ConfigError {
                         resource: Some(origin.resource()),
                         ..e
-                    })
+                    }))
                 }
             }
         }};
@@ -531,6 +539,91 @@ fn field_path(path: &[PathSegment]) -> String {
     out
 }
 
+/// Deserializes one document as `parse` does and, when that fails, finds every other error in
+/// it: the value at fault is made null (most fields are optional) and the document read again;
+/// a field that must have a value is then left out. This goes on until the document reads or
+/// nothing is left to take out. Errors that only follow from these changes are not reported.
+fn parse_all<T: DeserializeOwned>(
+    doc: &Document,
+    unknown: &mut Vec<Vec<PathSegment>>,
+) -> Result<T, Vec<ConfigError>> {
+    /// Enough for any resource written by hand; a bound on the work a broken file can cause.
+    const MOST: usize = 64;
+    let (mut error, mut path) = match parse_at(doc, unknown) {
+        Ok(value) => return Ok(value),
+        Err(found) => *found,
+    };
+    let mut found = Vec::new();
+    // The entry changed last, and whether it was left out (else made null).
+    let mut last: Option<(Vec<PathSegment>, bool)> = None;
+    let mut left_out: Vec<Vec<PathSegment>> = Vec::new();
+    let mut scratch = Document {
+        file: doc.file.clone(),
+        index: doc.index,
+        item: doc.item,
+        text: doc.text.clone(),
+        line: doc.line,
+    };
+    for _ in 0..MOST {
+        let missing = missing_field(&error.message).map(str::to_string);
+        let caused = match &missing {
+            // Only a field left out: any other is missing as written.
+            Some(field) => left_out.iter().any(|gone| {
+                gone.len() == path.len() + 1
+                    && gone.starts_with(&path)
+                    && gone.last() == Some(&PathSegment::Key(field.clone()))
+            }),
+            // A null where a value must be, reported at the entry or at its mapping (which is
+            // null itself when its only entry was left out).
+            None => last
+                .as_ref()
+                .is_some_and(|(changed, _)| changed.starts_with(&path)),
+        };
+        if !caused {
+            found.push(error);
+        }
+        let (target, leave_out) = match last.take() {
+            Some((changed, false)) if caused && missing.is_none() => (changed, true),
+            _ => {
+                // The entry the error is in, or for a missing field, its mapping.
+                while !matches!(path.last(), None | Some(PathSegment::Key(_))) {
+                    path.pop();
+                }
+                (path, false)
+            }
+        };
+        let changed = if leave_out {
+            source::blank_entry(&scratch.text, &target)
+        } else {
+            source::null_value(&scratch.text, &target)
+        };
+        let Some(text) = changed else {
+            break;
+        };
+        scratch.text = text;
+        if leave_out {
+            left_out.push(target.clone());
+        }
+        last = Some((target, leave_out));
+        match parse_at::<T>(&scratch, unknown) {
+            Ok(_) => break,
+            Err(next) => (error, path) = *next,
+        }
+    }
+    let mut seen = Vec::new();
+    unknown.retain(|p| {
+        let new = !seen.contains(p);
+        seen.push(p.clone());
+        new
+    });
+    Err(found)
+}
+
+/// The field a "missing field `name`" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
 /// Deserializes one document, keeping the field path and the line and column of an error, and
 /// collecting into `unknown` the path of every field that no struct declares (the metadata
 /// Kubernetes adds and `status` are not collected).
@@ -538,6 +631,14 @@ fn parse<T: DeserializeOwned>(
     doc: &Document,
     unknown: &mut Vec<Vec<PathSegment>>,
 ) -> Result<T, ConfigError> {
+    parse_at(doc, unknown).map_err(|found| found.0)
+}
+
+/// `parse`, with the path of the error as segments.
+fn parse_at<T: DeserializeOwned>(
+    doc: &Document,
+    unknown: &mut Vec<Vec<PathSegment>>,
+) -> Result<T, Box<(ConfigError, Vec<PathSegment>)>> {
     let mut path = None;
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
@@ -557,16 +658,30 @@ fn parse<T: DeserializeOwned>(
     let result = serde_saphyr::with_deserializer_from_str_with_options(&doc.text, options, |de| {
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut ignored))
             .map_err(|e| {
-                path = Some(e.path().to_string());
+                path = Some(e.path().clone());
                 e.into_inner()
             })
     });
-    result.map_err(|e| ConfigError {
-        file: doc.file.clone(),
-        position: e.location().map(|l| (l.line() + doc.line - 1, l.column())),
-        resource: None,
-        field: path.filter(|p| p != "."),
-        message: yaml_message(&e),
+    result.map_err(|e| {
+        let segments = path.as_ref().map_or_else(Vec::new, |p| {
+            p.iter()
+                .filter_map(|segment| match segment {
+                    serde_path_to_error::Segment::Seq { index } => Some(PathSegment::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => {
+                        Some(PathSegment::Key(key.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        });
+        let error = ConfigError {
+            file: doc.file.clone(),
+            position: e.location().map(|l| (l.line() + doc.line - 1, l.column())),
+            resource: None,
+            field: path.map(|p| p.to_string()).filter(|p| p != "."),
+            message: yaml_message(&e),
+        };
+        Box::new((error, segments))
     })
 }
 

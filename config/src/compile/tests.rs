@@ -1547,3 +1547,54 @@ fn every_unknown_field_of_a_route_is_reported_at_once() {
         );
     }
 }
+
+#[test]
+fn every_type_error_of_a_resource_is_reported_at_once_with_its_place() {
+    let yaml = sidecar(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {namespace: default}\nspec:\n  hosts: [a.b]\n  http:\n  - timeout: [1s]\n    directResponse: {status: two hundred}\n  - match: [{uri: {exact: /}, port: http}]\n    retries: {attempts: many}\n    route:\n    - destination: {host: a.b, port: {number: 80}}\n      weight: x\n  - route:\n    - destination: {port: {number: 80}}\n",
+    );
+    let got = errors(&yaml);
+    // Lines are those of the VirtualService in the file `sidecar` builds.
+    let line = |text: &str| yaml[..yaml.find(text).unwrap()].matches('\n').count() + 1;
+    for (want, at) in [
+        (
+            "metadata.name: required",
+            "apiVersion: networking.istio.io/v1\nkind: Virtual",
+        ),
+        ("spec.http[0].timeout", "timeout: [1s]"),
+        ("spec.http[0].directResponse.status", "status: two"),
+        ("spec.http[1].match[0].port", "port: http"),
+        ("spec.http[1].retries.attempts", "attempts: many"),
+        ("spec.http[1].route[0].weight", "weight: x"),
+        ("missing field `host`", "- destination: {port"),
+    ] {
+        let want_line = format!(":{}:", line(at));
+        assert!(
+            got.iter()
+                .any(|e| e.contains(want) && e.contains(&want_line)),
+            "want `{want}` at line {}, got {got:#?}",
+            line(at)
+        );
+    }
+    assert_eq!(got.len(), 7, "each mistake once: {got:#?}");
+
+    // A field missing because its entry was wrong is not reported again; JSON (flow style)
+    // recovers as YAML does.
+    let json = r#"{"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+ "metadata": {"name": "dr", "namespace": "default"},
+ "spec": {"host": ["a.b"], "trafficPolicy": {"tls": {"mode": ["SIMPLE"]}},
+  "subsets": [{"name": {"v": 1}, "labels": {"v": "1"}}]}}"#;
+    let got = errors(&with_gateway(json));
+    for want in [
+        "spec.host",
+        "spec.trafficPolicy.tls.mode",
+        "spec.subsets[0].name",
+    ] {
+        assert!(
+            got.iter().any(|e| e.contains(&format!("{want}: "))),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+    assert!(!got.iter().any(|e| e.contains("missing field")), "{got:#?}");
+    assert_eq!(got.len(), 3, "{got:#?}");
+}

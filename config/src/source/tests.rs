@@ -85,6 +85,39 @@ fn locate_finds_keys_by_path() {
 }
 
 #[test]
+fn blanking_an_entry_keeps_every_other_position() {
+    let key = |k: &str| PathSegment::Key(k.into());
+    let text = "spec:\n  port:\n    number: x\n    name: y\n  hosts: [a]\n";
+    let out = blank_entry(text, &[key("spec"), key("port")]).unwrap();
+    assert_eq!(
+        out,
+        "spec:\n       \n             \n           \n  hosts: [a]\n"
+    );
+    let out = null_value(text, &[key("spec"), key("port")]).unwrap();
+    assert_eq!(
+        out,
+        "spec:\n  port: ~\n             \n           \n  hosts: [a]\n"
+    );
+    // A block sequence as indented as its key: the null goes after the colon.
+    let text = "spec:\n  ports:\n  - number: x\n  hosts: [a]\n";
+    let out = null_value(text, &[key("spec"), key("ports")]).unwrap();
+    assert_eq!(out, "spec:\n  ports: ~\n             \n  hosts: [a]\n");
+    assert!(Parser::new_from_str(&out).all(|e| e.is_ok()), "{out}");
+    // Flow style, as JSON files are: the comma goes with the entry, and the rest still parses.
+    let text = "{\"spec\": {\"a\": [1, 2], \"b\": 3}}";
+    let out = blank_entry(text, &[key("spec"), key("a")]).unwrap();
+    assert_eq!(out, "{\"spec\": {             \"b\": 3}}");
+    let out = blank_entry(text, &[key("spec"), key("b")]).unwrap();
+    assert_eq!(out, "{\"spec\": {\"a\": [1, 2],       }}");
+    for out in [out, blank_entry(text, &[key("spec")]).unwrap()] {
+        assert!(Parser::new_from_str(&out).all(|e| e.is_ok()), "{out}");
+    }
+    let out = null_value(text, &[key("spec"), key("a")]).unwrap();
+    assert_eq!(out, "{\"spec\": {\"a\": ~     , \"b\": 3}}");
+    assert_eq!(blank_entry(text, &[key("spec"), key("c")]), None);
+}
+
+#[test]
 fn twenty_thousand_documents_load_in_linear_time() {
     let one = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n";
     let time = |n: usize| {
