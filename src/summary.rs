@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use meshgate_config::model::{Endpoints, RouteAction, ServerTlsMode, UpstreamTls};
+use meshgate_config::model::{
+    Endpoints, ListenerProtocol, RouteAction, ServerTlsMode, UpstreamTls,
+};
 use meshgate_config::Model;
 use meshgate_proxy::runtime::Runtime;
 
@@ -67,7 +69,9 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
         l.http2_max_concurrent_streams,
     );
     for l in &model.listeners {
-        let tls = if l.tls.is_empty() {
+        let tls = if l.protocol == ListenerProtocol::AutoPassthrough {
+            "TLS AUTO_PASSTHROUGH".to_string()
+        } else if l.tls.is_empty() {
             "HTTP".to_string()
         } else {
             let groups: Vec<String> = l
@@ -116,6 +120,10 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             l.address,
             hosts.join(", ")
         );
+        for (sni, &backend) in &l.passthrough {
+            let b = &model.backends[backend];
+            let _ = writeln!(out, "  SNI {sni} -> {}", endpoints(&b.endpoints));
+        }
         for vh in l.routes.virtual_hosts() {
             let hosts: Vec<_> = vh.hosts.iter().map(|h| h.to_string()).collect();
             let _ = writeln!(out, "  {} hosts {}", vh.source, hosts.join(", "));

@@ -167,6 +167,9 @@ codes! {
     /// A ServiceEntry or Service port the outbound listener does not serve (TCP, or TLS it
     /// would have to pass through).
     PortNotServed = "MG0113",
+    /// A service port or subset an `AUTO_PASSTHROUGH` listener's hosts admit but that it
+    /// cannot forward to (a subset selecting by labels endpoints meshgate cannot know).
+    NotExposed = "MG0114",
     /// The outbound listener is not on a loopback address.
     OutboundNotLoopback = "MG0201",
     /// An ISTIO_MUTUAL gateway without issuer binding.

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use meshgate_config::model::authz::Attributes;
-use meshgate_config::model::{ListenerKind, OutboundPolicy, RouteAction};
+use meshgate_config::model::{ListenerKind, ListenerProtocol, OutboundPolicy, RouteAction};
 
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
 use crate::access_log::{ResponseFlag, ResponseFlags};
@@ -65,6 +65,11 @@ pub async fn serve_connection(
 ) {
     let metrics = runtime.metrics.clone();
     metrics.connection(1);
+    if runtime.model.listeners[listener].protocol == ListenerProtocol::AutoPassthrough {
+        crate::passthrough::serve(runtime, listener, stream, peer_addr, watch).await;
+        metrics.connection(-1);
+        return;
+    }
     let tagging = &runtime.model.proxy.tagging;
     let local_addr = stream.local_addr().unwrap_or(peer_addr);
     let served = match &runtime.listeners[listener].tls {

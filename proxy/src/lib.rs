@@ -32,6 +32,7 @@ mod head;
 pub mod identity;
 mod listen;
 pub mod origin;
+pub mod passthrough;
 mod respond;
 pub mod route;
 mod serve;

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
+    /// Passed-through connections by how they ended (`passthrough::ENDS`).
+    passthrough: [AtomicU64; crate::passthrough::ENDS.len()],
+    /// Bytes passed through: from clients, to clients.
+    passthrough_bytes: [AtomicU64; 2],
     /// Dry-run decisions: (deny set, allow set) x (allowed, denied).
     dry_run: [AtomicU64; 4],
     /// `meshgate_requests_total`, per source trust domain: origin x status code.
@@ -86,6 +90,8 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
+            passthrough: Default::default(),
+            passthrough_bytes: Default::default(),
             dry_run: Default::default(),
             trust_domains: Family::new(ORIGINS.len() * CODES),
             routes: Family::new(ORIGINS.len() * CLASSES),
@@ -126,6 +132,24 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.handshakes_rejected[i].load(Ordering::Relaxed))
+    }
+
+    /// Counts a passed-through connection that ended so (one of `passthrough::ENDS`), and the
+    /// bytes it carried each way.
+    pub fn passthrough(&self, end: &str, received: u64, sent: u64) {
+        if let Some(i) = crate::passthrough::ENDS.iter().position(|e| *e == end) {
+            self.passthrough[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.passthrough_bytes[0].fetch_add(received, Ordering::Relaxed);
+        self.passthrough_bytes[1].fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Passed-through connections that ended so, for tests.
+    pub fn passthrough_ended(&self, end: &str) -> u64 {
+        crate::passthrough::ENDS
+            .iter()
+            .position(|e| *e == end)
+            .map_or(0, |i| self.passthrough[i].load(Ordering::Relaxed))
     }
 
     /// Counts a connection closed at accept because its listener is full.
@@ -371,6 +395,30 @@ impl Metrics {
             "",
             self.connections_refused.load(Ordering::Relaxed),
         );
+        e.family(
+            "meshgate_passthrough_connections_total",
+            "counter",
+            "Connections on AUTO_PASSTHROUGH listeners by how they ended.",
+        );
+        for (end, c) in crate::passthrough::ENDS.iter().zip(&self.passthrough) {
+            e.sample(
+                "meshgate_passthrough_connections_total",
+                &labels(&[("end", end)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "meshgate_passthrough_bytes_total",
+            "counter",
+            "Bytes passed through, by direction.",
+        );
+        for (direction, c) in ["received", "sent"].iter().zip(&self.passthrough_bytes) {
+            e.sample(
+                "meshgate_passthrough_bytes_total",
+                &labels(&[("direction", direction)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
         e.family(
             "meshgate_connections_active",
             "gauge",

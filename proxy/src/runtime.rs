@@ -107,7 +107,7 @@ impl Runtime {
                     )
                     .map_err(|e| BuildError::Tls(format!("listener {}: {e}", l.name)))?,
                 ),
-                ListenerProtocol::Http => None,
+                ListenerProtocol::Http | ListenerProtocol::AutoPassthrough => None,
             };
             listeners.push(ListenerRuntime {
                 tls,

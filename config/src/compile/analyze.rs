@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 
 use super::Parsed;
-use crate::model::{Backend, HostMatcher, Listener, ListenerKind, NamespaceFilter};
+use crate::model::{
+    Backend, HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter,
+};
 use crate::warning::{Code, Warning};
 
 /// MG0101, MG0102, MG0103 for every VirtualService; MG0104 for every served Gateway.
@@ -148,7 +150,9 @@ fn not_routed(
             }) else {
                 continue;
             };
-            if redirect && listener.tls.is_empty() {
+            if (redirect && listener.tls.is_empty())
+                || listener.protocol == ListenerProtocol::AutoPassthrough
+            {
                 continue;
             }
             for (j, written) in server.hosts.iter().enumerate() {

@@ -209,6 +209,13 @@ impl Rules {
         Some((subset, &rule.source))
     }
 
+    /// The names of the subsets the rule for `host` defines.
+    pub fn subset_names(&self, host: &str) -> Vec<&str> {
+        self.rule(host)
+            .map(|r| r.subsets.iter().map(|s| s.name.as_str()).collect())
+            .unwrap_or_default()
+    }
+
     /// The policy of backend (host, port, subset), merged as Istio merges it.
     pub fn policy(&self, host: &str, port: u16, subset: Option<&str>) -> UpstreamPolicy {
         let Some(rule) = self.rule(host) else {

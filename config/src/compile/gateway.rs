@@ -56,12 +56,12 @@ pub(crate) fn compile(
                     format!("{path}.port"),
                     format!(
                         "port {} is already served as {}: servers sharing a port must all be \
-                         plaintext or all HTTPS",
+                         plaintext, all HTTPS or all AUTO_PASSTHROUGH",
                         compiled.port,
-                        if listener.protocol == ListenerProtocol::Https {
-                            "HTTPS"
-                        } else {
-                            "plaintext HTTP"
+                        match listener.protocol {
+                            ListenerProtocol::Https => "HTTPS",
+                            ListenerProtocol::Http => "plaintext HTTP",
+                            ListenerProtocol::AutoPassthrough => "AUTO_PASSTHROUGH",
                         }
                     ),
                 ));
@@ -137,6 +137,7 @@ fn compile_server(
     let protocol = server.port.protocol.to_ascii_uppercase();
     let tls_path = format!("{path}.tls");
     let mut https_redirect = false;
+    let mut passthrough = false;
     let tls = match (protocol.as_str(), &server.tls) {
         ("HTTP" | "HTTP2" | "GRPC", None) => None,
         ("HTTP" | "HTTP2" | "GRPC", Some(tls)) => {
@@ -166,12 +167,54 @@ fn compile_server(
             ));
             None
         }
+        ("HTTPS", Some(tls)) if tls.mode.as_deref() == Some("AUTO_PASSTHROUGH") => {
+            errors.push(o.error(
+                format!("{path}.port.protocol"),
+                "AUTO_PASSTHROUGH forwards TLS it does not terminate: use protocol TLS",
+            ));
+            None
+        }
         ("HTTPS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
+        ("TLS", Some(tls)) if tls.mode.as_deref() == Some("AUTO_PASSTHROUGH") => {
+            passthrough = true;
+            for (field, set) in [
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("credentialName", tls.credential_name.is_some()),
+                ("httpsRedirect", tls.https_redirect.unwrap_or(false)),
+                ("minProtocolVersion", tls.min_protocol_version.is_some()),
+                ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+                ("cipherSuites", tls.cipher_suites.is_some()),
+            ] {
+                if set {
+                    errors.push(o.error(
+                        format!("{tls_path}.{field}"),
+                        "AUTO_PASSTHROUGH does not terminate TLS: the caller's mTLS goes through \
+                         to the destination's sidecar, so no TLS setting applies here",
+                    ));
+                }
+            }
+            None
+        }
+        ("TLS", tls) => {
+            errors.push(o.error(
+                format!("{tls_path}.mode"),
+                format!(
+                    "{} on a TLS server is not implemented: meshgate passes TLS through with \
+                     AUTO_PASSTHROUGH (Istio's SNI names the service); terminate HTTPS with \
+                     protocol HTTPS",
+                    tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("no tls.mode")
+                ),
+            ));
+            None
+        }
         (other, _) => {
             errors.push(o.error(
                 format!("{path}.port.protocol"),
                 format!(
-                    "`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC and HTTPS"
+                    "`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC, HTTPS, and \
+                     TLS with AUTO_PASSTHROUGH"
                 ),
             ));
             None
@@ -219,7 +262,9 @@ fn compile_server(
         kind: ListenerKind::Gateway,
         port,
         address: SocketAddr::new(listen.address, bind_port),
-        protocol: if tls.is_some() {
+        protocol: if passthrough {
+            ListenerProtocol::AutoPassthrough
+        } else if tls.is_some() {
             ListenerProtocol::Https
         } else {
             ListenerProtocol::Http
@@ -227,6 +272,7 @@ fn compile_server(
         tls: Vec::new(),
         servers,
         routes: RouteTable::default(),
+        passthrough: Default::default(),
     };
     Some((listener, tls))
 }

@@ -13,6 +13,7 @@ mod gateway;
 mod install;
 mod mesh_gateway;
 mod outbound;
+mod passthrough;
 mod request_authentication;
 mod service_entry;
 mod virtual_service;
@@ -122,6 +123,7 @@ pub fn compile(
             });
         }
     }
+    passthrough::expose(&mut listeners, &mut backends, &rules, warnings);
     if let Some((proxy, _)) = &proxy {
         analyze::bindings(&parsed, &proxy.labels, &listeners, warnings);
     }
@@ -145,6 +147,12 @@ pub fn compile(
         &paths,
         errors,
         warnings,
+    );
+    passthrough::check_policies(
+        &parsed.authorization_policies,
+        &policies,
+        &listeners,
+        errors,
     );
     if let Some(w) = &workload {
         request_authentication::compile(&parsed.request_authentications, w, errors, warnings);

@@ -23,6 +23,7 @@ pub(crate) fn listener(address: SocketAddr) -> Listener {
         port: address.port(),
         address,
         protocol: ListenerProtocol::Http,
+        passthrough: Default::default(),
         tls: Vec::new(),
         servers: vec![ServerHost {
             gateway: MESH.into(),

@@ -37,6 +37,12 @@ pub(crate) struct Declared {
 }
 
 impl Declared {
+    /// The namespace of the declaring resource (`source` is `Kind ns/name`).
+    pub fn namespace(&self) -> &str {
+        let name = self.source.split_once(' ').map_or("", |(_, n)| n);
+        name.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
     /// The protocol as the resource named it.
     pub fn protocol_name(&self) -> &str {
         match &self.protocol {
@@ -148,51 +154,7 @@ impl Backends {
                 ))
             }
         };
-        let mut endpoints = match declared.map(|d| &d.endpoints) {
-            None => Endpoints::Dns(vec![(host.to_string(), port)]),
-            Some(DeclaredEndpoints::Static(list)) => {
-                Endpoints::Static(list.iter().map(|(a, _)| *a).collect())
-            }
-            Some(DeclaredEndpoints::Dns(list)) => {
-                Endpoints::Dns(list.iter().map(|(a, _)| a.clone()).collect())
-            }
-            Some(DeclaredEndpoints::Service(a)) => Endpoints::Dns(vec![a.clone()]),
-        };
-        if let Some(name) = subset {
-            match rules.subset(host, name) {
-                None => endpoints = Endpoints::Undefined,
-                Some((s, _)) if s.labels.is_empty() => {}
-                Some((s, rule)) => {
-                    endpoints = match declared.map(|d| &d.endpoints) {
-                        Some(DeclaredEndpoints::Static(list)) => Endpoints::Static(
-                            list.iter()
-                                .filter(|(_, l)| selects(&s.labels, l))
-                                .map(|(a, _)| *a)
-                                .collect(),
-                        ),
-                        Some(DeclaredEndpoints::Dns(list)) => Endpoints::Dns(
-                            list.iter()
-                                .filter(|(_, l)| selects(&s.labels, l))
-                                .map(|(a, _)| a.clone())
-                                .collect(),
-                        ),
-                        _ => {
-                            return Err(format!(
-                                "subset `{name}` of {rule} selects endpoints by labels {:?}, but \
-                                 the endpoints of `{host}` are not known here ({}); declare them \
-                                 with their labels: a ServiceEntry with `endpoints[].labels`, or \
-                                 WorkloadEntries its `workloadSelector` picks",
-                                s.labels,
-                                match declared {
-                                    Some(d) => format!("{} is resolved by DNS", d.source),
-                                    None => "no ServiceEntry declares it".to_string(),
-                                }
-                            ))
-                        }
-                    };
-                }
-            }
-        }
+        let endpoints = endpoints(host, port, subset, declared, rules)?;
         let i = self.list.len();
         self.list.push(Backend {
             host: host.to_string(),
@@ -209,6 +171,44 @@ impl Backends {
             implicit: declared.is_none(),
             undefined_subset,
         })
+    }
+
+    /// The backend an `AUTO_PASSTHROUGH` listener forwards Istio's SNI for (host, port,
+    /// subset) to: the declared endpoints, connected to as they are (the caller's TLS passes
+    /// through, so no DestinationRule TLS applies); `Err` when they cannot be known.
+    pub fn passthrough(
+        &mut self,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+        rules: &Rules,
+    ) -> Result<usize, String> {
+        let declared = self
+            .declared_index
+            .get(&(host.to_string(), port))
+            .map(|&i| &self.declared[i].1);
+        let endpoints = endpoints(host, port, subset, declared, rules)?;
+        let mut policy = rules.policy(host, port, subset);
+        policy.tls = UpstreamTls::Disable;
+        self.list.push(Backend {
+            host: host.to_string(),
+            port,
+            subset: subset.map(str::to_string),
+            protocol: BackendProtocol::Http1,
+            endpoints,
+            source: declared.map(|d| d.source.clone()),
+            policy,
+        });
+        Ok(self.list.len() - 1)
+    }
+
+    /// Every declared (host, port), whatever its protocol, with the namespace of the resource
+    /// that declares it.
+    pub fn declared_all(&self) -> Vec<(String, u16, String)> {
+        self.declared
+            .iter()
+            .map(|((h, p), d)| (h.clone(), *p, d.namespace().to_string()))
+            .collect()
     }
 
     /// The port of a service that declares exactly one.
@@ -279,6 +279,63 @@ impl Backends {
     pub fn list(&self) -> &[Backend] {
         &self.list
     }
+}
+
+/// The endpoints of backend (host, port, subset): those declared, or the host by DNS, and of
+/// a subset with labels, those it selects.
+fn endpoints(
+    host: &str,
+    port: u16,
+    subset: Option<&str>,
+    declared: Option<&Declared>,
+    rules: &Rules,
+) -> Result<Endpoints, String> {
+    let mut endpoints = match declared.map(|d| &d.endpoints) {
+        None => Endpoints::Dns(vec![(host.to_string(), port)]),
+        Some(DeclaredEndpoints::Static(list)) => {
+            Endpoints::Static(list.iter().map(|(a, _)| *a).collect())
+        }
+        Some(DeclaredEndpoints::Dns(list)) => {
+            Endpoints::Dns(list.iter().map(|(a, _)| a.clone()).collect())
+        }
+        Some(DeclaredEndpoints::Service(a)) => Endpoints::Dns(vec![a.clone()]),
+    };
+    if let Some(name) = subset {
+        match rules.subset(host, name) {
+            None => endpoints = Endpoints::Undefined,
+            Some((s, _)) if s.labels.is_empty() => {}
+            Some((s, rule)) => {
+                endpoints = match declared.map(|d| &d.endpoints) {
+                    Some(DeclaredEndpoints::Static(list)) => Endpoints::Static(
+                        list.iter()
+                            .filter(|(_, l)| selects(&s.labels, l))
+                            .map(|(a, _)| *a)
+                            .collect(),
+                    ),
+                    Some(DeclaredEndpoints::Dns(list)) => Endpoints::Dns(
+                        list.iter()
+                            .filter(|(_, l)| selects(&s.labels, l))
+                            .map(|(a, _)| a.clone())
+                            .collect(),
+                    ),
+                    _ => {
+                        return Err(format!(
+                            "subset `{name}` of {rule} selects endpoints by labels {:?}, but \
+                             the endpoints of `{host}` are not known here ({}); declare them \
+                             with their labels: a ServiceEntry with `endpoints[].labels`, or \
+                             WorkloadEntries its `workloadSelector` picks",
+                            s.labels,
+                            match declared {
+                                Some(d) => format!("{} is resolved by DNS", d.source),
+                                None => "no ServiceEntry declares it".to_string(),
+                            }
+                        ))
+                    }
+                };
+            }
+        }
+    }
+    Ok(endpoints)
 }
 
 /// Whether a subset's labels are all among an endpoint's.

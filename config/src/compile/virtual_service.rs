@@ -19,8 +19,9 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    HostMatcher, Listener, ListenerKind, Mirror, Redirect, RedirectPort, RequestMatch, Retry,
-    RetryOn, Route, RouteAction, RouteTable, StringMatcher, VirtualHost, WeightedBackend,
+    HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror, Redirect, RedirectPort,
+    RequestMatch, Retry, RetryOn, Route, RouteAction, RouteTable, StringMatcher, VirtualHost,
+    WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
@@ -119,6 +120,17 @@ pub(crate) fn bind(
                 .filter(|s| gateways.contains(&s.gateway) && s.namespace.admits(&o.namespace))
                 .collect();
             if servers.is_empty() {
+                continue;
+            }
+            if listener.protocol == ListenerProtocol::AutoPassthrough {
+                errors.push(o.error(
+                    "spec.gateways",
+                    format!(
+                        "Gateway {} serves port {} with AUTO_PASSTHROUGH: the SNI names the \
+                         service and no route applies; bind the routes to another server",
+                        servers[0].gateway, listener.port
+                    ),
+                ));
                 continue;
             }
             let mut bound: Vec<HostMatcher> = hosts

@@ -194,6 +194,59 @@ impl Policy {
 }
 
 impl Rule {
+    /// The first field the rule names that only a terminated connection or an HTTP request
+    /// has (a peer identity, a host, method, path or header), if any.
+    pub fn request_field(&self) -> Option<&'static str> {
+        for s in &self.from {
+            let named = [
+                (s.principals.is_some(), "from.source.principals"),
+                (s.not_principals.is_some(), "from.source.notPrincipals"),
+                (s.namespaces.is_some(), "from.source.namespaces"),
+                (s.not_namespaces.is_some(), "from.source.notNamespaces"),
+                (s.trust_domains.is_some(), "from.source.trustDomains"),
+                (s.not_trust_domains.is_some(), "from.source.notTrustDomains"),
+                (s.service_accounts.is_some(), "from.source.serviceAccounts"),
+                (
+                    s.not_service_accounts.is_some(),
+                    "from.source.notServiceAccounts",
+                ),
+            ];
+            if let Some((_, name)) = named.into_iter().find(|(set, _)| *set) {
+                return Some(name);
+            }
+        }
+        for o in &self.to {
+            let named = [
+                (o.hosts.is_some(), "to.operation.hosts"),
+                (o.not_hosts.is_some(), "to.operation.notHosts"),
+                (o.methods.is_some(), "to.operation.methods"),
+                (o.not_methods.is_some(), "to.operation.notMethods"),
+                (o.paths.is_some(), "to.operation.paths"),
+                (o.not_paths.is_some(), "to.operation.notPaths"),
+            ];
+            if let Some((_, name)) = named.into_iter().find(|(set, _)| *set) {
+                return Some(name);
+            }
+        }
+        self.when.iter().find_map(|c| match c.key {
+            ConditionKey::SourcePrincipal => Some("when source.principal"),
+            ConditionKey::SourceNamespace => Some("when source.namespace"),
+            ConditionKey::SourceServiceAccount => Some("when source.serviceAccount"),
+            ConditionKey::RequestHeader(_) => Some("when request.headers"),
+            _ => None,
+        })
+    }
+
+    /// Whether the rule can match a connection to Gateway port `port`: not when every
+    /// operation it names lists other ports.
+    pub fn reaches_port(&self, port: u16) -> bool {
+        self.to.is_empty()
+            || self.to.iter().any(|o| {
+                o.ports.as_ref().is_none_or(|p| p.contains(&port))
+                    && o.not_ports.as_ref().is_none_or(|p| !p.contains(&port))
+            })
+    }
+
     fn matches(&self, a: &Attributes<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(a)))

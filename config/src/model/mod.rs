@@ -373,6 +373,11 @@ pub struct Listener {
     pub servers: Vec<ServerHost>,
     /// Routes, from VirtualServices bound to the servers' Gateways.
     pub routes: RouteTable,
+    /// On an `AUTO_PASSTHROUGH` listener, the backend (index into `Model::backends`) of each
+    /// SNI it forwards, in Istio's form `outbound_.<port>_.<subset>_.<host>` (`_` for no
+    /// subset), lowercase: every declared service port, and subset, that the servers' hosts
+    /// expose.
+    pub passthrough: BTreeMap<String, usize>,
 }
 
 impl Listener {
@@ -402,6 +407,9 @@ pub enum ListenerProtocol {
     Http,
     /// TLS, then HTTP/1.1 or HTTP/2 by ALPN.
     Https,
+    /// TLS passed through without termination, to the service Istio's SNI names
+    /// (`tls.mode: AUTO_PASSTHROUGH`): an east-west gateway.
+    AutoPassthrough,
 }
 
 /// Server-side TLS of one group of Gateway servers (Istio's `ServerTLSSettings`).

@@ -383,6 +383,24 @@ impl UpstreamBackend {
         Ok(response)
     }
 
+    /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as
+    /// they are: each connection is balanced as a request would be (without a hash key), and
+    /// a failed connect counts for outlier detection.
+    pub async fn open_stream(&self) -> Result<super::connect::UpstreamStream, ForwardError> {
+        if self.undefined {
+            return Err(ForwardError::NoCluster);
+        }
+        let i = self
+            .balancer
+            .pick(&self.endpoints, None, Tried::default(), false)
+            .ok_or(ForwardError::NoEndpoint)?;
+        let result = self.connect(&self.endpoints[i]).await;
+        if result.is_err() {
+            self.record(i, Outcome::LocalFailure);
+        }
+        result
+    }
+
     /// Counts how a try on endpoint `i` ended, for outlier detection.
     pub fn record(&self, i: usize, outcome: Outcome) {
         if self.balancer.record(&self.endpoints, i, outcome) {

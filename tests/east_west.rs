@@ -1,0 +1,403 @@
+//! An east-west gateway (`AUTO_PASSTHROUGH`) between two meshes that share a root: a source
+//! workload's mTLS, with Istio's SNI and ALPN, passes through one meshgate unterminated and is
+//! terminated by the target mesh's meshgate gateway, which sees the source workload's own
+//! SPIFFE ID. What is not Istio mTLS, or names a service not exposed, is closed and counted.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::{echo, Proxy};
+use support::{eventually, json_lines};
+
+const SLEEP: &str = "spiffe://example.com/ns/default/sa/sleep";
+const TARGET_GATEWAY: &str = "spiffe://example-target.com/ns/istio-system/sa/target-gateway";
+const EAST_WEST: &str = "spiffe://example-target.com/ns/istio-system/sa/eastwest-gateway";
+const HOST: &str = "httpbin.default.svc.cluster.local";
+const ISTIO_ALPN: &[&[u8]] = &[b"istio-http/1.1", b"istio", b"http/1.1"];
+
+/// The target mesh's ingress: ISTIO_MUTUAL for `*.local`, routing `HOST` to `backend`.
+fn target_yaml(backend: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: target-gateway, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{8443: 0}}}}
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec:
+  config: {{trustDomain: example-target.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: mtls, protocol: HTTPS}}
+    hosts: ["*.local"]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  gateways: [istio-system/ingress]
+  http:
+  - route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        port = backend.port()
+    )
+}
+
+/// The east-west gateway, as Istio's `expose-services.yaml` writes it, with `HOST` declared on
+/// port 8000 and its endpoints: `v1` at `target`, `v2` at `other`; `ratings` on port 9080 at
+/// `target` alone. `extra` is appended.
+fn east_west_yaml(target: SocketAddr, other: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: eastwest-gateway, namespace: istio-system}}
+spec:
+  labels: {{istio: eastwestgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{15443: 0}}}}
+  accessLog: {{path: access.log}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: cross-network-gateway, namespace: istio-system}}
+spec:
+  selector: {{istio: eastwestgateway}}
+  servers:
+  - port: {{number: 15443, name: tls, protocol: TLS}}
+    tls: {{mode: AUTO_PASSTHROUGH}}
+    hosts: ["*.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_INTERNAL
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {target_port}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.2, ports: {{http: {other_port}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {target_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: outside, namespace: default}}
+spec:
+  hosts: [api.example.org]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {target_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  host: {HOST}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+{extra}"#,
+        target_port = target.port(),
+        other_port = other.port(),
+    )
+}
+
+struct Meshes {
+    pki: Pki,
+    target: Proxy,
+    east_west: Proxy,
+    _backend: meshgate_proxy::echo::Echo,
+}
+
+impl Meshes {
+    async fn start(extra: &str) -> Self {
+        let pki = Pki::new(&["example.com", "example-target.com"]);
+        let backend = echo();
+        let target = Proxy::start(
+            &target_yaml(backend.address),
+            &pki.workload("example-target.com", TARGET_GATEWAY),
+        )
+        .await;
+        // `v2` is a port nothing listens on: a connection to it fails.
+        let closed = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let other = closed.local_addr().unwrap();
+        drop(closed);
+        let east_west = Proxy::start(
+            &east_west_yaml(target.addr(8443), other, extra),
+            &pki.workload("example-target.com", EAST_WEST),
+        )
+        .await;
+        Self {
+            pki,
+            target,
+            east_west,
+            _backend: backend,
+        }
+    }
+
+    fn sleep(&self, alpn: &[&[u8]]) -> Client {
+        let sleep = self.pki.workload("example.com", SLEEP);
+        Client::new(Some(&sleep), &sleep.root_pem, alpn)
+    }
+
+    fn ended(&self, end: &str) -> u64 {
+        self.east_west.running.metrics.passthrough_ended(end)
+    }
+}
+
+#[tokio::test]
+async fn a_source_workloads_identity_survives_the_east_west_hop() {
+    let meshes = Meshes::start("").await;
+    let gateway = meshes.east_west.addr(15443);
+    for sni in [
+        "outbound_.9080_._.ratings.default.svc.cluster.local".to_string(),
+        format!("outbound_.8000_.v1_.{HOST}"),
+        // SNI is case-insensitive.
+        format!("outbound_.8000_.v1_.{}", HOST.to_uppercase()),
+    ] {
+        let reply = meshes
+            .sleep(ISTIO_ALPN)
+            .get(gateway, &sni, HOST, "/headers", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(reply.status, StatusCode::OK, "{sni}");
+        // The target terminated the source's own mTLS: its ID, not the east-west gateway's.
+        let xfcc = reply.echoed("x-forwarded-client-cert").unwrap();
+        assert!(xfcc.contains(&format!("URI={SLEEP}")), "{xfcc}");
+        assert!(!xfcc.contains(EAST_WEST), "{xfcc}");
+        assert_eq!(reply.echoed("x-mesh-origin").as_deref(), Some("remote"));
+    }
+    eventually("three forwarded connections counted", || {
+        meshes.ended("closed") == 3
+    })
+    .await;
+    // The target counted three handshakes of its own: nothing was terminated on the way.
+    let metrics = meshes.target.running.metrics.render();
+    assert!(
+        metrics.contains("meshgate_handshakes_total{result=\"success\",reason=\"\"} 3"),
+        "{metrics}"
+    );
+    let log = json_lines(&meshes.east_west.dir.path().join("access.log"), 3).await;
+    let line = &log[0];
+    assert_eq!(line["event"], "passthrough", "{line}");
+    assert_eq!(line["end"], "closed", "{line}");
+    assert_eq!(
+        line["upstream"], "ratings.default.svc.cluster.local:9080",
+        "{line}"
+    );
+    assert!(line["bytes_received"].as_u64().unwrap() > 1200, "{line}");
+    assert!(line["bytes_sent"].as_u64().unwrap() > 500, "{line}");
+}
+
+#[tokio::test]
+async fn only_istio_mtls_to_an_exposed_service_passes() {
+    let meshes = Meshes::start("").await;
+    let gateway = meshes.east_west.addr(15443);
+    let sni = format!("outbound_.8000_._.{HOST}");
+
+    // Plain TLS (no Istio ALPN) to the same service: closed before a byte reaches it.
+    let plain = meshes.sleep(&[b"h2", b"http/1.1"]);
+    assert!(plain.connect(gateway, &sni).await.is_err());
+    eventually("not_istio_mtls counted", || {
+        meshes.ended("not_istio_mtls") == 1
+    })
+    .await;
+
+    // Istio mTLS, but to services the gateway does not expose: a host outside `*.local`, a
+    // port not declared, a subset not defined, a name that is not Istio's form.
+    let istio = meshes.sleep(ISTIO_ALPN);
+    for sni in [
+        "outbound_.443_._.api.example.org".to_string(),
+        format!("outbound_.9000_._.{HOST}"),
+        format!("outbound_.8000_.v3_.{HOST}"),
+        HOST.to_string(),
+    ] {
+        assert!(istio.connect(gateway, &sni).await.is_err(), "{sni}");
+    }
+    eventually("not_exposed counted", || meshes.ended("not_exposed") == 4).await;
+
+    // Not TLS at all.
+    let mut tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    eventually("invalid_hello counted", || {
+        meshes.ended("invalid_hello") == 1
+    })
+    .await;
+
+    // The subset whose endpoint refuses: the connection fails and is counted so.
+    assert!(istio
+        .connect(gateway, &format!("outbound_.8000_.v2_.{HOST}"))
+        .await
+        .is_err());
+    eventually("connect_failed counted", || {
+        meshes.ended("connect_failed") == 1
+    })
+    .await;
+    assert_eq!(meshes.ended("closed"), 0);
+    let metrics = meshes.east_west.running.metrics.render();
+    assert!(
+        metrics.contains("meshgate_passthrough_connections_total{end=\"not_exposed\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn authorization_on_a_passthrough_port_sees_addresses_and_the_sni() {
+    let policy = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-lab, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: eastwestgateway}}
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [127.0.0.3/32]}}]
+  - when: [{key: connection.sni, values: ["outbound_.8000_.v1_.*"]}]
+"#;
+    let meshes = Meshes::start(policy).await;
+    let gateway = meshes.east_west.addr(15443);
+    let istio = meshes.sleep(ISTIO_ALPN);
+    let sni = "outbound_.9080_._.ratings.default.svc.cluster.local";
+    let reply = istio.get(gateway, sni, HOST, "/", &[]).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let from = "127.0.0.3".parse().unwrap();
+    assert!(istio.connect_from(from, gateway, sni).await.is_err());
+    let v1 = format!("outbound_.8000_.v1_.{HOST}");
+    assert!(istio.connect(gateway, &v1).await.is_err());
+    eventually("two denied", || meshes.ended("denied") == 2).await;
+}
+
+#[test]
+fn a_rule_that_needs_termination_is_refused_on_a_passthrough_port() {
+    let yaml = east_west_yaml(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-identity, namespace: istio-system}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]
+  - to: [{operation: {ports: ["8443"], paths: ["/admin"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: routes, namespace: default}
+spec:
+  hosts: [a.local]
+  gateways: [istio-system/cross-network-gateway]
+  http: [{directResponse: {status: 200}}]
+"#,
+    );
+    let errors = match meshgate_config::load_str("ew.yaml", &yaml) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        errors.contains("AuthorizationPolicy istio-system/by-identity: spec.rules[0]: from.source.principals needs a terminated connection, but port 15443 passes TLS through"),
+        "{errors}"
+    );
+    // The rule scoped to another port is fine.
+    assert!(!errors.contains("spec.rules[1]"), "{errors}");
+    assert!(
+        errors.contains("VirtualService default/routes: spec.gateways: Gateway istio-system/cross-network-gateway serves port 15443 with AUTO_PASSTHROUGH"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_label_subset_of_endpoints_meshgate_cannot_know_is_not_forwarded_and_said_so() {
+    let yaml = east_west_yaml(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  ports: [{port: 9080, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}]
+"#,
+    );
+    let model = meshgate_config::load_str("ew.yaml", &yaml).unwrap();
+    let listener = &model.listeners[0];
+    let exposed: Vec<&str> = listener.passthrough.keys().map(String::as_str).collect();
+    assert!(
+        exposed.contains(&"outbound_.9080_._.reviews.default.svc.cluster.local"),
+        "{exposed:?}"
+    );
+    assert!(
+        !exposed.contains(&"outbound_.9080_.v1_.reviews.default.svc.cluster.local"),
+        "{exposed:?}"
+    );
+    let warning = model
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .find(|w| w.contains("MG0114"))
+        .expect("a warning");
+    assert!(
+        warning.contains("outbound_.9080_.v1_.reviews.default.svc.cluster.local")
+            && warning.contains("declare them with their labels"),
+        "{warning}"
+    );
+    // A host outside `*.local` is not exposed at all.
+    assert!(
+        !exposed.iter().any(|s| s.contains("api.example.org")),
+        "{exposed:?}"
+    );
+}
