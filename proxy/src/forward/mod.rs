@@ -150,7 +150,8 @@ pub async fn forward(
         }
     };
     let mut response = match policy {
-        Some(policy) if retriable(policy, &result, failure) => {
+        // A response can be retried only when the request was kept (`again`).
+        Some(policy) if (again || result.is_err()) && retriable(policy, &result, failure) => {
             Box::pin(attempt.retry(policy, result, kept, tried, tries)).await?
         }
         _ => finish(result)?,
@@ -203,7 +204,7 @@ impl Attempt<'_> {
                 Err(Failed {
                     unsent: Some(unsent),
                     ..
-                }) => unsent,
+                }) => *unsent,
                 result => match kept.as_ref().and_then(Kept::again) {
                     Some(again) => again,
                     // The body outgrew what is kept: the last answer stands.

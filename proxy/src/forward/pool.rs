@@ -149,14 +149,15 @@ impl Target {
 #[derive(Debug)]
 pub struct Failed {
     pub error: ForwardError,
-    pub unsent: Option<Request<RequestBody>>,
+    /// Boxed: a failure is rare, and every try's result would carry the room for a request.
+    pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
 impl Failed {
     pub(super) fn unsent(error: ForwardError, req: Request<RequestBody>) -> Self {
         Self {
             error,
-            unsent: Some(req),
+            unsent: Some(Box::new(req)),
         }
     }
 
@@ -548,7 +549,7 @@ impl UpstreamBackend {
         match sender.try_send_request(req).await {
             Ok(response) => Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit))),
             Err(mut e) => Err(Failed {
-                unsent: e.take_message(),
+                unsent: e.take_message().map(Box::new),
                 error: ForwardError::Upstream(e.into_error()),
             }),
         }
@@ -595,7 +596,7 @@ impl UpstreamBackend {
                 active: None,
             })),
             Err(mut e) => Err(Failed {
-                unsent: e.take_message(),
+                unsent: e.take_message().map(Box::new),
                 error: ForwardError::Upstream(e.into_error()),
             }),
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::Response;
+use http::{HeaderName, Response};
 
 use meshgate_config::model::{Retry, RetryOn};
 
@@ -46,7 +46,7 @@ pub fn retries_failure(policy: &Retry, failure: Failure) -> bool {
 pub fn retries_response<B>(policy: &Retry, response: &Response<B>) -> bool {
     let on = policy.on;
     let headers = response.headers();
-    if headers.contains_key("x-envoy-overloaded") {
+    if headers.contains_key(OVERLOADED) {
         return false;
     }
     let status = response.status().as_u16();
@@ -54,14 +54,19 @@ pub fn retries_response<B>(policy: &Retry, response: &Response<B>) -> bool {
         || (on.any(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
         || (on.any(RetryOn::RETRIABLE_4XX) && status == 409)
         || (on.any(RetryOn::RETRIABLE_STATUS_CODES) && policy.status_codes.contains(&status))
-        || (on.any(RetryOn::ENVOY_RATELIMITED) && headers.contains_key("x-envoy-ratelimited"))
+        || (on.any(RetryOn::ENVOY_RATELIMITED) && headers.contains_key(RATELIMITED))
         || (on.any(RetryOn::GRPC) && grpc_retries(on, headers))
 }
+
+// Names made once, not parsed from text at every lookup.
+const OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+const RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// gRPC: the status of a trailers-only response, in its head.
 fn grpc_retries(on: RetryOn, headers: &http::HeaderMap) -> bool {
     let Some(code) = headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u8>().ok())
     else {
