@@ -85,6 +85,9 @@ enum Command {
     Echo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Echo the bytes of each TCP connection instead of answering HTTP.
+        #[arg(long)]
+        tcp: bool,
     },
     /// Two meshes on this machine, end to end, with a result table.
     Demo {
@@ -176,11 +179,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             suppress,
             output,
         } => check(&config, &suppress, output),
-        Command::Echo { listen } => {
+        Command::Echo { listen, tcp } => {
             let runtime = tokio_runtime(None)?;
             runtime.block_on(async {
-                let echo = meshgate_proxy::echo::Echo::start(listen)
-                    .with_context(|| format!("cannot bind {listen}"))?;
+                let echo = if tcp {
+                    meshgate_proxy::echo::Echo::start_tcp(listen)
+                } else {
+                    meshgate_proxy::echo::Echo::start(listen)
+                }
+                .with_context(|| format!("cannot bind {listen}"))?;
                 tracing::info!(address = %echo.address, "echo listening");
                 shutdown_signal().await;
                 Ok(ExitCode::SUCCESS)

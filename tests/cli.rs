@@ -893,3 +893,40 @@ spec:
         "{text}"
     );
 }
+
+#[test]
+fn echo_tcp_sends_every_byte_back_until_the_client_closes() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _echo = Proc(
+        Command::new(BIN)
+            .args(["echo", "--tcp", "--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(&listen) {
+            Ok(c) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("echo --tcp never listened: {e}"),
+        }
+    };
+    // Not HTTP, and more than one read's worth.
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    conn.write_all(&sent).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), sent.len());
+    assert!(back == sent, "the bytes came back changed");
+}

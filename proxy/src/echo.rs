@@ -2,7 +2,8 @@
 //! path, version, headers, body size, and the address it was reached on), for tests, demos and
 //! load tests. Request trailers are echoed beside the headers.
 //!
-//! `/status/<code>` answers with that status; `/delay/<ms>` waits that long first.
+//! `/status/<code>` answers with that status; `/delay/<ms>` waits that long first. With `--tcp`
+//! it echoes bytes instead.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -43,6 +44,23 @@ impl Echo {
                 let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+            });
+        }));
+        Ok(Self { address, shutdown })
+    }
+
+    /// Binds `address` and sends back every byte each connection sends, until the connection
+    /// closes its side (`meshgate echo --tcp`): a backend for TCP and passthrough tests.
+    pub fn start_tcp(address: SocketAddr) -> std::io::Result<Self> {
+        let listener = bind(address)?;
+        let address = listener.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, rx, |mut stream, _| {
+            tokio::spawn(async move {
+                let (mut from, mut to) = stream.split();
+                if tokio::io::copy(&mut from, &mut to).await.is_ok() {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut to).await;
+                }
             });
         }));
         Ok(Self { address, shutdown })
