@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Instructions per keep-alive request, counted by callgrind: an A/B of two meshgate builds that
+does not depend on how busy the machine is.
+
+Wall-clock CPU per request (bench.py) moves by 10-30% between runs on a shared machine, which
+hides a change of a few percent. Callgrind counts the instructions meshgate executes, the same
+for the same binary and input whatever else runs. Each build serves two runs of N and 4N
+requests over the same 8 keep-alive mTLS connections; the difference divided by 3N is the
+instructions per request, with start-up and handshakes cancelled out.
+
+    python3 benches/load/instructions.py --baseline OLD_BINARY [--binary NEW] [--requests 1000]
+        [--retries-off meshgate|baseline|both]
+
+Needs valgrind, oha, nginx (the backend) and taskset, as bench.py.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def count(binary, work, requests, retries_off=False):
+    """Total instructions of one meshgate process serving `requests` keep-alive requests."""
+    out = f"{work}/callgrind.out"
+    config = bench.meshgate_config(work)
+    if retries_off:
+        with open(config) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(text.replace("http: [{route:", "http: [{retries: {attempts: 0}, route:"))
+    cmd = [
+        "taskset", "-c", "0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        binary, "run", "--concurrency", "1", "-c", config,
+    ]
+    env = dict(os.environ, MESHGATE_LOG="warn")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        bench.wait_port(bench.MESHGATE_PORT, timeout=120)
+        subprocess.run(
+            [
+                "taskset", "-c", "1", "oha", "--no-tui", "-n", str(requests), "-c", "8",
+                "--cacert", f"{work}/root/root-cert.pem",
+                "--cert", f"{work}/client/cert-chain.pem",
+                "--key", f"{work}/client/key.pem",
+                "--connect-to",
+                f"{bench.HOST}:{bench.MESHGATE_PORT}:127.0.0.1:{bench.MESHGATE_PORT}",
+                f"https://{bench.HOST}:{bench.MESHGATE_PORT}/",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    with open(out) as f:
+        for line in f:
+            m = re.match(r"(?:summary|totals): (\d+)", line)
+            if m:
+                return int(m.group(1))
+    sys.exit("no totals in the callgrind output")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/meshgate"))
+    ap.add_argument("--baseline", required=True)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument(
+        "--retries-off",
+        choices=("meshgate", "baseline", "both"),
+        help="route with `retries: {attempts: 0}` (Istio's policy off) in this build",
+    )
+    args = ap.parse_args()
+    for tool in ("valgrind", "oha", "nginx", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: see benches/README.md")
+    work = tempfile.mkdtemp(prefix="meshgate-instructions-")
+    try:
+        bench.pki(args.binary, work)
+        backend = bench.start_backend(work)
+        try:
+            n = args.requests
+            rows = []
+            for name, binary in (("meshgate", args.binary), ("baseline", args.baseline)):
+                off = args.retries_off in (name, "both")
+                small = count(binary, work, n, off)
+                large = count(binary, work, 4 * n, off)
+                rows.append((name, (large - small) / (3 * n)))
+                print(f"{name}: {small} and {large} instructions", file=sys.stderr)
+            print("| build | instructions per keep-alive request |")
+            print("|---|---|")
+            for name, per in rows:
+                print(f"| {name} | {per:,.0f} |")
+            print(f"\nmeshgate/baseline: {rows[0][1] / rows[1][1]:.3f}")
+        finally:
+            bench.stop(backend)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
