@@ -71,6 +71,8 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
     for l in &model.listeners {
         let tls = if l.protocol == ListenerProtocol::AutoPassthrough {
             "TLS AUTO_PASSTHROUGH".to_string()
+        } else if l.protocol == ListenerProtocol::TlsPassthrough {
+            "TLS PASSTHROUGH".to_string()
         } else if l.tls.is_empty() {
             "HTTP".to_string()
         } else {
@@ -120,6 +122,25 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             l.address,
             hosts.join(", ")
         );
+        for r in &l.sni_routes {
+            let hosts: Vec<String> = r
+                .matches
+                .iter()
+                .flat_map(|m| m.sni_hosts.iter().map(|h| h.to_string()))
+                .collect();
+            let to: Vec<String> = r
+                .backends
+                .iter()
+                .map(|w| format!("{} ({}%)", model.backends[w.backend].name(), w.weight))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} tls route: SNI {} -> {}",
+                r.source,
+                hosts.join(", "),
+                to.join(", ")
+            );
+        }
         for (sni, &backend) in &l.passthrough {
             let b = &model.backends[backend];
             let _ = writeln!(out, "  SNI {sni} -> {}", endpoints(&b.endpoints));

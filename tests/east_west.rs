@@ -83,7 +83,7 @@ metadata: {{name: eastwest-gateway, namespace: istio-system}}
 spec:
   labels: {{istio: eastwestgateway}}
   identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
-  listen: {{address: 127.0.0.1, portOverrides: {{15443: 0}}}}
+  listen: {{address: 127.0.0.1, portOverrides: {{15443: 0, 8443: 0}}}}
   accessLog: {{path: access.log}}
 ---
 apiVersion: networking.istio.io/v1
@@ -95,6 +95,25 @@ spec:
   - port: {{number: 15443, name: tls, protocol: TLS}}
     tls: {{mode: AUTO_PASSTHROUGH}}
     hosts: ["*.local"]
+  - port: {{number: 8443, name: https-passthrough, protocol: HTTPS}}
+    tls: {{mode: PASSTHROUGH}}
+    hosts: ["*.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: by-sni, namespace: istio-system}}
+spec:
+  hosts: ["*.local"]
+  gateways: [cross-network-gateway]
+  tls:
+  - match: [{{port: 8443, sniHosts: [{HOST}], destinationSubnets: [127.0.0.0/8]}}]
+    route:
+    - destination: {{host: ratings.default.svc.cluster.local}}
+      weight: 100
+    - destination: {{host: {HOST}, port: {{number: 8000}}, subset: v2}}
+      weight: 0
+  - match: [{{sniHosts: ["*.svc.cluster.local"], port: 9999}}]
+    route: [{{destination: {{host: {HOST}, subset: v2}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -325,7 +344,7 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]
-  - to: [{operation: {ports: ["8443"], paths: ["/admin"]}}]
+  - to: [{operation: {ports: ["9443"], paths: ["/admin"]}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -399,5 +418,59 @@ spec:
     assert!(
         !exposed.iter().any(|s| s.contains("api.example.org")),
         "{exposed:?}"
+    );
+}
+
+#[tokio::test]
+async fn passthrough_routes_any_tls_by_sni_with_vs_tls_routes() {
+    let meshes = Meshes::start("").await;
+    let gateway = meshes.east_west.addr(8443);
+    // Plain TLS from any client: PASSTHROUGH asks for no Istio ALPN. The weight-0 destination
+    // (whose endpoint refuses) is never chosen.
+    let plain = meshes.sleep(&[b"h2", b"http/1.1"]);
+    for _ in 0..5 {
+        let reply = plain.get(gateway, HOST, HOST, "/", &[]).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        let xfcc = reply.echoed("x-forwarded-client-cert").unwrap();
+        assert!(xfcc.contains(&format!("URI={SLEEP}")), "{xfcc}");
+    }
+    eventually("five forwarded", || meshes.ended("closed") == 5).await;
+    // An SNI no tls route matches on this port (the second route is for port 9999).
+    assert!(plain
+        .connect(gateway, "ratings.default.svc.cluster.local")
+        .await
+        .is_err());
+    eventually("not routed", || meshes.ended("not_exposed") == 1).await;
+    assert_eq!(meshes.ended("connect_failed"), 0);
+}
+
+#[test]
+fn tls_routes_need_a_passthrough_server() {
+    let yaml = east_west_yaml(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: from-sidecars, namespace: default}
+spec:
+  hosts: [a.local]
+  tls:
+  - match: [{sniHosts: [a.local], sourceLabels: {app: x}}]
+    route: [{destination: {host: a.local, port: {number: 443}}, weight: 100}]
+"#,
+    );
+    let errors = match meshgate_config::load_str("ew.yaml", &yaml) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        errors.contains("VirtualService default/from-sidecars: spec.tls: tls routes apply to Gateway servers with tls.mode PASSTHROUGH"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("spec.tls[0].match[0].sourceLabels: this Istio field is not implemented"),
+        "{errors}"
     );
 }

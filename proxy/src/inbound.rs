@@ -65,7 +65,10 @@ pub async fn serve_connection(
 ) {
     let metrics = runtime.metrics.clone();
     metrics.connection(1);
-    if runtime.model.listeners[listener].protocol == ListenerProtocol::AutoPassthrough {
+    if matches!(
+        runtime.model.listeners[listener].protocol,
+        ListenerProtocol::AutoPassthrough | ListenerProtocol::TlsPassthrough
+    ) {
         crate::passthrough::serve(runtime, listener, stream, peer_addr, watch).await;
         metrics.connection(-1);
         return;

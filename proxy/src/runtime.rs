@@ -107,7 +107,9 @@ impl Runtime {
                     )
                     .map_err(|e| BuildError::Tls(format!("listener {}: {e}", l.name)))?,
                 ),
-                ListenerProtocol::Http | ListenerProtocol::AutoPassthrough => None,
+                ListenerProtocol::Http
+                | ListenerProtocol::AutoPassthrough
+                | ListenerProtocol::TlsPassthrough => None,
             };
             listeners.push(ListenerRuntime {
                 tls,

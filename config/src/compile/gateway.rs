@@ -56,12 +56,13 @@ pub(crate) fn compile(
                     format!("{path}.port"),
                     format!(
                         "port {} is already served as {}: servers sharing a port must all be \
-                         plaintext, all HTTPS or all AUTO_PASSTHROUGH",
+                         plaintext, all HTTPS, all PASSTHROUGH or all AUTO_PASSTHROUGH",
                         compiled.port,
                         match listener.protocol {
                             ListenerProtocol::Https => "HTTPS",
                             ListenerProtocol::Http => "plaintext HTTP",
                             ListenerProtocol::AutoPassthrough => "AUTO_PASSTHROUGH",
+                            ListenerProtocol::TlsPassthrough => "PASSTHROUGH",
                         }
                     ),
                 ));
@@ -138,6 +139,7 @@ fn compile_server(
     let tls_path = format!("{path}.tls");
     let mut https_redirect = false;
     let mut passthrough = false;
+    let mut sni_routed = false;
     let tls = match (protocol.as_str(), &server.tls) {
         ("HTTP" | "HTTP2" | "GRPC", None) => None,
         ("HTTP" | "HTTP2" | "GRPC", Some(tls)) => {
@@ -174,9 +176,14 @@ fn compile_server(
             ));
             None
         }
-        ("HTTPS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
-        ("TLS", Some(tls)) if tls.mode.as_deref() == Some("AUTO_PASSTHROUGH") => {
+        ("TLS" | "HTTPS", Some(tls))
+            if matches!(
+                tls.mode.as_deref(),
+                Some("AUTO_PASSTHROUGH" | "PASSTHROUGH")
+            ) =>
+        {
             passthrough = true;
+            sni_routed = tls.mode.as_deref() == Some("PASSTHROUGH");
             for (field, set) in [
                 ("serverCertificate", tls.server_certificate.is_some()),
                 ("privateKey", tls.private_key.is_some()),
@@ -190,20 +197,21 @@ fn compile_server(
                 if set {
                     errors.push(o.error(
                         format!("{tls_path}.{field}"),
-                        "AUTO_PASSTHROUGH does not terminate TLS: the caller's mTLS goes through \
-                         to the destination's sidecar, so no TLS setting applies here",
+                        "PASSTHROUGH and AUTO_PASSTHROUGH do not terminate TLS: the client's \
+                         TLS goes through to the destination, so no TLS setting applies here",
                     ));
                 }
             }
             None
         }
+        ("HTTPS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
         ("TLS", tls) => {
             errors.push(o.error(
                 format!("{tls_path}.mode"),
                 format!(
                     "{} on a TLS server is not implemented: meshgate passes TLS through with \
-                     AUTO_PASSTHROUGH (Istio's SNI names the service); terminate HTTPS with \
-                     protocol HTTPS",
+                     PASSTHROUGH (VirtualService tls routes) or AUTO_PASSTHROUGH (Istio's SNI \
+                     names the service); terminate HTTPS with protocol HTTPS",
                     tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("no tls.mode")
                 ),
             ));
@@ -214,7 +222,7 @@ fn compile_server(
                 format!("{path}.port.protocol"),
                 format!(
                     "`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC, HTTPS, and \
-                     TLS with AUTO_PASSTHROUGH"
+                     TLS with PASSTHROUGH or AUTO_PASSTHROUGH"
                 ),
             ));
             None
@@ -262,7 +270,9 @@ fn compile_server(
         kind: ListenerKind::Gateway,
         port,
         address: SocketAddr::new(listen.address, bind_port),
-        protocol: if passthrough {
+        protocol: if sni_routed {
+            ListenerProtocol::TlsPassthrough
+        } else if passthrough {
             ListenerProtocol::AutoPassthrough
         } else if tls.is_some() {
             ListenerProtocol::Https
@@ -273,6 +283,7 @@ fn compile_server(
         servers,
         routes: RouteTable::default(),
         passthrough: Default::default(),
+        sni_routes: Vec::new(),
     };
     Some((listener, tls))
 }

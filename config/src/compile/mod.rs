@@ -124,6 +124,13 @@ pub fn compile(
         }
     }
     passthrough::expose(&mut listeners, &mut backends, &rules, warnings);
+    passthrough::bind_tls_routes(
+        &parsed.virtual_services,
+        &mut listeners,
+        &mut backends,
+        &rules,
+        errors,
+    );
     if let Some((proxy, _)) = &proxy {
         analyze::bindings(&parsed, &proxy.labels, &listeners, warnings);
     }

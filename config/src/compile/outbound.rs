@@ -24,6 +24,7 @@ pub(crate) fn listener(address: SocketAddr) -> Listener {
         address,
         protocol: ListenerProtocol::Http,
         passthrough: Default::default(),
+        sni_routes: Vec::new(),
         tls: Vec::new(),
         servers: vec![ServerHost {
             gateway: MESH.into(),

@@ -9,11 +9,13 @@
 
 use super::destination_rule::Rules;
 use super::service_entry::Backends;
+use super::virtual_service::{qualify, qualify_gateways, MESH_GATEWAY};
 use super::Origin;
 use crate::error::ConfigError;
-use crate::model::authz::Policies;
-use crate::model::{Listener, ListenerProtocol};
+use crate::model::authz::{Cidr, Policies};
+use crate::model::{HostMatcher, Listener, ListenerProtocol, SniMatch, SniRoute, WeightedBackend};
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
+use crate::raw::virtual_service::{TlsRoute, VirtualServiceSpec};
 use crate::warning::{Code, Warning};
 
 /// Istio's SNI for (host, port, subset).
@@ -68,6 +70,190 @@ pub(crate) fn expose(
     }
 }
 
+/// VirtualService `tls` routes onto the `PASSTHROUGH` listeners whose servers their `gateways`
+/// name. A `tls` route that reaches no such server is an error: a sidecar's outbound listener
+/// (`mesh`) and terminating servers do not route TLS by SNI.
+pub(crate) fn bind_tls_routes(
+    found: &[(Origin, VirtualServiceSpec)],
+    listeners: &mut [Listener],
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (o, spec) in found {
+        let Some(routes) = &spec.tls else {
+            continue;
+        };
+        for (i, route) in routes.iter().enumerate() {
+            for (j, m) in route.matches.iter().enumerate() {
+                o.unsupported(
+                    errors,
+                    &format!("spec.tls[{i}].match[{j}]"),
+                    &[
+                        ("sourceLabels", m.source_labels.is_some()),
+                        ("sourceNamespace", m.source_namespace.is_some()),
+                    ],
+                );
+            }
+        }
+        let gateways: Vec<String> = match &spec.gateways {
+            None => vec![MESH_GATEWAY.to_string()],
+            Some(list) => qualify_gateways(list, &o.namespace),
+        };
+        let mut bound = false;
+        for listener in listeners
+            .iter_mut()
+            .filter(|l| l.protocol == ListenerProtocol::TlsPassthrough)
+        {
+            let servers: Vec<String> = listener
+                .servers
+                .iter()
+                .filter(|s| gateways.contains(&s.gateway) && s.namespace.admits(&o.namespace))
+                .map(|s| s.gateway.clone())
+                .collect();
+            if servers.is_empty() {
+                continue;
+            }
+            bound = true;
+            for (i, route) in routes.iter().enumerate() {
+                let path = format!("spec.tls[{i}]");
+                if let Some(r) = sni_route(o, &path, route, &servers, backends, rules, errors) {
+                    listener.sni_routes.push(r);
+                }
+            }
+        }
+        if !bound && !routes.is_empty() {
+            errors.push(o.error(
+                "spec.tls",
+                "tls routes apply to Gateway servers with tls.mode PASSTHROUGH, and none of \
+                 spec.gateways has one here (a sidecar's outbound listener, `mesh`, routes HTTP)",
+            ));
+        }
+    }
+}
+
+/// One `tls[]` route as it stands on a listener whose servers belong to `gateways`; `None`
+/// when its matches all name other gateways, or on error.
+fn sni_route(
+    o: &Origin,
+    path: &str,
+    route: &TlsRoute,
+    gateways: &[String],
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SniRoute> {
+    let before = errors.len();
+    if route.matches.is_empty() {
+        errors.push(o.error(
+            format!("{path}.match"),
+            "required: a tls route matches on sniHosts",
+        ));
+    }
+    let mut matches = Vec::new();
+    for (j, m) in route.matches.iter().enumerate() {
+        let mp = format!("{path}.match[{j}]");
+        if let Some(list) = &m.gateways {
+            let list = qualify_gateways(list, &o.namespace);
+            if !list.iter().any(|g| gateways.contains(g)) {
+                continue;
+            }
+        }
+        if m.sni_hosts.is_empty() {
+            errors.push(o.error(format!("{mp}.sniHosts"), "required"));
+        }
+        let mut sni_hosts = Vec::new();
+        for (k, h) in m.sni_hosts.iter().enumerate() {
+            match HostMatcher::parse(h) {
+                Some(h) => sni_hosts.push(h),
+                None => errors.push(o.error(
+                    format!("{mp}.sniHosts[{k}]"),
+                    format!("`{h}` is not a host, `*.suffix` or `*`"),
+                )),
+            }
+        }
+        let port = m.port.map(|p| match u16::try_from(p) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                errors.push(o.error(format!("{mp}.port"), "ports must be 1 to 65535"));
+                0
+            }
+        });
+        let mut destination_subnets = Vec::new();
+        for (k, s) in m.destination_subnets.iter().flatten().enumerate() {
+            match Cidr::parse(s) {
+                Some(c) => destination_subnets.push(c),
+                None => errors.push(o.error(
+                    format!("{mp}.destinationSubnets[{k}]"),
+                    format!("`{s}` is not an address or CIDR block"),
+                )),
+            }
+        }
+        matches.push(SniMatch {
+            sni_hosts,
+            port,
+            destination_subnets,
+        });
+    }
+    if matches.is_empty() && !route.matches.is_empty() {
+        return None;
+    }
+    if route.route.is_empty() {
+        errors.push(o.error(
+            format!("{path}.route"),
+            "at least one destination is required",
+        ));
+    }
+    let one = route.route.len() == 1;
+    let mut out = Vec::new();
+    for (j, d) in route.route.iter().enumerate() {
+        let dp = format!("{path}.route[{j}]");
+        o.unsupported(errors, &dp, &[("headers", d.headers.is_some())]);
+        let host = qualify(&d.destination.host, &o.namespace);
+        let port = match &d.destination.port {
+            Some(p) => u16::try_from(p.number).ok().filter(|p| *p > 0),
+            None => match backends.only_port(&host) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    errors.push(o.error(format!("{dp}.destination.port"), why));
+                    continue;
+                }
+            },
+        };
+        let Some(port) = port else {
+            errors.push(o.error(
+                format!("{dp}.destination.port.number"),
+                "ports must be 1 to 65535",
+            ));
+            continue;
+        };
+        let subset = d.destination.subset.as_deref();
+        let weight = d.weight.unwrap_or(if one { 100 } else { 0 });
+        if weight == 0 {
+            continue;
+        }
+        match backends.passthrough(&host, port, subset, rules) {
+            Ok(backend) => out.push(WeightedBackend { backend, weight }),
+            Err(why) => errors.push(o.error(format!("{dp}.destination"), why)),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    if out.is_empty() {
+        errors.push(o.error(
+            format!("{path}.route"),
+            "every destination has weight 0: no connection could go anywhere",
+        ));
+        return None;
+    }
+    Some(SniRoute {
+        source: o.resource(),
+        matches,
+        backends: out,
+    })
+}
+
 /// An `AUTO_PASSTHROUGH` listener terminates nothing: a policy rule that can reach its port may
 /// only use what a connection shows before any byte is decrypted (addresses, ports, the SNI).
 /// A rule naming an identity or an HTTP field there is an error, not a rule that silently never
@@ -80,7 +266,12 @@ pub(crate) fn check_policies(
 ) {
     let ports: Vec<u16> = listeners
         .iter()
-        .filter(|l| l.protocol == ListenerProtocol::AutoPassthrough)
+        .filter(|l| {
+            matches!(
+                l.protocol,
+                ListenerProtocol::AutoPassthrough | ListenerProtocol::TlsPassthrough
+            )
+        })
         .map(|l| l.port)
         .collect();
     if ports.is_empty() {
@@ -108,7 +299,7 @@ pub(crate) fn check_policies(
                 format!("spec.rules[{i}]"),
                 format!(
                     "{field} needs a terminated connection, but port {port} passes TLS through \
-                     (AUTO_PASSTHROUGH): there only ipBlocks, remoteIpBlocks, ports and the \
+                     (PASSTHROUGH or AUTO_PASSTHROUGH): there only ipBlocks, remoteIpBlocks, ports and the \
                      source.ip, remote.ip, destination.ip, destination.port and connection.sni \
                      conditions apply; scope this rule to other ports with to.operation.ports, \
                      or leave the identity check to the destination's sidecar"

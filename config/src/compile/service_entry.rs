@@ -212,7 +212,7 @@ impl Backends {
     }
 
     /// The port of a service that declares exactly one.
-    fn only_port(&self, host: &str) -> Result<u16, String> {
+    pub fn only_port(&self, host: &str) -> Result<u16, String> {
         let ports: Vec<u16> = self
             .declared
             .iter()

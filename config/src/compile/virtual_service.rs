@@ -32,7 +32,7 @@ use crate::raw::{Labels, StringMatch};
 use crate::warning::{Code, Warning};
 
 /// The gateway name that binds a VirtualService to sidecars rather than to a Gateway.
-const MESH_GATEWAY: &str = "mesh";
+pub(crate) const MESH_GATEWAY: &str = "mesh";
 
 /// The workload this proxy is, as `sourceLabels` and `sourceNamespace` see it.
 pub(crate) struct Proxy<'a> {
@@ -67,7 +67,6 @@ pub(crate) fn bind(
             errors,
             "spec",
             &[
-                ("tls", spec.tls.is_some()),
                 ("tcp", spec.tcp.is_some()),
                 ("exportTo", spec.export_to.is_some()),
             ],
@@ -123,6 +122,9 @@ pub(crate) fn bind(
                 continue;
             }
             if listener.protocol == ListenerProtocol::AutoPassthrough {
+                if spec.http.is_empty() {
+                    continue;
+                }
                 errors.push(o.error(
                     "spec.gateways",
                     format!(
@@ -131,6 +133,19 @@ pub(crate) fn bind(
                         servers[0].gateway, listener.port
                     ),
                 ));
+                continue;
+            }
+            if listener.protocol == ListenerProtocol::TlsPassthrough {
+                if !spec.http.is_empty() {
+                    errors.push(o.error(
+                        "spec.http",
+                        format!(
+                            "Gateway {} serves port {} with PASSTHROUGH: TLS is not terminated \
+                             there, so only `tls` routes (by SNI) apply",
+                            servers[0].gateway, listener.port
+                        ),
+                    ));
+                }
                 continue;
             }
             let mut bound: Vec<HostMatcher> = hosts
@@ -167,7 +182,7 @@ pub(crate) fn bind(
 }
 
 /// `gateways` names as `namespace/name`, by Istio's rules (`mesh` stays).
-fn qualify_gateways(list: &[String], namespace: &str) -> Vec<String> {
+pub(crate) fn qualify_gateways(list: &[String], namespace: &str) -> Vec<String> {
     list.iter()
         .map(|g| super::gateway::resolve_name(g, namespace))
         .collect()

@@ -378,6 +378,9 @@ pub struct Listener {
     /// subset), lowercase: every declared service port, and subset, that the servers' hosts
     /// expose.
     pub passthrough: BTreeMap<String, usize>,
+    /// On a `PASSTHROUGH` listener, the `tls` routes bound to it, in order: the first whose
+    /// match matches the connection takes it.
+    pub sni_routes: Vec<SniRoute>,
 }
 
 impl Listener {
@@ -410,6 +413,41 @@ pub enum ListenerProtocol {
     /// TLS passed through without termination, to the service Istio's SNI names
     /// (`tls.mode: AUTO_PASSTHROUGH`): an east-west gateway.
     AutoPassthrough,
+    /// TLS passed through without termination, routed by VirtualService `tls` routes on its
+    /// SNI (`tls.mode: PASSTHROUGH`).
+    TlsPassthrough,
+}
+
+/// One VirtualService `tls[]` route of a `PASSTHROUGH` listener.
+#[derive(Debug, Serialize)]
+pub struct SniRoute {
+    /// `VirtualService namespace/name`.
+    pub source: String,
+    /// Any one must match.
+    pub matches: Vec<SniMatch>,
+    /// Weights > 0.
+    pub backends: Vec<WeightedBackend>,
+}
+
+/// `tls[].match[]`: every present part must match.
+#[derive(Debug, Serialize)]
+pub struct SniMatch {
+    /// Any one matches the SNI (`*.example.com` and `*` too).
+    pub sni_hosts: Vec<HostMatcher>,
+    /// The listener's Gateway port must be this.
+    pub port: Option<u16>,
+    /// The address the connection came in on must be in one.
+    pub destination_subnets: Vec<authz::Cidr>,
+}
+
+impl SniMatch {
+    /// Whether a connection with `sni`, to Gateway port `port` at `local`, matches.
+    pub fn matches(&self, sni: &str, port: u16, local: std::net::IpAddr) -> bool {
+        self.sni_hosts.iter().any(|h| h.matches(sni))
+            && self.port.is_none_or(|p| p == port)
+            && (self.destination_subnets.is_empty()
+                || self.destination_subnets.iter().any(|c| c.contains(local)))
+    }
 }
 
 /// Server-side TLS of one group of Gateway servers (Istio's `ServerTLSSettings`).

@@ -14,9 +14,31 @@ pub struct VirtualServiceSpec {
     pub gateways: Option<Vec<String>>,
     #[serde(default)]
     pub http: Vec<HttpRoute>,
-    pub tls: Unsupported,
+    pub tls: Option<Vec<TlsRoute>>,
     pub tcp: Unsupported,
     pub export_to: Unsupported,
+}
+
+/// `tls[]`: a route for TLS a `PASSTHROUGH` server does not terminate, chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatch>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatch {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    pub destination_subnets: Option<Vec<String>>,
+    pub port: Option<u32>,
+    pub gateways: Option<Vec<String>>,
+    pub source_labels: Unsupported,
+    pub source_namespace: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]

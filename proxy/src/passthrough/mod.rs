@@ -2,8 +2,10 @@
 //! service Istio's SNI names is looked up among those the listener exposes, and the bytes go
 //! on as they came, replayed and then spliced both ways. The caller's mTLS reaches the
 //! destination's sidecar, so the identity the destination sees is the caller's own.
+//! `PASSTHROUGH` is the same splice, with the destination chosen by the VirtualService `tls`
+//! routes that match the SNI (by weight), and any TLS client let through.
 //!
-//! Only a ClientHello offering one of Istio's mTLS ALPN protocols is forwarded, as Istio's
+//! On `AUTO_PASSTHROUGH`, only a ClientHello offering one of Istio's mTLS ALPN protocols is forwarded, as Istio's
 //! gateway matches its filter chain on them: plain TLS cannot ride through to a sidecar's
 //! port. Nothing is decrypted, so AuthorizationPolicy sees L4 facts only (the configuration
 //! refuses rules that would need more).
@@ -22,6 +24,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use meshgate_config::model::authz::Attributes;
+use meshgate_config::model::{ListenerProtocol, WeightedBackend};
 
 use crate::access_log::{self, Entry};
 use crate::authorize::{self, Decision};
@@ -162,10 +165,12 @@ async fn forward(
         Ok(Err(why)) => return Err(("invalid_hello", why)),
         Ok(Ok(hello)) => hello,
     };
-    if !hello
-        .alpn
-        .iter()
-        .any(|p| ISTIO_ALPN.contains(&p.as_slice()))
+    let auto = model.protocol == ListenerProtocol::AutoPassthrough;
+    if auto
+        && !hello
+            .alpn
+            .iter()
+            .any(|p| ISTIO_ALPN.contains(&p.as_slice()))
     {
         let offered: Vec<_> = hello
             .alpn
@@ -180,10 +185,27 @@ async fn forward(
     let Some(sni) = hello.sni.map(|s| s.to_ascii_lowercase()) else {
         return Err(("no_sni", "the ClientHello names no server".into()));
     };
-    let backend = model.passthrough.get(&sni).copied();
+    let backend = if auto {
+        model.passthrough.get(&sni).copied()
+    } else {
+        model
+            .sni_routes
+            .iter()
+            .find(|r| {
+                r.matches
+                    .iter()
+                    .any(|m| m.matches(&sni, model.port, local.ip()))
+            })
+            .map(|r| pick(&r.backends))
+    };
     let sni = sni_out.insert(sni);
     let Some(backend) = backend else {
-        return Err(("not_exposed", "no exposed service has this SNI".into()));
+        let why = if auto {
+            "no exposed service has this SNI"
+        } else {
+            "no tls route matches this SNI"
+        };
+        return Err(("not_exposed", why.into()));
     };
     let attributes = Attributes {
         principal: None,
@@ -219,6 +241,22 @@ async fn forward(
     let idle = runtime.model.proxy.limits.idle_timeout;
     let (end, received, sent) = splice(client, &mut server, idle).await;
     Ok((end, (received + replayed, sent)))
+}
+
+/// A backend by weight (all weights > 0).
+fn pick(backends: &[WeightedBackend]) -> usize {
+    if let [one] = backends {
+        return one.backend;
+    }
+    let total: u32 = backends.iter().map(|b| b.weight).sum();
+    let mut at = fastrand::u32(..total);
+    for b in backends {
+        if at < b.weight {
+            return b.backend;
+        }
+        at -= b.weight;
+    }
+    backends[0].backend
 }
 
 /// Reads until `buf` holds a whole ClientHello.
