@@ -2,8 +2,9 @@
 //!
 //! In a temporary directory: a shared root, one CA per mesh (`example-target.com`, the target;
 //! `example.com`, the source), the target's gateway and the source's proxy started from the
-//! YAML in `examples/` (only addresses changed), and an echo backend. Then four callers, and a
-//! table of what the backend saw. Exits non-zero if any outcome is not the expected one.
+//! YAML in `examples/` (only addresses changed), an east-west gateway in front of the target,
+//! and an echo backend. Then five callers, and a table of what the backend saw. Exits non-zero
+//! if any outcome is not the expected one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,21 @@ const SOURCE: [(&str, &str); 4] = [
     ),
 ];
 
+const EAST_WEST: [(&str, &str); 3] = [
+    (
+        "gateway.yaml",
+        include_str!("../examples/east-west/gateway.yaml"),
+    ),
+    (
+        "service-entry.yaml",
+        include_str!("../examples/east-west/service-entry.yaml"),
+    ),
+    (
+        "meshgateway.yaml",
+        include_str!("../examples/east-west/meshgateway.yaml"),
+    ),
+];
+
 /// One caller and what it should see.
 struct Case {
     caller: &'static str,
@@ -114,9 +130,13 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
     let mut gateway_leaf = LeafSpec::spiffe(GATEWAY_ID);
     gateway_leaf.dns = vec!["*.example-target.com".into()];
     target_ca.issue(&gateway_leaf)?.write(&p("target/certs"))?;
-    source_ca
-        .issue(&LeafSpec::spiffe(SOURCE_ID))?
-        .write(&p("source/certs"))?;
+    let sleep = source_ca.issue(&LeafSpec::spiffe(SOURCE_ID))?;
+    sleep.write(&p("source/certs"))?;
+    target_ca
+        .issue(&LeafSpec::spiffe(
+            "spiffe://example-target.com/ns/istio-system/sa/eastwest-gateway",
+        ))?
+        .write(&p("east-west/certs"))?;
     let curl = target_ca.issue(&LeafSpec::spiffe(
         "spiffe://example-target.com/ns/default/sa/curl",
     ))?;
@@ -153,6 +173,14 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
             .replace("127.0.0.1:18443", &gateway.to_string())
     })?;
     let source = start(&source_yaml).await?;
+    let east_west_yaml = write_config(&p("east-west"), &EAST_WEST, |text| {
+        text.replace("15443: 15443", "15443: 0")
+            .replace("tls: 18443", &format!("tls: {}", gateway.port()))
+    })?;
+    let east_west = start(&east_west_yaml).await?;
+    let border = east_west
+        .address(15443)
+        .context("the east-west gateway has no port 15443")?;
     let outbound = source
         .listeners
         .iter()
@@ -183,6 +211,13 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
             expect_principal: Some("cluster.local/ns/default/sa/legacy"),
         },
         Case {
+            caller: "source-mesh workload",
+            path: "mTLS -> east-west AUTO_PASSTHROUGH -> gateway",
+            expect_status: Some(200),
+            expect_origin: Some("remote"),
+            expect_principal: Some("example.com/ns/default/sa/sleep"),
+        },
+        Case {
             caller: "caller from an untrusted root",
             path: "mTLS -> gateway",
             expect_status: None,
@@ -195,6 +230,7 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
         mtls_get(gateway, &curl, roots).await,
         plain_get(outbound).await,
         mtls_get(gateway, &legacy, roots).await,
+        mtls_get(border, &sleep, roots).await,
         mtls_get(gateway, &stranger, roots).await,
     ];
 
@@ -204,6 +240,7 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
     println!(
         "  source proxy     http://{outbound} (trust domain example.com, ISTIO_MUTUAL upstream)"
     );
+    println!("  east-west        {border} (AUTO_PASSTHROUGH, terminates nothing)");
     println!("  backend (echo)   {}\n", echo.address);
     let header = [
         "caller",
@@ -261,9 +298,10 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
             port = gateway.port()
         );
         println!("  meshgate pki inspect {d}/source/certs/cert-chain.pem");
-        println!("  configs: {d}/target and {d}/source");
+        println!("  configs: {d}/target, {d}/source and {d}/east-west");
         let _ = tokio::signal::ctrl_c().await;
     }
+    east_west.shutdown(Duration::from_secs(1)).await;
     source.shutdown(Duration::from_secs(1)).await;
     target.shutdown(Duration::from_secs(1)).await;
     drop(echo);

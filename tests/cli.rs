@@ -596,6 +596,10 @@ fn demo_runs_two_meshes_end_to_end() {
     assert!(row("source-mesh app").ends_with("200 remote example.com/ns/default/sa/sleep ok"));
     assert!(row("legacy cluster.local workload")
         .ends_with("200 local cluster.local/ns/default/sa/legacy ok"));
+    // Through the east-west gateway, the target still sees the source workload itself.
+    assert!(row("source-mesh workload").ends_with(
+        "mTLS -> east-west AUTO_PASSTHROUGH -> gateway 200 remote example.com/ns/default/sa/sleep ok"
+    ));
     let untrusted = row("caller from an untrusted root");
     // TLS 1.3: the client may read the server's close before its alert; the gateway's counter
     // below says why either way.
