@@ -474,3 +474,122 @@ spec:
         "{errors}"
     );
 }
+
+/// A PASSTHROUGH gateway in front of a TCP echo, with short ClientHello and idle timeouts.
+fn echo_passthrough_yaml(echo: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  labels: {{istio: edge}}
+  listen: {{address: 127.0.0.1, portOverrides: {{443: 0}}}}
+  limits: {{handshakeTimeout: 300ms, idleTimeout: 400ms}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: edge}}
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: ["*"]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tls:
+  - match: [{{sniHosts: ["*.example.org"]}}]
+    route: [{{destination: {{host: echo.internal, port: {{number: {port}}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: [echo.internal]
+  ports: [{{number: {port}, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        port = echo.port()
+    )
+}
+
+/// The bytes of a rustls ClientHello for `sni`, as a client sends them first.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn spliced_bytes_arrive_unchanged_and_quiet_connections_are_timed_out() {
+    let echo = meshgate_proxy::echo::Echo::start_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let pki = Pki::new(&["example.org"]);
+    let identity = pki.workload("example.org", "spiffe://example.org/ns/edge/sa/edge");
+    let edge = Proxy::start(&echo_passthrough_yaml(echo.address), &identity).await;
+    let gateway = edge.addr(443);
+    let ended = |end: &str| edge.running.metrics.passthrough_ended(end);
+
+    // The ClientHello, sent in three pieces, then more bytes: the echo sends all of it back,
+    // byte for byte, through the splice.
+    let hello = client_hello("api.example.org");
+    let mut sent = hello.clone();
+    sent.extend((0..100_000u32).map(|i| (i % 253) as u8));
+    let mut tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    for piece in [&sent[..100], &sent[100..700], &sent[700..]] {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut back = vec![0; sent.len()];
+    tcp.read_exact(&mut back).await.unwrap();
+    assert!(back == sent, "the splice changed the bytes");
+    // Then nothing moves: after the idle timeout the gateway closes both sides.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    within(tcp.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    eventually("idle_timeout counted", || ended("idle_timeout") == 1).await;
+
+    // A client that connects and never sends its ClientHello is closed at the timeout.
+    let mut silent = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let mut nothing = Vec::new();
+    within(silent.read_to_end(&mut nothing)).await.unwrap();
+    eventually("hello_timeout counted", || ended("hello_timeout") == 1).await;
+    // An SNI no route matches, and a ClientHello without SNI, are closed.
+    for hello in [client_hello("api.example.com"), client_hello("127.0.0.1")] {
+        let mut tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+        tcp.write_all(&hello).await.unwrap();
+        let mut nothing = Vec::new();
+        let _ = within(tcp.read_to_end(&mut nothing)).await;
+        assert!(nothing.is_empty());
+    }
+    eventually("not routed, no SNI", || {
+        ended("not_exposed") == 1 && ended("no_sni") == 1
+    })
+    .await;
+}
+
+/// `f`, or a panic when the gateway has not closed within 5 s.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(5), f)
+        .await
+        .expect("the gateway did not close the connection")
+}
