@@ -59,12 +59,48 @@ struct Connection {
 pub async fn serve_connection(
     runtime: Arc<Runtime>,
     listener: usize,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer_addr: SocketAddr,
     watch: Watch,
 ) {
     let metrics = runtime.metrics.clone();
     metrics.connection(1);
+    // Behind an L4 load balancer: the client's address from its PROXY header.
+    let peer_addr = match &runtime.model.proxy.proxy_protocol {
+        Some(pp)
+            if pp.expects(peer_addr.ip())
+                && runtime.model.listeners[listener].kind == ListenerKind::Gateway =>
+        {
+            let timeout = runtime.model.proxy.limits.handshake_timeout;
+            match crate::proxy_protocol::read(&mut stream, timeout).await {
+                Ok(crate::proxy_protocol::Header::Proxied(client)) => {
+                    metrics.proxy_protocol("proxied");
+                    client
+                }
+                Ok(crate::proxy_protocol::Header::Local) => {
+                    metrics.proxy_protocol("local");
+                    peer_addr
+                }
+                Err(e) => {
+                    metrics.proxy_protocol("rejected");
+                    if let Some(log) = &runtime.access_log {
+                        log.log(&HandshakeEntry {
+                            start_time: &access_log::rfc3339(SystemTime::now()),
+                            event: "proxy_protocol_rejected",
+                            listener: &runtime.model.listeners[listener].name,
+                            peer: peer_addr.to_string(),
+                            reason: "no_proxy_header",
+                            detail: e.clone(),
+                        });
+                    }
+                    warn!(peer = %peer_addr, listener = %runtime.model.listeners[listener].name, "PROXY header refused: {e}");
+                    metrics.connection(-1);
+                    return;
+                }
+            }
+        }
+        _ => peer_addr,
+    };
     if matches!(
         runtime.model.listeners[listener].protocol,
         ListenerProtocol::AutoPassthrough | ListenerProtocol::TlsPassthrough

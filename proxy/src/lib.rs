@@ -33,6 +33,7 @@ pub mod identity;
 mod listen;
 pub mod origin;
 pub mod passthrough;
+mod proxy_protocol;
 mod respond;
 pub mod route;
 mod serve;

@@ -29,6 +29,9 @@ use crate::authorize::ShadowAction;
 use crate::identity::PeerError;
 use crate::origin::Origin;
 
+/// How a PROXY protocol header ended.
+const PROXY_PROTOCOL: [&str; 3] = ["proxied", "local", "rejected"];
+
 /// Process-wide counters, and the families configurations take their series from.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +45,8 @@ pub struct Metrics {
     passthrough: [AtomicU64; crate::passthrough::ENDS.len()],
     /// Bytes passed through: from clients, to clients.
     passthrough_bytes: [AtomicU64; 2],
+    /// PROXY protocol headers: proxied, local, rejected.
+    proxy_protocol: [AtomicU64; 3],
     /// Dry-run decisions: (deny set, allow set) x (allowed, denied).
     dry_run: [AtomicU64; 4],
     /// `meshgate_requests_total`, per source trust domain: origin x status code.
@@ -92,6 +97,7 @@ impl Metrics {
             connections_refused: AtomicU64::new(0),
             passthrough: Default::default(),
             passthrough_bytes: Default::default(),
+            proxy_protocol: Default::default(),
             dry_run: Default::default(),
             trust_domains: Family::new(ORIGINS.len() * CODES),
             routes: Family::new(ORIGINS.len() * CLASSES),
@@ -142,6 +148,21 @@ impl Metrics {
         }
         self.passthrough_bytes[0].fetch_add(received, Ordering::Relaxed);
         self.passthrough_bytes[1].fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Counts a PROXY header by its result (`proxied`, `local`, `rejected`).
+    pub fn proxy_protocol(&self, result: &str) {
+        if let Some(i) = PROXY_PROTOCOL.iter().position(|r| *r == result) {
+            self.proxy_protocol[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// PROXY headers counted with `result`, for tests.
+    pub fn proxy_protocol_count(&self, result: &str) -> u64 {
+        PROXY_PROTOCOL
+            .iter()
+            .position(|r| *r == result)
+            .map_or(0, |i| self.proxy_protocol[i].load(Ordering::Relaxed))
     }
 
     /// Passed-through connections that ended so, for tests.
@@ -404,6 +425,18 @@ impl Metrics {
             e.sample(
                 "meshgate_passthrough_connections_total",
                 &labels(&[("end", end)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "meshgate_proxy_protocol_total",
+            "counter",
+            "PROXY protocol headers on Gateway listeners by result.",
+        );
+        for (result, c) in PROXY_PROTOCOL.iter().zip(&self.proxy_protocol) {
+            e.sample(
+                "meshgate_proxy_protocol_total",
+                &labels(&[("result", result)]),
                 c.load(Ordering::Relaxed),
             );
         }

@@ -40,6 +40,8 @@ pub(crate) struct Install {
     pub outbound: Option<Set<OutboundPolicy>>,
     pub tracing: Option<Set<bool>>,
     pub num_trusted_proxies: Option<Set<u32>>,
+    /// `gatewayTopology.proxyProtocol` is present.
+    pub proxy_protocol: bool,
     pub forward_client_cert: Option<Set<ForwardClientCert>>,
     pub issuers: Vec<IssuerBinding>,
     pub ecdh_curves: Option<Vec<EcdhCurve>>,
@@ -461,14 +463,14 @@ fn mesh_config(
             o.unsupported(
                 errors,
                 gt,
-                &[
-                    ("proxyProtocol", topology.proxy_protocol.is_some()),
-                    (
-                        "setCurrentClientCertDetails",
-                        topology.set_current_client_cert_details.is_some(),
-                    ),
-                ],
+                &[(
+                    "setCurrentClientCertDetails",
+                    topology.set_current_client_cert_details.is_some(),
+                )],
             );
+            if topology.proxy_protocol.is_some() {
+                install.proxy_protocol = true;
+            }
             if let Some(n) = topology.num_trusted_proxies {
                 let field = "spec.meshConfig.defaultConfig.gatewayTopology.numTrustedProxies";
                 set(&mut install.num_trusted_proxies, n, o, field, errors);

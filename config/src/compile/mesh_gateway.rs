@@ -10,9 +10,10 @@ use super::install::{self, Install};
 use super::virtual_service::parse_duration;
 use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
+use crate::model::authz::Cidr;
 use crate::model::{
     AccessLogEncoding, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey,
-    Limits, ProxySettings, Tagging, TrustSettings, UnderscoreHeaders,
+    Limits, ProxyProtocol, ProxySettings, Tagging, TrustSettings, UnderscoreHeaders,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -155,6 +156,7 @@ pub(crate) fn compile(
             .unwrap_or_default(),
         tracing: install.tracing.as_ref().is_some_and(|s| s.value),
         num_trusted_proxies: install.num_trusted_proxies.as_ref().map_or(0, |s| s.value),
+        proxy_protocol: proxy_protocol(o, spec, install, errors),
         root_namespace: root_namespace
             .map(|s| s.value)
             .unwrap_or_else(|| super::ROOT_NAMESPACE.to_string()),
@@ -444,4 +446,34 @@ pub(crate) fn trust(
         }
     }
     (errors.len() == before).then_some(settings)
+}
+
+/// `listen.proxyProtocol` (its trusted sources), or Istio's `gatewayTopology.proxyProtocol`
+/// alone (every peer).
+fn proxy_protocol(
+    o: &Origin,
+    spec: &MeshGatewaySpec,
+    install: &Install,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ProxyProtocol> {
+    let ours = spec.listen.as_ref().and_then(|l| l.proxy_protocol.as_ref());
+    if ours.is_none() && !install.proxy_protocol {
+        return None;
+    }
+    let mut trusted_sources = Vec::new();
+    for (i, s) in ours
+        .and_then(|p| p.trusted_sources.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match Cidr::parse(s) {
+            Some(c) => trusted_sources.push(c),
+            None => errors.push(o.error(
+                format!("spec.listen.proxyProtocol.trustedSources[{i}]"),
+                format!("`{s}` is not an address or CIDR block"),
+            )),
+        }
+    }
+    Some(ProxyProtocol { trusted_sources })
 }

@@ -80,6 +80,8 @@ pub struct ProxySettings {
     /// Proxies in front of this gateway whose `x-forwarded-for` entries are trusted (Istio's
     /// `numTrustedProxies`, Envoy's `xff_num_trusted_hops`).
     pub num_trusted_proxies: u32,
+    /// PROXY protocol (v1 or v2) on the Gateway listeners, from these peers (`None`: off).
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Istio's root namespace (`meshConfig.rootNamespace`, or `MeshGateway.spec.rootNamespace`;
     /// default `istio-system`): AuthorizationPolicies there apply mesh-wide.
     pub root_namespace: String,
@@ -416,6 +418,21 @@ pub enum ListenerProtocol {
     /// TLS passed through without termination, routed by VirtualService `tls` routes on its
     /// SNI (`tls.mode: PASSTHROUGH`).
     TlsPassthrough,
+}
+
+/// PROXY protocol in: connections from a trusted peer must start with a v1 or v2 header,
+/// whose source address then stands for the client everywhere; others are served as they are.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyProtocol {
+    /// Empty: every peer (Istio's `gatewayTopology.proxyProtocol` alone).
+    pub trusted_sources: Vec<authz::Cidr>,
+}
+
+impl ProxyProtocol {
+    /// Whether a connection from `peer` starts with a header.
+    pub fn expects(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_sources.is_empty() || self.trusted_sources.iter().any(|c| c.contains(peer))
+    }
 }
 
 /// One VirtualService `tls[]` route of a `PASSTHROUGH` listener.

@@ -180,9 +180,14 @@ pub struct ProxyConfig {
 pub struct GatewayTopology {
     pub num_trusted_proxies: Option<u32>,
     pub forward_client_cert_details: Option<String>,
-    pub proxy_protocol: Unsupported,
+    /// Istio's `ProxyProtocolConfiguration`: an empty message; present means on.
+    pub proxy_protocol: Option<Empty>,
     pub set_current_client_cert_details: Unsupported,
 }
+
+/// A message without fields (`{}`).
+#[derive(Debug, Default, Deserialize)]
+pub struct Empty {}
 
 /// `meshConfig.caCertificates[]`.
 #[derive(Debug, Deserialize)]

@@ -87,6 +87,15 @@ pub struct Listen {
     pub address: Option<String>,
     #[serde(default)]
     pub port_overrides: BTreeMap<u32, u32>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `listen.proxyProtocol`: PROXY protocol v1/v2 headers on the Gateway listeners.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyProtocol {
+    /// The peers a header is read from (address or CIDR); absent: every peer.
+    pub trusted_sources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

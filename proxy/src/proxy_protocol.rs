@@ -1,0 +1,100 @@
+//! PROXY protocol in (HAProxy's v1 text and v2 binary headers, parsed by the `ppp` crate): on a
+//! Gateway listener behind an L4 load balancer, a connection from a trusted peer starts with a
+//! header that names the client; its source address then stands for the client everywhere
+//! (tags, `x-forwarded-for`, `remoteIpBlocks` and `source.ip`, the access log), as Envoy's
+//! proxy_protocol listener filter does. A `LOCAL` header (v2's health checks) keeps the peer's
+//! own address and the connection is served as any other.
+//!
+//! The header is read with `peek` and then consumed exactly, so the TLS handshake or the
+//! ClientHello that follows is read from the socket untouched.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ppp::v1;
+use ppp::v2;
+use ppp::{HeaderResult, PartialResult};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// The most a header may take: v2 with a few TLVs (AWS and GCP load balancers add some).
+const MAX_HEADER: usize = 1024;
+
+/// What a header said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    /// `PROXY`: the client's address.
+    Proxied(SocketAddr),
+    /// `LOCAL` (v2), or v1 `UNKNOWN`: the load balancer itself; the peer's address stands.
+    Local,
+}
+
+/// Reads and consumes the header at the start of `stream`, within `timeout`.
+pub async fn read(stream: &mut TcpStream, timeout: Duration) -> Result<Header, String> {
+    match tokio::time::timeout(timeout, read_header(stream)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no PROXY header within {timeout:?}")),
+    }
+}
+
+async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
+    let mut buf = [0u8; MAX_HEADER];
+    let mut seen = 0;
+    loop {
+        let n = stream
+            .peek(&mut buf)
+            .await
+            .map_err(|e| format!("reading the PROXY header: {e}"))?;
+        if n == 0 {
+            return Err("closed before a PROXY header".into());
+        }
+        let parsed = HeaderResult::parse(&buf[..n]);
+        if parsed.is_incomplete() {
+            if n == MAX_HEADER {
+                return Err("PROXY header too large".into());
+            }
+            if n == seen {
+                // Peeking returns at once while any byte is there: wait for more.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seen = n;
+            continue;
+        }
+        let (length, header) = match parsed {
+            HeaderResult::V1(Ok(h)) => (h.header.len(), from_v1(&h.addresses)),
+            HeaderResult::V2(Ok(h)) => (h.header.len(), from_v2(h.command, &h.addresses)),
+            HeaderResult::V1(Err(e)) => return Err(format!("not a PROXY header: {e}")),
+            HeaderResult::V2(Err(e)) => return Err(format!("not a PROXY header: {e}")),
+        };
+        let mut consumed = vec![0u8; length];
+        stream
+            .read_exact(&mut consumed)
+            .await
+            .map_err(|e| format!("reading the PROXY header: {e}"))?;
+        return Ok(header);
+    }
+}
+
+fn from_v1(addresses: &v1::Addresses) -> Header {
+    match addresses {
+        v1::Addresses::Tcp4(a) => {
+            Header::Proxied(SocketAddr::new(a.source_address.into(), a.source_port))
+        }
+        v1::Addresses::Tcp6(a) => {
+            Header::Proxied(SocketAddr::new(a.source_address.into(), a.source_port))
+        }
+        v1::Addresses::Unknown => Header::Local,
+    }
+}
+
+fn from_v2(command: v2::Command, addresses: &v2::Addresses) -> Header {
+    match (command, addresses) {
+        (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+            Header::Proxied(SocketAddr::new(a.source_address.into(), a.source_port))
+        }
+        (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+            Header::Proxied(SocketAddr::new(a.source_address.into(), a.source_port))
+        }
+        _ => Header::Local,
+    }
+}
