@@ -593,3 +593,47 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
         .await
         .expect("the gateway did not close the connection")
 }
+
+#[tokio::test]
+async fn a_go_crypto_tls_client_with_istio_sni_and_alpn_passes_through() {
+    let meshes = Meshes::start("").await;
+    let sleep = meshes.pki.workload("example.com", SLEEP);
+    let dir = support::TempDir::new("go-client");
+    sleep.write(dir.path()).unwrap();
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/go-istio-client/main.go");
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let mut go = std::process::Command::new("go");
+    go.arg("run")
+        .arg(&program)
+        .arg(meshes.east_west.addr(15443).to_string())
+        .arg("outbound_.9080_._.ratings.default.svc.cluster.local")
+        .args([
+            file("cert-chain.pem"),
+            file("key.pem"),
+            file("root-cert.pem"),
+        ])
+        .args([TARGET_GATEWAY, HOST])
+        .env("GOCACHE", dir.path().join("gocache"))
+        .env("GOPATH", dir.path().join("gopath"));
+    // The proxies run on this test's runtime: wait for the client off it.
+    let out = tokio::task::spawn_blocking(move || go.output())
+        .await
+        .unwrap()
+        .expect("`go` runs this test's Go client: apt-get install golang-go (.ci/run does)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The target gateway chose HTTP/1.1 from Go's Istio ALPN list, and its backend saw the
+    // source workload's own identity.
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first == "alpn=http/1.1 status=200" || first == "alpn=istio-http/1.1 status=200",
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("URI={SLEEP}")), "{stdout}");
+    assert!(stdout.contains("\"remote\""), "{stdout}");
+}
