@@ -1,5 +1,6 @@
 //! Accept: bind a listener (reuseaddr, backlog; deliberately no reuseport, see the README) and
-//! hand each accepted stream, with nodelay set, to a handler until shutdown.
+//! hand each accepted stream to a handler until shutdown. Nodelay is set on the listening
+//! socket, and Linux gives it to every socket accepted from it: no call per connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,10 +36,7 @@ pub async fn accept_loop<F>(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    handle(stream, peer);
-                }
+                Ok((stream, peer)) => handle(stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     warn!("accept failed: {e}");
@@ -52,3 +50,22 @@ pub async fn accept_loop<F>(
 }
 
 const BACKLOG: i32 = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_streams_have_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, rx) = watch::channel(false);
+        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(accept_loop(listener, rx, move |stream, _| {
+            let _ = tx.send(stream.nodelay().unwrap());
+        }));
+        let _client = TcpStream::connect(address).await.unwrap();
+        assert_eq!(accepted.recv().await, Some(true));
+        let _ = stop.send(true);
+    }
+}
