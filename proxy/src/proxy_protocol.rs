@@ -66,9 +66,9 @@ async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
             HeaderResult::V1(Err(e)) => return Err(format!("not a PROXY header: {e}")),
             HeaderResult::V2(Err(e)) => return Err(format!("not a PROXY header: {e}")),
         };
-        let mut consumed = vec![0u8; length];
+        // The header again, now taken off the socket; what follows stays there.
         stream
-            .read_exact(&mut consumed)
+            .read_exact(&mut buf[..length])
             .await
             .map_err(|e| format!("reading the PROXY header: {e}"))?;
         return Ok(header);

@@ -129,7 +129,7 @@ pub async fn serve(
             listener: &runtime.model.listeners[listener].name,
             peer: peer.to_string(),
             sni: sni.as_deref(),
-            upstream,
+            upstream: upstream.map(|b| runtime.model.backends[b].name()),
             end,
             detail,
             bytes_received: bytes.0,
@@ -151,7 +151,7 @@ async fn forward(
     (peer, local): (SocketAddr, SocketAddr),
     buf: &mut Vec<u8>,
     sni_out: &mut Option<String>,
-    upstream_out: &mut Option<String>,
+    upstream_out: &mut Option<usize>,
 ) -> Result<(&'static str, (u64, u64)), Refused> {
     let model = &runtime.model.listeners[listener];
     let timeout = runtime.model.proxy.limits.handshake_timeout;
@@ -228,7 +228,7 @@ async fn forward(
         });
         return Err(("denied", by));
     }
-    *upstream_out = Some(runtime.model.backends[backend].name());
+    *upstream_out = Some(backend);
     let pool = runtime.upstreams.backend(backend);
     let mut server = pool
         .open_stream()
