@@ -168,7 +168,12 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        let now = self.now();
+        // The clock is read only where endpoints can be ejected.
+        let now = if self.outlier.is_some() {
+            self.now()
+        } else {
+            0
+        };
         let panic = self.outlier.as_ref().is_some_and(|od| {
             let out = endpoints
                 .iter()

@@ -14,6 +14,7 @@ pub mod retry;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +86,7 @@ pub async fn forward(
     upstreams: &Upstreams,
     backend: usize,
     selected: Selected<'_>,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     downstream: &Downstream,
     tries: &mut Tries,
 ) -> Result<Response<PooledBody>, ForwardError> {
@@ -114,13 +115,15 @@ pub async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
     let policy = route.retry.as_ref();
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // The content type is looked up only for a policy with gRPC conditions.
+    let grpc = || {
+        req.headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    };
     let http2 = upstream.protocol == BackendProtocol::Http2;
     let again = policy.is_some_and(|p| retry::may_retry_after_send(p, http2, grpc));
-    let (mut req, replay) = keep_and_mirror(req, again, upstreams, route, &host, &path);
+    let replay = keep_and_mirror(&mut req, again, upstreams, route, &host, &path);
     to_upstream(&mut req, host, path, upstream.protocol)?;
 
     let key = upstream
@@ -145,7 +148,7 @@ pub async fn forward(
         Ok(target) => {
             let (until, per_try_first) = attempt.until(per_try);
             let index = target.index();
-            let sent = Within::new(until, upstream.send_to(target, req)).await;
+            let sent = Within::new(until, pin!(upstream.send_to(target, req))).await;
             attempt.ended(sent, index, per_try_first)
         }
     };
@@ -287,7 +290,7 @@ impl Attempt<'_> {
         };
         let (until, per_try_first) = self.until(per_try);
         let index = target.index();
-        let sent = Within::new(until, self.upstream.send_to(target, req)).await;
+        let sent = Within::new(until, pin!(self.upstream.send_to(target, req))).await;
         self.ended(sent, index, per_try_first)
     }
 }
@@ -423,35 +426,35 @@ fn to_upstream(
 /// Keeps the body of `req` when a try that was sent may be tried `again`, or for the route's
 /// mirrors that draw this request, and sends those their copies.
 fn keep_and_mirror(
-    req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     again: bool,
     upstreams: &Upstreams,
     route: &meshgate_config::model::Route,
     host: &HeaderValue,
     path: &PathAndQuery,
-) -> (Request<RequestBody>, Option<Replayable>) {
+) -> Option<Replayable> {
     let mut mirrors = route
         .mirrors
         .iter()
         .filter(|m| drawn(m.per_million))
         .peekable();
     if !again && mirrors.peek().is_none() {
-        return (req, None);
+        return None;
     }
-    let (parts, body) = req.into_parts();
+    let body = std::mem::replace(req.body_mut(), RequestBody::empty());
     let kept = Replayable::new(body, RETRY_BUFFER_BYTES);
-    let req = Request::from_parts(parts, kept.next_try().unwrap_or_else(RequestBody::empty));
+    *req.body_mut() = kept.next_try().unwrap_or_else(RequestBody::empty);
     for m in mirrors {
         mirror(
             upstreams.backend(m.backend),
-            &req,
+            req,
             host,
             path,
             &kept,
             route.timeout,
         );
     }
-    (req, Some(kept))
+    Some(kept)
 }
 
 /// Whether a share of `per_million` takes this request.

@@ -365,7 +365,7 @@ impl UpstreamBackend {
         };
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
-        let result = match self.protocol {
+        let mut result = match self.protocol {
             BackendProtocol::Http1 => self.send_http1(endpoint, req).await,
             BackendProtocol::Http2 => self.send_http2(endpoint, req).await,
         };
@@ -379,9 +379,11 @@ impl UpstreamBackend {
         if let (Some(i), Some(outcome)) = (index, outcome) {
             self.record(i, outcome);
         }
-        let mut response = result?;
-        response.body_mut().active = active;
-        Ok(response)
+        // Set in place: the response is not moved once more for it.
+        if let Ok(response) = &mut result {
+            response.body_mut().active = active;
+        }
+        result
     }
 
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as

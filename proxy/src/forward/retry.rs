@@ -86,7 +86,7 @@ fn grpc_retries(on: RetryOn, headers: &http::HeaderMap) -> bool {
 /// Whether `policy` could retry this request once it has been sent, so that its head and body
 /// must be kept: not for Istio's default conditions on an HTTP/1.1 upstream and a request that
 /// is not gRPC (connect failures and connections found closed give the request back unsent).
-pub fn may_retry_after_send(policy: &Retry, http2: bool, grpc: bool) -> bool {
+pub fn may_retry_after_send(policy: &Retry, http2: bool, grpc: impl FnOnce() -> bool) -> bool {
     let on = policy.on;
     on.any(
         NO_RESPONSE
@@ -94,7 +94,7 @@ pub fn may_retry_after_send(policy: &Retry, http2: bool, grpc: bool) -> bool {
             .union(RetryOn::ENVOY_RATELIMITED),
     ) || (on.any(RetryOn::RETRIABLE_STATUS_CODES) && !policy.status_codes.is_empty())
         || (http2 && on.any(RetryOn::REFUSED_STREAM))
-        || (grpc && on.any(RetryOn::GRPC))
+        || (on.any(RetryOn::GRPC) && grpc())
 }
 
 /// The wait before retry `n` (1 for the first): random in [0, (2^n - 1) * base], at most 10
@@ -192,9 +192,9 @@ mod tests {
             &p,
             &response(200, &[("grpc-status", "13")])
         ));
-        assert!(!may_retry_after_send(&p, false, false));
-        assert!(may_retry_after_send(&p, true, false));
-        assert!(may_retry_after_send(&p, false, true));
+        assert!(!may_retry_after_send(&p, false, || false));
+        assert!(may_retry_after_send(&p, true, || false));
+        assert!(may_retry_after_send(&p, false, || true));
     }
 
     #[test]
