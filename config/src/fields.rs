@@ -196,7 +196,26 @@ pub const FIELDS: &[Field] = &[
     ),
     yes(VS, "tls[].route[].destination"),
     yes(VS, "tls[].route[].weight"),
-    no(VS, "tcp", "meshgate routes HTTP: route with http"),
+    yes(VS, "tcp[].match[].port"),
+    yes(VS, "tcp[].match[].destinationSubnets"),
+    yes(VS, "tcp[].match[].gateways"),
+    no(
+        VS,
+        "tcp[].match[].sourceLabels",
+        "a gateway has no source workload labels to match: match on port or destinationSubnets",
+    ),
+    no(
+        VS,
+        "tcp[].match[].sourceNamespace",
+        "a gateway has no source workload labels to match: match on port or destinationSubnets",
+    ),
+    no(
+        VS,
+        "tcp[].match[].sourceSubnet",
+        "match the client's address in an AuthorizationPolicy (ipBlocks, remoteIpBlocks)",
+    ),
+    yes(VS, "tcp[].route[].destination"),
+    yes(VS, "tcp[].route[].weight"),
     no(
         VS,
         "exportTo",

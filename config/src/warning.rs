@@ -170,6 +170,9 @@ codes! {
     /// A service port or subset an `AUTO_PASSTHROUGH` listener's hosts admit but that it
     /// cannot forward to (a subset selecting by labels endpoints meshgate cannot know).
     NotExposed = "MG0114",
+    /// An AuthorizationPolicy rule naming HTTP fields that reaches a TCP port: there an ALLOW
+    /// rule never matches and a DENY rule is applied without them, as Istio does.
+    HttpFieldsOnTcp = "MG0115",
     /// The outbound listener is not on a loopback address.
     OutboundNotLoopback = "MG0201",
     /// An ISTIO_MUTUAL gateway without issuer binding.

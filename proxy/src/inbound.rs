@@ -101,13 +101,18 @@ pub async fn serve_connection(
         }
         _ => peer_addr,
     };
-    if matches!(
-        runtime.model.listeners[listener].protocol,
-        ListenerProtocol::AutoPassthrough | ListenerProtocol::TlsPassthrough
-    ) {
-        crate::passthrough::serve(runtime, listener, stream, peer_addr, watch).await;
-        metrics.connection(-1);
-        return;
+    match runtime.model.listeners[listener].protocol {
+        ListenerProtocol::AutoPassthrough | ListenerProtocol::TlsPassthrough => {
+            crate::passthrough::serve(runtime, listener, stream, peer_addr, watch).await;
+            metrics.connection(-1);
+            return;
+        }
+        ListenerProtocol::Tcp => {
+            crate::tcp::serve(runtime, listener, stream, peer_addr, watch).await;
+            metrics.connection(-1);
+            return;
+        }
+        ListenerProtocol::Http | ListenerProtocol::Https => {}
     }
     let tagging = &runtime.model.proxy.tagging;
     let local_addr = stream.local_addr().unwrap_or(peer_addr);
@@ -117,18 +122,7 @@ pub async fn serve_connection(
             let timeout = runtime.model.proxy.limits.handshake_timeout;
             match handshake(stream, tls, servers, timeout).await {
                 Err(e) => {
-                    metrics.handshake_rejected(&e);
-                    if let Some(log) = &runtime.access_log {
-                        log.log(&HandshakeEntry {
-                            start_time: &access_log::rfc3339(std::time::SystemTime::now()),
-                            event: "handshake_rejected",
-                            listener: &runtime.model.listeners[listener].name,
-                            peer: peer_addr.to_string(),
-                            reason: e.reason(),
-                            detail: e.to_string(),
-                        });
-                    }
-                    warn!(peer = %peer_addr, listener = %runtime.model.listeners[listener].name, reason = e.reason(), "handshake rejected: {e}");
+                    handshake_rejected(&runtime, listener, peer_addr, &e);
                     Ok(())
                 }
                 Ok(accepted) => {
@@ -219,6 +213,28 @@ where
 
 /// Head to forward: make the head canonical, tag, route, authorize, forward (or answer
 /// directly), count. The response body carries the `Exchange` to the end of the response.
+/// Counts, logs and traces a refused handshake.
+pub(crate) fn handshake_rejected(
+    runtime: &Runtime,
+    listener: usize,
+    peer: SocketAddr,
+    e: &crate::identity::PeerError,
+) {
+    runtime.metrics.handshake_rejected(e);
+    let name = &runtime.model.listeners[listener].name;
+    if let Some(log) = &runtime.access_log {
+        log.log(&HandshakeEntry {
+            start_time: &access_log::rfc3339(std::time::SystemTime::now()),
+            event: "handshake_rejected",
+            listener: name,
+            peer: peer.to_string(),
+            reason: e.reason(),
+            detail: e.to_string(),
+        });
+    }
+    warn!(%peer, listener = %name, reason = e.reason(), "handshake rejected: {e}");
+}
+
 async fn handle_request(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,

@@ -38,6 +38,7 @@ mod respond;
 pub mod route;
 mod serve;
 pub mod tag;
+pub mod tcp;
 pub mod tls;
 
 mod access_log;

@@ -45,6 +45,10 @@ pub struct Metrics {
     passthrough: [AtomicU64; crate::passthrough::ENDS.len()],
     /// Bytes passed through: from clients, to clients.
     passthrough_bytes: [AtomicU64; 2],
+    /// Connections of TCP listeners by how they ended (`tcp::ENDS`).
+    tcp: [AtomicU64; crate::tcp::ENDS.len()],
+    /// Bytes of TCP listeners' connections: from the clients, to the clients.
+    tcp_bytes: [AtomicU64; 2],
     /// PROXY protocol headers: proxied, local, rejected.
     proxy_protocol: [AtomicU64; 3],
     /// Dry-run decisions: (deny set, allow set) x (allowed, denied).
@@ -97,6 +101,8 @@ impl Metrics {
             connections_refused: AtomicU64::new(0),
             passthrough: Default::default(),
             passthrough_bytes: Default::default(),
+            tcp: Default::default(),
+            tcp_bytes: Default::default(),
             proxy_protocol: Default::default(),
             dry_run: Default::default(),
             trust_domains: Family::new(ORIGINS.len() * CODES),
@@ -148,6 +154,24 @@ impl Metrics {
         }
         self.passthrough_bytes[0].fetch_add(received, Ordering::Relaxed);
         self.passthrough_bytes[1].fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Counts a connection of a TCP listener that ended so (one of `tcp::ENDS`), and the bytes
+    /// it carried each way.
+    pub fn tcp(&self, end: &str, received: u64, sent: u64) {
+        if let Some(i) = crate::tcp::ENDS.iter().position(|e| *e == end) {
+            self.tcp[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.tcp_bytes[0].fetch_add(received, Ordering::Relaxed);
+        self.tcp_bytes[1].fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// TCP listeners' connections that ended so, for tests.
+    pub fn tcp_ended(&self, end: &str) -> u64 {
+        crate::tcp::ENDS
+            .iter()
+            .position(|e| *e == end)
+            .map_or(0, |i| self.tcp[i].load(Ordering::Relaxed))
     }
 
     /// Counts a PROXY header by its result (`proxied`, `local`, `rejected`).
@@ -448,6 +472,30 @@ impl Metrics {
         for (direction, c) in ["received", "sent"].iter().zip(&self.passthrough_bytes) {
             e.sample(
                 "meshgate_passthrough_bytes_total",
+                &labels(&[("direction", direction)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "meshgate_tcp_connections_total",
+            "counter",
+            "Connections on TCP listeners (plaintext or TLS terminated) by how they ended.",
+        );
+        for (end, c) in crate::tcp::ENDS.iter().zip(&self.tcp) {
+            e.sample(
+                "meshgate_tcp_connections_total",
+                &labels(&[("end", end)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "meshgate_tcp_bytes_total",
+            "counter",
+            "Bytes forwarded on TCP listeners, by direction.",
+        );
+        for (direction, c) in ["received", "sent"].iter().zip(&self.tcp_bytes) {
+            e.sample(
+                "meshgate_tcp_bytes_total",
                 &labels(&[("direction", direction)]),
                 c.load(Ordering::Relaxed),
             );

@@ -96,7 +96,7 @@ impl Runtime {
                 )));
             }
             let tls = match l.protocol {
-                ListenerProtocol::Https => Some(
+                ListenerProtocol::Https | ListenerProtocol::Tcp if !l.tls.is_empty() => Some(
                     ServerTlsConfigs::new(
                         credentials.as_ref(),
                         l,
@@ -107,9 +107,7 @@ impl Runtime {
                     )
                     .map_err(|e| BuildError::Tls(format!("listener {}: {e}", l.name)))?,
                 ),
-                ListenerProtocol::Http
-                | ListenerProtocol::AutoPassthrough
-                | ListenerProtocol::TlsPassthrough => None,
+                _ => None,
             };
             listeners.push(ListenerRuntime {
                 tls,

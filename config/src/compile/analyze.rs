@@ -153,6 +153,7 @@ fn not_routed(
             if (redirect && listener.tls.is_empty())
                 || listener.protocol == ListenerProtocol::AutoPassthrough
                 || listener.protocol == ListenerProtocol::TlsPassthrough
+                || listener.protocol == ListenerProtocol::Tcp
             {
                 continue;
             }

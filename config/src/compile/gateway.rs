@@ -1,6 +1,7 @@
 //! Gateways selected by this proxy's labels -> listeners, one per port.
 //!
-//! Servers on one port must all be plaintext or all HTTPS. HTTPS servers are grouped by their
+//! Servers on one port must all speak one protocol: plaintext HTTP, HTTPS, TCP (plaintext or
+//! TLS terminated), PASSTHROUGH or AUTO_PASSTHROUGH. HTTPS servers are grouped by their
 //! TLS settings; a connection's SNI picks the group (the proxy's handshake), and the request's
 //! host must then be a host of that group. A host served with two TLS settings is an error.
 
@@ -56,13 +57,15 @@ pub(crate) fn compile(
                     format!("{path}.port"),
                     format!(
                         "port {} is already served as {}: servers sharing a port must all be \
-                         plaintext, all HTTPS, all PASSTHROUGH or all AUTO_PASSTHROUGH",
+                         plaintext HTTP, all HTTPS, all TCP (or TLS terminated), all PASSTHROUGH \
+                         or all AUTO_PASSTHROUGH",
                         compiled.port,
                         match listener.protocol {
                             ListenerProtocol::Https => "HTTPS",
                             ListenerProtocol::Http => "plaintext HTTP",
                             ListenerProtocol::AutoPassthrough => "AUTO_PASSTHROUGH",
                             ListenerProtocol::TlsPassthrough => "PASSTHROUGH",
+                            ListenerProtocol::Tcp => "TCP",
                         }
                     ),
                 ));
@@ -140,9 +143,10 @@ fn compile_server(
     let mut https_redirect = false;
     let mut passthrough = false;
     let mut sni_routed = false;
+    let tcp = matches!(protocol.as_str(), "TCP" | "TLS");
     let tls = match (protocol.as_str(), &server.tls) {
-        ("HTTP" | "HTTP2" | "GRPC", None) => None,
-        ("HTTP" | "HTTP2" | "GRPC", Some(tls)) => {
+        ("HTTP" | "HTTP2" | "GRPC" | "TCP", None) => None,
+        ("HTTP" | "HTTP2" | "GRPC" | "TCP", Some(tls)) => {
             // Istio: on a plaintext server, `tls` may only ask for the redirect.
             https_redirect = tls.https_redirect.unwrap_or(false);
             let other = tls.mode.is_some()
@@ -204,16 +208,13 @@ fn compile_server(
             }
             None
         }
-        ("HTTPS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
-        ("TLS", tls) => {
+        // TLS terminated, then bytes routed by `tcp` routes.
+        ("HTTPS" | "TLS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
+        ("TLS", None) => {
             errors.push(o.error(
-                format!("{tls_path}.mode"),
-                format!(
-                    "{} on a TLS server is not implemented: meshgate passes TLS through with \
-                     PASSTHROUGH (VirtualService tls routes) or AUTO_PASSTHROUGH (Istio's SNI \
-                     names the service); terminate HTTPS with protocol HTTPS",
-                    tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("no tls.mode")
-                ),
+                tls_path.clone(),
+                "protocol TLS needs tls: PASSTHROUGH or AUTO_PASSTHROUGH to pass it through, \
+                 or SIMPLE, MUTUAL or ISTIO_MUTUAL to terminate it",
             ));
             None
         }
@@ -221,8 +222,8 @@ fn compile_server(
             errors.push(o.error(
                 format!("{path}.port.protocol"),
                 format!(
-                    "`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC, HTTPS, and \
-                     TLS with PASSTHROUGH or AUTO_PASSTHROUGH"
+                    "`{other}` is not implemented: meshgate serves HTTP, HTTP2, GRPC, HTTPS, TCP \
+                     and TLS"
                 ),
             ));
             None
@@ -274,6 +275,8 @@ fn compile_server(
             ListenerProtocol::TlsPassthrough
         } else if passthrough {
             ListenerProtocol::AutoPassthrough
+        } else if tcp {
+            ListenerProtocol::Tcp
         } else if tls.is_some() {
             ListenerProtocol::Https
         } else {
@@ -284,6 +287,7 @@ fn compile_server(
         routes: RouteTable::default(),
         passthrough: Default::default(),
         sni_routes: Vec::new(),
+        tcp_routes: Vec::new(),
     };
     Some((listener, tls))
 }

@@ -16,6 +16,7 @@ mod outbound;
 mod passthrough;
 mod request_authentication;
 mod service_entry;
+mod tcp;
 mod virtual_service;
 
 use std::collections::BTreeMap;
@@ -131,6 +132,13 @@ pub fn compile(
         &rules,
         errors,
     );
+    tcp::bind_tcp_routes(
+        &parsed.virtual_services,
+        &mut listeners,
+        &mut backends,
+        &rules,
+        errors,
+    );
     if let Some((proxy, _)) = &proxy {
         analyze::bindings(&parsed, &proxy.labels, &listeners, warnings);
     }
@@ -160,6 +168,12 @@ pub fn compile(
         &policies,
         &listeners,
         errors,
+    );
+    tcp::check_policies(
+        &parsed.authorization_policies,
+        &policies,
+        &listeners,
+        warnings,
     );
     if let Some(w) = &workload {
         request_authentication::compile(&parsed.request_authentications, w, errors, warnings);

@@ -25,6 +25,7 @@ pub(crate) fn listener(address: SocketAddr) -> Listener {
         protocol: ListenerProtocol::Http,
         passthrough: Default::default(),
         sni_routes: Vec::new(),
+        tcp_routes: Vec::new(),
         tls: Vec::new(),
         servers: vec![ServerHost {
             gateway: MESH.into(),

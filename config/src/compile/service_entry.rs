@@ -48,6 +48,7 @@ impl Declared {
         match &self.protocol {
             PortProtocol::Http(BackendProtocol::Http1) => "HTTP",
             PortProtocol::Http(BackendProtocol::Http2) => "HTTP2",
+            PortProtocol::Http(BackendProtocol::Opaque) => "TCP",
             PortProtocol::Tls => "HTTPS/TLS",
             PortProtocol::Other(name) => name,
         }
@@ -150,7 +151,9 @@ impl Backends {
             }
             Some(PortProtocol::Other(name)) => {
                 return Err(format!(
-                    "port {port} of `{host}` is {name}: meshgate proxies HTTP, HTTP2 and GRPC"
+                    "port {port} of `{host}` is {name}: meshgate proxies HTTP, HTTP2 and GRPC \
+                     with http routes; forward its bytes with a `tcp` route on a Gateway server \
+                     with protocol TCP or TLS"
                 ))
             }
         };
@@ -183,18 +186,43 @@ impl Backends {
         subset: Option<&str>,
         rules: &Rules,
     ) -> Result<usize, String> {
+        self.opaque(host, port, subset, rules, false)
+    }
+
+    /// The backend a `tcp` route forwards bytes to: the declared endpoints (or DNS), with the
+    /// DestinationRule's TLS originated as for HTTP routes. Any port protocol will do.
+    pub fn tcp(
+        &mut self,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+        rules: &Rules,
+    ) -> Result<usize, String> {
+        self.opaque(host, port, subset, rules, true)
+    }
+
+    fn opaque(
+        &mut self,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+        rules: &Rules,
+        originate: bool,
+    ) -> Result<usize, String> {
         let declared = self
             .declared_index
             .get(&(host.to_string(), port))
             .map(|&i| &self.declared[i].1);
         let endpoints = endpoints(host, port, subset, declared, rules)?;
         let mut policy = rules.policy(host, port, subset);
-        policy.tls = UpstreamTls::Disable;
+        if !originate {
+            policy.tls = UpstreamTls::Disable;
+        }
         self.list.push(Backend {
             host: host.to_string(),
             port,
             subset: subset.map(str::to_string),
-            protocol: BackendProtocol::Http1,
+            protocol: BackendProtocol::Opaque,
             endpoints,
             source: declared.map(|d| d.source.clone()),
             policy,

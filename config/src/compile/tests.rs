@@ -262,6 +262,52 @@ spec:
 }
 
 #[test]
+fn tcp_servers_and_routes() {
+    let gateway = |servers: &str| {
+        with_gateway(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db, namespace: ns}}\nspec:\n  hosts: [db.internal]\n  ports: [{{number: 5432, name: tcp, protocol: TCP}}]\n  resolution: DNS\n"
+        ))
+    };
+    let tcp = "  - {port: {number: 9000, name: tcp, protocol: TCP}, hosts: ['*']}\n";
+    let tls = "  - {port: {number: 9443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: ISTIO_MUTUAL}}\n";
+    let vs = |spec: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: ns}}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/gw]\n{spec}")
+    };
+    let route = "  tcp:\n  - match: [{port: 9443}]\n    route: [{destination: {host: db.internal}}]\n  - route: [{destination: {host: db.internal, port: {number: 5432}}}]\n";
+    let model = load_str("t.yaml", &(gateway(&format!("{tcp}{tls}")) + &vs(route))).unwrap();
+    for (port, tls_groups) in [(9000, 0), (9443, 1)] {
+        let l = model.listeners.iter().find(|l| l.port == port).unwrap();
+        assert_eq!(l.protocol, ListenerProtocol::Tcp);
+        assert_eq!(l.tls.len(), tls_groups, "port {port}");
+        assert_eq!(l.tcp_routes.len(), 2, "port {port}");
+        let b = &model.backends[l.tcp_routes[0].backends[0].backend];
+        assert_eq!((b.host.as_str(), b.port), ("db.internal", 5432));
+    }
+    let l = model.listeners.iter().find(|l| l.port == 9443).unwrap();
+    assert!(l.tcp_routes[0].matches[0].matches(9443, [10, 0, 0, 1].into()));
+    assert!(!l.tcp_routes[0].matches[0].matches(9000, [10, 0, 0, 1].into()));
+    assert!(l.tcp_routes[1].matches.is_empty());
+
+    let cases: &[(String, &str)] = &[
+        (gateway("  - {port: {number: 9443, name: tls, protocol: TLS}, hosts: ['*']}\n"), "t.yaml: Gateway istio-system/gw: spec.servers[0].tls: protocol TLS needs tls"),
+        (gateway(&format!("{tcp}  - {{port: {{number: 9000, name: h, protocol: HTTP}}, hosts: ['*']}}\n")), "t.yaml: Gateway istio-system/gw: spec.servers[1].port: port 9000 is already served as TCP"),
+        (gateway("  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}\n") + &vs(route), "t.yaml: VirtualService ns/vs: spec.tcp: tcp routes apply to Gateway servers with protocol TCP"),
+        (gateway(tcp) + &vs("  http:\n  - directResponse: {status: 200}\n"), "t.yaml: VirtualService ns/vs: spec.http: Gateway istio-system/gw serves port 9000 as TCP"),
+        (gateway(tcp) + &vs("  tcp:\n  - match: [{sourceLabels: {app: x}}]\n    route: [{destination: {host: db.internal}}]\n"), "t.yaml: VirtualService ns/vs: spec.tcp[0].match[0].sourceLabels: this Istio field is not implemented by meshgate"),
+        (gateway(tcp) + &vs("  tcp:\n  - match: [{destinationSubnets: [10.0.0.0/33]}]\n    route: [{destination: {host: db.internal}}]\n"), "t.yaml: VirtualService ns/vs: spec.tcp[0].match[0].destinationSubnets[0]: `10.0.0.0/33` is not an address or CIDR block"),
+        (gateway(tcp) + &vs("  tcp:\n  - route: [{destination: {host: db.internal, port: {number: 5432}}, weight: 0}]\n"), "t.yaml: VirtualService ns/vs: spec.tcp[0].route: every destination has weight 0"),
+        (gateway(tcp) + &vs("  tcp:\n  - route: [{destination: {host: other.internal}}]\n"), "t.yaml: VirtualService ns/vs: spec.tcp[0].route[0].destination.port: `other.internal` has no declared port"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(yaml);
+        assert!(
+            got.iter().any(|e| e.starts_with(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}
+
+#[test]
 fn destination_rules_most_specific_host_and_port_level_settings() {
     use crate::model::{LoadBalancer, UpstreamTls};
     let yaml = MESH_GATEWAY.replace("spec:\n", "spec:\n  outbound: {address: \"127.0.0.1:15001\"}\n  resolve: [{host: api.example.com, port: 443, address: \"127.0.0.1:18443\"}]\n")

@@ -63,14 +63,7 @@ pub(crate) fn bind(
     let proxy_namespace = proxy.namespace;
     let mut tables: Vec<Vec<VirtualHost>> = listeners.iter().map(|_| Vec::new()).collect();
     for (o, spec) in found {
-        o.unsupported(
-            errors,
-            "spec",
-            &[
-                ("tcp", spec.tcp.is_some()),
-                ("exportTo", spec.export_to.is_some()),
-            ],
-        );
+        o.unsupported(errors, "spec", &[("exportTo", spec.export_to.is_some())]);
         let gateways: Vec<String> = match &spec.gateways {
             None => vec![MESH_GATEWAY.to_string()],
             Some(list) => qualify_gateways(list, &o.namespace),
@@ -142,6 +135,19 @@ pub(crate) fn bind(
                         format!(
                             "Gateway {} serves port {} with PASSTHROUGH: TLS is not terminated \
                              there, so only `tls` routes (by SNI) apply",
+                            servers[0].gateway, listener.port
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if listener.protocol == ListenerProtocol::Tcp {
+                if !spec.http.is_empty() {
+                    errors.push(o.error(
+                        "spec.http",
+                        format!(
+                            "Gateway {} serves port {} as TCP: no HTTP is read there, so only \
+                             `tcp` routes apply (use protocol HTTP or HTTPS for http routes)",
                             servers[0].gateway, listener.port
                         ),
                     ));

@@ -191,6 +191,11 @@ impl Policy {
     pub fn matches(&self, a: &Attributes<'_>) -> bool {
         self.rules.iter().any(|r| r.matches(a))
     }
+
+    /// Whether any rule matches a connection that is not HTTP (see `Rule::matches_connection`).
+    pub fn matches_connection(&self, a: &Attributes<'_>, allow: bool) -> bool {
+        self.rules.iter().any(|r| r.matches_connection(a, allow))
+    }
 }
 
 impl Rule {
@@ -237,6 +242,45 @@ impl Rule {
         })
     }
 
+    /// The first field the rule names that only an HTTP request has (a host, method, path or
+    /// header), if any: on a TCP port, Istio leaves a rule naming one out of ALLOW policies and
+    /// applies it without them in DENY policies.
+    pub fn http_field(&self) -> Option<&'static str> {
+        for o in &self.to {
+            let named = [
+                (o.hosts.is_some(), "to.operation.hosts"),
+                (o.not_hosts.is_some(), "to.operation.notHosts"),
+                (o.methods.is_some(), "to.operation.methods"),
+                (o.not_methods.is_some(), "to.operation.notMethods"),
+                (o.paths.is_some(), "to.operation.paths"),
+                (o.not_paths.is_some(), "to.operation.notPaths"),
+            ];
+            if let Some((_, name)) = named.into_iter().find(|(set, _)| *set) {
+                return Some(name);
+            }
+        }
+        self.when.iter().find_map(|c| match c.key {
+            ConditionKey::RequestHeader(_) => Some("when request.headers"),
+            _ => None,
+        })
+    }
+
+    /// Whether the rule matches a connection whose bytes are not HTTP (`a` has no method, path
+    /// or headers), for a policy of this kind: an ALLOW rule naming an HTTP field never does; any
+    /// other is decided without its HTTP fields.
+    pub fn matches_connection(&self, a: &Attributes<'_>, allow: bool) -> bool {
+        if allow && self.http_field().is_some() {
+            return false;
+        }
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches_port(a.port)))
+            && self
+                .when
+                .iter()
+                .filter(|c| !matches!(c.key, ConditionKey::RequestHeader(_)))
+                .all(|c| c.matches(a))
+    }
+
     /// Whether the rule can match a connection to Gateway port `port`: not when every
     /// operation it names lists other ports.
     pub fn reaches_port(&self, port: u16) -> bool {
@@ -278,6 +322,12 @@ impl Source {
 }
 
 impl Operation {
+    /// The operation's `ports` and `notPorts` alone.
+    fn matches_port(&self, port: u16) -> bool {
+        self.ports.as_ref().is_none_or(|p| p.contains(&port))
+            && !self.not_ports.as_ref().is_some_and(|p| p.contains(&port))
+    }
+
     fn matches(&self, a: &Attributes<'_>) -> bool {
         let host = |v: &Values| v.matches_host(a.authority, a.host);
         let path = |list: &Vec<PathMatch>| list.iter().any(|p| p.matches(a.path));

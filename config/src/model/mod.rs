@@ -383,6 +383,9 @@ pub struct Listener {
     /// On a `PASSTHROUGH` listener, the `tls` routes bound to it, in order: the first whose
     /// match matches the connection takes it.
     pub sni_routes: Vec<SniRoute>,
+    /// On a `TCP` listener (plaintext, or TLS it terminates), the `tcp` routes bound to it, in
+    /// order: the first whose match matches the connection takes it.
+    pub tcp_routes: Vec<TcpRoute>,
 }
 
 impl Listener {
@@ -418,6 +421,10 @@ pub enum ListenerProtocol {
     /// TLS passed through without termination, routed by VirtualService `tls` routes on its
     /// SNI (`tls.mode: PASSTHROUGH`).
     TlsPassthrough,
+    /// Bytes, routed by VirtualService `tcp` routes: plaintext (`protocol: TCP`), or TLS
+    /// terminated with the listener's `tls` (`protocol: TLS` with `SIMPLE`, `MUTUAL` or
+    /// `ISTIO_MUTUAL`), so the client's identity is known.
+    Tcp,
 }
 
 /// PROXY protocol in: connections from a trusted peer must start with a v1 or v2 header,
@@ -444,6 +451,35 @@ pub struct SniRoute {
     pub matches: Vec<SniMatch>,
     /// Weights > 0.
     pub backends: Vec<WeightedBackend>,
+}
+
+/// One VirtualService `tcp[]` route of a `TCP` listener.
+#[derive(Debug, Serialize)]
+pub struct TcpRoute {
+    /// `VirtualService namespace/name`.
+    pub source: String,
+    /// Any one must match; empty: every connection.
+    pub matches: Vec<L4Match>,
+    /// Weights > 0.
+    pub backends: Vec<WeightedBackend>,
+}
+
+/// `tcp[].match[]`: every present part must match.
+#[derive(Debug, Serialize)]
+pub struct L4Match {
+    /// The listener's Gateway port must be this.
+    pub port: Option<u16>,
+    /// The address the connection came in on must be in one.
+    pub destination_subnets: Vec<authz::Cidr>,
+}
+
+impl L4Match {
+    /// Whether a connection to Gateway port `port` at `local` matches.
+    pub fn matches(&self, port: u16, local: std::net::IpAddr) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && (self.destination_subnets.is_empty()
+                || self.destination_subnets.iter().any(|c| c.contains(local)))
+    }
 }
 
 /// `tls[].match[]`: every present part must match.
@@ -589,6 +625,8 @@ pub struct UpstreamPolicy {
     /// `connectionPool.http.h2UpgradePolicy: UPGRADE`: an HTTP/1.1 port is spoken to as
     /// HTTP/2.
     pub h2_upgrade: bool,
+    /// `proxyProtocol.version`: each connection opens with a PROXY header naming the client.
+    pub proxy_protocol: Option<ProxyVersion>,
     /// `DestinationRule ns/name`, when one applies.
     pub source: Option<String>,
 }
@@ -609,9 +647,17 @@ impl Default for UpstreamPolicy {
             max_retries: None,
             outlier_detection: None,
             h2_upgrade: false,
+            proxy_protocol: None,
             source: None,
         }
     }
+}
+
+/// The PROXY protocol version sent to a backend (`trafficPolicy.proxyProtocol.version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// TCP keepalive on upstream connections (`connectionPool.tcp.tcpKeepalive`).
@@ -713,6 +759,8 @@ pub enum BackendProtocol {
     Http1,
     /// Ports with protocol `HTTP2` or `GRPC`: prior-knowledge HTTP/2.
     Http2,
+    /// Bytes as they come, from `tcp` routes and passed-through TLS: no HTTP.
+    Opaque,
 }
 
 /// The endpoints of a backend.

@@ -15,8 +15,30 @@ pub struct VirtualServiceSpec {
     #[serde(default)]
     pub http: Vec<HttpRoute>,
     pub tls: Option<Vec<TlsRoute>>,
-    pub tcp: Unsupported,
+    pub tcp: Option<Vec<TcpRoute>>,
     pub export_to: Unsupported,
+}
+
+/// `tcp[]`: a route for bytes a `TCP` server (plaintext, or TLS it terminates) forwards.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4Match>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `L4MatchAttributes`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4Match {
+    pub destination_subnets: Option<Vec<String>>,
+    pub port: Option<u32>,
+    pub gateways: Option<Vec<String>>,
+    pub source_labels: Unsupported,
+    pub source_namespace: Unsupported,
+    pub source_subnet: Unsupported,
 }
 
 /// `tls[]`: a route for TLS a `PASSTHROUGH` server does not terminate, chosen by SNI.

@@ -28,6 +28,23 @@ pub fn authorize<'a>(policies: &'a Policies, a: &Attributes<'_>) -> Decision<'a>
     }
 }
 
+/// Decides a connection whose bytes are not HTTP, as Istio's TCP filter does: an ALLOW rule
+/// that names an HTTP field never matches, a DENY rule is applied without its HTTP fields.
+pub fn authorize_connection<'a>(policies: &'a Policies, a: &Attributes<'_>) -> Decision<'a> {
+    if let Some(p) = policies
+        .deny
+        .iter()
+        .find(|p| p.matches_connection(a, false))
+    {
+        return Decision::Deny(Some(&p.name));
+    }
+    if policies.allow.is_empty() || policies.allow.iter().any(|p| p.matches_connection(a, true)) {
+        Decision::Allow
+    } else {
+        Decision::Deny(None)
+    }
+}
+
 /// What a set of dry-run policies would have decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shadow<'a> {

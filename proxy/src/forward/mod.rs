@@ -405,7 +405,7 @@ fn to_upstream(
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = Some(path);
     match protocol {
-        BackendProtocol::Http1 => {
+        BackendProtocol::Http1 | BackendProtocol::Opaque => {
             *req.version_mut() = Version::HTTP_11;
             req.headers_mut().insert(header::HOST, host);
         }

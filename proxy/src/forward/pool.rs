@@ -366,7 +366,10 @@ impl UpstreamBackend {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         let _answered = InFlight(&endpoint.in_flight);
         let mut result = match self.protocol {
-            BackendProtocol::Http1 => self.send_http1(endpoint, req).await,
+            // HTTP routes never lead to an opaque backend (the configuration keeps them apart).
+            BackendProtocol::Http1 | BackendProtocol::Opaque => {
+                self.send_http1(endpoint, req).await
+            }
             BackendProtocol::Http2 => self.send_http2(endpoint, req).await,
         };
         let outcome = match &result {

@@ -62,6 +62,10 @@ pub struct ConnectionEntry<'a> {
     pub listener: &'a str,
     pub peer: String,
     pub sni: Option<&'a str>,
+    /// The client's SPIFFE ID, where a TCP listener terminated `ISTIO_MUTUAL` (passed-through
+    /// TLS has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<&'a str>,
     /// The backend (`host:port (subset)`) and the endpoint connected to.
     pub upstream: Option<String>,
     /// One of `ENDS`.
@@ -75,12 +79,13 @@ pub struct ConnectionEntry<'a> {
 impl Entry for ConnectionEntry<'_> {
     fn text(&self) -> String {
         format!(
-            "[{}] {} {} {} sni={} upstream={} {} in={} out={} {}ms{}{}",
+            "[{}] {} {} {} sni={} principal={} upstream={} {} in={} out={} {}ms{}{}",
             self.start_time,
             self.event,
             self.listener,
             self.peer,
             self.sni.unwrap_or("-"),
+            self.principal.unwrap_or("-"),
             self.upstream.as_deref().unwrap_or("-"),
             self.end,
             self.bytes_received,
@@ -129,6 +134,7 @@ pub async fn serve(
             listener: &runtime.model.listeners[listener].name,
             peer: peer.to_string(),
             sni: sni.as_deref(),
+            principal: None,
             upstream: upstream.map(|b| runtime.model.backends[b].name()),
             end,
             detail,
@@ -244,7 +250,7 @@ async fn forward(
 }
 
 /// A backend by weight (all weights > 0).
-fn pick(backends: &[WeightedBackend]) -> usize {
+pub(crate) fn pick(backends: &[WeightedBackend]) -> usize {
     if let [one] = backends {
         return one.backend;
     }
@@ -279,7 +285,11 @@ async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<hello::
 
 /// Copies both ways until both sides have closed, one fails, or nothing moves for `idle`.
 /// How it ended, and the bytes from the client and to the client.
-async fn splice<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> (&'static str, u64, u64)
+pub(crate) async fn splice<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Option<Duration>,
+) -> (&'static str, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -125,6 +125,10 @@ fn alpn(istio: bool, protocol: BackendProtocol) -> Vec<Vec<u8>> {
         (true, BackendProtocol::Http2) => &[b"istio-h2", b"istio", b"h2"],
         (false, BackendProtocol::Http1) => &[b"http/1.1"],
         (false, BackendProtocol::Http2) => &[b"h2"],
+        // A sidecar's TCP: Istio's metadata exchange first, then plain Istio mTLS (a meshgate
+        // server answers `istio`).
+        (true, BackendProtocol::Opaque) => &[b"istio-peer-exchange", b"istio"],
+        (false, BackendProtocol::Opaque) => &[],
     };
     list.iter().map(|p| p.to_vec()).collect()
 }

@@ -18,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use meshgate_config::model::{
-    HostMatcher, Listener, ServerHost, ServerTls, ServerTlsMode, TlsVersion,
+    HostMatcher, Listener, ListenerProtocol, ServerHost, ServerTls, ServerTlsMode, TlsVersion,
 };
 use meshgate_config::Model;
 
@@ -70,6 +70,8 @@ pub struct ServerTlsConfigs {
 struct Group {
     with_alpn: Arc<ServerConfig>,
     without_alpn: Arc<ServerConfig>,
+    /// The protocols `with_alpn` offers.
+    alpn: &'static [&'static [u8]],
     mode: GroupMode,
 }
 
@@ -91,6 +93,10 @@ impl ServerTlsConfigs {
         model: &Model,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, rustls::Error> {
+        let alpn: &'static [&'static [u8]] = match listener.protocol {
+            ListenerProtocol::Tcp => &TCP_ALPN,
+            _ => &ALPN,
+        };
         let mut groups = Vec::new();
         for (i, tls) in listener.tls.iter().enumerate() {
             groups.push(group(
@@ -98,6 +104,7 @@ impl ServerTlsConfigs {
                 tls,
                 files.get(listener, i),
                 issuers,
+                alpn,
                 model,
                 provider,
             )?);
@@ -111,6 +118,7 @@ fn group(
     tls: &ServerTls,
     files: Option<&LoadedServerCertificate>,
     issuers: &[(String, Vec<String>)],
+    alpn: &'static [&'static [u8]],
     model: &Model,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Group, rustls::Error> {
@@ -180,10 +188,11 @@ fn group(
         config.send_tls13_tickets = 0;
     }
     let without_alpn = Arc::new(config.clone());
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Group {
         with_alpn: Arc::new(config),
         without_alpn,
+        alpn,
         mode,
     })
 }
@@ -220,7 +229,7 @@ async fn handshake_inner(
         .ok_or_else(|| PeerError::SniMismatch(hello.server_name().unwrap_or("").into()))?;
     let shares_alpn = hello
         .alpn()
-        .is_none_or(|mut offered| offered.any(|p| ALPN.contains(&p)));
+        .is_none_or(|mut offered| offered.any(|p| group.alpn.contains(&p)));
     let config = if shares_alpn {
         &group.with_alpn
     } else {
@@ -291,6 +300,11 @@ fn istio_sni_host(sni: &str) -> Option<&str> {
 }
 
 /// Our ALPN list, in preference order. `istio-peer-exchange` is deliberately absent.
+/// What a TCP listener answers a sidecar's `istio-peer-exchange, istio`: `istio`, plain Istio
+/// mTLS. Never `istio-peer-exchange`: its metadata exchange is not spoken here, and a sidecar
+/// that got it would send its metadata into the forwarded bytes.
+const TCP_ALPN: [&[u8]; 1] = [b"istio"];
+
 const ALPN: [&[u8]; 6] = [
     b"h2",
     b"http/1.1",

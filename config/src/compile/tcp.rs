@@ -1,0 +1,242 @@
+//! `TCP` listeners: VirtualService `tcp` routes, and what AuthorizationPolicy means there.
+//!
+//! A Gateway server with `protocol: TCP`, or `protocol: TLS` with a terminating mode, forwards
+//! the bytes of a connection (after the handshake, when there is one) to the destination of the
+//! first `tcp` route whose match fits the connection: its port and the address it came in on.
+//! Destinations originate the DestinationRule's TLS as HTTP routes do.
+//!
+//! No HTTP is read there, so a policy rule naming an HTTP field cannot be decided on such a
+//! port. Istio fails closed both ways, and so does meshgate: an ALLOW rule with HTTP fields
+//! never matches, and a DENY rule is applied with them left out (so it denies more). `check`
+//! warns about each such rule, as istiod does when it builds the TCP filter.
+
+use super::destination_rule::Rules;
+use super::service_entry::Backends;
+use super::virtual_service::{qualify, qualify_gateways, MESH_GATEWAY};
+use super::Origin;
+use crate::error::ConfigError;
+use crate::model::authz::{Cidr, Policies};
+use crate::model::{L4Match, Listener, ListenerProtocol, TcpRoute, WeightedBackend};
+use crate::raw::authorization_policy::AuthorizationPolicySpec;
+use crate::raw::virtual_service::{TcpRoute as RawTcpRoute, VirtualServiceSpec};
+use crate::warning::{Code, Warning};
+
+/// VirtualService `tcp` routes onto the `TCP` listeners whose servers their `gateways` name. A
+/// `tcp` route that reaches no such server is an error: the outbound listener (`mesh`) reads
+/// HTTP, and HTTP and passthrough servers take other routes.
+pub(crate) fn bind_tcp_routes(
+    found: &[(Origin, VirtualServiceSpec)],
+    listeners: &mut [Listener],
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (o, spec) in found {
+        let Some(routes) = &spec.tcp else {
+            continue;
+        };
+        for (i, route) in routes.iter().enumerate() {
+            for (j, m) in route.matches.iter().enumerate() {
+                o.unsupported(
+                    errors,
+                    &format!("spec.tcp[{i}].match[{j}]"),
+                    &[
+                        ("sourceLabels", m.source_labels.is_some()),
+                        ("sourceNamespace", m.source_namespace.is_some()),
+                        ("sourceSubnet", m.source_subnet.is_some()),
+                    ],
+                );
+            }
+        }
+        let gateways: Vec<String> = match &spec.gateways {
+            None => vec![MESH_GATEWAY.to_string()],
+            Some(list) => qualify_gateways(list, &o.namespace),
+        };
+        let mut bound = false;
+        for listener in listeners
+            .iter_mut()
+            .filter(|l| l.protocol == ListenerProtocol::Tcp)
+        {
+            let servers: Vec<String> = listener
+                .servers
+                .iter()
+                .filter(|s| gateways.contains(&s.gateway) && s.namespace.admits(&o.namespace))
+                .map(|s| s.gateway.clone())
+                .collect();
+            if servers.is_empty() {
+                continue;
+            }
+            bound = true;
+            for (i, route) in routes.iter().enumerate() {
+                let path = format!("spec.tcp[{i}]");
+                if let Some(r) = tcp_route(o, &path, route, &servers, backends, rules, errors) {
+                    listener.tcp_routes.push(r);
+                }
+            }
+        }
+        if !bound && !routes.is_empty() {
+            errors.push(o.error(
+                "spec.tcp",
+                "tcp routes apply to Gateway servers with protocol TCP, or TLS with tls.mode \
+                 SIMPLE, MUTUAL or ISTIO_MUTUAL, and none of spec.gateways has one here (the \
+                 outbound listener, `mesh`, routes HTTP)",
+            ));
+        }
+    }
+}
+
+/// One `tcp[]` route as it stands on a listener whose servers belong to `gateways`; `None`
+/// when its matches all name other gateways, or on error.
+fn tcp_route(
+    o: &Origin,
+    path: &str,
+    route: &RawTcpRoute,
+    gateways: &[String],
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+) -> Option<TcpRoute> {
+    let before = errors.len();
+    let mut matches = Vec::new();
+    for (j, m) in route.matches.iter().enumerate() {
+        let mp = format!("{path}.match[{j}]");
+        if let Some(list) = &m.gateways {
+            let list = qualify_gateways(list, &o.namespace);
+            if !list.iter().any(|g| gateways.contains(g)) {
+                continue;
+            }
+        }
+        let port = m.port.map(|p| match u16::try_from(p) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                errors.push(o.error(format!("{mp}.port"), "ports must be 1 to 65535"));
+                0
+            }
+        });
+        let mut destination_subnets = Vec::new();
+        for (k, s) in m.destination_subnets.iter().flatten().enumerate() {
+            match Cidr::parse(s) {
+                Some(c) => destination_subnets.push(c),
+                None => errors.push(o.error(
+                    format!("{mp}.destinationSubnets[{k}]"),
+                    format!("`{s}` is not an address or CIDR block"),
+                )),
+            }
+        }
+        matches.push(L4Match {
+            port,
+            destination_subnets,
+        });
+    }
+    // Every match names other gateways: the route is not on this listener.
+    if matches.is_empty() && !route.matches.is_empty() {
+        return None;
+    }
+    if route.route.is_empty() {
+        errors.push(o.error(
+            format!("{path}.route"),
+            "at least one destination is required",
+        ));
+    }
+    let one = route.route.len() == 1;
+    let mut out = Vec::new();
+    for (j, d) in route.route.iter().enumerate() {
+        let dp = format!("{path}.route[{j}]");
+        o.unsupported(errors, &dp, &[("headers", d.headers.is_some())]);
+        let host = qualify(&d.destination.host, &o.namespace);
+        let port = match &d.destination.port {
+            Some(p) => u16::try_from(p.number).ok().filter(|p| *p > 0),
+            None => match backends.only_port(&host) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    errors.push(o.error(format!("{dp}.destination.port"), why));
+                    continue;
+                }
+            },
+        };
+        let Some(port) = port else {
+            errors.push(o.error(
+                format!("{dp}.destination.port.number"),
+                "ports must be 1 to 65535",
+            ));
+            continue;
+        };
+        let weight = d.weight.unwrap_or(if one { 100 } else { 0 });
+        if weight == 0 {
+            continue;
+        }
+        match backends.tcp(&host, port, d.destination.subset.as_deref(), rules) {
+            Ok(backend) => out.push(WeightedBackend { backend, weight }),
+            Err(why) => errors.push(o.error(format!("{dp}.destination"), why)),
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    if out.is_empty() {
+        errors.push(o.error(
+            format!("{path}.route"),
+            "every destination has weight 0: no connection could go anywhere",
+        ));
+        return None;
+    }
+    Some(TcpRoute {
+        source: o.resource(),
+        matches,
+        backends: out,
+    })
+}
+
+/// Warns about each policy rule that names an HTTP field and can reach a `TCP` port: what it
+/// does there is not what it says (MG0115).
+pub(crate) fn check_policies(
+    found: &[(Origin, AuthorizationPolicySpec)],
+    policies: &Policies,
+    listeners: &[Listener],
+    warnings: &mut Vec<Warning>,
+) {
+    let ports: Vec<u16> = listeners
+        .iter()
+        .filter(|l| l.protocol == ListenerProtocol::Tcp)
+        .map(|l| l.port)
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    let sets = [
+        (&policies.deny, "DENY"),
+        (&policies.allow, "ALLOW"),
+        (&policies.audit, "AUDIT"),
+        (&policies.dry_run.deny, "DENY"),
+        (&policies.dry_run.allow, "ALLOW"),
+    ];
+    for (set, action) in sets {
+        for policy in set {
+            let Some((o, _)) = found.iter().find(|(o, _)| o.resource() == policy.name) else {
+                continue;
+            };
+            for (i, rule) in policy.rules.iter().enumerate() {
+                let (Some(field), Some(port)) = (
+                    rule.http_field(),
+                    ports.iter().find(|p| rule.reaches_port(**p)),
+                ) else {
+                    continue;
+                };
+                let effect = if action == "ALLOW" {
+                    "this ALLOW rule never matches a connection there"
+                } else {
+                    "this rule is applied there without its HTTP fields, so it matches more \
+                     connections"
+                };
+                warnings.push(o.warn(
+                    Code::HttpFieldsOnTcp,
+                    Some(&format!("spec.rules[{i}]")),
+                    format!(
+                        "{field} is an HTTP field and port {port} is TCP: {effect}, as Istio \
+                         does; scope the rule with to.operation.ports to the HTTP ports"
+                    ),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `TCP` listeners: the bytes of a connection, after the TLS handshake when the Gateway server
+//! terminates it (`protocol: TLS` with `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`), go to the
+//! destination of the first VirtualService `tcp` route that matches the connection, chosen by
+//! weight, over the DestinationRule's TLS when it originates some.
+//!
+//! AuthorizationPolicy decides each connection once, before it is forwarded, on what a
+//! connection shows: addresses, the port, the SNI and, after `ISTIO_MUTUAL`, the client's SPIFFE
+//! identity. Rules naming HTTP fields are treated as Istio's TCP filter treats them
+//! (`authorize::authorize_connection`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::HeaderMap;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use meshgate_config::model::authz::Attributes;
+
+use crate::access_log;
+use crate::authorize::{self, Decision};
+use crate::drain::Watch;
+use crate::identity::PeerIdentity;
+use crate::passthrough::{pick, splice, ConnectionEntry};
+use crate::runtime::Runtime;
+use crate::tls::server::{handshake, Peer};
+
+/// How a connection of a TCP listener ended, as counted and logged.
+pub const ENDS: [&str; 7] = [
+    "closed",
+    "idle_timeout",
+    "reset",
+    "handshake_rejected",
+    "no_route",
+    "denied",
+    "connect_failed",
+];
+
+/// Why a connection was not forwarded, and the detail for the log.
+type Refused = (&'static str, String);
+
+/// What is known of a connection before its bytes are forwarded.
+struct Downstream<'a> {
+    peer: SocketAddr,
+    local: SocketAddr,
+    sni: Option<&'a str>,
+    identity: Option<&'a PeerIdentity>,
+}
+
+/// Serves one connection of a `TCP` listener, to its end.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    listener: usize,
+    client: TcpStream,
+    peer: SocketAddr,
+    watch: Watch,
+) {
+    let start = (SystemTime::now(), Instant::now());
+    let local = client.local_addr().unwrap_or(peer);
+    let mut sni = None;
+    let mut principal = None;
+    let mut upstream = None;
+    let outcome = match &runtime.listeners[listener].tls {
+        None => {
+            let down = Downstream {
+                peer,
+                local,
+                sni: None,
+                identity: None,
+            };
+            forward(&runtime, listener, client, &down, &mut upstream).await
+        }
+        Some(tls) => {
+            let servers = &runtime.model.listeners[listener].servers;
+            let timeout = runtime.model.proxy.limits.handshake_timeout;
+            match handshake(client, tls, servers, timeout).await {
+                Err(e) => {
+                    crate::inbound::handshake_rejected(&runtime, listener, peer, &e);
+                    Err(("handshake_rejected", e.to_string()))
+                }
+                Ok(accepted) => {
+                    runtime.metrics.handshake_ok();
+                    sni = accepted.tls.get_ref().1.server_name().map(str::to_string);
+                    let identity = match &accepted.peer {
+                        Peer::Spiffe(id) => Some(id),
+                        Peer::Certificate(_) | Peer::Anonymous => None,
+                    };
+                    principal = identity.map(|id| id.spiffe_id.as_str().to_string());
+                    let down = Downstream {
+                        peer,
+                        local,
+                        sni: sni.as_deref(),
+                        identity,
+                    };
+                    forward(&runtime, listener, accepted.tls, &down, &mut upstream).await
+                }
+            }
+        }
+    };
+    let (end, detail, bytes) = match outcome {
+        Ok((end, bytes)) => (end, String::new(), bytes),
+        Err((end, detail)) => (end, detail, (0, 0)),
+    };
+    drop(watch);
+    runtime.metrics.tcp(end, bytes.0, bytes.1);
+    debug!(%peer, principal, end, "tcp connection ended {detail}");
+    if let Some(log) = &runtime.access_log {
+        log.log(&ConnectionEntry {
+            start_time: &access_log::rfc3339(start.0),
+            event: "tcp",
+            listener: &runtime.model.listeners[listener].name,
+            peer: peer.to_string(),
+            sni: sni.as_deref(),
+            principal: principal.as_deref(),
+            upstream: upstream.map(|b| runtime.model.backends[b].name()),
+            end,
+            detail,
+            bytes_received: bytes.0,
+            bytes_sent: bytes.1,
+            duration_ms: start.1.elapsed().as_millis() as u64,
+        });
+    }
+}
+
+/// Authorizes the connection, chooses and connects the upstream, and splices. The bytes
+/// passed each way (from the client, to the client) and how it ended.
+async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
+    runtime: &Runtime,
+    listener: usize,
+    mut client: C,
+    down: &Downstream<'_>,
+    upstream_out: &mut Option<usize>,
+) -> Result<(&'static str, (u64, u64)), Refused> {
+    let model = &runtime.model.listeners[listener];
+    let id = down.identity.map(|p| &p.spiffe_id);
+    let attributes = Attributes {
+        principal: id.map(|i| i.principal()),
+        namespace: id.and_then(|i| i.namespace()),
+        trust_domain: id.map(|i| i.trust_domain()),
+        source_ip: down.peer.ip(),
+        remote_ip: down.peer.ip(),
+        destination_ip: down.local.ip(),
+        authority: "",
+        host: "",
+        port: model.port,
+        method: "",
+        path: "",
+        headers: &HeaderMap::new(),
+        sni: down.sni,
+    };
+    let decision = authorize::authorize_connection(&runtime.model.policies, &attributes);
+    if let Decision::Deny(policy) = decision {
+        let by = policy.map_or("no ALLOW policy matched".into(), |p| {
+            format!("denied by {p}")
+        });
+        return Err(("denied", by));
+    }
+    let route = model.tcp_routes.iter().find(|r| {
+        r.matches.is_empty()
+            || r.matches
+                .iter()
+                .any(|m| m.matches(model.port, down.local.ip()))
+    });
+    let Some(route) = route else {
+        return Err(("no_route", "no tcp route matches this connection".into()));
+    };
+    let backend = pick(&route.backends);
+    *upstream_out = Some(backend);
+    let mut server = runtime
+        .upstreams
+        .backend(backend)
+        .open_stream()
+        .await
+        .map_err(|e| ("connect_failed", e.to_string()))?;
+    let idle = runtime.model.proxy.limits.idle_timeout;
+    let (end, received, sent) = splice(&mut client, &mut server, idle).await;
+    Ok((end, (received, sent)))
+}

@@ -1,0 +1,303 @@
+//! TCP Gateway servers with VirtualService `tcp` routes: plaintext, and TLS terminated with
+//! `ISTIO_MUTUAL` so the client's SPIFFE ID decides AuthorizationPolicy, with Istio's TCP
+//! semantics for rules that name HTTP fields; and TCP between two meshes that share a root,
+//! the source gateway originating `ISTIO_MUTUAL` as a sidecar does.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use meshgate_proxy::echo::Echo;
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::Proxy;
+use support::{eventually, json_lines};
+
+const SLEEP: &str = "spiffe://example.com/ns/default/sa/sleep";
+const OTHER: &str = "spiffe://example.com/ns/default/sa/other";
+const TARGET: &str = "spiffe://example-target.com/ns/istio-system/sa/target-gateway";
+const SOURCE: &str = "spiffe://example.com/ns/istio-system/sa/source-gateway";
+/// What an Istio sidecar offers when it originates mTLS for TCP.
+const SIDECAR_TCP_ALPN: &[&[u8]] = &[b"istio-peer-exchange", b"istio"];
+
+fn tcp_echo() -> Echo {
+    Echo::start_tcp("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// The target mesh's gateway: TCP on 9000 and 9001, TLS `ISTIO_MUTUAL` on 9443, every port
+/// routed by `tcp` routes to `db.internal:5432` (the echo), and policies that name HTTP fields.
+fn target_yaml(backend: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: target-gateway, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{9000: 0, 9001: 0, 9443: 0}}}}
+  accessLog: {{path: access.log}}
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec:
+  config: {{trustDomain: example-target.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9000, name: tcp-a, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: 9001, name: tcp-b, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: 9443, name: tls-db, protocol: TLS}}
+    hosts: ["*"]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [tcp]
+  tcp:
+  - match: [{{port: 9001, destinationSubnets: [10.0.0.0/8]}}]
+    route: [{{destination: {{host: nowhere.internal, port: {{number: 1}}}}}}]
+  - match: [{{port: 9000}}, {{port: 9001}}, {{port: 9443}}]
+    route:
+    - destination: {{host: db.internal, port: {{number: 5432}}}}
+      weight: 100
+    - destination: {{host: nowhere.internal, port: {{number: 1}}}}
+      weight: 0
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: [db.internal]
+  ports: [{{number: 5432, name: tcp-postgres, protocol: TCP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: nowhere, namespace: istio-system}}
+spec:
+  hosts: [nowhere.internal]
+  ports: [{{number: 1, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: db-clients, namespace: istio-system}}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [example.com/ns/default/sa/sleep, example.com/ns/istio-system/sa/source-gateway]}}}}]
+    to: [{{operation: {{ports: ["9443"]}}}}]
+  # On HTTP this would let `other` in for anything but POST; on TCP it never matches.
+  - from: [{{source: {{principals: [example.com/ns/default/sa/other]}}}}]
+    to: [{{operation: {{notMethods: [POST], ports: ["9443"]}}}}]
+  - to: [{{operation: {{ports: ["9000", "9001"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-posts, namespace: istio-system}}
+spec:
+  action: DENY
+  rules:
+  # On HTTP this would deny POSTs to 9000 only; on TCP it denies every connection to 9000.
+  - to: [{{operation: {{methods: [POST], ports: ["9000"]}}}}]
+"#,
+        port = backend.port()
+    )
+}
+
+/// Writes `message` and reads back as many bytes, or what came before the connection closed,
+/// then closes.
+async fn echoed<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, message: &[u8]) -> Vec<u8> {
+    if s.write_all(message).await.is_err() {
+        return Vec::new();
+    }
+    let mut got = vec![0; message.len()];
+    let mut n = 0;
+    while n < got.len() {
+        match s.read(&mut got[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    got.truncate(n);
+    // A clean close (TLS close_notify, then FIN), so the proxy sees the connection end well.
+    let _ = s.shutdown().await;
+    got
+}
+
+#[tokio::test]
+async fn tcp_routes_with_istio_mutual_identity_and_istios_tcp_policy_semantics() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = target_yaml(backend.address);
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+
+    // Both policies name HTTP fields on TCP ports: `check` says what they do there.
+    let model = meshgate_config::load(&[target.config()]).unwrap();
+    let warnings: Vec<String> = model.warnings.iter().map(|w| w.to_string()).collect();
+    let on_tcp: Vec<&String> = warnings.iter().filter(|w| w.contains("MG0115")).collect();
+    assert_eq!(on_tcp.len(), 2, "{warnings:#?}");
+    assert!(
+        on_tcp
+            .iter()
+            .any(|w| w.contains("db-clients") && w.contains("never matches")),
+        "{on_tcp:#?}"
+    );
+    assert!(
+        on_tcp
+            .iter()
+            .any(|w| w.contains("no-posts") && w.contains("matches more")),
+        "{on_tcp:#?}"
+    );
+
+    // A sidecar's TCP mTLS: answered `istio`, never `istio-peer-exchange`; the bytes go
+    // through to the backend and back.
+    let sleep = pki.workload("example.com", SLEEP);
+    let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
+    let sni = "outbound_.5432_._.db.internal";
+    let tls = client.connect(target.addr(9443), sni).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"istio"[..]));
+    assert_eq!(echoed(tls, b"SELECT 1;\n").await, b"SELECT 1;\n");
+
+    // `other` is let in by no rule: the ALLOW rule naming notMethods never matches on TCP.
+    let other = pki.workload("example.com", OTHER);
+    let client = Client::new(Some(&other), &other.root_pem, SIDECAR_TCP_ALPN);
+    let tls = client.connect(target.addr(9443), sni).await.unwrap();
+    assert_eq!(echoed(tls, b"SELECT 2;\n").await, b"");
+
+    // Plaintext: 9001 is allowed (the first route's subnet does not match 127.0.0.1, the
+    // second route takes it); the DENY rule on 9000, without its method, denies every
+    // connection there.
+    let plain = TcpStream::connect(target.addr(9001)).await.unwrap();
+    assert_eq!(echoed(plain, b"plain\n").await, b"plain\n");
+    let plain = TcpStream::connect(target.addr(9000)).await.unwrap();
+    assert_eq!(echoed(plain, b"plain\n").await, b"");
+
+    let metrics = &target.running.metrics;
+    eventually("the connections counted", || {
+        metrics.tcp_ended("closed") == 2 && metrics.tcp_ended("denied") == 2
+    })
+    .await;
+    let log = json_lines(&target.dir.path().join("access.log"), 4).await;
+    let tcp: Vec<_> = log.iter().filter(|l| l["event"] == "tcp").collect();
+    assert_eq!(tcp.len(), 4, "{log:#?}");
+    let sleep_line = tcp
+        .iter()
+        .find(|l| l["principal"] == SLEEP)
+        .unwrap_or_else(|| panic!("{tcp:#?}"));
+    assert_eq!(sleep_line["end"], "closed");
+    assert_eq!(sleep_line["sni"], sni);
+    assert_eq!(sleep_line["upstream"], "db.internal:5432");
+    assert_eq!(sleep_line["bytes_received"], 10);
+    assert_eq!(sleep_line["bytes_sent"], 10);
+    let other_line = tcp.iter().find(|l| l["principal"] == OTHER).unwrap();
+    assert_eq!(other_line["end"], "denied");
+    assert_eq!(other_line["detail"], "no ALLOW policy matched");
+    let denied_plain = tcp
+        .iter()
+        .find(|l| l["end"] == "denied" && l["principal"].is_null())
+        .unwrap();
+    assert_eq!(
+        denied_plain["detail"], "denied by AuthorizationPolicy istio-system/no-posts",
+        "{denied_plain}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_between_meshes_over_istio_mutual_keeps_the_source_identity() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let target = Proxy::start(
+        &target_yaml(backend.address),
+        &pki.workload("example-target.com", TARGET),
+    )
+    .await;
+    // The source mesh's gateway takes plaintext TCP from its apps and originates ISTIO_MUTUAL to
+    // the target's TLS port, as a ServiceEntry and a DestinationRule describe it.
+    let source_yaml = format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: source-gateway, namespace: istio-system}}
+spec:
+  labels: {{istio: egressgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{5432: 0}}}}
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec:
+  config: {{trustDomain: example.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 5432, name: tcp-postgres, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [egress]
+  tcp:
+  - route: [{{destination: {{host: db.target.example, port: {{number: 9443}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db-target, namespace: istio-system}}
+spec:
+  hosts: [db.target.example]
+  location: MESH_EXTERNAL
+  ports: [{{number: 9443, name: tls, protocol: TLS, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db-target, namespace: istio-system}}
+spec:
+  host: db.target.example
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ["{TARGET}"]}}
+"#,
+        port = target.addr(9443).port()
+    );
+    let source = Proxy::start(&source_yaml, &pki.workload("example.com", SOURCE)).await;
+
+    let app = TcpStream::connect(source.addr(5432)).await.unwrap();
+    let message = vec![b'x'; 100_000];
+    assert_eq!(echoed(app, &message).await, message);
+
+    let log = json_lines(&target.dir.path().join("access.log"), 1).await;
+    assert_eq!(log[0]["event"], "tcp", "{log:#?}");
+    // The target sees the source gateway's own identity, verified at its handshake.
+    assert_eq!(log[0]["principal"], SOURCE, "{log:#?}");
+    assert_eq!(log[0]["sni"], "outbound_.9443_._.db.target.example");
+    assert_eq!(log[0]["bytes_received"], 100_000);
+    eventually("the source counted the connection", || {
+        source.running.metrics.tcp_ended("closed") == 1
+    })
+    .await;
+}
