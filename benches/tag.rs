@@ -16,6 +16,7 @@ fn bench(c: &mut Criterion) {
         trust_domain: HeaderName::from_static("x-source-trust-domain"),
         principal: HeaderName::from_static("x-source-principal"),
         forward_client_cert: ForwardClientCert::SanitizeSet,
+        proxy_protocol_tlv: None,
     };
     let peer = PeerIdentity {
         spiffe_id: SpiffeId::parse("spiffe://example.com/ns/default/sa/sleep").unwrap(),

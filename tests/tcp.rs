@@ -301,3 +301,101 @@ spec:
     })
     .await;
 }
+
+/// A PROXY v2 header as a backend reads it: the source and destination, and the TLVs.
+#[derive(Debug)]
+struct ProxyV2 {
+    source: SocketAddr,
+    destination: SocketAddr,
+    tlvs: Vec<(u8, Vec<u8>)>,
+}
+
+/// A backend that reads one PROXY v2 header per connection (parsed here by hand, after the
+/// spec, not by the crate meshgate writes it with), hands it over, and echoes the rest.
+async fn proxy_v2_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<ProxyV2>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut fixed = [0u8; 16];
+                s.read_exact(&mut fixed).await.unwrap();
+                assert_eq!(&fixed[..12], b"\r\n\r\n\0\r\nQUIT\n", "the v2 signature");
+                assert_eq!(fixed[12], 0x21, "version 2, PROXY");
+                assert_eq!(fixed[13], 0x11, "TCP over IPv4");
+                let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+                let mut rest = vec![0u8; len];
+                s.read_exact(&mut rest).await.unwrap();
+                let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+                let source = SocketAddr::from((ip(&rest[0..4]), port(&rest[8..10])));
+                let destination = SocketAddr::from((ip(&rest[4..8]), port(&rest[10..12])));
+                let mut tlvs = Vec::new();
+                let mut at = 12;
+                while at + 3 <= rest.len() {
+                    let n = u16::from_be_bytes([rest[at + 1], rest[at + 2]]) as usize;
+                    tlvs.push((rest[at], rest[at + 3..at + 3 + n].to_vec()));
+                    at += 3 + n;
+                }
+                tx.send(ProxyV2 {
+                    source,
+                    destination,
+                    tlvs,
+                })
+                .unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (address, rx)
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_out_names_the_client_and_its_spiffe_id() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let (backend, mut headers) = proxy_v2_backend().await;
+    let yaml = target_yaml(backend).replace(
+        "  accessLog: {path: access.log}\n",
+        "  accessLog: {path: access.log}\n  tagging: {proxyProtocolTlv: 224}\n",
+    ) + r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: istio-system}
+spec:
+  host: db.internal
+  trafficPolicy:
+    proxyProtocol: {version: V2}
+"#;
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+
+    let sleep = pki.workload("example.com", SLEEP);
+    let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
+    let tls = client
+        .connect(target.addr(9443), "outbound_.5432_._.db.internal")
+        .await
+        .unwrap();
+    let client_addr = tls.get_ref().0.local_addr().unwrap();
+    assert_eq!(
+        echoed(tls, b"after the header\n").await,
+        b"after the header\n"
+    );
+    let header = headers.recv().await.unwrap();
+    assert_eq!(header.source, client_addr);
+    assert_eq!(header.destination, target.addr(9443));
+    assert_eq!(header.tlvs, vec![(0xE0, SLEEP.as_bytes().to_vec())]);
+
+    // Plaintext TCP: the addresses, and no identity to carry.
+    let plain = TcpStream::connect(target.addr(9001)).await.unwrap();
+    let client_addr = plain.local_addr().unwrap();
+    assert_eq!(echoed(plain, b"plain\n").await, b"plain\n");
+    let header = headers.recv().await.unwrap();
+    assert_eq!(header.source, client_addr);
+    assert_eq!(header.destination, target.addr(9001));
+    assert!(header.tlvs.is_empty(), "{header:?}");
+}

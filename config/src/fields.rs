@@ -314,7 +314,7 @@ pub const FIELDS: &[Field] = &[
     yes(DR, "trafficPolicy.outlierDetection.maxEjectionPercent"),
     yes(DR, "trafficPolicy.outlierDetection.minHealthPercent"),
     no(DR, "trafficPolicy.tunnel", ""),
-    no(DR, "trafficPolicy.proxyProtocol", ""),
+    yes(DR, "trafficPolicy.proxyProtocol.version"),
     no(DR, "trafficPolicy.retryBudget", ""),
     yes(SE, "hosts"),
     yes(SE, "ports[].number"),

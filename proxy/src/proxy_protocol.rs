@@ -14,6 +14,8 @@ use std::time::Duration;
 use ppp::v1;
 use ppp::v2;
 use ppp::{HeaderResult, PartialResult};
+
+use meshgate_config::model::ProxyVersion;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -96,5 +98,79 @@ fn from_v2(command: v2::Command, addresses: &v2::Addresses) -> Header {
             Header::Proxied(SocketAddr::new(a.source_address.into(), a.source_port))
         }
         _ => Header::Local,
+    }
+}
+
+/// The PROXY header a backend's connection opens with (a DestinationRule's `proxyProtocol`):
+/// the client at `source` reached us at `destination`. On v2, `spiffe` adds a TLV of that type
+/// holding the client's SPIFFE ID (UTF-8), which the v1 text form cannot carry. Addresses of two
+/// families (never the case on one socket) give v1's `UNKNOWN` and v2's unspecified form.
+pub fn header(
+    version: ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+    spiffe: Option<(u8, &str)>,
+) -> Vec<u8> {
+    match version {
+        ProxyVersion::V1 => v1::Addresses::from((source, destination))
+            .to_string()
+            .into_bytes(),
+        ProxyVersion::V2 => {
+            let build = |tlv: Option<(u8, &str)>| {
+                let builder = v2::Builder::with_addresses(
+                    v2::Version::Two | v2::Command::Proxy,
+                    v2::Protocol::Stream,
+                    (source, destination),
+                );
+                match tlv {
+                    Some((kind, id)) => builder.write_tlv(kind, id.as_bytes())?,
+                    None => builder,
+                }
+                .build()
+            };
+            // Writing to a Vec fails only past the 64 KiB a header may hold, which a SPIFFE ID
+            // (at most 2048 bytes) does not reach.
+            build(spiffe).or_else(|_| build(None)).unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_out_read_back_as_written() {
+        let (client, local) = (
+            "10.1.2.3:40000".parse().unwrap(),
+            "192.168.0.9:9443".parse().unwrap(),
+        );
+        assert_eq!(
+            header(
+                ProxyVersion::V1,
+                client,
+                local,
+                Some((0xE0, "spiffe://a/b"))
+            ),
+            b"PROXY TCP4 10.1.2.3 192.168.0.9 40000 9443\r\n"
+        );
+        let v6: SocketAddr = "[2001:db8::1]:5".parse().unwrap();
+        assert_eq!(
+            header(ProxyVersion::V1, v6, local, None),
+            b"PROXY UNKNOWN\r\n"
+        );
+        let bytes = header(
+            ProxyVersion::V2,
+            client,
+            local,
+            Some((0xE0, "spiffe://a/b")),
+        );
+        let parsed = v2::Header::try_from(bytes.as_slice()).unwrap();
+        assert_eq!(parsed.command, v2::Command::Proxy);
+        assert_eq!(parsed.addresses, v2::Addresses::from((client, local)));
+        let tlvs: Vec<_> = parsed.tlvs().map(|t| t.unwrap()).collect();
+        assert_eq!(tlvs.len(), 1);
+        assert_eq!(tlvs[0].kind, 0xE0);
+        assert_eq!(&*tlvs[0].value, b"spiffe://a/b");
     }
 }

@@ -329,6 +329,7 @@ mod tests {
             trust_domain: HeaderName::from_static("x-source-trust-domain"),
             principal: HeaderName::from_static("x-source-principal"),
             forward_client_cert: ForwardClientCert::SanitizeSet,
+            proxy_protocol_tlv: None,
         }
     }
 

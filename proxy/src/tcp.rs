@@ -168,10 +168,17 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     };
     let backend = pick(&route.backends);
     *upstream_out = Some(backend);
+    // With a PROXY v2 header, the identity this listener verified, when configured.
+    let spiffe = runtime
+        .model
+        .proxy
+        .tagging
+        .proxy_protocol_tlv
+        .zip(id.map(|i| i.as_str()));
     let mut server = runtime
         .upstreams
         .backend(backend)
-        .open_stream()
+        .open_stream(down.peer, down.local, spiffe)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
     let idle = runtime.model.proxy.limits.idle_timeout;

@@ -15,7 +15,7 @@ use super::{relative_to, Origin};
 use crate::error::ConfigError;
 use crate::model::{
     ClientTls, ConsistentHash, HashKey, HashTable, HostMatcher, LoadBalancer, OutlierDetection,
-    TcpKeepalive, UpstreamPolicy, UpstreamTls,
+    ProxyVersion, TcpKeepalive, UpstreamPolicy, UpstreamTls,
 };
 use crate::raw::destination_rule::{self as raw, DestinationRuleSpec};
 use crate::raw::Labels;
@@ -47,6 +47,9 @@ struct Pool {
 struct Policy {
     top: Blocks,
     ports: Vec<(u16, Blocks)>,
+    /// `proxyProtocol`: top level only, and kept whatever `portLevelSettings` say, as Istio
+    /// merges it.
+    proxy_protocol: Option<ProxyVersion>,
 }
 
 impl Policy {
@@ -150,10 +153,23 @@ fn traffic_policy(
         path,
         &[
             ("tunnel", tp.tunnel.is_some()),
-            ("proxyProtocol", tp.proxy_protocol.is_some()),
             ("retryBudget", tp.retry_budget.is_some()),
         ],
     );
+    let proxy_protocol = tp
+        .proxy_protocol
+        .as_ref()
+        .and_then(|pp| match pp.version.as_deref() {
+            None | Some("V1") => Some(ProxyVersion::V1),
+            Some("V2") => Some(ProxyVersion::V2),
+            Some(other) => {
+                errors.push(o.error(
+                    format!("{path}.proxyProtocol.version"),
+                    format!("`{other}` is not a PROXY protocol version: V1 or V2"),
+                ));
+                None
+            }
+        });
     let top = patch(
         o,
         path,
@@ -186,7 +202,11 @@ fn traffic_policy(
         );
         ports.push((port, blocks));
     }
-    Policy { top, ports }
+    Policy {
+        top,
+        ports,
+        proxy_protocol,
+    }
 }
 
 impl Rules {
@@ -273,6 +293,10 @@ impl Rules {
             policy.h2_upgrade = pool.h2_upgrade;
         }
         policy.outlier_detection = blocks.outlier;
+        // Istio: the subset's, else the rule's, on every port.
+        policy.proxy_protocol = subset_policy
+            .and_then(|sp| sp.proxy_protocol)
+            .or(rule.policy.proxy_protocol);
         policy
     }
 }

@@ -349,11 +349,26 @@ fn tagging(
             errors,
         );
     }
+    let proxy_protocol_tlv = match t.and_then(|t| t.proxy_protocol_tlv) {
+        None => None,
+        Some(kind @ 0xE0..=0xEF) => Some(kind as u8),
+        Some(other) => {
+            errors.push(o.error(
+                "spec.tagging.proxyProtocolTlv",
+                format!(
+                    "{other} is not a custom PROXY v2 TLV type: use one of 224 to 239 (0xE0 to \
+                     0xEF, PP2_TYPE_MIN_CUSTOM to PP2_TYPE_MAX_CUSTOM)"
+                ),
+            ));
+            return None;
+        }
+    };
     Some(Tagging {
         origin: origin?,
         trust_domain: trust_domain?,
         principal: principal?,
         forward_client_cert: chosen.map_or(ForwardClientCert::SanitizeSet, |s| s.value),
+        proxy_protocol_tlv,
     })
 }
 

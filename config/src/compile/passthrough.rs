@@ -232,7 +232,7 @@ fn sni_route(
         if weight == 0 {
             continue;
         }
-        match backends.passthrough(&host, port, subset, rules) {
+        match backends.tls_route(&host, port, subset, rules) {
             Ok(backend) => out.push(WeightedBackend { backend, weight }),
             Err(why) => errors.push(o.error(format!("{dp}.destination"), why)),
         }

@@ -132,6 +132,13 @@ impl Backends {
             });
         }
         let policy = rules.policy(host, port, subset);
+        if let (Some(_), Some(rule)) = (policy.proxy_protocol, &policy.source) {
+            return Err(format!(
+                "{rule} sets trafficPolicy.proxyProtocol for `{host}`: meshgate \
+                 sends a PROXY header on the connections of tcp and tls routes, not on the \
+                 pooled connections of http routes"
+            ));
+        }
         let protocol = match declared.map(|d| &d.protocol) {
             // `h2UpgradePolicy: UPGRADE` upgrades HTTP ports (as Istio: not HTTPS or TLS).
             None | Some(PortProtocol::Http(BackendProtocol::Http1)) if policy.h2_upgrade => {
@@ -180,6 +187,21 @@ impl Backends {
     /// subset) to: the declared endpoints, connected to as they are (the caller's TLS passes
     /// through, so no DestinationRule TLS applies); `Err` when they cannot be known.
     pub fn passthrough(
+        &mut self,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+        rules: &Rules,
+    ) -> Result<usize, String> {
+        let backend = self.opaque(host, port, subset, rules, false)?;
+        // As Istio's SNI-DNAT clusters: no PROXY header either.
+        self.list[backend].policy.proxy_protocol = None;
+        Ok(backend)
+    }
+
+    /// The backend a `PASSTHROUGH` server's `tls` route forwards to: as for `tcp` routes, but
+    /// the client's TLS passes through, so no DestinationRule TLS applies.
+    pub fn tls_route(
         &mut self,
         host: &str,
         port: u16,

@@ -190,6 +190,10 @@ pub struct Tagging {
     pub principal: HeaderName,
     /// What happens to `x-forwarded-client-cert`, as Envoy's `forward_client_cert_details`.
     pub forward_client_cert: ForwardClientCert,
+    /// The PROXY v2 TLV type (`0xE0`-`0xEF`, the custom range) that carries the client's SPIFFE
+    /// ID, as UTF-8, on connections a TCP listener terminated and forwards with a PROXY v2
+    /// header; `None`: not sent.
+    pub proxy_protocol_tlv: Option<u8>,
 }
 
 impl Tagging {

@@ -35,8 +35,16 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub outlier_detection: Option<OutlierDetection>,
     pub tunnel: Unsupported,
-    pub proxy_protocol: Unsupported,
+    pub proxy_protocol: Option<ProxyProtocol>,
     pub retry_budget: Unsupported,
+}
+
+/// `proxyProtocol`: a PROXY header at the start of every upstream connection.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyProtocol {
+    /// `V1` (Istio's default) or `V2`.
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -135,4 +135,5 @@ pub struct Tagging {
     pub trust_domain_header: Option<String>,
     pub principal_header: Option<String>,
     pub forward_client_cert: Option<String>,
+    pub proxy_protocol_tlv: Option<u32>,
 }

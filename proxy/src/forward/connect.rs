@@ -4,6 +4,7 @@
 use std::io;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -58,14 +59,23 @@ impl Connector {
         }
     }
 
-    /// A new connection to `host:port` (a name is resolved now, every address tried).
-    pub async fn connect(&self, host: &str, port: u16) -> Result<UpstreamStream, ConnectError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+    /// A new connection to `host:port` (a name is resolved now, every address tried), with
+    /// `preface` (a PROXY header) written before anything else, TLS included.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        preface: Option<&[u8]>,
+    ) -> Result<UpstreamStream, ConnectError> {
+        let mut tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
             .map_err(ConnectError::Tcp)?;
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&self.keepalive);
+        if let Some(preface) = preface {
+            tcp.write_all(preface).await.map_err(ConnectError::Tcp)?;
+        }
         match &self.tls {
             None => Ok(Either::Left(tcp)),
             Some(o) => {
@@ -97,7 +107,7 @@ mod tests {
             probes: Some(3),
         };
         let connector = Connector::new(Duration::from_secs(1), &keepalive, None);
-        let Either::Left(tcp) = connector.connect("127.0.0.1", port).await.unwrap() else {
+        let Either::Left(tcp) = connector.connect("127.0.0.1", port, None).await.unwrap() else {
             panic!("plaintext expected")
         };
         let socket = socket2::SockRef::from(&tcp);

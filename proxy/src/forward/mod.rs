@@ -536,7 +536,7 @@ pub async fn passthrough(
         None,
     );
     let io = connector
-        .connect(host, port)
+        .connect(host, port, None)
         .await
         .map_err(ForwardError::Connect)?;
     let (mut sender, conn) =

@@ -66,6 +66,8 @@ pub struct UpstreamBackend {
     /// Mirrored copies in flight to this backend.
     mirrors: Arc<AtomicUsize>,
     max_requests_per_connection: Option<u32>,
+    /// `proxyProtocol`: the PROXY header version streams open with.
+    proxy_protocol: Option<meshgate_config::model::ProxyVersion>,
     idle_timeout: Duration,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
@@ -276,6 +278,7 @@ impl UpstreamBackend {
             retries: Gauge::new(b.policy.max_retries),
             mirrors: Arc::new(AtomicUsize::new(0)),
             max_requests_per_connection: b.policy.max_requests_per_connection,
+            proxy_protocol: b.policy.proxy_protocol,
             idle_timeout: b.policy.idle_timeout,
             counts,
             undefined: matches!(b.endpoints, Endpoints::Undefined),
@@ -392,7 +395,16 @@ impl UpstreamBackend {
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as
     /// they are: each connection is balanced as a request would be (without a hash key), and
     /// a failed connect counts for outlier detection.
-    pub async fn open_stream(&self) -> Result<super::connect::UpstreamStream, ForwardError> {
+    ///
+    /// With the DestinationRule's `proxyProtocol`, the connection opens with a PROXY header
+    /// naming `client` (source) and `local` (the address it reached us at), and on v2 the TLV
+    /// `spiffe` gives (type, the client's SPIFFE ID), when there is one.
+    pub async fn open_stream(
+        &self,
+        client: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+        spiffe: Option<(u8, &str)>,
+    ) -> Result<super::connect::UpstreamStream, ForwardError> {
         if self.undefined {
             return Err(ForwardError::NoCluster);
         }
@@ -400,7 +412,12 @@ impl UpstreamBackend {
             .balancer
             .pick(&self.endpoints, None, Tried::default(), false)
             .ok_or(ForwardError::NoEndpoint)?;
-        let result = self.connect(&self.endpoints[i]).await;
+        let header = self
+            .proxy_protocol
+            .map(|v| crate::proxy_protocol::header(v, client, local, spiffe));
+        let result = self
+            .connect_with(&self.endpoints[i], header.as_deref())
+            .await;
         if result.is_err() {
             self.record(i, Outcome::LocalFailure);
         }
@@ -486,7 +503,19 @@ impl UpstreamBackend {
         &self,
         endpoint: &Endpoint,
     ) -> Result<super::connect::UpstreamStream, ForwardError> {
-        match self.connector.connect(&endpoint.host, endpoint.port).await {
+        self.connect_with(endpoint, None).await
+    }
+
+    async fn connect_with(
+        &self,
+        endpoint: &Endpoint,
+        preface: Option<&[u8]>,
+    ) -> Result<super::connect::UpstreamStream, ForwardError> {
+        match self
+            .connector
+            .connect(&endpoint.host, endpoint.port, preface)
+            .await
+        {
             Ok(io) => {
                 self.counts.connect(true);
                 Ok(io)

@@ -11,6 +11,7 @@ fn owned(underscores: UnderscoreHeaders) -> Owned {
         trust_domain: HeaderName::from_static("x-source-trust-domain"),
         principal: HeaderName::from_static("x-source-principal"),
         forward_client_cert: ForwardClientCert::SanitizeSet,
+        proxy_protocol_tlv: None,
     };
     Owned::new(&tagging, underscores)
 }

@@ -237,7 +237,7 @@ async fn forward(
     *upstream_out = Some(backend);
     let pool = runtime.upstreams.backend(backend);
     let mut server = pool
-        .open_stream()
+        .open_stream(peer, local, None)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
     if let Err(e) = server.write_all(buf).await {
