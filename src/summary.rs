@@ -73,6 +73,8 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             "TLS AUTO_PASSTHROUGH".to_string()
         } else if l.protocol == ListenerProtocol::TlsPassthrough {
             "TLS PASSTHROUGH".to_string()
+        } else if l.tls.is_empty() && l.protocol == ListenerProtocol::Tcp {
+            "TCP".to_string()
         } else if l.tls.is_empty() {
             "HTTP".to_string()
         } else {
@@ -101,7 +103,11 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                     format!("{mode} ({:?}..{:?}{ciphers})", t.min_version, t.max_version)
                 })
                 .collect();
-            format!("HTTPS {}", groups.join("; "))
+            let over = match l.protocol {
+                ListenerProtocol::Tcp => "TCP over TLS",
+                _ => "HTTPS",
+            };
+            format!("{over} {}", groups.join("; "))
         };
         let hosts: Vec<_> = l
             .servers
@@ -138,6 +144,43 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                 "  {} tls route: SNI {} -> {}",
                 r.source,
                 hosts.join(", "),
+                to.join(", ")
+            );
+        }
+        for r in &l.tcp_routes {
+            let matches: Vec<String> = r
+                .matches
+                .iter()
+                .map(|m| {
+                    let mut parts = Vec::new();
+                    if let Some(p) = m.port {
+                        parts.push(format!("port {p}"));
+                    }
+                    if !m.destination_subnets.is_empty() {
+                        let nets: Vec<_> = m
+                            .destination_subnets
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect();
+                        parts.push(format!("to {}", nets.join(", ")));
+                    }
+                    parts.join(" ")
+                })
+                .collect();
+            let to: Vec<String> = r
+                .backends
+                .iter()
+                .map(|w| format!("{} ({}%)", model.backends[w.backend].name(), w.weight))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} tcp route: {} -> {}",
+                r.source,
+                if matches.is_empty() {
+                    "any connection".to_string()
+                } else {
+                    matches.join(" or ")
+                },
                 to.join(", ")
             );
         }

@@ -166,6 +166,24 @@ async fn tcp_routes_with_istio_mutual_identity_and_istios_tcp_policy_semantics()
         "{on_tcp:#?}"
     );
 
+    // `check` shows the listeners and where their tcp routes go, and the warnings.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["check", "-c", target.config().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "listener tcp-a port 9000 on 127.0.0.1:0: TCP, hosts *",
+        "listener tls-db port 9443 on 127.0.0.1:0: TCP over TLS ISTIO_MUTUAL",
+        "  VirtualService istio-system/db tcp route: port 9001 to 10.0.0.0/8 -> nowhere.internal:1 (100%)",
+        "  VirtualService istio-system/db tcp route: port 9000 or port 9001 or port 9443 -> db.internal:5432 (100%)",
+        "[MG0115]",
+    ] {
+        assert!(text.contains(line), "`{line}` not in:\n{text}");
+    }
+
     // A sidecar's TCP mTLS: answered `istio`, never `istio-peer-exchange`; the bytes go
     // through to the backend and back.
     let sleep = pki.workload("example.com", SLEEP);

@@ -7,6 +7,9 @@
 //!
 //! The header is read with `peek` and then consumed exactly, so the TLS handshake or the
 //! ClientHello that follows is read from the socket untouched.
+//!
+//! PROXY protocol out (`header`): what a DestinationRule's `proxyProtocol` puts at the start of
+//! a backend connection of a `tcp` or `tls` route.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,10 +17,10 @@ use std::time::Duration;
 use ppp::v1;
 use ppp::v2;
 use ppp::{HeaderResult, PartialResult};
-
-use meshgate_config::model::ProxyVersion;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+use meshgate_config::model::ProxyVersion;
 
 /// The most a header may take: v2 with a few TLVs (AWS and GCP load balancers add some).
 const MAX_HEADER: usize = 1024;
