@@ -41,6 +41,11 @@ impl Document {
     }
 }
 
+/// The most configuration meshgate reads, all files together: far above any real mesh (a
+/// 10,000-resource file is about 2.5 MB), and low enough that a wrong path (a log, a disk
+/// image) is refused before it is read or parsed.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
 /// What `read` found.
 #[derive(Debug, Default)]
 pub struct Read {
@@ -75,13 +80,55 @@ pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Read {
             Err(e) => errors.push(ConfigError::file(path, format!("cannot read: {e}"))),
         }
     }
+    let mut total = 0u64;
     for file in &out.files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => out.documents.extend(split(file, &text, errors)),
-            Err(e) => errors.push(ConfigError::file(file, format!("cannot read: {e}"))),
+        match read_capped(file, MAX_CONFIG_BYTES - total) {
+            Ok(text) => {
+                total += text.len() as u64;
+                out.documents.extend(split(file, &text, errors));
+            }
+            Err(Capped::Over(size)) => {
+                errors.push(ConfigError::file(
+                    file,
+                    format!(
+                        "the configuration would be {} MiB or more with this file, over the {} \
+                         MiB meshgate reads: is this the right file?",
+                        (total + size) >> 20,
+                        MAX_CONFIG_BYTES >> 20
+                    ),
+                ));
+                break;
+            }
+            Err(Capped::Io(e)) => errors.push(ConfigError::file(file, format!("cannot read: {e}"))),
         }
     }
     out
+}
+
+enum Capped {
+    /// The file has at least this many bytes, more than were left.
+    Over(u64),
+    Io(std::io::Error),
+}
+
+/// A file's text, unless it has more than `left` bytes: that is known from its size before it
+/// is read, or, for a file that grows meanwhile (or has no size, as a pipe), by reading at most
+/// one byte more.
+fn read_capped(file: &Path, left: u64) -> Result<String, Capped> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(file).map_err(Capped::Io)?;
+    let size = f.metadata().map_err(Capped::Io)?.len();
+    if size > left {
+        return Err(Capped::Over(size));
+    }
+    let mut text = String::new();
+    f.take(left + 1)
+        .read_to_string(&mut text)
+        .map_err(Capped::Io)?;
+    if text.len() as u64 > left {
+        return Err(Capped::Over(text.len() as u64));
+    }
+    Ok(text)
 }
 
 /// The files `paths` stand for now (directories listed as `read` lists them); unreadable

@@ -9,7 +9,7 @@
 //! - MG0104: a Gateway server host no VirtualService route answers (requests get 404);
 //! - MG0105: a DestinationRule whose host no backend has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::Parsed;
 use crate::model::{
@@ -191,6 +191,16 @@ pub(crate) fn destination_rules(
     backends: &[Backend],
     warnings: &mut Vec<Warning>,
 ) {
+    // Hosts (lowercase) and (host, subset)s in use, so that an exact DestinationRule host is
+    // looked up rather than compared with every backend (linear in a large mesh).
+    let hosts: HashSet<String> = backends
+        .iter()
+        .map(|b| b.host.to_ascii_lowercase())
+        .collect();
+    let subsets: HashSet<(String, &str)> = backends
+        .iter()
+        .filter_map(|b| Some((b.host.to_ascii_lowercase(), b.subset.as_deref()?)))
+        .collect();
     for (o, spec) in &parsed.destination_rules {
         let host = if spec.host == "*" {
             spec.host.clone()
@@ -200,7 +210,11 @@ pub(crate) fn destination_rules(
         let Some(host) = HostMatcher::parse(&host) else {
             continue;
         };
-        if !backends.iter().any(|b| host.matches(&b.host)) {
+        let used = match &host {
+            HostMatcher::Exact(h) => hosts.contains(&**h),
+            _ => backends.iter().any(|b| host.matches(&b.host)),
+        };
+        if !used {
             warnings.push(o.warn(
                 Code::DestinationRuleUnused,
                 Some("spec.host"),
@@ -213,9 +227,12 @@ pub(crate) fn destination_rules(
             continue;
         }
         for (i, subset) in spec.subsets.iter().enumerate() {
-            let used = backends
-                .iter()
-                .any(|b| b.subset.as_deref() == Some(&*subset.name) && host.matches(&b.host));
+            let used = match &host {
+                HostMatcher::Exact(h) => subsets.contains(&(h.to_string(), &*subset.name)),
+                _ => backends
+                    .iter()
+                    .any(|b| b.subset.as_deref() == Some(&*subset.name) && host.matches(&b.host)),
+            };
             if !used {
                 warnings.push(o.warn(
                     Code::SubsetUnused,

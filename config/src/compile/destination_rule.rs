@@ -8,6 +8,7 @@
 //! `trafficPolicy` then replaces each block it sets (`tls`, `loadBalancer`, `connectionPool`),
 //! and a subset's own `portLevelSettings` entry for the port replaces them all.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::virtual_service::{parse_duration, qualify};
@@ -70,8 +71,15 @@ pub(crate) struct Subset {
     policy: Option<Policy>,
 }
 
-/// Compiled DestinationRules.
-pub(crate) struct Rules(Vec<Rule>);
+/// Compiled DestinationRules, with exact hosts indexed: every backend looks its rule up, so a
+/// scan of all rules per backend would make loading quadratic in a large mesh.
+pub(crate) struct Rules {
+    rules: Vec<Rule>,
+    /// The first rule declared for each exact (lowercase) host.
+    exact: HashMap<Box<str>, usize>,
+    /// The `*.suffix` and `*` rules, in declaration order.
+    wildcards: Vec<usize>,
+}
 
 struct Rule {
     source: String,
@@ -138,7 +146,21 @@ pub(crate) fn compile(
             subsets,
         });
     }
-    Rules(rules)
+    let mut exact = HashMap::new();
+    let mut wildcards = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        match &r.host {
+            HostMatcher::Exact(h) => {
+                exact.entry(h.clone()).or_insert(i);
+            }
+            _ => wildcards.push(i),
+        }
+    }
+    Rules {
+        rules,
+        exact,
+        wildcards,
+    }
 }
 
 /// One `trafficPolicy`, top level or a subset's.
@@ -212,8 +234,13 @@ fn traffic_policy(
 impl Rules {
     /// The rule for `host`: the most specific, the first declared on a tie.
     fn rule(&self, host: &str) -> Option<&Rule> {
-        self.0
+        // An exact host is more specific than any pattern.
+        if let Some(&i) = self.exact.get(host.to_ascii_lowercase().as_str()) {
+            return Some(&self.rules[i]);
+        }
+        self.wildcards
             .iter()
+            .map(|&i| &self.rules[i])
             .filter(|r| r.host.matches(host))
             .fold(None::<&Rule>, |best, r| match best {
                 Some(b) if b.host.specificity() >= r.host.specificity() => Some(b),

@@ -2,6 +2,8 @@
 //! VirtualServices bound to `mesh` first, then every ServiceEntry and Kubernetes Service host
 //! and port directly.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::destination_rule::Rules;
@@ -48,6 +50,9 @@ pub(crate) fn add_services(
     proxy_namespace: &str,
 ) {
     let mut vhosts = std::mem::take(&mut listener.routes).into_virtual_hosts();
+    // The virtual host made for each (source, host), so that a service's second port joins
+    // its first without a scan of all of them (linear in a large mesh).
+    let mut made: HashMap<(String, String), usize> = HashMap::new();
     let declared: Vec<(String, u16, String)> = backends
         .declared_http()
         .map(|(h, p, d)| (h.to_string(), p, d.source.clone()))
@@ -79,15 +84,14 @@ pub(crate) fn add_services(
             fault: None,
             cors: None,
         };
-        let exact = HostMatcher::Exact(host.as_str().into());
-        match vhosts
-            .iter_mut()
-            .find(|v| v.source == source && v.hosts.first() == Some(&exact))
-        {
-            Some(v) => v.routes.push(route),
-            None => {
+        match made.entry((source, host)) {
+            Entry::Occupied(e) => vhosts[*e.get()].routes.push(route),
+            Entry::Vacant(e) => {
+                let (source, host) = e.key().clone();
+                let exact = HostMatcher::Exact(host.as_str().into());
                 let mut hosts = vec![exact.clone()];
                 hosts.extend(sidecar_names(&exact, proxy_namespace));
+                e.insert(vhosts.len());
                 vhosts.push(VirtualHost {
                     source,
                     hosts,

@@ -139,3 +139,35 @@ fn twenty_thousand_documents_load_in_linear_time() {
         "2,000 documents: {small:?}; 20,000: {large:?}"
     );
 }
+
+#[test]
+fn a_configuration_over_the_cap_is_refused_before_it_is_read() {
+    let dir = std::env::temp_dir().join(format!("meshgate-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let small = dir.join("a.yaml");
+    std::fs::write(
+        &small,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    // Sparse: its size says it is too large; reading it would take 64 MiB of zeros.
+    let huge = dir.join("b.yaml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(MAX_CONFIG_BYTES)
+        .unwrap();
+    let mut errors = Vec::new();
+    let read = read(&[dir.clone()], &mut errors);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(read.documents.len(), 1, "the first file is read");
+    let [e] = errors.as_slice() else {
+        panic!("{errors:?}")
+    };
+    assert!(
+        e.to_string().ends_with(
+            "b.yaml: the configuration would be 64 MiB or more with this file, over the 64 MiB \
+             meshgate reads: is this the right file?"
+        ),
+        "{e}"
+    );
+}
