@@ -147,7 +147,7 @@ fn check_refuses_identity_files_that_do_not_fit() {
         text(&ok)
     );
     assert!(
-        text(&ok).contains("limits: handshake 10s, request head 30s, idle 3600s, request head size 65536 bytes, unlimited connections per listener, 1024 HTTP/2 streams"),
+        text(&ok).contains("limits: handshake 10s, request head 30s, idle 3600s, request head size 65536 bytes, 10000 connections per listener, 1024 HTTP/2 streams"),
         "{}",
         text(&ok)
     );

@@ -54,3 +54,69 @@ fn the_readme_table_of_networking_fields_is_the_compiled_in_list() {
         "the README's table of networking fields is out of date; it should read:\n{want}"
     );
 }
+
+#[test]
+fn the_readme_limits_shown_as_defaults_are_the_defaults() {
+    let readme = readme();
+    let block = readme
+        .split("  limits:                               # defaults shown")
+        .nth(1)
+        .expect("the README's limits block");
+    // The block's `key: value` lines, up to the next key of `spec`.
+    let settings: Vec<String> = block
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .filter(|l| !l.trim().starts_with('#'))
+        .filter_map(|l| {
+            let (key, rest) = l.trim().split_once(':')?;
+            let value = rest.split('#').next()?.trim();
+            Some(format!("{key}: {value}"))
+        })
+        .collect();
+    assert_eq!(settings.len(), 6, "{settings:?}");
+    let yaml = |limits: &str| {
+        format!(
+            "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  labels: {{istio: ingressgateway}}\n{limits}"
+        )
+    };
+    let written = meshgate_config::load_str(
+        "README.md",
+        &yaml(&format!("  limits: {{{}}}\n", settings.join(", "))),
+    )
+    .unwrap();
+    let defaults = meshgate_config::load_str("README.md", &yaml("")).unwrap();
+    assert_eq!(written.proxy.limits, defaults.proxy.limits);
+    // And the table says the same.
+    let d = &defaults.proxy.limits;
+    let idle = d.idle_timeout.expect("an idle timeout by default");
+    for row in [
+        format!(
+            "| `handshakeTimeout` | {} s |",
+            d.handshake_timeout.as_secs()
+        ),
+        format!(
+            "| `requestHeaderTimeout` | {} s |",
+            d.request_header_timeout.as_secs()
+        ),
+        format!("| `idleTimeout` | {} h |", idle.as_secs() / 3600),
+        format!(
+            "| `maxRequestHeaderBytes` | {} |",
+            d.max_request_header_bytes
+        ),
+        format!(
+            "| `maxConnectionsPerListener` | {},{:03} |",
+            d.max_connections_per_listener.unwrap() / 1000,
+            d.max_connections_per_listener.unwrap() % 1000
+        ),
+        format!(
+            "| `http2MaxConcurrentStreams` | {} |",
+            d.http2_max_concurrent_streams
+        ),
+    ] {
+        assert!(
+            readme.contains(&row),
+            "the Limits and timeouts table lacks `{row}`"
+        );
+    }
+}

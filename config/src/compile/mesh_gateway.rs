@@ -197,62 +197,77 @@ fn reload_poll(
     }
 }
 
-/// `spec.limits`, over the defaults.
+/// `spec.limits`, over the defaults. Every value has a range (`Limits::RANGES`), so that no
+/// setting can stall a connection's first byte forever, overflow a deadline, or starve the
+/// handshake of its time.
 fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> Limits {
     let mut out = Limits::default();
     let Some(l) = &spec.limits else { return out };
-    if let Some(text) = &l.idle_timeout {
+    let (least, most) = Limits::TIMEOUTS;
+    let mut duration = |field: &str, v: &Option<String>, zero_is_never: bool| {
+        let text = v.as_ref()?;
         match parse_duration(text) {
-            Some(d) => out.idle_timeout = (!d.is_zero()).then_some(d),
-            None => errors.push(o.error(
-                "spec.limits.idleTimeout",
-                format!("`{text}` is not a duration such as 1h, or 0s for none"),
-            )),
-        }
-    }
-    let mut duration = |field: &str, v: &Option<String>, into: &mut Duration| {
-        if let Some(text) = v {
-            match parse_duration(text) {
-                Some(d) if !d.is_zero() => *into = d,
-                _ => errors.push(o.error(
+            Some(d) if d.is_zero() && zero_is_never => Some(None),
+            Some(d) if (least..=most).contains(&d) => Some(Some(d)),
+            _ => {
+                errors.push(o.error(
                     format!("spec.limits.{field}"),
-                    format!("`{text}` is not a positive duration such as 10s"),
-                )),
+                    format!(
+                        "`{text}` is not a duration from {least:?} to {most:?}{}",
+                        if zero_is_never {
+                            ", or 0s for none"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+                None
             }
         }
     };
-    duration(
-        "handshakeTimeout",
-        &l.handshake_timeout,
-        &mut out.handshake_timeout,
-    );
-    duration(
-        "requestHeaderTimeout",
-        &l.request_header_timeout,
-        &mut out.request_header_timeout,
-    );
-    let mut positive = |field: &str, v: Option<u32>, min: u32| match v {
-        Some(n) if n < min => {
+    if let Some(d) = duration("idleTimeout", &l.idle_timeout, true) {
+        out.idle_timeout = d;
+    }
+    if let Some(Some(d)) = duration("handshakeTimeout", &l.handshake_timeout, false) {
+        out.handshake_timeout = d;
+    }
+    if let Some(Some(d)) = duration("requestHeaderTimeout", &l.request_header_timeout, false) {
+        out.request_header_timeout = d;
+    }
+    let mut count = |field: &str, v: Option<u32>, (min, max): (u32, u32)| match v {
+        Some(n) if !(min..=max).contains(&n) => {
             errors.push(o.error(
                 format!("spec.limits.{field}"),
-                format!("must be at least {min}"),
+                format!("{n} is not from {min} to {max}"),
             ));
             None
         }
         other => other,
     };
-    if let Some(n) = positive("maxRequestHeaderBytes", l.max_request_header_bytes, 8192) {
+    if let Some(n) = count(
+        "maxRequestHeaderBytes",
+        l.max_request_header_bytes,
+        Limits::REQUEST_HEADER_BYTES,
+    ) {
         out.max_request_header_bytes = n;
     }
-    out.max_connections_per_listener = positive(
-        "maxConnectionsPerListener",
-        l.max_connections_per_listener,
-        1,
-    );
-    if let Some(n) = positive(
+    // 0: no limit.
+    match l.max_connections_per_listener {
+        Some(0) => out.max_connections_per_listener = None,
+        v => {
+            if let Some(n) = count(
+                "maxConnectionsPerListener",
+                v,
+                Limits::CONNECTIONS_PER_LISTENER,
+            ) {
+                out.max_connections_per_listener = Some(n);
+            }
+        }
+    }
+    if let Some(n) = count(
         "http2MaxConcurrentStreams",
         l.http2_max_concurrent_streams,
-        1,
+        Limits::HTTP2_STREAMS,
     ) {
         out.http2_max_concurrent_streams = n;
     }

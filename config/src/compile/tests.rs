@@ -524,25 +524,39 @@ fn limits_defaults_overrides_and_mistakes() {
     assert_eq!(limits.idle_timeout, Some(Duration::from_secs(90)));
     assert_eq!(limits.handshake_timeout, Duration::from_secs(2));
     assert_eq!(limits.max_connections_per_listener, Some(5));
-    // As Envoy's idle_timeout: 0 turns it off.
-    let model = load_str("t.yaml", &with("{idleTimeout: 0s}")).unwrap();
+    // As Envoy's idle_timeout: 0 turns it off; 0 connections is no limit.
+    let model = load_str(
+        "t.yaml",
+        &with("{idleTimeout: 0s, maxConnectionsPerListener: 0}"),
+    )
+    .unwrap();
     assert_eq!(model.proxy.limits.idle_timeout, None);
+    assert_eq!(model.proxy.limits.max_connections_per_listener, None);
+    // The extremes of each range load.
+    let model = load_str("t.yaml", &with("{handshakeTimeout: 100ms, requestHeaderTimeout: 24h, idleTimeout: 1s, maxRequestHeaderBytes: 1048576, maxConnectionsPerListener: 1000000, http2MaxConcurrentStreams: 2147483647}")).unwrap();
+    assert_eq!(
+        model.proxy.limits.handshake_timeout,
+        Duration::from_millis(100)
+    );
 
     let cases = [
-        ("{idleTimeout: soon}", "spec.limits.idleTimeout"),
-        ("{handshakeTimeout: 0s}", "spec.limits.handshakeTimeout"),
-        (
-            "{maxRequestHeaderBytes: 100}",
-            "spec.limits.maxRequestHeaderBytes",
-        ),
+        ("{idleTimeout: soon}", "spec.limits.idleTimeout: `soon` is not a duration from 100ms to 86400s, or 0s for none"),
+        ("{idleTimeout: 25h}", "spec.limits.idleTimeout: `25h` is not a duration from"),
+        ("{handshakeTimeout: 0s}", "spec.limits.handshakeTimeout: `0s` is not a duration from 100ms to 86400s"),
+        ("{handshakeTimeout: 1ns}", "spec.limits.handshakeTimeout: `1ns` is not a duration from"),
+        ("{requestHeaderTimeout: 99ms}", "spec.limits.requestHeaderTimeout: `99ms` is not a duration from"),
+        ("{maxRequestHeaderBytes: 100}", "spec.limits.maxRequestHeaderBytes: 100 is not from 8192 to 1048576"),
+        ("{maxRequestHeaderBytes: 4294967295}", "spec.limits.maxRequestHeaderBytes: 4294967295 is not from 8192 to 1048576"),
+        ("{maxConnectionsPerListener: 1000001}", "spec.limits.maxConnectionsPerListener: 1000001 is not from 1 to 1000000"),
+        ("{http2MaxConcurrentStreams: 0}", "spec.limits.http2MaxConcurrentStreams: 0 is not from 1 to 2147483647"),
         ("{keepalive: 1s}", "keepalive"),
     ];
-    for (limits, field) in cases {
+    for (limits, want) in cases {
         let errs = errors(&with(limits));
         assert!(
             errs.iter().any(|e| e.contains("t.yaml")
                 && e.contains("MeshGateway istio-system/gw")
-                && e.contains(field)),
+                && e.contains(want)),
             "{limits}: {errs:?}"
         );
     }

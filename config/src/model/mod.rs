@@ -141,7 +141,7 @@ pub enum UnderscoreHeaders {
 }
 
 /// What one downstream client may take (`MeshGateway.spec.limits`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// From accept to a completed TLS handshake.
     pub handshake_timeout: std::time::Duration,
@@ -158,13 +158,28 @@ pub struct Limits {
     pub idle_timeout: Option<std::time::Duration>,
 }
 
+impl Limits {
+    /// The range of every timeout (`idleTimeout` may also be 0s, never): long enough for a
+    /// handshake over a slow link, short enough that no deadline overflows.
+    pub const TIMEOUTS: (std::time::Duration, std::time::Duration) = (
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(24 * 3600),
+    );
+    /// `maxRequestHeaderBytes`: hyper's smallest read buffer, up to 1 MiB.
+    pub const REQUEST_HEADER_BYTES: (u32, u32) = (8192, 1 << 20);
+    /// `maxConnectionsPerListener` (0: no limit).
+    pub const CONNECTIONS_PER_LISTENER: (u32, u32) = (1, 1_000_000);
+    /// `http2MaxConcurrentStreams`: HTTP/2's own bound.
+    pub const HTTP2_STREAMS: (u32, u32) = (1, (1 << 31) - 1);
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             handshake_timeout: std::time::Duration::from_secs(10),
             request_header_timeout: std::time::Duration::from_secs(30),
             max_request_header_bytes: 64 * 1024,
-            max_connections_per_listener: None,
+            max_connections_per_listener: Some(10_000),
             http2_max_concurrent_streams: 1024,
             idle_timeout: Some(std::time::Duration::from_secs(3600)),
         }
