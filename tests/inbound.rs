@@ -254,11 +254,12 @@ async fn rejected_certificates_never_reach_http_and_are_counted_by_reason() {
             )),
             "invalid_spiffe_id",
         ),
-        // webpki refuses a CA as an end entity before our own X509-SVID check runs.
+        // webpki refuses a CA as an end entity before our own X509-SVID check runs; its
+        // refusal is told apart.
         (
             "CA leaf",
             Some(pki.leaf("example.com", &spec(&|s| s.ca = true))),
-            "invalid_certificate",
+            "ca_leaf",
         ),
     ];
     for (name, identity, reason) in cases {

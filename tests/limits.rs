@@ -363,3 +363,40 @@ async fn a_trickle_does_not_stretch_the_timeouts() {
     );
     support::eventually("no connection left open", || active(&proxy)).await;
 }
+
+#[tokio::test]
+async fn a_client_chain_over_the_limit_is_refused_before_it_is_verified() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    // The leaf, its intermediate, and eight more copies of it: ten certificates, each of which
+    // a verifier would otherwise try as a path.
+    let intermediate = pki.ca("example.com").cert_pem.clone();
+    let long = meshgate_pki::Workload {
+        chain_pem: caller.chain_pem.clone() + &intermediate.repeat(8),
+        key_pem: caller.key_pem.clone(),
+        root_pem: caller.root_pem.clone(),
+        leaf_der: caller.leaf_der.clone(),
+    };
+    for (limits, reason) in [
+        ("{}", Some("chain_too_long")),
+        ("{maxCertificateChainLength: 16}", None),
+    ] {
+        let (proxy, _backend) = gateway(&pki, limits).await;
+        let client = Client::plain(Some(&long), &pki.root.cert_pem);
+        let result = client.get(proxy.addr(443), HOST, HOST, "/get", &[]).await;
+        match reason {
+            Some(reason) => {
+                assert!(result.is_err(), "{limits}: {result:?}");
+                support::eventually(&format!("counted as {reason}"), || {
+                    proxy.rejected(reason) == 1
+                })
+                .await;
+            }
+            None => assert_eq!(result.unwrap().status, StatusCode::OK, "{limits}"),
+        }
+        // The usual two-certificate chain is served either way.
+        let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+        let result = client.get(proxy.addr(443), HOST, HOST, "/get", &[]).await;
+        assert_eq!(result.unwrap().status, StatusCode::OK, "{limits}");
+    }
+}

@@ -84,6 +84,9 @@ pub enum PeerError {
     /// The leaf is a CA certificate or may sign certificates, which X509-SVID forbids.
     #[error("leaf is a CA certificate")]
     CaLeaf,
+    /// The client sent more certificates than `limits.maxCertificateChainLength`.
+    #[error("chain of {0} certificates, more than the limit")]
+    ChainTooLong(usize),
     /// The peer's trust domain is not in `MeshGateway.spec.trust.trustDomains`.
     #[error("trust domain `{0}` is not allowed")]
     TrustDomainNotAllowed(String),
@@ -122,6 +125,7 @@ impl PeerError {
             Self::MultipleUriSans(_) => "multiple_uri_sans",
             Self::InvalidSpiffeId(_) => "invalid_spiffe_id",
             Self::CaLeaf => "ca_leaf",
+            Self::ChainTooLong(_) => "chain_too_long",
             Self::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
             Self::IssuerNotAllowed(_) => "issuer_not_allowed",
             Self::IdentityNotAllowed(_) => "identity_not_allowed",
@@ -133,7 +137,7 @@ impl PeerError {
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const REASONS: [&'static str; 16] = [
+    pub const REASONS: [&'static str; 17] = [
         "no_client_certificate",
         "unknown_issuer",
         "expired",
@@ -143,6 +147,7 @@ impl PeerError {
         "multiple_uri_sans",
         "invalid_spiffe_id",
         "ca_leaf",
+        "chain_too_long",
         "trust_domain_not_allowed",
         "issuer_not_allowed",
         "identity_not_allowed",

@@ -271,6 +271,13 @@ fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> 
     ) {
         out.http2_max_concurrent_streams = n;
     }
+    if let Some(n) = count(
+        "maxCertificateChainLength",
+        l.max_certificate_chain_length,
+        Limits::CERTIFICATE_CHAIN,
+    ) {
+        out.max_certificate_chain_length = n;
+    }
     out
 }
 

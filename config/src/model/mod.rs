@@ -156,6 +156,9 @@ pub struct Limits {
     /// A connection with no request in flight for this long is closed (Envoy's
     /// `idle_timeout`, 1 h by default); `None`: never.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The most certificates a client may send (its leaf included), refused before any
+    /// signature is checked.
+    pub max_certificate_chain_length: u32,
 }
 
 impl Limits {
@@ -171,6 +174,8 @@ impl Limits {
     pub const CONNECTIONS_PER_LISTENER: (u32, u32) = (1, 1_000_000);
     /// `http2MaxConcurrentStreams`: HTTP/2's own bound.
     pub const HTTP2_STREAMS: (u32, u32) = (1, (1 << 31) - 1);
+    /// `maxCertificateChainLength`: a leaf alone, up to a long plugged-in CA chain.
+    pub const CERTIFICATE_CHAIN: (u32, u32) = (1, 32);
 }
 
 impl Default for Limits {
@@ -182,6 +187,7 @@ impl Default for Limits {
             max_connections_per_listener: Some(10_000),
             http2_max_concurrent_streams: 1024,
             idle_timeout: Some(std::time::Duration::from_secs(3600)),
+            max_certificate_chain_length: 8,
         }
     }
 }

@@ -44,6 +44,7 @@ pub struct Limits {
     pub max_connections_per_listener: Option<u32>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub idle_timeout: Option<String>,
+    pub max_certificate_chain_length: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,7 @@ use meshgate_config::Model;
 
 use super::credentials::{Credentials, OwnCertificate};
 use super::files::{LoadedServerCertificate, ServerFiles};
-use super::verify::{peer_error, SpiffeClientVerifier};
+use super::verify::{peer_error, ChainLimit, SpiffeClientVerifier};
 use crate::identity::{
     client_certificate, peer_identity, ClientCertificate, PeerError, PeerIdentity,
 };
@@ -134,6 +134,7 @@ fn group(
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let missing = |what: &str| rustls::Error::General(format!("{what} not loaded"));
+    let most = model.proxy.limits.max_certificate_chain_length as usize;
     let (mut config, mode) = match &tls.mode {
         ServerTlsMode::IstioMutual => {
             let credentials = credentials.ok_or_else(|| missing("the MeshGateway identity"))?;
@@ -144,6 +145,10 @@ fn group(
                 provider.clone(),
             )
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
+            let verifier = ChainLimit {
+                inner: Arc::new(verifier),
+                most,
+            };
             let config = builder
                 .with_client_cert_verifier(Arc::new(verifier))
                 .with_cert_resolver(Arc::new(OwnCertificate(credentials.certified_key.clone())));
@@ -175,8 +180,12 @@ fn group(
             let verifier = verifier
                 .build()
                 .map_err(|e| rustls::Error::General(format!("caCertificates: {e}")))?;
+            let verifier = ChainLimit {
+                inner: verifier,
+                most,
+            };
             let config = builder
-                .with_client_cert_verifier(verifier)
+                .with_client_cert_verifier(Arc::new(verifier))
                 .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
             (config, GroupMode::Mutual)
         }

@@ -110,6 +110,7 @@ fn path_error(e: webpki::Error) -> PeerError {
         webpki::Error::UnknownIssuer => PeerError::UnknownIssuer,
         webpki::Error::CertExpired { .. } => PeerError::Expired,
         webpki::Error::CertNotValidYet { .. } => PeerError::NotYetValid,
+        webpki::Error::CaUsedAsEndEntity => PeerError::CaLeaf,
         other => PeerError::InvalidCertificate(format!("{other:?}")),
     }
 }
@@ -176,6 +177,65 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
+/// A client verifier that refuses a chain of more than `most` certificates (leaf included)
+/// before any signature is checked: path building over many fake CAs costs many times a
+/// normal handshake's CPU, and an Istio chain has two or three.
+#[derive(Debug)]
+pub struct ChainLimit {
+    pub inner: Arc<dyn ClientCertVerifier>,
+    pub most: usize,
+}
+
+impl ClientCertVerifier for ChainLimit {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let length = intermediates.len() + 1;
+        if length > self.most {
+            return Err(reject(PeerError::ChainTooLong(length)));
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 fn reject(e: PeerError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
@@ -198,10 +258,17 @@ pub fn peer_error(e: std::io::Error) -> PeerError {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 PeerError::NotYetValid
             }
-            CertificateError::Other(OtherError(inner)) => match inner.downcast_ref::<PeerError>() {
-                Some(p) => copy(p),
-                None => PeerError::InvalidCertificate(inner.to_string()),
-            },
+            CertificateError::Other(OtherError(inner)) => {
+                match (
+                    inner.downcast_ref::<PeerError>(),
+                    inner.downcast_ref::<webpki::Error>(),
+                ) {
+                    (Some(p), _) => copy(p),
+                    // rustls passes webpki's refusal of a CA as the leaf on as it is.
+                    (None, Some(webpki::Error::CaUsedAsEndEntity)) => PeerError::CaLeaf,
+                    (None, _) => PeerError::InvalidCertificate(inner.to_string()),
+                }
+            }
             other => PeerError::InvalidCertificate(format!("{other:?}")),
         },
         other => PeerError::Tls(other.clone()),
@@ -220,6 +287,7 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::UnknownIssuer => PeerError::UnknownIssuer,
         PeerError::Expired => PeerError::Expired,
         PeerError::NotYetValid => PeerError::NotYetValid,
+        PeerError::ChainTooLong(n) => PeerError::ChainTooLong(*n),
         other => PeerError::InvalidCertificate(other.to_string()),
     }
 }
