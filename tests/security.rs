@@ -774,3 +774,54 @@ spec:
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_fault_not_the_upstreams() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let yaml = gateway_yaml(&routes(backend.address)).replacen(
+        "  listen:",
+        "  accessLog: {path: access.log}\n  listen:",
+        1,
+    );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let caller = pki.workload("example.com", CALLER);
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    // A chunk size that is not hex, to an HTTP/1.1 and an HTTP/2 backend.
+    for host in [HOST, H2_HOST] {
+        let mut tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+        let request = format!(
+            "POST / HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\nzz\r\nnot a chunk\r\n0\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut out))
+            .await
+            .expect("an answer in time")
+            .ok();
+        let r = RawReply::parse(&out);
+        assert_eq!(r.status, 400, "{host}: {}", String::from_utf8_lossy(&out));
+        assert_eq!(r.body, "bad request body\n", "{host}");
+    }
+    // A body cut short: ten of a hundred bytes, then the client closes its side.
+    let mut tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    tls.write_all(
+        format!("POST / HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 100\r\n\r\n0123456789")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tls.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut out)).await;
+    let log = support::json_lines(&proxy.dir.path().join("access.log"), 3).await;
+    for line in &log[..2] {
+        assert_eq!(line["status"], 400, "{line}");
+        assert_eq!(line["response_flags"], "DPE", "{line}");
+    }
+    assert_eq!(log[2]["response_flags"], "DC", "{}", log[2]);
+    // None of it is an upstream's failure.
+    let metrics = proxy.running.metrics.render();
+    assert!(!metrics.contains("code=\"503\""), "{metrics}");
+}

@@ -38,18 +38,42 @@ struct ClientBody {
     /// Bytes read so far; `None` when nobody reads the count.
     counted: Option<Arc<AtomicU64>>,
     owned: Arc<Owned>,
+    /// The connection's, to be told when the client breaks the body.
+    activity: Option<Arc<crate::serve::Activity>>,
 }
 
 /// Why a request body stopped.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Whether a client body failure is bytes that are not HTTP (Envoy's `DPE`: a bad chunk, a
+/// body longer than its length) rather than a client that went away (`DC`).
+fn malformed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        source = s.source();
+    }
+    e.is_parse()
+}
+
 impl RequestBody {
     /// `body`, counting its bytes into `counted` when given.
-    pub fn new(body: Incoming, counted: Option<Arc<AtomicU64>>, owned: Arc<Owned>) -> Self {
+    pub fn new(
+        body: Incoming,
+        counted: Option<Arc<AtomicU64>>,
+        owned: Arc<Owned>,
+        activity: Option<Arc<crate::serve::Activity>>,
+    ) -> Self {
         Self(Source::Client(ClientBody {
             body,
             counted,
             owned,
+            activity,
         }))
     }
 
@@ -73,7 +97,13 @@ impl ClientBody {
                 self.owned.strip_trailers(trailers);
             }
         }
-        frame.map_err(Into::into)
+        frame.map_err(|e| {
+            // Told to the connection: the forward's failure is then the client's.
+            if let Some(activity) = &self.activity {
+                activity.body_failed(malformed(&e));
+            }
+            e.into()
+        })
     }
 }
 

@@ -268,7 +268,9 @@ async fn handle_request(
                 log.client = Some(client.address);
             }
             let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
-            let req = req.map(|body| RequestBody::new(body, bytes_in, runtime.owned.clone()));
+            let activity = Some(conn.activity.clone());
+            let req =
+                req.map(|body| RequestBody::new(body, bytes_in, runtime.owned.clone(), activity));
             route_and_forward(conn, req, client.address, &mut chosen).await
         }
     };
@@ -466,8 +468,19 @@ async fn route_and_forward(
                 local: conn.local_addr,
             };
             let tries = &mut chosen.tries;
-            let upstream =
-                forward::forward(upstreams, backend, selected, req, &downstream, tries).await?;
+            let faults = conn.activity.body_faults();
+            let forwarded =
+                forward::forward(upstreams, backend, selected, req, &downstream, tries).await;
+            let upstream = match forwarded {
+                Ok(upstream) => upstream,
+                // The client broke its body meanwhile: the failure is the client's.
+                Err(_) if conn.activity.body_faults() != faults => {
+                    return Err(ProxyError::ClientBody {
+                        malformed: conn.activity.last_body_fault_malformed(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
             upstream.map(ResponseBody::Upstream)
         }
     };

@@ -92,12 +92,16 @@ pub enum ProxyError {
     /// The route's `fault.abort` drew this request.
     #[error("fault injected: abort")]
     FaultAbort(AbortStatus),
+    /// Downstream: the client's body was malformed or cut short, so the forward failed.
+    #[error("the client's request body {}", if *.malformed { "was malformed" } else { "was cut short" })]
+    ClientBody { malformed: bool },
 }
 
 impl ProxyError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Head(HeadError::Connect) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Head(_) => StatusCode::BAD_REQUEST,
@@ -115,6 +119,8 @@ impl ProxyError {
     /// Envoy's response flag, for the access log.
     pub fn flag(&self) -> ResponseFlag {
         match self {
+            Self::ClientBody { malformed: true } => ResponseFlag::DownstreamProtocolError,
+            Self::ClientBody { malformed: false } => ResponseFlag::DownstreamConnectionTermination,
             Self::BadRequest(_) | Self::Head(_) | Self::Forward(ForwardError::BadRequest(_)) => {
                 ResponseFlag::DownstreamProtocolError
             }
@@ -132,6 +138,7 @@ impl ProxyError {
 
     fn body(&self) -> &'static str {
         match self {
+            Self::ClientBody { .. } => "bad request body\n",
             Self::BadRequest(_) => "bad request\n",
             Self::Head(HeadError::Connect) => "CONNECT is not supported\n",
             Self::Head(_) => "bad request\n",

@@ -250,6 +250,11 @@ pub struct Activity {
     active: AtomicU32,
     /// When the last request ended, in milliseconds after `opened`.
     idle_since_ms: AtomicU64,
+    /// Request bodies the client broke off or malformed, so that the failure of a forward
+    /// they caused is blamed on the client (`DPE`, `DC`), not on the upstream.
+    body_faults: AtomicU32,
+    /// Whether the last of them was malformed (rather than cut short).
+    malformed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Activity {
@@ -264,7 +269,26 @@ impl Activity {
             opened: Instant::now(),
             active: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            body_faults: AtomicU32::new(0),
+            malformed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A request body of this connection failed on the client's side.
+    pub fn body_failed(&self, malformed: bool) {
+        self.malformed.store(malformed, Ordering::Relaxed);
+        self.body_faults.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many request bodies failed so far: compared before and after a forward.
+    pub fn body_faults(&self) -> u32 {
+        self.body_faults.load(Ordering::Acquire)
+    }
+
+    /// Whether the last body failure was malformed bytes (`DPE`) rather than a client that
+    /// went away (`DC`).
+    pub fn last_body_fault_malformed(&self) -> bool {
+        self.malformed.load(Ordering::Relaxed)
     }
 
     /// Whether a request is in flight.
