@@ -344,6 +344,7 @@ async fn mtls_get(
             vec![GATEWAY_ID.into()],
             true,
             provider.clone(),
+            &meshgate_proxy::tls::credentials::Revocation::default(),
         )
         .map_err(|e| e.to_string())?;
         let chain = CertificateDer::pem_slice_iter(identity.chain_pem.as_bytes())

@@ -178,7 +178,10 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         assert!(closed, "{alpn:?}: the connection did not end cleanly");
         // The proxy's idle clock starts when it has sent the last byte, which this client
         // (on a loaded machine) sees somewhat later: half the timeout is the margin.
-        assert!(busy_until.elapsed() >= idle / 2, "{alpn:?}: closed while busy");
+        assert!(
+            busy_until.elapsed() >= idle / 2,
+            "{alpn:?}: closed while busy"
+        );
         assert!(opened.elapsed() >= idle * 3);
     }
     support::eventually("no connection left open", || active(&proxy)).await;

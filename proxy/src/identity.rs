@@ -87,6 +87,12 @@ pub enum PeerError {
     /// The client sent more certificates than `limits.maxCertificateChainLength`.
     #[error("chain of {0} certificates, more than the limit")]
     ChainTooLong(usize),
+    /// A CRL of `identity.crl` revokes the leaf or an intermediate.
+    #[error("certificate revoked")]
+    Revoked,
+    /// A CRL covering the chain is past its `nextUpdate`, and `identity.expiredCrl` is DENY.
+    #[error("a CRL covering the chain has expired")]
+    CrlExpired,
     /// The peer's trust domain is not in `MeshGateway.spec.trust.trustDomains`.
     #[error("trust domain `{0}` is not allowed")]
     TrustDomainNotAllowed(String),
@@ -126,6 +132,8 @@ impl PeerError {
             Self::InvalidSpiffeId(_) => "invalid_spiffe_id",
             Self::CaLeaf => "ca_leaf",
             Self::ChainTooLong(_) => "chain_too_long",
+            Self::Revoked => "revoked",
+            Self::CrlExpired => "crl_expired",
             Self::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
             Self::IssuerNotAllowed(_) => "issuer_not_allowed",
             Self::IdentityNotAllowed(_) => "identity_not_allowed",
@@ -137,7 +145,7 @@ impl PeerError {
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const REASONS: [&'static str; 17] = [
+    pub const REASONS: [&'static str; 19] = [
         "no_client_certificate",
         "unknown_issuer",
         "expired",
@@ -148,6 +156,8 @@ impl PeerError {
         "invalid_spiffe_id",
         "ca_leaf",
         "chain_too_long",
+        "revoked",
+        "crl_expired",
         "trust_domain_not_allowed",
         "issuer_not_allowed",
         "identity_not_allowed",

@@ -52,6 +52,18 @@ pub(crate) fn compile(
         cert_chain: relative_to(&o.file, &id.cert_chain),
         private_key: relative_to(&o.file, &id.private_key),
         root_certs: relative_to(&o.file, &id.root_certs),
+        crl: id.crl.as_ref().map(|c| relative_to(&o.file, c)),
+        deny_expired_crl: match id.expired_crl.as_deref() {
+            None | Some("USE") => false,
+            Some("DENY") => true,
+            Some(other) => {
+                errors.push(o.error(
+                    "spec.identity.expiredCrl",
+                    format!("`{other}` is not USE or DENY"),
+                ));
+                false
+            }
+        },
     });
     let socket = |field: &str, value: &str, errors: &mut Vec<ConfigError>| {
         value

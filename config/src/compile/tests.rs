@@ -391,6 +391,7 @@ fn destination_rule_mistakes() {
         (dr("{portLevelSettings: [{port: {number: 80}, proxyProtocol: {version: V2}}]}"), "t.yaml:14:60: DestinationRule default/dr: spec.trafficPolicy.portLevelSettings[0].proxyProtocol: unknown field `proxyProtocol`"),
         (dr("{proxyProtocol: {}}") + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [a.b]\n  http:\n  - route: [{destination: {host: x.example.com, port: {number: 80}}}]\n", "t.yaml: VirtualService default/vs: spec.http[0].route[0].destination: DestinationRule default/dr sets trafficPolicy.proxyProtocol for `x.example.com`: meshgate sends a PROXY header on the connections of tcp and tls routes"),
         (MESH_GATEWAY.replace("spec:\n", "spec:\n  tagging: {proxyProtocolTlv: 5}\n"), "t.yaml: MeshGateway istio-system/gw: spec.tagging.proxyProtocolTlv: 5 is not a custom PROXY v2 TLV type"),
+        (MESH_GATEWAY.replace("rootCerts: r.pem}", "rootCerts: r.pem, crl: c.pem, expiredCrl: IGNORE}"), "t.yaml: MeshGateway istio-system/gw: spec.identity.expiredCrl: `IGNORE` is not USE or DENY"),
     ];
     for (yaml, want) in cases {
         let got = errors(yaml);

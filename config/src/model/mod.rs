@@ -198,6 +198,12 @@ pub struct IdentityFiles {
     pub cert_chain: PathBuf,
     pub private_key: PathBuf,
     pub root_certs: PathBuf,
+    /// Certificate revocation lists (PEM or DER; one file may hold several), checked for the
+    /// chains of `ISTIO_MUTUAL` clients and of upstreams meshgate originates mTLS to.
+    pub crl: Option<PathBuf>,
+    /// `expiredCrl: DENY`: a chain that a CRL past its `nextUpdate` covers is refused; by
+    /// default (`USE`) such a CRL still revokes what it lists.
+    pub deny_expired_crl: bool,
 }
 
 /// The request headers the proxy owns: every client-sent copy is removed before they are set.
@@ -333,6 +339,7 @@ impl Model {
                 id.private_key.clone(),
                 id.root_certs.clone(),
             ]);
+            files.extend(id.crl.clone());
         }
         for l in &self.listeners {
             for t in &l.tls {

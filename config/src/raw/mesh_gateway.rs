@@ -80,6 +80,8 @@ pub struct Identity {
     pub cert_chain: String,
     pub private_key: String,
     pub root_certs: String,
+    pub crl: Option<String>,
+    pub expired_crl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

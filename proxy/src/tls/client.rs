@@ -51,9 +51,11 @@ pub fn origination(
             .unwrap_or("DestinationRule");
         format!("{source} for {}:{}", backend.host, backend.port)
     };
-    let roots = match (&settings.ca_certificates, credentials) {
-        (Some(path), _) if !istio => Arc::new(read_roots(path, material)?),
-        (_, Some(c)) => c.roots.clone(),
+    // The mesh's CRLs go with the mesh's bundle; `caCertificates` stands alone.
+    let no_crls = super::credentials::Revocation::default();
+    let (roots, revocation) = match (&settings.ca_certificates, credentials) {
+        (Some(path), _) if !istio => (Arc::new(read_roots(path, material)?), &no_crls),
+        (_, Some(c)) => (c.roots.clone(), &c.revocation),
         (_, None) => {
             return Err(BuildError::Tls(format!(
                 "{}: {} needs the MeshGateway identity (its trust bundle{})",
@@ -72,6 +74,7 @@ pub fn origination(
         settings.subject_alt_names.clone(),
         istio,
         provider.clone(),
+        revocation,
     )
     .map_err(|e| BuildError::Tls(format!("{}: {e}", what())))?;
     let builder = ClientConfig::builder_with_provider(provider.clone())

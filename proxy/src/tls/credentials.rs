@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
@@ -32,6 +32,16 @@ pub struct Credentials {
     pub spiffe_id: SpiffeId,
     /// What `/certs` shows: our chain and the bundle, summarised at load.
     pub summary: serde_json::Value,
+    /// `identity.crl`: checked on the chains of ISTIO_MUTUAL clients and upstreams.
+    pub revocation: Revocation,
+}
+
+/// Certificate revocation lists and how strictly they are taken.
+#[derive(Debug, Clone, Default)]
+pub struct Revocation {
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// A CRL past its `nextUpdate` fails the chains it covers (`expiredCrl: DENY`).
+    pub deny_expired: bool,
 }
 
 impl Credentials {
@@ -85,6 +95,21 @@ impl Credentials {
                 .add(cert)
                 .map_err(|e| identity_error(&files.root_certs, format!("unusable root: {e}")))?;
         }
+        let revocation = match &files.crl {
+            None => Revocation::default(),
+            Some(path) => {
+                let crls = material.crls(path)?;
+                // Parsed now, so that a broken file is refused at load and the old one kept.
+                for der in &crls {
+                    webpki::OwnedCertRevocationList::from_der(der)
+                        .map_err(|e| identity_error(path, format!("unusable CRL: {e:?}")))?;
+                }
+                Revocation {
+                    crls,
+                    deny_expired: files.deny_expired_crl,
+                }
+            }
+        };
         let summary = serde_json::json!({
             "spiffe_id": spiffe_id.as_str(),
             "cert_chain": { "file": files.cert_chain, "certificates": chain.iter().map(|c| describe(c)).collect::<Vec<_>>() },
@@ -95,6 +120,7 @@ impl Credentials {
             roots: Arc::new(roots),
             spiffe_id,
             summary,
+            revocation,
         })
     }
 }

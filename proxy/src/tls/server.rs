@@ -143,6 +143,7 @@ fn group(
                 model.trust.clone(),
                 issuers.to_vec(),
                 provider.clone(),
+                &credentials.revocation,
             )
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
             let verifier = ChainLimit {

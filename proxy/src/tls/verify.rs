@@ -18,6 +18,7 @@ use rustls::{
 
 use meshgate_config::model::TrustSettings;
 
+use super::credentials::Revocation;
 use crate::identity::{peer_identity, sha256_hex, PeerError};
 
 /// WebPKI plus SPIFFE.
@@ -29,25 +30,47 @@ pub struct SpiffeClientVerifier {
     issuers: Vec<(String, Vec<String>)>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    /// The CRLs, parsed, for the path verified with issuer binding.
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    deny_expired_crl: bool,
 }
 
 impl SpiffeClientVerifier {
     /// A verifier for `roots` that admits the trust domains `trust` allows.
     /// `issuers` are the resolved `spec.trust.issuers`: SPKI SHA-256 and trust domains.
+    /// `revocation`'s CRLs refuse a revoked leaf or intermediate (`revoked`); a CA they do not
+    /// cover (another mesh's) is not refused for that.
     pub fn new(
         roots: Arc<RootCertStore>,
         trust: TrustSettings,
         issuers: Vec<(String, Vec<String>)>,
         provider: Arc<CryptoProvider>,
+        revocation: &Revocation,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        if !revocation.crls.is_empty() {
+            builder = builder
+                .with_crls(revocation.crls.iter().cloned())
+                .allow_unknown_revocation_status();
+            if revocation.deny_expired {
+                builder = builder.enforce_revocation_expiration();
+            }
+        }
+        let crls = revocation
+            .crls
+            .iter()
+            .filter_map(|der| webpki::OwnedCertRevocationList::from_der(der).ok())
+            .map(webpki::CertRevocationList::from)
+            .collect();
         Ok(Self {
-            inner,
+            inner: builder.build()?,
             trust,
             issuers,
             roots,
             provider,
+            crls,
+            deny_expired_crl: revocation.deny_expired,
         })
     }
 
@@ -62,6 +85,16 @@ impl SpiffeClientVerifier {
     ) -> Result<Vec<String>, rustls::Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls).ok().map(|b| {
+            b.with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(if self.deny_expired_crl {
+                    webpki::ExpirationPolicy::Enforce
+                } else {
+                    webpki::ExpirationPolicy::Ignore
+                })
+                .build()
+        });
         let path = ee
             .verify_for_usage(
                 self.provider.signature_verification_algorithms.all,
@@ -69,7 +102,7 @@ impl SpiffeClientVerifier {
                 intermediates,
                 now,
                 webpki::KeyUsage::client_auth(),
-                None,
+                revocation,
                 None,
             )
             .map_err(|e| reject(path_error(e)))?;
@@ -111,6 +144,8 @@ fn path_error(e: webpki::Error) -> PeerError {
         webpki::Error::CertExpired { .. } => PeerError::Expired,
         webpki::Error::CertNotValidYet { .. } => PeerError::NotYetValid,
         webpki::Error::CaUsedAsEndEntity => PeerError::CaLeaf,
+        webpki::Error::CertRevoked => PeerError::Revoked,
+        webpki::Error::CrlExpired { .. } => PeerError::CrlExpired,
         other => PeerError::InvalidCertificate(format!("{other:?}")),
     }
 }
@@ -258,6 +293,9 @@ pub fn peer_error(e: std::io::Error) -> PeerError {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 PeerError::NotYetValid
             }
+            CertificateError::Revoked => PeerError::Revoked,
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => PeerError::CrlExpired,
             CertificateError::Other(OtherError(inner)) => {
                 match (
                     inner.downcast_ref::<PeerError>(),
@@ -288,6 +326,8 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::Expired => PeerError::Expired,
         PeerError::NotYetValid => PeerError::NotYetValid,
         PeerError::ChainTooLong(n) => PeerError::ChainTooLong(*n),
+        PeerError::Revoked => PeerError::Revoked,
+        PeerError::CrlExpired => PeerError::CrlExpired,
         other => PeerError::InvalidCertificate(other.to_string()),
     }
 }
@@ -308,9 +348,19 @@ impl SpiffeServerVerifier {
         subject_alt_names: Vec<String>,
         istio: bool,
         provider: Arc<CryptoProvider>,
+        revocation: &Revocation,
     ) -> Result<Self, rustls::client::VerifierBuilderError> {
-        let inner =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider).build()?;
+        let mut builder =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider);
+        if !revocation.crls.is_empty() {
+            builder = builder
+                .with_crls(revocation.crls.iter().cloned())
+                .allow_unknown_revocation_status();
+            if revocation.deny_expired {
+                builder = builder.enforce_revocation_expiration();
+            }
+        }
+        let inner = builder.build()?;
         Ok(Self {
             inner,
             subject_alt_names,
