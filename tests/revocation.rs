@@ -1,6 +1,6 @@
 //! Certificate revocation lists (`MeshGateway.spec.identity.crl`, as Istio's plugged-in CA
-//! distributes `ca-crl.pem`): a revoked client leaf or intermediate fails the handshake with
-//! reason `revoked`, with and without issuer binding; a CA the CRLs do not cover (another
+//! distributes `ca-crl.pem`): a revoked client leaf (with and without issuer binding) or
+//! intermediate fails the handshake with reason `revoked`; a CA the CRLs do not cover (another
 //! mesh's) is not refused for it; a new CRL file is taken at reload; an upstream whose
 //! certificate is revoked is not originated to; and `expiredCrl: DENY` refuses chains an
 //! expired CRL covers.
@@ -90,6 +90,32 @@ async fn a_revoked_client_is_refused_and_a_new_crl_is_taken_at_reload() {
         assert!(get(&pki, &proxy, &sleep).await.is_err(), "{trust}");
         assert_eq!(get(&pki, &proxy, &local).await, Ok(200), "{trust}");
     }
+}
+
+#[tokio::test]
+async fn a_revoked_intermediate_refuses_every_leaf_it_issued() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = echo();
+    let mesh_ca = rustls::pki_types::CertificateDer::from_pem_slice(
+        pki.ca("example.com").cert_pem.as_bytes(),
+    )
+    .unwrap();
+    // The root's list, revoking example.com's CA.
+    let tomorrow = OffsetDateTime::now_utc() + Duration::days(1);
+    let crl = pki.root.crl(&[mesh_ca.as_ref()], tomorrow).unwrap();
+    let proxy = Proxy::start_with_files(
+        &yaml(backend.address, "", ""),
+        &pki.workload("example-target.com", GATEWAY_ID),
+        &[("certs/ca-crl.pem", &crl)],
+    )
+    .await;
+    assert!(get(&pki, &proxy, &pki.workload("example.com", SLEEP))
+        .await
+        .is_err());
+    support::eventually("counted as revoked", || proxy.rejected("revoked") == 1).await;
+    let local = pki.workload("example-target.com", LOCAL);
+    assert_eq!(get(&pki, &proxy, &local).await, Ok(200));
 }
 
 #[tokio::test]
