@@ -80,7 +80,7 @@ async fn local_remote_and_cluster_local_callers_are_tagged() {
     let metrics = proxy.running.metrics.render();
     assert!(
         metrics.contains(
-            r#"meshgate_requests_total{origin="remote",source_trust_domain="other",code="200"} 1"#
+            r#"meshgate_requests_total{origin="remote",source_trust_domain="example.com",code="200"} 1"#
         ),
         "{metrics}"
     );

@@ -14,7 +14,8 @@ const HOST: &str = "httpbin.example-target.com";
 const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
 
 /// Two routes (one named, one not, one forwarding to `backend`), a DENY policy on `/denied`,
-/// and with `allow_example_com` an allow-list naming both meshes.
+/// and with `allow_example_com` an allow-list naming both meshes (without, no trust domain
+/// the configuration does not name gets a label).
 fn config(backend: std::net::SocketAddr, allow_example_com: bool) -> String {
     let yaml = gateway_yaml(&format!(
         r#"
@@ -57,7 +58,13 @@ spec:
             1,
         )
     } else {
-        yaml
+        // No trust domain of its own for callers the configuration does not name: they count
+        // as `other`.
+        yaml.replacen(
+            "  listen:",
+            "  limits: {trustDomainLabels: 0}\n  listen:",
+            1,
+        )
     }
 }
 
@@ -127,11 +134,12 @@ async fn requests_are_counted_by_listener_route_and_trust_domain_across_reloads(
             r#"meshgate_requests_total{origin="local",source_trust_domain="example-target.com",code="418"}"#.into(),
             2,
         ),
-        // example.com is named nowhere in this configuration.
+        // example.com is named nowhere in this configuration, and no other gets a label.
         (
             r#"meshgate_requests_total{origin="remote",source_trust_domain="other",code="200"}"#.into(),
             1,
         ),
+        ("meshgate_trust_domain_labels_overflow_total".into(), 3),
         (
             r#"meshgate_upstream_connections_total{backend="echo.internal:80",result="success"}"#
                 .into(),
@@ -186,4 +194,40 @@ async fn requests_are_counted_by_listener_route_and_trust_domain_across_reloads(
     for (series, want) in &expect {
         assert_eq!(value(&metrics, series), *want, "{series}\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn trust_domains_seen_get_labels_up_to_the_cap() {
+    let pki = Pki::new(&["example-target.com", "example.com", "third.example"]);
+    let backend = echo();
+    let yaml = config(backend.address, false).replace(
+        "  limits: {trustDomainLabels: 0}\n",
+        "  limits: {trustDomainLabels: 1}\n",
+    );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    for (td, times) in [("example.com", 2), ("third.example", 1)] {
+        let caller = pki.workload(td, &format!("spiffe://{td}/ns/default/sa/app"));
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+        for _ in 0..times {
+            let r = client
+                .get(proxy.addr(443), HOST, HOST, "/get", &[])
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    let metrics = proxy.running.metrics.render();
+    let series = |td: &str| {
+        format!(
+            r#"meshgate_requests_total{{origin="remote",source_trust_domain="{td}",code="200"}}"#
+        )
+    };
+    // The first trust domain seen gets its label; the second is over the cap of one.
+    assert_eq!(value(&metrics, &series("example.com")), 2, "{metrics}");
+    assert_eq!(value(&metrics, &series("other")), 1, "{metrics}");
+    assert!(!metrics.contains("third.example"), "{metrics}");
+    assert_eq!(
+        value(&metrics, "meshgate_trust_domain_labels_overflow_total"),
+        1
+    );
 }

@@ -110,9 +110,10 @@ fn authorize_route_and_count_allocate_nothing() {
     let listener = &model.listeners[0];
     let metrics = Metrics::new();
     let series = metrics.series();
-    let trust_domains = series.trust_domains(&model.trust);
+    // No label for a trust domain the configuration does not name: counted as `other`.
+    let trust_domains = series.trust_domains(&model.trust, 0);
     let counts = series.listener(listener);
-    let td = trust_domains.index(Some("example.com"));
+    let td = trust_domains.series(Some("example.com"));
     // Warm up anything lazily initialised (the regex engine's caches).
     assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
     assert!(route(listener, None, &request).is_some());
@@ -122,7 +123,7 @@ fn authorize_route_and_count_allocate_nothing() {
         assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
         let chosen = route(listener, None, &request).map(|r| r.route.index);
         assert!(chosen.is_some());
-        trust_domains.request(td, Some(Origin::Remote), 200);
+        td.request(Some(Origin::Remote), 200);
         counts.request(chosen, Some(Origin::Remote), 200);
         counts.duration(Some(Origin::Remote), std::time::Duration::from_micros(300));
     }

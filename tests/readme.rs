@@ -74,7 +74,7 @@ fn the_readme_limits_shown_as_defaults_are_the_defaults() {
             Some(format!("{key}: {value}"))
         })
         .collect();
-    assert_eq!(settings.len(), 7, "{settings:?}");
+    assert_eq!(settings.len(), 8, "{settings:?}");
     let yaml = |limits: &str| {
         format!(
             "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  labels: {{istio: ingressgateway}}\n{limits}"
@@ -117,6 +117,7 @@ fn the_readme_limits_shown_as_defaults_are_the_defaults() {
             "| `maxCertificateChainLength` | {} |",
             d.max_certificate_chain_length
         ),
+        format!("| `trustDomainLabels` | {} |", d.trust_domain_labels),
     ] {
         assert!(
             readme.contains(&row),

@@ -43,8 +43,8 @@ struct Connection {
     group: Option<usize>,
     tags: ConnectionTags,
     origin: Option<Origin>,
-    /// The metric label index of the peer's trust domain.
-    trust_domain: usize,
+    /// The request counters of the peer's trust domain.
+    trust_domain: crate::metrics::TrustDomainSeries,
     peer: Option<PeerIdentity>,
     peer_addr: SocketAddr,
     /// The local address the connection was accepted on (`destination.ip`).
@@ -156,7 +156,7 @@ pub async fn serve_connection(
                         origin,
                         trust_domain: runtime
                             .trust_domains
-                            .index(peer.as_ref().map(|p| p.spiffe_id.trust_domain())),
+                            .series(peer.as_ref().map(|p| p.spiffe_id.trust_domain())),
                         peer,
                         runtime: runtime.clone(),
                         listener,
@@ -174,7 +174,7 @@ pub async fn serve_connection(
             let conn = Connection {
                 tags: ConnectionTags::new(None, None, tagging, peer_addr),
                 origin: None,
-                trust_domain: runtime.trust_domains.index(None),
+                trust_domain: runtime.trust_domains.series(None),
                 peer: None,
                 runtime: runtime.clone(),
                 listener,
@@ -296,9 +296,7 @@ async fn handle_request(
         }
     };
     let status = response.status().as_u16();
-    runtime
-        .trust_domains
-        .request(conn.trust_domain, conn.origin, status);
+    conn.trust_domain.request(conn.origin, status);
     runtime.listeners[conn.listener]
         .counts
         .request(chosen.route, conn.origin, status);

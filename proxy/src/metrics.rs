@@ -54,7 +54,8 @@ pub struct Metrics {
     /// Dry-run decisions: (deny set, allow set) x (allowed, denied).
     dry_run: [AtomicU64; 4],
     /// `meshgate_requests_total`, per source trust domain: origin x status code.
-    trust_domains: Family,
+    trust_domains: Arc<Family>,
+    seen_trust_domains: Arc<SeenTrustDomains>,
     /// `meshgate_route_requests_total`, per listener and route: origin x code class.
     routes: Family,
     /// `meshgate_upstream_connections_total`, per backend: made, failed.
@@ -68,9 +69,24 @@ pub struct Metrics {
 #[derive(Debug)]
 pub struct Series<'a>(&'a Metrics);
 
-/// A configuration's requests by source trust domain; `""` (no peer) first and `other` last.
+/// A configuration's requests by source trust domain: those it names, `""` (no peer) first and
+/// `other` last; and, up to `cap`, each other trust domain a verified connection comes from.
 #[derive(Debug)]
-pub struct TrustDomainCounts(Vec<(Box<str>, Counts)>);
+pub struct TrustDomainCounts {
+    named: Vec<(Box<str>, Counts)>,
+    cap: usize,
+    family: Arc<Family>,
+    seen: Arc<SeenTrustDomains>,
+}
+
+/// The trust domains verified connections came from that no configuration named, each with its
+/// series: kept across reloads, so the cap bounds the labels for the life of the process.
+#[derive(Debug, Default)]
+struct SeenTrustDomains {
+    series: Mutex<std::collections::HashMap<Box<str>, Counts>>,
+    /// Connections from a trust domain over the cap, counted under `other`.
+    overflow: AtomicU64,
+}
 
 /// One listener's requests by route, and its duration histogram.
 #[derive(Debug)]
@@ -105,7 +121,8 @@ impl Metrics {
             tcp_bytes: Default::default(),
             proxy_protocol: Default::default(),
             dry_run: Default::default(),
-            trust_domains: Family::new(ORIGINS.len() * CODES),
+            trust_domains: Arc::new(Family::new(ORIGINS.len() * CODES)),
+            seen_trust_domains: Default::default(),
             routes: Family::new(ORIGINS.len() * CLASSES),
             upstreams: Family::new(UPSTREAM_SLOTS),
             durations: Family::new(ORIGINS.len() * SLOTS),
@@ -116,7 +133,7 @@ impl Metrics {
     /// holds any more.
     pub fn series(&self) -> Series<'_> {
         for family in [
-            &self.trust_domains,
+            &*self.trust_domains,
             &self.routes,
             &self.upstreams,
             &self.durations,
@@ -431,6 +448,17 @@ impl Metrics {
             );
         }
         e.family(
+            "meshgate_trust_domain_labels_overflow_total",
+            "counter",
+            "Connections from a trust domain counted as `other` because limits.trustDomainLabels \
+             trust domains already have series of their own.",
+        );
+        e.sample(
+            "meshgate_trust_domain_labels_overflow_total",
+            "",
+            self.seen_trust_domains.overflow.load(Ordering::Relaxed),
+        );
+        e.family(
             "meshgate_connections_refused_total",
             "counter",
             "Connections closed at accept: the listener was full.",
@@ -515,9 +543,10 @@ impl Metrics {
 
 impl Series<'_> {
     /// The requests-by-trust-domain series of a configuration with `trust`.
-    pub fn trust_domains(&self, trust: &TrustSettings) -> TrustDomainCounts {
-        TrustDomainCounts(
-            trust_domain_labels(trust)
+    /// `cap`: how many trust domains the configuration does not name get series of their own.
+    pub fn trust_domains(&self, trust: &TrustSettings, cap: usize) -> TrustDomainCounts {
+        TrustDomainCounts {
+            named: trust_domain_labels(trust)
                 .into_iter()
                 .map(|td| {
                     let counts = self
@@ -527,7 +556,10 @@ impl Series<'_> {
                     (td.into_boxed_str(), counts)
                 })
                 .collect(),
-        )
+            cap,
+            family: self.0.trust_domains.clone(),
+            seen: self.0.seen_trust_domains.clone(),
+        }
     }
 
     /// The series of listener `l`: its routes and its duration histogram.
@@ -562,22 +594,41 @@ impl Series<'_> {
     }
 }
 
-impl TrustDomainCounts {
-    /// The index of a peer's trust domain (`None`: no peer), computed once per connection; a
-    /// trust domain the configuration does not name counts as `other`.
-    pub fn index(&self, td: Option<&str>) -> usize {
-        let td = td.unwrap_or("");
-        self.0
-            .iter()
-            .position(|(t, _)| &**t == td)
-            .unwrap_or(self.0.len() - 1)
-    }
+/// The request counters of one source trust domain, held by a connection.
+#[derive(Debug, Clone)]
+pub struct TrustDomainSeries(Counts);
 
-    /// Counts a request of the peer trust domain `index` with its origin and status code.
-    pub fn request(&self, index: usize, origin: Option<Origin>, status: u16) {
+impl TrustDomainCounts {
+    /// The series of a peer's trust domain (`None`: no peer), taken once per connection (the
+    /// trust domain of a verified chain): one the configuration names, else one of its own
+    /// while fewer than the cap have been seen, else `other`.
+    pub fn series(&self, td: Option<&str>) -> TrustDomainSeries {
+        let td = td.unwrap_or("");
+        if let Some((_, counts)) = self.named.iter().find(|(t, _)| &**t == td) {
+            return TrustDomainSeries(counts.clone());
+        }
+        let mut seen = self.seen.series.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counts) = seen.get(td) {
+            return TrustDomainSeries(counts.clone());
+        }
+        if seen.len() < self.cap {
+            let counts = self.family.series(labels(&[("source_trust_domain", td)]));
+            seen.insert(td.into(), counts.clone());
+            return TrustDomainSeries(counts);
+        }
+        self.seen.overflow.fetch_add(1, Ordering::Relaxed);
+        // `other` is always last.
+        let other = self.named.last().map(|(_, c)| c.clone());
+        TrustDomainSeries(other.unwrap_or_else(|| self.family.series(String::new())))
+    }
+}
+
+impl TrustDomainSeries {
+    /// Counts a request with its origin and status code.
+    pub fn request(&self, origin: Option<Origin>, status: u16) {
         let status = usize::from(status.clamp(100, 599));
-        if let Some((_, counts)) = self.0.get(index) {
-            counts[origin_index(origin) * CODES + status - 100].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.0.get(origin_index(origin) * CODES + status - 100) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -118,7 +118,10 @@ impl Runtime {
         let upstreams = Upstreams::new(&model, credentials.as_ref(), material, &provider, &series)?;
         Ok(Self {
             upstreams,
-            trust_domains: series.trust_domains(&model.trust),
+            trust_domains: series.trust_domains(
+                &model.trust,
+                model.proxy.limits.trust_domain_labels as usize,
+            ),
             http: HttpServers::new(&model.proxy.limits),
             by_key: model
                 .listeners

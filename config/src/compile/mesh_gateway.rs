@@ -290,6 +290,13 @@ fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> 
     ) {
         out.max_certificate_chain_length = n;
     }
+    if let Some(n) = count(
+        "trustDomainLabels",
+        l.trust_domain_labels,
+        Limits::TRUST_DOMAIN_LABELS,
+    ) {
+        out.trust_domain_labels = n;
+    }
     out
 }
 

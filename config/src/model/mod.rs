@@ -159,6 +159,9 @@ pub struct Limits {
     /// The most certificates a client may send (its leaf included), refused before any
     /// signature is checked.
     pub max_certificate_chain_length: u32,
+    /// How many trust domains the configuration does not name get request metrics of their
+    /// own (`source_trust_domain`); more count as `other`.
+    pub trust_domain_labels: u32,
 }
 
 impl Limits {
@@ -176,6 +179,8 @@ impl Limits {
     pub const HTTP2_STREAMS: (u32, u32) = (1, (1 << 31) - 1);
     /// `maxCertificateChainLength`: a leaf alone, up to a long plugged-in CA chain.
     pub const CERTIFICATE_CHAIN: (u32, u32) = (1, 32);
+    /// `trustDomainLabels` (0: only those the configuration names).
+    pub const TRUST_DOMAIN_LABELS: (u32, u32) = (0, 10_000);
 }
 
 impl Default for Limits {
@@ -188,6 +193,7 @@ impl Default for Limits {
             http2_max_concurrent_streams: 1024,
             idle_timeout: Some(std::time::Duration::from_secs(3600)),
             max_certificate_chain_length: 8,
+            trust_domain_labels: 100,
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct Limits {
     pub http2_max_concurrent_streams: Option<u32>,
     pub idle_timeout: Option<String>,
     pub max_certificate_chain_length: Option<u32>,
+    pub trust_domain_labels: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
