@@ -141,8 +141,15 @@ enum Pki {
         #[arg(long)]
         rsa: bool,
     },
-    /// SPIFFE ID, trust domain, issuer, validity and SPKI SHA-256 of each certificate in a PEM file.
-    Inspect { file: PathBuf },
+    /// SPIFFE ID, trust domain, issuer, validity and SPKI SHA-256 of each certificate in a PEM file;
+    /// with -c, whether this configuration's ISTIO_MUTUAL servers would accept it as a client's
+    /// chain (leaf first) now, and if not, why (exit status 1).
+    Inspect {
+        file: PathBuf,
+        /// The configuration (files or directories) whose gateway is asked.
+        #[arg(short = 'c', long = "config")]
+        config: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -202,10 +209,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Pki(pki) => {
-            pki_command(pki)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Pki(pki) => pki_command(pki),
     }
 }
 
@@ -356,7 +360,7 @@ fn error_json(e: &meshgate_config::ConfigError) -> serde_json::Value {
     })
 }
 
-fn pki_command(pki: Pki) -> anyhow::Result<()> {
+fn pki_command(pki: Pki) -> anyhow::Result<ExitCode> {
     let alg = |rsa: bool| {
         if rsa {
             KeyAlgorithm::Rsa2048
@@ -412,9 +416,14 @@ fn pki_command(pki: Pki) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Pki::Inspect { file } => inspect(&file)?,
+        Pki::Inspect { file, config } => {
+            inspect(&file)?;
+            if !config.is_empty() && !would_accept(&file, &config)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(file: &Path) -> anyhow::Result<()> {
@@ -426,6 +435,34 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
         println!("{cert}");
     }
     Ok(())
+}
+
+/// Asks the configuration's verifier about the chain in `file`; whether it accepts it.
+fn would_accept(file: &Path, config: &[PathBuf]) -> anyhow::Result<bool> {
+    use rustls::pki_types::pem::PemObject;
+    let model = meshgate_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let material =
+        meshgate_proxy::material::Material::read(&model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading {}", file.display()))?;
+    println!();
+    let name = &model.proxy.name;
+    match meshgate_proxy::tls::inspect::would_accept(&model, &material, &chain)? {
+        Ok(peer) => {
+            let origin = meshgate_proxy::origin::origin(&peer, &model.trust);
+            println!(
+                "accepted by MeshGateway {name}: {} ({origin:?} caller)",
+                peer.spiffe_id
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("refused by MeshGateway {name}: {}: {e}", e.reason());
+            Ok(false)
+        }
+    }
 }
 
 fn time_hours(hours: i64) -> meshgate_pki::Duration {

@@ -934,3 +934,58 @@ fn echo_tcp_sends_every_byte_back_until_the_client_closes() {
     assert_eq!(back.len(), sent.len());
     assert!(back == sent, "the bytes came back changed");
 }
+
+#[test]
+fn pki_inspect_with_a_config_says_whether_the_gateway_would_accept_the_certificate() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    // The gateway admits only its own trust domain at the handshake.
+    let yaml = gateway_yaml("").replacen(
+        "  listen:",
+        "  trust: {trustDomains: [example-target.com]}\n  listen:",
+        1,
+    );
+    let dir = config_dir(&pki, &yaml);
+    let config = dir.path().join("gateway.yaml");
+    let inspect = |name: &str, chain: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, chain).unwrap();
+        meshgate(&[
+            "pki",
+            "inspect",
+            file.to_str().unwrap(),
+            "-c",
+            config.to_str().unwrap(),
+        ])
+    };
+    let local = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/default/sa/app",
+    );
+    let out = inspect("local.pem", &local.chain_pem);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "accepted by MeshGateway istio-system/target-gateway: spiffe://example-target.com/ns/default/sa/app (Local caller)"
+        ),
+        "{}",
+        text(&out)
+    );
+    let remote = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let out = inspect("remote.pem", &remote.chain_pem);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused by MeshGateway istio-system/target-gateway: trust_domain_not_allowed: trust domain `example.com` is not allowed"),
+        "{}",
+        text(&out)
+    );
+    // A chain from a CA outside the bundle.
+    let stranger = meshgate_pki::Authority::root("elsewhere", Default::default())
+        .unwrap()
+        .issue(&meshgate_pki::LeafSpec::spiffe(
+            "spiffe://example-target.com/ns/default/sa/app",
+        ))
+        .unwrap();
+    let out = inspect("stranger.pem", &stranger.chain_pem);
+    assert!(!out.status.success());
+    assert!(text(&out).contains(": unknown_issuer: "), "{}", text(&out));
+}

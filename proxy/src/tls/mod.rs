@@ -4,6 +4,7 @@
 pub mod client;
 pub mod credentials;
 pub mod files;
+pub mod inspect;
 pub mod server;
 pub mod verify;
 

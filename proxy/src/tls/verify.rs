@@ -277,12 +277,17 @@ fn reject(e: PeerError) -> rustls::Error {
 
 /// Recovers the `PeerError` from a handshake failure, by the error rustls reports.
 pub fn peer_error(e: std::io::Error) -> PeerError {
-    let Some(tls) = e
+    match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return PeerError::Io(e);
-    };
+    {
+        Some(tls) => rustls_peer_error(tls),
+        None => PeerError::Io(e),
+    }
+}
+
+/// What a verifier's (or rustls') error means for the peer.
+pub fn rustls_peer_error(tls: &rustls::Error) -> PeerError {
     match tls {
         rustls::Error::NoCertificatesPresented => PeerError::NoCertificate,
         rustls::Error::InvalidCertificate(c) => match c {
