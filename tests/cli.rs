@@ -987,5 +987,25 @@ fn pki_inspect_with_a_config_says_whether_the_gateway_would_accept_the_certifica
         .unwrap();
     let out = inspect("stranger.pem", &stranger.chain_pem);
     assert!(!out.status.success());
-    assert!(text(&out).contains(": unknown_issuer: "), "{}", text(&out));
+    assert!(
+        text(&out).contains(": unknown_issuer: certificate chain does not verify to the trust bundle: the topmost certificate sent is issued by `O=meshgate, CN=elsewhere`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("which is none of the 1 root(s) of the bundle (SPKI SHA-256 "),
+        "{}",
+        text(&out)
+    );
+    // Expired three hours ago: by how long.
+    let mut spec = meshgate_pki::LeafSpec::spiffe("spiffe://example-target.com/ns/default/sa/app");
+    spec.not_before -= meshgate_pki::Duration::hours(24);
+    spec.not_after = meshgate_pki::OffsetDateTime::now_utc() - meshgate_pki::Duration::hours(3);
+    let old = pki.leaf("example-target.com", &spec);
+    let out = inspect("old.pem", &old.chain_pem);
+    assert!(
+        text(&out).contains(": expired: certificate expired: 3h ago"),
+        "{}",
+        text(&out)
+    );
 }

@@ -60,15 +60,16 @@ pub enum PeerError {
     /// The client sent no certificate; ISTIO_MUTUAL requires one.
     #[error("no client certificate")]
     NoCertificate,
-    /// The chain does not lead to a root of the trust bundle.
-    #[error("certificate chain does not verify to the trust bundle")]
-    UnknownIssuer,
-    /// The leaf (or a CA in its chain) is past its notAfter.
-    #[error("certificate expired")]
-    Expired,
-    /// The leaf (or a CA in its chain) is before its notBefore.
-    #[error("certificate not yet valid")]
-    NotYetValid,
+    /// The chain does not lead to a root of the trust bundle; with what was sent and the roots
+    /// tried, when known.
+    #[error("certificate chain does not verify to the trust bundle{}", detail(.0))]
+    UnknownIssuer(String),
+    /// The leaf (or a CA in its chain) is past its notAfter; by how long, when known.
+    #[error("certificate expired{}", detail(.0))]
+    Expired(String),
+    /// The leaf (or a CA in its chain) is before its notBefore; for how long, when known.
+    #[error("certificate not yet valid{}", detail(.0))]
+    NotYetValid(String),
     /// Another X.509 failure: bad signature, wrong key usage, bad encoding.
     #[error("invalid certificate: {0}")]
     InvalidCertificate(String),
@@ -123,9 +124,9 @@ impl PeerError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NoCertificate => "no_client_certificate",
-            Self::UnknownIssuer => "unknown_issuer",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
+            Self::UnknownIssuer(_) => "unknown_issuer",
+            Self::Expired(_) => "expired",
+            Self::NotYetValid(_) => "not_yet_valid",
             Self::InvalidCertificate(_) => "invalid_certificate",
             Self::NoUriSan => "no_uri_san",
             Self::MultipleUriSans(_) => "multiple_uri_sans",
@@ -166,6 +167,25 @@ impl PeerError {
         "tls_error",
         "io_error",
     ];
+}
+
+/// `: detail`, or nothing for no detail.
+fn detail(d: &str) -> String {
+    if d.is_empty() {
+        String::new()
+    } else {
+        format!(": {d}")
+    }
+}
+
+/// A span of time as people read it: `42s`, `17m`, `5h`, `3d`.
+pub fn span(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
 }
 
 /// Reads the identity of a leaf that already chains to the bundle.

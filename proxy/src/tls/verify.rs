@@ -137,12 +137,56 @@ impl SpiffeClientVerifier {
     }
 }
 
+/// How long ago a certificate expired, for the log.
+fn expired(time: UnixTime, not_after: UnixTime) -> String {
+    let ago = time.as_secs().saturating_sub(not_after.as_secs());
+    format!("{} ago", crate::identity::span(ago))
+}
+
+/// How long until a certificate becomes valid, for the log.
+fn not_yet(time: UnixTime, not_before: UnixTime) -> String {
+    let until = not_before.as_secs().saturating_sub(time.as_secs());
+    format!("valid in {}", crate::identity::span(until))
+}
+
+/// What a chain that leads to no root sent, and the roots it was tried against: the issuer of
+/// the topmost certificate sent, and the roots' SPKI SHA-256 (16 hex digits each).
+fn unknown_issuer(
+    roots: &RootCertStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> String {
+    let top = intermediates.last().unwrap_or(end_entity);
+    let issuer = x509_parser::parse_x509_certificate(top)
+        .map(|(_, c)| c.issuer().to_string())
+        .unwrap_or_else(|_| "unparsable".into());
+    let tried: Vec<String> = roots
+        .roots
+        .iter()
+        .map(|a| {
+            let mut h = sha256_hex(a.subject_public_key_info.as_ref());
+            h.truncate(16);
+            h
+        })
+        .collect();
+    format!(
+        "the topmost certificate sent is issued by `{issuer}`, which is none of the {} root(s) \
+         of the bundle (SPKI SHA-256 {})",
+        tried.len(),
+        tried.join(", ")
+    )
+}
+
 /// What a webpki path failure means for the peer, as rustls maps the same errors.
 fn path_error(e: webpki::Error) -> PeerError {
     match e {
-        webpki::Error::UnknownIssuer => PeerError::UnknownIssuer,
-        webpki::Error::CertExpired { .. } => PeerError::Expired,
-        webpki::Error::CertNotValidYet { .. } => PeerError::NotYetValid,
+        webpki::Error::UnknownIssuer => PeerError::UnknownIssuer(String::new()),
+        webpki::Error::CertExpired { time, not_after } => {
+            PeerError::Expired(expired(time, not_after))
+        }
+        webpki::Error::CertNotValidYet { time, not_before } => {
+            PeerError::NotYetValid(not_yet(time, not_before))
+        }
         webpki::Error::CaUsedAsEndEntity => PeerError::CaLeaf,
         webpki::Error::CertRevoked => PeerError::Revoked,
         webpki::Error::CrlExpired { .. } => PeerError::CrlExpired,
@@ -171,13 +215,22 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         // With issuer binding the path is needed: verify it once, here, instead of in rustls'
         // verifier too.
-        let path = if self.issuers.is_empty() {
+        let verified = if self.issuers.is_empty() {
             self.inner
-                .verify_client_cert(end_entity, intermediates, now)?;
-            None
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| None)
         } else {
-            Some(self.verified_path(end_entity, intermediates, now)?)
+            self.verified_path(end_entity, intermediates, now).map(Some)
         };
+        let path = verified.map_err(|e| match rustls_peer_error(&e) {
+            // Said in full: what was sent, and the roots it was tried against.
+            PeerError::UnknownIssuer(_) => reject(PeerError::UnknownIssuer(unknown_issuer(
+                &self.roots,
+                end_entity,
+                intermediates,
+            ))),
+            _ => e,
+        })?;
         let peer = peer_identity(end_entity).map_err(reject)?;
         let td = peer.spiffe_id.trust_domain();
         if !self.trust.admits(td) {
@@ -291,13 +344,15 @@ pub fn rustls_peer_error(tls: &rustls::Error) -> PeerError {
     match tls {
         rustls::Error::NoCertificatesPresented => PeerError::NoCertificate,
         rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => PeerError::UnknownIssuer,
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                PeerError::Expired
+            CertificateError::UnknownIssuer => PeerError::UnknownIssuer(String::new()),
+            CertificateError::ExpiredContext { time, not_after } => {
+                PeerError::Expired(expired(*time, *not_after))
             }
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                PeerError::NotYetValid
+            CertificateError::Expired => PeerError::Expired(String::new()),
+            CertificateError::NotValidYetContext { time, not_before } => {
+                PeerError::NotYetValid(not_yet(*time, *not_before))
             }
+            CertificateError::NotValidYet => PeerError::NotYetValid(String::new()),
             CertificateError::Revoked => PeerError::Revoked,
             CertificateError::ExpiredRevocationList
             | CertificateError::ExpiredRevocationListContext { .. } => PeerError::CrlExpired,
@@ -327,9 +382,9 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::CaLeaf => PeerError::CaLeaf,
         PeerError::TrustDomainNotAllowed(td) => PeerError::TrustDomainNotAllowed(td.clone()),
         PeerError::IssuerNotAllowed(why) => PeerError::IssuerNotAllowed(why.clone()),
-        PeerError::UnknownIssuer => PeerError::UnknownIssuer,
-        PeerError::Expired => PeerError::Expired,
-        PeerError::NotYetValid => PeerError::NotYetValid,
+        PeerError::UnknownIssuer(d) => PeerError::UnknownIssuer(d.clone()),
+        PeerError::Expired(d) => PeerError::Expired(d.clone()),
+        PeerError::NotYetValid(d) => PeerError::NotYetValid(d.clone()),
         PeerError::ChainTooLong(n) => PeerError::ChainTooLong(*n),
         PeerError::Revoked => PeerError::Revoked,
         PeerError::CrlExpired => PeerError::CrlExpired,
