@@ -974,7 +974,7 @@ fn pki_inspect_with_a_config_says_whether_the_gateway_would_accept_the_certifica
     let out = inspect("remote.pem", &remote.chain_pem);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("refused by MeshGateway istio-system/target-gateway: trust_domain_not_allowed: trust domain `example.com` is not allowed"),
+        text(&out).contains("refused by MeshGateway istio-system/target-gateway: trust_domain_not_allowed: trust domain `example.com` is not allowed (spec.trust.trustDomains: example-target.com)"),
         "{}",
         text(&out)
     );

@@ -95,8 +95,8 @@ pub enum PeerError {
     #[error("a CRL covering the chain has expired")]
     CrlExpired,
     /// The peer's trust domain is not in `MeshGateway.spec.trust.trustDomains`.
-    #[error("trust domain `{0}` is not allowed")]
-    TrustDomainNotAllowed(String),
+    #[error("trust domain `{0}` is not allowed (spec.trust.trustDomains: {1})")]
+    TrustDomainNotAllowed(String, String),
     /// The leaf's issuing CA is not bound to its trust domain (`spec.trust.issuers`): under a
     /// shared root, one mesh's CA minting another mesh's identity.
     #[error("issuer not allowed: {0}")]
@@ -135,7 +135,7 @@ impl PeerError {
             Self::ChainTooLong(_) => "chain_too_long",
             Self::Revoked => "revoked",
             Self::CrlExpired => "crl_expired",
-            Self::TrustDomainNotAllowed(_) => "trust_domain_not_allowed",
+            Self::TrustDomainNotAllowed(..) => "trust_domain_not_allowed",
             Self::IssuerNotAllowed(_) => "issuer_not_allowed",
             Self::IdentityNotAllowed(_) => "identity_not_allowed",
             Self::SniMismatch(_) => "sni_mismatch",

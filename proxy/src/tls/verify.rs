@@ -234,7 +234,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let peer = peer_identity(end_entity).map_err(reject)?;
         let td = peer.spiffe_id.trust_domain();
         if !self.trust.admits(td) {
-            return Err(reject(PeerError::TrustDomainNotAllowed(td.to_string())));
+            let allowed: Vec<&str> = self
+                .trust
+                .allowed_trust_domains
+                .iter()
+                .flatten()
+                .map(|t| t.as_str())
+                .collect();
+            return Err(reject(PeerError::TrustDomainNotAllowed(
+                td.to_string(),
+                allowed.join(", "),
+            )));
         }
         if let Some(path) = path {
             self.check_issuer(&path, td)?;
@@ -380,7 +390,9 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::MultipleUriSans(n) => PeerError::MultipleUriSans(*n),
         PeerError::InvalidSpiffeId(s) => PeerError::InvalidSpiffeId(*s),
         PeerError::CaLeaf => PeerError::CaLeaf,
-        PeerError::TrustDomainNotAllowed(td) => PeerError::TrustDomainNotAllowed(td.clone()),
+        PeerError::TrustDomainNotAllowed(td, allowed) => {
+            PeerError::TrustDomainNotAllowed(td.clone(), allowed.clone())
+        }
         PeerError::IssuerNotAllowed(why) => PeerError::IssuerNotAllowed(why.clone()),
         PeerError::UnknownIssuer(d) => PeerError::UnknownIssuer(d.clone()),
         PeerError::Expired(d) => PeerError::Expired(d.clone()),
