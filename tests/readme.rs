@@ -125,3 +125,19 @@ fn the_readme_limits_shown_as_defaults_are_the_defaults() {
         );
     }
 }
+
+#[test]
+fn the_readme_explains_every_handshake_refusal_reason() {
+    let readme = readme();
+    let section = readme
+        .split("**Why was my client refused.**")
+        .nth(1)
+        .and_then(|s| s.split("\n\n**").next())
+        .expect("the README's refusal reasons");
+    for reason in meshgate_proxy::identity::PeerError::REASONS {
+        assert!(
+            section.contains(&format!("| `{reason}` |")),
+            "the README does not explain the handshake refusal `{reason}`"
+        );
+    }
+}
