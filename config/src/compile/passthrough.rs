@@ -15,7 +15,7 @@ use crate::error::ConfigError;
 use crate::model::authz::{Cidr, Policies};
 use crate::model::{HostMatcher, Listener, ListenerProtocol, SniMatch, SniRoute, WeightedBackend};
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
-use crate::raw::virtual_service::{TlsRoute, VirtualServiceSpec};
+use crate::raw::virtual_service::{RouteDestination, TlsRoute, VirtualServiceSpec};
 use crate::warning::{Code, Warning};
 
 /// Istio's SNI for (host, port, subset).
@@ -172,23 +172,8 @@ fn sni_route(
                 )),
             }
         }
-        let port = m.port.map(|p| match u16::try_from(p) {
-            Ok(p) if p > 0 => p,
-            _ => {
-                errors.push(o.error(format!("{mp}.port"), "ports must be 1 to 65535"));
-                0
-            }
-        });
-        let mut destination_subnets = Vec::new();
-        for (k, s) in m.destination_subnets.iter().flatten().enumerate() {
-            match Cidr::parse(s) {
-                Some(c) => destination_subnets.push(c),
-                None => errors.push(o.error(
-                    format!("{mp}.destinationSubnets[{k}]"),
-                    format!("`{s}` is not an address or CIDR block"),
-                )),
-            }
-        }
+        let (port, destination_subnets) =
+            l4_match(o, &mp, m.port, m.destination_subnets.as_deref(), errors);
         matches.push(SniMatch {
             sni_hosts,
             port,
@@ -204,9 +189,73 @@ fn sni_route(
             "at least one destination is required",
         ));
     }
-    let one = route.route.len() == 1;
+    let out = weighted(
+        o,
+        path,
+        &route.route,
+        backends,
+        |b: &mut Backends, host: &str, port, subset| b.tls_route(host, port, subset, rules),
+        errors,
+    );
+    if errors.len() > before {
+        return None;
+    }
+    if out.is_empty() {
+        errors.push(o.error(
+            format!("{path}.route"),
+            "every destination has weight 0: no connection could go anywhere",
+        ));
+        return None;
+    }
+    Some(SniRoute {
+        source: o.resource(),
+        matches,
+        backends: out,
+    })
+}
+
+/// The `port` and `destinationSubnets` of a `tls` or `tcp` route's match at `path`.
+pub(super) fn l4_match(
+    o: &Origin,
+    path: &str,
+    port: Option<u32>,
+    subnets: Option<&[String]>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<u16>, Vec<Cidr>) {
+    let port = port.map(|p| match u16::try_from(p) {
+        Ok(p) if p > 0 => p,
+        _ => {
+            errors.push(o.error(format!("{path}.port"), "ports must be 1 to 65535"));
+            0
+        }
+    });
+    let mut destination_subnets = Vec::new();
+    for (k, s) in subnets.into_iter().flatten().enumerate() {
+        match Cidr::parse(s) {
+            Some(c) => destination_subnets.push(c),
+            None => errors.push(o.error(
+                format!("{path}.destinationSubnets[{k}]"),
+                format!("`{s}` is not an address or CIDR block"),
+            )),
+        }
+    }
+    (port, destination_subnets)
+}
+
+/// The destinations of a `tls` or `tcp` route at `path` with weight > 0, each made a backend by
+/// `resolve` (host, port, subset): a lone destination needs no weight, a port may be left out
+/// when the service declares one.
+pub(super) fn weighted(
+    o: &Origin,
+    path: &str,
+    route: &[RouteDestination],
+    backends: &mut Backends,
+    mut resolve: impl FnMut(&mut Backends, &str, u16, Option<&str>) -> Result<usize, String>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<WeightedBackend> {
+    let one = route.len() == 1;
     let mut out = Vec::new();
-    for (j, d) in route.route.iter().enumerate() {
+    for (j, d) in route.iter().enumerate() {
         let dp = format!("{path}.route[{j}]");
         o.unsupported(errors, &dp, &[("headers", d.headers.is_some())]);
         let host = qualify(&d.destination.host, &o.namespace);
@@ -227,31 +276,16 @@ fn sni_route(
             ));
             continue;
         };
-        let subset = d.destination.subset.as_deref();
         let weight = d.weight.unwrap_or(if one { 100 } else { 0 });
         if weight == 0 {
             continue;
         }
-        match backends.tls_route(&host, port, subset, rules) {
+        match resolve(backends, &host, port, d.destination.subset.as_deref()) {
             Ok(backend) => out.push(WeightedBackend { backend, weight }),
             Err(why) => errors.push(o.error(format!("{dp}.destination"), why)),
         }
     }
-    if errors.len() > before {
-        return None;
-    }
-    if out.is_empty() {
-        errors.push(o.error(
-            format!("{path}.route"),
-            "every destination has weight 0: no connection could go anywhere",
-        ));
-        return None;
-    }
-    Some(SniRoute {
-        source: o.resource(),
-        matches,
-        backends: out,
-    })
+    out
 }
 
 /// An `AUTO_PASSTHROUGH` listener terminates nothing: a policy rule that can reach its port may

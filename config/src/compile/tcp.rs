@@ -11,12 +11,13 @@
 //! warns about each such rule, as istiod does when it builds the TCP filter.
 
 use super::destination_rule::Rules;
+use super::passthrough::{l4_match, weighted};
 use super::service_entry::Backends;
-use super::virtual_service::{qualify, qualify_gateways, MESH_GATEWAY};
+use super::virtual_service::{qualify_gateways, MESH_GATEWAY};
 use super::Origin;
 use crate::error::ConfigError;
-use crate::model::authz::{Cidr, Policies};
-use crate::model::{L4Match, Listener, ListenerProtocol, TcpRoute, WeightedBackend};
+use crate::model::authz::Policies;
+use crate::model::{L4Match, Listener, ListenerProtocol, TcpRoute};
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
 use crate::raw::virtual_service::{TcpRoute as RawTcpRoute, VirtualServiceSpec};
 use crate::warning::{Code, Warning};
@@ -106,23 +107,8 @@ fn tcp_route(
                 continue;
             }
         }
-        let port = m.port.map(|p| match u16::try_from(p) {
-            Ok(p) if p > 0 => p,
-            _ => {
-                errors.push(o.error(format!("{mp}.port"), "ports must be 1 to 65535"));
-                0
-            }
-        });
-        let mut destination_subnets = Vec::new();
-        for (k, s) in m.destination_subnets.iter().flatten().enumerate() {
-            match Cidr::parse(s) {
-                Some(c) => destination_subnets.push(c),
-                None => errors.push(o.error(
-                    format!("{mp}.destinationSubnets[{k}]"),
-                    format!("`{s}` is not an address or CIDR block"),
-                )),
-            }
-        }
+        let (port, destination_subnets) =
+            l4_match(o, &mp, m.port, m.destination_subnets.as_deref(), errors);
         matches.push(L4Match {
             port,
             destination_subnets,
@@ -138,38 +124,14 @@ fn tcp_route(
             "at least one destination is required",
         ));
     }
-    let one = route.route.len() == 1;
-    let mut out = Vec::new();
-    for (j, d) in route.route.iter().enumerate() {
-        let dp = format!("{path}.route[{j}]");
-        o.unsupported(errors, &dp, &[("headers", d.headers.is_some())]);
-        let host = qualify(&d.destination.host, &o.namespace);
-        let port = match &d.destination.port {
-            Some(p) => u16::try_from(p.number).ok().filter(|p| *p > 0),
-            None => match backends.only_port(&host) {
-                Ok(p) => Some(p),
-                Err(why) => {
-                    errors.push(o.error(format!("{dp}.destination.port"), why));
-                    continue;
-                }
-            },
-        };
-        let Some(port) = port else {
-            errors.push(o.error(
-                format!("{dp}.destination.port.number"),
-                "ports must be 1 to 65535",
-            ));
-            continue;
-        };
-        let weight = d.weight.unwrap_or(if one { 100 } else { 0 });
-        if weight == 0 {
-            continue;
-        }
-        match backends.tcp(&host, port, d.destination.subset.as_deref(), rules) {
-            Ok(backend) => out.push(WeightedBackend { backend, weight }),
-            Err(why) => errors.push(o.error(format!("{dp}.destination"), why)),
-        }
-    }
+    let out = weighted(
+        o,
+        path,
+        &route.route,
+        backends,
+        |b: &mut Backends, host: &str, port, subset| b.tcp(host, port, subset, rules),
+        errors,
+    );
     if errors.len() > before {
         return None;
     }

@@ -220,18 +220,8 @@ impl Rule {
                 return Some(name);
             }
         }
-        for o in &self.to {
-            let named = [
-                (o.hosts.is_some(), "to.operation.hosts"),
-                (o.not_hosts.is_some(), "to.operation.notHosts"),
-                (o.methods.is_some(), "to.operation.methods"),
-                (o.not_methods.is_some(), "to.operation.notMethods"),
-                (o.paths.is_some(), "to.operation.paths"),
-                (o.not_paths.is_some(), "to.operation.notPaths"),
-            ];
-            if let Some((_, name)) = named.into_iter().find(|(set, _)| *set) {
-                return Some(name);
-            }
+        if let Some(name) = self.operation_http_field() {
+            return Some(name);
         }
         self.when.iter().find_map(|c| match c.key {
             ConditionKey::SourcePrincipal => Some("when source.principal"),
@@ -246,22 +236,27 @@ impl Rule {
     /// header), if any: on a TCP port, Istio leaves a rule naming one out of ALLOW policies and
     /// applies it without them in DENY policies.
     pub fn http_field(&self) -> Option<&'static str> {
-        for o in &self.to {
-            let named = [
+        self.operation_http_field().or_else(|| {
+            self.when.iter().find_map(|c| match c.key {
+                ConditionKey::RequestHeader(_) => Some("when request.headers"),
+                _ => None,
+            })
+        })
+    }
+
+    /// The first `to.operation` field the rule names that only an HTTP request has.
+    fn operation_http_field(&self) -> Option<&'static str> {
+        self.to.iter().find_map(|o| {
+            [
                 (o.hosts.is_some(), "to.operation.hosts"),
                 (o.not_hosts.is_some(), "to.operation.notHosts"),
                 (o.methods.is_some(), "to.operation.methods"),
                 (o.not_methods.is_some(), "to.operation.notMethods"),
                 (o.paths.is_some(), "to.operation.paths"),
                 (o.not_paths.is_some(), "to.operation.notPaths"),
-            ];
-            if let Some((_, name)) = named.into_iter().find(|(set, _)| *set) {
-                return Some(name);
-            }
-        }
-        self.when.iter().find_map(|c| match c.key {
-            ConditionKey::RequestHeader(_) => Some("when request.headers"),
-            _ => None,
+            ]
+            .into_iter()
+            .find_map(|(set, name)| set.then_some(name))
         })
     }
 
