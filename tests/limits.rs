@@ -5,7 +5,7 @@ mod support;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -404,4 +404,247 @@ async fn a_client_chain_over_the_limit_is_refused_before_it_is_verified() {
         let result = client.get(proxy.addr(443), HOST, HOST, "/get", &[]).await;
         assert_eq!(result.unwrap().status, StatusCode::OK, "{limits}");
     }
+}
+
+/// A gateway with `limits` and an access log, routing `HOST` to an echo and
+/// `silent.`/`slow.`/`firehose.example-target.com` to backends that never answer, stream four
+/// ticks 200 ms apart, and send 64 MiB as fast as they are taken.
+async fn streams_gateway(pki: &Pki, limits: &str) -> (Proxy, meshgate_proxy::echo::Echo) {
+    let backend = echo();
+    let routes = [
+        route_to(HOST, backend.address),
+        route_to(
+            "silent.example-target.com",
+            support::proxy::silent_backend().await,
+        ),
+        route_to(
+            "slow.example-target.com",
+            support::proxy::slow_backend("tick", 4, std::time::Duration::from_millis(200)).await,
+        ),
+        route_to(
+            "firehose.example-target.com",
+            support::proxy::firehose_backend(64 << 20).await,
+        ),
+    ];
+    let yaml = gateway_yaml(&routes.concat()).replacen(
+        "  listen:",
+        &format!("  limits: {limits}\n  accessLog: {{path: access.log}}\n  listen:"),
+        1,
+    );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    (proxy, backend)
+}
+
+/// The access log's lines once it has `n`.
+async fn log_lines(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
+    support::json_lines(&proxy.dir.path().join("access.log"), n).await
+}
+
+#[tokio::test]
+async fn a_stream_on_which_nothing_moves_is_answered_408_and_one_that_moves_outlives_the_timeout() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = streams_gateway(&pki, "{streamIdleTimeout: 500ms}").await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = Client::new(Some(&caller), &pki.root.cert_pem, &[alpn]);
+        let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+        let (mut send, _conn) = Conn::open(tls, alpn == b"h2").await.unwrap();
+        // An upstream that never answers: Envoy's local reply, once nothing moved for 500 ms.
+        let started = std::time::Instant::now();
+        let (status, body) = send.get("silent.example-target.com", "/").await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::REQUEST_TIMEOUT, &b"stream timeout"[..]),
+            "{alpn:?}"
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+        // A response that takes 800 ms but moves every 200 ms is whole.
+        let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+        let (mut send, _conn) = Conn::open(tls, alpn == b"h2").await.unwrap();
+        let (status, body) = send.get("slow.example-target.com", "/").await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"ticktickticktick"[..]),
+            "{alpn:?}"
+        );
+    }
+    let lines = log_lines(&proxy, 4).await;
+    let flags = |status: u64| {
+        lines
+            .iter()
+            .filter(|l| l["status"] == status)
+            .map(|l| l["response_flags"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(flags(408), ["SI", "SI"]);
+    assert_eq!(flags(200), ["-", "-"]);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_at_most_the_write_buffer_and_is_cut_at_the_stream_idle_timeout(
+) {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = streams_gateway(&pki, "{streamIdleTimeout: 500ms}").await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+
+    // HTTP/1.1: the head, then nothing read. Once cut, what reached the client is read out.
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let mut tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: firehose.example-target.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        received.extend_from_slice(&buf[..n]);
+    }
+    let line = &log_lines(&proxy, 1).await[0];
+    assert_eq!(line["response_flags"], "SI", "{line}");
+    let mut taken = received.len() as u64;
+    loop {
+        match tokio::time::timeout(support::TIMEOUT, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => taken += n as u64,
+            Ok(_) => break,
+            Err(_) => panic!("the connection was not closed"),
+        }
+    }
+    // Handed to hyper but never written: at most the 64 KiB write buffer, plus what rustls
+    // had encrypted (its own 64 KiB) when the connection was dropped. Without the bound this
+    // is one upstream read per queued chunk, megabytes.
+    let bytes_out = line["bytes_out"].as_u64().unwrap();
+    assert!(bytes_out > 0, "{line}");
+    let held = bytes_out.saturating_sub(taken);
+    assert!(
+        held <= 192 * 1024,
+        "{held} bytes held for a client that did not read"
+    );
+
+    // HTTP/2: the stalled stream is reset, and its connection goes on serving.
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let (mut send, _conn) = Conn::open(tls, true).await.unwrap();
+    let stalled = send
+        .send("firehose.example-target.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let line = &log_lines(&proxy, 2).await[1];
+    assert_eq!(line["response_flags"], "SI", "{line}");
+    let read = tokio::time::timeout(support::TIMEOUT, stalled.into_body().collect())
+        .await
+        .expect("the stalled stream was not reset");
+    assert!(read.is_err(), "the stalled stream ended as if complete");
+    assert_eq!(send.get(HOST, "/get").await.0, StatusCode::OK);
+}
+
+/// Sends `head` and then `body` one byte every `gap`, and returns the response's first line.
+async fn trickled_request(
+    client: &Client,
+    proxy: &Proxy,
+    head: &str,
+    body: &[u8],
+    gap: std::time::Duration,
+) -> String {
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    write.write_all(head.as_bytes()).await.unwrap();
+    let sending = async {
+        if gap.is_zero() {
+            let _ = write.write_all(body).await;
+        }
+        for b in body.iter().filter(|_| !gap.is_zero()) {
+            tokio::time::sleep(gap).await;
+            if write.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let mut response = Vec::new();
+    let reading = async {
+        let mut buf = [0u8; 1024];
+        while !response.windows(2).any(|w| w == b"\r\n") {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(support::TIMEOUT, async {
+        tokio::select! {
+            () = sending => {}
+            () = reading => {}
+        }
+    })
+    .await
+    .expect("no response");
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_or_crawls_past_the_request_timeout_is_answered_408() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) =
+        streams_gateway(&pki, "{streamIdleTimeout: 1s, requestTimeout: 2s}").await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let head = format!("POST /post HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 1000\r\n\r\n");
+
+    // Ten bytes, then nothing: the stream idle timeout.
+    let started = std::time::Instant::now();
+    let first = trickled_request(&client, &proxy, &head, &[b'x'; 10], ms(10)).await;
+    assert_eq!(first, "HTTP/1.1 408 Request Timeout");
+    assert!(started.elapsed() >= ms(1000));
+
+    // A byte every 100 ms keeps it moving, but the whole body does not come within 2 s.
+    let started = std::time::Instant::now();
+    let first = trickled_request(&client, &proxy, &head, &[b'x'; 1000], ms(100)).await;
+    assert_eq!(first, "HTTP/1.1 408 Request Timeout");
+    assert!(started.elapsed() >= ms(2000));
+
+    // A body that is in on time is served.
+    let first = trickled_request(&client, &proxy, &head, &[b'x'; 1000], ms(0)).await;
+    assert_eq!(first, "HTTP/1.1 200 OK");
+    let lines = log_lines(&proxy, 3).await;
+    let flags: Vec<_> = lines
+        .iter()
+        .map(|l| (l["status"].clone(), l["response_flags"].clone()))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (408.into(), "SI".into()),
+            (408.into(), "-".into()),
+            (200.into(), "-".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_is_refused_even_when_it_arrives_in_one_burst() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = streams_gateway(&pki, "{maxRequestHeaderBytes: 65536}").await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    for (padding, status) in [(60_000, "200 OK"), (70_000, "431"), (120_000, "431")] {
+        let head = format!(
+            "GET /get HTTP/1.1\r\nhost: {HOST}\r\nx-padding: {}\r\n\r\n",
+            "a".repeat(padding)
+        );
+        let first = trickled_request(&client, &proxy, &head, &[], ms(0)).await;
+        assert!(
+            first.starts_with(&format!("HTTP/1.1 {status}")),
+            "{padding}: {first}"
+        );
+    }
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
 }

@@ -74,7 +74,7 @@ fn the_readme_limits_shown_as_defaults_are_the_defaults() {
             Some(format!("{key}: {value}"))
         })
         .collect();
-    assert_eq!(settings.len(), 8, "{settings:?}");
+    assert_eq!(settings.len(), 11, "{settings:?}");
     let yaml = |limits: &str| {
         format!(
             "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  labels: {{istio: ingressgateway}}\n{limits}"
@@ -100,6 +100,24 @@ fn the_readme_limits_shown_as_defaults_are_the_defaults() {
             d.request_header_timeout.as_secs()
         ),
         format!("| `idleTimeout` | {} h |", idle.as_secs() / 3600),
+        format!(
+            "| `streamIdleTimeout` | {} min |",
+            d.stream_idle_timeout
+                .expect("a stream idle timeout")
+                .as_secs()
+                / 60
+        ),
+        format!(
+            "| `requestTimeout` | {} |",
+            match d.request_timeout {
+                None => "0s: never".to_string(),
+                Some(t) => format!("{t:?}"),
+            }
+        ),
+        format!(
+            "| `streamWriteBufferBytes` | {} |",
+            d.stream_write_buffer_bytes
+        ),
         format!(
             "| `maxRequestHeaderBytes` | {} |",
             d.max_request_header_bytes

@@ -94,6 +94,8 @@ pub enum ResponseFlag {
     UpstreamOverflow,
     /// `URX`: the last try failed too, and the route's retries were used up.
     UpstreamRetryLimitExceeded,
+    /// `SI`: nothing moved on the stream for `limits.streamIdleTimeout`.
+    StreamIdleTimeout,
 }
 
 impl ResponseFlag {
@@ -114,6 +116,7 @@ impl ResponseFlag {
             Self::FaultInjected => "FI",
             Self::UpstreamOverflow => "UO",
             Self::UpstreamRetryLimitExceeded => "URX",
+            Self::StreamIdleTimeout => "SI",
         }
     }
 }
@@ -163,7 +166,7 @@ impl Serialize for ResponseFlags {
 }
 
 /// Every flag, in the order they are printed.
-const ALL_FLAGS: [ResponseFlag; 14] = [
+const ALL_FLAGS: [ResponseFlag; 15] = [
     ResponseFlag::DownstreamProtocolError,
     ResponseFlag::RbacDenied,
     ResponseFlag::NoRoute,
@@ -178,6 +181,7 @@ const ALL_FLAGS: [ResponseFlag; 14] = [
     ResponseFlag::FaultInjected,
     ResponseFlag::UpstreamOverflow,
     ResponseFlag::UpstreamRetryLimitExceeded,
+    ResponseFlag::StreamIdleTimeout,
 ];
 
 /// One refused handshake, as logged.

@@ -13,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use crate::serve::Pacing;
+use crate::stream::StreamClock;
 use crate::tag::Owned;
 
 /// A request body on its way upstream: the client's, its bytes counted when the access log
@@ -40,6 +42,8 @@ struct ClientBody {
     owned: Arc<Owned>,
     /// The connection's, to be told when the client breaks the body.
     activity: Option<Arc<crate::serve::Activity>>,
+    /// The stream's, told of each frame and of the end.
+    clock: Option<Arc<StreamClock>>,
 }
 
 /// Why a request body stopped.
@@ -68,12 +72,17 @@ impl RequestBody {
         counted: Option<Arc<AtomicU64>>,
         owned: Arc<Owned>,
         activity: Option<Arc<crate::serve::Activity>>,
+        clock: Option<Arc<StreamClock>>,
     ) -> Self {
+        if let Some(clock) = clock.as_ref().filter(|_| body.is_end_stream()) {
+            clock.received();
+        }
         Self(Source::Client(ClientBody {
             body,
             counted,
             owned,
             activity,
+            clock,
         }))
     }
 
@@ -95,6 +104,13 @@ impl ClientBody {
         if let Poll::Ready(Some(Ok(f))) = &mut frame {
             if let Some(trailers) = f.trailers_mut() {
                 self.owned.strip_trailers(trailers);
+            }
+        }
+        if let (Some(clock), Poll::Ready(read)) = (&self.clock, &frame) {
+            match read {
+                Some(Ok(_)) if !self.body.is_end_stream() => clock.moved(),
+                Some(Ok(_)) | None => clock.received(),
+                Some(Err(_)) => {}
             }
         }
         frame.map_err(|e| {
@@ -393,6 +409,10 @@ pub struct Tracked<B, D: Done> {
     done: D,
     bytes: u64,
     end: End,
+    /// An HTTP/1.1 body's bound on what waits for the client.
+    pacing: Option<Pacing>,
+    /// The rest of a data frame larger than the room `pacing` left.
+    held: Option<Bytes>,
 }
 
 /// How a response body ended.
@@ -410,10 +430,13 @@ pub enum End {
 pub trait Done {
     /// Called once, when the body is dropped, with the bytes sent and how it ended.
     fn done(&mut self, bytes: u64, end: End);
+
+    /// Another frame went on to the client.
+    fn moved(&self) {}
 }
 
 impl<B: Body, D: Done> Tracked<B, D> {
-    pub fn new(body: B, done: D) -> Self {
+    pub fn new(body: B, done: D, pacing: Option<Pacing>) -> Self {
         let end = if body.is_end_stream() {
             End::Complete
         } else {
@@ -424,6 +447,8 @@ impl<B: Body, D: Done> Tracked<B, D> {
             done,
             bytes: 0,
             end,
+            pacing,
+            held: None,
         }
     }
 }
@@ -441,10 +466,26 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let room = match &this.pacing {
+            Some(pacing) => match pacing.room(this.bytes, cx) {
+                Some(room) => room,
+                None => return Poll::Pending,
+            },
+            None => u64::MAX,
+        };
+        let mut frame = match this.held.take() {
+            Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        };
+        if let Poll::Ready(Some(Ok(f))) = &mut frame {
+            if let Some(data) = f.data_mut().filter(|d| d.len() as u64 > room) {
+                this.held = Some(data.split_off(room as usize));
+            }
+            this.done.moved();
+        }
         this.bytes += data_len(&frame);
         match &frame {
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.end = End::Complete,
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.end = End::Complete,
             Poll::Ready(Some(Err(_))) => this.end = End::UpstreamFailed,
             Poll::Ready(None) => this.end = End::Complete,
             _ => {}
@@ -453,11 +494,20 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.held.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let mut hint = self.body.size_hint();
+        if let Some(held) = &self.held {
+            let held = held.len() as u64;
+            // Upper first: each setter checks the pair is still ordered.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(held));
+            }
+            hint.set_lower(hint.lower().saturating_add(held));
+        }
+        hint
     }
 }
 

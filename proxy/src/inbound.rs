@@ -30,7 +30,8 @@ use crate::origin::{origin, Origin};
 use crate::respond::{self, ProxyError, ResponseBody};
 use crate::route::{self, RouteRequest};
 use crate::runtime::Runtime;
-use crate::serve::Activity;
+use crate::serve::{Activity, Pacing};
+use crate::stream::{self, StreamClock};
 use crate::tag::{self, ConnectionTags};
 use crate::tls::server::{handshake, Accepted, Peer};
 
@@ -239,6 +240,7 @@ async fn handle_request(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Tracked<ResponseBody, Exchange>>, Infallible> {
+    let version = req.version();
     let mut exchange = Exchange::start(conn, &req);
     // The exchange owns the connection's handle from here: no second one per request.
     let conn = &*exchange.conn;
@@ -269,9 +271,17 @@ async fn handle_request(
             }
             let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
             let activity = Some(conn.activity.clone());
-            let req =
-                req.map(|body| RequestBody::new(body, bytes_in, runtime.owned.clone(), activity));
-            route_and_forward(conn, req, client.address, &mut chosen).await
+            let clock = Some(exchange.clock.clone());
+            let req = req.map(|body| {
+                RequestBody::new(body, bytes_in, runtime.owned.clone(), activity, clock)
+            });
+            let limits = &model.proxy.limits;
+            let forward = route_and_forward(conn, req, client.address, &mut chosen);
+            if limits.stream_idle_timeout.is_some() || limits.request_timeout.is_some() {
+                stream::bounded(forward, &exchange.clock, limits.request_timeout).await
+            } else {
+                forward.await
+            }
         }
     };
     let mut flags = ResponseFlags::default();
@@ -284,14 +294,17 @@ async fn handle_request(
     let response = match result {
         Ok(response) => response,
         Err(e) => {
-            flags.insert(e.flag());
+            if let Some(flag) = e.flag() {
+                flags.insert(flag);
+            }
             let listener = &model.listeners[conn.listener].name;
             let principal = conn
                 .peer
                 .as_ref()
                 .map(|p| p.spiffe_id.principal())
                 .unwrap_or("");
-            warn!(peer = %conn.peer_addr, %listener, principal, flag = e.flag().code(), "{e}");
+            let flag = e.flag().map_or("-", ResponseFlag::code);
+            warn!(peer = %conn.peer_addr, %listener, principal, flag, "{e}");
             respond::error(&e)
         }
     };
@@ -306,7 +319,15 @@ async fn handle_request(
         log.backend = chosen.backend;
         log.flags = flags;
     }
-    Ok(response.map(|body| Tracked::new(body, exchange)))
+    exchange.clock.responding();
+    // HTTP/2 bounds what waits for the client by the stream's send buffer.
+    let pacing = (version != http::Version::HTTP_2).then(|| {
+        Pacing::new(
+            conn.activity.clone(),
+            model.proxy.limits.stream_write_buffer_bytes,
+        )
+    });
+    Ok(response.map(|body| Tracked::new(body, exchange, pacing)))
 }
 
 fn authorize(
@@ -498,6 +519,8 @@ struct Exchange {
     log: Option<Box<Logged>>,
     /// When `done` ran.
     finished: Option<Instant>,
+    /// The stream's progress (`limits.streamIdleTimeout`).
+    clock: Arc<StreamClock>,
 }
 
 /// The request as the access log shows it, taken before the request moves on, and its
@@ -522,6 +545,11 @@ struct Logged {
 impl Exchange {
     fn start(conn: Arc<Connection>, req: &Request<Incoming>) -> Self {
         conn.activity.request_started();
+        // An HTTP/2 stream has its own clock; HTTP/1.1 requests take turns on the connection's.
+        let clock = StreamClock::current().unwrap_or_else(|| {
+            conn.activity.stream.restart();
+            conn.activity.stream.clone()
+        });
         let log = conn.runtime.access_log.as_ref().map(|_| {
             Box::new(Logged {
                 start_time: SystemTime::now(),
@@ -541,6 +569,7 @@ impl Exchange {
             started: Instant::now(),
             log,
             finished: None,
+            clock,
         }
     }
 }
@@ -561,6 +590,10 @@ impl Logged {
 }
 
 impl Done for Exchange {
+    fn moved(&self) {
+        self.clock.moved();
+    }
+
     fn done(&mut self, bytes_out: u64, end: End) {
         let now = Instant::now();
         self.finished = Some(now);
@@ -577,6 +610,9 @@ impl Done for Exchange {
         let bodiless =
             logged.method == http::Method::HEAD || matches!(logged.status, Some(204 | 304));
         let mut flags = logged.flags;
+        if end == End::Open && self.clock.expired() {
+            flags.insert(ResponseFlag::StreamIdleTimeout);
+        }
         match end {
             End::UpstreamFailed if flags.is_empty() => {
                 flags.insert(ResponseFlag::UpstreamRemoteReset)

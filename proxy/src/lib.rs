@@ -6,6 +6,7 @@
 //! identity   identity.rs     -> PeerIdentity: exactly one SPIFFE URI SAN, leaf not a CA
 //! origin     origin.rs       -> Origin::{Local, Remote}: trust domain, aliases, cluster.local
 //! HTTP       serve.rs        -> hyper HTTP/1.1 or HTTP/2, chosen by ALPN
+//! stream     stream.rs       -> per-stream idle and request timeouts (408, cut, SI)
 //! head       head.rs         -> one authority, normalized path, hop-by-hop gone (400, 405)
 //! tag        tag.rs          -> client copies stripped; x-mesh-origin, principal, XFCC set
 //! authorize  authorize/      -> AuthorizationPolicy: DENY, then ALLOW (403 RBAC: access denied)
@@ -37,6 +38,7 @@ mod proxy_protocol;
 mod respond;
 pub mod route;
 mod serve;
+mod stream;
 pub mod tag;
 pub mod tcp;
 pub mod tls;
@@ -54,3 +56,10 @@ pub mod runtime;
 mod server;
 
 pub use server::{start, BoundListener, Running, StartError};
+
+/// What the fuzz targets in `fuzz/` call that is not public otherwise. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::head::{canonical, canonicalize, HeadError};
+    pub use crate::proxy_protocol::{header, read, Header};
+}

@@ -23,6 +23,7 @@ use meshgate_config::model::{AbortStatus, DirectResponse, Redirect, RedirectPort
 use crate::access_log::ResponseFlag;
 use crate::forward::{ForwardError, PooledBody};
 use crate::head::HeadError;
+use crate::stream::StreamTimeout;
 
 /// The body of every response meshgate sends: streamed from upstream, or a buffer the proxy
 /// made — an enum rather than a boxed trait object, so responses cost no extra allocation.
@@ -95,6 +96,9 @@ pub enum ProxyError {
     /// Downstream: the client's body was malformed or cut short, so the forward failed.
     #[error("the client's request body {}", if *.malformed { "was malformed" } else { "was cut short" })]
     ClientBody { malformed: bool },
+    /// Downstream: the stream stalled, or the request body did not come in time.
+    #[error("{0}")]
+    Timeout(#[from] StreamTimeout),
 }
 
 impl ProxyError {
@@ -102,6 +106,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Head(HeadError::Connect) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Head(_) => StatusCode::BAD_REQUEST,
@@ -116,9 +121,11 @@ impl ProxyError {
         }
     }
 
-    /// Envoy's response flag, for the access log.
-    pub fn flag(&self) -> ResponseFlag {
-        match self {
+    /// Envoy's response flag, for the access log (none for the request timeout, as Envoy).
+    pub fn flag(&self) -> Option<ResponseFlag> {
+        Some(match self {
+            Self::Timeout(StreamTimeout::Idle) => ResponseFlag::StreamIdleTimeout,
+            Self::Timeout(StreamTimeout::Request) => return None,
             Self::ClientBody { malformed: true } => ResponseFlag::DownstreamProtocolError,
             Self::ClientBody { malformed: false } => ResponseFlag::DownstreamConnectionTermination,
             Self::BadRequest(_) | Self::Head(_) | Self::Forward(ForwardError::BadRequest(_)) => {
@@ -133,12 +140,15 @@ impl ProxyError {
             Self::Forward(ForwardError::Timeout) => ResponseFlag::UpstreamRequestTimeout,
             Self::Forward(ForwardError::Overflow) => ResponseFlag::UpstreamOverflow,
             Self::FaultAbort(_) => ResponseFlag::FaultInjected,
-        }
+        })
     }
 
     fn body(&self) -> &'static str {
         match self {
             Self::ClientBody { .. } => "bad request body\n",
+            // Envoy's bodies.
+            Self::Timeout(StreamTimeout::Idle) => "stream timeout",
+            Self::Timeout(StreamTimeout::Request) => "request timeout",
             Self::BadRequest(_) => "bad request\n",
             Self::Head(HeadError::Connect) => "CONNECT is not supported\n",
             Self::Head(_) => "bad request\n",

@@ -8,6 +8,8 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use atomic_waker::AtomicWaker;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -30,19 +32,24 @@ use tracing::debug;
 use meshgate_config::model::Limits;
 
 use crate::drain::Watch;
+use crate::stream::{StreamClock, StreamExecutor};
 use crate::tls::server::HttpVersion;
 
 /// The server builders, configured once.
 #[derive(Debug, Clone)]
 pub struct HttpServers {
-    detect: auto::Builder<TokioExecutor>,
+    detect: auto::Builder<StreamExecutor>,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<StreamExecutor>,
     /// `limits.requestHeaderTimeout`, kept by `HeadTimeout` rather than hyper (whose timer also
     /// runs while an HTTP/1.1 connection waits, idle, for its next request).
     request_header_timeout: Duration,
     /// `limits.idleTimeout`.
     idle_timeout: Option<Duration>,
+    /// `limits.streamIdleTimeout`.
+    stream_idle_timeout: Option<Duration>,
+    /// `limits.maxRequestHeaderBytes`.
+    header_bytes: usize,
 }
 
 /// A connection's failure, whichever builder served it.
@@ -52,6 +59,10 @@ impl HttpServers {
     /// Builders with the MeshGateway's limits.
     pub fn new(limits: &Limits) -> Self {
         let header_bytes = limits.max_request_header_bytes as usize;
+        let streams = StreamExecutor {
+            stream_idle_timeout: limits.stream_idle_timeout,
+        };
+        let send_buffer = limits.stream_write_buffer_bytes as usize;
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -59,12 +70,13 @@ impl HttpServers {
             .header_read_timeout(None)
             .max_buf_size(header_bytes)
             .keep_alive(true);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(streams);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .max_header_list_size(limits.max_request_header_bytes);
-        let mut detect = auto::Builder::new(TokioExecutor::new());
+            .max_header_list_size(limits.max_request_header_bytes)
+            .max_send_buf_size(send_buffer);
+        let mut detect = auto::Builder::new(streams);
         detect
             .http1()
             .timer(TokioTimer::new())
@@ -76,13 +88,16 @@ impl HttpServers {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .max_header_list_size(limits.max_request_header_bytes);
+            .max_header_list_size(limits.max_request_header_bytes)
+            .max_send_buf_size(send_buffer);
         Self {
             detect,
             http1,
             http2,
             request_header_timeout: limits.request_header_timeout,
             idle_timeout: limits.idle_timeout,
+            stream_idle_timeout: limits.stream_idle_timeout,
+            header_bytes,
         }
     }
 
@@ -129,55 +144,116 @@ impl HttpServers {
         // HTTP/2 (by ALPN) has no request heads to time here; plaintext may turn out to be
         // HTTP/2 with prior knowledge, which `HeadTimeout` recognises by its preface.
         let timed = version != Some(HttpVersion::Http2);
-        let io = TokioIo::new(HeadTimeout::new(
+        // HTTP/1.1's requests, one at a time, are watched on the connection's clock; each
+        // HTTP/2 stream on its own (`StreamExecutor`).
+        let watched = activity.clone();
+        let stream_idle = self.stream_idle_timeout.filter(|_| timed);
+        let stalled = async move {
+            match stream_idle {
+                Some(timeout) => {
+                    let stream = watched.stream.clone();
+                    stream.watch(timeout, || watched.busy()).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let io = TokioIo::new(Metered::new(
             io,
             activity,
             timed.then_some(self.request_header_timeout),
+            self.header_bytes,
         ));
         match version {
             Some(HttpVersion::Http1) => {
                 let conn = self.http1.serve_connection(io, service);
-                Ok(until_closed(conn, |c| c.graceful_shutdown(), drain, idle).await?)
+                let ends = Ends {
+                    drain,
+                    idle,
+                    stalled,
+                };
+                until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
-                Ok(until_closed(conn, |c| c.graceful_shutdown(), drain, idle).await?)
+                let ends = Ends {
+                    drain,
+                    idle,
+                    stalled,
+                };
+                until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
             None => {
                 let conn = self.detect.serve_connection(io, service).into_owned();
-                until_closed(conn, |c| c.graceful_shutdown(), drain, idle).await
+                until_closed(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    Ends {
+                        drain,
+                        idle,
+                        stalled,
+                    },
+                )
+                .await
             }
         }
     }
 }
 
+/// What ends a connection besides its client: the drain, the idle timeout (both graceful) and
+/// a stalled HTTP/1.1 response (at once).
+struct Ends<I, S> {
+    drain: Watch,
+    idle: I,
+    stalled: S,
+}
+
 /// Runs `conn` to its end; when the drain starts or `idle` resolves first, `shutdown` asks it
-/// to finish and it is run to its end still. The watch is held until then.
+/// to finish and it is run to its end still. The watch is held until then. When `stalled`
+/// resolves, the connection is dropped: its response cannot go on, and hyper would wait for it.
 async fn until_closed<C, E>(
     conn: C,
     shutdown: impl FnOnce(Pin<&mut C>),
-    mut drain: Watch,
-    idle: impl Future<Output = ()>,
-) -> Result<(), E>
+    ends: Ends<impl Future<Output = ()>, impl Future<Output = ()>>,
+) -> Result<(), ServeError>
 where
     C: Future<Output = Result<(), E>>,
+    E: Into<ServeError>,
 {
+    let Ends {
+        mut drain,
+        idle,
+        stalled,
+    } = ends;
     tokio::pin!(conn);
     let stop = async {
         tokio::select! {
-            () = drain.signaled() => {}
-            () = idle => debug!("idle timeout: closing the connection"),
+            () = drain.signaled() => Stop::Gracefully,
+            () = idle => {
+                debug!("idle timeout: closing the connection");
+                Stop::Gracefully
+            }
+            () = stalled => Stop::Now,
         }
     };
     tokio::pin!(stop);
     let mut stop = Gated::new(stop);
-    tokio::select! {
+    let stop = tokio::select! {
         biased;
-        done = &mut conn => return done,
-        () = &mut stop => {}
+        done = &mut conn => return done.map_err(Into::into),
+        stop = &mut stop => stop,
+    };
+    if stop == Stop::Now {
+        debug!("stream idle timeout: closing the connection");
+        return Err(ServeError::from("stream idle timeout"));
     }
     shutdown(conn.as_mut());
-    conn.await
+    conn.await.map_err(Into::into)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Gracefully,
+    Now,
 }
 
 /// Polls `inner` only when its own waker has fired since it was last polled (and the first
@@ -248,13 +324,22 @@ impl<F: Future + Unpin> Future for Gated<F> {
 pub struct Activity {
     opened: Instant,
     active: AtomicU32,
+    /// Requests started so far: a head is read between two of them.
+    started: AtomicU32,
     /// When the last request ended, in milliseconds after `opened`.
     idle_since_ms: AtomicU64,
     /// Request bodies the client broke off or malformed, so that the failure of a forward
     /// they caused is blamed on the client (`DPE`, `DC`), not on the upstream.
     body_faults: AtomicU32,
     /// Whether the last of them was malformed (rather than cut short).
-    malformed: std::sync::atomic::AtomicBool,
+    malformed: AtomicBool,
+    /// The stream clock of the HTTP/1.1 request in flight (one at a time).
+    pub stream: Arc<StreamClock>,
+    /// Bytes written to the client so far.
+    written: AtomicU64,
+    /// A response body waits for the client to take what is buffered (`Pacing`).
+    write_paused: AtomicBool,
+    writer: AtomicWaker,
 }
 
 impl Default for Activity {
@@ -268,9 +353,14 @@ impl Activity {
         Self {
             opened: Instant::now(),
             active: AtomicU32::new(0),
+            started: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             body_faults: AtomicU32::new(0),
-            malformed: std::sync::atomic::AtomicBool::new(false),
+            malformed: AtomicBool::new(false),
+            stream: Arc::default(),
+            written: AtomicU64::new(0),
+            write_paused: AtomicBool::new(false),
+            writer: AtomicWaker::new(),
         }
     }
 
@@ -297,6 +387,7 @@ impl Activity {
     }
 
     pub fn request_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -305,6 +396,21 @@ impl Activity {
         let since = at.saturating_duration_since(self.opened).as_millis() as u64;
         self.idle_since_ms.store(since, Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Bytes written to the client so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// The client took `n` more bytes: a paused response body may go on.
+    fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.stream.moved();
+        if self.write_paused.load(Ordering::Relaxed) {
+            self.write_paused.store(false, Ordering::Relaxed);
+            self.writer.wake();
+        }
     }
 
     /// Resolves once no request has been in flight for `timeout`. One timer, re-armed only
@@ -326,29 +432,86 @@ impl Activity {
     }
 }
 
-/// Downstream I/O that keeps Envoy's `request_headers_timeout` for HTTP/1.1: from the first
-/// byte of a request head until the head is complete, which is when the request reaches the
-/// proxy and `Activity` counts it in flight. A connection waiting, idle, for its next request
-/// is not timed here (the idle timeout is its clock), nor is a request body.
+/// An HTTP/1.1 response body's share of what is buffered for the client: hyper takes body
+/// chunks while it has room for sixteen of them, whatever their size, so a client that does
+/// not read would leave megabytes of an upstream's response in memory. The body hands on no
+/// more than `limit` bytes the client has not taken yet (a larger chunk goes in parts), and
+/// then waits until the client takes some.
+#[derive(Debug)]
+pub struct Pacing {
+    activity: Arc<Activity>,
+    /// `written()` when the response began.
+    start: u64,
+    limit: u64,
+}
+
+impl Pacing {
+    pub fn new(activity: Arc<Activity>, limit: u32) -> Self {
+        let start = activity.written();
+        Self {
+            activity,
+            start,
+            limit: u64::from(limit),
+        }
+    }
+
+    /// How many more bytes a body that handed `sent` bytes on may hand on now; `None` when
+    /// it must wait, and then it is woken when the client takes more.
+    pub fn room(&self, sent: u64, cx: &mut Context<'_>) -> Option<u64> {
+        let room = |a: &Activity| {
+            let unwritten = sent.saturating_sub(a.written().wrapping_sub(self.start));
+            Some(self.limit.saturating_sub(unwritten)).filter(|r| *r > 0)
+        };
+        let activity = &*self.activity;
+        if let Some(r) = room(activity) {
+            return Some(r);
+        }
+        activity.writer.register(cx.waker());
+        activity.write_paused.store(true, Ordering::Relaxed);
+        // Written meanwhile (another task's write): go on.
+        room(activity)
+    }
+}
+
+/// Downstream I/O, metered: the progress of the request in flight (`StreamClock`), the bytes
+/// the client took (`Pacing`), the size of a request head, and Envoy's
+/// `request_headers_timeout` for HTTP/1.1: from the first byte of a request head until the head
+/// is complete, which is when the request reaches the proxy and `Activity` counts it in flight.
+/// A connection waiting, idle, for its next request is not timed here (the idle timeout is its
+/// clock), nor is a request body.
 ///
 /// Bytes read while no request is in flight are a request head. The timer exists only while
 /// such a head is incomplete and the client has sent nothing more, so a head that arrives
 /// whole and alone (the usual case) costs no timer at all. A partial head that arrives pipelined behind
 /// a request still in flight is left to the idle timeout.
-pub struct HeadTimeout<I> {
+///
+/// hyper refuses a head that does not fit `max_buf_size` only after a read that leaves it
+/// incomplete, and a read may take twice that much; here no more than the limit of head bytes is
+/// read between two requests, so hyper's check is exact.
+pub struct Metered<I> {
     io: I,
     activity: Arc<Activity>,
-    /// `None`: nothing to time (HTTP/2).
+    /// `None`: nothing to time or to bound (HTTP/2).
     timeout: Option<Duration>,
     /// Nothing was read yet: the first bytes may be the HTTP/2 preface.
     first: bool,
     /// Bytes of a head have arrived and its request has not started.
     in_head: bool,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The most bytes of one request head (`maxRequestHeaderBytes`).
+    head_limit: usize,
+    /// Bytes read since `requests` requests had started.
+    head_bytes: usize,
+    requests: u32,
 }
 
-impl<I> HeadTimeout<I> {
-    pub fn new(io: I, activity: Arc<Activity>, timeout: Option<Duration>) -> Self {
+impl<I> Metered<I> {
+    pub fn new(
+        io: I,
+        activity: Arc<Activity>,
+        timeout: Option<Duration>,
+        head_limit: usize,
+    ) -> Self {
         Self {
             io,
             activity,
@@ -356,11 +519,57 @@ impl<I> HeadTimeout<I> {
             first: true,
             in_head: false,
             deadline: None,
+            head_limit,
+            head_bytes: 0,
+            requests: 0,
         }
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
+impl<I: AsyncRead + Unpin> Metered<I> {
+    /// Reads, no more than what is left of the head limit while no request is in flight.
+    fn read_within(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let started = self.activity.started.load(Ordering::Relaxed);
+        if started != self.requests || self.activity.busy() {
+            self.requests = started;
+            self.head_bytes = 0;
+        }
+        // HTTP/2 (no head timeout) bounds its header lists itself.
+        let left = match self.timeout {
+            Some(_) => self.head_limit.saturating_sub(self.head_bytes),
+            None => usize::MAX,
+        };
+        let before = buf.filled().len();
+        let read = if buf.remaining() <= left {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        } else if left == 0 {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request head too large",
+            )));
+        } else {
+            let mut within = ReadBuf::new(buf.initialize_unfilled_to(left));
+            let read = Pin::new(&mut self.io).poll_read(cx, &mut within);
+            let n = within.filled().len();
+            buf.advance(n);
+            read
+        };
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            if !self.activity.busy() {
+                self.head_bytes += n;
+            }
+            self.activity.stream.moved();
+        }
+        read
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -368,7 +577,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let read = this.read_within(cx, buf);
         let Some(timeout) = this.timeout else {
             return read;
         };
@@ -408,13 +617,18 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.activity.wrote(n);
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -422,7 +636,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.activity.wrote(n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -194,22 +194,14 @@ pub async fn slow_backend(
     chunks: usize,
     gap: std::time::Duration,
 ) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
                 // Request after request on one connection, as the proxy's pool expects.
-                loop {
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                while read_head(&mut tcp).await {
                     let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
                     for _ in 0..chunks {
                         out.extend_from_slice(
@@ -234,19 +226,14 @@ pub async fn slow_backend(
 /// A raw HTTP/1.1 backend that starts a chunked response, sends `chunk`, and closes the
 /// connection without ending the body: an upstream that breaks off mid-response.
 pub async fn broken_backend(chunk: &'static str) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut tcp).await {
+                    return;
                 }
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
@@ -254,6 +241,70 @@ pub async fn broken_backend(chunk: &'static str) -> SocketAddr {
                 );
                 let _ = tcp.write_all(response.as_bytes()).await;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            });
+        }
+    });
+    address
+}
+
+/// Reads one request head from `tcp`; `false` when the connection ended first.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// A raw HTTP/1.1 backend that reads each request head and never answers.
+pub async fn silent_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await {
+                    // Holds the connection open, silent, until the proxy goes.
+                    let mut rest = [0u8; 64];
+                    while matches!(tokio::io::AsyncReadExt::read(&mut tcp, &mut rest).await, Ok(n) if n > 0)
+                    {
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A raw HTTP/1.1 backend that answers each request with `bytes` bytes, written as fast as
+/// the proxy takes them.
+pub async fn firehose_backend(bytes: usize) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while read_head(&mut tcp).await {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\n\r\n");
+                    if tcp.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 256 * 1024];
+                    let mut left = bytes;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if tcp.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                }
             });
         }
     });

@@ -240,6 +240,12 @@ fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> 
     if let Some(d) = duration("idleTimeout", &l.idle_timeout, true) {
         out.idle_timeout = d;
     }
+    if let Some(d) = duration("streamIdleTimeout", &l.stream_idle_timeout, true) {
+        out.stream_idle_timeout = d;
+    }
+    if let Some(d) = duration("requestTimeout", &l.request_timeout, true) {
+        out.request_timeout = d;
+    }
     if let Some(Some(d)) = duration("handshakeTimeout", &l.handshake_timeout, false) {
         out.handshake_timeout = d;
     }
@@ -262,6 +268,13 @@ fn limits(o: &Origin, spec: &MeshGatewaySpec, errors: &mut Vec<ConfigError>) -> 
         Limits::REQUEST_HEADER_BYTES,
     ) {
         out.max_request_header_bytes = n;
+    }
+    if let Some(n) = count(
+        "streamWriteBufferBytes",
+        l.stream_write_buffer_bytes,
+        Limits::STREAM_WRITE_BUFFER_BYTES,
+    ) {
+        out.stream_write_buffer_bytes = n;
     }
     // 0: no limit.
     match l.max_connections_per_listener {

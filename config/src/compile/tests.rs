@@ -513,6 +513,9 @@ fn limits_defaults_overrides_and_mistakes() {
     let limits = &model.proxy.limits;
     assert_eq!(limits.idle_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+    // The stream bounds: Envoy's defaults (5 min; no request timeout); 0s turns either off.
+    assert_eq!(limits.stream_idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(limits.request_timeout, None);
 
     let with =
         |limits: &str| MESH_GATEWAY.replace("spec:\n", &format!("spec:\n  limits: {limits}\n"));
@@ -533,6 +536,15 @@ fn limits_defaults_overrides_and_mistakes() {
     .unwrap();
     assert_eq!(model.proxy.limits.idle_timeout, None);
     assert_eq!(model.proxy.limits.max_connections_per_listener, None);
+    let model = load_str(
+        "t.yaml",
+        &with("{streamIdleTimeout: 0s, requestTimeout: 90s, streamWriteBufferBytes: 16384}"),
+    )
+    .unwrap();
+    let limits = &model.proxy.limits;
+    assert_eq!(limits.stream_idle_timeout, None);
+    assert_eq!(limits.request_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(limits.stream_write_buffer_bytes, 16384);
     // The extremes of each range load.
     let model = load_str("t.yaml", &with("{handshakeTimeout: 100ms, requestHeaderTimeout: 24h, idleTimeout: 1s, maxRequestHeaderBytes: 1048576, maxConnectionsPerListener: 1000000, http2MaxConcurrentStreams: 2147483647}")).unwrap();
     assert_eq!(
@@ -550,6 +562,9 @@ fn limits_defaults_overrides_and_mistakes() {
         ("{maxRequestHeaderBytes: 4294967295}", "spec.limits.maxRequestHeaderBytes: 4294967295 is not from 8192 to 1048576"),
         ("{maxConnectionsPerListener: 1000001}", "spec.limits.maxConnectionsPerListener: 1000001 is not from 1 to 1000000"),
         ("{http2MaxConcurrentStreams: 0}", "spec.limits.http2MaxConcurrentStreams: 0 is not from 1 to 2147483647"),
+        ("{streamIdleTimeout: 10ms}", "spec.limits.streamIdleTimeout: `10ms` is not a duration from 100ms to 86400s, or 0s for none"),
+        ("{requestTimeout: 9999999999999999999s}", "spec.limits.requestTimeout: `9999999999999999999s` is not a duration from"),
+        ("{streamWriteBufferBytes: 1024}", "spec.limits.streamWriteBufferBytes: 1024 is not from 16384 to 16777216"),
         ("{keepalive: 1s}", "keepalive"),
     ];
     for (limits, want) in cases {

@@ -156,6 +156,18 @@ pub struct Limits {
     /// A connection with no request in flight for this long is closed (Envoy's
     /// `idle_timeout`, 1 h by default); `None`: never.
     pub idle_timeout: Option<std::time::Duration>,
+    /// A request (HTTP/1.1) or stream (HTTP/2) with no progress either way (request bytes
+    /// read, response bytes written) for this long is answered 408 before its response head,
+    /// and cut after it (Envoy's `stream_idle_timeout`, 5 min by default); `None`: never.
+    pub stream_idle_timeout: Option<std::time::Duration>,
+    /// A request body not received whole this long after its head, and before the response
+    /// began, is answered 408 (Envoy's `request_timeout`); `None` (the default, as Envoy's,
+    /// which streaming requests need): never.
+    pub request_timeout: Option<std::time::Duration>,
+    /// Response bytes one stream may have waiting for a client that does not read: an
+    /// HTTP/1.1 response body is paused at this many unwritten bytes, an HTTP/2 stream's send
+    /// buffer holds at most this many.
+    pub stream_write_buffer_bytes: u32,
     /// The most certificates a client may send (its leaf included), refused before any
     /// signature is checked.
     pub max_certificate_chain_length: u32,
@@ -173,6 +185,8 @@ impl Limits {
     );
     /// `maxRequestHeaderBytes`: hyper's smallest read buffer, up to 1 MiB.
     pub const REQUEST_HEADER_BYTES: (u32, u32) = (8192, 1 << 20);
+    /// `streamWriteBufferBytes`: one TLS record, up to 16 MiB.
+    pub const STREAM_WRITE_BUFFER_BYTES: (u32, u32) = (16 * 1024, 16 << 20);
     /// `maxConnectionsPerListener` (0: no limit).
     pub const CONNECTIONS_PER_LISTENER: (u32, u32) = (1, 1_000_000);
     /// `http2MaxConcurrentStreams`: HTTP/2's own bound.
@@ -192,6 +206,9 @@ impl Default for Limits {
             max_connections_per_listener: Some(10_000),
             http2_max_concurrent_streams: 1024,
             idle_timeout: Some(std::time::Duration::from_secs(3600)),
+            stream_idle_timeout: Some(std::time::Duration::from_secs(300)),
+            request_timeout: None,
+            stream_write_buffer_bytes: 64 * 1024,
             max_certificate_chain_length: 8,
             trust_domain_labels: 100,
         }

@@ -44,6 +44,9 @@ pub struct Limits {
     pub max_connections_per_listener: Option<u32>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub idle_timeout: Option<String>,
+    pub stream_idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub stream_write_buffer_bytes: Option<u32>,
     pub max_certificate_chain_length: Option<u32>,
     pub trust_domain_labels: Option<u32>,
 }

@@ -1,0 +1,198 @@
+//! Per-stream bounds, as Envoy's connection manager keeps them: `stream_idle_timeout` (a
+//! request or HTTP/2 stream on which nothing moves either way for that long is answered 408
+//! before its response head, and cut after it) and `request_timeout` (a request body not
+//! received whole in time is answered 408).
+//!
+//! A `StreamClock` is what one stream's parts tell each other: progress (request bytes read,
+//! response bytes written), whether the response has begun, and whether the request body is
+//! in. The watcher that reads it is one timer per HTTP/1.1 connection, ticking while the
+//! connection lives (a request costs it nothing), and one per HTTP/2 stream that is still
+//! open after its first poll. A stall is seen within a quarter of the timeout after it is due.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use tokio::time::Sleep;
+
+/// One stream's progress and state, shared by its request body, its response body, the
+/// request's task and the watcher.
+#[derive(Debug, Default)]
+pub struct StreamClock {
+    /// Bumped by progress either way.
+    progress: AtomicU32,
+    /// The response head went to the client: a stall from now on cuts the stream.
+    responding: AtomicBool,
+    /// The whole request body was received: the request timeout no longer runs.
+    received: AtomicBool,
+    /// The stream idle timeout expired.
+    expired: AtomicBool,
+    /// The request's task, woken when the timeout expires before its response head.
+    task: AtomicWaker,
+}
+
+tokio::task_local! {
+    /// The clock of the HTTP/2 stream whose task this is (HTTP/1.1 requests use their
+    /// connection's, one request at a time).
+    static STREAM: Arc<StreamClock>;
+}
+
+impl StreamClock {
+    /// The clock of the HTTP/2 stream being served on this task, if it is one.
+    pub fn current() -> Option<Arc<StreamClock>> {
+        STREAM.try_with(Arc::clone).ok()
+    }
+
+    /// A new request on a connection's clock (HTTP/1.1 reuses it).
+    pub fn restart(&self) {
+        self.responding.store(false, Ordering::Relaxed);
+        self.received.store(false, Ordering::Relaxed);
+        self.expired.store(false, Ordering::Relaxed);
+        self.moved();
+    }
+
+    /// Something moved on the stream.
+    #[inline]
+    pub fn moved(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The response head is out.
+    pub fn responding(&self) {
+        self.responding.store(true, Ordering::Release);
+        self.moved();
+    }
+
+    /// The request body is in.
+    pub fn received(&self) {
+        self.received.store(true, Ordering::Release);
+    }
+
+    /// Whether the stream idle timeout expired on it (Envoy's `SI`).
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
+    }
+
+    fn expire(&self) {
+        self.expired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// Resolves when the stream stalled for `timeout` with its response begun (it is to be
+    /// cut). A stall before the response head expires the clock, which the request's
+    /// `bounded` answers, and the watch goes on. `busy` says whether a stream is there at all
+    /// (an HTTP/1.1 connection between requests has none).
+    pub async fn watch(&self, timeout: Duration, busy: impl Fn() -> bool) {
+        let tick = timeout / 4;
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut stalled = Duration::ZERO;
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.progress.load(Ordering::Relaxed);
+            if now != seen || !busy() {
+                seen = now;
+                stalled = Duration::ZERO;
+                continue;
+            }
+            stalled += tick;
+            if stalled < timeout {
+                continue;
+            }
+            let responding = self.responding.load(Ordering::Acquire);
+            self.expire();
+            if responding {
+                return;
+            }
+            stalled = Duration::ZERO;
+        }
+    }
+}
+
+/// Why a request was cut before its response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamTimeout {
+    /// Nothing moved for `streamIdleTimeout` (Envoy's `SI`, "stream timeout").
+    #[error("stream timeout")]
+    Idle,
+    /// The request body was not in within `requestTimeout` ("request timeout").
+    #[error("request timeout")]
+    Request,
+}
+
+/// Runs `work` (the request up to its response head) unless its stream's clock expires or its
+/// body is not in within `request_timeout` first.
+pub async fn bounded<T, E: From<StreamTimeout>>(
+    work: impl Future<Output = Result<T, E>>,
+    clock: &StreamClock,
+    request_timeout: Option<Duration>,
+) -> Result<T, E> {
+    let expiry = Expiry {
+        clock,
+        deadline: request_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+    };
+    tokio::select! {
+        biased;
+        done = work => done,
+        timeout = expiry => Err(timeout.into()),
+    }
+}
+
+/// Resolves when the clock expires or the request timeout passes with the body not in.
+struct Expiry<'a> {
+    clock: &'a StreamClock,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Future for Expiry<'_> {
+    type Output = StreamTimeout;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<StreamTimeout> {
+        let clock = self.clock;
+        clock.task.register(cx.waker());
+        if clock.expired() {
+            return Poll::Ready(StreamTimeout::Idle);
+        }
+        if let Some(deadline) = &mut self.deadline {
+            if clock.received.load(Ordering::Acquire) {
+                self.deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(StreamTimeout::Request);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The executor hyper's HTTP/2 server runs each stream on: a task of its own with a clock
+/// (`StreamClock::current`) and, with a stream idle timeout, its watcher. A stream cut by it
+/// is dropped, which resets it (`RST_STREAM`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamExecutor {
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let clock = Arc::new(StreamClock::default());
+        let timeout = self.stream_idle_timeout;
+        tokio::spawn(STREAM.scope(clock.clone(), async move {
+            let Some(timeout) = timeout else {
+                return stream.await;
+            };
+            tokio::select! {
+                biased;
+                () = stream => {}
+                () = clock.watch(timeout, || true) => {
+                    tracing::debug!("stream idle timeout: resetting the stream");
+                }
+            }
+        }));
+    }
+}
