@@ -407,8 +407,9 @@ async fn a_client_chain_over_the_limit_is_refused_before_it_is_verified() {
 }
 
 /// A gateway with `limits` and an access log, routing `HOST` to an echo and
-/// `silent.`/`slow.`/`firehose.example-target.com` to backends that never answer, stream four
-/// ticks 200 ms apart, and send 64 MiB as fast as they are taken.
+/// `silent.`/`slow.`/`firehose.`/`abrupt.example-target.com` to backends that never answer,
+/// stream four ticks 200 ms apart, send 64 MiB as fast as they are taken, and close right after
+/// a response head.
 async fn streams_gateway(pki: &Pki, limits: &str) -> (Proxy, meshgate_proxy::echo::Echo) {
     let backend = echo();
     let routes = [
@@ -424,6 +425,10 @@ async fn streams_gateway(pki: &Pki, limits: &str) -> (Proxy, meshgate_proxy::ech
         route_to(
             "firehose.example-target.com",
             support::proxy::firehose_backend(64 << 20).await,
+        ),
+        route_to(
+            "abrupt.example-target.com",
+            support::proxy::abrupt_backend("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await,
         ),
     ];
     let yaml = gateway_yaml(&routes.concat()).replacen(
@@ -647,4 +652,51 @@ async fn a_request_head_over_the_limit_is_refused_even_when_it_arrives_in_one_bu
 
 fn ms(n: u64) -> std::time::Duration {
     std::time::Duration::from_millis(n)
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_the_head_leaves_the_client_the_head_and_a_reset() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = streams_gateway(&pki, "{}").await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+
+    // HTTP/1.1: the head, then the connection closes short of the 100 bytes it announced.
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let mut tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: abrupt.example-target.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(support::TIMEOUT, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            Ok(_) => break,
+            Err(_) => panic!("the connection was left open"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(text.contains("content-length: 100\r\n"), "{text:?}");
+    assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+
+    // HTTP/2: the head, then the stream is reset.
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let (mut send, _conn) = Conn::open(tls, true).await.unwrap();
+    let response = send
+        .send("abrupt.example-target.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.into_body().collect().await.is_err());
+
+    let lines = log_lines(&proxy, 2).await;
+    for line in &lines {
+        assert_eq!(
+            (line["status"].as_u64(), line["response_flags"].as_str()),
+            (Some(200), Some("UR")),
+            "{line}"
+        );
+    }
 }

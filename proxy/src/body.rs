@@ -413,6 +413,8 @@ pub struct Tracked<B, D: Done> {
     pacing: Option<Pacing>,
     /// The rest of a data frame larger than the room `pacing` left.
     held: Option<Bytes>,
+    /// The upstream's failure, passed on one poll late (`poll_frame`).
+    failed: Option<hyper::Error>,
 }
 
 /// How a response body ended.
@@ -449,6 +451,7 @@ impl<B: Body, D: Done> Tracked<B, D> {
             end,
             pacing,
             held: None,
+            failed: None,
         }
     }
 }
@@ -466,6 +469,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let room = match &this.pacing {
             Some(pacing) => match pacing.room(this.bytes, cx) {
                 Some(room) => room,
@@ -484,9 +490,18 @@ where
             this.done.moved();
         }
         this.bytes += data_len(&frame);
-        match &frame {
+        match frame {
             Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.end = End::Complete,
-            Poll::Ready(Some(Err(_))) => this.end = End::UpstreamFailed,
+            Poll::Ready(Some(Err(e))) => {
+                // An error ends hyper's HTTP/1.1 connection at once, dropping what it has
+                // not written yet: the response head, when the upstream broke off right after
+                // it, and the client would see an empty reply. One poll later, what is
+                // buffered has been flushed, and the client sees the head and then the reset.
+                this.end = End::UpstreamFailed;
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             Poll::Ready(None) => this.end = End::Complete,
             _ => {}
         }

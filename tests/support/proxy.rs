@@ -247,6 +247,24 @@ pub async fn broken_backend(chunk: &'static str) -> SocketAddr {
     address
 }
 
+/// A raw HTTP/1.1 backend that answers each request with `response` (any bytes) and closes
+/// the connection at once.
+pub async fn abrupt_backend(response: &'static str) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await {
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                }
+            });
+        }
+    });
+    address
+}
+
 /// Reads one request head from `tcp`; `false` when the connection ended first.
 async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;
