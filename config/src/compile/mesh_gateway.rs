@@ -187,7 +187,8 @@ pub(crate) fn compile(
     Some((proxy, listen))
 }
 
-/// `spec.reload.pollInterval`: default 2 s; `0s` turns polling off.
+/// `spec.reload.pollInterval`: default 2 s; `0s` turns polling off. From 10 ms (each poll
+/// reads every file) to 24 h.
 fn reload_poll(
     o: &Origin,
     spec: &MeshGatewaySpec,
@@ -196,18 +197,22 @@ fn reload_poll(
     let Some(text) = spec.reload.as_ref().and_then(|r| r.poll_interval.as_ref()) else {
         return Some(DEFAULT_RELOAD_POLL);
     };
+    let (least, most) = RELOAD_POLL;
     match parse_duration(text) {
         Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-        None => {
+        Some(d) if (least..=most).contains(&d) => Some(d),
+        _ => {
             errors.push(o.error(
                 "spec.reload.pollInterval",
-                format!("`{text}` is not a duration such as 2s"),
+                format!("`{text}` is not a duration from {least:?} to {most:?}, or 0s for never"),
             ));
             None
         }
     }
 }
+
+/// The range of `spec.reload.pollInterval`.
+const RELOAD_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(86_400));
 
 /// `spec.limits`, over the defaults. Every value has a range (`Limits::RANGES`), so that no
 /// setting can stall a connection's first byte forever, overflow a deadline, or starve the

@@ -567,6 +567,14 @@ fn limits_defaults_overrides_and_mistakes() {
         ("{streamWriteBufferBytes: 1024}", "spec.limits.streamWriteBufferBytes: 1024 is not from 16384 to 16777216"),
         ("{keepalive: 1s}", "keepalive"),
     ];
+    for (reload, want) in [
+        ("{pollInterval: 1ns}", "spec.reload.pollInterval: `1ns` is not a duration from 10ms to 86400s, or 0s for never"),
+        ("{pollInterval: 9999999999999999999s}", "spec.reload.pollInterval: `9999999999999999999s` is not a duration from"),
+        ("{pollInterval: 25h}", "spec.reload.pollInterval: `25h` is not"),
+    ] {
+        let errs = errors(&MESH_GATEWAY.replace("spec:\n", &format!("spec:\n  reload: {reload}\n")));
+        assert!(errs.iter().any(|e| e.contains(want)), "{reload}: {errs:?}");
+    }
     for (limits, want) in cases {
         let errs = errors(&with(limits));
         assert!(
