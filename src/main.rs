@@ -83,6 +83,7 @@ enum Command {
     },
     /// A backend that answers every request with JSON of what it received.
     Echo {
+        /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Echo the bytes of each TCP connection instead of answering HTTP.
@@ -104,10 +105,13 @@ enum Command {
 enum Pki {
     /// A shared root CA: root-cert.pem, root-key.pem.
     Root {
+        /// The directory to write to (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// The root's subject common name.
         #[arg(long, default_value = "meshgate shared root")]
         common_name: String,
+        /// An RSA 2048 key instead of ECDSA P-256.
         #[arg(long)]
         rsa: bool,
     },
@@ -116,10 +120,13 @@ enum Pki {
         /// The directory of the root (or of a parent intermediate).
         #[arg(long)]
         root: PathBuf,
+        /// The mesh's trust domain (Istio's `trustDomain`), which the CA's subject names.
         #[arg(long)]
         trust_domain: String,
+        /// The directory to write to (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// An RSA 2048 key instead of ECDSA P-256.
         #[arg(long)]
         rsa: bool,
     },
@@ -128,23 +135,31 @@ enum Pki {
         /// The directory of the issuing CA (cacerts layout).
         #[arg(long)]
         ca: PathBuf,
+        /// The workload's identity, `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`.
         #[arg(long)]
         spiffe_id: String,
+        /// The directory to write to (created if missing).
         #[arg(long)]
         out: PathBuf,
-        /// Extra DNS SANs.
+        /// Extra DNS SANs; repeatable.
         #[arg(long)]
         dns: Vec<String>,
         /// Validity in hours.
         #[arg(long, default_value_t = 24)]
         hours: i64,
+        /// An RSA 2048 key (Istio's default workload key) instead of ECDSA P-256.
         #[arg(long)]
         rsa: bool,
+        /// Issue it although the CA is another trust domain's mesh CA: what issuer binding
+        /// exists to refuse, so only for testing that it does.
+        #[arg(long)]
+        allow_foreign_trust_domain: bool,
     },
     /// SPIFFE ID, trust domain, issuer, validity and SPKI SHA-256 of each certificate in a PEM file;
     /// with -c, whether this configuration's ISTIO_MUTUAL servers would accept it as a client's
     /// chain (leaf first) now, and if not, why (exit status 1).
     Inspect {
+        /// A PEM file of one or more certificates (a chain: leaf first).
         file: PathBuf,
         /// The configuration (files or directories) whose gateway is asked.
         #[arg(short = 'c', long = "config")]
@@ -399,13 +414,26 @@ fn pki_command(pki: Pki) -> anyhow::Result<ExitCode> {
             dns,
             hours,
             rsa,
+            allow_foreign_trust_domain,
         } => {
-            SpiffeId::parse(&spiffe_id)
+            let id = SpiffeId::parse(&spiffe_id)
                 .map_err(|e| anyhow::anyhow!("--spiffe-id `{spiffe_id}`: {e}"))?;
             if hours <= 0 {
                 bail!("--hours must be positive");
             }
             let authority = Authority::load(&ca)?;
+            if let Some(own) = authority.mesh_trust_domain() {
+                if own != id.trust_domain() && !allow_foreign_trust_domain {
+                    bail!(
+                        "{} is the mesh CA of trust domain `{own}`, and `{spiffe_id}` is of \
+                         `{}`: one mesh's CA issuing another mesh's identity is what issuer \
+                         binding refuses (--allow-foreign-trust-domain issues it anyway, to \
+                         test that)",
+                        ca.display(),
+                        id.trust_domain()
+                    );
+                }
+            }
             let mut spec = LeafSpec::spiffe(&spiffe_id);
             spec.dns = dns;
             spec.key = alg(rsa);
@@ -527,5 +555,41 @@ fn init_logging(format: LogFormat, default_level: &str) {
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag and argument of every command says what it is for.
+    #[test]
+    fn every_command_and_flag_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cli = super::Cli::command();
+        walk(&cli, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        // The walk sees the nested commands, not just the top.
+        assert!(cli
+            .find_subcommand("pki")
+            .and_then(|p| p.find_subcommand("workload"))
+            .is_some_and(|w| w
+                .get_arguments()
+                .any(|a| a.get_id() == "allow_foreign_trust_domain")));
     }
 }

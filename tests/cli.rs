@@ -1009,3 +1009,66 @@ fn pki_inspect_with_a_config_says_whether_the_gateway_would_accept_the_certifica
         text(&out)
     );
 }
+
+/// A mesh CA issues only its own trust domain's identities unless told otherwise: one mesh's CA
+/// issuing another's is exactly what issuer binding refuses.
+#[test]
+fn pki_workload_refuses_another_trust_domains_identity_unless_allowed() {
+    let work = TempDir::new("foreign");
+    let p = |s: &str| work.path().join(s).display().to_string();
+    let root = meshgate(&["pki", "root", "--out", &p("root")]);
+    assert!(root.status.success(), "{}", text(&root));
+    let ca = [
+        "pki",
+        "intermediate",
+        "--root",
+        &p("root"),
+        "--trust-domain",
+        "example.com",
+        "--out",
+        &p("source"),
+    ];
+    assert!(meshgate(&ca).status.success());
+    let workload = |id: &str, extra: &[&str]| {
+        let (ca, out) = (p("source"), p("leaf"));
+        let mut args = vec![
+            "pki",
+            "workload",
+            "--ca",
+            &ca,
+            "--out",
+            &out,
+            "--spiffe-id",
+            id,
+        ];
+        args.extend(extra);
+        meshgate(&args)
+    };
+    let own = workload("spiffe://example.com/ns/default/sa/sleep", &[]);
+    assert!(own.status.success(), "{}", text(&own));
+    let foreign = "spiffe://example-target.com/ns/default/sa/sleep";
+    std::fs::remove_dir_all(p("leaf")).unwrap();
+    let refused = workload(foreign, &[]);
+    assert!(!refused.status.success());
+    let message = text(&refused);
+    assert!(
+        message.contains("mesh CA of trust domain `example.com`")
+            && message.contains("--allow-foreign-trust-domain"),
+        "{message}"
+    );
+    assert!(!work.path().join("leaf/cert-chain.pem").exists());
+    let allowed = workload(foreign, &["--allow-foreign-trust-domain"]);
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    // A root serves every mesh: no trust domain of its own to hold a leaf to.
+    let from_root = meshgate(&[
+        "pki",
+        "workload",
+        "--ca",
+        &p("root"),
+        "--out",
+        &p("root-leaf"),
+        "--spiffe-id",
+        foreign,
+    ]);
+    assert!(from_root.status.success(), "{}", text(&from_root));
+}

@@ -21,6 +21,7 @@ pub use time::{Duration, OffsetDateTime};
 
 pub use inspect::{inspect, CertSummary};
 use meshgate_spiffe::TrustDomain;
+use rustls::pki_types::pem::PemObject;
 
 /// What went wrong making, reading or writing certificates.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +237,19 @@ impl Authority {
                 cert_pem,
             })
         }
+    }
+
+    /// The trust domain of a mesh CA made by `intermediate` (its subject's organization, as
+    /// Istio names its CAs); `None` for a root, which serves every mesh.
+    pub fn mesh_trust_domain(&self) -> Option<String> {
+        if self.intermediates_pem.is_empty() {
+            return None;
+        }
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        let organization = cert.subject().iter_organization().next()?;
+        organization.as_str().ok().map(str::to_string)
     }
 
     /// A CRL signed by this CA that revokes the leaves given (DER), valid from an hour ago
