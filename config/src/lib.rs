@@ -5,6 +5,26 @@
 //! `model`), collecting every error on the way. Nothing here does I/O but reading files.
 
 #![forbid(unsafe_code)]
+// No input, configuration or network bytes, may panic the process: arithmetic is checked or
+// saturating, slices are read with `get`, and where an invariant makes an index or an operation
+// safe, a narrowly scoped `allow` says why. Unit tests may unwrap and index freely.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
 
 mod compile;
 pub mod error;

@@ -35,8 +35,8 @@ impl Document {
     /// `document 1, items[3]`.
     pub fn describe(&self) -> String {
         match self.item {
-            Some(i) => format!("document {}, items[{i}]", self.index + 1),
-            None => format!("document {}", self.index + 1),
+            Some(i) => format!("document {}, items[{i}]", self.index.saturating_add(1)),
+            None => format!("document {}", self.index.saturating_add(1)),
         }
     }
 }
@@ -82,9 +82,9 @@ pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Read {
     }
     let mut total = 0u64;
     for file in &out.files {
-        match read_capped(file, MAX_CONFIG_BYTES - total) {
+        match read_capped(file, MAX_CONFIG_BYTES.saturating_sub(total)) {
             Ok(text) => {
-                total += text.len() as u64;
+                total = total.saturating_add(text.len() as u64);
                 out.documents.extend(split(file, &text, errors));
             }
             Err(Capped::Over(size)) => {
@@ -93,7 +93,7 @@ pub fn read(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Read {
                     format!(
                         "the configuration would be {} MiB or more with this file, over the {} \
                          MiB meshgate reads: is this the right file?",
-                        (total + size) >> 20,
+                        total.saturating_add(size) >> 20,
                         MAX_CONFIG_BYTES >> 20
                     ),
                 ));
@@ -122,7 +122,7 @@ fn read_capped(file: &Path, left: u64) -> Result<String, Capped> {
         return Err(Capped::Over(size));
     }
     let mut text = String::new();
-    f.take(left + 1)
+    f.take(left.saturating_add(1))
         .read_to_string(&mut text)
         .map_err(Capped::Io)?;
     if text.len() as u64 > left {
@@ -209,7 +209,7 @@ pub fn split(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Vec<Docu
             Some(Err(e)) => {
                 let at = e.marker();
                 errors.push(ConfigError {
-                    position: Some((at.line() as u64, at.col() as u64 + 1)),
+                    position: Some((at.line() as u64, (at.col() as u64).saturating_add(1))),
                     ..ConfigError::file(file, format!("invalid YAML: {}", e.info()))
                 });
                 if let Some(doc) = found.last_mut() {
@@ -228,7 +228,9 @@ pub fn split(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Vec<Docu
         if doc.empty || doc.broken {
             continue;
         }
-        let end = found.get(i + 1).map_or(text.len(), |next| next.start);
+        let end = found
+            .get(i.saturating_add(1))
+            .map_or(text.len(), |next| next.start);
         match &doc.list {
             Some(list) if list.is_list => {
                 for (n, item) in list.items.iter().enumerate() {
@@ -251,7 +253,7 @@ pub fn split(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Vec<Docu
                 line: doc.line,
             }),
         }
-        index += 1;
+        index = index.saturating_add(1);
     }
     documents
 }
@@ -318,7 +320,7 @@ impl Walk {
                     self.item_start =
                         byte(&span.start).map(|b| (b, span.start.line() as u64, span.start.col()));
                 }
-                self.depth += 1;
+                self.depth = self.depth.saturating_add(1);
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.depth = self.depth.saturating_sub(1);
@@ -370,14 +372,18 @@ fn byte(marker: &Marker) -> Option<usize> {
 /// The byte offset of the start of the line `marker` is on.
 fn line_start(text: &str, marker: &Marker) -> usize {
     let at = byte(marker).unwrap_or(0).min(text.len());
-    text[..at].rfind('\n').map_or(0, |i| i + 1)
+    text[..at].rfind('\n').map_or(0, |i| i.saturating_add(1))
 }
 
 /// The line and column (1-based) of the key at `path` (`spec.servers[0].tls`) in a document,
 /// for errors whose parser knows the path but not the place.
 pub fn locate(doc: &Document, path: &[PathSegment]) -> Option<(u64, u64)> {
     let entry = entry(&doc.text, path)?;
-    Some((entry.line + doc.line - 1, entry.column))
+    // Both lines are 1-based.
+    Some((
+        entry.line.saturating_add(doc.line).saturating_sub(1),
+        entry.column,
+    ))
 }
 
 /// `text` with the mapping entry at `path`, key and value, blanked out: every character but
@@ -387,9 +393,11 @@ pub fn blank_entry(text: &str, path: &[PathSegment]) -> Option<String> {
     let entry = entry(text, path)?;
     let mut end = entry.end.min(text.len());
     let rest = &text[end..];
-    let gap = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+    let gap = rest
+        .len()
+        .saturating_sub(rest.trim_start_matches([' ', '\t']).len());
     if rest[gap..].starts_with(',') {
-        end += gap + 1;
+        end = end.saturating_add(gap).saturating_add(1);
     }
     Some(overwrite(text, entry.start.min(end), end, ""))
 }
@@ -401,9 +409,11 @@ pub fn null_value(text: &str, path: &[PathSegment]) -> Option<String> {
     let entry = entry(text, path)?;
     let end = entry.end.min(text.len());
     let after_key = &text[entry.key_end.min(end)..end];
-    let gap = after_key.len() - after_key.trim_start_matches([' ', '\t']).len();
+    let gap = after_key
+        .len()
+        .saturating_sub(after_key.trim_start_matches([' ', '\t']).len());
     let start = match after_key[gap..].starts_with(':') {
-        true => entry.key_end + gap + 1,
+        true => entry.key_end.saturating_add(gap).saturating_add(1),
         false => entry.value.min(end),
     };
     Some(overwrite(text, start, end, " ~"))
@@ -412,7 +422,7 @@ pub fn null_value(text: &str, path: &[PathSegment]) -> Option<String> {
 /// `text` with `start..end` replaced by `with` and then spaces, line breaks kept (`with`
 /// takes the place of what the first line held, as far as it goes).
 fn overwrite(text: &str, start: usize, end: usize, with: &str) -> String {
-    let mut out = String::with_capacity(text.len() + with.len());
+    let mut out = String::with_capacity(text.len().saturating_add(with.len()));
     out.push_str(&text[..start]);
     out.push_str(with);
     let region = &text[start..end];
@@ -458,7 +468,7 @@ fn entry(text: &str, path: &[PathSegment]) -> Option<Entry> {
                 if found.is_none() && current(&stack) == path {
                     let entry = Entry {
                         line: span.start.line() as u64,
-                        column: span.start.col() as u64 + 1,
+                        column: (span.start.col() as u64).saturating_add(1),
                         start: byte(&span.start)?,
                         key_end: byte(&span.end)?,
                         value: byte(&span.end)?,
@@ -501,7 +511,7 @@ fn entry(text: &str, path: &[PathSegment]) -> Option<Entry> {
                 if matches!(event, Event::SequenceStart(..)) {
                     let before = text[..start].trim_end_matches([' ', '\t']);
                     if before.ends_with('-') {
-                        start = before.len() - 1;
+                        start = before.len().saturating_sub(1);
                     }
                 }
                 entry.value = start;
@@ -537,7 +547,7 @@ enum Frame {
 /// A node starts in the innermost collection: a sequence moves to its next index.
 fn enter(stack: &mut [Frame]) {
     if let Some(Frame::Seq { index }) = stack.last_mut() {
-        *index = Some(index.map_or(0, |i| i + 1));
+        *index = Some(index.map_or(0, |i| i.saturating_add(1)));
     }
 }
 

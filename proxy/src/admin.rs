@@ -133,16 +133,13 @@ fn render_metrics(state: &AdminState) -> String {
             "gauge",
             "notAfter of our chain and bundle.",
         );
-        for (kind, list) in [
-            ("chain", &c.summary["cert_chain"]),
-            ("root", &c.summary["root_certs"]),
-        ] {
-            for (i, cert) in list["certificates"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+        for (kind, list) in [("chain", "cert_chain"), ("root", "root_certs")] {
+            let certificates = c
+                .summary
+                .get(list)
+                .and_then(|l| l.get("certificates"))
+                .and_then(serde_json::Value::as_array);
+            for (i, cert) in certificates.into_iter().flatten().enumerate() {
                 let index = i.to_string();
                 let subject = cert["subject"].as_str().unwrap_or("");
                 e.sample(

@@ -136,7 +136,7 @@ impl Body for RequestBody {
             Source::Replay(reader) => reader.poll_frame(cx),
             Source::Copy(all, next) => {
                 let frame = all.0.get(*next).map(|f| Ok(f.frame()));
-                *next += 1;
+                *next = next.saturating_add(1);
                 Poll::Ready(frame)
             }
             Source::Empty => Poll::Ready(None),
@@ -157,7 +157,9 @@ impl Body for RequestBody {
             Source::Client(c) => c.body.size_hint(),
             Source::Replay(reader) => reader.size_hint(),
             Source::Copy(all, next) => SizeHint::with_exact(
-                all.0[(*next).min(all.0.len())..]
+                all.0
+                    .get(*next..)
+                    .unwrap_or_default()
                     .iter()
                     .map(|f| match f {
                         Stored::Data(b) => b.len() as u64,
@@ -298,7 +300,8 @@ impl Replayable {
                 if k.overflowed && k.read > 0 {
                     return None;
                 }
-                k.current += 1;
+                // An identity, compared for equality only.
+                k.current = k.current.wrapping_add(1);
                 Some(RequestBody(Source::Replay(Reader {
                     kept: kept.clone(),
                     id: k.current,
@@ -332,6 +335,12 @@ impl Kept {
 #[error("request body: superseded by a retry")]
 struct Superseded;
 
+/// A try that would replay a frame the kept body does not hold (never: `next_try` refuses a
+/// try once frames were dropped).
+#[derive(Debug, thiserror::Error)]
+#[error("request body: a frame to replay was not kept")]
+struct NotKept;
+
 impl Reader {
     fn poll_frame(
         &mut self,
@@ -343,12 +352,14 @@ impl Reader {
         }
         if self.next < k.read {
             // Kept: `next_try` refuses a try once frames were dropped.
-            let stored = &k.frames[self.next];
+            let Some(stored) = k.frames.get(self.next) else {
+                return Poll::Ready(Some(Err(NotKept.into())));
+            };
             if let Stored::Data(b) = stored {
-                self.sent += b.len() as u64;
+                self.sent = self.sent.saturating_add(b.len() as u64);
             }
             let frame = stored.frame();
-            self.next += 1;
+            self.next = self.next.saturating_add(1);
             return Poll::Ready(Some(Ok(frame)));
         }
         if k.ended {
@@ -358,12 +369,12 @@ impl Reader {
         let frame = k.source.poll_frame(cx);
         match &frame {
             Poll::Ready(Some(Ok(f))) => {
-                k.read += 1;
-                self.next += 1;
+                k.read = k.read.saturating_add(1);
+                self.next = self.next.saturating_add(1);
                 let stored = match (f.data_ref(), f.trailers_ref()) {
                     (Some(d), _) => {
-                        self.sent += d.len() as u64;
-                        k.bytes += d.len();
+                        self.sent = self.sent.saturating_add(d.len() as u64);
+                        k.bytes = k.bytes.saturating_add(d.len());
                         Some(Stored::Data(d.clone()))
                     }
                     (None, Some(t)) => Some(Stored::Trailers(t.clone())),
@@ -489,7 +500,7 @@ where
             }
             this.done.moved();
         }
-        this.bytes += data_len(&frame);
+        this.bytes = this.bytes.saturating_add(data_len(&frame));
         match frame {
             Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.end = End::Complete,
             Poll::Ready(Some(Err(e))) => {

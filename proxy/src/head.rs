@@ -151,10 +151,15 @@ pub fn canonical(authority: &str) -> Result<Cow<'_, str>, HeadError> {
     let (host, port) = split_port(authority)?;
     let literal = host.starts_with('[');
     let valid = if literal {
-        host.len() > 2
-            && host[1..host.len() - 1]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        // `split_port` ends a literal at its `]`.
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|inner| {
+                !inner.is_empty()
+                    && inner
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            })
     } else {
         !host.is_empty()
             && host
@@ -191,12 +196,14 @@ fn split_port(authority: &str) -> Result<(&str, Option<&str>), HeadError> {
     let cut = if authority.starts_with('[') {
         authority
             .find(']')
-            .map(|i| i + 1)
+            .map(|i| i.saturating_add(1))
             .ok_or(HeadError::BadAuthority)?
     } else {
         authority.rfind(':').unwrap_or(authority.len())
     };
-    let (host, rest) = authority.split_at(cut);
+    let (host, rest) = authority
+        .split_at_checked(cut)
+        .ok_or(HeadError::BadAuthority)?;
     let port = match rest.strip_prefix(':') {
         None if rest.is_empty() => None,
         None => return Err(HeadError::BadAuthority),
@@ -232,11 +239,11 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), HeadError> {
 fn hop_by_hop(headers: &mut HeaderMap, owned: &Owned) -> Result<(), HeadError> {
     if headers.contains_key(header::CONNECTION) {
         let mut nominated = Vec::new();
-        let mut count = 0;
+        let mut count = 0usize;
         for value in headers.get_all(header::CONNECTION) {
             let text = value.to_str().map_err(|_| HeadError::BadHeader)?;
             for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                count += 1;
+                count = count.saturating_add(1);
                 if count >= MAX_NOMINATIONS {
                     return Err(HeadError::TooManyNominations);
                 }

@@ -70,7 +70,7 @@ pub async fn serve_connection(
     let peer_addr = match &runtime.model.proxy.proxy_protocol {
         Some(pp)
             if pp.expects(peer_addr.ip())
-                && runtime.model.listeners[listener].kind == ListenerKind::Gateway =>
+                && runtime.model_listener(listener).kind == ListenerKind::Gateway =>
         {
             let timeout = runtime.model.proxy.limits.handshake_timeout;
             match crate::proxy_protocol::read(&mut stream, timeout).await {
@@ -88,13 +88,13 @@ pub async fn serve_connection(
                         log.log(&HandshakeEntry {
                             start_time: &access_log::rfc3339(SystemTime::now()),
                             event: "proxy_protocol_rejected",
-                            listener: &runtime.model.listeners[listener].name,
+                            listener: &runtime.model_listener(listener).name,
                             peer: peer_addr.to_string(),
                             reason: "no_proxy_header",
                             detail: e.clone(),
                         });
                     }
-                    warn!(peer = %peer_addr, listener = %runtime.model.listeners[listener].name, "PROXY header refused: {e}");
+                    warn!(peer = %peer_addr, listener = %runtime.model_listener(listener).name, "PROXY header refused: {e}");
                     metrics.connection(-1);
                     return;
                 }
@@ -102,7 +102,7 @@ pub async fn serve_connection(
         }
         _ => peer_addr,
     };
-    match runtime.model.listeners[listener].protocol {
+    match runtime.model_listener(listener).protocol {
         ListenerProtocol::AutoPassthrough | ListenerProtocol::TlsPassthrough => {
             crate::passthrough::serve(runtime, listener, stream, peer_addr, watch).await;
             metrics.connection(-1);
@@ -117,9 +117,9 @@ pub async fn serve_connection(
     }
     let tagging = &runtime.model.proxy.tagging;
     let local_addr = stream.local_addr().unwrap_or(peer_addr);
-    let served = match &runtime.listeners[listener].tls {
+    let served = match &runtime.listener_runtime(listener).tls {
         Some(tls) => {
-            let servers = &runtime.model.listeners[listener].servers;
+            let servers = &runtime.model_listener(listener).servers;
             let timeout = runtime.model.proxy.limits.handshake_timeout;
             match handshake(stream, tls, servers, timeout).await {
                 Err(e) => {
@@ -222,7 +222,7 @@ pub(crate) fn handshake_rejected(
     e: &crate::identity::PeerError,
 ) {
     runtime.metrics.handshake_rejected(e);
-    let name = &runtime.model.listeners[listener].name;
+    let name = &runtime.model_listener(listener).name;
     if let Some(log) = &runtime.access_log {
         log.log(&HandshakeEntry {
             start_time: &access_log::rfc3339(std::time::SystemTime::now()),
@@ -254,7 +254,7 @@ async fn handle_request(
     let result = match canonical {
         Err(e) => Err(ProxyError::Head(e)),
         Ok(()) => {
-            let gateway = model.listeners[conn.listener].kind == ListenerKind::Gateway;
+            let gateway = runtime.model_listener(conn.listener).kind == ListenerKind::Gateway;
             if model.proxy.tracing {
                 tag::request_id(req.headers_mut());
             }
@@ -297,7 +297,7 @@ async fn handle_request(
             if let Some(flag) = e.flag() {
                 flags.insert(flag);
             }
-            let listener = &model.listeners[conn.listener].name;
+            let listener = &runtime.model_listener(conn.listener).name;
             let principal = conn
                 .peer
                 .as_ref()
@@ -310,7 +310,8 @@ async fn handle_request(
     };
     let status = response.status().as_u16();
     conn.trust_domain.request(conn.origin, status);
-    runtime.listeners[conn.listener]
+    runtime
+        .listener_runtime(conn.listener)
         .counts
         .request(chosen.route, conn.origin, status);
     if let Some(log) = &mut exchange.log {
@@ -405,7 +406,7 @@ async fn route_and_forward(
     client: IpAddr,
     chosen: &mut Chosen,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let listener = &conn.runtime.model.listeners[conn.listener];
+    let listener = conn.runtime.model_listener(conn.listener);
     let full = route::full_authority(req.uri(), req.headers())
         .ok_or(ProxyError::BadRequest("no authority"))?;
     let port = match listener.kind {
@@ -597,8 +598,10 @@ impl Done for Exchange {
     fn done(&mut self, bytes_out: u64, end: End) {
         let now = Instant::now();
         self.finished = Some(now);
-        let took = now - self.started;
-        self.conn.runtime.listeners[self.conn.listener]
+        let took = now.saturating_duration_since(self.started);
+        self.conn
+            .runtime
+            .listener_runtime(self.conn.listener)
             .counts
             .duration(self.conn.origin, took);
         let (Some(log), Some(logged)) = (&self.conn.runtime.access_log, self.log.take()) else {
@@ -627,7 +630,7 @@ impl Done for Exchange {
         let id = conn.peer.as_ref().map(|p| &p.spiffe_id);
         log.log(&RequestEntry {
             start_time: &access_log::rfc3339(logged.start_time),
-            listener: &model.listeners[conn.listener].name,
+            listener: &conn.runtime.model_listener(conn.listener).name,
             peer: conn.peer_addr.to_string(),
             client_address: logged.client.unwrap_or(conn.peer_addr.ip()).to_string(),
             origin: conn.origin.map(Origin::as_str),
@@ -637,10 +640,13 @@ impl Done for Exchange {
             authority: &logged.authority,
             path: &logged.path,
             status: logged.status,
-            upstream: logged.backend.map(|b| match model.backends[b].port {
-                0 => format!("{}:*", model.backends[b].host),
-                port => format!("{}:{port}", model.backends[b].host),
-            }),
+            upstream: logged
+                .backend
+                .and_then(|b| model.backends.get(b))
+                .map(|b| match b.port {
+                    0 => format!("{}:*", b.host),
+                    port => format!("{}:{port}", b.host),
+                }),
             duration_ms: millis(took),
             response_duration_ms: logged.head.map(millis),
             bytes_in: logged.bytes_in.load(Ordering::Relaxed),

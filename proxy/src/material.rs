@@ -106,6 +106,14 @@ impl Material {
         Ok(certs)
     }
 
+    /// The first certificate of `path` (the leaf of a chain).
+    pub fn leaf(&self, path: &Path) -> Result<&CertificateDer<'static>, Missing> {
+        self.file(path)?
+            .certificates
+            .first()
+            .ok_or_else(|| missing(path, "holds no CERTIFICATE"))
+    }
+
     /// The private key of `path`.
     pub fn key(&self, path: &Path) -> Result<PrivateKeyDer<'static>, Missing> {
         self.file(path)?

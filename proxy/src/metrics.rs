@@ -121,11 +121,11 @@ impl Metrics {
             tcp_bytes: Default::default(),
             proxy_protocol: Default::default(),
             dry_run: Default::default(),
-            trust_domains: Arc::new(Family::new(ORIGINS.len() * CODES)),
+            trust_domains: Arc::new(Family::new(TRUST_DOMAIN_WIDTH)),
             seen_trust_domains: Default::default(),
-            routes: Family::new(ORIGINS.len() * CLASSES),
+            routes: Family::new(ROUTE_WIDTH),
             upstreams: Family::new(UPSTREAM_SLOTS),
-            durations: Family::new(ORIGINS.len() * SLOTS),
+            durations: Family::new(DURATION_WIDTH),
         }
     }
 
@@ -150,24 +150,22 @@ impl Metrics {
 
     /// Counts a refused handshake by its reason.
     pub fn handshake_rejected(&self, e: &PeerError) {
-        if let Some(i) = PeerError::REASONS.iter().position(|r| *r == e.reason()) {
-            self.handshakes_rejected[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter(&PeerError::REASONS, &self.handshakes_rejected, e.reason()) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Rejections counted for `reason`, for tests and the admin page.
     pub fn handshakes_rejected(&self, reason: &str) -> u64 {
-        PeerError::REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.handshakes_rejected[i].load(Ordering::Relaxed))
+        counter(&PeerError::REASONS, &self.handshakes_rejected, reason)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts a passed-through connection that ended so (one of `passthrough::ENDS`), and the
     /// bytes it carried each way.
     pub fn passthrough(&self, end: &str, received: u64, sent: u64) {
-        if let Some(i) = crate::passthrough::ENDS.iter().position(|e| *e == end) {
-            self.passthrough[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter(&crate::passthrough::ENDS, &self.passthrough, end) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
         self.passthrough_bytes[0].fetch_add(received, Ordering::Relaxed);
         self.passthrough_bytes[1].fetch_add(sent, Ordering::Relaxed);
@@ -176,8 +174,8 @@ impl Metrics {
     /// Counts a connection of a TCP listener that ended so (one of `tcp::ENDS`), and the bytes
     /// it carried each way.
     pub fn tcp(&self, end: &str, received: u64, sent: u64) {
-        if let Some(i) = crate::tcp::ENDS.iter().position(|e| *e == end) {
-            self.tcp[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter(&crate::tcp::ENDS, &self.tcp, end) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
         self.tcp_bytes[0].fetch_add(received, Ordering::Relaxed);
         self.tcp_bytes[1].fetch_add(sent, Ordering::Relaxed);
@@ -185,33 +183,26 @@ impl Metrics {
 
     /// TCP listeners' connections that ended so, for tests.
     pub fn tcp_ended(&self, end: &str) -> u64 {
-        crate::tcp::ENDS
-            .iter()
-            .position(|e| *e == end)
-            .map_or(0, |i| self.tcp[i].load(Ordering::Relaxed))
+        counter(&crate::tcp::ENDS, &self.tcp, end).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts a PROXY header by its result (`proxied`, `local`, `rejected`).
     pub fn proxy_protocol(&self, result: &str) {
-        if let Some(i) = PROXY_PROTOCOL.iter().position(|r| *r == result) {
-            self.proxy_protocol[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter(&PROXY_PROTOCOL, &self.proxy_protocol, result) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// PROXY headers counted with `result`, for tests.
     pub fn proxy_protocol_count(&self, result: &str) -> u64 {
-        PROXY_PROTOCOL
-            .iter()
-            .position(|r| *r == result)
-            .map_or(0, |i| self.proxy_protocol[i].load(Ordering::Relaxed))
+        counter(&PROXY_PROTOCOL, &self.proxy_protocol, result)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Passed-through connections that ended so, for tests.
     pub fn passthrough_ended(&self, end: &str) -> u64 {
-        crate::passthrough::ENDS
-            .iter()
-            .position(|e| *e == end)
-            .map_or(0, |i| self.passthrough[i].load(Ordering::Relaxed))
+        counter(&crate::passthrough::ENDS, &self.passthrough, end)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts a connection closed at accept because its listener is full.
@@ -221,22 +212,37 @@ impl Metrics {
 
     /// Counts what a set of dry-run policies would have decided.
     pub fn dry_run(&self, action: ShadowAction, allowed: bool) {
-        self.dry_run[dry_run_index(action, allowed)].fetch_add(1, Ordering::Relaxed);
+        self.dry_run_counter(action, allowed)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Dry-run decisions counted, for tests.
     pub fn dry_runs(&self, action: ShadowAction, allowed: bool) -> u64 {
-        self.dry_run[dry_run_index(action, allowed)].load(Ordering::Relaxed)
+        self.dry_run_counter(action, allowed)
+            .load(Ordering::Relaxed)
     }
 
     /// Counts a configuration reload.
     pub fn reload(&self, ok: bool) {
-        self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        let [succeeded, failed] = &self.reloads;
+        let counter = if ok { succeeded } else { failed };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.active_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The dry-run counter of a set's action and its result, in `dry_run`'s order.
+    fn dry_run_counter(&self, action: ShadowAction, allowed: bool) -> &AtomicU64 {
+        let [deny_allowed, deny_denied, allow_allowed, allow_denied] = &self.dry_run;
+        match (action, allowed) {
+            (ShadowAction::Deny, true) => deny_allowed,
+            (ShadowAction::Deny, false) => deny_denied,
+            (ShadowAction::Allow, true) => allow_allowed,
+            (ShadowAction::Allow, false) => allow_denied,
+        }
     }
 
     /// The Prometheus 0.0.4 text exposition of the process counters and of every series a
@@ -273,17 +279,18 @@ impl Metrics {
             "HTTP requests by caller origin, source trust domain and status code.",
         );
         for (family, counts) in self.trust_domains.snapshot() {
-            for (i, c) in counts.iter().enumerate() {
-                let v = c.load(Ordering::Relaxed);
-                if v != 0 {
-                    let origin = labels(&[("origin", ORIGINS[i / CODES])]);
-                    let code = (i % CODES + 100).to_string();
-                    let code = labels(&[("code", &code)]);
-                    e.sample(
-                        "meshgate_requests_total",
-                        &join(&[&origin, &family, &code]),
-                        v,
-                    );
+            for (origin, codes) in ORIGINS.iter().zip(counts.chunks_exact(CODES)) {
+                for (code, c) in (100..=599u16).zip(codes) {
+                    let v = c.load(Ordering::Relaxed);
+                    if v != 0 {
+                        let origin = labels(&[("origin", origin)]);
+                        let code = labels(&[("code", &code.to_string())]);
+                        e.sample(
+                            "meshgate_requests_total",
+                            &join(&[&origin, &family, &code]),
+                            v,
+                        );
+                    }
                 }
             }
         }
@@ -295,16 +302,18 @@ impl Metrics {
              matched), caller origin and status code class.",
         );
         for (family, counts) in self.routes.snapshot() {
-            for (i, c) in counts.iter().enumerate() {
-                let v = c.load(Ordering::Relaxed);
-                if v != 0 {
-                    let class = format!("{}xx", i % CLASSES + 1);
-                    let extra = labels(&[("origin", ORIGINS[i / CLASSES]), ("code_class", &class)]);
-                    e.sample(
-                        "meshgate_route_requests_total",
-                        &join(&[&family, &extra]),
-                        v,
-                    );
+            for (origin, classes) in ORIGINS.iter().zip(counts.chunks_exact(CLASSES)) {
+                for (class, c) in (1..=CLASSES).zip(classes) {
+                    let v = c.load(Ordering::Relaxed);
+                    if v != 0 {
+                        let class = format!("{class}xx");
+                        let extra = labels(&[("origin", origin), ("code_class", &class)]);
+                        e.sample(
+                            "meshgate_route_requests_total",
+                            &join(&[&family, &extra]),
+                            v,
+                        );
+                    }
                 }
             }
         }
@@ -315,16 +324,18 @@ impl Metrics {
             "From the request head to the end of the response, by listener and caller origin.",
         );
         for (family, counts) in self.durations.snapshot() {
-            for (o, origin) in ORIGINS.iter().enumerate() {
-                let slots = &counts[o * SLOTS..(o + 1) * SLOTS];
-                let count = slots[SLOTS - 1].load(Ordering::Relaxed);
+            for (origin, slots) in ORIGINS.iter().zip(counts.chunks_exact(SLOTS)) {
+                let [buckets @ .., sum, count] = slots else {
+                    continue;
+                };
+                let count = count.load(Ordering::Relaxed);
                 if count == 0 {
                     continue;
                 }
                 let series = join(&[&family, &labels(&[("origin", origin)])]);
-                let mut cumulative = 0;
-                for (le, c) in BUCKETS_MS.iter().zip(slots) {
-                    cumulative += c.load(Ordering::Relaxed);
+                let mut cumulative = 0u64;
+                for (le, c) in BUCKETS_MS.iter().zip(buckets) {
+                    cumulative = cumulative.saturating_add(c.load(Ordering::Relaxed));
                     let le = (*le as f64 / 1000.0).to_string();
                     e.sample(
                         "meshgate_request_duration_seconds_bucket",
@@ -337,7 +348,7 @@ impl Metrics {
                     &join(&[&series, &labels(&[("le", "+Inf")])]),
                     count,
                 );
-                let sum = slots[SLOTS - 2].load(Ordering::Relaxed) as f64 / 1e6;
+                let sum = sum.load(Ordering::Relaxed) as f64 / 1e6;
                 e.sample("meshgate_request_duration_seconds_sum", &series, sum);
                 e.sample("meshgate_request_duration_seconds_count", &series, count);
             }
@@ -371,7 +382,7 @@ impl Metrics {
                 e.sample(
                     "meshgate_upstream_retries_total",
                     &join(&[family, &labels(&[("outcome", outcome)])]),
-                    counts[slot].load(Ordering::Relaxed),
+                    load(counts, slot),
                 );
             }
         }
@@ -385,7 +396,7 @@ impl Metrics {
             e.sample(
                 "meshgate_upstream_overflow_total",
                 family,
-                counts[OVERFLOW_SLOT].load(Ordering::Relaxed),
+                load(counts, OVERFLOW_SLOT),
             );
         }
 
@@ -398,7 +409,7 @@ impl Metrics {
             e.sample(
                 "meshgate_upstream_ejections_total",
                 family,
-                counts[EJECTED_SLOT].load(Ordering::Relaxed),
+                load(counts, EJECTED_SLOT),
             );
         }
 
@@ -413,7 +424,7 @@ impl Metrics {
                 e.sample(
                     "meshgate_upstream_mirrors_total",
                     &join(&[family, &labels(&[("result", result)])]),
-                    counts[slot].load(Ordering::Relaxed),
+                    load(counts, slot),
                 );
             }
         }
@@ -424,13 +435,13 @@ impl Metrics {
             "What the dry-run (istio.io/dry-run) AuthorizationPolicies would have decided, by \
              the action of the set and its result; never enforced.",
         );
-        for (i, c) in self.dry_run.iter().enumerate() {
+        let cells = ["deny", "allow"]
+            .into_iter()
+            .flat_map(|action| ["allowed", "denied"].map(|result| (action, result)));
+        for ((action, result), c) in cells.zip(&self.dry_run) {
             e.sample(
                 "meshgate_authorization_dry_run_total",
-                &labels(&[
-                    ("action", ["deny", "allow"][i / 2]),
-                    ("result", ["allowed", "denied"][i % 2]),
-                ]),
+                &labels(&[("action", action), ("result", result)]),
                 c.load(Ordering::Relaxed),
             );
         }
@@ -570,16 +581,19 @@ impl Series<'_> {
             ("resource", ""),
             ("route", ""),
         ]));
-        let mut routes = vec![unrouted; 1 + l.routes.route_count()];
+        let mut routes = vec![unrouted; l.routes.route_count().saturating_add(1)];
         for vh in l.routes.virtual_hosts() {
             for (i, r) in vh.routes.iter().enumerate() {
                 let position = i.to_string();
                 let name = r.name.as_deref().unwrap_or(&position);
-                routes[1 + r.index] = family.series(labels(&[
-                    ("listener", &l.name),
-                    ("resource", &vh.source),
-                    ("route", name),
-                ]));
+                // `Route::index` numbers the table's routes from 0: every one has a slot.
+                if let Some(slot) = routes.get_mut(r.index.saturating_add(1)) {
+                    *slot = family.series(labels(&[
+                        ("listener", &l.name),
+                        ("resource", &vh.source),
+                        ("route", name),
+                    ]));
+                }
             }
         }
         ListenerCounts {
@@ -626,8 +640,9 @@ impl TrustDomainCounts {
 impl TrustDomainSeries {
     /// Counts a request with its origin and status code.
     pub fn request(&self, origin: Option<Origin>, status: u16) {
-        let status = usize::from(status.clamp(100, 599));
-        if let Some(c) = self.0.get(origin_index(origin) * CODES + status - 100) {
+        let code = usize::from(status.clamp(100, 599).saturating_sub(100));
+        let codes = self.0.chunks_exact(CODES).nth(origin_index(origin));
+        if let Some(c) = codes.and_then(|codes| codes.get(code)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -637,22 +652,27 @@ impl ListenerCounts {
     /// Counts a request under its route (`Route::index`; `None` when none matched) with its
     /// origin and the class of its status code.
     pub fn request(&self, route: Option<usize>, origin: Option<Origin>, status: u16) {
-        let class = usize::from(status.clamp(100, 599)) / 100 - 1;
-        if let Some(counts) = self.routes.get(route.map_or(0, |r| r + 1)) {
-            counts[origin_index(origin) * CLASSES + class].fetch_add(1, Ordering::Relaxed);
+        let class = (usize::from(status.clamp(100, 599)) / 100).saturating_sub(1);
+        let counts = self.routes.get(route.map_or(0, |r| r.saturating_add(1)));
+        let classes = counts.and_then(|c| c.chunks_exact(CLASSES).nth(origin_index(origin)));
+        if let Some(c) = classes.and_then(|classes| classes.get(class)) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Adds a request's time, from its head to the end of its response, to the histogram of
     /// its origin.
     pub fn duration(&self, origin: Option<Origin>, took: Duration) {
-        let slots = &self.duration[origin_index(origin) * SLOTS..][..SLOTS];
+        let slots = self.duration.chunks_exact(SLOTS).nth(origin_index(origin));
+        let Some([buckets @ .., sum, count]) = slots else {
+            return;
+        };
         let ms = took.as_millis() as u64;
-        if let Some(b) = BUCKETS_MS.iter().position(|le| ms <= *le) {
-            slots[b].fetch_add(1, Ordering::Relaxed);
+        if let Some((_, c)) = BUCKETS_MS.iter().zip(buckets).find(|(le, _)| ms <= **le) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
-        slots[SLOTS - 2].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        slots[SLOTS - 1].fetch_add(1, Ordering::Relaxed);
+        sum.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -674,11 +694,13 @@ const MIRROR_SLOTS: [(&str, usize); 2] = [("sent", 8), ("dropped", 9)];
 impl UpstreamCounts {
     /// Counts a connection attempt.
     pub fn connect(&self, ok: bool) {
-        self.0[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        self.add(usize::from(!ok));
     }
 
     fn add(&self, slot: usize) {
-        self.0[slot].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.0.get(slot) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A try was tried again.
@@ -787,8 +809,16 @@ fn origin_index(origin: Option<Origin>) -> usize {
     }
 }
 
-fn dry_run_index(action: ShadowAction, allowed: bool) -> usize {
-    usize::from(action == ShadowAction::Allow) * 2 + usize::from(!allowed)
+/// The counter of `key` in `counters`, which hold one per entry of `keys`, in order.
+fn counter<'a>(keys: &[&str], counters: &'a [AtomicU64], key: &str) -> Option<&'a AtomicU64> {
+    keys.iter()
+        .zip(counters)
+        .find_map(|(k, c)| (*k == key).then_some(c))
+}
+
+/// Counter `slot` of a series (0 for a slot it does not have).
+fn load(counts: &[AtomicU64], slot: usize) -> u64 {
+    counts.get(slot).map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 /// The trust domain labels of a configuration: none, ours, aliases, the allow-list,
@@ -873,6 +903,10 @@ const ORIGINS: [&str; 3] = ["none", "local", "remote"];
 const CODES: usize = 500;
 /// Code classes 1xx..=5xx.
 const CLASSES: usize = 5;
+/// The counters of a series of each family with an `origin` label: one run per origin.
+const TRUST_DOMAIN_WIDTH: usize = ORIGINS.len() * CODES;
+const ROUTE_WIDTH: usize = ORIGINS.len() * CLASSES;
+const DURATION_WIDTH: usize = ORIGINS.len() * SLOTS;
 /// The label of every trust domain the configuration does not name.
 const OTHER: &str = "other";
 

@@ -53,7 +53,11 @@ async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
         if n == 0 {
             return Err("closed before a PROXY header".into());
         }
-        let parsed = HeaderResult::parse(&buf[..n]);
+        // `peek` fills at most `buf`.
+        let Some(peeked) = buf.get(..n) else {
+            return Err("PROXY header too large".into());
+        };
+        let parsed = HeaderResult::parse(peeked);
         if parsed.is_incomplete() {
             if n == MAX_HEADER {
                 return Err("PROXY header too large".into());
@@ -71,9 +75,13 @@ async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
             HeaderResult::V1(Err(e)) => return Err(format!("not a PROXY header: {e}")),
             HeaderResult::V2(Err(e)) => return Err(format!("not a PROXY header: {e}")),
         };
-        // The header again, now taken off the socket; what follows stays there.
+        // The header again, now taken off the socket; what follows stays there. It was parsed
+        // from what was peeked, so it fits.
+        let Some(header_bytes) = buf.get_mut(..length) else {
+            return Err("PROXY header too large".into());
+        };
         stream
-            .read_exact(&mut buf[..length])
+            .read_exact(header_bytes)
             .await
             .map_err(|e| format!("reading the PROXY header: {e}"))?;
         return Ok(header);

@@ -118,7 +118,11 @@ async fn fingerprint(running: &Running, paths: &[PathBuf]) -> u64 {
 }
 
 fn interval(period: Duration) -> Interval {
-    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // `pollInterval` is 10 ms to a day (the configuration refuses others); tokio's interval
+    // would panic on a zero one.
+    let period = period.max(Duration::from_millis(1));
+    let now = tokio::time::Instant::now();
+    let mut i = tokio::time::interval_at(now.checked_add(period).unwrap_or(now), period);
     i.set_missed_tick_behavior(MissedTickBehavior::Skip);
     i
 }

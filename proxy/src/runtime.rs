@@ -146,6 +146,20 @@ impl Runtime {
     pub fn listener(&self, key: ListenerKey) -> Option<usize> {
         self.by_key.get(&key).copied()
     }
+
+    /// Listener `index` of the model, an index `listener` gave for this runtime.
+    // `by_key` holds the indices of `model.listeners`, and neither changes after `build`.
+    #[allow(clippy::indexing_slicing)]
+    pub fn model_listener(&self, index: usize) -> &Listener {
+        &self.model.listeners[index]
+    }
+
+    /// What listener `index` needs at run time, an index `listener` gave for this runtime.
+    // `build` makes one `ListenerRuntime` per model listener, in model order.
+    #[allow(clippy::indexing_slicing)]
+    pub fn listener_runtime(&self, index: usize) -> &ListenerRuntime {
+        &self.listeners[index]
+    }
 }
 
 /// The key of a model listener.

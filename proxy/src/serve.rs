@@ -558,10 +558,10 @@ impl<I: AsyncRead + Unpin> Metered<I> {
             buf.advance(n);
             read
         };
-        let n = buf.filled().len() - before;
+        let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
             if !self.activity.busy() {
-                self.head_bytes += n;
+                self.head_bytes = self.head_bytes.saturating_add(n);
             }
             self.activity.stream.moved();
         }
@@ -588,13 +588,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
         }
         match &read {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if std::mem::take(&mut this.first) && buf.filled()[before..].starts_with(b"PRI") {
+                let read_now = buf.filled().get(before..).unwrap_or_default();
+                if std::mem::take(&mut this.first) && read_now.starts_with(b"PRI") {
                     // `PRI * HTTP/2.0`: HTTP/2 with prior knowledge.
                     this.timeout = None;
                 } else {
                     // Bytes that end with the blank line that ends a head complete it (the
                     // usual request without a body): nothing to time.
-                    this.in_head = !buf.filled()[before..].ends_with(b"\r\n\r\n");
+                    this.in_head = !read_now.ends_with(b"\r\n\r\n");
                     if !this.in_head {
                         this.deadline = None;
                     }

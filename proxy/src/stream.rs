@@ -87,7 +87,7 @@ impl StreamClock {
     /// `bounded` answers, and the watch goes on. `busy` says whether a stream is there at all
     /// (an HTTP/1.1 connection between requests has none).
     pub async fn watch(&self, timeout: Duration, busy: impl Fn() -> bool) {
-        let tick = timeout / 4;
+        let tick = timeout.checked_div(4).unwrap_or(timeout);
         let mut seen = self.progress.load(Ordering::Relaxed);
         let mut stalled = Duration::ZERO;
         loop {
@@ -98,7 +98,7 @@ impl StreamClock {
                 stalled = Duration::ZERO;
                 continue;
             }
-            stalled += tick;
+            stalled = stalled.saturating_add(tick);
             if stalled < timeout {
                 continue;
             }

@@ -201,7 +201,8 @@ fn trusted_client(headers: &HeaderMap, peer: IpAddr, hops: u32) -> IpAddr {
             return peer;
         };
         for entry in text.rsplit(',') {
-            remaining -= 1;
+            // At least 1 here: it returns at 0.
+            remaining = remaining.saturating_sub(1);
             if remaining == 0 {
                 return entry.trim().parse().unwrap_or(peer);
             }

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use meshgate_config::model::authz::Attributes;
+use meshgate_config::model::Backend;
 
 use crate::access_log;
 use crate::authorize::{self, Decision};
@@ -62,7 +63,7 @@ pub async fn serve(
     let mut sni = None;
     let mut principal = None;
     let mut upstream = None;
-    let outcome = match &runtime.listeners[listener].tls {
+    let outcome = match &runtime.listener_runtime(listener).tls {
         None => {
             let down = Downstream {
                 peer,
@@ -73,7 +74,7 @@ pub async fn serve(
             forward(&runtime, listener, client, &down, &mut upstream).await
         }
         Some(tls) => {
-            let servers = &runtime.model.listeners[listener].servers;
+            let servers = &runtime.model_listener(listener).servers;
             let timeout = runtime.model.proxy.limits.handshake_timeout;
             match handshake(client, tls, servers, timeout).await {
                 Err(e) => {
@@ -110,11 +111,13 @@ pub async fn serve(
         log.log(&ConnectionEntry {
             start_time: &access_log::rfc3339(start.0),
             event: "tcp",
-            listener: &runtime.model.listeners[listener].name,
+            listener: &runtime.model_listener(listener).name,
             peer: peer.to_string(),
             sni: sni.as_deref(),
             principal: principal.as_deref(),
-            upstream: upstream.map(|b| runtime.model.backends[b].name()),
+            upstream: upstream
+                .and_then(|b| runtime.model.backends.get(b))
+                .map(Backend::name),
             end,
             detail,
             bytes_received: bytes.0,
@@ -133,7 +136,7 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     down: &Downstream<'_>,
     upstream_out: &mut Option<usize>,
 ) -> Result<(&'static str, (u64, u64)), Refused> {
-    let model = &runtime.model.listeners[listener];
+    let model = runtime.model_listener(listener);
     let id = down.identity.map(|p| &p.spiffe_id);
     let attributes = Attributes {
         principal: id.map(|i| i.principal()),
@@ -163,10 +166,10 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
                 .iter()
                 .any(|m| m.matches(model.port, down.local.ip()))
     });
-    let Some(route) = route else {
+    // A compiled route has a backend.
+    let Some(backend) = route.and_then(|r| pick(&r.backends)) else {
         return Err(("no_route", "no tcp route matches this connection".into()));
     };
-    let backend = pick(&route.backends);
     *upstream_out = Some(backend);
     // With a PROXY v2 header, the identity this listener verified, when configured.
     let spiffe = runtime

@@ -109,7 +109,7 @@ impl SpiffeId {
         }
         Ok(Self {
             uri: uri.into(),
-            td_end: SCHEME.len() + td.len(),
+            td_end: SCHEME.len().saturating_add(td.len()),
         })
     }
 

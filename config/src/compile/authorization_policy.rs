@@ -681,7 +681,8 @@ impl Context<'_> {
         };
         let text = match &m {
             PathMatch::Exact(t) | PathMatch::Prefix(t) | PathMatch::Suffix(t) => t,
-            _ => unreachable!("handled above"),
+            // Returned above already.
+            PathMatch::Any | PathMatch::Template(_) => return Ok(m),
         };
         if text.contains('*') {
             return Err(
@@ -743,7 +744,8 @@ fn template(v: &str) -> Result<PathTemplate, String> {
         return Err("does not start with `/`, as a path template must".into());
     };
     let parts: Vec<&str> = rest.split('/').collect();
-    let last = parts.len() - 1;
+    // `split` yields at least one part.
+    let last = parts.len().saturating_sub(1);
     let mut segments = Vec::new();
     let mut after_rest = false;
     for (i, part) in parts.iter().enumerate() {

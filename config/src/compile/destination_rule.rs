@@ -235,12 +235,13 @@ impl Rules {
     /// The rule for `host`: the most specific, the first declared on a tie.
     fn rule(&self, host: &str) -> Option<&Rule> {
         // An exact host is more specific than any pattern.
-        if let Some(&i) = self.exact.get(host.to_ascii_lowercase().as_str()) {
-            return Some(&self.rules[i]);
+        let exact = self.exact.get(host.to_ascii_lowercase().as_str());
+        if let Some(rule) = exact.and_then(|&i| self.rules.get(i)) {
+            return Some(rule);
         }
         self.wildcards
             .iter()
-            .map(|&i| &self.rules[i])
+            .filter_map(|&i| self.rules.get(i))
             .filter(|r| r.host.matches(host))
             .fold(None::<&Rule>, |best, r| match best {
                 Some(b) if b.host.specificity() >= r.host.specificity() => Some(b),
@@ -505,7 +506,8 @@ fn consistent_hash(
         }
         (None, Some(m), _) => {
             let size = m.table_size.unwrap_or(65537);
-            if !is_prime(size) || size > 5_000_011 {
+            // The bound first: trial division of a 64-bit prime takes 2^32 steps.
+            if size > 5_000_011 || !is_prime(size) {
                 errors.push(o.error(
                     format!("{path}.maglev.tableSize"),
                     format!("`{size}` is not a prime of at most 5000011"),
@@ -536,7 +538,10 @@ fn consistent_hash(
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d: &u64| d.checked_mul(*d).is_some_and(|square| square <= n))
+            .all(|d| n.checked_rem(d).is_some_and(|r| r != 0))
 }
 
 /// `outlierDetection`, as Istio's `applyOutlierDetection` sets Envoy's detector.

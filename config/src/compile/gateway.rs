@@ -37,20 +37,15 @@ pub(crate) fn compile(
             let Some((mut compiled, tls)) = compile_server(o, &path, server, listen, errors) else {
                 continue;
             };
-            let index = listeners.iter().position(|l| l.port == compiled.port);
-            let listener = match index {
-                None => {
-                    listeners.push(compiled);
-                    let l = listeners.last_mut().expect("just pushed");
-                    if let Some(tls) = tls {
-                        l.tls.push(tls);
-                        for s in &mut l.servers {
-                            s.tls = Some(0);
-                        }
+            let Some(listener) = listeners.iter_mut().find(|l| l.port == compiled.port) else {
+                if let Some(tls) = tls {
+                    compiled.tls.push(tls);
+                    for s in &mut compiled.servers {
+                        s.tls = Some(0);
                     }
-                    continue;
                 }
-                Some(i) => &mut listeners[i],
+                listeners.push(compiled);
+                continue;
             };
             if listener.protocol != compiled.protocol {
                 errors.push(o.error(
@@ -76,8 +71,9 @@ pub(crate) fn compile(
             let group = tls.map(|tls| match listener.tls.iter().position(|t| *t == tls) {
                 Some(g) => g,
                 None => {
+                    let g = listener.tls.len();
                     listener.tls.push(tls);
-                    listener.tls.len() - 1
+                    g
                 }
             });
             let mut clash = false;

@@ -81,8 +81,9 @@ pub fn compile(
         }
     }
     let outbound = proxy.as_ref().and_then(|(p, _)| p.outbound).map(|address| {
+        let index = listeners.len();
         listeners.push(outbound::listener(address));
-        listeners.len() - 1
+        index
     });
     let owned = proxy
         .as_ref()
@@ -107,8 +108,8 @@ pub fn compile(
         errors,
         warnings,
     );
-    if let Some(i) = outbound {
-        outbound::add_services(&mut listeners[i], &mut backends, &rules, proxy_namespace);
+    if let Some(listener) = outbound.and_then(|i| listeners.get_mut(i)) {
+        outbound::add_services(listener, &mut backends, &rules, proxy_namespace);
         for (host, port, d) in backends.declared_other() {
             warnings.push(Warning {
                 resource: Some(d.source.clone()),
@@ -369,7 +370,7 @@ fn parse_document(
             .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         name: header.metadata.name.unwrap_or_default(),
         annotations: header.metadata.annotations.unwrap_or_default(),
-        line: doc.line + first_content_line(&doc.text),
+        line: doc.line.saturating_add(first_content_line(&doc.text)),
         labels: header.metadata.labels.unwrap_or_default(),
         kind: kind.clone(),
     };
@@ -598,7 +599,7 @@ fn parse_all<T: DeserializeOwned>(
         let caused = match &missing {
             // Only a field left out: any other is missing as written.
             Some(field) => left_out.iter().any(|gone| {
-                gone.len() == path.len() + 1
+                gone.len() == path.len().saturating_add(1)
                     && gone.starts_with(&path)
                     && gone.last() == Some(&PathSegment::Key(field.clone()))
             }),
@@ -705,7 +706,13 @@ fn parse_at<T: DeserializeOwned>(
         });
         let error = ConfigError {
             file: doc.file.clone(),
-            position: e.location().map(|l| (l.line() + doc.line - 1, l.column())),
+            // Both lines are 1-based.
+            position: e.location().map(|l| {
+                (
+                    l.line().saturating_add(doc.line).saturating_sub(1),
+                    l.column(),
+                )
+            }),
             resource: None,
             field: path.map(|p| p.to_string()).filter(|p| p != "."),
             message: yaml_message(&e),

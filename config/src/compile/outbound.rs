@@ -85,7 +85,12 @@ pub(crate) fn add_services(
             cors: None,
         };
         match made.entry((source, host)) {
-            Entry::Occupied(e) => vhosts[*e.get()].routes.push(route),
+            Entry::Occupied(e) => {
+                // `made` holds indices of `vhosts`, pushed below.
+                if let Some(vhost) = vhosts.get_mut(*e.get()) {
+                    vhost.routes.push(route);
+                }
+            }
             Entry::Vacant(e) => {
                 let (source, host) = e.key().clone();
                 let exact = HostMatcher::Exact(host.as_str().into());

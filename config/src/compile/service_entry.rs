@@ -122,7 +122,8 @@ impl Backends {
         let declared = self
             .declared_index
             .get(&(host.to_string(), port))
-            .map(|&i| &self.declared[i].1);
+            .and_then(|&i| self.declared.get(i))
+            .map(|(_, d)| d);
         let undefined_subset = subset.is_some_and(|s| rules.subset(host, s).is_none());
         if let Some(&i) = self.index.get(&key) {
             return Ok(Resolved {
@@ -195,7 +196,9 @@ impl Backends {
     ) -> Result<usize, String> {
         let backend = self.opaque(host, port, subset, rules, false)?;
         // As Istio's SNI-DNAT clusters: no PROXY header either.
-        self.list[backend].policy.proxy_protocol = None;
+        if let Some(b) = self.list.get_mut(backend) {
+            b.policy.proxy_protocol = None;
+        }
         Ok(backend)
     }
 
@@ -234,9 +237,11 @@ impl Backends {
         let declared = self
             .declared_index
             .get(&(host.to_string(), port))
-            .map(|&i| &self.declared[i].1);
+            .and_then(|&i| self.declared.get(i))
+            .map(|(_, d)| d);
         let endpoints = endpoints(host, port, subset, declared, rules)?;
         let mut policy = rules.policy(host, port, subset);
+        let index = self.list.len();
         if !originate {
             policy.tls = UpstreamTls::Disable;
         }
@@ -249,7 +254,7 @@ impl Backends {
             source: declared.map(|d| d.source.clone()),
             policy,
         });
-        Ok(self.list.len() - 1)
+        Ok(index)
     }
 
     /// Every declared (host, port), whatever its protocol, with the namespace of the resource
@@ -289,10 +294,14 @@ impl Backends {
     /// Declares (host, port); a second declaration of one (host, port) is an error.
     pub fn declare(&mut self, host: String, port: u16, declared: Declared) -> Result<(), String> {
         let key = (host, port);
-        if let Some(&i) = self.declared_index.get(&key) {
+        if let Some((_, d)) = self
+            .declared_index
+            .get(&key)
+            .and_then(|&i| self.declared.get(i))
+        {
             return Err(format!(
                 "{}:{} is already declared by {}",
-                key.0, key.1, self.declared[i].1.source
+                key.0, key.1, d.source
             ));
         }
         self.declared_index.insert(key.clone(), self.declared.len());

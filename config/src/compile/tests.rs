@@ -384,6 +384,8 @@ fn destination_rule_mistakes() {
         (dr("{loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer: simple and consistentHash are exclusive"),
         (dr("{loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x-user}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.consistentHash: exactly one of"),
         (dr("{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: `1000` is not a prime"),
+        // The largest 64-bit prime: refused by its size, not after 2^32 trial divisions.
+        (dr("{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 18446744073709551557}}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: `18446744073709551557` is not a prime"),
         (dr("{connectionPool: {http: {h2UpgradePolicy: ALWAYS}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: `ALWAYS` is not DEFAULT"),
         (dr("{portLevelSettings: [{tls: {mode: DISABLE}}]}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.portLevelSettings[0].port.number: required"),
         (dr("{connectionPool: {tcp: {connectTimeout: never}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.tcp.connectTimeout: `never` is not a positive duration"),

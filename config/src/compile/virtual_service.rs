@@ -111,9 +111,9 @@ pub(crate) fn bind(
                 .iter()
                 .filter(|s| gateways.contains(&s.gateway) && s.namespace.admits(&o.namespace))
                 .collect();
-            if servers.is_empty() {
+            let Some(first) = servers.first() else {
                 continue;
-            }
+            };
             if listener.protocol == ListenerProtocol::AutoPassthrough {
                 if spec.http.is_empty() {
                     continue;
@@ -123,7 +123,7 @@ pub(crate) fn bind(
                     format!(
                         "Gateway {} serves port {} with AUTO_PASSTHROUGH: the SNI names the \
                          service and no route applies; bind the routes to another server",
-                        servers[0].gateway, listener.port
+                        first.gateway, listener.port
                     ),
                 ));
                 continue;
@@ -135,7 +135,7 @@ pub(crate) fn bind(
                         format!(
                             "Gateway {} serves port {} with PASSTHROUGH: TLS is not terminated \
                              there, so only `tls` routes (by SNI) apply",
-                            servers[0].gateway, listener.port
+                            first.gateway, listener.port
                         ),
                     ));
                 }
@@ -148,7 +148,7 @@ pub(crate) fn bind(
                         format!(
                             "Gateway {} serves port {} as TCP: no HTTP is read there, so only \
                              `tcp` routes apply (use protocol HTTP or HTTPS for http routes)",
-                            servers[0].gateway, listener.port
+                            first.gateway, listener.port
                         ),
                     ));
                 }

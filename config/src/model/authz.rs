@@ -446,14 +446,18 @@ impl ValueMatch {
     }
 
     fn matches_ignore_case(&self, v: &str) -> bool {
-        let (v, n) = (v.as_bytes(), |s: &str| s.len());
+        let v = v.as_bytes();
         match self {
             Self::Any => true,
             Self::Exact(e) => v.eq_ignore_ascii_case(e.as_bytes()),
-            Self::Prefix(p) => v.len() >= n(p) && v[..n(p)].eq_ignore_ascii_case(p.as_bytes()),
-            Self::Suffix(s) => {
-                v.len() >= n(s) && v[v.len() - n(s)..].eq_ignore_ascii_case(s.as_bytes())
-            }
+            Self::Prefix(p) => v
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+            Self::Suffix(s) => v
+                .len()
+                .checked_sub(s.len())
+                .and_then(|at| v.get(at..))
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(s.as_bytes())),
         }
     }
 }
@@ -548,16 +552,21 @@ fn match_segments(segments: &[TemplateSegment], path: &[u8]) -> bool {
             .is_some_and(|next| match_segments(rest, next)),
         TemplateSegment::One => {
             let run = after.iter().take_while(|b| is_template_char(**b)).count();
-            run > 0 && match_segments(rest, &after[run..])
+            run > 0
+                && after
+                    .get(run..)
+                    .is_some_and(|next| match_segments(rest, next))
         }
         TemplateSegment::Rest => {
             let run = after
                 .iter()
                 .take_while(|b| **b == b'/' || is_template_char(**b))
                 .count();
-            (0..=run)
-                .rev()
-                .any(|taken| match_segments(rest, &after[taken..]))
+            (0..=run).rev().any(|taken| {
+                after
+                    .get(taken..)
+                    .is_some_and(|next| match_segments(rest, next))
+            })
         }
     }
 }
@@ -597,14 +606,16 @@ impl ServiceAccount {
     pub fn matches(&self, principal: &str) -> bool {
         let ns = &*self.namespace;
         let mut from = 0;
-        while let Some(i) = principal[from..].find("/ns/") {
-            let at = from + i;
-            from = at + 1;
+        // Overlapping occurrences count (`/ns/ns/`), so not `match_indices`.
+        while let Some(i) = principal.get(from..).and_then(|p| p.find("/ns/")) {
+            let at = from.saturating_add(i);
+            from = at.saturating_add(1);
             if at == 0 {
                 continue;
             }
-            let Some(rest) = principal[at + 4..]
-                .strip_prefix(ns)
+            let Some(rest) = principal
+                .get(at.saturating_add("/ns/".len())..)
+                .and_then(|r| r.strip_prefix(ns))
                 .and_then(|r| r.strip_prefix('/'))
             else {
                 continue;
@@ -627,8 +638,13 @@ impl ServiceAccount {
         if here(rest) {
             return true;
         }
-        rest.match_indices("/sa/")
-            .any(|(i, _)| i > 0 && here(&rest[i + 1..]))
+        rest.match_indices("/sa/").any(|(i, _)| {
+            i > 0
+                && rest
+                    .get(i..)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .is_some_and(here)
+        })
     }
 }
 

@@ -40,11 +40,14 @@ impl HostMatcher {
         match self {
             Self::Any => true,
             Self::Exact(name) => host.eq_ignore_ascii_case(name),
-            Self::Suffix(suffix) => {
-                host.len() > suffix.len()
-                    && host.as_bytes()[host.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
-            }
+            // At least one character before the suffix.
+            Self::Suffix(suffix) => match host.len().checked_sub(suffix.len()) {
+                Some(at) if at > 0 => host
+                    .as_bytes()
+                    .get(at..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes())),
+                _ => false,
+            },
         }
     }
 

@@ -141,18 +141,19 @@ impl PathNormalization {
 
     /// Steps 1 and the percent-decoding of 2: `None` when nothing changes.
     fn escapes(&self, path: &str) -> Result<Option<String>, PathError> {
-        let bytes = path.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
+        let mut rest = path.as_bytes();
+        let mut out = Vec::with_capacity(rest.len());
         let mut changed = false;
-        let mut i = 0;
-        while i < bytes.len() {
-            let decoded = (bytes[i] == b'%')
-                .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
-                .flatten()
-                .map(|(hi, lo)| hi << 4 | lo);
-            let Some(c) = decoded else {
-                out.push(bytes[i]);
-                i += 1;
+        while let Some((&b, tail)) = rest.split_first() {
+            let decoded = match rest {
+                [b'%', hi, lo, after @ ..] => hex(*hi)
+                    .zip(hex(*lo))
+                    .map(|(h, l)| (h << 4 | l, [b'%', *hi, *lo], after)),
+                _ => None,
+            };
+            let Some((c, escape, after)) = decoded else {
+                out.push(b);
+                rest = tail;
                 continue;
             };
             let keep = match c {
@@ -166,12 +167,12 @@ impl PathNormalization {
                 _ => true,
             };
             if keep {
-                out.extend_from_slice(&bytes[i..i + 3]);
+                out.extend_from_slice(&escape);
             } else {
                 out.push(c);
                 changed = true;
             }
-            i += 3;
+            rest = after;
         }
         // Only ASCII bytes were replaced by ASCII bytes: still UTF-8.
         Ok(changed.then(|| String::from_utf8_lossy(&out).into_owned()))
@@ -195,8 +196,9 @@ fn has_dot_segment(path: &str) -> bool {
 /// above the root; a path ending in a dot segment keeps its trailing `/`.
 fn remove_dot_segments(path: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    // `split` yields at least one segment.
+    let last = segments.len().saturating_sub(1);
     for (i, segment) in segments.iter().enumerate() {
         match *segment {
             "." | ".." => {

@@ -71,15 +71,17 @@ impl RouteTable {
     pub fn find(&self, host: &str) -> Option<&VirtualHost> {
         let mut buf = [0u8; 256];
         let owned;
-        let lower: &str = if host.len() <= buf.len() {
-            let bytes = &mut buf[..host.len()];
-            bytes.copy_from_slice(host.as_bytes());
-            bytes.make_ascii_lowercase();
-            // ASCII lowercasing keeps UTF-8 valid; a host that is not UTF-8 cannot get here.
-            std::str::from_utf8(bytes).ok()?
-        } else {
-            owned = host.to_ascii_lowercase();
-            &owned
+        let lower: &str = match buf.get_mut(..host.len()) {
+            Some(bytes) => {
+                bytes.copy_from_slice(host.as_bytes());
+                bytes.make_ascii_lowercase();
+                // ASCII lowercasing keeps UTF-8 valid; a host that is not UTF-8 cannot get here.
+                std::str::from_utf8(bytes).ok()?
+            }
+            None => {
+                owned = host.to_ascii_lowercase();
+                &owned
+            }
         };
         let i = self.exact.get(lower).copied().or_else(|| {
             // Longest suffix first: `.b.example.com` before `.example.com`. A suffix needs at
@@ -89,7 +91,7 @@ impl RouteTable {
                 .filter(|&(i, c)| c == '.' && i > 0)
                 .find_map(|(i, _)| self.suffix.get(&lower[i..]).copied())
         });
-        i.or(self.any).map(|i| &self.virtual_hosts[i])
+        i.or(self.any).and_then(|i| self.virtual_hosts.get(i))
     }
 }
 

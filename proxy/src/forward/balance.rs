@@ -7,6 +7,7 @@
 //! often an endpoint that stayed in has its ejection count decay by one.
 
 use std::net::IpAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -164,10 +165,7 @@ impl Balancer {
         tried: Tried,
         other_hosts: bool,
     ) -> Option<usize> {
-        let n = endpoints.len();
-        if n == 0 {
-            return None;
-        }
+        let n = NonZeroUsize::new(endpoints.len())?;
         // The clock is read only where endpoints can be ejected.
         let now = if self.outlier.is_some() {
             self.now()
@@ -179,9 +177,15 @@ impl Balancer {
                 .iter()
                 .filter(|e| self.ejected(e.health(), now))
                 .count();
-            (n - out) * 100 < n * od.min_health_percent as usize
+            let n = n.get();
+            n.saturating_sub(out).saturating_mul(100)
+                < n.saturating_mul(od.min_health_percent as usize)
         });
-        let usable = |i: usize| panic || !self.ejected(endpoints[i].health(), now);
+        let usable = |i: usize| {
+            endpoints
+                .get(i)
+                .is_some_and(|e| panic || !self.ejected(e.health(), now))
+        };
         if let Policy::Hash { table, .. } = &self.policy {
             let key = key.unwrap_or_else(|| fastrand::u64(..));
             return table.lookup(key, usable);
@@ -189,20 +193,19 @@ impl Balancer {
         let draws = if other_hosts { 5 } else { 1 };
         let mut choice = None;
         for _ in 0..draws {
-            let i = match (n, &self.policy) {
+            let i = match (n.get(), &self.policy) {
                 (1, _) => 0,
                 (_, Policy::RoundRobin) => self.next.fetch_add(1, Ordering::Relaxed) % n,
                 // Envoy's LEAST_REQUEST: the less busy of two random choices.
-                (_, Policy::LeastRequest) => {
+                (n, Policy::LeastRequest) => {
                     let a = fastrand::usize(..n);
                     let b = fastrand::usize(..n);
-                    if endpoints[b].in_flight() < endpoints[a].in_flight() {
-                        b
-                    } else {
-                        a
+                    match (endpoints.get(a), endpoints.get(b)) {
+                        (Some(ea), Some(eb)) if eb.in_flight() < ea.in_flight() => b,
+                        _ => a,
                     }
                 }
-                _ => fastrand::usize(..n),
+                (n, _) => fastrand::usize(..n),
             };
             if !usable(i) {
                 continue;
@@ -214,8 +217,8 @@ impl Balancer {
         }
         // The draws found only ejected endpoints: the first one in, from a random start.
         choice.or_else(|| {
-            let start = fastrand::usize(..n);
-            (0..n).map(|k| (start + k) % n).find(|i| usable(*i))
+            let start = fastrand::usize(..n.get());
+            (start..n.get()).chain(0..start).find(|i| usable(*i))
         })
     }
 
@@ -225,13 +228,15 @@ impl Balancer {
         let Some(od) = &self.outlier else {
             return false;
         };
-        let h = endpoints[i].health();
+        let Some(h) = endpoints.get(i).map(Candidate::health) else {
+            return false;
+        };
         let (status, local) = match outcome {
             Outcome::Status(s) => (s, false),
             Outcome::LocalFailure => (503, true),
             Outcome::Timeout => (504, true),
         };
-        let bump = |c: &AtomicU32| c.fetch_add(1, Ordering::Relaxed) + 1;
+        let bump = |c: &AtomicU32| c.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let reset = |c: &AtomicU32| c.store(0, Ordering::Relaxed);
         let mut trips = false;
         if local && od.split_local {
@@ -263,7 +268,9 @@ impl Balancer {
     /// as Envoy checks the share out before the ejection).
     fn eject<E: Candidate>(&self, endpoints: &[E], i: usize, od: &OutlierDetection) -> bool {
         let now = self.now();
-        let h = endpoints[i].health();
+        let Some(h) = endpoints.get(i).map(Candidate::health) else {
+            return false;
+        };
         if self.ejected(h, now) {
             return false;
         }
@@ -271,18 +278,22 @@ impl Balancer {
             .iter()
             .filter(|e| self.ejected(e.health(), now))
             .count();
-        if out * 100 >= endpoints.len() * od.max_ejection_percent as usize {
+        if out.saturating_mul(100)
+            >= endpoints
+                .len()
+                .saturating_mul(od.max_ejection_percent as usize)
+        {
             return false;
         }
         // The ejection count decays by one for each `interval` the endpoint stayed in.
-        let interval = od.interval.as_millis().max(1) as u64;
+        let interval = NonZeroU64::new(od.interval.as_millis() as u64).unwrap_or(NonZeroU64::MIN);
         let stayed = now.saturating_sub(h.back_since.load(Ordering::Relaxed)) / interval;
         let before = u64::from(h.ejections.load(Ordering::Relaxed)).saturating_sub(stayed);
-        let count = before as u32 + 1;
+        let count = (before as u32).saturating_add(1);
         h.ejections.store(count, Ordering::Relaxed);
         let most = OutlierDetection::MAX_EJECTION_TIME.max(od.base_ejection_time);
         let time = od.base_ejection_time.saturating_mul(count).min(most);
-        let until = now + time.as_millis() as u64;
+        let until = now.saturating_add(time.as_millis() as u64);
         h.ejected_until.store(until.max(1), Ordering::Relaxed);
         h.back_since.store(until, Ordering::Relaxed);
         for c in [
@@ -336,14 +347,20 @@ impl Table {
         match self {
             Table::Ring(points) => {
                 let start = points.partition_point(|(h, _)| *h < key);
-                (0..points.len())
-                    .map(|k| points[(start + k) % points.len()].1 as usize)
+                let (before, after) = points.split_at_checked(start)?;
+                after
+                    .iter()
+                    .chain(before)
+                    .map(|(_, i)| *i as usize)
                     .find(|i| usable(*i))
             }
             Table::Maglev(entries) => {
-                let start = (key % entries.len() as u64) as usize;
-                (0..entries.len())
-                    .map(|k| entries[(start + k) % entries.len()] as usize)
+                let start = key.checked_rem(entries.len() as u64)? as usize;
+                let (before, after) = entries.split_at_checked(start)?;
+                after
+                    .iter()
+                    .chain(before)
+                    .map(|i| *i as usize)
                     .find(|i| usable(*i))
             }
         }
@@ -357,7 +374,7 @@ fn ring(names: &[String], minimum: u64) -> Table {
         return Table::Ring(Vec::new());
     }
     let per = minimum.div_ceil(names.len() as u64).max(1);
-    let mut points = Vec::with_capacity((per as usize) * names.len());
+    let mut points = Vec::with_capacity((per as usize).saturating_mul(names.len()));
     for (i, name) in names.iter().enumerate() {
         for k in 0..per {
             points.push((hash(format!("{name}_{k}").as_bytes()), i as u32));
@@ -370,31 +387,37 @@ fn ring(names: &[String], minimum: u64) -> Table {
 /// Maglev's lookup table of prime `size`: each endpoint walks its own permutation of the
 /// entries (an offset and a skip from two hashes of its name), and they take turns claiming
 /// the next free entry on theirs until the table is full.
+///
+/// `size` is a prime of at most 5000011 (the configuration is refused otherwise), so that no
+/// arithmetic here can overflow or divide by zero, and every skip, in `1..size`, is coprime
+/// with it: each permutation visits every entry, so the walks end and every `c` indexes
+/// `entries` (`c < size`). Anything below 2 makes an empty table (no endpoint is picked).
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 fn maglev(names: &[String], size: u64) -> Table {
-    if names.is_empty() {
+    if names.is_empty() || size < 2 {
         return Table::Maglev(Vec::new());
     }
     let m = size as usize;
-    let perms: Vec<(u64, u64)> = names
+    // Per endpoint: offset, skip, and how far along its permutation it is.
+    let mut perms: Vec<(u64, u64, u64)> = names
         .iter()
         .map(|name| {
             let offset = hash(name.as_bytes()) % size;
             let skip = hash(format!("{name}#skip").as_bytes()) % (size - 1) + 1;
-            (offset, skip)
+            (offset, skip, 0)
         })
         .collect();
-    let mut next = vec![0u64; names.len()];
     let mut entries = vec![u32::MAX; m];
     let mut filled = 0;
     'fill: loop {
-        for (i, (offset, skip)) in perms.iter().enumerate() {
-            let mut c = ((offset + next[i] * skip) % size) as usize;
+        for (i, (offset, skip, next)) in perms.iter_mut().enumerate() {
+            let mut c = ((*offset + *next * *skip) % size) as usize;
             while entries[c] != u32::MAX {
-                next[i] += 1;
-                c = ((offset + next[i] * skip) % size) as usize;
+                *next += 1;
+                c = ((*offset + *next * *skip) % size) as usize;
             }
             entries[c] = i as u32;
-            next[i] += 1;
+            *next += 1;
             filled += 1;
             if filled == m {
                 break 'fill;

@@ -135,7 +135,8 @@ pub async fn forward(
     let attempt = Attempt {
         upstream,
         key: key.hash,
-        deadline: route.timeout.map(|t| Instant::now() + t),
+        // A deadline past what the clock can say is none.
+        deadline: route.timeout.and_then(|t| Instant::now().checked_add(t)),
     };
     // The first try, here rather than in a function of its own: every request's future holds
     // it, and each layer of `async fn` would hold the request once more.
@@ -214,11 +215,11 @@ impl Attempt<'_> {
                     None => return finish(result),
                 },
             };
-            tries.retries += 1;
+            tries.retries = tries.retries.saturating_add(1);
             upstream.counts().retried();
             let wait = retry::backoff(policy.backoff, tries.retries);
             match deadline {
-                Some(d) if Instant::now() + wait >= d => {
+                Some(d) if Instant::now().checked_add(wait).is_none_or(|t| t >= d) => {
                     tokio::time::sleep_until(d).await;
                     return Err(ForwardError::Timeout);
                 }
@@ -240,7 +241,10 @@ impl Attempt<'_> {
     /// The deadline of a try: its `perTryTimeout` or the request's, the earlier; and whether
     /// it is the try's.
     fn until(&self, per_try: Option<Duration>) -> (Option<Instant>, bool) {
-        match (per_try.map(|t| Instant::now() + t), self.deadline) {
+        match (
+            per_try.and_then(|t| Instant::now().checked_add(t)),
+            self.deadline,
+        ) {
             (Some(p), Some(d)) if p < d => (Some(p), true),
             (Some(p), None) => (Some(p), true),
             (_, d) => (d, false),
@@ -586,7 +590,7 @@ fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAnd
         None => usize::from(path.starts_with('/')),
     };
     let rest = &path[replaced..];
-    let mut text = String::with_capacity(new.len() + rest.len() + 16);
+    let mut text = String::with_capacity(new.len().saturating_add(rest.len()).saturating_add(16));
     text.push_str(new);
     text.push_str(rest);
     if let Some(q) = original.query() {

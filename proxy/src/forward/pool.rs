@@ -227,6 +227,9 @@ impl Upstreams {
     }
 
     /// Backend `i` of the model (an index the compiled model guarantees).
+    // Routes name backends by their index in `Model::backends` (set when the configuration
+    // compiles), and `new` makes one pool per model backend, in order.
+    #[allow(clippy::indexing_slicing)]
     pub fn backend(&self, i: usize) -> &Arc<UpstreamBackend> {
         &self.backends[i]
     }
@@ -352,7 +355,11 @@ impl UpstreamBackend {
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, Failed> {
         let (endpoint, index) = match &target {
-            Target::Endpoint(i) => (&self.endpoints[*i], Some(*i)),
+            // `pick` gives indices of `endpoints`.
+            Target::Endpoint(i) => match self.endpoints.get(*i) {
+                Some(e) => (e, Some(*i)),
+                None => return Err(Failed::unsent(ForwardError::NoEndpoint, req)),
+            },
             Target::Port(e) => (e, None),
         };
         let active = match &self.requests {
@@ -408,16 +415,15 @@ impl UpstreamBackend {
         if self.undefined {
             return Err(ForwardError::NoCluster);
         }
-        let i = self
+        let (i, endpoint) = self
             .balancer
             .pick(&self.endpoints, None, Tried::default(), false)
+            .and_then(|i| Some((i, self.endpoints.get(i)?)))
             .ok_or(ForwardError::NoEndpoint)?;
         let header = self
             .proxy_protocol
             .map(|v| crate::proxy_protocol::header(v, client, local, spiffe));
-        let result = self
-            .connect_with(&self.endpoints[i], header.as_deref())
-            .await;
+        let result = self.connect_with(endpoint, header.as_deref()).await;
         if result.is_err() {
             self.record(i, Outcome::LocalFailure);
         }
@@ -642,7 +648,7 @@ impl UpstreamBackend {
         endpoint: &Arc<Endpoint>,
         mut lease: Lease1,
     ) -> Response<PooledBody> {
-        lease.used += 1;
+        lease.used = lease.used.saturating_add(1);
         lease.endpoint = Some(endpoint.clone());
         lease.max_requests = self.max_requests_per_connection;
         let lease = Some(lease);
@@ -668,7 +674,10 @@ impl UpstreamBackend {
         let weak: Weak<Endpoint> = Arc::downgrade(endpoint);
         let timeout = self.idle_timeout;
         tokio::spawn(async move {
-            let period = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let period = timeout
+                .checked_div(2)
+                .unwrap_or(timeout)
+                .clamp(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 tokio::time::sleep(period).await;
                 let Some(endpoint) = weak.upgrade() else {

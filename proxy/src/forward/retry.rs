@@ -100,9 +100,9 @@ pub fn may_retry_after_send(policy: &Retry, http2: bool, grpc: impl FnOnce() -> 
 /// The wait before retry `n` (1 for the first): random in [0, (2^n - 1) * base], at most 10
 /// times the base, as Envoy's jittered exponential backoff.
 pub fn backoff(base: Duration, n: u32) -> Duration {
-    let most = base * 10;
+    let most = base.saturating_mul(10);
     let ceiling = base
-        .checked_mul((1u32 << n.min(16)) - 1)
+        .checked_mul((1u32 << n.min(16)).saturating_sub(1))
         .map_or(most, |c| c.min(most));
     let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
     Duration::from_nanos(fastrand::u64(..=nanos))

@@ -38,23 +38,23 @@ const ALPN: u16 = 16;
 pub fn parse(buf: &[u8]) -> Parsed {
     // The handshake message, from the records it spans: borrowed when it is in one record,
     // the common case.
-    let mut at = 0;
+    let mut records = buf;
     let mut message: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&[]);
     loop {
-        let Some(header) = buf.get(at..at + 5) else {
+        let Some((&[kind, major, _, hi, lo], after)) = records.split_first_chunk::<5>() else {
             return Parsed::Partial;
         };
-        if header[0] != HANDSHAKE {
+        if kind != HANDSHAKE {
             return Parsed::Invalid("not a TLS handshake record");
         }
-        if header[1] != 3 {
+        if major != 3 {
             return Parsed::Invalid("not a TLS record version");
         }
-        let length = u16::from_be_bytes([header[3], header[4]]) as usize;
+        let length = u16::from_be_bytes([hi, lo]) as usize;
         if length == 0 || length > (1 << 14) {
             return Parsed::Invalid("bad TLS record length");
         }
-        let Some(fragment) = buf.get(at + 5..at + 5 + length) else {
+        let Some((fragment, next)) = after.split_at_checked(length) else {
             if buf.len() >= MAX_HELLO {
                 return Parsed::Invalid("ClientHello too large");
             }
@@ -65,50 +65,46 @@ pub fn parse(buf: &[u8]) -> Parsed {
         } else {
             message.to_mut().extend_from_slice(fragment);
         }
-        if message.len() >= 4 {
-            if message[0] != CLIENT_HELLO {
+        if let Some((&[kind, b1, b2, b3], rest)) = message.split_first_chunk::<4>() {
+            if kind != CLIENT_HELLO {
                 return Parsed::Invalid("first handshake message is not a ClientHello");
             }
-            let body = u32::from_be_bytes([0, message[1], message[2], message[3]]) as usize;
-            if body + 4 > MAX_HELLO {
+            let body = u32::from_be_bytes([0, b1, b2, b3]) as usize;
+            if body.saturating_add(4) > MAX_HELLO {
                 return Parsed::Invalid("ClientHello too large");
             }
-            if message.len() >= body + 4 {
-                return match client_hello(&message[4..4 + body]) {
+            if let Some(body) = rest.get(..body) {
+                return match client_hello(body) {
                     Ok(hello) => Parsed::Hello(hello),
                     Err(why) => Parsed::Invalid(why),
                 };
             }
         }
-        at += 5 + length;
+        records = next;
     }
 }
 
 fn client_hello(body: &[u8]) -> Result<Hello, &'static str> {
     let found = locate(body)?;
     let sni = match found.sni {
-        Some((s, e)) => Some(
-            std::str::from_utf8(&body[s..e])
+        Some(name) => Some(
+            std::str::from_utf8(name)
                 .map_err(|_| "server name is not text")?
                 .to_string(),
         ),
         None => None,
     };
-    let alpn = found
-        .alpn
-        .into_iter()
-        .map(|(s, e)| body[s..e].to_vec())
-        .collect();
+    let alpn = found.alpn.into_iter().map(<[u8]>::to_vec).collect();
     Ok(Hello { sni, alpn })
 }
 
-/// Where the SNI and each ALPN protocol are in a ClientHello body.
-struct Found {
-    sni: Option<(usize, usize)>,
-    alpn: Vec<(usize, usize)>,
+/// The SNI and each ALPN protocol of a ClientHello body, borrowed from it.
+struct Found<'a> {
+    sni: Option<&'a [u8]>,
+    alpn: Vec<&'a [u8]>,
 }
 
-fn locate(body: &[u8]) -> Result<Found, &'static str> {
+fn locate(body: &[u8]) -> Result<Found<'_>, &'static str> {
     const MALFORMED: &str = "malformed ClientHello";
     let mut r = Reader { buf: body, at: 0 };
     r.skip(2 + 32).ok_or(MALFORMED)?; // legacy_version, random
@@ -126,43 +122,40 @@ fn locate(body: &[u8]) -> Result<Found, &'static str> {
         return Ok(found); // no extensions
     }
     let n = r.u16().ok_or(MALFORMED)? as usize;
-    let end = r.at + n;
+    let end = r.at.checked_add(n).ok_or(MALFORMED)?;
     if end != body.len() {
         return Err(MALFORMED);
     }
     while r.at < end {
         let kind = r.u16().ok_or(MALFORMED)?;
         let n = r.u16().ok_or(MALFORMED)? as usize;
-        let data_end = r.at + n;
+        let data_end = r.at.checked_add(n).ok_or(MALFORMED)?;
         if data_end > end {
             return Err(MALFORMED);
         }
         match kind {
             SERVER_NAME if found.sni.is_none() => {
                 let list = r.u16().ok_or(MALFORMED)? as usize;
-                if r.at + list != data_end {
+                if r.at.checked_add(list) != Some(data_end) {
                     return Err(MALFORMED);
                 }
                 while r.at < data_end {
                     let name_type = r.u8().ok_or(MALFORMED)?;
                     let len = r.u16().ok_or(MALFORMED)? as usize;
-                    let start = r.at;
-                    r.skip(len).ok_or(MALFORMED)?;
+                    let name = r.take(len).ok_or(MALFORMED)?;
                     if name_type == 0 && found.sni.is_none() {
-                        found.sni = Some((start, start + len));
+                        found.sni = Some(name);
                     }
                 }
             }
             ALPN if found.alpn.is_empty() => {
                 let list = r.u16().ok_or(MALFORMED)? as usize;
-                if r.at + list != data_end {
+                if r.at.checked_add(list) != Some(data_end) {
                     return Err(MALFORMED);
                 }
                 while r.at < data_end {
                     let len = r.u8().ok_or(MALFORMED)? as usize;
-                    let start = r.at;
-                    r.skip(len).ok_or(MALFORMED)?;
-                    found.alpn.push((start, start + len));
+                    found.alpn.push(r.take(len).ok_or(MALFORMED)?);
                 }
             }
             SERVER_NAME | ALPN => return Err("extension sent twice"),
@@ -181,21 +174,28 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
-    fn skip(&mut self, n: usize) -> Option<()> {
-        (self.at + n <= self.buf.len()).then(|| self.at += n)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        let v = *self.buf.get(self.at)?;
-        self.at += 1;
+impl<'a> Reader<'a> {
+    /// The next `n` bytes, if there are as many.
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let v = self.buf.get(self.at..end)?;
+        self.at = end;
         Some(v)
     }
 
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+
     fn u16(&mut self) -> Option<u16> {
-        let v = self.buf.get(self.at..self.at + 2)?;
-        self.at += 2;
-        Some(u16::from_be_bytes([v[0], v[1]]))
+        let &[hi, lo] = self.take(2)? else {
+            return None;
+        };
+        Some(u16::from_be_bytes([hi, lo]))
     }
 }
 

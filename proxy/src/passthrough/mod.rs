@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use meshgate_config::model::authz::Attributes;
-use meshgate_config::model::{ListenerProtocol, WeightedBackend};
+use meshgate_config::model::{Backend, ListenerProtocol, WeightedBackend};
 
 use crate::access_log::{self, Entry};
 use crate::authorize::{self, Decision};
@@ -131,11 +131,13 @@ pub async fn serve(
         log.log(&ConnectionEntry {
             start_time: &access_log::rfc3339(start.0),
             event: "passthrough",
-            listener: &runtime.model.listeners[listener].name,
+            listener: &runtime.model_listener(listener).name,
             peer: peer.to_string(),
             sni: sni.as_deref(),
             principal: None,
-            upstream: upstream.map(|b| runtime.model.backends[b].name()),
+            upstream: upstream
+                .and_then(|b| runtime.model.backends.get(b))
+                .map(Backend::name),
             end,
             detail,
             bytes_received: bytes.0,
@@ -159,7 +161,7 @@ async fn forward(
     sni_out: &mut Option<String>,
     upstream_out: &mut Option<usize>,
 ) -> Result<(&'static str, (u64, u64)), Refused> {
-    let model = &runtime.model.listeners[listener];
+    let model = runtime.model_listener(listener);
     let timeout = runtime.model.proxy.limits.handshake_timeout;
     let hello = match tokio::time::timeout(timeout, read_hello(client, buf)).await {
         Err(_) => {
@@ -202,7 +204,7 @@ async fn forward(
                     .iter()
                     .any(|m| m.matches(&sni, model.port, local.ip()))
             })
-            .map(|r| pick(&r.backends))
+            .and_then(|r| pick(&r.backends))
     };
     let sni = sni_out.insert(sni);
     let Some(backend) = backend else {
@@ -246,23 +248,12 @@ async fn forward(
     let replayed = buf.len() as u64;
     let idle = runtime.model.proxy.limits.idle_timeout;
     let (end, received, sent) = splice(client, &mut server, idle).await;
-    Ok((end, (received + replayed, sent)))
+    Ok((end, (received.saturating_add(replayed), sent)))
 }
 
-/// A backend by weight (all weights > 0).
-pub(crate) fn pick(backends: &[WeightedBackend]) -> usize {
-    if let [one] = backends {
-        return one.backend;
-    }
-    let total: u32 = backends.iter().map(|b| b.weight).sum();
-    let mut at = fastrand::u32(..total);
-    for b in backends {
-        if at < b.weight {
-            return b.backend;
-        }
-        at -= b.weight;
-    }
-    backends[0].backend
+/// A backend by weight (all weights > 0), as `route::pick` draws it; `None` for none.
+pub(crate) fn pick(backends: &[WeightedBackend]) -> Option<usize> {
+    crate::route::pick(backends).map(|b| b.backend)
 }
 
 /// Reads until `buf` holds a whole ClientHello.
@@ -307,8 +298,16 @@ where
             None => ended(copy.await),
             Some(idle) => {
                 // The idle clock: checked a few times per timeout, against the bytes moved.
-                let tick = (idle / 4).max(Duration::from_millis(10));
-                let moved = || received.load(Ordering::Relaxed) + sent.load(Ordering::Relaxed);
+                let tick = idle
+                    .checked_div(4)
+                    .unwrap_or(idle)
+                    .max(Duration::from_millis(10));
+                // Compared for a change only: wrapping keeps telling one.
+                let moved = || {
+                    received
+                        .load(Ordering::Relaxed)
+                        .wrapping_add(sent.load(Ordering::Relaxed))
+                };
                 let (mut seen, mut quiet) = (moved(), Duration::ZERO);
                 loop {
                     tokio::select! {
@@ -318,7 +317,7 @@ where
                             if now != seen {
                                 (seen, quiet) = (now, Duration::ZERO);
                             } else {
-                                quiet += tick;
+                                quiet = quiet.saturating_add(tick);
                                 if quiet >= idle {
                                     break "idle_timeout";
                                 }
@@ -358,7 +357,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = std::pin::Pin::new(&mut *self.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+        let n = buf.filled().len().saturating_sub(before);
         self.received.fetch_add(n as u64, Ordering::Relaxed);
         poll
     }

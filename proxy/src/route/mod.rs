@@ -86,13 +86,15 @@ pub fn pick(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
         [] => None,
         [one] => Some(one),
         many => {
-            let total: u32 = many.iter().map(|b| b.weight).sum();
+            // Weights are any `u32`: their sum saturates rather than overflows (a later
+            // destination's share shrinks when they add up to more than 2^32 - 1).
+            let total = many.iter().fold(0u32, |t, b| t.saturating_add(b.weight));
             let mut draw = fastrand::u32(0..total.max(1));
             many.iter().find(|b| {
                 if draw < b.weight {
                     true
                 } else {
-                    draw -= b.weight;
+                    draw = draw.saturating_sub(b.weight);
                     false
                 }
             })
@@ -139,8 +141,10 @@ const DEFAULT_PORT: u16 = 80;
 
 /// The host of an authority: `[::1]:443` keeps its brackets, `host:443` loses its port.
 pub fn strip_port(authority: &str) -> &str {
-    if let Some(end) = authority.strip_prefix('[').and_then(|r| r.find(']')) {
-        return &authority[..end + 2];
+    if authority.starts_with('[') {
+        if let Some(end) = authority.find(']') {
+            return authority.get(..=end).unwrap_or(authority);
+        }
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,

@@ -186,6 +186,26 @@ fn weighted_pick_follows_weights() {
 }
 
 #[test]
+fn weights_over_u32_pick_without_overflow() {
+    // Any `u32` weight compiles: their sum wrapped (a panic in debug builds, and on tcp and
+    // tls routes a draw in `..0`, a panic in release builds too).
+    let backends = [
+        WeightedBackend {
+            backend: 0,
+            weight: u32::MAX,
+        },
+        WeightedBackend {
+            backend: 1,
+            weight: 1,
+        },
+    ];
+    for _ in 0..100 {
+        assert!(pick(&backends).is_some());
+        assert!(crate::passthrough::pick(&backends).is_some());
+    }
+}
+
+#[test]
 fn authority_loses_its_port() {
     let h = HeaderMap::new();
     let uri: Uri = "https://httpbin.example-target.com:18443/get"

@@ -62,7 +62,7 @@ impl Credentials {
                 ),
             )
         })?;
-        let spiffe_id = peer_identity(&chain[0])
+        let spiffe_id = peer_identity(material.leaf(&files.cert_chain)?)
             .map_err(|e| {
                 identity_error(&files.cert_chain, format!("leaf is not an X509-SVID: {e}"))
             })?
@@ -137,7 +137,7 @@ pub fn issuer_bindings(
             let spki = match &b.issuer {
                 IssuerKey::SpkiSha256(hex) => hex.clone(),
                 IssuerKey::Certificate(path) => {
-                    let der = &material.certificates(path)?[0];
+                    let der = material.leaf(path)?;
                     let (_, cert) = x509_parser::parse_x509_certificate(der)
                         .map_err(|e| identity_error(path, format!("bad certificate: {e}")))?;
                     sha256_hex(cert.public_key().raw)

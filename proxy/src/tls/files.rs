@@ -78,7 +78,7 @@ fn load(
             ),
         )
     })?;
-    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(&chain[0]) {
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(material.leaf(&files.certificate)?) {
         let not_after = cert.validity().not_after;
         if not_after.timestamp() < now_unix() {
             return Err(error(

@@ -125,7 +125,7 @@ impl SpiffeClientVerifier {
         match bound {
             None => Err(reject(PeerError::IssuerNotAllowed(format!(
                 "issuing CA (SPKI SHA-256 {}) is not in spec.trust.issuers",
-                path[0]
+                path.first().map_or("", String::as_str)
             )))),
             Some((spki, tds)) if !tds.iter().any(|t| t == td) => {
                 Err(reject(PeerError::IssuerNotAllowed(format!(
@@ -303,7 +303,7 @@ impl ClientCertVerifier for ChainLimit {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let length = intermediates.len() + 1;
+        let length = intermediates.len().saturating_add(1);
         if length > self.most {
             return Err(reject(PeerError::ChainTooLong(length)));
         }
