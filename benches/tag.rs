@@ -16,12 +16,15 @@ fn bench(c: &mut Criterion) {
         trust_domain: HeaderName::from_static("x-source-trust-domain"),
         principal: HeaderName::from_static("x-source-principal"),
         forward_client_cert: ForwardClientCert::SanitizeSet,
+        client_cert: false,
+        client_chain: false,
         proxy_protocol_tlv: None,
     };
     let peer = PeerIdentity {
         spiffe_id: SpiffeId::parse("spiffe://example.com/ns/default/sa/sleep").unwrap(),
         leaf_sha256: "ab".repeat(32),
         subject: String::new(),
+        dns: Vec::new(),
     };
     let own = SpiffeId::parse("spiffe://example-target.com/ns/istio-system/sa/gw").unwrap();
     let tags = ConnectionTags::new(
@@ -29,6 +32,7 @@ fn bench(c: &mut Criterion) {
         Some(&own),
         &tagging,
         "127.0.0.1:4000".parse().unwrap(),
+        None,
     );
     let mut base = HeaderMap::new();
     for (k, v) in [

@@ -832,3 +832,73 @@ async fn drain_answers_not_ready_closes_idle_connections_and_finishes_requests()
         .unwrap();
     drop(dir);
 }
+
+/// Envoy's `set_current_client_cert_details.{cert, chain}`: XFCC carries the client's leaf and
+/// the chain it sent, URL-encoded PEM, after its URI and before its DNS names; off by default.
+#[tokio::test]
+async fn xfcc_carries_the_client_certificate_and_chain_when_configured() {
+    let pki = pki();
+    let backend = echo();
+    let id = "spiffe://example.com/ns/default/sa/sleep";
+    let mut spec = LeafSpec::spiffe(id);
+    spec.dns = vec!["sleep.example.com".into()];
+    let caller = pki.leaf("example.com", &spec);
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let leaf_hash = meshgate_proxy::identity::sha256_hex(&caller.leaf_der);
+    let plain = format!("By={GATEWAY_ID};Hash={leaf_hash};Subject=\"\";URI={id}");
+
+    let yaml = gateway_yaml(&route_to(HOST, backend.address));
+    let identity = pki.workload("example-target.com", GATEWAY_ID);
+    let proxy = Proxy::start(&yaml, &identity).await;
+    let reply = client
+        .get(proxy.addr(443), HOST, HOST, "/get", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.echoed("x-forwarded-client-cert").unwrap(),
+        format!("{plain};DNS=sleep.example.com")
+    );
+
+    let yaml = yaml.replacen(
+        "  listen:",
+        "  tagging: {setCurrentClientCertDetails: {cert: true, chain: true}}\n  listen:",
+        1,
+    );
+    let proxy = Proxy::start(&yaml, &identity).await;
+    let reply = client
+        .get(proxy.addr(443), HOST, HOST, "/get", &[])
+        .await
+        .unwrap();
+    let xfcc = reply.echoed("x-forwarded-client-cert").unwrap();
+    let rest = xfcc.strip_prefix(&format!("{plain};Cert=\"")).expect(&xfcc);
+    let (cert, rest) = rest.split_once("\";Chain=\"").expect(&xfcc);
+    let (chain, rest) = rest.split_once('"').expect(&xfcc);
+    assert_eq!(rest, ";DNS=sleep.example.com");
+    // Only unreserved characters are left as they are.
+    assert!(cert
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+    let decode = |encoded: &str| {
+        let mut out = Vec::new();
+        let mut bytes = encoded.bytes();
+        while let Some(b) = bytes.next() {
+            if b == b'%' {
+                let hex = [bytes.next().unwrap(), bytes.next().unwrap()];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).unwrap(), 16).unwrap());
+            } else {
+                out.push(b);
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    let ders = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ders(&decode(cert)), std::slice::from_ref(&caller.leaf_der));
+    // The chain as the client sent it: its leaf, then its mesh CA.
+    assert_eq!(ders(&decode(chain)), ders(&caller.chain_pem));
+    assert_eq!(ders(&caller.chain_pem).len(), 2);
+}

@@ -24,6 +24,8 @@ pub struct PeerIdentity {
     pub leaf_sha256: String,
     /// The leaf's subject in RFC 2253 form (empty for Istio leaves).
     pub subject: String,
+    /// The leaf's DNS SANs (XFCC `DNS=`).
+    pub dns: Vec<String>,
 }
 
 /// A client certificate verified against a `MUTUAL` server's CAs: no SPIFFE identity, only
@@ -202,6 +204,7 @@ pub fn peer_identity(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerErro
         spiffe_id,
         leaf_sha256: sha256_hex(leaf),
         subject: rfc2253(&cert),
+        dns: SanNames::of(&cert).dns,
     })
 }
 

@@ -135,22 +135,27 @@ pub async fn serve_connection(
                         group,
                     } = accepted;
                     let sni = tls.get_ref().1.server_name().map(Into::into);
+                    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                    let pem = tag::client_pem(chain, tagging);
+                    let pem = pem.as_deref();
                     let (tags, origin, peer) = match peer {
                         Peer::Spiffe(peer) => {
                             let origin = origin(&peer, &runtime.model.trust);
                             let own = runtime.credentials.as_ref().map(|c| &c.spiffe_id);
-                            let tags =
-                                ConnectionTags::new(Some((&peer, origin)), own, tagging, peer_addr);
+                            let peer_tags = Some((&peer, origin));
+                            let tags = ConnectionTags::new(peer_tags, own, tagging, peer_addr, pem);
                             (tags, Some(origin), Some(peer))
                         }
                         Peer::Certificate(cert) => (
-                            ConnectionTags::tls(Some(&cert), tagging, peer_addr),
+                            ConnectionTags::tls(Some(&cert), tagging, peer_addr, pem),
                             None,
                             None,
                         ),
-                        Peer::Anonymous => {
-                            (ConnectionTags::tls(None, tagging, peer_addr), None, None)
-                        }
+                        Peer::Anonymous => (
+                            ConnectionTags::tls(None, tagging, peer_addr, None),
+                            None,
+                            None,
+                        ),
                     };
                     let conn = Connection {
                         tags,
@@ -173,7 +178,7 @@ pub async fn serve_connection(
         }
         None => {
             let conn = Connection {
-                tags: ConnectionTags::new(None, None, tagging, peer_addr),
+                tags: ConnectionTags::new(None, None, tagging, peer_addr, None),
                 origin: None,
                 trust_domain: runtime.trust_domains.series(None),
                 peer: None,

@@ -44,6 +44,7 @@ mod tests {
             spiffe_id: SpiffeId::parse(id).unwrap(),
             leaf_sha256: String::new(),
             subject: String::new(),
+            dns: Vec::new(),
         }
     }
 

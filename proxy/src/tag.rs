@@ -10,6 +10,7 @@
 //! them (a reference-count increment). XFCC follows Envoy's `SANITIZE_SET`:
 //! `By=<our SPIFFE ID>;Hash=<sha256 of the peer leaf>;Subject="<subject>";URI=<peer SPIFFE ID>`.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -45,17 +46,26 @@ struct IdentityTags {
 }
 
 impl ConnectionTags {
-    /// Builds the values for a connection from `peer_addr`, verified as `peer` when it is TLS.
+    /// Builds the values for a connection from `peer_addr`, verified as `peer` when it is TLS;
+    /// `pem` is what `client_pem` made of its chain, when XFCC carries it.
     pub fn new(
         peer: Option<(&PeerIdentity, Origin)>,
         own_id: Option<&SpiffeId>,
         tagging: &Tagging,
         peer_addr: SocketAddr,
+        pem: Option<&str>,
     ) -> Self {
         let identity = peer.map(|(peer, origin)| {
             let id = &peer.spiffe_id;
             let xfcc = match (tagging.forward_client_cert, own_id) {
-                (ForwardClientCert::SanitizeSet, Some(own)) => xfcc(own, peer),
+                (ForwardClientCert::SanitizeSet, Some(own)) => xfcc(
+                    Some(own.as_str()),
+                    &peer.leaf_sha256,
+                    &peer.subject,
+                    std::iter::once(peer.spiffe_id.as_str()),
+                    pem,
+                    &peer.dns,
+                ),
                 _ => None,
             };
             IdentityTags {
@@ -85,15 +95,24 @@ impl ConnectionTags {
         certificate: Option<&ClientCertificate>,
         tagging: &Tagging,
         peer_addr: SocketAddr,
+        pem: Option<&str>,
     ) -> Self {
+        // No `By`: a gateway's own certificate has no URI SAN.
         let certificate_xfcc = match (tagging.forward_client_cert, certificate) {
-            (ForwardClientCert::SanitizeSet, Some(cert)) => certificate_xfcc(cert),
+            (ForwardClientCert::SanitizeSet, Some(cert)) => xfcc(
+                None,
+                &cert.leaf_sha256,
+                &cert.subject,
+                cert.uris.iter().map(String::as_str),
+                pem,
+                &cert.dns,
+            ),
             _ => None,
         };
         Self {
             certificate_xfcc,
             forwarded_proto: HeaderValue::from_static("https"),
-            ..Self::new(None, None, tagging, peer_addr)
+            ..Self::new(None, None, tagging, peer_addr, None)
         }
     }
 }
@@ -233,27 +252,87 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     headers.insert(X_FORWARDED_FOR, joined.unwrap_or_else(|| peer.clone()));
 }
 
-fn xfcc(own: &SpiffeId, peer: &PeerIdentity) -> Option<HeaderValue> {
-    let subject = peer.subject.replace('\\', "\\\\").replace('"', "\\\"");
-    let text = format!(
-        "By={};Hash={};Subject=\"{}\";URI={}",
-        own, peer.leaf_sha256, subject, peer.spiffe_id
-    );
+/// Envoy's XFCC element for this connection, in Envoy's order: `By`, `Hash`, `Subject`, each
+/// `URI`, `Cert` and `Chain` (already encoded, `client_pem`), each `DNS`.
+fn xfcc<'a>(
+    by: Option<&str>,
+    hash: &str,
+    subject: &str,
+    uris: impl Iterator<Item = &'a str>,
+    pem: Option<&str>,
+    dns: &[String],
+) -> Option<HeaderValue> {
+    let subject = subject.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = String::new();
+    if let Some(by) = by {
+        text.push_str("By=");
+        text.push_str(by);
+        text.push(';');
+    }
+    text.push_str("Hash=");
+    text.push_str(hash);
+    text.push_str(";Subject=\"");
+    text.push_str(&subject);
+    text.push('"');
+    for uri in uris {
+        text.push_str(";URI=");
+        text.push_str(uri);
+    }
+    if let Some(pem) = pem {
+        text.push_str(pem);
+    }
+    for name in dns {
+        text.push_str(";DNS=");
+        text.push_str(name);
+    }
     HeaderValue::from_str(&text).ok()
 }
 
-/// Envoy's XFCC for a client certificate without our identity (no `By`: a gateway's own
-/// certificate has no URI SAN).
-fn certificate_xfcc(cert: &ClientCertificate) -> Option<HeaderValue> {
-    let subject = cert.subject.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut text = format!("Hash={};Subject=\"{subject}\"", cert.leaf_sha256);
-    for uri in &cert.uris {
-        text.push_str(&format!(";URI={uri}"));
+/// `;Cert="…"` and `;Chain="…"` as `tagging` asks (Envoy's `set_current_client_cert_details`):
+/// the client's leaf and its whole chain as sent (leaf first), PEM, URL-encoded as Envoy encodes
+/// them. Made once per connection; `None` when neither is asked for.
+pub fn client_pem(chain: &[impl AsRef<[u8]>], tagging: &Tagging) -> Option<String> {
+    if !(tagging.client_cert || tagging.client_chain) {
+        return None;
     }
-    for dns in &cert.dns {
-        text.push_str(&format!(";DNS={dns}"));
+    let mut out = String::new();
+    if tagging.client_cert {
+        if let Some(leaf) = chain.first() {
+            out.push_str(";Cert=\"");
+            url_encode(&pem(leaf.as_ref()), &mut out);
+            out.push('"');
+        }
     }
-    HeaderValue::from_str(&text).ok()
+    if tagging.client_chain && !chain.is_empty() {
+        out.push_str(";Chain=\"");
+        let all: String = chain.iter().map(|c| pem(c.as_ref())).collect();
+        url_encode(&all, &mut out);
+        out.push('"');
+    }
+    Some(out)
+}
+
+/// One certificate as PEM, 64 characters a line.
+fn pem(der: &[u8]) -> String {
+    let base64 = data_encoding::BASE64.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters.
+fn url_encode(text: &str, out: &mut String) {
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
 }
 
 fn value(s: &str) -> HeaderValue {
@@ -330,6 +409,8 @@ mod tests {
             trust_domain: HeaderName::from_static("x-source-trust-domain"),
             principal: HeaderName::from_static("x-source-principal"),
             forward_client_cert: ForwardClientCert::SanitizeSet,
+            client_cert: false,
+            client_chain: false,
             proxy_protocol_tlv: None,
         }
     }
@@ -339,6 +420,7 @@ mod tests {
             spiffe_id: SpiffeId::parse("spiffe://example.com/ns/default/sa/sleep").unwrap(),
             leaf_sha256: "ab".repeat(32),
             subject: String::new(),
+            dns: Vec::new(),
         }
     }
 
@@ -369,6 +451,7 @@ mod tests {
             Some(&own),
             &tagging(),
             "10.1.2.3:5000".parse().unwrap(),
+            None,
         );
         let mut h = spoofed();
         h.insert(
@@ -405,7 +488,7 @@ mod tests {
     #[test]
     fn trusted_proxies_choose_the_client_address_from_the_right() {
         let peer = "192.0.2.5:1000".parse().unwrap();
-        let tags = ConnectionTags::new(None, None, &tagging(), peer);
+        let tags = ConnectionTags::new(None, None, &tagging(), peer, None);
         let cases: &[(&[&str], u32, &str, &str)] = &[
             // (x-forwarded-for as received, trusted proxies, client, x-forwarded-for sent)
             (&[], 0, "192.0.2.5", "192.0.2.5"),
@@ -470,7 +553,8 @@ mod tests {
 
     #[test]
     fn plaintext_connections_only_strip() {
-        let tags = ConnectionTags::new(None, None, &tagging(), "127.0.0.1:1".parse().unwrap());
+        let tags =
+            ConnectionTags::new(None, None, &tagging(), "127.0.0.1:1".parse().unwrap(), None);
         let mut h = spoofed();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         tag(&mut h, &tags, &tagging(), 0, true);
@@ -496,6 +580,7 @@ mod tests {
             Some(&own),
             &t,
             "127.0.0.1:1".parse().unwrap(),
+            None,
         );
         let mut h = spoofed();
         tag(&mut h, &tags, &t, 0, true);

@@ -408,6 +408,7 @@ fn tagging(
             errors,
         );
     }
+    let details = t.and_then(|t| t.set_current_client_cert_details.as_ref());
     let proxy_protocol_tlv = match t.and_then(|t| t.proxy_protocol_tlv) {
         None => None,
         Some(kind @ 0xE0..=0xEF) => Some(kind as u8),
@@ -427,6 +428,8 @@ fn tagging(
         trust_domain: trust_domain?,
         principal: principal?,
         forward_client_cert: chosen.map_or(ForwardClientCert::SanitizeSet, |s| s.value),
+        client_cert: details.is_some_and(|d| d.cert == Some(true)),
+        client_chain: details.is_some_and(|d| d.chain == Some(true)),
         proxy_protocol_tlv,
     })
 }

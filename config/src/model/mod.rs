@@ -240,6 +240,10 @@ pub struct Tagging {
     pub principal: HeaderName,
     /// What happens to `x-forwarded-client-cert`, as Envoy's `forward_client_cert_details`.
     pub forward_client_cert: ForwardClientCert,
+    /// XFCC also carries the client's leaf (`Cert`) and its whole chain (`Chain`), URL-encoded
+    /// PEM, as Envoy's `set_current_client_cert_details.{cert, chain}`.
+    pub client_cert: bool,
+    pub client_chain: bool,
     /// The PROXY v2 TLV type (`0xE0`-`0xEF`, the custom range) that carries the client's SPIFFE
     /// ID, as UTF-8, on connections a TCP listener terminated and forwards with a PROXY v2
     /// header; `None`: not sent.

@@ -142,5 +142,15 @@ pub struct Tagging {
     pub trust_domain_header: Option<String>,
     pub principal_header: Option<String>,
     pub forward_client_cert: Option<String>,
+    pub set_current_client_cert_details: Option<ClientCertDetails>,
     pub proxy_protocol_tlv: Option<u32>,
+}
+
+/// Envoy's `set_current_client_cert_details`, for what Istio's gateways leave off: `By`, `Hash`,
+/// `Subject`, `URI` and `DNS` are always set.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertDetails {
+    pub cert: Option<bool>,
+    pub chain: Option<bool>,
 }

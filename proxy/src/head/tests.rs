@@ -11,6 +11,8 @@ fn owned(underscores: UnderscoreHeaders) -> Owned {
         trust_domain: HeaderName::from_static("x-source-trust-domain"),
         principal: HeaderName::from_static("x-source-principal"),
         forward_client_cert: ForwardClientCert::SanitizeSet,
+        client_cert: false,
+        client_chain: false,
         proxy_protocol_tlv: None,
     };
     Owned::new(&tagging, underscores)
