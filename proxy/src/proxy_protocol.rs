@@ -22,8 +22,12 @@ use tokio::net::TcpStream;
 
 use meshgate_config::model::ProxyVersion;
 
-/// The most a header may take: v2 with a few TLVs (AWS and GCP load balancers add some).
-const MAX_HEADER: usize = 1024;
+/// The most a header may take: v2 with a few TLVs (AWS and GCP load balancers add some), or
+/// with the SPIFFE ID TLV `header` writes (an ID is at most 2048 bytes).
+const MAX_HEADER: usize = 4096;
+
+/// The longest v1 header, its `\r\n` included (HAProxy's specification).
+const MAX_V1: usize = 107;
 
 /// What a header said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +47,8 @@ pub async fn read(stream: &mut TcpStream, timeout: Duration) -> Result<Header, S
 }
 
 async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
-    let mut buf = [0u8; MAX_HEADER];
+    // On the heap, for this read only: not part of every connection's task.
+    let mut buf = vec![0u8; MAX_HEADER];
     let mut seen = 0;
     loop {
         let n = stream
@@ -57,8 +62,12 @@ async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
         let Some(peeked) = buf.get(..n) else {
             return Err("PROXY header too large".into());
         };
+        // A v1 header is whole only with its `\r\n`: before that, `ppp` may take a cut
+        // through it (before the destination port, say) for a bad header.
+        let v1_open =
+            peeked.starts_with(b"PROXY ") && !peeked.windows(2).any(|w| w == b"\r\n") && n < MAX_V1;
         let parsed = HeaderResult::parse(peeked);
-        if parsed.is_incomplete() {
+        if v1_open || parsed.is_incomplete() {
             if n == MAX_HEADER {
                 return Err("PROXY header too large".into());
             }
@@ -183,5 +192,67 @@ mod tests {
         assert_eq!(tlvs.len(), 1);
         assert_eq!(tlvs[0].kind, 0xE0);
         assert_eq!(&*tlvs[0].value, b"spiffe://a/b");
+    }
+
+    /// A connected pair on 127.0.0.1: what the client writes, `read` reads on the server.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        (client, listener.accept().await.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_v1_header_cut_anywhere_is_read_once_whole() {
+        use tokio::io::AsyncWriteExt;
+        let whole = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET";
+        // Cut before the destination port's last digit, and before its first.
+        for cut in [29, 30] {
+            let (mut client, mut server) = pair().await;
+            client.write_all(&whole[..cut]).await.unwrap();
+            let reading = tokio::spawn(async move {
+                let header = read(&mut server, Duration::from_secs(5)).await;
+                let mut rest = [0u8; 3];
+                server.read_exact(&mut rest).await.unwrap();
+                (header, rest)
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(&whole[cut..]).await.unwrap();
+            let (header, rest) = reading.await.unwrap();
+            assert_eq!(
+                header,
+                Ok(Header::Proxied("1.2.3.4:1".parse().unwrap())),
+                "{cut}"
+            );
+            assert_eq!(&rest, b"GET");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_header_writes_read_reads_even_with_the_longest_spiffe_id() {
+        use tokio::io::AsyncWriteExt;
+        let id = format!("spiffe://example.com/{}", "a".repeat(2048 - 21));
+        assert_eq!(id.len(), 2048);
+        let (client, local) = (
+            "10.1.2.3:40000".parse().unwrap(),
+            "[2001:db8::9]:9443".parse().unwrap(),
+        );
+        let written = header(ProxyVersion::V2, client, local, Some((0xE0, &id)));
+        assert!(written.len() > 2048);
+        let (mut tx, mut rx) = pair().await;
+        tx.write_all(&written).await.unwrap();
+        // Mixed families: the unspecified form, which reads as LOCAL.
+        assert_eq!(
+            read(&mut rx, Duration::from_secs(5)).await,
+            Ok(Header::Local)
+        );
+        let local: SocketAddr = "192.168.0.9:9443".parse().unwrap();
+        let written = header(ProxyVersion::V2, client, local, Some((0xE0, &id)));
+        tx.write_all(&written).await.unwrap();
+        assert_eq!(
+            read(&mut rx, Duration::from_secs(5)).await,
+            Ok(Header::Proxied(client))
+        );
     }
 }

@@ -232,8 +232,13 @@ fn trusted_client(headers: &HeaderMap, peer: IpAddr, hops: u32) -> IpAddr {
 
 /// Envoy appends the peer address to `x-forwarded-for` (use_remote_address at the edge).
 fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    // Empty values (a client's bare `x-forwarded-for:`) add no element: the peer is then first.
     let joined = {
-        let mut existing = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+        let mut existing = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter(|e| !e.as_bytes().trim_ascii().is_empty())
+            .peekable();
         if existing.peek().is_none() {
             None
         } else {

@@ -144,6 +144,8 @@ impl PathNormalization {
         let mut rest = path.as_bytes();
         let mut out = Vec::with_capacity(rest.len());
         let mut changed = false;
+        // Whether any escape is decoded at all (Istio's `NONE` decodes none).
+        let decodes = self.normalize || self.escaped_slashes == EscapedSlashes::Decode;
         while let Some((&b, tail)) = rest.split_first() {
             let decoded = match rest {
                 [b'%', hi, lo, after @ ..] => hex(*hi)
@@ -152,7 +154,15 @@ impl PathNormalization {
                 _ => None,
             };
             let Some((c, escape, after)) = decoded else {
-                out.push(b);
+                if b == b'%' && decodes {
+                    // A `%` that starts no escape is escaped itself: left bare, an escape
+                    // decoded right after it could make a new one (`/%%361dmin` would become
+                    // `/%61dmin`, which policies would see and a backend decode to `/admin`).
+                    out.extend_from_slice(b"%25");
+                    changed = true;
+                } else {
+                    out.push(b);
+                }
                 rest = tail;
                 continue;
             };
@@ -245,8 +255,34 @@ mod tests {
         let merge = PathNormalization::istio(NormalizationMode::MergeSlashes);
         let decode = PathNormalization::istio(NormalizationMode::DecodeAndMergeSlashes);
         type Want = Result<&'static str, PathError>;
-        let cases: [(&str, Want, Want, Want, Want, Want); 16] = [
+        let cases: [(&str, Want, Want, Want, Want, Want); 19] = [
             // path, default, BASE, NONE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES
+            // A `%` that starts no escape is escaped, so that no decoded escape makes a new one
+            // with it (normalized again, or decoded by a backend, `/%61dmin` is `/admin`).
+            (
+                "/%%361dmin",
+                Ok("/%2561dmin"),
+                Ok("/%2561dmin"),
+                Ok("/%%361dmin"),
+                Ok("/%2561dmin"),
+                Ok("/%2561dmin"),
+            ),
+            (
+                "/%6%61dmin",
+                Ok("/%256admin"),
+                Ok("/%256admin"),
+                Ok("/%6%61dmin"),
+                Ok("/%256admin"),
+                Ok("/%256admin"),
+            ),
+            (
+                "/100%",
+                Ok("/100%25"),
+                Ok("/100%25"),
+                Ok("/100%"),
+                Ok("/100%25"),
+                Ok("/100%25"),
+            ),
             (
                 "/a/b",
                 Ok("/a/b"),
@@ -378,11 +414,16 @@ mod tests {
                 (&merge, m),
                 (&decode, dm),
             ] {
+                let got = mode.apply(path);
                 assert_eq!(
-                    mode.apply(path).as_deref().map_err(|e| *e),
+                    got.as_deref().map_err(|e| *e),
                     want.as_ref().map(|s| *s).map_err(|e| *e),
                     "{path} with {mode:?}"
                 );
+                // Normalizing what normalization made changes nothing.
+                if let Ok(once) = got {
+                    assert_eq!(mode.apply(&once).as_deref(), Ok(&*once), "{path} twice");
+                }
             }
         }
     }

@@ -42,6 +42,10 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let mut message: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&[]);
     loop {
         let Some((&[kind, major, _, hi, lo], after)) = records.split_first_chunk::<5>() else {
+            // However small its records, a ClientHello is no more than this much to buffer.
+            if buf.len() >= MAX_HELLO {
+                return Parsed::Invalid("ClientHello too large");
+            }
             return Parsed::Partial;
         };
         if kind != HANDSHAKE {

@@ -117,4 +117,15 @@ fn what_is_not_a_client_hello_is_refused_with_a_reason() {
     let mut big = vec![22, 3, 1, 0x40, 0x00, 1, 0x00, 0xff, 0xff];
     big.resize(MAX_HELLO + 10, 0);
     assert_eq!(parse(&big), Parsed::Invalid("ClientHello too large"));
+    // Nor in one-byte records, each a 5-byte header and one byte of a ClientHello that claims
+    // 16,000 bytes: refused once MAX_HELLO bytes are buffered, though no record header is whole.
+    let message = [&[1u8, 0x00, 0x3e, 0x80][..], &[0u8; 4000][..]].concat();
+    let tiny = recut(&[&[0u8; 5][..], &message[..]].concat(), 1);
+    // Cut three bytes into a record header, just past MAX_HELLO (and six bytes before it).
+    let at_limit = MAX_HELLO / 6 * 6 + 9;
+    assert_eq!(parse(&tiny[..at_limit - 6]), Parsed::Partial);
+    assert_eq!(
+        parse(&tiny[..at_limit]),
+        Parsed::Invalid("ClientHello too large")
+    );
 }
