@@ -281,7 +281,10 @@ async fn handle_request(
                 RequestBody::new(body, bytes_in, runtime.owned.clone(), activity, clock)
             });
             let limits = &model.proxy.limits;
+            // Pinned where it is built: `bounded` takes a reference, not a copy of the whole
+            // request future (memcpy showed up per request when it was moved in).
             let forward = route_and_forward(conn, req, client.address, &mut chosen);
+            tokio::pin!(forward);
             if limits.stream_idle_timeout.is_some() || limits.request_timeout.is_some() {
                 stream::bounded(forward, &exchange.clock, limits.request_timeout).await
             } else {
