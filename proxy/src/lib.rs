@@ -24,26 +24,11 @@
 //! `ARCHITECTURE.md` at the repository's root draws the whole.
 
 #![forbid(unsafe_code)]
-// No input, configuration or network bytes, may panic the process: arithmetic is checked or
-// saturating, slices are read with `get`, and where an invariant makes an index or an operation
-// safe, a narrowly scoped `allow` says why. Unit tests may unwrap and index freely.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::arithmetic_side_effects,
-        clippy::indexing_slicing
-    )
-)]
+// No input, configuration or network bytes, may panic the process: the workspace's lints deny
+// unwrap, expect, panic, unchecked arithmetic and indexing here (Cargo.toml), and where an
+// invariant makes an index or an operation safe, a narrowly scoped `allow` says why. Unit tests
+// may unwrap, index and panic (clippy.toml), and compute freely:
+#![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
 pub mod authorize;
 mod cors;

@@ -186,6 +186,23 @@ spec:
     )
 }
 
+/// A raw TCP backend on an ephemeral loopback port: `serve` runs on each accepted connection,
+/// in a task of its own.
+async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve(tcp));
+        }
+    });
+    address
+}
+
 /// A raw HTTP/1.1 backend on an ephemeral loopback port that answers every request with a
 /// chunked body of `chunks` copies of `chunk`, one every `gap`: a response still streaming long
 /// after its head.
@@ -195,74 +212,54 @@ pub async fn slow_backend(
     gap: std::time::Duration,
 ) -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                // Request after request on one connection, as the proxy's pool expects.
-                while read_head(&mut tcp).await {
-                    let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-                    for _ in 0..chunks {
-                        out.extend_from_slice(
-                            format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes(),
-                        );
-                        if tcp.write_all(&out).await.is_err() {
-                            return;
-                        }
-                        out.clear();
-                        tokio::time::sleep(gap).await;
-                    }
-                    if tcp.write_all(b"0\r\n\r\n").await.is_err() {
-                        return;
-                    }
+    raw_backend(move |mut tcp| async move {
+        // Request after request on one connection, as the proxy's pool expects.
+        while read_head(&mut tcp).await {
+            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for _ in 0..chunks {
+                out.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+                if tcp.write_all(&out).await.is_err() {
+                    return;
                 }
-            });
+                out.clear();
+                tokio::time::sleep(gap).await;
+            }
+            if tcp.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
         }
-    });
-    address
+    })
+    .await
 }
 
 /// A raw HTTP/1.1 backend that starts a chunked response, sends `chunk`, and closes the
 /// connection without ending the body: an upstream that breaks off mid-response.
 pub async fn broken_backend(chunk: &'static str) -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if !read_head(&mut tcp).await {
-                    return;
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
-                    chunk.len()
-                );
-                let _ = tcp.write_all(response.as_bytes()).await;
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            });
+    raw_backend(move |mut tcp| async move {
+        if !read_head(&mut tcp).await {
+            return;
         }
-    });
-    address
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+            chunk.len()
+        );
+        let _ = tcp.write_all(response.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    })
+    .await
 }
 
 /// A raw HTTP/1.1 backend that answers each request with `response` (any bytes) and closes
 /// the connection at once.
 pub async fn abrupt_backend(response: &'static str) -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut tcp).await {
-                    let _ = tcp.write_all(response.as_bytes()).await;
-                }
-            });
+    raw_backend(move |mut tcp| async move {
+        if read_head(&mut tcp).await {
+            let _ = tcp.write_all(response.as_bytes()).await;
         }
-    });
-    address
+    })
+    .await
 }
 
 /// Reads one request head from `tcp`; `false` when the connection ended first.
@@ -281,50 +278,38 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
 
 /// A raw HTTP/1.1 backend that reads each request head and never answers.
 pub async fn silent_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut tcp).await {
-                    // Holds the connection open, silent, until the proxy goes.
-                    let mut rest = [0u8; 64];
-                    while matches!(tokio::io::AsyncReadExt::read(&mut tcp, &mut rest).await, Ok(n) if n > 0)
-                    {
-                    }
-                }
-            });
+    raw_backend(|mut tcp| async move {
+        if read_head(&mut tcp).await {
+            // Holds the connection open, silent, until the proxy goes.
+            let mut rest = [0u8; 64];
+            while matches!(tokio::io::AsyncReadExt::read(&mut tcp, &mut rest).await, Ok(n) if n > 0)
+            {
+            }
         }
-    });
-    address
+    })
+    .await
 }
 
 /// A raw HTTP/1.1 backend that answers each request with `bytes` bytes, written as fast as
 /// the proxy takes them.
 pub async fn firehose_backend(bytes: usize) -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                while read_head(&mut tcp).await {
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\n\r\n");
-                    if tcp.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let chunk = vec![b'x'; 256 * 1024];
-                    let mut left = bytes;
-                    while left > 0 {
-                        let n = left.min(chunk.len());
-                        if tcp.write_all(&chunk[..n]).await.is_err() {
-                            return;
-                        }
-                        left -= n;
-                    }
+    raw_backend(move |mut tcp| async move {
+        let chunk = vec![b'x'; 256 * 1024];
+        while read_head(&mut tcp).await {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\n\r\n");
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if tcp.write_all(&chunk[..n]).await.is_err() {
+                    return;
                 }
-            });
+                left -= n;
+            }
         }
-    });
-    address
+    })
+    .await
 }
