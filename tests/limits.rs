@@ -30,20 +30,37 @@ async fn gateway(pki: &Pki, limits: &str) -> (Proxy, meshgate_proxy::echo::Echo)
     )
 }
 
-/// Reads until the server closes; panics if it does not within the test timeout.
-async fn closed_by_server(mut s: impl tokio::io::AsyncRead + Unpin) {
+/// Reads until the server closes and returns what it sent; panics if it does not close
+/// within the test timeout.
+async fn closed_by_server(mut s: impl tokio::io::AsyncRead + Unpin) -> String {
     let mut buf = [0u8; 512];
+    let mut sent = Vec::new();
     let closed = async {
         loop {
             match s.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
-                Ok(_) => continue,
+                Ok(n) => sent.extend_from_slice(&buf[..n]),
             }
         }
     };
     tokio::time::timeout(support::TIMEOUT, closed)
         .await
         .expect("the server never closed the connection");
+    String::from_utf8_lossy(&sent).into_owned()
+}
+
+/// Envoy's answer to a request head that did not arrive in time, and nothing after it.
+fn assert_head_timeout_answer(sent: &str) {
+    assert!(
+        sent.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "not a 408: {sent:?}"
+    );
+    assert!(sent.contains("\r\nconnection: close\r\n"), "{sent:?}");
+    assert!(sent.ends_with("\r\n\r\nrequest header timeout"), "{sent:?}");
+}
+
+fn closed_for(proxy: &Proxy, reason: &str) -> u64 {
+    proxy.running.metrics.connections_closed(reason)
 }
 
 fn active(proxy: &Proxy) -> bool {
@@ -80,7 +97,16 @@ async fn slow_clients_are_cut_off_at_the_timeouts() {
     tls.write_all(b"GET / HTTP/1.1\r\nhost: httpbin.example-target.com\r\n")
         .await
         .unwrap();
-    closed_by_server(tls).await;
+    assert_head_timeout_answer(&closed_by_server(tls).await);
+    support::eventually("the close counted", || {
+        closed_for(&proxy, "request_header_timeout") == 1
+    })
+    .await;
+    assert!(proxy
+        .running
+        .metrics
+        .render()
+        .contains("meshgate_connections_closed_total{reason=\"request_header_timeout\"} 1"));
 
     // Nothing is left behind, and well-behaved clients are served.
     support::eventually("no connection left open", || active(&proxy)).await;
@@ -185,6 +211,8 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         assert!(opened.elapsed() >= idle * 3);
     }
     support::eventually("no connection left open", || active(&proxy)).await;
+    assert_eq!(closed_for(&proxy, "idle_timeout"), 2);
+    assert_eq!(closed_for(&proxy, "request_header_timeout"), 0);
 }
 
 fn echo_address() -> std::net::SocketAddr {
@@ -224,8 +252,13 @@ async fn the_request_header_timeout_runs_from_the_first_byte_of_a_head_not_betwe
     // The same wait in the middle of a head, on that connection, ends it.
     let started = std::time::Instant::now();
     tls.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
-    closed_by_server(tls).await;
+    assert_head_timeout_answer(&closed_by_server(tls).await);
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    support::eventually("the close counted", || {
+        closed_for(&proxy, "request_header_timeout") == 1
+    })
+    .await;
+    assert_eq!(closed_for(&proxy, "idle_timeout"), 0);
 }
 
 #[tokio::test]
@@ -260,7 +293,7 @@ async fn on_plaintext_the_header_timeout_cuts_http1_heads_and_leaves_http2_alone
     // HTTP/1.1: half a head, then nothing.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
-    closed_by_server(tcp).await;
+    assert_head_timeout_answer(&closed_by_server(tcp).await);
 }
 
 /// hyper closes an HTTP/1.1 connection that waits 30 s for a request head unless told not to,
@@ -307,6 +340,8 @@ async fn a_connection_that_has_sent_nothing_yet_is_served_later_or_closed_when_i
         assert!(opened.elapsed() >= std::time::Duration::from_millis(600));
     }
     support::eventually("no connection left open", || active(&proxy)).await;
+    // The two silent ones at least (the used ones may have idled out too before they went).
+    assert!(closed_for(&proxy, "idle_timeout") >= 2);
 }
 
 /// Writes `bytes` one at a time, `gap` apart, until the server closes the connection; returns
@@ -445,6 +480,11 @@ async fn log_lines(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
     support::json_lines(&proxy.dir.path().join("access.log"), n).await
 }
 
+/// Access-log lines split into connection events (`event`) and requests.
+fn by_event(lines: &[serde_json::Value]) -> (Vec<&serde_json::Value>, Vec<&serde_json::Value>) {
+    lines.iter().partition(|l| l.get("event").is_some())
+}
+
 #[tokio::test]
 async fn a_stream_on_which_nothing_moves_is_answered_408_and_one_that_moves_outlives_the_timeout() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
@@ -505,7 +545,13 @@ async fn a_client_that_stops_reading_holds_at_most_the_write_buffer_and_is_cut_a
         assert!(n > 0);
         received.extend_from_slice(&buf[..n]);
     }
-    let line = &log_lines(&proxy, 1).await[0];
+    // The request's line, and the line of the connection it cut.
+    let lines = log_lines(&proxy, 2).await;
+    let (events, requests) = by_event(&lines);
+    assert_eq!(events.len(), 1, "{lines:?}");
+    assert_eq!(events[0]["event"], "connection_closed");
+    assert_eq!(events[0]["reason"], "stream_idle_timeout");
+    let line = requests[0];
     assert_eq!(line["response_flags"], "SI", "{line}");
     let mut taken = received.len() as u64;
     loop {
@@ -515,6 +561,10 @@ async fn a_client_that_stops_reading_holds_at_most_the_write_buffer_and_is_cut_a
             Err(_) => panic!("the connection was not closed"),
         }
     }
+    support::eventually("the cut counted", || {
+        closed_for(&proxy, "stream_idle_timeout") == 1
+    })
+    .await;
     // Handed to hyper but never written: at most the 64 KiB write buffer, plus what rustls
     // had encrypted (its own 64 KiB) when the connection was dropped. Without the bound this
     // is one upstream read per queued chunk, megabytes.
@@ -535,7 +585,10 @@ async fn a_client_that_stops_reading_holds_at_most_the_write_buffer_and_is_cut_a
         .await
         .unwrap();
     assert_eq!(stalled.status(), StatusCode::OK);
-    let line = &log_lines(&proxy, 2).await[1];
+    let lines = log_lines(&proxy, 3).await;
+    let (events, requests) = by_event(&lines);
+    assert_eq!(events.len(), 1, "{lines:?}");
+    let line = requests[1];
     assert_eq!(line["response_flags"], "SI", "{line}");
     let read = tokio::time::timeout(support::TIMEOUT, stalled.into_body().collect())
         .await

@@ -1234,6 +1234,7 @@ spec:
                 "handshakes": by_label(b, f, "meshgate_handshakes_total"),
                 "upstream_connections": by_label(b, f, "meshgate_upstream_connections_total"),
                 "connections_refused": delta("meshgate_connections_refused_total"),
+                "connections_closed": by_label(b, f, "meshgate_connections_closed_total"),
                 "upstream_retries": by_label(b, f, "meshgate_upstream_retries_total"),
             }
             if counters[name]["reloads_failure"]:
@@ -1428,7 +1429,8 @@ def markdown(r):
     for name, c in r["counters"].items():
         add(f"- {name}: handshakes {json.dumps(c['handshakes'])}; upstream connections "
             f"{json.dumps(c['upstream_connections'])}; retries {json.dumps(c['upstream_retries'])}; "
-            f"refused connections {c['connections_refused']:g}; access log lines dropped {c['access_log_dropped']:g}")
+            f"refused connections {c['connections_refused']:g}; closed by a limit "
+            f"{json.dumps(c.get('connections_closed', {}))}; access log lines dropped {c['access_log_dropped']:g}")
     add("")
     if r.get("notes"):
         add("## Notes\n")

@@ -117,6 +117,9 @@ pub async fn serve_connection(
     }
     let tagging = &runtime.model.proxy.tagging;
     let local_addr = stream.local_addr().unwrap_or(peer_addr);
+    // The connection's clock from the end of its handshake, which also notes the limit that
+    // closed the connection, if one did.
+    let mut activity = None;
     let served = match &runtime.listener_runtime(listener).tls {
         Some(tls) => {
             let servers = &runtime.model_listener(listener).servers;
@@ -128,6 +131,7 @@ pub async fn serve_connection(
                 }
                 Ok(accepted) => {
                     metrics.handshake_ok();
+                    let clock = activity.insert(Arc::new(Activity::new()));
                     let Accepted {
                         tls,
                         peer,
@@ -170,13 +174,14 @@ pub async fn serve_connection(
                         peer_addr,
                         local_addr,
                         sni,
-                        activity: Arc::new(Activity::new()),
+                        activity: clock.clone(),
                     };
                     serve(Arc::new(conn), tls, Some(version), watch).await
                 }
             }
         }
         None => {
+            let clock = activity.insert(Arc::new(Activity::new()));
             let conn = Connection {
                 tags: ConnectionTags::new(None, None, tagging, peer_addr, None),
                 origin: None,
@@ -188,13 +193,26 @@ pub async fn serve_connection(
                 peer_addr,
                 local_addr,
                 sni: None,
-                activity: Arc::new(Activity::new()),
+                activity: clock.clone(),
             };
             serve(Arc::new(conn), stream, None, watch).await
         }
     };
     if let Err(e) = served {
         debug!(peer = %peer_addr, "connection ended: {e}");
+    }
+    if let Some(why) = activity.and_then(|a| a.closed()) {
+        metrics.connection_closed(why);
+        if let Some(log) = &runtime.access_log {
+            log.log(&HandshakeEntry {
+                start_time: &access_log::rfc3339(SystemTime::now()),
+                event: "connection_closed",
+                listener: &runtime.model_listener(listener).name,
+                peer: peer_addr.to_string(),
+                reason: why.reason(),
+                detail: why.detail().to_owned(),
+            });
+        }
     }
     metrics.connection(-1);
 }

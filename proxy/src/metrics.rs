@@ -28,6 +28,7 @@ use meshgate_config::model::{Backend, Listener, TrustSettings};
 use crate::authorize::ShadowAction;
 use crate::identity::PeerError;
 use crate::origin::Origin;
+use crate::serve::TimedOut;
 
 /// How a PROXY protocol header ended.
 const PROXY_PROTOCOL: [&str; 3] = ["proxied", "local", "rejected"];
@@ -41,6 +42,8 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
+    /// HTTP connections a limit closed, by the limit (`TimedOut::ALL`).
+    connections_closed: [AtomicU64; TimedOut::ALL.len()],
     /// Passed-through connections by how they ended (`passthrough::ENDS`).
     passthrough: [AtomicU64; crate::passthrough::ENDS.len()],
     /// Bytes passed through: from clients, to clients.
@@ -115,6 +118,7 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
+            connections_closed: Default::default(),
             passthrough: Default::default(),
             passthrough_bytes: Default::default(),
             tcp: Default::default(),
@@ -208,6 +212,23 @@ impl Metrics {
     /// Counts a connection closed at accept because its listener is full.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an HTTP connection a limit closed.
+    pub fn connection_closed(&self, why: TimedOut) {
+        let counters = TimedOut::ALL.iter().zip(&self.connections_closed);
+        if let Some((_, c)) = counters.into_iter().find(|(w, _)| **w == why) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections closed for `reason` (`TimedOut::reason`) so far, for tests.
+    pub fn connections_closed(&self, reason: &str) -> u64 {
+        TimedOut::ALL
+            .iter()
+            .zip(&self.connections_closed)
+            .find(|(why, _)| why.reason() == reason)
+            .map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 
     /// Counts what a set of dry-run policies would have decided.
@@ -479,6 +500,18 @@ impl Metrics {
             "",
             self.connections_refused.load(Ordering::Relaxed),
         );
+        e.family(
+            "meshgate_connections_closed_total",
+            "counter",
+            "HTTP connections the proxy closed on a limit, by the limit.",
+        );
+        for (why, c) in TimedOut::ALL.iter().zip(&self.connections_closed) {
+            e.sample(
+                "meshgate_connections_closed_total",
+                &labels(&[("reason", why.reason())]),
+                c.load(Ordering::Relaxed),
+            );
+        }
         e.family(
             "meshgate_passthrough_connections_total",
             "counter",

@@ -7,7 +7,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use atomic_waker::AtomicWaker;
 use std::sync::Arc;
@@ -139,7 +139,10 @@ impl HttpServers {
             biased;
             sent = io.first_bytes() => sent?,
             () = drain.signaled() => return Ok(()),
-            () = &mut idle => return Ok(()),
+            () = &mut idle => {
+                activity.closed_by(TimedOut::Idle);
+                return Ok(());
+            }
         }
         // HTTP/2 (by ALPN) has no request heads to time here; plaintext may turn out to be
         // HTTP/2 with prior knowledge, which `HeadTimeout` recognises by its preface.
@@ -153,10 +156,14 @@ impl HttpServers {
                 Some(timeout) => {
                     let stream = watched.stream.clone();
                     stream.watch(timeout, || watched.busy()).await;
+                    // Noted now: the response body sees the expiry too and may end the
+                    // connection first.
+                    watched.closed_by(TimedOut::StreamIdle);
                 }
                 None => std::future::pending().await,
             }
         };
+        let closing = activity.clone();
         let io = TokioIo::new(Metered::new(
             io,
             activity,
@@ -170,6 +177,7 @@ impl HttpServers {
                     drain,
                     idle,
                     stalled,
+                    activity: &closing,
                 };
                 until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
@@ -179,32 +187,31 @@ impl HttpServers {
                     drain,
                     idle,
                     stalled,
+                    activity: &closing,
                 };
                 until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
             None => {
                 let conn = self.detect.serve_connection(io, service).into_owned();
-                until_closed(
-                    conn,
-                    |c| c.graceful_shutdown(),
-                    Ends {
-                        drain,
-                        idle,
-                        stalled,
-                    },
-                )
-                .await
+                let ends = Ends {
+                    drain,
+                    idle,
+                    stalled,
+                    activity: &closing,
+                };
+                until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
         }
     }
 }
 
 /// What ends a connection besides its client: the drain, the idle timeout (both graceful) and
-/// a stalled HTTP/1.1 response (at once).
-struct Ends<I, S> {
+/// a stalled HTTP/1.1 response (at once); the timeouts are noted in `activity`.
+struct Ends<'a, I, S> {
     drain: Watch,
     idle: I,
     stalled: S,
+    activity: &'a Activity,
 }
 
 /// Runs `conn` to its end; when the drain starts or `idle` resolves first, `shutdown` asks it
@@ -213,7 +220,7 @@ struct Ends<I, S> {
 async fn until_closed<C, E>(
     conn: C,
     shutdown: impl FnOnce(Pin<&mut C>),
-    ends: Ends<impl Future<Output = ()>, impl Future<Output = ()>>,
+    ends: Ends<'_, impl Future<Output = ()>, impl Future<Output = ()>>,
 ) -> Result<(), ServeError>
 where
     C: Future<Output = Result<(), E>>,
@@ -223,6 +230,7 @@ where
         mut drain,
         idle,
         stalled,
+        activity,
     } = ends;
     tokio::pin!(conn);
     let stop = async {
@@ -230,6 +238,7 @@ where
             () = drain.signaled() => Stop::Gracefully,
             () = idle => {
                 debug!("idle timeout: closing the connection");
+                activity.closed_by(TimedOut::Idle);
                 Stop::Gracefully
             }
             () = stalled => Stop::Now,
@@ -340,6 +349,48 @@ pub struct Activity {
     /// A response body waits for the client to take what is buffered (`Pacing`).
     write_paused: AtomicBool,
     writer: AtomicWaker,
+    /// The timeout that closed the connection (`TimedOut`), 0 while none did.
+    closed: AtomicU8,
+}
+
+/// A timeout of the proxy's that closed a downstream connection (rather than its client, an
+/// error or the drain): counted and logged once the connection is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TimedOut {
+    /// `requestHeaderTimeout` (after a `408`, when the connection had nothing else to send).
+    RequestHeader = 1,
+    /// `idleTimeout`.
+    Idle = 2,
+    /// `streamIdleTimeout` on an HTTP/1.1 response the client stopped taking.
+    StreamIdle = 3,
+}
+
+impl TimedOut {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [Self; 3] = [Self::RequestHeader, Self::Idle, Self::StreamIdle];
+
+    /// The `reason` of the metric and the access-log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::RequestHeader => "request_header_timeout",
+            Self::Idle => "idle_timeout",
+            Self::StreamIdle => "stream_idle_timeout",
+        }
+    }
+
+    /// What happened, for the access-log line.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::RequestHeader => {
+                "a request head was not complete within limits.requestHeaderTimeout of its first byte"
+            }
+            Self::Idle => "no request in flight for limits.idleTimeout",
+            Self::StreamIdle => {
+                "nothing moved on the HTTP/1.1 response in flight for limits.streamIdleTimeout (cut)"
+            }
+        }
+    }
 }
 
 impl Default for Activity {
@@ -361,7 +412,19 @@ impl Activity {
             written: AtomicU64::new(0),
             write_paused: AtomicBool::new(false),
             writer: AtomicWaker::new(),
+            closed: AtomicU8::new(0),
         }
+    }
+
+    /// A limit is closing the connection.
+    pub fn closed_by(&self, why: TimedOut) {
+        self.closed.store(why as u8, Ordering::Relaxed);
+    }
+
+    /// The limit that closed the connection, if one did.
+    pub fn closed(&self) -> Option<TimedOut> {
+        let code = self.closed.load(Ordering::Relaxed);
+        TimedOut::ALL.into_iter().find(|c| *c as u8 == code)
     }
 
     /// A request body of this connection failed on the client's side.
@@ -503,7 +566,15 @@ pub struct Metered<I> {
     /// Bytes read since `requests` requests had started.
     head_bytes: usize,
     requests: u32,
+    /// Everything written has been flushed: hyper has no response bytes of its own queued.
+    flushed: bool,
+    /// The head timed out: how much of `HEAD_TIMEOUT_ANSWER` is written.
+    answering: Option<usize>,
 }
+
+/// Envoy's answer when a request head times out (`request_header_timeout`), before the
+/// connection is closed.
+const HEAD_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest header timeout";
 
 impl<I> Metered<I> {
     pub fn new(
@@ -522,6 +593,40 @@ impl<I> Metered<I> {
             head_limit,
             head_bytes: 0,
             requests: 0,
+            flushed: true,
+            answering: None,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Metered<I> {
+    /// Writes the 408 of a timed-out head and shuts the connection down; then fails the read,
+    /// which ends the connection. Skipped when hyper still has bytes of its own on the way:
+    /// the 408 could not be told apart from them.
+    fn answer_timeout(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let timed_out = || {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request head timeout",
+            )))
+        };
+        if !self.flushed {
+            return timed_out();
+        }
+        let mut sent = self.answering.unwrap_or(0);
+        while let Some(rest) = HEAD_TIMEOUT_ANSWER.get(sent..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut self.io).poll_write(cx, rest) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    sent = sent.saturating_add(n);
+                    self.answering = Some(sent);
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => return timed_out(),
+            }
+        }
+        match Pin::new(&mut self.io).poll_shutdown(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => timed_out(),
         }
     }
 }
@@ -569,13 +674,16 @@ impl<I: AsyncRead + Unpin> Metered<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Metered<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.answering.is_some() {
+            return this.answer_timeout(cx);
+        }
         let before = buf.filled().len();
         let read = this.read_within(cx, buf);
         let Some(timeout) = this.timeout else {
@@ -606,10 +714,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request head timeout",
-                    )));
+                    this.activity.closed_by(TimedOut::RequestHeader);
+                    this.answering = Some(0);
+                    return this.answer_timeout(cx);
                 }
             }
             _ => {}
@@ -627,6 +734,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
+            this.flushed = false;
             this.activity.wrote(n);
         }
         written
@@ -640,6 +748,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
+            this.flushed = false;
             this.activity.wrote(n);
         }
         written
@@ -650,7 +759,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.flushed = true;
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
