@@ -340,7 +340,7 @@ async fn mtls_get(
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = SpiffeServerVerifier::new(
-            Arc::new(roots),
+            &meshgate_proxy::tls::credentials::TrustRoots::single(Arc::new(roots)),
             vec![GATEWAY_ID.into()],
             true,
             provider.clone(),

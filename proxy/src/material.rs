@@ -51,6 +51,9 @@ pub enum FileError {
         #[source]
         source: pem::Error,
     },
+    /// It is JSON but not a usable SPIFFE bundle.
+    #[error("{}: {message}", path.display())]
+    Bundle { path: PathBuf, message: String },
 }
 
 /// Every file that could not be read, in the order the configuration names them. Never empty.
@@ -150,6 +153,15 @@ fn read_file(path: &Path) -> Result<FileMaterial, FileError> {
         source,
     })?;
     let mut m = FileMaterial::default();
+    if crate::tls::bundle::is_json(&raw) {
+        // A SPIFFE bundle document: its X.509 authorities are the file's certificates.
+        let bundle = crate::tls::bundle::parse(&raw).map_err(|message| FileError::Bundle {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        m.certificates = bundle.x509_authorities;
+        return Ok(m);
+    }
     let mut rest: &[u8] = &raw;
     loop {
         let section = pem::from_buf(&mut rest).map_err(|source| FileError::Pem {

@@ -57,6 +57,7 @@ mod tests {
             cluster_local_is_local: true,
             allowed_trust_domains: None,
             issuers: Vec::new(),
+            bundles: Vec::new(),
             ecdh_curves: None,
         };
         let strict = TrustSettings {

@@ -81,7 +81,12 @@ impl Runtime {
     ) -> Result<Self, BuildError> {
         let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
         let credentials = match &model.proxy.identity {
-            Some(files) => Some(Credentials::load(files, material, &provider)?),
+            Some(files) => Some(Credentials::load(
+                files,
+                &model.trust.bundles,
+                material,
+                &provider,
+            )?),
             None => None,
         };
         let files = ServerFiles::load(&model, material, &provider)?;

@@ -13,7 +13,12 @@ pub struct Pki {
 impl Pki {
     /// A root and an intermediate for each trust domain.
     pub fn new(trust_domains: &[&str]) -> Self {
-        let root = Authority::root("test shared root", KeyAlgorithm::EcdsaP256).unwrap();
+        Self::named("test shared root", trust_domains)
+    }
+
+    /// As `new`, with a root of that common name (meshes with roots of their own).
+    pub fn named(root: &str, trust_domains: &[&str]) -> Self {
+        let root = Authority::root(root, KeyAlgorithm::EcdsaP256).unwrap();
         let meshes = trust_domains
             .iter()
             .map(|td| {

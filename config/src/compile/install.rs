@@ -15,7 +15,8 @@ use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::path::{NormalizationMode, PathNormalization};
 use crate::model::{
-    AccessLogEncoding, EcdhCurve, ForwardClientCert, IssuerBinding, IssuerKey, OutboundPolicy,
+    AccessLogEncoding, BundleSource, EcdhCurve, ForwardClientCert, IssuerBinding, IssuerKey,
+    OutboundPolicy, TrustBundle,
 };
 use crate::raw::istio::{present, IstioOperatorSpec, KymaIstioSpec, MeshConfig};
 use crate::spiffe::TrustDomain;
@@ -44,6 +45,8 @@ pub(crate) struct Install {
     pub proxy_protocol: bool,
     pub forward_client_cert: Option<Set<ForwardClientCert>>,
     pub issuers: Vec<IssuerBinding>,
+    /// `meshConfig.caCertificates[]` with `trustDomains`, as roots of those trust domains.
+    pub bundles: Vec<TrustBundle>,
     pub ecdh_curves: Option<Vec<EcdhCurve>>,
     pub path_normalization: Option<PathNormalization>,
 }
@@ -522,6 +525,13 @@ fn mesh_config(
                 errors,
             ));
         }
+        // Istio: the anchor is used for these trust domains (entries for one trust domain are
+        // merged). It also binds them, so that a per-mesh intermediate listed here cannot issue
+        // other trust domains through the shared root.
+        install.bundles.extend(tds.iter().map(|td| TrustBundle {
+            trust_domain: td.clone(),
+            source: BundleSource::Pem(pem.clone()),
+        }));
         install.issuers.push(IssuerBinding {
             issuer: IssuerKey::Pem(pem.clone()),
             trust_domains: tds,

@@ -12,8 +12,9 @@ use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::authz::Cidr;
 use crate::model::{
-    AccessLogEncoding, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey,
-    Limits, ProxyProtocol, ProxySettings, Tagging, TrustSettings, UnderscoreHeaders,
+    AccessLogEncoding, BundleSource, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding,
+    IssuerKey, Limits, ProxyProtocol, ProxySettings, Tagging, TrustBundle, TrustSettings,
+    UnderscoreHeaders,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -461,6 +462,7 @@ pub(crate) fn trust(
         cluster_local_is_local: true,
         allowed_trust_domains: None,
         issuers: install.issuers.clone(),
+        bundles: install.bundles.clone(),
         ecdh_curves: install.ecdh_curves.clone(),
     };
     if let [(o, spec)] = parsed.mesh_gateways.as_slice() {
@@ -509,6 +511,32 @@ pub(crate) fn trust(
                     settings.issuers.push(IssuerBinding {
                         issuer,
                         trust_domains: tds,
+                    });
+                }
+            }
+            for (i, bundle) in trust.bundles.iter().flatten().enumerate() {
+                let path = format!("spec.trust.bundles[{i}]");
+                let td = match &bundle.trust_domain {
+                    Some(td) => trust_domain(o, &format!("{path}.trustDomain"), td, errors),
+                    None => {
+                        errors.push(o.error(format!("{path}.trustDomain"), "required"));
+                        None
+                    }
+                };
+                let file = match &bundle.file {
+                    Some(file) => Some(relative_to(&o.file, file)),
+                    None => {
+                        errors.push(o.error(
+                            format!("{path}.file"),
+                            "required: a PEM file or a SPIFFE bundle (JSON)",
+                        ));
+                        None
+                    }
+                };
+                if let (Some(trust_domain), Some(file)) = (td, file) {
+                    settings.bundles.push(TrustBundle {
+                        trust_domain,
+                        source: BundleSource::File(file),
                     });
                 }
             }

@@ -302,9 +302,31 @@ pub struct TrustSettings {
     /// Issuer binding: when not empty, a leaf's issuing CA must be listed here and may only
     /// issue the trust domains listed with it.
     pub issuers: Vec<IssuerBinding>,
+    /// Roots per trust domain: a peer whose SPIFFE ID is in one of these trust domains is
+    /// verified against that trust domain's roots only (several entries for one trust domain
+    /// are merged); any other peer against the identity's `rootCerts`.
+    pub bundles: Vec<TrustBundle>,
     /// `meshConfig.tlsDefaults.ecdhCurves`, in preference order; `None` keeps the default
     /// (X25519MLKEM768, X25519, P-256, P-384).
     pub ecdh_curves: Option<Vec<EcdhCurve>>,
+}
+
+/// Roots for one trust domain: `MeshGateway.spec.trust.bundles[]`, or a
+/// `meshConfig.caCertificates[]` entry with `trustDomains` (one per trust domain).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustBundle {
+    pub trust_domain: TrustDomain,
+    pub source: BundleSource,
+}
+
+/// Where a trust domain's roots come from.
+#[derive(Debug, Clone, Serialize)]
+pub enum BundleSource {
+    /// A file of PEM certificates, or a SPIFFE bundle document (JSON, `x509-svid` keys).
+    File(PathBuf),
+    /// PEM certificates given inline (`meshConfig.caCertificates[].pem`).
+    #[serde(serialize_with = "serialize_pem")]
+    Pem(String),
 }
 
 /// One entry of `MeshGateway.spec.trust.issuers`.
@@ -378,6 +400,11 @@ impl Model {
         }
         for issuer in &self.trust.issuers {
             if let IssuerKey::Certificate(path) = &issuer.issuer {
+                files.push(path.clone());
+            }
+        }
+        for bundle in &self.trust.bundles {
+            if let BundleSource::File(path) = &bundle.source {
                 files.push(path.clone());
             }
         }

@@ -123,6 +123,15 @@ pub struct Trust {
     pub cluster_local_is_local: Option<bool>,
     pub trust_domains: Option<Vec<String>>,
     pub issuers: Option<Vec<Issuer>>,
+    pub bundles: Option<Vec<Bundle>>,
+}
+
+/// The roots of one trust domain, from a PEM file or a SPIFFE bundle (JWKS) document.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bundle {
+    pub trust_domain: Option<String>,
+    pub file: Option<String>,
 }
 
 /// An intermediate CA, by its certificate or SPKI hash, and the trust domains it may issue.

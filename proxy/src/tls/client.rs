@@ -18,7 +18,7 @@ use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 
 use meshgate_config::model::{Backend, BackendProtocol, ClientTls, UpstreamTls};
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, TrustRoots};
 use super::verify::SpiffeServerVerifier;
 use crate::material::Material;
 use crate::runtime::BuildError;
@@ -54,7 +54,10 @@ pub fn origination(
     // The mesh's CRLs go with the mesh's bundle; `caCertificates` stands alone.
     let no_crls = super::credentials::Revocation::default();
     let (roots, revocation) = match (&settings.ca_certificates, credentials) {
-        (Some(path), _) if !istio => (Arc::new(read_roots(path, material)?), &no_crls),
+        (Some(path), _) if !istio => (
+            TrustRoots::single(Arc::new(read_roots(path, material)?)),
+            &no_crls,
+        ),
         (_, Some(c)) => (c.roots.clone(), &c.revocation),
         (_, None) => {
             return Err(BuildError::Tls(format!(
@@ -70,7 +73,7 @@ pub fn origination(
         }
     };
     let verifier = SpiffeServerVerifier::new(
-        roots,
+        &roots,
         settings.subject_alt_names.clone(),
         istio,
         provider.clone(),

@@ -14,7 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
-use meshgate_config::model::{IdentityFiles, IssuerBinding, IssuerKey};
+use meshgate_config::model::{BundleSource, IdentityFiles, IssuerBinding, IssuerKey, TrustBundle};
 use meshgate_config::spiffe::SpiffeId;
 
 use crate::identity::{peer_identity, sha256_hex};
@@ -26,14 +26,88 @@ use crate::runtime::BuildError;
 pub struct Credentials {
     /// Chain and key, for rustls.
     pub certified_key: Arc<CertifiedKey>,
-    /// The trust bundle.
-    pub roots: Arc<RootCertStore>,
+    /// The trust bundle (`rootCerts`), and the bundles of trust domains that have their own.
+    pub roots: TrustRoots,
     /// Our SPIFFE ID (XFCC `By=`).
     pub spiffe_id: SpiffeId,
     /// What `/certs` shows: our chain and the bundle, summarised at load.
     pub summary: serde_json::Value,
     /// `identity.crl`: checked on the chains of ISTIO_MUTUAL clients and upstreams.
     pub revocation: Revocation,
+}
+
+/// The roots a peer is verified against: its trust domain's own bundle when it has one
+/// (`spec.trust.bundles`, `meshConfig.caCertificates` with `trustDomains`), else the identity's
+/// `rootCerts`. A peer is chosen a bundle by the trust domain of the SPIFFE ID it presents, and
+/// is then verified against that bundle only, as Envoy's SPIFFE validator does: one trust
+/// domain's CA cannot vouch for another's identities.
+#[derive(Debug, Clone)]
+pub struct TrustRoots {
+    /// `rootCerts`.
+    pub default: Arc<RootCertStore>,
+    /// Trust domain -> its roots (entries for one trust domain merged), sorted by name.
+    pub domains: Vec<(String, Arc<RootCertStore>)>,
+}
+
+impl TrustRoots {
+    /// One bundle for every peer.
+    pub fn single(roots: Arc<RootCertStore>) -> Self {
+        Self {
+            default: roots,
+            domains: Vec::new(),
+        }
+    }
+
+    /// The bundle of `trust_domain`, if it has its own.
+    pub fn of_domain(&self, trust_domain: &str) -> Option<&Arc<RootCertStore>> {
+        self.domains
+            .binary_search_by(|(td, _)| td.as_str().cmp(trust_domain))
+            .ok()
+            .and_then(|i| self.domains.get(i))
+            .map(|(_, roots)| roots)
+    }
+}
+
+/// The roots of every trust domain that has a bundle of its own, merged per trust domain, and
+/// what `/certs` shows of them.
+type DomainRoots = (Vec<(String, Arc<RootCertStore>)>, serde_json::Value);
+
+fn domain_roots(bundles: &[TrustBundle], material: &Material) -> Result<DomainRoots, BuildError> {
+    let mut by_domain = std::collections::BTreeMap::<String, RootCertStore>::new();
+    let mut summary = serde_json::Map::new();
+    for b in bundles {
+        let place = |b: &TrustBundle| match &b.source {
+            BundleSource::File(path) => path.clone(),
+            BundleSource::Pem(_) => {
+                std::path::PathBuf::from(format!("meshConfig.caCertificates ({})", b.trust_domain))
+            }
+        };
+        let certs = match &b.source {
+            BundleSource::File(path) => material.certificates(path)?.to_vec(),
+            BundleSource::Pem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| identity_error(&place(b), format!("bad PEM: {e}")))?,
+        };
+        let described = summary
+            .entry(b.trust_domain.to_string())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(list) = described {
+            list.extend(certs.iter().map(|c| describe(c)));
+        }
+        let store = by_domain
+            .entry(b.trust_domain.to_string())
+            .or_insert_with(RootCertStore::empty);
+        for cert in certs {
+            store
+                .add(cert)
+                .map_err(|e| identity_error(&place(b), format!("unusable root: {e}")))?;
+        }
+    }
+    let domains = by_domain
+        .into_iter()
+        .map(|(td, roots)| (td, Arc::new(roots)))
+        .collect();
+    Ok((domains, serde_json::Value::Object(summary)))
 }
 
 /// Certificate revocation lists and how strictly they are taken.
@@ -45,9 +119,11 @@ pub struct Revocation {
 }
 
 impl Credentials {
-    /// Checks the three files, as read into `material`.
+    /// Checks the three files, and the bundles of trust domains that have their own, as read
+    /// into `material`.
     pub fn load(
         files: &IdentityFiles,
+        bundles: &[TrustBundle],
         material: &Material,
         provider: &CryptoProvider,
     ) -> Result<Self, BuildError> {
@@ -110,14 +186,19 @@ impl Credentials {
                 }
             }
         };
+        let (domains, bundle_summary) = domain_roots(bundles, material)?;
         let summary = serde_json::json!({
             "spiffe_id": spiffe_id.as_str(),
             "cert_chain": { "file": files.cert_chain, "certificates": chain.iter().map(|c| describe(c)).collect::<Vec<_>>() },
             "root_certs": { "file": files.root_certs, "certificates": root_ders.iter().map(|c| describe(c)).collect::<Vec<_>>() },
+            "trust_domain_bundles": bundle_summary,
         });
         Ok(Self {
             certified_key: Arc::new(certified_key),
-            roots: Arc::new(roots),
+            roots: TrustRoots {
+                default: Arc::new(roots),
+                domains,
+            },
             spiffe_id,
             summary,
             revocation,

@@ -27,10 +27,10 @@ pub fn would_accept(
     let files = model.proxy.identity.as_ref().ok_or_else(|| {
         BuildError::Tls("the MeshGateway has no spec.identity: no ISTIO_MUTUAL server".into())
     })?;
-    let credentials = Credentials::load(files, material, &provider)?;
+    let credentials = Credentials::load(files, &model.trust.bundles, material, &provider)?;
     let issuers = issuer_bindings(&model.trust.issuers, material)?;
     let verifier = SpiffeClientVerifier::new(
-        credentials.roots.clone(),
+        &credentials.roots,
         model.trust.clone(),
         issuers,
         provider.clone(),

@@ -1,6 +1,7 @@
 //! TLS: our own credentials, the client-certificate verifier with the SPIFFE checks, and the
 //! server side of the handshake.
 
+pub mod bundle;
 pub mod client;
 pub mod credentials;
 pub mod files;

@@ -139,7 +139,7 @@ fn group(
         ServerTlsMode::IstioMutual => {
             let credentials = credentials.ok_or_else(|| missing("the MeshGateway identity"))?;
             let verifier = SpiffeClientVerifier::new(
-                credentials.roots.clone(),
+                &credentials.roots,
                 model.trust.clone(),
                 issuers.to_vec(),
                 provider.clone(),

@@ -18,33 +18,36 @@ use rustls::{
 
 use meshgate_config::model::TrustSettings;
 
-use super::credentials::Revocation;
+use super::credentials::{Revocation, TrustRoots};
 use crate::identity::{peer_identity, sha256_hex, PeerError};
 
 /// WebPKI plus SPIFFE.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    /// Against `rootCerts`: for peers whose trust domain has no bundle of its own.
+    default: Bundle,
+    /// Trust domain -> the verifier of its own bundle, sorted by trust domain.
+    domains: Vec<(String, Bundle)>,
     trust: TrustSettings,
     /// Issuer binding: SPKI SHA-256 (hex) of a CA and the trust domains it may issue.
     issuers: Vec<(String, Vec<String>)>,
-    roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     /// The CRLs, parsed, for the path verified with issuer binding.
     crls: Vec<webpki::CertRevocationList<'static>>,
     deny_expired_crl: bool,
 }
 
-impl SpiffeClientVerifier {
-    /// A verifier for `roots` that admits the trust domains `trust` allows.
-    /// `issuers` are the resolved `spec.trust.issuers`: SPKI SHA-256 and trust domains.
-    /// `revocation`'s CRLs refuse a revoked leaf or intermediate (`revoked`); a CA they do not
-    /// cover (another mesh's) is not refused for that.
-    pub fn new(
-        roots: Arc<RootCertStore>,
-        trust: TrustSettings,
-        issuers: Vec<(String, Vec<String>)>,
-        provider: Arc<CryptoProvider>,
+/// One bundle's roots and rustls' verifier over them.
+#[derive(Debug)]
+struct Bundle {
+    verifier: Arc<dyn ClientCertVerifier>,
+    roots: Arc<RootCertStore>,
+}
+
+impl Bundle {
+    fn new(
+        roots: &Arc<RootCertStore>,
+        provider: &Arc<CryptoProvider>,
         revocation: &Revocation,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
         let mut builder =
@@ -57,6 +60,31 @@ impl SpiffeClientVerifier {
                 builder = builder.enforce_revocation_expiration();
             }
         }
+        Ok(Self {
+            verifier: builder.build()?,
+            roots: roots.clone(),
+        })
+    }
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier for `roots` that admits the trust domains `trust` allows.
+    /// `issuers` are the resolved `spec.trust.issuers`: SPKI SHA-256 and trust domains.
+    /// `revocation`'s CRLs refuse a revoked leaf or intermediate (`revoked`); a CA they do not
+    /// cover (another mesh's) is not refused for that.
+    pub fn new(
+        roots: &TrustRoots,
+        trust: TrustSettings,
+        issuers: Vec<(String, Vec<String>)>,
+        provider: Arc<CryptoProvider>,
+        revocation: &Revocation,
+    ) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let default = Bundle::new(&roots.default, &provider, revocation)?;
+        let domains = roots
+            .domains
+            .iter()
+            .map(|(td, r)| Ok((td.clone(), Bundle::new(r, &provider, revocation)?)))
+            .collect::<Result<Vec<_>, rustls::server::VerifierBuilderError>>()?;
         let crls = revocation
             .crls
             .iter()
@@ -64,10 +92,10 @@ impl SpiffeClientVerifier {
             .map(webpki::CertRevocationList::from)
             .collect();
         Ok(Self {
-            inner: builder.build()?,
+            default,
+            domains,
             trust,
             issuers,
-            roots,
             provider,
             crls,
             deny_expired_crl: revocation.deny_expired,
@@ -79,6 +107,7 @@ impl SpiffeClientVerifier {
     /// the CAs above it, the trust anchor.
     fn verified_path(
         &self,
+        roots: &RootCertStore,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
@@ -98,7 +127,7 @@ impl SpiffeClientVerifier {
         let path = ee
             .verify_for_usage(
                 self.provider.signature_verification_algorithms.all,
-                &self.roots.roots,
+                &roots.roots,
                 intermediates,
                 now,
                 webpki::KeyUsage::client_auth(),
@@ -153,6 +182,7 @@ fn not_yet(time: UnixTime, not_before: UnixTime) -> String {
 /// the topmost certificate sent, and the roots' SPKI SHA-256 (16 hex digits each).
 fn unknown_issuer(
     roots: &RootCertStore,
+    bundle: Option<&str>,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
 ) -> String {
@@ -169,9 +199,13 @@ fn unknown_issuer(
             h
         })
         .collect();
+    let bundle = match bundle {
+        Some(td) => format!("the bundle of trust domain `{td}`"),
+        None => "the bundle".to_string(),
+    };
     format!(
         "the topmost certificate sent is issued by `{issuer}`, which is none of the {} root(s) \
-         of the bundle (SPKI SHA-256 {})",
+         of {bundle} (SPKI SHA-256 {})",
         tried.len(),
         tried.join(", ")
     )
@@ -204,7 +238,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.default.verifier.root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -213,25 +247,47 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // The bundle: the one of the trust domain the leaf names, if it has its own. The name is
+        // read before the chain is verified only to choose the roots; it is trusted after.
+        let named = (!self.domains.is_empty())
+            .then(|| peer_identity(end_entity).ok())
+            .flatten();
+        let own = named.as_ref().and_then(|p| {
+            let td = p.spiffe_id.trust_domain();
+            self.domains
+                .binary_search_by(|(d, _)| d.as_str().cmp(td))
+                .ok()
+                .and_then(|i| self.domains.get(i))
+        });
+        let (bundle_name, bundle) = match own {
+            Some((td, b)) => (Some(td.as_str()), b),
+            None => (None, &self.default),
+        };
         // With issuer binding the path is needed: verify it once, here, instead of in rustls'
         // verifier too.
         let verified = if self.issuers.is_empty() {
-            self.inner
+            bundle
+                .verifier
                 .verify_client_cert(end_entity, intermediates, now)
                 .map(|_| None)
         } else {
-            self.verified_path(end_entity, intermediates, now).map(Some)
+            self.verified_path(&bundle.roots, end_entity, intermediates, now)
+                .map(Some)
         };
         let path = verified.map_err(|e| match rustls_peer_error(&e) {
             // Said in full: what was sent, and the roots it was tried against.
             PeerError::UnknownIssuer(_) => reject(PeerError::UnknownIssuer(unknown_issuer(
-                &self.roots,
+                &bundle.roots,
+                bundle_name,
                 end_entity,
                 intermediates,
             ))),
             _ => e,
         })?;
-        let peer = peer_identity(end_entity).map_err(reject)?;
+        let peer = match named {
+            Some(peer) => peer,
+            None => peer_identity(end_entity).map_err(reject)?,
+        };
         let td = peer.spiffe_id.trust_domain();
         if !self.trust.admits(td) {
             let allowed: Vec<&str> = self
@@ -258,7 +314,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.default
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -267,11 +325,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.default
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.default.verifier.supported_verify_schemes()
     }
 }
 
@@ -404,40 +464,70 @@ fn copy(e: &PeerError) -> PeerError {
     }
 }
 
-/// Server verification for TLS origination: the chain to the bundle always; then either the
-/// SNI name (SIMPLE and MUTUAL without `subjectAltNames`), one of `subjectAltNames` (URI or DNS
-/// SAN), or — ISTIO_MUTUAL without them — any valid SPIFFE ID, as Istio accepts.
+/// Server verification for TLS origination: the chain to the bundle always (the bundle of the
+/// server's trust domain when it has its own); then either the SNI name (SIMPLE and MUTUAL
+/// without `subjectAltNames`), one of `subjectAltNames` (URI or DNS SAN), or — ISTIO_MUTUAL
+/// without them — any valid SPIFFE ID, as Istio accepts.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
+    /// Trust domain -> the verifier of its own bundle, sorted by trust domain.
+    domains: Vec<(String, Arc<rustls::client::WebPkiServerVerifier>)>,
     subject_alt_names: Vec<String>,
     istio: bool,
 }
 
 impl SpiffeServerVerifier {
     pub fn new(
-        roots: Arc<RootCertStore>,
+        roots: &TrustRoots,
         subject_alt_names: Vec<String>,
         istio: bool,
         provider: Arc<CryptoProvider>,
         revocation: &Revocation,
     ) -> Result<Self, rustls::client::VerifierBuilderError> {
-        let mut builder =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider);
-        if !revocation.crls.is_empty() {
-            builder = builder
-                .with_crls(revocation.crls.iter().cloned())
-                .allow_unknown_revocation_status();
-            if revocation.deny_expired {
-                builder = builder.enforce_revocation_expiration();
+        let build = |roots: &Arc<RootCertStore>| {
+            let mut builder = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            );
+            if !revocation.crls.is_empty() {
+                builder = builder
+                    .with_crls(revocation.crls.iter().cloned())
+                    .allow_unknown_revocation_status();
+                if revocation.deny_expired {
+                    builder = builder.enforce_revocation_expiration();
+                }
             }
-        }
-        let inner = builder.build()?;
+            builder.build()
+        };
+        let domains = roots
+            .domains
+            .iter()
+            .map(|(td, r)| Ok((td.clone(), build(r)?)))
+            .collect::<Result<Vec<_>, rustls::client::VerifierBuilderError>>()?;
         Ok(Self {
-            inner,
+            inner: build(&roots.default)?,
+            domains,
             subject_alt_names,
             istio,
         })
+    }
+
+    /// The verifier of the bundle the server's certificate names by its SPIFFE ID's trust
+    /// domain, or the default one.
+    fn bundle_of(&self, end_entity: &CertificateDer<'_>) -> &rustls::client::WebPkiServerVerifier {
+        if self.domains.is_empty() {
+            return &self.inner;
+        }
+        let Ok(peer) = peer_identity(end_entity) else {
+            return &self.inner;
+        };
+        let td = peer.spiffe_id.trust_domain();
+        self.domains
+            .binary_search_by(|(d, _)| d.as_str().cmp(td))
+            .ok()
+            .and_then(|i| self.domains.get(i))
+            .map_or(&self.inner, |(_, v)| v)
     }
 }
 
@@ -451,10 +541,13 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let by_name = self.subject_alt_names.is_empty() && !self.istio;
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match self.bundle_of(end_entity).verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp,
+            now,
+        ) {
             Ok(v) if by_name => return Ok(v),
             Ok(_) => {}
             // The chain verified; only the name did not, and the name is not what we check.

@@ -1,0 +1,293 @@
+//! Trust bundles per trust domain: a peer is verified against the roots of the trust domain
+//! its SPIFFE ID names when that trust domain has a bundle of its own (`spec.trust.bundles`,
+//! PEM or SPIFFE bundle JSON; `meshConfig.caCertificates` with `trustDomains`), and against
+//! `rootCerts` otherwise. Two meshes with roots of their own, each CA also minting the other
+//! mesh's trust domain, show that no trust domain's CA can vouch for another's identities.
+
+mod support;
+
+use http::StatusCode;
+
+use support::client::Client;
+use support::pki::Pki;
+use support::proxy::{echo, gateway_yaml, route_to, source_yaml, Proxy};
+
+const HOST: &str = "httpbin.example-target.com";
+const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
+const SLEEP_ID: &str = "spiffe://example.com/ns/default/sa/sleep";
+const TARGET_CLIENT_ID: &str = "spiffe://example-target.com/ns/default/sa/client";
+
+/// The target mesh (root B) and the source mesh (root A); each root has an intermediate for
+/// both trust domains, so each can mint the other's identities.
+fn two_roots() -> (Pki, Pki) {
+    let target = Pki::named("target mesh root", &["example-target.com", "example.com"]);
+    let source = Pki::named("source mesh root", &["example.com", "example-target.com"]);
+    (target, source)
+}
+
+/// A SPIFFE bundle document (JWK Set) with the certificates of `pem` as `x509-svid` keys.
+fn spiffe_bundle(pem: &str, sequence: u64) -> String {
+    let keys: Vec<serde_json::Value> = pem
+        .split("-----END CERTIFICATE-----")
+        .filter_map(|block| block.split("-----BEGIN CERTIFICATE-----").nth(1))
+        .map(|b64| {
+            let b64: String = b64.split_whitespace().collect();
+            serde_json::json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x5c": [b64]})
+        })
+        .collect();
+    serde_json::json!({
+        "keys": keys,
+        "spiffe_sequence": sequence,
+        "spiffe_refresh_hint": 300,
+    })
+    .to_string()
+}
+
+/// A gateway of the target mesh (root B as `rootCerts`) with `trust` under `spec`.
+fn gateway(trust: &str, backend: std::net::SocketAddr) -> String {
+    gateway_yaml(&route_to(HOST, backend)).replacen(
+        "  listen:",
+        &format!("  trust: {trust}\n  listen:"),
+        1,
+    )
+}
+
+async fn call(
+    pki_root_pem: &str,
+    caller: &meshgate_pki::Workload,
+    proxy: &Proxy,
+) -> Option<StatusCode> {
+    let client = Client::new(Some(caller), pki_root_pem, &[b"http/1.1"]);
+    client
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .ok()
+        .map(|r| r.status)
+}
+
+#[tokio::test]
+async fn a_trust_domain_with_its_own_bundle_is_verified_against_it_alone() {
+    let (target, source) = two_roots();
+    let backend = echo();
+    let yaml = gateway(
+        "{bundles: [{trustDomain: example.com, file: certs/example-com.json}]}",
+        backend.address,
+    );
+    let bundle = spiffe_bundle(&source.root.cert_pem, 1);
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &target.workload("example-target.com", GATEWAY_ID),
+        &[("certs/example-com.json", &bundle)],
+    )
+    .await;
+    let server_root = &target.root.cert_pem;
+
+    // example.com from its own root: accepted through its bundle, though `rootCerts` does not
+    // hold that root.
+    let sleep = source.workload("example.com", SLEEP_ID);
+    assert_eq!(
+        call(server_root, &sleep, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    // The gateway's own trust domain from `rootCerts`: accepted as before.
+    let local = target.workload("example-target.com", TARGET_CLIENT_ID);
+    assert_eq!(
+        call(server_root, &local, &proxy).await,
+        Some(StatusCode::OK)
+    );
+
+    // example.com minted under `rootCerts` (the target mesh's root): that root is not in
+    // example.com's bundle, so it is refused, although it chains to `rootCerts`.
+    let forged = target.workload("example.com", SLEEP_ID);
+    assert_eq!(call(server_root, &forged, &proxy).await, None);
+    // And the other way: example-target.com minted by the source mesh's root.
+    let forged_local = source.workload("example-target.com", TARGET_CLIENT_ID);
+    assert_eq!(call(server_root, &forged_local, &proxy).await, None);
+
+    // `meshgate pki inspect`'s verdict says which bundle the chain was tried against.
+    let model = meshgate_config::load(&[proxy.config()]).unwrap();
+    let material = meshgate_proxy::material::Material::read(&model).unwrap();
+    let chain = |w: &meshgate_pki::Workload| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let verdict = meshgate_proxy::tls::inspect::would_accept(&model, &material, &chain(&forged))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(verdict.reason(), "unknown_issuer", "{verdict}");
+    assert!(
+        verdict
+            .to_string()
+            .contains("the bundle of trust domain `example.com`"),
+        "{verdict}"
+    );
+    let verdict =
+        meshgate_proxy::tls::inspect::would_accept(&model, &material, &chain(&forged_local))
+            .unwrap()
+            .unwrap_err();
+    assert!(
+        !verdict.to_string().contains("trust domain `"),
+        "tried against rootCerts: {verdict}"
+    );
+    assert!(
+        meshgate_proxy::tls::inspect::would_accept(&model, &material, &chain(&sleep))
+            .unwrap()
+            .is_ok()
+    );
+    support::eventually("two refusals counted", || {
+        proxy.rejected("unknown_issuer") == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bundle_file_change_is_reloaded_and_a_broken_one_is_refused_with_the_old_kept() {
+    let (target, source) = two_roots();
+    let backend = echo();
+    let yaml = gateway(
+        "{bundles: [{trustDomain: example.com, file: certs/example-com.pem}]}",
+        backend.address,
+    );
+    // A PEM bundle this time.
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &target.workload("example-target.com", GATEWAY_ID),
+        &[("certs/example-com.pem", &source.root.cert_pem)],
+    )
+    .await;
+    let server_root = &target.root.cert_pem;
+    let sleep = source.workload("example.com", SLEEP_ID);
+    assert_eq!(
+        call(server_root, &sleep, &proxy).await,
+        Some(StatusCode::OK)
+    );
+
+    // The source mesh rotates to a new root: its bundle becomes a SPIFFE bundle with the new
+    // root only. The old one's workloads are refused after the reload; the new one's accepted.
+    let rotated = Pki::named("source mesh root 2", &["example.com"]);
+    let file = proxy.dir.path().join("certs/example-com.pem");
+    std::fs::write(&file, spiffe_bundle(&rotated.root.cert_pem, 2)).unwrap();
+    meshgate_proxy::reload::reload(&proxy.running, &[proxy.config()]).await;
+    assert_eq!(call(server_root, &sleep, &proxy).await, None);
+    let renewed = rotated.workload("example.com", SLEEP_ID);
+    assert_eq!(
+        call(server_root, &renewed, &proxy).await,
+        Some(StatusCode::OK)
+    );
+
+    // A bundle that holds no X.509 authority is refused, naming the file; the old one serves.
+    std::fs::write(&file, r#"{"keys": [{"use": "jwt-svid", "kty": "EC"}]}"#).unwrap();
+    let model = meshgate_config::load(&[proxy.config()]).unwrap();
+    let e = proxy.running.reload(model).await.unwrap_err().to_string();
+    assert!(e.contains("example-com.pem"), "{e}");
+    assert!(e.contains("x509-svid"), "{e}");
+    assert_eq!(
+        call(server_root, &renewed, &proxy).await,
+        Some(StatusCode::OK)
+    );
+}
+
+#[tokio::test]
+async fn mesh_config_ca_certificates_with_trust_domains_are_those_trust_domains_roots() {
+    let (target, source) = two_roots();
+    let backend = echo();
+    // Istio's field: the source mesh's root for example.com. Issuer binding comes with it, so
+    // the target mesh's own CA is bound to its trust domain too.
+    let indented: String = source
+        .root
+        .cert_pem
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    let yaml = format!(
+        "{}\n---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  meshConfig:\n    trustDomain: example-target.com\n    caCertificates:\n    - trustDomains: [example.com]\n      pem: |\n{indented}",
+        gateway(
+            "{issuers: [{certificate: certs/target-ca.pem, trustDomains: [example-target.com]}]}",
+            backend.address,
+        )
+        .replace(
+            "---\napiVersion: operator.kyma-project.io/v1alpha2\nkind: Istio\nmetadata: {name: default, namespace: kyma-system}\nspec:\n  config: {trustDomain: example-target.com}\n",
+            "",
+        )
+    );
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &target.workload("example-target.com", GATEWAY_ID),
+        &[(
+            "certs/target-ca.pem",
+            &target.ca("example-target.com").cert_pem,
+        )],
+    )
+    .await;
+    let server_root = &target.root.cert_pem;
+    let sleep = source.workload("example.com", SLEEP_ID);
+    assert_eq!(
+        call(server_root, &sleep, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    let local = target.workload("example-target.com", TARGET_CLIENT_ID);
+    assert_eq!(
+        call(server_root, &local, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    let forged = target.workload("example.com", SLEEP_ID);
+    assert_eq!(call(server_root, &forged, &proxy).await, None);
+    support::eventually("the refusal counted", || {
+        proxy.rejected("unknown_issuer") == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn originating_istio_mutual_verifies_the_remote_mesh_against_its_bundle() {
+    let (target, source) = two_roots();
+    let backend = echo();
+    let gateway_proxy = Proxy::start_with_files(
+        &gateway(
+            "{bundles: [{trustDomain: example.com, file: certs/example-com.json}]}",
+            backend.address,
+        ),
+        &target.workload("example-target.com", GATEWAY_ID),
+        &[(
+            "certs/example-com.json",
+            &spiffe_bundle(&source.root.cert_pem, 1),
+        )],
+    )
+    .await;
+    let target_addr = gateway_proxy.addr(443);
+    let sleep = source.workload(
+        "example.com",
+        "spiffe://example.com/ns/istio-system/sa/egress",
+    );
+
+    // The source proxy's `rootCerts` is its own root; the target mesh's root comes as the
+    // bundle of example-target.com.
+    let source_config = source_yaml(target_addr, "{tls: {mode: ISTIO_MUTUAL}}").replacen(
+        "  outbound:",
+        "  trust: {bundles: [{trustDomain: example-target.com, file: certs/target.pem}]}\n  outbound:",
+        1,
+    );
+    let sidecar = Proxy::start_with_files(
+        &source_config,
+        &sleep,
+        &[("certs/target.pem", &target.root.cert_pem)],
+    )
+    .await;
+    let r = support::client::plain_get(sidecar.outbound(), HOST, "/get", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Without the bundle the target mesh's server does not chain to `rootCerts`: refused.
+    let no_bundle = Proxy::start(
+        &source_yaml(target_addr, "{tls: {mode: ISTIO_MUTUAL}}"),
+        &sleep,
+    )
+    .await;
+    let r = support::client::plain_get(no_bundle.outbound(), HOST, "/get", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
