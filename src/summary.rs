@@ -39,8 +39,11 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
     if let Some(id) = runtime.and_then(|r| r.credentials.as_ref()) {
         let _ = writeln!(out, "  identity: {}", id.spiffe_id);
     }
-    if let Some(a) = model.proxy.admin {
-        let _ = writeln!(out, "  admin: {a}");
+    if let Some(a) = &model.proxy.admin {
+        let _ = writeln!(out, "  admin: {}", a.address);
+        if let Some(p) = a.probes {
+            let _ = writeln!(out, "  admin probes and metrics: {p}");
+        }
     }
     let p = &model.proxy;
     let _ = writeln!(

@@ -459,6 +459,60 @@ async fn mesh_config_ecdh_curves_choose_the_key_exchange() {
     }
 }
 
+/// The admin endpoints reachable from the pod network are the probes and the metrics; the
+/// configuration and the trust it holds stay on loopback unless asked for.
+#[tokio::test]
+async fn admin_off_loopback_serves_probes_and_metrics_but_not_the_config_or_certs() {
+    let pki = pki();
+    let backend = echo();
+    let identity = pki.workload("example-target.com", GATEWAY_ID);
+    let status = |addr: std::net::SocketAddr, path: &'static str| async move {
+        // A wildcard bind is reached over loopback here, as a kubelet reaches the pod IP.
+        let addr = std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port());
+        support::client::plain_get(addr, "admin", path, &[])
+            .await
+            .unwrap()
+            .status
+    };
+    let admin = |fields: &str| {
+        gateway_yaml(&route_to(HOST, backend.address)).replacen(
+            "  listen:",
+            &format!("  admin: {fields}\n  listen:"),
+            1,
+        )
+    };
+
+    let proxy = Proxy::start(
+        &admin("{address: \"0.0.0.0:0\", probes: \"0.0.0.0:0\"}"),
+        &identity,
+    )
+    .await;
+    let (full, probes) = (
+        proxy.running.admin.unwrap(),
+        proxy.running.admin_probes.expect("probes bound"),
+    );
+    for path in ["/ready", "/healthz", "/stats/prometheus"] {
+        assert_eq!(status(full, path).await, StatusCode::OK, "{path}");
+        assert_eq!(status(probes, path).await, StatusCode::OK, "{path}");
+    }
+    for path in ["/config_dump", "/certs"] {
+        assert_eq!(status(full, path).await, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(status(probes, path).await, StatusCode::NOT_FOUND, "{path}");
+    }
+    drop(proxy);
+
+    // Asked for: served on any address.
+    let proxy = Proxy::start(
+        &admin("{address: \"0.0.0.0:0\", debugEndpoints: true}"),
+        &identity,
+    )
+    .await;
+    let full = proxy.running.admin.unwrap();
+    assert_eq!(status(full, "/config_dump").await, StatusCode::OK);
+    assert_eq!(status(full, "/certs").await, StatusCode::OK);
+    assert_eq!(proxy.running.admin_probes, None);
+}
+
 #[tokio::test]
 async fn admin_shows_the_effective_config_and_certificates_without_keys() {
     let pki = pki();

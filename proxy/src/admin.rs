@@ -4,6 +4,11 @@
 //!
 //! `/ready` answers 200 once every listener is bound and the identity is loaded, and 503 again
 //! once shutdown starts; `/healthz` answers 200 while the process runs.
+//!
+//! What a listener serves (`Endpoints`): the admin address everything, but `/config_dump` and
+//! `/certs` (the configuration and the trust it holds: for the operator on the node, not the
+//! cluster) only on a loopback address or with `admin.debugEndpoints`; `admin.probes` only
+//! what the kubelet and Prometheus read.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,14 +39,42 @@ pub struct AdminState {
     pub version: AtomicU64,
 }
 
+/// Which endpoints one admin listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything.
+    All,
+    /// Everything but `/config_dump` and `/certs` (a non-loopback admin address).
+    WithoutDebug,
+    /// `/ready`, `/healthz` and `/stats/prometheus` (`admin.probes`).
+    Probes,
+}
+
+impl Endpoints {
+    /// The admin address's: all on loopback, or when debug endpoints are asked for.
+    pub fn of_admin(address: std::net::SocketAddr, debug_endpoints: bool) -> Self {
+        if debug_endpoints || address.ip().is_loopback() {
+            Self::All
+        } else {
+            Self::WithoutDebug
+        }
+    }
+}
+
 /// Serves the admin endpoints until shutdown.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    endpoints: Endpoints,
+    shutdown: watch::Receiver<bool>,
+) {
     let builder = Arc::new(Builder::new(TokioExecutor::new()));
     accept_loop(listener, shutdown, move |stream, _| {
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| respond(state.clone(), endpoints, req));
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -52,9 +85,25 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watc
 
 async fn respond(
     state: Arc<AdminState>,
+    endpoints: Endpoints,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+    let path = req.uri().path();
+    let debug = matches!(path, "/config_dump" | "/certs");
+    let probe = matches!(path, "/ready" | "/healthz" | "/stats/prometheus");
+    let (status, content_type, body) = match (req.method(), path) {
+        _ if endpoints == Endpoints::Probes && !probe => (
+            StatusCode::NOT_FOUND,
+            TEXT,
+            Bytes::from_static(b"not found: this listener serves /ready, /healthz and /stats/prometheus\n"),
+        ),
+        _ if endpoints == Endpoints::WithoutDebug && debug => (
+            StatusCode::FORBIDDEN,
+            TEXT,
+            Bytes::from_static(
+                b"served on a loopback admin address only (or with spec.admin.debugEndpoints: true)\n",
+            ),
+        ),
         (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => {
             (StatusCode::OK, TEXT, Bytes::from_static(b"LIVE\n"))
         }

@@ -69,6 +69,8 @@ pub struct Running {
     /// The Gateway listeners as first bound.
     pub listeners: Vec<BoundListener>,
     pub admin: Option<SocketAddr>,
+    /// The bound address of `admin.probes`, if any.
+    pub admin_probes: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     state: Arc<AdminState>,
     /// The configuration every new connection starts with; a reload swaps it.
@@ -132,14 +134,23 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
     )?);
     drop(material);
     let bound = bind_all(&model, &[])?;
-    let admin_listener = match model.proxy.admin {
-        Some(address) => Some(listen::bind(address).map_err(|source| StartError::Bind {
-            name: "admin".into(),
-            address,
-            source,
-        })?),
-        None => None,
-    };
+    let mut admin_listeners = Vec::new();
+    if let Some(a) = &model.proxy.admin {
+        let endpoints = admin::Endpoints::of_admin(a.address, a.debug_endpoints);
+        let probes = a
+            .probes
+            .map(|p| ("admin probes", p, admin::Endpoints::Probes));
+        for (name, address, endpoints) in
+            [("admin", a.address, endpoints)].into_iter().chain(probes)
+        {
+            let listener = listen::bind(address).map_err(|source| StartError::Bind {
+                name: name.into(),
+                address,
+                source,
+            })?;
+            admin_listeners.push((name, listener, endpoints));
+        }
+    }
 
     let shared = Arc::new(ArcSwap::new(runtime));
     let drain = Arc::new(Drain::new());
@@ -156,21 +167,29 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         active.push(spawn_accept(key, listener, &info, &shared, &drain));
         listeners.push(info);
     }
-    let admin = match admin_listener {
-        Some(listener) => {
-            let address = listener.local_addr().ok();
-            if let Some(a) = address {
-                info!(address = %a, "admin listening");
-            }
-            tokio::spawn(admin::serve(listener, state.clone(), admin_rx));
-            address
+    let mut admin = None;
+    let mut admin_probes = None;
+    for (name, listener, endpoints) in admin_listeners {
+        let address = listener.local_addr().ok();
+        if let Some(a) = address {
+            info!(address = %a, "{name} listening");
         }
-        None => None,
-    };
+        tokio::spawn(admin::serve(
+            listener,
+            state.clone(),
+            endpoints,
+            admin_rx.clone(),
+        ));
+        match endpoints {
+            admin::Endpoints::Probes => admin_probes = address,
+            _ => admin = address,
+        }
+    }
     state.ready.store(true, Ordering::Release);
     Ok(Running {
         listeners,
         admin,
+        admin_probes,
         metrics,
         state,
         shared,

@@ -12,9 +12,9 @@ use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::authz::Cidr;
 use crate::model::{
-    AccessLogEncoding, BundleSource, ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding,
-    IssuerKey, Limits, ProxyProtocol, ProxySettings, Tagging, TrustBundle, TrustSettings,
-    UnderscoreHeaders,
+    AccessLogEncoding, AdminSettings, BundleSource, ForwardClientCert, HttpSettings, IdentityFiles,
+    IssuerBinding, IssuerKey, Limits, ProxyProtocol, ProxySettings, Tagging, TrustBundle,
+    TrustSettings, UnderscoreHeaders,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -74,10 +74,18 @@ pub(crate) fn compile(
             })
             .ok()
     };
-    let admin = spec
-        .admin
-        .as_ref()
-        .and_then(|a| socket("spec.admin.address", &a.address, errors));
+    let admin = spec.admin.as_ref().and_then(|a| {
+        let address = socket("spec.admin.address", &a.address, errors);
+        let probes = match &a.probes {
+            Some(p) => Some(socket("spec.admin.probes", p, errors)?),
+            None => None,
+        };
+        Some(AdminSettings {
+            address: address?,
+            probes,
+            debug_endpoints: a.debug_endpoints.unwrap_or(false),
+        })
+    });
     let outbound = spec
         .outbound
         .as_ref()

@@ -60,7 +60,7 @@ pub struct ProxySettings {
     /// Istio's file-mounted identity, absolute paths.
     pub identity: Option<IdentityFiles>,
     /// The admin listener.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminSettings>,
     /// The plaintext egress listener.
     pub outbound: Option<SocketAddr>,
     /// Header names the proxy owns.
@@ -309,6 +309,19 @@ pub struct TrustSettings {
     /// `meshConfig.tlsDefaults.ecdhCurves`, in preference order; `None` keeps the default
     /// (X25519MLKEM768, X25519, P-256, P-384).
     pub ecdh_curves: Option<Vec<EcdhCurve>>,
+}
+
+/// `MeshGateway.spec.admin`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminSettings {
+    /// Every admin endpoint; `/config_dump` and `/certs` only when this is a loopback address
+    /// or `debug_endpoints` is set.
+    pub address: SocketAddr,
+    /// A second listener serving only `/ready`, `/healthz` and `/stats/prometheus`: what a
+    /// kubelet and Prometheus need from the pod network.
+    pub probes: Option<SocketAddr>,
+    /// `/config_dump` and `/certs` on a non-loopback `address` too.
+    pub debug_endpoints: bool,
 }
 
 /// Roots for one trust domain: `MeshGateway.spec.trust.bundles[]`, or a

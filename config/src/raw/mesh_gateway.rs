@@ -115,6 +115,8 @@ pub struct Outbound {
 #[serde(rename_all = "camelCase")]
 pub struct Admin {
     pub address: String,
+    pub probes: Option<String>,
+    pub debug_endpoints: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
