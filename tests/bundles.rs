@@ -241,7 +241,7 @@ async fn mesh_config_ca_certificates_with_trust_domains_are_those_trust_domains_
 }
 
 #[tokio::test]
-async fn originating_istio_mutual_verifies_the_remote_mesh_against_its_bundle() {
+async fn originating_istio_mutual_verifies_the_remote_mesh_against_its_bundle_and_says_why_not() {
     let (target, source) = two_roots();
     let backend = echo();
     let gateway_proxy = Proxy::start_with_files(
@@ -280,9 +280,18 @@ async fn originating_istio_mutual_verifies_the_remote_mesh_against_its_bundle() 
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 
-    // Without the bundle the target mesh's server does not chain to `rootCerts`: refused.
+    // Without the bundle the target mesh's server does not chain to `rootCerts`: refused, and
+    // the access log says why, with what the server presented (Envoy's
+    // `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    let logged = |yaml: String| {
+        yaml.replacen(
+            "  outbound:",
+            "  accessLog: {path: access.log}\n  outbound:",
+            1,
+        )
+    };
     let no_bundle = Proxy::start(
-        &source_yaml(target_addr, "{tls: {mode: ISTIO_MUTUAL}}"),
+        &logged(source_yaml(target_addr, "{tls: {mode: ISTIO_MUTUAL}}")),
         &sleep,
     )
     .await;
@@ -290,4 +299,40 @@ async fn originating_istio_mutual_verifies_the_remote_mesh_against_its_bundle() 
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let line = &support::json_lines(&no_bundle.dir.path().join("access.log"), 1).await[0];
+    let reason = line["upstream_transport_failure_reason"].as_str().unwrap();
+    assert!(reason.starts_with("unknown_issuer: "), "{reason}");
+    assert!(
+        reason.contains("target mesh root"),
+        "the issuer sent: {reason}"
+    );
+    assert!(
+        reason.contains(&format!("the server presented {GATEWAY_ID}")),
+        "{reason}"
+    );
+
+    // The chain is fine but the identity is not the one asked for.
+    let other = "spiffe://example-target.com/ns/istio-system/sa/other";
+    let wrong_name = Proxy::start_with_files(
+        &logged(source_config.replace(
+            "{tls: {mode: ISTIO_MUTUAL}}",
+            &format!("{{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{other}]}}}}"),
+        )),
+        &sleep,
+        &[("certs/target.pem", &target.root.cert_pem)],
+    )
+    .await;
+    let r = support::client::plain_get(wrong_name.outbound(), HOST, "/get", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let line = &support::json_lines(&wrong_name.dir.path().join("access.log"), 1).await[0];
+    assert_eq!(
+        line["upstream_transport_failure_reason"],
+        format!(
+            "identity_not_allowed: server identity not allowed: the server presented \
+             {GATEWAY_ID}, expected one of {other} (subjectAltNames)"
+        )
+    );
+    assert_eq!(line["response_flags"], "UF,URX");
 }

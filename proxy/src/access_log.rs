@@ -61,6 +61,12 @@ pub struct RequestEntry<'a> {
     pub bytes_out: u64,
     /// Envoy's response flags, comma-separated, or `-`.
     pub response_flags: ResponseFlags,
+    /// Why the TLS handshake with the upstream failed (Envoy's
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`): `<reason>: <detail>`, the reason as a refused
+    /// client's, the detail with what was expected and what the server presented. Left out
+    /// when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_transport_failure_reason: Option<&'a str>,
 }
 
 /// One of Envoy's response flags: what went differently for a request.

@@ -331,6 +331,9 @@ async fn handle_request(
                 .unwrap_or("");
             let flag = e.flag().map_or("-", ResponseFlag::code);
             warn!(peer = %conn.peer_addr, %listener, principal, flag, "{e}");
+            if let (Some(log), Some(tls)) = (&mut exchange.log, e.upstream_tls_failure()) {
+                log.transport_failure = Some(format!("{}: {tls}", tls.reason()));
+            }
             respond::error(&e)
         }
     };
@@ -567,6 +570,8 @@ struct Logged {
     status: Option<u16>,
     backend: Option<usize>,
     flags: ResponseFlags,
+    /// The upstream TLS handshake's failure, said in full.
+    transport_failure: Option<String>,
 }
 
 impl Exchange {
@@ -589,6 +594,7 @@ impl Exchange {
                 status: None,
                 backend: None,
                 flags: ResponseFlags::default(),
+                transport_failure: None,
             })
         });
         Self {
@@ -678,6 +684,7 @@ impl Done for Exchange {
             bytes_in: logged.bytes_in.load(Ordering::Relaxed),
             bytes_out,
             response_flags: flags,
+            upstream_transport_failure_reason: logged.transport_failure.as_deref(),
         });
     }
 }

@@ -121,6 +121,16 @@ impl ProxyError {
         }
     }
 
+    /// The upstream TLS handshake's refusal, when that is what failed.
+    pub fn upstream_tls_failure(&self) -> Option<&crate::identity::PeerError> {
+        match self {
+            Self::Forward(ForwardError::Connect(crate::forward::connect::ConnectError::Tls(e))) => {
+                Some(e)
+            }
+            _ => None,
+        }
+    }
+
     /// Envoy's response flag, for the access log (none for the request timeout, as Envoy).
     pub fn flag(&self) -> Option<ResponseFlag> {
         Some(match self {

@@ -31,9 +31,10 @@ pub enum ConnectError {
     /// Refused, unreachable, or a name that does not resolve.
     #[error("connect: {0}")]
     Tcp(#[source] io::Error),
-    /// The TLS handshake failed: wrong root, identity not allowed, refused certificate.
-    #[error("TLS: {0}")]
-    Tls(#[source] io::Error),
+    /// The TLS handshake failed: wrong root, identity not allowed, refused certificate; said
+    /// as a refused client is (reason, then what was expected and presented).
+    #[error("TLS handshake refused ({reason}): {0}", reason = .0.reason())]
+    Tls(#[source] crate::identity::PeerError),
     /// The HTTP handshake on the new connection failed.
     #[error("HTTP handshake: {0}")]
     Http(#[source] hyper::Error),
@@ -82,7 +83,7 @@ impl Connector {
                 let tls = TlsConnector::from(o.config.clone())
                     .connect(o.server_name.clone(), tcp)
                     .await
-                    .map_err(ConnectError::Tls)?;
+                    .map_err(|e| ConnectError::Tls(crate::tls::verify::peer_error(e)))?;
                 Ok(Either::Right(Box::new(tls)))
             }
         }

@@ -460,6 +460,8 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::ChainTooLong(n) => PeerError::ChainTooLong(*n),
         PeerError::Revoked => PeerError::Revoked,
         PeerError::CrlExpired => PeerError::CrlExpired,
+        PeerError::IdentityNotAllowed(d) => PeerError::IdentityNotAllowed(d.clone()),
+        PeerError::InvalidCertificate(d) => PeerError::InvalidCertificate(d.clone()),
         other => PeerError::InvalidCertificate(other.to_string()),
     }
 }
@@ -473,6 +475,8 @@ pub struct SpiffeServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     /// Trust domain -> the verifier of its own bundle, sorted by trust domain.
     domains: Vec<(String, Arc<rustls::client::WebPkiServerVerifier>)>,
+    /// The roots behind them, to say what a chain was tried against.
+    roots: TrustRoots,
     subject_alt_names: Vec<String>,
     istio: bool,
 }
@@ -508,26 +512,30 @@ impl SpiffeServerVerifier {
         Ok(Self {
             inner: build(&roots.default)?,
             domains,
+            roots: roots.clone(),
             subject_alt_names,
             istio,
         })
     }
 
     /// The verifier of the bundle the server's certificate names by its SPIFFE ID's trust
-    /// domain, or the default one.
-    fn bundle_of(&self, end_entity: &CertificateDer<'_>) -> &rustls::client::WebPkiServerVerifier {
+    /// domain, or the default one, with the trust domain when it has its own.
+    fn bundle_of(
+        &self,
+        end_entity: &CertificateDer<'_>,
+    ) -> (&rustls::client::WebPkiServerVerifier, Option<&str>) {
         if self.domains.is_empty() {
-            return &self.inner;
+            return (&self.inner, None);
         }
         let Ok(peer) = peer_identity(end_entity) else {
-            return &self.inner;
+            return (&self.inner, None);
         };
         let td = peer.spiffe_id.trust_domain();
         self.domains
             .binary_search_by(|(d, _)| d.as_str().cmp(td))
             .ok()
             .and_then(|i| self.domains.get(i))
-            .map_or(&self.inner, |(_, v)| v)
+            .map_or((&self.inner, None), |(td, v)| (&**v, Some(td.as_str())))
     }
 }
 
@@ -541,31 +549,65 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let by_name = self.subject_alt_names.is_empty() && !self.istio;
-        match self.bundle_of(end_entity).verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp,
-            now,
-        ) {
+        let (verifier, bundle) = self.bundle_of(end_entity);
+        // What the server presented, said with every refusal: its SANs, as the expected names
+        // are written.
+        let presented = || {
+            let names = san_names(end_entity);
+            if names.is_empty() {
+                "no SAN".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Ok(v) if by_name => return Ok(v),
             Ok(_) => {}
             // The chain verified; only the name did not, and the name is not what we check.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !by_name => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                let roots = bundle
+                    .and_then(|td| self.roots.of_domain(td))
+                    .unwrap_or(&self.roots.default);
+                let wrong_name = matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                            | CertificateError::NotValidForNameContext { .. }
+                    )
+                );
+                let e = match rustls_peer_error(&e) {
+                    PeerError::UnknownIssuer(_) => PeerError::UnknownIssuer(unknown_issuer(
+                        roots,
+                        bundle,
+                        end_entity,
+                        intermediates,
+                    )),
+                    _ if wrong_name => PeerError::IdentityNotAllowed(format!(
+                        "not valid for the name `{}`",
+                        server_name.to_str()
+                    )),
+                    other => other,
+                };
+                return Err(reject(presented_by(e, &presented())));
+            }
         }
         if self.subject_alt_names.is_empty() {
             // ISTIO_MUTUAL: any workload of a mesh under the bundle.
-            peer_identity(end_entity)
-                .map_err(|e| reject(PeerError::IdentityNotAllowed(e.to_string())))?;
+            peer_identity(end_entity).map_err(|e| {
+                reject(PeerError::IdentityNotAllowed(format!(
+                    "not an X509-SVID ({e}); the server presented {}",
+                    presented()
+                )))
+            })?;
         } else {
             let names = san_names(end_entity);
             if !names.iter().any(|n| self.subject_alt_names.contains(n)) {
                 return Err(reject(PeerError::IdentityNotAllowed(format!(
-                    "{} is not one of {}",
-                    names.join(", "),
+                    "the server presented {}, expected one of {} (subjectAltNames)",
+                    presented(),
                     self.subject_alt_names.join(", ")
                 ))));
             }
@@ -593,6 +635,25 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// `e` with what the server presented added to its detail.
+fn presented_by(e: PeerError, presented: &str) -> PeerError {
+    let add = |d: String| {
+        if d.is_empty() {
+            format!("the server presented {presented}")
+        } else {
+            format!("{d}; the server presented {presented}")
+        }
+    };
+    match e {
+        PeerError::UnknownIssuer(d) => PeerError::UnknownIssuer(add(d)),
+        PeerError::Expired(d) => PeerError::Expired(add(d)),
+        PeerError::NotYetValid(d) => PeerError::NotYetValid(add(d)),
+        PeerError::InvalidCertificate(d) => PeerError::InvalidCertificate(add(d)),
+        PeerError::IdentityNotAllowed(d) => PeerError::IdentityNotAllowed(add(d)),
+        other => other,
     }
 }
 
