@@ -108,10 +108,25 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("meshgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = demo(&dir, keep_running).await;
-    if !keep_running {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    // Kept while the demo runs (`--keep-running` until Ctrl-C or SIGTERM), never after.
+    let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
@@ -276,8 +291,8 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
             mark.into(),
         ]);
     }
-    print_table(&rows);
-    // The client sees the alert before the gateway's task has counted the rejection.
+    // The client sees the alert before the gateway's task has counted the rejection, which
+    // it does after its WARN line: waited for first, so the line comes before the table.
     let mut rejected = 0;
     for _ in 0..100 {
         rejected = target.metrics.handshakes_rejected("unknown_issuer");
@@ -286,6 +301,7 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    print_table(&rows);
     println!("\ntarget gateway: meshgate_handshakes_total{{result=\"rejected\",reason=\"unknown_issuer\"}} {rejected}");
     all_ok &= rejected == 1;
 
@@ -297,9 +313,13 @@ async fn demo(dir: &Path, keep_running: bool) -> anyhow::Result<bool> {
             "  curl --resolve {HOST}:{port}:127.0.0.1 --cacert {d}/pki/root/root-cert.pem \\\n       --cert {d}/callers/target-curl/cert-chain.pem --key {d}/callers/target-curl/key.pem \\\n       https://{HOST}:{port}/get",
             port = gateway.port()
         );
-        println!("  meshgate pki inspect {d}/source/certs/cert-chain.pem");
+        // This binary, wherever it is: `meshgate` need not be on PATH.
+        let me = std::env::current_exe()
+            .map_or_else(|_| "meshgate".to_string(), |p| p.display().to_string());
+        println!("  {me} pki inspect {d}/source/certs/cert-chain.pem -c {d}/target");
         println!("  configs: {d}/target, {d}/source and {d}/east-west");
-        let _ = tokio::signal::ctrl_c().await;
+        println!("  (the directory is removed on exit)");
+        stopped().await;
     }
     east_west.shutdown(Duration::from_secs(1)).await;
     source.shutdown(Duration::from_secs(1)).await;

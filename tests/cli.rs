@@ -576,6 +576,90 @@ async fn sigint_stops_the_proxy_and_healthz_answers_until_then() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
+/// `--keep-running`: the table is whole (the refused caller's WARN comes before it, on the
+/// same terminal), the printed `pki inspect` command runs as printed, and the demo's directory
+/// is gone once it is stopped.
+#[test]
+fn demo_keeps_its_table_whole_and_its_commands_runnable_and_cleans_up_when_stopped() {
+    let dir = TempDir::new("demo-out");
+    let out_path = dir.path().join("out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Proc(
+        Command::new(BIN)
+            .args(["demo", "--keep-running"])
+            .env_remove("MESHGATE_LOG")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap(),
+    );
+    let read = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !read().contains("Still running") {
+        assert!(std::time::Instant::now() < deadline, "{}", read());
+        assert!(child.0.try_wait().unwrap().is_none(), "exited: {}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = read();
+    let lines: Vec<&str> = output.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("caller"))
+        .unwrap();
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("target gateway:"))
+        .unwrap();
+    assert!(
+        lines[header..end].iter().all(|l| !l.contains("WARN")),
+        "a log line inside the table:\n{output}"
+    );
+    assert!(
+        lines[..header]
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("handshake rejected")),
+        "the refusal's WARN line before the table:\n{output}"
+    );
+
+    let inspect = lines.iter().find(|l| l.contains(" pki inspect ")).unwrap();
+    let words: Vec<&str> = inspect.split_whitespace().collect();
+    assert!(
+        Path::new(words[0]).is_absolute(),
+        "not runnable off PATH: {inspect}"
+    );
+    let verdict = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    assert!(verdict.status.success(), "{inspect}: {}", text(&verdict));
+    assert!(String::from_utf8_lossy(&verdict.stdout).contains("accepted"));
+
+    let configs = lines.iter().find(|l| l.contains("configs: ")).unwrap();
+    let demo_dir = configs
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(',')
+        .trim_end_matches("/target")
+        .to_string();
+    assert!(Path::new(&demo_dir).join("target").is_dir(), "{demo_dir}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}: {}", read());
+    assert!(!Path::new(&demo_dir).exists(), "{demo_dir} left behind");
+}
+
 #[test]
 fn demo_runs_two_meshes_end_to_end() {
     let out = meshgate(&["demo"]);
