@@ -336,3 +336,261 @@ async fn originating_istio_mutual_verifies_the_remote_mesh_against_its_bundle_an
     );
     assert_eq!(line["response_flags"], "UF,URX");
 }
+
+/// A SPIFFE bundle endpoint on 127.0.0.1: HTTPS with `identity`'s certificate, answering every
+/// request with the current document (or closing, once stopped).
+struct BundleServer {
+    port: u16,
+    document: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl BundleServer {
+    async fn start(identity: &meshgate_pki::Workload, document: String) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let chain =
+            rustls::pki_types::CertificateDer::pem_slice_iter(identity.chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let document = std::sync::Arc::new(std::sync::Mutex::new(Some(document)));
+        let serving = document.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, serving) = (acceptor.clone(), serving.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = serving.lock().unwrap().clone();
+                    let Some(body) = body else { return };
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self { port, document }
+    }
+
+    fn serve(&self, document: Option<String>) {
+        *self.document.lock().unwrap() = document;
+    }
+}
+
+/// A web server's leaf for `localhost`, issued under `pki`'s root.
+fn localhost(pki: &Pki) -> meshgate_pki::Workload {
+    let mut spec = meshgate_pki::LeafSpec::spiffe("spiffe://web.example/unused");
+    spec.uris.clear();
+    spec.dns = vec!["localhost".into()];
+    pki.leaf("web.example", &spec)
+}
+
+fn fetches(proxy: &Proxy, result: &str) -> bool {
+    let line = format!("meshgate_bundle_fetches_total{{result=\"{result}\"}}");
+    proxy
+        .running
+        .metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with(&line) && l.ends_with(" 1"))
+}
+
+#[tokio::test]
+async fn a_bundle_endpoint_over_https_web_is_fetched_refreshed_and_kept_when_it_fails() {
+    let (target, source) = two_roots();
+    let web = Pki::named("web root", &["web.example"]);
+    let server =
+        BundleServer::start(&localhost(&web), spiffe_bundle(&source.root.cert_pem, 1)).await;
+    let backend = echo();
+    let yaml = gateway(
+        &format!(
+            "{{bundles: [{{trustDomain: example.com, endpoint: {{url: \"https://localhost:{}/bundle\", profile: https_web, caCertificates: certs/web-root.pem}}}}]}}\n  accessLog: {{path: access.log}}",
+            server.port
+        ),
+        backend.address,
+    );
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &target.workload("example-target.com", GATEWAY_ID),
+        &[("certs/web-root.pem", &web.root.cert_pem)],
+    )
+    .await;
+    let server_root = &target.root.cert_pem;
+    let sleep = source.workload("example.com", SLEEP_ID);
+
+    // Before the first fetch the trust domain has no roots: refused, and said so.
+    assert_eq!(call(server_root, &sleep, &proxy).await, None);
+    let line = &support::json_lines(&proxy.dir.path().join("access.log"), 1).await[0];
+    assert_eq!(line["reason"], "unknown_issuer");
+    let detail = line["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("bundle of trust domain `example.com` has no roots yet"),
+        "{detail}"
+    );
+
+    let fetched = proxy.running.refresh_bundles(true).await;
+    assert!(
+        fetched.changed && fetched.failures.is_empty(),
+        "{fetched:?}"
+    );
+    assert_eq!(
+        call(server_root, &sleep, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    // The gateway's own trust domain is still verified against rootCerts.
+    let local = target.workload("example-target.com", TARGET_CLIENT_ID);
+    assert_eq!(
+        call(server_root, &local, &proxy).await,
+        Some(StatusCode::OK)
+    );
+
+    // The endpoint rotates to a new root: the next fetch puts it in place of the old one.
+    let rotated = Pki::named("source mesh root 2", &["example.com"]);
+    server.serve(Some(spiffe_bundle(&rotated.root.cert_pem, 2)));
+    let fetched = proxy.running.refresh_bundles(true).await;
+    assert!(fetched.changed, "{fetched:?}");
+    assert_eq!(call(server_root, &sleep, &proxy).await, None);
+    let renewed = rotated.workload("example.com", SLEEP_ID);
+    assert_eq!(
+        call(server_root, &renewed, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    // The same bundle again changes nothing.
+    assert!(!proxy.running.refresh_bundles(true).await.changed);
+
+    // The endpoint stops answering: the fetch fails, the last good roots stay.
+    server.serve(None);
+    let fetched = proxy.running.refresh_bundles(true).await;
+    assert_eq!(fetched.failures.len(), 1, "{fetched:?}");
+    assert_eq!(
+        call(server_root, &renewed, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    assert!(fetches(&proxy, "unchanged") && fetches(&proxy, "failed"));
+
+    // A reload keeps what was fetched.
+    meshgate_proxy::reload::reload(&proxy.running, &[proxy.config()]).await;
+    assert_eq!(
+        call(server_root, &renewed, &proxy).await,
+        Some(StatusCode::OK)
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_endpoint_over_https_spiffe_is_authenticated_by_its_spiffe_id() {
+    let (target, source) = two_roots();
+    const ENDPOINT_ID: &str = "spiffe://example.com/spire/server";
+    let rotated = Pki::named("source mesh root 2", &["example.com"]);
+    // The endpoint serves both roots while the source mesh rotates.
+    let both = format!("{}{}", source.root.cert_pem, rotated.root.cert_pem);
+    let server = BundleServer::start(
+        &source.workload("example.com", ENDPOINT_ID),
+        spiffe_bundle(&both, 5),
+    )
+    .await;
+    let backend = echo();
+    let config = |id: &str| {
+        gateway(
+            &format!(
+                "{{bundles: [{{trustDomain: example.com, file: certs/example-com.json}}, {{trustDomain: example.com, endpoint: {{url: \"https://127.0.0.1:{}/\", profile: https_spiffe, spiffeId: \"{id}\"}}}}]}}",
+                server.port
+            ),
+            backend.address,
+        )
+    };
+    // Bootstrapped from the file, as SPIFFE federation starts: the endpoint is authenticated
+    // with the trust domain's bundle as the proxy holds it.
+    let files = [(
+        "certs/example-com.json",
+        spiffe_bundle(&source.root.cert_pem, 1),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let proxy = Proxy::start_with_files(
+        &config(ENDPOINT_ID),
+        &target.workload("example-target.com", GATEWAY_ID),
+        &files,
+    )
+    .await;
+    let server_root = &target.root.cert_pem;
+    let renewed = rotated.workload("example.com", SLEEP_ID);
+    assert_eq!(call(server_root, &renewed, &proxy).await, None);
+    let fetched = proxy.running.refresh_bundles(true).await;
+    assert!(
+        fetched.changed && fetched.failures.is_empty(),
+        "{fetched:?}"
+    );
+    assert_eq!(
+        call(server_root, &renewed, &proxy).await,
+        Some(StatusCode::OK)
+    );
+    let sleep = source.workload("example.com", SLEEP_ID);
+    assert_eq!(
+        call(server_root, &sleep, &proxy).await,
+        Some(StatusCode::OK)
+    );
+
+    // An endpoint that is not the SPIFFE ID configured is not believed.
+    let other = Proxy::start_with_files(
+        &config("spiffe://example.com/spire/other"),
+        &target.workload("example-target.com", GATEWAY_ID),
+        &files,
+    )
+    .await;
+    let fetched = other.running.refresh_bundles(true).await;
+    assert!(!fetched.changed);
+    let failure = &fetched.failures[0];
+    assert!(failure.contains("identity_not_allowed"), "{failure}");
+    assert!(
+        failure.contains(&format!("the server presented {ENDPOINT_ID}")),
+        "{failure}"
+    );
+    assert_eq!(call(server_root, &renewed, &other).await, None);
+}
+
+#[test]
+fn istio_spiffe_bundle_url_is_a_bundle_endpoint_over_web_pki() {
+    let yaml = format!(
+        "{}\n---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {{name: mesh, namespace: istio-system}}\nspec:\n  meshConfig:\n    caCertificates:\n    - spiffeBundleUrl: spire.example.com:8443\n      trustDomains: [example.com, example.org]\n",
+        gateway_yaml("")
+    );
+    let model = meshgate_config::load_str("mesh.yaml", &yaml).unwrap();
+    let endpoints: Vec<String> = model
+        .trust
+        .bundles
+        .iter()
+        .map(|b| match &b.source {
+            meshgate_config::model::BundleSource::Endpoint(e) => format!(
+                "{} {} {:?} {:?}",
+                b.trust_domain, e.url, e.profile, e.refresh
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            "example.com https://spire.example.com:8443 HttpsWeb { ca_certificates: None } 300s",
+            "example.org https://spire.example.com:8443 HttpsWeb { ca_certificates: None } 300s",
+        ]
+    );
+}

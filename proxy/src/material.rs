@@ -22,6 +22,8 @@ use meshgate_config::Model;
 #[derive(Debug, Default)]
 pub struct Material {
     files: HashMap<PathBuf, FileMaterial>,
+    /// The roots each bundle endpoint served last, by URL (`tls::federation`).
+    fetched: HashMap<String, Vec<CertificateDer<'static>>>,
 }
 
 /// What one file holds.
@@ -94,10 +96,24 @@ impl Material {
             }
         }
         if errors.is_empty() {
-            Ok(Self { files })
+            Ok(Self {
+                files,
+                fetched: HashMap::new(),
+            })
         } else {
             Err(FileErrors(errors))
         }
+    }
+
+    /// With the roots the bundle endpoints served.
+    pub fn with_fetched(mut self, fetched: HashMap<String, Vec<CertificateDer<'static>>>) -> Self {
+        self.fetched = fetched;
+        self
+    }
+
+    /// What the bundle endpoint at `url` served last: nothing before its first fetch.
+    pub fn fetched(&self, url: &str) -> &[CertificateDer<'static>] {
+        self.fetched.get(url).map_or(&[], Vec::as_slice)
     }
 
     /// The certificates of `path`, at least one.

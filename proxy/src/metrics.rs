@@ -34,6 +34,9 @@ use crate::serve::TimedOut;
 const PROXY_PROTOCOL: [&str; 3] = ["proxied", "local", "rejected"];
 
 /// Process-wide counters, and the families configurations take their series from.
+/// What a bundle endpoint fetch came to: new roots, the same roots, or no bundle.
+const BUNDLE_FETCHES: [&str; 3] = ["changed", "unchanged", "failed"];
+
 #[derive(Debug)]
 pub struct Metrics {
     handshakes_ok: AtomicU64,
@@ -42,6 +45,8 @@ pub struct Metrics {
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
+    /// Bundle endpoint fetches by result (`BUNDLE_FETCHES`).
+    bundle_fetches: [AtomicU64; BUNDLE_FETCHES.len()],
     /// HTTP connections a limit closed, by the limit (`TimedOut::ALL`).
     connections_closed: [AtomicU64; TimedOut::ALL.len()],
     /// Passed-through connections by how they ended (`passthrough::ENDS`).
@@ -118,6 +123,7 @@ impl Metrics {
             active_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
+            bundle_fetches: Default::default(),
             connections_closed: Default::default(),
             passthrough: Default::default(),
             passthrough_bytes: Default::default(),
@@ -212,6 +218,13 @@ impl Metrics {
     /// Counts a connection closed at accept because its listener is full.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a bundle endpoint fetch by its result (`BUNDLE_FETCHES`).
+    pub fn bundle_fetch(&self, result: &str) {
+        if let Some(c) = counter(&BUNDLE_FETCHES, &self.bundle_fetches, result) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts an HTTP connection a limit closed.
@@ -500,6 +513,18 @@ impl Metrics {
             "",
             self.connections_refused.load(Ordering::Relaxed),
         );
+        e.family(
+            "meshgate_bundle_fetches_total",
+            "counter",
+            "SPIFFE bundle endpoint fetches, by result.",
+        );
+        for (result, c) in BUNDLE_FETCHES.iter().zip(&self.bundle_fetches) {
+            e.sample(
+                "meshgate_bundle_fetches_total",
+                &labels(&[("result", result)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
         e.family(
             "meshgate_connections_closed_total",
             "counter",

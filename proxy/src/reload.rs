@@ -47,8 +47,13 @@ pub async fn run(
     };
     tokio::pin!(stop);
     loop {
+        // SPIFFE bundle endpoints: fetched at once, then by their refresh hints.
+        let bundles_due = running.next_bundle_refresh();
         tokio::select! {
             _ = &mut stop => return,
+            () = until(bundles_due) => {
+                running.refresh_bundles(false).await;
+            }
             _ = hangup_recv(&mut hangup) => {
                 info!("SIGHUP: reloading");
                 reload(running, paths).await;
@@ -125,6 +130,14 @@ fn interval(period: Duration) -> Interval {
     let mut i = tokio::time::interval_at(now.checked_add(period).unwrap_or(now), period);
     i.set_missed_tick_behavior(MissedTickBehavior::Skip);
     i
+}
+
+/// Resolves at `at`; never without one.
+async fn until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn tick(ticker: &mut Option<Interval>) {

@@ -12,8 +12,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
+use meshgate_config::model::BundleSource;
 use meshgate_config::Model;
 
 use crate::access_log::AccessLog;
@@ -24,6 +25,7 @@ use crate::listen;
 use crate::material::{FileErrors, Material};
 use crate::metrics::Metrics;
 use crate::runtime::{self, BuildError, ListenerKey, Runtime};
+use crate::tls::federation::Fetched;
 
 /// Why the proxy could not start. Nothing is left running when this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,19 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     /// Shared with the accept loops, which hand a watch to each connection.
     drain: Arc<Drain>,
+    /// What the bundle endpoints served, kept across reloads.
+    pub bundles: Arc<Fetched>,
+}
+
+/// What one round of bundle endpoint fetches did.
+#[derive(Debug, Default)]
+pub struct BundlesRefreshed {
+    /// Endpoints fetched.
+    pub fetched: usize,
+    /// Whether any trust domain's roots changed (the runtime was rebuilt with them).
+    pub changed: bool,
+    /// `url: why` of each failed fetch (the last good bundle stays).
+    pub failures: Vec<String>,
 }
 
 /// One open connection of a listener, given back when dropped.
@@ -196,6 +211,7 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         active: tokio::sync::Mutex::new(active),
         admin_stop,
         drain,
+        bundles: Arc::new(Fetched::default()),
     })
 }
 
@@ -205,9 +221,11 @@ async fn build(
     model: Arc<Model>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    bundles: &Fetched,
 ) -> Result<Runtime, StartError> {
+    let fetched = bundles.roots();
     tokio::task::spawn_blocking(move || {
-        let material = Material::read(&model)?;
+        let material = Material::read(&model)?.with_fetched(fetched);
         Ok(Runtime::build(model, &material, metrics, access_log)?)
     })
     .await
@@ -326,7 +344,15 @@ impl Running {
         let model = Arc::new(model);
         // The access log keeps its file; moving it needs a restart.
         let access_log = self.shared.load().access_log.clone();
-        let runtime = Arc::new(build(model.clone(), self.metrics.clone(), access_log).await?);
+        let runtime = Arc::new(
+            build(
+                model.clone(),
+                self.metrics.clone(),
+                access_log,
+                &self.bundles,
+            )
+            .await?,
+        );
         let mut active = self.active.lock().await;
         let existing: Vec<ListenerKey> = active.iter().map(|a| a.key).collect();
         let fresh = bind_all(&model, &existing)?;
@@ -354,6 +380,83 @@ impl Running {
         }
         info!(listeners = model.listeners.len(), "configuration reloaded");
         Ok(())
+    }
+
+    /// Fetches the bundle endpoints that are due (`all`: every one), keeps what they serve,
+    /// and rebuilds the running configuration when a trust domain's roots changed. A failed
+    /// fetch keeps the last good bundle and is tried again within 30 s.
+    pub async fn refresh_bundles(&self, all: bool) -> BundlesRefreshed {
+        let runtime = self.shared.load_full();
+        let model = runtime.model.clone();
+        let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
+        let trust = runtime.credentials.as_ref().map(|c| &c.roots);
+        let mut done = BundlesRefreshed::default();
+        let mut seen = Vec::new();
+        let now = std::time::Instant::now();
+        for endpoint in model.trust.bundles.iter().filter_map(|b| match &b.source {
+            BundleSource::Endpoint(e) => Some(e),
+            _ => None,
+        }) {
+            if seen.contains(&&endpoint.url) || !(all || self.bundles.due(&endpoint.url, now)) {
+                continue;
+            }
+            seen.push(&endpoint.url);
+            done.fetched = done.fetched.saturating_add(1);
+            match crate::tls::federation::fetch(endpoint, trust, &provider).await {
+                Ok(bundle) => {
+                    let roots = bundle.x509_authorities.len();
+                    let changed = self.bundles.store(&endpoint.url, bundle, endpoint.refresh);
+                    self.metrics
+                        .bundle_fetch(if changed { "changed" } else { "unchanged" });
+                    if changed {
+                        info!(url = %endpoint.url, roots, "trust bundle fetched: roots changed");
+                    }
+                    done.changed |= changed;
+                }
+                Err(e) => {
+                    self.metrics.bundle_fetch("failed");
+                    warn!(url = %endpoint.url, "trust bundle fetch failed, the last good bundle stays: {e}");
+                    self.bundles
+                        .failed(&endpoint.url, endpoint.refresh.min(Duration::from_secs(30)));
+                    done.failures.push(format!("{}: {e}", endpoint.url));
+                }
+            }
+        }
+        if done.changed {
+            let access_log = runtime.access_log.clone();
+            match build(model, self.metrics.clone(), access_log, &self.bundles).await {
+                Ok(rebuilt) => {
+                    self.shared.store(Arc::new(rebuilt));
+                    self.state.version.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    warn!("the fetched trust bundles could not be put in place: {e}");
+                    done.failures.push(e.to_string());
+                }
+            }
+        }
+        done
+    }
+
+    /// When the next bundle endpoint is due: `None` without endpoints, now when one was never
+    /// fetched.
+    pub fn next_bundle_refresh(&self) -> Option<std::time::Instant> {
+        let model = self.model();
+        let mut urls = model
+            .trust
+            .bundles
+            .iter()
+            .filter_map(|b| match &b.source {
+                BundleSource::Endpoint(e) => Some(e.url.as_str()),
+                _ => None,
+            })
+            .peekable();
+        urls.peek()?;
+        Some(
+            self.bundles
+                .next_due(urls)
+                .unwrap_or_else(std::time::Instant::now),
+        )
     }
 
     /// Stops accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1.1 close after

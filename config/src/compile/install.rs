@@ -15,8 +15,8 @@ use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::path::{NormalizationMode, PathNormalization};
 use crate::model::{
-    AccessLogEncoding, BundleSource, EcdhCurve, ForwardClientCert, IssuerBinding, IssuerKey,
-    OutboundPolicy, TrustBundle,
+    AccessLogEncoding, BundleEndpoint, BundleSource, EcdhCurve, EndpointProfile, ForwardClientCert,
+    IssuerBinding, IssuerKey, OutboundPolicy, TrustBundle,
 };
 use crate::raw::istio::{present, IstioOperatorSpec, KymaIstioSpec, MeshConfig};
 use crate::spiffe::TrustDomain;
@@ -492,15 +492,54 @@ fn mesh_config(
         o.unsupported(
             errors,
             &field,
-            &[
-                ("spiffeBundleUrl", ca.spiffe_bundle_url.is_some()),
-                ("certSigners", ca.cert_signers.is_some()),
-            ],
+            &[("certSigners", ca.cert_signers.is_some())],
         );
-        let Some(pem) = &ca.pem else {
-            if ca.spiffe_bundle_url.is_none() {
-                errors.push(o.error(format!("{field}.pem"), "required"));
+        if let Some(url) = &ca.spiffe_bundle_url {
+            // Istio fetches it over Web PKI with the system's roots; `host:port` alone means
+            // https.
+            let url = if url.contains("://") {
+                url.clone()
+            } else {
+                format!("https://{url}")
+            };
+            if ca.pem.is_some() {
+                errors.push(o.error(
+                    format!("{field}.spiffeBundleUrl"),
+                    "one of pem and spiffeBundleUrl, not both",
+                ));
+                continue;
             }
+            if !url.starts_with("https://") || url.parse::<http::Uri>().is_err() {
+                errors.push(o.error(
+                    format!("{field}.spiffeBundleUrl"),
+                    format!("`{url}` is not an https URL"),
+                ));
+                continue;
+            }
+            if ca.trust_domains.is_empty() {
+                errors.push(o.error(
+                    format!("{field}.trustDomains"),
+                    "required by meshgate: the trust domains whose bundle the endpoint serves",
+                ));
+                continue;
+            }
+            for (j, td) in ca.trust_domains.iter().enumerate() {
+                let td = trust_domain(o, &format!("{field}.trustDomains[{j}]"), td, errors);
+                install.bundles.extend(td.map(|trust_domain| TrustBundle {
+                    trust_domain,
+                    source: BundleSource::Endpoint(BundleEndpoint {
+                        url: url.clone(),
+                        profile: EndpointProfile::HttpsWeb {
+                            ca_certificates: None,
+                        },
+                        refresh: std::time::Duration::from_secs(300),
+                    }),
+                }));
+            }
+            continue;
+        }
+        let Some(pem) = &ca.pem else {
+            errors.push(o.error(format!("{field}.pem"), "required"));
             continue;
         };
         if !pem.contains("-----BEGIN CERTIFICATE-----") {

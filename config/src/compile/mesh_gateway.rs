@@ -12,9 +12,9 @@ use super::{relative_to, Origin, Parsed};
 use crate::error::ConfigError;
 use crate::model::authz::Cidr;
 use crate::model::{
-    AccessLogEncoding, AdminSettings, BundleSource, ForwardClientCert, HttpSettings, IdentityFiles,
-    IssuerBinding, IssuerKey, Limits, ProxyProtocol, ProxySettings, Tagging, TrustBundle,
-    TrustSettings, UnderscoreHeaders,
+    AccessLogEncoding, AdminSettings, BundleEndpoint, BundleSource, EndpointProfile,
+    ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey, Limits,
+    ProxyProtocol, ProxySettings, Tagging, TrustBundle, TrustSettings, UnderscoreHeaders,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -219,6 +219,113 @@ fn reload_poll(
         }
     }
 }
+
+/// A bundle endpoint: an `https` URL, its profile and what the profile needs.
+fn bundle_endpoint(
+    o: &Origin,
+    path: &str,
+    e: &crate::raw::mesh_gateway::BundleEndpoint,
+    errors: &mut Vec<ConfigError>,
+) -> Option<BundleEndpoint> {
+    let before = errors.len();
+    let url = match &e.url {
+        Some(url) => {
+            let ok = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("https") && u.host().is_some());
+            if ok.is_none() {
+                errors.push(o.error(
+                    format!("{path}.url"),
+                    format!("`{url}` is not an https://host[:port]/path URL"),
+                ));
+            }
+            url.clone()
+        }
+        None => {
+            errors.push(o.error(format!("{path}.url"), "required"));
+            String::new()
+        }
+    };
+    let profile = match (e.profile.as_deref(), &e.spiffe_id, &e.ca_certificates) {
+        (Some("https_web"), None, ca) => Some(EndpointProfile::HttpsWeb {
+            ca_certificates: ca.as_ref().map(|f| relative_to(&o.file, f)),
+        }),
+        (Some("https_spiffe"), Some(id), None) => match meshgate_spiffe::SpiffeId::parse(id) {
+            Ok(_) => Some(EndpointProfile::HttpsSpiffe {
+                spiffe_id: id.clone(),
+            }),
+            Err(err) => {
+                errors.push(o.error(
+                    format!("{path}.spiffeId"),
+                    format!("`{id}` is not a SPIFFE ID: {err}"),
+                ));
+                None
+            }
+        },
+        (Some("https_web"), Some(_), _) => {
+            errors.push(o.error(
+                format!("{path}.spiffeId"),
+                "only with profile https_spiffe (https_web authenticates the server by its name)",
+            ));
+            None
+        }
+        (Some("https_spiffe"), None, _) => {
+            errors.push(o.error(
+                format!("{path}.spiffeId"),
+                "required with profile https_spiffe: the endpoint server's SPIFFE ID",
+            ));
+            None
+        }
+        (Some("https_spiffe"), Some(_), Some(_)) => {
+            errors.push(o.error(
+                format!("{path}.caCertificates"),
+                "only with profile https_web (https_spiffe verifies against the trust domain's bundle)",
+            ));
+            None
+        }
+        (other, _, _) => {
+            errors.push(o.error(
+                format!("{path}.profile"),
+                format!(
+                    "{}: https_web or https_spiffe",
+                    other.map_or("required".to_string(), |p| format!(
+                        "`{p}` is not a profile"
+                    ))
+                ),
+            ));
+            None
+        }
+    };
+    let refresh = match &e.refresh {
+        None => DEFAULT_BUNDLE_REFRESH,
+        Some(text) => match parse_duration(text) {
+            Some(d) if (BUNDLE_REFRESH.0..=BUNDLE_REFRESH.1).contains(&d) => d,
+            _ => {
+                errors.push(o.error(
+                    format!("{path}.refresh"),
+                    format!(
+                        "`{text}` is not a duration from {:?} to {:?}",
+                        BUNDLE_REFRESH.0, BUNDLE_REFRESH.1
+                    ),
+                ));
+                DEFAULT_BUNDLE_REFRESH
+            }
+        },
+    };
+    (errors.len() == before).then_some(BundleEndpoint {
+        url,
+        profile: profile?,
+        refresh,
+    })
+}
+
+/// How often a bundle endpoint is fetched when its bundle gives no refresh hint.
+const DEFAULT_BUNDLE_REFRESH: Duration = Duration::from_secs(300);
+
+/// The range of a bundle endpoint's `refresh` (and of the refresh hints honoured).
+pub const BUNDLE_REFRESH: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(86_400));
 
 /// The range of `spec.reload.pollInterval`.
 const RELOAD_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(86_400));
@@ -531,20 +638,22 @@ pub(crate) fn trust(
                         None
                     }
                 };
-                let file = match &bundle.file {
-                    Some(file) => Some(relative_to(&o.file, file)),
-                    None => {
+                let source = match (&bundle.file, &bundle.endpoint) {
+                    (Some(file), None) => Some(BundleSource::File(relative_to(&o.file, file))),
+                    (None, Some(e)) => bundle_endpoint(o, &format!("{path}.endpoint"), e, errors)
+                        .map(BundleSource::Endpoint),
+                    _ => {
                         errors.push(o.error(
-                            format!("{path}.file"),
-                            "required: a PEM file or a SPIFFE bundle (JSON)",
+                            path.clone(),
+                            "exactly one of file (PEM or a SPIFFE bundle) and endpoint is required",
                         ));
                         None
                     }
                 };
-                if let (Some(trust_domain), Some(file)) = (td, file) {
+                if let (Some(trust_domain), Some(source)) = (td, source) {
                     settings.bundles.push(TrustBundle {
                         trust_domain,
-                        source: BundleSource::File(file),
+                        source,
                     });
                 }
             }

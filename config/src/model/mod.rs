@@ -340,6 +340,30 @@ pub enum BundleSource {
     /// PEM certificates given inline (`meshConfig.caCertificates[].pem`).
     #[serde(serialize_with = "serialize_pem")]
     Pem(String),
+    /// A SPIFFE bundle endpoint, fetched and refreshed while the proxy runs.
+    Endpoint(BundleEndpoint),
+}
+
+/// A SPIFFE bundle endpoint (SPIFFE Trust Domain and Bundle, Federation): an HTTPS URL that
+/// serves the trust domain's bundle document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BundleEndpoint {
+    /// `https://host[:port]/path`.
+    pub url: String,
+    pub profile: EndpointProfile,
+    /// The default refresh, when the bundle has no `spiffe_refresh_hint`.
+    pub refresh: std::time::Duration,
+}
+
+/// How the endpoint's server is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum EndpointProfile {
+    /// `https_web`: Web PKI, the server's certificate valid for the URL's host, chained to
+    /// `ca_certificates` or else the system's roots.
+    HttpsWeb { ca_certificates: Option<PathBuf> },
+    /// `https_spiffe`: the server presents this SPIFFE ID, verified against the bundle of its
+    /// trust domain as configured (a bundle file given beside the endpoint, to start from).
+    HttpsSpiffe { spiffe_id: String },
 }
 
 /// One entry of `MeshGateway.spec.trust.issuers`.
@@ -417,8 +441,16 @@ impl Model {
             }
         }
         for bundle in &self.trust.bundles {
-            if let BundleSource::File(path) = &bundle.source {
-                files.push(path.clone());
+            match &bundle.source {
+                BundleSource::File(path) => files.push(path.clone()),
+                BundleSource::Endpoint(BundleEndpoint {
+                    profile:
+                        EndpointProfile::HttpsWeb {
+                            ca_certificates: Some(path),
+                        },
+                    ..
+                }) => files.push(path.clone()),
+                _ => {}
             }
         }
         for b in &self.backends {

@@ -196,7 +196,7 @@ pub struct CertificateData {
     pub pem: Option<String>,
     #[serde(default)]
     pub trust_domains: Vec<String>,
-    pub spiffe_bundle_url: Unsupported,
+    pub spiffe_bundle_url: Option<String>,
     pub cert_signers: Unsupported,
 }
 

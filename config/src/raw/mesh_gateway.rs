@@ -134,6 +134,18 @@ pub struct Trust {
 pub struct Bundle {
     pub trust_domain: Option<String>,
     pub file: Option<String>,
+    pub endpoint: Option<BundleEndpoint>,
+}
+
+/// A SPIFFE bundle endpoint (SPIFFE Federation): where, and how its server is authenticated.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleEndpoint {
+    pub url: Option<String>,
+    pub profile: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub refresh: Option<String>,
 }
 
 /// An intermediate CA, by its certificate or SPKI hash, and the trust domains it may issue.

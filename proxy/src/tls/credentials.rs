@@ -81,9 +81,12 @@ fn domain_roots(bundles: &[TrustBundle], material: &Material) -> Result<DomainRo
             BundleSource::Pem(_) => {
                 std::path::PathBuf::from(format!("meshConfig.caCertificates ({})", b.trust_domain))
             }
+            BundleSource::Endpoint(e) => std::path::PathBuf::from(&e.url),
         };
         let certs = match &b.source {
             BundleSource::File(path) => material.certificates(path)?.to_vec(),
+            // Nothing before the first fetch: the trust domain's peers are refused until then.
+            BundleSource::Endpoint(e) => material.fetched(&e.url).to_vec(),
             BundleSource::Pem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| identity_error(&place(b), format!("bad PEM: {e}")))?,

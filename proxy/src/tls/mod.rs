@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod client;
 pub mod credentials;
+pub mod federation;
 pub mod files;
 pub mod inspect;
 pub mod server;

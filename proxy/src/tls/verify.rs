@@ -26,6 +26,8 @@ use crate::identity::{peer_identity, sha256_hex, PeerError};
 pub struct SpiffeClientVerifier {
     /// Against `rootCerts`: for peers whose trust domain has no bundle of its own.
     default: Bundle,
+    /// Its verifier (`rootCerts` is never empty): root hints and signatures.
+    inner: Arc<dyn ClientCertVerifier>,
     /// Trust domain -> the verifier of its own bundle, sorted by trust domain.
     domains: Vec<(String, Bundle)>,
     trust: TrustSettings,
@@ -37,10 +39,11 @@ pub struct SpiffeClientVerifier {
     deny_expired_crl: bool,
 }
 
-/// One bundle's roots and rustls' verifier over them.
+/// One bundle's roots and rustls' verifier over them; no verifier while there are no roots
+/// (a bundle endpoint not fetched yet).
 #[derive(Debug)]
 struct Bundle {
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     roots: Arc<RootCertStore>,
 }
 
@@ -50,6 +53,22 @@ impl Bundle {
         provider: &Arc<CryptoProvider>,
         revocation: &Revocation,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let verifier = if roots.is_empty() {
+            None
+        } else {
+            Some(Self::verifier(roots, provider, revocation)?)
+        };
+        Ok(Self {
+            verifier,
+            roots: roots.clone(),
+        })
+    }
+
+    fn verifier(
+        roots: &Arc<RootCertStore>,
+        provider: &Arc<CryptoProvider>,
+        revocation: &Revocation,
+    ) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
         let mut builder =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
         if !revocation.crls.is_empty() {
@@ -60,10 +79,7 @@ impl Bundle {
                 builder = builder.enforce_revocation_expiration();
             }
         }
-        Ok(Self {
-            verifier: builder.build()?,
-            roots: roots.clone(),
-        })
+        builder.build()
     }
 }
 
@@ -79,7 +95,11 @@ impl SpiffeClientVerifier {
         provider: Arc<CryptoProvider>,
         revocation: &Revocation,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let default = Bundle::new(&roots.default, &provider, revocation)?;
+        let inner = Bundle::verifier(&roots.default, &provider, revocation)?;
+        let default = Bundle {
+            verifier: Some(inner.clone()),
+            roots: roots.default.clone(),
+        };
         let domains = roots
             .domains
             .iter()
@@ -93,6 +113,7 @@ impl SpiffeClientVerifier {
             .collect();
         Ok(Self {
             default,
+            inner,
             domains,
             trust,
             issuers,
@@ -238,7 +259,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.default.verifier.root_hint_subjects()
+        self.inner.root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -265,9 +286,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         };
         // With issuer binding the path is needed: verify it once, here, instead of in rustls'
         // verifier too.
+        let Some(verifier) = &bundle.verifier else {
+            return Err(reject(PeerError::UnknownIssuer(format!(
+                "the bundle of trust domain `{}` has no roots yet (its bundle endpoint has not \
+                 answered)",
+                bundle_name.unwrap_or("")
+            ))));
+        };
         let verified = if self.issuers.is_empty() {
-            bundle
-                .verifier
+            verifier
                 .verify_client_cert(end_entity, intermediates, now)
                 .map(|_| None)
         } else {
@@ -314,9 +341,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.default
-            .verifier
-            .verify_tls12_signature(message, cert, dss)
+        self.inner.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -325,13 +350,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.default
-            .verifier
-            .verify_tls13_signature(message, cert, dss)
+        self.inner.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.default.verifier.supported_verify_schemes()
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -473,8 +496,9 @@ fn copy(e: &PeerError) -> PeerError {
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
-    /// Trust domain -> the verifier of its own bundle, sorted by trust domain.
-    domains: Vec<(String, Arc<rustls::client::WebPkiServerVerifier>)>,
+    /// Trust domain -> the verifier of its own bundle (none while it has no roots), sorted by
+    /// trust domain.
+    domains: Vec<(String, Option<Arc<rustls::client::WebPkiServerVerifier>>)>,
     /// The roots behind them, to say what a chain was tried against.
     roots: TrustRoots,
     subject_alt_names: Vec<String>,
@@ -507,7 +531,10 @@ impl SpiffeServerVerifier {
         let domains = roots
             .domains
             .iter()
-            .map(|(td, r)| Ok((td.clone(), build(r)?)))
+            .map(|(td, r)| {
+                let verifier = if r.is_empty() { None } else { Some(build(r)?) };
+                Ok((td.clone(), verifier))
+            })
             .collect::<Result<Vec<_>, rustls::client::VerifierBuilderError>>()?;
         Ok(Self {
             inner: build(&roots.default)?,
@@ -523,19 +550,21 @@ impl SpiffeServerVerifier {
     fn bundle_of(
         &self,
         end_entity: &CertificateDer<'_>,
-    ) -> (&rustls::client::WebPkiServerVerifier, Option<&str>) {
+    ) -> (Option<&rustls::client::WebPkiServerVerifier>, Option<&str>) {
         if self.domains.is_empty() {
-            return (&self.inner, None);
+            return (Some(&self.inner), None);
         }
         let Ok(peer) = peer_identity(end_entity) else {
-            return (&self.inner, None);
+            return (Some(&self.inner), None);
         };
         let td = peer.spiffe_id.trust_domain();
         self.domains
             .binary_search_by(|(d, _)| d.as_str().cmp(td))
             .ok()
             .and_then(|i| self.domains.get(i))
-            .map_or((&self.inner, None), |(td, v)| (&**v, Some(td.as_str())))
+            .map_or((Some(&self.inner), None), |(td, v)| {
+                (v.as_deref(), Some(td.as_str()))
+            })
     }
 }
 
@@ -559,6 +588,16 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
             } else {
                 names.join(", ")
             }
+        };
+        let Some(verifier) = verifier else {
+            return Err(reject(presented_by(
+                PeerError::UnknownIssuer(format!(
+                    "the bundle of trust domain `{}` has no roots yet (its bundle endpoint has \
+                     not answered)",
+                    bundle.unwrap_or("")
+                )),
+                &presented(),
+            )));
         };
         match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Ok(v) if by_name => return Ok(v),
