@@ -65,6 +65,25 @@ async fn call(
         .map(|r| r.status)
 }
 
+/// At a gateway of the target mesh that gives example.com the source mesh's root: example.com
+/// from that root is accepted, though `rootCerts` does not hold it; the gateway's own trust
+/// domain still goes by `rootCerts`; example.com minted under `rootCerts` is refused, although
+/// it chains there. Returns the accepted and the refused example.com workloads.
+async fn assert_isolated(
+    target: &Pki,
+    source: &Pki,
+    proxy: &Proxy,
+) -> (meshgate_pki::Workload, meshgate_pki::Workload) {
+    let server_root = &target.root.cert_pem;
+    let sleep = source.workload("example.com", SLEEP_ID);
+    assert_eq!(call(server_root, &sleep, proxy).await, Some(StatusCode::OK));
+    let local = target.workload("example-target.com", TARGET_CLIENT_ID);
+    assert_eq!(call(server_root, &local, proxy).await, Some(StatusCode::OK));
+    let forged = target.workload("example.com", SLEEP_ID);
+    assert_eq!(call(server_root, &forged, proxy).await, None);
+    (sleep, forged)
+}
+
 #[tokio::test]
 async fn a_trust_domain_with_its_own_bundle_is_verified_against_it_alone() {
     let (target, source) = two_roots();
@@ -81,25 +100,7 @@ async fn a_trust_domain_with_its_own_bundle_is_verified_against_it_alone() {
     )
     .await;
     let server_root = &target.root.cert_pem;
-
-    // example.com from its own root: accepted through its bundle, though `rootCerts` does not
-    // hold that root.
-    let sleep = source.workload("example.com", SLEEP_ID);
-    assert_eq!(
-        call(server_root, &sleep, &proxy).await,
-        Some(StatusCode::OK)
-    );
-    // The gateway's own trust domain from `rootCerts`: accepted as before.
-    let local = target.workload("example-target.com", TARGET_CLIENT_ID);
-    assert_eq!(
-        call(server_root, &local, &proxy).await,
-        Some(StatusCode::OK)
-    );
-
-    // example.com minted under `rootCerts` (the target mesh's root): that root is not in
-    // example.com's bundle, so it is refused, although it chains to `rootCerts`.
-    let forged = target.workload("example.com", SLEEP_ID);
-    assert_eq!(call(server_root, &forged, &proxy).await, None);
+    let (sleep, forged) = assert_isolated(&target, &source, &proxy).await;
     // And the other way: example-target.com minted by the source mesh's root.
     let forged_local = source.workload("example-target.com", TARGET_CLIENT_ID);
     assert_eq!(call(server_root, &forged_local, &proxy).await, None);
@@ -221,19 +222,7 @@ async fn mesh_config_ca_certificates_with_trust_domains_are_those_trust_domains_
         )],
     )
     .await;
-    let server_root = &target.root.cert_pem;
-    let sleep = source.workload("example.com", SLEEP_ID);
-    assert_eq!(
-        call(server_root, &sleep, &proxy).await,
-        Some(StatusCode::OK)
-    );
-    let local = target.workload("example-target.com", TARGET_CLIENT_ID);
-    assert_eq!(
-        call(server_root, &local, &proxy).await,
-        Some(StatusCode::OK)
-    );
-    let forged = target.workload("example.com", SLEEP_ID);
-    assert_eq!(call(server_root, &forged, &proxy).await, None);
+    assert_isolated(&target, &source, &proxy).await;
     support::eventually("the refusal counted", || {
         proxy.rejected("unknown_issuer") == 1
     })

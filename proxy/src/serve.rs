@@ -170,35 +170,23 @@ impl HttpServers {
             timed.then_some(self.request_header_timeout),
             self.header_bytes,
         ));
+        let ends = Ends {
+            drain,
+            idle,
+            stalled,
+            activity: &closing,
+        };
         match version {
             Some(HttpVersion::Http1) => {
                 let conn = self.http1.serve_connection(io, service);
-                let ends = Ends {
-                    drain,
-                    idle,
-                    stalled,
-                    activity: &closing,
-                };
                 until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
-                let ends = Ends {
-                    drain,
-                    idle,
-                    stalled,
-                    activity: &closing,
-                };
                 until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
             None => {
                 let conn = self.detect.serve_connection(io, service).into_owned();
-                let ends = Ends {
-                    drain,
-                    idle,
-                    stalled,
-                    activity: &closing,
-                };
                 until_closed(conn, |c| c.graceful_shutdown(), ends).await
             }
         }
