@@ -99,6 +99,16 @@ enum Command {
     /// Make and inspect Istio-style certificates.
     #[command(subcommand)]
     Pki(Pki),
+    /// GET an admin endpoint and exit 0 on 200: a container HEALTHCHECK where the image has no
+    /// shell or HTTP client.
+    Probe {
+        /// `http://host:port/path` (plain HTTP, as the admin listener speaks).
+        #[arg(default_value = "http://127.0.0.1:15000/ready")]
+        url: String,
+        /// How long to wait for the answer, in seconds.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +223,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 tracing::info!(address = %echo.address, "echo listening");
                 shutdown_signal().await;
                 Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Probe { url, timeout } => {
+            let status = probe(&url, std::time::Duration::from_secs(timeout.max(1)))?;
+            println!("{url}: {status}");
+            Ok(if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             })
         }
         Command::Demo { keep_running } => {
@@ -556,6 +575,42 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// One `GET` over plain HTTP/1.1 with a deadline; the status code of the answer.
+fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("`{url}`: only http:// URLs"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let address = authority
+        .to_socket_addrs()
+        .with_context(|| format!("`{authority}` is not host:port"))?
+        .next()
+        .with_context(|| format!("`{authority}` resolves to nothing"))?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&address, timeout)
+        .with_context(|| format!("connect {address}"))?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        let n = tcp.read(head.get_mut(read..).unwrap_or_default())?;
+        anyhow::ensure!(n > 0, "{address} closed without an answer");
+        read += n;
+    }
+    let line = String::from_utf8_lossy(head.get(..read).unwrap_or_default()).into_owned();
+    line.strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {line:?}"))
 }
 
 #[cfg(test)]

@@ -1157,3 +1157,31 @@ fn pki_workload_refuses_another_trust_domains_identity_unless_allowed() {
     ]);
     assert!(from_root.status.success(), "{}", text(&from_root));
 }
+
+/// `meshgate probe`, the container HEALTHCHECK: exit 0 on 200 only.
+#[tokio::test]
+async fn probe_exits_zero_only_on_a_200() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to("httpbin.example-target.com", backend.address)).replacen(
+        "  listen:",
+        "  admin: {address: \"127.0.0.1:0\"}\n  listen:",
+        1,
+    );
+    let proxy =
+        support::proxy::Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let admin = proxy.running.admin.unwrap();
+    let probe = |path: String| {
+        tokio::task::spawn_blocking(move || meshgate(&["probe", &format!("http://{admin}{path}")]))
+    };
+    let ready = probe("/ready".into()).await.unwrap();
+    assert!(ready.status.success(), "{}", text(&ready));
+    assert!(String::from_utf8_lossy(&ready.stdout).ends_with(": 200\n"));
+    let missing = probe("/nothing-here".into()).await.unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stdout).ends_with(": 404\n"));
+    drop(proxy);
+    let closed = probe("/ready".into()).await.unwrap();
+    assert!(!closed.status.success());
+    assert!(text(&closed).contains("connect"), "{}", text(&closed));
+}
