@@ -274,6 +274,26 @@ check "check -c passes as 65532 with a read-only root, no /tmp, no capability" \
   -v "${PROJECT}_id-target:/pki/target:ro" -v "$REPO/docker/config/target:/config:ro" \
   localhost/meshgate:test-cc check -c /config >"$WORK/check.log" 2>&1 || { cat "$WORK/check.log"; false; }
 
+say "the build context keeps keys out (.dockerignore)"
+# The repository's files, plus keys where the README's step by step and `meshgate pki` write
+# them, as the context of an image that copies all it is given.
+ctx="$WORK/repo-context"
+mkdir -p "$ctx"
+git -C "$REPO" ls-files -z | (cd "$REPO" && xargs -0 cp --parents -t "$ctx")
+mkdir -p "$ctx/examples/target-mesh/certs" "$ctx/pki-out" "$ctx/target/release"
+for f in examples/target-mesh/certs/key.pem root-key.pem pki-out/ca-key.pem pki-out/tls.key; do
+  echo "not a key" >"$ctx/$f"
+done
+cp "$WORK/context/meshgate" "$ctx/target/release/meshgate"
+printf 'FROM %s\nCOPY . /ctx\n' "$BASE_IMAGE" >"$WORK/Containerfile.context"
+podman build -q -f "$WORK/Containerfile.context" -t localhost/meshgate-context:test "$ctx" >/dev/null
+inside() { podman run --rm localhost/meshgate-context:test sh -c "$1"; }
+check "no key or certificate in the context" \
+  test -z "$(inside 'find /ctx -name "*.pem" -o -name "*.key" -o -name certs')"
+check "... but the sources, the manifest and the prebuilt binary" \
+  inside 'test -f /ctx/Cargo.lock && test -f /ctx/proxy/src/lib.rs && test -x /ctx/target/release/meshgate'
+podman rmi -f localhost/meshgate-context:test >/dev/null 2>&1 || true
+
 say "times"
 printf '  %s\n' "${TIMES[@]}"
 if [ "$FAILED" = 0 ]; then echo "all checks passed"; else echo "SOME CHECKS FAILED"; fi
