@@ -311,10 +311,15 @@ fn check(config: &[PathBuf], suppress: &[String], output: Output) -> anyhow::Res
     let model = Arc::new(model);
     let metrics = Arc::new(meshgate_proxy::metrics::Metrics::new());
     let runtime = match meshgate_proxy::material::Material::read(&model) {
-        Ok(material) => {
-            meshgate_proxy::runtime::Runtime::build(model.clone(), &material, metrics, None)
-                .map_err(|e| e.to_string())
-        }
+        Ok(material) => meshgate_proxy::tls::workload_api::fetch_once(&model).and_then(|svid| {
+            meshgate_proxy::runtime::Runtime::build(
+                model.clone(),
+                &material.with_svid(svid),
+                metrics,
+                None,
+            )
+            .map_err(|e| e.to_string())
+        }),
         Err(e) => Err(e.to_string()),
     };
     let mut warnings = model.warnings.clone();
@@ -488,8 +493,11 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
 fn would_accept(file: &Path, config: &[PathBuf]) -> anyhow::Result<bool> {
     use rustls::pki_types::pem::PemObject;
     let model = meshgate_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let material =
-        meshgate_proxy::material::Material::read(&model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let svid =
+        meshgate_proxy::tls::workload_api::fetch_once(&model).map_err(|e| anyhow::anyhow!(e))?;
+    let material = meshgate_proxy::material::Material::read(&model)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_svid(svid);
     let chain = rustls::pki_types::CertificateDer::pem_file_iter(file)
         .with_context(|| format!("reading {}", file.display()))?
         .collect::<Result<Vec<_>, _>>()

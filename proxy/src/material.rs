@@ -24,6 +24,8 @@ pub struct Material {
     files: HashMap<PathBuf, FileMaterial>,
     /// The roots each bundle endpoint served last, by URL (`tls::federation`).
     fetched: HashMap<String, Vec<CertificateDer<'static>>>,
+    /// What the Workload API served last (`tls::workload_api`).
+    svid: Option<std::sync::Arc<crate::tls::workload_api::Svid>>,
 }
 
 /// What one file holds.
@@ -99,6 +101,7 @@ impl Material {
             Ok(Self {
                 files,
                 fetched: HashMap::new(),
+                svid: None,
             })
         } else {
             Err(FileErrors(errors))
@@ -109,6 +112,20 @@ impl Material {
     pub fn with_fetched(mut self, fetched: HashMap<String, Vec<CertificateDer<'static>>>) -> Self {
         self.fetched = fetched;
         self
+    }
+
+    /// With what the Workload API served.
+    pub fn with_svid(
+        mut self,
+        svid: Option<std::sync::Arc<crate::tls::workload_api::Svid>>,
+    ) -> Self {
+        self.svid = svid;
+        self
+    }
+
+    /// What the Workload API served, if the identity comes from it.
+    pub fn svid(&self) -> Option<&std::sync::Arc<crate::tls::workload_api::Svid>> {
+        self.svid.as_ref()
     }
 
     /// What the bundle endpoint at `url` served last: nothing before its first fetch.

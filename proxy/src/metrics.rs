@@ -36,6 +36,8 @@ const PROXY_PROTOCOL: [&str; 3] = ["proxied", "local", "rejected"];
 /// Process-wide counters, and the families configurations take their series from.
 /// What a bundle endpoint fetch came to: new roots, the same roots, or no bundle.
 const BUNDLE_FETCHES: [&str; 3] = ["changed", "unchanged", "failed"];
+/// What became of an update the Workload API streamed.
+const WORKLOAD_API_UPDATES: [&str; 2] = ["applied", "refused"];
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +49,8 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     /// Bundle endpoint fetches by result (`BUNDLE_FETCHES`).
     bundle_fetches: [AtomicU64; BUNDLE_FETCHES.len()],
+    /// Workload API updates by result (`WORKLOAD_API_UPDATES`).
+    workload_api_updates: [AtomicU64; WORKLOAD_API_UPDATES.len()],
     /// HTTP connections a limit closed, by the limit (`TimedOut::ALL`).
     connections_closed: [AtomicU64; TimedOut::ALL.len()],
     /// Passed-through connections by how they ended (`passthrough::ENDS`).
@@ -124,6 +128,7 @@ impl Metrics {
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
             bundle_fetches: Default::default(),
+            workload_api_updates: Default::default(),
             connections_closed: Default::default(),
             passthrough: Default::default(),
             passthrough_bytes: Default::default(),
@@ -225,6 +230,22 @@ impl Metrics {
         if let Some(c) = counter(&BUNDLE_FETCHES, &self.bundle_fetches, result) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a Workload API update by its result (`WORKLOAD_API_UPDATES`).
+    pub fn workload_api_update(&self, result: &str) {
+        if let Some(c) = counter(&WORKLOAD_API_UPDATES, &self.workload_api_updates, result) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Workload API updates with `result` so far, for tests.
+    pub fn workload_api_updates(&self, result: &str) -> u64 {
+        WORKLOAD_API_UPDATES
+            .iter()
+            .zip(&self.workload_api_updates)
+            .find(|(r, _)| **r == result)
+            .map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 
     /// Counts an HTTP connection a limit closed.
@@ -521,6 +542,18 @@ impl Metrics {
         for (result, c) in BUNDLE_FETCHES.iter().zip(&self.bundle_fetches) {
             e.sample(
                 "meshgate_bundle_fetches_total",
+                &labels(&[("result", result)]),
+                c.load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "meshgate_workload_api_updates_total",
+            "counter",
+            "SVID and bundle updates streamed by the SPIFFE Workload API, by what became of them.",
+        );
+        for (result, c) in WORKLOAD_API_UPDATES.iter().zip(&self.workload_api_updates) {
+            e.sample(
+                "meshgate_workload_api_updates_total",
                 &labels(&[("result", result)]),
                 c.load(Ordering::Relaxed),
             );

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use meshgate_config::model::{Listener, ListenerProtocol};
+use meshgate_config::model::{IdentitySource, Listener, ListenerProtocol};
 use meshgate_config::{Code, Model, Warning};
 
 use crate::access_log::AccessLog;
@@ -194,12 +194,17 @@ fn identity_warnings(model: &Model, credentials: Option<&Credentials>) -> Vec<Wa
     } else {
         ""
     };
-    let files = model.proxy.identity.as_ref();
+    let (file, field) = match model.proxy.identity.as_ref().map(|i| &i.source) {
+        Some(IdentitySource::Files { cert_chain, .. }) => {
+            (Some(cert_chain.clone()), "spec.identity.certChain")
+        }
+        _ => (None, "spec.identity.workloadApi"),
+    };
     vec![Warning {
         code: Code::TrustDomainMismatch,
-        file: files.map(|f| f.cert_chain.clone()),
+        file,
         resource: Some(format!("MeshGateway {}", model.proxy.name)),
-        field: Some("spec.identity.certChain".into()),
+        field: Some(field.into()),
         message: format!(
             "this proxy's identity {id} is of trust domain `{own}`, but the configured trust \
              domain is `{configured}`{alias}"

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use meshgate_config::model::BundleSource;
+use meshgate_config::model::{BundleSource, IdentitySource};
 use meshgate_config::Model;
 
 use crate::access_log::AccessLog;
@@ -26,6 +26,7 @@ use crate::material::{FileErrors, Material};
 use crate::metrics::Metrics;
 use crate::runtime::{self, BuildError, ListenerKey, Runtime};
 use crate::tls::federation::Fetched;
+use crate::tls::workload_api::{self, Svid};
 
 /// Why the proxy could not start. Nothing is left running when this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The SPIFFE Workload API served no usable SVID (or none in time).
+    #[error("{0}")]
+    WorkloadApi(String),
     /// The blocking task that read the files ended abnormally.
     #[error("reading the configuration's files: {0}")]
     Reader(#[source] tokio::task::JoinError),
@@ -85,6 +89,12 @@ pub struct Running {
     drain: Arc<Drain>,
     /// What the bundle endpoints served, kept across reloads.
     pub bundles: Arc<Fetched>,
+    /// The Workload API stream the identity comes from, if it does; the rotation task follows
+    /// it, and a reload that changes `workloadApi` replaces it.
+    workload: Arc<watch::Sender<Option<workload_api::Source>>>,
+    /// Held by whatever builds and swaps a runtime (reload, bundle refresh, SVID rotation), so
+    /// that the last one swapped in is built from the latest of everything.
+    rebuilding: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What one round of bundle endpoint fetches did.
@@ -138,9 +148,11 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         ),
         None => None,
     };
+    let source = connect_source(&model, None).await?;
+    let svid = source.as_ref().map(current).transpose()?;
     // Nothing is served yet, so the files are read here, on this thread: no blocking thread is
     // started for it (with `--concurrency 1` the proxy stays one thread until a reload).
-    let material = Material::read(&model)?;
+    let material = Material::read(&model)?.with_svid(svid);
     let runtime = Arc::new(Runtime::build(
         model.clone(),
         &material,
@@ -201,6 +213,17 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         }
     }
     state.ready.store(true, Ordering::Release);
+    let bundles = Arc::new(Fetched::default());
+    let workload = Arc::new(watch::Sender::new(source));
+    let rebuilding = Arc::new(tokio::sync::Mutex::new(()));
+    tokio::spawn(follow_workload_api(Rebuild {
+        shared: shared.clone(),
+        metrics: metrics.clone(),
+        state: state.clone(),
+        bundles: bundles.clone(),
+        workload: workload.subscribe(),
+        rebuilding: rebuilding.clone(),
+    }));
     Ok(Running {
         listeners,
         admin,
@@ -211,8 +234,136 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         active: tokio::sync::Mutex::new(active),
         admin_stop,
         drain,
-        bundles: Arc::new(Fetched::default()),
+        bundles,
+        workload,
+        rebuilding,
     })
+}
+
+/// The Workload API stream `model`'s identity comes from: `current` when it has the same
+/// settings, else a new one (connected, first SVID received). `None` for file identities.
+async fn connect_source(
+    model: &Model,
+    current: Option<&workload_api::Source>,
+) -> Result<Option<workload_api::Source>, StartError> {
+    let Some(IdentitySource::WorkloadApi(settings)) =
+        model.proxy.identity.as_ref().map(|i| &i.source)
+    else {
+        return Ok(None);
+    };
+    if let Some(c) = current.filter(|c| &c.settings == settings) {
+        return Ok(Some(c.clone()));
+    }
+    let source = workload_api::Source::connect(settings)
+        .await
+        .map_err(StartError::WorkloadApi)?;
+    if let Ok(svid) = source.current() {
+        info!(spiffe_id = %svid.spiffe_id, endpoint = %svid.endpoint, "identity from the Workload API");
+    }
+    Ok(Some(source))
+}
+
+fn current(source: &workload_api::Source) -> Result<Arc<Svid>, StartError> {
+    source.current().map_err(StartError::WorkloadApi)
+}
+
+/// What a runtime is rebuilt from when something it took from outside the configuration
+/// changed (a bundle endpoint's roots, the Workload API's SVID or bundles).
+struct Rebuild {
+    shared: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    state: Arc<AdminState>,
+    bundles: Arc<Fetched>,
+    workload: watch::Receiver<Option<workload_api::Source>>,
+    rebuilding: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Rebuild {
+    /// Builds the running configuration again, with `svid`, and swaps it in.
+    async fn swap(&self, svid: Option<Arc<Svid>>) -> Result<(), StartError> {
+        let runtime = self.shared.load_full();
+        let rebuilt = build(
+            runtime.model.clone(),
+            self.metrics.clone(),
+            runtime.access_log.clone(),
+            &self.bundles,
+            svid,
+        )
+        .await?;
+        self.shared.store(Arc::new(rebuilt));
+        self.state.version.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts what `source` serves now in place, unless the running configuration has it.
+    async fn rotate(&self, source: &workload_api::Source) {
+        let _one = self.rebuilding.lock().await;
+        let svid = match source.current() {
+            Ok(svid) => svid,
+            Err(e) => {
+                self.metrics.workload_api_update("refused");
+                warn!("Workload API update not usable, the identity in use stays: {e}");
+                return;
+            }
+        };
+        let running = self.shared.load();
+        if running
+            .credentials
+            .as_ref()
+            .and_then(|c| c.svid.as_deref())
+            .is_some_and(|s| s.same(&svid))
+        {
+            return;
+        }
+        let spiffe_id = svid.spiffe_id.clone();
+        match self.swap(Some(svid)).await {
+            Ok(()) => {
+                self.metrics.workload_api_update("applied");
+                info!(%spiffe_id, "identity rotated from the Workload API");
+            }
+            Err(e) => {
+                self.metrics.workload_api_update("refused");
+                warn!("Workload API update refused, the identity in use stays: {e}");
+            }
+        }
+    }
+}
+
+/// Follows the Workload API stream of the running configuration: every new SVID or bundle
+/// rebuilds the runtime. Ends with the `Running` (its sender dropped).
+async fn follow_workload_api(mut rebuild: Rebuild) {
+    loop {
+        let source = rebuild.workload.borrow_and_update().clone();
+        let Some(source) = source else {
+            if rebuild.workload.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        // Subscribed before the catch-up, so that nothing served in between is missed.
+        let mut updates = source.updated();
+        rebuild.rotate(&source).await;
+        loop {
+            tokio::select! {
+                replaced = rebuild.workload.changed() => {
+                    if replaced.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                update = updates.changed() => {
+                    if update.is_err() {
+                        // Closed: nothing more comes from it until a reload replaces it.
+                        if rebuild.workload.changed().await.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    rebuild.rotate(&source).await;
+                }
+            }
+        }
+    }
 }
 
 /// Reads the files `model` names and builds its runtime, both off the async workers, for a
@@ -222,10 +373,13 @@ async fn build(
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
     bundles: &Fetched,
+    svid: Option<Arc<Svid>>,
 ) -> Result<Runtime, StartError> {
     let fetched = bundles.roots();
     tokio::task::spawn_blocking(move || {
-        let material = Material::read(&model)?.with_fetched(fetched);
+        let material = Material::read(&model)?
+            .with_fetched(fetched)
+            .with_svid(svid);
         Ok(Runtime::build(model, &material, metrics, access_log)?)
     })
     .await
@@ -341,15 +495,20 @@ impl Running {
     }
 
     async fn try_reload(&self, model: Model) -> Result<(), StartError> {
+        let _one = self.rebuilding.lock().await;
         let model = Arc::new(model);
         // The access log keeps its file; moving it needs a restart.
         let access_log = self.shared.load().access_log.clone();
+        let running_source = self.workload.borrow().clone();
+        let source = connect_source(&model, running_source.as_ref()).await?;
+        let svid = source.as_ref().map(current).transpose()?;
         let runtime = Arc::new(
             build(
                 model.clone(),
                 self.metrics.clone(),
                 access_log,
                 &self.bundles,
+                svid,
             )
             .await?,
         );
@@ -357,6 +516,12 @@ impl Running {
         let existing: Vec<ListenerKey> = active.iter().map(|a| a.key).collect();
         let fresh = bind_all(&model, &existing)?;
         self.shared.store(runtime);
+        let replaced = self.workload.send_replace(source.clone());
+        if let Some(old) =
+            replaced.filter(|old| source.as_ref().is_none_or(|s| s.settings != old.settings))
+        {
+            tokio::spawn(async move { old.shutdown().await });
+        }
         for (key, listener, info) in fresh {
             active.push(spawn_accept(
                 key,
@@ -423,12 +588,16 @@ impl Running {
             }
         }
         if done.changed {
-            let access_log = runtime.access_log.clone();
-            match build(model, self.metrics.clone(), access_log, &self.bundles).await {
-                Ok(rebuilt) => {
-                    self.shared.store(Arc::new(rebuilt));
-                    self.state.version.fetch_add(1, Ordering::Relaxed);
+            let _one = self.rebuilding.lock().await;
+            let svid = match self.workload.borrow().as_ref().map(current).transpose() {
+                Ok(svid) => svid,
+                Err(e) => {
+                    done.failures.push(e.to_string());
+                    return done;
                 }
+            };
+            match self.rebuild().swap(svid).await {
+                Ok(()) => {}
                 Err(e) => {
                     warn!("the fetched trust bundles could not be put in place: {e}");
                     done.failures.push(e.to_string());
@@ -436,6 +605,17 @@ impl Running {
             }
         }
         done
+    }
+
+    fn rebuild(&self) -> Rebuild {
+        Rebuild {
+            shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
+            state: self.state.clone(),
+            bundles: self.bundles.clone(),
+            workload: self.workload.subscribe(),
+            rebuilding: self.rebuilding.clone(),
+        }
     }
 
     /// When the next bundle endpoint is due: `None` without endpoints, now when one was never
@@ -477,5 +657,8 @@ impl Running {
             info!("drain timeout passed with connections still open");
         }
         let _ = self.admin_stop.send(true);
+        if let Some(source) = self.workload.send_replace(None) {
+            source.shutdown().await;
+        }
     }
 }

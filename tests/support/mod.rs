@@ -9,6 +9,7 @@ pub mod pki;
 pub mod proxy;
 pub mod scripted;
 pub mod sidecar;
+pub mod workload_api;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -13,8 +13,9 @@ use crate::error::ConfigError;
 use crate::model::authz::Cidr;
 use crate::model::{
     AccessLogEncoding, AdminSettings, BundleEndpoint, BundleSource, EndpointProfile,
-    ForwardClientCert, HttpSettings, IdentityFiles, IssuerBinding, IssuerKey, Limits,
+    ForwardClientCert, HttpSettings, Identity, IdentitySource, IssuerBinding, IssuerKey, Limits,
     ProxyProtocol, ProxySettings, Tagging, TrustBundle, TrustSettings, UnderscoreHeaders,
+    WorkloadApi,
 };
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 use crate::spiffe::TrustDomain;
@@ -25,6 +26,128 @@ pub(crate) struct ListenSettings {
     pub port_overrides: BTreeMap<u16, u16>,
     /// (host, port) -> address, from `spec.resolve`.
     pub resolve: Vec<((String, u16), SocketAddr)>,
+}
+
+/// `spec.identity`: the three files, or the Workload API; and the CRLs.
+fn identity(
+    o: &Origin,
+    id: &crate::raw::mesh_gateway::Identity,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Identity> {
+    let deny_expired_crl = match id.expired_crl.as_deref() {
+        None | Some("USE") => false,
+        Some("DENY") => true,
+        Some(other) => {
+            errors.push(o.error(
+                "spec.identity.expiredCrl",
+                format!("`{other}` is not USE or DENY"),
+            ));
+            false
+        }
+    };
+    let files = [
+        ("certChain", &id.cert_chain),
+        ("privateKey", &id.private_key),
+        ("rootCerts", &id.root_certs),
+    ];
+    let source = match (
+        &id.workload_api,
+        &id.cert_chain,
+        &id.private_key,
+        &id.root_certs,
+    ) {
+        (None, Some(cert_chain), Some(private_key), Some(root_certs)) => IdentitySource::Files {
+            cert_chain: relative_to(&o.file, cert_chain),
+            private_key: relative_to(&o.file, private_key),
+            root_certs: relative_to(&o.file, root_certs),
+        },
+        (None, ..) => {
+            for (name, _) in files.iter().filter(|(_, f)| f.is_none()) {
+                errors.push(o.error(
+                    format!("spec.identity.{name}"),
+                    "required (or `workloadApi` instead of the three files)",
+                ));
+            }
+            return None;
+        }
+        (Some(api), ..) => {
+            for (name, _) in files.iter().filter(|(_, f)| f.is_some()) {
+                errors.push(o.error(
+                    format!("spec.identity.{name}"),
+                    "not with `workloadApi`: the Workload API serves the chain, key and bundle",
+                ));
+            }
+            IdentitySource::WorkloadApi(workload_api(o, api, errors)?)
+        }
+    };
+    Some(Identity {
+        source,
+        crl: id.crl.as_ref().map(|c| relative_to(&o.file, c)),
+        deny_expired_crl,
+    })
+}
+
+/// `spec.identity.workloadApi`.
+fn workload_api(
+    o: &Origin,
+    api: &crate::raw::mesh_gateway::WorkloadApi,
+    errors: &mut Vec<ConfigError>,
+) -> Option<WorkloadApi> {
+    let before = errors.len();
+    if let Some(socket) = &api.socket {
+        if let Err(why) = check_endpoint(socket) {
+            errors.push(o.error(
+                "spec.identity.workloadApi.socket",
+                format!("`{socket}`: {why}"),
+            ));
+        }
+    }
+    if let Some(id) = &api.spiffe_id {
+        if let Err(e) = meshgate_spiffe::SpiffeId::parse(id) {
+            errors.push(o.error("spec.identity.workloadApi.spiffeId", format!("`{id}`: {e}")));
+        }
+    }
+    let start_timeout = match &api.start_timeout {
+        None => Duration::from_secs(30),
+        Some(t) => match parse_duration(t) {
+            Some(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => d,
+            _ => {
+                errors.push(o.error(
+                    "spec.identity.workloadApi.startTimeout",
+                    format!("`{t}` is not a duration from 100ms to 1h"),
+                ));
+                Duration::ZERO
+            }
+        },
+    };
+    (errors.len() == before).then(|| WorkloadApi {
+        socket: api.socket.clone(),
+        spiffe_id: api.spiffe_id.clone(),
+        start_timeout,
+    })
+}
+
+/// A SPIFFE Workload API endpoint address, as the SPIFFE Workload Endpoint spec defines it:
+/// `unix:` with an absolute path (`unix:///run/spire/agent.sock`, `unix:/run/...`), or
+/// `tcp://` with an IP address and port.
+fn check_endpoint(socket: &str) -> Result<(), &'static str> {
+    if let Some(rest) = socket.strip_prefix("unix:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err("a unix: address needs an absolute path (unix:///path/to/agent.sock)");
+        }
+        if path.contains(['?', '#']) {
+            return Err("a unix: address has no query or fragment");
+        }
+        return Ok(());
+    }
+    if let Some(rest) = socket.strip_prefix("tcp://") {
+        return match rest.parse::<SocketAddr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err("a tcp:// address is an IP address and a port, no host name"),
+        };
+    }
+    Err("not unix:///path or tcp://ip:port (SPIFFE_ENDPOINT_SOCKET syntax)")
 }
 
 /// The one MeshGateway.
@@ -49,23 +172,10 @@ pub(crate) fn compile(
         }
     };
     let before = errors.len();
-    let identity = spec.identity.as_ref().map(|id| IdentityFiles {
-        cert_chain: relative_to(&o.file, &id.cert_chain),
-        private_key: relative_to(&o.file, &id.private_key),
-        root_certs: relative_to(&o.file, &id.root_certs),
-        crl: id.crl.as_ref().map(|c| relative_to(&o.file, c)),
-        deny_expired_crl: match id.expired_crl.as_deref() {
-            None | Some("USE") => false,
-            Some("DENY") => true,
-            Some(other) => {
-                errors.push(o.error(
-                    "spec.identity.expiredCrl",
-                    format!("`{other}` is not USE or DENY"),
-                ));
-                false
-            }
-        },
-    });
+    let identity = spec
+        .identity
+        .as_ref()
+        .and_then(|id| identity(o, id, errors));
     let socket = |field: &str, value: &str, errors: &mut Vec<ConfigError>| {
         value
             .parse::<SocketAddr>()

@@ -57,8 +57,8 @@ pub struct ProxySettings {
     pub name: String,
     /// Matched by Gateway selectors.
     pub labels: BTreeMap<String, String>,
-    /// Istio's file-mounted identity, absolute paths.
-    pub identity: Option<IdentityFiles>,
+    /// The workload certificate, key and bundle: files, or the SPIFFE Workload API.
+    pub identity: Option<Identity>,
     /// The admin listener.
     pub admin: Option<AdminSettings>,
     /// The plaintext egress listener.
@@ -215,18 +215,42 @@ impl Default for Limits {
     }
 }
 
-/// Paths of the workload certificate chain, its key and the trust bundle.
+/// Where the workload certificate chain, its key and the trust bundle come from, and the CRLs
+/// checked on peers' chains.
 #[derive(Debug, Clone, Serialize)]
-pub struct IdentityFiles {
-    pub cert_chain: PathBuf,
-    pub private_key: PathBuf,
-    pub root_certs: PathBuf,
+pub struct Identity {
+    pub source: IdentitySource,
     /// Certificate revocation lists (PEM or DER; one file may hold several), checked for the
     /// chains of `ISTIO_MUTUAL` clients and of upstreams meshgate originates mTLS to.
     pub crl: Option<PathBuf>,
     /// `expiredCrl: DENY`: a chain that a CRL past its `nextUpdate` covers is refused; by
     /// default (`USE`) such a CRL still revokes what it lists.
     pub deny_expired_crl: bool,
+}
+
+/// The source of the identity.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Istio's file-mounted layout, absolute paths.
+    Files {
+        cert_chain: PathBuf,
+        private_key: PathBuf,
+        root_certs: PathBuf,
+    },
+    /// X509-SVIDs and bundles streamed by the SPIFFE Workload API.
+    WorkloadApi(WorkloadApi),
+}
+
+/// `spec.identity.workloadApi`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkloadApi {
+    /// `unix:///path` or `tcp://ip:port`; `None`: `SPIFFE_ENDPOINT_SOCKET`, read at start.
+    pub socket: Option<String>,
+    /// The SVID used when the API serves several; `None`: the first (the default SVID).
+    pub spiffe_id: Option<String>,
+    /// How long a (re)load waits for the first SVID before it fails.
+    pub start_timeout: std::time::Duration,
 }
 
 /// The request headers the proxy owns: every client-sent copy is removed before they are set.
@@ -420,11 +444,14 @@ impl Model {
     pub fn certificate_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
         if let Some(id) = &self.proxy.identity {
-            files.extend([
-                id.cert_chain.clone(),
-                id.private_key.clone(),
-                id.root_certs.clone(),
-            ]);
+            if let IdentitySource::Files {
+                cert_chain,
+                private_key,
+                root_certs,
+            } = &id.source
+            {
+                files.extend([cert_chain.clone(), private_key.clone(), root_certs.clone()]);
+            }
             files.extend(id.crl.clone());
         }
         for l in &self.listeners {

@@ -81,11 +81,21 @@ pub struct DownstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
-    pub cert_chain: String,
-    pub private_key: String,
-    pub root_certs: String,
+    pub cert_chain: Option<String>,
+    pub private_key: Option<String>,
+    pub root_certs: Option<String>,
+    pub workload_api: Option<WorkloadApi>,
     pub crl: Option<String>,
     pub expired_crl: Option<String>,
+}
+
+/// The SPIFFE Workload API as the certificate source (a SPIRE agent's socket).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadApi {
+    pub socket: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub start_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
-use meshgate_config::model::{BundleSource, IdentityFiles, IssuerBinding, IssuerKey, TrustBundle};
+use meshgate_config::model::{
+    BundleSource, Identity, IdentitySource, IssuerBinding, IssuerKey, TrustBundle,
+};
 use meshgate_config::spiffe::SpiffeId;
 
 use crate::identity::{peer_identity, sha256_hex};
@@ -34,6 +36,8 @@ pub struct Credentials {
     pub summary: serde_json::Value,
     /// `identity.crl`: checked on the chains of ISTIO_MUTUAL clients and upstreams.
     pub revocation: Revocation,
+    /// What the Workload API served, when the identity comes from it.
+    pub svid: Option<Arc<crate::tls::workload_api::Svid>>,
 }
 
 /// The roots a peer is verified against: its trust domain's own bundle when it has one
@@ -72,7 +76,11 @@ impl TrustRoots {
 /// what `/certs` shows of them.
 type DomainRoots = (Vec<(String, Arc<RootCertStore>)>, serde_json::Value);
 
-fn domain_roots(bundles: &[TrustBundle], material: &Material) -> Result<DomainRoots, BuildError> {
+fn domain_roots(
+    bundles: &[TrustBundle],
+    federated: &[(String, Vec<CertificateDer<'static>>)],
+    material: &Material,
+) -> Result<DomainRoots, BuildError> {
     let mut by_domain = std::collections::BTreeMap::<String, RootCertStore>::new();
     let mut summary = serde_json::Map::new();
     for b in bundles {
@@ -106,6 +114,25 @@ fn domain_roots(bundles: &[TrustBundle], material: &Material) -> Result<DomainRo
                 .map_err(|e| identity_error(&place(b), format!("unusable root: {e}")))?;
         }
     }
+    // The Workload API's federated bundles, beside (merged with) the configured ones.
+    for (td, certs) in federated {
+        let described = summary
+            .entry(td.clone())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(list) = described {
+            list.extend(certs.iter().map(|c| describe(c)));
+        }
+        let store = by_domain
+            .entry(td.clone())
+            .or_insert_with(RootCertStore::empty);
+        for cert in certs {
+            store.add(cert.clone()).map_err(|e| {
+                BuildError::Tls(format!(
+                    "Workload API: unusable root in the federated bundle of `{td}`: {e}"
+                ))
+            })?;
+        }
+    }
     let domains = by_domain
         .into_iter()
         .map(|(td, roots)| (td, Arc::new(roots)))
@@ -122,30 +149,38 @@ pub struct Revocation {
 }
 
 impl Credentials {
-    /// Checks the three files, and the bundles of trust domains that have their own, as read
-    /// into `material`.
+    /// Checks the identity (the three files or what the Workload API served), and the bundles
+    /// of trust domains that have their own, as read into `material`.
     pub fn load(
-        files: &IdentityFiles,
+        identity: &Identity,
         bundles: &[TrustBundle],
         material: &Material,
         provider: &CryptoProvider,
     ) -> Result<Self, BuildError> {
-        let chain = material.certificates(&files.cert_chain)?.to_vec();
-        let key = material.key(&files.private_key)?;
-        let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
-            identity_error(
-                &files.private_key,
-                format!(
-                    "does not match the leaf of {}: {e}",
-                    files.cert_chain.display()
-                ),
-            )
-        })?;
-        let spiffe_id = peer_identity(material.leaf(&files.cert_chain)?)
+        let source = Source::of(identity, material)?;
+        let chain = source.chain;
+        let certified_key =
+            CertifiedKey::from_der(chain.clone(), source.key, provider).map_err(|e| {
+                identity_error(
+                    &source.key_place,
+                    format!(
+                        "does not match the leaf of {}: {e}",
+                        source.chain_place.display()
+                    ),
+                )
+            })?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| identity_error(&source.chain_place, "holds no CERTIFICATE".into()))?;
+        let spiffe_id = peer_identity(leaf)
             .map_err(|e| {
-                identity_error(&files.cert_chain, format!("leaf is not an X509-SVID: {e}"))
+                identity_error(
+                    &source.chain_place,
+                    format!("leaf is not an X509-SVID: {e}"),
+                )
             })?
             .spiffe_id;
+        let files = &source.chain_place;
         // Peers would refuse an expired chain: a rotation to one is refused instead, and the
         // identity in use keeps serving.
         for (i, der) in chain.iter().enumerate() {
@@ -158,7 +193,7 @@ impl Credentials {
                         "an intermediate"
                     };
                     return Err(identity_error(
-                        &files.cert_chain,
+                        files,
                         format!(
                             "{which} expired at {}",
                             not_after.to_rfc2822().unwrap_or_default()
@@ -168,13 +203,13 @@ impl Credentials {
             }
         }
         let mut roots = RootCertStore::empty();
-        let root_ders = material.certificates(&files.root_certs)?.to_vec();
+        let root_ders = source.roots;
         for cert in root_ders.iter().cloned() {
             roots
                 .add(cert)
-                .map_err(|e| identity_error(&files.root_certs, format!("unusable root: {e}")))?;
+                .map_err(|e| identity_error(&source.roots_place, format!("unusable root: {e}")))?;
         }
-        let revocation = match &files.crl {
+        let revocation = match &identity.crl {
             None => Revocation::default(),
             Some(path) => {
                 let crls = material.crls(path)?;
@@ -185,15 +220,29 @@ impl Credentials {
                 }
                 Revocation {
                     crls,
-                    deny_expired: files.deny_expired_crl,
+                    deny_expired: identity.deny_expired_crl,
                 }
             }
         };
-        let (domains, bundle_summary) = domain_roots(bundles, material)?;
+        let (domains, bundle_summary) = domain_roots(bundles, &source.federated, material)?;
+        let (from, chain_from, roots_from) = match &identity.source {
+            IdentitySource::Files { .. } => (
+                "file",
+                source.chain_place.display().to_string(),
+                source.roots_place.display().to_string(),
+            ),
+            IdentitySource::WorkloadApi(_) => {
+                let endpoint = material
+                    .svid()
+                    .map(|s| s.endpoint.clone())
+                    .unwrap_or_default();
+                ("workload_api", endpoint.clone(), endpoint)
+            }
+        };
         let summary = serde_json::json!({
             "spiffe_id": spiffe_id.as_str(),
-            "cert_chain": { "file": files.cert_chain, "certificates": chain.iter().map(|c| describe(c)).collect::<Vec<_>>() },
-            "root_certs": { "file": files.root_certs, "certificates": root_ders.iter().map(|c| describe(c)).collect::<Vec<_>>() },
+            "cert_chain": { from: chain_from, "certificates": chain.iter().map(|c| describe(c)).collect::<Vec<_>>() },
+            "root_certs": { from: roots_from, "certificates": root_ders.iter().map(|c| describe(c)).collect::<Vec<_>>() },
             "trust_domain_bundles": bundle_summary,
         });
         Ok(Self {
@@ -205,6 +254,56 @@ impl Credentials {
             spiffe_id,
             summary,
             revocation,
+            svid: match &identity.source {
+                IdentitySource::WorkloadApi(_) => material.svid().cloned(),
+                IdentitySource::Files { .. } => None,
+            },
+        })
+    }
+}
+
+/// The chain, key and roots of an identity, and where each came from (for errors).
+struct Source {
+    chain: Vec<CertificateDer<'static>>,
+    chain_place: std::path::PathBuf,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    key_place: std::path::PathBuf,
+    roots: Vec<CertificateDer<'static>>,
+    roots_place: std::path::PathBuf,
+    federated: Vec<(String, Vec<CertificateDer<'static>>)>,
+}
+
+impl Source {
+    fn of(identity: &Identity, material: &Material) -> Result<Self, BuildError> {
+        Ok(match &identity.source {
+            IdentitySource::Files {
+                cert_chain,
+                private_key,
+                root_certs,
+            } => Self {
+                chain: material.certificates(cert_chain)?.to_vec(),
+                chain_place: cert_chain.clone(),
+                key: material.key(private_key)?,
+                key_place: private_key.clone(),
+                roots: material.certificates(root_certs)?.to_vec(),
+                roots_place: root_certs.clone(),
+                federated: Vec::new(),
+            },
+            IdentitySource::WorkloadApi(_) => {
+                let svid = material.svid().ok_or_else(|| {
+                    BuildError::Tls("no X509-SVID from the Workload API yet".into())
+                })?;
+                let place = std::path::PathBuf::from(format!("Workload API {}", svid.endpoint));
+                Self {
+                    chain: svid.chain.clone(),
+                    chain_place: place.clone(),
+                    key: svid.key(),
+                    key_place: place.clone(),
+                    roots: svid.bundle.clone(),
+                    roots_place: place,
+                    federated: svid.federated.clone(),
+                }
+            }
         })
     }
 }

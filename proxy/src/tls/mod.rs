@@ -9,6 +9,7 @@ pub mod files;
 pub mod inspect;
 pub mod server;
 pub mod verify;
+pub mod workload_api;
 
 use std::sync::Arc;
 
