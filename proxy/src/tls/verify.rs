@@ -19,7 +19,7 @@ use rustls::{
 use meshgate_config::model::TrustSettings;
 
 use super::credentials::{Revocation, TrustRoots};
-use crate::identity::{peer_identity, sha256_hex, PeerError};
+use crate::identity::{peer_identity, sha256_hex, PeerError, PeerIdentity};
 
 /// WebPKI plus SPIFFE.
 #[derive(Debug)]
@@ -546,27 +546,35 @@ impl SpiffeServerVerifier {
     }
 
     /// The verifier of the bundle the server's certificate names by its SPIFFE ID's trust
-    /// domain, or the default one, with the trust domain when it has its own.
-    fn bundle_of(
-        &self,
-        end_entity: &CertificateDer<'_>,
-    ) -> (Option<&rustls::client::WebPkiServerVerifier>, Option<&str>) {
+    /// domain, or the default one, with the trust domain when it has its own; and the identity
+    /// read to choose it (trusted only once the chain verifies), so that it is parsed once.
+    fn bundle_of(&self, end_entity: &CertificateDer<'_>) -> ChosenBundle<'_> {
         if self.domains.is_empty() {
-            return (Some(&self.inner), None);
+            return (Some(&*self.inner), None, None);
         }
         let Ok(peer) = peer_identity(end_entity) else {
-            return (Some(&self.inner), None);
+            return (Some(&*self.inner), None, None);
         };
         let td = peer.spiffe_id.trust_domain();
-        self.domains
+        let (verifier, bundle) = self
+            .domains
             .binary_search_by(|(d, _)| d.as_str().cmp(td))
             .ok()
             .and_then(|i| self.domains.get(i))
-            .map_or((Some(&self.inner), None), |(td, v)| {
+            .map_or((Some(&*self.inner), None), |(td, v)| {
                 (v.as_deref(), Some(td.as_str()))
-            })
+            });
+        (verifier, bundle, Some(peer))
     }
 }
+
+/// A server verifier's choice of bundle: its verifier (`None`: no roots yet), the trust domain
+/// when it has a bundle of its own, and the identity the choice was made by.
+type ChosenBundle<'a> = (
+    Option<&'a rustls::client::WebPkiServerVerifier>,
+    Option<&'a str>,
+    Option<PeerIdentity>,
+);
 
 impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
     fn verify_server_cert(
@@ -578,7 +586,7 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let by_name = self.subject_alt_names.is_empty() && !self.istio;
-        let (verifier, bundle) = self.bundle_of(end_entity);
+        let (verifier, bundle, named) = self.bundle_of(end_entity);
         // What the server presented, said with every refusal: its SANs, as the expected names
         // are written.
         let presented = || {
@@ -635,12 +643,14 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
         }
         if self.subject_alt_names.is_empty() {
             // ISTIO_MUTUAL: any workload of a mesh under the bundle.
-            peer_identity(end_entity).map_err(|e| {
-                reject(PeerError::IdentityNotAllowed(format!(
-                    "not an X509-SVID ({e}); the server presented {}",
-                    presented()
-                )))
-            })?;
+            if named.is_none() {
+                peer_identity(end_entity).map_err(|e| {
+                    reject(PeerError::IdentityNotAllowed(format!(
+                        "not an X509-SVID ({e}); the server presented {}",
+                        presented()
+                    )))
+                })?;
+            }
         } else {
             let names = san_names(end_entity);
             if !names.iter().any(|n| self.subject_alt_names.contains(n)) {
