@@ -8,6 +8,8 @@ mod support;
 
 use http::StatusCode;
 
+use meshgate_pki::Workload;
+use meshgate_proxy::echo::Echo;
 use support::client::{Client, Conn};
 use support::pki::Pki;
 use support::proxy::{echo, gateway_yaml, route_to, Proxy};
@@ -43,28 +45,70 @@ async fn status(client: &Client, proxy: &Proxy) -> Option<StatusCode> {
         .map(|r| r.status)
 }
 
+/// What the API serves: `svid` as the gateway's SVID, and `federated` bundles.
+fn serving(svid: &Workload, federated: &[(&str, &Pki)]) -> Served {
+    Served {
+        svids: vec![ServedSvid::of(GATEWAY_ID, svid)],
+        federated: federated
+            .iter()
+            .map(|(td, pki)| (td.to_string(), ders(&pki.root.cert_pem)))
+            .collect(),
+    }
+}
+
+/// A gateway whose identity comes from a Workload API server on a socket of its own, serving
+/// `served`; `files` is what `certs/` holds (unused until a reload to the files); `edit`
+/// changes the YAML.
+struct Setup {
+    api: WorkloadApiServer,
+    proxy: Proxy,
+    backend: Echo,
+    _dir: TempDir,
+}
+
+impl Setup {
+    async fn start(served: Served, files: &Workload, edit: impl FnOnce(String) -> String) -> Self {
+        let dir = TempDir::new("wapi");
+        let api = WorkloadApiServer::start(&dir.path().join("agent.sock"), served);
+        let backend = echo();
+        let yaml = edit(gateway(&api.endpoint(), backend.address));
+        let proxy = Proxy::start(&yaml, files).await;
+        Self {
+            api,
+            proxy,
+            backend,
+            _dir: dir,
+        }
+    }
+
+    /// `applied` and `refused` Workload API updates so far.
+    fn updates(&self) -> (u64, u64) {
+        let m = &self.proxy.running.metrics;
+        (
+            m.workload_api_updates("applied"),
+            m.workload_api_updates("refused"),
+        )
+    }
+}
+
+/// A client of example.com, from `pki`, trusting `pki`'s root.
+fn sleep_client(pki: &Pki) -> Client {
+    let sleep = pki.workload("example.com", SLEEP_ID);
+    Client::new(Some(&sleep), &pki.root.cert_pem, &[b"http/1.1"])
+}
+
 #[tokio::test]
 async fn the_gateway_serves_istio_mutual_with_the_svid_and_bundle_the_api_streams() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
-    let dir = TempDir::new("wapi");
     let gateway_svid = pki.workload("example-target.com", GATEWAY_ID);
-    let api = WorkloadApiServer::start(
-        &dir.path().join("agent.sock"),
-        Served {
-            svids: vec![ServedSvid::of(GATEWAY_ID, &gateway_svid)],
-            federated: vec![],
-        },
-    );
-    let backend = echo();
-    // No certificate files: `certs/` holds a different leaf, which must not be what is served.
+    // `certs/` holds a different leaf, which must not be what is served.
     let unused = pki.workload(
         "example-target.com",
         "spiffe://example-target.com/ns/x/sa/files",
     );
-    let proxy = Proxy::start(&gateway(&api.endpoint(), backend.address), &unused).await;
-
-    let sleep = pki.workload("example.com", SLEEP_ID);
-    let client = Client::new(Some(&sleep), &pki.root.cert_pem, &[b"http/1.1"]);
+    let setup = Setup::start(serving(&gateway_svid, &[]), &unused, |y| y).await;
+    let (api, proxy) = (&setup.api, &setup.proxy);
+    let client = sleep_client(&pki);
     assert_eq!(presented_leaf(&proxy, &client).await, gateway_svid.leaf_der);
     let reply = client
         .get(proxy.addr(443), HOST, HOST, "/", &[])
@@ -98,19 +142,10 @@ async fn the_gateway_serves_istio_mutual_with_the_svid_and_bundle_the_api_stream
 #[tokio::test]
 async fn a_rotated_svid_goes_to_new_connections_and_open_ones_carry_on() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
-    let dir = TempDir::new("wapi");
     let first = pki.workload("example-target.com", GATEWAY_ID);
-    let api = WorkloadApiServer::start(
-        &dir.path().join("agent.sock"),
-        Served {
-            svids: vec![ServedSvid::of(GATEWAY_ID, &first)],
-            federated: vec![],
-        },
-    );
-    let backend = echo();
-    let proxy = Proxy::start(&gateway(&api.endpoint(), backend.address), &first).await;
-    let sleep = pki.workload("example.com", SLEEP_ID);
-    let client = Client::new(Some(&sleep), &pki.root.cert_pem, &[b"http/1.1"]);
+    let setup = Setup::start(serving(&first, &[]), &first, |y| y).await;
+    let (api, proxy) = (&setup.api, &setup.proxy);
+    let client = sleep_client(&pki);
 
     // A keep-alive connection opened on the first SVID.
     let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
@@ -123,20 +158,13 @@ async fn a_rotated_svid_goes_to_new_connections_and_open_ones_carry_on() {
 
     let second = pki.workload("example-target.com", GATEWAY_ID);
     assert_ne!(second.leaf_der, first.leaf_der);
-    api.serve(Served {
-        svids: vec![ServedSvid::of(GATEWAY_ID, &second)],
-        federated: vec![],
-    });
-    eventually("the rotation", || {
-        proxy.running.metrics.workload_api_updates("applied") == 1
-    })
-    .await;
-    assert_eq!(presented_leaf(&proxy, &client).await, second.leaf_der);
-    assert_eq!(status(&client, &proxy).await, Some(StatusCode::OK));
+    api.serve(serving(&second, &[]));
+    eventually("the rotation", || setup.updates() == (1, 0)).await;
+    assert_eq!(presented_leaf(proxy, &client).await, second.leaf_der);
+    assert_eq!(status(&client, proxy).await, Some(StatusCode::OK));
     // The connection opened before the rotation still serves, on its first handshake.
     assert_eq!(open.get(HOST, "/").await.0, StatusCode::OK);
     assert!(!closed.is_finished(), "the open connection was not closed");
-    assert_eq!(proxy.running.metrics.workload_api_updates("refused"), 0);
 }
 
 #[tokio::test]
@@ -145,17 +173,10 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
     // both trust domains, so each can mint the other's identities.
     let target = Pki::named("target mesh root", &["example-target.com", "example.com"]);
     let federated = Pki::named("federated mesh root", &["example.com"]);
-    let dir = TempDir::new("wapi");
     let gateway_svid = target.workload("example-target.com", GATEWAY_ID);
-    let api = WorkloadApiServer::start(
-        &dir.path().join("agent.sock"),
-        Served {
-            svids: vec![ServedSvid::of(GATEWAY_ID, &gateway_svid)],
-            federated: vec![("example.com".into(), ders(&federated.root.cert_pem))],
-        },
-    );
-    let backend = echo();
-    let proxy = Proxy::start(&gateway(&api.endpoint(), backend.address), &gateway_svid).await;
+    let served = serving(&gateway_svid, &[("example.com", &federated)]);
+    let setup = Setup::start(served, &gateway_svid, |y| y).await;
+    let (api, proxy) = (&setup.api, &setup.proxy);
     let server_root = &target.root.cert_pem;
 
     let sleep = federated.workload("example.com", SLEEP_ID);
@@ -184,14 +205,8 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
 
     // The federated bundle goes away: example.com falls back to the gateway's own bundle, as
     // without a bundle of its own, and the federated mesh's callers are refused.
-    api.serve(Served {
-        svids: vec![ServedSvid::of(GATEWAY_ID, &gateway_svid)],
-        federated: vec![],
-    });
-    eventually("the update", || {
-        proxy.running.metrics.workload_api_updates("applied") == 1
-    })
-    .await;
+    api.serve(serving(&gateway_svid, &[]));
+    eventually("the update", || setup.updates() == (1, 0)).await;
     let client = Client::new(Some(&sleep), server_root, &[b"http/1.1"]);
     assert_eq!(
         status(&client, &proxy).await,
@@ -203,19 +218,10 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
 #[tokio::test]
 async fn an_update_that_cannot_be_used_is_refused_and_the_identity_in_use_stays() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
-    let dir = TempDir::new("wapi");
     let first = pki.workload("example-target.com", GATEWAY_ID);
-    let api = WorkloadApiServer::start(
-        &dir.path().join("agent.sock"),
-        Served {
-            svids: vec![ServedSvid::of(GATEWAY_ID, &first)],
-            federated: vec![],
-        },
-    );
-    let backend = echo();
-    let proxy = Proxy::start(&gateway(&api.endpoint(), backend.address), &first).await;
-    let sleep = pki.workload("example.com", SLEEP_ID);
-    let client = Client::new(Some(&sleep), &pki.root.cert_pem, &[b"http/1.1"]);
+    let setup = Setup::start(serving(&first, &[]), &first, |y| y).await;
+    let (api, proxy) = (&setup.api, &setup.proxy);
+    let client = sleep_client(&pki);
 
     // A new leaf with another workload's key: the SVID is well formed, the pair is not.
     let other = pki.workload("example-target.com", GATEWAY_ID);
@@ -225,12 +231,9 @@ async fn an_update_that_cannot_be_used_is_refused_and_the_identity_in_use_stays(
         svids: vec![broken],
         federated: vec![],
     });
-    eventually("the refusal", || {
-        proxy.running.metrics.workload_api_updates("refused") == 1
-    })
-    .await;
-    assert_eq!(presented_leaf(&proxy, &client).await, first.leaf_der);
-    assert_eq!(status(&client, &proxy).await, Some(StatusCode::OK));
+    eventually("the refusal", || setup.updates() == (0, 1)).await;
+    assert_eq!(presented_leaf(proxy, &client).await, first.leaf_der);
+    assert_eq!(status(&client, proxy).await, Some(StatusCode::OK));
     let metrics = support::client::plain_get(
         proxy.running.admin.unwrap(),
         "admin",
@@ -249,30 +252,21 @@ async fn an_update_that_cannot_be_used_is_refused_and_the_identity_in_use_stays(
 #[tokio::test]
 async fn the_svid_of_the_configured_spiffe_id_is_chosen_among_several() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
-    let dir = TempDir::new("wapi");
     let other_id = "spiffe://example-target.com/ns/istio-system/sa/other";
     let other = pki.workload("example-target.com", other_id);
     let gateway_svid = pki.workload("example-target.com", GATEWAY_ID);
-    let api = WorkloadApiServer::start(
-        &dir.path().join("agent.sock"),
-        Served {
-            svids: vec![
-                ServedSvid::of(other_id, &other),
-                ServedSvid::of(GATEWAY_ID, &gateway_svid),
-            ],
-            federated: vec![],
-        },
+    let mut served = serving(&gateway_svid, &[]);
+    served.svids.insert(0, ServedSvid::of(other_id, &other));
+    let pick = format!("startTimeout: 5s, spiffeId: \"{GATEWAY_ID}\"");
+    let setup = Setup::start(served, &gateway_svid, |y| {
+        y.replacen("startTimeout: 5s", &pick, 1)
+    })
+    .await;
+    let client = sleep_client(&pki);
+    assert_eq!(
+        presented_leaf(&setup.proxy, &client).await,
+        gateway_svid.leaf_der
     );
-    let backend = echo();
-    let yaml = gateway(&api.endpoint(), backend.address).replacen(
-        "startTimeout: 5s",
-        &format!("startTimeout: 5s, spiffeId: \"{GATEWAY_ID}\""),
-        1,
-    );
-    let proxy = Proxy::start(&yaml, &gateway_svid).await;
-    let sleep = pki.workload("example.com", SLEEP_ID);
-    let client = Client::new(Some(&sleep), &pki.root.cert_pem, &[b"http/1.1"]);
-    assert_eq!(presented_leaf(&proxy, &client).await, gateway_svid.leaf_der);
 }
 
 #[tokio::test]
@@ -300,20 +294,11 @@ async fn without_a_workload_api_the_proxy_does_not_start_and_says_where_it_looke
 #[tokio::test]
 async fn a_reload_to_files_stops_following_the_api_and_back_follows_it_again() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
-    let dir = TempDir::new("wapi");
     let served = pki.workload("example-target.com", GATEWAY_ID);
-    let api = WorkloadApiServer::start(
-        &dir.path().join("agent.sock"),
-        Served {
-            svids: vec![ServedSvid::of(GATEWAY_ID, &served)],
-            federated: vec![],
-        },
-    );
-    let backend = echo();
     let files = pki.workload("example-target.com", GATEWAY_ID);
-    let proxy = Proxy::start(&gateway(&api.endpoint(), backend.address), &files).await;
-    let sleep = pki.workload("example.com", SLEEP_ID);
-    let client = Client::new(Some(&sleep), &pki.root.cert_pem, &[b"http/1.1"]);
+    let setup = Setup::start(serving(&served, &[]), &files, |y| y).await;
+    let (api, proxy, backend) = (&setup.api, &setup.proxy, &setup.backend);
+    let client = sleep_client(&pki);
     assert_eq!(presented_leaf(&proxy, &client).await, served.leaf_der);
 
     // To the files (`certs/` holds `files`).
@@ -326,13 +311,10 @@ async fn a_reload_to_files_stops_following_the_api_and_back_follows_it_again() {
     assert_eq!(presented_leaf(&proxy, &client).await, files.leaf_der);
     // What the API streams now changes nothing.
     let ignored = pki.workload("example-target.com", GATEWAY_ID);
-    api.serve(Served {
-        svids: vec![ServedSvid::of(GATEWAY_ID, &ignored)],
-        federated: vec![],
-    });
+    api.serve(serving(&ignored, &[]));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(presented_leaf(&proxy, &client).await, files.leaf_der);
-    assert_eq!(proxy.running.metrics.workload_api_updates("applied"), 0);
+    assert_eq!(setup.updates(), (0, 0));
 
     // And back: the API's current SVID.
     std::fs::write(proxy.config(), gateway(&api.endpoint(), backend.address)).unwrap();
@@ -391,10 +373,7 @@ async fn check_and_inspect_take_the_svid_and_bundles_from_the_api() {
     let gateway_svid = target.workload("example-target.com", GATEWAY_ID);
     let _api = WorkloadApiServer::start(
         &socket,
-        Served {
-            svids: vec![ServedSvid::of(GATEWAY_ID, &gateway_svid)],
-            federated: vec![("example.com".into(), ders(&federated.root.cert_pem))],
-        },
+        serving(&gateway_svid, &[("example.com", &federated)]),
     );
     let (ok, text) = run(check()).await;
     assert!(ok, "{text}");
