@@ -109,7 +109,7 @@ async fn the_gateway_serves_istio_mutual_with_the_svid_and_bundle_the_api_stream
     let setup = Setup::start(serving(&gateway_svid, &[]), &unused, |y| y).await;
     let (api, proxy) = (&setup.api, &setup.proxy);
     let client = sleep_client(&pki);
-    assert_eq!(presented_leaf(&proxy, &client).await, gateway_svid.leaf_der);
+    assert_eq!(presented_leaf(proxy, &client).await, gateway_svid.leaf_der);
     let reply = client
         .get(proxy.addr(443), HOST, HOST, "/", &[])
         .await
@@ -182,7 +182,7 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
     let sleep = federated.workload("example.com", SLEEP_ID);
     let client = Client::new(Some(&sleep), server_root, &[b"http/1.1"]);
     assert_eq!(
-        status(&client, &proxy).await,
+        status(&client, proxy).await,
         Some(StatusCode::OK),
         "federated root"
     );
@@ -192,7 +192,7 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
     );
     let client = Client::new(Some(&local), server_root, &[b"http/1.1"]);
     assert_eq!(
-        status(&client, &proxy).await,
+        status(&client, proxy).await,
         Some(StatusCode::OK),
         "own bundle"
     );
@@ -200,7 +200,7 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
     // has a federated bundle of its own: refused.
     let forged = target.workload("example.com", SLEEP_ID);
     let client = Client::new(Some(&forged), server_root, &[b"http/1.1"]);
-    assert_eq!(status(&client, &proxy).await, None, "forged example.com");
+    assert_eq!(status(&client, proxy).await, None, "forged example.com");
     assert_eq!(proxy.rejected("unknown_issuer"), 1);
 
     // The federated bundle goes away: example.com falls back to the gateway's own bundle, as
@@ -209,7 +209,7 @@ async fn a_federated_bundle_verifies_its_trust_domain_alone() {
     eventually("the update", || setup.updates() == (1, 0)).await;
     let client = Client::new(Some(&sleep), server_root, &[b"http/1.1"]);
     assert_eq!(
-        status(&client, &proxy).await,
+        status(&client, proxy).await,
         None,
         "federated root withdrawn"
     );
@@ -299,7 +299,7 @@ async fn a_reload_to_files_stops_following_the_api_and_back_follows_it_again() {
     let setup = Setup::start(serving(&served, &[]), &files, |y| y).await;
     let (api, proxy, backend) = (&setup.api, &setup.proxy, &setup.backend);
     let client = sleep_client(&pki);
-    assert_eq!(presented_leaf(&proxy, &client).await, served.leaf_der);
+    assert_eq!(presented_leaf(proxy, &client).await, served.leaf_der);
 
     // To the files (`certs/` holds `files`).
     std::fs::write(
@@ -308,18 +308,18 @@ async fn a_reload_to_files_stops_following_the_api_and_back_follows_it_again() {
     )
     .unwrap();
     meshgate_proxy::reload::reload(&proxy.running, &[proxy.config()]).await;
-    assert_eq!(presented_leaf(&proxy, &client).await, files.leaf_der);
+    assert_eq!(presented_leaf(proxy, &client).await, files.leaf_der);
     // What the API streams now changes nothing.
     let ignored = pki.workload("example-target.com", GATEWAY_ID);
     api.serve(serving(&ignored, &[]));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(presented_leaf(&proxy, &client).await, files.leaf_der);
+    assert_eq!(presented_leaf(proxy, &client).await, files.leaf_der);
     assert_eq!(setup.updates(), (0, 0));
 
     // And back: the API's current SVID.
     std::fs::write(proxy.config(), gateway(&api.endpoint(), backend.address)).unwrap();
     meshgate_proxy::reload::reload(&proxy.running, &[proxy.config()]).await;
-    assert_eq!(presented_leaf(&proxy, &client).await, ignored.leaf_der);
+    assert_eq!(presented_leaf(proxy, &client).await, ignored.leaf_der);
 }
 
 /// `meshgate check` and `meshgate pki inspect` take the identity and bundles from the API as
