@@ -81,7 +81,8 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// A backend that answers every request with JSON of what it received.
+    /// A backend that answers every request with JSON of what it received, or as fortio's
+    /// echo server when the query holds fortio's parameters (delay, status, size, header, close).
     Echo {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -89,6 +90,17 @@ enum Command {
         /// Echo the bytes of each TCP connection instead of answering HTTP.
         #[arg(long)]
         tcp: bool,
+        /// Worker threads (default: one per CPU); 1 runs everything on one thread.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// The longest `delay=` a request may ask for (a Go duration, as fortio's
+        /// -max-echo-delay); longer ones sleep this long.
+        #[arg(long, default_value = "1.5s", value_parser = go_duration)]
+        max_delay: Duration,
+        /// The largest `size=` payload, in KiB (as fortio's -maxpayloadsizekb); larger ones
+        /// send this much.
+        #[arg(long, default_value_t = 256)]
+        max_payload_kb: usize,
     },
     /// Two meshes on this machine, end to end, with a result table.
     Demo {
@@ -211,13 +223,25 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             suppress,
             output,
         } => check(&config, &suppress, output),
-        Command::Echo { listen, tcp } => {
-            let runtime = tokio_runtime(None)?;
+        Command::Echo {
+            listen,
+            tcp,
+            concurrency,
+            max_delay,
+            max_payload_kb,
+        } => {
+            let limits = meshgate_proxy::echo::Limits {
+                max_delay,
+                max_payload: max_payload_kb
+                    .checked_mul(1024)
+                    .context("--max-payload-kb is too large")?,
+            };
+            let runtime = tokio_runtime(concurrency)?;
             runtime.block_on(async {
                 let echo = if tcp {
                     meshgate_proxy::echo::Echo::start_tcp(listen)
                 } else {
-                    meshgate_proxy::echo::Echo::start(listen)
+                    meshgate_proxy::echo::Echo::start_with(listen, limits)
                 }
                 .with_context(|| format!("cannot bind {listen}"))?;
                 tracing::info!(address = %echo.address, "echo listening");
@@ -549,6 +573,13 @@ fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
         .thread_name("meshgate-worker")
         .enable_all()
         .build()?)
+}
+
+/// A Go duration (`1.5s`, `500ms`), as fortio's flags take them.
+fn go_duration(s: &str) -> Result<Duration, String> {
+    meshgate_proxy::echo::parse_duration(s).ok_or_else(|| {
+        format!("{s:?} is not a duration: a number and a unit (ns, us, ms, s, m, h)")
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are registered when this is called, not when

@@ -1021,6 +1021,52 @@ fn echo_tcp_sends_every_byte_back_until_the_client_closes() {
 }
 
 #[test]
+fn echo_takes_fortios_limits_and_refuses_a_bad_one() {
+    use std::io::{Read, Write};
+    let out = meshgate(&["echo", "--max-delay", "soon"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _echo = Proc(
+        Command::new(BIN)
+            .args(["echo", "--listen", &listen, "--concurrency", "1"])
+            .args(["--max-payload-kb", "1", "--max-delay", "10ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(&listen) {
+            Ok(c) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("echo never listened: {e}"),
+        }
+    };
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // A size over --max-payload-kb is cut to it; an hour's delay to 10 ms; close= closes.
+    conn.write_all(b"GET /?size=5000&delay=1h&close=true HTTP/1.1\r\nhost: echo\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 1024\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+#[test]
 fn pki_inspect_with_a_config_says_whether_the_gateway_would_accept_the_certificate() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
     // The gateway admits only its own trust domain at the handshake.
