@@ -1265,10 +1265,13 @@ impl Tree {
     }
 }
 
+/// A kind, its apiVersion, and the (field path, value) pairs of a minimal valid resource.
+type Base<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 #[test]
 fn every_refused_networking_field_is_refused_by_name_with_its_advice() {
     use crate::fields::{table_path, Support, FIELDS};
-    let base: &[(&str, &str, &[(&str, &str)])] = &[
+    let base: &[Base] = &[
         (
             "Gateway",
             "networking.istio.io/v1",

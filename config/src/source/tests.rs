@@ -157,7 +157,7 @@ fn a_configuration_over_the_cap_is_refused_before_it_is_read() {
         .set_len(MAX_CONFIG_BYTES)
         .unwrap();
     let mut errors = Vec::new();
-    let read = read(&[dir.clone()], &mut errors);
+    let read = read(std::slice::from_ref(&dir), &mut errors);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(read.documents.len(), 1, "the first file is read");
     let [e] = errors.as_slice() else {

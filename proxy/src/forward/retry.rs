@@ -197,9 +197,12 @@ mod tests {
         assert!(may_retry_after_send(&p, false, || true));
     }
 
+    /// Condition, status, response headers, whether it is retried.
+    type Case<'a> = (&'a str, u16, &'a [(&'a str, &'a str)], bool);
+
     #[test]
     fn each_condition_retries_what_envoy_documents() {
-        let cases: &[(&str, u16, &[(&str, &str)], bool)] = &[
+        let cases: &[Case] = &[
             ("5xx", 500, &[], true),
             ("5xx", 503, &[("x-envoy-overloaded", "true")], false),
             ("5xx", 404, &[], false),

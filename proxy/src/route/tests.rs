@@ -85,10 +85,19 @@ fn name(
     })
 }
 
+/// Method, path, authority, headers, the route chosen.
+type Case<'a> = (
+    Method,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+);
+
 #[test]
 fn istio_route_selection() {
     let l = listener();
-    let cases: &[(Method, &str, &str, &[(&str, &str)], Option<&str>)] = &[
+    let cases: &[Case] = &[
         (Method::GET, "/", "www.example.com", &[], Some("wildcard")),
         (Method::GET, "/", "WWW.Example.COM", &[], Some("wildcard")),
         (Method::GET, "/", "api.example.com", &[], Some("fallback")),
