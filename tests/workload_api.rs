@@ -406,3 +406,62 @@ async fn check_and_inspect_take_the_svid_and_bundles_from_the_api() {
         "{text}"
     );
 }
+
+/// Originating `ISTIO_MUTUAL` from a sidecar whose identity comes from the API: the target
+/// gateway sees the SVID's leaf (XFCC `Hash=`), and after a rotation the new one, on new
+/// upstream connections.
+#[tokio::test]
+async fn an_outbound_listener_originates_with_the_svid_and_its_rotation() {
+    const SOURCE_ID: &str = "spiffe://example.com/ns/default/sa/sleep";
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let target = Proxy::start(
+        &gateway_yaml(&route_to(HOST, backend.address)),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let dir = TempDir::new("wapi-source");
+    let first = pki.workload("example.com", SOURCE_ID);
+    let api = WorkloadApiServer::start(
+        &dir.path().join("agent.sock"),
+        Served {
+            svids: vec![ServedSvid::of(SOURCE_ID, &first)],
+            federated: vec![],
+        },
+    );
+    let yaml = support::proxy::source_yaml(target.addr(443), "{tls: {mode: ISTIO_MUTUAL}}").replacen(
+        "identity: {certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}",
+        &format!("identity: {{workloadApi: {{socket: \"{}\"}}}}", api.endpoint()),
+        1,
+    );
+    let source = Proxy::start(&yaml, &first).await;
+    let hash = |leaf: &[u8]| meshgate_proxy::identity::sha256_hex(leaf);
+    let xfcc = || async {
+        let reply = support::client::plain_get(source.outbound(), HOST, "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.echoed("x-forwarded-client-cert").unwrap()
+    };
+    let seen = xfcc().await;
+    assert!(
+        seen.contains(&format!("Hash={}", hash(&first.leaf_der))),
+        "{seen}"
+    );
+    assert!(seen.contains(&format!("URI={SOURCE_ID}")), "{seen}");
+
+    let second = pki.workload("example.com", SOURCE_ID);
+    api.serve(Served {
+        svids: vec![ServedSvid::of(SOURCE_ID, &second)],
+        federated: vec![],
+    });
+    eventually("the rotation", || {
+        source.running.metrics.workload_api_updates("applied") == 1
+    })
+    .await;
+    let seen = xfcc().await;
+    assert!(
+        seen.contains(&format!("Hash={}", hash(&second.leaf_der))),
+        "{seen}"
+    );
+}
