@@ -291,6 +291,38 @@ async fn cipher_suites_restrict_tls12_as_envoy_does() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
+/// The server's order decides the suite, as at Envoy's listeners: AES-128-GCM for TLS 1.3
+/// whatever the client prefers (rustls clients list AES-256-GCM first), and the Gateway's
+/// `cipherSuites` order for TLS 1.2.
+#[tokio::test]
+async fn the_server_order_chooses_the_cipher_suite() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let s = Setup::new("ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-ECDSA-AES128-GCM-SHA256").await;
+    let addr = s.addr();
+    let suite = |client: Client, sni: &'static str| async move {
+        let tls = client.connect(addr, sni).await.unwrap();
+        tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+    };
+    let mesh = s.pki.workload("example.com", CALLER);
+    let offered = Client::new(Some(&mesh), &s.pki.root.cert_pem, &[b"http/1.1"]);
+    assert_eq!(
+        suite(offered, "httpbin.example-target.com").await,
+        cs::TLS13_AES_128_GCM_SHA256.suite()
+    );
+    let tls12 = Client::tls12(
+        None,
+        &s.public.cert_pem,
+        &[
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ],
+    );
+    assert_eq!(
+        suite(tls12, "a.example.com").await,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384.suite()
+    );
+}
+
 /// Raw HTTP/1.1 over plaintext: the status line and the `location` header.
 async fn plain(addr: SocketAddr, host: &str, target: &str) -> (u16, Option<String>) {
     let run = async {

@@ -20,8 +20,25 @@ use meshgate_config::model::EcdhCurve;
 
 /// The one crypto provider: aws-lc-rs (X25519MLKEM768 included), never ring. `curves`
 /// (Istio's `meshConfig.tlsDefaults.ecdhCurves`) restricts and orders the key exchanges.
+///
+/// Cipher suites in Envoy's default order, AES-128-GCM first (rustls' own puts AES-256-GCM
+/// first): what Istio's proxies negotiate with each other, and cheaper on both sides: 10 AES
+/// rounds instead of 14 per block, and a TLS 1.3 key schedule on SHA-256, which x86 does in
+/// hardware, instead of SHA-384.
 pub fn provider(curves: Option<&[EcdhCurve]>) -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     let mut provider = aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
     if let Some(curves) = curves {
         provider.kx_groups = curves.iter().map(|c| kx(*c)).collect();
     }

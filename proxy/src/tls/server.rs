@@ -191,6 +191,9 @@ fn group(
             (config, GroupMode::Mutual)
         }
     };
+    // The server's order decides, as Envoy's listeners do: AES-128-GCM first (`tls::provider`),
+    // or the Gateway's `cipherSuites` order for TLS 1.2.
+    config.ignore_client_order = true;
     if model.proxy.session_resumption {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     } else {
