@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
-"""Side-by-side load bench: meshgate and nginx terminating the same mTLS, proxying to the
-same backend, driven by the same load generator (oha) with a client certificate.
+"""Side-by-side load bench: meshgate, nginx and HAProxy terminating the same mTLS, proxying to
+the same backend, driven by the same load generator (oha) with a client certificate.
 
 Like with like:
-  * one worker each (`meshgate run --concurrency 1`, nginx `worker_processes 1`), pinned to
-    core 0; the load generator and the backend share core 1;
+  * one worker each (`meshgate run --concurrency 1`, nginx `worker_processes 1`, HAProxy
+    `nbthread 1`), pinned to core 0; the load generator and the backend share core 1;
   * TLS 1.3 only, key exchange X25519 only, session resumption off on both (every
     --disable-keepalive connection is a full handshake with client-certificate verification);
   * HTTP/1.1 from the client, keep-alive upstream connections to the backend;
   * the backend is a third process (nginx answering `200 ok` from memory) on core 1.
 
-Runs alternate meshgate, nginx, meshgate, nginx, ... and the median of the rounds is
-reported. Needs: oha (`cargo install oha --locked`), nginx (Debian package), taskset, and a
-release build of meshgate (built here if missing).
+Runs alternate meshgate, nginx, HAProxy, meshgate, ... and the median of the rounds is
+reported, each figure also as a ratio against the better of the two peers. Needs: oha
+(`cargo install oha --locked`), nginx and haproxy (Debian packages), taskset, and a release
+build of meshgate (built here if missing).
+
+Idle memory: n mTLS connections complete their handshake (RSS growth / n: "handshake only"),
+then each sends one keep-alive request and reads its response, one connection at a time, and
+all stay open and idle for 2.5 s (RSS growth / n again: "after one request"). The connections are held by client
+processes on core 1, at most IDLE_PER_CLIENT each, from their own loopback source address.
 
 Usage: python3 benches/load/bench.py [--duration 10] [--rounds 3] [--connections 64]
        python3 benches/load/bench.py --baseline OLD_BINARY   # two meshgate builds, alternating
+       python3 benches/load/bench.py --only idle --idle-counts 5000,20000,50000   # linearity
 """
 
 import argparse
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -35,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HOST = "httpbin.example-target.com"
 MESHGATE_PORT = 18443
 NGINX_PORT = 19443
+HAPROXY_PORT = 20443
 BACKEND_PORT = 18080
 ADMIN_PORT = 15900
 OUTBOUND_PORT = 15901
@@ -46,6 +56,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 PARTS = ("keepalive", "handshake", "two-hop", "idle")
+PEERS = ("nginx", "haproxy")
+# Connections one client process holds (each needs a file descriptor).
+IDLE_PER_CLIENT = 9000
 
 
 def main():
@@ -55,6 +68,12 @@ def main():
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections")
     ap.add_argument("--handshake-connections", type=int, default=16)
     ap.add_argument("--idle-connections", type=int, default=500)
+    ap.add_argument(
+        "--idle-counts",
+        help="comma-separated connection counts: idle memory only, each count on a fresh process"
+        " of each proxy, to check that memory grows linearly (e.g. 5000,20000,50000)",
+    )
+    ap.add_argument("--peers", default=",".join(PEERS), help="peers beside meshgate: " + ", ".join(PEERS))
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/meshgate"))
     ap.add_argument("--baseline", help="another meshgate binary to compare with, instead of nginx")
     ap.add_argument(
@@ -67,9 +86,18 @@ def main():
     args.only = set(args.only.split(","))
     if not args.only <= set(PARTS):
         sys.exit(f"--only takes {', '.join(PARTS)}")
-    other = "baseline" if args.baseline else "nginx"
+    args.peers = [p for p in args.peers.split(",") if p]
+    if not set(args.peers) <= set(PEERS):
+        sys.exit(f"--peers takes {', '.join(PEERS)}")
+    others = ["baseline"] if args.baseline else args.peers
+    if args.idle_counts:
+        args.idle_counts = [int(n) for n in args.idle_counts.split(",")]
+        args.only = {"idle"}
+    # Every idle connection is a descriptor in the proxy: as many as the hard limit allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    for tool in ("oha", "nginx", "taskset"):
+    for tool in ("oha", "nginx", "taskset") + (("haproxy",) if "haproxy" in others else ()):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: see benches/README.md")
     if not os.path.exists(args.binary):
@@ -80,12 +108,15 @@ def main():
         pki(args.binary, work)
         backend = start_backend(work)
         try:
-            results = {"meshgate": [], other: []}
+            if args.idle_counts:
+                idle_counts(args, work, others)
+                return
+            results = {name: [] for name in ["meshgate", *others]}
             for r in range(args.rounds):
-                for name in ("meshgate", other):
+                for name in results:
                     print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
                     one_hop = run_proxy(name, args, work)
-                    if "two-hop" in args.only:
+                    if "two-hop" in args.only and name != "haproxy":
                         one_hop["two_hop"] = run_two_hop(name, args, work)
                     results[name].append(one_hop)
             report(results, args)
@@ -104,6 +135,11 @@ def pki(binary, work):
     mg("pki", "intermediate", "--root", f"{work}/root", "--trust-domain", "example.com", "--out", f"{work}/source")
     mg("pki", "workload", "--ca", f"{work}/target", "--spiffe-id", GATEWAY_ID, "--dns", f"*.example-target.com", "--out", f"{work}/gateway")
     mg("pki", "workload", "--ca", f"{work}/source", "--spiffe-id", CLIENT_ID, "--out", f"{work}/client")
+    # HAProxy takes the chain and its key in one file.
+    with open(f"{work}/gateway/haproxy.pem", "w") as out:
+        for part in ("cert-chain.pem", "key.pem"):
+            with open(f"{work}/gateway/{part}") as f:
+                out.write(f.read())
 
 
 def nginx(work, name, conf):
@@ -196,10 +232,11 @@ worker_processes 1;
 daemon off;
 pid {work}/nginx-proxy/nginx.pid;
 error_log {work}/nginx-proxy/logs/error.log warn;
-events {{ worker_connections 8192; }}
+events {{ worker_connections 60000; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
+  keepalive_timeout 600s;
   upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
   server {{
     listen 127.0.0.1:{NGINX_PORT} ssl backlog=4096;
@@ -223,8 +260,44 @@ http {{
 """)
 
 
+def haproxy_config(work):
+    """HAProxy 2.6 as the nginx config above: one thread, the same mTLS (client certificate
+    required and verified to the same root, TLS 1.3, X25519, no resumption), the client's
+    subject and certificate fingerprint passed on as headers, keep-alive to the backend."""
+    d = f"{work}/haproxy"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/haproxy.cfg", "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  maxconn 60000
+  # As many descriptors as the limit allows, not the 120 000 that maxconn asks for.
+  no strict-limits
+  tune.ssl.cachesize 0
+  ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
+defaults
+  mode http
+  maxconn 60000
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  timeout http-keep-alive 600s
+  timeout http-request 10s
+frontend gateway
+  bind 127.0.0.1:{HAPROXY_PORT} ssl crt {work}/gateway/haproxy.pem ca-file {work}/gateway/root-cert.pem verify required curves X25519 alpn http/1.1 backlog 4096
+  http-request set-header x-ssl-client-subject %[ssl_c_s_dn]
+  http-request set-header x-ssl-client-sha256 %[ssl_c_der,sha2(256),hex]
+  default_backend backend
+backend backend
+  http-reuse always
+  server backend 127.0.0.1:{BACKEND_PORT} maxconn 128
+""")
+    return f"{d}/haproxy.cfg"
+
+
 def binary(name, args):
-    """The meshgate binary that runs as `name`, or None for nginx."""
+    """The meshgate binary that runs as `name`, or None for nginx and HAProxy."""
     return {"meshgate": args.binary, "baseline": args.baseline}.get(name)
 
 
@@ -233,6 +306,10 @@ def start_proxy(name, args, work):
         cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", meshgate_config(work)]
         port = MESHGATE_PORT
         env = dict(os.environ, MESHGATE_LOG="warn")
+    elif name == "haproxy":
+        cmd = ["taskset", "-c", "0", "haproxy", "-db", "-f", haproxy_config(work)]
+        port = HAPROXY_PORT
+        env = None
     else:
         cmd = ["taskset", "-c", "0", "nginx", "-p", nginx_proxy_config(work), "-c", "nginx.conf"]
         port = NGINX_PORT
@@ -265,7 +342,9 @@ def run_proxy(name, args, work):
                 "errors": errors,
             }
         if "idle" in args.only:
-            out["idle_kib_per_conn"] = idle_memory(pids, port, work, args.idle_connections)
+            handshake, request = idle_memory(pids, port, work, args.idle_connections)
+            out["idle_kib_per_conn"] = handshake
+            out["idle_after_request_kib_per_conn"] = request
         return out
     finally:
         stop(proc)
@@ -415,24 +494,135 @@ def oha(work, port, duration, conns, keepalive):
 
 
 def idle_memory(pids, port, work, n):
-    """RSS growth per idle mTLS connection: n handshakes completed, nothing sent after."""
+    """RSS growth per idle mTLS connection (KiB): n handshakes completed and nothing sent,
+    then the same n after one keep-alive request each. Returns (handshake only, after one
+    request)."""
+    time.sleep(0.5)
+    before = rss_kib(pids)
+    clients = []
+    try:
+        for i in range(0, n, IDLE_PER_CLIENT):
+            here, there = multiprocessing.Pipe()
+            count = min(IDLE_PER_CLIENT, n - i)
+            source = f"127.0.0.{2 + i // IDLE_PER_CLIENT}"
+            proc = multiprocessing.Process(target=idle_client, args=(there, port, work, count, source))
+            proc.start()
+            clients.append((proc, here))
+        for proc, pipe in clients:
+            expect(pipe, "open")
+        # TLS 1.3: the server verifies the client certificate after the client's Finished; a
+        # short wait lets every connection reach the idle state.
+        time.sleep(1.0)
+        handshake = rss_kib(pids)
+        for proc, pipe in clients:
+            pipe.send("request")
+            expect(pipe, "requested")
+        # meshgate parks an HTTP/1.1 connection idle for 1 to 2 s (without hyper's buffers):
+        # the reading is of connections idle for at least 2.5 s, on every proxy.
+        time.sleep(2.5)
+        request = rss_kib(pids)
+    finally:
+        for proc, pipe in clients:
+            pipe.send("close")
+        for proc, pipe in clients:
+            proc.join(timeout=60)
+    return (handshake - before) / n, (request - before) / n
+
+
+def expect(pipe, what):
+    got = pipe.recv()
+    if got != what:
+        sys.exit(f"idle client: {got}")
+
+
+def idle_client(pipe, port, work, n, source):
+    """Holds n mTLS connections from `source`: opens them, then (when asked) sends one
+    request on each and reads its response, then keeps them open until told to close."""
+    os.sched_setaffinity(0, {1})
     ctx = ssl.create_default_context(cafile=f"{work}/root/root-cert.pem")
     ctx.load_cert_chain(f"{work}/client/cert-chain.pem", f"{work}/client/key.pem")
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    time.sleep(0.5)
-    before = rss_kib(pids)
+    ctx.set_alpn_protocols(["http/1.1"])
     conns = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        t = ctx.wrap_socket(s, server_hostname=HOST)
-        conns.append(t)
-    # TLS 1.3: the server verifies the client certificate after the client's Finished; a
-    # short wait lets every connection reach the idle state.
-    time.sleep(1.0)
-    after = rss_kib(pids)
-    for t in conns:
-        t.close()
-    return (after - before) / n
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+            conns.append(ctx.wrap_socket(s, server_hostname=HOST))
+        pipe.send("open")
+        if pipe.recv() != "request":
+            return
+        request = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
+        for t in conns:
+            t.sendall(request)
+            read_response(t)
+        pipe.send("requested")
+        pipe.recv()
+    except Exception as e:  # the parent reports it and stops
+        pipe.send(f"{type(e).__name__}: {e}")
+    finally:
+        for t in conns:
+            t.close()
+
+
+def read_response(t):
+    """Reads one response with a content-length body (the backend's `ok`)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = t.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before a response")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = t.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed in a response body")
+        body += chunk
+
+
+def idle_counts(args, work, others):
+    """Idle memory at each of the counts, on a fresh process of each proxy per count and
+    round, to see whether it grows linearly."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    results = {}
+    for n in args.idle_counts:
+        if n + 100 > soft:
+            print(f"{n} connections: skipped, the open-file limit is {soft} (`ulimit -Hn`)", file=sys.stderr)
+            continue
+        for r in range(args.rounds):
+            for name in ["meshgate", *others]:
+                print(f"{n} idle connections, round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
+                proc, port = start_proxy(name, args, work)
+                try:
+                    pids = family(proc.pid)
+                    oha(work, port, 2, args.connections, keepalive=True)  # warm-up
+                    handshake, request = idle_memory(pids, port, work, n)
+                finally:
+                    stop(proc)
+                results.setdefault(n, {}).setdefault(name, []).append((handshake, request))
+    names = ["meshgate", *others]
+    print(f"\nidle memory per mTLS connection (KiB), median of {args.rounds} rounds [range]\n")
+    print("| connections | state | " + " | ".join(names) + " | meshgate/better peer |")
+    print("|---|---|" + "---|" * (len(names) + 1))
+    for n, by_name in results.items():
+        for i, state in enumerate(("handshake only", "after one request")):
+            cells, meds = [], {}
+            for name in names:
+                vals = [v[i] for v in by_name[name]]
+                meds[name] = statistics.median(vals)
+                cells.append(f"{meds[name]:.1f} [{min(vals):.1f}-{max(vals):.1f}]")
+            better = min(meds[o] for o in others)
+            ratio = f"{meds['meshgate'] / better:.2f}" if better > 0 else "n/a"
+            print(f"| {n} | {state} | " + " | ".join(cells) + f" | {ratio} |")
+    print("\nraw rounds (JSON, [handshake only, after one request]):")
+    print(json.dumps(results, indent=1))
 
 
 def family(pid):
@@ -497,43 +687,59 @@ def stop(proc):
 
 
 def report(results, args):
-    def med(name, kind, key):
-        vals = [r[kind][key] for r in results[name]]
-        return statistics.median(vals)
+    names = list(results)
+    others = names[1:]
 
-    def med_idle(name):
-        return statistics.median(r["idle_kib_per_conn"] for r in results[name])
+    def med(name, kind, key):
+        return statistics.median(r[kind][key] for r in results[name])
+
+    def spread(name, kind, key):
+        vals = [r[kind][key] for r in results[name]]
+        return min(vals), max(vals)
 
     rows = [
-        ("keep-alive requests/s", "keepalive", "rps", "{:.0f}", "higher"),
-        ("keep-alive p50 latency (ms)", "keepalive", "p50_ms", "{:.2f}", "lower"),
-        ("keep-alive p99 latency (ms)", "keepalive", "p99_ms", "{:.2f}", "lower"),
-        ("keep-alive CPU per request (µs)", "keepalive", "cpu_us_per_req", "{:.1f}", "lower"),
-        ("full handshakes/s (new connection per request)", "handshake", "rps", "{:.0f}", "higher"),
-        ("handshake p50 latency (ms)", "handshake", "p50_ms", "{:.2f}", "lower"),
-        ("handshake p99 latency (ms)", "handshake", "p99_ms", "{:.2f}", "lower"),
-        ("CPU per handshake + request (µs)", "handshake", "cpu_us_per_req", "{:.1f}", "lower"),
-        ("two hops, keep-alive requests/s", "two_hop", "rps", "{:.0f}", "higher"),
-        ("two hops, p50 latency (ms)", "two_hop", "p50_ms", "{:.2f}", "lower"),
-        ("two hops, p99 latency (ms)", "two_hop", "p99_ms", "{:.2f}", "lower"),
-        ("two hops, CPU per request, both proxies (µs)", "two_hop", "cpu_us_per_req", "{:.1f}", "lower"),
+        ("keep-alive requests/s", "keepalive", "rps", "{:.0f}", max),
+        ("keep-alive p50 latency (ms)", "keepalive", "p50_ms", "{:.2f}", min),
+        ("keep-alive p99 latency (ms)", "keepalive", "p99_ms", "{:.2f}", min),
+        ("keep-alive CPU per request (µs)", "keepalive", "cpu_us_per_req", "{:.1f}", min),
+        ("full handshakes/s (new connection per request)", "handshake", "rps", "{:.0f}", max),
+        ("handshake p50 latency (ms)", "handshake", "p50_ms", "{:.2f}", min),
+        ("handshake p99 latency (ms)", "handshake", "p99_ms", "{:.2f}", min),
+        ("CPU per handshake + request (µs)", "handshake", "cpu_us_per_req", "{:.1f}", min),
+        ("two hops, keep-alive requests/s", "two_hop", "rps", "{:.0f}", max),
+        ("two hops, p50 latency (ms)", "two_hop", "p50_ms", "{:.2f}", min),
+        ("two hops, p99 latency (ms)", "two_hop", "p99_ms", "{:.2f}", min),
+        ("two hops, CPU per request, both proxies (µs)", "two_hop", "cpu_us_per_req", "{:.1f}", min),
+        ("memory per idle mTLS connection, handshake only (KiB)", "idle", "handshake", "{:.1f}", min),
+        ("memory per idle mTLS connection, after one request (KiB)", "idle", "request", "{:.1f}", min),
     ]
-    print(f"\n{args.rounds} rounds of {args.duration}s, median; keep-alive with {args.connections} connections, handshakes with {args.handshake_connections}\n")
-    other = [name for name in results if name != "meshgate"][0]
-    print(f"| metric | meshgate | {other} | meshgate/{other} |")
-    print("|---|---|---|---|")
-    for label, kind, key, fmt, _better in rows:
-        if kind not in results["meshgate"][0]:
+    for rounds in results.values():
+        for r in rounds:
+            if "idle_kib_per_conn" in r:
+                r["idle"] = {"handshake": r["idle_kib_per_conn"], "request": r["idle_after_request_kib_per_conn"]}
+    print(f"\n{args.rounds} rounds of {args.duration}s, median [range]; keep-alive with {args.connections} connections, handshakes with {args.handshake_connections}, idle memory with {args.idle_connections}\n")
+    against = others[0] if len(others) == 1 else "better peer"
+    print("| metric | " + " | ".join(names) + f" | meshgate/{against} |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for label, kind, key, fmt, better in rows:
+        have = [n for n in names if all(kind in r for r in results[n])]
+        if "meshgate" not in have:
             continue
-        m, n = med("meshgate", kind, key), med(other, kind, key)
-        print(f"| {label} | {fmt.format(m)} | {fmt.format(n)} | {m / n:.2f} |")
-    if "idle" in args.only:
-        m, n = med_idle("meshgate"), med_idle(other)
-        ratio = f"{m / n:.2f}" if n > 0 else "n/a"
-        print(f"| memory per idle mTLS connection (KiB) | {m:.1f} | {n:.1f} | {ratio} |")
+        cells = []
+        for n in names:
+            if n in have:
+                lo, hi = spread(n, kind, key)
+                cells.append(f"{fmt.format(med(n, kind, key))} [{fmt.format(lo)}-{fmt.format(hi)}]")
+            else:
+                cells.append("-")
+        peers = [med(n, kind, key) for n in others if n in have]
+        m = med("meshgate", kind, key)
+        best = better(peers) if peers else None
+        ratio = f"{m / best:.2f}" if best else "n/a"
+        print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
     kinds = ("keepalive", "handshake", "two_hop")
     errors = {name: sum(r[k]["errors"] for r in results[name] for k in kinds if k in r) for name in results}
-    print(f"\nfailed requests: meshgate {errors['meshgate']}, {other} {errors[other]}")
+    print("\nfailed requests: " + ", ".join(f"{n} {errors[n]}" for n in names))
     print("\nraw rounds (JSON):")
     print(json.dumps(results, indent=1))
 
