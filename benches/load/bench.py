@@ -237,6 +237,8 @@ http {{
   access_log off;
   keepalive_requests 1000000;
   keepalive_timeout 600s;
+  # Thousands of connections take minutes to open; each waits for its request meanwhile.
+  client_header_timeout 600s;
   upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
   server {{
     listen 127.0.0.1:{NGINX_PORT} ssl backlog=4096;
@@ -283,7 +285,8 @@ defaults
   timeout client 600s
   timeout server 600s
   timeout http-keep-alive 600s
-  timeout http-request 10s
+  # As nginx's client_header_timeout above: the first request may come minutes later.
+  timeout http-request 600s
 frontend gateway
   bind 127.0.0.1:{HAPROXY_PORT} ssl crt {work}/gateway/haproxy.pem ca-file {work}/gateway/root-cert.pem verify required curves X25519 alpn http/1.1 backlog 4096
   http-request set-header x-ssl-client-subject %[ssl_c_s_dn]
