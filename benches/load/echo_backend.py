@@ -29,8 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,10 +36,13 @@ import tempfile
 import time
 import urllib.request
 
+# The process accounting and lifecycle helpers of the main load bench.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import cpu_seconds, failures, family, stop, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESHGATE_PORT = 18190
 NGINX_PORT = 18191
-TICKS = os.sysconf("SC_CLK_TCK")
 
 # (name, server, method, path): the path is formatted with the body size.
 SCENARIOS = (
@@ -168,62 +169,6 @@ def stats_count(port):
         for line in text.splitlines()
         if line.startswith("meshgate_echo_request_duration_seconds_count")
     )
-
-
-def failures(res):
-    """Transport errors and every response that is not a 200. oha cuts the requests in flight
-    when -z runs out ("aborted due to deadline", one per connection): not a failure."""
-    transport = sum(v for k, v in res.get("errorDistribution", {}).items() if k != "aborted due to deadline")
-    not_ok = sum(v for code, v in res["statusCodeDistribution"].items() if code != "200")
-    return transport + not_ok
-
-
-def family(pid):
-    """The process and its children (nginx master + worker; taskset execs in place)."""
-    time.sleep(0.3)
-    pids = [pid]
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    pids.append(int(p))
-            except OSError:
-                pass
-    return pids
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / TICKS
-
-
-def wait_port(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def report(results, args):
