@@ -983,33 +983,39 @@ spec:
     );
 }
 
-#[test]
-fn echo_tcp_sends_every_byte_back_until_the_client_closes() {
-    use std::io::{Read, Write};
+/// `meshgate echo` with `args` on a free loopback port, and a connection to it.
+fn echo_connected(args: &[&str]) -> (Proc, std::net::TcpStream) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let _echo = Proc(
+    let echo = Proc(
         Command::new(BIN)
-            .args(["echo", "--tcp", "--listen", &listen])
+            .args(["echo", "--listen", &listen])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut conn = loop {
+    loop {
         match std::net::TcpStream::connect(&listen) {
-            Ok(c) => break c,
+            Ok(c) => return (echo, c),
             Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
-            Err(e) => panic!("echo --tcp never listened: {e}"),
+            Err(e) => panic!("echo {args:?} never listened: {e}"),
         }
-    };
+    }
+}
+
+#[test]
+fn echo_tcp_sends_every_byte_back_until_the_client_closes() {
+    use std::io::{Read, Write};
+    let (_echo, mut conn) = echo_connected(&["--tcp"]);
     // Not HTTP, and more than one read's worth.
     let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     conn.write_all(&sent).unwrap();
@@ -1028,31 +1034,14 @@ fn echo_takes_fortios_limits_and_refuses_a_bad_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let _echo = Proc(
-        Command::new(BIN)
-            .args(["echo", "--listen", &listen, "--concurrency", "1"])
-            .args(["--max-payload-kb", "1", "--max-delay", "10ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut conn = loop {
-        match std::net::TcpStream::connect(&listen) {
-            Ok(c) => break c,
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => panic!("echo never listened: {e}"),
-        }
-    };
+    let (_echo, mut conn) = echo_connected(&[
+        "--concurrency",
+        "1",
+        "--max-payload-kb",
+        "1",
+        "--max-delay",
+        "10ms",
+    ]);
     conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     // A size over --max-payload-kb is cut to it; an hour's delay to 10 ms; close= closes.
