@@ -8,6 +8,7 @@ pub mod federation;
 pub mod files;
 pub mod inspect;
 pub mod server;
+mod verified;
 pub mod verify;
 pub mod workload_api;
 

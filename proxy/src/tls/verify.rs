@@ -19,6 +19,7 @@ use rustls::{
 use meshgate_config::model::TrustSettings;
 
 use super::credentials::{Revocation, TrustRoots};
+use super::verified::{ChainKey, VerifiedChains};
 use crate::identity::{peer_identity, sha256_hex, PeerError, PeerIdentity};
 
 /// WebPKI plus SPIFFE.
@@ -37,6 +38,8 @@ pub struct SpiffeClientVerifier {
     /// The CRLs, parsed, for the path verified with issuer binding.
     crls: Vec<webpki::CertRevocationList<'static>>,
     deny_expired_crl: bool,
+    /// Chains that verified, with the path found: sidecars reconnect with the same chain.
+    verified: VerifiedChains,
 }
 
 /// One bundle's roots and rustls' verifier over them; no verifier while there are no roots
@@ -120,6 +123,7 @@ impl SpiffeClientVerifier {
             provider,
             crls,
             deny_expired_crl: revocation.deny_expired,
+            verified: VerifiedChains::new(&revocation.crls, revocation.deny_expired),
         })
     }
 
@@ -293,24 +297,33 @@ impl ClientCertVerifier for SpiffeClientVerifier {
                 bundle_name.unwrap_or("")
             ))));
         };
-        let verified = if self.issuers.is_empty() {
-            verifier
-                .verify_client_cert(end_entity, intermediates, now)
-                .map(|_| None)
-        } else {
-            self.verified_path(&bundle.roots, end_entity, intermediates, now)
-                .map(Some)
+        let key = ChainKey::of(end_entity, intermediates);
+        let kept = self.verified.get(&key, now);
+        let fresh;
+        let path = match kept.as_ref().and_then(|g| g.as_ref()) {
+            Some(verified) => verified.path.as_deref(),
+            None => {
+                let verified = if self.issuers.is_empty() {
+                    verifier
+                        .verify_client_cert(end_entity, intermediates, now)
+                        .map(|_| None)
+                } else {
+                    self.verified_path(&bundle.roots, end_entity, intermediates, now)
+                        .map(Some)
+                };
+                let path = verified.map_err(|e| match rustls_peer_error(&e) {
+                    // Said in full: what was sent, and the roots it was tried against.
+                    PeerError::UnknownIssuer(_) => reject(PeerError::UnknownIssuer(
+                        unknown_issuer(&bundle.roots, bundle_name, end_entity, intermediates),
+                    )),
+                    _ => e,
+                })?;
+                self.verified
+                    .insert(key, end_entity, intermediates, now, path.clone());
+                fresh = path;
+                fresh.as_deref()
+            }
         };
-        let path = verified.map_err(|e| match rustls_peer_error(&e) {
-            // Said in full: what was sent, and the roots it was tried against.
-            PeerError::UnknownIssuer(_) => reject(PeerError::UnknownIssuer(unknown_issuer(
-                &bundle.roots,
-                bundle_name,
-                end_entity,
-                intermediates,
-            ))),
-            _ => e,
-        })?;
         let peer = match named {
             Some(peer) => peer,
             None => peer_identity(end_entity).map_err(reject)?,
@@ -330,7 +343,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             )));
         }
         if let Some(path) = path {
-            self.check_issuer(&path, td)?;
+            self.check_issuer(path, td)?;
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -714,4 +727,215 @@ fn san_names(cert: &CertificateDer<'_>) -> Vec<String> {
     };
     let names = meshgate_spiffe::svid::SanNames::of(&cert);
     names.uris.into_iter().chain(names.dns).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The verdicts kept for chains verified before: the checks that depend on the time, the
+    //! CRLs and the configuration still decide on every handshake.
+
+    use meshgate_config::model::TrustSettings;
+    use meshgate_pki::{Authority, Duration, KeyAlgorithm, LeafSpec, OffsetDateTime};
+    use meshgate_spiffe::TrustDomain;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+    use rustls::server::danger::ClientCertVerifier;
+    use rustls::RootCertStore;
+
+    use super::SpiffeClientVerifier;
+    use crate::identity::PeerError;
+    use crate::tls::credentials::{Revocation, TrustRoots};
+
+    const SLEEP: &str = "spiffe://example.com/ns/default/sa/sleep";
+
+    struct Mesh {
+        root: Authority,
+        ca: Authority,
+    }
+
+    impl Mesh {
+        fn new(root: &str) -> Self {
+            let root = Authority::root(root, KeyAlgorithm::EcdsaP256).unwrap();
+            let td = TrustDomain::new("example.com").unwrap();
+            let ca = root.intermediate(&td, KeyAlgorithm::EcdsaP256).unwrap();
+            Self { root, ca }
+        }
+
+        /// `spiffe_id`'s chain (leaf, intermediate), valid from `from` until `until`.
+        fn chain(
+            &self,
+            spiffe_id: &str,
+            from: OffsetDateTime,
+            until: OffsetDateTime,
+        ) -> Vec<CertificateDer<'static>> {
+            let spec = LeafSpec {
+                not_before: from,
+                not_after: until,
+                ..LeafSpec::spiffe(spiffe_id)
+            };
+            let leaf = self.ca.issue(&spec).unwrap();
+            CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+
+        fn verifier(
+            &self,
+            allowed: Option<&[&str]>,
+            issuers: Vec<(String, Vec<String>)>,
+            revocation: &Revocation,
+        ) -> SpiffeClientVerifier {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(self.root.cert_pem.as_bytes()).unwrap())
+                .unwrap();
+            let trust = TrustSettings {
+                trust_domain: TrustDomain::new("example-target.com").unwrap(),
+                aliases: Vec::new(),
+                cluster_local_is_local: true,
+                allowed_trust_domains: allowed
+                    .map(|a| a.iter().map(|t| TrustDomain::new(t).unwrap()).collect()),
+                issuers: Vec::new(),
+                bundles: Vec::new(),
+                ecdh_curves: None,
+            };
+            SpiffeClientVerifier::new(
+                &TrustRoots::single(std::sync::Arc::new(roots)),
+                trust,
+                issuers,
+                crate::tls::provider(None),
+                revocation,
+            )
+            .unwrap()
+        }
+
+        /// The SPKI SHA-256 of the mesh CA, as `spec.trust.issuers` resolves it.
+        fn ca_spki(&self) -> String {
+            let der = CertificateDer::from_pem_slice(self.ca.cert_pem.as_bytes()).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            crate::identity::sha256_hex(cert.tbs_certificate.subject_pki.raw)
+        }
+    }
+
+    fn at(t: OffsetDateTime) -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
+    }
+
+    fn verify(
+        v: &SpiffeClientVerifier,
+        chain: &[CertificateDer<'static>],
+        now: UnixTime,
+    ) -> Result<(), PeerError> {
+        v.verify_client_cert(&chain[0], &chain[1..], now)
+            .map(|_| ())
+            .map_err(|e| super::rustls_peer_error(&e))
+    }
+
+    fn reason(r: Result<(), PeerError>) -> &'static str {
+        r.map_or_else(|e| e.reason(), |()| "ok")
+    }
+
+    #[test]
+    fn a_chain_verified_before_is_taken_again_only_while_every_certificate_is_valid() {
+        let mesh = Mesh::new("root");
+        let now = OffsetDateTime::now_utc();
+        let (from, until) = (now - Duration::minutes(5), now + Duration::hours(1));
+        let chain = mesh.chain(SLEEP, from, until);
+        let v = mesh.verifier(None, Vec::new(), &Revocation::default());
+        assert_eq!(reason(verify(&v, &chain, at(now))), "ok");
+        assert_eq!(v.verified.hits(), 0);
+        assert_eq!(reason(verify(&v, &chain, at(now))), "ok");
+        assert_eq!(v.verified.hits(), 1);
+        // The leaf's last second still holds; after it, and before its first, webpki decides.
+        assert_eq!(reason(verify(&v, &chain, at(until))), "ok");
+        assert_eq!(v.verified.hits(), 2);
+        let after = verify(&v, &chain, at(until + Duration::seconds(1)));
+        assert_eq!(reason(after), "expired");
+        let before = verify(&v, &chain, at(from - Duration::seconds(1)));
+        assert_eq!(reason(before), "not_yet_valid");
+        assert_eq!(v.verified.hits(), 2);
+    }
+
+    #[test]
+    fn a_chain_that_failed_is_verified_again_every_time() {
+        let mesh = Mesh::new("root");
+        let other = Mesh::new("another root");
+        let now = OffsetDateTime::now_utc();
+        let forged = other.chain(SLEEP, now - Duration::minutes(5), now + Duration::hours(1));
+        let v = mesh.verifier(None, Vec::new(), &Revocation::default());
+        for _ in 0..2 {
+            assert_eq!(reason(verify(&v, &forged, at(now))), "unknown_issuer");
+        }
+        assert_eq!(v.verified.hits(), 0);
+        // A chain differing in one certificate is another chain: the other mesh's intermediate
+        // after our leaf.
+        let chain = mesh.chain(SLEEP, now - Duration::minutes(5), now + Duration::hours(1));
+        assert_eq!(reason(verify(&v, &chain, at(now))), "ok");
+        let spliced = [chain[0].clone(), forged[1].clone()];
+        assert_eq!(reason(verify(&v, &spliced, at(now))), "unknown_issuer");
+        assert_eq!(v.verified.hits(), 0);
+    }
+
+    #[test]
+    fn the_allow_list_and_issuer_binding_decide_on_a_chain_verified_before() {
+        let mesh = Mesh::new("root");
+        let now = OffsetDateTime::now_utc();
+        let chain = mesh.chain(SLEEP, now - Duration::minutes(5), now + Duration::hours(1));
+        let allowed = mesh.verifier(
+            Some(&["example-target.com"]),
+            Vec::new(),
+            &Revocation::default(),
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                reason(verify(&allowed, &chain, at(now))),
+                "trust_domain_not_allowed"
+            );
+        }
+        assert_eq!(allowed.verified.hits(), 1);
+        let bound = vec![(mesh.ca_spki(), vec!["example-target.com".to_string()])];
+        let bound = mesh.verifier(None, bound, &Revocation::default());
+        for _ in 0..2 {
+            assert_eq!(
+                reason(verify(&bound, &chain, at(now))),
+                "issuer_not_allowed"
+            );
+        }
+        assert_eq!(bound.verified.hits(), 1);
+        let right = vec![(mesh.ca_spki(), vec!["example.com".to_string()])];
+        let right = mesh.verifier(None, right, &Revocation::default());
+        for _ in 0..2 {
+            assert_eq!(reason(verify(&right, &chain, at(now))), "ok");
+        }
+        assert_eq!(right.verified.hits(), 1);
+    }
+
+    #[test]
+    fn a_chain_verified_before_fails_once_a_denied_crl_expires() {
+        let mesh = Mesh::new("root");
+        let now = OffsetDateTime::now_utc();
+        let chain = mesh.chain(SLEEP, now - Duration::minutes(5), now + Duration::hours(2));
+        let next_update = now + Duration::hours(1);
+        let pem = mesh.ca.crl(&[], next_update).unwrap();
+        let crl = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let revocation = Revocation {
+            crls: vec![crl],
+            deny_expired: true,
+        };
+        let v = mesh.verifier(None, Vec::new(), &revocation);
+        assert_eq!(reason(verify(&v, &chain, at(now))), "ok");
+        assert_eq!(reason(verify(&v, &chain, at(now))), "ok");
+        assert_eq!(v.verified.hits(), 1);
+        let expired = verify(&v, &chain, at(next_update));
+        assert_eq!(reason(expired), "crl_expired");
+        // Ignored expiry: the same chain is kept past the CRL's nextUpdate.
+        let revocation = Revocation {
+            deny_expired: false,
+            ..revocation
+        };
+        let v = mesh.verifier(None, Vec::new(), &revocation);
+        assert_eq!(reason(verify(&v, &chain, at(now))), "ok");
+        assert_eq!(reason(verify(&v, &chain, at(next_update))), "ok");
+        assert_eq!(v.verified.hits(), 1);
+    }
 }
