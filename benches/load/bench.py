@@ -5,15 +5,40 @@ the same backend, driven by the same load generator (oha) with a client certific
 Like with like:
   * one worker each (`meshgate run --concurrency 1`, nginx `worker_processes 1`, HAProxy
     `nbthread 1`), pinned to core 0; the load generator and the backend share core 1;
-  * TLS 1.3 only, key exchange X25519 only, session resumption off on both (every
-    --disable-keepalive connection is a full handshake with client-certificate verification);
-  * HTTP/1.1 from the client, keep-alive upstream connections to the backend;
+  * TLS 1.3 only, key exchange X25519 only, the same leaves (ECDSA P-256, or RSA 2048 with
+    --key-type rsa; the CAs stay ECDSA P-256) for the gateway and the client;
+  * session resumption off on all three (every --disable-keepalive connection is a full
+    handshake with client-certificate verification), except in the `resumed` part, where all
+    three resume alike: stateful TLS 1.3 tickets naming a session in the server's cache
+    (meshgate `sessionResumption: true`, nginx `ssl_session_cache` without ticket keys, HAProxy
+    its session cache with `no-tls-tickets`); each proxy start is first checked to resume
+    (or not) as its part says;
+  * each proxy offers ALPN h2 and http/1.1 (meshgate always does); oha sends no ALPN for
+    HTTP/1.1 and `h2` for HTTP/2; keep-alive HTTP/1.1 upstream connections to the backend;
   * the backend is a third process (nginx answering `200 ok` from memory) on core 1.
 
-Runs alternate meshgate, nginx, HAProxy, meshgate, ... and the median of the rounds is
-reported, each figure also as a ratio against the better of the two peers. Needs: oha
-(`cargo install oha --locked`), nginx and haproxy (Debian packages), taskset, and a release
-build of meshgate (built here if missing).
+Parts (--only):
+  keepalive  keep-alive HTTP/1.1, --connections connections, as fast as they go;
+  steady     the same connections at a fixed --rate (oha -q with --latency-correction: a
+             request is timed from when the schedule wanted it sent), for the tail latency;
+  h2         keep-alive HTTP/2: --h2-connections connections, each with --connections /
+             --h2-connections concurrent streams, so as many requests in flight as keepalive;
+  handshake  a new connection per request (--disable-keepalive), --handshake-connections at
+             a time, resumption off; once per --key-type;
+  resumed    the same with resumption on, on at most OHA_TICKETS (8) connections: oha's rustls
+             client keeps one session cache for all its connections, with up to 8 tickets per
+             server name, so every handshake but the first of each connection slot resumes;
+             once per --key-type;
+  two-hop    client -> source proxy (plaintext) -> ISTIO_MUTUAL -> gateway -> backend, the
+             upstream mTLS connections pooled (no HAProxy configuration);
+  idle       memory per idle mTLS connection (below).
+
+Each proxy is started once for the parts of the first key type without resumption, once more
+for each further key type's full handshakes, and once per key type with resumption on; each
+start gets a 2 s keep-alive warm-up. Runs alternate meshgate, nginx, HAProxy, meshgate, ...
+and the median of the rounds is reported with their range, each figure also as a ratio
+against the better of the two peers. Needs: oha (`cargo install oha --locked`), nginx and
+haproxy (Debian packages), taskset, and a release build of meshgate (built here if missing).
 
 Idle memory: n mTLS connections complete their handshake (RSS growth / n: "handshake only"),
 then each sends one keep-alive request and reads its response, one connection at a time, and
@@ -21,11 +46,14 @@ all stay open and idle for 2.5 s (RSS growth / n again: "after one request"). Th
 processes on core 1, at most IDLE_PER_CLIENT each, from their own loopback source address.
 
 Usage: python3 benches/load/bench.py [--duration 10] [--rounds 3] [--connections 64]
+       python3 benches/load/bench.py --only steady,h2 --rate 5000 --h2-connections 8
+       python3 benches/load/bench.py --only handshake,resumed --key-type ecdsa,rsa
        python3 benches/load/bench.py --baseline OLD_BINARY   # two meshgate builds, alternating
        python3 benches/load/bench.py --only idle --idle-counts 5000,20000,50000   # linearity
 """
 
 import argparse
+import collections
 import json
 import multiprocessing
 import os
@@ -55,8 +83,21 @@ CLIENT_ID = "spiffe://example.com/ns/default/sa/sleep"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-PARTS = ("keepalive", "handshake", "two-hop", "idle")
+PARTS = ("keepalive", "steady", "h2", "handshake", "resumed", "two-hop", "idle")
 PEERS = ("nginx", "haproxy")
+# The leaves' keys, as `meshgate pki workload` issues them (`--rsa` for RSA 2048).
+KEY_TYPES = {"ecdsa": "ECDSA P-256", "rsa": "RSA 2048"}
+# What one start of a proxy serves with: `keys` the directory holding the gateway's leaf
+# (gateway/) and the client's (client/) of one key type, `resumption` whether TLS 1.3 sessions
+# are resumed.
+Tls = collections.namedtuple("Tls", "keys resumption")
+REQUEST = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
+# TLS 1.3 tickets oha's rustls client keeps per server name (the newest taken first, each
+# once). With more connections than this, more of them can end in one burst than there are
+# tickets for the next ones, which then start with a full handshake (15% of meshgate's at 16
+# connections): the resumed part runs at most this many, and then every handshake but the
+# first of each connection slot resumes.
+OHA_TICKETS = 8
 # Connections one client process holds (each needs a file descriptor).
 IDLE_PER_CLIENT = 9000
 
@@ -66,7 +107,20 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections")
+    ap.add_argument("--rate", type=int, default=5000, help="requests/s of the steady part")
+    ap.add_argument(
+        "--h2-connections",
+        type=int,
+        default=8,
+        help="HTTP/2 connections, each with --connections / --h2-connections streams",
+    )
     ap.add_argument("--handshake-connections", type=int, default=16)
+    ap.add_argument(
+        "--key-type",
+        default="ecdsa",
+        help="comma-separated leaf keys: " + ", ".join(KEY_TYPES)
+        + "; the first for every part, each further one for handshake and resumed again",
+    )
     ap.add_argument("--idle-connections", type=int, default=500)
     ap.add_argument(
         "--idle-counts",
@@ -89,6 +143,11 @@ def main():
     args.peers = [p for p in args.peers.split(",") if p]
     if not set(args.peers) <= set(PEERS):
         sys.exit(f"--peers takes {', '.join(PEERS)}")
+    args.key_types = [k for k in args.key_type.split(",") if k]
+    if not args.key_types or not set(args.key_types) <= set(KEY_TYPES):
+        sys.exit(f"--key-type takes {', '.join(KEY_TYPES)}")
+    if "h2" in args.only and args.connections % args.h2_connections:
+        sys.exit("--connections must be a multiple of --h2-connections")
     others = ["baseline"] if args.baseline else args.peers
     if args.idle_counts:
         args.idle_counts = [int(n) for n in args.idle_counts.split(",")]
@@ -105,7 +164,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="meshgate-bench-")
     try:
-        pki(args.binary, work)
+        pki(args.binary, work, args.key_types)
         backend = start_backend(work)
         try:
             if args.idle_counts:
@@ -126,20 +185,33 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def pki(binary, work):
+def pki(binary, work, key_types):
+    """A shared root and the two meshes' CAs (ECDSA P-256), then per key type the gateway's
+    leaf and the client's with that key, in {work}/{key type}/gateway and .../client. The keys
+    are PKCS#8 PEM (`BEGIN PRIVATE KEY`), RSA as ECDSA, which nginx, HAProxy (OpenSSL), oha
+    (rustls) and Python's ssl all read."""
     def mg(*a):
         subprocess.run([binary, *a], check=True, stdout=subprocess.DEVNULL)
 
     mg("pki", "root", "--out", f"{work}/root")
     mg("pki", "intermediate", "--root", f"{work}/root", "--trust-domain", "example-target.com", "--out", f"{work}/target")
     mg("pki", "intermediate", "--root", f"{work}/root", "--trust-domain", "example.com", "--out", f"{work}/source")
-    mg("pki", "workload", "--ca", f"{work}/target", "--spiffe-id", GATEWAY_ID, "--dns", f"*.example-target.com", "--out", f"{work}/gateway")
-    mg("pki", "workload", "--ca", f"{work}/source", "--spiffe-id", CLIENT_ID, "--out", f"{work}/client")
-    # HAProxy takes the chain and its key in one file.
-    with open(f"{work}/gateway/haproxy.pem", "w") as out:
-        for part in ("cert-chain.pem", "key.pem"):
-            with open(f"{work}/gateway/{part}") as f:
-                out.write(f.read())
+    for key_type in key_types:
+        keys = f"{work}/{key_type}"
+        rsa = ["--rsa"] if key_type == "rsa" else []
+        mg("pki", "workload", "--ca", f"{work}/target", "--spiffe-id", GATEWAY_ID, "--dns", f"*.example-target.com", *rsa, "--out", f"{keys}/gateway")
+        mg("pki", "workload", "--ca", f"{work}/source", "--spiffe-id", CLIENT_ID, *rsa, "--out", f"{keys}/client")
+        # HAProxy takes the chain and its key in one file.
+        with open(f"{keys}/gateway/haproxy.pem", "w") as out:
+            for part in ("cert-chain.pem", "key.pem"):
+                with open(f"{keys}/gateway/{part}") as f:
+                    out.write(f.read())
+
+
+def default_tls(args, work):
+    """The first key type's leaves, resumption off: what every part but the other key types'
+    handshakes and the resumed handshakes runs with."""
+    return Tls(f"{work}/{args.key_types[0]}", False)
 
 
 def nginx(work, name, conf):
@@ -172,7 +244,7 @@ http {{
     return proc
 
 
-def meshgate_config(work):
+def meshgate_config(work, tls):
     d = f"{work}/meshgate"
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/config.yaml", "w") as f:
@@ -182,10 +254,11 @@ kind: MeshGateway
 metadata: {{name: bench, namespace: istio-system}}
 spec:
   labels: {{istio: ingressgateway}}
-  identity: {{certChain: {work}/gateway/cert-chain.pem, privateKey: {work}/gateway/key.pem, rootCerts: {work}/gateway/root-cert.pem}}
+  identity: {{certChain: {tls.keys}/gateway/cert-chain.pem, privateKey: {tls.keys}/gateway/key.pem, rootCerts: {tls.keys}/gateway/root-cert.pem}}
   listen: {{address: 127.0.0.1, portOverrides: {{443: {MESHGATE_PORT}}}}}
   admin: {{address: "127.0.0.1:{ADMIN_PORT}"}}
-  tls: {{sessionResumption: false}}
+  # On: stateful TLS 1.3 tickets, each naming a session kept in the listener's cache.
+  tls: {{sessionResumption: {str(tls.resumption).lower()}}}
 ---
 apiVersion: install.istio.io/v1alpha1
 kind: IstioOperator
@@ -201,6 +274,7 @@ metadata: {{name: gw, namespace: istio-system}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
+  # An HTTPS server offers ALPN h2 and http/1.1 (and Istio's own).
   - port: {{number: 443, name: https, protocol: HTTPS}}
     hosts: ["*.example-target.com"]
     tls: {{mode: ISTIO_MUTUAL, minProtocolVersion: TLSV1_3}}
@@ -225,7 +299,9 @@ spec:
     return f"{d}/config.yaml"
 
 
-def nginx_proxy_config(work):
+def nginx_proxy_config(work, tls):
+    # Resumption as meshgate's: no ticket keys, so TLS 1.3 tickets name a session in the cache.
+    sessions = "shared:SSL:10m" if tls.resumption else "off"
     return nginx(work, "nginx-proxy", f"""
 user root;
 worker_processes 1;
@@ -241,16 +317,16 @@ http {{
   client_header_timeout 600s;
   upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
   server {{
-    listen 127.0.0.1:{NGINX_PORT} ssl backlog=4096;
-    ssl_certificate {work}/gateway/cert-chain.pem;
-    ssl_certificate_key {work}/gateway/key.pem;
-    ssl_client_certificate {work}/gateway/root-cert.pem;
+    listen 127.0.0.1:{NGINX_PORT} ssl http2 backlog=4096;
+    ssl_certificate {tls.keys}/gateway/cert-chain.pem;
+    ssl_certificate_key {tls.keys}/gateway/key.pem;
+    ssl_client_certificate {tls.keys}/gateway/root-cert.pem;
     ssl_verify_client on;
     ssl_verify_depth 2;
     ssl_protocols TLSv1.3;
     ssl_ecdh_curve X25519;
     ssl_session_tickets off;
-    ssl_session_cache off;
+    ssl_session_cache {sessions};
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -262,11 +338,14 @@ http {{
 """)
 
 
-def haproxy_config(work):
+def haproxy_config(work, tls):
     """HAProxy 2.6 as the nginx config above: one thread, the same mTLS (client certificate
-    required and verified to the same root, TLS 1.3, X25519, no resumption), the client's
-    subject and certificate fingerprint passed on as headers, keep-alive to the backend."""
+    required and verified to the same root, TLS 1.3, X25519, ALPN h2 and http/1.1), the
+    client's subject and certificate fingerprint passed on as headers, keep-alive to the
+    backend. `no-tls-tickets` always: with its session cache (on by default, size 0 turns it
+    off) TLS 1.3 tickets name a cached session, as meshgate's and nginx's do."""
     d = f"{work}/haproxy"
+    sessions = "" if tls.resumption else "tune.ssl.cachesize 0"
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/haproxy.cfg", "w") as f:
         f.write(f"""
@@ -275,7 +354,7 @@ global
   maxconn 60000
   # As many descriptors as the limit allows, not the 120 000 that maxconn asks for.
   no strict-limits
-  tune.ssl.cachesize 0
+  {sessions}
   ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
 defaults
   mode http
@@ -288,7 +367,7 @@ defaults
   # As nginx's client_header_timeout above: the first request may come minutes later.
   timeout http-request 600s
 frontend gateway
-  bind 127.0.0.1:{HAPROXY_PORT} ssl crt {work}/gateway/haproxy.pem ca-file {work}/gateway/root-cert.pem verify required curves X25519 alpn http/1.1 backlog 4096
+  bind 127.0.0.1:{HAPROXY_PORT} ssl crt {tls.keys}/gateway/haproxy.pem ca-file {tls.keys}/gateway/root-cert.pem verify required curves X25519 alpn h2,http/1.1 backlog 4096
   http-request set-header x-ssl-client-subject %[ssl_c_s_dn]
   http-request set-header x-ssl-client-sha256 %[ssl_c_der,sha2(256),hex]
   default_backend backend
@@ -304,17 +383,17 @@ def binary(name, args):
     return {"meshgate": args.binary, "baseline": args.baseline}.get(name)
 
 
-def start_proxy(name, args, work):
+def start_proxy(name, args, work, tls):
     if binary(name, args):
-        cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", meshgate_config(work)]
+        cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", meshgate_config(work, tls)]
         port = MESHGATE_PORT
         env = dict(os.environ, MESHGATE_LOG="warn")
     elif name == "haproxy":
-        cmd = ["taskset", "-c", "0", "haproxy", "-db", "-f", haproxy_config(work)]
+        cmd = ["taskset", "-c", "0", "haproxy", "-db", "-f", haproxy_config(work, tls)]
         port = HAPROXY_PORT
         env = None
     else:
-        cmd = ["taskset", "-c", "0", "nginx", "-p", nginx_proxy_config(work), "-c", "nginx.conf"]
+        cmd = ["taskset", "-c", "0", "nginx", "-p", nginx_proxy_config(work, tls), "-c", "nginx.conf"]
         port = NGINX_PORT
         env = None
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -323,37 +402,89 @@ def start_proxy(name, args, work):
 
 
 def run_proxy(name, args, work):
-    proc, port = start_proxy(name, args, work)
-    try:
-        pids = family(proc.pid)
-        oha(work, port, 2, args.connections, keepalive=True)  # warm-up
-        out = {}
-        for kind, conns, keepalive in (("keepalive", args.connections, True), ("handshake", args.handshake_connections, False)):
-            if kind not in args.only:
-                continue
-            cpu0 = cpu_seconds(pids)
-            res = oha(work, port, args.duration, conns, keepalive)
-            cpu = cpu_seconds(pids) - cpu0
-            ok = res["statusCodeDistribution"].get("200", 0)
-            errors = failures(res)
-            out[kind] = {
-                "rps": res["summary"]["requestsPerSec"],
-                "p50_ms": res["latencyPercentiles"]["p50"] * 1000,
-                "p99_ms": res["latencyPercentiles"]["p99"] * 1000,
-                "cpu_us_per_req": cpu / max(ok, 1) * 1e6,
-                "ok": ok,
-                "errors": errors,
-            }
-        if "idle" in args.only:
-            handshake, request = idle_memory(pids, port, work, args.idle_connections)
-            out["idle_kib_per_conn"] = handshake
-            out["idle_after_request_kib_per_conn"] = request
-        return out
-    finally:
-        stop(proc)
+    """The one-hop parts on `name`, one start of the proxy per key type and resumption setting
+    (`plan`), each checked to resume or not as it should and warmed up first."""
+    out = {}
+    for tls, parts in plan(args, work):
+        proc, port = start_proxy(name, args, work, tls)
+        try:
+            pids = family(proc.pid)
+            client = f"{tls.keys}/client"
+            if resumes(port, client) != tls.resumption:
+                sys.exit(f"{name} {'does not resume' if tls.resumption else 'resumes'} TLS sessions")
+            oha(port, 2, args.connections, client)  # warm-up
+            for part in parts:
+                if part == "idle":
+                    handshake, request = idle_memory(pids, port, client, args.idle_connections)
+                    out["idle"] = {"handshake": handshake, "request": request}
+                    continue
+                conns, flags = load(part, args)
+                key = f"{part}/{os.path.basename(tls.keys)}" if part in ("handshake", "resumed") else part
+                out[key] = measure(pids, lambda: oha(port, args.duration, conns, client, flags))
+        finally:
+            stop(proc)
+    return out
 
 
-def source_config(work):
+def plan(args, work):
+    """(Tls, parts) for each start of a proxy: the first key type without resumption for the
+    parts that --only names (idle last), each further key type for its full handshakes, then
+    each key type with resumption on for its resumed handshakes."""
+    first = default_tls(args, work)
+    steps = [(first, [p for p in ("keepalive", "steady", "h2", "handshake", "idle") if p in args.only])]
+    if "handshake" in args.only:
+        steps += [(Tls(f"{work}/{k}", False), ["handshake"]) for k in args.key_types[1:]]
+    if "resumed" in args.only:
+        steps += [(Tls(f"{work}/{k}", True), ["resumed"]) for k in args.key_types]
+    return [(tls, parts) for tls, parts in steps if parts]
+
+
+def load(part, args):
+    """oha's connection count and flags for a part measured with oha."""
+    return {
+        "keepalive": (args.connections, []),
+        # Timed from when the schedule wanted each request sent: a stall shows in the tail.
+        "steady": (args.connections, ["-q", str(args.rate), "--latency-correction"]),
+        # oha runs -c connections with -p concurrent streams each.
+        "h2": (args.h2_connections, ["--http2", "-p", str(args.connections // args.h2_connections)]),
+        "handshake": (args.handshake_connections, ["--disable-keepalive"]),
+        "resumed": (min(args.handshake_connections, OHA_TICKETS), ["--disable-keepalive"]),
+    }[part]
+
+
+def measure(pids, run):
+    """oha's figures for one run, and the CPU time of `pids` over it per answered request."""
+    cpu0 = cpu_seconds(pids)
+    res = run()
+    cpu = cpu_seconds(pids) - cpu0
+    ok = res["statusCodeDistribution"].get("200", 0)
+    latency = res["latencyPercentiles"]
+    return {
+        "rps": res["summary"]["requestsPerSec"],
+        "p50_ms": latency["p50"] * 1000,
+        "p99_ms": latency["p99"] * 1000,
+        "p99.9_ms": latency["p99.9"] * 1000,
+        "cpu_us_per_req": cpu / max(ok, 1) * 1e6,
+        "ok": ok,
+        "errors": failures(res),
+    }
+
+
+def resumes(port, client):
+    """Whether a second connection resumes the TLS 1.3 session of a first one, which made a
+    request (the tickets come after the client's certificate is verified)."""
+    ctx = client_context(client)
+    session, reused = None, False
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", port))
+        with ctx.wrap_socket(s, server_hostname=HOST, session=session) as t:
+            t.sendall(REQUEST)
+            read_response(t)
+            session, reused = t.session, t.session_reused
+    return reused
+
+
+def source_config(work, tls):
     d = f"{work}/source"
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/config.yaml", "w") as f:
@@ -362,7 +493,7 @@ apiVersion: meshgate.dev/v1alpha1
 kind: MeshGateway
 metadata: {{name: source, namespace: default}}
 spec:
-  identity: {{certChain: {work}/client/cert-chain.pem, privateKey: {work}/client/key.pem, rootCerts: {work}/client/root-cert.pem}}
+  identity: {{certChain: {tls.keys}/client/cert-chain.pem, privateKey: {tls.keys}/client/key.pem, rootCerts: {tls.keys}/client/root-cert.pem}}
   outbound: {{address: "127.0.0.1:{OUTBOUND_PORT}"}}
   admin: {{address: "127.0.0.1:{SOURCE_ADMIN_PORT}"}}
   resolve: [{{host: {HOST}, port: 443, address: "127.0.0.1:{MESHGATE_PORT}"}}]
@@ -394,7 +525,7 @@ spec:
     return f"{d}/config.yaml"
 
 
-def nginx_outbound_config(work):
+def nginx_outbound_config(work, tls):
     return nginx(work, "nginx-outbound", f"""
 user root;
 worker_processes 1;
@@ -413,8 +544,8 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
-      proxy_ssl_certificate {work}/client/cert-chain.pem;
-      proxy_ssl_certificate_key {work}/client/key.pem;
+      proxy_ssl_certificate {tls.keys}/client/cert-chain.pem;
+      proxy_ssl_certificate_key {tls.keys}/client/key.pem;
       proxy_ssl_trusted_certificate {work}/root/root-cert.pem;
       proxy_ssl_verify on;
       proxy_ssl_verify_depth 2;
@@ -431,32 +562,22 @@ http {{
 def run_two_hop(name, args, work):
     """client -> source proxy (plaintext) -> ISTIO_MUTUAL -> gateway -> backend; both proxies
     on core 0, the upstream mTLS connections pooled."""
-    gateway, _ = start_proxy(name, args, work)
+    tls = default_tls(args, work)
+    gateway, _ = start_proxy(name, args, work, tls)
     if binary(name, args):
-        cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", source_config(work)]
+        cmd = ["taskset", "-c", "0", binary(name, args), "run", "--concurrency", "1", "-c", source_config(work, tls)]
         port = OUTBOUND_PORT
         env = dict(os.environ, MESHGATE_LOG="warn")
     else:
-        cmd = ["taskset", "-c", "0", "nginx", "-p", nginx_outbound_config(work), "-c", "nginx.conf"]
+        cmd = ["taskset", "-c", "0", "nginx", "-p", nginx_outbound_config(work, tls), "-c", "nginx.conf"]
         port = NGINX_OUTBOUND_PORT
         env = None
     source = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_port(port)
     try:
         pids = family(gateway.pid) + family(source.pid)
-        plain_oha(port, 2, args.connections)  # warm-up, and the pooled upstream connections
-        cpu0 = cpu_seconds(pids)
-        res = plain_oha(port, args.duration, args.connections)
-        cpu = cpu_seconds(pids) - cpu0
-        ok = res["statusCodeDistribution"].get("200", 0)
-        return {
-            "rps": res["summary"]["requestsPerSec"],
-            "p50_ms": res["latencyPercentiles"]["p50"] * 1000,
-            "p99_ms": res["latencyPercentiles"]["p99"] * 1000,
-            "cpu_us_per_req": cpu / max(ok, 1) * 1e6,
-            "ok": ok,
-            "errors": failures(res),
-        }
+        oha(port, 2, args.connections)  # warm-up, and the pooled upstream connections
+        return measure(pids, lambda: oha(port, args.duration, args.connections))
     finally:
         stop(source)
         stop(gateway)
@@ -470,33 +591,27 @@ def failures(res):
     return transport + not_ok
 
 
-def plain_oha(port, duration, conns):
+def oha(port, duration, conns, client=None, flags=()):
+    """oha on core 1 for `duration` seconds over `conns` connections: mTLS with the client's
+    leaf in the directory `client`, or plaintext HTTP/1.1 without one."""
     cmd = [
         "taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json",
-        "-z", f"{duration}s", "-c", str(conns),
-        "--connect-to", f"{HOST}:80:127.0.0.1:{port}",
-        f"http://{HOST}/",
+        "-z", f"{duration}s", "-c", str(conns), *flags,
     ]
+    if client:
+        cmd += [
+            "--cacert", f"{client}/root-cert.pem",
+            "--cert", f"{client}/cert-chain.pem",
+            "--key", f"{client}/key.pem",
+            "--connect-to", f"{HOST}:{port}:127.0.0.1:{port}",
+            f"https://{HOST}:{port}/",
+        ]
+    else:
+        cmd += ["--connect-to", f"{HOST}:80:127.0.0.1:{port}", f"http://{HOST}/"]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
-def oha(work, port, duration, conns, keepalive):
-    cmd = [
-        "taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json",
-        "-z", f"{duration}s", "-c", str(conns),
-        "--cacert", f"{work}/root/root-cert.pem",
-        "--cert", f"{work}/client/cert-chain.pem",
-        "--key", f"{work}/client/key.pem",
-        "--connect-to", f"{HOST}:{port}:127.0.0.1:{port}",
-    ]
-    if not keepalive:
-        cmd.append("--disable-keepalive")
-    cmd.append(f"https://{HOST}:{port}/")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
-
-
-def idle_memory(pids, port, work, n):
+def idle_memory(pids, port, client, n):
     """RSS growth per idle mTLS connection (KiB): n handshakes completed and nothing sent,
     then the same n after one keep-alive request each. Returns (handshake only, after one
     request)."""
@@ -508,7 +623,7 @@ def idle_memory(pids, port, work, n):
             here, there = multiprocessing.Pipe()
             count = min(IDLE_PER_CLIENT, n - i)
             source = f"127.0.0.{2 + i // IDLE_PER_CLIENT}"
-            proc = multiprocessing.Process(target=idle_client, args=(there, port, work, count, source))
+            proc = multiprocessing.Process(target=idle_client, args=(there, port, client, count, source))
             proc.start()
             clients.append((proc, here))
         for proc, pipe in clients:
@@ -538,14 +653,21 @@ def expect(pipe, what):
         sys.exit(f"idle client: {got}")
 
 
-def idle_client(pipe, port, work, n, source):
+def client_context(client):
+    """Python's TLS client with the client's leaf in the directory `client`: TLS 1.3, ALPN
+    http/1.1."""
+    ctx = ssl.create_default_context(cafile=f"{client}/root-cert.pem")
+    ctx.load_cert_chain(f"{client}/cert-chain.pem", f"{client}/key.pem")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def idle_client(pipe, port, client, n, source):
     """Holds n mTLS connections from `source`: opens them, then (when asked) sends one
     request on each and reads its response, then keeps them open until told to close."""
     os.sched_setaffinity(0, {1})
-    ctx = ssl.create_default_context(cafile=f"{work}/root/root-cert.pem")
-    ctx.load_cert_chain(f"{work}/client/cert-chain.pem", f"{work}/client/key.pem")
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx = client_context(client)
     conns = []
     try:
         for _ in range(n):
@@ -554,9 +676,8 @@ def idle_client(pipe, port, work, n, source):
         pipe.send("open")
         if pipe.recv() != "request":
             return
-        request = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
         for t in conns:
-            t.sendall(request)
+            t.sendall(REQUEST)
             read_response(t)
         pipe.send("requested")
         pipe.recv()
@@ -602,11 +723,12 @@ def idle_counts(args, work, others):
         for r in range(args.rounds):
             for name in ["meshgate", *others]:
                 print(f"{n} idle connections, round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
-                proc, port = start_proxy(name, args, work)
+                tls = default_tls(args, work)
+                proc, port = start_proxy(name, args, work, tls)
                 try:
                     pids = family(proc.pid)
-                    oha(work, port, 2, args.connections, keepalive=True)  # warm-up
-                    handshake, request = idle_memory(pids, port, work, n)
+                    oha(port, 2, args.connections, f"{tls.keys}/client")  # warm-up
+                    handshake, request = idle_memory(pids, port, f"{tls.keys}/client", n)
                 finally:
                     stop(proc)
                 results.setdefault(n, {}).setdefault(name, []).append((handshake, request))
@@ -689,6 +811,44 @@ def stop(proc):
         proc.wait()
 
 
+# A figure of a part: its row label, format, and which way is better.
+FIGURES = {
+    "rps": ("requests/s", "{:.0f}", max),
+    "p50_ms": ("p50 latency (ms)", "{:.2f}", min),
+    "p99_ms": ("p99 latency (ms)", "{:.2f}", min),
+    "p99.9_ms": ("p99.9 latency (ms)", "{:.2f}", min),
+    "cpu_us_per_req": ("CPU per request (µs)", "{:.1f}", min),
+    "handshake": ("handshake only (KiB)", "{:.1f}", min),
+    "request": ("after one request (KiB)", "{:.1f}", min),
+}
+
+
+def parts(args):
+    """(result key, title, figures) of every part, in the order of the report."""
+    tail = ("rps", "p50_ms", "p99_ms", "p99.9_ms", "cpu_us_per_req")
+    median = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
+
+    def conns(part):
+        return f"{load(part, args)[0]} connections"
+
+    streams = args.connections // args.h2_connections
+    out = [
+        ("keepalive", f"keep-alive HTTP/1.1, {conns('keepalive')}", tail),
+        ("steady", f"keep-alive HTTP/1.1 at {args.rate}/s, {conns('steady')}", tail),
+        ("h2", f"keep-alive HTTP/2, {conns('h2')} x {streams} streams", ("rps", "p99_ms", "cpu_us_per_req")),
+    ]
+    for k in args.key_types:
+        out += [
+            (f"handshake/{k}", f"full handshake per request, {KEY_TYPES[k]}, {conns('handshake')}", median),
+            (f"resumed/{k}", f"resumed handshake per request, {KEY_TYPES[k]}, {conns('resumed')}", median),
+        ]
+    out += [
+        ("two_hop", f"two hops, keep-alive, {args.connections} connections, CPU of both proxies", median),
+        ("idle", f"memory per idle mTLS connection, {args.idle_connections} connections", ("handshake", "request")),
+    ]
+    return out
+
+
 def report(results, args):
     names = list(results)
     others = names[1:]
@@ -700,48 +860,29 @@ def report(results, args):
         vals = [r[kind][key] for r in results[name]]
         return min(vals), max(vals)
 
-    rows = [
-        ("keep-alive requests/s", "keepalive", "rps", "{:.0f}", max),
-        ("keep-alive p50 latency (ms)", "keepalive", "p50_ms", "{:.2f}", min),
-        ("keep-alive p99 latency (ms)", "keepalive", "p99_ms", "{:.2f}", min),
-        ("keep-alive CPU per request (µs)", "keepalive", "cpu_us_per_req", "{:.1f}", min),
-        ("full handshakes/s (new connection per request)", "handshake", "rps", "{:.0f}", max),
-        ("handshake p50 latency (ms)", "handshake", "p50_ms", "{:.2f}", min),
-        ("handshake p99 latency (ms)", "handshake", "p99_ms", "{:.2f}", min),
-        ("CPU per handshake + request (µs)", "handshake", "cpu_us_per_req", "{:.1f}", min),
-        ("two hops, keep-alive requests/s", "two_hop", "rps", "{:.0f}", max),
-        ("two hops, p50 latency (ms)", "two_hop", "p50_ms", "{:.2f}", min),
-        ("two hops, p99 latency (ms)", "two_hop", "p99_ms", "{:.2f}", min),
-        ("two hops, CPU per request, both proxies (µs)", "two_hop", "cpu_us_per_req", "{:.1f}", min),
-        ("memory per idle mTLS connection, handshake only (KiB)", "idle", "handshake", "{:.1f}", min),
-        ("memory per idle mTLS connection, after one request (KiB)", "idle", "request", "{:.1f}", min),
-    ]
-    for rounds in results.values():
-        for r in rounds:
-            if "idle_kib_per_conn" in r:
-                r["idle"] = {"handshake": r["idle_kib_per_conn"], "request": r["idle_after_request_kib_per_conn"]}
-    print(f"\n{args.rounds} rounds of {args.duration}s, median [range]; keep-alive with {args.connections} connections, handshakes with {args.handshake_connections}, idle memory with {args.idle_connections}\n")
+    print(f"\n{args.rounds} rounds of {args.duration}s, median [range]; TLS 1.3, X25519, {KEY_TYPES[args.key_types[0]]} leaves unless a row names the key\n")
     against = others[0] if len(others) == 1 else "better peer"
     print("| metric | " + " | ".join(names) + f" | meshgate/{against} |")
     print("|---|" + "---|" * (len(names) + 1))
-    for label, kind, key, fmt, better in rows:
+    for kind, title, keys in parts(args):
         have = [n for n in names if all(kind in r for r in results[n])]
         if "meshgate" not in have:
             continue
-        cells = []
-        for n in names:
-            if n in have:
-                lo, hi = spread(n, kind, key)
-                cells.append(f"{fmt.format(med(n, kind, key))} [{fmt.format(lo)}-{fmt.format(hi)}]")
-            else:
-                cells.append("-")
-        peers = [med(n, kind, key) for n in others if n in have]
-        m = med("meshgate", kind, key)
-        best = better(peers) if peers else None
-        ratio = f"{m / best:.2f}" if best else "n/a"
-        print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
-    kinds = ("keepalive", "handshake", "two_hop")
-    errors = {name: sum(r[k]["errors"] for r in results[name] for k in kinds if k in r) for name in results}
+        for key in keys:
+            label, fmt, better = FIGURES[key]
+            cells = []
+            for n in names:
+                if n in have:
+                    lo, hi = spread(n, kind, key)
+                    cells.append(f"{fmt.format(med(n, kind, key))} [{fmt.format(lo)}-{fmt.format(hi)}]")
+                else:
+                    cells.append("-")
+            peers = [med(n, kind, key) for n in others if n in have]
+            m = med("meshgate", kind, key)
+            best = better(peers) if peers else None
+            ratio = f"{m / best:.2f}" if best else "n/a"
+            print(f"| {title}: {label} | " + " | ".join(cells) + f" | {ratio} |")
+    errors = {name: sum(v.get("errors", 0) for r in results[name] for v in r.values()) for name in results}
     print("\nfailed requests: " + ", ".join(f"{n} {errors[n]}" for n in names))
     print("\nraw rounds (JSON):")
     print(json.dumps(results, indent=1))
