@@ -193,16 +193,27 @@ pub fn request_id(headers: &mut HeaderMap) {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        hex(&b[0..4]),
-        hex(&b[4..6]),
-        hex(&b[6..8]),
-        hex(&b[8..10]),
-        hex(&b[10..16])
-    );
-    headers.insert(X_REQUEST_ID, value(&id));
+    // 8-4-4-4-12 hex digits, written in place: one allocation, the header value's own.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        if let (Some(hi), Some(lo)) = (
+            HEX.get(usize::from(byte >> 4)),
+            HEX.get(usize::from(byte & 0xf)),
+        ) {
+            if let Some(pair) = id.get_mut(at..at + 2) {
+                pair.copy_from_slice(&[*hi, *lo]);
+            }
+        }
+        at += 2;
+    }
+    if let Ok(id) = HeaderValue::from_bytes(&id) {
+        headers.insert(X_REQUEST_ID, id);
+    }
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -591,5 +602,30 @@ mod tests {
         tag(&mut h, &tags, &t, 0, true);
         assert!(h.get("x-forwarded-client-cert").is_none());
         assert_eq!(h["x-mesh-origin"], "local");
+    }
+
+    #[test]
+    fn a_request_without_an_id_gets_a_random_uuid_v4_and_one_with_an_id_keeps_it() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let mut h = HeaderMap::new();
+            request_id(&mut h);
+            let id = h["x-request-id"].to_str().unwrap().to_string();
+            assert_eq!(id.len(), 36, "{id}");
+            for (i, c) in id.chars().enumerate() {
+                match i {
+                    8 | 13 | 18 | 23 => assert_eq!(c, '-', "{id}"),
+                    14 => assert_eq!(c, '4', "{id}"),
+                    19 => assert!("89ab".contains(c), "{id}"),
+                    _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{id}"),
+                }
+            }
+            assert!(seen.insert(id));
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("from-the-client"));
+        request_id(&mut h);
+        assert_eq!(h["x-request-id"], "from-the-client");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
     }
 }
