@@ -796,7 +796,7 @@ impl Downstream for TcpStream {
     }
 }
 
-impl Downstream for TlsStream<TcpStream> {
+impl Downstream for Box<TlsStream<TcpStream>> {
     async fn first_bytes(&mut self) -> std::io::Result<()> {
         let (tcp, tls) = self.get_mut();
         // Records read with the handshake's last flight (a client often sends its request

@@ -49,7 +49,9 @@ pub enum Peer {
 
 /// A completed handshake.
 pub struct Accepted {
-    pub tls: TlsStream<TcpStream>,
+    /// Boxed: a connection's futures pass it on by value, and an async fn keeps room for each
+    /// argument twice (1.2 KiB each time, in the connection's task for its life).
+    pub tls: Box<TlsStream<TcpStream>>,
     pub peer: Peer,
     pub version: HttpVersion,
     /// The TLS group (`Listener::tls` index) the SNI chose: the request's host must be one of
@@ -269,7 +271,7 @@ async fn handshake_inner(
         _ => HttpVersion::Http1,
     };
     Ok(Accepted {
-        tls,
+        tls: Box::new(tls),
         peer,
         version,
         group: index,
