@@ -9,7 +9,7 @@ requests over the same 8 keep-alive mTLS connections; the difference divided by 
 instructions per request, with start-up and handshakes cancelled out.
 
     python3 benches/load/instructions.py --baseline OLD_BINARY [--binary NEW] [--requests 1000]
-        [--retries-off meshgate|baseline|both]
+        [--retries-off meshgate|baseline|both] [--http2]
 
 Needs valgrind, oha, nginx (the backend) and taskset, as bench.py.
 """
@@ -28,10 +28,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def count(binary, work, requests, retries_off=False):
+def count(binary, work, requests, retries_off=False, http2=False):
     """Total instructions of one meshgate process serving `requests` keep-alive requests."""
     out = f"{work}/callgrind.out"
-    config = bench.meshgate_config(work)
+    tls = bench.Tls(f"{work}/ecdsa", False)
+    config = bench.meshgate_config(work, tls)
     if retries_off:
         with open(config) as f:
             text = f.read()
@@ -48,9 +49,10 @@ def count(binary, work, requests, retries_off=False):
         subprocess.run(
             [
                 "taskset", "-c", "1", "oha", "--no-tui", "-n", str(requests), "-c", "8",
-                "--cacert", f"{work}/root/root-cert.pem",
-                "--cert", f"{work}/client/cert-chain.pem",
-                "--key", f"{work}/client/key.pem",
+                *(["--http2", "-p", "8"] if http2 else []),
+                "--cacert", f"{tls.keys}/client/root-cert.pem",
+                "--cert", f"{tls.keys}/client/cert-chain.pem",
+                "--key", f"{tls.keys}/client/key.pem",
                 "--connect-to",
                 f"{bench.HOST}:{bench.MESHGATE_PORT}:127.0.0.1:{bench.MESHGATE_PORT}",
                 f"https://{bench.HOST}:{bench.MESHGATE_PORT}/",
@@ -79,21 +81,22 @@ def main():
         choices=("meshgate", "baseline", "both"),
         help="route with `retries: {attempts: 0}` (Istio's policy off) in this build",
     )
+    ap.add_argument("--http2", action="store_true", help="HTTP/2 downstream: 8 connections of 8 streams")
     args = ap.parse_args()
     for tool in ("valgrind", "oha", "nginx", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: see benches/README.md")
     work = tempfile.mkdtemp(prefix="meshgate-instructions-")
     try:
-        bench.pki(args.binary, work)
+        bench.pki(args.binary, work, ["ecdsa"])
         backend = bench.start_backend(work)
         try:
             n = args.requests
             rows = []
             for name, binary in (("meshgate", args.binary), ("baseline", args.baseline)):
                 off = args.retries_off in (name, "both")
-                small = count(binary, work, n, off)
-                large = count(binary, work, 4 * n, off)
+                small = count(binary, work, n, off, args.http2)
+                large = count(binary, work, 4 * n, off, args.http2)
                 rows.append((name, (large - small) / (3 * n)))
                 print(f"{name}: {small} and {large} instructions", file=sys.stderr)
             print("| build | instructions per keep-alive request |")
