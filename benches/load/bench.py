@@ -259,6 +259,9 @@ spec:
   admin: {{address: "127.0.0.1:{ADMIN_PORT}"}}
   # On: stateful TLS 1.3 tickets, each naming a session kept in the listener's cache.
   tls: {{sessionResumption: {str(tls.resumption).lower()}}}
+  # No cap of its own (10 000 by default), as nginx's worker_connections and HAProxy's
+  # maxconn leave room for every idle connection the memory parts open.
+  limits: {{maxConnectionsPerListener: 0}}
 ---
 apiVersion: install.istio.io/v1alpha1
 kind: IstioOperator

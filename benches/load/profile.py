@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 CLASSES = (
-    ("TLS", re.compile(r"rustls|aws_lc|aws-lc|webpki|curve25519|^_?(aes|gcm|sha\d|ecp_nistz|fiat_|x25519|bn_|ec_|EVP_|CRYPTO_|ecdsa|p256|beeu|rsaz|RSA_|ChaCha|poly1305|OPENSSL_|x509|asn1|ASN1_)", re.I)),
+    ("TLS", re.compile(r"rustls|aws_lc|aws-lc|webpki|curve25519|^_*(aes|gcm|sha\d|ecp_nistz|fiat_|x25519|bn_|ec_|EVP_|CRYPTO_|ecdsa|p256|beeu|rsaz|RSA_|ChaCha|poly1305|OPENSSL_|x509|asn1|ASN1_)", re.I)),
     ("HTTP", re.compile(r"hyper|httparse|\bhttp::|^http::|\bh2::|^h2::|http_body|hyper_util")),
     ("runtime", re.compile(r"tokio|mio::|^mio|epoll")),
     ("alloc", re.compile(r"^_?mi_|mimalloc|^mi_|__rust_alloc|__rust_dealloc|__rust_realloc")),

@@ -195,21 +195,13 @@ pub fn request_id(headers: &mut HeaderMap) {
     b[8] = (b[8] & 0x3f) | 0x80;
     // 8-4-4-4-12 hex digits, written in place: one allocation, the header value's own.
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut nibbles = b.iter().flat_map(|byte| [byte >> 4, byte & 0x0f]);
     let mut id = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
+    for (i, slot) in id.iter_mut().enumerate() {
+        if !matches!(i, 8 | 13 | 18 | 23) {
+            let nibble = nibbles.next().unwrap_or(0);
+            *slot = HEX.get(usize::from(nibble)).copied().unwrap_or(b'0');
         }
-        if let (Some(hi), Some(lo)) = (
-            HEX.get(usize::from(byte >> 4)),
-            HEX.get(usize::from(byte & 0xf)),
-        ) {
-            if let Some(pair) = id.get_mut(at..at + 2) {
-                pair.copy_from_slice(&[*hi, *lo]);
-            }
-        }
-        at += 2;
     }
     if let Ok(id) = HeaderValue::from_bytes(&id) {
         headers.insert(X_REQUEST_ID, id);
