@@ -116,9 +116,7 @@ impl HttpServers {
     ) -> Result<(), ServeError>
     where
         I: Downstream,
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<ServeError>,
+        S: RequestService<B>,
         B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
     {
         let idle_timeout = self.idle_timeout;
@@ -161,9 +159,7 @@ impl HttpServers {
     ) -> Result<(), ServeError>
     where
         I: Downstream,
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<ServeError>,
+        S: RequestService<B>,
         B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
     {
         // HTTP/2 (by ALPN) has no request heads to time here; plaintext may turn out to be
@@ -213,6 +209,32 @@ impl HttpServers {
             }
         }
     }
+}
+
+/// What `HttpServers::serve` answers requests with: a hyper service whose futures and errors
+/// can cross to the connection's task.
+pub trait RequestService<B>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<ServeError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> RequestService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<ServeError>,
+        > + Clone
+        + Send
+        + 'static
+{
 }
 
 /// What ends a connection besides its client: the drain, the idle timeout (both graceful) and
