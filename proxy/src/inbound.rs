@@ -135,7 +135,7 @@ pub async fn serve_connection(
             let servers = &runtime.model_listener(listener).servers;
             let timeout = runtime.model.proxy.limits.handshake_timeout;
             // A local, not the match's scrutinee: a scrutinee's temporary lives to the end of
-            // the match, and with it 1.3 KiB in the connection's task for its life.
+            // the match, and so in the connection's task for the connection's life.
             let accepted = handshake(stream, tls, servers, timeout).await;
             match accepted {
                 Err(e) => {
@@ -190,8 +190,8 @@ pub async fn serve_connection(
 }
 
 /// The connection an mTLS handshake made: identity, origin and tags read from it once. Not
-/// async, so that nothing it reads from the handshake stays in the connection's task (which
-/// keeps every local an await may still see: the handshake's result alone is 1.3 KiB).
+/// async, so that nothing it borrows from the handshake stays in the connection's task, which
+/// keeps room for every local an await may still see.
 fn connection(
     runtime: &Arc<Runtime>,
     listener: usize,
