@@ -142,8 +142,7 @@ impl HttpServers {
                 return Ok(());
             }
         }
-        // Boxed: until then the connection's task holds no room for hyper's connection and a
-        // request's future (8 KiB of the task's 21 KiB per idle mTLS connection).
+        // Boxed: until then the connection's task holds no room for hyper's connection.
         Box::pin(self.serve_http(io, version, service, activity, drain, idle)).await
     }
 

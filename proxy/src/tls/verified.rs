@@ -31,11 +31,22 @@ const SLOTS: usize = 4096;
 #[derive(Debug)]
 pub(super) struct VerifiedChains {
     slots: Box<[ArcSwapOption<Verified>]>,
-    /// With `expiredCrl: DENY`: the first second at which a CRL has expired. `None` inside
-    /// `Some`: a CRL whose `nextUpdate` could not be read, so nothing is kept.
-    crl_expiry: Option<Option<u64>>,
+    /// How long the CRLs let a verdict hold.
+    crls: CrlWindow,
     #[cfg(test)]
     hits: AtomicU64,
+}
+
+/// What the CRLs add to a verdict's window.
+#[derive(Debug, Clone, Copy)]
+enum CrlWindow {
+    /// No CRL, or an expired one is still used (`expiredCrl: USE`): nothing.
+    Unbounded,
+    /// `expiredCrl: DENY`: the verdict ends before this second, the first at which a CRL
+    /// has expired.
+    Before(u64),
+    /// `expiredCrl: DENY` with a CRL whose `nextUpdate` could not be read: nothing is kept.
+    Unknown,
 }
 
 /// A chain that verified: its key, the seconds (inclusive) between which the verdict holds,
@@ -79,18 +90,21 @@ impl VerifiedChains {
         crls: &[rustls::pki_types::CertificateRevocationListDer<'_>],
         deny_expired: bool,
     ) -> Self {
-        let crl_expiry = (deny_expired && !crls.is_empty()).then(|| {
-            crls.iter()
-                .map(|der| {
-                    let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
-                    let next = crl.next_update()?.timestamp();
-                    u64::try_from(next).ok()
-                })
-                .try_fold(u64::MAX, |first, next| Some(first.min(next?)))
-        });
+        let first_expiry = || {
+            crls.iter().try_fold(u64::MAX, |first, der| {
+                let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
+                let next = u64::try_from(crl.next_update()?.timestamp()).ok()?;
+                Some(first.min(next))
+            })
+        };
+        let crls = if !deny_expired || crls.is_empty() {
+            CrlWindow::Unbounded
+        } else {
+            first_expiry().map_or(CrlWindow::Unknown, CrlWindow::Before)
+        };
         Self {
             slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
-            crl_expiry,
+            crls,
             #[cfg(test)]
             hits: AtomicU64::new(0),
         }
@@ -124,10 +138,10 @@ impl VerifiedChains {
         now: UnixTime,
         path: Option<Vec<String>>,
     ) {
-        let crl_until = match self.crl_expiry {
-            None => u64::MAX,
-            Some(None) => return,
-            Some(Some(expiry)) => expiry.saturating_sub(1),
+        let crl_until = match self.crls {
+            CrlWindow::Unbounded => u64::MAX,
+            CrlWindow::Before(expiry) => expiry.saturating_sub(1),
+            CrlWindow::Unknown => return,
         };
         let Some((from, until)) = validity(end_entity, intermediates) else {
             return;
