@@ -753,3 +753,120 @@ async fn an_upstream_that_closes_after_the_head_leaves_the_client_the_head_and_a
         );
     }
 }
+
+/// Reads from `s` until `n` echo responses have arrived whole, and returns their status lines.
+async fn echo_responses(s: &mut (impl tokio::io::AsyncRead + Unpin), n: usize) -> Vec<String> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&received)
+        .matches("\"body_bytes\"")
+        .count()
+        < n
+    {
+        let read = tokio::time::timeout(support::TIMEOUT, s.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(read > 0, "closed instead of answering");
+        received.extend_from_slice(&buf[..read]);
+    }
+    // A response starts right after the body before it, with no line break between.
+    let received = String::from_utf8_lossy(&received).into_owned();
+    received
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| received[at..].split("\r\n").next().unwrap().to_owned())
+        .collect()
+}
+
+/// How many HTTP/1.1 connections are parked without HTTP state now.
+fn parked(proxy: &Proxy) -> u64 {
+    let metrics = proxy.running.metrics.render();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("meshgate_connections_parked "))
+        .expect("no parked gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits until `n` connections are parked (an idle one is within 2 s).
+async fn until_parked(proxy: &Proxy, n: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while parked(proxy) != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} parked, not {n}",
+            parked(proxy)
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_serve_every_request_whole_after() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{requestHeaderTimeout: 5s, idleTimeout: 30s}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let get = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    let mut tls = client.connect(addr, HOST).await.unwrap();
+
+    // A request with a body, then a wait with nothing in flight: parked.
+    let post = format!("POST / HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 5\r\n\r\nhello");
+    tls.write_all(post.as_bytes()).await.unwrap();
+    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
+    until_parked(&proxy, 1).await;
+
+    // A request with the start of the next one behind it: served, and not parked while the
+    // head is incomplete (longer than a connection waits to be parked); then the rest.
+    let (start, rest) = get.split_at(20);
+    tls.write_all(format!("{get}{start}").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
+    tokio::time::sleep(ms(2500)).await;
+    assert_eq!(parked(&proxy), 0, "parked with half a head read");
+    tls.write_all(rest.as_bytes()).await.unwrap();
+    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
+    until_parked(&proxy, 1).await;
+
+    // Two requests in one write, on a parked connection.
+    tls.write_all(format!("{get}{get}").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_responses(&mut tls, 2).await,
+        ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]
+    );
+    until_parked(&proxy, 1).await;
+
+    // A client that asks for the close gets it, after its response.
+    let close = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n");
+    tls.write_all(close.as_bytes()).await.unwrap();
+    let sent = closed_by_server(tls).await;
+    assert!(sent.starts_with("HTTP/1.1 200 OK\r\n"), "{sent:?}");
+    assert_eq!(parked(&proxy), 0);
+    assert_eq!(closed_for(&proxy, "request_header_timeout"), 0);
+    assert_eq!(closed_for(&proxy, "idle_timeout"), 0);
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_at_the_idle_timeout_and_a_denied_one_is_parked_too() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{idleTimeout: 4s}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let mut tls = client.connect(addr, HOST).await.unwrap();
+    // No route for this host: answered by the proxy, the request never forwarded.
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: nowhere.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404");
+    until_parked(&proxy, 1).await;
+    closed_by_server(tls).await;
+    assert_eq!(closed_for(&proxy, "idle_timeout"), 1);
+    assert_eq!(parked(&proxy), 0);
+}

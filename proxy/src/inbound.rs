@@ -619,6 +619,10 @@ impl Exchange {
             conn.activity.stream.restart();
             conn.activity.stream.clone()
         });
+        // A request without a body is in whole, whether or not it is forwarded.
+        if http_body::Body::is_end_stream(req.body()) {
+            clock.received();
+        }
         let log = conn.runtime.access_log.as_ref().map(|_| {
             Box::new(Logged {
                 start_time: SystemTime::now(),

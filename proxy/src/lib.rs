@@ -6,6 +6,7 @@
 //! identity   identity.rs     -> PeerIdentity: exactly one SPIFFE URI SAN, leaf not a CA
 //! origin     origin.rs       -> Origin::{Local, Remote}: trust domain, aliases, cluster.local
 //! HTTP       serve.rs        -> hyper HTTP/1.1 or HTTP/2, chosen by ALPN
+//!            park.rs         -> HTTP/1.1 between requests: parked without hyper's buffers
 //! stream     stream.rs       -> per-stream idle and request timeouts (408, cut, SI)
 //! head       head.rs         -> one authority, normalized path, hop-by-hop gone (400, 405)
 //! tag        tag.rs          -> client copies stripped; x-mesh-origin, principal, XFCC set
@@ -38,6 +39,7 @@ mod head;
 pub mod identity;
 mod listen;
 pub mod origin;
+mod park;
 pub mod passthrough;
 mod proxy_protocol;
 mod respond;

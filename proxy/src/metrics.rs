@@ -44,6 +44,8 @@ pub struct Metrics {
     handshakes_ok: AtomicU64,
     handshakes_rejected: [AtomicU64; PeerError::REASONS.len()],
     active_connections: AtomicI64,
+    /// HTTP/1.1 connections parked between requests, without HTTP state (`park`).
+    parked_connections: AtomicI64,
     /// Configuration reloads: succeeded, failed.
     reloads: [AtomicU64; 2],
     connections_refused: AtomicU64,
@@ -125,6 +127,7 @@ impl Metrics {
             handshakes_ok: AtomicU64::new(0),
             handshakes_rejected: Default::default(),
             active_connections: AtomicI64::new(0),
+            parked_connections: AtomicI64::new(0),
             reloads: Default::default(),
             connections_refused: AtomicU64::new(0),
             bundle_fetches: Default::default(),
@@ -287,6 +290,11 @@ impl Metrics {
     /// A connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.active_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1.1 connection was parked (1) or served again or closed while parked (-1).
+    pub fn parked(&self, delta: i64) {
+        self.parked_connections.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// The dry-run counter of a set's action and its result, in `dry_run`'s order.
@@ -639,6 +647,16 @@ impl Metrics {
             "meshgate_connections_active",
             "",
             self.active_connections.load(Ordering::Relaxed),
+        );
+        e.family(
+            "meshgate_connections_parked",
+            "gauge",
+            "Idle HTTP/1.1 connections held between requests without HTTP state (buffers released).",
+        );
+        e.sample(
+            "meshgate_connections_parked",
+            "",
+            self.parked_connections.load(Ordering::Relaxed),
         );
     }
 }

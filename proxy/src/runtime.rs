@@ -127,7 +127,7 @@ impl Runtime {
                 &model.trust,
                 model.proxy.limits.trust_domain_labels as usize,
             ),
-            http: HttpServers::new(&model.proxy.limits),
+            http: HttpServers::new(&model.proxy.limits, metrics.clone()),
             by_key: model
                 .listeners
                 .iter()

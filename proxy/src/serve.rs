@@ -32,6 +32,7 @@ use tracing::debug;
 use meshgate_config::model::Limits;
 
 use crate::drain::Watch;
+use crate::metrics::Metrics;
 use crate::stream::{StreamClock, StreamExecutor};
 use crate::tls::server::HttpVersion;
 
@@ -50,6 +51,8 @@ pub struct HttpServers {
     stream_idle_timeout: Option<Duration>,
     /// `limits.maxRequestHeaderBytes`.
     header_bytes: usize,
+    /// Counts the parked HTTP/1.1 connections.
+    metrics: Arc<Metrics>,
 }
 
 /// A connection's failure, whichever builder served it.
@@ -57,7 +60,7 @@ pub type ServeError = Box<dyn StdError + Send + Sync>;
 
 impl HttpServers {
     /// Builders with the MeshGateway's limits.
-    pub fn new(limits: &Limits) -> Self {
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
         let header_bytes = limits.max_request_header_bytes as usize;
         let streams = StreamExecutor {
             stream_idle_timeout: limits.stream_idle_timeout,
@@ -98,6 +101,7 @@ impl HttpServers {
             idle_timeout: limits.idle_timeout,
             stream_idle_timeout: limits.stream_idle_timeout,
             header_bytes,
+            metrics,
         }
     }
 
@@ -195,8 +199,7 @@ impl HttpServers {
         };
         match version {
             Some(HttpVersion::Http1) => {
-                let conn = self.http1.serve_connection(io, service);
-                until_closed(conn, |c| c.graceful_shutdown(), ends).await
+                crate::park::serve(&self.http1, io, service, ends, &self.metrics).await
             }
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
@@ -211,15 +214,17 @@ impl HttpServers {
 }
 
 /// What `HttpServers::serve` answers requests with: a hyper service whose futures and errors
-/// can cross to the connection's task.
+/// can cross to the connection's task. `Unpin` (futures boxed), so that an HTTP/1.1 connection
+/// can be taken apart when it is parked.
 pub trait RequestService<B>:
     Service<
         Request<Incoming>,
         Response = Response<B>,
-        Future: Send + 'static,
+        Future: Send + Unpin + 'static,
         Error: Into<ServeError>,
     > + Clone
     + Send
+    + Unpin
     + 'static
 {
 }
@@ -228,21 +233,22 @@ impl<S, B> RequestService<B> for S where
     S: Service<
             Request<Incoming>,
             Response = Response<B>,
-            Future: Send + 'static,
+            Future: Send + Unpin + 'static,
             Error: Into<ServeError>,
         > + Clone
         + Send
+        + Unpin
         + 'static
 {
 }
 
 /// What ends a connection besides its client: the drain, the idle timeout (both graceful) and
 /// a stalled HTTP/1.1 response (at once); the timeouts are noted in `activity`.
-struct Ends<'a, I, S> {
-    drain: Watch,
-    idle: I,
-    stalled: S,
-    activity: &'a Activity,
+pub(crate) struct Ends<'a, I, S> {
+    pub(crate) drain: Watch,
+    pub(crate) idle: I,
+    pub(crate) stalled: S,
+    pub(crate) activity: &'a Activity,
 }
 
 /// Runs `conn` to its end; when the drain starts or `idle` resolves first, `shutdown` asks it
@@ -291,7 +297,7 @@ where
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     Gracefully,
     Now,
 }
@@ -299,7 +305,7 @@ enum Stop {
 /// Polls `inner` only when its own waker has fired since it was last polled (and the first
 /// time). Beside a connection in one task, the drain signal and the idle timer are then
 /// polled on their own wake-ups only, not on each of the connection's.
-struct Gated<F> {
+pub(crate) struct Gated<F> {
     inner: F,
     flag: Arc<Flag>,
 }
@@ -311,7 +317,7 @@ struct Flag {
 }
 
 impl<F> Gated<F> {
-    fn new(inner: F) -> Self {
+    pub(crate) fn new(inner: F) -> Self {
         Self {
             inner,
             flag: Arc::new(Flag {
@@ -332,6 +338,18 @@ impl Wake for Flag {
         if let Some(task) = &*self.task.lock().unwrap_or_else(|p| p.into_inner()) {
             task.wake_by_ref();
         }
+    }
+}
+
+impl<F> Gated<F> {
+    /// The future, to change it; `rearm` then has it polled again.
+    pub(crate) fn inner_mut(&mut self) -> &mut F {
+        &mut self.inner
+    }
+
+    /// Polls the future on the next poll, woken or not.
+    pub(crate) fn rearm(&self) {
+        self.flag.woken.store(true, Ordering::Release);
     }
 }
 
@@ -382,6 +400,12 @@ pub struct Activity {
     writer: AtomicWaker,
     /// The timeout that closed the connection (`TimedOut`), 0 while none did.
     closed: AtomicU8,
+    /// An incomplete request head was read when `started` was this less one; 0: none
+    /// (`Metered`). A head's timer runs only while the connection is served, so such a
+    /// connection is not parked.
+    partial_head: AtomicU64,
+    /// Everything written has been flushed, and no write is waiting for room.
+    write_settled: AtomicBool,
 }
 
 /// A timeout of the proxy's that closed a downstream connection (rather than its client, an
@@ -444,7 +468,40 @@ impl Activity {
             write_paused: AtomicBool::new(false),
             writer: AtomicWaker::new(),
             closed: AtomicU8::new(0),
+            partial_head: AtomicU64::new(0),
+            write_settled: AtomicBool::new(true),
         }
+    }
+
+    /// A new HTTP/1.1 connection is served on the stream: it has read nothing yet.
+    pub(crate) fn serving(&self) {
+        self.partial_head.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the HTTP/1.1 exchange is over on both sides: no request in flight, the last
+    /// request's body read to its end, every response byte flushed, and no head begun since.
+    pub(crate) fn parkable(&self) -> bool {
+        self.write_settled.load(Ordering::Relaxed)
+            && !self.busy()
+            && self.stream.is_received()
+            && !self.head_incomplete()
+    }
+
+    /// Whether bytes of a request head were read that no request has started from yet.
+    fn head_incomplete(&self) -> bool {
+        match self.partial_head.load(Ordering::Relaxed) {
+            0 => false,
+            at => at.saturating_sub(1) == u64::from(self.started.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Notes whether the last read left a request head incomplete.
+    fn head_read(&self, incomplete: bool) {
+        let at = match incomplete {
+            true => u64::from(self.started.load(Ordering::Relaxed)).saturating_add(1),
+            false => 0,
+        };
+        self.partial_head.store(at, Ordering::Relaxed);
     }
 
     /// A limit is closing the connection.
@@ -601,6 +658,9 @@ pub struct Metered<I> {
     flushed: bool,
     /// The head timed out: how much of `HEAD_TIMEOUT_ANSWER` is written.
     answering: Option<usize>,
+    /// Bytes an HTTP/1.1 connection had read and not parsed when it was parked: read again
+    /// first.
+    unread: Bytes,
 }
 
 /// Envoy's answer when a request head times out (`request_header_timeout`), before the
@@ -626,6 +686,23 @@ impl<I> Metered<I> {
             requests: 0,
             flushed: true,
             answering: None,
+            unread: Bytes::new(),
+        }
+    }
+
+    /// Bytes to read again before the stream's.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        self.unread = bytes;
+    }
+}
+
+impl<I: Downstream> Metered<I> {
+    /// Resolves once the client has sent something more (or closed), at once when bytes are
+    /// to be read again.
+    pub(crate) async fn first_bytes(&mut self) -> std::io::Result<()> {
+        match self.unread.is_empty() {
+            true => self.io.first_bytes().await,
+            false => Ok(()),
         }
     }
 }
@@ -680,7 +757,21 @@ impl<I: AsyncRead + Unpin> Metered<I> {
             None => usize::MAX,
         };
         let before = buf.filled().len();
-        let read = if buf.remaining() <= left {
+        let read = if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining()).min(left);
+            if n == 0 {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "request head too large",
+                )));
+            }
+            buf.put_slice(&self.unread.split_to(n));
+            if self.unread.is_empty() {
+                // An empty slice still holds hyper's old read buffer.
+                self.unread = Bytes::new();
+            }
+            Poll::Ready(Ok(()))
+        } else if buf.remaining() <= left {
             Pin::new(&mut self.io).poll_read(cx, buf)
         } else if left == 0 {
             return Poll::Ready(Err(std::io::Error::new(
@@ -717,6 +808,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Metered<I> {
         }
         let before = buf.filled().len();
         let read = this.read_within(cx, buf);
+        let read = this.time_head(cx, buf, before, read);
+        this.activity.head_read(this.in_head);
+        read
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Metered<I> {
+    /// Keeps the request header timeout for what a read brought (`before`: how much of `buf`
+    /// was filled before it).
+    fn time_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+        read: Poll<std::io::Result<()>>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self;
         let Some(timeout) = this.timeout else {
             return read;
         };
@@ -756,6 +864,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Metered<I> {
     }
 }
 
+impl<I> Metered<I> {
+    /// Notes a write's outcome: bytes the client took, and whether anything is left unflushed
+    /// (a write that waits for room leaves hyper holding bytes).
+    fn wrote(&mut self, written: &Poll<std::io::Result<usize>>) {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                self.flushed = false;
+                self.activity.write_settled.store(false, Ordering::Relaxed);
+                self.activity.wrote(*n);
+            }
+            Poll::Pending => self.activity.write_settled.store(false, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
+        }
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -764,10 +888,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.flushed = false;
-            this.activity.wrote(n);
-        }
+        this.wrote(&written);
         written
     }
 
@@ -778,10 +899,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            this.flushed = false;
-            this.activity.wrote(n);
-        }
+        this.wrote(&written);
         written
     }
 
@@ -794,6 +912,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
         let flushed = Pin::new(&mut this.io).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
             this.flushed = true;
+            this.activity.write_settled.store(true, Ordering::Relaxed);
         }
         flushed
     }

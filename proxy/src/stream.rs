@@ -72,6 +72,11 @@ impl StreamClock {
         self.received.store(true, Ordering::Release);
     }
 
+    /// Whether the request body is in.
+    pub fn is_received(&self) -> bool {
+        self.received.load(Ordering::Acquire)
+    }
+
     /// Whether the stream idle timeout expired on it (Envoy's `SI`).
     pub fn expired(&self) -> bool {
         self.expired.load(Ordering::Acquire)
