@@ -132,7 +132,12 @@ where
                 }
             }
         };
-        let parts = conn.into_parts();
+        // Moved into the block and out of its box there, so that the box is freed at once,
+        // not at the end of the loop.
+        let parts = {
+            let conn = conn;
+            (*conn).into_parts()
+        };
         let mut metered = parts.io.into_inner();
         if let End::Closed(done) = ended {
             // hyper's own end: the shutdown it would have done (none after an error).

@@ -201,13 +201,15 @@ impl HttpServers {
             Some(HttpVersion::Http1) => {
                 crate::park::serve(&self.http1, io, service, ends, &self.metrics).await
             }
+            // Boxed, each: an HTTP/1.1 connection, parked for most of its life, keeps no room
+            // for their state.
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
-                until_closed(conn, |c| c.graceful_shutdown(), ends).await
+                Box::pin(until_closed(conn, |c| c.graceful_shutdown(), ends)).await
             }
             None => {
                 let conn = self.detect.serve_connection(io, service).into_owned();
-                until_closed(conn, |c| c.graceful_shutdown(), ends).await
+                Box::pin(until_closed(conn, |c| c.graceful_shutdown(), ends)).await
             }
         }
     }
