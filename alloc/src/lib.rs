@@ -1,13 +1,15 @@
-//! meshgate's global allocator: mimalloc, told to give pages back to the system as soon as
-//! they are free.
+//! meshgate's global allocator: mimalloc, told to give free pages back to the system within
+//! `PURGE_DELAY_MS`.
 //!
-//! mimalloc returns a free page to the system only after `purge_delay` (1 s), and only when a
-//! later allocation or free on some thread looks for expired purges. A gateway whose
-//! connections have gone idle does neither: the buffers an idle HTTP/1.1 connection gives back
-//! when it is parked (`meshgate-proxy`'s `park`) stayed in the process's resident set. With the
-//! delay at 0 a page is returned when it becomes free. Under steady load pages rarely become
-//! entirely free: a keep-alive and a handshake load of 140,000 requests made 19 `madvise`
-//! calls in all (BENCHMARKS.md).
+//! mimalloc returns a free page to the system only once it has been free for `purge_delay`
+//! (1 s by default), and only when a later allocation or free looks for expired purges. When
+//! idle HTTP/1.1 connections are parked (`meshgate-proxy`'s `park`), they give hyper's buffers
+//! back over a second or two and then the process goes quiet: the pages freed in the last
+//! second were never returned, and after a burst of requests the resident set stayed at the
+//! burst's size (32 KiB per idle connection after one request at 5,000 connections, against
+//! 14 KiB with a short delay). At 0 a page goes back the moment it is free, and under
+//! keep-alive load pages that empty and fill again were returned and faulted back in (2% of
+//! the CPU in page faults); at 10 ms neither happens (BENCHMARKS.md).
 //!
 //! The one `unsafe` in meshgate's own code is the call that sets the option: mimalloc has no
 //! safe binding for its options.
@@ -16,14 +18,17 @@
 
 pub use mimalloc::MiMalloc;
 
+/// How long a page stays free before it goes back to the system, in milliseconds.
+pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
 /// `mi_option_purge_delay`'s index in `mi_option_e` (mimalloc 3, `include/mimalloc.h`); the
 /// binding names only the options older than it.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Free pages go back to the system at once rather than after mimalloc's delay, unless
-/// `MIMALLOC_PURGE_DELAY` says otherwise. Called first thing in `main`, before any other thread
-/// starts.
-pub fn purge_at_once() {
+/// Free pages go back to the system after `PURGE_DELAY_MS` rather than mimalloc's delay,
+/// unless `MIMALLOC_PURGE_DELAY` says otherwise. Called first thing in `main`, before any
+/// other thread starts.
+pub fn purge_promptly() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
@@ -33,15 +38,15 @@ pub fn purge_at_once() {
     // an index within the table (`purge_delay_is_option_15` checks that it names the option, on
     // the pinned release).
     unsafe {
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS);
     }
 }
 
 /// mimalloc's value of the purge delay, in milliseconds.
 pub fn purge_delay() -> std::ffi::c_long {
     #[allow(unsafe_code)]
-    // SAFETY: a load from mimalloc's option table at a valid index (as in `purge_at_once`);
-    // the table is written only by `purge_at_once`, before other threads start.
+    // SAFETY: a load from mimalloc's option table at a valid index (as in `purge_promptly`);
+    // the table is written only by `purge_promptly`, before other threads start.
     unsafe {
         libmimalloc_sys::mi_option_get(PURGE_DELAY)
     }
@@ -59,7 +64,7 @@ mod tests {
         if std::env::var_os("MESHGATE_ALLOC_CHILD").is_some() {
             assert_eq!(purge_delay(), 777);
             // The operator's value stands.
-            purge_at_once();
+            purge_promptly();
             assert_eq!(purge_delay(), 777);
             return;
         }
@@ -73,21 +78,21 @@ mod tests {
         assert!(status.success(), "the child saw another option at index 15");
     }
 
-    /// Without the environment's word, the delay goes from mimalloc's default to 0. In a
+    /// Without the environment's word, the delay goes from mimalloc's default to ours. In a
     /// child too, so that no other test's thread runs beside the store.
     #[test]
-    fn without_the_environment_the_delay_becomes_zero() {
+    fn without_the_environment_the_delay_becomes_ours() {
         if std::env::var_os("MESHGATE_ALLOC_CHILD").is_some() {
             assert_eq!(purge_delay(), 1000);
-            purge_at_once();
-            assert_eq!(purge_delay(), 0);
+            purge_promptly();
+            assert_eq!(purge_delay(), PURGE_DELAY_MS);
             return;
         }
         let exe = std::env::current_exe().unwrap();
         let status = std::process::Command::new(exe)
             .args([
                 "--exact",
-                "tests::without_the_environment_the_delay_becomes_zero",
+                "tests::without_the_environment_the_delay_becomes_ours",
                 "--nocapture",
             ])
             .env("MESHGATE_ALLOC_CHILD", "1")
