@@ -11,8 +11,8 @@
 //! keep-alive load pages that empty and fill again were returned and faulted back in (2% of
 //! the CPU in page faults); at 10 ms neither happens (BENCHMARKS.md).
 //!
-//! The one `unsafe` in meshgate's own code is the call that sets the option: mimalloc has no
-//! safe binding for its options.
+//! The only `unsafe` in meshgate's own code is here, in the two calls that set and read the
+//! option: mimalloc has no safe binding for its options.
 
 #![deny(unsafe_code)]
 
