@@ -870,3 +870,32 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout_and_a_denied_one_is_p
     assert_eq!(closed_for(&proxy, "idle_timeout"), 1);
     assert_eq!(parked(&proxy), 0);
 }
+
+#[tokio::test]
+async fn the_drain_closes_a_parked_connection_with_a_tls_close() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{idleTimeout: 30s}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let mut tls = client.connect(addr, HOST).await.unwrap();
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
+    until_parked(&proxy, 1).await;
+
+    let (running, dir) = (proxy.running, proxy.dir);
+    let drain = tokio::spawn(running.shutdown(std::time::Duration::from_secs(5)));
+    // A clean end of the stream: the proxy sent close_notify before its FIN.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(support::TIMEOUT, tls.read(&mut buf))
+        .await
+        .expect("the parked connection stayed open through the drain");
+    assert_eq!(read.unwrap(), 0);
+    tokio::time::timeout(support::TIMEOUT, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(dir);
+}
