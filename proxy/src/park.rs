@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::serve::{Downstream, Ends, Gated, Metered, RequestService, ServeError, Stop, TimedOut};
+use crate::serve::{Downstream, Ends, Gated, Metered, RequestService, ServeError, Stop};
 
 /// How often a served HTTP/1.1 connection is checked for being idle, and parked if it is: a
 /// connection idle for twice this long holds no HTTP state.
@@ -55,23 +55,8 @@ where
     S: RequestService<B>,
     B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
 {
-    let Ends {
-        mut drain,
-        idle,
-        stalled,
-        activity,
-    } = ends;
-    let stop = async {
-        tokio::select! {
-            () = drain.signaled() => Stop::Gracefully,
-            () = idle => {
-                debug!("idle timeout: closing the connection");
-                activity.closed_by(TimedOut::Idle);
-                Stop::Gracefully
-            }
-            () = stalled => Stop::Now,
-        }
-    };
+    let activity = ends.activity;
+    let stop = ends.stop();
     tokio::pin!(stop);
     let mut stop = Gated::new(stop);
     let park = tokio::time::sleep(PARK_AFTER);

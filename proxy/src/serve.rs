@@ -191,8 +191,10 @@ impl HttpServers {
             timed.then_some(self.request_header_timeout),
             self.header_bytes,
         ));
+        // Held here until the connection is over, whichever way it ends.
+        let mut drain = drain;
         let ends = Ends {
-            drain,
+            drain: &mut drain,
             idle,
             stalled,
             activity: &closing,
@@ -247,10 +249,32 @@ impl<S, B> RequestService<B> for S where
 /// What ends a connection besides its client: the drain, the idle timeout (both graceful) and
 /// a stalled HTTP/1.1 response (at once); the timeouts are noted in `activity`.
 pub(crate) struct Ends<'a, I, S> {
-    pub(crate) drain: Watch,
+    pub(crate) drain: &'a mut Watch,
     pub(crate) idle: I,
     pub(crate) stalled: S,
     pub(crate) activity: &'a Activity,
+}
+
+impl<I: Future<Output = ()>, S: Future<Output = ()>> Ends<'_, I, S> {
+    /// Resolves with how the connection must end when one of the ends comes: gracefully for
+    /// the drain and the idle timeout (noted), at once for a stalled response.
+    pub(crate) async fn stop(self) -> Stop {
+        let Ends {
+            drain,
+            idle,
+            stalled,
+            activity,
+        } = self;
+        tokio::select! {
+            () = drain.signaled() => Stop::Gracefully,
+            () = idle => {
+                debug!("idle timeout: closing the connection");
+                activity.closed_by(TimedOut::Idle);
+                Stop::Gracefully
+            }
+            () = stalled => Stop::Now,
+        }
+    }
 }
 
 /// Runs `conn` to its end; when the drain starts or `idle` resolves first, `shutdown` asks it
@@ -265,24 +289,8 @@ where
     C: Future<Output = Result<(), E>>,
     E: Into<ServeError>,
 {
-    let Ends {
-        mut drain,
-        idle,
-        stalled,
-        activity,
-    } = ends;
     tokio::pin!(conn);
-    let stop = async {
-        tokio::select! {
-            () = drain.signaled() => Stop::Gracefully,
-            () = idle => {
-                debug!("idle timeout: closing the connection");
-                activity.closed_by(TimedOut::Idle);
-                Stop::Gracefully
-            }
-            () = stalled => Stop::Now,
-        }
-    };
+    let stop = ends.stop();
     tokio::pin!(stop);
     let mut stop = Gated::new(stop);
     let stop = tokio::select! {
