@@ -899,3 +899,25 @@ async fn the_drain_closes_a_parked_connection_with_a_tls_close() {
         .unwrap();
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_head_begun_on_a_parked_connection_is_still_cut_at_the_request_header_timeout() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway(&pki, "{requestHeaderTimeout: 1s, idleTimeout: 30s}").await;
+    let addr = proxy.addr(443);
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let mut tls = client.connect(addr, HOST).await.unwrap();
+    let get = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    tls.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
+    until_parked(&proxy, 1).await;
+
+    // Half a head wakes the connection, which then waits for the rest no longer than the
+    // timeout allows a head.
+    tls.write_all(&get.as_bytes()[..20]).await.unwrap();
+    let sent = closed_by_server(tls).await;
+    assert_head_timeout_answer(&sent);
+    assert_eq!(closed_for(&proxy, "request_header_timeout"), 1);
+    assert_eq!(parked(&proxy), 0);
+}
