@@ -801,15 +801,36 @@ async fn until_parked(proxy: &Proxy, n: u64) {
     }
 }
 
-#[tokio::test]
-async fn idle_keep_alive_connections_are_parked_and_serve_every_request_whole_after() {
+/// A gateway with `limits` and one HTTP/1.1 mTLS connection to it.
+async fn connected(
+    limits: &str,
+) -> (
+    Proxy,
+    meshgate_proxy::echo::Echo,
+    tokio_rustls::client::TlsStream<TcpStream>,
+) {
     let pki = Pki::new(&["example-target.com", "example.com"]);
-    let (proxy, _backend) = gateway(&pki, "{requestHeaderTimeout: 5s, idleTimeout: 30s}").await;
-    let addr = proxy.addr(443);
+    let (proxy, backend) = gateway(&pki, limits).await;
     let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    (proxy, backend, tls)
+}
+
+/// One request served on `tls`, then the wait until the connection is parked.
+async fn served_then_parked(proxy: &Proxy, tls: &mut (impl AsyncWriteExt + AsyncReadExt + Unpin)) {
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(echo_responses(tls, 1).await, ["HTTP/1.1 200 OK"]);
+    until_parked(proxy, 1).await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_serve_every_request_whole_after() {
+    let (proxy, _backend, mut tls) =
+        connected("{requestHeaderTimeout: 5s, idleTimeout: 30s}").await;
     let get = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
-    let mut tls = client.connect(addr, HOST).await.unwrap();
 
     // A request with a body, then a wait with nothing in flight: parked.
     let post = format!("POST / HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 5\r\n\r\nhello");
@@ -852,12 +873,7 @@ async fn idle_keep_alive_connections_are_parked_and_serve_every_request_whole_af
 
 #[tokio::test]
 async fn a_parked_connection_is_closed_at_the_idle_timeout_and_a_denied_one_is_parked_too() {
-    let pki = Pki::new(&["example-target.com", "example.com"]);
-    let (proxy, _backend) = gateway(&pki, "{idleTimeout: 4s}").await;
-    let addr = proxy.addr(443);
-    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
-    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
-    let mut tls = client.connect(addr, HOST).await.unwrap();
+    let (proxy, _backend, mut tls) = connected("{idleTimeout: 4s}").await;
     // No route for this host: answered by the proxy, the request never forwarded.
     tls.write_all(b"GET / HTTP/1.1\r\nhost: nowhere.example\r\n\r\n")
         .await
@@ -873,17 +889,8 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout_and_a_denied_one_is_p
 
 #[tokio::test]
 async fn the_drain_closes_a_parked_connection_with_a_tls_close() {
-    let pki = Pki::new(&["example-target.com", "example.com"]);
-    let (proxy, _backend) = gateway(&pki, "{idleTimeout: 30s}").await;
-    let addr = proxy.addr(443);
-    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
-    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
-    let mut tls = client.connect(addr, HOST).await.unwrap();
-    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
-    until_parked(&proxy, 1).await;
+    let (proxy, _backend, mut tls) = connected("{idleTimeout: 30s}").await;
+    served_then_parked(&proxy, &mut tls).await;
 
     let (running, dir) = (proxy.running, proxy.dir);
     let drain = tokio::spawn(running.shutdown(std::time::Duration::from_secs(5)));
@@ -902,16 +909,10 @@ async fn the_drain_closes_a_parked_connection_with_a_tls_close() {
 
 #[tokio::test]
 async fn a_head_begun_on_a_parked_connection_is_still_cut_at_the_request_header_timeout() {
-    let pki = Pki::new(&["example-target.com", "example.com"]);
-    let (proxy, _backend) = gateway(&pki, "{requestHeaderTimeout: 1s, idleTimeout: 30s}").await;
-    let addr = proxy.addr(443);
-    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
-    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
-    let mut tls = client.connect(addr, HOST).await.unwrap();
+    let (proxy, _backend, mut tls) =
+        connected("{requestHeaderTimeout: 1s, idleTimeout: 30s}").await;
+    served_then_parked(&proxy, &mut tls).await;
     let get = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
-    tls.write_all(get.as_bytes()).await.unwrap();
-    assert_eq!(echo_responses(&mut tls, 1).await, ["HTTP/1.1 200 OK"]);
-    until_parked(&proxy, 1).await;
 
     // Half a head wakes the connection, which then waits for the rest no longer than the
     // timeout allows a head.

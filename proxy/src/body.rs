@@ -74,9 +74,7 @@ impl RequestBody {
         activity: Option<Arc<crate::serve::Activity>>,
         clock: Option<Arc<StreamClock>>,
     ) -> Self {
-        if let Some(clock) = clock.as_ref().filter(|_| body.is_end_stream()) {
-            clock.received();
-        }
+        // A body that is already at its end was noted received when its request started.
         Self(Source::Client(ClientBody {
             body,
             counted,

@@ -619,7 +619,8 @@ impl Exchange {
             conn.activity.stream.restart();
             conn.activity.stream.clone()
         });
-        // A request without a body is in whole, whether or not it is forwarded.
+        // A request without a body is in whole, whether or not it is forwarded (its
+        // `RequestBody` notes the others' ends).
         if http_body::Body::is_end_stream(req.body()) {
             clock.received();
         }

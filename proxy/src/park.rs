@@ -66,7 +66,6 @@ where
     let mut io = io;
     let mut service = service;
     loop {
-        activity.serving();
         park.inner_mut().as_mut().reset(next_check());
         park.rearm();
         // Boxed, so that a parked connection keeps no room for it.

@@ -483,11 +483,6 @@ impl Activity {
         }
     }
 
-    /// A new HTTP/1.1 connection is served on the stream: it has read nothing yet.
-    pub(crate) fn serving(&self) {
-        self.partial_head.store(0, Ordering::Relaxed);
-    }
-
     /// Whether the HTTP/1.1 exchange is over on both sides: no request in flight, the last
     /// request's body read to its end, every response byte flushed, and no head begun since.
     pub(crate) fn parkable(&self) -> bool {
@@ -766,15 +761,15 @@ impl<I: AsyncRead + Unpin> Metered<I> {
             Some(_) => self.head_limit.saturating_sub(self.head_bytes),
             None => usize::MAX,
         };
+        if left == 0 {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request head too large",
+            )));
+        }
         let before = buf.filled().len();
         let read = if !self.unread.is_empty() {
             let n = self.unread.len().min(buf.remaining()).min(left);
-            if n == 0 {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "request head too large",
-                )));
-            }
             buf.put_slice(&self.unread.split_to(n));
             if self.unread.is_empty() {
                 // An empty slice still holds hyper's old read buffer.
@@ -783,11 +778,6 @@ impl<I: AsyncRead + Unpin> Metered<I> {
             Poll::Ready(Ok(()))
         } else if buf.remaining() <= left {
             Pin::new(&mut self.io).poll_read(cx, buf)
-        } else if left == 0 {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "request head too large",
-            )));
         } else {
             let mut within = ReadBuf::new(buf.initialize_unfilled_to(left));
             let read = Pin::new(&mut self.io).poll_read(cx, &mut within);
