@@ -11,7 +11,7 @@
 //! what the kubelet and Prometheus read.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -35,8 +35,6 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The configuration new connections get.
     pub shared: Arc<ArcSwap<Runtime>>,
-    /// Counts configurations loaded; 1 for the first.
-    pub version: AtomicU64,
 }
 
 /// Which endpoints one admin listener serves.
@@ -120,8 +118,7 @@ async fn respond(
         ),
         (&Method::GET, "/config_dump") => {
             let runtime = state.shared.load();
-            let version = state.version.load(Ordering::Relaxed);
-            let dump = serde_json::json!({ "version": version, "config": &*runtime.model });
+            let dump = serde_json::json!({ "version": runtime.version, "config": &*runtime.model });
             (StatusCode::OK, JSON, Bytes::from(pretty(&dump)))
         }
         (&Method::GET, "/certs") => match &state.shared.load().credentials {

@@ -40,6 +40,9 @@ pub struct Runtime {
     pub owned: Arc<Owned>,
     /// What building found worth a warning (our identity's trust domain).
     pub warnings: Vec<Warning>,
+    /// 1 for the configuration started with, one more for each swapped in after it
+    /// (`/config_dump`): kept with the configuration, so the two are always read together.
+    pub version: u64,
     /// Listener index by (Gateway port, configured address), for the accept loops.
     by_key: HashMap<ListenerKey, usize>,
 }
@@ -144,6 +147,7 @@ impl Runtime {
             )),
             model,
             warnings,
+            version: 1,
         })
     }
 

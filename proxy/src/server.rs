@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,7 +185,6 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
         ready: false.into(),
         metrics: metrics.clone(),
         shared: shared.clone(),
-        version: AtomicU64::new(1),
     });
     let (admin_stop, admin_rx) = watch::channel(false);
     let mut active = Vec::new();
@@ -219,7 +218,6 @@ pub async fn start(model: Model) -> Result<Running, StartError> {
     tokio::spawn(follow_workload_api(Rebuild {
         shared: shared.clone(),
         metrics: metrics.clone(),
-        state: state.clone(),
         bundles: bundles.clone(),
         workload: workload.subscribe(),
         rebuilding: rebuilding.clone(),
@@ -272,7 +270,6 @@ fn current(source: &workload_api::Source) -> Result<Arc<Svid>, StartError> {
 struct Rebuild {
     shared: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
-    state: Arc<AdminState>,
     bundles: Arc<Fetched>,
     workload: watch::Receiver<Option<workload_api::Source>>,
     rebuilding: Arc<tokio::sync::Mutex<()>>,
@@ -282,7 +279,7 @@ impl Rebuild {
     /// Builds the running configuration again, with `svid`, and swaps it in.
     async fn swap(&self, svid: Option<Arc<Svid>>) -> Result<(), StartError> {
         let runtime = self.shared.load_full();
-        let rebuilt = build(
+        let mut rebuilt = build(
             runtime.model.clone(),
             self.metrics.clone(),
             runtime.access_log.clone(),
@@ -290,8 +287,8 @@ impl Rebuild {
             svid,
         )
         .await?;
+        rebuilt.version = runtime.version.saturating_add(1);
         self.shared.store(Arc::new(rebuilt));
-        self.state.version.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -502,16 +499,16 @@ impl Running {
         let running_source = self.workload.borrow().clone();
         let source = connect_source(&model, running_source.as_ref()).await?;
         let svid = source.as_ref().map(current).transpose()?;
-        let runtime = Arc::new(
-            build(
-                model.clone(),
-                self.metrics.clone(),
-                access_log,
-                &self.bundles,
-                svid,
-            )
-            .await?,
-        );
+        let mut built = build(
+            model.clone(),
+            self.metrics.clone(),
+            access_log,
+            &self.bundles,
+            svid,
+        )
+        .await?;
+        built.version = self.shared.load().version.saturating_add(1);
+        let runtime = Arc::new(built);
         let mut active = self.active.lock().await;
         let existing: Vec<ListenerKey> = active.iter().map(|a| a.key).collect();
         let fresh = bind_all(&model, &existing)?;
@@ -539,7 +536,6 @@ impl Running {
             }
             keep
         });
-        self.state.version.fetch_add(1, Ordering::Relaxed);
         for w in &self.shared.load().warnings {
             tracing::warn!("{w}");
         }
@@ -611,7 +607,6 @@ impl Running {
         Rebuild {
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
-            state: self.state.clone(),
             bundles: self.bundles.clone(),
             workload: self.workload.subscribe(),
             rebuilding: self.rebuilding.clone(),
