@@ -83,6 +83,7 @@ impl Runtime {
         access_log: Option<AccessLog>,
     ) -> Result<Self, BuildError> {
         let provider = crate::tls::provider(model.trust.ecdh_curves.as_deref());
+        crate::tls::seed_random(&provider)?;
         let credentials = match &model.proxy.identity {
             Some(files) => Some(Credentials::load(
                 files,

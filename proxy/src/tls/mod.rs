@@ -46,6 +46,16 @@ pub fn provider(curves: Option<&[EcdhCurve]>) -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+/// Seeds the provider's random generator now. aws-lc gathers CPU jitter entropy for its seed
+/// on first use, about 40 ms of CPU: done while the configuration is built, before anything is
+/// served, the first caller's handshake does not wait for it. Later calls cost a draw.
+pub fn seed_random(provider: &CryptoProvider) -> Result<(), crate::runtime::BuildError> {
+    provider
+        .secure_random
+        .fill(&mut [0; 16])
+        .map_err(|_| crate::runtime::BuildError::Tls("the random number generator failed".into()))
+}
+
 fn kx(curve: EcdhCurve) -> &'static dyn SupportedKxGroup {
     match curve {
         EcdhCurve::X25519 => kx_group::X25519,
