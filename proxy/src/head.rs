@@ -150,24 +150,34 @@ fn authority<B>(req: &mut Request<B>) -> Result<(), HeadError> {
 pub fn canonical(authority: &str) -> Result<Cow<'_, str>, HeadError> {
     let (host, port) = split_port(authority)?;
     let literal = host.starts_with('[');
-    let valid = if literal {
+    // One pass over the host's bytes: refused, or kept and whether it needs lowercasing.
+    let mut upper = false;
+    if literal {
         // `split_port` ends a literal at its `]`.
-        host.strip_prefix('[')
+        let valid = host
+            .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .is_some_and(|inner| {
                 !inner.is_empty()
                     && inner
                         .bytes()
                         .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            })
+            });
+        if !valid {
+            return Err(HeadError::BadAuthority);
+        }
+        upper = host.bytes().any(|b| b.is_ascii_uppercase());
     } else {
-        !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-    };
-    if !valid {
-        return Err(HeadError::BadAuthority);
+        if host.is_empty() {
+            return Err(HeadError::BadAuthority);
+        }
+        for b in host.bytes() {
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+                b'A'..=b'Z' => upper = true,
+                _ => return Err(HeadError::BadAuthority),
+            }
+        }
     }
     let trimmed = if literal {
         host
@@ -177,9 +187,7 @@ pub fn canonical(authority: &str) -> Result<Cow<'_, str>, HeadError> {
     if trimmed.is_empty() || trimmed.ends_with('.') {
         return Err(HeadError::BadAuthority);
     }
-    let unchanged = trimmed.len() == host.len()
-        && !host.bytes().any(|b| b.is_ascii_uppercase())
-        && port.is_none_or(|p| !p.is_empty());
+    let unchanged = trimmed.len() == host.len() && !upper && port.is_none_or(|p| !p.is_empty());
     if unchanged {
         return Ok(Cow::Borrowed(authority));
     }
@@ -237,7 +245,11 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), HeadError> {
 
 /// Removes `Connection`, what it nominates, and the other hop-by-hop headers.
 fn hop_by_hop(headers: &mut HeaderMap, owned: &Owned) -> Result<(), HeadError> {
-    if headers.contains_key(header::CONNECTION) {
+    let found = HopByHop::scan(headers);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if found.has(&header::CONNECTION) {
         let mut nominated = Vec::new();
         let mut count = 0usize;
         for value in headers.get_all(header::CONNECTION) {
@@ -269,20 +281,64 @@ fn hop_by_hop(headers: &mut HeaderMap, owned: &Owned) -> Result<(), HeadError> {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
     // TE survives only as `trailers` (gRPC backends ask for it), as Envoy keeps it.
-    if let Some(te) = headers.remove(header::TE) {
-        let trailers = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    let trailers = found.has(&header::TE)
+        && headers.get(header::TE).is_some_and(|te| {
+            te.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
         });
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
+    found.remove_from(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     Ok(())
+}
+
+/// The hop-by-hop headers (RFC 9110 7.6.1) a head holds, found in one pass over its names.
+/// Most heads hold none or one of the six, and looking each up costs a hash and a probe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HopByHop(u8);
+
+impl HopByHop {
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        let mut found = 0u8;
+        for name in headers.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                found |= 1 << i;
+            }
+        }
+        Self(found)
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether the head held `name`, one of `HOP_BY_HOP`.
+    pub(crate) fn has(self, name: &HeaderName) -> bool {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    /// Whether `token` (as a Connection header nominates it) is one of `HOP_BY_HOP`.
+    pub(crate) fn names(token: &str) -> bool {
+        HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+    }
+
+    /// Removes every one the head held.
+    pub(crate) fn remove_from(self, headers: &mut HeaderMap) {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.0 & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
 }
 
 /// Headers whose name holds `_`.
@@ -320,13 +376,14 @@ const MAX_NOMINATIONS: usize = 10;
 
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one hop (RFC 9110 7.6.1), besides `TE`.
-const HOP_BY_HOP: [HeaderName; 5] = [
+/// Headers that describe one hop (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::TE,
 ];
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use meshgate_config::model::{BackendProtocol, RequestMatch, Retry, StringMatcher
 pub use pool::{PooledBody, Upstreams};
 
 use crate::body::{Replayable, RequestBody};
+use crate::head::HopByHop;
 use crate::route::Selected;
 use pool::{Failed, UpstreamBackend};
 use retry::{Failure, Tried};
@@ -603,26 +604,65 @@ fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAnd
 /// Drops from a response the headers that describe one hop (RFC 9110 7.6.1), and those its
 /// Connection header names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let found = HopByHop::scan(headers);
+    if found.is_empty() {
+        return;
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if found.has(&header::CONNECTION) {
+        // `close` names no header, and the hop-by-hop ones go below.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("close") && !HopByHop::names(n))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
+    found.remove_from(headers);
 }
 
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-];
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_response_loses_its_hop_by_hop_headers_and_what_connection_names() {
+        let mut h = headers(&[
+            ("content-type", "text/plain"),
+            ("connection", "keep-alive, X-Private"),
+            ("connection", "close"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+
+        let mut h = headers(&[("keep-alive", "timeout=5"), ("x-kept", "1")]);
+        remove_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+}

@@ -44,6 +44,9 @@ fn authorities_are_made_canonical_or_refused() {
         ("api.example.com.:443", Ok("api.example.com:443")),
         ("api.example.com:", Ok("api.example.com")),
         ("[::1]:443", Ok("[::1]:443")),
+        ("[::ABCD]:443", Ok("[::abcd]:443")),
+        ("a_b~c-d.Example", Ok("a_b~c-d.example")),
+        ("caf\u{e9}.example", Err(HeadError::BadAuthority)),
         ("127.0.0.1", Ok("127.0.0.1")),
         ("user@api.example.com", Err(HeadError::BadAuthority)),
         ("api.example.com:99999", Err(HeadError::BadAuthority)),
@@ -180,6 +183,21 @@ fn connection_nominations() {
     }
     assert_eq!(h["te"], "trailers");
     assert_eq!(h["x-kept"], "1");
+
+    // Without Connection: the other hop-by-hop headers still go, and TE without `trailers`.
+    let mut req = request(
+        Version::HTTP_11,
+        "/",
+        &[
+            ("host", "a.example"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("x-kept", "1"),
+        ],
+    );
+    run(&mut req).unwrap();
+    let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["host", "x-kept"]);
 }
 
 #[test]
