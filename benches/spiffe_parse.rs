@@ -35,8 +35,25 @@ fn spiffe_parse(c: &mut Criterion) {
         ))
         .unwrap();
     let der = CertificateDer::from(leaf.leaf_der);
-    c.bench_function("peer_identity/istio_leaf", |b| {
+    // A leaf read before on this thread: the identity is kept with the leaf's bytes.
+    c.bench_function("peer_identity/istio_leaf_kept", |b| {
         b.iter(|| meshgate_proxy::identity::peer_identity(black_box(&der)).unwrap())
+    });
+    // A leaf not read before: its last two bytes (the signature's) changed on every call, so
+    // each is read in full.
+    let mut next = 0u16;
+    c.bench_function("peer_identity/istio_leaf_new", |b| {
+        b.iter_batched(
+            || {
+                next = next.wrapping_add(1);
+                let mut der = der.to_vec();
+                let at = der.len() - 2;
+                der[at..].copy_from_slice(&next.to_be_bytes());
+                der
+            },
+            |der| meshgate_proxy::identity::peer_identity(&CertificateDer::from(der)).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
     });
 }
 
