@@ -240,7 +240,9 @@ fn kept_slot(leaf: &[u8]) -> usize {
         .and_then(|start| leaf.get(start..))
         .and_then(|bytes| bytes.try_into().ok())
         .unwrap_or_default();
-    u64::from_le_bytes(tail).checked_rem(KEPT as u64).unwrap_or(0) as usize
+    u64::from_le_bytes(tail)
+        .checked_rem(KEPT as u64)
+        .unwrap_or(0) as usize
 }
 
 fn read_identity(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerError> {

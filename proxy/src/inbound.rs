@@ -466,115 +466,121 @@ struct Chosen {
     tries: forward::Tries,
 }
 
-async fn route_and_forward(
-    conn: &Connection,
+// An async block rather than an `async fn`: an `async fn` keeps its arguments and the locals it
+// moves them into, and every request's future would hold the request twice more.
+// Not an `async fn` on purpose (above).
+#[allow(clippy::manual_async_fn)]
+fn route_and_forward<'a>(
+    conn: &'a Connection,
     mut req: Request<RequestBody>,
     client: IpAddr,
-    chosen: &mut Chosen,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let listener = conn.runtime.model_listener(conn.listener);
-    let full = route::full_authority(req.uri(), req.headers())
-        .ok_or(ProxyError::BadRequest("no authority"))?;
-    let port = match listener.kind {
-        ListenerKind::Gateway => listener.port,
-        ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
-    };
-    let head = RouteRequest {
-        method: req.method(),
-        path: req.uri().path(),
-        authority: route::strip_port(full),
-        headers: req.headers(),
-        port,
-    };
-    // The route is chosen first so that a denied request is counted under it; the policy
-    // still answers before a missing route does, as Envoy's RBAC filter runs before its router.
-    let selected = route::route(listener, conn.group, &head);
-    chosen.route = selected.map(|s| s.route.index);
-    // AuthorizationPolicies guard the Gateway's listeners, as Istio's apply to a workload's
-    // inbound side; the outbound listener serves local apps.
-    if listener.kind == ListenerKind::Gateway {
-        authorize(conn, &head, full, client)?;
-        // `tls.httpsRedirect`: Envoy's `require_tls`, after its RBAC filter.
-        if route::https_redirect(listener, head.authority) {
-            let target = format!(
-                "https://{}{}",
-                route::redirect_authority(full),
-                req.uri().path_and_query().map_or("/", |p| p.as_str())
-            );
-            return Ok(respond::https_redirect(&target));
-        }
-    }
-    let selected = match selected {
-        Some(selected) => selected,
-        None => {
-            if listener.kind == ListenerKind::Outbound
-                && conn.runtime.model.proxy.outbound_policy == OutboundPolicy::AllowAny
-            {
-                let port = route::authority_port(req.uri(), req.headers());
-                let host = head.authority.to_string();
-                let response = forward::passthrough(&host, port, req).await?;
-                return Ok(response.map(ResponseBody::Upstream));
+    chosen: &'a mut Chosen,
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
+    async move {
+        let listener = conn.runtime.model_listener(conn.listener);
+        let full = route::full_authority(req.uri(), req.headers())
+            .ok_or(ProxyError::BadRequest("no authority"))?;
+        let port = match listener.kind {
+            ListenerKind::Gateway => listener.port,
+            ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
+        };
+        let head = RouteRequest {
+            method: req.method(),
+            path: req.uri().path(),
+            authority: route::strip_port(full),
+            headers: req.headers(),
+            port,
+        };
+        // The route is chosen first so that a denied request is counted under it; the policy
+        // still answers before a missing route does, as Envoy's RBAC filter runs before its router.
+        let selected = route::route(listener, conn.group, &head);
+        chosen.route = selected.map(|s| s.route.index);
+        // AuthorizationPolicies guard the Gateway's listeners, as Istio's apply to a workload's
+        // inbound side; the outbound listener serves local apps.
+        if listener.kind == ListenerKind::Gateway {
+            authorize(conn, &head, full, client)?;
+            // `tls.httpsRedirect`: Envoy's `require_tls`, after its RBAC filter.
+            if route::https_redirect(listener, head.authority) {
+                let target = format!(
+                    "https://{}{}",
+                    route::redirect_authority(full),
+                    req.uri().path_and_query().map_or("/", |p| p.as_str())
+                );
+                return Ok(respond::https_redirect(&target));
             }
-            return Err(ProxyError::NoRoute);
         }
-    };
-    let route = selected.route;
-    if let Some(cors) = &route.cors {
-        if let Some(answer) = cors::preflight(cors, req.method(), req.headers()) {
-            return Ok(answer);
-        }
-    }
-    if let Some(fault) = &route.fault {
-        let injected = fault::inject(fault).await;
-        chosen.delayed = injected.delayed;
-        if let Some(status) = injected.abort {
-            return Err(ProxyError::FaultAbort(status));
-        }
-    }
-    let origin = route
-        .cors
-        .as_ref()
-        .and_then(|_| req.headers().get(http::header::ORIGIN).cloned());
-    let mut response = match &route.action {
-        RouteAction::Direct(direct) => respond::direct(direct),
-        RouteAction::Redirect(redirect) => {
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            // The port a request arrived for: the Gateway port, or on the outbound listener the
-            // authority's, as a sidecar's listener is per service port.
-            respond::redirect(redirect, full, target, !listener.tls.is_empty(), port)
-        }
-        RouteAction::Forward(backends) => {
-            let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
-            chosen.backend = Some(backend);
-            route.request_headers.apply(req.headers_mut());
-            let upstreams = &conn.runtime.upstreams;
-            let downstream = forward::Downstream {
-                client,
-                peer: conn.peer_addr,
-                local: conn.local_addr,
-            };
-            let tries = &mut chosen.tries;
-            let faults = conn.activity.body_faults();
-            let forwarded =
-                forward::forward(upstreams, backend, selected, req, &downstream, tries).await;
-            let upstream = match forwarded {
-                Ok(upstream) => upstream,
-                // The client broke its body meanwhile: the failure is the client's.
-                Err(_) if conn.activity.body_faults() != faults => {
-                    return Err(ProxyError::ClientBody {
-                        malformed: conn.activity.last_body_fault_malformed(),
-                    })
+        let selected = match selected {
+            Some(selected) => selected,
+            None => {
+                if listener.kind == ListenerKind::Outbound
+                    && conn.runtime.model.proxy.outbound_policy == OutboundPolicy::AllowAny
+                {
+                    let port = route::authority_port(req.uri(), req.headers());
+                    let host = head.authority.to_string();
+                    let response = forward::passthrough(&host, port, req).await?;
+                    return Ok(response.map(ResponseBody::Upstream));
                 }
-                Err(e) => return Err(e.into()),
-            };
-            upstream.map(ResponseBody::Upstream)
+                return Err(ProxyError::NoRoute);
+            }
+        };
+        let route = selected.route;
+        if let Some(cors) = &route.cors {
+            if let Some(answer) = cors::preflight(cors, req.method(), req.headers()) {
+                return Ok(answer);
+            }
         }
-    };
-    route.response_headers.apply(response.headers_mut());
-    if let Some(cors) = &route.cors {
-        cors::decorate(cors, origin.as_ref(), response.headers_mut());
+        if let Some(fault) = &route.fault {
+            let injected = fault::inject(fault).await;
+            chosen.delayed = injected.delayed;
+            if let Some(status) = injected.abort {
+                return Err(ProxyError::FaultAbort(status));
+            }
+        }
+        let origin = route
+            .cors
+            .as_ref()
+            .and_then(|_| req.headers().get(http::header::ORIGIN).cloned());
+        let mut response = match &route.action {
+            RouteAction::Direct(direct) => respond::direct(direct),
+            RouteAction::Redirect(redirect) => {
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                // The port a request arrived for: the Gateway port, or on the outbound listener the
+                // authority's, as a sidecar's listener is per service port.
+                respond::redirect(redirect, full, target, !listener.tls.is_empty(), port)
+            }
+            RouteAction::Forward(backends) => {
+                let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
+                chosen.backend = Some(backend);
+                route.request_headers.apply(req.headers_mut());
+                let upstreams = &conn.runtime.upstreams;
+                let downstream = forward::Downstream {
+                    client,
+                    peer: conn.peer_addr,
+                    local: conn.local_addr,
+                };
+                let tries = &mut chosen.tries;
+                let faults = conn.activity.body_faults();
+                let forwarded =
+                    forward::forward(upstreams, backend, selected, req, &downstream, tries).await;
+                let upstream = match forwarded {
+                    Ok(upstream) => upstream,
+                    // The client broke its body meanwhile: the failure is the client's.
+                    Err(_) if conn.activity.body_faults() != faults => {
+                        return Err(ProxyError::ClientBody {
+                            malformed: conn.activity.last_body_fault_malformed(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                upstream.map(ResponseBody::Upstream)
+            }
+        };
+        route.response_headers.apply(response.headers_mut());
+        if let Some(cors) = &route.cors {
+            cors::decorate(cors, origin.as_ref(), response.headers_mut());
+        }
+        Ok(response)
     }
-    Ok(response)
 }
 
 /// One request, from its head until its response is over (sent, or cut short): in flight on

@@ -83,89 +83,96 @@ pub struct Downstream {
 }
 
 /// Sends `req` to backend `backend` of the model and returns the upstream's response.
-pub async fn forward(
-    upstreams: &Upstreams,
+///
+/// An async block rather than an `async fn`, which would keep the request twice (see
+/// `route_and_forward`).
+// Not an `async fn` on purpose (above).
+#[allow(clippy::manual_async_fn)]
+pub fn forward<'a>(
+    upstreams: &'a Upstreams,
     backend: usize,
-    selected: Selected<'_>,
+    selected: Selected<'a>,
     mut req: Request<RequestBody>,
-    downstream: &Downstream,
-    tries: &mut Tries,
-) -> Result<Response<PooledBody>, ForwardError> {
-    let upstream = upstreams.backend(backend);
-    let route = selected.route;
+    downstream: &'a Downstream,
+    tries: &'a mut Tries,
+) -> impl Future<Output = Result<Response<PooledBody>, ForwardError>> + Send + 'a {
+    async move {
+        let upstream = upstreams.backend(backend);
+        let route = selected.route;
 
-    // The upstream sees the original host (or the rewritten one), as Envoy sends it.
-    let host = match &route.rewrite_authority {
-        Some(a) => a.clone(),
-        None => match req.headers().get(header::HOST) {
-            Some(h) => h.clone(),
-            // HTTP/2 carries the authority in the URI, not in a Host header.
+        // The upstream sees the original host (or the rewritten one), as Envoy sends it.
+        let host = match &route.rewrite_authority {
+            Some(a) => a.clone(),
+            None => match req.headers().get(header::HOST) {
+                Some(h) => h.clone(),
+                // HTTP/2 carries the authority in the URI, not in a Host header.
+                None => req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    .ok_or(ForwardError::BadRequest("no authority"))?,
+            },
+        };
+        let path = match &route.rewrite_uri {
+            Some(new) => rewrite_path(req.uri(), new, selected.matched),
             None => req
                 .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .ok_or(ForwardError::BadRequest("no authority"))?,
-        },
-    };
-    let path = match &route.rewrite_uri {
-        Some(new) => rewrite_path(req.uri(), new, selected.matched),
-        None => req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    };
-    let policy = route.retry.as_ref();
-    // The content type is looked up only for a policy with gRPC conditions.
-    let grpc = || {
-        req.headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-    };
-    let http2 = upstream.protocol == BackendProtocol::Http2;
-    let again = policy.is_some_and(|p| retry::may_retry_after_send(p, http2, grpc));
-    let replay = keep_and_mirror(&mut req, again, upstreams, route, &host, &path);
-    to_upstream(&mut req, host, path, upstream.protocol)?;
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        let policy = route.retry.as_ref();
+        // The content type is looked up only for a policy with gRPC conditions.
+        let grpc = || {
+            req.headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        };
+        let http2 = upstream.protocol == BackendProtocol::Http2;
+        let again = policy.is_some_and(|p| retry::may_retry_after_send(p, http2, grpc));
+        let replay = keep_and_mirror(&mut req, again, upstreams, route, &host, &path);
+        to_upstream(&mut req, host, path, upstream.protocol)?;
 
-    let key = upstream
-        .balancer()
-        .key(req.headers(), req.uri(), downstream.client, || {
-            let seed = format!("{}{}", downstream.peer, downstream.local);
-            format!("{:016x}", balance::hash(seed.as_bytes()))
-        });
-    let attempt = Attempt {
-        upstream,
-        key: key.hash,
-        // A deadline past what the clock can say is none.
-        deadline: route.timeout.and_then(|t| Instant::now().checked_add(t)),
-    };
-    // The first try, here rather than in a function of its own: every request's future holds
-    // it, and each layer of `async fn` would hold the request once more.
-    let (per_try, other_hosts) =
-        policy.map_or((None, false), |p| (p.per_try_timeout, p.other_hosts));
-    let kept = replay.filter(|_| again).map(|body| Kept::new(&req, body));
-    let mut tried = Tried::default();
-    let (result, failure) = match upstream.pick(&req, attempt.key, &mut tried, other_hosts) {
-        Err(e) => (Err(Failed::unsent(e, req)), None),
-        Ok(target) => {
-            let (until, per_try_first) = attempt.until(per_try);
-            let index = target.index();
-            let sent = Within::new(until, pin!(upstream.send_to(target, req))).await;
-            attempt.ended(sent, index, per_try_first)
+        let key = upstream
+            .balancer()
+            .key(req.headers(), req.uri(), downstream.client, || {
+                let seed = format!("{}{}", downstream.peer, downstream.local);
+                format!("{:016x}", balance::hash(seed.as_bytes()))
+            });
+        let attempt = Attempt {
+            upstream,
+            key: key.hash,
+            // A deadline past what the clock can say is none.
+            deadline: route.timeout.and_then(|t| Instant::now().checked_add(t)),
+        };
+        // The first try, here rather than in a function of its own: every request's future holds
+        // it, and each layer of `async fn` would hold the request once more.
+        let (per_try, other_hosts) =
+            policy.map_or((None, false), |p| (p.per_try_timeout, p.other_hosts));
+        let kept = replay.filter(|_| again).map(|body| Kept::new(&req, body));
+        let mut tried = Tried::default();
+        let (result, failure) = match upstream.pick(&req, attempt.key, &mut tried, other_hosts) {
+            Err(e) => (Err(Failed::unsent(e, req)), None),
+            Ok(target) => {
+                let (until, per_try_first) = attempt.until(per_try);
+                let index = target.index();
+                let sent = Within::new(until, pin!(upstream.send_to(target, req))).await;
+                attempt.ended(sent, index, per_try_first)
+            }
+        };
+        let mut response = match policy {
+            // A response can be retried only when the request was kept (`again`).
+            Some(policy) if (again || result.is_err()) && retriable(policy, &result, failure) => {
+                Box::pin(attempt.retry(policy, result, kept, tried, tries)).await?
+            }
+            _ => finish(result)?,
+        };
+        remove_hop_by_hop(response.headers_mut());
+        if let Some(cookie) = key.set_cookie {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
         }
-    };
-    let mut response = match policy {
-        // A response can be retried only when the request was kept (`again`).
-        Some(policy) if (again || result.is_err()) && retriable(policy, &result, failure) => {
-            Box::pin(attempt.retry(policy, result, kept, tried, tries)).await?
-        }
-        _ => finish(result)?,
-    };
-    remove_hop_by_hop(response.headers_mut());
-    if let Some(cookie) = key.set_cookie {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+        Ok(response)
     }
-    Ok(response)
 }
 
 /// What every try of one request shares.

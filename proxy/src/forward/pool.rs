@@ -541,57 +541,63 @@ impl UpstreamBackend {
             .sum()
     }
 
-    async fn send_http1(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    /// An async block rather than an `async fn`: an `async fn` keeps its arguments and the
+    /// locals it moves them into, and this future holds the request for its whole life.
+    // Not an `async fn` on purpose (above).
+    #[allow(clippy::manual_async_fn)]
+    fn send_http1<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, Failed> {
-        let permit = match &self.connections {
-            None => None,
-            // The semaphore is never closed.
-            Some(s) => match s.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let Some(_pending) = self.pending.enter() else {
-                        self.counts.overflow();
-                        return Err(Failed::unsent(ForwardError::Overflow, req));
-                    };
-                    s.clone().acquire_owned().await.ok()
-                }
-            },
-        };
-        // Pooled connections first; one the server closed meanwhile gives the request back
-        // unsent, and the next one is tried.
-        while let Some(mut idle) = endpoint.take_idle(self.idle_timeout) {
-            // Ready at once unless its last response is still being wound up; an error means
-            // the server closed it.
-            if idle.sender.ready().await.is_err() {
-                continue;
-            }
-            match idle.sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(self.lease(
-                        response,
-                        endpoint,
-                        Lease1::new(idle.sender, idle.used, permit),
-                    ))
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(Failed::sent(ForwardError::Upstream(e.into_error()))),
+    ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + Send + 'a {
+        async move {
+            let permit = match &self.connections {
+                None => None,
+                // The semaphore is never closed.
+                Some(s) => match s.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        let Some(_pending) = self.pending.enter() else {
+                            self.counts.overflow();
+                            return Err(Failed::unsent(ForwardError::Overflow, req));
+                        };
+                        s.clone().acquire_owned().await.ok()
+                    }
                 },
+            };
+            // Pooled connections first; one the server closed meanwhile gives the request back
+            // unsent, and the next one is tried.
+            while let Some(mut idle) = endpoint.take_idle(self.idle_timeout) {
+                // Ready at once unless its last response is still being wound up; an error means
+                // the server closed it.
+                if idle.sender.ready().await.is_err() {
+                    continue;
+                }
+                match idle.sender.try_send_request(req).await {
+                    Ok(response) => {
+                        return Ok(self.lease(
+                            response,
+                            endpoint,
+                            Lease1::new(idle.sender, idle.used, permit),
+                        ))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(Failed::sent(ForwardError::Upstream(e.into_error()))),
+                    },
+                }
             }
-        }
-        let mut sender = match self.open_http1(endpoint).await {
-            Ok(sender) => sender,
-            Err(e) => return Err(Failed::unsent(e, req)),
-        };
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit))),
-            Err(mut e) => Err(Failed {
-                unsent: e.take_message().map(Box::new),
-                error: ForwardError::Upstream(e.into_error()),
-            }),
+            let mut sender = match self.open_http1(endpoint).await {
+                Ok(sender) => sender,
+                Err(e) => return Err(Failed::unsent(e, req)),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit))),
+                Err(mut e) => Err(Failed {
+                    unsent: e.take_message().map(Box::new),
+                    error: ForwardError::Upstream(e.into_error()),
+                }),
+            }
         }
     }
 
