@@ -33,7 +33,7 @@ use meshgate_config::model::Limits;
 
 use crate::drain::Watch;
 use crate::metrics::Metrics;
-use crate::stream::{StreamClock, StreamExecutor};
+use crate::stream::{StreamClock, StreamExecutor, Streams};
 use crate::tls::server::HttpVersion;
 
 /// The server builders, configured once.
@@ -172,16 +172,23 @@ impl HttpServers {
         // HTTP/2 stream on its own (`StreamExecutor`).
         let watched = activity.clone();
         let stream_idle = self.stream_idle_timeout.filter(|_| timed);
+        // HTTP/2 by ALPN: the connection's streams, watched here (the watch never ends it).
+        let streams = self
+            .stream_idle_timeout
+            .filter(|_| version == Some(HttpVersion::Http2))
+            .map(|timeout| (Arc::new(Streams::default()), timeout));
+        let listed = streams.as_ref().map(|(s, _)| s.clone());
         let stalled = async move {
-            match stream_idle {
-                Some(timeout) => {
+            match (stream_idle, streams) {
+                (Some(timeout), _) => {
                     let stream = watched.stream.clone();
                     stream.watch(timeout, || watched.busy()).await;
                     // Noted now: the response body sees the expiry too and may end the
                     // connection first.
                     watched.closed_by(TimedOut::StreamIdle);
                 }
-                None => std::future::pending().await,
+                (None, Some((streams, timeout))) => streams.watch(timeout).await,
+                (None, None) => std::future::pending().await,
             }
         };
         let closing = activity.clone();
@@ -207,7 +214,11 @@ impl HttpServers {
             // for their state.
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
-                Box::pin(until_closed(conn, |c| c.graceful_shutdown(), ends)).await
+                let serving = until_closed(conn, |c| c.graceful_shutdown(), ends);
+                match listed {
+                    Some(streams) => Box::pin(streams.scope(serving)).await,
+                    None => Box::pin(serving).await,
+                }
             }
             None => {
                 let conn = self.detect.serve_connection(io, service).into_owned();

@@ -5,14 +5,14 @@
 //!
 //! A `StreamClock` is what one stream's parts tell each other: progress (request bytes read,
 //! response bytes written), whether the response has begun, and whether the request body is
-//! in. The watcher that reads it is one timer per HTTP/1.1 connection, ticking while the
-//! connection lives (a request costs it nothing), and one per HTTP/2 stream that is still
-//! open after its first poll. A stall is seen within a quarter of the timeout after it is due.
+//! in. The watcher that reads it is one timer per connection, ticking while the connection
+//! lives: an HTTP/1.1 request costs it nothing, an HTTP/2 stream a place in the connection's
+//! `Streams`. A stall is seen within a quarter of the timeout after it is due.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct StreamClock {
     received: AtomicBool,
     /// The stream idle timeout expired.
     expired: AtomicBool,
+    /// It expired after the response head: the stream is to be cut.
+    cut: AtomicBool,
     /// The request's task, woken when the timeout expires before its response head.
     task: AtomicWaker,
 }
@@ -87,6 +89,32 @@ impl StreamClock {
         self.task.wake();
     }
 
+    /// Expires the clock after `stalled` without progress (`timeout` or more); says whether
+    /// the stream is to be cut (its response had begun), which is then noted for `cut_off`.
+    fn stalled(&self, stalled: Duration, timeout: Duration) -> Option<bool> {
+        if stalled < timeout {
+            return None;
+        }
+        let responding = self.responding.load(Ordering::Acquire);
+        if responding {
+            self.cut.store(true, Ordering::Release);
+        }
+        self.expire();
+        Some(responding)
+    }
+
+    /// Resolves when the connection's watcher cut the stream.
+    fn cut_off(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.task.register(cx.waker());
+            if self.cut.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
     /// Resolves when the stream stalled for `timeout` with its response begun (it is to be
     /// cut). A stall before the response head expires the clock, which the request's
     /// `bounded` answers, and the watch goes on. `busy` says whether a stream is there at all
@@ -104,15 +132,82 @@ impl StreamClock {
                 continue;
             }
             stalled = stalled.saturating_add(tick);
-            if stalled < timeout {
-                continue;
+            match self.stalled(stalled, timeout) {
+                None => continue,
+                Some(true) => return,
+                Some(false) => stalled = Duration::ZERO,
             }
-            let responding = self.responding.load(Ordering::Acquire);
-            self.expire();
-            if responding {
-                return;
-            }
-            stalled = Duration::ZERO;
+        }
+    }
+}
+
+/// The HTTP/2 streams of one connection, watched by the connection's one timer: a stream costs
+/// a place in a list, not a timer of its own (registering and removing one is 2% of an HTTP/2
+/// request's instructions).
+#[derive(Debug, Default)]
+pub struct Streams {
+    watched: Mutex<Vec<Watched>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    clock: Arc<StreamClock>,
+    seen: u32,
+    stalled: Duration,
+}
+
+tokio::task_local! {
+    /// The streams of the HTTP/2 connection whose task this is.
+    static CONNECTION: Arc<Streams>;
+}
+
+impl Streams {
+    /// Runs `conn`, an HTTP/2 connection, with the streams it starts watched here.
+    pub fn scope<F: Future>(self: Arc<Self>, conn: F) -> impl Future<Output = F::Output> {
+        CONNECTION.scope(self, conn)
+    }
+
+    fn add(&self, clock: &Arc<StreamClock>) {
+        let seen = clock.progress.load(Ordering::Relaxed);
+        self.lock().push(Watched {
+            clock: clock.clone(),
+            seen,
+            stalled: Duration::ZERO,
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every quarter of `timeout`, expires the streams on which nothing moved for `timeout`
+    /// (see `StreamClock::watch`) and forgets those that are over. Never resolves.
+    pub async fn watch(&self, timeout: Duration) {
+        let tick = timeout.checked_div(4).unwrap_or(timeout);
+        loop {
+            tokio::time::sleep(tick).await;
+            self.lock().retain_mut(|w| {
+                // Over: nothing but this list holds its clock.
+                if Arc::strong_count(&w.clock) == 1 {
+                    return false;
+                }
+                let now = w.clock.progress.load(Ordering::Relaxed);
+                if now != w.seen {
+                    w.seen = now;
+                    w.stalled = Duration::ZERO;
+                    return true;
+                }
+                w.stalled = w.stalled.saturating_add(tick);
+                match w.clock.stalled(w.stalled, timeout) {
+                    None => true,
+                    // Cut: its task drops it.
+                    Some(true) => false,
+                    Some(false) => {
+                        w.stalled = Duration::ZERO;
+                        true
+                    }
+                }
+            });
         }
     }
 }
@@ -173,8 +268,9 @@ impl Future for Expiry<'_> {
 }
 
 /// The executor hyper's HTTP/2 server runs each stream on: a task of its own with a clock
-/// (`StreamClock::current`) and, with a stream idle timeout, its watcher. A stream cut by it
-/// is dropped, which resets it (`RST_STREAM`).
+/// (`StreamClock::current`), watched, with a stream idle timeout, by its connection's
+/// `Streams` (or by a timer of its own outside one). A stream cut by it is dropped, which
+/// resets it (`RST_STREAM`).
 #[derive(Debug, Clone, Copy)]
 pub struct StreamExecutor {
     pub stream_idle_timeout: Option<Duration>,
@@ -187,17 +283,64 @@ where
     fn execute(&self, stream: F) {
         let clock = Arc::new(StreamClock::default());
         let timeout = self.stream_idle_timeout;
+        let listed = timeout.is_some() && CONNECTION.try_with(|s| s.add(&clock)).is_ok();
         tokio::spawn(STREAM.scope(clock.clone(), async move {
             let Some(timeout) = timeout else {
                 return stream.await;
             };
+            let cut = async {
+                if listed {
+                    clock.cut_off().await
+                } else {
+                    clock.watch(timeout, || true).await
+                }
+            };
             tokio::select! {
                 biased;
                 () = stream => {}
-                () = clock.watch(timeout, || true) => {
+                () = cut => {
                     tracing::debug!("stream idle timeout: resetting the stream");
                 }
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_forgets_its_streams_that_are_over_and_cuts_the_stalled_ones() {
+        let streams = Arc::new(Streams::default());
+        let (over, waiting, stalled, moving) = Default::default();
+        let clocks: [&Arc<StreamClock>; 4] = [&over, &waiting, &stalled, &moving];
+        for clock in clocks {
+            streams.add(clock);
+        }
+        drop(over);
+        stalled.responding();
+        let watch = tokio::spawn({
+            let streams = streams.clone();
+            async move { streams.watch(Duration::from_millis(200)).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !stalled.cut.load(Ordering::Acquire) {
+            assert!(tokio::time::Instant::now() < deadline, "never cut");
+            moving.moved();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Before its response head a stall expires the clock (the request answers 408) and
+        // the stream stays watched; after it, the stream is cut and forgotten.
+        assert!(waiting.expired() && !waiting.cut.load(Ordering::Acquire));
+        assert!(stalled.expired());
+        assert!(!moving.expired());
+        let left: Vec<*const StreamClock> = streams
+            .lock()
+            .iter()
+            .map(|w| Arc::as_ptr(&w.clock))
+            .collect();
+        assert_eq!(left, [Arc::as_ptr(&waiting), Arc::as_ptr(&moving)]);
+        watch.abort();
     }
 }
