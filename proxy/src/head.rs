@@ -83,8 +83,13 @@ pub fn canonicalize<B>(
         set_path(req.uri_mut(), &normalized)?;
     }
     let headers = req.headers_mut();
-    hop_by_hop(headers, owned)?;
-    underscores(headers, settings.headers_with_underscores, owned)
+    // One pass over the names for both: most heads have neither.
+    let (found, underscore) = HopByHop::scan_request(headers);
+    hop_by_hop(headers, found, owned)?;
+    if underscore {
+        underscores(headers, settings.headers_with_underscores, owned)?;
+    }
+    Ok(())
 }
 
 /// One authority, canonical, in one place.
@@ -244,8 +249,7 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), HeadError> {
 }
 
 /// Removes `Connection`, what it nominates, and the other hop-by-hop headers.
-fn hop_by_hop(headers: &mut HeaderMap, owned: &Owned) -> Result<(), HeadError> {
-    let found = HopByHop::scan(headers);
+fn hop_by_hop(headers: &mut HeaderMap, found: HopByHop, owned: &Owned) -> Result<(), HeadError> {
     if found.is_empty() {
         return Ok(());
     }
@@ -305,11 +309,27 @@ impl HopByHop {
     pub(crate) fn scan(headers: &HeaderMap) -> Self {
         let mut found = 0u8;
         for name in headers.keys() {
-            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-                found |= 1 << i;
-            }
+            found |= Self::bit(name);
         }
         Self(found)
+    }
+
+    /// `scan`, and whether a name holds `_`.
+    fn scan_request(headers: &HeaderMap) -> (Self, bool) {
+        let mut found = 0u8;
+        let mut underscore = false;
+        for name in headers.keys() {
+            found |= Self::bit(name);
+            underscore |= name.as_str().bytes().any(|b| b == b'_');
+        }
+        (Self(found), underscore)
+    }
+
+    fn bit(name: &HeaderName) -> u8 {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .map_or(0, |i| 1 << i)
     }
 
     pub(crate) fn is_empty(self) -> bool {
@@ -341,15 +361,12 @@ impl HopByHop {
     }
 }
 
-/// Headers whose name holds `_`.
+/// Headers whose name holds `_` (the head has one).
 fn underscores(
     headers: &mut HeaderMap,
     action: UnderscoreHeaders,
     owned: &Owned,
 ) -> Result<(), HeadError> {
-    if !headers.keys().any(|k| k.as_str().contains('_')) {
-        return Ok(());
-    }
     let names: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().contains('_'))

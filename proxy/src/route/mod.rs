@@ -146,8 +146,12 @@ pub fn strip_port(authority: &str) -> &str {
             return authority.get(..=end).unwrap_or(authority);
         }
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+    // Bytes, not a `str` pattern: this runs for every request.
+    let Some(colon) = authority.bytes().rposition(|b| b == b':') else {
+        return authority;
+    };
+    match authority.split_at_checked(colon) {
+        Some((host, port)) if port.bytes().skip(1).all(|b| b.is_ascii_digit()) => host,
         _ => authority,
     }
 }
