@@ -597,6 +597,39 @@ async fn a_client_that_stops_reading_holds_at_most_the_write_buffer_and_is_cut_a
     assert_eq!(send.get(HOST, "/get").await.0, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn an_http2_stream_that_stalls_during_the_drain_is_still_cut_at_the_stream_idle_timeout() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = streams_gateway(&pki, "{streamIdleTimeout: 500ms}").await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let (mut send, _conn) = Conn::open(tls, true).await.unwrap();
+    let stalled = send
+        .send("firehose.example-target.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+
+    // The drain waits for the stream (GOAWAY, then the streams in flight finish) for up to a
+    // minute; the stalled one is still cut at the stream idle timeout, and the drain ends.
+    let (running, dir) = (proxy.running, proxy.dir);
+    let drain = tokio::spawn(running.shutdown(std::time::Duration::from_secs(60)));
+    let lines = support::json_lines(&dir.path().join("access.log"), 1).await;
+    let (_, requests) = by_event(&lines);
+    assert_eq!(requests.len(), 1, "{lines:?}");
+    assert_eq!(requests[0]["response_flags"], "SI", "{lines:?}");
+    let read = tokio::time::timeout(support::TIMEOUT, stalled.into_body().collect())
+        .await
+        .expect("the stalled stream was not cut during the drain");
+    assert!(read.is_err(), "the stalled stream ended as if complete");
+    tokio::time::timeout(support::TIMEOUT, drain)
+        .await
+        .expect("the drain waited for the stalled stream")
+        .unwrap();
+    drop(dir);
+}
+
 /// Sends `head` and then `body` one byte every `gap`, and returns the response's first line.
 async fn trickled_request(
     client: &Client,

@@ -172,23 +172,16 @@ impl HttpServers {
         // HTTP/2 stream on its own (`StreamExecutor`).
         let watched = activity.clone();
         let stream_idle = self.stream_idle_timeout.filter(|_| timed);
-        // HTTP/2 by ALPN: the connection's streams, watched here (the watch never ends it).
-        let streams = self
-            .stream_idle_timeout
-            .filter(|_| version == Some(HttpVersion::Http2))
-            .map(|timeout| (Arc::new(Streams::default()), timeout));
-        let listed = streams.as_ref().map(|(s, _)| s.clone());
         let stalled = async move {
-            match (stream_idle, streams) {
-                (Some(timeout), _) => {
+            match stream_idle {
+                Some(timeout) => {
                     let stream = watched.stream.clone();
                     stream.watch(timeout, || watched.busy()).await;
                     // Noted now: the response body sees the expiry too and may end the
                     // connection first.
                     watched.closed_by(TimedOut::StreamIdle);
                 }
-                (None, Some((streams, timeout))) => streams.watch(timeout).await,
-                (None, None) => std::future::pending().await,
+                None => std::future::pending().await,
             }
         };
         let closing = activity.clone();
@@ -215,8 +208,24 @@ impl HttpServers {
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
                 let serving = until_closed(conn, |c| c.graceful_shutdown(), ends);
-                match listed {
-                    Some(streams) => Box::pin(streams.scope(serving)).await,
+                match self.stream_idle_timeout {
+                    // The streams are watched for as long as the connection runs, its
+                    // graceful end included.
+                    Some(timeout) => {
+                        let streams = Arc::new(Streams::default());
+                        let watch = streams.clone();
+                        let mut watch = Gated::new(Box::pin(async move {
+                            watch.watch(timeout).await;
+                        }));
+                        let watched = async move {
+                            tokio::select! {
+                                biased;
+                                done = serving => done,
+                                () = &mut watch => Ok(()),
+                            }
+                        };
+                        Box::pin(streams.scope(watched)).await
+                    }
                     None => Box::pin(serving).await,
                 }
             }
