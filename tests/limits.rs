@@ -578,13 +578,7 @@ async fn a_client_that_stops_reading_holds_at_most_the_write_buffer_and_is_cut_a
 
     // HTTP/2: the stalled stream is reset, and its connection goes on serving.
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
-    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
-    let (mut send, _conn) = Conn::open(tls, true).await.unwrap();
-    let stalled = send
-        .send("firehose.example-target.com", "/", &[])
-        .await
-        .unwrap();
-    assert_eq!(stalled.status(), StatusCode::OK);
+    let (mut send, _conn, stalled) = firehose_over_h2(&proxy, &client).await;
     let lines = log_lines(&proxy, 3).await;
     let (events, requests) = by_event(&lines);
     assert_eq!(events.len(), 1, "{lines:?}");
@@ -603,13 +597,7 @@ async fn an_http2_stream_that_stalls_during_the_drain_is_still_cut_at_the_stream
     let (proxy, _backend) = streams_gateway(&pki, "{streamIdleTimeout: 500ms}").await;
     let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"]);
-    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
-    let (mut send, _conn) = Conn::open(tls, true).await.unwrap();
-    let stalled = send
-        .send("firehose.example-target.com", "/", &[])
-        .await
-        .unwrap();
-    assert_eq!(stalled.status(), StatusCode::OK);
+    let (_send, _conn, stalled) = firehose_over_h2(&proxy, &client).await;
 
     // The drain waits for the stream (GOAWAY, then the streams in flight finish) for up to a
     // minute; the stalled one is still cut at the stream idle timeout, and the drain ends.
@@ -628,6 +616,26 @@ async fn an_http2_stream_that_stalls_during_the_drain_is_still_cut_at_the_stream
         .expect("the drain waited for the stalled stream")
         .unwrap();
     drop(dir);
+}
+
+/// An HTTP/2 request for the firehose backend's 64 MiB body, answered, its body not read;
+/// with its connection, kept open.
+async fn firehose_over_h2(
+    proxy: &Proxy,
+    client: &Client,
+) -> (
+    Conn,
+    tokio::task::JoinHandle<bool>,
+    http::Response<hyper::body::Incoming>,
+) {
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let (mut send, conn) = Conn::open(tls, true).await.unwrap();
+    let stalled = send
+        .send("firehose.example-target.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    (send, conn, stalled)
 }
 
 /// Sends `head` and then `body` one byte every `gap`, and returns the response's first line.
