@@ -168,8 +168,16 @@ impl Streams {
     }
 
     fn add(&self, clock: &Arc<StreamClock>) {
-        let seen = clock.progress.load(Ordering::Relaxed);
-        self.lock().push(Watched {
+        // Not what it is now: the connection's next tick may come at once, and only resets the
+        // count, so a stream is given its whole timeout from its start, or up to a tick more.
+        let seen = clock.progress.load(Ordering::Relaxed).wrapping_sub(1);
+        let mut watched = self.lock();
+        // Streams that are over go before the list would grow: it holds about twice the
+        // streams open at most, however many a client opens between two ticks.
+        if watched.len() == watched.capacity() {
+            watched.retain(|w| Arc::strong_count(&w.clock) > 1);
+        }
+        watched.push(Watched {
             clock: clock.clone(),
             seen,
             stalled: Duration::ZERO,
@@ -186,7 +194,8 @@ impl Streams {
         let tick = timeout.checked_div(4).unwrap_or(timeout);
         loop {
             tokio::time::sleep(tick).await;
-            self.lock().retain_mut(|w| {
+            let mut watched = self.lock();
+            watched.retain_mut(|w| {
                 // Over: nothing but this list holds its clock.
                 if Arc::strong_count(&w.clock) == 1 {
                     return false;
@@ -208,6 +217,11 @@ impl Streams {
                     }
                 }
             });
+            // Room a burst of streams left behind goes back.
+            if watched.capacity() > 64 && watched.len() < watched.capacity() / 4 {
+                let keep = watched.len().saturating_mul(2);
+                watched.shrink_to(keep);
+            }
         }
     }
 }
@@ -313,6 +327,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_forgets_its_streams_that_are_over_and_cuts_the_stalled_ones() {
         let streams = Arc::new(Streams::default());
+        let added = tokio::time::Instant::now();
         let (over, waiting, stalled, moving) = Default::default();
         let clocks: [&Arc<StreamClock>; 4] = [&over, &waiting, &stalled, &moving];
         for clock in clocks {
@@ -330,6 +345,8 @@ mod tests {
             moving.moved();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Not before the whole timeout, however the connection's ticks fall.
+        assert!(added.elapsed() >= Duration::from_millis(200));
         // Before its response head a stall expires the clock (the request answers 408) and
         // the stream stays watched; after it, the stream is cut and forgotten.
         assert!(waiting.expired() && !waiting.cut.load(Ordering::Acquire));
@@ -342,5 +359,22 @@ mod tests {
             .collect();
         assert_eq!(left, [Arc::as_ptr(&waiting), Arc::as_ptr(&moving)]);
         watch.abort();
+    }
+
+    #[test]
+    fn the_list_holds_the_open_streams_not_every_stream_since_the_last_tick() {
+        let streams = Streams::default();
+        let open: Vec<Arc<StreamClock>> = (0..10).map(|_| Arc::default()).collect();
+        for (i, clock) in open.iter().enumerate() {
+            streams.add(clock);
+            for _ in 0..100 * i {
+                streams.add(&Arc::default());
+            }
+        }
+        let watched = streams.lock();
+        assert!(watched.capacity() <= 32, "{}", watched.capacity());
+        for clock in &open {
+            assert!(watched.iter().any(|w| Arc::ptr_eq(&w.clock, clock)));
+        }
     }
 }

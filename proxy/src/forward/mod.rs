@@ -616,14 +616,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if found.has(&header::CONNECTION) {
-        // `close` names no header, and the hop-by-hop ones go below.
+        // The hop-by-hop ones go below.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|n| !n.eq_ignore_ascii_case("close") && !HopByHop::names(n))
+            .filter(|n| !HopByHop::names(n))
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in named {
