@@ -89,18 +89,27 @@ impl StreamClock {
         self.task.wake();
     }
 
-    /// Expires the clock after `stalled` without progress (`timeout` or more); says whether
-    /// the stream is to be cut (its response had begun), which is then noted for `cut_off`.
-    fn stalled(&self, stalled: Duration, timeout: Duration) -> Option<bool> {
-        if stalled < timeout {
-            return None;
+    /// One tick of a watch over this clock: progress (or no stream, `busy` false) restarts
+    /// `stall`; `timeout` without it expires the clock and says whether the stream is to be
+    /// cut (its response had begun), which is then noted for `cut_off`.
+    fn tick(&self, stall: &mut Stall, tick: Duration, timeout: Duration, busy: bool) -> bool {
+        let now = self.progress.load(Ordering::Relaxed);
+        if now != stall.seen || !busy {
+            stall.seen = now;
+            stall.stalled = Duration::ZERO;
+            return false;
         }
+        stall.stalled = stall.stalled.saturating_add(tick);
+        if stall.stalled < timeout {
+            return false;
+        }
+        stall.stalled = Duration::ZERO;
         let responding = self.responding.load(Ordering::Acquire);
         if responding {
             self.cut.store(true, Ordering::Release);
         }
         self.expire();
-        Some(responding)
+        responding
     }
 
     /// Resolves when the connection's watcher cut the stream.
@@ -121,22 +130,28 @@ impl StreamClock {
     /// (an HTTP/1.1 connection between requests has none).
     pub async fn watch(&self, timeout: Duration, busy: impl Fn() -> bool) {
         let tick = timeout.checked_div(4).unwrap_or(timeout);
-        let mut seen = self.progress.load(Ordering::Relaxed);
-        let mut stalled = Duration::ZERO;
+        let mut stall = Stall::from(self.progress.load(Ordering::Relaxed));
         loop {
             tokio::time::sleep(tick).await;
-            let now = self.progress.load(Ordering::Relaxed);
-            if now != seen || !busy() {
-                seen = now;
-                stalled = Duration::ZERO;
-                continue;
+            if self.tick(&mut stall, tick, timeout, busy()) {
+                return;
             }
-            stalled = stalled.saturating_add(tick);
-            match self.stalled(stalled, timeout) {
-                None => continue,
-                Some(true) => return,
-                Some(false) => stalled = Duration::ZERO,
-            }
+        }
+    }
+}
+
+/// A watch's count over one clock: the progress it saw last and how long nothing has moved.
+#[derive(Debug)]
+struct Stall {
+    seen: u32,
+    stalled: Duration,
+}
+
+impl From<u32> for Stall {
+    fn from(seen: u32) -> Self {
+        Self {
+            seen,
+            stalled: Duration::ZERO,
         }
     }
 }
@@ -152,8 +167,7 @@ pub struct Streams {
 #[derive(Debug)]
 struct Watched {
     clock: Arc<StreamClock>,
-    seen: u32,
-    stalled: Duration,
+    stall: Stall,
 }
 
 tokio::task_local! {
@@ -179,8 +193,7 @@ impl Streams {
         }
         watched.push(Watched {
             clock: clock.clone(),
-            seen,
-            stalled: Duration::ZERO,
+            stall: Stall::from(seen),
         });
     }
 
@@ -200,22 +213,8 @@ impl Streams {
                 if Arc::strong_count(&w.clock) == 1 {
                     return false;
                 }
-                let now = w.clock.progress.load(Ordering::Relaxed);
-                if now != w.seen {
-                    w.seen = now;
-                    w.stalled = Duration::ZERO;
-                    return true;
-                }
-                w.stalled = w.stalled.saturating_add(tick);
-                match w.clock.stalled(w.stalled, timeout) {
-                    None => true,
-                    // Cut: its task drops it.
-                    Some(true) => false,
-                    Some(false) => {
-                        w.stalled = Duration::ZERO;
-                        true
-                    }
-                }
+                // Cut: its task drops it.
+                !w.clock.tick(&mut w.stall, tick, timeout, true)
             });
             // Room a burst of streams left behind goes back.
             if watched.capacity() > 64 && watched.len() < watched.capacity() / 4 {
