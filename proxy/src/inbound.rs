@@ -260,9 +260,9 @@ where
     let activity = conn.activity.clone();
     // Boxed per request: hyper keeps room for one request's future in every HTTP/1.1
     // connection for its life (4.5 KiB of an idle connection's memory), and an HTTP/2
-    // stream's task is sized for it, which tokio moves whole when it is spawned and again
-    // when it ends (memmove was 14% of the CPU of HTTP/2 requests). A box is allocated while
-    // a request is served, and its future moved once.
+    // stream's future is sized for it, which is moved whole when it starts and again when it
+    // ends (memmove was 14% of the CPU of HTTP/2 requests). A box is allocated while a
+    // request is served, and its future moved once.
     let service =
         hyper::service::service_fn(move |req| Box::pin(handle_request(conn.clone(), req)));
     runtime

@@ -208,26 +208,37 @@ impl HttpServers {
             Some(HttpVersion::Http2) => {
                 let conn = self.http2.serve_connection(io, service);
                 let serving = until_closed(conn, |c| c.graceful_shutdown(), ends);
-                match self.stream_idle_timeout {
-                    // The streams are watched for as long as the connection runs, its
-                    // graceful end included.
-                    Some(timeout) => {
-                        let streams = Arc::new(Streams::default());
-                        let watch = streams.clone();
-                        let mut watch = Gated::new(Box::pin(async move {
-                            watch.watch(timeout).await;
-                        }));
-                        let watched = async move {
-                            tokio::select! {
-                                biased;
-                                done = serving => done,
-                                () = &mut watch => Ok(()),
-                            }
-                        };
-                        Box::pin(streams.scope(watched)).await
-                    }
-                    None => Box::pin(serving).await,
-                }
+                let streams = Arc::new(Streams::default());
+                let running = streams.clone();
+                // The streams are watched for as long as the connection runs, its graceful end
+                // included, and for as long as any of them still runs after it.
+                let mut watch = self.stream_idle_timeout.map(|timeout| {
+                    let watch = streams.clone();
+                    Gated::new(Box::pin(async move {
+                        watch.watch(timeout).await;
+                    }))
+                });
+                let connection = async move {
+                    let mut serving = std::pin::pin!(serving);
+                    let done = std::future::poll_fn(|cx| {
+                        let done = serving.as_mut().poll(cx);
+                        let _ = running.run(cx);
+                        if let Some(watch) = &mut watch {
+                            let _ = Pin::new(watch).poll(cx);
+                        }
+                        done
+                    })
+                    .await;
+                    std::future::poll_fn(|cx| {
+                        if let Some(watch) = &mut watch {
+                            let _ = Pin::new(watch).poll(cx);
+                        }
+                        running.run(cx)
+                    })
+                    .await;
+                    done
+                };
+                Box::pin(streams.scope(connection)).await
             }
             None => {
                 let conn = self.detect.serve_connection(io, service).into_owned();
