@@ -9,7 +9,10 @@ requests over the same 8 keep-alive mTLS connections; the difference divided by 
 instructions per request, with start-up and handshakes cancelled out.
 
     python3 benches/load/instructions.py --baseline OLD_BINARY [--binary NEW] [--requests 1000]
-        [--retries-off meshgate|baseline|both] [--http2]
+        [--retries-off meshgate|baseline|both] [--http2] [--haproxy]
+
+`--haproxy` counts HAProxy (bench.py's configuration, OpenSSL in the same process) under the
+same load too: user-space instructions only, as for meshgate; the kernel's work is not counted.
 
 Needs valgrind, oha, nginx (the backend) and taskset, as bench.py.
 """
@@ -26,6 +29,23 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+
+
+def drive(port, tls, requests, http2):
+    """`requests` keep-alive requests from oha on core 1 over 8 mTLS connections."""
+    subprocess.run(
+        [
+            "taskset", "-c", "1", "oha", "--no-tui", "-n", str(requests), "-c", "8",
+            *(["--http2", "-p", "8"] if http2 else []),
+            "--cacert", f"{tls.keys}/client/root-cert.pem",
+            "--cert", f"{tls.keys}/client/cert-chain.pem",
+            "--key", f"{tls.keys}/client/key.pem",
+            "--connect-to", f"{bench.HOST}:{port}:127.0.0.1:{port}",
+            f"https://{bench.HOST}:{port}/",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def count(binary, work, requests, retries_off=False, http2=False):
@@ -46,20 +66,7 @@ def count(binary, work, requests, retries_off=False, http2=False):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         bench.wait_port(bench.MESHGATE_PORT, timeout=120)
-        subprocess.run(
-            [
-                "taskset", "-c", "1", "oha", "--no-tui", "-n", str(requests), "-c", "8",
-                *(["--http2", "-p", "8"] if http2 else []),
-                "--cacert", f"{tls.keys}/client/root-cert.pem",
-                "--cert", f"{tls.keys}/client/cert-chain.pem",
-                "--key", f"{tls.keys}/client/key.pem",
-                "--connect-to",
-                f"{bench.HOST}:{bench.MESHGATE_PORT}:127.0.0.1:{bench.MESHGATE_PORT}",
-                f"https://{bench.HOST}:{bench.MESHGATE_PORT}/",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        drive(bench.MESHGATE_PORT, tls, requests, http2)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -69,6 +76,40 @@ def count(binary, work, requests, retries_off=False, http2=False):
             if m:
                 return int(m.group(1))
     sys.exit("no totals in the callgrind output")
+
+
+def count_haproxy(work, requests, http2=False):
+    """Total instructions of one HAProxy process (one thread) serving `requests` requests."""
+    tls = bench.Tls(f"{work}/ecdsa", False)
+    config = bench.haproxy_config(work, tls)
+    out = f"{work}/haproxy-callgrind"
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    cmd = [
+        "taskset", "-c", "0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/out.%p",
+        "haproxy", "-db", "-f", config,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bench.wait_port(bench.HAPROXY_PORT, timeout=120)
+        drive(bench.HAPROXY_PORT, tls, requests, http2)
+    finally:
+        # A soft stop: HAProxy ends once its connections are closed, and callgrind writes out.
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    total = 0
+    for name in os.listdir(out):
+        with open(f"{out}/{name}") as f:
+            for line in f:
+                m = re.match(r"(?:summary|totals): (\d+)", line)
+                if m:
+                    total += int(m.group(1))
+                    break
+    return total
 
 
 def main():
@@ -82,8 +123,9 @@ def main():
         help="route with `retries: {attempts: 0}` (Istio's policy off) in this build",
     )
     ap.add_argument("--http2", action="store_true", help="HTTP/2 downstream: 8 connections of 8 streams")
+    ap.add_argument("--haproxy", action="store_true", help="count HAProxy under the same load too")
     args = ap.parse_args()
-    for tool in ("valgrind", "oha", "nginx", "taskset"):
+    for tool in ("valgrind", "oha", "nginx", "taskset", *(("haproxy",) if args.haproxy else ())):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: see benches/README.md")
     work = tempfile.mkdtemp(prefix="meshgate-instructions-")
@@ -99,6 +141,11 @@ def main():
                 large = count(binary, work, 4 * n, off, args.http2)
                 rows.append((name, (large - small) / (3 * n)))
                 print(f"{name}: {small} and {large} instructions", file=sys.stderr)
+            if args.haproxy:
+                small = count_haproxy(work, n, args.http2)
+                large = count_haproxy(work, 4 * n, args.http2)
+                rows.append(("haproxy", (large - small) / (3 * n)))
+                print(f"haproxy: {small} and {large} instructions", file=sys.stderr)
             print("| build | instructions per keep-alive request |")
             print("|---|---|")
             for name, per in rows:
