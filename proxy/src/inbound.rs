@@ -260,8 +260,8 @@ where
     let activity = conn.activity.clone();
     // Boxed per request: hyper keeps room for one request's future in every HTTP/1.1
     // connection for its life (4.5 KiB of an idle connection's memory), and an HTTP/2
-    // stream's future is sized for it, which is moved whole when it starts and again when it
-    // ends (memmove was 14% of the CPU of HTTP/2 requests). A box is allocated while a
+    // stream's future would be sized for it and moved whole when it starts (memmove was 14%
+    // of the CPU of HTTP/2 requests when streams were tasks). A box is allocated while a
     // request is served, and its future moved once.
     let service =
         hyper::service::service_fn(move |req| Box::pin(handle_request(conn.clone(), req)));

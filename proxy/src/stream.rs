@@ -41,13 +41,13 @@ pub struct StreamClock {
 }
 
 tokio::task_local! {
-    /// The clock of the HTTP/2 stream whose task this is (HTTP/1.1 requests use their
+    /// The clock of the HTTP/2 stream being polled (HTTP/1.1 requests use their
     /// connection's, one request at a time).
     static STREAM: Arc<StreamClock>;
 }
 
 impl StreamClock {
-    /// The clock of the HTTP/2 stream being served on this task, if it is one.
+    /// The clock of the HTTP/2 stream being polled, if it is one.
     pub fn current() -> Option<Arc<StreamClock>> {
         STREAM.try_with(Arc::clone).ok()
     }
@@ -210,7 +210,8 @@ impl Streams {
     }
 
     /// Runs `stream` in the connection's task, or gives it back when the streams are being
-    /// polled (a stream that starts another).
+    /// polled (a stream that starts another). Pushing wakes nothing: the connection's poll
+    /// calls `run` after the connection, which is where hyper starts streams.
     fn start(&self, stream: StreamTask) -> Result<(), StreamTask> {
         match self.running.try_lock() {
             Ok(running) => {
@@ -354,14 +355,18 @@ where
                 }
             }
         });
-        // A panic ends its stream only (hyper resets it), as it would in a task of its own.
-        let run: StreamTask = Box::pin(AssertUnwindSafe(run).catch_unwind().map(drop));
         let mut run = Some(run);
         let _ = CONNECTION.try_with(|s| {
-            if let Some(stream) = run.take() {
-                run = s.start(stream).err();
+            if let Some(run) = run.take() {
+                // A panic ends its stream only (hyper resets it), as in a task of its own.
+                if let Err(stream) =
+                    s.start(Box::pin(AssertUnwindSafe(run).catch_unwind().map(drop)))
+                {
+                    tokio::spawn(stream);
+                }
             }
         });
+        // Outside an HTTP/2 connection's scope (HTTP/2 found by its preface on plaintext).
         if let Some(run) = run {
             tokio::spawn(run);
         }
@@ -454,7 +459,14 @@ mod tests {
             .is_ok());
         let run = streams.clone();
         let mut running = tokio::spawn(std::future::poll_fn(move |cx| run.run(cx)));
-        assert_eq!(done_rx.recv().await, Some("given back"));
+        async fn next(
+            rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+        ) -> Option<&'static str> {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a stream in the set was never polled")
+        }
+        assert_eq!(next(&mut done_rx).await, Some("given back"));
         // Still running: one stream waits.
         assert!(
             tokio::time::timeout(Duration::from_millis(50), &mut running)
@@ -462,10 +474,45 @@ mod tests {
                 .is_err()
         );
         let _ = tx.send(());
-        assert_eq!(done_rx.recv().await, Some("waited"));
+        assert_eq!(next(&mut done_rx).await, Some("waited"));
         tokio::time::timeout(Duration::from_secs(10), running)
             .await
             .expect("the set ends with its last stream")
             .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn the_executor_runs_a_connections_streams_in_its_set_and_a_panic_ends_one_stream() {
+        let streams = Arc::new(Streams::default());
+        let executor = StreamExecutor {
+            stream_idle_timeout: Some(Duration::from_secs(60)),
+        };
+        let ran = Arc::new(AtomicU32::new(0));
+        let connection = {
+            let streams = streams.clone();
+            let ran = ran.clone();
+            async move {
+                for n in 0..3 {
+                    let ran = ran.clone();
+                    hyper::rt::Executor::execute(&executor, async move {
+                        if n == 1 {
+                            panic!("a stream's own fault");
+                        }
+                        ran.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                // Not a task each: nothing runs until the connection polls its set.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(ran.load(Ordering::Relaxed), 0);
+                assert_eq!(streams.lock().len(), 3, "each stream is watched");
+                std::future::poll_fn(|cx| streams.run(cx)).await;
+                assert_eq!(ran.load(Ordering::Relaxed), 2);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), streams.clone().scope(connection))
+            .await
+            .expect("the set ends with its last stream");
     }
 }
