@@ -31,20 +31,6 @@ import bench  # noqa: E402
 SYSCALLS = ("recvfrom", "read", "sendto", "write", "writev", "epoll_wait")
 
 
-def user_system(pids):
-    """User and system CPU seconds of `pids` so far, from /proc (10 ms ticks)."""
-    user = system = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            user += int(fields[11])
-            system += int(fields[12])
-        except OSError:
-            pass
-    return user / bench.TICKS, system / bench.TICKS
-
-
 def run(name, args, work, tls):
     """One start of `name`: warmed up, then one oha run under `perf stat`."""
     proc, port = bench.start_proxy(name, args, work, tls)
@@ -60,9 +46,9 @@ def run(name, args, work, tls):
             stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
-        user0, system0 = user_system(pids)
+        user0, system0 = bench.user_system(pids)
         res = bench.oha(port, args.duration, conns, client, flags)
-        user1, system1 = user_system(pids)
+        user1, system1 = bench.user_system(pids)
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=30)
         ok = res["statusCodeDistribution"].get("200", 0)

@@ -70,12 +70,7 @@ def count(binary, work, requests, retries_off=False, http2=False):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    with open(out) as f:
-        for line in f:
-            m = re.match(r"(?:summary|totals): (\d+)", line)
-            if m:
-                return int(m.group(1))
-    sys.exit("no totals in the callgrind output")
+    return totals(out)
 
 
 def count_haproxy(work, requests, http2=False):
@@ -101,15 +96,18 @@ def count_haproxy(work, requests, http2=False):
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
-    total = 0
-    for name in os.listdir(out):
-        with open(f"{out}/{name}") as f:
-            for line in f:
-                m = re.match(r"(?:summary|totals): (\d+)", line)
-                if m:
-                    total += int(m.group(1))
-                    break
-    return total
+    # One file for each process callgrind followed.
+    return sum(totals(f"{out}/{name}") for name in os.listdir(out))
+
+
+def totals(path):
+    """The instruction total of one callgrind output file."""
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(?:summary|totals): (\d+)", line)
+            if m:
+                return int(m.group(1))
+    sys.exit(f"no totals in {path}")
 
 
 def main():

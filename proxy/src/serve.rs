@@ -220,23 +220,24 @@ impl HttpServers {
                 });
                 let connection = async move {
                     let mut serving = std::pin::pin!(serving);
-                    let done = std::future::poll_fn(|cx| {
-                        let done = serving.as_mut().poll(cx);
-                        let _ = running.run(cx);
-                        if let Some(watch) = &mut watch {
-                            let _ = Pin::new(watch).poll(cx);
-                        }
-                        done
-                    })
-                    .await;
+                    let mut done = None;
                     std::future::poll_fn(|cx| {
+                        if done.is_none() {
+                            if let Poll::Ready(d) = serving.as_mut().poll(cx) {
+                                done = Some(d);
+                            }
+                        }
+                        let streams = running.run(cx);
                         if let Some(watch) = &mut watch {
                             let _ = Pin::new(watch).poll(cx);
                         }
-                        running.run(cx)
+                        // Over when the connection is and no stream is left.
+                        match done.take_if(|_| streams.is_ready()) {
+                            Some(d) => Poll::Ready(d),
+                            None => Poll::Pending,
+                        }
                     })
-                    .await;
-                    done
+                    .await
                 };
                 Box::pin(streams.scope(connection)).await
             }
