@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use crate::forward::UpstreamError;
 use crate::serve::Pacing;
 use crate::stream::StreamClock;
 use crate::tag::Owned;
@@ -423,7 +424,7 @@ pub struct Tracked<B, D: Done> {
     /// The rest of a data frame larger than the room `pacing` left.
     held: Option<Bytes>,
     /// The upstream's failure, passed on one poll late (`poll_frame`).
-    failed: Option<hyper::Error>,
+    failed: Option<UpstreamError>,
 }
 
 /// How a response body ended.
@@ -467,16 +468,16 @@ impl<B: Body, D: Done> Tracked<B, D> {
 
 impl<B, D> Body for Tracked<B, D>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = UpstreamError> + Unpin,
     D: Done + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         if let Some(e) = this.failed.take() {
             return Poll::Ready(Some(Err(e)));

@@ -53,7 +53,7 @@ pub(crate) async fn serve<I, S, B>(
 where
     I: Downstream,
     S: RequestService<B>,
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    B: Body<Data = Bytes, Error = crate::forward::UpstreamError> + Send + 'static,
 {
     let activity = ends.activity;
     let stop = ends.stop();

@@ -21,7 +21,7 @@ use http_body::{Body, Frame, SizeHint};
 use meshgate_config::model::{AbortStatus, DirectResponse, Redirect, RedirectPort};
 
 use crate::access_log::ResponseFlag;
-use crate::forward::{ForwardError, PooledBody};
+use crate::forward::{ForwardError, PooledBody, UpstreamError};
 use crate::head::HeadError;
 use crate::stream::StreamTimeout;
 
@@ -44,12 +44,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             Self::Upstream(body) => Pin::new(body).poll_frame(cx),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

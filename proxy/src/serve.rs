@@ -121,7 +121,7 @@ impl HttpServers {
     where
         I: Downstream,
         S: RequestService<B>,
-        B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+        B: Body<Data = Bytes, Error = crate::forward::UpstreamError> + Send + 'static,
     {
         let idle_timeout = self.idle_timeout;
         let clock = activity.clone();
@@ -163,7 +163,7 @@ impl HttpServers {
     where
         I: Downstream,
         S: RequestService<B>,
-        B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+        B: Body<Data = Bytes, Error = crate::forward::UpstreamError> + Send + 'static,
     {
         // HTTP/2 (by ALPN) has no request heads to time here; plaintext may turn out to be
         // HTTP/2 with prior knowledge, which `HeadTimeout` recognises by its preface.

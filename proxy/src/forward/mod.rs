@@ -9,6 +9,7 @@
 
 pub mod balance;
 pub mod connect;
+pub mod h1;
 pub mod pool;
 pub mod retry;
 
@@ -51,13 +52,24 @@ pub enum ForwardError {
     Connect(#[source] connect::ConnectError),
     /// The connection failed after it was made (reset, protocol error).
     #[error("upstream: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] UpstreamError),
     /// No response within the route's timeout (or, on the last try, its `perTryTimeout`).
     #[error("upstream timeout")]
     Timeout,
     /// A circuit breaker is open: too many requests pending or in flight.
     #[error("upstream overflow")]
     Overflow,
+}
+
+/// How an upstream connection failed once it carried a request: as hyper's client read it
+/// (requests with a body, HTTP/2), or as meshgate's own HTTP/1.1 client did (`h1`). A
+/// response body that breaks off says so with the same error.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Http1(#[from] h1::Error),
 }
 
 /// How a request's tries went, for its response flags and the access log.
@@ -362,7 +374,10 @@ fn finish(
 
 /// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): the request was not
 /// processed, and can be tried again.
-fn refused_stream(e: &hyper::Error) -> bool {
+fn refused_stream(e: &UpstreamError) -> bool {
+    let UpstreamError::Hyper(e) = e else {
+        return false;
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
@@ -572,7 +587,7 @@ pub async fn passthrough(
     let mut response = sender
         .send_request(req)
         .await
-        .map_err(ForwardError::Upstream)?;
+        .map_err(|e| ForwardError::Upstream(e.into()))?;
     remove_hop_by_hop(response.headers_mut());
     Ok(response.map(PooledBody::unpooled))
 }

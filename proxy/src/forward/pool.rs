@@ -32,8 +32,9 @@ use meshgate_config::model::{Backend, BackendProtocol, Endpoints, Model};
 
 use super::balance::{Balancer, Candidate, Health, Outcome};
 use super::connect::{ConnectError, Connector};
+use super::h1;
 use super::retry::Tried;
-use super::ForwardError;
+use super::{ForwardError, UpstreamError};
 use crate::body::RequestBody;
 use crate::material::Material;
 use crate::metrics::{Series, UpstreamCounts};
@@ -184,8 +185,17 @@ pub struct Endpoint {
     /// Its consecutive errors and ejection, for outlier detection.
     health: Health,
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of meshgate's own HTTP/1.1 client (requests without a body).
+    own: Mutex<Vec<OwnIdle>>,
     http2: Mutex<Option<Shared>>,
     sweeper: AtomicBool,
+}
+
+#[derive(Debug)]
+struct OwnIdle {
+    conn: h1::Conn,
+    used: u32,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -537,7 +547,11 @@ impl UpstreamBackend {
     pub fn idle(&self) -> usize {
         self.endpoints
             .iter()
-            .map(|e| e.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|e| {
+                let hyper = e.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let own = e.own.lock().unwrap_or_else(|p| p.into_inner()).len();
+                hyper.saturating_add(own)
+            })
             .sum()
     }
 
@@ -565,6 +579,9 @@ impl UpstreamBackend {
                     }
                 },
             };
+            if req.body().is_end_stream() {
+                return self.send_own(endpoint, req, permit).await;
+            }
             // Pooled connections first; one the server closed meanwhile gives the request back
             // unsent, and the next one is tried.
             while let Some(mut idle) = endpoint.take_idle(self.idle_timeout) {
@@ -576,14 +593,16 @@ impl UpstreamBackend {
                 match idle.sender.try_send_request(req).await {
                     Ok(response) => {
                         return Ok(self.lease(
-                            response,
+                            response.map(Inner::Hyper),
                             endpoint,
-                            Lease1::new(idle.sender, idle.used, permit),
+                            Lease1::new(Held::Hyper(idle.sender), idle.used, permit),
                         ))
                     }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
-                        None => return Err(Failed::sent(ForwardError::Upstream(e.into_error()))),
+                        None => {
+                            return Err(Failed::sent(ForwardError::Upstream(e.into_error().into())))
+                        }
                     },
                 }
             }
@@ -592,12 +611,61 @@ impl UpstreamBackend {
                 Err(e) => return Err(Failed::unsent(e, req)),
             };
             match sender.try_send_request(req).await {
-                Ok(response) => Ok(self.lease(response, endpoint, Lease1::new(sender, 0, permit))),
+                Ok(response) => Ok(self.lease(
+                    response.map(Inner::Hyper),
+                    endpoint,
+                    Lease1::new(Held::Hyper(sender), 0, permit),
+                )),
                 Err(mut e) => Err(Failed {
                     unsent: e.take_message().map(Box::new),
-                    error: ForwardError::Upstream(e.into_error()),
+                    error: ForwardError::Upstream(e.into_error().into()),
                 }),
             }
+        }
+    }
+
+    /// A request without a body, on meshgate's own HTTP/1.1 client (`h1`): on an idle
+    /// connection of the endpoint's, or a new one. A pooled connection whose write fails had
+    /// the request refused before the upstream saw it, so the next one is tried.
+    async fn send_own(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<RequestBody>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let method = req.method().clone();
+        let mut reused = None;
+        while let Some(mut idle) = endpoint.take_own(self.idle_timeout) {
+            if idle.conn.write_head(&req).await.is_ok() {
+                reused = Some((idle.conn, idle.used));
+                break;
+            }
+        }
+        let (conn, used) = match reused {
+            Some(reused) => reused,
+            None => {
+                let io = match self.connect(endpoint).await {
+                    Ok(io) => io,
+                    Err(e) => return Err(Failed::unsent(e, req)),
+                };
+                self.start_sweeper(endpoint);
+                let mut conn = h1::Conn::new(io);
+                if let Err(e) = conn.write_head(&req).await {
+                    // Not all of the head was written: the upstream cannot have acted on it.
+                    let e = ForwardError::Upstream(h1::Error::Io(e).into());
+                    return Err(Failed::unsent(e, req));
+                }
+                (conn, 0)
+            }
+        };
+        drop(req);
+        match conn.read_response(&method).await {
+            Ok(response) => Ok(self.lease(
+                response.map(Inner::Own),
+                endpoint,
+                Lease1::new(Held::Own, used, permit),
+            )),
+            Err(e) => Err(Failed::sent(ForwardError::Upstream(e.into()))),
         }
     }
 
@@ -633,24 +701,24 @@ impl UpstreamBackend {
         };
         used.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = sender.ready().await {
-            return Err(Failed::unsent(ForwardError::Upstream(e), req));
+            return Err(Failed::unsent(ForwardError::Upstream(e.into()), req));
         }
         match sender.try_send_request(req).await {
             Ok(response) => Ok(response.map(|body| PooledBody {
-                body,
+                body: Inner::Hyper(body),
                 lease: None,
                 active: None,
             })),
             Err(mut e) => Err(Failed {
                 unsent: e.take_message().map(Box::new),
-                error: ForwardError::Upstream(e.into_error()),
+                error: ForwardError::Upstream(e.into_error().into()),
             }),
         }
     }
 
     fn lease(
         &self,
-        response: Response<Incoming>,
+        response: Response<Inner>,
         endpoint: &Arc<Endpoint>,
         mut lease: Lease1,
     ) -> Response<PooledBody> {
@@ -694,6 +762,11 @@ impl UpstreamBackend {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                endpoint
+                    .own
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain_mut(|c| c.since.elapsed() < timeout && !c.conn.closed());
             }
         });
     }
@@ -707,6 +780,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
             idle: Mutex::new(Vec::new()),
+            own: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             sweeper: AtomicBool::new(false),
         }
@@ -717,6 +791,19 @@ impl Endpoint {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+}
+
+impl Endpoint {
+    /// The most recently used idle connection of meshgate's own client still open and fresh.
+    fn take_own(&self, idle_timeout: Duration) -> Option<OwnIdle> {
+        let mut idle = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(mut c) = idle.pop() {
+            if c.since.elapsed() < idle_timeout && !c.conn.closed() {
                 return Some(c);
             }
         }
@@ -746,21 +833,26 @@ impl Drop for InFlight<'_> {
 /// An HTTP/1.1 connection lent to one request.
 #[derive(Debug)]
 struct Lease1 {
-    sender: http1::SendRequest<RequestBody>,
+    held: Held,
     used: u32,
     max_requests: Option<u32>,
     endpoint: Option<Arc<Endpoint>>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// Where a lent HTTP/1.1 connection is while its response is read.
+#[derive(Debug)]
+enum Held {
+    /// In hyper's task, reached by this sender.
+    Hyper(http1::SendRequest<RequestBody>),
+    /// In the response body (`h1::Body`), which gives it back when it ends.
+    Own,
+}
+
 impl Lease1 {
-    fn new(
-        sender: http1::SendRequest<RequestBody>,
-        used: u32,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    fn new(held: Held, used: u32, permit: Option<OwnedSemaphorePermit>) -> Self {
         Self {
-            sender,
+            held,
             used,
             max_requests: None,
             endpoint: None,
@@ -768,20 +860,36 @@ impl Lease1 {
         }
     }
 
-    /// Puts the connection back, unless it served its last request or is closed; dropping the
-    /// sender closes the connection once its response is done.
-    fn release(self) {
+    /// Puts the connection back (`own`: the one the response body gave back, if it may be
+    /// kept), unless it served its last request or is closed; dropping the sender closes the
+    /// connection once its response is done.
+    fn release(self, own: Option<h1::Conn>) {
         let retire = self.max_requests.is_some_and(|max| self.used >= max);
-        if let (false, false, Some(endpoint)) = (retire, self.sender.is_closed(), &self.endpoint) {
-            endpoint
+        let Some(endpoint) = self.endpoint.as_ref().filter(|_| !retire) else {
+            return;
+        };
+        match (self.held, own) {
+            (Held::Hyper(sender), _) if !sender.is_closed() => endpoint
                 .idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Idle {
-                    sender: self.sender,
+                    sender,
                     used: self.used,
                     since: Instant::now(),
-                });
+                }),
+            (Held::Own, Some(conn)) => {
+                endpoint
+                    .own
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(OwnIdle {
+                        conn,
+                        used: self.used,
+                        since: Instant::now(),
+                    })
+            }
+            _ => {}
         }
     }
 }
@@ -789,17 +897,24 @@ impl Lease1 {
 /// An upstream response body; an HTTP/1.1 connection goes back to its pool when it ends.
 #[derive(Debug)]
 pub struct PooledBody {
-    body: Incoming,
+    body: Inner,
     lease: Option<Lease1>,
     /// The request's place among the backend's requests in flight, when they are limited.
     active: Option<Active>,
+}
+
+/// A response body as hyper's client reads it, or meshgate's own.
+#[derive(Debug)]
+enum Inner {
+    Hyper(Incoming),
+    Own(h1::Body),
 }
 
 impl PooledBody {
     /// The body of a response on a connection that is not pooled.
     pub(crate) fn unpooled(body: Incoming) -> Self {
         Self {
-            body,
+            body: Inner::Hyper(body),
             lease: None,
             active: None,
         }
@@ -807,20 +922,53 @@ impl PooledBody {
 
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.release();
+            let own = match &mut self.body {
+                Inner::Own(body) => body.reusable(),
+                Inner::Hyper(_) => None,
+            };
+            lease.release(own);
         }
         self.active = None;
     }
 }
 
-impl Body for PooledBody {
+impl Body for Inner {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(UpstreamError::from),
+            Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(UpstreamError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(body) => body.is_end_stream(),
+            Self::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(body) => body.size_hint(),
+            Self::Own(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         match &frame {

@@ -1,0 +1,469 @@
+//! meshgate's own HTTP/1.1 client, for requests without a body (most of a gateway's, and
+//! every request of a load test's GET): the request's task writes the head and reads the
+//! response on the connection itself, and the response body reads on from it as the client
+//! takes it. hyper's client runs each connection in a task of its own and hands it every
+//! request and response through channels; for one request that costs about as much CPU as
+//! the rest of the upstream side (BENCHMARKS.md). Requests with a body still go through
+//! hyper's client.
+//!
+//! The response is framed as RFC 9112 section 6.3 says, strictly: a head larger than
+//! `MAX_HEAD` or with more than `MAX_FIELDS` fields, a `Content-Length` that is not one
+//! number, both `Content-Length` and `Transfer-Encoding`, or a malformed chunk is an error,
+//! and the connection is closed. A connection is pooled again only when its response ended
+//! exactly where its framing said (no byte after it) and neither side said `close`.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use super::connect::UpstreamStream;
+
+/// The most bytes a response head may take, status line and fields: Envoy's default for
+/// `max_response_headers_kb` (60 KiB). The same bound holds for a chunked body's trailers.
+pub const MAX_HEAD: usize = 60 * 1024;
+/// The most fields in a response head or in trailers: Envoy's default `max_headers_count`.
+pub const MAX_FIELDS: usize = 100;
+/// The longest chunk-size line (size and extensions) read before the line is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Room kept free in the read buffer before each read.
+const READ_AHEAD: usize = 8 * 1024;
+
+/// Why a response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before the response was complete.
+    #[error("connection closed before the response was complete")]
+    Closed,
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("response head larger than {MAX_HEAD} bytes or {MAX_FIELDS} fields")]
+    HeadTooLarge,
+}
+
+/// An HTTP/1.1 connection to an upstream.
+#[derive(Debug)]
+pub struct Conn {
+    io: UpstreamStream,
+    /// Bytes read and not used yet.
+    buf: BytesMut,
+    /// The request head being written; its room is kept for the next one.
+    out: Vec<u8>,
+}
+
+/// How a response's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body: `HEAD`, 204, 304, or `Content-Length: 0`.
+    Empty,
+    /// `Content-Length`: the bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection (no length, or a transfer coding that is not
+    /// chunked last); the connection is not reused.
+    Close,
+    /// The body has ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// Bytes of the current chunk still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+impl Conn {
+    pub fn new(io: UpstreamStream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can no longer carry a request: the upstream closed it, it
+    /// failed, or it sent bytes no request asked for. Reads only what the reactor has seen
+    /// arrive; a connection with nothing to read costs no system call.
+    pub fn closed(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut one = ReadBuf::new(&mut byte);
+        // Ready means the end of the stream, a stray byte, or an error.
+        !self.buf.is_empty()
+            || Pin::new(&mut self.io)
+                .poll_read(&mut cx, &mut one)
+                .is_ready()
+    }
+
+    /// Writes the head of `req`, a request without a body, as hyper's client would: the
+    /// request target in origin form, the fields as they are but `Transfer-Encoding` (no
+    /// body is coming).
+    pub async fn write_head<B>(&mut self, req: &Request<B>) -> io::Result<()> {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in req.headers() {
+            if name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        self.io.write_all(&self.out).await?;
+        // TLS holds what it encrypted until flushed; plaintext has nothing to flush.
+        self.io.flush().await
+    }
+
+    /// Reads the response to a request with `method`: its head, with the body to read on from
+    /// the connection. Informational (1xx) responses are passed over.
+    pub async fn read_response(mut self, method: &Method) -> Result<Response<Body>, Error> {
+        loop {
+            if let Some((head, used)) = parse_head(&self.buf)? {
+                self.buf.advance(used);
+                let Head {
+                    status,
+                    version,
+                    headers,
+                    keep_alive,
+                    framing,
+                } = head;
+                if status.is_informational() {
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(Error::Malformed("101 to a request that asked no upgrade"));
+                    }
+                    continue;
+                }
+                let framing = match framing {
+                    _ if method == Method::HEAD
+                        || status == StatusCode::NO_CONTENT
+                        || status == StatusCode::NOT_MODIFIED =>
+                    {
+                        Framing::Empty
+                    }
+                    Framing::Length(0) => Framing::Empty,
+                    other => other,
+                };
+                let mut response = Response::new(Body {
+                    conn: Some(self),
+                    framing,
+                    keep_alive: keep_alive && framing != Framing::Close,
+                });
+                *response.status_mut() = status;
+                *response.version_mut() = version;
+                *response.headers_mut() = headers;
+                return Ok(response);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(Error::HeadTooLarge);
+            }
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    /// Reads what the connection has into the buffer: the number of bytes, 0 at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity().saturating_sub(self.buf.len()) < READ_AHEAD / 2 {
+            self.buf.reserve(READ_AHEAD);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// A response head, parsed.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    keep_alive: bool,
+    framing: Framing,
+}
+
+/// The response head at the start of `buf` and its length, or `None` while it is incomplete.
+fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let used = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(used)) if used > MAX_HEAD => return Err(Error::HeadTooLarge),
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
+        Err(_) => return Err(Error::Malformed("response head")),
+    };
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Error::Malformed("status code"))?;
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Field values are slices of the head, which is frozen once and shared by them.
+    let start = buf.as_ptr() as usize;
+    let head = Bytes::copy_from_slice(buf.get(..used).unwrap_or_default());
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut close = version == Version::HTTP_10;
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Error::Malformed("field name"))?;
+        let from = (field.value.as_ptr() as usize).saturating_sub(start);
+        let value = head
+            .get(from..from.saturating_add(field.value.len()))
+            .map(|v| head.slice_ref(v))
+            .ok_or(Error::Malformed("field value"))?;
+        let value =
+            HeaderValue::from_maybe_shared(value).map_err(|_| Error::Malformed("field value"))?;
+        if name == header::CONTENT_LENGTH {
+            for n in field.value.split(|b| *b == b',') {
+                let n = content_length(n.trim_ascii()).ok_or(Error::Malformed("Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Error::Malformed("Content-Length"));
+                }
+                length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Only the last coding decides: chunked or not.
+            let last = field
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in field.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = match (chunked, length) {
+        // Either could be the smuggler's; the response is refused (RFC 9112 6.3, 3).
+        (Some(_), Some(_)) => {
+            return Err(Error::Malformed("Content-Length with Transfer-Encoding"))
+        }
+        (Some(true), None) => Framing::Chunked(Chunk::Size),
+        (Some(false), None) | (None, None) => Framing::Close,
+        (None, Some(n)) => Framing::Length(n),
+    };
+    let head = Head {
+        status,
+        version,
+        headers,
+        keep_alive: !close,
+        framing,
+    };
+    Ok(Some((head, used)))
+}
+
+/// A `Content-Length` value: digits only, and no more than a u64 holds.
+fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        let d = d
+            .is_ascii_digit()
+            .then(|| u64::from(d.wrapping_sub(b'0')))?;
+        n.checked_mul(10)?.checked_add(d)
+    })
+}
+
+/// A response body read from its connection as the client takes it. The connection goes
+/// with it, and back to its pool (`reusable`) once the body ended as framed.
+#[derive(Debug)]
+pub struct Body {
+    /// `None` once the body failed.
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Body {
+    /// The connection, when the body ended where its framing said, nothing follows it, and
+    /// the connection may be kept.
+    pub fn reusable(&mut self) -> Option<Conn> {
+        let ended = matches!(self.framing, Framing::Done | Framing::Empty);
+        if !ended || !self.keep_alive {
+            return None;
+        }
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match self.framing {
+                Framing::Empty | Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Closed)));
+                    }
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.buf.len());
+                    let data = conn.buf.split_to(take).freeze();
+                    let left = left.saturating_sub(take as u64);
+                    self.framing = match (self.framing, left) {
+                        (Framing::Length(_), 0) => Framing::Done,
+                        (Framing::Length(_), left) => Framing::Length(left),
+                        (_, 0) => Framing::Chunked(Chunk::DataEnd),
+                        (_, left) => Framing::Chunked(Chunk::Data(left)),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buf.advance(used);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(Error::Malformed("chunk size line"))));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if ready!(conn.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(Error::Closed)));
+                        }
+                    }
+                    Err(_) => return Poll::Ready(Some(Err(Error::Malformed("chunk size")))),
+                },
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() < 2 {
+                        if ready!(conn.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(Error::Closed)));
+                        }
+                        continue;
+                    }
+                    if !conn.buf.starts_with(b"\r\n") {
+                        return Poll::Ready(Some(Err(Error::Malformed("chunk data end"))));
+                    }
+                    conn.buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    if let Some((trailers, used)) = parse_trailers(&conn.buf)? {
+                        conn.buf.advance(used);
+                        self.framing = Framing::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    if conn.buf.len() >= MAX_HEAD {
+                        return Poll::Ready(Some(Err(Error::HeadTooLarge)));
+                    }
+                    if ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Closed)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The trailer section at the start of `buf` (its fields, the empty line after them) and its
+/// length, or `None` while it is incomplete.
+fn parse_trailers(buf: &BytesMut) -> Result<Option<(HeaderMap, usize)>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let (used, fields) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(parsed)) => parsed,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
+        Err(_) => return Err(Error::Malformed("trailers")),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Error::Malformed("trailer name"))?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| Error::Malformed("trailer value"))?;
+        trailers.append(name, value);
+    }
+    Ok(Some((trailers, used)))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let frame = this.poll_next(cx);
+        if let Poll::Ready(Some(Err(_))) = frame {
+            // The connection is in an unknown state: closed, never pooled.
+            this.conn = None;
+            this.framing = Framing::Done;
+            this.keep_alive = false;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Empty | Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty | Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Chunked(_) | Framing::Close => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

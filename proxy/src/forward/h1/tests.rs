@@ -1,0 +1,450 @@
+//! meshgate's HTTP/1.1 client against an upstream on a real socket that answers with the
+//! bytes each test gives, written in the pieces it gives (each piece a separate write, so
+//! heads, chunk lines and trailers arrive split).
+
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::either::Either;
+
+use super::*;
+
+/// What the upstream does once it wrote a response.
+#[derive(Clone, Copy)]
+enum After {
+    /// Keeps the connection open and answers the next request too.
+    Stay,
+    /// Closes the connection.
+    Close,
+}
+
+/// An upstream on 127.0.0.1 that answers each request head it reads with the next of
+/// `responses`, each written piece by piece; the heads it read come out of the channel.
+async fn upstream(
+    responses: Vec<Vec<&'static [u8]>>,
+    after: After,
+) -> (TcpStream, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        for pieces in responses {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if socket.read(&mut byte).await.unwrap() == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let _ = heads.send(head);
+            for piece in pieces {
+                socket.write_all(piece).await.unwrap();
+                socket.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if let After::Stay = after {
+            // Holds the connection until the client is gone.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        }
+    });
+    (TcpStream::connect(addr).await.unwrap(), seen)
+}
+
+fn get(uri: &str) -> Request<()> {
+    Request::get(uri)
+        .header("host", "backend")
+        .body(())
+        .unwrap()
+}
+
+/// The response's head, its data, its trailers, and the body (for its connection).
+struct Read {
+    response: Response<()>,
+    data: Vec<u8>,
+    trailers: Option<HeaderMap>,
+    body: Body,
+}
+
+async fn read(conn: Conn, method: &Method) -> Result<Read, Error> {
+    let (parts, mut body) = conn.read_response(method).await?.into_parts();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(Read {
+        response: Response::from_parts(parts, ()),
+        data,
+        trailers,
+        body,
+    })
+}
+
+/// One exchange of `req` with an upstream that answers `pieces`.
+async fn exchange(
+    req: Request<()>,
+    pieces: Vec<&'static [u8]>,
+    after: After,
+) -> Result<Read, Error> {
+    let (tcp, _) = upstream(vec![pieces], after).await;
+    let mut conn = Conn::new(Either::Left(tcp));
+    conn.write_head(&req).await.unwrap();
+    read(conn, req.method()).await
+}
+
+#[tokio::test]
+async fn the_head_goes_in_origin_form_with_its_fields_and_no_transfer_encoding() {
+    let (tcp, mut seen) =
+        upstream(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"]], After::Stay).await;
+    let mut conn = Conn::new(Either::Left(tcp));
+    let req = Request::delete("http://ignored.example/a/b?c=1&d")
+        .header("host", "backend:8080")
+        .header("x-tag", "one")
+        .header("x-tag", "two")
+        .header("transfer-encoding", "chunked")
+        .body(())
+        .unwrap();
+    conn.write_head(&req).await.unwrap();
+    let head = seen.recv().await.unwrap();
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "DELETE /a/b?c=1&d HTTP/1.1\r\nhost: backend:8080\r\nx-tag: one\r\nx-tag: two\r\n\r\n"
+    );
+    let read = read(conn, req.method()).await.unwrap();
+    assert_eq!(read.response.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_content_length_body_arrives_whole_and_its_connection_carries_the_next_request() {
+    let (tcp, mut seen) = upstream(
+        vec![
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                b"ngth: 11\r\nx-a: 1\r\n\r\nhello",
+                b" world",
+            ],
+            vec![b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"],
+        ],
+        After::Stay,
+    )
+    .await;
+    let mut conn = Conn::new(Either::Left(tcp));
+    conn.write_head(&get("/one")).await.unwrap();
+    let mut first = read(conn, &Method::GET).await.unwrap();
+    assert_eq!(first.response.status(), StatusCode::OK);
+    assert_eq!(first.response.version(), Version::HTTP_11);
+    assert_eq!(first.response.headers()["x-a"], "1");
+    assert_eq!(first.response.headers()["content-length"], "11");
+    assert_eq!(first.data, b"hello world");
+    let mut conn = first.body.reusable().expect("kept for the next request");
+    assert!(!conn.closed());
+    conn.write_head(&get("/two")).await.unwrap();
+    let mut second = read(conn, &Method::GET).await.unwrap();
+    assert_eq!(second.response.status(), StatusCode::CREATED);
+    assert_eq!(second.data, b"ok");
+    assert!(second.body.reusable().is_some());
+    assert!(seen.recv().await.unwrap().starts_with(b"GET /one "));
+    assert!(seen.recv().await.unwrap().starts_with(b"GET /two "));
+}
+
+#[tokio::test]
+async fn a_chunked_body_with_extensions_and_trailers_split_anywhere() {
+    let mut read = exchange(
+        get("/"),
+        vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5",
+            b";name=value\r\nhel",
+            b"lo\r",
+            b"\n6\r\n world\r\n0\r\nx-trailer: ",
+            b"t1\r\nx-other: t2\r\n",
+            b"\r\n",
+        ],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.data, b"hello world");
+    let trailers = read.trailers.expect("trailers");
+    assert_eq!(trailers["x-trailer"], "t1");
+    assert_eq!(trailers["x-other"], "t2");
+    assert!(read.body.reusable().is_some());
+}
+
+#[tokio::test]
+async fn a_chunked_body_without_trailers_ends_at_its_last_chunk() {
+    let mut read = exchange(
+        get("/"),
+        vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.data, b"abc");
+    assert!(read.trailers.is_none());
+    assert!(read.body.reusable().is_some());
+}
+
+#[tokio::test]
+async fn a_body_without_length_runs_to_the_close_and_its_connection_is_not_kept() {
+    let mut read = exchange(
+        get("/"),
+        vec![b"HTTP/1.1 200 OK\r\n\r\nuntil", b" the end"],
+        After::Close,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.data, b"until the end");
+    assert!(read.body.reusable().is_none());
+    // A transfer coding that is not chunked last is read the same way.
+    let mut read = exchange(
+        get("/"),
+        vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\nraw"],
+        After::Close,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.data, b"raw");
+    assert!(read.body.reusable().is_none());
+}
+
+#[tokio::test]
+async fn head_204_and_304_have_no_body_whatever_their_length_says() {
+    let head = Request::head("/").header("host", "b").body(()).unwrap();
+    let mut read = exchange(
+        head,
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert!(read.data.is_empty());
+    assert_eq!(read.response.headers()["content-length"], "5");
+    assert!(read.body.reusable().is_some());
+    for status in [
+        &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+    ] {
+        let mut read = exchange(get("/"), vec![status], After::Stay).await.unwrap();
+        assert!(read.data.is_empty());
+        assert!(read.body.reusable().is_some());
+    }
+}
+
+#[tokio::test]
+async fn informational_responses_are_passed_over() {
+    let read = exchange(
+        get("/"),
+        vec![
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+        ],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.response.status(), StatusCode::OK);
+    assert!(read.response.headers().get("link").is_none());
+    assert_eq!(read.data, b"x");
+}
+
+#[tokio::test]
+async fn close_and_http_1_0_keep_no_connection() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\nx"[..],
+        b"HTTP/1.1 200 OK\r\nconnection: foo, close\r\ncontent-length: 1\r\n\r\nx",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nx",
+    ] {
+        let mut read = exchange(get("/"), vec![response], After::Stay)
+            .await
+            .unwrap();
+        assert_eq!(read.data, b"x");
+        assert!(
+            read.body.reusable().is_none(),
+            "{:?}",
+            String::from_utf8_lossy(response)
+        );
+    }
+    let mut read = exchange(
+        get("/"),
+        vec![b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx"],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.response.version(), Version::HTTP_10);
+    assert!(read.body.reusable().is_some());
+}
+
+#[tokio::test]
+async fn bytes_after_the_response_leave_its_connection_unused() {
+    let mut read = exchange(
+        get("/"),
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n"],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.data, b"x");
+    assert!(read.body.reusable().is_none());
+}
+
+#[tokio::test]
+async fn equal_content_lengths_are_one() {
+    let read = exchange(
+        get("/"),
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\ncontent-length: 2\r\n\r\nok"],
+        After::Stay,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.data, b"ok");
+}
+
+/// The error of an exchange that must fail, by its display.
+async fn failure(pieces: Vec<&'static [u8]>) -> String {
+    match exchange(get("/"), pieces, After::Close).await {
+        Ok(read) => panic!("read {:?}", String::from_utf8_lossy(&read.data)),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused() {
+    for (response, why) in [
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            "Content-Length with Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+            "Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nx: a\r\n b\r\n\r\n", "response head"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "response head"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
+    ] {
+        let error = failure(vec![response]).await;
+        assert!(
+            error.contains(why),
+            "{error} for {:?}",
+            String::from_utf8_lossy(response)
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_chunks_are_refused() {
+    for (body, why) in [
+        (&b"zz\r\n"[..], "chunk size"),
+        (b"3\r\nabcX\r\n0\r\n\r\n", "chunk data end"),
+        (b"fffffffffffffffff\r\n", "chunk size"),
+        (b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n", "trailers"),
+    ] {
+        let head: &'static [u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        let error = failure(vec![head, body]).await;
+        assert!(
+            error.contains(why),
+            "{error} for {:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let long: &'static [u8] = Box::leak(
+        format!("1;{}", "x".repeat(MAX_CHUNK_LINE))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let error = failure(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        long,
+    ])
+    .await;
+    assert!(error.contains("chunk size line"), "{error}");
+}
+
+#[tokio::test]
+async fn a_response_cut_short_is_an_error() {
+    for pieces in [
+        vec![&b"HTTP/1.1 200 OK\r\ncontent-le"[..]],
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+        vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab"],
+        vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: 1\r\n"],
+    ] {
+        let error = failure(pieces).await;
+        assert!(
+            error.contains("closed before the response was complete"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_head_too_large_is_refused() {
+    let big: &'static [u8] = Box::leak(
+        format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    assert!(failure(vec![big]).await.contains("response head larger"));
+    let many: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "x-f: 1\r\n".repeat(MAX_FIELDS + 1)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    assert!(failure(vec![many]).await.contains("response head larger"));
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_seen_closed() {
+    let (tcp, _) = upstream(
+        vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]],
+        After::Close,
+    )
+    .await;
+    let mut conn = Conn::new(Either::Left(tcp));
+    conn.write_head(&get("/")).await.unwrap();
+    let mut read = read(conn, &Method::GET).await.unwrap();
+    let mut conn = read.body.reusable().expect("framed and kept");
+    let (done, seen) = oneshot::channel();
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            if conn.closed() {
+                let _ = done.send(true);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = done.send(false);
+    });
+    assert!(seen.await.unwrap(), "the upstream's close was not seen");
+}
