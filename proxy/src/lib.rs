@@ -67,6 +67,12 @@ pub use server::{start, BoundListener, Running, StartError};
 /// What the fuzz targets in `fuzz/` call that is not public otherwise. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::forward::h1::{Body as H1Body, Conn as H1Conn, Error as H1Error};
     pub use crate::head::{canonical, canonicalize, HeadError};
     pub use crate::proxy_protocol::{header, read, Header};
+
+    /// meshgate's HTTP/1.1 client on a plaintext upstream connection.
+    pub fn h1_conn(tcp: tokio::net::TcpStream) -> H1Conn {
+        H1Conn::new(tokio_util::either::Either::Left(tcp))
+    }
 }

@@ -253,6 +253,11 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
                 length = Some(n);
             }
         } else if name == header::TRANSFER_ENCODING {
+            // Codings are tokens: anything else (obs-text) is refused rather than guessed at,
+            // and HTTP/1.0 has none (RFC 9112 6.1).
+            if value.to_str().is_err() || version == Version::HTTP_10 {
+                return Err(Error::Malformed("Transfer-Encoding"));
+            }
             // Only the last coding decides: chunked or not.
             let last = field
                 .value
@@ -357,8 +362,8 @@ impl Body {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                Framing::Chunked(Chunk::Size) => match chunk_size(&conn.buf)? {
+                    Some((used, size)) => {
                         conn.buf.advance(used);
                         self.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers
@@ -366,15 +371,14 @@ impl Body {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
+                    None if conn.buf.len() > MAX_CHUNK_LINE => {
                         return Poll::Ready(Some(Err(Error::Malformed("chunk size line"))));
                     }
-                    Ok(httparse::Status::Partial) => {
+                    None => {
                         if ready!(conn.poll_fill(cx))? == 0 {
                             return Poll::Ready(Some(Err(Error::Closed)));
                         }
                     }
-                    Err(_) => return Poll::Ready(Some(Err(Error::Malformed("chunk size")))),
                 },
                 Framing::Chunked(Chunk::DataEnd) => {
                     if conn.buf.len() < 2 {
@@ -412,6 +416,46 @@ impl Body {
     }
 }
 
+/// The chunk-size line at the start of `buf` (RFC 9112 7.1: hex digits, optional whitespace,
+/// extensions of visible characters, CRLF): its length and the size, or `None` while it is
+/// incomplete. A bare LF, a control character or more than 16 digits is refused.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+    let malformed = Error::Malformed("chunk size");
+    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits > 16 {
+        return Err(malformed);
+    }
+    let rest = buf.get(digits..).unwrap_or_default();
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let hex = buf.get(..digits).unwrap_or_default();
+    let size = std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or(malformed)?;
+    let blank = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let mut rest = rest.get(blank..).unwrap_or_default();
+    if let Some((b';', extensions)) = rest.split_first() {
+        let visible = extensions
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t' | 0x21..=0x7e))
+            .count();
+        rest = extensions.get(visible..).unwrap_or_default();
+    }
+    match rest {
+        [] | [b'\r'] => Ok(None),
+        [b'\r', b'\n', ..] => Ok(Some((
+            buf.len().saturating_sub(rest.len()).saturating_add(2),
+            size,
+        ))),
+        _ => Err(Error::Malformed("chunk size")),
+    }
+}
+
 /// The trailer section at the start of `buf` (its fields, the empty line after them) and its
 /// length, or `None` while it is incomplete.
 fn parse_trailers(buf: &BytesMut) -> Result<Option<(HeaderMap, usize)>, Error> {
@@ -422,6 +466,16 @@ fn parse_trailers(buf: &BytesMut) -> Result<Option<(HeaderMap, usize)>, Error> {
         Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
         Err(_) => return Err(Error::Malformed("trailers")),
     };
+    // Every line ends in CRLF: a bare LF could end the section early for one reader and not
+    // for another.
+    let section = buf.get(..used).unwrap_or_default();
+    let bare_lf = section
+        .windows(2)
+        .any(|w| w.get(1) == Some(&b'\n') && w.first() != Some(&b'\r'))
+        || section.first() == Some(&b'\n');
+    if bare_lf {
+        return Err(Error::Malformed("trailers"));
+    }
     let mut trailers = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())

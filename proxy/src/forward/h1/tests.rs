@@ -164,7 +164,7 @@ async fn a_chunked_body_with_extensions_and_trailers_split_anywhere() {
     let mut read = exchange(
         get("/"),
         vec![
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5 \t",
             b";name=value\r\nhel",
             b"lo\r",
             b"\n6\r\n world\r\n0\r\nx-trailer: ",
@@ -350,6 +350,14 @@ async fn ambiguous_framing_is_refused() {
         (b"HTTP/1.1 200 OK\r\nx: a\r\n b\r\n\r\n", "response head"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "response head"),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gz\xa1p, chunked\r\n\r\n",
+            "Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding",
+        ),
     ] {
         let error = failure(vec![response]).await;
         assert!(
@@ -367,6 +375,12 @@ async fn malformed_chunks_are_refused() {
         (b"3\r\nabcX\r\n0\r\n\r\n", "chunk data end"),
         (b"fffffffffffffffff\r\n", "chunk size"),
         (b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n", "trailers"),
+        (b"3\r\nabc\r\n0\r\nx-t: 1\n\r\n", "trailers"),
+        (b"3\nabc\r\n0\r\n\r\n", "chunk size"),
+        (b"3;a=\nb\r\nabc\r\n0\r\n\r\n", "chunk size"),
+        (b"3;a\x01\r\nabc\r\n0\r\n\r\n", "chunk size"),
+        (b";\r\n", "chunk size"),
+        (b"-3\r\n", "chunk size"),
     ] {
         let head: &'static [u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
         let error = failure(vec![head, body]).await;

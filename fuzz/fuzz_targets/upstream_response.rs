@@ -1,0 +1,207 @@
+//! Upstream responses: meshgate's own HTTP/1.1 client (`proxy/src/forward/h1.rs`, what reads a
+//! backend's answer to a request without a body) reading any bytes an upstream sends, over a
+//! real loopback connection, beside hyper's client reading the same bytes.
+//!
+//! The first input byte chooses the request's method (bit 0: `HEAD`, else `GET`) and where
+//! the rest is cut into two writes (the other bits); the rest is what the upstream sends
+//! before it closes the connection.
+//!
+//! Checks (besides never panicking or hanging): a response meshgate reads whole, hyper's
+//! client reads whole too, with the same status, fields, body and trailers. meshgate may refuse
+//! what hyper takes (it is the stricter), never take what hyper refuses or read it differently.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use libfuzzer_sys::fuzz_target;
+use meshgate_proxy::fuzzing::h1_conn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Net {
+    runtime: tokio::runtime::Runtime,
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+fn net() -> &'static Net {
+    static NET: OnceLock<Net> = OnceLock::new();
+    NET.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let address = listener.local_addr().unwrap();
+        Net {
+            runtime,
+            listener,
+            address,
+        }
+    })
+}
+
+/// A response as a client read it whole.
+#[derive(Debug, PartialEq)]
+struct Read {
+    status: u16,
+    fields: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    trailers: Option<Vec<(String, Vec<u8>)>>,
+}
+
+fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Reads a whole body: its data and trailers, or why it broke off.
+async fn whole<B>(mut body: B) -> Result<(Vec<u8>, Option<HeaderMap>), String>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        match frame.into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => {
+                assert!(trailers.is_none(), "two trailer sections");
+                trailers = frame.into_trailers().ok();
+            }
+        }
+    }
+    Ok((data, trailers))
+}
+
+/// A connection to the upstream, which reads the request head, then writes `bytes` in two
+/// pieces (cut at `cut`) and closes its side.
+async fn connect(bytes: Vec<u8>, cut: usize) -> (TcpStream, tokio::task::JoinHandle<()>) {
+    let net = net();
+    let client = TcpStream::connect(net.address).await.unwrap();
+    let (mut upstream, _) = net.listener.accept().await.unwrap();
+    let served = tokio::spawn(async move {
+        // The head, so that closing does not reset the connection over unread bytes.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            match upstream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let (first, second) = bytes.split_at(cut.min(bytes.len()));
+        if upstream.write_all(first).await.is_err() {
+            return;
+        }
+        tokio::task::yield_now().await;
+        if upstream.write_all(second).await.is_err() {
+            return;
+        }
+        let _ = upstream.shutdown().await;
+        // Until the client is gone.
+        let mut rest = Vec::new();
+        let _ = upstream.read_to_end(&mut rest).await;
+    });
+    (client, served)
+}
+
+fn request(method: &Method) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .method(method.clone())
+        .uri("/")
+        .header("host", "backend")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// meshgate's reading.
+async fn meshgate(method: &Method, bytes: Vec<u8>, cut: usize) -> Result<Read, String> {
+    let (tcp, served) = connect(bytes, cut).await;
+    let mut conn = h1_conn(tcp);
+    conn.write_head(&request(method)).await.unwrap();
+    let result = match conn.read_response(method).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            whole(body).await.map(|(body, trailers)| Read {
+                status: parts.status.as_u16(),
+                fields: fields(&parts.headers),
+                body,
+                trailers: trailers.as_ref().map(fields),
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    served.abort();
+    result
+}
+
+/// hyper's client's reading.
+async fn hyper(method: &Method, bytes: Vec<u8>, cut: usize) -> Result<Read, String> {
+    let (tcp, served) = connect(bytes, cut).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driven = tokio::spawn(conn);
+    let result = async {
+        let response = sender
+            .send_request(request(method))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let (body, trailers) = whole(body).await?;
+        Ok(Read {
+            status: parts.status.as_u16(),
+            fields: fields(&parts.headers),
+            body,
+            trailers: trailers.as_ref().map(fields),
+        })
+    }
+    .await;
+    driven.abort();
+    served.abort();
+    result
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, bytes)) = data.split_first() else {
+        return;
+    };
+    let method = if mode & 1 == 1 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let cut = usize::from(mode >> 1) * bytes.len() / 127;
+    let net = net();
+    let within = Duration::from_secs(10);
+    let ours = net
+        .runtime
+        .block_on(async {
+            tokio::time::timeout(within, meshgate(&method, bytes.to_vec(), cut)).await
+        })
+        .expect("meshgate's client hung on a closed connection");
+    let Ok(ours) = ours else {
+        return;
+    };
+    let theirs = net
+        .runtime
+        .block_on(async { tokio::time::timeout(within, hyper(&method, bytes.to_vec(), cut)).await })
+        .expect("hyper's client hung on a closed connection");
+    match theirs {
+        Ok(theirs) => assert_eq!(
+            ours, theirs,
+            "meshgate and hyper read the response differently"
+        ),
+        Err(e) => panic!("meshgate took a response hyper refuses ({e}): {ours:?}"),
+    }
+});
