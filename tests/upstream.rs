@@ -1,5 +1,6 @@
 //! Upstream behaviour: HTTP/2 to HTTP2/GRPC ports, DNS resolution, round robin over
-//! endpoints, streamed bodies both ways, connection reuse, and the TLS versions a Gateway allows.
+//! endpoints, streamed bodies both ways, connection reuse (and a pooled connection the
+//! upstream closed as a request went out), and the TLS versions a Gateway allows.
 
 mod support;
 
@@ -12,7 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use support::client::Client;
 use support::pki::Pki;
-use support::proxy::{echo, gateway_yaml, Proxy};
+use support::proxy::{echo, gateway_yaml, one_answer_backend, Proxy};
 
 const HOST: &str = "httpbin.example-target.com";
 const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
@@ -218,4 +219,56 @@ async fn tls_versions_follow_the_gateway() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_as_a_request_went_out_is_retried_only_as_the_route_says() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let backend = one_answer_backend(connections.clone()).await;
+    let extra = format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http:
+  - match: [{{uri: {{prefix: /reset}}}}]
+    retries: {{attempts: 1, retryOn: reset}}
+    route: [{{destination: {{host: stale.internal}}}}]
+  - route: [{{destination: {{host: stale.internal}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: stale}}
+spec:
+  hosts: [stale.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        port = backend.port()
+    );
+    let proxy = start(&pki, &extra).await;
+    let client = caller(&pki);
+    let get = |path: &'static str| client.get(proxy.addr(443), HOST, HOST, path, &[]);
+    let first = get("/").await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["server"], "1");
+    // The connection the first left in the pool is closed unanswered as the next request goes
+    // out on it: Istio's default retry conditions do not cover that (Envoy's `UC`).
+    let second = get("/").await.unwrap();
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The third takes a new connection; the fourth goes out on the one the third left, is
+    // closed unanswered too, and with `retryOn: reset` is tried again on a new connection.
+    let third = get("/reset").await.unwrap();
+    assert_eq!(third.status, StatusCode::OK);
+    assert_eq!(third.headers["server"], "2");
+    let fourth = get("/reset").await.unwrap();
+    assert_eq!(fourth.status, StatusCode::OK);
+    assert_eq!(fourth.headers["server"], "3");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

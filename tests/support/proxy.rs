@@ -262,6 +262,29 @@ pub async fn abrupt_backend(response: &'static str) -> SocketAddr {
     .await
 }
 
+/// A raw HTTP/1.1 backend that answers the first request of each connection (keep-alive,
+/// `server: <connection number>`) and closes the connection, unanswered, once the next request
+/// arrives: a pooled connection closed just as a request went out on it. `connections` counts
+/// the connections made.
+pub async fn one_answer_backend(
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    raw_backend(move |mut tcp| {
+        let n = connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move {
+            if !read_head(&mut tcp).await {
+                return;
+            }
+            let response = format!("HTTP/1.1 200 OK\r\nserver: {n}\r\ncontent-length: 2\r\n\r\nok");
+            if tcp.write_all(response.as_bytes()).await.is_ok() {
+                read_head(&mut tcp).await;
+            }
+        }
+    })
+    .await
+}
+
 /// Reads one request head from `tcp`; `false` when the connection ended first.
 async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;

@@ -12,6 +12,7 @@
 //! and the connection is closed. A connection is pooled again only when its response ended
 //! exactly where its framing said (no byte after it) and neither side said `close`.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -43,6 +44,10 @@ pub enum Error {
     /// The upstream closed the connection before the response was complete.
     #[error("connection closed before the response was complete")]
     Closed,
+    /// The upstream closed or reset the connection before a byte of the response: on a pooled
+    /// connection, most likely closed while idle, as the request was sent.
+    #[error("connection closed before any byte of a response")]
+    NoResponse,
     #[error("malformed response: {0}")]
     Malformed(&'static str),
     #[error("response head larger than {MAX_HEAD} bytes or {MAX_FIELDS} fields")]
@@ -98,15 +103,30 @@ impl Conn {
     /// Whether an idle connection can no longer carry a request: the upstream closed it, it
     /// failed, or it sent bytes no request asked for. Reads only what the reactor has seen
     /// arrive; a connection with nothing to read costs no system call.
+    /// Outside tokio's cooperative budget: a task that spent it would read `Pending` from any
+    /// socket, and take a closed or dirty connection for an open one.
     pub fn closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
-        let mut one = ReadBuf::new(&mut byte);
+        let io = &mut self.io;
+        let mut peek = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+            Pin::new(&mut *io).poll_read(cx, &mut ReadBuf::new(&mut byte))
+        }));
         // Ready means the end of the stream, a stray byte, or an error.
-        !self.buf.is_empty()
-            || Pin::new(&mut self.io)
-                .poll_read(&mut cx, &mut one)
-                .is_ready()
+        Pin::new(&mut peek).poll(&mut cx).is_ready()
+    }
+
+    /// Drops the room a large response left in the buffers of a connection going idle.
+    fn shrink(&mut self) {
+        if self.buf.capacity() > 2 * READ_AHEAD {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > 2 * READ_AHEAD {
+            self.out = Vec::new();
+        }
     }
 
     /// Writes the head of `req`, a request without a body, as hyper's client would: the
@@ -138,6 +158,7 @@ impl Conn {
     /// Reads the response to a request with `method`: its head, with the body to read on from
     /// the connection. Informational (1xx) responses are passed over.
     pub async fn read_response(mut self, method: &Method) -> Result<Response<Body>, Error> {
+        let mut any = false;
         loop {
             if let Some((head, used)) = parse_head(&self.buf)? {
                 self.buf.advance(used);
@@ -177,8 +198,14 @@ impl Conn {
             if self.buf.len() >= MAX_HEAD {
                 return Err(Error::HeadTooLarge);
             }
-            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
-                return Err(Error::Closed);
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if !any => return Err(Error::NoResponse),
+                Ok(0) => return Err(Error::Closed),
+                Ok(_) => any = true,
+                Err(e) if !any && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(Error::NoResponse)
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -327,7 +354,9 @@ impl Body {
         if !ended || !self.keep_alive {
             return None;
         }
-        self.conn.take().filter(|c| c.buf.is_empty())
+        let mut conn = self.conn.take().filter(|c| c.buf.is_empty())?;
+        conn.shrink();
+        Some(conn)
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {

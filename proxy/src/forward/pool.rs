@@ -610,6 +610,11 @@ impl UpstreamBackend {
                 Ok(sender) => sender,
                 Err(e) => return Err(Failed::unsent(e, req)),
             };
+            if permit.is_some() {
+                // Within `maxConnections`: an idle connection of meshgate's own client makes
+                // room for this one.
+                drop(endpoint.own.lock().unwrap_or_else(|p| p.into_inner()).pop());
+            }
             match sender.try_send_request(req).await {
                 Ok(response) => Ok(self.lease(
                     response.map(Inner::Hyper),
@@ -627,6 +632,10 @@ impl UpstreamBackend {
     /// A request without a body, on meshgate's own HTTP/1.1 client (`h1`): on an idle
     /// connection of the endpoint's, or a new one. A pooled connection whose write fails had
     /// the request refused before the upstream saw it, so the next one is tried.
+    ///
+    /// A pooled connection that ends before a byte of the response (the upstream closed it
+    /// while idle, as the request went out) fails the try, as with hyper's client and in
+    /// Envoy: the route's retry policy decides (`reset`), never a resend behind its back.
     async fn send_own(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -634,38 +643,47 @@ impl UpstreamBackend {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Response<PooledBody>, Failed> {
         let method = req.method().clone();
-        let mut reused = None;
-        while let Some(mut idle) = endpoint.take_own(self.idle_timeout) {
-            if idle.conn.write_head(&req).await.is_ok() {
-                reused = Some((idle.conn, idle.used));
-                break;
-            }
-        }
-        let (conn, used) = match reused {
-            Some(reused) => reused,
-            None => {
-                let io = match self.connect(endpoint).await {
-                    Ok(io) => io,
-                    Err(e) => return Err(Failed::unsent(e, req)),
-                };
-                self.start_sweeper(endpoint);
-                let mut conn = h1::Conn::new(io);
-                if let Err(e) = conn.write_head(&req).await {
-                    // Not all of the head was written: the upstream cannot have acted on it.
-                    let e = ForwardError::Upstream(h1::Error::Io(e).into());
-                    return Err(Failed::unsent(e, req));
+        loop {
+            let (mut conn, used, reused) = match endpoint.take_own(self.idle_timeout) {
+                Some(idle) => (idle.conn, idle.used, true),
+                None => {
+                    let io = match self.connect(endpoint).await {
+                        Ok(io) => io,
+                        Err(e) => return Err(Failed::unsent(e, req)),
+                    };
+                    self.start_sweeper(endpoint);
+                    if permit.is_some() {
+                        // Within `maxConnections`: an idle connection of hyper's client makes
+                        // room for this one.
+                        drop(
+                            endpoint
+                                .idle
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .pop(),
+                        );
+                    }
+                    (h1::Conn::new(io), 0, false)
                 }
-                (conn, 0)
+            };
+            if let Err(e) = conn.write_head(&req).await {
+                if reused {
+                    continue;
+                }
+                // Not all of the head was written: the upstream cannot have acted on it.
+                let e = ForwardError::Upstream(h1::Error::Io(e).into());
+                return Err(Failed::unsent(e, req));
             }
-        };
-        drop(req);
-        match conn.read_response(&method).await {
-            Ok(response) => Ok(self.lease(
-                response.map(Inner::Own),
-                endpoint,
-                Lease1::new(Held::Own, used, permit),
-            )),
-            Err(e) => Err(Failed::sent(ForwardError::Upstream(e.into()))),
+            match conn.read_response(&method).await {
+                Ok(response) => {
+                    return Ok(self.lease(
+                        response.map(Inner::Own),
+                        endpoint,
+                        Lease1::new(Held::Own, used, permit),
+                    ))
+                }
+                Err(e) => return Err(Failed::sent(ForwardError::Upstream(e.into()))),
+            }
         }
     }
 
@@ -800,14 +818,14 @@ impl Endpoint {
 
 impl Endpoint {
     /// The most recently used idle connection of meshgate's own client still open and fresh.
+    /// Checked outside the lock, which other workers take.
     fn take_own(&self, idle_timeout: Duration) -> Option<OwnIdle> {
-        let mut idle = self.own.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(mut c) = idle.pop() {
+        loop {
+            let mut c = self.own.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             if c.since.elapsed() < idle_timeout && !c.conn.closed() {
                 return Some(c);
             }
         }
-        None
     }
 }
 
