@@ -6,9 +6,14 @@
 //! the rest is cut into two writes (the other bits); the rest is what the upstream sends
 //! before it closes the connection.
 //!
-//! Checks (besides never panicking or hanging): a response meshgate reads whole, hyper's
-//! client reads whole too, with the same status, fields, body and trailers. meshgate may refuse
-//! what hyper takes (it is the stricter), never take what hyper refuses or read it differently.
+//! Checks (besides never panicking or hanging):
+//! - a response meshgate reads whole, hyper's client reads whole too, with the same status,
+//!   fields, body and trailers. meshgate may refuse what hyper takes (it is the stricter), never
+//!   take what hyper refuses or read it differently;
+//! - a connection meshgate would pool again, hyper's would keep too: the same bytes are sent
+//!   again by an upstream that then keeps the connection open, and once they have all arrived
+//!   a connection meshgate still finds fit to reuse (`reusable`, then `closed`: no stray byte)
+//!   must be one hyper's client is ready to send on.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -62,7 +67,7 @@ fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Reads a whole body: its data and trailers, or why it broke off.
-async fn whole<B>(mut body: B) -> Result<(Vec<u8>, Option<HeaderMap>), String>
+async fn whole<B>(body: &mut B) -> Result<(Vec<u8>, Option<HeaderMap>), String>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -83,8 +88,12 @@ where
 }
 
 /// A connection to the upstream, which reads the request head, then writes `bytes` in two
-/// pieces (cut at `cut`) and closes its side.
-async fn connect(bytes: Vec<u8>, cut: usize) -> (TcpStream, tokio::task::JoinHandle<()>) {
+/// pieces (cut at `cut`) and closes its side when `close`.
+async fn connect(
+    bytes: Vec<u8>,
+    cut: usize,
+    close: bool,
+) -> (TcpStream, tokio::task::JoinHandle<()>) {
     let net = net();
     let client = TcpStream::connect(net.address).await.unwrap();
     let (mut upstream, _) = net.listener.accept().await.unwrap();
@@ -106,7 +115,9 @@ async fn connect(bytes: Vec<u8>, cut: usize) -> (TcpStream, tokio::task::JoinHan
         if upstream.write_all(second).await.is_err() {
             return;
         }
-        let _ = upstream.shutdown().await;
+        if close {
+            let _ = upstream.shutdown().await;
+        }
         // Until the client is gone.
         let mut rest = Vec::new();
         let _ = upstream.read_to_end(&mut rest).await;
@@ -123,53 +134,96 @@ fn request(method: &Method) -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-/// meshgate's reading.
-async fn meshgate(method: &Method, bytes: Vec<u8>, cut: usize) -> Result<Read, String> {
-    let (tcp, served) = connect(bytes, cut).await;
+/// How long the bytes after a response get to arrive before a connection is judged.
+const SETTLE: Duration = Duration::from_millis(5);
+
+/// meshgate's reading, and whether it would pool the connection again (after `SETTLE`, when
+/// the upstream keeps the connection open).
+async fn meshgate(
+    method: &Method,
+    bytes: Vec<u8>,
+    cut: usize,
+    close: bool,
+) -> (Result<Read, String>, bool) {
+    let (tcp, served) = connect(bytes, cut, close).await;
     let mut conn = h1_conn(tcp);
     conn.write_head(&request(method)).await.unwrap();
     let result = match conn.read_response(method).await {
         Ok(response) => {
-            let (parts, body) = response.into_parts();
-            whole(body).await.map(|(body, trailers)| Read {
+            let (parts, mut body) = response.into_parts();
+            let read = whole(&mut body).await.map(|(data, trailers)| Read {
                 status: parts.status.as_u16(),
                 fields: fields(&parts.headers),
-                body,
+                body: data,
                 trailers: trailers.as_ref().map(fields),
-            })
+            });
+            let kept = match body.reusable() {
+                Some(mut conn) if !close => {
+                    tokio::time::sleep(SETTLE).await;
+                    !conn.closed()
+                }
+                Some(_) => true,
+                None => false,
+            };
+            (read, kept)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => (Err(e.to_string()), false),
     };
     served.abort();
     result
 }
 
-/// hyper's client's reading.
-async fn hyper(method: &Method, bytes: Vec<u8>, cut: usize) -> Result<Read, String> {
-    let (tcp, served) = connect(bytes, cut).await;
+/// hyper's client's reading, and whether its connection is ready for another request (after
+/// `SETTLE`, when the upstream keeps the connection open).
+async fn hyper(
+    method: &Method,
+    bytes: Vec<u8>,
+    cut: usize,
+    close: bool,
+) -> (Result<Read, String>, bool) {
+    let (tcp, served) = connect(bytes, cut, close).await;
+    let (read, sender) = hyper_read(method, tcp).await;
+    let ready = match sender {
+        Some(sender) if read.is_ok() && !close => {
+            tokio::time::sleep(SETTLE).await;
+            !sender.is_closed() && sender.is_ready()
+        }
+        _ => false,
+    };
+    served.abort();
+    (read, ready)
+}
+
+async fn hyper_read(
+    method: &Method,
+    tcp: TcpStream,
+) -> (
+    Result<Read, String>,
+    Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
+) {
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-    let driven = tokio::spawn(conn);
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await {
+            Ok(handshake) => handshake,
+            Err(e) => return (Err(e.to_string()), None),
+        };
+    // Ends with the runtime's next turn once the sender and the connection are dropped.
+    tokio::spawn(conn);
     let result = async {
         let response = sender
             .send_request(request(method))
             .await
             .map_err(|e| e.to_string())?;
-        let (parts, body) = response.into_parts();
-        let (body, trailers) = whole(body).await?;
+        let (parts, mut body) = response.into_parts();
+        let (data, trailers) = whole(&mut body).await?;
         Ok(Read {
             status: parts.status.as_u16(),
             fields: fields(&parts.headers),
-            body,
+            body: data,
             trailers: trailers.as_ref().map(fields),
         })
     }
     .await;
-    driven.abort();
-    served.abort();
-    result
+    (result, Some(sender))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -184,24 +238,40 @@ fuzz_target!(|data: &[u8]| {
     let cut = usize::from(mode >> 1) * bytes.len() / 127;
     let net = net();
     let within = Duration::from_secs(10);
-    let ours = net
-        .runtime
-        .block_on(async {
-            tokio::time::timeout(within, meshgate(&method, bytes.to_vec(), cut)).await
+    let run = |close: bool| {
+        net.runtime.block_on(async {
+            let ours = tokio::time::timeout(within, meshgate(&method, bytes.to_vec(), cut, close))
+                .await
+                .expect("meshgate's client hung");
+            if ours.0.is_err() {
+                return (ours, (Err(String::new()), false));
+            }
+            let theirs = tokio::time::timeout(within, hyper(&method, bytes.to_vec(), cut, close))
+                .await
+                .expect("hyper's client hung");
+            (ours, theirs)
         })
-        .expect("meshgate's client hung on a closed connection");
+    };
+    let ((ours, kept), (theirs, _)) = run(true);
     let Ok(ours) = ours else {
         return;
     };
-    let theirs = net
-        .runtime
-        .block_on(async { tokio::time::timeout(within, hyper(&method, bytes.to_vec(), cut)).await })
-        .expect("hyper's client hung on a closed connection");
     match theirs {
         Ok(theirs) => assert_eq!(
             ours, theirs,
             "meshgate and hyper read the response differently"
         ),
         Err(e) => panic!("meshgate took a response hyper refuses ({e}): {ours:?}"),
+    }
+    if !kept {
+        return;
+    }
+    // Framed, so both end without the upstream's close.
+    let ((ours, reuse), (theirs, ready)) = run(false);
+    if let (Ok(_), Ok(_), true) = (&ours, &theirs, reuse) {
+        assert!(
+            ready,
+            "meshgate would reuse a connection hyper's client would not: {ours:?}"
+        );
     }
 });
