@@ -87,13 +87,24 @@ where
     Ok((data, trailers))
 }
 
+/// The upstream's side of a connection: its task, and word that it wrote all its bytes.
+struct Upstream {
+    served: tokio::task::JoinHandle<()>,
+    written: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Upstream {
+    /// Waits until the upstream wrote everything, then `SETTLE` for the bytes to be seen.
+    async fn settle(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.written).await;
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
 /// A connection to the upstream, which reads the request head, then writes `bytes` in two
 /// pieces (cut at `cut`) and closes its side when `close`.
-async fn connect(
-    bytes: Vec<u8>,
-    cut: usize,
-    close: bool,
-) -> (TcpStream, tokio::task::JoinHandle<()>) {
+async fn connect(bytes: Vec<u8>, cut: usize, close: bool) -> (TcpStream, Upstream) {
+    let (done, written) = tokio::sync::oneshot::channel();
     let net = net();
     let client = TcpStream::connect(net.address).await.unwrap();
     let (mut upstream, _) = net.listener.accept().await.unwrap();
@@ -118,11 +129,12 @@ async fn connect(
         if close {
             let _ = upstream.shutdown().await;
         }
+        let _ = done.send(());
         // Until the client is gone.
         let mut rest = Vec::new();
         let _ = upstream.read_to_end(&mut rest).await;
     });
-    (client, served)
+    (client, Upstream { served, written })
 }
 
 fn request(method: &Method) -> Request<Empty<Bytes>> {
@@ -134,7 +146,8 @@ fn request(method: &Method) -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-/// How long the bytes after a response get to arrive before a connection is judged.
+/// How long the bytes after a response get, once written, to be seen before a connection is
+/// judged.
 const SETTLE: Duration = Duration::from_millis(5);
 
 /// meshgate's reading, and whether it would pool the connection again (after `SETTLE`, when
@@ -145,7 +158,7 @@ async fn meshgate(
     cut: usize,
     close: bool,
 ) -> (Result<Read, String>, bool) {
-    let (tcp, served) = connect(bytes, cut, close).await;
+    let (tcp, mut upstream) = connect(bytes, cut, close).await;
     let mut conn = h1_conn(tcp);
     conn.write_head(&request(method)).await.unwrap();
     let result = match conn.read_response(method).await {
@@ -159,7 +172,7 @@ async fn meshgate(
             });
             let kept = match body.reusable() {
                 Some(mut conn) if !close => {
-                    tokio::time::sleep(SETTLE).await;
+                    upstream.settle().await;
                     !conn.closed()
                 }
                 Some(_) => true,
@@ -169,7 +182,7 @@ async fn meshgate(
         }
         Err(e) => (Err(e.to_string()), false),
     };
-    served.abort();
+    upstream.served.abort();
     result
 }
 
@@ -181,16 +194,16 @@ async fn hyper(
     cut: usize,
     close: bool,
 ) -> (Result<Read, String>, bool) {
-    let (tcp, served) = connect(bytes, cut, close).await;
+    let (tcp, mut upstream) = connect(bytes, cut, close).await;
     let (read, sender) = hyper_read(method, tcp).await;
     let ready = match sender {
         Some(sender) if read.is_ok() && !close => {
-            tokio::time::sleep(SETTLE).await;
+            upstream.settle().await;
             !sender.is_closed() && sender.is_ready()
         }
         _ => false,
     };
-    served.abort();
+    upstream.served.abort();
     (read, ready)
 }
 

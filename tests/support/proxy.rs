@@ -285,6 +285,48 @@ pub async fn one_answer_backend(
     .await
 }
 
+/// A raw HTTP/1.1 backend that answers every request `200 ok` on a kept connection, reading
+/// a request body of the `content-length` it names; `connections` counts the connections made.
+pub async fn counting_backend(
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw_backend(move |mut tcp| {
+        connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let mut pending = Vec::new();
+            loop {
+                while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0u8; 1024];
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while pending.len() < end + length {
+                    let mut buf = [0u8; 1024];
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+                pending.drain(..end + length);
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if tcp.write_all(ok).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
 /// Reads one request head from `tcp`; `false` when the connection ended first.
 async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;

@@ -477,10 +477,13 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
     }
     match rest {
         [] | [b'\r'] => Ok(None),
-        [b'\r', b'\n', ..] => Ok(Some((
-            buf.len().saturating_sub(rest.len()).saturating_add(2),
-            size,
-        ))),
+        [b'\r', b'\n', ..] => {
+            let used = buf.len().saturating_sub(rest.len()).saturating_add(2);
+            if used > MAX_CHUNK_LINE {
+                return Err(Error::Malformed("chunk size line"));
+            }
+            Ok(Some((used, size)))
+        }
         _ => Err(Error::Malformed("chunk size")),
     }
 }
@@ -490,6 +493,9 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
 fn parse_trailers(buf: &BytesMut) -> Result<Option<(HeaderMap, usize)>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let (used, fields) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((used, _))) if used > MAX_HEAD => {
+            return Err(Error::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(parsed)) => parsed,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),

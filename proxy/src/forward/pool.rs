@@ -610,9 +610,8 @@ impl UpstreamBackend {
                 Ok(sender) => sender,
                 Err(e) => return Err(Failed::unsent(e, req)),
             };
-            if permit.is_some() {
-                // Within `maxConnections`: an idle connection of meshgate's own client makes
-                // room for this one.
+            if self.over_connections(endpoint) {
+                // An idle connection of meshgate's own client makes room for this one.
                 drop(endpoint.own.lock().unwrap_or_else(|p| p.into_inner()).pop());
             }
             match sender.try_send_request(req).await {
@@ -627,6 +626,22 @@ impl UpstreamBackend {
                 }),
             }
         }
+    }
+
+    /// Whether a connection opened now for a request holding a permit would take the
+    /// endpoint past `maxConnections`: the connections in use (one per permit held) and the
+    /// idle ones of both clients. Counted per endpoint, as the idle lists are.
+    fn over_connections(&self, endpoint: &Endpoint) -> bool {
+        let Some(permits) = &self.connections else {
+            return false;
+        };
+        let hyper = endpoint
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let own = endpoint.own.lock().unwrap_or_else(|p| p.into_inner()).len();
+        hyper.saturating_add(own) > permits.available_permits()
     }
 
     /// A request without a body, on meshgate's own HTTP/1.1 client (`h1`): on an idle
@@ -652,9 +667,8 @@ impl UpstreamBackend {
                         Err(e) => return Err(Failed::unsent(e, req)),
                     };
                     self.start_sweeper(endpoint);
-                    if permit.is_some() {
-                        // Within `maxConnections`: an idle connection of hyper's client makes
-                        // room for this one.
+                    if self.over_connections(endpoint) {
+                        // An idle connection of hyper's client makes room for this one.
                         drop(
                             endpoint
                                 .idle

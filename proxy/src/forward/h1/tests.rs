@@ -508,8 +508,15 @@ async fn a_closed_connection_is_seen_closed_by_a_task_that_spent_its_budget() {
     let mut read = read(conn, &Method::GET).await.unwrap();
     let mut conn = read.body.reusable().expect("framed and kept");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Each ready read spends a unit of tokio's budget; past it, a plain poll reads Pending.
-    std::future::poll_fn(|_| {
+    std::future::poll_fn(|cx| {
+        // Spend the task's budget, as a busy connection's task does; past it, a read in the
+        // budget answers Pending whatever the socket has.
+        while let Poll::Ready(progress) = tokio::task::coop::poll_proceed(cx) {
+            progress.made_progress();
+        }
+        assert!(!tokio::task::coop::has_budget_remaining());
+        assert!(conn.closed(), "seen open by a task without budget");
+        // Nor does the check itself spend any.
         for i in 0..1000 {
             assert!(conn.closed(), "seen open at check {i}");
         }
