@@ -425,6 +425,29 @@ async fn malformed_chunks_are_refused() {
     ])
     .await;
     assert_eq!(error, "malformed response: chunk size line");
+    // Whole, in one write, too long all the same.
+    let whole: &'static [u8] = Box::leak(
+        format!("1;{}\r\nx\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let error = failure(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        whole,
+    ])
+    .await;
+    assert_eq!(error, "malformed response: chunk size line");
+    let trailers: &'static [u8] = Box::leak(
+        format!("0\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let error = failure(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        trailers,
+    ])
+    .await;
+    assert_eq!(error, "response head larger than 61440 bytes or 100 fields");
 }
 
 #[tokio::test]
