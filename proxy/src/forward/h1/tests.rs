@@ -547,3 +547,93 @@ async fn a_closed_connection_is_seen_closed_by_a_task_that_spent_its_budget() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_idle_tls_connection_reads_open_through_a_key_update_and_closed_after_close_notify() {
+    use std::sync::Arc;
+
+    use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let ca = Authority::root("root", KeyAlgorithm::EcdsaP256).unwrap();
+    let mut spec = LeafSpec::spiffe("spiffe://example.com/ns/default/sa/upstream");
+    spec.dns = vec!["upstream.test".into()];
+    let leaf = ca.issue(&spec).unwrap();
+    let chain = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (step, mut steps) = mpsc::unbounded_channel::<()>();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(tls.read(&mut byte).await.unwrap(), 1);
+            head.push(byte[0]);
+        }
+        tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        // A KeyUpdate: a TLS record with no application data in it.
+        steps.recv().await;
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+        tls.flush().await.unwrap();
+        steps.recv().await;
+        tls.shutdown().await.unwrap();
+        steps.recv().await;
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(ServerName::try_from("upstream.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut conn = Conn::new(Either::Right(Box::new(tls)));
+    conn.write_head(&get("/")).await.unwrap();
+    let mut read = read(conn, &Method::GET).await.unwrap();
+    assert_eq!(read.data, b"ok");
+    let mut conn = read.body.reusable().expect("framed and kept");
+    assert!(!conn.closed());
+    step.send(()).unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !conn.closed(),
+            "a key update read as the end of the connection"
+        );
+    }
+    step.send(()).unwrap();
+    let mut seen = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if conn.closed() {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "close_notify was not seen");
+    let _ = step.send(());
+}
