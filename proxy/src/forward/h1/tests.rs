@@ -104,6 +104,11 @@ async fn exchange(
     read(conn, req.method()).await
 }
 
+/// A GET answered with `pieces` by an upstream that keeps the connection.
+async fn kept(pieces: Vec<&'static [u8]>) -> Read {
+    exchange(get("/"), pieces, After::Stay).await.unwrap()
+}
+
 #[tokio::test]
 async fn the_head_goes_in_origin_form_with_its_fields_and_no_transfer_encoding() {
     let (tcp, mut seen) =
@@ -161,20 +166,15 @@ async fn a_content_length_body_arrives_whole_and_its_connection_carries_the_next
 
 #[tokio::test]
 async fn a_chunked_body_with_extensions_and_trailers_split_anywhere() {
-    let mut read = exchange(
-        get("/"),
-        vec![
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5 \t",
-            b";name=value\r\nhel",
-            b"lo\r",
-            b"\n6\r\n world\r\n0\r\nx-trailer: ",
-            b"t1\r\nx-other: t2\r\n",
-            b"\r\n",
-        ],
-        After::Stay,
-    )
-    .await
-    .unwrap();
+    let mut read = kept(vec![
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5 \t",
+        b";name=value\r\nhel",
+        b"lo\r",
+        b"\n6\r\n world\r\n0\r\nx-trailer: ",
+        b"t1\r\nx-other: t2\r\n",
+        b"\r\n",
+    ])
+    .await;
     assert_eq!(read.data, b"hello world");
     let trailers = read.trailers.expect("trailers");
     assert_eq!(trailers["x-trailer"], "t1");
@@ -184,13 +184,10 @@ async fn a_chunked_body_with_extensions_and_trailers_split_anywhere() {
 
 #[tokio::test]
 async fn a_chunked_body_without_trailers_ends_at_its_last_chunk() {
-    let mut read = exchange(
-        get("/"),
-        vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
-        After::Stay,
-    )
-    .await
-    .unwrap();
+    let mut read = kept(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ])
+    .await;
     assert_eq!(read.data, b"abc");
     assert!(read.trailers.is_none());
     assert!(read.body.reusable().is_some());
@@ -236,7 +233,7 @@ async fn head_204_and_304_have_no_body_whatever_their_length_says() {
         &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
         b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
     ] {
-        let mut read = exchange(get("/"), vec![status], After::Stay).await.unwrap();
+        let mut read = kept(vec![status]).await;
         assert!(read.data.is_empty());
         assert!(read.body.reusable().is_some());
     }
@@ -244,16 +241,10 @@ async fn head_204_and_304_have_no_body_whatever_their_length_says() {
 
 #[tokio::test]
 async fn informational_responses_are_passed_over() {
-    let read = exchange(
-        get("/"),
-        vec![
+    let read = kept(vec![
             b"HTTP/1.1 100 Continue\r\n\r\n",
             b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
-        ],
-        After::Stay,
-    )
-    .await
-    .unwrap();
+        ]).await;
     assert_eq!(read.response.status(), StatusCode::OK);
     assert!(read.response.headers().get("link").is_none());
     assert_eq!(read.data, b"x");
@@ -266,9 +257,7 @@ async fn close_and_http_1_0_keep_no_connection() {
         b"HTTP/1.1 200 OK\r\nconnection: foo, close\r\ncontent-length: 1\r\n\r\nx",
         b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nx",
     ] {
-        let mut read = exchange(get("/"), vec![response], After::Stay)
-            .await
-            .unwrap();
+        let mut read = kept(vec![response]).await;
         assert_eq!(read.data, b"x");
         assert!(
             read.body.reusable().is_none(),
@@ -276,39 +265,30 @@ async fn close_and_http_1_0_keep_no_connection() {
             String::from_utf8_lossy(response)
         );
     }
-    let mut read = exchange(
-        get("/"),
-        vec![b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx"],
-        After::Stay,
-    )
-    .await
-    .unwrap();
+    let mut read = kept(vec![
+        b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx",
+    ])
+    .await;
     assert_eq!(read.response.version(), Version::HTTP_10);
     assert!(read.body.reusable().is_some());
 }
 
 #[tokio::test]
 async fn bytes_after_the_response_leave_its_connection_unused() {
-    let mut read = exchange(
-        get("/"),
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n"],
-        After::Stay,
-    )
-    .await
-    .unwrap();
+    let mut read = kept(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n",
+    ])
+    .await;
     assert_eq!(read.data, b"x");
     assert!(read.body.reusable().is_none());
 }
 
 #[tokio::test]
 async fn equal_content_lengths_are_one() {
-    let read = exchange(
-        get("/"),
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\ncontent-length: 2\r\n\r\nok"],
-        After::Stay,
-    )
-    .await
-    .unwrap();
+    let read = kept(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
     assert_eq!(read.data, b"ok");
 }
 
@@ -457,8 +437,8 @@ async fn a_head_too_large_is_refused() {
     assert_eq!(failure(vec![many]).await, too_large);
 }
 
-#[tokio::test]
-async fn an_idle_connection_the_upstream_closed_is_seen_closed() {
+/// A connection kept after its response, which the upstream then closes.
+async fn answered_then_closed() -> Conn {
     let (tcp, _) = upstream(
         vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]],
         After::Close,
@@ -467,7 +447,12 @@ async fn an_idle_connection_the_upstream_closed_is_seen_closed() {
     let mut conn = Conn::new(Either::Left(tcp));
     conn.write_head(&get("/")).await.unwrap();
     let mut read = read(conn, &Method::GET).await.unwrap();
-    let mut conn = read.body.reusable().expect("framed and kept");
+    read.body.reusable().expect("framed and kept")
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_seen_closed() {
+    let mut conn = answered_then_closed().await;
     let (done, seen) = oneshot::channel();
     tokio::spawn(async move {
         for _ in 0..200 {
@@ -492,15 +477,7 @@ async fn a_connection_closed_before_any_byte_of_the_response_says_so() {
 
 #[tokio::test]
 async fn a_closed_connection_is_seen_closed_by_a_task_that_spent_its_budget() {
-    let (tcp, _) = upstream(
-        vec![vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]],
-        After::Close,
-    )
-    .await;
-    let mut conn = Conn::new(Either::Left(tcp));
-    conn.write_head(&get("/")).await.unwrap();
-    let mut read = read(conn, &Method::GET).await.unwrap();
-    let mut conn = read.body.reusable().expect("framed and kept");
+    let mut conn = answered_then_closed().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     std::future::poll_fn(|cx| {
         // Spend the task's budget, as a busy connection's task does; past it, a read in the
