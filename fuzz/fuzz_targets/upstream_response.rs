@@ -60,6 +60,17 @@ struct Read {
     trailers: Option<Vec<(String, Vec<u8>)>>,
 }
 
+impl Read {
+    fn new(parts: &http::response::Parts, body: Vec<u8>, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            status: parts.status.as_u16(),
+            fields: fields(&parts.headers),
+            body,
+            trailers: trailers.as_ref().map(fields),
+        }
+    }
+}
+
 fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
     map.iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
@@ -164,12 +175,9 @@ async fn meshgate(
     let result = match conn.read_response(method).await {
         Ok(response) => {
             let (parts, mut body) = response.into_parts();
-            let read = whole(&mut body).await.map(|(data, trailers)| Read {
-                status: parts.status.as_u16(),
-                fields: fields(&parts.headers),
-                body: data,
-                trailers: trailers.as_ref().map(fields),
-            });
+            let read = whole(&mut body)
+                .await
+                .map(|(data, trailers)| Read::new(&parts, data, trailers));
             let kept = match body.reusable() {
                 Some(mut conn) if !close => {
                     upstream.settle().await;
@@ -228,12 +236,7 @@ async fn hyper_read(
             .map_err(|e| e.to_string())?;
         let (parts, mut body) = response.into_parts();
         let (data, trailers) = whole(&mut body).await?;
-        Ok(Read {
-            status: parts.status.as_u16(),
-            fields: fields(&parts.headers),
-            body: data,
-            trailers: trailers.as_ref().map(fields),
-        })
+        Ok(Read::new(&parts, data, trailers))
     }
     .await;
     (result, Some(sender))

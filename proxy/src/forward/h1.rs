@@ -103,6 +103,7 @@ impl Conn {
     /// Whether an idle connection can no longer carry a request: the upstream closed it, it
     /// failed, or it sent bytes no request asked for. Reads only what the reactor has seen
     /// arrive; a connection with nothing to read costs no system call.
+    ///
     /// Outside tokio's cooperative budget: a task that spent it would read `Pending` from any
     /// socket, and take a closed or dirty connection for an open one.
     pub fn closed(&mut self) -> bool {
@@ -254,7 +255,8 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Field values are slices of the head, which is frozen once and shared by them.
+    // Field values are slices of one copy of the head, shared by them; the connection's
+    // buffer stays its own, to be read into again.
     let start = buf.as_ptr() as usize;
     let head = Bytes::copy_from_slice(buf.get(..used).unwrap_or_default());
     let mut headers = HeaderMap::with_capacity(response.headers.len());

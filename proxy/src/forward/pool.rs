@@ -610,10 +610,8 @@ impl UpstreamBackend {
                 Ok(sender) => sender,
                 Err(e) => return Err(Failed::unsent(e, req)),
             };
-            if self.over_connections(endpoint) {
-                // An idle connection of meshgate's own client makes room for this one.
-                drop(endpoint.own.lock().unwrap_or_else(|p| p.into_inner()).pop());
-            }
+            // An idle connection of meshgate's own client may make room for this one.
+            self.make_room(endpoint, &endpoint.own);
             match sender.try_send_request(req).await {
                 Ok(response) => Ok(self.lease(
                     response.map(Inner::Hyper),
@@ -628,12 +626,13 @@ impl UpstreamBackend {
         }
     }
 
-    /// Whether a connection opened now for a request holding a permit would take the
-    /// endpoint past `maxConnections`: the connections in use (one per permit held) and the
-    /// idle ones of both clients. Counted per endpoint, as the idle lists are.
-    fn over_connections(&self, endpoint: &Endpoint) -> bool {
+    /// Closes an idle connection of `other` (the other client's idle list) when the one just
+    /// opened for a request holding a permit takes the endpoint past `maxConnections`: the
+    /// connections in use (one per permit held) and the idle ones of both clients. Counted per
+    /// endpoint, as the idle lists are.
+    fn make_room<T>(&self, endpoint: &Endpoint, other: &Mutex<Vec<T>>) {
         let Some(permits) = &self.connections else {
-            return false;
+            return;
         };
         let hyper = endpoint
             .idle
@@ -641,7 +640,9 @@ impl UpstreamBackend {
             .unwrap_or_else(|p| p.into_inner())
             .len();
         let own = endpoint.own.lock().unwrap_or_else(|p| p.into_inner()).len();
-        hyper.saturating_add(own) > permits.available_permits()
+        if hyper.saturating_add(own) > permits.available_permits() {
+            drop(other.lock().unwrap_or_else(|p| p.into_inner()).pop());
+        }
     }
 
     /// A request without a body, on meshgate's own HTTP/1.1 client (`h1`): on an idle
@@ -667,16 +668,8 @@ impl UpstreamBackend {
                         Err(e) => return Err(Failed::unsent(e, req)),
                     };
                     self.start_sweeper(endpoint);
-                    if self.over_connections(endpoint) {
-                        // An idle connection of hyper's client makes room for this one.
-                        drop(
-                            endpoint
-                                .idle
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .pop(),
-                        );
-                    }
+                    // An idle connection of hyper's client may make room for this one.
+                    self.make_room(endpoint, &endpoint.idle);
                     (h1::Conn::new(io), 0, false)
                 }
             };
