@@ -262,7 +262,8 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut close = version == Version::HTTP_10;
+    // `close` wins wherever it stands; HTTP/1.0 keeps a connection only when asked to.
+    let (mut close, mut keep) = (false, false);
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Error::Malformed("field name"))?;
@@ -297,11 +298,8 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
         } else if name == header::CONNECTION {
             for token in field.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         headers.append(name, value);
@@ -319,7 +317,7 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
         status,
         version,
         headers,
-        keep_alive: !close,
+        keep_alive: !close && (keep || version == Version::HTTP_11),
         framing,
     };
     Ok(Some((head, used)))

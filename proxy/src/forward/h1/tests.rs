@@ -256,6 +256,8 @@ async fn close_and_http_1_0_keep_no_connection() {
         &b"HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\nx"[..],
         b"HTTP/1.1 200 OK\r\nconnection: foo, close\r\ncontent-length: 1\r\n\r\nx",
         b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nx",
+        b"HTTP/1.0 200 OK\r\nconnection: close, keep-alive\r\ncontent-length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\nx",
     ] {
         let mut read = kept(vec![response]).await;
         assert_eq!(read.data, b"x");
