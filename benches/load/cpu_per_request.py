@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 SYSCALLS = ("recvfrom", "read", "sendto", "write", "writev", "epoll_wait")
+# Every system call of the proxy, the named ones and all others (futex, epoll_ctl, ...).
+ALL = "raw_syscalls:sys_enter"
 
 
 def run(name, args, work, tls):
@@ -40,7 +42,7 @@ def run(name, args, work, tls):
         conns, flags = bench.load(args.load, args)
         bench.oha(port, 1, conns, client, flags)  # warm-up
         out = f"{work}/perf-stat.txt"
-        events = ",".join(["task-clock", *(f"syscalls:sys_enter_{s}" for s in SYSCALLS)])
+        events = ",".join(["task-clock", ALL, *(f"syscalls:sys_enter_{s}" for s in SYSCALLS)])
         perf = subprocess.Popen(
             ["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids)), "-o", out],
             stderr=subprocess.DEVNULL,
@@ -65,6 +67,7 @@ def run(name, args, work, tls):
         # The kernel's share of the same run (system time over user + system).
         row["kernel"] = (system1 - system0) / max(user1 - user0 + system1 - system0, 1e-9)
         row.update({s: counts.get(s, 0) / ok for s in SYSCALLS})
+        row["all"] = counts.get(ALL, 0) / ok
         return row
     finally:
         bench.stop(proc)
@@ -107,13 +110,14 @@ def main():
 
 def report(rounds, proxies, args):
     print(f"\n{args.load} ({args.key_type}), {args.rounds} rounds of {args.duration} s\n")
-    print("| proxy | CPU per request (µs) | of which kernel | " + " | ".join(f"{s} per request" for s in SYSCALLS) + " |")
-    print("|---|---|---|" + "---|" * len(SYSCALLS))
+    print("| proxy | CPU per request (µs) | of which kernel | " + " | ".join(f"{s} per request" for s in SYSCALLS) + " | all calls per request |")
+    print("|---|---|---|" + "---|" * (len(SYSCALLS) + 1))
     for name in proxies:
         cpu = [r[name]["cpu_us"] for r in rounds]
         calls = " | ".join(f"{statistics.median(r[name][s] for r in rounds):.2f}" for s in SYSCALLS)
         kernel = statistics.median(r[name]["kernel"] for r in rounds)
-        print(f"| {name} | {statistics.median(cpu):.2f} [{min(cpu):.2f}-{max(cpu):.2f}] | {kernel:.0%} | {calls} |")
+        every = statistics.median(r[name]["all"] for r in rounds)
+        print(f"| {name} | {statistics.median(cpu):.2f} [{min(cpu):.2f}-{max(cpu):.2f}] | {kernel:.0%} | {calls} | {every:.2f} |")
     peers = [p for p in proxies if p != "meshgate"]
     # A baseline build is compared with, not counted as a peer.
     if "baseline" in peers:
