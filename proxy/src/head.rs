@@ -325,11 +325,19 @@ impl HopByHop {
         (Self(found), underscore)
     }
 
+    /// `name`'s bit: its position in `HOP_BY_HOP`. A match on the spelling rather than a
+    /// search of the array: it runs for every field of every request, and each use of the
+    /// `const` array builds its six names and drops them again.
     fn bit(name: &HeaderName) -> u8 {
-        HOP_BY_HOP
-            .iter()
-            .position(|h| h == name)
-            .map_or(0, |i| 1 << i)
+        match name.as_str() {
+            "connection" => 1,
+            "keep-alive" => 1 << 1,
+            "proxy-connection" => 1 << 2,
+            "transfer-encoding" => 1 << 3,
+            "upgrade" => 1 << 4,
+            "te" => 1 << 5,
+            _ => 0,
+        }
     }
 
     pub(crate) fn is_empty(self) -> bool {

@@ -267,3 +267,23 @@ fn trailers_lose_owned_headers() {
     names.sort();
     assert_eq!(names, ["grpc-status", "x_other"]);
 }
+
+/// Each hop-by-hop name's bit is its own position in `HOP_BY_HOP`, whatever its spelling on
+/// the wire: `has` and `remove_from` read the bits by position.
+#[test]
+fn hop_by_hop_bits_follow_the_list() {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        assert_eq!(HopByHop::bit(name), 1 << i, "{name}");
+        let upper = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
+        assert_eq!(HopByHop::bit(&upper), 1 << i, "{upper}");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(upper, HeaderValue::from_static("x"));
+        headers.insert("x-other", HeaderValue::from_static("y"));
+        let (found, _) = HopByHop::scan_request(&headers);
+        assert!(found.has(name), "{name}");
+        found.remove_from(&mut headers);
+        assert_eq!(headers.len(), 1, "{name} stayed");
+    }
+    assert_eq!(HopByHop::bit(&HeaderName::from_static("x-connection")), 0);
+    assert_eq!(HopByHop::bit(&http::header::CONTENT_LENGTH), 0);
+}
