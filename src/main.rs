@@ -8,8 +8,8 @@ mod summary;
 
 /// mimalloc: measured about 7% less CPU per proxied request than glibc malloc, whose arenas
 /// also grew by `mprotect` under load (see BENCHMARKS.md); free pages go back to the system
-/// 100 ms after they are freed (`meshgate_alloc::purge_promptly`), and at most a second later
-/// when the process goes quiet (`give_back_free_pages`).
+/// within 100 ms of being freed when mimalloc looks (`meshgate_alloc::purge_promptly`), and
+/// it is asked to look once a second (`give_back_free_pages`).
 #[global_allocator]
 static GLOBAL: meshgate_alloc::MiMalloc = meshgate_alloc::MiMalloc;
 
@@ -580,10 +580,11 @@ fn tokio_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
         .build()?)
 }
 
-/// Once a second, free pages whose purge delay has passed go back to the system. mimalloc
-/// looks for them only when something allocates or frees: without this, what the last burst
-/// before a quiet spell freed (parked connections' buffers) would stay resident. One call a
-/// second costs nothing measurable under load.
+/// Once a second, mimalloc looks for free pages to give back to the system
+/// (`meshgate_alloc::collect`). It looks on its own only when something allocates or frees:
+/// without this, what the last burst before a quiet spell freed (parked connections' buffers)
+/// would stay resident. The look visits the heap of the worker that runs it, which with
+/// `--concurrency 1` is the whole proxy's. One call a second costs nothing measurable.
 fn give_back_free_pages() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

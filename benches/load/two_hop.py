@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/meshgate"))
     args = ap.parse_args()
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     args.baseline = None  # what bench.start_proxy reads besides --binary
     for tool in ("perf", "oha", "nginx", "taskset"):
         if not shutil.which(tool):
