@@ -78,6 +78,22 @@ pub fn purge_delay() -> std::ffi::c_long {
 mod tests {
     use super::*;
 
+    /// Runs the test `name` of this binary alone in a child process, with `MIMALLOC_PURGE_DELAY`
+    /// set to `delay` or unset: the child's allocator reads its environment as it starts, and
+    /// no other test's thread runs beside it. Whether the child passed.
+    fn in_child(name: &str, delay: Option<&str>) -> bool {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = std::process::Command::new(exe);
+        child
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env("MESHGATE_ALLOC_CHILD", "1");
+        match delay {
+            Some(d) => child.env("MIMALLOC_PURGE_DELAY", d),
+            None => child.env_remove("MIMALLOC_PURGE_DELAY"),
+        };
+        child.status().unwrap().success()
+    }
+
     /// The index names the purge delay: a value given in the environment, by the option's
     /// name, is the value read at the index. Run in a child process, whose allocator reads the
     /// environment as it starts.
@@ -90,14 +106,10 @@ mod tests {
             assert_eq!(purge_delay(), 777);
             return;
         }
-        let exe = std::env::current_exe().unwrap();
-        let status = std::process::Command::new(exe)
-            .args(["--exact", "tests::purge_delay_is_option_15", "--nocapture"])
-            .env("MESHGATE_ALLOC_CHILD", "1")
-            .env("MIMALLOC_PURGE_DELAY", "777")
-            .status()
-            .unwrap();
-        assert!(status.success(), "the child saw another option at index 15");
+        assert!(
+            in_child("tests::purge_delay_is_option_15", Some("777")),
+            "the child saw another option at index 15"
+        );
     }
 
     /// Without the environment's word, the delay goes from mimalloc's default to ours. In a
@@ -110,18 +122,10 @@ mod tests {
             assert_eq!(purge_delay(), PURGE_DELAY_MS);
             return;
         }
-        let exe = std::env::current_exe().unwrap();
-        let status = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "tests::without_the_environment_the_delay_becomes_ours",
-                "--nocapture",
-            ])
-            .env("MESHGATE_ALLOC_CHILD", "1")
-            .env_remove("MIMALLOC_PURGE_DELAY")
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(in_child(
+            "tests::without_the_environment_the_delay_becomes_ours",
+            None
+        ));
     }
 
     /// The test binary allocates through mimalloc too, so that `collect` has pages to give back.
@@ -164,18 +168,9 @@ mod tests {
             assert!(after < before - added / 2, "collect gave back too little");
             return;
         }
-        let exe = std::env::current_exe().unwrap();
-        let status = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "tests::collect_gives_back_pages_past_the_delay",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("MESHGATE_ALLOC_CHILD", "1")
-            .env_remove("MIMALLOC_PURGE_DELAY")
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(in_child(
+            "tests::collect_gives_back_pages_past_the_delay",
+            None
+        ));
     }
 }
