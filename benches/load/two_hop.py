@@ -6,8 +6,9 @@ One hop is bench.py's keep-alive load (oha -> mTLS -> gateway -> backend); two h
 outbound listener in front of it (oha -> plaintext -> source proxy -> ISTIO_MUTUAL -> gateway
 -> backend). As in bench.py, every proxy is pinned to core 0 and oha and the backend to core 1,
 so in two hops the two proxies share a core: a row gives the gateway's own figures in both
-loads, which shows what sharing the core costs it, apart from what the source proxy's own
-work costs.
+loads, which shows what sharing the core costs it. A last run moves the gateway to core 1 (beside
+oha and the backend) and counts the source proxy with core 0 to itself: its own work, without
+the gateway's turns.
 
     python3 benches/load/two_hop.py [--rounds 3] [--duration 5] [--connections 64]
         [--binary target/release/meshgate]
@@ -86,7 +87,21 @@ def one_round(args, work, tls):
             [bench.family(gateway.pid), bench.family(source.pid)], work,
             lambda: bench.oha(bench.OUTBOUND_PORT, args.duration, args.connections),
         )
-        return {"one hop: gateway": alone, "two hops: gateway": behind, "two hops: source proxy": front}
+        # The source proxy with core 0 to itself: the gateway joins oha and the backend on
+        # core 1, so that the source proxy's own work is counted without the gateway's turns.
+        for pid in bench.family(gateway.pid):
+            subprocess.run(["taskset", "-a", "-pc", "1", str(pid)], check=True, stdout=subprocess.DEVNULL)
+        bench.oha(bench.OUTBOUND_PORT, 1, args.connections)
+        [own] = per_request(
+            [bench.family(source.pid)], work,
+            lambda: bench.oha(bench.OUTBOUND_PORT, args.duration, args.connections),
+        )
+        return {
+            "one hop: gateway": alone,
+            "two hops: gateway": behind,
+            "two hops: source proxy": front,
+            "two hops, gateway moved to core 1: source proxy": own,
+        }
     finally:
         if source:
             bench.stop(source)
@@ -142,6 +157,11 @@ def report(rounds, args):
     shared = [r["two hops: gateway"]["cpu_us"] / r["one hop: gateway"]["cpu_us"] for r in rounds]
     print(f"\ntwo hops / one hop, per round: {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
     print(f"the gateway's CPU per request behind the source proxy / alone: {statistics.median(shared):.2f} [{min(shared):.2f}-{max(shared):.2f}]")
+    own = [
+        (r["two hops, gateway moved to core 1: source proxy"]["cpu_us"] + r["one hop: gateway"]["cpu_us"]) / r["one hop: gateway"]["cpu_us"]
+        for r in rounds
+    ]
+    print(f"each proxy with core 0 to itself (the source proxy alone plus the gateway alone) / one hop: {statistics.median(own):.2f} [{min(own):.2f}-{max(own):.2f}]")
 
 
 if __name__ == "__main__":
