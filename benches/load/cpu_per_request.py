@@ -8,7 +8,7 @@ TLS 1.3 with a client certificate, the peers configured as there). Each round ru
 proxy once, in turn; the table gives the median [range] over the rounds and the median of
 each round's own ratio of meshgate against the better peer.
 
-    python3 benches/load/cpu_per_request.py [--load keepalive|h2|handshake|resumed]
+    python3 benches/load/cpu_per_request.py [--load keepalive|steady|h2|handshake|resumed]
         [--key-type ecdsa|rsa] [--rounds 3] [--duration 5] [--proxies meshgate,haproxy,nginx]
         [--baseline OLD_BINARY --proxies meshgate,baseline]
 
@@ -75,7 +75,7 @@ def run(name, args, work, tls):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--load", choices=("keepalive", "h2", "handshake", "resumed"), default="keepalive")
+    ap.add_argument("--load", choices=("keepalive", "steady", "h2", "handshake", "resumed"), default="keepalive")
     ap.add_argument("--key-type", choices=("ecdsa", "rsa"), default="ecdsa")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
