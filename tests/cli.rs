@@ -1216,6 +1216,16 @@ async fn probe_exits_zero_only_on_a_200() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stdout).ends_with(": 404\n"));
     drop(proxy);
+    // The admin listener closes when the runtime drops its task; a connection made before
+    // that lands in the listener's backlog and is reset instead of refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(admin).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let closed = probe("/ready".into()).await.unwrap();
     assert!(!closed.status.success());
     assert!(text(&closed).contains("connect"), "{}", text(&closed));
