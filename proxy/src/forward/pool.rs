@@ -821,9 +821,7 @@ impl Endpoint {
         }
         None
     }
-}
 
-impl Endpoint {
     /// The most recently used idle connection of meshgate's own client still open and fresh.
     /// Checked outside the lock, which other workers take.
     fn take_own(&self, idle_timeout: Duration) -> Option<OwnIdle> {
