@@ -328,7 +328,7 @@ impl HopByHop {
     /// `name`'s bit: its position in `HOP_BY_HOP`. A match on the spelling rather than a
     /// search of the array: it runs for every field of every request, and each use of the
     /// `const` array builds its six names and drops them again.
-    fn bit(name: &HeaderName) -> u8 {
+    pub(crate) fn bit(name: &HeaderName) -> u8 {
         match name.as_str() {
             "connection" => 1,
             "keep-alive" => 1 << 1,
@@ -357,6 +357,22 @@ impl HopByHop {
         HOP_BY_HOP
             .iter()
             .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+    }
+
+    /// The fields a response's `Connection` value nominates for removal, but for the
+    /// hop-by-hop ones (removed anyway): none from a value that is not visible ASCII, as
+    /// `HeaderValue::to_str` reads it, nor from a token that is not a field name.
+    pub(crate) fn nominated(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+        let text = value
+            .iter()
+            .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+            .then(|| std::str::from_utf8(value).ok())
+            .flatten()
+            .unwrap_or_default();
+        text.split(',')
+            .map(str::trim)
+            .filter(|n| !Self::names(n))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
     }
 
     /// Removes every one the head held.

@@ -25,6 +25,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::connect::UpstreamStream;
+use crate::head::HopByHop;
 
 /// The most bytes a response head may take, status line and fields: Envoy's default for
 /// `max_response_headers_kb` (60 KiB). The same bound holds for a chunked body's trailers.
@@ -157,7 +158,9 @@ impl Conn {
     }
 
     /// Reads the response to a request with `method`: its head, with the body to read on from
-    /// the connection. Informational (1xx) responses are passed over.
+    /// the connection. Informational (1xx) responses are passed over. The head comes without
+    /// its hop-by-hop fields and those its `Connection` names, as `forward::remove_hop_by_hop`
+    /// would leave it, in the upstream's order.
     pub async fn read_response(mut self, method: &Method) -> Result<Response<Body>, Error> {
         let mut any = false;
         loop {
@@ -264,6 +267,8 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
     let mut chunked = None;
     // `close` wins wherever it stands; HTTP/1.0 keeps a connection only when asked to.
     let (mut close, mut keep) = (false, false);
+    // Whether a `Connection` value names fields to remove besides the hop-by-hop ones.
+    let mut nominates = false;
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Error::Malformed("field name"))?;
@@ -301,8 +306,21 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+            nominates |= HopByHop::nominated(field.value).next().is_some();
         }
-        headers.append(name, value);
+        // The hop-by-hop fields describe this connection only, and are not passed on.
+        if HopByHop::bit(&name) == 0 {
+            headers.append(name, value);
+        }
+    }
+    if nominates {
+        for field in response.headers.iter() {
+            if field.name.eq_ignore_ascii_case("connection") {
+                for name in HopByHop::nominated(field.value) {
+                    headers.remove(name);
+                }
+            }
+        }
     }
     let framing = match (chunked, length) {
         // Either could be the smuggler's; the response is refused (RFC 9112 6.3, 3).

@@ -179,7 +179,10 @@ pub fn forward<'a>(
             }
             _ => finish(result)?,
         };
-        remove_hop_by_hop(response.headers_mut());
+        // meshgate's own client leaves them out as it reads the head.
+        if !response.body().hop_by_hop_removed() {
+            remove_hop_by_hop(response.headers_mut());
+        }
         if let Some(cookie) = key.set_cookie {
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -625,7 +628,7 @@ fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAnd
 
 /// Drops from a response the headers that describe one hop (RFC 9110 7.6.1), and those its
 /// Connection header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let found = HopByHop::scan(headers);
     if found.is_empty() {
         return;
@@ -635,11 +638,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|n| !HopByHop::names(n))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .flat_map(|v| HopByHop::nominated(v.as_bytes()))
             .collect();
         for name in named {
             headers.remove(name);

@@ -652,44 +652,52 @@ impl UpstreamBackend {
     /// A pooled connection that ends before a byte of the response (the upstream closed it
     /// while idle, as the request went out) fails the try, as with hyper's client and in
     /// Envoy: the route's retry policy decides (`reset`), never a resend behind its back.
-    async fn send_own(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    ///
+    /// An async block rather than an `async fn`, which would keep the request twice (see
+    /// `route_and_forward`); connecting is boxed, as in `open_http1`, so that the state of a
+    /// connect and its TLS handshake is not in every request's future.
+    // Not an `async fn` on purpose (above).
+    #[allow(clippy::manual_async_fn)]
+    fn send_own<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         req: Request<RequestBody>,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<Response<PooledBody>, Failed> {
-        let method = req.method().clone();
-        loop {
-            let (mut conn, used, reused) = match endpoint.take_own(self.idle_timeout) {
-                Some(idle) => (idle.conn, idle.used, true),
-                None => {
-                    let io = match self.connect(endpoint).await {
-                        Ok(io) => io,
-                        Err(e) => return Err(Failed::unsent(e, req)),
-                    };
-                    self.start_sweeper(endpoint);
-                    // An idle connection of hyper's client may make room for this one.
-                    self.make_room(endpoint, &endpoint.idle);
-                    (h1::Conn::new(io), 0, false)
+    ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + Send + 'a {
+        async move {
+            let method = req.method().clone();
+            loop {
+                let (mut conn, used, reused) = match endpoint.take_own(self.idle_timeout) {
+                    Some(idle) => (idle.conn, idle.used, true),
+                    None => {
+                        let io = match Box::pin(self.connect(endpoint)).await {
+                            Ok(io) => io,
+                            Err(e) => return Err(Failed::unsent(e, req)),
+                        };
+                        self.start_sweeper(endpoint);
+                        // An idle connection of hyper's client may make room for this one.
+                        self.make_room(endpoint, &endpoint.idle);
+                        (h1::Conn::new(io), 0, false)
+                    }
+                };
+                if let Err(e) = conn.write_head(&req).await {
+                    if reused {
+                        continue;
+                    }
+                    // Not all of the head was written: the upstream cannot have acted on it.
+                    let e = ForwardError::Upstream(h1::Error::Io(e).into());
+                    return Err(Failed::unsent(e, req));
                 }
-            };
-            if let Err(e) = conn.write_head(&req).await {
-                if reused {
-                    continue;
+                match conn.read_response(&method).await {
+                    Ok(response) => {
+                        return Ok(self.lease(
+                            response.map(Inner::Own),
+                            endpoint,
+                            Lease1::new(Held::Own, used, permit),
+                        ))
+                    }
+                    Err(e) => return Err(Failed::sent(ForwardError::Upstream(e.into()))),
                 }
-                // Not all of the head was written: the upstream cannot have acted on it.
-                let e = ForwardError::Upstream(h1::Error::Io(e).into());
-                return Err(Failed::unsent(e, req));
-            }
-            match conn.read_response(&method).await {
-                Ok(response) => {
-                    return Ok(self.lease(
-                        response.map(Inner::Own),
-                        endpoint,
-                        Lease1::new(Held::Own, used, permit),
-                    ))
-                }
-                Err(e) => return Err(Failed::sent(ForwardError::Upstream(e.into()))),
             }
         }
     }
@@ -934,6 +942,12 @@ enum Inner {
 }
 
 impl PooledBody {
+    /// Whether the head came without its hop-by-hop fields: meshgate's own client leaves
+    /// them out as it reads it.
+    pub(crate) fn hop_by_hop_removed(&self) -> bool {
+        matches!(self.body, Inner::Own(_))
+    }
+
     /// The body of a response on a connection that is not pooled.
     pub(crate) fn unpooled(body: Incoming) -> Self {
         Self {

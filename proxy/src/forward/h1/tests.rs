@@ -131,6 +131,63 @@ async fn the_head_goes_in_origin_form_with_its_fields_and_no_transfer_encoding()
     assert_eq!(read.response.status(), StatusCode::NO_CONTENT);
 }
 
+/// The head as `forward::remove_hop_by_hop` leaves what hyper's client reads: the same fields,
+/// but in the upstream's order rather than reshuffled by removals.
+#[tokio::test]
+async fn the_head_comes_without_hop_by_hop_fields_and_what_connection_names() {
+    let head: &'static [u8] = b"HTTP/1.1 200 OK\r\n\
+        Content-Type: text/plain\r\n\
+        Connection: keep-alive, X-Private, close-ish\r\n\
+        X-Private: 1\r\n\
+        Keep-Alive: timeout=5\r\n\
+        Proxy-Connection: keep-alive\r\n\
+        Upgrade: h2c\r\n\
+        TE: trailers\r\n\
+        x-kept: 1\r\n\
+        Connection: Close-Ish\r\n\
+        close-ish: gone\r\n\
+        x-private: 2\r\n\
+        Transfer-Encoding: chunked\r\n\
+        x-kept: 2\r\n\
+        \r\n0\r\n\r\n";
+    let read = exchange(get("/"), vec![head], After::Close).await.unwrap();
+    let fields: Vec<(&str, &str)> = read
+        .response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("content-type", "text/plain"),
+            ("x-kept", "1"),
+            ("x-kept", "2")
+        ]
+    );
+    // The same head, read by hyper's rules and cleaned as responses from hyper's client are.
+    let mut parsed = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut parsed);
+    response.parse(head).unwrap();
+    let mut theirs = HeaderMap::new();
+    for f in response.headers.iter() {
+        theirs.append(
+            HeaderName::from_bytes(f.name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(f.value).unwrap(),
+        );
+    }
+    crate::forward::remove_hop_by_hop(&mut theirs);
+    assert_eq!(read.response.headers(), &theirs);
+
+    // A `Connection` value that is not visible ASCII names nothing, in both.
+    let read = kept(vec![
+        b"HTTP/1.1 204 No Content\r\nConnection: x-a, \xc3\xa9\r\nx-a: 1\r\n\r\n",
+    ])
+    .await;
+    assert_eq!(read.response.headers()["x-a"], "1");
+    assert_eq!(read.response.headers().len(), 1);
+}
+
 #[tokio::test]
 async fn a_content_length_body_arrives_whole_and_its_connection_carries_the_next_request() {
     let (tcp, mut seen) = upstream(
