@@ -352,11 +352,25 @@ impl HopByHop {
             .is_some_and(|i| self.0 & (1 << i) != 0)
     }
 
-    /// Whether `token` (as a Connection header nominates it) is one of `HOP_BY_HOP`.
-    pub(crate) fn names(token: &str) -> bool {
-        HOP_BY_HOP
-            .iter()
-            .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+    /// Whether `token` (as a Connection header nominates it) is one of `HOP_BY_HOP`, in any
+    /// case. Spelled out, as `bit`.
+    pub(crate) fn names(token: &[u8]) -> bool {
+        // As long as the longest, `transfer-encoding`.
+        let mut lower = [0u8; 17];
+        let Some(lower) = lower.get_mut(..token.len()) else {
+            return false;
+        };
+        lower.copy_from_slice(token);
+        lower.make_ascii_lowercase();
+        matches!(
+            &*lower,
+            b"connection"
+                | b"keep-alive"
+                | b"proxy-connection"
+                | b"transfer-encoding"
+                | b"upgrade"
+                | b"te"
+        )
     }
 
     /// The fields a response's `Connection` value nominates for removal, but for the
@@ -371,7 +385,7 @@ impl HopByHop {
             .unwrap_or_default();
         text.split(',')
             .map(str::trim)
-            .filter(|n| !Self::names(n))
+            .filter(|n| !Self::names(n.as_bytes()))
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
     }
 

@@ -305,8 +305,10 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
                 let token = token.trim_ascii();
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep |= token.eq_ignore_ascii_case(b"keep-alive");
+                // Whatever else it names is looked at again below (`close` too: a field of
+                // that name is not passed on either).
+                nominates |= !token.is_empty() && !HopByHop::names(token);
             }
-            nominates |= HopByHop::nominated(field.value).next().is_some();
         }
         // The hop-by-hop fields describe this connection only, and are not passed on.
         if HopByHop::bit(&name) == 0 {

@@ -287,3 +287,29 @@ fn hop_by_hop_bits_follow_the_list() {
     assert_eq!(HopByHop::bit(&HeaderName::from_static("x-connection")), 0);
     assert_eq!(HopByHop::bit(&http::header::CONTENT_LENGTH), 0);
 }
+
+/// A Connection token names one of `HOP_BY_HOP` in any case, and nothing else does.
+#[test]
+fn connection_tokens_name_the_hop_by_hop_fields_in_any_case() {
+    for name in &HOP_BY_HOP {
+        assert!(HopByHop::names(name.as_str().as_bytes()), "{name}");
+        assert!(
+            HopByHop::names(name.as_str().to_uppercase().as_bytes()),
+            "{name}"
+        );
+    }
+    for other in [
+        "",
+        "close",
+        "x-private",
+        "tes",
+        "transfer-encodings",
+        "keep alive",
+    ] {
+        assert!(!HopByHop::names(other.as_bytes()), "{other}");
+    }
+    let nominated: Vec<HeaderName> =
+        HopByHop::nominated(b"keep-alive, X-Private, close, Upgrade").collect();
+    assert_eq!(nominated, ["x-private", "close"]);
+    assert_eq!(HopByHop::nominated(b"x-a, \xc3\xa9").count(), 0);
+}
