@@ -263,8 +263,15 @@ where
     // stream's future would be sized for it and moved whole when it starts (memmove was 14%
     // of the CPU of HTTP/2 requests when streams were tasks). A box is allocated while a
     // request is served, and its future moved once.
-    let service =
-        hyper::service::service_fn(move |req| Box::pin(handle_request(conn.clone(), req)));
+    //
+    // The box is allocated before the future is made, so that the future is made in it: with
+    // `Box::pin(handle_request(..))` it was made on the stack and moved whole into the box.
+    let service = hyper::service::service_fn(move |req| {
+        Box::into_pin(Box::write(
+            Box::new_uninit(),
+            handle_request(conn.clone(), req),
+        ))
+    });
     runtime
         .http
         .serve(io, version, service, activity, watch)

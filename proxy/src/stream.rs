@@ -336,7 +336,8 @@ where
         let clock = Arc::new(StreamClock::default());
         let timeout = self.stream_idle_timeout;
         let listed = timeout.is_some() && CONNECTION.try_with(|s| s.add(&clock)).is_ok();
-        let run = STREAM.scope(clock.clone(), async move {
+        let stream_clock = clock.clone();
+        let run = async move {
             let Some(timeout) = timeout else {
                 return stream.await;
             };
@@ -354,14 +355,19 @@ where
                     tracing::debug!("stream idle timeout: resetting the stream");
                 }
             }
-        });
-        let mut run = Some(run);
+        };
+        // A panic ends its stream only (hyper resets it), as in a task of its own. The box is
+        // allocated first and the future made in it, rather than made and then moved in.
+        let run = Box::into_pin(Box::write(
+            Box::new_uninit(),
+            AssertUnwindSafe(STREAM.scope(stream_clock, run))
+                .catch_unwind()
+                .map(drop),
+        ));
+        let mut run: Option<StreamTask> = Some(run);
         let _ = CONNECTION.try_with(|s| {
             if let Some(run) = run.take() {
-                // A panic ends its stream only (hyper resets it), as in a task of its own.
-                if let Err(stream) =
-                    s.start(Box::pin(AssertUnwindSafe(run).catch_unwind().map(drop)))
-                {
+                if let Err(stream) = s.start(run) {
                     tokio::spawn(stream);
                 }
             }
