@@ -69,6 +69,21 @@ fn authorities_are_made_canonical_or_refused() {
     assert!(matches!(canonical("a.b:443"), Ok(Cow::Borrowed(_))));
 }
 
+/// Every ASCII byte inside a host: letters (lowercased), digits and `-._~` are kept, all
+/// else refused, as RFC 3986's registered names without percent-encoding.
+#[test]
+fn each_ascii_byte_of_a_host_is_kept_lowercased_or_refused() {
+    for c in (0u8..0x80).map(char::from) {
+        let host = format!("a{c}b");
+        let kept = c.is_ascii_alphanumeric() || "-._~".contains(c);
+        let want = format!("a{}b", c.to_ascii_lowercase());
+        match canonical(&host) {
+            Ok(got) => assert!(kept && got == want, "{host:?} became {got:?}"),
+            Err(e) => assert!(!kept && e == HeadError::BadAuthority, "{host:?}: {e:?}"),
+        }
+    }
+}
+
 #[test]
 fn an_absolute_form_target_replaces_host() {
     let mut req = request(
