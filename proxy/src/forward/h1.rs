@@ -232,6 +232,10 @@ struct Head {
     framing: Framing,
 }
 
+/// The fields a response's map has room for at least: a request's usual dozen and the tags
+/// (`tag.rs`) besides.
+const RECYCLED_FIELDS: usize = 24;
+
 /// The response head at the start of `buf` and its length, or `None` while it is incomplete.
 fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
     if buf.is_empty() {
@@ -262,7 +266,10 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
     // buffer stays its own, to be read into again.
     let start = buf.as_ptr() as usize;
     let head = Bytes::copy_from_slice(buf.get(..used).unwrap_or_default());
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    // Room for more than the response: hyper's HTTP/1.1 server keeps the map of the response
+    // it wrote, emptied, for the next request's head on the connection, to which meshgate then
+    // adds its tags. Sized for the response alone, that map grew (a rehash) every request.
+    let mut headers = HeaderMap::with_capacity(response.headers.len().max(RECYCLED_FIELDS));
     let mut length: Option<u64> = None;
     let mut chunked = None;
     // `close` wins wherever it stands; HTTP/1.0 keeps a connection only when asked to.
