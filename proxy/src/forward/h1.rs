@@ -63,7 +63,15 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written; its room is kept for the next one.
     out: Vec<u8>,
+    /// The field names of the last response head, in its order.
+    names: Names,
 }
+
+/// A response's field names as they came (the bytes) and as parsed, by position: a backend
+/// sends the same fields in the same order response after response, and comparing the bytes
+/// costs less than parsing a name again (lowercasing, looking for a standard name, and for
+/// another name an allocation).
+type Names = Vec<(Box<[u8]>, HeaderName)>;
 
 /// How a response's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +106,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            names: Vec::new(),
         }
     }
 
@@ -164,7 +173,7 @@ impl Conn {
     pub async fn read_response(mut self, method: &Method) -> Result<Response<Body>, Error> {
         let mut any = false;
         loop {
-            if let Some((head, used)) = parse_head(&self.buf)? {
+            if let Some((head, used)) = parse_head(&self.buf, &mut self.names)? {
                 self.buf.advance(used);
                 let Head {
                     status,
@@ -237,7 +246,7 @@ struct Head {
 const RECYCLED_FIELDS: usize = 24;
 
 /// The response head at the start of `buf` and its length, or `None` while it is incomplete.
-fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
+fn parse_head(buf: &BytesMut, names: &mut Names) -> Result<Option<(Head, usize)>, Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -276,9 +285,24 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Head, usize)>, Error> {
     let (mut close, mut keep) = (false, false);
     // Whether a `Connection` value names fields to remove besides the hop-by-hop ones.
     let mut nominates = false;
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Error::Malformed("field name"))?;
+    for (i, field) in response.headers.iter().enumerate() {
+        let name = match names.get(i) {
+            Some((raw, name)) if **raw == *field.name.as_bytes() => name.clone(),
+            _ => {
+                let name = HeaderName::from_bytes(field.name.as_bytes())
+                    .map_err(|_| Error::Malformed("field name"))?;
+                // Standard names are at most 32 bytes; longer ones are parsed each time, so
+                // that what a connection keeps stays small whatever its upstream sends.
+                if field.name.len() <= 32 {
+                    let parsed = (Box::from(field.name.as_bytes()), name.clone());
+                    match names.get_mut(i) {
+                        Some(slot) => *slot = parsed,
+                        None => names.push(parsed),
+                    }
+                }
+                name
+            }
+        };
         let from = (field.value.as_ptr() as usize).saturating_sub(start);
         let value = head
             .get(from..from.saturating_add(field.value.len()))

@@ -221,6 +221,43 @@ async fn a_content_length_body_arrives_whole_and_its_connection_carries_the_next
     assert!(seen.recv().await.unwrap().starts_with(b"GET /two "));
 }
 
+/// Each response on a connection is read for its own names, whether they repeat the last
+/// response's, move, change case or are new: the names kept from one response to the next
+/// are reused only for the same bytes at the same place.
+#[tokio::test]
+async fn each_response_on_a_connection_has_its_own_names() {
+    let long = "x-".to_string() + &"n".repeat(40);
+    let third = format!("HTTP/1.1 200 OK\r\nX-B: 3\r\n{long}: 4\r\nContent-Length: 0\r\n\r\n");
+    let responses: Vec<&'static [u8]> = vec![
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-B: 2\r\nx-a: 2\r\ncontent-length: 0\r\n\r\n",
+        leak(third.clone()),
+        leak(third),
+    ];
+    let (tcp, _) = upstream(responses.iter().map(|r| vec![*r]).collect(), After::Stay).await;
+    let mut conn = Conn::new(Either::Left(tcp));
+    let want: [&[(&str, &str)]; 5] = [
+        &[("x-a", "1"), ("content-length", "0")],
+        &[("x-a", "1"), ("content-length", "0")],
+        &[("x-b", "2"), ("x-a", "2"), ("content-length", "0")],
+        &[("x-b", "3"), (&long, "4"), ("content-length", "0")],
+        &[("x-b", "3"), (&long, "4"), ("content-length", "0")],
+    ];
+    for want in want {
+        conn.write_head(&get("/")).await.unwrap();
+        let mut read = read(conn, &Method::GET).await.unwrap();
+        let fields: Vec<(&str, &str)> = read
+            .response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(fields, want);
+        conn = read.body.reusable().expect("kept for the next request");
+    }
+}
+
 #[tokio::test]
 async fn a_chunked_body_with_extensions_and_trailers_split_anywhere() {
     let mut read = kept(vec![
