@@ -2,7 +2,6 @@
 //! label of the authority) whatever the number of VirtualServices.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Serialize;
 
@@ -13,38 +12,12 @@ use super::{HostMatcher, VirtualHost};
 pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
     #[serde(skip)]
-    exact: HashMap<Box<str>, usize, Fnv>,
+    exact: HashMap<Box<str>, usize>,
     /// `*.example.com` kept as `.example.com`.
     #[serde(skip)]
-    suffix: HashMap<Box<str>, usize, Fnv>,
+    suffix: HashMap<Box<str>, usize>,
     #[serde(skip)]
     any: Option<usize>,
-}
-
-/// FNV-1a over a host's bytes: hosts are a few dozen bytes, where SipHash's rounds cost more
-/// than the lookup. Only the configuration's hosts are inserted; a request's host is looked up
-/// and cannot lengthen a probe sequence, so a keyed hash buys nothing here.
-type Fnv = BuildHasherDefault<Fnv1a>;
-
-#[derive(Debug, Clone, Copy)]
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 impl RouteTable {
@@ -135,19 +108,6 @@ mod tests {
                 .collect(),
             routes: Vec::new(),
         }
-    }
-
-    #[test]
-    fn the_host_hash_is_fnv_1a() {
-        let hash = |text: &str| {
-            let mut h = Fnv1a::default();
-            h.write(text.as_bytes());
-            h.finish()
-        };
-        // The FNV reference vectors (64-bit FNV-1a).
-        assert_eq!(hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(hash("a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(hash("foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]
