@@ -25,7 +25,7 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use libfuzzer_sys::fuzz_target;
-use meshgate_proxy::fuzzing::{h1_conn, remove_hop_by_hop};
+use meshgate_proxy::fuzzing::h1_conn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -68,6 +68,35 @@ impl Read {
             fields: fields(&parts.headers),
             body,
             trailers: trailers.as_ref().map(fields),
+        }
+    }
+}
+
+/// What meshgate passes on of a response head, written here apart from the proxy's code: no
+/// hop-by-hop field (RFC 9110 7.6.1), and none that a `Connection` token names.
+fn remove_hop_by_hop(map: &mut HeaderMap) {
+    const HOP_BY_HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ];
+    let named: Vec<String> = map
+        .get_all("connection")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let fields: Vec<(http::HeaderName, http::HeaderValue)> =
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    map.clear();
+    for (name, value) in fields {
+        let name_text = name.as_str();
+        if !HOP_BY_HOP.contains(&name_text) && !named.iter().any(|n| n == name_text) {
+            map.append(name, value);
         }
     }
 }

@@ -396,20 +396,15 @@ impl HopByHop {
         )
     }
 
-    /// The fields a response's `Connection` value nominates for removal, but for the
-    /// hop-by-hop ones (removed anyway): none from a value that is not visible ASCII, as
-    /// `HeaderValue::to_str` reads it, nor from a token that is not a field name.
+    /// The fields a response's `Connection` value nominates for removal (RFC 9110 7.6.1), but
+    /// the hop-by-hop ones (removed anyway): each comma-separated token that is a field name,
+    /// whatever the other tokens hold.
     pub(crate) fn nominated(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
-        let text = value
-            .iter()
-            .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
-            .then(|| std::str::from_utf8(value).ok())
-            .flatten()
-            .unwrap_or_default();
-        text.split(',')
-            .map(str::trim)
-            .filter(|n| !Self::names(n.as_bytes()))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        value
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|n| !Self::names(n))
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
     }
 
     /// Removes every one the head held.

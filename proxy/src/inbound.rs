@@ -264,8 +264,8 @@ where
     // of the CPU of HTTP/2 requests when streams were tasks). A box is allocated while a
     // request is served, and its future moved once.
     //
-    // The box is allocated before the future is made, so that the future is made in it: with
-    // `Box::pin(handle_request(..))` it was made on the stack and moved whole into the box.
+    // The box is allocated before the future is made, which lets the optimiser make the future
+    // in it: with `Box::pin(handle_request(..))` it was made on the stack and copied whole.
     let service = hyper::service::service_fn(move |req| {
         Box::into_pin(Box::write(
             Box::new_uninit(),

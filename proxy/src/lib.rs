@@ -68,7 +68,6 @@ pub use server::{start, BoundListener, Running, StartError};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::forward::h1::{Body as H1Body, Conn as H1Conn, Error as H1Error};
-    pub use crate::forward::remove_hop_by_hop;
     pub use crate::head::{canonical, canonicalize, HeadError};
     pub use crate::proxy_protocol::{header, read, Header};
 

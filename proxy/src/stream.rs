@@ -357,7 +357,7 @@ where
             }
         };
         // A panic ends its stream only (hyper resets it), as in a task of its own. The box is
-        // allocated first and the future made in it, rather than made and then moved in.
+        // allocated first, which lets the optimiser make the future in it rather than copy it.
         let run = Box::into_pin(Box::write(
             Box::new_uninit(),
             AssertUnwindSafe(STREAM.scope(stream_clock, run))

@@ -169,7 +169,8 @@ impl Conn {
     /// Reads the response to a request with `method`: its head, with the body to read on from
     /// the connection. Informational (1xx) responses are passed over. The head comes without
     /// its hop-by-hop fields and those its `Connection` names, as `forward::remove_hop_by_hop`
-    /// would leave it, in the upstream's order.
+    /// would leave it, the other fields in the upstream's order (each name's values together,
+    /// as in any `HeaderMap`).
     pub async fn read_response(mut self, method: &Method) -> Result<Response<Body>, Error> {
         let mut any = false;
         loop {
@@ -241,6 +242,35 @@ struct Head {
     framing: Framing,
 }
 
+/// `headers` without the fields a `Connection` of `fields` names, the others in their order.
+/// Rare: built anew rather than removed from, as a removal moves the last field into the
+/// removed one's place.
+fn without_nominated(headers: HeaderMap, fields: &[httparse::Header<'_>]) -> HeaderMap {
+    let named: Vec<HeaderName> = fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|f| HopByHop::nominated(f.value))
+        .collect();
+    if named.is_empty() {
+        return headers;
+    }
+    let mut kept = HeaderMap::with_capacity(headers.len().max(RECYCLED_FIELDS));
+    let mut current: Option<HeaderName> = None;
+    // Each name comes once, before its values.
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        if let Some(name) = current.as_ref().filter(|n| !named.contains(n)) {
+            kept.append(name.clone(), value);
+        }
+    }
+    kept
+}
+
+/// How many places of a response's field names a connection keeps (`Names`).
+const KEPT_NAMES: usize = 16;
+
 /// The fields a response's map has room for at least: a request's usual dozen and the tags
 /// (`tag.rs`) besides.
 const RECYCLED_FIELDS: usize = 24;
@@ -291,9 +321,10 @@ fn parse_head(buf: &BytesMut, names: &mut Names) -> Result<Option<(Head, usize)>
             _ => {
                 let name = HeaderName::from_bytes(field.name.as_bytes())
                     .map_err(|_| Error::Malformed("field name"))?;
-                // Standard names are at most 32 bytes; longer ones are parsed each time, so
-                // that what a connection keeps stays small whatever its upstream sends.
-                if field.name.len() <= 32 {
+                // Only the first `KEPT_NAMES` places, and names of at most 32 bytes (every
+                // standard one), so that what a connection keeps stays small whatever its
+                // upstream sends.
+                if i < KEPT_NAMES && field.name.len() <= 32 {
                     let parsed = (Box::from(field.name.as_bytes()), name.clone());
                     match names.get_mut(i) {
                         Some(slot) => *slot = parsed,
@@ -346,14 +377,9 @@ fn parse_head(buf: &BytesMut, names: &mut Names) -> Result<Option<(Head, usize)>
             headers.append(name, value);
         }
     }
+    names.truncate(response.headers.len().min(KEPT_NAMES));
     if nominates {
-        for field in response.headers.iter() {
-            if field.name.eq_ignore_ascii_case("connection") {
-                for name in HopByHop::nominated(field.value) {
-                    headers.remove(name);
-                }
-            }
-        }
+        headers = without_nominated(headers, response.headers);
     }
     let framing = match (chunked, length) {
         // Either could be the smuggler's; the response is refused (RFC 9112 6.3, 3).

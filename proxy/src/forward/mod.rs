@@ -179,10 +179,6 @@ pub fn forward<'a>(
             }
             _ => finish(result)?,
         };
-        // meshgate's own client leaves them out as it reads the head.
-        if !response.body().hop_by_hop_removed() {
-            remove_hop_by_hop(response.headers_mut());
-        }
         if let Some(cookie) = key.set_cookie {
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -628,7 +624,7 @@ fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAnd
 
 /// Drops from a response the headers that describe one hop (RFC 9110 7.6.1), and those its
 /// Connection header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let found = HopByHop::scan(headers);
     if found.is_empty() {
         return;

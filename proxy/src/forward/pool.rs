@@ -405,6 +405,11 @@ impl UpstreamBackend {
         // Set in place: the response is not moved once more for it.
         if let Ok(response) = &mut result {
             response.body_mut().active = active;
+            // Before anything reads the head (the retry policy, then the client): meshgate's
+            // own client leaves these out as it reads it, hyper's does not.
+            if !response.body().hop_by_hop_removed() {
+                super::remove_hop_by_hop(response.headers_mut());
+            }
         }
         result
     }
