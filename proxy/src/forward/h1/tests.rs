@@ -92,6 +92,14 @@ async fn read(conn: Conn, method: &Method) -> Result<Read, Error> {
     })
 }
 
+/// A head's fields in the map's order, as text.
+fn fields(headers: &HeaderMap) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect()
+}
+
 /// One exchange of `req` with an upstream that answers `pieces`.
 async fn exchange(
     req: Request<()>,
@@ -154,14 +162,8 @@ async fn the_head_comes_without_hop_by_hop_fields_and_what_connection_names() {
         x-last: 1\r\n\
         \r\n0\r\n\r\n";
     let read = exchange(get("/"), vec![head], After::Close).await.unwrap();
-    let fields: Vec<(&str, &str)> = read
-        .response
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-        .collect();
     assert_eq!(
-        fields,
+        fields(read.response.headers()),
         [
             ("content-type", "text/plain"),
             ("x-kept", "1"),
@@ -194,6 +196,39 @@ async fn the_head_comes_without_hop_by_hop_fields_and_what_connection_names() {
     assert_eq!(read.response.headers().len(), 1);
 }
 
+#[tokio::test]
+async fn a_content_length_body_arrives_whole_and_its_connection_carries_the_next_request() {
+    let (tcp, mut seen) = upstream(
+        vec![
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                b"ngth: 11\r\nx-a: 1\r\n\r\nhello",
+                b" world",
+            ],
+            vec![b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"],
+        ],
+        After::Stay,
+    )
+    .await;
+    let mut conn = Conn::new(Either::Left(tcp));
+    conn.write_head(&get("/one")).await.unwrap();
+    let mut first = read(conn, &Method::GET).await.unwrap();
+    assert_eq!(first.response.status(), StatusCode::OK);
+    assert_eq!(first.response.version(), Version::HTTP_11);
+    assert_eq!(first.response.headers()["x-a"], "1");
+    assert_eq!(first.response.headers()["content-length"], "11");
+    assert_eq!(first.data, b"hello world");
+    let mut conn = first.body.reusable().expect("kept for the next request");
+    assert!(!conn.closed());
+    conn.write_head(&get("/two")).await.unwrap();
+    let mut second = read(conn, &Method::GET).await.unwrap();
+    assert_eq!(second.response.status(), StatusCode::CREATED);
+    assert_eq!(second.data, b"ok");
+    assert!(second.body.reusable().is_some());
+    assert!(seen.recv().await.unwrap().starts_with(b"GET /one "));
+    assert!(seen.recv().await.unwrap().starts_with(b"GET /two "));
+}
+
 /// Each response on a connection is read for its own names, whether they repeat the last
 /// response's, move, change case or are new: the names kept from one response to the next
 /// are reused only for the same bytes at the same place.
@@ -220,13 +255,7 @@ async fn each_response_on_a_connection_has_its_own_names() {
     for want in want {
         conn.write_head(&get("/")).await.unwrap();
         let mut read = read(conn, &Method::GET).await.unwrap();
-        let fields: Vec<(&str, &str)> = read
-            .response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-            .collect();
-        assert_eq!(fields, want);
+        assert_eq!(fields(read.response.headers()), want);
         conn = read.body.reusable().expect("kept for the next request");
     }
 }
