@@ -352,13 +352,18 @@ impl HopByHop {
     /// search of the array: it runs for every field of every request, and each use of the
     /// `const` array builds its six names and drops them again.
     pub(crate) fn bit(name: &HeaderName) -> u8 {
-        match name.as_str() {
-            "connection" => 1,
-            "keep-alive" => 1 << 1,
-            "proxy-connection" => 1 << 2,
-            "transfer-encoding" => 1 << 3,
-            "upgrade" => 1 << 4,
-            "te" => 1 << 5,
+        Self::bit_of(name.as_str().as_bytes())
+    }
+
+    /// The bit of a lowercase name, 0 for one not in `HOP_BY_HOP`.
+    fn bit_of(lower: &[u8]) -> u8 {
+        match lower {
+            b"connection" => 1,
+            b"keep-alive" => 1 << 1,
+            b"proxy-connection" => 1 << 2,
+            b"transfer-encoding" => 1 << 3,
+            b"upgrade" => 1 << 4,
+            b"te" => 1 << 5,
             _ => 0,
         }
     }
@@ -369,14 +374,11 @@ impl HopByHop {
 
     /// Whether the head held `name`, one of `HOP_BY_HOP`.
     pub(crate) fn has(self, name: &HeaderName) -> bool {
-        HOP_BY_HOP
-            .iter()
-            .position(|h| h == name)
-            .is_some_and(|i| self.0 & (1 << i) != 0)
+        self.0 & Self::bit(name) != 0
     }
 
     /// Whether `token` (as a Connection header nominates it) is one of `HOP_BY_HOP`, in any
-    /// case. Spelled out, as `bit`.
+    /// case.
     pub(crate) fn names(token: &[u8]) -> bool {
         // As long as the longest, `transfer-encoding`.
         let mut lower = [0u8; 17];
@@ -385,15 +387,7 @@ impl HopByHop {
         };
         lower.copy_from_slice(token);
         lower.make_ascii_lowercase();
-        matches!(
-            &*lower,
-            b"connection"
-                | b"keep-alive"
-                | b"proxy-connection"
-                | b"transfer-encoding"
-                | b"upgrade"
-                | b"te"
-        )
+        Self::bit_of(lower) != 0
     }
 
     /// The fields a response's `Connection` value nominates for removal (RFC 9110 7.6.1), but
