@@ -206,8 +206,11 @@ async fn meshgate(
 ) -> (Result<Read, String>, bool) {
     let (tcp, mut upstream) = connect(bytes, cut, close).await;
     let mut conn = h1_conn(tcp);
-    conn.write_head(&request(method)).await.unwrap();
-    let result = match conn.read_response(method).await {
+    let mut req = request(method);
+    conn.write_head(&req).await.unwrap();
+    // The request's map takes the response, as in the pool.
+    let room = std::mem::take(req.headers_mut());
+    let result = match conn.read_response(method, room).await {
         Ok(response) => {
             let (parts, mut body) = response.into_parts();
             let read = whole(&mut body)

@@ -171,10 +171,18 @@ impl Conn {
     /// its hop-by-hop fields and those its `Connection` names, as `forward::remove_hop_by_hop`
     /// would leave it, the other fields in the upstream's order (each name's values together,
     /// as in any `HeaderMap`).
-    pub async fn read_response(mut self, method: &Method) -> Result<Response<Body>, Error> {
+    ///
+    /// The fields go into `room`, emptied first: the map of the request just sent, whose
+    /// allocation the response then reuses (and hyper's server after it, for the next request
+    /// on the downstream connection).
+    pub async fn read_response(
+        mut self,
+        method: &Method,
+        mut room: HeaderMap,
+    ) -> Result<Response<Body>, Error> {
         let mut any = false;
         loop {
-            if let Some((head, used)) = parse_head(&self.buf, &mut self.names)? {
+            if let Some((head, used)) = parse_head(&self.buf, &mut self.names, &mut room)? {
                 self.buf.advance(used);
                 let Head {
                     status,
@@ -276,7 +284,12 @@ const KEPT_NAMES: usize = 16;
 const RECYCLED_FIELDS: usize = 24;
 
 /// The response head at the start of `buf` and its length, or `None` while it is incomplete.
-fn parse_head(buf: &BytesMut, names: &mut Names) -> Result<Option<(Head, usize)>, Error> {
+/// Its fields are put in `room` (emptied first), which is left empty when the head is complete.
+fn parse_head(
+    buf: &BytesMut,
+    names: &mut Names,
+    room: &mut HeaderMap,
+) -> Result<Option<(Head, usize)>, Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -308,7 +321,9 @@ fn parse_head(buf: &BytesMut, names: &mut Names) -> Result<Option<(Head, usize)>
     // Room for more than the response: hyper's HTTP/1.1 server keeps the map of the response
     // it wrote, emptied, for the next request's head on the connection, to which meshgate then
     // adds its tags. Sized for the response alone, that map grew (a rehash) every request.
-    let mut headers = HeaderMap::with_capacity(response.headers.len().max(RECYCLED_FIELDS));
+    let mut headers = std::mem::take(room);
+    headers.clear();
+    headers.reserve(response.headers.len().max(RECYCLED_FIELDS));
     let mut length: Option<u64> = None;
     let mut chunked = None;
     // `close` wins wherever it stands; HTTP/1.0 keeps a connection only when asked to.

@@ -666,7 +666,7 @@ impl UpstreamBackend {
     fn send_own<'a>(
         &'a self,
         endpoint: &'a Arc<Endpoint>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + Send + 'a {
         async move {
@@ -693,7 +693,9 @@ impl UpstreamBackend {
                     let e = ForwardError::Upstream(h1::Error::Io(e).into());
                     return Err(Failed::unsent(e, req));
                 }
-                match conn.read_response(&method).await {
+                // The request is not sent again from here: its map takes the response's fields.
+                let room = std::mem::take(req.headers_mut());
+                match conn.read_response(&method, room).await {
                     Ok(response) => {
                         return Ok(self.lease(
                             response.map(Inner::Own),
