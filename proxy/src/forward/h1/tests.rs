@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
