@@ -429,11 +429,21 @@ fn to_upstream(
     protocol: BackendProtocol,
 ) -> Result<(), ForwardError> {
     let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path);
     match protocol {
         BackendProtocol::Http1 | BackendProtocol::Opaque => {
             *req.version_mut() = Version::HTTP_11;
-            req.headers_mut().insert(header::HOST, host);
+            // Most requests already carry both as the upstream is to see them: a look is
+            // cheaper than a map insert and a new URI.
+            if req.headers().get(header::HOST) != Some(&host) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            let uri = req.uri();
+            if uri.scheme().is_none()
+                && uri.authority().is_none()
+                && uri.path_and_query() == Some(&path)
+            {
+                return Ok(());
+            }
         }
         BackendProtocol::Http2 => {
             *req.version_mut() = Version::HTTP_2;
@@ -445,6 +455,7 @@ fn to_upstream(
             req.headers_mut().remove(header::HOST);
         }
     }
+    parts.path_and_query = Some(path);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ForwardError::BadRequest("uri"))?;
     Ok(())
 }
