@@ -174,7 +174,7 @@ impl Conn {
     ///
     /// The fields go into `room`, emptied first: the map of the request just sent, whose
     /// allocation the response then reuses (and hyper's server after it, for the next request
-    /// on the downstream connection).
+    /// on the downstream connection). A room larger than `ROOM_KEPT_UP_TO` fields is let go.
     pub async fn read_response(
         mut self,
         method: &Method,
@@ -195,6 +195,8 @@ impl Conn {
                     if status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(Error::Malformed("101 to a request that asked no upgrade"));
                     }
+                    // The final head takes the same room.
+                    room = headers;
                     continue;
                 }
                 let framing = match framing {
@@ -283,6 +285,9 @@ const KEPT_NAMES: usize = 16;
 /// (`tag.rs`) besides.
 const RECYCLED_FIELDS: usize = 24;
 
+/// The largest map (in fields it has room for) a response reuses from its request.
+const ROOM_KEPT_UP_TO: usize = 4 * RECYCLED_FIELDS;
+
 /// The response head at the start of `buf` and its length, or `None` while it is incomplete.
 /// Its fields are put in `room` (emptied first), which is left empty when the head is complete.
 fn parse_head(
@@ -321,9 +326,18 @@ fn parse_head(
     // Room for more than the response: hyper's HTTP/1.1 server keeps the map of the response
     // it wrote, emptied, for the next request's head on the connection, to which meshgate then
     // adds its tags. Sized for the response alone, that map grew (a rehash) every request.
-    let mut headers = std::mem::take(room);
-    headers.clear();
-    headers.reserve(response.headers.len().max(RECYCLED_FIELDS));
+    //
+    // The room is the request's map, which hyper's server then keeps for the connection's
+    // next request: one a client made large with many fields is not kept on.
+    let want = response.headers.len().max(RECYCLED_FIELDS);
+    let mut headers = match std::mem::take(room) {
+        mut room if room.capacity() <= ROOM_KEPT_UP_TO => {
+            room.clear();
+            room.reserve(want);
+            room
+        }
+        _ => HeaderMap::with_capacity(want),
+    };
     let mut length: Option<u64> = None;
     let mut chunked = None;
     // `close` wins wherever it stands; HTTP/1.0 keeps a connection only when asked to.

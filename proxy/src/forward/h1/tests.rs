@@ -233,6 +233,40 @@ async fn a_content_length_body_arrives_whole_and_its_connection_carries_the_next
     assert!(seen.recv().await.unwrap().starts_with(b"GET /two "));
 }
 
+/// The response takes the map of its request, emptied, unless a request with many fields made
+/// that map large: hyper's server keeps the response's map for the connection's next request.
+#[tokio::test]
+async fn a_response_reuses_its_request_map_unless_it_is_large() {
+    for (room_for, kept) in [(40, true), (4 * RECYCLED_FIELDS + 1, false)] {
+        let (tcp, _) = upstream(
+            vec![vec![
+                b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n",
+            ]],
+            After::Stay,
+        )
+        .await;
+        let mut conn = Conn::new(Either::Left(tcp));
+        let req = get("/");
+        conn.write_head(&req).await.unwrap();
+        let mut room = HeaderMap::with_capacity(room_for);
+        room.extend(req.headers().clone());
+        let capacity = room.capacity();
+        let response = conn.read_response(req.method(), room).await.unwrap();
+        assert_eq!(
+            fields(response.headers()),
+            [("x-a", "1"), ("content-length", "0")]
+        );
+        let now = response.headers().capacity();
+        match kept {
+            true => assert_eq!(now, capacity),
+            false => assert_eq!(
+                now,
+                HeaderMap::<HeaderValue>::with_capacity(RECYCLED_FIELDS).capacity()
+            ),
+        }
+    }
+}
+
 /// Each response on a connection is read for its own names, whether they repeat the last
 /// response's, move, change case or are new: the names kept from one response to the next
 /// are reused only for the same bytes at the same place.
