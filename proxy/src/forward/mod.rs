@@ -670,6 +670,67 @@ mod tests {
             .collect()
     }
 
+    /// `to_upstream` on a request with `uri` and `host` (`None`: no Host field), for an
+    /// upstream that is to see `authority` and `path`: its Host values, URI and version.
+    fn upstream_head(
+        uri: &str,
+        host: Option<&str>,
+        authority: &str,
+        path: &str,
+        protocol: BackendProtocol,
+    ) -> (Vec<String>, String, Version) {
+        let mut req = Request::builder().uri(uri);
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        let mut req = req.body(RequestBody::empty()).unwrap();
+        let authority = HeaderValue::from_str(authority).unwrap();
+        let path = PathAndQuery::try_from(path).unwrap();
+        to_upstream(&mut req, authority, path, protocol).unwrap();
+        let hosts = req
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        (hosts, req.uri().to_string(), req.version())
+    }
+
+    #[test]
+    fn an_http1_upstream_sees_host_and_origin_form_whether_or_not_they_change() {
+        use BackendProtocol::Http1;
+        let cases = [
+            // As received: nothing to change.
+            ("/a?b=1", Some("svc.example"), "svc.example", "/a?b=1"),
+            // The authority rewritten, the path not.
+            ("/a", Some("old.example"), "new.example", "/a"),
+            // The path rewritten, the authority not.
+            ("/old?q", Some("svc.example"), "svc.example", "/new?q"),
+            // From HTTP/2: the authority in the URI and no Host field.
+            ("https://svc.example/a", None, "svc.example", "/a"),
+        ];
+        for (uri, host, authority, path) in cases {
+            let (hosts, uri, version) = upstream_head(uri, host, authority, path, Http1);
+            assert_eq!(hosts, [authority], "{uri}");
+            assert_eq!(uri, path);
+            assert_eq!(version, Version::HTTP_11);
+        }
+    }
+
+    #[test]
+    fn an_http2_upstream_sees_the_authority_in_the_uri_and_no_host() {
+        let (hosts, uri, version) = upstream_head(
+            "/a",
+            Some("old.example"),
+            "new.example",
+            "/a",
+            BackendProtocol::Http2,
+        );
+        assert!(hosts.is_empty());
+        assert_eq!(uri, "http://new.example/a");
+        assert_eq!(version, Version::HTTP_2);
+    }
+
     #[test]
     fn a_response_loses_its_hop_by_hop_headers_and_what_connection_names() {
         let mut h = headers(&[
