@@ -336,10 +336,15 @@ async fn handle_request(
             if let Some(log) = &mut exchange.log {
                 log.client = Some(client.address);
             }
-            let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
-            let activity = Some(conn.activity.clone());
-            let clock = Some(exchange.clock.clone());
             let req = req.map(|body| {
+                // Nothing more comes of a body already at its end (its end was noted when the
+                // request started): the handles a body's reader needs are not taken for it.
+                if http_body::Body::is_end_stream(&body) {
+                    return RequestBody::empty();
+                }
+                let bytes_in = exchange.log.as_ref().map(|l| l.bytes_in.clone());
+                let activity = Some(conn.activity.clone());
+                let clock = Some(exchange.clock().clone());
                 RequestBody::new(body, bytes_in, runtime.owned.clone(), activity, clock)
             });
             let limits = &model.proxy.limits;
@@ -348,7 +353,7 @@ async fn handle_request(
             let forward = route_and_forward(conn, req, client.address, &mut chosen);
             tokio::pin!(forward);
             if limits.stream_idle_timeout.is_some() || limits.request_timeout.is_some() {
-                stream::bounded(forward, &exchange.clock, limits.request_timeout).await
+                stream::bounded(forward, exchange.clock(), limits.request_timeout).await
             } else {
                 forward.await
             }
@@ -393,7 +398,7 @@ async fn handle_request(
         log.backend = chosen.backend;
         log.flags = flags;
     }
-    exchange.clock.responding();
+    exchange.clock().responding();
     // HTTP/2 bounds what waits for the client by the stream's send buffer.
     let pacing = (version != http::Version::HTTP_2).then(|| {
         Pacing::new(
@@ -599,8 +604,9 @@ struct Exchange {
     log: Option<Box<Logged>>,
     /// When `done` ran.
     finished: Option<Instant>,
-    /// The stream's progress (`limits.streamIdleTimeout`).
-    clock: Arc<StreamClock>,
+    /// An HTTP/2 stream's own progress (`limits.streamIdleTimeout`); `None` for an HTTP/1.1
+    /// request, which uses its connection's clock (`clock()`), with no handle of its own.
+    stream_clock: Option<Arc<StreamClock>>,
 }
 
 /// The request as the access log shows it, taken before the request moves on, and its
@@ -628,10 +634,14 @@ impl Exchange {
     fn start(conn: Arc<Connection>, req: &Request<Incoming>) -> Self {
         conn.activity.request_started();
         // An HTTP/2 stream has its own clock; HTTP/1.1 requests take turns on the connection's.
-        let clock = StreamClock::current().unwrap_or_else(|| {
-            conn.activity.stream.restart();
-            conn.activity.stream.clone()
-        });
+        let stream_clock = StreamClock::current();
+        let clock = match &stream_clock {
+            Some(clock) => clock,
+            None => {
+                conn.activity.stream.restart();
+                &conn.activity.stream
+            }
+        };
         // A request without a body is in whole, whether or not it is forwarded (its
         // `RequestBody` notes the others' ends).
         if http_body::Body::is_end_stream(req.body()) {
@@ -657,8 +667,15 @@ impl Exchange {
             started: Instant::now(),
             log,
             finished: None,
-            clock,
+            stream_clock,
         }
+    }
+
+    /// The clock of this request's stream: its own on HTTP/2, the connection's on HTTP/1.1.
+    fn clock(&self) -> &Arc<StreamClock> {
+        self.stream_clock
+            .as_ref()
+            .unwrap_or(&self.conn.activity.stream)
     }
 }
 
@@ -679,7 +696,7 @@ impl Logged {
 
 impl Done for Exchange {
     fn moved(&self) {
-        self.clock.moved();
+        self.clock().moved();
     }
 
     fn done(&mut self, bytes_out: u64, end: End) {
@@ -700,7 +717,7 @@ impl Done for Exchange {
         let bodiless =
             logged.method == http::Method::HEAD || matches!(logged.status, Some(204 | 304));
         let mut flags = logged.flags;
-        if end == End::Open && self.clock.expired() {
+        if end == End::Open && self.clock().expired() {
             flags.insert(ResponseFlag::StreamIdleTimeout);
         }
         match end {

@@ -61,9 +61,15 @@ impl StreamClock {
     }
 
     /// Something moved on the stream.
+    ///
+    /// A load and a store, not a locked read-modify-write: the watcher only asks whether the
+    /// count changed since its last tick, and the count only goes up, so an increment lost to
+    /// a concurrent one (the request's body and the response's, on two workers) still shows
+    /// as a change.
     #[inline]
     pub fn moved(&self) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
+        let next = self.progress.load(Ordering::Relaxed).wrapping_add(1);
+        self.progress.store(next, Ordering::Relaxed);
     }
 
     /// The response head is out.
