@@ -75,7 +75,8 @@ impl RequestBody {
         activity: Option<Arc<crate::serve::Activity>>,
         clock: Option<Arc<StreamClock>>,
     ) -> Self {
-        // A body that is already at its end was noted received when its request started.
+        // A body already at its end is not read through here: `handle_request` passes an
+        // empty one, and noted it received when the request started.
         Self(Source::Client(ClientBody {
             body,
             counted,

@@ -62,14 +62,12 @@ impl StreamClock {
 
     /// Something moved on the stream.
     ///
-    /// A load and a store, not a locked read-modify-write: the watcher only asks whether the
-    /// count changed since its last tick, and the count only goes up, so an increment lost to
-    /// a concurrent one (the request's body and the response's, on two workers) still shows
-    /// as a change.
+    /// A locked add: the request's body (read by the upstream's task) and the response's side
+    /// (the connection's task) move the same clock at once, and a load and a store could put a
+    /// stale count back over a newer one, which the watcher would take for a stall.
     #[inline]
     pub fn moved(&self) {
-        let next = self.progress.load(Ordering::Relaxed).wrapping_add(1);
-        self.progress.store(next, Ordering::Relaxed);
+        self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The response head is out.
