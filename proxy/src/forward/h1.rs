@@ -264,7 +264,7 @@ fn without_nominated(headers: HeaderMap, fields: &[httparse::Header<'_>]) -> Hea
     if named.is_empty() {
         return headers;
     }
-    let mut kept = HeaderMap::with_capacity(headers.len().max(RECYCLED_FIELDS));
+    let mut kept = HeaderMap::with_capacity(headers.capacity());
     let mut current: Option<HeaderName> = None;
     // Each name comes once, before its values.
     for (name, value) in headers {
@@ -281,11 +281,13 @@ fn without_nominated(headers: HeaderMap, fields: &[httparse::Header<'_>]) -> Hea
 /// How many places of a response's field names a connection keeps (`Names`).
 const KEPT_NAMES: usize = 16;
 
-/// The fields a response's map has room for at least: a request's usual dozen and the tags
-/// (`tag.rs`) besides.
+/// The fields a response's new map has room for at least, when its request's map is not
+/// reused: a request's usual dozen and the tags (`tag.rs`) besides.
 const RECYCLED_FIELDS: usize = 24;
 
-/// The largest map (in fields it has room for) a response reuses from its request.
+/// The largest map (in fields it has room for) a response reuses from its request. What a
+/// map keeps besides for repeated names is not counted there; the limits on a request head
+/// bound it (hyper's 100 fields over HTTP/1.1, the header list size over HTTP/2).
 const ROOM_KEPT_UP_TO: usize = 4 * RECYCLED_FIELDS;
 
 /// The response head at the start of `buf` and its length, or `None` while it is incomplete.
@@ -323,20 +325,19 @@ fn parse_head(
     // buffer stays its own, to be read into again.
     let start = buf.as_ptr() as usize;
     let head = Bytes::copy_from_slice(buf.get(..used).unwrap_or_default());
-    // Room for more than the response: hyper's HTTP/1.1 server keeps the map of the response
+    // The room is the request's map. hyper's HTTP/1.1 server keeps the map of the response
     // it wrote, emptied, for the next request's head on the connection, to which meshgate then
-    // adds its tags. Sized for the response alone, that map grew (a rehash) every request.
-    //
-    // The room is the request's map, which hyper's server then keeps for the connection's
-    // next request: one a client made large with many fields is not kept on.
-    let want = response.headers.len().max(RECYCLED_FIELDS);
+    // adds its tags: the request's map already has room for those, and is kept as it is (grown
+    // only for a response with more fields). One a client made large with many fields is let
+    // go, for a map with room for a usual request and the tags.
+    let fields = response.headers.len();
     let mut headers = match std::mem::take(room) {
         mut room if room.capacity() <= ROOM_KEPT_UP_TO => {
             room.clear();
-            room.reserve(want);
+            room.reserve(fields);
             room
         }
-        _ => HeaderMap::with_capacity(want),
+        _ => HeaderMap::with_capacity(fields.max(RECYCLED_FIELDS)),
     };
     let mut length: Option<u64> = None;
     let mut chunked = None;
