@@ -69,6 +69,7 @@ fn route_match(c: &mut Criterion) {
                         method: &method,
                         path: black_box("/remote/items"),
                         authority: black_box(authority),
+                        full_authority: black_box(authority),
                         headers: &headers,
                         port: 80,
                     };

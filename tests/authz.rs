@@ -13,9 +13,10 @@ use http::StatusCode;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
-use support::client::Client;
+use meshgate_proxy::echo::Echo;
+use support::client::{Client, Reply};
 use support::pki::Pki;
-use support::proxy::{gateway_yaml, route_to, Proxy};
+use support::proxy::{echo, gateway_yaml, route_to, Proxy};
 
 const HOST: &str = "httpbin.example-target.com";
 const GATEWAY_ID: &str = "spiffe://example-target.com/ns/istio-system/sa/multi-mesh-gateway";
@@ -229,4 +230,162 @@ async fn issuer_binding_stops_one_mesh_minting_another_meshs_identities() {
         bound.rejected("unknown_issuer") == 1
     })
     .await;
+}
+
+const CALLER: &str = "spiffe://example.com/ns/default/sa/sleep";
+
+/// Everything under `*.example-target.com` to an echo backend.
+fn routes(backend: SocketAddr) -> String {
+    format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: everything, namespace: default}}
+spec:
+  hosts: ["*.example-target.com"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http: [{{route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        port = backend.port()
+    )
+}
+
+struct Setup {
+    pki: Pki,
+    proxy: Proxy,
+    _echo: Echo,
+}
+
+impl Setup {
+    async fn new(policy: &str) -> Self {
+        let pki = Pki::new(&["example-target.com", "example.com"]);
+        let backend = echo();
+        let yaml = gateway_yaml(&format!("{}{policy}", routes(backend.address)));
+        let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+        Self {
+            pki,
+            proxy,
+            _echo: backend,
+        }
+    }
+
+    async fn get(&self, h2: bool, authority: &str, headers: &[(&str, &str)]) -> Reply {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let caller = self.pki.workload("example.com", CALLER);
+        Client::new(Some(&caller), &self.pki.root.cert_pem, alpn)
+            .get(self.proxy.addr(443), HOST, authority, "/", headers)
+            .await
+            .unwrap()
+    }
+}
+
+/// `request.headers[host]` is the request's authority (Envoy reads the `host` name as
+/// `:authority`), over HTTP/1.1 and HTTP/2 alike: HTTP/2 has no `Host` field to read, and the
+/// choice of protocol must not get a request past a DENY policy.
+#[tokio::test]
+async fn a_host_condition_reads_the_authority_over_both_protocols() {
+    let s = Setup::new(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-host, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[host]", values: [admin.example-target.com]}]}]
+"#,
+    )
+    .await;
+    let admin = "admin.example-target.com";
+    let r = s.get(false, admin, &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "HTTP/1.1");
+    let r = s.get(false, "ADMIN.example-target.com.", &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "HTTP/1.1, another spelling"
+    );
+    // A control: another host passes over HTTP/2.
+    let r = s.get(true, "allowed.example-target.com", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = s.get(true, admin, &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "HTTP/2 to {admin} passed the DENY policy; the backend saw authority {:?}",
+        r.json()["headers"]["host"]
+    );
+}
+
+/// A client that repeats a header chooses which copy a policy would read, and the backend may
+/// read another: an ALLOW condition must hold for every copy, and a DENY condition holds when
+/// any copy matches.
+#[tokio::test]
+async fn repeated_headers_are_read_against_the_request() {
+    let s = Setup::new(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: blue-only, namespace: istio-system}
+spec:
+  action: ALLOW
+  rules: [{when: [{key: "request.headers[x-tenant]", values: [blue]}]}]
+"#,
+    )
+    .await;
+    for h2 in [false, true] {
+        let r = s.get(h2, HOST, &[("x-tenant", "blue")]).await;
+        assert_eq!(r.status, StatusCode::OK, "control h2={h2}");
+        let r = s.get(h2, HOST, &[("x-tenant", "red")]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "control h2={h2}");
+        let r = s
+            .get(h2, HOST, &[("x-tenant", "blue"), ("x-tenant", "red")])
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "h2={h2}: allowed; the backend received x-tenant {:?}",
+            r.json()["headers"]["x-tenant"]
+        );
+        let r = s
+            .get(h2, HOST, &[("x-tenant", "blue"), ("x-tenant", "blue")])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "h2={h2}: every copy allowed");
+    }
+
+    let s = Setup::new(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admins, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[x-role]", values: [admin]}]}]
+"#,
+    )
+    .await;
+    for h2 in [false, true] {
+        let r = s.get(h2, HOST, &[("x-role", "user")]).await;
+        assert_eq!(r.status, StatusCode::OK, "control h2={h2}");
+        let r = s
+            .get(h2, HOST, &[("x-role", "user"), ("x-role", "admin")])
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "h2={h2}: one copy is admin"
+        );
+    }
 }

@@ -104,6 +104,7 @@ fn authorize_route_and_count_allocate_nothing() {
         method: &method,
         path: "/v1/items",
         authority: "API.example-target.com",
+        full_authority: "API.example-target.com",
         headers: &headers,
         port: 8080,
     };

@@ -500,6 +500,7 @@ fn route_and_forward<'a>(
             method: req.method(),
             path: req.uri().path(),
             authority: route::strip_port(full),
+            full_authority: full,
             headers: req.headers(),
             port,
         };

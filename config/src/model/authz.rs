@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
@@ -187,9 +187,10 @@ pub struct Attributes<'a> {
 }
 
 impl Policy {
-    /// Whether any rule matches.
-    pub fn matches(&self, a: &Attributes<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(a))
+    /// Whether any rule matches, for a policy of this kind (`allow`: an ALLOW policy; see
+    /// `Condition::matches` for what the kind changes).
+    pub fn matches(&self, a: &Attributes<'_>, allow: bool) -> bool {
+        self.rules.iter().any(|r| r.matches(a, allow))
     }
 
     /// Whether any rule matches a connection that is not HTTP (see `Rule::matches_connection`).
@@ -273,7 +274,7 @@ impl Rule {
                 .when
                 .iter()
                 .filter(|c| !matches!(c.key, ConditionKey::RequestHeader(_)))
-                .all(|c| c.matches(a))
+                .all(|c| c.matches(a, allow))
     }
 
     /// Whether the rule can match a connection to Gateway port `port`: not when every
@@ -286,10 +287,10 @@ impl Rule {
             })
     }
 
-    fn matches(&self, a: &Attributes<'_>) -> bool {
+    fn matches(&self, a: &Attributes<'_>, allow: bool) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(a)))
-            && self.when.iter().all(|c| c.matches(a))
+            && self.when.iter().all(|c| c.matches(a, allow))
     }
 }
 
@@ -338,27 +339,70 @@ impl Operation {
 }
 
 impl Condition {
-    fn matches(&self, a: &Attributes<'_>) -> bool {
-        let hit = |v: &ConditionValues| self.key.matches(v, a);
-        self.values.as_ref().is_none_or(hit) && !self.not_values.as_ref().is_some_and(hit)
+    /// Whether the condition holds, for a policy of this kind (`allow`: an ALLOW policy).
+    fn matches(&self, a: &Attributes<'_>, allow: bool) -> bool {
+        // A repeated request header is ambiguous: the client chose its copies, and which one
+        // the backend reads is the backend's affair. The ambiguity goes against the request
+        // both ways: in an ALLOW policy `values` must hold for every copy and `notValues` for
+        // none; in any other, one copy in `values` matches, and so does one copy outside
+        // `notValues`. An attribute with one value is the same under both readings.
+        let values = self.values.as_ref().is_none_or(|v| match allow {
+            true => self.key.every(v, a),
+            false => self.key.any(v, a),
+        });
+        let not_values = self.not_values.as_ref().is_none_or(|v| match allow {
+            true => !self.key.any(v, a),
+            false => !self.key.every(v, a),
+        });
+        values && not_values
     }
 }
 
 impl ConditionKey {
-    /// Whether the request's value for this key is among `values`. A request without the
-    /// value (no identity, no such header, no SNI) is among none.
-    fn matches(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
+    /// Whether the request has this key and some value of it is among `values`. A request
+    /// without the value (no identity, no such header, no SNI) is among none.
+    fn any(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
+        match self.header(a) {
+            Some(mut copies) => copies.any(|v| text(values, v)),
+            None => self.single(values, a),
+        }
+    }
+
+    /// Whether the request has this key and every value of it is among `values`.
+    fn every(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
+        match self.header(a) {
+            Some(mut copies) => {
+                let mut any = false;
+                copies.all(|v| {
+                    any = true;
+                    text(values, v)
+                }) && any
+            }
+            None => self.single(values, a),
+        }
+    }
+
+    /// A request header's copies, each as text (`None`: not valid text, among no values).
+    /// `host` is the request's authority, on HTTP/1.1 and HTTP/2 alike, as Envoy reads it.
+    fn header<'a>(&self, a: &'a Attributes<'_>) -> Option<Copies<'a>> {
+        let Self::RequestHeader(name) = self else {
+            return None;
+        };
+        if name == http::header::HOST {
+            return Some(Copies::Authority(Some(a.authority)));
+        }
+        Some(Copies::Fields(a.headers.get_all(name).iter()))
+    }
+
+    /// Whether the request's one value for this key (not a header) is among `values`.
+    fn single(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
         let ip = |ip: IpAddr| match values {
             ConditionValues::Addresses(list) => list.iter().any(|c| c.contains(ip)),
             _ => false,
         };
-        let text = |value: Option<&str>| match (values, value) {
-            (ConditionValues::Strings(v), Some(x)) => v.matches(x),
-            _ => false,
-        };
         match self {
-            Self::SourcePrincipal => text(a.principal),
-            Self::SourceNamespace => text(a.namespace),
+            Self::SourcePrincipal => text(values, a.principal),
+            Self::SourceNamespace => text(values, a.namespace),
             Self::SourceServiceAccount => match (values, a.principal) {
                 (ConditionValues::ServiceAccounts(list), Some(p)) => {
                     list.iter().any(|sa| sa.matches(p))
@@ -372,15 +416,36 @@ impl ConditionKey {
                 ConditionValues::Ports(list) => list.contains(&a.port),
                 _ => false,
             },
-            Self::RequestHeader(name) => {
-                // Any value of a repeated header may match, as Envoy joins them.
-                a.headers
-                    .get_all(name)
-                    .iter()
-                    .any(|v| v.to_str().is_ok_and(|v| text(Some(v))))
-            }
-            Self::ConnectionSni => text(a.sni),
+            Self::ConnectionSni => text(values, a.sni),
+            Self::RequestHeader(_) => false,
         }
+    }
+}
+
+/// The copies of a request header that a condition reads, each as text.
+enum Copies<'a> {
+    /// `host`: the authority, taken once.
+    Authority(Option<&'a str>),
+    Fields(http::header::ValueIter<'a, HeaderValue>),
+}
+
+impl<'a> Iterator for Copies<'a> {
+    /// `None`: a copy that is not valid text, which is among no values.
+    type Item = Option<&'a str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Authority(authority) => authority.take().map(Some),
+            Self::Fields(fields) => fields.next().map(|v| v.to_str().ok()),
+        }
+    }
+}
+
+/// Whether a text value is among string `values`; no value is among none.
+fn text(values: &ConditionValues, value: Option<&str>) -> bool {
+    match (values, value) {
+        (ConditionValues::Strings(v), Some(x)) => v.matches(x),
+        _ => false,
     }
 }
 

@@ -196,12 +196,14 @@ pub struct HeaderMatch {
 
 impl RequestMatch {
     /// Whether a request with this method, path, authority (port removed), headers and
-    /// listener port matches.
+    /// listener port matches. `full_authority` is the authority with its port, which a header
+    /// match on `host` reads.
     pub fn matches(
         &self,
         method: &Method,
         path: &str,
         authority: &str,
+        full_authority: &str,
         headers: &HeaderMap,
         port: u16,
     ) -> bool {
@@ -215,14 +217,28 @@ impl RequestMatch {
                 .authority
                 .as_ref()
                 .is_none_or(|m| m.matches(authority.as_bytes()))
-            && self.headers.iter().all(|h| h.present_in(headers))
-            && !self.without_headers.iter().any(|h| h.present_in(headers))
+            && self
+                .headers
+                .iter()
+                .all(|h| h.present_in(headers, full_authority))
+            && !self
+                .without_headers
+                .iter()
+                .any(|h| h.present_in(headers, full_authority))
     }
 }
 
 impl HeaderMatch {
-    /// Whether some value of the header satisfies the condition.
-    fn present_in(&self, headers: &HeaderMap) -> bool {
+    /// Whether some value of the header satisfies the condition. `host` is the request's
+    /// authority (`full_authority`) on HTTP/1.1 and HTTP/2 alike, as Envoy reads it: HTTP/2
+    /// has no `Host` field, and HTTP/1.1's is the authority.
+    fn present_in(&self, headers: &HeaderMap, full_authority: &str) -> bool {
+        if self.name == http::header::HOST {
+            return self
+                .value
+                .as_ref()
+                .is_none_or(|m| m.matches(full_authority.as_bytes()));
+        }
         let mut values = headers.get_all(&self.name).iter();
         match &self.value {
             None => values.next().is_some(),

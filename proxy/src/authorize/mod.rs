@@ -4,6 +4,8 @@
 //! that matches none of them is denied; otherwise it is allowed. AUDIT policies change nothing
 //! (`audited` names the ones that match, for the log). Dry-run policies change nothing either:
 //! `dry_run` decides each of their sets as Istio's shadow rules do, for the log and a metric.
+//! A condition on a repeated request header is read against the request, whichever the policy's
+//! action (`Condition::matches` in the compiled model).
 //! Pure: no I/O, no locks, no allocation.
 
 use meshgate_config::model::authz::{Attributes, Policies, Policy};
@@ -18,10 +20,10 @@ pub enum Decision<'a> {
 
 /// Decides a request.
 pub fn authorize<'a>(policies: &'a Policies, a: &Attributes<'_>) -> Decision<'a> {
-    if let Some(p) = policies.deny.iter().find(|p| p.matches(a)) {
+    if let Some(p) = policies.deny.iter().find(|p| p.matches(a, false)) {
         return Decision::Deny(Some(&p.name));
     }
-    if policies.allow.is_empty() || policies.allow.iter().any(|p| p.matches(a)) {
+    if policies.allow.is_empty() || policies.allow.iter().any(|p| p.matches(a, true)) {
         Decision::Allow
     } else {
         Decision::Deny(None)
@@ -68,7 +70,7 @@ pub enum ShadowAction {
 pub fn dry_run<'a>(policies: &'a Policies, a: &Attributes<'_>) -> [Option<Shadow<'a>>; 2] {
     let set = &policies.dry_run;
     let deny = (!set.deny.is_empty()).then(|| {
-        let hit = set.deny.iter().find(|p| p.matches(a));
+        let hit = set.deny.iter().find(|p| p.matches(a, false));
         Shadow {
             action: ShadowAction::Deny,
             policy: hit.map(|p| p.name.as_str()),
@@ -76,7 +78,7 @@ pub fn dry_run<'a>(policies: &'a Policies, a: &Attributes<'_>) -> [Option<Shadow
         }
     });
     let allow = (!set.allow.is_empty()).then(|| {
-        let hit = set.allow.iter().find(|p| p.matches(a));
+        let hit = set.allow.iter().find(|p| p.matches(a, true));
         Shadow {
             action: ShadowAction::Allow,
             policy: hit.map(|p| p.name.as_str()),
@@ -91,7 +93,8 @@ pub fn audited<'a>(
     policies: &'a Policies,
     a: &'a Attributes<'_>,
 ) -> impl Iterator<Item = &'a Policy> {
-    policies.audit.iter().filter(move |p| p.matches(a))
+    // Read as DENY policies are: a repeated header is logged when any copy matches.
+    policies.audit.iter().filter(move |p| p.matches(a, false))
 }
 
 #[cfg(test)]

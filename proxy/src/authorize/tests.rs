@@ -391,6 +391,128 @@ fn sources_operations_and_conditions() {
     }
 }
 
+/// A repeated request header is read against the request: an ALLOW condition must hold for
+/// every copy (and `notValues` for none), a DENY condition holds when one copy matches (or
+/// one copy is outside `notValues`). `request.headers[host]` is the authority, whether or not
+/// the map has a `Host` field (HTTP/2 has none).
+#[test]
+fn repeated_headers_and_host_are_read_against_the_request() {
+    let mesh = "{trustDomain: example-target.com}";
+    let when = |action: &str, condition: &str| {
+        policy(
+            "p",
+            action,
+            &format!("  rules: [{{when: [{{key: \"request.headers[{condition}}}]}}]"),
+        )
+    };
+    let tenant = |copies: &[&'static str]| {
+        let mut r = req("example.com/ns/foo/sa/sleep");
+        r.headers = copies.iter().map(|v| ("x-tenant", *v)).collect();
+        r
+    };
+    let host = |authority: &'static str| {
+        let mut r = req("example.com/ns/foo/sa/sleep");
+        r.host = authority;
+        r
+    };
+    let cases: Vec<(&str, String, Req, bool)> = vec![
+        (
+            "ALLOW values: the copy",
+            when("ALLOW", "x-tenant]\", values: [blue]"),
+            tenant(&["blue"]),
+            true,
+        ),
+        (
+            "ALLOW values: another copy too",
+            when("ALLOW", "x-tenant]\", values: [blue]"),
+            tenant(&["blue", "red"]),
+            false,
+        ),
+        (
+            "ALLOW values: every copy listed",
+            when("ALLOW", "x-tenant]\", values: [blue, red]"),
+            tenant(&["blue", "red"]),
+            true,
+        ),
+        (
+            "ALLOW values: no copy",
+            when("ALLOW", "x-tenant]\", values: [\"*\"]"),
+            tenant(&[]),
+            false,
+        ),
+        (
+            "ALLOW notValues: one copy listed",
+            when("ALLOW", "x-tenant]\", notValues: [red]"),
+            tenant(&["blue", "red"]),
+            false,
+        ),
+        (
+            "ALLOW notValues: none listed",
+            when("ALLOW", "x-tenant]\", notValues: [red]"),
+            tenant(&["blue", "green"]),
+            true,
+        ),
+        (
+            "ALLOW notValues: no copy",
+            when("ALLOW", "x-tenant]\", notValues: [red]"),
+            tenant(&[]),
+            true,
+        ),
+        (
+            "DENY values: one copy",
+            when("DENY", "x-tenant]\", values: [admin]"),
+            tenant(&["user", "admin"]),
+            false,
+        ),
+        (
+            "DENY values: no copy listed",
+            when("DENY", "x-tenant]\", values: [admin]"),
+            tenant(&["user", "guest"]),
+            true,
+        ),
+        (
+            "DENY notValues: one copy outside",
+            when("DENY", "x-tenant]\", notValues: [blue]"),
+            tenant(&["blue", "red"]),
+            false,
+        ),
+        (
+            "DENY notValues: every copy listed",
+            when("DENY", "x-tenant]\", notValues: [blue]"),
+            tenant(&["blue", "blue"]),
+            true,
+        ),
+        (
+            "DENY notValues: no copy",
+            when("DENY", "x-tenant]\", notValues: [blue]"),
+            tenant(&[]),
+            false,
+        ),
+        (
+            "DENY host: the authority",
+            when("DENY", "host]\", values: [admin.example-target.com]"),
+            host("admin.example-target.com"),
+            false,
+        ),
+        (
+            "DENY host: another authority",
+            when("DENY", "host]\", values: [admin.example-target.com]"),
+            host("www.example-target.com"),
+            true,
+        ),
+        (
+            "ALLOW host: with its port",
+            when("ALLOW", "host]\", values: [\"*:8443\"]"),
+            host("www.example-target.com:8443"),
+            true,
+        ),
+    ];
+    for (name, yaml, r, want) in cases {
+        let m = policies(mesh, true, &yaml);
+        assert_eq!(decide(&m, &r), want, "{name}");
+    }
+}
+
 #[test]
 fn policies_apply_by_namespace_and_selector() {
     let mesh = "{trustDomain: example-target.com}";

@@ -16,6 +16,8 @@ pub struct RouteRequest<'a> {
     pub path: &'a str,
     /// Host without port.
     pub authority: &'a str,
+    /// The authority with its port, if it has one: what a header match on `host` reads.
+    pub full_authority: &'a str,
     pub headers: &'a HeaderMap,
     /// The Gateway port of the listener.
     pub port: u16,
@@ -55,7 +57,16 @@ pub fn route<'a>(
         route
             .matches
             .iter()
-            .find(|m| m.matches(req.method, req.path, req.authority, req.headers, req.port))
+            .find(|m| {
+                m.matches(
+                    req.method,
+                    req.path,
+                    req.authority,
+                    req.full_authority,
+                    req.headers,
+                    req.port,
+                )
+            })
             .map(|m| Selected {
                 route,
                 matched: Some(m),

@@ -26,6 +26,9 @@ spec:
   hosts: ["*.example.com"]
   gateways: [gw]
   http:
+  - name: admin-host
+    match: [{headers: {host: {prefix: admin.}}}]
+    directResponse: {status: 200, body: {string: admin-host}}
   - name: wildcard
     directResponse: {status: 200, body: {string: wildcard}}
 ---
@@ -75,6 +78,7 @@ fn name(
         method: &method,
         path,
         authority,
+        full_authority: authority,
         headers: &h,
         port: 8080,
     };
@@ -100,6 +104,21 @@ fn istio_route_selection() {
     let cases: &[Case] = &[
         (Method::GET, "/", "www.example.com", &[], Some("wildcard")),
         (Method::GET, "/", "WWW.Example.COM", &[], Some("wildcard")),
+        // A header match on `host` reads the authority, which HTTP/2 carries in no field.
+        (
+            Method::GET,
+            "/",
+            "admin.example.com",
+            &[],
+            Some("admin-host"),
+        ),
+        (
+            Method::GET,
+            "/",
+            "www.example.com",
+            &[("host", "admin.example.com")],
+            Some("wildcard"),
+        ),
         (Method::GET, "/", "api.example.com", &[], Some("fallback")),
         (
             Method::GET,
