@@ -17,11 +17,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use meshgate_config::model::authz::SUPPORTED_FIELDS;
+use meshgate_pki::LeafSpec;
 use meshgate_proxy::authorize::ShadowAction;
 use meshgate_proxy::echo::Echo;
 use support::client::{Client, Conn, Reply};
 use support::pki::Pki;
-use support::proxy::{echo, gateway_yaml, Proxy};
+use support::proxy::{echo, gateway_yaml, route_to, Proxy};
 use support::TIMEOUT;
 
 const HOST: &str = "httpbin.example-target.com";
@@ -824,4 +825,126 @@ async fn a_malformed_request_body_is_the_clients_fault_not_the_upstreams() {
     // None of it is an upstream's failure.
     let metrics = proxy.running.metrics.render();
     assert!(!metrics.contains("code=\"503\""), "{metrics}");
+}
+
+const ADMIN: &str = "spiffe://example-target.com/ns/istio-system/sa/admin";
+
+/// Splits `s` on `sep` outside double quotes (a backslash escapes the next character).
+fn split_unquoted(s: &str, sep: char) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+    for c in s.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            cur.push(c);
+            escaped = true;
+        } else if c == '"' {
+            cur.push(c);
+            quoted = !quoted;
+        } else if c == sep && !quoted {
+            out.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// An XFCC header as a backend reads it by Envoy's rules: elements of (key, unquoted value).
+fn parse_xfcc(header: &str) -> Vec<Vec<(String, String)>> {
+    split_unquoted(header, ',')
+        .into_iter()
+        .map(|element| {
+            split_unquoted(&element, ';')
+                .into_iter()
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((&pair, ""));
+                    let v = match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+                        None => v.to_string(),
+                    };
+                    (k.to_ascii_lowercase(), v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// example.com's CA, bound by issuer binding to example.com only, issues one of its own
+/// workloads a leaf whose DNS SANs hold XFCC syntax. The gateway accepts it (a valid
+/// example.com SVID), and XFCC must carry the names as values: a backend that reads XFCC by
+/// Envoy's rules must find no second URI and no second element naming a workload of the local
+/// mesh, the identity issuer binding stops that CA from asserting.
+#[tokio::test]
+async fn dns_names_cannot_add_fields_or_elements_to_xfcc() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+
+    let dir = support::TempDir::new("xfcc-names");
+    let mut trust = String::from("  trust:\n    issuers:\n");
+    for td in ["example-target.com", "example.com"] {
+        let file = dir.path().join(format!("{td}-ca.pem"));
+        std::fs::write(&file, &pki.ca(td).cert_pem).unwrap();
+        trust.push_str(&format!(
+            "    - {{certificate: {}, trustDomains: [{td}]}}\n",
+            file.display()
+        ));
+    }
+    let yaml = gateway_yaml(&route_to(HOST, backend.address)).replacen(
+        "  listen:",
+        &format!("{trust}  listen:"),
+        1,
+    );
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+
+    let in_element = format!("sleep.example.com;URI={ADMIN}");
+    let new_element = format!("x.example.com,By={GATEWAY_ID};Hash=00;Subject=\"\";URI={ADMIN}");
+    let mut spec = LeafSpec::spiffe(CALLER);
+    spec.dns = vec![in_element.clone(), new_element.clone()];
+    let caller = pki.leaf("example.com", &spec);
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+
+    let reply = client
+        .get(proxy.addr(443), HOST, HOST, "/get", &[])
+        .await
+        .expect("a valid example.com SVID is accepted");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.echoed("x-source-principal").as_deref(),
+        Some(&CALLER[9..])
+    );
+    let xfcc = reply.echoed("x-forwarded-client-cert").unwrap();
+
+    let elements = parse_xfcc(&xfcc);
+    assert_eq!(
+        elements.len(),
+        1,
+        "one connection, one XFCC element; the backend reads {}: {xfcc}",
+        elements.len()
+    );
+    let values = |key: &str| -> Vec<String> {
+        elements
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        values("uri"),
+        [CALLER],
+        "URIs the backend reads from {xfcc}"
+    );
+    assert_eq!(
+        values("by"),
+        [GATEWAY_ID],
+        "By the backend reads from {xfcc}"
+    );
+    assert_eq!(
+        values("dns"),
+        [in_element, new_element],
+        "DNS names the backend reads from {xfcc}"
+    );
 }

@@ -280,15 +280,37 @@ fn rfc2253(cert: &X509Certificate<'_>) -> String {
             .unwrap_or_else(|_| attr.attr_type().to_id_string());
             let value = attr.as_str().unwrap_or("");
             let _ = write!(out, "{key}=");
-            for c in value.chars() {
-                if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
+            escape_2253(value, &mut out);
         }
     }
     out
+}
+
+/// One attribute value as `XN_FLAG_RFC2253` escapes it: `,+"\\<>;` and a leading `#` or space
+/// or a trailing space with a backslash; a control character, and each byte of a character
+/// outside ASCII, as `\\XX`.
+fn escape_2253(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let edge = (i == 0 && matches!(c, '#' | ' ')) || (i == last && c == ' ');
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ if edge => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut utf8 = [0; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    let _ = write!(out, "\\{b:02X}");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -296,7 +318,26 @@ mod tests {
     use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec};
     use rustls::pki_types::CertificateDer;
 
-    use super::{kept_slot, peer_identity};
+    use super::{escape_2253, kept_slot, peer_identity};
+
+    /// Subject values as OpenSSL's `XN_FLAG_RFC2253` prints them (Envoy's XFCC `Subject`).
+    #[test]
+    fn subject_values_escape_as_rfc2253() {
+        let cases = [
+            ("plain value", "plain value"),
+            ("a,b+c\"d\\e<f>g;h", "a\\,b\\+c\\\"d\\\\e\\<f\\>g\\;h"),
+            ("#lead", "\\#lead"),
+            (" both ", "\\ both\\ "),
+            ("mid#dle", "mid#dle"),
+            ("tab\there", "tab\\09here"),
+            ("m\u{fc}ller", "m\\C3\\BCller"),
+        ];
+        for (value, want) in cases {
+            let mut out = String::new();
+            escape_2253(value, &mut out);
+            assert_eq!(out, want, "{value:?}");
+        }
+    }
 
     fn leaf(ca: &Authority, id: &str) -> Vec<u8> {
         ca.issue(&LeafSpec::spiffe(id)).unwrap().leaf_der

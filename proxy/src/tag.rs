@@ -262,6 +262,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
 
 /// Envoy's XFCC element for this connection, in Envoy's order: `By`, `Hash`, `Subject`, each
 /// `URI`, `Cert` and `Chain` (already encoded, `client_pem`), each `DNS`.
+///
+/// A value is written as XFCC's grammar has it (`xfcc_value`), so that what a certificate's
+/// names hold cannot end a value, add a key or start another element for the backend: a DNS
+/// name is whatever the issuing CA wrote.
 fn xfcc<'a>(
     by: Option<&str>,
     hash: &str,
@@ -270,30 +274,58 @@ fn xfcc<'a>(
     pem: Option<&str>,
     dns: &[String],
 ) -> Option<HeaderValue> {
-    let subject = subject.replace('\\', "\\\\").replace('"', "\\\"");
     let mut text = String::new();
     if let Some(by) = by {
         text.push_str("By=");
-        text.push_str(by);
+        xfcc_value(&mut text, by, false);
         text.push(';');
     }
     text.push_str("Hash=");
     text.push_str(hash);
-    text.push_str(";Subject=\"");
-    text.push_str(&subject);
-    text.push('"');
+    text.push_str(";Subject=");
+    // Quoted always, as Envoy writes it.
+    xfcc_value(&mut text, subject, true);
     for uri in uris {
         text.push_str(";URI=");
-        text.push_str(uri);
+        xfcc_value(&mut text, uri, false);
     }
     if let Some(pem) = pem {
         text.push_str(pem);
     }
     for name in dns {
         text.push_str(";DNS=");
-        text.push_str(name);
+        xfcc_value(&mut text, name, false);
     }
     HeaderValue::from_str(&text).ok()
+}
+
+/// One XFCC value: as it is, or (`quote`, or when it holds `,` `;` `=` `"` or `\`)
+/// double-quoted with `"` and `\` escaped by a backslash, Envoy's documented rule. A byte no
+/// header value may hold (a control character) or outside ASCII is written `%XX`, as URIs
+/// escape it: the header is always valid, and never dropped for a name's sake.
+fn xfcc_value(out: &mut String, value: &str, quote: bool) {
+    let quote = quote || value.contains([',', ';', '=', '"', '\\']);
+    if quote {
+        out.push('"');
+    }
+    for c in value.chars() {
+        match c {
+            '"' | '\\' if quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut utf8 = [0; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+        }
+    }
+    if quote {
+        out.push('"');
+    }
 }
 
 /// `;Cert="…"` and `;Chain="…"` as `tagging` asks (Envoy's `set_current_client_cert_details`):
@@ -410,6 +442,42 @@ impl Owned {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate's names are values in XFCC, whatever they hold: quoted where XFCC's
+    /// separators or a quote would read as syntax, and escaped where a header could not carry
+    /// them.
+    #[test]
+    fn xfcc_values_cannot_read_as_syntax() {
+        let value = |v: &str, quote: bool| {
+            let mut out = String::new();
+            xfcc_value(&mut out, v, quote);
+            out
+        };
+        let cases = [
+            ("spiffe://example.com/ns/a/sa/b", false, "spiffe://example.com/ns/a/sa/b"),
+            ("a.example.com", true, "\"a.example.com\""),
+            ("a;URI=x", false, "\"a;URI=x\""),
+            ("a,By=x", false, "\"a,By=x\""),
+            ("a=b", false, "\"a=b\""),
+            ("say \"hi\"", false, "\"say \\\"hi\\\"\""),
+            ("back\\slash", false, "\"back\\\\slash\""),
+            ("CN=a\\,b", true, "\"CN=a\\\\,b\""),
+            ("line\nbreak", false, "line%0Abreak"),
+            ("m\u{fc}ller", false, "m%C3%BCller"),
+            ("", true, "\"\""),
+        ];
+        for (input, quote, want) in cases {
+            assert_eq!(value(input, quote), want, "{input:?}");
+        }
+        // A header value, always: nothing a name holds drops XFCC.
+        let dns = ["a\r\nx-evil: 1".to_string(), "\u{7f}".to_string()];
+        let header = xfcc(None, "00", "CN=a", ["u\tv"].into_iter(), None, &dns)
+            .expect("XFCC is kept");
+        assert_eq!(
+            header,
+            "Hash=00;Subject=\"CN=a\";URI=u%09v;DNS=a%0D%0Ax-evil: 1;DNS=%7F"
+        );
+    }
 
     fn tagging() -> Tagging {
         Tagging {
