@@ -363,6 +363,7 @@ async fn mtls_get(
             &meshgate_proxy::tls::credentials::TrustRoots::single(Arc::new(roots)),
             vec![GATEWAY_ID.into()],
             true,
+            &[],
             provider.clone(),
             &meshgate_proxy::tls::credentials::Revocation::default(),
         )

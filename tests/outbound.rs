@@ -488,3 +488,48 @@ async fn an_upstream_that_resets_is_a_503() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(&r.body[..], b"upstream reset\n");
 }
+
+/// Issuer binding holds an upstream to it as it holds a client: under the shared root, another
+/// mesh's CA (the source's own here) can mint the target gateway's identity, and with
+/// `trust.issuers` an ISTIO_MUTUAL upstream presenting it is refused, `subjectAltNames` or not.
+#[tokio::test]
+async fn issuer_binding_refuses_an_upstream_another_mesh_minted() {
+    let pki = pki();
+    let forged = pki.workload("example.com", GATEWAY_ID);
+    let impostor = Observer::start(&forged, &pki.root.cert_pem, &[b"http/1.1"]).await;
+    let (target, _backend) = target(&pki).await;
+
+    let dir = support::TempDir::new("upstream-issuers");
+    let mut trust = String::from("  trust:\n    issuers:\n");
+    for td in ["example-target.com", "example.com"] {
+        let file = dir.path().join(format!("{td}-ca.pem"));
+        std::fs::write(&file, &pki.ca(td).cert_pem).unwrap();
+        trust.push_str(&format!(
+            "    - {{certificate: {}, trustDomains: [{td}]}}\n",
+            file.display()
+        ));
+    }
+    let pinned = format!("{{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{GATEWAY_ID}]}}}}");
+    for policy in [ISTIO_MUTUAL, pinned.as_str()] {
+        // Unbound, the minted identity passes, even the pinned name.
+        let open = source(&pki, impostor.address, policy).await;
+        let r = plain_get(open.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{policy}");
+
+        let caller = pki.workload("example.com", SOURCE_ID);
+        for (to, want) in [
+            (impostor.address, StatusCode::SERVICE_UNAVAILABLE),
+            (target.addr(443), StatusCode::OK),
+        ] {
+            let yaml =
+                source_yaml(to, policy).replacen("  outbound:", &format!("{trust}  outbound:"), 1);
+            assert!(yaml.contains("issuers"));
+            let bound = Proxy::start(&yaml, &caller).await;
+            let r = plain_get(bound.outbound(), HOST, "/", &[]).await.unwrap();
+            assert_eq!(r.status, want, "{policy} to {to}");
+            if want != StatusCode::OK {
+                assert_eq!(&r.body[..], b"upstream connect error\n");
+            }
+        }
+    }
+}

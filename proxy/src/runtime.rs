@@ -124,7 +124,14 @@ impl Runtime {
             });
         }
         let warnings = identity_warnings(&model, credentials.as_ref());
-        let upstreams = Upstreams::new(&model, credentials.as_ref(), material, &provider, &series)?;
+        let upstreams = Upstreams::new(
+            &model,
+            credentials.as_ref(),
+            &issuers,
+            material,
+            &provider,
+            &series,
+        )?;
         Ok(Self {
             upstreams,
             trust_domains: series.trust_domains(

@@ -454,7 +454,11 @@ mod tests {
             out
         };
         let cases = [
-            ("spiffe://example.com/ns/a/sa/b", false, "spiffe://example.com/ns/a/sa/b"),
+            (
+                "spiffe://example.com/ns/a/sa/b",
+                false,
+                "spiffe://example.com/ns/a/sa/b",
+            ),
             ("a.example.com", true, "\"a.example.com\""),
             ("a;URI=x", false, "\"a;URI=x\""),
             ("a,By=x", false, "\"a,By=x\""),
@@ -471,8 +475,8 @@ mod tests {
         }
         // A header value, always: nothing a name holds drops XFCC.
         let dns = ["a\r\nx-evil: 1".to_string(), "\u{7f}".to_string()];
-        let header = xfcc(None, "00", "CN=a", ["u\tv"].into_iter(), None, &dns)
-            .expect("XFCC is kept");
+        let header =
+            xfcc(None, "00", "CN=a", ["u\tv"].into_iter(), None, &dns).expect("XFCC is kept");
         assert_eq!(
             header,
             "Hash=00;Subject=\"CN=a\";URI=u%09v;DNS=a%0D%0Ax-evil: 1;DNS=%7F"

@@ -212,10 +212,12 @@ struct Shared {
 }
 
 impl Upstreams {
-    /// Pools and TLS origination for every backend of `model`.
+    /// Pools and TLS origination for every backend of `model`; `issuers` are the resolved
+    /// `spec.trust.issuers`.
     pub fn new(
         model: &Model,
         credentials: Option<&Credentials>,
+        issuers: &[(String, Vec<String>)],
         material: &Material,
         provider: &Arc<CryptoProvider>,
         series: &Series<'_>,
@@ -224,7 +226,8 @@ impl Upstreams {
             .backends
             .iter()
             .map(|b| {
-                UpstreamBackend::new(b, credentials, material, provider, series.upstream(b))
+                let counts = series.upstream(b);
+                UpstreamBackend::new(b, credentials, issuers, material, provider, counts)
                     .map(Arc::new)
             })
             .collect::<Result<_, _>>()?;
@@ -249,6 +252,7 @@ impl UpstreamBackend {
     fn new(
         b: &Backend,
         credentials: Option<&Credentials>,
+        issuers: &[(String, Vec<String>)],
         material: &Material,
         provider: &Arc<CryptoProvider>,
         counts: UpstreamCounts,
@@ -256,7 +260,7 @@ impl UpstreamBackend {
         let connector = Connector::new(
             b.policy.connect_timeout,
             &b.policy.tcp_keepalive,
-            origination(b, credentials, material, provider)?,
+            origination(b, credentials, issuers, material, provider)?,
         );
         let addresses: Vec<(Box<str>, u16)> = match &b.endpoints {
             Endpoints::Static(list) => list

@@ -31,9 +31,12 @@ pub struct Origination {
 }
 
 /// The origination for `backend`, or `None` for plaintext.
+/// `issuers` (the resolved `spec.trust.issuers`) bind an ISTIO_MUTUAL server's identity to
+/// the CAs that may issue it, as they bind a client's.
 pub fn origination(
     backend: &Backend,
     credentials: Option<&Credentials>,
+    issuers: &[(String, Vec<String>)],
     material: &Material,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Option<Origination>, BuildError> {
@@ -76,6 +79,7 @@ pub fn origination(
         &roots,
         settings.subject_alt_names.clone(),
         istio,
+        issuers,
         provider.clone(),
         revocation,
     )

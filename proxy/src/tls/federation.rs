@@ -210,6 +210,7 @@ fn client_config(
                 &TrustRoots::single(roots),
                 vec![spiffe_id.clone()],
                 false,
+                &[],
                 provider.clone(),
                 &Revocation::default(),
             )

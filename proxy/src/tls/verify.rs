@@ -32,12 +32,8 @@ pub struct SpiffeClientVerifier {
     /// Trust domain -> the verifier of its own bundle, sorted by trust domain.
     domains: Vec<(String, Bundle)>,
     trust: TrustSettings,
-    /// Issuer binding: SPKI SHA-256 (hex) of a CA and the trust domains it may issue.
-    issuers: Vec<(String, Vec<String>)>,
-    provider: Arc<CryptoProvider>,
-    /// The CRLs, parsed, for the path verified with issuer binding.
-    crls: Vec<webpki::CertRevocationList<'static>>,
-    deny_expired_crl: bool,
+    /// Issuer binding (none when `spec.trust.issuers` is empty).
+    binding: IssuerBinding,
     /// Chains that verified, with the path found: sidecars reconnect with the same chain.
     verified: VerifiedChains,
 }
@@ -108,34 +104,62 @@ impl SpiffeClientVerifier {
             .iter()
             .map(|(td, r)| Ok((td.clone(), Bundle::new(r, &provider, revocation)?)))
             .collect::<Result<Vec<_>, rustls::server::VerifierBuilderError>>()?;
+        Ok(Self {
+            default,
+            inner,
+            domains,
+            trust,
+            binding: IssuerBinding::new(issuers, provider, revocation),
+            verified: VerifiedChains::new(&revocation.crls, revocation.deny_expired),
+        })
+    }
+}
+
+/// Issuer binding: which CA may issue which trust domains, and what it takes to find the CAs
+/// on a verified path (the signature algorithms, the CRLs).
+#[derive(Debug)]
+struct IssuerBinding {
+    /// SPKI SHA-256 (hex) of a CA and the trust domains it may issue.
+    issuers: Vec<(String, Vec<String>)>,
+    provider: Arc<CryptoProvider>,
+    /// The CRLs, parsed, for the path verified here.
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    deny_expired_crl: bool,
+}
+
+impl IssuerBinding {
+    fn new(
+        issuers: Vec<(String, Vec<String>)>,
+        provider: Arc<CryptoProvider>,
+        revocation: &Revocation,
+    ) -> Self {
         let crls = revocation
             .crls
             .iter()
             .filter_map(|der| webpki::OwnedCertRevocationList::from_der(der).ok())
             .map(webpki::CertRevocationList::from)
             .collect();
-        Ok(Self {
-            default,
-            inner,
-            domains,
-            trust,
+        Self {
             issuers,
             provider,
             crls,
             deny_expired_crl: revocation.deny_expired,
-            verified: VerifiedChains::new(&revocation.crls, revocation.deny_expired),
-        })
+        }
     }
 
-    /// With issuer binding: verifies the chain (once: rustls' verifier is not run as well) and
-    /// returns the SPKI SHA-256 of the CAs on the verified path, nearest first: the issuer,
-    /// the CAs above it, the trust anchor.
+    fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+
+    /// Verifies the chain for `usage` and returns the SPKI SHA-256 of the CAs on the verified
+    /// path, nearest first: the issuer, the CAs above it, the trust anchor.
     fn verified_path(
         &self,
         roots: &RootCertStore,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
+        usage: webpki::KeyUsage,
     ) -> Result<Vec<String>, rustls::Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| reject(PeerError::InvalidCertificate(format!("{e:?}"))))?;
@@ -155,7 +179,7 @@ impl SpiffeClientVerifier {
                 &roots.roots,
                 intermediates,
                 now,
-                webpki::KeyUsage::client_auth(),
+                usage,
                 revocation,
                 None,
             )
@@ -303,12 +327,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let path = match kept.as_ref().and_then(|g| g.as_ref()) {
             Some(verified) => verified.path.as_deref(),
             None => {
-                let verified = if self.issuers.is_empty() {
+                let verified = if self.binding.is_empty() {
                     verifier
                         .verify_client_cert(end_entity, intermediates, now)
                         .map(|_| None)
                 } else {
-                    self.verified_path(&bundle.roots, end_entity, intermediates, now)
+                    let usage = webpki::KeyUsage::client_auth();
+                    self.binding
+                        .verified_path(&bundle.roots, end_entity, intermediates, now, usage)
                         .map(Some)
                 };
                 let path = verified.map_err(|e| match rustls_peer_error(&e) {
@@ -343,7 +369,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             )));
         }
         if let Some(path) = path {
-            self.check_issuer(path, td)?;
+            self.binding.check_issuer(path, td)?;
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -505,7 +531,9 @@ fn copy(e: &PeerError) -> PeerError {
 /// Server verification for TLS origination: the chain to the bundle always (the bundle of the
 /// server's trust domain when it has its own); then either the SNI name (SIMPLE and MUTUAL
 /// without `subjectAltNames`), one of `subjectAltNames` (URI or DNS SAN), or — ISTIO_MUTUAL
-/// without them — any valid SPIFFE ID, as Istio accepts.
+/// without them — any valid SPIFFE ID, as Istio accepts. An ISTIO_MUTUAL server is held to
+/// issuer binding as clients are: under a shared root, another mesh's CA cannot mint the
+/// identity of the server meshgate expects.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
@@ -516,13 +544,17 @@ pub struct SpiffeServerVerifier {
     roots: TrustRoots,
     subject_alt_names: Vec<String>,
     istio: bool,
+    /// ISTIO_MUTUAL with `spec.trust.issuers`.
+    binding: Option<IssuerBinding>,
 }
 
 impl SpiffeServerVerifier {
+    /// `issuers` are the resolved `spec.trust.issuers`, applied to ISTIO_MUTUAL servers.
     pub fn new(
         roots: &TrustRoots,
         subject_alt_names: Vec<String>,
         istio: bool,
+        issuers: &[(String, Vec<String>)],
         provider: Arc<CryptoProvider>,
         revocation: &Revocation,
     ) -> Result<Self, rustls::client::VerifierBuilderError> {
@@ -549,12 +581,15 @@ impl SpiffeServerVerifier {
                 Ok((td.clone(), verifier))
             })
             .collect::<Result<Vec<_>, rustls::client::VerifierBuilderError>>()?;
+        let binding = (istio && !issuers.is_empty())
+            .then(|| IssuerBinding::new(issuers.to_vec(), provider.clone(), revocation));
         Ok(Self {
             inner: build(&roots.default)?,
             domains,
             roots: roots.clone(),
             subject_alt_names,
             istio,
+            binding,
         })
     }
 
@@ -654,6 +689,31 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
                 return Err(reject(presented_by(e, &presented())));
             }
         }
+        if let Some(binding) = &self.binding {
+            // The chain verified; find the CAs on its path (a second verification, once per
+            // upstream connection) and hold the server's trust domain to them.
+            let roots = bundle
+                .and_then(|td| self.roots.of_domain(td))
+                .unwrap_or(&self.roots.default);
+            let usage = webpki::KeyUsage::server_auth();
+            let path = binding.verified_path(roots, end_entity, intermediates, now, usage)?;
+            let peer = match &named {
+                Some(peer) => peer.spiffe_id.trust_domain().to_string(),
+                None => peer_identity(end_entity)
+                    .map_err(|e| {
+                        reject(PeerError::IdentityNotAllowed(format!(
+                            "not an X509-SVID ({e}); the server presented {}",
+                            presented()
+                        )))
+                    })?
+                    .spiffe_id
+                    .trust_domain()
+                    .to_string(),
+            };
+            binding
+                .check_issuer(&path, &peer)
+                .map_err(|e| reject(presented_by(rustls_peer_error(&e), &presented())))?;
+        }
         if self.subject_alt_names.is_empty() {
             // ISTIO_MUTUAL: any workload of a mesh under the bundle.
             if named.is_none() {
@@ -742,7 +802,7 @@ mod tests {
     use rustls::server::danger::ClientCertVerifier;
     use rustls::RootCertStore;
 
-    use super::SpiffeClientVerifier;
+    use super::{SpiffeClientVerifier, SpiffeServerVerifier};
     use crate::identity::PeerError;
     use crate::tls::credentials::{Revocation, TrustRoots};
 
@@ -895,6 +955,41 @@ mod tests {
         twice(&mesh.verifier(None, bound, &none), "issuer_not_allowed");
         let right = vec![(mesh.ca_spki(), vec!["example.com".to_string()])];
         twice(&mesh.verifier(None, right, &none), "ok");
+    }
+
+    /// An ISTIO_MUTUAL server is held to issuer binding as a client is; SIMPLE and MUTUAL
+    /// servers, which need no SPIFFE identity, are not.
+    #[test]
+    fn issuer_binding_holds_istio_mutual_servers() {
+        use rustls::client::danger::ServerCertVerifier;
+        let mesh = Mesh::new("root");
+        let now = OffsetDateTime::now_utc();
+        let chain = mesh.chain(SLEEP, now - Duration::minutes(5), now + Duration::hours(1));
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(mesh.root.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let roots = TrustRoots::single(std::sync::Arc::new(roots));
+        let name = rustls::pki_types::ServerName::try_from("outbound_.443_._.example.com").unwrap();
+        let verify = |istio: bool, sans: &[&str], issuers: &[(String, Vec<String>)]| {
+            let sans = sans.iter().map(|s| s.to_string()).collect();
+            let provider = crate::tls::provider(None);
+            let none = Revocation::default();
+            let v =
+                SpiffeServerVerifier::new(&roots, sans, istio, issuers, provider, &none).unwrap();
+            v.verify_server_cert(&chain[0], &chain[1..], &name, &[], at(now))
+                .map(|_| ())
+                .map_err(|e| super::rustls_peer_error(&e))
+        };
+        let wrong = [(mesh.ca_spki(), vec!["example-target.com".to_string()])];
+        let right = [(mesh.ca_spki(), vec!["example.com".to_string()])];
+        let unlisted = [("00".repeat(32), vec!["example.com".to_string()])];
+        assert_eq!(reason(verify(true, &[], &[])), "ok");
+        assert_eq!(reason(verify(true, &[], &wrong)), "issuer_not_allowed");
+        assert_eq!(reason(verify(true, &[SLEEP], &wrong)), "issuer_not_allowed");
+        assert_eq!(reason(verify(true, &[], &unlisted)), "issuer_not_allowed");
+        assert_eq!(reason(verify(true, &[SLEEP], &right)), "ok");
+        assert_eq!(reason(verify(false, &[SLEEP], &wrong)), "ok");
     }
 
     #[test]
