@@ -948,3 +948,50 @@ async fn dns_names_cannot_add_fields_or_elements_to_xfcc() {
         "DNS names the backend reads from {xfcc}"
     );
 }
+
+/// An upstream's trailers reach the client without what no trailer may carry on: the
+/// hop-by-hop fields, those its `Connection` names, and `Content-Length`. Over HTTP/2 a stream
+/// whose trailers held one would be reset instead.
+#[tokio::test]
+async fn response_trailers_lose_what_no_trailer_may_carry() {
+    let backend = support::proxy::abrupt_backend(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-ok\r\n\r\n\
+         5\r\nhello\r\n0\r\nx-ok: 1\r\nconnection: x-named\r\nx-named: 1\r\n\
+         keep-alive: timeout=5\r\ncontent-length: 5\r\n\r\n",
+    )
+    .await;
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let yaml = gateway_yaml(&route_to(HOST, backend));
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    let caller = pki.workload("example.com", CALLER);
+    let tls = Client::new(Some(&caller), &pki.root.cert_pem, &[b"h2"])
+        .connect(proxy.addr(443), HOST)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("https://{HOST}/"))
+        .version(Version::HTTP_2)
+        .header("te", "trailers")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(TIMEOUT, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::time::timeout(TIMEOUT, http_body_util::BodyExt::collect(response))
+        .await
+        .unwrap()
+        .expect("the stream ends cleanly");
+    let trailers = body.trailers().cloned().expect("trailers");
+    let body = body.to_bytes();
+    assert_eq!(&body[..], b"hello");
+    assert_eq!(trailers["x-ok"], "1");
+    for name in ["connection", "x-named", "keep-alive", "content-length"] {
+        assert!(!trailers.contains_key(name), "{name} in {trailers:?}");
+    }
+}

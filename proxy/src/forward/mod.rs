@@ -654,6 +654,14 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     found.remove_from(headers);
 }
 
+/// Drops from an upstream's trailers what no trailer may carry on to the client (RFC 9110
+/// 6.5.1): the hop-by-hop fields, those `Connection` names, and `Content-Length`. HTTP/2 has no
+/// place for them at all (a stream whose trailers held one would be reset).
+pub(crate) fn sanitize_trailers(trailers: &mut HeaderMap) {
+    remove_hop_by_hop(trailers);
+    trailers.remove(header::CONTENT_LENGTH);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

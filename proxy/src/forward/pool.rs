@@ -1018,7 +1018,12 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &mut frame {
+            if let Some(trailers) = f.trailers_mut() {
+                super::sanitize_trailers(trailers);
+            }
+        }
         match &frame {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
