@@ -7,7 +7,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::client::{Client, Conn};
@@ -962,4 +964,235 @@ async fn a_head_begun_on_a_parked_connection_is_still_cut_at_the_request_header_
     assert_head_timeout_answer(&sent);
     assert_eq!(closed_for(&proxy, "request_header_timeout"), 1);
     assert_eq!(parked(&proxy), 0);
+}
+
+const LIMITS: &str = "{requestHeaderTimeout: 300ms, idleTimeout: 30s}";
+
+/// The gateway with `LIMITS`, its mTLS port 443 and a plaintext HTTP port 8080.
+async fn gateway_with_http(pki: &Pki) -> (Proxy, meshgate_proxy::echo::Echo) {
+    let backend = echo();
+    let yaml = gateway_yaml(&route_to(HOST, backend.address))
+        .replace(
+            "    tls: {mode: ISTIO_MUTUAL}\n",
+            "    tls: {mode: ISTIO_MUTUAL}\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*.example-target.com\"]\n",
+        )
+        .replace("portOverrides: {443: 0}", "portOverrides: {443: 0, 8080: 0}")
+        .replacen("  listen:", &format!("  limits: {LIMITS}\n  listen:"), 1);
+    let proxy = Proxy::start(&yaml, &pki.workload("example-target.com", GATEWAY_ID)).await;
+    (proxy, backend)
+}
+
+/// Writes `first`, then `then` every `gap`, for `lasting`; returns what the server sent if it
+/// closed the connection in that time, `None` if the connection was still open at the end.
+async fn closed_within<S>(
+    stream: S,
+    first: &[u8],
+    then: &[u8],
+    gap: Duration,
+    lasting: Duration,
+) -> Option<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut read, mut write) = tokio::io::split(stream);
+    let mut sent = Vec::new();
+    let closed = async {
+        let mut buf = [0u8; 512];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => sent.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let writing = async {
+        let _ = write.write_all(first).await;
+        loop {
+            tokio::time::sleep(gap).await;
+            if !then.is_empty() && write.write_all(then).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let result = tokio::time::timeout(lasting, async {
+        tokio::select! {
+            () = closed => {}
+            () = writing => {}
+        }
+    })
+    .await;
+    result
+        .ok()
+        .map(|()| String::from_utf8_lossy(&sent).into_owned())
+}
+
+fn head_timeouts(proxy: &Proxy) -> u64 {
+    proxy
+        .running
+        .metrics
+        .connections_closed("request_header_timeout")
+}
+
+/// Empty lines are no head (the parser passes over them before a request line): one
+/// `\r\n\r\n` every 200 ms is cut at the 300 ms the head is allowed, as any stalled head is.
+#[tokio::test]
+async fn a_head_fed_as_empty_lines_is_cut_at_the_request_header_timeout() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway_with_http(&pki).await;
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
+    let started = std::time::Instant::now();
+    let sent = closed_within(
+        tls,
+        b"\r\n\r\n",
+        b"\r\n\r\n",
+        Duration::from_millis(200),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        sent.is_some(),
+        "a head of empty lines was still open {:?} after its first byte \
+         (requestHeaderTimeout 300ms; {} head timeouts counted)",
+        started.elapsed(),
+        head_timeouts(&proxy)
+    );
+    let sent = sent.unwrap();
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent:?}");
+    assert_eq!(head_timeouts(&proxy), 1);
+}
+
+/// On the plaintext listener, an HTTP/1.1 head that starts with `PRI` but is not the HTTP/2
+/// preface is timed as a head.
+#[tokio::test]
+async fn a_plaintext_http1_head_starting_with_pri_is_cut_at_the_request_header_timeout() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway_with_http(&pki).await;
+    let tcp = TcpStream::connect(proxy.addr(8080)).await.unwrap();
+    let started = std::time::Instant::now();
+    let sent = closed_within(
+        tcp,
+        format!("PRI /get HTTP/1.1\r\nhost: {HOST}\r\nx-slow: ").as_bytes(),
+        b"",
+        Duration::from_millis(200),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        sent.is_some(),
+        "a plaintext head starting with PRI was still open {:?} after its first byte \
+         (requestHeaderTimeout 300ms; {} head timeouts counted)",
+        started.elapsed(),
+        head_timeouts(&proxy)
+    );
+    let sent = sent.unwrap();
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent:?}");
+    assert_eq!(head_timeouts(&proxy), 1);
+}
+
+/// HTTP/2 with prior knowledge whose preface arrives in two pieces (the second with the
+/// client's SETTINGS): no head to time once it is whole, so the connection outlives the head
+/// timeout and serves a request after it.
+#[tokio::test]
+async fn a_split_http2_preface_is_not_a_stalled_head() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let (proxy, _backend) = gateway_with_http(&pki).await;
+    let mut tcp = TcpStream::connect(proxy.addr(8080)).await.unwrap();
+    tcp.write_all(&PREFACE[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(TokioIo::new(SplitPreface::after(tcp, 10)))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // Idle past the 300 ms head timeout, then a request on the same connection.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let req = Request::get(format!("http://{HOST}/get"))
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("answered")
+        .expect("the connection is still open");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(head_timeouts(&proxy), 0);
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection on which the first bytes of the HTTP/2 preface went already: the client's own
+/// preface is taken as written, and the rest of ours goes out with its next write (its
+/// SETTINGS).
+struct SplitPreface {
+    tcp: TcpStream,
+    /// Preface bytes of the client's still to take as written.
+    skip: usize,
+    /// The rest of the preface, to send before the client's next bytes.
+    rest: Vec<u8>,
+}
+
+impl SplitPreface {
+    fn after(tcp: TcpStream, sent: usize) -> Self {
+        Self {
+            tcp,
+            skip: PREFACE.len(),
+            rest: PREFACE[sent..].to_vec(),
+        }
+    }
+}
+
+impl AsyncRead for SplitPreface {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SplitPreface {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        if !self.rest.is_empty() {
+            // Written whole, with the client's bytes, in one write.
+            let mut joined = std::mem::take(&mut self.rest);
+            joined.extend_from_slice(buf);
+            let tcp = &mut self.tcp;
+            let mut wrote = 0;
+            while wrote < joined.len() {
+                match std::pin::Pin::new(&mut *tcp).poll_write(cx, &joined[wrote..]) {
+                    std::task::Poll::Ready(Ok(n)) => wrote += n,
+                    other => panic!("a loopback write of {} bytes: {other:?}", joined.len()),
+                }
+            }
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }

@@ -681,8 +681,9 @@ pub struct Metered<I> {
     activity: Arc<Activity>,
     /// `None`: nothing to time or to bound (HTTP/2).
     timeout: Option<Duration>,
-    /// Nothing was read yet: the first bytes may be the HTTP/2 preface.
-    first: bool,
+    /// How much of the HTTP/2 preface (`PREFACE`) the bytes read so far are; `None` once they
+    /// are something else.
+    preface: Option<usize>,
     /// Bytes of a head have arrived and its request has not started.
     in_head: bool,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -704,6 +705,9 @@ pub struct Metered<I> {
 /// connection is closed.
 const HEAD_TIMEOUT_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest header timeout";
 
+/// The HTTP/2 connection preface (RFC 9113 3.4): HTTP/2 with prior knowledge.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl<I> Metered<I> {
     pub fn new(
         io: I,
@@ -715,7 +719,7 @@ impl<I> Metered<I> {
             io,
             activity,
             timeout,
-            first: true,
+            preface: Some(0),
             in_head: false,
             deadline: None,
             head_limit,
@@ -868,16 +872,29 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Metered<I> {
         match &read {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 let read_now = buf.filled().get(before..).unwrap_or_default();
-                if std::mem::take(&mut this.first) && read_now.starts_with(b"PRI") {
-                    // `PRI * HTTP/2.0`: HTTP/2 with prior knowledge.
-                    this.timeout = None;
-                } else {
-                    // Bytes that end with the blank line that ends a head complete it (the
-                    // usual request without a body): nothing to time.
-                    this.in_head = !read_now.ends_with(b"\r\n\r\n");
-                    if !this.in_head {
+                if let Some(matched) = this.preface.take() {
+                    let rest = PREFACE.get(matched..).unwrap_or_default();
+                    if read_now.starts_with(rest) {
+                        // The whole preface: HTTP/2 with prior knowledge, no heads to time.
+                        this.timeout = None;
+                        this.in_head = false;
                         this.deadline = None;
+                        return read;
                     }
+                    if rest.starts_with(read_now) {
+                        // Part of it, so far: timed as a head until it is whole.
+                        this.preface = Some(matched.saturating_add(read_now.len()));
+                        this.in_head = true;
+                        return read;
+                    }
+                }
+                // Bytes that end with the blank line that ends a head complete it (the usual
+                // request without a body): nothing to time. Empty lines alone are no head (the
+                // parser passes over them before a request line), and keep the timer running.
+                let blank = read_now.iter().all(|b| matches!(b, b'\r' | b'\n'));
+                this.in_head = blank || !read_now.ends_with(b"\r\n\r\n");
+                if !this.in_head {
+                    this.deadline = None;
                 }
             }
             Poll::Pending if this.in_head => {
