@@ -551,6 +551,14 @@ async fn redirects_build_the_location_as_istio_configures_envoy() {
             308,
             "https://ratings.internal:8080/secure/x".to_string(),
         ),
+        // The request's own port stays, but not the default one of the scheme it leaves
+        // (Envoy's `processRequestHost`).
+        (
+            "ratings.internal:80",
+            "/secure/x",
+            308,
+            "https://ratings.internal/secure/x".to_string(),
+        ),
         (
             "ratings.internal",
             "/port",

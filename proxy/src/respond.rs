@@ -222,13 +222,17 @@ pub fn redirect(
     let own_port = written[host.len()..]
         .strip_prefix(':')
         .and_then(|p| p.parse::<u16>().ok());
+    let default = |scheme: &str, port: u16| matches!((scheme, port), ("http", 80) | ("https", 443));
+    let from = if tls { "https" } else { "http" };
     let port = match r.port {
-        RedirectPort::Unchanged => own_port,
+        // The request's own port, which goes when it is the default one of the new scheme, or
+        // of the request's when the scheme changes (Envoy's `processRequestHost`).
+        RedirectPort::Unchanged => own_port.filter(|&p| !(scheme != from && default(from, p))),
         RedirectPort::Fixed(p) => Some(p),
         RedirectPort::Listener => Some(listener_port),
         RedirectPort::ProtocolDefault => None,
     }
-    .filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    .filter(|&p| !default(scheme, p));
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),

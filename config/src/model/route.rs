@@ -195,14 +195,13 @@ pub struct HeaderMatch {
 }
 
 impl RequestMatch {
-    /// Whether a request with this method, path, authority (port removed), headers and
-    /// listener port matches. `full_authority` is the authority with its port, which a header
-    /// match on `host` reads.
+    /// Whether a request with this method, path, authority (as sent, its port included: what
+    /// the `authority` match and a header match on `host` read), headers and listener port
+    /// matches.
     pub fn matches(
         &self,
         method: &Method,
         path: &str,
-        authority: &str,
         full_authority: &str,
         headers: &HeaderMap,
         port: u16,
@@ -213,10 +212,11 @@ impl RequestMatch {
                 .as_ref()
                 .is_none_or(|m| m.matches(method.as_str().as_bytes()))
             && self.uri.as_ref().is_none_or(|m| m.matches(path.as_bytes()))
+            // Envoy's `:authority` matcher: the authority as sent, its port included.
             && self
                 .authority
                 .as_ref()
-                .is_none_or(|m| m.matches(authority.as_bytes()))
+                .is_none_or(|m| m.matches(full_authority.as_bytes()))
             && self
                 .headers
                 .iter()

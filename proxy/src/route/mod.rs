@@ -61,7 +61,6 @@ pub fn route<'a>(
                 m.matches(
                     req.method,
                     req.path,
-                    req.authority,
                     req.full_authority,
                     req.headers,
                     req.port,

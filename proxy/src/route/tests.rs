@@ -54,6 +54,12 @@ spec:
   - name: port
     match: [{port: 9999}]
     directResponse: {status: 200, body: {string: port}}
+  - name: authority-port
+    match: [{authority: {exact: "api.example.com:9443"}}]
+    directResponse: {status: 200, body: {string: authority-port}}
+  - name: authority
+    match: [{authority: {exact: "api.example.com"}, uri: {exact: /exact-authority}}]
+    directResponse: {status: 200, body: {string: authority}}
   - name: fallback
     directResponse: {status: 200, body: {string: fallback}}
 "#;
@@ -77,7 +83,7 @@ fn name(
     let req = RouteRequest {
         method: &method,
         path,
-        authority,
+        authority: strip_port(authority),
         full_authority: authority,
         headers: &h,
         port: 8080,
@@ -174,6 +180,29 @@ fn istio_route_selection() {
             "/debug",
             "api.example.com",
             &[("x-debug", "1")],
+            Some("fallback"),
+        ),
+        // `authority` matches the authority as sent, its port included, as Envoy's
+        // `:authority` header matcher does.
+        (
+            Method::GET,
+            "/",
+            "api.example.com:9443",
+            &[],
+            Some("authority-port"),
+        ),
+        (
+            Method::GET,
+            "/exact-authority",
+            "api.example.com",
+            &[],
+            Some("authority"),
+        ),
+        (
+            Method::GET,
+            "/exact-authority",
+            "api.example.com:8080",
+            &[],
             Some("fallback"),
         ),
         // A host of the Gateway server, but no VirtualService for it.
