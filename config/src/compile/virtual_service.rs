@@ -154,11 +154,17 @@ pub(crate) fn bind(
                 }
                 continue;
             }
-            let mut bound: Vec<HostMatcher> = hosts
-                .iter()
-                .filter(|h| servers.iter().any(|s| s.host.intersects(h)))
-                .cloned()
-                .collect();
+            // Each host as far as a server of the VirtualService's own Gateways serves it (a
+            // `*.example.com` bound to a server of `a.example.com` answers that host only, not
+            // the hosts other Gateways serve on the port), as Istio binds them.
+            let mut bound: Vec<HostMatcher> = Vec::new();
+            for h in &hosts {
+                for common in servers.iter().filter_map(|s| s.host.intersection(h)) {
+                    if !bound.contains(&common) {
+                        bound.push(common);
+                    }
+                }
+            }
             if listener.kind == ListenerKind::Outbound {
                 let short: Vec<HostMatcher> = bound
                     .iter()

@@ -73,6 +73,22 @@ impl HostMatcher {
     }
 }
 
+impl HostMatcher {
+    /// The hosts two patterns have in common, as one pattern (the narrower of the two), or
+    /// `None` when they have none: what Istio binds a VirtualService host to on a Gateway
+    /// server with another host.
+    pub fn intersection(&self, other: &Self) -> Option<Self> {
+        if !self.intersects(other) {
+            return None;
+        }
+        Some(if self.specificity() >= other.specificity() {
+            self.clone()
+        } else {
+            other.clone()
+        })
+    }
+}
+
 impl std::fmt::Display for HostMatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -302,3 +302,47 @@ fn authority_port_defaults_to_80() {
         81
     );
 }
+
+/// A VirtualService host binds to a server of its own Gateway as far as that server serves it:
+/// `*.example.com` on team A's server for `a.example.com` answers `a.example.com` only, and a
+/// host only team B's Gateway serves on the same port has no route (404), as Istio binds them.
+#[test]
+fn a_wildcard_virtual_service_answers_only_its_own_gateways_hosts() {
+    let yaml = r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: team-a, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http-a, protocol: HTTP}, hosts: [a.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: team-b, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http-b, protocol: HTTP}, hosts: [b.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: team-a, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [team-a]
+  http: [{name: team-a, directResponse: {status: 200, body: {string: team-a}}}]
+"#;
+    let mut model = meshgate_config::load_str("teams.yaml", yaml).unwrap();
+    let l = model.listeners.remove(0);
+    assert_eq!(
+        name(&l, Method::GET, "/", "a.example.com", &[]).as_deref(),
+        Some("team-a")
+    );
+    assert_eq!(name(&l, Method::GET, "/", "b.example.com", &[]), None);
+    assert_eq!(name(&l, Method::GET, "/", "c.example.com", &[]), None);
+}
