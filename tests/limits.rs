@@ -1026,6 +1026,20 @@ where
         .map(|()| String::from_utf8_lossy(&sent).into_owned())
 }
 
+/// That `sent` (what the server wrote before it closed; `None`: still open after the test's
+/// 3 s) is the head timeout's 408, counted once.
+fn head_timed_out(proxy: &Proxy, sent: Option<String>, what: &str) {
+    let sent = sent.unwrap_or_else(|| {
+        panic!(
+            "{what} was still open 3 s after its first byte (requestHeaderTimeout 300ms; {} \
+             head timeouts counted)",
+            head_timeouts(proxy)
+        )
+    });
+    assert!(sent.starts_with("HTTP/1.1 408"), "{what}: {sent:?}");
+    assert_eq!(head_timeouts(proxy), 1, "{what}");
+}
+
 fn head_timeouts(proxy: &Proxy) -> u64 {
     proxy
         .running
@@ -1042,7 +1056,6 @@ async fn a_head_fed_as_empty_lines_is_cut_at_the_request_header_timeout() {
     let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
     let tls = client.connect(proxy.addr(443), HOST).await.unwrap();
-    let started = std::time::Instant::now();
     let sent = closed_within(
         tls,
         b"\r\n\r\n",
@@ -1051,16 +1064,7 @@ async fn a_head_fed_as_empty_lines_is_cut_at_the_request_header_timeout() {
         Duration::from_secs(3),
     )
     .await;
-    assert!(
-        sent.is_some(),
-        "a head of empty lines was still open {:?} after its first byte \
-         (requestHeaderTimeout 300ms; {} head timeouts counted)",
-        started.elapsed(),
-        head_timeouts(&proxy)
-    );
-    let sent = sent.unwrap();
-    assert!(sent.starts_with("HTTP/1.1 408"), "{sent:?}");
-    assert_eq!(head_timeouts(&proxy), 1);
+    head_timed_out(&proxy, sent, "a head of empty lines");
 }
 
 /// On the plaintext listener, an HTTP/1.1 head that starts with `PRI` but is not the HTTP/2
@@ -1070,7 +1074,6 @@ async fn a_plaintext_http1_head_starting_with_pri_is_cut_at_the_request_header_t
     let pki = Pki::new(&["example-target.com", "example.com"]);
     let (proxy, _backend) = gateway_with_http(&pki).await;
     let tcp = TcpStream::connect(proxy.addr(8080)).await.unwrap();
-    let started = std::time::Instant::now();
     let sent = closed_within(
         tcp,
         format!("PRI /get HTTP/1.1\r\nhost: {HOST}\r\nx-slow: ").as_bytes(),
@@ -1079,16 +1082,7 @@ async fn a_plaintext_http1_head_starting_with_pri_is_cut_at_the_request_header_t
         Duration::from_secs(3),
     )
     .await;
-    assert!(
-        sent.is_some(),
-        "a plaintext head starting with PRI was still open {:?} after its first byte \
-         (requestHeaderTimeout 300ms; {} head timeouts counted)",
-        started.elapsed(),
-        head_timeouts(&proxy)
-    );
-    let sent = sent.unwrap();
-    assert!(sent.starts_with("HTTP/1.1 408"), "{sent:?}");
-    assert_eq!(head_timeouts(&proxy), 1);
+    head_timed_out(&proxy, sent, "a plaintext head starting with PRI");
 }
 
 /// HTTP/2 with prior knowledge whose preface arrives in two pieces (the second with the

@@ -500,15 +500,7 @@ async fn issuer_binding_refuses_an_upstream_another_mesh_minted() {
     let (target, _backend) = target(&pki).await;
 
     let dir = support::TempDir::new("upstream-issuers");
-    let mut trust = String::from("  trust:\n    issuers:\n");
-    for td in ["example-target.com", "example.com"] {
-        let file = dir.path().join(format!("{td}-ca.pem"));
-        std::fs::write(&file, &pki.ca(td).cert_pem).unwrap();
-        trust.push_str(&format!(
-            "    - {{certificate: {}, trustDomains: [{td}]}}\n",
-            file.display()
-        ));
-    }
+    let trust = pki.issuer_binding(dir.path());
     let pinned = format!("{{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{GATEWAY_ID}]}}}}");
     for policy in [ISTIO_MUTUAL, pinned.as_str()] {
         // Unbound, the minted identity passes, even the pinned name.

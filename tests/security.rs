@@ -883,15 +883,7 @@ async fn dns_names_cannot_add_fields_or_elements_to_xfcc() {
     let backend = echo();
 
     let dir = support::TempDir::new("xfcc-names");
-    let mut trust = String::from("  trust:\n    issuers:\n");
-    for td in ["example-target.com", "example.com"] {
-        let file = dir.path().join(format!("{td}-ca.pem"));
-        std::fs::write(&file, &pki.ca(td).cert_pem).unwrap();
-        trust.push_str(&format!(
-            "    - {{certificate: {}, trustDomains: [{td}]}}\n",
-            file.display()
-        ));
-    }
+    let trust = pki.issuer_binding(dir.path());
     let yaml = gateway_yaml(&route_to(HOST, backend.address)).replacen(
         "  listen:",
         &format!("{trust}  listen:"),
@@ -993,5 +985,88 @@ async fn response_trailers_lose_what_no_trailer_may_carry() {
     assert_eq!(trailers["x-ok"], "1");
     for name in ["connection", "x-named", "keep-alive", "content-length"] {
         assert!(!trailers.contains_key(name), "{name} in {trailers:?}");
+    }
+}
+
+/// `request.headers[host]` is the request's authority (Envoy reads the `host` name as
+/// `:authority`), over HTTP/1.1 and HTTP/2 alike: HTTP/2 has no `Host` field to read, and the
+/// choice of protocol must not get a request past a DENY policy.
+#[tokio::test]
+async fn a_host_condition_reads_the_authority_over_both_protocols() {
+    let s = Setup::new(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-host, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[host]", values: [admin.example-target.com]}]}]
+"#,
+    )
+    .await;
+    let admin = "admin.example-target.com";
+    let r = s.get(false, admin, "/", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "HTTP/1.1");
+    let r = s.get(false, "ADMIN.example-target.com.", "/", &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "HTTP/1.1, another spelling"
+    );
+    // A control: another host passes over HTTP/2.
+    let r = s.get(true, "allowed.example-target.com", "/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = s.get(true, admin, "/", &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "HTTP/2 to {admin} passed the DENY policy; the backend saw authority {:?}",
+        r.json()["headers"]["host"]
+    );
+}
+
+/// A client that repeats a header chooses which copy a policy would read, and the backend may
+/// read another: an ALLOW condition must hold for every copy, and a DENY condition holds when
+/// any copy matches.
+#[tokio::test]
+async fn repeated_headers_are_read_against_the_request() {
+    let policy = |name: &str, action: &str, header: &str, value: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: {name}, namespace: istio-system}}\n\
+             spec:\n  action: {action}\n  \
+             rules: [{{when: [{{key: \"request.headers[{header}]\", values: [{value}]}}]}}]\n"
+        )
+    };
+    let (ok, denied) = (StatusCode::OK, StatusCode::FORBIDDEN);
+    // The requests under one policy: their headers and the status each must get.
+    type Requests<'a> = Vec<(Vec<(&'a str, &'a str)>, StatusCode)>;
+    let cases: [(String, Requests); 2] = [
+        (
+            policy("blue-only", "ALLOW", "x-tenant", "blue"),
+            vec![
+                (vec![("x-tenant", "blue")], ok),
+                (vec![("x-tenant", "red")], denied),
+                (vec![("x-tenant", "blue"), ("x-tenant", "red")], denied),
+                (vec![("x-tenant", "blue"), ("x-tenant", "blue")], ok),
+            ],
+        ),
+        (
+            policy("no-admins", "DENY", "x-role", "admin"),
+            vec![
+                (vec![("x-role", "user")], ok),
+                (vec![("x-role", "user"), ("x-role", "admin")], denied),
+            ],
+        ),
+    ];
+    for (yaml, requests) in cases {
+        let s = Setup::new(&yaml).await;
+        for h2 in [false, true] {
+            for (headers, want) in &requests {
+                let r = s.get(h2, HOST, "/", headers).await;
+                assert_eq!(r.status, *want, "h2={h2}, {headers:?} under\n{yaml}");
+            }
+        }
     }
 }

@@ -303,13 +303,16 @@ fn escape_2253(value: &str, out: &mut String) {
                 out.push(c);
             }
             ' '..='~' => out.push(c),
-            _ => {
-                let mut utf8 = [0; 4];
-                for b in c.encode_utf8(&mut utf8).bytes() {
-                    let _ = write!(out, "\\{b:02X}");
-                }
-            }
+            _ => push_bytes_hex(out, c, '\\'),
         }
+    }
+}
+
+/// Each byte of `c`'s UTF-8 as `escape` and two uppercase hex digits.
+pub(crate) fn push_bytes_hex(out: &mut String, c: char, escape: char) {
+    let mut utf8 = [0; 4];
+    for b in c.encode_utf8(&mut utf8).bytes() {
+        let _ = write!(out, "{escape}{b:02X}");
     }
 }
 

@@ -315,12 +315,7 @@ fn xfcc_value(out: &mut String, value: &str, quote: bool) {
                 out.push(c);
             }
             ' '..='~' => out.push(c),
-            _ => {
-                let mut utf8 = [0; 4];
-                for b in c.encode_utf8(&mut utf8).bytes() {
-                    let _ = write!(out, "%{b:02X}");
-                }
-            }
+            _ => crate::identity::push_bytes_hex(out, c, '%'),
         }
     }
     if quote {

@@ -47,4 +47,19 @@ impl Pki {
     pub fn leaf(&self, trust_domain: &str, spec: &LeafSpec) -> Workload {
         self.ca(trust_domain).issue(spec).unwrap()
     }
+
+    /// A MeshGateway's `spec.trust` with issuer binding (two-space indent, as `spec` fields):
+    /// each mesh's CA, by its certificate written to `dir`, bound to its own trust domain.
+    pub fn issuer_binding(&self, dir: &std::path::Path) -> String {
+        let mut trust = String::from("  trust:\n    issuers:\n");
+        for (td, ca) in &self.meshes {
+            let file = dir.join(format!("{td}-ca.pem"));
+            std::fs::write(&file, &ca.cert_pem).unwrap();
+            trust.push_str(&format!(
+                "    - {{certificate: {}, trustDomains: [{td}]}}\n",
+                file.display()
+            ));
+        }
+        trust
+    }
 }
