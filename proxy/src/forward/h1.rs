@@ -340,7 +340,6 @@ fn parse_head(
         _ => HeaderMap::with_capacity(fields.max(RECYCLED_FIELDS)),
     };
     let mut length: Option<u64> = None;
-    let mut relisted = false;
     let mut chunked = None;
     // `close` wins wherever it stands; HTTP/1.0 keeps a connection only when asked to.
     let (mut close, mut keep) = (false, false);
@@ -373,8 +372,6 @@ fn parse_head(
         let value =
             HeaderValue::from_maybe_shared(value).map_err(|_| Error::Malformed("field value"))?;
         if name == header::CONTENT_LENGTH {
-            // A list of one length (RFC 9110 8.6) goes on as that length, once.
-            relisted |= length.is_some() || field.value.contains(&b',');
             for n in field.value.split(|b| *b == b',') {
                 let n = content_length(n.trim_ascii()).ok_or(Error::Malformed("Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -388,18 +385,13 @@ fn parse_head(
             if value.to_str().is_err() || version == Version::HTTP_10 {
                 return Err(Error::Malformed("Transfer-Encoding"));
             }
-            // Only the last coding decides: chunked or not. Empty list elements are no
-            // codings (RFC 9110 5.6.1), and a field of none leaves the decision as it was (but
-            // still says Transfer-Encoding, against a Content-Length).
+            // Only the last coding decides: chunked or not.
             let last = field
                 .value
                 .rsplit(|b| *b == b',')
-                .map(<[u8]>::trim_ascii)
-                .find(|coding| !coding.is_empty());
-            chunked = match last {
-                Some(coding) => Some(coding.eq_ignore_ascii_case(b"chunked")),
-                None => Some(chunked.unwrap_or(false)),
-            };
+                .next()
+                .unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             for token in field.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -418,9 +410,6 @@ fn parse_head(
     names.truncate(response.headers.len().min(KEPT_NAMES));
     if nominates {
         headers = without_nominated(headers, response.headers);
-    }
-    if let (true, Some(n)) = (relisted, length) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let framing = match (chunked, length) {
         // Either could be the smuggler's; the response is refused (RFC 9112 6.3, 3).
