@@ -534,6 +534,8 @@ async fn redirects_build_the_location_as_istio_configures_envoy() {
     redirect: {port: 8443, scheme: https}
   - match: [{uri: {prefix: /derived}}]
     redirect: {derivePort: FROM_REQUEST_PORT, uri: "/moved?from=derived"}
+  - match: [{uri: {prefix: /written-port}}]
+    redirect: {scheme: https, authority: "other.internal:80"}
   - match: [{uri: {prefix: /default-port}}]
     redirect: {derivePort: FROM_PROTOCOL_DEFAULT, authority: "other.internal:9090"}
 "#;
@@ -577,6 +579,13 @@ async fn redirects_build_the_location_as_istio_configures_envoy() {
             "/derived",
             301,
             "http://ratings.internal:9080/moved?from=derived".to_string(),
+        ),
+        // A port written in `authority` stays as written.
+        (
+            "ratings.internal:80",
+            "/written-port",
+            301,
+            "https://other.internal:80/written-port".to_string(),
         ),
         (
             "ratings.internal",

@@ -226,7 +226,9 @@ pub fn redirect(
     let from = if tls { "https" } else { "http" };
     let port = match r.port {
         // The request's own port, which goes when it is the default one of the new scheme, or
-        // of the request's when the scheme changes (Envoy's `processRequestHost`).
+        // of the request's when the scheme changes (Envoy's `processRequestHost`); a port
+        // written in `authority` stays as written.
+        RedirectPort::Unchanged if r.authority.is_some() => own_port,
         RedirectPort::Unchanged => own_port.filter(|&p| !(scheme != from && default(from, p))),
         RedirectPort::Fixed(p) => Some(p),
         RedirectPort::Listener => Some(listener_port),

@@ -301,8 +301,8 @@ fn xfcc<'a>(
 
 /// One XFCC value: as it is, or (`quote`, or when it holds `,` `;` `=` `"` or `\`)
 /// double-quoted with `"` and `\` escaped by a backslash, Envoy's documented rule. A byte no
-/// header value may hold (a control character) or outside ASCII is written `%XX`, as URIs
-/// escape it: the header is always valid, and never dropped for a name's sake.
+/// header value may hold (a control character), one outside ASCII, and `%` itself are written
+/// `%XX`, as URIs escape them: the header is always valid, and never dropped for a name's sake.
 fn xfcc_value(out: &mut String, value: &str, quote: bool) {
     let quote = quote || value.contains([',', ';', '=', '"', '\\']);
     if quote {
@@ -314,7 +314,8 @@ fn xfcc_value(out: &mut String, value: &str, quote: bool) {
                 out.push('\\');
                 out.push(c);
             }
-            ' '..='~' => out.push(c),
+            // `%` too, so that an escape reads back as one.
+            ' '..='$' | '&'..='~' => out.push(c),
             _ => crate::identity::push_bytes_hex(out, c, '%'),
         }
     }
@@ -463,6 +464,7 @@ mod tests {
             ("CN=a\\,b", true, "\"CN=a\\\\,b\""),
             ("line\nbreak", false, "line%0Abreak"),
             ("m\u{fc}ller", false, "m%C3%BCller"),
+            ("100%0A", false, "100%250A"),
             ("", true, "\"\""),
         ];
         for (input, quote, want) in cases {

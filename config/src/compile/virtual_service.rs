@@ -61,7 +61,9 @@ pub(crate) fn bind(
     warnings: &mut Vec<Warning>,
 ) {
     let proxy_namespace = proxy.namespace;
-    let mut tables: Vec<Vec<VirtualHost>> = listeners.iter().map(|_| Vec::new()).collect();
+    // Each virtual host with the hosts it has only as a server's narrower host.
+    let mut tables: Vec<Vec<(VirtualHost, Vec<HostMatcher>)>> =
+        listeners.iter().map(|_| Vec::new()).collect();
     for (o, spec) in found {
         o.unsupported(errors, "spec", &[("exportTo", spec.export_to.is_some())]);
         let gateways: Vec<String> = match &spec.gateways {
@@ -158,8 +160,12 @@ pub(crate) fn bind(
             // `*.example.com` bound to a server of `a.example.com` answers that host only, not
             // the hosts other Gateways serve on the port), as Istio binds them.
             let mut bound: Vec<HostMatcher> = Vec::new();
+            let mut narrowed: Vec<HostMatcher> = Vec::new();
             for h in &hosts {
                 for common in servers.iter().filter_map(|s| s.host.intersection(h)) {
+                    if !hosts.contains(&common) {
+                        narrowed.push(common.clone());
+                    }
                     if !bound.contains(&common) {
                         bound.push(common);
                     }
@@ -181,16 +187,38 @@ pub(crate) fn bind(
                 .iter()
                 .filter_map(|(route, scopes)| on(route, scopes, &names))
                 .collect();
-            table.push(VirtualHost {
-                source: o.resource(),
-                hosts: bound,
-                routes: on_listener,
-            });
+            table.push((
+                VirtualHost {
+                    source: o.resource(),
+                    hosts: bound,
+                    routes: on_listener,
+                },
+                narrowed,
+            ));
         }
     }
     for (listener, table) in listeners.iter_mut().zip(tables) {
-        listener.routes = RouteTable::new(table);
+        listener.routes = RouteTable::new(declared_first(table));
     }
+}
+
+/// The virtual hosts without a host they have only as a server's narrower one (a
+/// `*.example.com` bound to a server of `api.example.com`) where another VirtualService declares
+/// that host itself: the one that names it answers it, whichever was loaded first.
+fn declared_first(table: Vec<(VirtualHost, Vec<HostMatcher>)>) -> Vec<VirtualHost> {
+    let declared: Vec<HostMatcher> = table
+        .iter()
+        .flat_map(|(vh, narrowed)| vh.hosts.iter().filter(|h| !narrowed.contains(h)))
+        .cloned()
+        .collect();
+    table
+        .into_iter()
+        .map(|(mut vh, narrowed)| {
+            vh.hosts
+                .retain(|h| !(narrowed.contains(h) && declared.contains(h)));
+            vh
+        })
+        .collect()
 }
 
 /// `gateways` names as `namespace/name`, by Istio's rules (`mesh` stays).

@@ -363,7 +363,7 @@ impl ConditionKey {
     /// without the value (no identity, no such header, no SNI) is among none.
     fn any(&self, values: &ConditionValues, a: &Attributes<'_>) -> bool {
         match self.header(a) {
-            Some(mut copies) => copies.any(|v| text(values, v)),
+            Some(mut copies) => copies.any(|v| bytes(values, v)),
             None => self.single(values, a),
         }
     }
@@ -375,23 +375,22 @@ impl ConditionKey {
                 let mut any = false;
                 copies.all(|v| {
                     any = true;
-                    text(values, v)
+                    bytes(values, v)
                 }) && any
             }
             None => self.single(values, a),
         }
     }
 
-    /// A request header's copies, each as text (`None`: not valid text, among no values).
-    /// `host` is the request's authority, on HTTP/1.1 and HTTP/2 alike, as Envoy reads it.
+    /// A request header's copies, as the bytes they are (not all header values are text).
+    /// `host` is read by `single`: the request's authority, on HTTP/1.1 and HTTP/2 alike.
     fn header<'a>(&self, a: &'a Attributes<'_>) -> Option<Copies<'a>> {
-        let Self::RequestHeader(name) = self else {
-            return None;
-        };
-        if name == http::header::HOST {
-            return Some(Copies::Authority(Some(a.authority)));
+        match self {
+            Self::RequestHeader(name) if name != http::header::HOST => {
+                Some(a.headers.get_all(name).iter())
+            }
+            _ => None,
         }
-        Some(Copies::Fields(a.headers.get_all(name).iter()))
     }
 
     /// Whether the request's one value for this key (not a header) is among `values`.
@@ -417,27 +416,22 @@ impl ConditionKey {
                 _ => false,
             },
             Self::ConnectionSni => text(values, a.sni),
-            Self::RequestHeader(_) => false,
+            // `host`: the authority as sent or without its port, either form (as `hosts` is
+            // read), so that a port in the authority does not step around a value.
+            Self::RequestHeader(_) => text(values, Some(a.authority)) || text(values, Some(a.host)),
         }
     }
 }
 
-/// The copies of a request header that a condition reads, each as text.
-enum Copies<'a> {
-    /// `host`: the authority, taken once.
-    Authority(Option<&'a str>),
-    Fields(http::header::ValueIter<'a, HeaderValue>),
-}
+/// The copies of a request header that a condition reads.
+type Copies<'a> = http::header::ValueIter<'a, HeaderValue>;
 
-impl<'a> Iterator for Copies<'a> {
-    /// `None`: a copy that is not valid text, which is among no values.
-    type Item = Option<&'a str>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Self::Authority(authority) => authority.take().map(Some),
-            Self::Fields(fields) => fields.next().map(|v| v.to_str().ok()),
-        }
+/// Whether a header value's bytes are among string `values`: matched as bytes, so that a value
+/// that is not UTF-8 still matches `*`, a prefix or a suffix it has.
+fn bytes(values: &ConditionValues, value: &HeaderValue) -> bool {
+    match values {
+        ConditionValues::Strings(v) => v.matches_bytes(value.as_bytes()),
+        _ => false,
     }
 }
 
@@ -501,12 +495,12 @@ impl ValueMatch {
         }
     }
 
-    fn matches(&self, v: &str) -> bool {
+    fn matches_bytes(&self, v: &[u8]) -> bool {
         match self {
             Self::Any => true,
-            Self::Exact(e) => v == e,
-            Self::Prefix(p) => v.starts_with(p.as_str()),
-            Self::Suffix(s) => v.ends_with(s.as_str()),
+            Self::Exact(e) => v == e.as_bytes(),
+            Self::Prefix(p) => v.starts_with(p.as_bytes()),
+            Self::Suffix(s) => v.ends_with(s.as_bytes()),
         }
     }
 
@@ -529,7 +523,11 @@ impl ValueMatch {
 
 impl Values {
     pub fn matches(&self, v: &str) -> bool {
-        self.0.iter().any(|m| m.matches(v))
+        self.matches_bytes(v.as_bytes())
+    }
+
+    pub fn matches_bytes(&self, v: &[u8]) -> bool {
+        self.0.iter().any(|m| m.matches_bytes(v))
     }
 
     /// `hosts`: case-insensitive, against the authority as sent and against it without its
@@ -775,7 +773,7 @@ mod tests {
         ];
         for (pattern, value, want) in cases {
             assert_eq!(
-                ValueMatch::parse(pattern).matches(value),
+                ValueMatch::parse(pattern).matches_bytes(value.as_bytes()),
                 want,
                 "{pattern} vs {value}"
             );

@@ -35,6 +35,8 @@ struct Req {
     host: &'static str,
     port: u16,
     headers: Vec<(&'static str, &'static str)>,
+    /// Header values that need not be text.
+    raw: Vec<(&'static str, &'static [u8])>,
     sni: Option<&'static str>,
 }
 
@@ -47,6 +49,7 @@ fn req(principal: &'static str) -> Req {
         host: "httpbin.example-target.com",
         port: 443,
         headers: Vec::new(),
+        raw: Vec::new(),
         sni: None,
     }
 }
@@ -55,6 +58,9 @@ fn decide(model: &meshgate_config::Model, r: &Req) -> bool {
     let mut headers = HeaderMap::new();
     for (k, v) in &r.headers {
         headers.append(*k, HeaderValue::from_static(v));
+    }
+    for (k, v) in &r.raw {
+        headers.append(*k, HeaderValue::from_bytes(v).unwrap());
     }
     let id = r
         .principal
@@ -67,7 +73,7 @@ fn decide(model: &meshgate_config::Model, r: &Req) -> bool {
         remote_ip: r.ip.parse::<IpAddr>().unwrap(),
         destination_ip: "127.0.0.1".parse::<IpAddr>().unwrap(),
         authority: r.host,
-        host: r.host,
+        host: r.host.split_once(':').map_or(r.host, |(host, _)| host),
         port: r.port,
         method: r.method,
         path: r.path,
@@ -410,6 +416,11 @@ fn repeated_headers_and_host_are_read_against_the_request() {
         r.headers = copies.iter().map(|v| ("x-tenant", *v)).collect();
         r
     };
+    let raw = |copies: &[&'static [u8]]| {
+        let mut r = req("example.com/ns/foo/sa/sleep");
+        r.raw = copies.iter().map(|v| ("x-tenant", *v)).collect();
+        r
+    };
     let host = |authority: &'static str| {
         let mut r = req("example.com/ns/foo/sa/sleep");
         r.host = authority;
@@ -505,6 +516,30 @@ fn repeated_headers_and_host_are_read_against_the_request() {
             when("ALLOW", "host]\", values: [\"*:8443\"]"),
             host("www.example-target.com:8443"),
             true,
+        ),
+        (
+            "DENY host: a port does not step around it",
+            when("DENY", "host]\", values: [admin.example-target.com]"),
+            host("admin.example-target.com:443"),
+            false,
+        ),
+        (
+            "DENY values: a copy that is not text",
+            when("DENY", "x-tenant]\", values: [\"adm*\"]"),
+            raw(&[b"admin\xff"]),
+            false,
+        ),
+        (
+            "DENY values: any copy, text or not",
+            when("DENY", "x-tenant]\", values: [\"*\"]"),
+            raw(&[b"\x80"]),
+            false,
+        ),
+        (
+            "ALLOW values: a copy that is not text",
+            when("ALLOW", "x-tenant]\", values: [blue]"),
+            raw(&[b"blue", b"\x80"]),
+            false,
         ),
     ];
     for (name, yaml, r, want) in cases {

@@ -346,3 +346,49 @@ spec:
     assert_eq!(name(&l, Method::GET, "/", "b.example.com", &[]), None);
     assert_eq!(name(&l, Method::GET, "/", "c.example.com", &[]), None);
 }
+
+/// A wildcard VirtualService bound to a server of one host answers that host only where no
+/// VirtualService names it itself, whichever is loaded first.
+#[test]
+fn a_virtual_service_naming_a_host_answers_it_before_a_wildcard_narrowed_to_it() {
+    let yaml = r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [api.example.com, web.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wildcard, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [gw]
+  http: [{name: wildcard, directResponse: {status: 200, body: {string: wildcard}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: istio-system}
+spec:
+  hosts: [api.example.com]
+  gateways: [gw]
+  http: [{name: api, directResponse: {status: 200, body: {string: api}}}]
+"#;
+    let mut model = meshgate_config::load_str("named.yaml", yaml).unwrap();
+    let l = model.listeners.remove(0);
+    assert_eq!(
+        name(&l, Method::GET, "/", "api.example.com", &[]).as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        name(&l, Method::GET, "/", "web.example.com", &[]).as_deref(),
+        Some("wildcard")
+    );
+}

@@ -696,7 +696,9 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
                 .and_then(|td| self.roots.of_domain(td))
                 .unwrap_or(&self.roots.default);
             let usage = webpki::KeyUsage::server_auth();
-            let path = binding.verified_path(roots, end_entity, intermediates, now, usage)?;
+            let path = binding
+                .verified_path(roots, end_entity, intermediates, now, usage)
+                .map_err(|e| reject(presented_by(rustls_peer_error(&e), &presented())))?;
             let peer = match &named {
                 Some(peer) => peer.spiffe_id.trust_domain().to_string(),
                 None => peer_identity(end_entity)
