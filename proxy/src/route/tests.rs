@@ -308,13 +308,8 @@ fn authority_port_defaults_to_80() {
 /// host only team B's Gateway serves on the same port has no route (404), as Istio binds them.
 #[test]
 fn a_wildcard_virtual_service_answers_only_its_own_gateways_hosts() {
-    let yaml = r#"
-apiVersion: meshgate.dev/v1alpha1
-kind: MeshGateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  labels: {istio: ingressgateway}
----
+    let l = ingress(
+        r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: team-a, namespace: istio-system}
@@ -336,9 +331,8 @@ spec:
   hosts: ["*.example.com"]
   gateways: [team-a]
   http: [{name: team-a, directResponse: {status: 200, body: {string: team-a}}}]
-"#;
-    let mut model = meshgate_config::load_str("teams.yaml", yaml).unwrap();
-    let l = model.listeners.remove(0);
+"#,
+    );
     assert_eq!(
         name(&l, Method::GET, "/", "a.example.com", &[]).as_deref(),
         Some("team-a")
@@ -351,13 +345,8 @@ spec:
 /// VirtualService names it itself, whichever is loaded first.
 #[test]
 fn a_virtual_service_naming_a_host_answers_it_before_a_wildcard_narrowed_to_it() {
-    let yaml = r#"
-apiVersion: meshgate.dev/v1alpha1
-kind: MeshGateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  labels: {istio: ingressgateway}
----
+    let l = ingress(
+        r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: istio-system}
@@ -380,9 +369,8 @@ spec:
   hosts: [api.example.com]
   gateways: [gw]
   http: [{name: api, directResponse: {status: 200, body: {string: api}}}]
-"#;
-    let mut model = meshgate_config::load_str("named.yaml", yaml).unwrap();
-    let l = model.listeners.remove(0);
+"#,
+    );
     assert_eq!(
         name(&l, Method::GET, "/", "api.example.com", &[]).as_deref(),
         Some("api")
@@ -391,4 +379,14 @@ spec:
         name(&l, Method::GET, "/", "web.example.com", &[]).as_deref(),
         Some("wildcard")
     );
+}
+
+/// The first listener of a MeshGateway with `istio: ingressgateway` and the Istio `docs`.
+fn ingress(docs: &str) -> meshgate_config::model::Listener {
+    let yaml = format!(
+        "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\n\
+         metadata: {{name: gw, namespace: istio-system}}\nspec:\n  labels: {{istio: ingressgateway}}\n---{docs}"
+    );
+    let mut model = meshgate_config::load_str("ingress.yaml", &yaml).unwrap();
+    model.listeners.remove(0)
 }
