@@ -727,6 +727,8 @@ async fn a_request_body_that_stalls_or_crawls_past_the_request_timeout_is_answer
     );
 }
 
+/// A head over the limit is answered 431, one that does not parse 400: each ends its
+/// connection, and is counted and logged as what closed it, as Envoy counts its local replies.
 #[tokio::test]
 async fn a_request_head_over_the_limit_is_refused_even_when_it_arrives_in_one_burst() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
@@ -744,6 +746,30 @@ async fn a_request_head_over_the_limit_is_refused_even_when_it_arrives_in_one_bu
             "{padding}: {first}"
         );
     }
+    let malformed = format!("GET /get HTTP/1.1\r\nhost: {HOST}\r\nno colon here\r\n\r\n");
+    let first = trickled_request(&client, &proxy, &malformed, &[], ms(0)).await;
+    assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+
+    let lines = log_lines(&proxy, 4).await;
+    let (events, requests) = by_event(&lines);
+    assert_eq!(requests.len(), 1, "{lines:?}");
+    let mut reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "connection_closed")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "bad_request",
+            "request_header_too_large",
+            "request_header_too_large"
+        ]
+    );
+    let metrics = &proxy.running.metrics;
+    assert_eq!(metrics.connections_closed("request_header_too_large"), 2);
+    assert_eq!(metrics.connections_closed("bad_request"), 1);
 }
 
 fn ms(n: u64) -> std::time::Duration {

@@ -294,6 +294,51 @@ async fn per_try_timeout_retries_a_slow_try_and_the_route_timeout_bounds_them_al
     assert!((2..=3).contains(&tries), "{tries} tries");
 }
 
+/// Envoy's route timeout runs until the response is whole: a body still coming when it passes
+/// is cut, and the access log says `UT`; without a timeout the same body arrives whole.
+#[tokio::test]
+async fn the_route_timeout_cuts_a_body_still_coming_when_it_passes() {
+    let dir = TempDir::new("timeout-log");
+    let log = dir.path().join("access.log");
+    let trickle = Answer::Trickle(Duration::from_millis(100), 12);
+    let backend = Scripted::start("b", &[trickle, trickle]).await;
+    let http = r#"  - match: [{uri: {prefix: /bounded}}]
+    timeout: 500ms
+    route: [{destination: {host: svc.internal}}]
+  - route: [{destination: {host: svc.internal}}]
+"#;
+    let extra = format!(
+        "  accessLog: {{path: {}}}\n{}",
+        log.display(),
+        service("svc.internal", &[backend.address.port()], "", http)
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    let started = Instant::now();
+    let cut = plain_get(sidecar.addr(), "svc.internal", "/bounded", &[]).await;
+    let took = started.elapsed();
+    let e = cut.expect_err("the body outlived the route timeout");
+    assert!(e.starts_with("body:"), "{e}");
+    assert!(took < Duration::from_millis(1100), "{took:?}");
+
+    let whole = plain_get(sidecar.addr(), "svc.internal", "/free", &[])
+        .await
+        .unwrap();
+    assert_eq!(whole.body.len(), 12);
+
+    let lines = support::json_lines(&log, 2).await;
+    let flags: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap(),
+                l["response_flags"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(flags, [("/bounded", "UT"), ("/free", "-")], "{lines:?}");
+    assert_eq!(lines[0]["status"], 200);
+}
+
 #[tokio::test]
 async fn a_body_over_the_retry_buffer_is_sent_once_and_its_answer_stands() {
     let backend = Scripted::start("b", &[Answer::Status(503)]).await;

@@ -173,6 +173,12 @@ codes! {
     /// An AuthorizationPolicy rule naming HTTP fields that reaches a TCP port: there an ALLOW
     /// rule never matches and a DENY rule is applied without them, as Istio does.
     HttpFieldsOnTcp = "MG0115",
+    /// Several VirtualServices bound to `mesh` name one host: Istio merges them on Gateways
+    /// only, so the one loaded first answers it on the outbound listener (IST0109).
+    ConflictingMeshVirtualServiceHosts = "MG0116",
+    /// A setting of a DestinationRule that another of the same host, loaded first, already
+    /// makes (a subset's name, the top-level `trafficPolicy`): Istio keeps the first.
+    DestinationRuleSettingIgnored = "MG0117",
     /// The outbound listener is not on a loopback address.
     OutboundNotLoopback = "MG0201",
     /// An ISTIO_MUTUAL gateway without issuer binding.
@@ -186,6 +192,9 @@ codes! {
     PolicyValueNeverMatches = "MG0205",
     /// A setting accepted with an effect narrower than Istio's (tracing without spans).
     PartialSupport = "MG0206",
+    /// With issuer binding, a trust domain the proxy accepts at an ISTIO_MUTUAL handshake, or
+    /// expects of an ISTIO_MUTUAL upstream, that no listed CA may issue: those handshakes fail.
+    IssuerNotBound = "MG0207",
 }
 
 impl Serialize for Code {

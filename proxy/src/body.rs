@@ -437,6 +437,8 @@ pub enum End {
     Complete,
     /// The upstream broke off in the middle (Envoy's `UR`).
     UpstreamFailed,
+    /// The route's timeout cut it in the middle (Envoy's `UT`).
+    RouteTimeout,
 }
 
 /// What happens when a response is over.
@@ -508,7 +510,10 @@ where
                 // not written yet: the response head, when the upstream broke off right after
                 // it, and the client would see an empty reply. One poll later, what is
                 // buffered has been flushed, and the client sees the head and then the reset.
-                this.end = End::UpstreamFailed;
+                this.end = match e {
+                    UpstreamError::Timeout => End::RouteTimeout,
+                    _ => End::UpstreamFailed,
+                };
                 this.failed = Some(e);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;

@@ -31,7 +31,7 @@ use crate::origin::{origin, Origin};
 use crate::respond::{self, ProxyError, ResponseBody};
 use crate::route::{self, RouteRequest};
 use crate::runtime::Runtime;
-use crate::serve::{Activity, Pacing};
+use crate::serve::{Activity, ClosedBy, Pacing};
 use crate::stream::{self, StreamClock};
 use crate::tag::{self, ConnectionTags};
 use crate::tls::server::{handshake, Accepted, HttpVersion, Peer};
@@ -170,10 +170,12 @@ pub async fn serve_connection(
             serve(Arc::new(conn), stream, None, watch).await
         }
     };
+    let mut closed = activity.and_then(|a| a.closed());
     if let Err(e) = served {
         debug!(peer = %peer_addr, "connection ended: {e}");
+        closed = closed.or_else(|| ClosedBy::refused_head(&*e));
     }
-    if let Some(why) = activity.and_then(|a| a.closed()) {
+    if let Some(why) = closed {
         metrics.connection_closed(why);
         if let Some(log) = &runtime.access_log {
             log.log(&HandshakeEntry {
@@ -725,6 +727,7 @@ impl Done for Exchange {
             End::UpstreamFailed if flags.is_empty() => {
                 flags.insert(ResponseFlag::UpstreamRemoteReset)
             }
+            End::RouteTimeout => flags.insert(ResponseFlag::UpstreamRequestTimeout),
             End::Open if flags.is_empty() && !bodiless => {
                 flags.insert(ResponseFlag::DownstreamConnectionTermination)
             }

@@ -28,7 +28,7 @@ use meshgate_config::model::{Backend, Listener, TrustSettings};
 use crate::authorize::ShadowAction;
 use crate::identity::PeerError;
 use crate::origin::Origin;
-use crate::serve::TimedOut;
+use crate::serve::ClosedBy;
 
 /// How a PROXY protocol header ended.
 const PROXY_PROTOCOL: [&str; 3] = ["proxied", "local", "rejected"];
@@ -53,8 +53,8 @@ pub struct Metrics {
     bundle_fetches: [AtomicU64; BUNDLE_FETCHES.len()],
     /// Workload API updates by result (`WORKLOAD_API_UPDATES`).
     workload_api_updates: [AtomicU64; WORKLOAD_API_UPDATES.len()],
-    /// HTTP connections a limit closed, by the limit (`TimedOut::ALL`).
-    connections_closed: [AtomicU64; TimedOut::ALL.len()],
+    /// HTTP connections a limit closed, by the limit (`ClosedBy::ALL`).
+    connections_closed: [AtomicU64; ClosedBy::ALL.len()],
     /// Passed-through connections by how they ended (`passthrough::ENDS`).
     passthrough: [AtomicU64; crate::passthrough::ENDS.len()],
     /// Bytes passed through: from clients, to clients.
@@ -252,16 +252,16 @@ impl Metrics {
     }
 
     /// Counts an HTTP connection a limit closed.
-    pub fn connection_closed(&self, why: TimedOut) {
-        let counters = TimedOut::ALL.iter().zip(&self.connections_closed);
+    pub fn connection_closed(&self, why: ClosedBy) {
+        let counters = ClosedBy::ALL.iter().zip(&self.connections_closed);
         if let Some((_, c)) = counters.into_iter().find(|(w, _)| **w == why) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Connections closed for `reason` (`TimedOut::reason`) so far, for tests.
+    /// Connections closed for `reason` (`ClosedBy::reason`) so far, for tests.
     pub fn connections_closed(&self, reason: &str) -> u64 {
-        TimedOut::ALL
+        ClosedBy::ALL
             .iter()
             .zip(&self.connections_closed)
             .find(|(why, _)| why.reason() == reason)
@@ -571,7 +571,7 @@ impl Metrics {
             "counter",
             "HTTP connections the proxy closed on a limit, by the limit.",
         );
-        for (why, c) in TimedOut::ALL.iter().zip(&self.connections_closed) {
+        for (why, c) in ClosedBy::ALL.iter().zip(&self.connections_closed) {
             e.sample(
                 "meshgate_connections_closed_total",
                 &labels(&[("reason", why.reason())]),
@@ -691,18 +691,17 @@ impl Series<'_> {
             ("route", ""),
         ]));
         let mut routes = vec![unrouted; l.routes.route_count().saturating_add(1)];
-        for vh in l.routes.virtual_hosts() {
-            for (i, r) in vh.routes.iter().enumerate() {
-                let position = i.to_string();
-                let name = r.name.as_deref().unwrap_or(&position);
-                // `Route::index` numbers the table's routes from 0: every one has a slot.
-                if let Some(slot) = routes.get_mut(r.index.saturating_add(1)) {
-                    *slot = family.series(labels(&[
-                        ("listener", &l.name),
-                        ("resource", &vh.source),
-                        ("route", name),
-                    ]));
-                }
+        for r in l.routes.virtual_hosts().iter().flat_map(|vh| &vh.routes) {
+            let position = r.position.to_string();
+            let name = r.name.as_deref().unwrap_or(&position);
+            // `Route::index` numbers the table's routes from 0: every one has a slot. A route
+            // that several virtual hosts hold shares its series.
+            if let Some(slot) = routes.get_mut(r.index.saturating_add(1)) {
+                *slot = family.series(labels(&[
+                    ("listener", &l.name),
+                    ("resource", &r.source),
+                    ("route", name),
+                ]));
             }
         }
         ListenerCounts {

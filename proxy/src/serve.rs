@@ -142,7 +142,7 @@ impl HttpServers {
             sent = io.first_bytes() => sent?,
             () = drain.signaled() => return Ok(()),
             () = &mut idle => {
-                activity.closed_by(TimedOut::Idle);
+                activity.closed_by(ClosedBy::Idle);
                 return Ok(());
             }
         }
@@ -179,7 +179,7 @@ impl HttpServers {
                     stream.watch(timeout, || watched.busy()).await;
                     // Noted now: the response body sees the expiry too and may end the
                     // connection first.
-                    watched.closed_by(TimedOut::StreamIdle);
+                    watched.closed_by(ClosedBy::StreamIdle);
                 }
                 None => std::future::pending().await,
             }
@@ -301,7 +301,7 @@ impl<I: Future<Output = ()>, S: Future<Output = ()>> Ends<'_, I, S> {
             () = drain.signaled() => Stop::Gracefully,
             () = idle => {
                 debug!("idle timeout: closing the connection");
-                activity.closed_by(TimedOut::Idle);
+                activity.closed_by(ClosedBy::Idle);
                 Stop::Gracefully
             }
             () = stalled => Stop::Now,
@@ -440,7 +440,7 @@ pub struct Activity {
     /// A response body waits for the client to take what is buffered (`Pacing`).
     write_paused: AtomicBool,
     writer: AtomicWaker,
-    /// The timeout that closed the connection (`TimedOut`), 0 while none did.
+    /// The timeout that closed the connection (`ClosedBy`), 0 while none did.
     closed: AtomicU8,
     /// An incomplete request head was read when `started` was this less one; 0: none
     /// (`Metered`). A head's timer runs only while the connection is served, so such a
@@ -450,22 +450,36 @@ pub struct Activity {
     write_settled: AtomicBool,
 }
 
-/// A timeout of the proxy's that closed a downstream connection (rather than its client, an
-/// error or the drain): counted and logged once the connection is gone.
+/// What closed a downstream connection rather than its client, an error of its own or the
+/// drain: a timeout of the proxy's, or a request head it refused (hyper's answer to it is the
+/// connection's last). Counted and logged once the connection is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum TimedOut {
+pub enum ClosedBy {
     /// `requestHeaderTimeout` (after a `408`, when the connection had nothing else to send).
     RequestHeader = 1,
     /// `idleTimeout`.
     Idle = 2,
     /// `streamIdleTimeout` on an HTTP/1.1 response the client stopped taking.
     StreamIdle = 3,
+    /// An HTTP/1.1 head that does not parse: `400`.
+    BadRequest = 4,
+    /// An HTTP/1.1 head over `maxRequestHeaderBytes`: `431`.
+    HeadTooLarge = 5,
+    /// An HTTP/1.1 request target over hyper's limit (65534 bytes): `414`.
+    UriTooLong = 6,
 }
 
-impl TimedOut {
+impl ClosedBy {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Self; 3] = [Self::RequestHeader, Self::Idle, Self::StreamIdle];
+    pub const ALL: [Self; 6] = [
+        Self::RequestHeader,
+        Self::Idle,
+        Self::StreamIdle,
+        Self::BadRequest,
+        Self::HeadTooLarge,
+        Self::UriTooLong,
+    ];
 
     /// The `reason` of the metric and the access-log line.
     pub fn reason(self) -> &'static str {
@@ -473,6 +487,9 @@ impl TimedOut {
             Self::RequestHeader => "request_header_timeout",
             Self::Idle => "idle_timeout",
             Self::StreamIdle => "stream_idle_timeout",
+            Self::BadRequest => "bad_request",
+            Self::HeadTooLarge => "request_header_too_large",
+            Self::UriTooLong => "uri_too_long",
         }
     }
 
@@ -486,7 +503,30 @@ impl TimedOut {
             Self::StreamIdle => {
                 "nothing moved on the HTTP/1.1 response in flight for limits.streamIdleTimeout (cut)"
             }
+            Self::BadRequest => "a request head that does not parse: answered 400",
+            Self::HeadTooLarge => {
+                "a request head over limits.maxRequestHeaderBytes: answered 431"
+            }
+            Self::UriTooLong => "a request target over 65534 bytes: answered 414",
         }
+    }
+
+    /// The refused request head that ended a connection with `error`, when one did: hyper
+    /// answers it itself (`400`, `431`, `414`) and ends the connection, before any service.
+    pub fn refused_head(error: &(dyn StdError + 'static)) -> Option<Self> {
+        let e = error.downcast_ref::<hyper::Error>()?;
+        if e.is_parse_too_large() {
+            // hyper tells the two apart by its message only.
+            return Some(if e.to_string().contains("URI") {
+                Self::UriTooLong
+            } else {
+                Self::HeadTooLarge
+            });
+        }
+        // A parse error hyper does not answer: the HTTP/2 preface on an HTTP/1.1-only
+        // connection, and its internal errors.
+        (e.is_parse() && !e.is_parse_version_h2() && !e.to_string().contains("internal"))
+            .then_some(Self::BadRequest)
     }
 }
 
@@ -542,14 +582,14 @@ impl Activity {
     }
 
     /// A limit is closing the connection.
-    pub fn closed_by(&self, why: TimedOut) {
+    pub fn closed_by(&self, why: ClosedBy) {
         self.closed.store(why as u8, Ordering::Relaxed);
     }
 
     /// The limit that closed the connection, if one did.
-    pub fn closed(&self) -> Option<TimedOut> {
+    pub fn closed(&self) -> Option<ClosedBy> {
         let code = self.closed.load(Ordering::Relaxed);
-        TimedOut::ALL.into_iter().find(|c| *c as u8 == code)
+        ClosedBy::ALL.into_iter().find(|c| *c as u8 == code)
     }
 
     /// A request body of this connection failed on the client's side.
@@ -902,7 +942,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Metered<I> {
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if deadline.as_mut().poll(cx).is_ready() {
-                    this.activity.closed_by(TimedOut::RequestHeader);
+                    this.activity.closed_by(ClosedBy::RequestHeader);
                     this.answering = Some(0);
                     return this.answer_timeout(cx);
                 }

@@ -21,6 +21,8 @@ pub enum Answer {
     Grpc(u8),
     /// Close the connection without answering.
     Reset,
+    /// `200` with a body of this many bytes, one at a time, this long apart.
+    Trickle(Duration, usize),
 }
 
 /// A request the backend read.
@@ -87,6 +89,19 @@ impl Scripted {
                 }
                 Answer::Grpc(code) => (200, Some(code)),
                 Answer::Reset => return,
+                Answer::Trickle(gap, n) => {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+                    if tcp.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..n {
+                        tokio::time::sleep(gap).await;
+                        if tcp.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
             };
             let grpc = grpc.map_or(String::new(), |c| {
                 format!("content-type: application/grpc\r\ngrpc-status: {c}\r\n")

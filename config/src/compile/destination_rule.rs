@@ -1,8 +1,12 @@
 //! DestinationRules -> the upstream policy of each backend, and the subsets routes name.
 //!
+//! DestinationRules naming one host are merged as Istio merges them: the subsets of each, a
+//! later rule's subset of a name already defined ignored, and the first top-level
+//! `trafficPolicy` loaded (`check` reports what is ignored, MG0117).
+//!
 //! For a backend (host, port, subset), the DestinationRule with the most specific matching
-//! `host` applies (exact, then the longest `*.suffix`, then `*`; the first declared on a tie; a
-//! short host is a Kubernetes service in the rule's namespace). Its policy is merged as Istio's
+//! `host` applies (exact, then the longest `*.suffix`, then `*`; a short host is a Kubernetes
+//! service in the rule's namespace). Its policy is merged as Istio's
 //! `MergeTrafficPolicy` does: a `portLevelSettings` entry for the port replaces the top-level
 //! policy entirely (omitted blocks take their defaults, they are not inherited); a subset's
 //! `trafficPolicy` then replaces each block it sets (`tls`, `loadBalancer`, `connectionPool`),
@@ -20,6 +24,7 @@ use crate::model::{
 };
 use crate::raw::destination_rule::{self as raw, DestinationRuleSpec};
 use crate::raw::Labels;
+use crate::warning::{Code, Warning};
 
 /// The blocks of a traffic policy that one level sets.
 #[derive(Debug, Clone, Default)]
@@ -69,30 +74,39 @@ pub(crate) struct Subset {
     pub labels: Labels,
     name: String,
     policy: Option<Policy>,
+    /// The DestinationRule that defines it.
+    source: String,
 }
 
 /// Compiled DestinationRules, with exact hosts indexed: every backend looks its rule up, so a
 /// scan of all rules per backend would make loading quadratic in a large mesh.
 pub(crate) struct Rules {
     rules: Vec<Rule>,
-    /// The first rule declared for each exact (lowercase) host.
+    /// The rule of each exact (lowercase) host.
     exact: HashMap<Box<str>, usize>,
     /// The `*.suffix` and `*` rules, in declaration order.
     wildcards: Vec<usize>,
 }
 
+/// The DestinationRules of one host, merged.
 struct Rule {
+    /// The DestinationRule whose top-level `trafficPolicy` applies: the first loaded that has
+    /// one, else the first loaded.
     source: String,
     host: HostMatcher,
-    policy: Policy,
+    /// The top-level `trafficPolicy`; `None` when no rule of the host has one.
+    policy: Option<Policy>,
     subsets: Vec<Subset>,
 }
 
 pub(crate) fn compile(
     found: &[(Origin, DestinationRuleSpec)],
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
 ) -> Rules {
-    let mut rules = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    // The rule of each host, to merge a later DestinationRule of the host into.
+    let mut of_host: HashMap<HostMatcher, usize> = HashMap::new();
     for (o, spec) in found {
         o.unsupported(
             errors,
@@ -114,8 +128,7 @@ pub(crate) fn compile(
         let policy = spec
             .traffic_policy
             .as_ref()
-            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, errors))
-            .unwrap_or_default();
+            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, errors));
         let mut subsets: Vec<Subset> = Vec::new();
         for (i, s) in spec.subsets.iter().enumerate() {
             let path = format!("spec.subsets[{i}]");
@@ -137,14 +150,22 @@ pub(crate) fn compile(
                     .traffic_policy
                     .as_ref()
                     .map(|tp| traffic_policy(o, &format!("{path}.trafficPolicy"), tp, errors)),
+                source: o.resource(),
             });
         }
-        rules.push(Rule {
+        let rule = Rule {
             source: o.resource(),
             host,
             policy,
             subsets,
-        });
+        };
+        match of_host.get(&rule.host).and_then(|&i| rules.get_mut(i)) {
+            Some(first) => first.merge(o, rule, warnings),
+            None => {
+                of_host.insert(rule.host.clone(), rules.len());
+                rules.push(rule);
+            }
+        }
     }
     let mut exact = HashMap::new();
     let mut wildcards = Vec::new();
@@ -231,8 +252,46 @@ fn traffic_policy(
     }
 }
 
+impl Rule {
+    /// Merges `later`, a DestinationRule of the same host loaded after this one's, as Istio's
+    /// `combineSingleDestinationRule`: its subsets of new names join, and its top-level policy
+    /// applies when none loaded before has one.
+    fn merge(&mut self, o: &Origin, later: Rule, warnings: &mut Vec<Warning>) {
+        for (i, subset) in later.subsets.into_iter().enumerate() {
+            match self.subsets.iter().find(|s| s.name == subset.name) {
+                Some(defined) => warnings.push(o.warn(
+                    Code::DestinationRuleSettingIgnored,
+                    Some(&format!("spec.subsets[{i}]")),
+                    format!(
+                        "subset `{}` is also defined by {}, loaded first: that definition \
+                         applies, as Istio merges DestinationRules of one host",
+                        subset.name, defined.source
+                    ),
+                )),
+                None => self.subsets.push(subset),
+            }
+        }
+        match (&self.policy, later.policy) {
+            (None, Some(policy)) => {
+                self.policy = Some(policy);
+                self.source = later.source;
+            }
+            (Some(_), Some(_)) => warnings.push(o.warn(
+                Code::DestinationRuleSettingIgnored,
+                Some("spec.trafficPolicy"),
+                format!(
+                    "{} sets the top-level trafficPolicy of `{}`, loaded first: that one \
+                     applies, as Istio merges DestinationRules of one host",
+                    self.source, self.host
+                ),
+            )),
+            (_, None) => {}
+        }
+    }
+}
+
 impl Rules {
-    /// The rule for `host`: the most specific, the first declared on a tie.
+    /// The rule for `host`: the most specific.
     fn rule(&self, host: &str) -> Option<&Rule> {
         // An exact host is more specific than any pattern.
         let exact = self.exact.get(host.to_ascii_lowercase().as_str());
@@ -254,7 +313,7 @@ impl Rules {
     pub fn subset(&self, host: &str, name: &str) -> Option<(&Subset, &str)> {
         let rule = self.rule(host)?;
         let subset = rule.subsets.iter().find(|s| s.name == name)?;
-        Some((subset, &rule.source))
+        Some((subset, &subset.source))
     }
 
     /// The names of the subsets the rule for `host` defines.
@@ -269,7 +328,11 @@ impl Rules {
         let Some(rule) = self.rule(host) else {
             return UpstreamPolicy::default();
         };
-        let mut blocks = rule.policy.for_port(port).clone();
+        let mut blocks = rule
+            .policy
+            .as_ref()
+            .map(|p| p.for_port(port).clone())
+            .unwrap_or_default();
         let subset_policy = subset
             .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
             .and_then(|s| s.policy.as_ref());
@@ -324,7 +387,7 @@ impl Rules {
         // Istio: the subset's, else the rule's, on every port.
         policy.proxy_protocol = subset_policy
             .and_then(|sp| sp.proxy_protocol)
-            .or(rule.policy.proxy_protocol);
+            .or(rule.policy.as_ref().and_then(|p| p.proxy_protocol));
         policy
     }
 }

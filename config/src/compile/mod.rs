@@ -62,7 +62,7 @@ pub fn compile(
     for (o, spec) in &parsed.services {
         service_entry::service(o, spec, &mut backends, errors);
     }
-    let rules = destination_rule::compile(&parsed.destination_rules, errors);
+    let rules = destination_rule::compile(&parsed.destination_rules, errors, warnings);
     let mut listeners = match &proxy {
         Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
         None => Vec::new(),
@@ -206,6 +206,9 @@ pub fn compile(
             ));
         }
     }
+    if let Some(t) = &trust {
+        issuers_not_bound(&parsed, t, &listeners, backends.list(), warnings);
+    }
     if let (Some((p, _)), [(o, _)]) = (&proxy, parsed.mesh_gateways.as_slice()) {
         if p.identity.is_none() {
             for l in listeners.iter().filter(|l| l.istio_mutual()) {
@@ -240,6 +243,72 @@ pub fn compile(
         files,
         warnings: std::mem::take(warnings),
     })
+}
+
+/// MG0207: with issuer binding, a trust domain this proxy accepts at an `ISTIO_MUTUAL`
+/// handshake (the allow-list, else this mesh's) or expects of an `ISTIO_MUTUAL` upstream (its
+/// `subjectAltNames`) that no listed CA may issue: every such handshake fails.
+fn issuers_not_bound(
+    parsed: &Parsed,
+    t: &crate::model::TrustSettings,
+    listeners: &[crate::model::Listener],
+    backends: &[crate::model::Backend],
+    warnings: &mut Vec<Warning>,
+) {
+    if t.issuers.is_empty() {
+        return;
+    }
+    let issuable = |td: &str| {
+        t.issuers
+            .iter()
+            .any(|b| b.trust_domains.iter().any(|d| d.as_str() == td))
+    };
+    let mut warned: Vec<String> = Vec::new();
+    if listeners.iter().any(|l| l.istio_mutual()) {
+        let callers = match &t.allowed_trust_domains {
+            Some(list) => list.iter().collect(),
+            None => vec![&t.trust_domain],
+        };
+        for td in callers.into_iter().filter(|td| !issuable(td.as_str())) {
+            warned.push(td.to_string());
+            warnings.push(mesh_gateway_warning(
+                parsed,
+                Code::IssuerNotBound,
+                "spec.trust.issuers",
+                format!(
+                    "no CA listed may issue `{td}`, which the handshake accepts: its callers \
+                     are refused (issuer_not_allowed); bind the CA that issues it"
+                ),
+            ));
+        }
+    }
+    for b in backends {
+        let crate::model::UpstreamTls::IstioMutual(tls) = &b.policy.tls else {
+            continue;
+        };
+        for san in &tls.subject_alt_names {
+            let Ok(id) = crate::spiffe::SpiffeId::parse(san) else {
+                continue;
+            };
+            let td = id.trust_domain();
+            if issuable(td) || warned.iter().any(|w| w == td) {
+                continue;
+            }
+            warned.push(td.to_string());
+            let by = b.policy.source.as_deref().unwrap_or("its DestinationRule");
+            warnings.push(mesh_gateway_warning(
+                parsed,
+                Code::IssuerNotBound,
+                "spec.trust.issuers",
+                format!(
+                    "no CA listed may issue `{td}`, the trust domain {by} expects of \
+                     ISTIO_MUTUAL upstream {}:{}: connections to it fail \
+                     (issuer_not_allowed); bind the CA that issues it",
+                    b.host, b.port
+                ),
+            ));
+        }
+    }
 }
 
 /// A warning about a field of the (first) MeshGateway.

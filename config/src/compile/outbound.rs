@@ -64,6 +64,8 @@ pub(crate) fn add_services(
         };
         let route = Route {
             name: Some(format!("{host}:{port}")),
+            source: source.clone(),
+            position: 0,
             index: 0,
             matches: vec![RequestMatch {
                 port: Some(port),

@@ -480,9 +480,57 @@ spec:
         !model
             .warnings
             .iter()
-            .any(|w| w.to_string().contains("issuers is empty")),
+            .any(|w| w.code == Code::NoIssuerBinding || w.code == Code::IssuerNotBound),
         "{:?}",
         model.warnings
+    );
+
+    // Issuer binding that no CA of an accepted trust domain, or of an ISTIO_MUTUAL upstream's
+    // expected one, is in: those handshakes would all fail.
+    let partly = bound.replacen(
+        "trust: {trustDomains: [example.com],",
+        "trust: {trustDomains: [example.com, partner.org],",
+        1,
+    ) + r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: remote, namespace: istio-system}
+spec:
+  hosts: [api.remote.org]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: remote, namespace: istio-system}
+spec:
+  host: api.remote.org
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://remote.org/ns/istio-system/sa/gw, spiffe://example.com/ns/a/sa/b]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: remote, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: api.remote.org, port: {number: 443}}}]}]
+"#;
+    let model = load_str("t.yaml", &partly).unwrap();
+    let not_bound: Vec<String> = model
+        .warnings
+        .iter()
+        .filter(|w| w.code == Code::IssuerNotBound)
+        .map(|w| w.message.clone())
+        .collect();
+    assert_eq!(not_bound.len(), 2, "{not_bound:?}");
+    assert!(
+        not_bound[0].starts_with("no CA listed may issue `partner.org`, which the handshake"),
+        "{not_bound:?}"
+    );
+    assert!(
+        not_bound[1].contains("`remote.org`, the trust domain DestinationRule istio-system/remote expects of ISTIO_MUTUAL upstream api.remote.org:443"),
+        "{not_bound:?}"
     );
 }
 
@@ -881,6 +929,122 @@ fn subsets_select_endpoints_by_label_and_merge_policies() {
         "{:?}",
         model.warnings
     );
+}
+
+#[test]
+fn destination_rules_of_one_host_merge_as_istio_does() {
+    use crate::model::LoadBalancer;
+    let route = |subsets: &[&str]| {
+        let destinations: Vec<String> = subsets
+            .iter()
+            .map(|s| format!("    - {{destination: {{host: reviews, subset: {s}}}, weight: 1}}\n"))
+            .collect();
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n{}",
+            destinations.concat()
+        )
+    };
+    // A second rule of the host, loaded later: its new subset joins; its `v1` and its
+    // top-level policy come after the first rule's and are ignored.
+    let yaml = sidecar(&format!(
+        "{BOOKINFO_REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews-canary, namespace: default}}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets:\n  - {{name: canary, labels: {{version: v3}}}}\n  - {{name: v1, labels: {{version: v2}}}}\n{}",
+        route(&["v1", "canary"])
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let find = |subset: &str| {
+        model
+            .backends
+            .iter()
+            .find(|b| b.subset.as_deref() == Some(subset))
+            .unwrap_or_else(|| panic!("no backend for {subset}"))
+    };
+    let ip = |b: &crate::model::Backend| match &b.endpoints {
+        Endpoints::Static(list) => list.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ip(find("canary")), ["10.0.0.3:9080"]);
+    assert_eq!(ip(find("v1")), ["10.0.0.1:9080"]);
+    for subset in ["canary", "v1"] {
+        assert_eq!(find(subset).policy.load_balancer, LoadBalancer::Random);
+        assert_eq!(
+            find(subset).policy.source.as_deref(),
+            Some("DestinationRule default/reviews")
+        );
+    }
+    let ignored: Vec<(&str, &str)> = model
+        .warnings
+        .iter()
+        .filter(|w| w.code == Code::DestinationRuleSettingIgnored)
+        .map(|w| (w.resource.as_deref().unwrap(), w.field.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        ignored,
+        [
+            ("DestinationRule default/reviews-canary", "spec.subsets[1]"),
+            (
+                "DestinationRule default/reviews-canary",
+                "spec.trafficPolicy"
+            ),
+        ]
+    );
+
+    // The first rule loaded has no top-level policy: a later rule's applies.
+    let yaml = sidecar(&format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: subsets, namespace: default}}\nspec:\n  host: reviews\n  subsets: [{{name: v1, labels: {{version: v1}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: policy, namespace: default}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets: [{{name: v2, labels: {{version: v2}}}}]\n{}",
+        BOOKINFO_REVIEWS.split("---").next().unwrap(),
+        route(&["v1", "v2"])
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    for subset in ["v1", "v2"] {
+        let b = model
+            .backends
+            .iter()
+            .find(|b| b.subset.as_deref() == Some(subset))
+            .unwrap();
+        assert_eq!(b.policy.load_balancer, LoadBalancer::LeastRequest);
+        assert_eq!(
+            b.policy.source.as_deref(),
+            Some("DestinationRule default/policy")
+        );
+    }
+    assert!(
+        !model
+            .warnings
+            .iter()
+            .any(|w| w.code == Code::DestinationRuleSettingIgnored),
+        "{:?}",
+        model.warnings
+    );
+}
+
+#[test]
+fn mesh_virtual_services_of_one_host_do_not_merge() {
+    let vs = |name: &str, subset: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{uri: {{prefix: /{name}}}}}]\n    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+        )
+    };
+    let yaml = sidecar(&format!(
+        "{BOOKINFO_REVIEWS}{}{}",
+        vs("first", "v1"),
+        vs("second", "v2")
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let outbound = model
+        .listeners
+        .iter()
+        .find(|l| l.name == "outbound")
+        .unwrap();
+    let vh = outbound.routes.find("reviews").unwrap();
+    assert_eq!(vh.source, "VirtualService default/first");
+    assert_eq!(vh.routes.len(), 1);
+    let conflicts: Vec<&str> = model
+        .warnings
+        .iter()
+        .filter(|w| w.code == Code::ConflictingMeshVirtualServiceHosts)
+        .map(|w| w.resource.as_deref().unwrap())
+        .collect();
+    assert_eq!(conflicts, ["VirtualService default/second"]);
 }
 
 #[test]

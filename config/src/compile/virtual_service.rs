@@ -7,6 +7,7 @@
 //! `sourceNamespace` is the MeshGateway's namespace. A route whose matches all fail on a
 //! listener is not on it.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,10 +62,9 @@ pub(crate) fn bind(
     warnings: &mut Vec<Warning>,
 ) {
     let proxy_namespace = proxy.namespace;
-    // Each virtual host with the hosts it has only as a server's narrower host.
-    let mut tables: Vec<Vec<(VirtualHost, Vec<HostMatcher>)>> =
-        listeners.iter().map(|_| Vec::new()).collect();
-    for (o, spec) in found {
+    // Each VirtualService's virtual host on each listener, in the order loaded.
+    let mut tables: Vec<Vec<(usize, VirtualHost)>> = listeners.iter().map(|_| Vec::new()).collect();
+    for (vs, (o, spec)) in found.iter().enumerate() {
         o.unsupported(errors, "spec", &[("exportTo", spec.export_to.is_some())]);
         let gateways: Vec<String> = match &spec.gateways {
             None => vec![MESH_GATEWAY.to_string()],
@@ -103,7 +103,15 @@ pub(crate) fn bind(
                     .map(|m| scope(m, &o.namespace, proxy))
                     .collect();
                 let route = compile_route(o, &path, r, backends, rules, owned, errors, warnings);
-                route.map(|route| (route, scopes))
+                route.map(|route| {
+                    (
+                        Route {
+                            position: i,
+                            ..route
+                        },
+                        scopes,
+                    )
+                })
             })
             .collect();
         backends.outbound_only(false);
@@ -160,12 +168,8 @@ pub(crate) fn bind(
             // `*.example.com` bound to a server of `a.example.com` answers that host only, not
             // the hosts other Gateways serve on the port), as Istio binds them.
             let mut bound: Vec<HostMatcher> = Vec::new();
-            let mut narrowed: Vec<HostMatcher> = Vec::new();
             for h in &hosts {
                 for common in servers.iter().filter_map(|s| s.host.intersection(h)) {
-                    if !hosts.contains(&common) {
-                        narrowed.push(common.clone());
-                    }
                     if !bound.contains(&common) {
                         bound.push(common);
                     }
@@ -188,37 +192,168 @@ pub(crate) fn bind(
                 .filter_map(|(route, scopes)| on(route, scopes, &names))
                 .collect();
             table.push((
+                vs,
                 VirtualHost {
                     source: o.resource(),
                     hosts: bound,
                     routes: on_listener,
                 },
-                narrowed,
             ));
         }
     }
     for (listener, table) in listeners.iter_mut().zip(tables) {
-        listener.routes = RouteTable::new(declared_first(table));
+        let merged = merge(table, listener, found, warnings);
+        listener.routes = RouteTable::new(merged);
     }
 }
 
-/// The virtual hosts without a host they have only as a server's narrower one (a
-/// `*.example.com` bound to a server of `api.example.com`) where another VirtualService declares
-/// that host itself: the one that names it answers it, whichever was loaded first.
-fn declared_first(table: Vec<(VirtualHost, Vec<HostMatcher>)>) -> Vec<VirtualHost> {
-    let declared: Vec<HostMatcher> = table
-        .iter()
-        .flat_map(|(vh, narrowed)| vh.hosts.iter().filter(|h| !narrowed.contains(h)))
-        .cloned()
-        .collect();
-    table
+/// The virtual hosts of a listener, from each VirtualService's there (with the position of the
+/// VirtualService in `found`): one per set of VirtualServices that answer the same hosts.
+///
+/// On a Gateway's listener, as Istio builds a gateway's routes: every VirtualService that
+/// answers a host (naming it, or by a wildcard a server's host narrows to it) adds its routes
+/// in the order loaded, and the catch-all routes then go last (`SortVHostRoutes`), so that a
+/// later VirtualService's `/api` answers before an earlier one's `/`. A VirtualService's own
+/// routes stop at its first catch-all, where Istio stops building them.
+///
+/// On the outbound listener (`mesh`) Istio merges nothing: the VirtualService loaded first
+/// answers the host, and `istioctl analyze` reports the others (IST0109), as `check` does
+/// (MG0116).
+fn merge(
+    table: Vec<(usize, VirtualHost)>,
+    listener: &Listener,
+    found: &[(Origin, VirtualServiceSpec)],
+    warnings: &mut Vec<Warning>,
+) -> Vec<VirtualHost> {
+    let on_gateway = listener.kind != ListenerKind::Outbound;
+    // The virtual hosts answering each host, in the order loaded; the hosts in the order met.
+    let mut answering: HashMap<&HostMatcher, Vec<usize>> = HashMap::new();
+    let mut hosts: Vec<&HostMatcher> = Vec::new();
+    for (i, (_, vh)) in table.iter().enumerate() {
+        for h in &vh.hosts {
+            let list = answering.entry(h).or_insert_with(|| {
+                hosts.push(h);
+                Vec::new()
+            });
+            if !list.contains(&i) {
+                list.push(i);
+            }
+        }
+    }
+    // Hosts that the same virtual hosts answer share one virtual host.
+    let mut groups: Vec<(Vec<usize>, Vec<HostMatcher>)> = Vec::new();
+    let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
+    let mut reported: HashSet<(usize, usize)> = HashSet::new();
+    for h in hosts {
+        let Some(mut list) = answering.get(h).cloned() else {
+            continue;
+        };
+        if !on_gateway {
+            if let [first, rest @ ..] = list.as_slice() {
+                for later in rest {
+                    if reported.insert((*first, *later)) {
+                        conflict(&table, found, *first, *later, h, warnings);
+                    }
+                }
+            }
+            list.truncate(1);
+        }
+        let g = match group_of.get(&list) {
+            Some(&g) => g,
+            None => {
+                group_of.insert(list.clone(), groups.len());
+                groups.push((list, Vec::new()));
+                groups.len().saturating_sub(1)
+            }
+        };
+        if let Some((_, group_hosts)) = groups.get_mut(g) {
+            group_hosts.push(h.clone());
+        }
+    }
+    let prepared: Vec<(String, Vec<Route>, Option<Route>)> = table
         .into_iter()
-        .map(|(mut vh, narrowed)| {
-            vh.hosts
-                .retain(|h| !(narrowed.contains(h) && declared.contains(h)));
-            vh
+        .map(|(_, vh)| {
+            let (routes, catch_all) = until_catch_all(vh.routes, listener.port);
+            (vh.source, routes, catch_all)
+        })
+        .collect();
+    groups
+        .into_iter()
+        .map(|(members, hosts)| {
+            let parts: Vec<_> = members.iter().filter_map(|&i| prepared.get(i)).collect();
+            let sources: Vec<&str> = parts.iter().map(|(s, _, _)| s.as_str()).collect();
+            let routes = parts
+                .iter()
+                .flat_map(|(_, routes, _)| routes)
+                .chain(
+                    parts
+                        .iter()
+                        .filter_map(|(_, _, catch_all)| catch_all.as_ref()),
+                )
+                .cloned()
+                .collect();
+            VirtualHost {
+                source: sources.join(", "),
+                hosts,
+                routes,
+            }
         })
         .collect()
+}
+
+/// A VirtualService's routes as Envoy gets them: they end at the first match that takes
+/// every request (a route without matches, or one whose match is catch-all), and that
+/// route, with the catch-all match alone, is given apart; its matches before that one stay
+/// in place as a route of their own.
+fn until_catch_all(routes: Vec<Route>, port: u16) -> (Vec<Route>, Option<Route>) {
+    let mut kept = Vec::new();
+    for route in routes {
+        let catch_all = if route.matches.is_empty() {
+            Some(0)
+        } else {
+            route.matches.iter().position(|m| m.is_catch_all(port))
+        };
+        let Some(k) = catch_all else {
+            kept.push(route);
+            continue;
+        };
+        if k > 0 {
+            kept.push(Route {
+                matches: route.matches.iter().take(k).cloned().collect(),
+                ..route.clone()
+            });
+        }
+        let matches = route.matches.iter().skip(k).take(1).cloned().collect();
+        return (kept, Some(Route { matches, ..route }));
+    }
+    (kept, None)
+}
+
+/// MG0116: VirtualService `later` names a host of the outbound listener that `first`, loaded
+/// before it, answers.
+fn conflict(
+    table: &[(usize, VirtualHost)],
+    found: &[(Origin, VirtualServiceSpec)],
+    first: usize,
+    later: usize,
+    host: &HostMatcher,
+    warnings: &mut Vec<Warning>,
+) {
+    let (Some((_, winner)), Some((o, _))) = (
+        table.get(first),
+        table.get(later).and_then(|(f, _)| found.get(*f)),
+    ) else {
+        return;
+    };
+    warnings.push(o.warn(
+        Code::ConflictingMeshVirtualServiceHosts,
+        Some("spec.hosts"),
+        format!(
+            "`{host}` is also a host of {}, loaded first, which answers it on the outbound \
+             listener: Istio merges the VirtualServices of a host on Gateways only (IST0109)",
+            winner.source
+        ),
+    ));
 }
 
 /// `gateways` names as `namespace/name`, by Istio's rules (`mesh` stays).
@@ -444,6 +579,8 @@ fn compile_route(
         fault,
         cors,
         name: r.name.clone(),
+        source: o.resource(),
+        position: 0,
         index: 0,
         matches,
         action: action?,

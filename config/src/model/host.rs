@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// A host pattern, precomputed for matching.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(into = "String")]
 pub enum HostMatcher {
     /// `*`: every host.

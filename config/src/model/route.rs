@@ -12,10 +12,11 @@ use serde::{Serialize, Serializer};
 
 use super::HostMatcher;
 
-/// The routes of one VirtualService, for its hosts.
+/// The routes for a set of hosts: one VirtualService's, or on a Gateway those of every
+/// VirtualService that answers the hosts, merged as Istio merges them.
 #[derive(Debug, Clone, Serialize)]
 pub struct VirtualHost {
-    /// `VirtualService namespace/name`.
+    /// `VirtualService namespace/name`, or several joined by `, ` when merged.
     pub source: String,
     pub hosts: Vec<HostMatcher>,
     /// In order: the first route whose match succeeds wins.
@@ -26,6 +27,11 @@ pub struct VirtualHost {
 #[derive(Debug, Clone, Serialize)]
 pub struct Route {
     pub name: Option<String>,
+    /// The resource that declares it (`VirtualService namespace/name`).
+    pub source: String,
+    /// Its position in the resource's `http` list: the route's metrics label when it has no
+    /// name.
+    pub position: usize,
     /// Its position among all the routes of its listener, numbered by `RouteTable::new`: the
     /// proxy keeps per-route counters in a list by this index.
     #[serde(skip)]
@@ -195,6 +201,24 @@ pub struct HeaderMatch {
 }
 
 impl RequestMatch {
+    /// Whether it matches every request on a listener of `port`, as Istio's `IsCatchAllRoute`
+    /// reads the Envoy route it becomes: no `uri` or the prefix `/`, and no condition Envoy
+    /// checks as a header (method, authority, headers). A `port` is checked when routes are
+    /// built, as Istio does.
+    pub fn is_catch_all(&self, port: u16) -> bool {
+        let any_path = match &self.uri {
+            None => true,
+            Some(StringMatcher::Prefix(p)) => p == "/",
+            Some(_) => false,
+        };
+        any_path
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.port.is_none_or(|p| p == port)
+    }
+
     /// Whether a request with this method, path, authority (as sent, its port included: what
     /// the `authority` match and a header match on `host` read), headers and listener port
     /// matches.

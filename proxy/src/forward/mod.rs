@@ -4,8 +4,9 @@
 //! (which picks the endpoint and the connection), tries again as the route's retry policy says,
 //! and streams both bodies. The request's hop-by-hop headers are gone already (`head`), and its
 //! headers are not edited here: the owned ones were set last. The response's hop-by-hop headers
-//! are dropped. The route's timeout bounds the wait for the response head, every try and
-//! backoff included; `perTryTimeout` bounds each try.
+//! are dropped. The route's timeout bounds the whole response, every try and backoff included,
+//! and its body: past it a body being streamed is cut (`UT`), as Envoy's; `perTryTimeout`
+//! bounds each try up to its response head.
 
 pub mod balance;
 pub mod connect;
@@ -70,6 +71,9 @@ pub enum UpstreamError {
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
     Http1(#[from] h1::Error),
+    /// The route's timeout passed while the body was coming.
+    #[error("upstream request timeout")]
+    Timeout,
 }
 
 /// How a request's tries went, for its response flags and the access log.
@@ -181,6 +185,10 @@ pub fn forward<'a>(
         };
         if let Some(cookie) = key.set_cookie {
             response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        // Envoy's route timeout runs until the response is whole, its body included.
+        if let Some(deadline) = attempt.deadline {
+            response.body_mut().deadline(deadline);
         }
         Ok(response)
     }

@@ -752,6 +752,7 @@ impl UpstreamBackend {
                 body: Inner::Hyper(body),
                 lease: None,
                 active: None,
+                deadline: None,
             })),
             Err(mut e) => Err(Failed {
                 unsent: e.take_message().map(Box::new),
@@ -775,6 +776,7 @@ impl UpstreamBackend {
                 body,
                 lease,
                 active: None,
+                deadline: None,
             };
             // A response without a body (204, HEAD, Content-Length: 0) is done already.
             if pooled.body.is_end_stream() {
@@ -943,6 +945,8 @@ pub struct PooledBody {
     lease: Option<Lease1>,
     /// The request's place among the backend's requests in flight, when they are limited.
     active: Option<Active>,
+    /// The route's timeout, when it has one: the body is cut there.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A response body as hyper's client reads it, or meshgate's own.
@@ -965,6 +969,14 @@ impl PooledBody {
             body: Inner::Hyper(body),
             lease: None,
             active: None,
+            deadline: None,
+        }
+    }
+
+    /// Cuts the body at `deadline` (`UpstreamError::Timeout`) if it has not ended by then.
+    pub(crate) fn deadline(&mut self, deadline: tokio::time::Instant) {
+        if !self.body.is_end_stream() {
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
     }
 
@@ -1018,6 +1030,15 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.deadline = None;
+                // Cut mid-body: the connection is not reused.
+                this.lease = None;
+                this.active = None;
+                return Poll::Ready(Some(Err(UpstreamError::Timeout)));
+            }
+        }
         let mut frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &mut frame {
             if let Some(trailers) = f.trailers_mut() {

@@ -341,10 +341,10 @@ spec:
     assert_eq!(name(&l, Method::GET, "/", "c.example.com", &[]), None);
 }
 
-/// A wildcard VirtualService bound to a server of one host answers that host only where no
-/// VirtualService names it itself, whichever is loaded first.
+/// A wildcard VirtualService bound to a server of one host joins the VirtualServices that name
+/// that host, in the order loaded, as Istio keys a gateway's virtual hosts by host.
 #[test]
-fn a_virtual_service_naming_a_host_answers_it_before_a_wildcard_narrowed_to_it() {
+fn a_wildcard_narrowed_to_a_host_merges_with_the_virtual_service_naming_it() {
     let l = ingress(
         r#"
 apiVersion: networking.istio.io/v1
@@ -360,7 +360,9 @@ metadata: {name: wildcard, namespace: istio-system}
 spec:
   hosts: ["*.example.com"]
   gateways: [gw]
-  http: [{name: wildcard, directResponse: {status: 200, body: {string: wildcard}}}]
+  http:
+  - {match: [{uri: {prefix: /wild}}], directResponse: {status: 200, body: {string: wildcard-path}}}
+  - {directResponse: {status: 200, body: {string: wildcard}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -368,16 +370,158 @@ metadata: {name: api, namespace: istio-system}
 spec:
   hosts: [api.example.com]
   gateways: [gw]
-  http: [{name: api, directResponse: {status: 200, body: {string: api}}}]
+  http:
+  - {match: [{uri: {prefix: /api}}], directResponse: {status: 200, body: {string: api-path}}}
+  - {directResponse: {status: 200, body: {string: api}}}
 "#,
     );
-    assert_eq!(
-        name(&l, Method::GET, "/", "api.example.com", &[]).as_deref(),
-        Some("api")
+    let cases = [
+        ("api.example.com", "/wild", "wildcard-path"),
+        // The wildcard's catch-all goes after the other VirtualService's paths...
+        ("api.example.com", "/api/v1", "api-path"),
+        // ...and, loaded first, before its catch-all.
+        ("api.example.com", "/", "wildcard"),
+        ("web.example.com", "/api/v1", "wildcard"),
+        ("web.example.com", "/wild", "wildcard-path"),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(
+            name(&l, Method::GET, path, host, &[]).as_deref(),
+            Some(want),
+            "{host}{path}"
+        );
+    }
+}
+
+/// Several VirtualServices for one Gateway host: their routes in the order loaded, catch-all
+/// routes last (Istio's `SortVHostRoutes`), each VirtualService's routes ending at its first
+/// catch-all.
+#[test]
+fn virtual_services_of_one_gateway_host_merge_with_catch_alls_last() {
+    let l = ingress(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /}, headers: {x-canary: {exact: "1"}}}]
+    directResponse: {status: 200, body: {string: canary}}
+  - match: [{uri: {prefix: /v1}}, {uri: {prefix: /}}, {uri: {prefix: /never}}]
+    directResponse: {status: 200, body: {string: mixed}}
+  - match: [{uri: {prefix: /late}}]
+    directResponse: {status: 200, body: {string: after-catch-all}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: second, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /cart}}]
+    directResponse: {status: 200, body: {string: cart}}
+  - match: [{uri: {prefix: /v1}}]
+    directResponse: {status: 200, body: {string: second-v1}}
+  - match: [{uri: {prefix: /late}}]
+    directResponse: {status: 200, body: {string: second-late}}
+  - match: [{method: {exact: POST}, uri: {prefix: /}}]
+    directResponse: {status: 200, body: {string: post}}
+  - directResponse: {status: 200, body: {string: second-root}}
+"#,
     );
+    let cases: [Case; 9] = [
+        // The first VirtualService's routes keep their order before the second's...
+        (
+            Method::GET,
+            "/v1/items",
+            "shop.example.com",
+            &[],
+            Some("mixed"),
+        ),
+        (
+            Method::GET,
+            "/cart",
+            "shop.example.com",
+            &[("x-canary", "1")],
+            Some("canary"),
+        ),
+        // ...but its catch-all (`/` among the matches of `mixed`) goes last.
+        (Method::GET, "/cart", "shop.example.com", &[], Some("cart")),
+        // A method is a header to Envoy: not a catch-all.
+        (
+            Method::POST,
+            "/anything",
+            "shop.example.com",
+            &[],
+            Some("post"),
+        ),
+        (
+            Method::GET,
+            "/anything",
+            "shop.example.com",
+            &[],
+            Some("mixed"),
+        ),
+        (
+            Method::GET,
+            "/never",
+            "shop.example.com",
+            &[],
+            Some("mixed"),
+        ),
+        // Istio builds no route after a catch-all: the first's `/late` is gone.
+        (
+            Method::GET,
+            "/late",
+            "shop.example.com",
+            &[],
+            Some("second-late"),
+        ),
+        (
+            Method::GET,
+            "/late",
+            "SHOP.example.com:8080",
+            &[],
+            Some("second-late"),
+        ),
+        (Method::GET, "/", "other.example.com", &[], None),
+    ];
+    for (method, path, host, headers, want) in cases {
+        assert_eq!(
+            name(&l, method.clone(), path, host, headers).as_deref(),
+            want,
+            "{method} {host}{path} {headers:?}"
+        );
+    }
+    // The second's catch-all is never reached: the first's catch-all was loaded first.
+    let vh = &l.routes.virtual_hosts()[0];
     assert_eq!(
-        name(&l, Method::GET, "/", "web.example.com", &[]).as_deref(),
-        Some("wildcard")
+        vh.source,
+        "VirtualService istio-system/first, VirtualService istio-system/second"
+    );
+    let last: Vec<(&str, usize)> = vh
+        .routes
+        .iter()
+        .rev()
+        .take(2)
+        .map(|r| (r.source.as_str(), r.position))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("VirtualService istio-system/second", 4),
+            ("VirtualService istio-system/first", 1)
+        ]
     );
 }
 
