@@ -194,8 +194,12 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
         for vh in l.routes.virtual_hosts() {
             let hosts: Vec<_> = vh.hosts.iter().map(|h| h.to_string()).collect();
             let _ = writeln!(out, "  {} hosts {}", vh.source, hosts.join(", "));
-            for (i, r) in vh.routes.iter().enumerate() {
-                let name = r.name.clone().unwrap_or_else(|| format!("#{i}"));
+            let merged = vh.routes.iter().any(|r| r.source != vh.source);
+            for r in &vh.routes {
+                let mut name = r.name.clone().unwrap_or_else(|| format!("#{}", r.position));
+                if merged {
+                    let _ = write!(name, " of {}", r.source);
+                }
                 let what = destinations(model, &r.action);
                 let matches = if r.matches.is_empty() {
                     "any request".to_string()
@@ -214,9 +218,11 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
             let routes: Vec<String> = vh
                 .routes
                 .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let name = r.name.clone().unwrap_or_else(|| format!("http[{i}]"));
+                .map(|r| {
+                    let name = r
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("http[{}]", r.position));
                     let mut line = format!("{name} -> {}", destinations(model, &r.action));
                     for m in &r.mirrors {
                         let share = f64::from(m.per_million) / 10_000.0;

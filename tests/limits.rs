@@ -770,6 +770,18 @@ async fn a_request_head_over_the_limit_is_refused_even_when_it_arrives_in_one_bu
     let metrics = &proxy.running.metrics;
     assert_eq!(metrics.connections_closed("request_header_too_large"), 2);
     assert_eq!(metrics.connections_closed("bad_request"), 1);
+
+    // With room for a longer head, a request target over hyper's 65534 bytes is answered 414.
+    let (proxy, _backend) = streams_gateway(&pki, "{maxRequestHeaderBytes: 131072}").await;
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nhost: {HOST}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let first = trickled_request(&client, &proxy, &long, &[], ms(0)).await;
+    assert!(first.starts_with("HTTP/1.1 414"), "{first}");
+    let lines = log_lines(&proxy, 1).await;
+    assert_eq!(lines[0]["reason"], "uri_too_long", "{lines:?}");
+    assert_eq!(proxy.running.metrics.connections_closed("uri_too_long"), 1);
 }
 
 fn ms(n: u64) -> std::time::Duration {

@@ -339,6 +339,88 @@ async fn the_route_timeout_cuts_a_body_still_coming_when_it_passes() {
     assert_eq!(lines[0]["status"], 200);
 }
 
+/// Envoy's route timeout starts once the whole request is in: an upload slower than the
+/// timeout is not cut, and the timeout then bounds the wait for the answer.
+#[tokio::test]
+async fn the_route_timeout_starts_when_the_request_body_is_in() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Scripted::start(
+        "b",
+        &[
+            Answer::Status(200),
+            Answer::Slow(Duration::from_millis(900), 200),
+        ],
+    )
+    .await;
+    let http = "  - timeout: 500ms\n    retries: {attempts: 0}\n    route: [{destination: {host: svc.internal}}]\n";
+    let sidecar = Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        "",
+        http,
+    ))
+    .await;
+    // Ten bytes 100 ms apart: the body is in after about a second.
+    let upload = |addr: SocketAddr| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"PUT /up HTTP/1.1\r\nhost: svc.internal\r\ncontent-length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tcp.write_all(b"x").await.unwrap();
+        }
+        let sent = Instant::now();
+        let mut answer = vec![0u8; 1024];
+        let n = tcp.read(&mut answer).await.unwrap();
+        (
+            String::from_utf8_lossy(&answer[..n]).to_string(),
+            sent.elapsed(),
+        )
+    };
+    let (answer, _) = upload(sidecar.addr()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(backend.seen()[0].body, b"xxxxxxxxxx");
+    // The answer takes 900 ms: the timeout, counted from the body's end, passes first.
+    let (answer, waited) = upload(sidecar.addr()).await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(880),
+        "{waited:?}"
+    );
+}
+
+/// A client that takes nothing of a long body holds it paused: the route timeout still cuts
+/// it there (`UT`), long before the stream idle timeout would.
+#[tokio::test]
+async fn the_route_timeout_cuts_a_body_paused_for_a_client_that_reads_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("paused-log");
+    let log = dir.path().join("access.log");
+    let backend = Scripted::start("b", &[Answer::Body(64 << 20)]).await;
+    let http = "  - timeout: 500ms\n    route: [{destination: {host: svc.internal}}]\n";
+    let extra = format!(
+        "  accessLog: {{path: {}}}\n{}",
+        log.display(),
+        service("svc.internal", &[backend.address.port()], "", http)
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    let mut tcp = tokio::net::TcpStream::connect(sidecar.addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nhost: svc.internal\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 1024];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    // Nothing more is read: the proxy's writes fill the socket, and the body pauses.
+    let lines = support::json_lines(&log, 1).await;
+    assert_eq!(lines[0]["response_flags"], "UT", "{lines:?}");
+    assert!(lines[0]["bytes_out"].as_u64().unwrap() < 64 << 20);
+    drop(tcp);
+}
+
 #[tokio::test]
 async fn a_body_over_the_retry_buffer_is_sent_once_and_its_answer_stands() {
     let backend = Scripted::start("b", &[Answer::Status(503)]).await;

@@ -90,6 +90,15 @@ impl RequestBody {
     pub fn empty() -> Self {
         Self(Source::Empty)
     }
+
+    /// The stream's clock while the client's body is still coming (`None`: it is in, or there
+    /// is none), which notes when it is in: the route's timeout starts there.
+    pub fn arriving(&self) -> Option<&Arc<StreamClock>> {
+        match &self.0 {
+            Source::Client(body) if !body.body.is_end_stream() => body.clock.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl ClientBody {
@@ -109,7 +118,7 @@ impl ClientBody {
         if let (Some(clock), Poll::Ready(read)) = (&self.clock, &frame) {
             match read {
                 Some(Ok(_)) if !self.body.is_end_stream() => clock.moved(),
-                Some(Ok(_)) | None => clock.received(),
+                Some(Ok(_)) | None => clock.received_now(),
                 Some(Err(_)) => {}
             }
         }
@@ -441,6 +450,13 @@ pub enum End {
     RouteTimeout,
 }
 
+/// A response body the route's timeout may cut, also while the client takes nothing of it.
+pub trait Deadline {
+    /// Ready with the error once the deadline has passed; pending, the waker registered,
+    /// before (and always, without a deadline).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<UpstreamError>;
+}
+
 /// What happens when a response is over.
 pub trait Done {
     /// Called once, when the body is dropped, with the bytes sent and how it ended.
@@ -471,7 +487,7 @@ impl<B: Body, D: Done> Tracked<B, D> {
 
 impl<B, D> Body for Tracked<B, D>
 where
-    B: Body<Data = Bytes, Error = UpstreamError> + Unpin,
+    B: Body<Data = Bytes, Error = UpstreamError> + Deadline + Unpin,
     D: Done + Unpin,
 {
     type Data = Bytes;
@@ -488,7 +504,16 @@ where
         let room = match &this.pacing {
             Some(pacing) => match pacing.room(this.bytes, cx) {
                 Some(room) => room,
-                None => return Poll::Pending,
+                // Paused for a client that takes nothing: the route's timeout still runs.
+                None => {
+                    return match this.body.poll_deadline(cx) {
+                        Poll::Ready(e) => {
+                            this.end = End::RouteTimeout;
+                            Poll::Ready(Some(Err(e)))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             },
             None => u64::MAX,
         };

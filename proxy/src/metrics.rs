@@ -53,7 +53,7 @@ pub struct Metrics {
     bundle_fetches: [AtomicU64; BUNDLE_FETCHES.len()],
     /// Workload API updates by result (`WORKLOAD_API_UPDATES`).
     workload_api_updates: [AtomicU64; WORKLOAD_API_UPDATES.len()],
-    /// HTTP connections a limit closed, by the limit (`ClosedBy::ALL`).
+    /// HTTP connections a limit or a refused request head closed, by reason (`ClosedBy::ALL`).
     connections_closed: [AtomicU64; ClosedBy::ALL.len()],
     /// Passed-through connections by how they ended (`passthrough::ENDS`).
     passthrough: [AtomicU64; crate::passthrough::ENDS.len()],
@@ -569,7 +569,7 @@ impl Metrics {
         e.family(
             "meshgate_connections_closed_total",
             "counter",
-            "HTTP connections the proxy closed on a limit, by the limit.",
+            "HTTP connections the proxy closed on a limit or after refusing a request head, by reason.",
         );
         for (why, c) in ClosedBy::ALL.iter().zip(&self.connections_closed) {
             e.sample(

@@ -42,6 +42,15 @@ impl ResponseBody {
     }
 }
 
+impl crate::body::Deadline for ResponseBody {
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<UpstreamError> {
+        match self {
+            Self::Upstream(body) => body.poll_deadline(cx),
+            Self::Full(_) => Poll::Pending,
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = UpstreamError;

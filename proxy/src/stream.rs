@@ -12,10 +12,10 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -32,12 +32,21 @@ pub struct StreamClock {
     responding: AtomicBool,
     /// The whole request body was received: the request timeout no longer runs.
     received: AtomicBool,
+    /// When a request body read through `RequestBody` came in whole, in nanoseconds after
+    /// `epoch()`, plus one; 0 while it has not (or for a request without a body).
+    received_at: AtomicU64,
     /// The stream idle timeout expired.
     expired: AtomicBool,
     /// It expired after the response head: the stream is to be cut.
     cut: AtomicBool,
     /// The request's task, woken when the timeout expires before its response head.
     task: AtomicWaker,
+}
+
+/// The instant `received_at` counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 tokio::task_local! {
@@ -56,6 +65,7 @@ impl StreamClock {
     pub fn restart(&self) {
         self.responding.store(false, Ordering::Relaxed);
         self.received.store(false, Ordering::Relaxed);
+        self.received_at.store(0, Ordering::Relaxed);
         self.expired.store(false, Ordering::Relaxed);
         self.moved();
     }
@@ -79,6 +89,21 @@ impl StreamClock {
     /// The request body is in.
     pub fn received(&self) {
         self.received.store(true, Ordering::Release);
+    }
+
+    /// The request body read through `RequestBody` is in, now: the route's timeout starts.
+    pub fn received_now(&self) {
+        let since = Instant::now().saturating_duration_since(epoch());
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.received_at
+            .store(nanos.saturating_add(1), Ordering::Release);
+        self.received();
+    }
+
+    /// When the request body read through `RequestBody` came in whole, once it has.
+    pub fn received_at(&self) -> Option<Instant> {
+        let nanos = self.received_at.load(Ordering::Acquire).checked_sub(1)?;
+        epoch().checked_add(Duration::from_nanos(nanos))
     }
 
     /// Whether the request body is in.

@@ -23,6 +23,8 @@ pub enum Answer {
     Reset,
     /// `200` with a body of this many bytes, one at a time, this long apart.
     Trickle(Duration, usize),
+    /// `200` with a body of this many bytes, written as fast as they are taken.
+    Body(usize),
 }
 
 /// A request the backend read.
@@ -99,6 +101,15 @@ impl Scripted {
                         if tcp.write_all(b"x").await.is_err() {
                             return;
                         }
+                    }
+                    continue;
+                }
+                Answer::Body(n) => {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+                    if tcp.write_all(head.as_bytes()).await.is_err()
+                        || tcp.write_all(&vec![b'x'; n]).await.is_err()
+                    {
+                        return;
                     }
                     continue;
                 }

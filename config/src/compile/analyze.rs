@@ -9,7 +9,7 @@
 //! - MG0104: a Gateway server host no VirtualService route answers (requests get 404);
 //! - MG0105: a DestinationRule whose host no backend has.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::Parsed;
 use crate::model::{
@@ -185,18 +185,32 @@ fn not_routed(
 }
 
 /// MG0105: a DestinationRule whose host matches no backend (a ServiceEntry host, or a route
-/// destination).
+/// destination), or only backends it is not in scope for: declared in another namespace than
+/// its own, when that is neither the proxy's nor the root namespace (`proxy_namespaces`).
 pub(crate) fn destination_rules(
     parsed: &Parsed,
     backends: &[Backend],
+    proxy_namespaces: [&str; 2],
     warnings: &mut Vec<Warning>,
 ) {
+    // Whether a rule of `namespace` may apply to backend `b`: the namespace of the resource
+    // that declares it (any, for a host nothing declares).
+    let in_scope = |namespace: &str, b: &Backend| {
+        proxy_namespaces.contains(&namespace)
+            || b.source.as_deref().is_none_or(|s| {
+                let name = s.split_once(' ').map_or("", |(_, n)| n);
+                name.split_once('/').is_some_and(|(ns, _)| ns == namespace)
+            })
+    };
     // Hosts (lowercase) and (host, subset)s in use, so that an exact DestinationRule host is
     // looked up rather than compared with every backend (linear in a large mesh).
-    let hosts: HashSet<String> = backends
-        .iter()
-        .map(|b| b.host.to_ascii_lowercase())
-        .collect();
+    let mut hosts: HashMap<String, Vec<&Backend>> = HashMap::new();
+    for b in backends {
+        hosts
+            .entry(b.host.to_ascii_lowercase())
+            .or_default()
+            .push(b);
+    }
     let subsets: HashSet<(String, &str)> = backends
         .iter()
         .filter_map(|b| Some((b.host.to_ascii_lowercase(), b.subset.as_deref()?)))
@@ -210,10 +224,11 @@ pub(crate) fn destination_rules(
         let Some(host) = HostMatcher::parse(&host) else {
             continue;
         };
-        let used = match &host {
-            HostMatcher::Exact(h) => hosts.contains(&**h),
-            _ => backends.iter().any(|b| host.matches(&b.host)),
+        let matching: Vec<&Backend> = match &host {
+            HostMatcher::Exact(h) => hosts.get(&**h).cloned().unwrap_or_default(),
+            _ => backends.iter().filter(|b| host.matches(&b.host)).collect(),
         };
+        let used = !matching.is_empty();
         if !used {
             warnings.push(o.warn(
                 Code::DestinationRuleUnused,
@@ -222,6 +237,21 @@ pub(crate) fn destination_rules(
                     "`{}` is the host of no ServiceEntry, Service or route destination: this \
                      DestinationRule applies to nothing",
                     spec.host
+                ),
+            ));
+            continue;
+        }
+        let scoped = matching.iter().any(|b| in_scope(&o.namespace, b));
+        if !scoped {
+            let [proxy, root] = proxy_namespaces;
+            warnings.push(o.warn(
+                Code::DestinationRuleUnused,
+                Some("metadata.namespace"),
+                format!(
+                    "`{}` is declared in another namespace than `{}`, which is neither this \
+                     proxy's (`{proxy}`) nor the root namespace (`{root}`): as in Istio, this \
+                     DestinationRule does not apply to it here",
+                    spec.host, o.namespace
                 ),
             ));
             continue;

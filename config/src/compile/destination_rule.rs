@@ -1,13 +1,18 @@
 //! DestinationRules -> the upstream policy of each backend, and the subsets routes name.
 //!
-//! DestinationRules naming one host are merged as Istio merges them: the subsets of each, a
-//! later rule's subset of a name already defined ignored, and the first top-level
-//! `trafficPolicy` loaded (`check` reports what is ignored, MG0117).
+//! A backend's DestinationRule is chosen as Istio's `PushContext.destinationRule` chooses it:
+//! among the rules of the proxy's namespace, then those of the service's (the namespace of the
+//! ServiceEntry or Service that declares the host), then those of the root namespace, the most
+//! specific matching `host` of the first namespace that has one (exact, then the longest
+//! `*.suffix`, then `*`; a short host is a Kubernetes service in the rule's namespace). A rule
+//! of another namespace does not apply, as in Istio; a host nothing declares (resolved by DNS,
+//! which Istio does not do) takes the most specific rule of any namespace after those.
 //!
-//! For a backend (host, port, subset), the DestinationRule with the most specific matching
-//! `host` applies (exact, then the longest `*.suffix`, then `*`; a short host is a Kubernetes
-//! service in the rule's namespace). Its policy is merged as Istio's
-//! `MergeTrafficPolicy` does: a `portLevelSettings` entry for the port replaces the top-level
+//! DestinationRules of one namespace naming one host are merged as Istio merges them: the
+//! subsets of each, a later rule's subset of a name already defined ignored, and the first
+//! top-level `trafficPolicy` loaded (`check` reports what is ignored, MG0117).
+//!
+//! The chosen rule's policy is merged as Istio's `MergeTrafficPolicy` does: a `portLevelSettings` entry for the port replaces the top-level
 //! policy entirely (omitted blocks take their defaults, they are not inherited); a subset's
 //! `trafficPolicy` then replaces each block it sets (`tls`, `loadBalancer`, `connectionPool`),
 //! and a subset's own `portLevelSettings` entry for the port replaces them all.
@@ -78,18 +83,58 @@ pub(crate) struct Subset {
     source: String,
 }
 
-/// Compiled DestinationRules, with exact hosts indexed: every backend looks its rule up, so a
-/// scan of all rules per backend would make loading quadratic in a large mesh.
+/// Compiled DestinationRules, indexed by namespace and exact host: every backend looks its
+/// rule up, so a scan of all rules per backend would make loading quadratic in a large mesh.
 pub(crate) struct Rules {
     rules: Vec<Rule>,
-    /// The rule of each exact (lowercase) host.
+    /// The rules of each namespace.
+    namespaces: HashMap<String, Index>,
+    /// Every rule, for hosts nothing declares.
+    all: Index,
+    /// Where a proxy looks first: its own namespace, and Istio's root namespace last.
+    proxy_namespace: String,
+    root_namespace: String,
+}
+
+/// Rules indexed by host.
+#[derive(Default)]
+struct Index {
+    /// The rule of each exact (lowercase) host, the first loaded.
     exact: HashMap<Box<str>, usize>,
     /// The `*.suffix` and `*` rules, in declaration order.
     wildcards: Vec<usize>,
 }
 
-/// The DestinationRules of one host, merged.
+impl Index {
+    fn add(&mut self, i: usize, host: &HostMatcher) {
+        match host {
+            HostMatcher::Exact(h) => {
+                self.exact.entry(h.clone()).or_insert(i);
+            }
+            _ => self.wildcards.push(i),
+        }
+    }
+
+    /// The rule for `host` (lowercase): the most specific, the first loaded on a tie.
+    fn most_specific<'a>(&self, rules: &'a [Rule], host: &str) -> Option<&'a Rule> {
+        // An exact host is more specific than any pattern.
+        if let Some(rule) = self.exact.get(host).and_then(|&i| rules.get(i)) {
+            return Some(rule);
+        }
+        self.wildcards
+            .iter()
+            .filter_map(|&i| rules.get(i))
+            .filter(|r| r.host.matches(host))
+            .fold(None::<&Rule>, |best, r| match best {
+                Some(b) if b.host.specificity() >= r.host.specificity() => Some(b),
+                _ => Some(r),
+            })
+    }
+}
+
+/// The DestinationRules of one host in one namespace, merged.
 struct Rule {
+    namespace: String,
     /// The DestinationRule whose top-level `trafficPolicy` applies: the first loaded that has
     /// one, else the first loaded.
     source: String,
@@ -99,14 +144,18 @@ struct Rule {
     subsets: Vec<Subset>,
 }
 
+/// The DestinationRules `found`, for a proxy in `proxy_namespace` with Istio's root namespace
+/// `root_namespace`.
 pub(crate) fn compile(
     found: &[(Origin, DestinationRuleSpec)],
+    proxy_namespace: &str,
+    root_namespace: &str,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) -> Rules {
     let mut rules: Vec<Rule> = Vec::new();
-    // The rule of each host, to merge a later DestinationRule of the host into.
-    let mut of_host: HashMap<HostMatcher, usize> = HashMap::new();
+    // The rule of each (namespace, host), to merge a later DestinationRule of both into.
+    let mut of_host: HashMap<(String, HostMatcher), usize> = HashMap::new();
     for (o, spec) in found {
         o.unsupported(
             errors,
@@ -154,33 +203,36 @@ pub(crate) fn compile(
             });
         }
         let rule = Rule {
+            namespace: o.namespace.clone(),
             source: o.resource(),
             host,
             policy,
             subsets,
         };
-        match of_host.get(&rule.host).and_then(|&i| rules.get_mut(i)) {
+        let key = (rule.namespace.clone(), rule.host.clone());
+        match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
             Some(first) => first.merge(o, rule, warnings),
             None => {
-                of_host.insert(rule.host.clone(), rules.len());
+                of_host.insert(key, rules.len());
                 rules.push(rule);
             }
         }
     }
-    let mut exact = HashMap::new();
-    let mut wildcards = Vec::new();
+    let mut namespaces: HashMap<String, Index> = HashMap::new();
+    let mut all = Index::default();
     for (i, r) in rules.iter().enumerate() {
-        match &r.host {
-            HostMatcher::Exact(h) => {
-                exact.entry(h.clone()).or_insert(i);
-            }
-            _ => wildcards.push(i),
-        }
+        namespaces
+            .entry(r.namespace.clone())
+            .or_default()
+            .add(i, &r.host);
+        all.add(i, &r.host);
     }
     Rules {
         rules,
-        exact,
-        wildcards,
+        namespaces,
+        all,
+        proxy_namespace: proxy_namespace.to_string(),
+        root_namespace: root_namespace.to_string(),
     }
 }
 
@@ -291,41 +343,56 @@ impl Rule {
 }
 
 impl Rules {
-    /// The rule for `host`: the most specific.
-    fn rule(&self, host: &str) -> Option<&Rule> {
-        // An exact host is more specific than any pattern.
-        let exact = self.exact.get(host.to_ascii_lowercase().as_str());
-        if let Some(rule) = exact.and_then(|&i| self.rules.get(i)) {
-            return Some(rule);
+    /// The rule for `host`, declared in `service_namespace` (`None`: declared by nothing), as
+    /// Istio chooses it for this proxy.
+    fn rule(&self, host: &str, service_namespace: Option<&str>) -> Option<&Rule> {
+        let host = host.to_ascii_lowercase();
+        let order = [
+            Some(self.proxy_namespace.as_str()),
+            service_namespace,
+            Some(self.root_namespace.as_str()),
+        ];
+        let scoped = order.into_iter().flatten().find_map(|ns| {
+            self.namespaces
+                .get(ns)
+                .and_then(|index| index.most_specific(&self.rules, &host))
+        });
+        match scoped {
+            Some(rule) => Some(rule),
+            None if service_namespace.is_none() => self.all.most_specific(&self.rules, &host),
+            None => None,
         }
-        self.wildcards
-            .iter()
-            .filter_map(|&i| self.rules.get(i))
-            .filter(|r| r.host.matches(host))
-            .fold(None::<&Rule>, |best, r| match best {
-                Some(b) if b.host.specificity() >= r.host.specificity() => Some(b),
-                _ => Some(r),
-            })
     }
 
-    /// The subset `name` of the rule for `host`, with the rule's name; `None` when the rule
-    /// (or any rule) does not define it.
-    pub fn subset(&self, host: &str, name: &str) -> Option<(&Subset, &str)> {
-        let rule = self.rule(host)?;
+    /// The subset `name` of the rule for `host`, with the name of the DestinationRule that
+    /// defines it; `None` when the rule (or any rule) does not define it.
+    pub fn subset(
+        &self,
+        host: &str,
+        service_namespace: Option<&str>,
+        name: &str,
+    ) -> Option<(&Subset, &str)> {
+        let rule = self.rule(host, service_namespace)?;
         let subset = rule.subsets.iter().find(|s| s.name == name)?;
         Some((subset, &subset.source))
     }
 
     /// The names of the subsets the rule for `host` defines.
-    pub fn subset_names(&self, host: &str) -> Vec<&str> {
-        self.rule(host)
+    pub fn subset_names(&self, host: &str, service_namespace: Option<&str>) -> Vec<&str> {
+        self.rule(host, service_namespace)
             .map(|r| r.subsets.iter().map(|s| s.name.as_str()).collect())
             .unwrap_or_default()
     }
 
     /// The policy of backend (host, port, subset), merged as Istio merges it.
-    pub fn policy(&self, host: &str, port: u16, subset: Option<&str>) -> UpstreamPolicy {
-        let Some(rule) = self.rule(host) else {
+    pub fn policy(
+        &self,
+        host: &str,
+        service_namespace: Option<&str>,
+        port: u16,
+        subset: Option<&str>,
+    ) -> UpstreamPolicy {
+        let Some(rule) = self.rule(host, service_namespace) else {
             return UpstreamPolicy::default();
         };
         let mut blocks = rule

@@ -62,7 +62,20 @@ pub fn compile(
     for (o, spec) in &parsed.services {
         service_entry::service(o, spec, &mut backends, errors);
     }
-    let rules = destination_rule::compile(&parsed.destination_rules, errors, warnings);
+    let proxy_namespace = parsed
+        .mesh_gateways
+        .first()
+        .map_or(DEFAULT_NAMESPACE, |(o, _)| o.namespace.as_str());
+    let root_namespace = proxy
+        .as_ref()
+        .map_or(ROOT_NAMESPACE, |(p, _)| p.root_namespace.as_str());
+    let rules = destination_rule::compile(
+        &parsed.destination_rules,
+        proxy_namespace,
+        root_namespace,
+        errors,
+        warnings,
+    );
     let mut listeners = match &proxy {
         Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
         None => Vec::new(),
@@ -89,10 +102,6 @@ pub fn compile(
         .as_ref()
         .map(|(p, _)| p.tagging.owned().to_vec())
         .unwrap_or_default();
-    let proxy_namespace = parsed
-        .mesh_gateways
-        .first()
-        .map_or(DEFAULT_NAMESPACE, |(o, _)| o.namespace.as_str());
     let no_labels = raw::Labels::new();
     let workload = virtual_service::Proxy {
         namespace: proxy_namespace,
@@ -143,7 +152,12 @@ pub fn compile(
     if let Some((proxy, _)) = &proxy {
         analyze::bindings(&parsed, &proxy.labels, &listeners, warnings);
     }
-    analyze::destination_rules(&parsed, backends.list(), warnings);
+    analyze::destination_rules(
+        &parsed,
+        backends.list(),
+        [proxy_namespace, root_namespace],
+        warnings,
+    );
     if let Some((_, listen)) = &proxy {
         service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
@@ -246,7 +260,7 @@ pub fn compile(
 }
 
 /// MG0207: with issuer binding, a trust domain this proxy accepts at an `ISTIO_MUTUAL`
-/// handshake (the allow-list, else this mesh's) or expects of an `ISTIO_MUTUAL` upstream (its
+/// handshake (the allow-list's; without one, this mesh's and its aliases) or expects of an `ISTIO_MUTUAL` upstream (its
 /// `subjectAltNames`) that no listed CA may issue: every such handshake fails.
 fn issuers_not_bound(
     parsed: &Parsed,
@@ -265,9 +279,11 @@ fn issuers_not_bound(
     };
     let mut warned: Vec<String> = Vec::new();
     if listeners.iter().any(|l| l.istio_mutual()) {
-        let callers = match &t.allowed_trust_domains {
+        // Without an allow-list any trust domain may connect: this mesh's own (and its
+        // aliases) are the ones bound to have callers.
+        let callers: Vec<&crate::spiffe::TrustDomain> = match &t.allowed_trust_domains {
             Some(list) => list.iter().collect(),
-            None => vec![&t.trust_domain],
+            None => std::iter::once(&t.trust_domain).chain(&t.aliases).collect(),
         };
         for td in callers.into_iter().filter(|td| !issuable(td.as_str())) {
             warned.push(td.to_string());

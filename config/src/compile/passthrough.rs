@@ -46,7 +46,7 @@ pub(crate) fn expose(
             if !exposed {
                 continue;
             }
-            let subsets = rules.subset_names(host);
+            let subsets = rules.subset_names(host, Some(namespace));
             let all = std::iter::once(None).chain(subsets.into_iter().map(Some));
             for subset in all {
                 let name = sni(host, *port, subset);

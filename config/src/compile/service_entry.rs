@@ -124,7 +124,8 @@ impl Backends {
             .get(&(host.to_string(), port))
             .and_then(|&i| self.declared.get(i))
             .map(|(_, d)| d);
-        let undefined_subset = subset.is_some_and(|s| rules.subset(host, s).is_none());
+        let namespace = declared.map(|d| d.namespace());
+        let undefined_subset = subset.is_some_and(|s| rules.subset(host, namespace, s).is_none());
         if let Some(&i) = self.index.get(&key) {
             return Ok(Resolved {
                 backend: i,
@@ -132,7 +133,7 @@ impl Backends {
                 undefined_subset,
             });
         }
-        let policy = rules.policy(host, port, subset);
+        let policy = rules.policy(host, namespace, port, subset);
         if let (Some(_), Some(rule)) = (policy.proxy_protocol, &policy.source) {
             return Err(format!(
                 "{rule} sets trafficPolicy.proxyProtocol for `{host}`: meshgate \
@@ -240,7 +241,7 @@ impl Backends {
             .and_then(|&i| self.declared.get(i))
             .map(|(_, d)| d);
         let endpoints = endpoints(host, port, subset, declared, rules)?;
-        let mut policy = rules.policy(host, port, subset);
+        let mut policy = rules.policy(host, declared.map(|d| d.namespace()), port, subset);
         let index = self.list.len();
         if !originate {
             policy.tls = UpstreamTls::Disable;
@@ -360,7 +361,7 @@ fn endpoints(
         Some(DeclaredEndpoints::Service(a)) => Endpoints::Dns(vec![a.clone()]),
     };
     if let Some(name) = subset {
-        match rules.subset(host, name) {
+        match rules.subset(host, declared.map(|d| d.namespace()), name) {
             None => endpoints = Endpoints::Undefined,
             Some((s, _)) if s.labels.is_empty() => {}
             Some((s, rule)) => {

@@ -1017,6 +1017,71 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
     );
 }
 
+/// Istio's `PushContext.destinationRule`: the proxy's namespace first, then the service's,
+/// then the root namespace; a rule of any other namespace does not apply.
+#[test]
+fn destination_rules_apply_by_namespace_as_istio_chooses_them() {
+    use crate::model::{LoadBalancer, UpstreamTls};
+    let dr = |ns: &str, name: &str, host: &str, policy: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy: {policy}\n"
+        )
+    };
+    let service = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: team}\nspec:\n  hosts: [api.team.example]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
+    let other = dr(
+        "other",
+        "downgrade",
+        "api.team.example",
+        "{tls: {mode: SIMPLE}}",
+    );
+    let root = dr(
+        "istio-system",
+        "mesh",
+        "*.team.example",
+        "{tls: {mode: ISTIO_MUTUAL}}",
+    );
+    let team = dr("team", "api", "api.team.example", "{tls: {mode: DISABLE}}");
+    let own = dr(
+        "default",
+        "mine",
+        "*.example",
+        "{loadBalancer: {simple: RANDOM}}",
+    );
+    let policy = |docs: &[&str]| {
+        let model = load_str("t.yaml", &sidecar(&format!("{service}{}", docs.concat()))).unwrap();
+        let b = model
+            .backends
+            .iter()
+            .find(|b| b.host == "api.team.example")
+            .unwrap();
+        (b.policy.clone(), model.warnings)
+    };
+    // Another namespace's rule, loaded first and as specific, does not apply: the root's does.
+    let (p, warnings) = policy(&[&other, &root]);
+    assert!(matches!(p.tls, UpstreamTls::IstioMutual(_)), "{:?}", p.tls);
+    assert_eq!(
+        p.source.as_deref(),
+        Some("DestinationRule istio-system/mesh")
+    );
+    let out_of_scope: Vec<_> = warnings
+        .iter()
+        .filter(|w| w.code == Code::DestinationRuleUnused)
+        .map(|w| (w.resource.as_deref().unwrap(), w.field.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        out_of_scope,
+        [("DestinationRule other/downgrade", "metadata.namespace")]
+    );
+    // The service's namespace before the root.
+    let (p, _) = policy(&[&root, &team]);
+    assert!(matches!(p.tls, UpstreamTls::Disable), "{:?}", p.tls);
+    assert_eq!(p.source.as_deref(), Some("DestinationRule team/api"));
+    // The proxy's namespace before the service's, however much less specific its host.
+    let (p, _) = policy(&[&root, &team, &own]);
+    assert_eq!(p.load_balancer, LoadBalancer::Random);
+    assert_eq!(p.source.as_deref(), Some("DestinationRule default/mine"));
+}
+
 #[test]
 fn mesh_virtual_services_of_one_host_do_not_merge() {
     let vs = |name: &str, subset: &str| {

@@ -62,8 +62,10 @@ pub(crate) fn bind(
     warnings: &mut Vec<Warning>,
 ) {
     let proxy_namespace = proxy.namespace;
-    // Each VirtualService's virtual host on each listener, in the order loaded.
-    let mut tables: Vec<Vec<(usize, VirtualHost)>> = listeners.iter().map(|_| Vec::new()).collect();
+    // Each VirtualService's virtual host for each Gateway on each listener, keyed by the
+    // Gateway's rank on the listener and the VirtualService's place in `found`.
+    let mut tables: Vec<Vec<((usize, usize), VirtualHost)>> =
+        listeners.iter().map(|_| Vec::new()).collect();
     for (vs, (o, spec)) in found.iter().enumerate() {
         o.unsupported(errors, "spec", &[("exportTo", spec.export_to.is_some())]);
         let gateways: Vec<String> = match &spec.gateways {
@@ -164,55 +166,78 @@ pub(crate) fn bind(
                 }
                 continue;
             }
-            // Each host as far as a server of the VirtualService's own Gateways serves it (a
-            // `*.example.com` bound to a server of `a.example.com` answers that host only, not
-            // the hosts other Gateways serve on the port), as Istio binds them.
-            let mut bound: Vec<HostMatcher> = Vec::new();
-            for h in &hosts {
-                for common in servers.iter().filter_map(|s| s.host.intersection(h)) {
-                    if !bound.contains(&common) {
-                        bound.push(common);
-                    }
+            // One virtual host per Gateway of the VirtualService on the listener, as Istio
+            // builds a VirtualService's routes for each server with that server's Gateway
+            // alone (a match's `gateways` apply to it), ranked by the Gateway's first server.
+            let mut gateways_here: Vec<(usize, &str)> = Vec::new();
+            for s in &servers {
+                if !gateways_here.iter().any(|(_, g)| *g == s.gateway) {
+                    let rank = listener
+                        .servers
+                        .iter()
+                        .position(|l| l.gateway == s.gateway)
+                        .unwrap_or_default();
+                    gateways_here.push((rank, &s.gateway));
                 }
             }
-            if listener.kind == ListenerKind::Outbound {
-                let short: Vec<HostMatcher> = bound
+            for (rank, gateway) in gateways_here {
+                // Each host as far as a server of this Gateway serves it (a `*.example.com`
+                // bound to a server of `a.example.com` answers that host only, not the hosts
+                // other Gateways serve on the port), as Istio binds them.
+                let mut bound: Vec<HostMatcher> = Vec::new();
+                for h in &hosts {
+                    let common = servers
+                        .iter()
+                        .filter(|s| s.gateway == gateway)
+                        .filter_map(|s| s.host.intersection(h));
+                    for common in common {
+                        if !bound.contains(&common) {
+                            bound.push(common);
+                        }
+                    }
+                }
+                if listener.kind == ListenerKind::Outbound {
+                    let short: Vec<HostMatcher> = bound
+                        .iter()
+                        .flat_map(|h| sidecar_names(h, proxy_namespace))
+                        .collect();
+                    bound.extend(short);
+                }
+                // `check` says why (analyze.rs: MG0103).
+                if bound.is_empty() {
+                    continue;
+                }
+                let on_listener = routes
                     .iter()
-                    .flat_map(|h| sidecar_names(h, proxy_namespace))
+                    .filter_map(|(route, scopes)| on(route, scopes, gateway))
                     .collect();
-                bound.extend(short);
+                table.push((
+                    (rank, vs),
+                    VirtualHost {
+                        source: o.resource(),
+                        hosts: bound,
+                        routes: on_listener,
+                    },
+                ));
             }
-            // `check` says why (analyze.rs: MG0103).
-            if bound.is_empty() {
-                continue;
-            }
-            let names: Vec<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
-            let on_listener = routes
-                .iter()
-                .filter_map(|(route, scopes)| on(route, scopes, &names))
-                .collect();
-            table.push((
-                vs,
-                VirtualHost {
-                    source: o.resource(),
-                    hosts: bound,
-                    routes: on_listener,
-                },
-            ));
         }
     }
-    for (listener, table) in listeners.iter_mut().zip(tables) {
+    for (listener, mut table) in listeners.iter_mut().zip(tables) {
+        // Gateway by Gateway, and for each the VirtualServices in the order loaded.
+        table.sort_by_key(|(key, _)| *key);
         let merged = merge(table, listener, found, warnings);
         listener.routes = RouteTable::new(merged);
     }
 }
 
-/// The virtual hosts of a listener, from each VirtualService's there (with the position of the
-/// VirtualService in `found`): one per set of VirtualServices that answer the same hosts.
+/// The virtual hosts of a listener, from each VirtualService's there for each of its Gateways
+/// (in `table`'s order, keyed by the Gateway's rank and the VirtualService's position in
+/// `found`): one per set of them that answer the same hosts.
 ///
 /// On a Gateway's listener, as Istio builds a gateway's routes: every VirtualService that
-/// answers a host (naming it, or by a wildcard a server's host narrows to it) adds its routes
-/// in the order loaded, and the catch-all routes then go last (`SortVHostRoutes`), so that a
+/// answers a host (naming it, or by a wildcard a server's host narrows to it) adds its routes,
+/// Gateway by Gateway in the order of their servers and for each in the order loaded, and the
+/// catch-all routes then go last (`SortVHostRoutes`), so that a
 /// later VirtualService's `/api` answers before an earlier one's `/`. A VirtualService's own
 /// routes stop at its first catch-all, where Istio stops building them.
 ///
@@ -220,7 +245,7 @@ pub(crate) fn bind(
 /// answers the host, and `istioctl analyze` reports the others (IST0109), as `check` does
 /// (MG0116).
 fn merge(
-    table: Vec<(usize, VirtualHost)>,
+    table: Vec<((usize, usize), VirtualHost)>,
     listener: &Listener,
     found: &[(Origin, VirtualServiceSpec)],
     warnings: &mut Vec<Warning>,
@@ -332,7 +357,7 @@ fn until_catch_all(routes: Vec<Route>, port: u16) -> (Vec<Route>, Option<Route>)
 /// MG0116: VirtualService `later` names a host of the outbound listener that `first`, loaded
 /// before it, answers.
 fn conflict(
-    table: &[(usize, VirtualHost)],
+    table: &[((usize, usize), VirtualHost)],
     found: &[(Origin, VirtualServiceSpec)],
     first: usize,
     later: usize,
@@ -341,7 +366,7 @@ fn conflict(
 ) {
     let (Some((_, winner)), Some((o, _))) = (
         table.get(first),
-        table.get(later).and_then(|(f, _)| found.get(*f)),
+        table.get(later).and_then(|((_, f), _)| found.get(*f)),
     ) else {
         return;
     };
@@ -377,14 +402,14 @@ fn scope(m: &HttpMatch, namespace: &str, proxy: &Proxy<'_>) -> Scope {
     }
 }
 
-/// The route as it stands on a listener whose servers belong to `gateways`: only the matches
-/// that apply there; `None` when none does.
-fn on(route: &Route, scopes: &[Scope], gateways: &[&str]) -> Option<Route> {
+/// The route as it stands on a server of `gateway`: only the matches that apply there; `None`
+/// when none does.
+fn on(route: &Route, scopes: &[Scope], gateway: &str) -> Option<Route> {
     if route.matches.is_empty() {
         return Some(route.clone());
     }
     let applies = |s: &Scope| match s {
-        Scope::Gateways(list) => list.iter().any(|g| gateways.contains(&g.as_str())),
+        Scope::Gateways(list) => list.iter().any(|g| g == gateway),
         Scope::Source(fits) => *fits,
     };
     if scopes.iter().all(applies) {

@@ -202,14 +202,16 @@ pub struct HeaderMatch {
 
 impl RequestMatch {
     /// Whether it matches every request on a listener of `port`, as Istio's `IsCatchAllRoute`
-    /// reads the Envoy route it becomes: no `uri` or the prefix `/`, and no condition Envoy
-    /// checks as a header (method, authority, headers). A `port` is checked when routes are
-    /// built, as Istio does.
+    /// reads the Envoy route it becomes: no `uri`, the prefix `/` or the regex `.*`, and no
+    /// condition Envoy checks as a header (method, authority, headers). A `port` is checked
+    /// when routes are built, as Istio does.
     pub fn is_catch_all(&self, port: u16) -> bool {
         let any_path = match &self.uri {
             None => true,
             Some(StringMatcher::Prefix(p)) => p == "/",
-            Some(_) => false,
+            // As compiled from the regex `.*`.
+            Some(StringMatcher::Regex(re)) => re.as_str() == "^(?:.*)$",
+            Some(StringMatcher::Exact(_)) => false,
         };
         any_path
             && self.method.is_none()
@@ -358,4 +360,94 @@ fn serialize_pairs<S: Serializer>(
 
 fn serialize_names<S: Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(HeaderName::as_str))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(m: StringMatcher) -> RequestMatch {
+        RequestMatch {
+            uri: Some(m),
+            ..RequestMatch::default()
+        }
+    }
+
+    /// Istio's `IsCatchAllRoute` on the Envoy route each match becomes, on a listener of port
+    /// 8080.
+    #[test]
+    fn catch_all_matches_as_istio_reads_them() {
+        let header = |name: &'static str| HeaderMatch {
+            name: HeaderName::from_static(name),
+            value: None,
+        };
+        let exact = || Some(StringMatcher::Exact("x".into()));
+        let cases: [(&str, RequestMatch, bool); 12] = [
+            ("no condition", RequestMatch::default(), true),
+            ("prefix /", uri(StringMatcher::Prefix("/".into())), true),
+            (
+                "regex .*",
+                uri(StringMatcher::Regex(Regex::new("^(?:.*)$").unwrap())),
+                true,
+            ),
+            (
+                "regex .+",
+                uri(StringMatcher::Regex(Regex::new("^(?:.+)$").unwrap())),
+                false,
+            ),
+            ("prefix /a", uri(StringMatcher::Prefix("/a".into())), false),
+            ("exact /", uri(StringMatcher::Exact("/".into())), false),
+            (
+                "the listener's port",
+                RequestMatch {
+                    port: Some(8080),
+                    ..RequestMatch::default()
+                },
+                true,
+            ),
+            (
+                "another port",
+                RequestMatch {
+                    port: Some(9090),
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
+            (
+                "method",
+                RequestMatch {
+                    method: exact(),
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
+            (
+                "authority",
+                RequestMatch {
+                    authority: exact(),
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
+            (
+                "header",
+                RequestMatch {
+                    headers: vec![header("x-a")],
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
+            (
+                "without header",
+                RequestMatch {
+                    without_headers: vec![header("x-a")],
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
+        ];
+        for (what, m, want) in cases {
+            assert_eq!(m.is_catch_all(8080), want, "{what}");
+        }
+    }
 }

@@ -4,12 +4,13 @@
 //! (which picks the endpoint and the connection), tries again as the route's retry policy says,
 //! and streams both bodies. The request's hop-by-hop headers are gone already (`head`), and its
 //! headers are not edited here: the owned ones were set last. The response's hop-by-hop headers
-//! are dropped. The route's timeout bounds the whole response, every try and backoff included,
-//! and its body: past it a body being streamed is cut (`UT`), as Envoy's; `perTryTimeout`
-//! bounds each try up to its response head.
+//! are dropped. The route's timeout runs from the end of the request body to the end of the
+//! response, every try and backoff included: past it a body being streamed is cut (`UT`), as
+//! Envoy's; `perTryTimeout` bounds each try up to its response head (`deadline`).
 
 pub mod balance;
 pub mod connect;
+mod deadline;
 pub mod h1;
 pub mod pool;
 pub mod retry;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use meshgate_config::model::{BackendProtocol, RequestMatch, Retry, StringMatcher};
 
+use deadline::{Deadline, Expired, RouteTimer, Within};
 pub use pool::{PooledBody, Upstreams};
 
 use crate::body::{Replayable, RequestBody};
@@ -158,8 +160,9 @@ pub fn forward<'a>(
         let attempt = Attempt {
             upstream,
             key: key.hash,
-            // A deadline past what the clock can say is none.
-            deadline: route.timeout.and_then(|t| Instant::now().checked_add(t)),
+            deadline: route
+                .timeout
+                .and_then(|t| Deadline::new(t, req.body().arriving())),
         };
         // The first try, here rather than in a function of its own: every request's future holds
         // it, and each layer of `async fn` would hold the request once more.
@@ -170,10 +173,10 @@ pub fn forward<'a>(
         let (result, failure) = match upstream.pick(&req, attempt.key, &mut tried, other_hosts) {
             Err(e) => (Err(Failed::unsent(e, req)), None),
             Ok(target) => {
-                let (until, per_try_first) = attempt.until(per_try);
                 let index = target.index();
-                let sent = Within::new(until, pin!(upstream.send_to(target, req))).await;
-                attempt.ended(sent, index, per_try_first)
+                let sending = pin!(upstream.send_to(target, req));
+                let sent = Within::new(per_try, attempt.deadline.as_ref(), sending).await;
+                attempt.ended(sent, index)
             }
         };
         let mut response = match policy {
@@ -187,21 +190,20 @@ pub fn forward<'a>(
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
         // Envoy's route timeout runs until the response is whole, its body included.
-        if let Some(deadline) = attempt.deadline {
-            response.body_mut().deadline(deadline);
+        if let Some(timer) = attempt.deadline.as_ref().and_then(RouteTimer::new) {
+            response.body_mut().deadline(Box::pin(timer));
         }
         Ok(response)
     }
 }
 
 /// What every try of one request shares.
-#[derive(Clone, Copy)]
 struct Attempt<'a> {
     upstream: &'a UpstreamBackend,
     /// The consistent-hash key.
     key: Option<u64>,
-    /// The route's timeout, from the request's first try.
-    deadline: Option<Instant>,
+    /// The route's timeout.
+    deadline: Option<Deadline>,
 }
 
 impl Attempt<'_> {
@@ -215,7 +217,7 @@ impl Attempt<'_> {
         mut tried: Tried,
         tries: &mut Tries,
     ) -> Result<Response<PooledBody>, ForwardError> {
-        let (upstream, deadline) = (self.upstream, self.deadline);
+        let upstream = self.upstream;
         let mut slot = None;
         loop {
             if tries.retries >= policy.attempts {
@@ -245,7 +247,9 @@ impl Attempt<'_> {
             tries.retries = tries.retries.saturating_add(1);
             upstream.counts().retried();
             let wait = retry::backoff(policy.backoff, tries.retries);
-            match deadline {
+            // The route's deadline, once known, bounds the backoff too (while the body is
+            // still coming, it is further off than the timeout itself).
+            match self.deadline.as_ref().and_then(Deadline::known) {
                 Some(d) if Instant::now().checked_add(wait).is_none_or(|t| t >= d) => {
                     tokio::time::sleep_until(d).await;
                     return Err(ForwardError::Timeout);
@@ -265,33 +269,22 @@ impl Attempt<'_> {
         }
     }
 
-    /// The deadline of a try: its `perTryTimeout` or the request's, the earlier; and whether
-    /// it is the try's.
-    fn until(&self, per_try: Option<Duration>) -> (Option<Instant>, bool) {
-        match (
-            per_try.and_then(|t| Instant::now().checked_add(t)),
-            self.deadline,
-        ) {
-            (Some(p), Some(d)) if p < d => (Some(p), true),
-            (Some(p), None) => (Some(p), true),
-            (_, d) => (d, false),
-        }
-    }
-
-    /// How a try to endpoint `index` ended (`None`: its deadline passed), and how it failed,
-    /// for the retry policy (`None`: a failure no policy retries, or the request's deadline).
+    /// How a try to endpoint `index` ended (`Err`: a timeout passed), and how it failed, for
+    /// the retry policy (`None`: a failure no policy retries, or the route's timeout).
     fn ended(
         &self,
-        sent: Option<Result<Response<PooledBody>, Failed>>,
+        sent: Result<Result<Response<PooledBody>, Failed>, Expired>,
         index: Option<usize>,
-        per_try_first: bool,
     ) -> (Result<Response<PooledBody>, Failed>, Option<Failure>) {
-        let Some(result) = sent else {
-            if let Some(i) = index {
-                self.upstream.record(i, balance::Outcome::Timeout);
+        let result = match sent {
+            Ok(result) => result,
+            Err(expired) => {
+                if let Some(i) = index {
+                    self.upstream.record(i, balance::Outcome::Timeout);
+                }
+                let failure = (expired == Expired::PerTry).then_some(Failure::PerTryTimeout);
+                return (Err(Failed::sent(ForwardError::Timeout)), failure);
             }
-            let failure = per_try_first.then_some(Failure::PerTryTimeout);
-            return (Err(Failed::sent(ForwardError::Timeout)), failure);
         };
         let failure = match &result {
             Ok(_) => None,
@@ -319,44 +312,10 @@ impl Attempt<'_> {
             Ok(target) => target,
             Err(e) => return (Err(Failed::unsent(e, req)), None),
         };
-        let (until, per_try_first) = self.until(per_try);
         let index = target.index();
-        let sent = Within::new(until, pin!(self.upstream.send_to(target, req))).await;
-        self.ended(sent, index, per_try_first)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// `inner`, given up when `until` passes (`None` out), when there is an `until`.
-    #[project = WithinProj]
-    enum Within<F> {
-        Bounded { #[pin] inner: tokio::time::Timeout<F> },
-        Free { #[pin] inner: F },
-    }
-}
-
-impl<F: Future> Within<F> {
-    fn new(until: Option<Instant>, inner: F) -> Self {
-        match until {
-            Some(until) => Within::Bounded {
-                inner: tokio::time::timeout_at(until, inner),
-            },
-            None => Within::Free { inner },
-        }
-    }
-}
-
-impl<F: Future> Future for Within<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<F::Output>> {
-        match self.project() {
-            WithinProj::Bounded { inner } => inner.poll(cx).map(Result::ok),
-            WithinProj::Free { inner } => inner.poll(cx).map(Some),
-        }
+        let sending = pin!(self.upstream.send_to(target, req));
+        let sent = Within::new(per_try, self.deadline.as_ref(), sending).await;
+        self.ended(sent, index)
     }
 }
 

@@ -946,7 +946,7 @@ pub struct PooledBody {
     /// The request's place among the backend's requests in flight, when they are limited.
     active: Option<Active>,
     /// The route's timeout, when it has one: the body is cut there.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Option<Pin<Box<super::deadline::RouteTimer>>>,
 }
 
 /// A response body as hyper's client reads it, or meshgate's own.
@@ -973,11 +973,27 @@ impl PooledBody {
         }
     }
 
-    /// Cuts the body at `deadline` (`UpstreamError::Timeout`) if it has not ended by then.
-    pub(crate) fn deadline(&mut self, deadline: tokio::time::Instant) {
+    /// Cuts the body when `timer` fires (`UpstreamError::Timeout`) if it has not ended by
+    /// then.
+    pub(crate) fn deadline(&mut self, timer: Pin<Box<super::deadline::RouteTimer>>) {
         if !self.body.is_end_stream() {
-            self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            self.deadline = Some(timer);
         }
+    }
+
+    /// Ready with `UpstreamError::Timeout` once the deadline has passed, and every time after
+    /// (the body is cut for good); pending, the waker registered, before.
+    pub(crate) fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<UpstreamError> {
+        let Some(timer) = &mut self.deadline else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll_expired(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Cut mid-body: the connection is not reused.
+        self.lease = None;
+        self.active = None;
+        Poll::Ready(UpstreamError::Timeout)
     }
 
     fn release(&mut self) {
@@ -1030,14 +1046,8 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        if let Some(deadline) = &mut this.deadline {
-            if deadline.as_mut().poll(cx).is_ready() {
-                this.deadline = None;
-                // Cut mid-body: the connection is not reused.
-                this.lease = None;
-                this.active = None;
-                return Poll::Ready(Some(Err(UpstreamError::Timeout)));
-            }
+        if let Poll::Ready(e) = this.poll_deadline(cx) {
+            return Poll::Ready(Some(Err(e)));
         }
         let mut frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &mut frame {

@@ -525,6 +525,67 @@ spec:
     );
 }
 
+/// Two Gateways on one port: Istio builds a VirtualService's routes once per server, with that
+/// server's Gateway alone, so a match scoped to the first Gateway ends only that Gateway's
+/// routes; the virtual host takes them Gateway by Gateway, catch-alls last.
+#[test]
+fn a_virtual_service_on_two_gateways_of_a_port_is_built_for_each() {
+    let l = ingress(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw1, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw2, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: both, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw1, gw2]
+  http:
+  - match: [{gateways: [gw1], uri: {prefix: /}}]
+    directResponse: {status: 200, body: {string: gw1-root}}
+  - match: [{uri: {prefix: /x}}]
+    directResponse: {status: 200, body: {string: x}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: late, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw2]
+  http:
+  - match: [{uri: {regex: ".*"}}]
+    directResponse: {status: 200, body: {string: late-any}}
+  - match: [{uri: {prefix: /y}}]
+    directResponse: {status: 200, body: {string: "y"}}
+"#,
+    );
+    let cases = [
+        ("/x", "x"),
+        ("/", "gw1-root"),
+        // `late`'s regex `.*` is a catch-all: its `/y` is never built.
+        ("/y", "gw1-root"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            name(&l, Method::GET, path, "shop.example.com", &[]).as_deref(),
+            Some(want),
+            "{path}"
+        );
+    }
+}
+
 /// The first listener of a MeshGateway with `istio: ingressgateway` and the Istio `docs`.
 fn ingress(docs: &str) -> meshgate_config::model::Listener {
     let yaml = format!(
