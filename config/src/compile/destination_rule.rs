@@ -1,16 +1,17 @@
 //! DestinationRules -> the upstream policy of each backend, and the subsets routes name.
 //!
 //! A backend's DestinationRule is chosen as Istio's `PushContext.destinationRule` chooses it:
-//! among the rules of the proxy's namespace, then those of the service's (the namespace of the
-//! ServiceEntry or Service that declares the host), then those of the root namespace, the most
+//! among the rules of the proxy's namespace (unless it is the root namespace), then those of
+//! the service's (the namespace of the ServiceEntry or Service that declares the host), then
+//! those of the root namespace, the most
 //! specific matching `host` of the first namespace that has one (exact, then the longest
 //! `*.suffix`, then `*`; a short host is a Kubernetes service in the rule's namespace). A rule
 //! of another namespace does not apply, as in Istio; a host nothing declares (resolved by DNS,
 //! which Istio does not do) takes the most specific rule of any namespace after those.
 //!
-//! DestinationRules of one namespace naming one host are merged as Istio merges them: the
-//! subsets of each, a later rule's subset of a name already defined ignored, and the first
-//! top-level `trafficPolicy` loaded (`check` reports what is ignored, MG0117).
+//! DestinationRules of one namespace naming one host are merged as Istio merges them, in its
+//! order (`istio_order`): the subsets of each, a later rule's subset of a name already defined
+//! ignored, and the first top-level `trafficPolicy` (`check` reports what is ignored, MG0117).
 //!
 //! The chosen rule's policy is merged as Istio's `MergeTrafficPolicy` does: a `portLevelSettings` entry for the port replaces the top-level
 //! policy entirely (omitted blocks take their defaults, they are not inherited); a subset's
@@ -99,7 +100,7 @@ pub(crate) struct Rules {
 /// Rules indexed by host.
 #[derive(Default)]
 struct Index {
-    /// The rule of each exact (lowercase) host, the first loaded.
+    /// The rule of each exact (lowercase) host, the first in Istio's order.
     exact: HashMap<Box<str>, usize>,
     /// The `*.suffix` and `*` rules, in declaration order.
     wildcards: Vec<usize>,
@@ -115,7 +116,7 @@ impl Index {
         }
     }
 
-    /// The rule for `host` (lowercase): the most specific, the first loaded on a tie.
+    /// The rule for `host` (lowercase): the most specific, the first in Istio's order on a tie.
     fn most_specific<'a>(&self, rules: &'a [Rule], host: &str) -> Option<&'a Rule> {
         // An exact host is more specific than any pattern.
         if let Some(rule) = self.exact.get(host).and_then(|&i| rules.get(i)) {
@@ -135,8 +136,8 @@ impl Index {
 /// The DestinationRules of one host in one namespace, merged.
 struct Rule {
     namespace: String,
-    /// The DestinationRule whose top-level `trafficPolicy` applies: the first loaded that has
-    /// one, else the first loaded.
+    /// The DestinationRule whose top-level `trafficPolicy` applies: the first that has
+    /// one, else the first (in Istio's order).
     source: String,
     host: HostMatcher,
     /// The top-level `trafficPolicy`; `None` when no rule of the host has one.
@@ -156,7 +157,9 @@ pub(crate) fn compile(
     let mut rules: Vec<Rule> = Vec::new();
     // The rule of each (namespace, host), to merge a later DestinationRule of both into.
     let mut of_host: HashMap<(String, HostMatcher), usize> = HashMap::new();
-    for (o, spec) in found {
+    // Istio merges the rules of a host in its order: by creation, then by name.
+    let ordered = super::istio_order(found);
+    for (o, spec) in ordered.iter().filter_map(|&i| found.get(i)) {
         o.unsupported(
             errors,
             "spec",
@@ -315,8 +318,9 @@ impl Rule {
                     Code::DestinationRuleSettingIgnored,
                     Some(&format!("spec.subsets[{i}]")),
                     format!(
-                        "subset `{}` is also defined by {}, loaded first: that definition \
-                         applies, as Istio merges DestinationRules of one host",
+                        "subset `{}` is also defined by {}, first in Istio's order \
+                         (creationTimestamp, then name): that definition applies, as Istio \
+                         merges DestinationRules of one host",
                         subset.name, defined.source
                     ),
                 )),
@@ -332,8 +336,9 @@ impl Rule {
                 Code::DestinationRuleSettingIgnored,
                 Some("spec.trafficPolicy"),
                 format!(
-                    "{} sets the top-level trafficPolicy of `{}`, loaded first: that one \
-                     applies, as Istio merges DestinationRules of one host",
+                    "{} sets the top-level trafficPolicy of `{}`, first in Istio's order \
+                     (creationTimestamp, then name): that one applies, as Istio merges \
+                     DestinationRules of one host",
                     self.source, self.host
                 ),
             )),
@@ -347,11 +352,11 @@ impl Rules {
     /// Istio chooses it for this proxy.
     fn rule(&self, host: &str, service_namespace: Option<&str>) -> Option<&Rule> {
         let host = host.to_ascii_lowercase();
-        let order = [
-            Some(self.proxy_namespace.as_str()),
-            service_namespace,
-            Some(self.root_namespace.as_str()),
-        ];
+        // A proxy in the root namespace looks there first only for rules exported to that
+        // namespace alone, which meshgate has not (it refuses `exportTo`): the service's
+        // namespace comes first.
+        let own = Some(self.proxy_namespace.as_str()).filter(|ns| *ns != self.root_namespace);
+        let order = [own, service_namespace, Some(self.root_namespace.as_str())];
         let scoped = order.into_iter().flatten().find_map(|ns| {
             self.namespaces
                 .get(ns)

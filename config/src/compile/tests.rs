@@ -944,10 +944,11 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
             destinations.concat()
         )
     };
-    // A second rule of the host, loaded later: its new subset joins; its `v1` and its
-    // top-level policy come after the first rule's and are ignored.
+    // A second rule of the host, created later: its new subset joins; its `v1` and its
+    // top-level policy come after the first rule's and are ignored. (Without the timestamp,
+    // `reviews-canary.default` would sort before `reviews.default`, as in Istio.)
     let yaml = sidecar(&format!(
-        "{BOOKINFO_REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews-canary, namespace: default}}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets:\n  - {{name: canary, labels: {{version: v3}}}}\n  - {{name: v1, labels: {{version: v2}}}}\n{}",
+        "{BOOKINFO_REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews-canary, namespace: default, creationTimestamp: \"2024-05-01T12:00:00Z\"}}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets:\n  - {{name: canary, labels: {{version: v3}}}}\n  - {{name: v1, labels: {{version: v2}}}}\n{}",
         route(&["v1", "canary"])
     ));
     let model = load_str("t.yaml", &yaml).unwrap();
@@ -988,9 +989,10 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
         ]
     );
 
-    // The first rule loaded has no top-level policy: a later rule's applies.
+    // The first rule (by name: none has a creationTimestamp) has no top-level policy: a later
+    // rule's applies.
     let yaml = sidecar(&format!(
-        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: subsets, namespace: default}}\nspec:\n  host: reviews\n  subsets: [{{name: v1, labels: {{version: v1}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: policy, namespace: default}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets: [{{name: v2, labels: {{version: v2}}}}]\n{}",
+        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: a-subsets, namespace: default}}\nspec:\n  host: reviews\n  subsets: [{{name: v1, labels: {{version: v1}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: b-policy, namespace: default}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets: [{{name: v2, labels: {{version: v2}}}}]\n{}",
         BOOKINFO_REVIEWS.split("---").next().unwrap(),
         route(&["v1", "v2"])
     ));
@@ -1004,7 +1006,7 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
         assert_eq!(b.policy.load_balancer, LoadBalancer::LeastRequest);
         assert_eq!(
             b.policy.source.as_deref(),
-            Some("DestinationRule default/policy")
+            Some("DestinationRule default/b-policy")
         );
     }
     assert!(
@@ -1014,6 +1016,19 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
             .any(|w| w.code == Code::DestinationRuleSettingIgnored),
         "{:?}",
         model.warnings
+    );
+
+    // The order rests on timestamps as Kubernetes writes them: anything else is an error.
+    let bad = sidecar(&BOOKINFO_REVIEWS.replacen(
+        "metadata: {name: reviews, namespace: default}",
+        "metadata: {name: reviews, namespace: default, creationTimestamp: yesterday}",
+        1,
+    ));
+    let e = errors(&bad);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("ServiceEntry default/reviews: metadata.creationTimestamp: `yesterday`"),
+        "{e:?}"
     );
 }
 
@@ -1056,7 +1071,7 @@ fn destination_rules_apply_by_namespace_as_istio_chooses_them() {
             .unwrap();
         (b.policy.clone(), model.warnings)
     };
-    // Another namespace's rule, loaded first and as specific, does not apply: the root's does.
+    // Another namespace's rule, first in order and as specific, does not apply: the root's does.
     let (p, warnings) = policy(&[&other, &root]);
     assert!(matches!(p.tls, UpstreamTls::IstioMutual(_)), "{:?}", p.tls);
     assert_eq!(
@@ -1080,6 +1095,38 @@ fn destination_rules_apply_by_namespace_as_istio_chooses_them() {
     let (p, _) = policy(&[&root, &team, &own]);
     assert_eq!(p.load_balancer, LoadBalancer::Random);
     assert_eq!(p.source.as_deref(), Some("DestinationRule default/mine"));
+
+    // A proxy in the root namespace (a gateway in istio-system) looks at the service's
+    // namespace first: Istio's step for its own namespace takes only rules exported to it
+    // alone (push_context_test: "dr in the svc ns takes effect on proxy in root ns").
+    let gateway = |docs: &[&str]| {
+        let yaml = sidecar(&format!("{service}{}", docs.concat())).replacen(
+            "name: sidecar, namespace: default",
+            "name: gw, namespace: istio-system",
+            1,
+        );
+        let model = load_str("t.yaml", &yaml).unwrap();
+        let b = model
+            .backends
+            .iter()
+            .find(|b| b.host == "api.team.example")
+            .unwrap();
+        b.policy.source.clone()
+    };
+    let root_exact = dr(
+        "istio-system",
+        "exact",
+        "api.team.example",
+        "{tls: {mode: ISTIO_MUTUAL}}",
+    );
+    assert_eq!(
+        gateway(&[&root_exact, &team]).as_deref(),
+        Some("DestinationRule team/api")
+    );
+    assert_eq!(
+        gateway(&[&root_exact, &other]).as_deref(),
+        Some("DestinationRule istio-system/exact")
+    );
 }
 
 #[test]
@@ -1089,10 +1136,11 @@ fn mesh_virtual_services_of_one_host_do_not_merge() {
             "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{uri: {{prefix: /{name}}}}}]\n    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
         )
     };
+    // Loaded second, `first` comes first in Istio's order (by name, without timestamps).
     let yaml = sidecar(&format!(
         "{BOOKINFO_REVIEWS}{}{}",
-        vs("first", "v1"),
-        vs("second", "v2")
+        vs("second", "v2"),
+        vs("first", "v1")
     ));
     let model = load_str("t.yaml", &yaml).unwrap();
     let outbound = model

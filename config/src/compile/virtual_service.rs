@@ -41,6 +41,10 @@ pub(crate) struct Proxy<'a> {
     pub labels: &'a Labels,
 }
 
+/// A virtual host's place on its listener: its Gateway's rank there, its VirtualService's
+/// place in Istio's order and in `found`.
+type Key = (usize, usize, usize);
+
 /// Where one `match` applies.
 #[derive(Debug, Clone)]
 enum Scope {
@@ -63,10 +67,18 @@ pub(crate) fn bind(
 ) {
     let proxy_namespace = proxy.namespace;
     // Each VirtualService's virtual host for each Gateway on each listener, keyed by the
-    // Gateway's rank on the listener and the VirtualService's place in `found`.
-    let mut tables: Vec<Vec<((usize, usize), VirtualHost)>> =
-        listeners.iter().map(|_| Vec::new()).collect();
+    // Gateway's rank on the listener, the VirtualService's place in Istio's order and its place
+    // in `found`.
+    let mut tables: Vec<Vec<(Key, VirtualHost)>> = listeners.iter().map(|_| Vec::new()).collect();
+    // Istio's order: the key of each VirtualService's routes among those of its host.
+    let mut place = vec![0; found.len()];
+    for (p, i) in super::istio_order(found).into_iter().enumerate() {
+        if let Some(slot) = place.get_mut(i) {
+            *slot = p;
+        }
+    }
     for (vs, (o, spec)) in found.iter().enumerate() {
+        let rank_in_order = place.get(vs).copied().unwrap_or(vs);
         o.unsupported(errors, "spec", &[("exportTo", spec.export_to.is_some())]);
         let gateways: Vec<String> = match &spec.gateways {
             None => vec![MESH_GATEWAY.to_string()],
@@ -212,7 +224,7 @@ pub(crate) fn bind(
                     .filter_map(|(route, scopes)| on(route, scopes, gateway))
                     .collect();
                 table.push((
-                    (rank, vs),
+                    (rank, rank_in_order, vs),
                     VirtualHost {
                         source: o.resource(),
                         hosts: bound,
@@ -223,7 +235,7 @@ pub(crate) fn bind(
         }
     }
     for (listener, mut table) in listeners.iter_mut().zip(tables) {
-        // Gateway by Gateway, and for each the VirtualServices in the order loaded.
+        // Gateway by Gateway, and for each the VirtualServices in Istio's order.
         table.sort_by_key(|(key, _)| *key);
         let merged = merge(table, listener, found, warnings);
         listener.routes = RouteTable::new(merged);
@@ -231,27 +243,26 @@ pub(crate) fn bind(
 }
 
 /// The virtual hosts of a listener, from each VirtualService's there for each of its Gateways
-/// (in `table`'s order, keyed by the Gateway's rank and the VirtualService's position in
-/// `found`): one per set of them that answer the same hosts.
+/// (in `table`'s order, `Key`): one per set of them that answer the same hosts.
 ///
 /// On a Gateway's listener, as Istio builds a gateway's routes: every VirtualService that
 /// answers a host (naming it, or by a wildcard a server's host narrows to it) adds its routes,
-/// Gateway by Gateway in the order of their servers and for each in the order loaded, and the
-/// catch-all routes then go last (`SortVHostRoutes`), so that a
+/// Gateway by Gateway in the order of their servers and for each in Istio's order
+/// (`istio_order`), and the catch-all routes then go last (`SortVHostRoutes`), so that a
 /// later VirtualService's `/api` answers before an earlier one's `/`. A VirtualService's own
 /// routes stop at its first catch-all, where Istio stops building them.
 ///
-/// On the outbound listener (`mesh`) Istio merges nothing: the VirtualService loaded first
-/// answers the host, and `istioctl analyze` reports the others (IST0109), as `check` does
+/// On the outbound listener (`mesh`) Istio merges nothing: the VirtualService first in that
+/// order answers the host, and `istioctl analyze` reports the others (IST0109), as `check` does
 /// (MG0116).
 fn merge(
-    table: Vec<((usize, usize), VirtualHost)>,
+    table: Vec<(Key, VirtualHost)>,
     listener: &Listener,
     found: &[(Origin, VirtualServiceSpec)],
     warnings: &mut Vec<Warning>,
 ) -> Vec<VirtualHost> {
     let on_gateway = listener.kind != ListenerKind::Outbound;
-    // The virtual hosts answering each host, in the order loaded; the hosts in the order met.
+    // The virtual hosts answering each host, in `table`'s order; the hosts in the order met.
     let mut answering: HashMap<&HostMatcher, Vec<usize>> = HashMap::new();
     let mut hosts: Vec<&HostMatcher> = Vec::new();
     for (i, (_, vh)) in table.iter().enumerate() {
@@ -354,10 +365,10 @@ fn until_catch_all(routes: Vec<Route>, port: u16) -> (Vec<Route>, Option<Route>)
     (kept, None)
 }
 
-/// MG0116: VirtualService `later` names a host of the outbound listener that `first`, loaded
-/// before it, answers.
+/// MG0116: VirtualService `later` names a host of the outbound listener that `first`, before
+/// it in Istio's order, answers.
 fn conflict(
-    table: &[((usize, usize), VirtualHost)],
+    table: &[(Key, VirtualHost)],
     found: &[(Origin, VirtualServiceSpec)],
     first: usize,
     later: usize,
@@ -366,7 +377,7 @@ fn conflict(
 ) {
     let (Some((_, winner)), Some((o, _))) = (
         table.get(first),
-        table.get(later).and_then(|((_, f), _)| found.get(*f)),
+        table.get(later).and_then(|((_, _, f), _)| found.get(*f)),
     ) else {
         return;
     };
@@ -374,8 +385,9 @@ fn conflict(
         Code::ConflictingMeshVirtualServiceHosts,
         Some("spec.hosts"),
         format!(
-            "`{host}` is also a host of {}, loaded first, which answers it on the outbound \
-             listener: Istio merges the VirtualServices of a host on Gateways only (IST0109)",
+            "`{host}` is also a host of {}, first in Istio's order (creationTimestamp, then \
+             name), which answers it on the outbound listener: Istio merges the \
+             VirtualServices of a host on Gateways only (IST0109)",
             winner.source
         ),
     ));

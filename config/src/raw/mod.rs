@@ -54,6 +54,8 @@ pub struct Metadata {
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "creationTimestamp")]
+    pub creation_timestamp: Option<String>,
 }
 
 /// What is read of every document before its kind is known.

@@ -342,7 +342,7 @@ spec:
 }
 
 /// A wildcard VirtualService bound to a server of one host joins the VirtualServices that name
-/// that host, in the order loaded, as Istio keys a gateway's virtual hosts by host.
+/// that host, in the order of their creation, as Istio keys a gateway's virtual hosts by host.
 #[test]
 fn a_wildcard_narrowed_to_a_host_merges_with_the_virtual_service_naming_it() {
     let l = ingress(
@@ -356,7 +356,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: wildcard, namespace: istio-system}
+metadata: {name: wildcard, namespace: istio-system, creationTimestamp: "2024-01-01T00:00:00Z"}
 spec:
   hosts: ["*.example.com"]
   gateways: [gw]
@@ -366,7 +366,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: api, namespace: istio-system}
+metadata: {name: api, namespace: istio-system, creationTimestamp: "2024-06-01T00:00:00Z"}
 spec:
   hosts: [api.example.com]
   gateways: [gw]
@@ -379,7 +379,7 @@ spec:
         ("api.example.com", "/wild", "wildcard-path"),
         // The wildcard's catch-all goes after the other VirtualService's paths...
         ("api.example.com", "/api/v1", "api-path"),
-        // ...and, loaded first, before its catch-all.
+        // ...and, created first, before its catch-all (by name, `api` would come first).
         ("api.example.com", "/", "wildcard"),
         ("web.example.com", "/api/v1", "wildcard"),
         ("web.example.com", "/wild", "wildcard-path"),
@@ -393,8 +393,8 @@ spec:
     }
 }
 
-/// Several VirtualServices for one Gateway host: their routes in the order loaded, catch-all
-/// routes last (Istio's `SortVHostRoutes`), each VirtualService's routes ending at its first
+/// Several VirtualServices for one Gateway host: their routes in Istio's order (here by name),
+/// catch-all routes last (Istio's `SortVHostRoutes`), each VirtualService's routes ending at its first
 /// catch-all.
 #[test]
 fn virtual_services_of_one_gateway_host_merge_with_catch_alls_last() {
@@ -503,7 +503,7 @@ spec:
             "{method} {host}{path} {headers:?}"
         );
     }
-    // The second's catch-all is never reached: the first's catch-all was loaded first.
+    // The second's catch-all is never reached: the first's comes before it.
     let vh = &l.routes.virtual_hosts()[0];
     assert_eq!(
         vh.source,
