@@ -66,6 +66,35 @@ spec:
     )
 }
 
+/// A sidecar in front of `backend` alone, as `service` has it (pool and http).
+async fn one_backend(backend: &Scripted, pool: &str, http: &str) -> Sidecar {
+    Sidecar::start(&service(
+        "svc.internal",
+        &[backend.address.port()],
+        pool,
+        http,
+    ))
+    .await
+}
+
+/// A sidecar in front of `backend` as `service` has it (pool and http), writing its access
+/// log to `access.log` in a directory of its own; the directory lives as long as the sidecar.
+async fn logged_sidecar(
+    name: &str,
+    backend: &Scripted,
+    pool: &str,
+    http: &str,
+) -> (Sidecar, TempDir, std::path::PathBuf) {
+    let dir = TempDir::new(name);
+    let log = dir.path().join("access.log");
+    let extra = format!(
+        "  accessLog: {{path: {}}}\n{}",
+        log.display(),
+        service("svc.internal", &[backend.address.port()], pool, http)
+    );
+    (Sidecar::start(&extra).await, dir, log)
+}
+
 /// A loopback port nothing listens on.
 async fn dead_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -169,16 +198,9 @@ async fn without_retries_istio_retries_connect_failures_twice_and_never_a_5xx() 
 
 #[tokio::test]
 async fn retries_on_5xx_replay_the_body_and_stop_at_the_attempts() {
-    let dir = TempDir::new("retry-log");
-    let log = dir.path().join("access.log");
     let backend = Scripted::start("b", &[Answer::Status(503), Answer::Reset]).await;
     let http = "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
-    let extra = format!(
-        "  accessLog: {{path: {}}}\n{}",
-        log.display(),
-        service("svc.internal", &[backend.address.port()], "", http)
-    );
-    let sidecar = Sidecar::start(&extra).await;
+    let (sidecar, _dir, log) = logged_sidecar("retry-log", &backend, "", http).await;
 
     // 503, then a reset, then 200: three tries, each with the whole body.
     let r = post(sidecar.addr(), "/once", b"hello, retries").await;
@@ -219,13 +241,7 @@ async fn retry_conditions_are_envoys_status_codes_4xx_and_gateway_errors() {
     retries: {attempts: 0}
     route: [{destination: {host: svc.internal}}]
 "#;
-    let sidecar = Sidecar::start(&service(
-        "svc.internal",
-        &[backend.address.port()],
-        "",
-        http,
-    ))
-    .await;
+    let sidecar = one_backend(&backend, "", http).await;
     let tries = |path: &'static str, script: &'static [Answer]| {
         let backend = backend.clone();
         let addr = sidecar.addr();
@@ -259,13 +275,7 @@ async fn per_try_timeout_retries_a_slow_try_and_the_route_timeout_bounds_them_al
     retries: {attempts: 10, perTryTimeout: 200ms, retryOn: reset}
     route: [{destination: {host: svc.internal}}]
 "#;
-    let sidecar = Sidecar::start(&service(
-        "svc.internal",
-        &[backend.address.port()],
-        "",
-        http,
-    ))
-    .await;
+    let sidecar = one_backend(&backend, "", http).await;
     let started = Instant::now();
     let r = plain_get(sidecar.addr(), "svc.internal", "/per-try", &[])
         .await
@@ -298,8 +308,6 @@ async fn per_try_timeout_retries_a_slow_try_and_the_route_timeout_bounds_them_al
 /// is cut, and the access log says `UT`; without a timeout the same body arrives whole.
 #[tokio::test]
 async fn the_route_timeout_cuts_a_body_still_coming_when_it_passes() {
-    let dir = TempDir::new("timeout-log");
-    let log = dir.path().join("access.log");
     let trickle = Answer::Trickle(Duration::from_millis(100), 12);
     let backend = Scripted::start("b", &[trickle, trickle]).await;
     let http = r#"  - match: [{uri: {prefix: /bounded}}]
@@ -307,12 +315,7 @@ async fn the_route_timeout_cuts_a_body_still_coming_when_it_passes() {
     route: [{destination: {host: svc.internal}}]
   - route: [{destination: {host: svc.internal}}]
 "#;
-    let extra = format!(
-        "  accessLog: {{path: {}}}\n{}",
-        log.display(),
-        service("svc.internal", &[backend.address.port()], "", http)
-    );
-    let sidecar = Sidecar::start(&extra).await;
+    let (sidecar, _dir, log) = logged_sidecar("timeout-log", &backend, "", http).await;
     let started = Instant::now();
     let cut = plain_get(sidecar.addr(), "svc.internal", "/bounded", &[]).await;
     let took = started.elapsed();
@@ -353,13 +356,7 @@ async fn the_route_timeout_starts_when_the_request_body_is_in() {
     )
     .await;
     let http = "  - timeout: 500ms\n    retries: {attempts: 0}\n    route: [{destination: {host: svc.internal}}]\n";
-    let sidecar = Sidecar::start(&service(
-        "svc.internal",
-        &[backend.address.port()],
-        "",
-        http,
-    ))
-    .await;
+    let sidecar = one_backend(&backend, "", http).await;
     // Ten bytes 100 ms apart: the body is in after about a second.
     let upload = |addr: SocketAddr| async move {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -395,16 +392,9 @@ async fn the_route_timeout_starts_when_the_request_body_is_in() {
 #[tokio::test]
 async fn the_route_timeout_cuts_a_body_paused_for_a_client_that_reads_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = TempDir::new("paused-log");
-    let log = dir.path().join("access.log");
     let backend = Scripted::start("b", &[Answer::Body(64 << 20)]).await;
     let http = "  - timeout: 500ms\n    route: [{destination: {host: svc.internal}}]\n";
-    let extra = format!(
-        "  accessLog: {{path: {}}}\n{}",
-        log.display(),
-        service("svc.internal", &[backend.address.port()], "", http)
-    );
-    let sidecar = Sidecar::start(&extra).await;
+    let (sidecar, _dir, log) = logged_sidecar("paused-log", &backend, "", http).await;
     let mut tcp = tokio::net::TcpStream::connect(sidecar.addr())
         .await
         .unwrap();
@@ -425,13 +415,7 @@ async fn the_route_timeout_cuts_a_body_paused_for_a_client_that_reads_nothing() 
 async fn a_body_over_the_retry_buffer_is_sent_once_and_its_answer_stands() {
     let backend = Scripted::start("b", &[Answer::Status(503)]).await;
     let http = "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
-    let sidecar = Sidecar::start(&service(
-        "svc.internal",
-        &[backend.address.port()],
-        "",
-        http,
-    ))
-    .await;
+    let sidecar = one_backend(&backend, "", http).await;
     let big = Bytes::from(vec![b'x'; 2 << 20]);
     let r = plain_request(
         sidecar.addr(),
@@ -451,19 +435,12 @@ async fn a_body_over_the_retry_buffer_is_sent_once_and_its_answer_stands() {
 
 #[tokio::test]
 async fn circuit_breakers_answer_overflow_with_503_uo_and_count_it() {
-    let dir = TempDir::new("breaker-log");
-    let log = dir.path().join("access.log");
     let slow = Answer::Slow(Duration::from_millis(600), 200);
     let backend = Scripted::start("b", &[slow; 3]).await;
     let http = "  - route: [{destination: {host: svc.internal}}]\n";
     // Istio's circuit-breaking task: one connection, one request pending.
     let pool = "{tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}";
-    let extra = format!(
-        "  accessLog: {{path: {}}}\n{}",
-        log.display(),
-        service("svc.internal", &[backend.address.port()], pool, http)
-    );
-    let sidecar = Sidecar::start(&extra).await;
+    let (sidecar, _dir, log) = logged_sidecar("breaker-log", &backend, pool, http).await;
     let addr = sidecar.addr();
     let mut calls = Vec::new();
     for i in 0..3 {
@@ -509,13 +486,7 @@ async fn http2_max_requests_limits_the_requests_in_flight_to_a_backend() {
     let slow = Answer::Slow(Duration::from_millis(500), 200);
     let backend = Scripted::start("b", &[slow; 3]).await;
     let http = "  - route: [{destination: {host: svc.internal}}]\n";
-    let sidecar = Sidecar::start(&service(
-        "svc.internal",
-        &[backend.address.port()],
-        "{http: {http2MaxRequests: 2}}",
-        http,
-    ))
-    .await;
+    let sidecar = one_backend(&backend, "{http: {http2MaxRequests: 2}}", http).await;
     let addr = sidecar.addr();
     let calls: Vec<_> = (0..3)
         .map(|i| {
@@ -545,13 +516,7 @@ async fn max_retries_caps_the_retries_in_flight_on_a_backend() {
     let backend = Scripted::start("b", &[fail; 2]).await;
     backend.then(&[Answer::Slow(Duration::from_millis(300), 200)]);
     let http = "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
-    let sidecar = Sidecar::start(&service(
-        "svc.internal",
-        &[backend.address.port()],
-        "{http: {maxRetries: 1}}",
-        http,
-    ))
-    .await;
+    let sidecar = one_backend(&backend, "{http: {maxRetries: 1}}", http).await;
     let addr = sidecar.addr();
     let calls: Vec<_> = (0..2)
         .map(|_| {

@@ -345,15 +345,9 @@ spec:
 /// that host, in the order of their creation, as Istio keys a gateway's virtual hosts by host.
 #[test]
 fn a_wildcard_narrowed_to_a_host_merges_with_the_virtual_service_naming_it() {
-    let l = ingress(
+    let l = ingress_behind(
+        &[("gw", "api.example.com, web.example.com")],
         r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [api.example.com, web.example.com]}]
----
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: wildcard, namespace: istio-system, creationTimestamp: "2024-01-01T00:00:00Z"}
@@ -394,19 +388,13 @@ spec:
 }
 
 /// Several VirtualServices for one Gateway host: their routes in Istio's order (here by name),
-/// catch-all routes last (Istio's `SortVHostRoutes`), each VirtualService's routes ending at its first
-/// catch-all.
+/// catch-all routes last (Istio's `SortVHostRoutes`), each VirtualService's routes ending at
+/// its first catch-all.
 #[test]
 fn virtual_services_of_one_gateway_host_merge_with_catch_alls_last() {
-    let l = ingress(
+    let l = ingress_behind(
+        &[("gw", "shop.example.com")],
         r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
----
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: first, namespace: istio-system}
@@ -530,22 +518,9 @@ spec:
 /// routes; the virtual host takes them Gateway by Gateway, catch-alls last.
 #[test]
 fn a_virtual_service_on_two_gateways_of_a_port_is_built_for_each() {
-    let l = ingress(
+    let l = ingress_behind(
+        &[("gw1", "shop.example.com"), ("gw2", "shop.example.com")],
         r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw1, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw2, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
----
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: both, namespace: istio-system}
@@ -584,6 +559,19 @@ spec:
             "{path}"
         );
     }
+}
+
+/// As `ingress`, behind Gateways (name, hosts) of one plaintext server each on port 8080.
+fn ingress_behind(gateways: &[(&str, &str)], docs: &str) -> meshgate_config::model::Listener {
+    let gateways: String = gateways
+        .iter()
+        .map(|(name, hosts)| {
+            format!(
+                "\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: [{{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: [{hosts}]}}]\n---"
+            )
+        })
+        .collect();
+    ingress(&format!("{gateways}{docs}"))
 }
 
 /// The first listener of a MeshGateway with `istio: ingressgateway` and the Istio `docs`.
