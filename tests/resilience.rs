@@ -355,7 +355,8 @@ async fn the_route_timeout_starts_when_the_request_body_is_in() {
         ],
     )
     .await;
-    let http = "  - timeout: 500ms\n    retries: {attempts: 0}\n    route: [{destination: {host: svc.internal}}]\n";
+    // Retries on: the body is kept for another try, and the timer still waits for its end.
+    let http = "  - timeout: 500ms\n    retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
     let sidecar = one_backend(&backend, "", http).await;
     // Ten bytes 100 ms apart: the body is in after about a second.
     let upload = |addr: SocketAddr| async move {

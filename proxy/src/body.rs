@@ -45,6 +45,10 @@ struct ClientBody {
     activity: Option<Arc<crate::serve::Activity>>,
     /// The stream's, told of each frame and of the end.
     clock: Option<Arc<StreamClock>>,
+    /// The clock's request when the body began (`StreamClock::generation`).
+    generation: u32,
+    /// Whether the clock was told some of the body was read.
+    read: bool,
 }
 
 /// Why a request body stopped.
@@ -77,12 +81,15 @@ impl RequestBody {
     ) -> Self {
         // A body already at its end is not read through here: `handle_request` passes an
         // empty one, and noted it received when the request started.
+        let generation = clock.as_ref().map_or(0, |c| c.generation());
         Self(Source::Client(ClientBody {
             body,
             counted,
             owned,
             activity,
             clock,
+            generation,
+            read: false,
         }))
     }
 
@@ -115,11 +122,17 @@ impl ClientBody {
                 self.owned.strip_trailers(trailers);
             }
         }
-        if let (Some(clock), Poll::Ready(read)) = (&self.clock, &frame) {
-            match read {
-                Some(Ok(_)) if !self.body.is_end_stream() => clock.moved(),
-                Some(Ok(_)) | None => clock.received_now(),
-                Some(Err(_)) => {}
+        if let Some(clock) = &self.clock {
+            if !self.read {
+                self.read = true;
+                clock.body_read(self.generation);
+            }
+            if let Poll::Ready(read) = &frame {
+                match read {
+                    Some(Ok(_)) if !self.body.is_end_stream() => clock.moved(),
+                    Some(Ok(_)) | None => clock.received_now(self.generation),
+                    Some(Err(_)) => {}
+                }
             }
         }
         frame.map_err(|e| {

@@ -35,6 +35,11 @@ pub struct StreamClock {
     /// When a request body read through `RequestBody` came in whole, in nanoseconds after
     /// `epoch()`, plus one; 0 while it has not (or for a request without a body).
     received_at: AtomicU64,
+    /// Some of that body has been read (an upstream try takes it).
+    body_read: AtomicBool,
+    /// Bumped by `restart`: a body of an earlier request on the connection, still read after
+    /// the next one began, does not speak for it.
+    generation: AtomicU32,
     /// The stream idle timeout expired.
     expired: AtomicBool,
     /// It expired after the response head: the stream is to be cut.
@@ -66,6 +71,8 @@ impl StreamClock {
         self.responding.store(false, Ordering::Relaxed);
         self.received.store(false, Ordering::Relaxed);
         self.received_at.store(0, Ordering::Relaxed);
+        self.body_read.store(false, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.expired.store(false, Ordering::Relaxed);
         self.moved();
     }
@@ -91,9 +98,32 @@ impl StreamClock {
         self.received.store(true, Ordering::Release);
     }
 
-    /// The request body read through `RequestBody` is in, now: the route's timeout starts.
-    pub fn received_now(&self) {
-        let since = Instant::now().saturating_duration_since(epoch());
+    /// The request this clock times now, to tell its body from an earlier request's.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Some of the request body of `generation` has been read.
+    pub fn body_read(&self, generation: u32) {
+        if generation == self.generation() {
+            self.body_read.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether some of the request body has been read.
+    pub fn is_body_read(&self) -> bool {
+        self.body_read.load(Ordering::Acquire)
+    }
+
+    /// The request body of `generation`, read through `RequestBody`, is in, now: the route's
+    /// timeout starts. A body of an earlier request says nothing.
+    pub fn received_now(&self, generation: u32) {
+        if generation != self.generation() {
+            return;
+        }
+        // tokio's clock, as the timers that read it.
+        let now = tokio::time::Instant::now().into_std();
+        let since = now.saturating_duration_since(epoch());
         let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
         self.received_at
             .store(nanos.saturating_add(1), Ordering::Release);

@@ -196,11 +196,14 @@ pub(crate) fn destination_rules(
     // Whether a rule of `namespace` may apply to backend `b`: the namespace of the resource
     // that declares it (any, for a host nothing declares).
     let in_scope = |namespace: &str, b: &Backend| {
-        proxy_namespaces.contains(&namespace)
-            || b.source.as_deref().is_none_or(|s| {
+        let declared_in = match b.source.as_deref() {
+            Some(s) => {
                 let name = s.split_once(' ').map_or("", |(_, n)| n);
-                name.split_once('/').is_some_and(|(ns, _)| ns == namespace)
-            })
+                name.split_once('/').map(|(ns, _)| ns)
+            }
+            None => super::destination_rule::kubernetes_namespace(&b.host),
+        };
+        proxy_namespaces.contains(&namespace) || declared_in.is_none_or(|ns| ns == namespace)
     };
     // Hosts (lowercase) and (host, subset)s in use, so that an exact DestinationRule host is
     // looked up rather than compared with every backend (linear in a large mesh).

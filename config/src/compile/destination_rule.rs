@@ -6,8 +6,9 @@
 //! those of the root namespace, the most
 //! specific matching `host` of the first namespace that has one (exact, then the longest
 //! `*.suffix`, then `*`; a short host is a Kubernetes service in the rule's namespace). A rule
-//! of another namespace does not apply, as in Istio; a host nothing declares (resolved by DNS,
-//! which Istio does not do) takes the most specific rule of any namespace after those.
+//! of another namespace does not apply, as in Istio; a Kubernetes service host is in the
+//! namespace its name says; any other host nothing declares (resolved by DNS, which Istio does
+//! not do) takes the most specific rule of any namespace after those.
 //!
 //! DestinationRules of one namespace naming one host are merged as Istio merges them, in its
 //! order (`istio_order`): the subsets of each, a later rule's subset of a name already defined
@@ -347,11 +348,19 @@ impl Rule {
     }
 }
 
+/// The namespace of a Kubernetes service host (`reviews.bookinfo.svc.cluster.local`).
+pub(crate) fn kubernetes_namespace(host: &str) -> Option<&str> {
+    let (_, namespace) = host.strip_suffix(".svc.cluster.local")?.rsplit_once('.')?;
+    Some(namespace)
+}
+
 impl Rules {
     /// The rule for `host`, declared in `service_namespace` (`None`: declared by nothing), as
     /// Istio chooses it for this proxy.
     fn rule(&self, host: &str, service_namespace: Option<&str>) -> Option<&Rule> {
         let host = host.to_ascii_lowercase();
+        // A Kubernetes service's name says its namespace, declared or not.
+        let service_namespace = service_namespace.or_else(|| kubernetes_namespace(&host));
         // A proxy in the root namespace looks there first only for rules exported to that
         // namespace alone, which meshgate has not (it refuses `exportTo`): the service's
         // namespace comes first.

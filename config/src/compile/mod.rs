@@ -329,15 +329,16 @@ fn issuers_not_bound(
 }
 
 /// The positions of `found` in Istio's order (`sortConfigByCreationTime`): by
-/// `metadata.creationTimestamp`, then, created in the same second or without one, by
-/// `name.namespace`. Routes of several VirtualServices and DestinationRules of one host are
+/// `metadata.creationTimestamp`, then, created in the same second or without one, by name,
+/// then by namespace. Routes of several VirtualServices and DestinationRules of one host are
 /// merged in that order.
 pub(crate) fn istio_order<T>(found: &[(Origin, T)]) -> Vec<usize> {
     let key = |i: &usize| {
         found.get(*i).map(|(o, _)| {
             (
                 o.created.clone().unwrap_or_default(),
-                format!("{}.{}", o.name, o.namespace),
+                o.name.clone(),
+                o.namespace.clone(),
             )
         })
     };

@@ -945,8 +945,7 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
         )
     };
     // A second rule of the host, created later: its new subset joins; its `v1` and its
-    // top-level policy come after the first rule's and are ignored. (Without the timestamp,
-    // `reviews-canary.default` would sort before `reviews.default`, as in Istio.)
+    // top-level policy come after the first rule's and are ignored.
     let yaml = sidecar(&format!(
         "{BOOKINFO_REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews-canary, namespace: default, creationTimestamp: \"2024-05-01T12:00:00Z\"}}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n  subsets:\n  - {{name: canary, labels: {{version: v3}}}}\n  - {{name: v1, labels: {{version: v2}}}}\n{}",
         route(&["v1", "canary"])
@@ -1113,6 +1112,21 @@ fn destination_rules_apply_by_namespace_as_istio_chooses_them() {
             .unwrap();
         b.policy.source.clone()
     };
+    // A Kubernetes service nothing here declares is in the namespace its name says: another
+    // namespace's rule, loaded first, does not apply to it.
+    let k8s = "reviews.team.svc.cluster.local";
+    let route = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: default}}\nspec:\n  hosts: [r.example]\n  http: [{{route: [{{destination: {{host: {k8s}, port: {{number: 9080}}}}}}]}}]\n"
+    );
+    let yaml = sidecar(&format!(
+        "{service}{route}{}{}",
+        dr("other", "a", k8s, "{tls: {mode: SIMPLE}}"),
+        dr("team", "b", k8s, "{tls: {mode: ISTIO_MUTUAL}}")
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let b = model.backends.iter().find(|b| b.host == k8s).unwrap();
+    assert_eq!(b.policy.source.as_deref(), Some("DestinationRule team/b"));
+
     let root_exact = dr(
         "istio-system",
         "exact",

@@ -17,8 +17,9 @@ use crate::stream::StreamClock;
 pub(crate) enum Deadline {
     /// Known: the request was in when it was routed.
     At(Instant),
-    /// This long after the request body is in, which its stream's clock notes.
-    AfterBody(Arc<StreamClock>, Duration),
+    /// This long after the request body is in, which its stream's clock notes; until some of
+    /// it is read (no try has taken it yet), this long after routing (the instant given).
+    AfterBody(Arc<StreamClock>, Duration, Instant),
 }
 
 impl Deadline {
@@ -26,7 +27,7 @@ impl Deadline {
     /// (`RequestBody::arriving`); `None` past what the clock can say.
     pub(crate) fn new(timeout: Duration, arriving: Option<&Arc<StreamClock>>) -> Option<Self> {
         match arriving {
-            Some(clock) => Some(Self::AfterBody(clock.clone(), timeout)),
+            Some(clock) => Some(Self::AfterBody(clock.clone(), timeout, Instant::now())),
             None => Instant::now().checked_add(timeout).map(Self::At),
         }
     }
@@ -35,10 +36,13 @@ impl Deadline {
     pub(crate) fn known(&self) -> Option<Instant> {
         match self {
             Self::At(at) => Some(*at),
-            Self::AfterBody(clock, timeout) => clock
-                .received_at()
-                .map(Instant::from_std)
-                .and_then(|t| t.checked_add(*timeout)),
+            Self::AfterBody(clock, timeout, routed) => match clock.received_at() {
+                Some(t) => Instant::from_std(t).checked_add(*timeout),
+                // A body nobody reads yet (a try waiting for a connection) does not hold the
+                // timeout off: Envoy would have read it.
+                None if !clock.is_body_read() => routed.checked_add(*timeout),
+                None => None,
+            },
         }
     }
 
@@ -46,7 +50,7 @@ impl Deadline {
     /// timeout from now, as the deadline cannot come sooner. `None`: never.
     fn next(&self) -> Option<Instant> {
         match (self, self.known()) {
-            (Self::AfterBody(_, timeout), None) => Instant::now().checked_add(*timeout),
+            (Self::AfterBody(_, timeout, _), None) => Instant::now().checked_add(*timeout),
             (_, known) => known,
         }
     }

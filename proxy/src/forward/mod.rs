@@ -148,6 +148,10 @@ pub fn forward<'a>(
         };
         let http2 = upstream.protocol == BackendProtocol::Http2;
         let again = policy.is_some_and(|p| retry::may_retry_after_send(p, http2, grpc));
+        // Read before the body is taken to be kept: the route's timeout starts when it is in.
+        let deadline = route
+            .timeout
+            .and_then(|t| Deadline::new(t, req.body().arriving()));
         let replay = keep_and_mirror(&mut req, again, upstreams, route, &host, &path);
         to_upstream(&mut req, host, path, upstream.protocol)?;
 
@@ -160,9 +164,7 @@ pub fn forward<'a>(
         let attempt = Attempt {
             upstream,
             key: key.hash,
-            deadline: route
-                .timeout
-                .and_then(|t| Deadline::new(t, req.body().arriving())),
+            deadline,
         };
         // The first try, here rather than in a function of its own: every request's future holds
         // it, and each layer of `async fn` would hold the request once more.
