@@ -342,21 +342,15 @@ async fn the_route_timeout_cuts_a_body_still_coming_when_it_passes() {
     assert_eq!(lines[0]["status"], 200);
 }
 
-/// Envoy's route timeout starts once the whole request is in: an upload slower than the
-/// timeout is not cut, and the timeout then bounds the wait for the answer.
+/// Envoy's route timeout, and the first try's `perTryTimeout`, start once the whole request is
+/// in: an upload slower than both is not cut, and they then bound the wait for the answer.
 #[tokio::test]
 async fn the_route_timeout_starts_when_the_request_body_is_in() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = Scripted::start(
-        "b",
-        &[
-            Answer::Status(200),
-            Answer::Slow(Duration::from_millis(900), 200),
-        ],
-    )
-    .await;
-    // Retries on: the body is kept for another try, and the timer still waits for its end.
-    let http = "  - timeout: 500ms\n    retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
+    let slow = Answer::Slow(Duration::from_millis(900), 200);
+    let backend = Scripted::start("b", &[Answer::Status(200), slow, slow, slow]).await;
+    // Retries on: the body is kept for another try, and the timers still wait for its end.
+    let http = "  - timeout: 500ms\n    retries: {attempts: 2, perTryTimeout: 300ms, retryOn: 5xx}\n    route: [{destination: {host: svc.internal}}]\n";
     let sidecar = one_backend(&backend, "", http).await;
     // Ten bytes 100 ms apart: the body is in after about a second.
     let upload = |addr: SocketAddr| async move {
@@ -379,13 +373,17 @@ async fn the_route_timeout_starts_when_the_request_body_is_in() {
     let (answer, _) = upload(sidecar.addr()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(backend.seen()[0].body, b"xxxxxxxxxx");
-    // The answer takes 900 ms: the timeout, counted from the body's end, passes first.
+    // The answers take 900 ms: a try is given up 300 ms after the body's end, the next one
+    // at the route's 500 ms.
     let (answer, waited) = upload(sidecar.addr()).await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     assert!(
         waited >= Duration::from_millis(400) && waited < Duration::from_millis(880),
         "{waited:?}"
     );
+    // One try for the first upload (its per-try timer did not run during it), two for the
+    // second.
+    assert_eq!(backend.seen().len(), 3);
 }
 
 /// A client that takes nothing of a long body holds it paused: the route timeout still cuts

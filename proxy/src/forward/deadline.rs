@@ -1,6 +1,7 @@
 //! The route's timeout as Envoy's global route timeout runs: from the moment the whole request
 //! is in (at once, for a request without a body) until the response is whole, every try and
-//! backoff included; and `perTryTimeout`, from each try's start to its response head.
+//! backoff included; and `perTryTimeout` up to each try's response head, the first try's from
+//! that same moment, as Envoy defers it (a retry's request is in whole).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -110,19 +111,17 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         #[pin]
-        per_try: Option<Sleep>,
+        per_try: Option<RouteTimer>,
         #[pin]
         route: Option<RouteTimer>,
     }
 }
 
 impl<F: Future> Within<F> {
-    pub(crate) fn new(per_try: Option<Duration>, deadline: Option<&Deadline>, inner: F) -> Self {
+    pub(crate) fn new(per_try: Option<&Deadline>, deadline: Option<&Deadline>, inner: F) -> Self {
         Self {
             inner,
-            per_try: per_try
-                .and_then(|t| Instant::now().checked_add(t))
-                .map(tokio::time::sleep_until),
+            per_try: per_try.and_then(RouteTimer::new),
             route: deadline.and_then(RouteTimer::new),
         }
     }
@@ -143,7 +142,7 @@ impl<F: Future> Future for Within<F> {
             }
         }
         if let Some(per_try) = this.per_try.as_pin_mut() {
-            if per_try.poll(cx).is_ready() {
+            if per_try.poll_expired(cx).is_ready() {
                 return Poll::Ready(Err(Expired::PerTry));
             }
         }

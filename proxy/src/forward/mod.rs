@@ -6,7 +6,8 @@
 //! headers are not edited here: the owned ones were set last. The response's hop-by-hop headers
 //! are dropped. The route's timeout runs from the end of the request body to the end of the
 //! response, every try and backoff included: past it a body being streamed is cut (`UT`), as
-//! Envoy's; `perTryTimeout` bounds each try up to its response head (`deadline`).
+//! Envoy's; `perTryTimeout` bounds each try up to its response head, the first from the end
+//! of the request body too (`deadline`).
 
 pub mod balance;
 pub mod connect;
@@ -148,10 +149,15 @@ pub fn forward<'a>(
         };
         let http2 = upstream.protocol == BackendProtocol::Http2;
         let again = policy.is_some_and(|p| retry::may_retry_after_send(p, http2, grpc));
-        // Read before the body is taken to be kept: the route's timeout starts when it is in.
+        // Read before the body is taken to be kept: the route's timeout, and the first try's
+        // `perTryTimeout`, start when it is in, as Envoy starts them.
+        let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
+        let arriving = (route.timeout.is_some() || per_try_timeout.is_some())
+            .then(|| req.body().arriving().cloned())
+            .flatten();
         let deadline = route
             .timeout
-            .and_then(|t| Deadline::new(t, req.body().arriving()));
+            .and_then(|t| Deadline::new(t, arriving.as_ref()));
         let replay = keep_and_mirror(&mut req, again, upstreams, route, &host, &path);
         to_upstream(&mut req, host, path, upstream.protocol)?;
 
@@ -168,8 +174,8 @@ pub fn forward<'a>(
         };
         // The first try, here rather than in a function of its own: every request's future holds
         // it, and each layer of `async fn` would hold the request once more.
-        let (per_try, other_hosts) =
-            policy.map_or((None, false), |p| (p.per_try_timeout, p.other_hosts));
+        let other_hosts = policy.is_some_and(|p| p.other_hosts);
+        let per_try = per_try_timeout.and_then(|t| Deadline::new(t, arriving.as_ref()));
         let kept = replay.filter(|_| again).map(|body| Kept::new(&req, body));
         let mut tried = Tried::default();
         let (result, failure) = match upstream.pick(&req, attempt.key, &mut tried, other_hosts) {
@@ -177,7 +183,7 @@ pub fn forward<'a>(
             Ok(target) => {
                 let index = target.index();
                 let sending = pin!(upstream.send_to(target, req));
-                let sent = Within::new(per_try, attempt.deadline.as_ref(), sending).await;
+                let sent = Within::new(per_try.as_ref(), attempt.deadline.as_ref(), sending).await;
                 attempt.ended(sent, index)
             }
         };
@@ -316,7 +322,9 @@ impl Attempt<'_> {
         };
         let index = target.index();
         let sending = pin!(self.upstream.send_to(target, req));
-        let sent = Within::new(per_try, self.deadline.as_ref(), sending).await;
+        // A retry's request is in whole: its `perTryTimeout` runs from now.
+        let per_try = per_try.and_then(|t| Deadline::new(t, None));
+        let sent = Within::new(per_try.as_ref(), self.deadline.as_ref(), sending).await;
         self.ended(sent, index)
     }
 }
