@@ -197,10 +197,7 @@ pub(crate) fn destination_rules(
     // that declares it (any, for a host nothing declares).
     let in_scope = |namespace: &str, b: &Backend| {
         let declared_in = match b.source.as_deref() {
-            Some(s) => {
-                let name = s.split_once(' ').map_or("", |(_, n)| n);
-                name.split_once('/').map(|(ns, _)| ns)
-            }
+            Some(s) => Some(super::service_entry::source_namespace(s)),
             None => super::destination_rule::kubernetes_namespace(&b.host),
         };
         proxy_namespaces.contains(&namespace) || declared_in.is_none_or(|ns| ns == namespace)

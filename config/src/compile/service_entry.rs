@@ -27,6 +27,12 @@ pub(crate) enum PortProtocol {
     Other(String),
 }
 
+/// The namespace of a resource named `Kind ns/name` (`""` when it is not so named).
+pub(crate) fn source_namespace(source: &str) -> &str {
+    let name = source.split_once(' ').map_or("", |(_, n)| n);
+    name.split_once('/').map_or("", |(ns, _)| ns)
+}
+
 /// A (host, port) a ServiceEntry or Service declares.
 #[derive(Debug)]
 pub(crate) struct Declared {
@@ -39,8 +45,7 @@ pub(crate) struct Declared {
 impl Declared {
     /// The namespace of the declaring resource (`source` is `Kind ns/name`).
     pub fn namespace(&self) -> &str {
-        let name = self.source.split_once(' ').map_or("", |(_, n)| n);
-        name.split_once('/').map_or("", |(ns, _)| ns)
+        source_namespace(&self.source)
     }
 
     /// The protocol as the resource named it.

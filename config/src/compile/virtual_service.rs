@@ -317,7 +317,13 @@ fn merge(
         .into_iter()
         .map(|(members, hosts)| {
             let parts: Vec<_> = members.iter().filter_map(|&i| prepared.get(i)).collect();
-            let sources: Vec<&str> = parts.iter().map(|(s, _, _)| s.as_str()).collect();
+            // A VirtualService on two Gateways of the port is one part per Gateway.
+            let mut sources: Vec<&str> = Vec::new();
+            for (s, _, _) in &parts {
+                if !sources.contains(&s.as_str()) {
+                    sources.push(s);
+                }
+            }
             let routes = parts
                 .iter()
                 .flat_map(|(_, routes, _)| routes)
