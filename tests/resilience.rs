@@ -410,6 +410,35 @@ async fn the_route_timeout_cuts_a_body_paused_for_a_client_that_reads_nothing() 
     drop(tcp);
 }
 
+/// Over HTTP/2 a client that takes nothing holds the body paused by its flow-control window,
+/// where hyper polls it no more: the route timeout still resets the stream (`UT`), and only
+/// the stream: the connection goes on serving.
+#[tokio::test]
+async fn the_route_timeout_resets_an_http2_stream_paused_by_flow_control() {
+    use http_body_util::BodyExt;
+    let backend = Scripted::start("b", &[Answer::Body(64 << 20), Answer::Status(200)]).await;
+    let http = "  - timeout: 500ms\n    route: [{destination: {host: svc.internal}}]\n";
+    let (sidecar, _dir, log) = logged_sidecar("paused-h2-log", &backend, "", http).await;
+    let tcp = tokio::net::TcpStream::connect(sidecar.addr())
+        .await
+        .unwrap();
+    let (mut conn, _task) = support::client::Conn::open(tcp, true).await.unwrap();
+    let started = Instant::now();
+    let big = conn.send("svc.internal", "/big", &[]).await.unwrap();
+    assert_eq!(big.status(), StatusCode::OK);
+    // Nothing of the body is read: the client's window fills, and the stream pauses.
+    let lines = support::json_lines(&log, 1).await;
+    assert_eq!(lines[0]["response_flags"], "UT", "{lines:?}");
+    assert!(lines[0]["bytes_out"].as_u64().unwrap() < 64 << 20);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // What the window let through, then the reset.
+    let e = big.into_body().collect().await.expect_err("a reset stream");
+    assert!(format!("{e:?}").contains("CANCEL"), "{e:?}");
+    let (status, _) = conn.get("svc.internal", "/next").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_body_over_the_retry_buffer_is_sent_once_and_its_answer_stands() {
     let backend = Scripted::start("b", &[Answer::Status(503)]).await;

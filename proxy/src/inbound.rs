@@ -720,7 +720,11 @@ impl Done for Exchange {
         let bodiless =
             logged.method == http::Method::HEAD || matches!(logged.status, Some(204 | 304));
         let mut flags = logged.flags;
-        if end == End::Open && self.clock().expired() {
+        let mut end = end;
+        if end == End::Open && self.clock().route_cut() {
+            // An HTTP/2 stream its executor reset at the route's timeout.
+            end = End::RouteTimeout;
+        } else if end == End::Open && self.clock().expired() {
             flags.insert(ResponseFlag::StreamIdleTimeout);
         }
         match end {

@@ -22,6 +22,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::time::Sleep;
 
+use crate::forward::deadline::RouteTimer;
+
 /// One stream's progress and state, shared by its request body, its response body, the
 /// request's task and the watcher.
 #[derive(Debug, Default)]
@@ -46,6 +48,14 @@ pub struct StreamClock {
     cut: AtomicBool,
     /// The request's task, woken when the timeout expires before its response head.
     task: AtomicWaker,
+    /// An HTTP/2 stream's route timeout, once its response head is out (`route_deadline`):
+    /// run by the stream's executor, which also sees it pass while flow control keeps the
+    /// response body from being polled.
+    route: Mutex<Option<Pin<Box<RouteTimer>>>>,
+    /// `route` holds a timer: what the executor looks at on every poll.
+    route_armed: AtomicBool,
+    /// The route's timeout cut the stream (Envoy's `UT`).
+    route_cut: AtomicBool,
 }
 
 /// The instant `received_at` counts from.
@@ -139,6 +149,38 @@ impl StreamClock {
     /// Whether the request body is in.
     pub fn is_received(&self) -> bool {
         self.received.load(Ordering::Acquire)
+    }
+
+    /// Runs the route's timeout over the rest of this HTTP/2 stream's response: when it
+    /// passes before the response ends, the stream's executor resets the stream, even while
+    /// the client's flow-control window keeps hyper from polling the body.
+    pub(crate) fn route_deadline(&self, timer: RouteTimer) {
+        *self.route.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::pin(timer));
+        self.route_armed.store(true, Ordering::Release);
+    }
+
+    /// Whether the route's timeout cut the stream (Envoy's `UT`).
+    pub fn route_cut(&self) -> bool {
+        self.route_cut.load(Ordering::Acquire)
+    }
+
+    /// Ready once the route's timeout has passed (the stream is to be cut); pending, with the
+    /// waker registered, before, and always without one.
+    fn poll_route(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.route_armed.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let mut route = self.route.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(timer) = route.as_mut() else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll_expired(cx).is_pending() {
+            return Poll::Pending;
+        }
+        *route = None;
+        self.route_armed.store(false, Ordering::Release);
+        self.route_cut.store(true, Ordering::Release);
+        Poll::Ready(())
     }
 
     /// Whether the stream idle timeout expired on it (Envoy's `SI`).
@@ -397,21 +439,27 @@ where
         let listed = timeout.is_some() && CONNECTION.try_with(|s| s.add(&clock)).is_ok();
         let stream_clock = clock.clone();
         let run = async move {
-            let Some(timeout) = timeout else {
-                return stream.await;
-            };
-            let cut = async {
-                if listed {
-                    clock.cut_off().await
-                } else {
-                    clock.watch(timeout, || true).await
+            let idle = async {
+                match timeout {
+                    None => std::future::pending().await,
+                    Some(_) if listed => clock.cut_off().await,
+                    Some(timeout) => clock.watch(timeout, || true).await,
                 }
             };
+            let mut idle = std::pin::pin!(idle);
+            // Polled after the stream, which arms the route's timer as its response head
+            // goes out.
+            let cut = std::future::poll_fn(|cx| {
+                if idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready("stream idle timeout");
+                }
+                clock.poll_route(cx).map(|()| "route timeout")
+            });
             tokio::select! {
                 biased;
                 () = stream => {}
-                () = cut => {
-                    tracing::debug!("stream idle timeout: resetting the stream");
+                why = cut => {
+                    tracing::debug!("{why}: resetting the stream");
                 }
             }
         };

@@ -11,7 +11,7 @@
 
 pub mod balance;
 pub mod connect;
-mod deadline;
+pub(crate) mod deadline;
 pub mod h1;
 pub mod pool;
 pub mod retry;
@@ -197,9 +197,15 @@ pub fn forward<'a>(
         if let Some(cookie) = key.set_cookie {
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        // Envoy's route timeout runs until the response is whole, its body included.
-        if let Some(timer) = attempt.deadline.as_ref().and_then(RouteTimer::new) {
-            response.body_mut().deadline(Box::pin(timer));
+        // Envoy's route timeout runs until the response is whole, its body included. On an
+        // HTTP/2 stream its executor runs it: hyper polls no body the client's window keeps
+        // paused, and the executor resets the stream when it passes.
+        let timer = attempt.deadline.as_ref().and_then(RouteTimer::new);
+        if let Some(timer) = timer.filter(|_| !http_body::Body::is_end_stream(response.body())) {
+            match crate::stream::StreamClock::current() {
+                Some(stream) => stream.route_deadline(timer),
+                None => response.body_mut().deadline(Box::pin(timer)),
+            }
         }
         Ok(response)
     }
