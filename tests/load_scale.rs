@@ -99,8 +99,9 @@ fn ten_times_the_resources_take_about_ten_times_the_time_and_memory() {
         "500 resources: {small_time:?} CPU, {small_memory} bytes at peak; 5,000: {large_time:?}, \
          {large_memory} bytes; ratios {time:.1} and {memory:.1}"
     );
-    // Linear is about 10; quadratic would be about 100.
-    assert!(time < 15.0, "time grew {time:.1}x for 10x the resources");
+    // Linear is about 10, quadratic about 100. A load's CPU time moves by half on a shared
+    // machine (9.7x to 15.1x measured for this linear loader), so the bound sits between.
+    assert!(time < 30.0, "time grew {time:.1}x for 10x the resources");
     assert!(
         memory < 15.0,
         "memory grew {memory:.1}x for 10x the resources"
