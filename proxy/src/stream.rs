@@ -159,6 +159,14 @@ impl StreamClock {
         self.route_armed.store(true, Ordering::Release);
     }
 
+    /// The route's timeout is over without cutting the stream: the upstream's response is
+    /// whole, or the stream ended. The timer goes, and with it the clock it may hold.
+    pub(crate) fn end_route_deadline(&self) {
+        if self.route_armed.swap(false, Ordering::AcqRel) {
+            *self.route.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     /// Whether the route's timeout cut the stream (Envoy's `UT`).
     pub fn route_cut(&self) -> bool {
         self.route_cut.load(Ordering::Acquire)
@@ -363,6 +371,15 @@ impl Streams {
     }
 }
 
+/// Ends a stream's route timer when dropped (`StreamClock::end_route_deadline`).
+struct RouteEnded<'a>(&'a StreamClock);
+
+impl Drop for RouteEnded<'_> {
+    fn drop(&mut self) {
+        self.0.end_route_deadline();
+    }
+}
+
 /// Why a request was cut before its response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StreamTimeout {
@@ -439,6 +456,8 @@ where
         let listed = timeout.is_some() && CONNECTION.try_with(|s| s.add(&clock)).is_ok();
         let stream_clock = clock.clone();
         let run = async move {
+            // However the stream ends, its route timer goes: it may hold this clock.
+            let _ended = RouteEnded(&clock);
             let idle = async {
                 match timeout {
                     None => std::future::pending().await,
@@ -489,6 +508,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP/2 request with a body and a route timeout: the timer's deadline holds the
+    /// stream's own clock, and the stream's end must still free both.
+    #[tokio::test]
+    async fn a_stream_that_ends_frees_its_clock_and_its_route_timer() {
+        use crate::forward::deadline::Deadline;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let executor = StreamExecutor {
+            stream_idle_timeout: Some(Duration::from_secs(300)),
+        };
+        hyper::rt::Executor::execute(&executor, async move {
+            let clock = StreamClock::current().unwrap();
+            let routed = tokio::time::Instant::now();
+            let deadline = Deadline::AfterBody(clock.clone(), Duration::from_secs(60), routed);
+            clock.route_deadline(RouteTimer::new(&deadline).unwrap());
+            let _ = tx.send(Arc::downgrade(&clock));
+        });
+        let clock = rx.await.unwrap();
+        for _ in 0..100 {
+            if clock.upgrade().is_none() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(clock.upgrade().is_none(), "the clock outlived its stream");
+    }
 
     #[tokio::test]
     async fn a_connection_forgets_its_streams_that_are_over_and_cuts_the_stalled_ones() {

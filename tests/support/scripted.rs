@@ -25,6 +25,8 @@ pub enum Answer {
     Trickle(Duration, usize),
     /// `200` with a body of this many bytes, written as fast as they are taken.
     Body(usize),
+    /// `200` with a body of twice this many bytes: half, a pause this long, the other half.
+    Halves(Duration, usize),
 }
 
 /// A request the backend read.
@@ -101,6 +103,20 @@ impl Scripted {
                         if tcp.write_all(b"x").await.is_err() {
                             return;
                         }
+                    }
+                    continue;
+                }
+                Answer::Halves(gap, n) => {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 2 * n);
+                    let half = vec![b'x'; n];
+                    if tcp.write_all(head.as_bytes()).await.is_err()
+                        || tcp.write_all(&half).await.is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                    if tcp.write_all(&half).await.is_err() {
+                        return;
                     }
                     continue;
                 }

@@ -203,7 +203,10 @@ pub fn forward<'a>(
         let timer = attempt.deadline.as_ref().and_then(RouteTimer::new);
         if let Some(timer) = timer.filter(|_| !http_body::Body::is_end_stream(response.body())) {
             match crate::stream::StreamClock::current() {
-                Some(stream) => stream.route_deadline(timer),
+                Some(stream) => {
+                    stream.route_deadline(timer);
+                    response.body_mut().stream_deadline(stream);
+                }
                 None => response.body_mut().deadline(Box::pin(timer)),
             }
         }

@@ -945,8 +945,18 @@ pub struct PooledBody {
     lease: Option<Lease1>,
     /// The request's place among the backend's requests in flight, when they are limited.
     active: Option<Active>,
-    /// The route's timeout, when it has one: the body is cut there.
-    deadline: Option<Pin<Box<super::deadline::RouteTimer>>>,
+    /// The route's timeout, when it has one.
+    deadline: Option<BodyDeadline>,
+}
+
+/// Where a response body's route timeout runs.
+#[derive(Debug)]
+enum BodyDeadline {
+    /// Here: the body is cut when it passes (HTTP/1.1 downstream).
+    Timer(Pin<Box<super::deadline::RouteTimer>>),
+    /// In the HTTP/2 stream's executor, which resets the stream when it passes; the body ends
+    /// it when the upstream's response is whole, as Envoy's does.
+    Stream(Arc<crate::stream::StreamClock>),
 }
 
 /// A response body as hyper's client reads it, or meshgate's own.
@@ -977,8 +987,14 @@ impl PooledBody {
     /// then.
     pub(crate) fn deadline(&mut self, timer: Pin<Box<super::deadline::RouteTimer>>) {
         if !self.body.is_end_stream() {
-            self.deadline = Some(timer);
+            self.deadline = Some(BodyDeadline::Timer(timer));
         }
+    }
+
+    /// Has `stream`'s route timer, which its executor runs (`StreamClock::route_deadline`),
+    /// end when this body's upstream response does.
+    pub(crate) fn stream_deadline(&mut self, stream: Arc<crate::stream::StreamClock>) {
+        self.deadline = Some(BodyDeadline::Stream(stream));
     }
 
     /// Ready with `UpstreamError::Timeout` once the deadline has passed, and every time after
@@ -990,9 +1006,9 @@ impl PooledBody {
         }
         // Envoy's route timeout ends with the upstream's response.
         if self.body.is_end_stream() {
-            self.deadline = None;
+            self.end_deadline();
         }
-        let Some(timer) = &mut self.deadline else {
+        let Some(BodyDeadline::Timer(timer)) = &mut self.deadline else {
             return Poll::Pending;
         };
         if timer.as_mut().poll_expired(cx).is_pending() {
@@ -1013,6 +1029,14 @@ impl PooledBody {
             lease.release(own);
         }
         self.active = None;
+        self.end_deadline();
+    }
+
+    /// The upstream's response is whole: the route's timeout ends.
+    fn end_deadline(&mut self) {
+        if let Some(BodyDeadline::Stream(stream)) = self.deadline.take() {
+            stream.end_route_deadline();
+        }
     }
 }
 
