@@ -179,6 +179,10 @@ codes! {
     /// A setting of a DestinationRule that another of the same host, loaded first, already
     /// makes (a subset's name, the top-level `trafficPolicy`): Istio keeps the first.
     DestinationRuleSettingIgnored = "MG0117",
+    /// A ServiceEntry host that a Kubernetes Service, or a ServiceEntry first in Istio's order
+    /// in another namespace (or in this one but with another resolution, labels or workload
+    /// selector), already declares: Istio keeps that one's ports and endpoints.
+    ServiceEntryHostIgnored = "MG0118",
     /// The outbound listener is not on a loopback address.
     OutboundNotLoopback = "MG0201",
     /// An ISTIO_MUTUAL gateway without issuer binding.

@@ -55,9 +55,11 @@ pub fn compile(
     let mut backends = service_entry::Backends::new();
     service_entry::compile(
         &parsed.service_entries,
+        &parsed.services,
         &parsed.workload_entries,
         &mut backends,
         errors,
+        warnings,
     );
     for (o, spec) in &parsed.services {
         service_entry::service(o, spec, &mut backends, errors);

@@ -16,6 +16,7 @@ use crate::error::ConfigError;
 use crate::model::{Backend, BackendProtocol, Endpoints, UpstreamTls};
 use crate::raw::service_entry::{ServiceEntrySpec, WorkloadEntry};
 use crate::raw::Labels;
+use crate::warning::{Code, Warning};
 
 /// What a declared port carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,24 +428,131 @@ pub(crate) fn resolve(backends: &mut [Backend], overrides: &[((String, u16), Soc
 /// Declares the ports of every ServiceEntry.
 pub(crate) fn compile(
     found: &[(Origin, ServiceEntrySpec)],
+    services: &[(Origin, crate::raw::kubernetes::ServiceSpec)],
     workloads: &[(Origin, WorkloadEntry)],
     backends: &mut Backends,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
 ) {
+    let owners = owners(found, services);
     for (o, spec) in found {
-        compile_one(o, spec, workloads, backends, errors);
+        compile_one(o, spec, &owners, workloads, backends, errors, warnings);
     }
     for (o, w) in workloads {
         check_endpoint(o, "spec", w, true, errors);
     }
 }
 
+/// Who declares a host. Istio keeps one Service per host for a proxy
+/// (`appendSidecarServices`): a Kubernetes Service's before any ServiceEntry's; else the
+/// ServiceEntry's first by `creationTimestamp`, then namespace (a ServiceEntry's Service is
+/// named by its host), and the entries of that namespace merge into it when they agree on
+/// resolution, labels and workload selector. Every other declaration of the host is ignored.
+enum Owner<'a> {
+    /// A Kubernetes Service (`Kind namespace/name`).
+    Service(String),
+    /// The first ServiceEntry.
+    Entry(&'a Origin, &'a ServiceEntrySpec),
+}
+
+fn owners<'a>(
+    found: &'a [(Origin, ServiceEntrySpec)],
+    services: &[(Origin, crate::raw::kubernetes::ServiceSpec)],
+) -> HashMap<String, Owner<'a>> {
+    let mut owners = HashMap::new();
+    for (o, _) in services {
+        let host = format!("{}.{}.svc.cluster.local", o.name, o.namespace);
+        owners
+            .entry(host)
+            .or_insert_with(|| Owner::Service(o.resource()));
+    }
+    // Stable: entries created in the same second in one namespace keep the files' order.
+    let mut order: Vec<&(Origin, ServiceEntrySpec)> = found.iter().collect();
+    order.sort_by_cached_key(|(o, _)| (o.created.clone().unwrap_or_default(), o.namespace.clone()));
+    for (o, spec) in order {
+        for host in &spec.hosts {
+            owners
+                .entry(host.to_ascii_lowercase())
+                .or_insert(Owner::Entry(o, spec));
+        }
+    }
+    owners
+}
+
+/// Why Istio would not merge ServiceEntry `b` into `a`, of one host and namespace
+/// (`canMergeServices`; `exportTo`, the last it compares, is refused by meshgate).
+fn unmergeable(
+    a: &ServiceEntrySpec,
+    a_origin: &Origin,
+    b: &ServiceEntrySpec,
+    b_origin: &Origin,
+) -> Option<&'static str> {
+    let resolution = |s: &ServiceEntrySpec| {
+        s.resolution
+            .as_deref()
+            .unwrap_or("NONE")
+            .to_ascii_uppercase()
+    };
+    let selector = |s: &ServiceEntrySpec| s.workload_selector.as_ref().map(|w| w.labels.clone());
+    if resolution(a) != resolution(b) {
+        Some("resolution")
+    } else if a_origin.labels != b_origin.labels {
+        Some("metadata.labels")
+    } else if selector(a) != selector(b) {
+        Some("workloadSelector")
+    } else {
+        None
+    }
+}
+
+/// Whether `o`'s declaration of `host` stands, as Istio keeps one Service per host (`Owner`);
+/// a warning says why not.
+fn owns(
+    o: &Origin,
+    spec: &ServiceEntrySpec,
+    host: &str,
+    field: &str,
+    owners: &HashMap<String, Owner<'_>>,
+    warnings: &mut Vec<Warning>,
+) -> bool {
+    let ignored = match owners.get(host) {
+        Some(Owner::Service(by)) => format!(
+            "`{host}` is the host of {by}: Istio keeps a Kubernetes Service over ServiceEntries, \
+             so this entry's ports and endpoints for it are ignored"
+        ),
+        Some(Owner::Entry(first, _)) if first.namespace != o.namespace => format!(
+            "`{host}` is also declared by {} in namespace `{}`, first in Istio's order \
+             (creationTimestamp, then namespace): Istio keeps that one's ports and endpoints, \
+             so this entry's for it are ignored",
+            first.resource(),
+            first.namespace
+        ),
+        Some(Owner::Entry(first, first_spec)) => {
+            match unmergeable(first_spec, first, spec, o).filter(|_| !std::ptr::eq(*first, o)) {
+                None => return true,
+                Some(what) => format!(
+                    "`{host}` is also declared by {}, first in Istio's order, with another \
+                     `{what}`: Istio merges the ServiceEntries of one host and namespace only \
+                     when they agree on resolution, labels and workloadSelector, so this entry's \
+                     ports and endpoints for it are ignored",
+                    first.resource()
+                ),
+            }
+        }
+        None => return true,
+    };
+    warnings.push(o.warn(Code::ServiceEntryHostIgnored, Some(field), ignored));
+    false
+}
+
 fn compile_one(
     o: &Origin,
     spec: &ServiceEntrySpec,
+    owners: &HashMap<String, Owner<'_>>,
     workloads: &[(Origin, WorkloadEntry)],
     out: &mut Backends,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
 ) {
     o.unsupported(
         errors,
@@ -521,6 +629,16 @@ fn compile_one(
             continue;
         }
         let host = host.to_ascii_lowercase();
+        if !owns(
+            o,
+            spec,
+            &host,
+            &format!("spec.hosts[{h}]"),
+            owners,
+            warnings,
+        ) {
+            continue;
+        }
         for (p, port) in spec.ports.iter().enumerate() {
             let path = format!("spec.ports[{p}]");
             let Some(number) = u16::try_from(port.number).ok().filter(|n| *n > 0) else {

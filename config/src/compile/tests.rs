@@ -1992,3 +1992,213 @@ fn every_type_error_of_a_resource_is_reported_at_once_with_its_place() {
     assert!(!got.iter().any(|e| e.contains("missing field")), "{got:#?}");
     assert_eq!(got.len(), 3, "{got:#?}");
 }
+
+/// Istio keeps one Service per host (`appendSidecarServices`): a Kubernetes Service's before
+/// any ServiceEntry's, else the ServiceEntry's first by creationTimestamp, then namespace; the
+/// entries of its namespace merge into it when they agree on resolution, labels and workload
+/// selector. Every other declaration of the host is ignored, and `check` says so.
+#[test]
+fn one_service_per_host_as_istio_keeps_them() {
+    let entry = |ns: &str,
+                 name: &str,
+                 created: &str,
+                 host: &str,
+                 ports: &[u16],
+                 resolution: &str| {
+        let ports: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{number: {p}, name: http-{p}, protocol: HTTP}}"))
+            .collect();
+        let endpoints = if resolution == "STATIC" {
+            "\n  endpoints: [{address: 10.0.0.9}]"
+        } else {
+            ""
+        };
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [{host}]\n  ports: [{}]\n  resolution: {resolution}{endpoints}\n",
+            ports.join(", ")
+        )
+    };
+    let ports = |model: &crate::model::Model, host: &str| {
+        let mut found: Vec<(u16, String)> = model
+            .backends
+            .iter()
+            .filter(|b| b.host == host && b.subset.is_none())
+            .map(|b| (b.port, b.source.clone().unwrap_or_default()))
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    };
+    let ignored = |model: &crate::model::Model| -> Vec<(String, String)> {
+        model
+            .warnings
+            .iter()
+            .filter(|w| w.code == Code::ServiceEntryHostIgnored)
+            .map(|w| (w.resource.clone().unwrap_or_default(), w.message.clone()))
+            .collect()
+    };
+
+    // Two teams declare one external API; the older entry (team-b's) keeps the host, in file
+    // order or not, and team-a's ports (one of them the same) are ignored rather than refused.
+    let yaml = sidecar(&format!(
+        "{}{}",
+        entry(
+            "team-a",
+            "api",
+            "2024-06-01T00:00:00Z",
+            "api.example.com",
+            &[80, 8080],
+            "DNS"
+        ),
+        entry(
+            "team-b",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "api.example.com",
+            &[80, 9000],
+            "DNS"
+        ),
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let b = "ServiceEntry team-b/api".to_string();
+    assert_eq!(
+        ports(&model, "api.example.com"),
+        [(80, b.clone()), (9000, b.clone())]
+    );
+    let warned = ignored(&model);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].0, "ServiceEntry team-a/api");
+    assert!(
+        warned[0].1.contains("ServiceEntry team-b/api"),
+        "{warned:?}"
+    );
+
+    // Created in the same second: the namespace decides.
+    let yaml = sidecar(&format!(
+        "{}{}",
+        entry(
+            "team-b",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "api.example.com",
+            &[80],
+            "DNS"
+        ),
+        entry(
+            "team-a",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "api.example.com",
+            &[8080],
+            "DNS"
+        ),
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(
+        ports(&model, "api.example.com"),
+        [(8080, "ServiceEntry team-a/api".to_string())]
+    );
+
+    // One namespace, entries that agree: their ports merge, without a warning.
+    let yaml = sidecar(&format!(
+        "{}{}",
+        entry(
+            "team-b",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "api.example.com",
+            &[80],
+            "DNS"
+        ),
+        entry(
+            "team-b",
+            "api-admin",
+            "2024-02-01T00:00:00Z",
+            "api.example.com",
+            &[9000],
+            "DNS"
+        ),
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(
+        ports(&model, "api.example.com"),
+        [
+            (80, b.clone()),
+            (9000, "ServiceEntry team-b/api-admin".to_string())
+        ]
+    );
+    assert!(ignored(&model).is_empty());
+
+    // One namespace, another resolution: the later entry is ignored.
+    let yaml = sidecar(&format!(
+        "{}{}",
+        entry(
+            "team-b",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "api.example.com",
+            &[80],
+            "DNS"
+        ),
+        entry(
+            "team-b",
+            "api-static",
+            "2024-02-01T00:00:00Z",
+            "api.example.com",
+            &[9000],
+            "STATIC"
+        ),
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(ports(&model, "api.example.com"), [(80, b.clone())]);
+    let warned = ignored(&model);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].1.contains("`resolution`"), "{warned:?}");
+
+    // One namespace, one port twice: Istio would serve both entries' endpoints, which
+    // meshgate does not merge; that stays an error naming the first.
+    let yaml = sidecar(&format!(
+        "{}{}",
+        entry(
+            "team-b",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "api.example.com",
+            &[80],
+            "DNS"
+        ),
+        entry(
+            "team-b",
+            "api-again",
+            "2024-02-01T00:00:00Z",
+            "api.example.com",
+            &[80],
+            "DNS"
+        ),
+    ));
+    let e = errors(&yaml);
+    assert!(
+        e.iter().any(|e| e.contains("ServiceEntry team-b/api-again")
+            && e.contains("already declared by ServiceEntry team-b/api")),
+        "{e:?}"
+    );
+
+    // A Kubernetes Service keeps its host over a ServiceEntry, even an older one.
+    let yaml = sidecar(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default, creationTimestamp: \"2025-01-01T00:00:00Z\"}}\nspec:\n  ports: [{{port: 9080, name: http}}]\n{}",
+        entry("default", "squat", "2020-01-01T00:00:00Z", "reviews.default.svc.cluster.local", &[9080, 9999], "DNS"),
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    assert_eq!(
+        ports(&model, "reviews.default.svc.cluster.local"),
+        [(9080, "Service default/reviews".to_string())]
+    );
+    let warned = ignored(&model);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].0, "ServiceEntry default/squat");
+    assert!(
+        warned[0].1.contains("Service default/reviews"),
+        "{warned:?}"
+    );
+}
