@@ -487,7 +487,11 @@ def resumes(port, client):
     return reused
 
 
-def source_config(work, tls):
+def source_config(work, tls, h2=False):
+    """The source proxy's configuration; `h2`: the DestinationRule upgrades to HTTP/2
+    (`connectionPool.http.h2UpgradePolicy: UPGRADE`), so the pooled mTLS connections to the
+    gateway multiplex requests."""
+    pool = ", connectionPool: {http: {h2UpgradePolicy: UPGRADE}}" if h2 else ""
     d = f"{work}/source"
     os.makedirs(d, exist_ok=True)
     with open(f"{d}/config.yaml", "w") as f:
@@ -523,7 +527,7 @@ kind: DestinationRule
 metadata: {{name: httpbin-example-target, namespace: default}}
 spec:
   host: {HOST}
-  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}{pool}}}
 """)
     return f"{d}/config.yaml"
 

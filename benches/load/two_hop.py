@@ -11,7 +11,11 @@ oha and the backend) and counts the source proxy with core 0 to itself: its own 
 the gateway's turns.
 
     python3 benches/load/two_hop.py [--rounds 3] [--duration 5] [--connections 64]
-        [--binary target/release/meshgate]
+        [--h2-upgrade] [--binary target/release/meshgate]
+
+`--h2-upgrade` has the source proxy's DestinationRule upgrade the hop between the proxies to
+HTTP/2 (`connectionPool.http.h2UpgradePolicy: UPGRADE`): the gateway then serves HTTP/2 over
+the pooled mTLS connections, several requests to a TLS record.
 
 Needs perf (run as root), oha, nginx (the backend) and taskset.
 """
@@ -77,7 +81,7 @@ def one_round(args, work, tls):
         )
         cmd = [
             "taskset", "-c", "0", args.binary, "run", "--concurrency", "1",
-            "-c", bench.source_config(work, tls),
+            "-c", bench.source_config(work, tls, args.h2_upgrade),
         ]
         env = dict(os.environ, MESHGATE_LOG="warn")
         source = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -113,6 +117,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--h2-upgrade", action="store_true", help="the source proxy speaks HTTP/2 to the gateway (h2UpgradePolicy: UPGRADE)")
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/meshgate"))
     args = ap.parse_args()
     if args.rounds < 1:
@@ -141,7 +146,8 @@ def main():
 
 
 def report(rounds, args):
-    print(f"\nkeep-alive, {args.connections} connections, {args.rounds} rounds of {args.duration} s, median [range]\n")
+    between = "HTTP/2 (h2UpgradePolicy: UPGRADE)" if args.h2_upgrade else "HTTP/1.1"
+    print(f"\nkeep-alive, {args.connections} connections, {between} between the proxies, {args.rounds} rounds of {args.duration} s, median [range]\n")
     print("| proxy | CPU per request (µs) | context switches per request | page faults per request |")
     print("|---|---|---|---|")
     for name in rounds[0]:
