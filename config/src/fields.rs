@@ -216,18 +216,10 @@ pub const FIELDS: &[Field] = &[
     ),
     yes(VS, "tcp[].route[].destination"),
     yes(VS, "tcp[].route[].weight"),
-    no(
-        VS,
-        "exportTo",
-        "meshgate applies every VirtualService it is given: give it only the ones for it",
-    ),
+    yes(VS, "exportTo"),
     yes(DR, "host"),
     yes(DR, "subsets"),
-    no(
-        DR,
-        "exportTo",
-        "meshgate applies every DestinationRule it is given: give it only the ones for it",
-    ),
+    yes(DR, "exportTo"),
     no(
         DR,
         "workloadSelector",
@@ -336,11 +328,7 @@ pub const FIELDS: &[Field] = &[
         "addresses",
         "meshgate routes by host name, not by address",
     ),
-    no(
-        SE,
-        "exportTo",
-        "meshgate applies every ServiceEntry it is given: give it only the ones for it",
-    ),
+    yes(SE, "exportTo"),
     no(
         SE,
         "subjectAltNames",

@@ -183,6 +183,9 @@ codes! {
     /// in another namespace (or in this one but with another resolution, labels or workload
     /// selector), already declares: Istio keeps that one's ports and endpoints.
     ServiceEntryHostIgnored = "MG0118",
+    /// A VirtualService, DestinationRule or ServiceEntry whose `exportTo` leaves out this
+    /// proxy's namespace: Istio would not give it to this proxy, so it is not applied.
+    NotExported = "MG0119",
     /// The outbound listener is not on a loopback address.
     OutboundNotLoopback = "MG0201",
     /// An ISTIO_MUTUAL gateway without issuer binding.

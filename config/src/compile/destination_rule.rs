@@ -1,9 +1,10 @@
 //! DestinationRules -> the upstream policy of each backend, and the subsets routes name.
 //!
 //! A backend's DestinationRule is chosen as Istio's `PushContext.destinationRule` chooses it:
-//! among the rules of the proxy's namespace (unless it is the root namespace), then those of
-//! the service's (the namespace of the ServiceEntry or Service that declares the host), then
-//! those of the root namespace, the most
+//! among the rules of the proxy's namespace exported to it (`exportTo` empty, `*`, `.` or the
+//! namespace; in the root namespace, only those exported to it alone), then those of the
+//! service's (the namespace of the ServiceEntry or Service that declares the host), then
+//! those of the root namespace, each exported to the proxy's namespace, the most
 //! specific matching `host` of the first namespace that has one (exact, then the longest
 //! `*.suffix`, then `*`; a short host is a Kubernetes service in the rule's namespace). A rule
 //! of another namespace does not apply, as in Istio; a Kubernetes service host is in the
@@ -22,6 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::export::ExportTo;
 use super::virtual_service::{parse_duration, qualify};
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
@@ -56,7 +58,7 @@ struct Pool {
 }
 
 /// A `trafficPolicy`: its blocks, and the per-port replacements.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Policy {
     top: Blocks,
     ports: Vec<(u16, Blocks)>,
@@ -76,7 +78,7 @@ impl Policy {
 }
 
 /// One subset of a DestinationRule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Subset {
     pub labels: Labels,
     name: String,
@@ -89,13 +91,24 @@ pub(crate) struct Subset {
 /// rule up, so a scan of all rules per backend would make loading quadratic in a large mesh.
 pub(crate) struct Rules {
     rules: Vec<Rule>,
-    /// The rules of each namespace.
-    namespaces: HashMap<String, Index>,
-    /// Every rule, for hosts nothing declares.
+    /// Where this proxy looks first (Istio's `namespaceLocal`): the rules of its own namespace
+    /// exported to it; in the root namespace, those exported to it alone
+    /// (`rootNamespaceLocal`).
+    local: Index,
+    /// The rules of each namespace exported to this proxy's (`exportedByNamespace`, less those
+    /// exported elsewhere only), looked up in the service's namespace, then the root's.
+    exported: HashMap<String, Index>,
+    /// Every rule this proxy sees, for hosts nothing declares.
     all: Index,
-    /// Where a proxy looks first: its own namespace, and Istio's root namespace last.
-    proxy_namespace: String,
     root_namespace: String,
+}
+
+/// The two lists of rules a proxy looks a rule up in; one DestinationRule may be in both, and
+/// the rules of one host are merged in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum View {
+    Local,
+    Exported,
 }
 
 /// Rules indexed by host.
@@ -135,6 +148,7 @@ impl Index {
 }
 
 /// The DestinationRules of one host in one namespace, merged.
+#[derive(Clone)]
 struct Rule {
     namespace: String,
     /// The DestinationRule whose top-level `trafficPolicy` applies: the first that has
@@ -155,20 +169,48 @@ pub(crate) fn compile(
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) -> Rules {
-    let mut rules: Vec<Rule> = Vec::new();
-    // The rule of each (namespace, host), to merge a later DestinationRule of both into.
-    let mut of_host: HashMap<(String, HostMatcher), usize> = HashMap::new();
+    let mut rules: Vec<(View, Rule)> = Vec::new();
+    // The rule of each (list, namespace, host), to merge a later DestinationRule of the three
+    // into.
+    let mut of_host: HashMap<(View, String, HostMatcher), usize> = HashMap::new();
+    // What merging says, once however many lists a rule is merged in.
+    let mut merged: Vec<Warning> = Vec::new();
     // Istio merges the rules of a host in its order: by creation, then by name.
     let ordered = super::istio_order(found);
     for (o, spec) in ordered.iter().filter_map(|&i| found.get(i)) {
         o.unsupported(
             errors,
             "spec",
-            &[
-                ("exportTo", spec.export_to.is_some()),
-                ("workloadSelector", spec.workload_selector.is_some()),
-            ],
+            &[("workloadSelector", spec.workload_selector.is_some())],
         );
+        let export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
+        let ns = o.namespace.as_str();
+        let local = if proxy_namespace == root_namespace {
+            ns == root_namespace && export.private_only(ns)
+        } else {
+            ns == proxy_namespace && export.local_to(ns)
+        };
+        let views: Vec<View> = [
+            local.then_some(View::Local),
+            export
+                .exported_to(ns, proxy_namespace)
+                .then_some(View::Exported),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if views.is_empty() {
+            warnings.push(o.warn(
+                Code::NotExported,
+                Some("spec.exportTo"),
+                format!(
+                    "exported to {}, which leaves out this proxy's namespace \
+                     `{proxy_namespace}`: Istio does not give this DestinationRule to the proxy, \
+                     so it applies to nothing",
+                    export.describe()
+                ),
+            ));
+        }
         let host = if spec.host == "*" {
             spec.host.clone()
         } else {
@@ -213,29 +255,40 @@ pub(crate) fn compile(
             policy,
             subsets,
         };
-        let key = (rule.namespace.clone(), rule.host.clone());
-        match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
-            Some(first) => first.merge(o, rule, warnings),
-            None => {
-                of_host.insert(key, rules.len());
-                rules.push(rule);
+        for view in views {
+            let key = (view, rule.namespace.clone(), rule.host.clone());
+            match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
+                Some((_, first)) => first.merge(o, rule.clone(), &mut merged),
+                None => {
+                    of_host.insert(key, rules.len());
+                    rules.push((view, rule.clone()));
+                }
             }
         }
     }
-    let mut namespaces: HashMap<String, Index> = HashMap::new();
+    for w in merged {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+    let mut local = Index::default();
+    let mut exported: HashMap<String, Index> = HashMap::new();
     let mut all = Index::default();
-    for (i, r) in rules.iter().enumerate() {
-        namespaces
-            .entry(r.namespace.clone())
-            .or_default()
-            .add(i, &r.host);
+    for (i, (view, r)) in rules.iter().enumerate() {
+        match view {
+            View::Local => local.add(i, &r.host),
+            View::Exported => exported
+                .entry(r.namespace.clone())
+                .or_default()
+                .add(i, &r.host),
+        }
         all.add(i, &r.host);
     }
     Rules {
-        rules,
-        namespaces,
+        rules: rules.into_iter().map(|(_, r)| r).collect(),
+        local,
+        exported,
         all,
-        proxy_namespace: proxy_namespace.to_string(),
         root_namespace: root_namespace.to_string(),
     }
 }
@@ -361,16 +414,13 @@ impl Rules {
         let host = host.to_ascii_lowercase();
         // A Kubernetes service's name says its namespace, declared or not.
         let service_namespace = service_namespace.or_else(|| kubernetes_namespace(&host));
-        // A proxy in the root namespace looks there first only for rules exported to that
-        // namespace alone, which meshgate has not (it refuses `exportTo`): the service's
-        // namespace comes first.
-        let own = Some(self.proxy_namespace.as_str()).filter(|ns| *ns != self.root_namespace);
-        let order = [own, service_namespace, Some(self.root_namespace.as_str())];
-        let scoped = order.into_iter().flatten().find_map(|ns| {
-            self.namespaces
-                .get(ns)
-                .and_then(|index| index.most_specific(&self.rules, &host))
-        });
+        let exported = [service_namespace, Some(self.root_namespace.as_str())]
+            .into_iter()
+            .flatten()
+            .filter_map(|ns| self.exported.get(ns));
+        let scoped = std::iter::once(&self.local)
+            .chain(exported)
+            .find_map(|index| index.most_specific(&self.rules, &host));
         match scoped {
             Some(rule) => Some(rule),
             None if service_namespace.is_none() => self.all.most_specific(&self.rules, &host),

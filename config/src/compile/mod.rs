@@ -9,6 +9,7 @@
 mod analyze;
 mod authorization_policy;
 mod destination_rule;
+mod export;
 mod gateway;
 mod install;
 mod mesh_gateway;
@@ -52,11 +53,16 @@ pub fn compile(
     let install = install::compile(&parsed, errors, warnings);
     let proxy = mesh_gateway::compile(&parsed.mesh_gateways, &install, errors);
     let trust = mesh_gateway::trust(&parsed, &install, errors);
+    let proxy_namespace = parsed
+        .mesh_gateways
+        .first()
+        .map_or(DEFAULT_NAMESPACE, |(o, _)| o.namespace.as_str());
     let mut backends = service_entry::Backends::new();
     service_entry::compile(
         &parsed.service_entries,
         &parsed.services,
         &parsed.workload_entries,
+        proxy_namespace,
         &mut backends,
         errors,
         warnings,
@@ -64,10 +70,6 @@ pub fn compile(
     for (o, spec) in &parsed.services {
         service_entry::service(o, spec, &mut backends, errors);
     }
-    let proxy_namespace = parsed
-        .mesh_gateways
-        .first()
-        .map_or(DEFAULT_NAMESPACE, |(o, _)| o.namespace.as_str());
     let root_namespace = proxy
         .as_ref()
         .map_or(ROOT_NAMESPACE, |(p, _)| p.root_namespace.as_str());
@@ -105,9 +107,12 @@ pub fn compile(
         .map(|(p, _)| p.tagging.owned().to_vec())
         .unwrap_or_default();
     let no_labels = raw::Labels::new();
+    let exported =
+        virtual_service::exported(&parsed.virtual_services, proxy_namespace, errors, warnings);
     let workload = virtual_service::Proxy {
         namespace: proxy_namespace,
         labels: proxy.as_ref().map_or(&no_labels, |(p, _)| &p.labels),
+        exported: &exported,
     };
     virtual_service::bind(
         &parsed.virtual_services,
@@ -139,6 +144,7 @@ pub fn compile(
     passthrough::expose(&mut listeners, &mut backends, &rules, warnings);
     passthrough::bind_tls_routes(
         &parsed.virtual_services,
+        &exported,
         &mut listeners,
         &mut backends,
         &rules,
@@ -146,6 +152,7 @@ pub fn compile(
     );
     tcp::bind_tcp_routes(
         &parsed.virtual_services,
+        &exported,
         &mut listeners,
         &mut backends,
         &rules,

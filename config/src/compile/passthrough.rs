@@ -75,11 +75,17 @@ pub(crate) fn expose(
 /// (`mesh`) and terminating servers do not route TLS by SNI.
 pub(crate) fn bind_tls_routes(
     found: &[(Origin, VirtualServiceSpec)],
+    exported: &[Option<super::export::Seen>],
     listeners: &mut [Listener],
     backends: &mut Backends,
     rules: &Rules,
     errors: &mut Vec<ConfigError>,
 ) {
+    // A VirtualService not exported to this proxy's namespace routes nothing here.
+    let found = found
+        .iter()
+        .zip(exported)
+        .filter_map(|(vs, seen)| seen.map(|_| vs));
     for (o, spec) in found {
         let Some(routes) = &spec.tls else {
             continue;

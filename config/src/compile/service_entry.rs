@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::destination_rule::Rules;
+use super::export::{ExportTo, Seen};
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{Backend, BackendProtocol, Endpoints, UpstreamTls};
@@ -430,12 +431,31 @@ pub(crate) fn compile(
     found: &[(Origin, ServiceEntrySpec)],
     services: &[(Origin, crate::raw::kubernetes::ServiceSpec)],
     workloads: &[(Origin, WorkloadEntry)],
+    proxy_namespace: &str,
     backends: &mut Backends,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) {
-    let owners = owners(found, services);
-    for (o, spec) in found {
+    // The entries exported to this proxy's namespace, and how it sees each.
+    let mut exported: Vec<(&(Origin, ServiceEntrySpec), Seen)> = Vec::new();
+    for entry in found {
+        let (o, spec) = entry;
+        let export = ExportTo::parse(o, spec.export_to.as_deref(), true, errors);
+        match export.seen_from(&o.namespace, proxy_namespace) {
+            Some(seen) => exported.push((entry, seen)),
+            None => warnings.push(o.warn(
+                Code::NotExported,
+                Some("spec.exportTo"),
+                format!(
+                    "exported to {}, which leaves out this proxy's namespace `{proxy_namespace}`: \
+                     Istio does not give this ServiceEntry to the proxy, so it declares nothing",
+                    export.describe()
+                ),
+            )),
+        }
+    }
+    let owners = owners(&exported, services);
+    for ((o, spec), _) in exported {
         compile_one(o, spec, &owners, workloads, backends, errors, warnings);
     }
     for (o, w) in workloads {
@@ -445,9 +465,11 @@ pub(crate) fn compile(
 
 /// Who declares a host. Istio keeps one Service per host for a proxy
 /// (`appendSidecarServices`): a Kubernetes Service's before any ServiceEntry's; else the
-/// ServiceEntry's first by `creationTimestamp`, then namespace (a ServiceEntry's Service is
-/// named by its host), and the entries of that namespace merge into it when they agree on
-/// resolution, labels and workload selector. Every other declaration of the host is ignored.
+/// first ServiceEntry as the proxy's namespace lists them (`servicesExportedToNamespace`:
+/// those private to it, then those exported to it by name, then the public ones, each by
+/// `creationTimestamp`, then namespace, as a ServiceEntry's Service is named by its host), and
+/// the entries of that namespace merge into it when they agree on resolution, labels and
+/// workload selector. Every other declaration of the host is ignored.
 enum Owner<'a> {
     /// A Kubernetes Service (`Kind namespace/name`).
     Service(String),
@@ -456,7 +478,7 @@ enum Owner<'a> {
 }
 
 fn owners<'a>(
-    found: &'a [(Origin, ServiceEntrySpec)],
+    found: &[(&'a (Origin, ServiceEntrySpec), Seen)],
     services: &[(Origin, crate::raw::kubernetes::ServiceSpec)],
 ) -> HashMap<String, Owner<'a>> {
     let mut owners = HashMap::new();
@@ -467,9 +489,15 @@ fn owners<'a>(
             .or_insert_with(|| Owner::Service(o.resource()));
     }
     // Stable: entries created in the same second in one namespace keep the files' order.
-    let mut order: Vec<&(Origin, ServiceEntrySpec)> = found.iter().collect();
-    order.sort_by_cached_key(|(o, _)| (o.created.clone().unwrap_or_default(), o.namespace.clone()));
-    for (o, spec) in order {
+    let mut order: Vec<&(&(Origin, ServiceEntrySpec), Seen)> = found.iter().collect();
+    order.sort_by_cached_key(|((o, _), seen)| {
+        (
+            *seen,
+            o.created.clone().unwrap_or_default(),
+            o.namespace.clone(),
+        )
+    });
+    for ((o, spec), _) in order {
         for host in &spec.hosts {
             owners
                 .entry(host.to_ascii_lowercase())
@@ -559,7 +587,6 @@ fn compile_one(
         "spec",
         &[
             ("addresses", spec.addresses.is_some()),
-            ("exportTo", spec.export_to.is_some()),
             ("subjectAltNames", spec.subject_alt_names.is_some()),
         ],
     );

@@ -27,11 +27,17 @@ use crate::warning::{Code, Warning};
 /// HTTP, and HTTP and passthrough servers take other routes.
 pub(crate) fn bind_tcp_routes(
     found: &[(Origin, VirtualServiceSpec)],
+    exported: &[Option<super::export::Seen>],
     listeners: &mut [Listener],
     backends: &mut Backends,
     rules: &Rules,
     errors: &mut Vec<ConfigError>,
 ) {
+    // A VirtualService not exported to this proxy's namespace routes nothing here.
+    let found = found
+        .iter()
+        .zip(exported)
+        .filter_map(|(vs, seen)| seen.map(|_| vs));
     for (o, spec) in found {
         let Some(routes) = &spec.tcp else {
             continue;

@@ -2202,3 +2202,175 @@ fn one_service_per_host_as_istio_keeps_them() {
         "{warned:?}"
     );
 }
+
+/// `exportTo`, as istiod reads it for this proxy (its MeshGateway's namespace): a resource not
+/// exported there is not applied (MG0119); those private to the proxy's namespace come before
+/// those exported to it by name, and those before the public ones; DestinationRules are looked
+/// up among the ones exported to the proxy's namespace.
+#[test]
+fn export_to_decides_what_this_proxy_sees() {
+    let se = |ns: &str, name: &str, created: &str, export: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [api.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n  exportTo: {export}\n"
+        )
+    };
+    let not_exported = |model: &crate::model::Model| -> Vec<String> {
+        model
+            .warnings
+            .iter()
+            .filter(|w| w.code == Code::NotExported)
+            .map(|w| w.resource.clone().unwrap_or_default())
+            .collect()
+    };
+    let owner = |model: &crate::model::Model| {
+        model
+            .backends
+            .iter()
+            .find(|b| b.host == "api.example.com" && b.subset.is_none())
+            .and_then(|b| b.source.clone())
+    };
+
+    // Private to another namespace: not this proxy's; exported to it by name: its own.
+    let model = load_str(
+        "t.yaml",
+        &sidecar(&se("team", "api", "2024-01-01T00:00:00Z", "[.]")),
+    )
+    .unwrap();
+    assert_eq!(owner(&model), None);
+    assert_eq!(not_exported(&model), ["ServiceEntry team/api"]);
+    let model = load_str(
+        "t.yaml",
+        &sidecar(&se(
+            "team",
+            "api",
+            "2024-01-01T00:00:00Z",
+            "[default, other]",
+        )),
+    )
+    .unwrap();
+    assert_eq!(owner(&model).as_deref(), Some("ServiceEntry team/api"));
+    assert!(not_exported(&model).is_empty());
+
+    // The proxy's own private entry before an older public one, and one exported to it by
+    // name before an older public one.
+    let model = load_str(
+        "t.yaml",
+        &sidecar(&format!(
+            "{}{}",
+            se("aaa", "public", "2020-01-01T00:00:00Z", "['*']"),
+            se("default", "mine", "2024-01-01T00:00:00Z", "[.]")
+        )),
+    )
+    .unwrap();
+    assert_eq!(owner(&model).as_deref(), Some("ServiceEntry default/mine"));
+    let model = load_str(
+        "t.yaml",
+        &sidecar(&format!(
+            "{}{}",
+            se("aaa", "public", "2020-01-01T00:00:00Z", "[]"),
+            se("team", "named", "2024-01-01T00:00:00Z", "[default]")
+        )),
+    )
+    .unwrap();
+    assert_eq!(owner(&model).as_deref(), Some("ServiceEntry team/named"));
+
+    // VirtualServices bound to `mesh`: one private elsewhere routes nothing here; of two for a
+    // host, the proxy's private one answers it before an older public one.
+    let vs = |ns: &str, name: &str, created: &str, export: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [api.example.com]\n  exportTo: {export}\n  http: [{{route: [{{destination: {{host: api.example.com}}}}]}}]\n"
+        )
+    };
+    let service = se("team", "api", "2024-01-01T00:00:00Z", "['*']");
+    let answered = |yaml: &str| {
+        let model = load_str("t.yaml", &sidecar(yaml)).unwrap();
+        let outbound = model
+            .listeners
+            .iter()
+            .find(|l| l.name == "outbound")
+            .unwrap();
+        let source = outbound
+            .routes
+            .find("api.example.com")
+            .map(|vh| vh.source.clone());
+        (source, not_exported(&model))
+    };
+    let (source, warned) = answered(&format!(
+        "{service}{}",
+        vs("team", "private", "2020-01-01T00:00:00Z", "[.]")
+    ));
+    assert_ne!(source.as_deref(), Some("VirtualService team/private"));
+    assert_eq!(warned, ["VirtualService team/private"]);
+    let (source, _) = answered(&format!(
+        "{service}{}{}",
+        vs("aaa", "public", "2020-01-01T00:00:00Z", "['*']"),
+        vs("default", "mine", "2024-01-01T00:00:00Z", "[.]")
+    ));
+    assert_eq!(source.as_deref(), Some("VirtualService default/mine"));
+
+    // DestinationRules: the service's namespace's rule applies only when exported to the
+    // proxy's namespace; the root's private rule applies only to a proxy in the root namespace,
+    // and to it first.
+    let dr = |ns: &str, name: &str, export: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: api.example.com\n  exportTo: {export}\n  trafficPolicy: {{loadBalancer: {{simple: RANDOM}}}}\n"
+        )
+    };
+    let rule = |yaml: String, proxy_namespace: &str| {
+        let yaml = sidecar(&yaml).replacen(
+            "name: sidecar, namespace: default",
+            &format!("name: sidecar, namespace: {proxy_namespace}"),
+            1,
+        );
+        let model = load_str("t.yaml", &yaml).unwrap();
+        let b = model
+            .backends
+            .iter()
+            .find(|b| b.host == "api.example.com" && b.subset.is_none())
+            .unwrap();
+        (b.policy.source.clone(), not_exported(&model))
+    };
+    let (source, warned) = rule(format!("{service}{}", dr("team", "api", "[.]")), "default");
+    assert_eq!(source, None);
+    assert_eq!(warned, ["DestinationRule team/api"]);
+    let (source, _) = rule(
+        format!("{service}{}", dr("team", "api", "[default]")),
+        "default",
+    );
+    assert_eq!(source.as_deref(), Some("DestinationRule team/api"));
+    let both = format!(
+        "{service}{}{}",
+        dr("team", "api", "['*']"),
+        dr("istio-system", "root", "[.]")
+    );
+    let (source, _) = rule(both.clone(), "default");
+    assert_eq!(source.as_deref(), Some("DestinationRule team/api"));
+    let (source, _) = rule(both, "istio-system");
+    assert_eq!(source.as_deref(), Some("DestinationRule istio-system/root"));
+
+    // What Istio's validation refuses.
+    let e = errors(&sidecar(&format!(
+        "{}{}{}",
+        se("team", "a", "2024-01-01T00:00:00Z", "['*', .]"),
+        vs("team", "b", "2024-01-01T00:00:00Z", "['~']"),
+        se("team", "c", "2024-01-01T00:00:00Z", "[., team, Bad_NS]"),
+    )));
+    for (resource, message) in [
+        (
+            "ServiceEntry team/a",
+            "`*` cannot be listed with other values",
+        ),
+        (
+            "VirtualService team/b",
+            "`~` is not `.`, `*` or a namespace name",
+        ),
+        ("ServiceEntry team/c", "`team` is listed twice"),
+        ("ServiceEntry team/c", "`Bad_NS` is not"),
+    ] {
+        assert!(
+            e.iter()
+                .any(|e| e.contains(resource) && e.contains(message)),
+            "{resource}: {message}: {e:?}"
+        );
+    }
+}

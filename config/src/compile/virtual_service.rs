@@ -15,6 +15,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
 
 use super::destination_rule::Rules;
+use super::export::{ExportTo, Seen};
 use super::service_entry::Backends;
 use super::Origin;
 use crate::error::ConfigError;
@@ -39,6 +40,38 @@ pub(crate) const MESH_GATEWAY: &str = "mesh";
 pub(crate) struct Proxy<'a> {
     pub namespace: &'a str,
     pub labels: &'a Labels,
+    /// How it sees each VirtualService (`exported`).
+    pub exported: &'a [Option<Seen>],
+}
+
+/// How a proxy in `proxy_namespace` sees each VirtualService of `found` (`exportTo`); `None`:
+/// not exported to it, which `check` reports (MG0119).
+pub(crate) fn exported(
+    found: &[(Origin, VirtualServiceSpec)],
+    proxy_namespace: &str,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Option<Seen>> {
+    found
+        .iter()
+        .map(|(o, spec)| {
+            let export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
+            let seen = export.seen_from(&o.namespace, proxy_namespace);
+            if seen.is_none() {
+                warnings.push(o.warn(
+                    Code::NotExported,
+                    Some("spec.exportTo"),
+                    format!(
+                        "exported to {}, which leaves out this proxy's namespace \
+                         `{proxy_namespace}`: Istio does not give this VirtualService to the \
+                         proxy, so it routes nothing",
+                        export.describe()
+                    ),
+                ));
+            }
+            seen
+        })
+        .collect()
 }
 
 /// A virtual host's place on its listener: its Gateway's rank there, its VirtualService's
@@ -70,16 +103,23 @@ pub(crate) fn bind(
     // Gateway's rank on the listener, the VirtualService's place in Istio's order and its place
     // in `found`.
     let mut tables: Vec<Vec<(Key, VirtualHost)>> = listeners.iter().map(|_| Vec::new()).collect();
-    // Istio's order: the key of each VirtualService's routes among those of its host.
+    let seen = proxy.exported;
+    // Istio's order, as it lists them for this proxy (`VirtualServicesForGateway`): those
+    // private to its namespace, then those exported to it by name, then the public ones, each
+    // in `istio_order`. The key of each VirtualService's routes among those of its host.
+    let mut ordered = super::istio_order(found);
+    ordered.sort_by_key(|&i| seen.get(i).copied().flatten());
     let mut place = vec![0; found.len()];
-    for (p, i) in super::istio_order(found).into_iter().enumerate() {
+    for (p, i) in ordered.into_iter().enumerate() {
         if let Some(slot) = place.get_mut(i) {
             *slot = p;
         }
     }
     for (vs, (o, spec)) in found.iter().enumerate() {
+        if seen.get(vs).copied().flatten().is_none() {
+            continue;
+        }
         let rank_in_order = place.get(vs).copied().unwrap_or(vs);
-        o.unsupported(errors, "spec", &[("exportTo", spec.export_to.is_some())]);
         let gateways: Vec<String> = match &spec.gateways {
             None => vec![MESH_GATEWAY.to_string()],
             Some(list) => qualify_gateways(list, &o.namespace),

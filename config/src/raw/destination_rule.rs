@@ -11,7 +11,7 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
-    pub export_to: Unsupported,
+    pub export_to: Option<Vec<String>>,
     pub workload_selector: Unsupported,
 }
 

@@ -19,7 +19,7 @@ pub struct ServiceEntrySpec {
     pub endpoints: Vec<WorkloadEntry>,
     pub workload_selector: Option<WorkloadSelector>,
     pub addresses: Unsupported,
-    pub export_to: Unsupported,
+    pub export_to: Option<Vec<String>>,
     pub subject_alt_names: Unsupported,
 }
 

@@ -16,7 +16,7 @@ pub struct VirtualServiceSpec {
     pub http: Vec<HttpRoute>,
     pub tls: Option<Vec<TlsRoute>>,
     pub tcp: Option<Vec<TcpRoute>>,
-    pub export_to: Unsupported,
+    pub export_to: Option<Vec<String>>,
 }
 
 /// `tcp[]`: a route for bytes a `TCP` server (plaintext, or TLS it terminates) forwards.
