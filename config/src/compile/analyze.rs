@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::export::ExportTo;
 use super::Parsed;
 use crate::model::{
     Backend, HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter,
@@ -20,6 +21,7 @@ use crate::warning::{Code, Warning};
 /// MG0101, MG0102, MG0103 for every VirtualService; MG0104 for every served Gateway.
 pub(crate) fn bindings(
     parsed: &Parsed,
+    exported: &[Option<super::export::Seen>],
     labels: &BTreeMap<String, String>,
     listeners: &[Listener],
     warnings: &mut Vec<Warning>,
@@ -32,7 +34,13 @@ pub(crate) fn bindings(
         .iter()
         .map(|(o, spec)| (o.key(), served(&spec.selector)))
         .collect();
-    for (o, spec) in &parsed.virtual_services {
+    // A VirtualService not exported to this proxy is reported as such (MG0119) and no more.
+    let visible = parsed
+        .virtual_services
+        .iter()
+        .zip(exported)
+        .filter_map(|(vs, seen)| seen.map(|_| vs));
+    for (o, spec) in visible {
         for (i, written) in spec.gateways.iter().flatten().enumerate() {
             let name = super::gateway::resolve_name(written, &o.namespace);
             if name == "mesh" {
@@ -215,7 +223,14 @@ pub(crate) fn destination_rules(
         .iter()
         .filter_map(|b| Some((b.host.to_ascii_lowercase(), b.subset.as_deref()?)))
         .collect();
+    let [proxy, root] = proxy_namespaces;
     for (o, spec) in &parsed.destination_rules {
+        // One not exported to this proxy is reported as such (MG0119) and no more.
+        let export = ExportTo::parse(o, spec.export_to.as_deref(), false, &mut Vec::new());
+        if !export.local_for(&o.namespace, proxy, root) && !export.exported_to(&o.namespace, proxy)
+        {
+            continue;
+        }
         let host = if spec.host == "*" {
             spec.host.clone()
         } else {
@@ -243,7 +258,6 @@ pub(crate) fn destination_rules(
         }
         let scoped = matching.iter().any(|b| in_scope(&o.namespace, b));
         if !scoped {
-            let [proxy, root] = proxy_namespaces;
             warnings.push(o.warn(
                 Code::DestinationRuleUnused,
                 Some("metadata.namespace"),

@@ -158,6 +158,12 @@ struct Rule {
     /// The top-level `trafficPolicy`; `None` when no rule of the host has one.
     policy: Option<Policy>,
     subsets: Vec<Subset>,
+    /// Its `exportTo`, as written (the rules merged into it have the same).
+    export: Vec<String>,
+    /// Exported to this proxy's namespace. A rule of the exported list that is not still
+    /// takes its place there: the most specific host is found first, then its export
+    /// checked (`getExportedDestinationRuleFromNamespace`).
+    visible: bool,
 }
 
 /// The DestinationRules `found`, for a proxy in `proxy_namespace` with Istio's root namespace
@@ -185,21 +191,16 @@ pub(crate) fn compile(
         );
         let export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
         let ns = o.namespace.as_str();
-        let local = if proxy_namespace == root_namespace {
-            ns == root_namespace && export.private_only(ns)
-        } else {
-            ns == proxy_namespace && export.local_to(ns)
-        };
+        let local = export.local_for(ns, proxy_namespace, root_namespace);
+        let visible = export.exported_to(ns, proxy_namespace);
         let views: Vec<View> = [
             local.then_some(View::Local),
-            export
-                .exported_to(ns, proxy_namespace)
-                .then_some(View::Exported),
+            (!export.private_only(ns)).then_some(View::Exported),
         ]
         .into_iter()
         .flatten()
         .collect();
-        if views.is_empty() {
+        if !local && !visible {
             warnings.push(o.warn(
                 Code::NotExported,
                 Some("spec.exportTo"),
@@ -248,20 +249,46 @@ pub(crate) fn compile(
                 source: o.resource(),
             });
         }
+        let mut written = spec.export_to.clone().unwrap_or_default();
+        written.sort();
+        written.dedup();
         let rule = Rule {
             namespace: o.namespace.clone(),
             source: o.resource(),
             host,
             policy,
             subsets,
+            export: written,
+            visible: true,
         };
+        let mut refused = false;
         for view in views {
+            let rule = Rule {
+                visible: view == View::Local || visible,
+                ..rule.clone()
+            };
             let key = (view, rule.namespace.clone(), rule.host.clone());
             match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
-                Some((_, first)) => first.merge(o, rule.clone(), &mut merged),
+                // Istio keeps rules of one host with another exportTo apart, and applies the
+                // last one it finds; meshgate merges or refuses.
+                Some((_, first)) if first.export != rule.export => {
+                    if !refused {
+                        refused = true;
+                        errors.push(o.error(
+                            "spec.exportTo",
+                            format!(
+                                "{} names the same host in this namespace with another \
+                                 exportTo: Istio then keeps the two apart and applies one of \
+                                 them, which meshgate does not: give them one exportTo",
+                                first.source
+                            ),
+                        ));
+                    }
+                }
+                Some((_, first)) => first.merge(o, rule, &mut merged),
                 None => {
                     of_host.insert(key, rules.len());
-                    rules.push((view, rule.clone()));
+                    rules.push((view, rule));
                 }
             }
         }
@@ -282,7 +309,9 @@ pub(crate) fn compile(
                 .or_default()
                 .add(i, &r.host),
         }
-        all.add(i, &r.host);
+        if r.visible {
+            all.add(i, &r.host);
+        }
     }
     Rules {
         rules: rules.into_iter().map(|(_, r)| r).collect(),
@@ -418,9 +447,16 @@ impl Rules {
             .into_iter()
             .flatten()
             .filter_map(|ns| self.exported.get(ns));
+        // In each list in turn, the most specific rule, if it is exported to this proxy's
+        // namespace: one that is not gives nothing there (a less specific one of the same
+        // namespace does not stand in for it), and the next list is looked at.
         let scoped = std::iter::once(&self.local)
             .chain(exported)
-            .find_map(|index| index.most_specific(&self.rules, &host));
+            .find_map(|index| {
+                index
+                    .most_specific(&self.rules, &host)
+                    .filter(|rule| rule.visible)
+            });
         match scoped {
             Some(rule) => Some(rule),
             None if service_namespace.is_none() => self.all.most_specific(&self.rules, &host),

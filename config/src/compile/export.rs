@@ -82,10 +82,15 @@ impl ExportTo {
         }
     }
 
-    /// A DestinationRule's place among the rules a proxy of its own namespace `own` looks at
-    /// first (Istio's `namespaceLocal`): exported at all to that namespace.
-    pub(crate) fn local_to(&self, own: &str) -> bool {
-        self.0.is_empty() || self.has("*") || self.has(".") || self.has(own)
+    /// Whether a DestinationRule of namespace `own` is among those a proxy in `proxy` looks at
+    /// first: of its own namespace and exported to it at all (Istio's `namespaceLocal`), or,
+    /// for a proxy in the root namespace `root`, exported to it alone (`rootNamespaceLocal`).
+    pub(crate) fn local_for(&self, own: &str, proxy: &str, root: &str) -> bool {
+        if proxy == root {
+            own == root && self.private_only(own)
+        } else {
+            own == proxy && (self.0.is_empty() || self.has("*") || self.has(".") || self.has(own))
+        }
     }
 
     /// Exported to its own namespace `own` alone: a DestinationRule that only proxies of that

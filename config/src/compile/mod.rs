@@ -159,7 +159,7 @@ pub fn compile(
         errors,
     );
     if let Some((proxy, _)) = &proxy {
-        analyze::bindings(&parsed, &proxy.labels, &listeners, warnings);
+        analyze::bindings(&parsed, &exported, &proxy.labels, &listeners, warnings);
     }
     analyze::destination_rules(
         &parsed,

@@ -455,8 +455,15 @@ pub(crate) fn compile(
         }
     }
     let owners = owners(&exported, services);
-    for ((o, spec), _) in exported {
-        compile_one(o, spec, &owners, workloads, backends, errors, warnings);
+    for ((o, spec), seen) in exported {
+        compile_one(
+            (o, spec, seen),
+            &owners,
+            workloads,
+            backends,
+            errors,
+            warnings,
+        );
     }
     for (o, w) in workloads {
         check_endpoint(o, "spec", w, true, errors);
@@ -473,8 +480,8 @@ pub(crate) fn compile(
 enum Owner<'a> {
     /// A Kubernetes Service (`Kind namespace/name`).
     Service(String),
-    /// The first ServiceEntry.
-    Entry(&'a Origin, &'a ServiceEntrySpec),
+    /// The first ServiceEntry, and how this proxy sees it.
+    Entry(&'a Origin, &'a ServiceEntrySpec, Seen),
 }
 
 fn owners<'a>(
@@ -497,18 +504,18 @@ fn owners<'a>(
             o.namespace.clone(),
         )
     });
-    for ((o, spec), _) in order {
+    for ((o, spec), seen) in order {
         for host in &spec.hosts {
             owners
                 .entry(host.to_ascii_lowercase())
-                .or_insert(Owner::Entry(o, spec));
+                .or_insert(Owner::Entry(o, spec, *seen));
         }
     }
     owners
 }
 
 /// Why Istio would not merge ServiceEntry `b` into `a`, of one host and namespace
-/// (`canMergeServices`; `exportTo`, the last it compares, is refused by meshgate).
+/// (`canMergeServices`).
 fn unmergeable(
     a: &ServiceEntrySpec,
     a_origin: &Origin,
@@ -522,47 +529,78 @@ fn unmergeable(
             .to_ascii_uppercase()
     };
     let selector = |s: &ServiceEntrySpec| s.workload_selector.as_ref().map(|w| w.labels.clone());
+    // As written: `.` and the namespace's name are two values to Istio here.
+    let export = |s: &ServiceEntrySpec| {
+        let mut values = s.export_to.clone().unwrap_or_default();
+        values.sort();
+        values.dedup();
+        values
+    };
     if resolution(a) != resolution(b) {
         Some("resolution")
     } else if a_origin.labels != b_origin.labels {
         Some("metadata.labels")
     } else if selector(a) != selector(b) {
         Some("workloadSelector")
+    } else if export(a) != export(b) {
+        Some("exportTo")
     } else {
         None
     }
 }
 
-/// Whether `o`'s declaration of `host` stands, as Istio keeps one Service per host (`Owner`);
-/// a warning says why not.
+/// Whether the declaration of `host` by `entry` (seen by this proxy as its `Seen` says) stands,
+/// as Istio keeps one Service per host (`Owner`); a warning says why not, or an error when
+/// Istio's choice cannot be known.
 fn owns(
-    o: &Origin,
-    spec: &ServiceEntrySpec,
+    entry: (&Origin, &ServiceEntrySpec, Seen),
     host: &str,
     field: &str,
     owners: &HashMap<String, Owner<'_>>,
+    errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) -> bool {
+    let (o, spec, seen) = entry;
     let ignored = match owners.get(host) {
         Some(Owner::Service(by)) => format!(
             "`{host}` is the host of {by}: Istio keeps a Kubernetes Service over ServiceEntries, \
              so this entry's ports and endpoints for it are ignored"
         ),
-        Some(Owner::Entry(first, _)) if first.namespace != o.namespace => format!(
-            "`{host}` is also declared by {} in namespace `{}`, first in Istio's order \
-             (creationTimestamp, then namespace): Istio keeps that one's ports and endpoints, \
-             so this entry's for it are ignored",
-            first.resource(),
-            first.namespace
-        ),
-        Some(Owner::Entry(first, first_spec)) => {
+        Some(Owner::Entry(first, _, first_seen)) if first.namespace != o.namespace => {
+            // Istio's resources always have a creation time; hand-written files may not, and
+            // then which of the two Istio would keep is not known. A new file must not take a
+            // host from another namespace by leaving it out.
+            if *first_seen == seen && (first.created.is_none() || o.created.is_none()) {
+                errors.push(o.error(
+                    field,
+                    format!(
+                        "`{host}` is also declared by {} in namespace `{}`: Istio keeps the \
+                         older of the two, which cannot be told without \
+                         `metadata.creationTimestamp` on both (as `kubectl get -o yaml` gives \
+                         it): add it, or declare the host in one namespace",
+                        first.resource(),
+                        first.namespace
+                    ),
+                ));
+                return false;
+            }
+            format!(
+                "`{host}` is also declared by {} in namespace `{}`, first in Istio's order for \
+                 this proxy (private to its namespace, exported to it by name, then public; then \
+                 creationTimestamp, then namespace): Istio keeps that one's ports and endpoints, \
+                 so this entry's for it are ignored",
+                first.resource(),
+                first.namespace
+            )
+        }
+        Some(Owner::Entry(first, first_spec, _)) => {
             match unmergeable(first_spec, first, spec, o).filter(|_| !std::ptr::eq(*first, o)) {
                 None => return true,
                 Some(what) => format!(
                     "`{host}` is also declared by {}, first in Istio's order, with another \
                      `{what}`: Istio merges the ServiceEntries of one host and namespace only \
-                     when they agree on resolution, labels and workloadSelector, so this entry's \
-                     ports and endpoints for it are ignored",
+                     when they agree on resolution, labels, workloadSelector and exportTo, so \
+                     this entry's ports and endpoints for it are ignored",
                     first.resource()
                 ),
             }
@@ -574,14 +612,14 @@ fn owns(
 }
 
 fn compile_one(
-    o: &Origin,
-    spec: &ServiceEntrySpec,
+    entry: (&Origin, &ServiceEntrySpec, Seen),
     owners: &HashMap<String, Owner<'_>>,
     workloads: &[(Origin, WorkloadEntry)],
     out: &mut Backends,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) {
+    let (o, spec, _) = entry;
     o.unsupported(
         errors,
         "spec",
@@ -657,11 +695,11 @@ fn compile_one(
         }
         let host = host.to_ascii_lowercase();
         if !owns(
-            o,
-            spec,
+            entry,
             &host,
             &format!("spec.hosts[{h}]"),
             owners,
+            errors,
             warnings,
         ) {
             continue;

@@ -2348,6 +2348,86 @@ fn export_to_decides_what_this_proxy_sees() {
     let (source, _) = rule(both, "istio-system");
     assert_eq!(source.as_deref(), Some("DestinationRule istio-system/root"));
 
+    // The most specific rule of the service's namespace is not exported here: that namespace
+    // gives nothing (its wildcard does not stand in), and the root's applies.
+    let dr_host = |ns: &str, name: &str, host: &str, export: &str| {
+        dr(ns, name, export).replacen("host: api.example.com", &format!("host: \"{host}\""), 1)
+    };
+    let (source, _) = rule(
+        format!(
+            "{service}{}{}{}",
+            dr_host("team", "wide", "*.example.com", "['*']"),
+            dr_host("team", "exact", "api.example.com", "[frontend]"),
+            dr("istio-system", "root", "['*']")
+        ),
+        "default",
+    );
+    assert_eq!(source.as_deref(), Some("DestinationRule istio-system/root"));
+    // A proxy in the root namespace takes the root's public rules after the service's.
+    let (source, _) = rule(
+        format!(
+            "{service}{}{}",
+            dr("istio-system", "root", "['*']"),
+            dr("team", "api", "['*']")
+        ),
+        "istio-system",
+    );
+    assert_eq!(source.as_deref(), Some("DestinationRule team/api"));
+    // The root's private rule is not this proxy's, even with nothing else.
+    let (source, warned) = rule(
+        format!("{service}{}", dr("istio-system", "root", "[.]")),
+        "default",
+    );
+    assert_eq!(source, None);
+    assert_eq!(warned, ["DestinationRule istio-system/root"]);
+    // Rules of one host and namespace with another exportTo: Istio keeps them apart.
+    let e = errors(&sidecar(&format!(
+        "{service}{}{}",
+        dr("team", "a", "['*']"),
+        dr("team", "b", "[default]")
+    )));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("DestinationRule team/b") && e.contains("another exportTo")),
+        "{e:?}"
+    );
+
+    // ServiceEntries of one host and namespace merge only with the same exportTo.
+    let model = load_str(
+        "t.yaml",
+        &sidecar(&format!(
+            "{}{}",
+            se("default", "a", "2024-01-01T00:00:00Z", "[.]"),
+            se("default", "b", "2024-02-01T00:00:00Z", "[]")
+                .replace("number: 80, name: http", "number: 81, name: http")
+        )),
+    )
+    .unwrap();
+    assert!(
+        !model
+            .backends
+            .iter()
+            .any(|b| b.host == "api.example.com" && b.port == 81),
+        "merged"
+    );
+    assert!(model
+        .warnings
+        .iter()
+        .any(|w| w.code == Code::ServiceEntryHostIgnored && w.message.contains("`exportTo`")));
+    // Without a creation time on both, which of two namespaces Istio would keep cannot be
+    // told: a new file does not take a host by leaving it out.
+    let undated = se("team", "api", "x", "['*']").replace(", creationTimestamp: \"x\"", "");
+    let e = errors(&sidecar(&format!(
+        "{}{undated}",
+        se("aaa", "api", "2024-01-01T00:00:00Z", "['*']")
+    )));
+    assert!(
+        e.iter().any(
+            |e| e.contains("ServiceEntry team/api") && e.contains("metadata.creationTimestamp")
+        ),
+        "{e:?}"
+    );
+
     // What Istio's validation refuses.
     let e = errors(&sidecar(&format!(
         "{}{}{}",
