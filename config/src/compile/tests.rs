@@ -2062,6 +2062,15 @@ fn one_service_per_host_as_istio_keeps_them() {
     ));
     let model = load_str("t.yaml", &yaml).unwrap();
     let b = "ServiceEntry team-b/api".to_string();
+    // team-b's entry of the API, in the cases below that add another to it.
+    let older_b = &entry(
+        "team-b",
+        "api",
+        "2024-01-01T00:00:00Z",
+        "api.example.com",
+        &[80],
+        "DNS",
+    );
     assert_eq!(
         ports(&model, "api.example.com"),
         [(80, b.clone()), (9000, b.clone())]
@@ -2077,14 +2086,7 @@ fn one_service_per_host_as_istio_keeps_them() {
     // Created in the same second: the namespace decides.
     let yaml = sidecar(&format!(
         "{}{}",
-        entry(
-            "team-b",
-            "api",
-            "2024-01-01T00:00:00Z",
-            "api.example.com",
-            &[80],
-            "DNS"
-        ),
+        older_b,
         entry(
             "team-a",
             "api",
@@ -2103,14 +2105,7 @@ fn one_service_per_host_as_istio_keeps_them() {
     // One namespace, entries that agree: their ports merge, without a warning.
     let yaml = sidecar(&format!(
         "{}{}",
-        entry(
-            "team-b",
-            "api",
-            "2024-01-01T00:00:00Z",
-            "api.example.com",
-            &[80],
-            "DNS"
-        ),
+        older_b,
         entry(
             "team-b",
             "api-admin",
@@ -2133,14 +2128,7 @@ fn one_service_per_host_as_istio_keeps_them() {
     // One namespace, another resolution: the later entry is ignored.
     let yaml = sidecar(&format!(
         "{}{}",
-        entry(
-            "team-b",
-            "api",
-            "2024-01-01T00:00:00Z",
-            "api.example.com",
-            &[80],
-            "DNS"
-        ),
+        older_b,
         entry(
             "team-b",
             "api-static",
@@ -2160,14 +2148,7 @@ fn one_service_per_host_as_istio_keeps_them() {
     // meshgate does not merge; that stays an error naming the first.
     let yaml = sidecar(&format!(
         "{}{}",
-        entry(
-            "team-b",
-            "api",
-            "2024-01-01T00:00:00Z",
-            "api.example.com",
-            &[80],
-            "DNS"
-        ),
+        older_b,
         entry(
             "team-b",
             "api-again",
@@ -2214,6 +2195,7 @@ fn export_to_decides_what_this_proxy_sees() {
             "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [api.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n  exportTo: {export}\n"
         )
     };
+    let load = |docs: &[String]| load_str("t.yaml", &sidecar(&docs.concat())).unwrap();
     let not_exported = |model: &crate::model::Model| -> Vec<String> {
         model
             .warnings
@@ -2231,47 +2213,29 @@ fn export_to_decides_what_this_proxy_sees() {
     };
 
     // Private to another namespace: not this proxy's; exported to it by name: its own.
-    let model = load_str(
-        "t.yaml",
-        &sidecar(&se("team", "api", "2024-01-01T00:00:00Z", "[.]")),
-    )
-    .unwrap();
+    let model = load(&[se("team", "api", "2024-01-01T00:00:00Z", "[.]")]);
     assert_eq!(owner(&model), None);
     assert_eq!(not_exported(&model), ["ServiceEntry team/api"]);
-    let model = load_str(
-        "t.yaml",
-        &sidecar(&se(
-            "team",
-            "api",
-            "2024-01-01T00:00:00Z",
-            "[default, other]",
-        )),
-    )
-    .unwrap();
+    let model = load(&[se(
+        "team",
+        "api",
+        "2024-01-01T00:00:00Z",
+        "[default, other]",
+    )]);
     assert_eq!(owner(&model).as_deref(), Some("ServiceEntry team/api"));
     assert!(not_exported(&model).is_empty());
 
     // The proxy's own private entry before an older public one, and one exported to it by
     // name before an older public one.
-    let model = load_str(
-        "t.yaml",
-        &sidecar(&format!(
-            "{}{}",
-            se("aaa", "public", "2020-01-01T00:00:00Z", "['*']"),
-            se("default", "mine", "2024-01-01T00:00:00Z", "[.]")
-        )),
-    )
-    .unwrap();
+    let model = load(&[
+        se("aaa", "public", "2020-01-01T00:00:00Z", "['*']"),
+        se("default", "mine", "2024-01-01T00:00:00Z", "[.]"),
+    ]);
     assert_eq!(owner(&model).as_deref(), Some("ServiceEntry default/mine"));
-    let model = load_str(
-        "t.yaml",
-        &sidecar(&format!(
-            "{}{}",
-            se("aaa", "public", "2020-01-01T00:00:00Z", "[]"),
-            se("team", "named", "2024-01-01T00:00:00Z", "[default]")
-        )),
-    )
-    .unwrap();
+    let model = load(&[
+        se("aaa", "public", "2020-01-01T00:00:00Z", "[]"),
+        se("team", "named", "2024-01-01T00:00:00Z", "[default]"),
+    ]);
     assert_eq!(owner(&model).as_deref(), Some("ServiceEntry team/named"));
 
     // VirtualServices bound to `mesh`: one private elsewhere routes nothing here; of two for a
@@ -2393,16 +2357,11 @@ fn export_to_decides_what_this_proxy_sees() {
     );
 
     // ServiceEntries of one host and namespace merge only with the same exportTo.
-    let model = load_str(
-        "t.yaml",
-        &sidecar(&format!(
-            "{}{}",
-            se("default", "a", "2024-01-01T00:00:00Z", "[.]"),
-            se("default", "b", "2024-02-01T00:00:00Z", "[]")
-                .replace("number: 80, name: http", "number: 81, name: http")
-        )),
-    )
-    .unwrap();
+    let model = load(&[
+        se("default", "a", "2024-01-01T00:00:00Z", "[.]"),
+        se("default", "b", "2024-02-01T00:00:00Z", "[]")
+            .replace("number: 80, name: http", "number: 81, name: http"),
+    ]);
     assert!(
         !model
             .backends
