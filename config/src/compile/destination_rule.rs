@@ -269,8 +269,19 @@ pub(crate) fn compile(
             };
             let key = (view, rule.namespace.clone(), rule.host.clone());
             match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
-                // Istio keeps rules of one host with another exportTo apart, and applies the
-                // last one it finds; meshgate merges or refuses.
+                // Istio keeps rules of one host with another exportTo apart. Of the exported
+                // ones it takes those exported to the proxy's namespace: when only one of the
+                // two is, that one stands (still the host's most specific rule there).
+                Some((_, first))
+                    if first.export != rule.export && first.visible != rule.visible =>
+                {
+                    if rule.visible {
+                        *first = rule;
+                    }
+                }
+                Some((_, first)) if first.export != rule.export && !first.visible => {}
+                // Both apply to this proxy, and Istio would apply one of them, which meshgate
+                // does not reproduce.
                 Some((_, first)) if first.export != rule.export => {
                     if !refused {
                         refused = true;
