@@ -68,6 +68,7 @@ fn route_match(c: &mut Criterion) {
                     let req = RouteRequest {
                         method: &method,
                         path: black_box("/remote/items"),
+                        query: None,
                         authority: black_box(authority),
                         full_authority: black_box(authority),
                         headers: &headers,

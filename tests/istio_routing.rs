@@ -324,6 +324,42 @@ spec:
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
+/// `queryParams` route by the query the client sent, through the outbound listener: the
+/// first value of the parameter, or its presence.
+#[tokio::test]
+async fn query_parameters_choose_the_route_by_the_query_sent() {
+    let (a, b) = (echo(), echo());
+    let extra = format!(
+        r#"{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.internal]
+  http:
+  - match: [{{queryParams: {{version: {{exact: v2}}}}}}, {{queryParams: {{canary: {{}}}}}}]
+    route: [{{destination: {{host: b.internal}}}}]
+  - route: [{{destination: {{host: a.internal}}}}]
+"#,
+        service_entry("a", "a.internal", 80, &a),
+        service_entry("b", "b.internal", 80, &b),
+    );
+    let sidecar = Sidecar::start(&extra).await;
+    for (path, backend) in [
+        ("/r?version=v2", &b),
+        ("/r?x=1&canary", &b),
+        ("/r?version=v1&version=v2", &a),
+        ("/r", &a),
+    ] {
+        assert_eq!(
+            sidecar.server("ratings.internal", path, &[]).await,
+            backend.address.to_string(),
+            "{path}"
+        );
+    }
+}
+
 /// A TLS server for `edition.cnn.com` (its certificate names it), chained to a test root.
 async fn tls_origin() -> (support::pki::Pki, support::observer::Observer) {
     let pki = support::pki::Pki::new(&["example.com"]);

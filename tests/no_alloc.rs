@@ -103,6 +103,7 @@ fn authorize_route_and_count_allocate_nothing() {
     let request = RouteRequest {
         method: &method,
         path: "/v1/items",
+        query: None,
         authority: "API.example-target.com",
         full_authority: "API.example-target.com",
         headers: &headers,

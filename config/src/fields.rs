@@ -111,7 +111,7 @@ pub const FIELDS: &[Field] = &[
         "http[].match[].scheme",
         "match the port (a Gateway port has one scheme), or the x-forwarded-proto header",
     ),
-    no(VS, "http[].match[].queryParams", ""),
+    yes(VS, "http[].match[].queryParams"),
     no(
         VS,
         "http[].match[].ignoreUriCase",

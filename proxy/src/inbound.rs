@@ -501,6 +501,7 @@ fn route_and_forward<'a>(
         let head = RouteRequest {
             method: req.method(),
             path: req.uri().path(),
+            query: req.uri().query(),
             authority: route::strip_port(full),
             full_authority: full,
             headers: req.headers(),

@@ -21,9 +21,9 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror, Redirect, RedirectPort,
-    RequestMatch, Retry, RetryOn, Route, RouteAction, RouteTable, StringMatcher, VirtualHost,
-    WeightedBackend,
+    HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror, QueryParamMatch, Redirect,
+    RedirectPort, RequestMatch, Retry, RetryOn, Route, RouteAction, RouteTable, StringMatcher,
+    VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
@@ -1170,7 +1170,6 @@ fn compile_match(
         path,
         &[
             ("scheme", m.scheme.is_some()),
-            ("queryParams", m.query_params.is_some()),
             ("ignoreUriCase", m.ignore_uri_case.is_some()),
             ("statPrefix", m.stat_prefix.is_some()),
         ],
@@ -1215,6 +1214,7 @@ fn compile_match(
             None
         }
     };
+    let query_params = query_params(o, &format!("{path}.queryParams"), &m.query_params, errors);
     Some(RequestMatch {
         name: m.name.clone(),
         uri,
@@ -1222,8 +1222,42 @@ fn compile_match(
         method,
         headers,
         without_headers,
+        query_params,
         port,
     })
+}
+
+/// `queryParams`, as Istio gives them to Envoy: a match with neither `exact` nor `regex` asks
+/// for the parameter only; `prefix` Istio documents as not supported.
+fn query_params(
+    o: &Origin,
+    path: &str,
+    map: &std::collections::BTreeMap<String, StringMatch>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<QueryParamMatch> {
+    let mut out = Vec::new();
+    for (name, sm) in map {
+        let field = format!("{path}.{name}");
+        if name.is_empty() {
+            errors.push(o.error(field, "a query parameter needs a name"));
+            continue;
+        }
+        if sm.prefix.is_some() {
+            errors.push(o.error(
+                format!("{field}.prefix"),
+                "Istio does not support prefix matches of query parameters: use exact or regex",
+            ));
+            continue;
+        }
+        match string_matcher(sm) {
+            Ok(value) => out.push(QueryParamMatch {
+                name: name.clone(),
+                value,
+            }),
+            Err(e) => errors.push(o.error(field, e)),
+        }
+    }
+    out
 }
 
 fn header_matches(

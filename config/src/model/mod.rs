@@ -23,8 +23,8 @@ pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    Mirror, Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, VirtualHost,
-    WeightedBackend,
+    MatchInput, Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Route, RouteAction,
+    StringMatcher, VirtualHost, WeightedBackend,
 };
 pub use table::RouteTable;
 

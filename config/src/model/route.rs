@@ -189,7 +189,37 @@ pub struct RequestMatch {
     pub headers: Vec<HeaderMatch>,
     /// Header name and value matcher; `None` means "absent".
     pub without_headers: Vec<HeaderMatch>,
+    /// Query parameter conditions (`queryParams`).
+    pub query_params: Vec<QueryParamMatch>,
     pub port: Option<u16>,
+}
+
+/// A query parameter condition, as Envoy's `QueryParameterMatcher` reads it: the parameter's
+/// first value in the query as sent (not percent-decoded; `?key` has the value `""`), which
+/// must be there and, with a matcher, match it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryParamMatch {
+    pub name: String,
+    /// `None`: present with any value.
+    pub value: Option<StringMatcher>,
+}
+
+impl QueryParamMatch {
+    /// Whether the first value of the parameter in `query` satisfies the condition.
+    fn holds(&self, query: Option<&str>) -> bool {
+        let first = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (name == self.name).then_some(value)
+            });
+        match (first, &self.value) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(v), Some(m)) => m.matches(v.as_bytes()),
+        }
+    }
 }
 
 /// A header condition.
@@ -218,20 +248,21 @@ impl RequestMatch {
             && self.authority.is_none()
             && self.headers.is_empty()
             && self.without_headers.is_empty()
+            && self.query_params.is_empty()
             && self.port.is_none_or(|p| p == port)
     }
 
-    /// Whether a request with this method, path, authority (as sent, its port included: what
-    /// the `authority` match and a header match on `host` read), headers and listener port
-    /// matches.
-    pub fn matches(
-        &self,
-        method: &Method,
-        path: &str,
-        full_authority: &str,
-        headers: &HeaderMap,
-        port: u16,
-    ) -> bool {
+    /// Whether a request with this method, path, query, authority (as sent, its port
+    /// included: what the `authority` match and a header match on `host` read), headers and
+    /// listener port matches.
+    pub fn matches(&self, req: &MatchInput<'_>, port: u16) -> bool {
+        let MatchInput {
+            method,
+            path,
+            query,
+            full_authority,
+            headers,
+        } = *req;
         self.port.is_none_or(|p| p == port)
             && self
                 .method
@@ -251,7 +282,20 @@ impl RequestMatch {
                 .without_headers
                 .iter()
                 .any(|h| h.present_in(headers, full_authority))
+            && self.query_params.iter().all(|q| q.holds(query))
     }
+}
+
+/// What a request match reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchInput<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// The query as sent, without its `?`.
+    pub query: Option<&'a str>,
+    /// The authority with its port, if it has one.
+    pub full_authority: &'a str,
+    pub headers: &'a HeaderMap,
 }
 
 impl HeaderMatch {
@@ -382,7 +426,7 @@ mod tests {
             value: None,
         };
         let exact = || Some(StringMatcher::Exact("x".into()));
-        let cases: [(&str, RequestMatch, bool); 12] = [
+        let cases: [(&str, RequestMatch, bool); 13] = [
             ("no condition", RequestMatch::default(), true),
             ("prefix /", uri(StringMatcher::Prefix("/".into())), true),
             (
@@ -441,6 +485,17 @@ mod tests {
                 "without header",
                 RequestMatch {
                     without_headers: vec![header("x-a")],
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
+            (
+                "query parameter",
+                RequestMatch {
+                    query_params: vec![QueryParamMatch {
+                        name: "a".into(),
+                        value: None,
+                    }],
                     ..RequestMatch::default()
                 },
                 false,

@@ -180,7 +180,8 @@ pub struct HttpMatch {
     pub source_labels: super::Labels,
     pub source_namespace: Option<String>,
     pub scheme: Unsupported,
-    pub query_params: Unsupported,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
     pub ignore_uri_case: Unsupported,
     pub stat_prefix: Unsupported,
 }

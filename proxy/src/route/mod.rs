@@ -7,13 +7,15 @@
 
 use http::{HeaderMap, Method, Uri};
 
-use meshgate_config::model::{Listener, RequestMatch, Route, WeightedBackend};
+use meshgate_config::model::{Listener, MatchInput, RequestMatch, Route, WeightedBackend};
 
 /// What routing looks at.
 #[derive(Debug)]
 pub struct RouteRequest<'a> {
     pub method: &'a Method,
     pub path: &'a str,
+    /// The query as sent, without its `?`.
+    pub query: Option<&'a str>,
     /// Host without port.
     pub authority: &'a str,
     /// The authority with its port, if it has one: what a header match on `host` reads.
@@ -47,6 +49,13 @@ pub fn route<'a>(
         return None;
     }
     let vh = listener.routes.find(req.authority)?;
+    let input = MatchInput {
+        method: req.method,
+        path: req.path,
+        query: req.query,
+        full_authority: req.full_authority,
+        headers: req.headers,
+    };
     vh.routes.iter().find_map(|route| {
         if route.matches.is_empty() {
             return Some(Selected {
@@ -57,15 +66,7 @@ pub fn route<'a>(
         route
             .matches
             .iter()
-            .find(|m| {
-                m.matches(
-                    req.method,
-                    req.path,
-                    req.full_authority,
-                    req.headers,
-                    req.port,
-                )
-            })
+            .find(|m| m.matches(&input, req.port))
             .map(|m| Selected {
                 route,
                 matched: Some(m),

@@ -60,6 +60,18 @@ spec:
   - name: authority
     match: [{authority: {exact: "api.example.com"}, uri: {exact: /exact-authority}}]
     directResponse: {status: 200, body: {string: authority}}
+  - name: query-exact
+    match: [{uri: {prefix: /q}, queryParams: {version: {exact: v2}}}]
+    directResponse: {status: 200, body: {string: query-exact}}
+  - name: query-regex
+    match: [{uri: {prefix: /q}, queryParams: {id: {regex: "[0-9]+"}}}]
+    directResponse: {status: 200, body: {string: query-regex}}
+  - name: query-present
+    match: [{uri: {prefix: /q}, queryParams: {debug: {}}}]
+    directResponse: {status: 200, body: {string: query-present}}
+  - name: query-empty
+    match: [{uri: {prefix: /q}, queryParams: {flag: {exact: ""}}}]
+    directResponse: {status: 200, body: {string: query-empty}}
   - name: fallback
     directResponse: {status: 200, body: {string: fallback}}
 "#;
@@ -80,9 +92,14 @@ fn name(
     for (k, v) in headers {
         h.append(*k, HeaderValue::from_static(v));
     }
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
     let req = RouteRequest {
         method: &method,
         path,
+        query,
         authority: strip_port(authority),
         full_authority: authority,
         headers: &h,
@@ -582,4 +599,31 @@ fn ingress(docs: &str) -> meshgate_config::model::Listener {
     );
     let mut model = meshgate_config::load_str("ingress.yaml", &yaml).unwrap();
     model.listeners.remove(0)
+}
+
+/// `queryParams` as Envoy matches them: the first value of the parameter as sent (not
+/// decoded; `?flag` has the value `""`), which must be there; `exact`, a whole-value `regex`,
+/// or, with neither, presence alone.
+#[test]
+fn query_parameters_match_their_first_value_as_sent() {
+    let l = listener();
+    let get = |uri: &str| name(&l, Method::GET, uri, "api.example.com", &[]);
+    for (uri, want) in [
+        ("/q?version=v2", "query-exact"),
+        ("/q?a=1&version=v2&b", "query-exact"),
+        // The first value decides, and the value is not decoded.
+        ("/q?version=v1&version=v2", "fallback"),
+        ("/q?version=v%32", "fallback"),
+        ("/q?Version=v2", "fallback"),
+        ("/q?id=42", "query-regex"),
+        ("/q?id=42a", "fallback"),
+        ("/q?debug", "query-present"),
+        ("/q?debug=anything", "query-present"),
+        ("/q?flag", "query-empty"),
+        ("/q?flag=", "query-empty"),
+        ("/q?flag=1", "fallback"),
+        ("/q", "fallback"),
+    ] {
+        assert_eq!(get(uri).as_deref(), Some(want), "{uri}");
+    }
 }
