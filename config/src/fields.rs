@@ -112,11 +112,7 @@ pub const FIELDS: &[Field] = &[
         "match the port (a Gateway port has one scheme), or the x-forwarded-proto header",
     ),
     yes(VS, "http[].match[].queryParams"),
-    no(
-        VS,
-        "http[].match[].ignoreUriCase",
-        "write a case-insensitive uri regex: `regex: \"(?i)/path.*\"`",
-    ),
+    yes(VS, "http[].match[].ignoreUriCase"),
     no(
         VS,
         "http[].match[].statPrefix",

@@ -233,7 +233,7 @@ spec:
         (vs("{route: [{destination: {host: x.y}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route[0].destination: `x.y` has no declared port: add destination.port.number, or a Service or ServiceEntry"),
         (vs("{directResponse: {status: 200}, route: [{destination: {host: x.y, port: {number: 1}}}]}"), "t.yaml: VirtualService ns/vs: spec.http[0]: route and directResponse are exclusive"),
         (vs("{match: [{uri: {regex: \"(\"}}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].uri: invalid regex"),
-        (vs("{match: [{ignoreUriCase: true}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].ignoreUriCase: this Istio field is not implemented by meshgate"),
+        (vs("{match: [{statPrefix: x}], directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].match[0].statPrefix: this Istio field is not implemented by meshgate"),
         (vs("{timeout: soon, directResponse: {status: 200}}"), "t.yaml: VirtualService ns/vs: spec.http[0].timeout: `soon` is not a duration"),
         (vs("{directResponse: {status: 1000}}"), "t.yaml: VirtualService ns/vs: spec.http[0].directResponse.status: not an HTTP status code"),
         (vs("{route: [{destination: {host: x.y, port: {number: 1}}, weight: 0}]}"), "t.yaml: VirtualService ns/vs: spec.http[0].route: every destination has weight 0"),

@@ -1170,7 +1170,6 @@ fn compile_match(
         path,
         &[
             ("scheme", m.scheme.is_some()),
-            ("ignoreUriCase", m.ignore_uri_case.is_some()),
             ("statPrefix", m.stat_prefix.is_some()),
         ],
     );
@@ -1223,6 +1222,7 @@ fn compile_match(
         headers,
         without_headers,
         query_params,
+        ignore_uri_case: m.ignore_uri_case,
         port,
     })
 }

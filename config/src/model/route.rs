@@ -191,6 +191,9 @@ pub struct RequestMatch {
     pub without_headers: Vec<HeaderMatch>,
     /// Query parameter conditions (`queryParams`).
     pub query_params: Vec<QueryParamMatch>,
+    /// `ignoreUriCase`: an `exact` or `prefix` `uri` compares ASCII letters without their case
+    /// (Envoy's `case_sensitive: false`; a regex is not affected).
+    pub ignore_uri_case: bool,
     pub port: Option<u16>,
 }
 
@@ -268,7 +271,14 @@ impl RequestMatch {
                 .method
                 .as_ref()
                 .is_none_or(|m| m.matches(method.as_str().as_bytes()))
-            && self.uri.as_ref().is_none_or(|m| m.matches(path.as_bytes()))
+            && self.uri.as_ref().is_none_or(|m| match m {
+                StringMatcher::Exact(e) if self.ignore_uri_case => path.eq_ignore_ascii_case(e),
+                StringMatcher::Prefix(p) if self.ignore_uri_case => path
+                    .as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+                m => m.matches(path.as_bytes()),
+            })
             // Envoy's `:authority` matcher: the authority as sent, its port included.
             && self
                 .authority

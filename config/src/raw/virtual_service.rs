@@ -182,7 +182,8 @@ pub struct HttpMatch {
     pub scheme: Unsupported,
     #[serde(default)]
     pub query_params: BTreeMap<String, StringMatch>,
-    pub ignore_uri_case: Unsupported,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
     pub stat_prefix: Unsupported,
 }
 

@@ -60,6 +60,15 @@ spec:
   - name: authority
     match: [{authority: {exact: "api.example.com"}, uri: {exact: /exact-authority}}]
     directResponse: {status: 200, body: {string: authority}}
+  - name: case-prefix
+    match: [{uri: {prefix: /Case/}, ignoreUriCase: true}]
+    directResponse: {status: 200, body: {string: case-prefix}}
+  - name: case-exact
+    match: [{uri: {exact: /Exact-Path}, ignoreUriCase: true}]
+    directResponse: {status: 200, body: {string: case-exact}}
+  - name: case-regex
+    match: [{uri: {regex: "/Rx/[a-z]+"}, ignoreUriCase: true}]
+    directResponse: {status: 200, body: {string: case-regex}}
   - name: query-exact
     match: [{uri: {prefix: /q}, queryParams: {version: {exact: v2}}}]
     directResponse: {status: 200, body: {string: query-exact}}
@@ -623,6 +632,26 @@ fn query_parameters_match_their_first_value_as_sent() {
         ("/q?flag=", "query-empty"),
         ("/q?flag=1", "fallback"),
         ("/q", "fallback"),
+    ] {
+        assert_eq!(get(uri).as_deref(), Some(want), "{uri}");
+    }
+}
+
+/// `ignoreUriCase`, as Envoy's `case_sensitive: false`: an exact or prefix `uri` compares ASCII
+/// letters without their case; a regex keeps its own.
+#[test]
+fn ignore_uri_case_applies_to_exact_and_prefix_uris() {
+    let l = listener();
+    let get = |uri: &str| name(&l, Method::GET, uri, "api.example.com", &[]);
+    for (uri, want) in [
+        ("/case/x", "case-prefix"),
+        ("/CASE/x", "case-prefix"),
+        ("/cas", "fallback"),
+        ("/exact-path", "case-exact"),
+        ("/EXACT-PATH", "case-exact"),
+        ("/exact-path/", "fallback"),
+        ("/Rx/abc", "case-regex"),
+        ("/rx/abc", "fallback"),
     ] {
         assert_eq!(get(uri).as_deref(), Some(want), "{uri}");
     }
