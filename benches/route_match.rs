@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use std::fmt::Write as _;
 use std::hint::black_box;
 
-use meshgate_proxy::route::{route, RouteRequest};
+use meshgate_proxy::route::{route, MatchInput, RouteRequest};
 
 fn config(n: usize, suffix: bool) -> String {
     let mut yaml = String::from(
@@ -66,12 +66,14 @@ fn route_match(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(kind, n), &authority, |b, authority| {
                 b.iter(|| {
                     let req = RouteRequest {
-                        method: &method,
-                        path: black_box("/remote/items"),
-                        query: None,
+                        head: MatchInput {
+                            method: &method,
+                            path: black_box("/remote/items"),
+                            query: None,
+                            full_authority: black_box(authority),
+                            headers: &headers,
+                        },
                         authority: black_box(authority),
-                        full_authority: black_box(authority),
-                        headers: &headers,
                         port: 80,
                     };
                     route(listener, None, &req).unwrap();

@@ -329,21 +329,11 @@ spec:
 #[tokio::test]
 async fn query_parameters_choose_the_route_by_the_query_sent() {
     let (a, b) = (echo(), echo());
+    let http = "  - match: [{queryParams: {version: {exact: v2}}}, {queryParams: {canary: {}}}]\n    route: [{destination: {host: b.internal}}]\n  - route: [{destination: {host: ratings.internal}}]\n";
     let extra = format!(
-        r#"{}{}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: ratings, namespace: default}}
-spec:
-  hosts: [ratings.internal]
-  http:
-  - match: [{{queryParams: {{version: {{exact: v2}}}}}}, {{queryParams: {{canary: {{}}}}}}]
-    route: [{{destination: {{host: b.internal}}}}]
-  - route: [{{destination: {{host: a.internal}}}}]
-"#,
-        service_entry("a", "a.internal", 80, &a),
-        service_entry("b", "b.internal", 80, &b),
+        "{}{}",
+        ratings(&a, http),
+        service_entry("b", "b.internal", 80, &b)
     );
     let sidecar = Sidecar::start(&extra).await;
     for (path, backend) in [

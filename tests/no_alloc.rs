@@ -11,7 +11,7 @@ use meshgate_config::model::authz::Attributes;
 use meshgate_proxy::authorize::{authorize, Decision};
 use meshgate_proxy::metrics::Metrics;
 use meshgate_proxy::origin::Origin;
-use meshgate_proxy::route::{route, RouteRequest};
+use meshgate_proxy::route::{route, MatchInput, RouteRequest};
 
 struct Counting;
 
@@ -101,12 +101,14 @@ fn authorize_route_and_count_allocate_nothing() {
     };
     let method = Method::GET;
     let request = RouteRequest {
-        method: &method,
-        path: "/v1/items",
-        query: None,
+        head: MatchInput {
+            method: &method,
+            path: "/v1/items",
+            query: None,
+            full_authority: "API.example-target.com",
+            headers: &headers,
+        },
         authority: "API.example-target.com",
-        full_authority: "API.example-target.com",
-        headers: &headers,
         port: 8080,
     };
     let listener = &model.listeners[0];

@@ -434,14 +434,14 @@ fn authorize(
         authority,
         host: head.authority,
         port: head.port,
-        method: head.method.as_str(),
-        path: head.path,
-        headers: head.headers,
+        method: head.head.method.as_str(),
+        path: head.head.path,
+        headers: head.head.headers,
         sni: conn.sni.as_deref(),
     };
     let principal = attributes.principal.unwrap_or("");
     for p in authorize::audited(policies, &attributes) {
-        info!(policy = %p.name, principal, path = head.path, "AUDIT");
+        info!(policy = %p.name, principal, path = head.head.path, "AUDIT");
     }
     for shadow in authorize::dry_run(policies, &attributes)
         .into_iter()
@@ -456,7 +456,7 @@ fn authorize(
             policy = shadow.policy.unwrap_or("-"),
             action,
             principal,
-            path = head.path,
+            path = head.head.path,
             result = if result { "would-allow" } else { "would-deny" },
             "dry-run"
         );
@@ -499,12 +499,14 @@ fn route_and_forward<'a>(
             ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
         };
         let head = RouteRequest {
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
+            head: route::MatchInput {
+                method: req.method(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                full_authority: full,
+                headers: req.headers(),
+            },
             authority: route::strip_port(full),
-            full_authority: full,
-            headers: req.headers(),
             port,
         };
         // The route is chosen first so that a denied request is counted under it; the policy

@@ -5,22 +5,18 @@
 //! wildcard suffix, then `*`, by the listener's precomputed host index); inside it the first
 //! route whose match succeeds wins. Pure: no I/O, no locks, no allocation.
 
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Uri};
 
-use meshgate_config::model::{Listener, MatchInput, RequestMatch, Route, WeightedBackend};
+pub use meshgate_config::model::MatchInput;
+use meshgate_config::model::{Listener, RequestMatch, Route, WeightedBackend};
 
-/// What routing looks at.
+/// What routing looks at: what a route's match reads, the host (without its port) and the
+/// Gateway port of the listener.
 #[derive(Debug)]
 pub struct RouteRequest<'a> {
-    pub method: &'a Method,
-    pub path: &'a str,
-    /// The query as sent, without its `?`.
-    pub query: Option<&'a str>,
+    pub head: MatchInput<'a>,
     /// Host without port.
     pub authority: &'a str,
-    /// The authority with its port, if it has one: what a header match on `host` reads.
-    pub full_authority: &'a str,
-    pub headers: &'a HeaderMap,
     /// The Gateway port of the listener.
     pub port: u16,
 }
@@ -49,13 +45,6 @@ pub fn route<'a>(
         return None;
     }
     let vh = listener.routes.find(req.authority)?;
-    let input = MatchInput {
-        method: req.method,
-        path: req.path,
-        query: req.query,
-        full_authority: req.full_authority,
-        headers: req.headers,
-    };
     vh.routes.iter().find_map(|route| {
         if route.matches.is_empty() {
             return Some(Selected {
@@ -66,7 +55,7 @@ pub fn route<'a>(
         route
             .matches
             .iter()
-            .find(|m| m.matches(&input, req.port))
+            .find(|m| m.matches(&req.head, req.port))
             .map(|m| Selected {
                 route,
                 matched: Some(m),

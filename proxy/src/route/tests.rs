@@ -106,12 +106,14 @@ fn name(
         None => (path, None),
     };
     let req = RouteRequest {
-        method: &method,
-        path,
-        query,
+        head: MatchInput {
+            method: &method,
+            path,
+            query,
+            full_authority: authority,
+            headers: &h,
+        },
         authority: strip_port(authority),
-        full_authority: authority,
-        headers: &h,
         port: 8080,
     };
     route(l, None, &req).map(|r| match &r.route.action {
