@@ -57,6 +57,9 @@ spec:
   hosts: ["*.example-target.com", api.example-target.com]
   gateways: [gw]
   http:
+  - name: query
+    match: [{queryParams: {v: {exact: x}}}, {uri: {prefix: /V1/}, ignoreUriCase: true, queryParams: {a: {}, v: {regex: "[a-z]"}}}]
+    directResponse: {status: 200}
   - match: [{uri: {regex: "/v[0-9]+/.*"}, headers: {x-mesh-origin: {exact: remote}}}]
     directResponse: {status: 200}
   - directResponse: {status: 404}
@@ -104,7 +107,7 @@ fn authorize_route_and_count_allocate_nothing() {
         head: MatchInput {
             method: &method,
             path: "/v1/items",
-            query: None,
+            query: Some("a=1&v=y"),
             full_authority: "API.example-target.com",
             headers: &headers,
         },
@@ -120,7 +123,9 @@ fn authorize_route_and_count_allocate_nothing() {
     let td = trust_domains.series(Some("example.com"));
     // Warm up anything lazily initialised (the regex engine's caches).
     assert_eq!(authorize(&model.policies, &attributes), Decision::Allow);
-    assert!(route(listener, None, &request).is_some());
+    // The route that reads the query and ignores the path's case is the one chosen.
+    let chosen = route(listener, None, &request).unwrap();
+    assert_eq!(chosen.route.name.as_deref(), Some("query"));
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..1000 {

@@ -284,6 +284,9 @@ spec:
   - match: [{{headers: {{x-any: {{exact: "1"}}}}}}]
     rewrite: {{uri: /v2/}}
     route: [{{destination: {{host: echo.internal}}}}]
+  - match: [{{uri: {{prefix: /Case/}}, ignoreUriCase: true}}]
+    rewrite: {{uri: /cased/}}
+    route: [{{destination: {{host: echo.internal}}}}]
 {}"#,
         service_entry("echo", backend.address.port())
     );
@@ -298,7 +301,7 @@ spec:
     );
     let client = Client::plain(Some(&caller), &pki.root.cert_pem);
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         // The second match selected the route: its prefix goes, not the first one's.
         ("/api/v1/items?x=1", &[], "/new/items?x=1"),
         ("/api/v1/items", &[("x-version", "2")], "/new/v1/items"),
@@ -307,6 +310,8 @@ spec:
         // A match without a uri is Envoy's prefix `/`: only the leading slash goes.
         ("/foo/bar", &[("x-any", "1")], "/v2/foo/bar"),
         ("/", &[("x-any", "1")], "/v2/"),
+        // With ignoreUriCase, the prefix goes in whatever case the path has it.
+        ("/CASE/x", &[], "/cased/x"),
     ];
     for (path, headers, want) in cases {
         let r = client

@@ -2446,8 +2446,8 @@ fn export_to_decides_what_this_proxy_sees() {
     }
 }
 
-/// `queryParams`: `prefix` is refused as Istio documents it unsupported; `exact`, `regex` and
-/// an empty match (presence) compile.
+/// `queryParams`: `exact`, `prefix`, `regex` and an empty match (presence) compile, as Istio
+/// gives them to Envoy; an empty `prefix` or `regex` is refused.
 #[test]
 fn query_parameter_matches_compile_as_istio_gives_them_to_envoy() {
     let vs = |params: &str| {
@@ -2457,7 +2457,7 @@ fn query_parameter_matches_compile_as_istio_gives_them_to_envoy() {
     };
     let model = load_str(
         "t.yaml",
-        &vs("{a: {exact: x}, b: {regex: '[0-9]+'}, c: {}}"),
+        &vs("{a: {exact: x}, b: {regex: '[0-9]+'}, c: {}, d: {prefix: v}}"),
     )
     .unwrap();
     let outbound = model
@@ -2471,11 +2471,13 @@ fn query_parameter_matches_compile_as_istio_gives_them_to_envoy() {
         .iter()
         .map(|q| (q.name.as_str(), q.value.is_some()))
         .collect();
-    assert_eq!(names, [("a", true), ("b", true), ("c", false)]);
-    let e = errors(&vs("{a: {prefix: x}}"));
-    assert!(
-        e.iter()
-            .any(|e| e.contains("spec.http[0].match[0].queryParams.a.prefix")),
-        "{e:?}"
-    );
+    assert_eq!(names, [("a", true), ("b", true), ("c", false), ("d", true)]);
+    let e = errors(&vs("{a: {prefix: ''}, b: {regex: ''}}"));
+    for field in ["queryParams.a.prefix", "queryParams.b.regex"] {
+        assert!(
+            e.iter()
+                .any(|e| e.contains(field) && e.contains("may not be empty")),
+            "{field}: {e:?}"
+        );
+    }
 }

@@ -1227,8 +1227,9 @@ fn compile_match(
     })
 }
 
-/// `queryParams`, as Istio gives them to Envoy: a match with neither `exact` nor `regex` asks
-/// for the parameter only; `prefix` Istio documents as not supported.
+/// `queryParams`, as Istio gives them to Envoy: `exact`, `prefix` or `regex`; a match with
+/// none of them asks for the parameter only. An empty `prefix` or `regex` is refused, as
+/// Envoy's and Istio's validation refuse them.
 fn query_params(
     o: &Origin,
     path: &str,
@@ -1242,12 +1243,10 @@ fn query_params(
             errors.push(o.error(field, "a query parameter needs a name"));
             continue;
         }
-        if sm.prefix.is_some() {
-            errors.push(o.error(
-                format!("{field}.prefix"),
-                "Istio does not support prefix matches of query parameters: use exact or regex",
-            ));
-            continue;
+        for (what, value) in [("prefix", &sm.prefix), ("regex", &sm.regex)] {
+            if value.as_deref() == Some("") {
+                errors.push(o.error(format!("{field}.{what}"), "may not be empty"));
+            }
         }
         match string_matcher(sm) {
             Ok(value) => out.push(QueryParamMatch {

@@ -255,6 +255,19 @@ impl RequestMatch {
             && self.port.is_none_or(|p| p == port)
     }
 
+    /// Whether `path` starts with the `uri` prefix `prefix`, without the case of ASCII letters
+    /// under `ignoreUriCase` (then the path's first `prefix.len()` bytes are still a whole
+    /// number of characters: only ASCII letters may differ).
+    pub fn has_uri_prefix(&self, path: &str, prefix: &str) -> bool {
+        if self.ignore_uri_case {
+            path.as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+        } else {
+            path.starts_with(prefix)
+        }
+    }
+
     /// Whether a request with this method, path, query, authority (as sent, its port
     /// included: what the `authority` match and a header match on `host` read), headers and
     /// listener port matches.
@@ -273,10 +286,7 @@ impl RequestMatch {
                 .is_none_or(|m| m.matches(method.as_str().as_bytes()))
             && self.uri.as_ref().is_none_or(|m| match m {
                 StringMatcher::Exact(e) if self.ignore_uri_case => path.eq_ignore_ascii_case(e),
-                StringMatcher::Prefix(p) if self.ignore_uri_case => path
-                    .as_bytes()
-                    .get(..p.len())
-                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+                StringMatcher::Prefix(p) => self.has_uri_prefix(path, p),
                 m => m.matches(path.as_bytes()),
             })
             // Envoy's `:authority` matcher: the authority as sent, its port included.

@@ -601,11 +601,12 @@ fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAnd
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let path = original.path();
-    let replaced = match matched.and_then(|m| m.uri.as_ref()) {
-        Some(StringMatcher::Prefix(p)) if path.starts_with(p.as_str()) => p.len(),
-        Some(StringMatcher::Prefix(_))
-        | Some(StringMatcher::Exact(_))
-        | Some(StringMatcher::Regex(_)) => path.len(),
+    let replaced = match matched.and_then(|m| Some((m, m.uri.as_ref()?))) {
+        // With `ignoreUriCase`, the prefix as the path has it, whatever its case.
+        Some((m, StringMatcher::Prefix(p))) if m.has_uri_prefix(path, p) => p.len(),
+        Some((_, StringMatcher::Prefix(_)))
+        | Some((_, StringMatcher::Exact(_)))
+        | Some((_, StringMatcher::Regex(_))) => path.len(),
         None => usize::from(path.starts_with('/')),
     };
     let rest = &path[replaced..];
