@@ -66,7 +66,7 @@ fn route_match(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(kind, n), &authority, |b, authority| {
                 b.iter(|| {
                     let req = RouteRequest {
-                        head: MatchInput {
+                        input: MatchInput {
                             method: &method,
                             path: black_box("/remote/items"),
                             query: None,

@@ -104,7 +104,7 @@ fn authorize_route_and_count_allocate_nothing() {
     };
     let method = Method::GET;
     let request = RouteRequest {
-        head: MatchInput {
+        input: MatchInput {
             method: &method,
             path: "/v1/items",
             query: Some("a=1&v=y"),

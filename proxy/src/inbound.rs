@@ -434,14 +434,14 @@ fn authorize(
         authority,
         host: head.authority,
         port: head.port,
-        method: head.head.method.as_str(),
-        path: head.head.path,
-        headers: head.head.headers,
+        method: head.input.method.as_str(),
+        path: head.input.path,
+        headers: head.input.headers,
         sni: conn.sni.as_deref(),
     };
     let principal = attributes.principal.unwrap_or("");
     for p in authorize::audited(policies, &attributes) {
-        info!(policy = %p.name, principal, path = head.head.path, "AUDIT");
+        info!(policy = %p.name, principal, path = head.input.path, "AUDIT");
     }
     for shadow in authorize::dry_run(policies, &attributes)
         .into_iter()
@@ -456,7 +456,7 @@ fn authorize(
             policy = shadow.policy.unwrap_or("-"),
             action,
             principal,
-            path = head.head.path,
+            path = head.input.path,
             result = if result { "would-allow" } else { "would-deny" },
             "dry-run"
         );
@@ -499,7 +499,7 @@ fn route_and_forward<'a>(
             ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
         };
         let head = RouteRequest {
-            head: route::MatchInput {
+            input: route::MatchInput {
                 method: req.method(),
                 path: req.uri().path(),
                 query: req.uri().query(),

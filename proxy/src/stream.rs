@@ -162,7 +162,10 @@ impl StreamClock {
     /// The route's timeout is over without cutting the stream: the upstream's response is
     /// whole, or the stream ended. The timer goes, and with it the clock it may hold.
     pub(crate) fn end_route_deadline(&self) {
-        if self.route_armed.swap(false, Ordering::AcqRel) {
+        // Every stream ends here: a plain load spares the locked swap when none was armed.
+        if self.route_armed.load(Ordering::Acquire)
+            && self.route_armed.swap(false, Ordering::AcqRel)
+        {
             *self.route.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }

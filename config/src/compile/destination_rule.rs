@@ -158,8 +158,8 @@ struct Rule {
     /// The top-level `trafficPolicy`; `None` when no rule of the host has one.
     policy: Option<Policy>,
     subsets: Vec<Subset>,
-    /// Its `exportTo`, as written (the rules merged into it have the same).
-    export: Vec<String>,
+    /// Its `exportTo` (the rules merged into it have the same).
+    export: ExportTo,
     /// Exported to this proxy's namespace. A rule of the exported list that is not still
     /// takes its place there: the most specific host is found first, then its export
     /// checked (`getExportedDestinationRuleFromNamespace`).
@@ -201,16 +201,7 @@ pub(crate) fn compile(
         .flatten()
         .collect();
         if !local && !visible {
-            warnings.push(o.warn(
-                Code::NotExported,
-                Some("spec.exportTo"),
-                format!(
-                    "exported to {}, which leaves out this proxy's namespace \
-                     `{proxy_namespace}`: Istio does not give this DestinationRule to the proxy, \
-                     so it applies to nothing",
-                    export.describe()
-                ),
-            ));
+            warnings.push(export.not_exported(o, proxy_namespace, "applies to nothing"));
         }
         let host = if spec.host == "*" {
             spec.host.clone()
@@ -249,16 +240,13 @@ pub(crate) fn compile(
                 source: o.resource(),
             });
         }
-        let mut written = spec.export_to.clone().unwrap_or_default();
-        written.sort();
-        written.dedup();
         let rule = Rule {
             namespace: o.namespace.clone(),
             source: o.resource(),
             host,
             policy,
             subsets,
-            export: written,
+            export,
             visible: true,
         };
         let mut refused = false;

@@ -4,6 +4,7 @@
 
 use super::Origin;
 use crate::error::ConfigError;
+use crate::warning::{Code, Warning};
 
 /// How a proxy sees a resource exported to it, in the order Istio lists them for the proxy
 /// (`servicesExportedToNamespace`, `VirtualServicesForGateway`): those private to its own
@@ -15,9 +16,10 @@ pub(crate) enum Seen {
     Public,
 }
 
-/// A resource's `exportTo`, checked as Istio's validation checks it. Empty: Istio's default,
-/// every namespace (meshgate accepts no other `default*ExportTo`).
-#[derive(Debug, Clone, Default)]
+/// A resource's `exportTo`: its values as written, sorted, once each (Istio compares them as a
+/// set). Empty: Istio's default, every namespace (meshgate accepts no other
+/// `default*ExportTo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ExportTo(Vec<String>);
 
 impl ExportTo {
@@ -60,7 +62,15 @@ impl ExportTo {
                 ));
             }
         }
-        Self(values.to_vec())
+        Self::written(Some(values))
+    }
+
+    /// `values` as a set, unchecked (`parse` checks them).
+    pub(crate) fn written(values: Option<&[String]>) -> Self {
+        let mut values = values.unwrap_or_default().to_vec();
+        values.sort();
+        values.dedup();
+        Self(values)
     }
 
     fn has(&self, value: &str) -> bool {
@@ -105,9 +115,19 @@ impl ExportTo {
         !self.private_only(own) && (self.0.is_empty() || self.has("*") || self.has(proxy))
     }
 
-    /// The values, for messages.
-    pub(crate) fn describe(&self) -> String {
-        format!("[{}]", self.0.join(", "))
+    /// MG0119 for resource `o`, which this leaves out of `proxy`'s view: what it then does
+    /// (`declares nothing`, `routes nothing`, ...).
+    pub(crate) fn not_exported(&self, o: &Origin, proxy: &str, so: &str) -> Warning {
+        o.warn(
+            Code::NotExported,
+            Some("spec.exportTo"),
+            format!(
+                "exported to [{}], which leaves out this proxy's namespace `{proxy}`: Istio does \
+                 not give this {} to the proxy, so it {so}",
+                self.0.join(", "),
+                o.kind
+            ),
+        )
     }
 }
 

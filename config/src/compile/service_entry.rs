@@ -443,15 +443,7 @@ pub(crate) fn compile(
         let export = ExportTo::parse(o, spec.export_to.as_deref(), true, errors);
         match export.seen_from(&o.namespace, proxy_namespace) {
             Some(seen) => exported.push((entry, seen)),
-            None => warnings.push(o.warn(
-                Code::NotExported,
-                Some("spec.exportTo"),
-                format!(
-                    "exported to {}, which leaves out this proxy's namespace `{proxy_namespace}`: \
-                     Istio does not give this ServiceEntry to the proxy, so it declares nothing",
-                    export.describe()
-                ),
-            )),
+            None => warnings.push(export.not_exported(o, proxy_namespace, "declares nothing")),
         }
     }
     let owners = owners(&exported, services);
@@ -530,12 +522,7 @@ fn unmergeable(
     };
     let selector = |s: &ServiceEntrySpec| s.workload_selector.as_ref().map(|w| w.labels.clone());
     // As written: `.` and the namespace's name are two values to Istio here.
-    let export = |s: &ServiceEntrySpec| {
-        let mut values = s.export_to.clone().unwrap_or_default();
-        values.sort();
-        values.dedup();
-        values
-    };
+    let export = |s: &ServiceEntrySpec| ExportTo::written(s.export_to.as_deref());
     if resolution(a) != resolution(b) {
         Some("resolution")
     } else if a_origin.labels != b_origin.labels {

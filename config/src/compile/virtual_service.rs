@@ -58,16 +58,7 @@ pub(crate) fn exported(
             let export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
             let seen = export.seen_from(&o.namespace, proxy_namespace);
             if seen.is_none() {
-                warnings.push(o.warn(
-                    Code::NotExported,
-                    Some("spec.exportTo"),
-                    format!(
-                        "exported to {}, which leaves out this proxy's namespace \
-                         `{proxy_namespace}`: Istio does not give this VirtualService to the \
-                         proxy, so it routes nothing",
-                        export.describe()
-                    ),
-                ));
+                warnings.push(export.not_exported(o, proxy_namespace, "routes nothing"));
             }
             seen
         })

@@ -14,7 +14,7 @@ use meshgate_config::model::{Listener, RequestMatch, Route, WeightedBackend};
 /// Gateway port of the listener.
 #[derive(Debug)]
 pub struct RouteRequest<'a> {
-    pub head: MatchInput<'a>,
+    pub input: MatchInput<'a>,
     /// Host without port.
     pub authority: &'a str,
     /// The Gateway port of the listener.
@@ -55,7 +55,7 @@ pub fn route<'a>(
         route
             .matches
             .iter()
-            .find(|m| m.matches(&req.head, req.port))
+            .find(|m| m.matches(&req.input, req.port))
             .map(|m| Selected {
                 route,
                 matched: Some(m),

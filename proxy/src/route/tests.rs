@@ -106,7 +106,7 @@ fn name(
         None => (path, None),
     };
     let req = RouteRequest {
-        head: MatchInput {
+        input: MatchInput {
             method: &method,
             path,
             query,
