@@ -84,6 +84,22 @@ spec:
       request: {{set: {{x-added: "1"}}, remove: [x-secret]}}
       response: {{add: {{x-served-by: meshgate}}}}
     route: [{{destination: {{host: local-pool.internal}}}}]
+  - name: commands
+    match: [{{uri: {{prefix: /commands}}}}]
+    headers:
+      request:
+        set:
+          x-client: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+          x-peer: "%DOWNSTREAM_PEER_URI_SAN%"
+          x-protocol: "%PROTOCOL%"
+          x-request-start: "t=%START_TIME(%s.%3f)%"
+          x-copied: "%REQ(x-request-id)%"
+          x-share: "100%%"
+          x-missing: "%REQ(x-not-sent)%"
+        add: {{x-local-port: "%DOWNSTREAM_LOCAL_PORT%", x-authority: "%REQ(:authority)%"}}
+      response:
+        set: {{x-echo-id: "%REQ(x-request-id)%", x-seen-copied: "%REQ(x-copied):2%"}}
+    route: [{{destination: {{host: local-pool.internal}}}}]
   - name: refused
     match: [{{uri: {{prefix: /refused}}}}]
     route: [{{destination: {{host: nowhere.internal}}}}]
@@ -204,6 +220,51 @@ async fn direct_responses_rewrites_and_header_operations() {
     assert_eq!(rewritten.echoed("x-added").as_deref(), Some("1"));
     assert!(rewritten.json()["headers"].get("x-secret").is_none());
     assert_eq!(rewritten.headers["x-served-by"], "meshgate");
+}
+
+/// Envoy's command operators in header values are rendered for each request, from what the
+/// proxy knows of it: the verified peer, the connection, the request's head as routed.
+#[tokio::test]
+async fn header_values_render_envoy_command_operators() {
+    let s = Setup::new().await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let r = s
+        .client("example.com")
+        .get(
+            s.addr(),
+            HOST,
+            HOST,
+            "/commands",
+            &[("x-request-id", "abc-123"), ("x-peer", "spiffe://forged")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-client").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        r.echoed("x-peer").as_deref(),
+        Some("spiffe://example.com/ns/default/sa/app")
+    );
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.echoed("x-protocol").as_deref(), Some("HTTP/2"));
+    assert_eq!(r.echoed("x-copied").as_deref(), Some("abc-123"));
+    assert_eq!(r.echoed("x-share").as_deref(), Some("100%"));
+    assert_eq!(r.echoed("x-authority").as_deref(), Some(HOST));
+    let port = s.addr().port().to_string();
+    assert_eq!(r.echoed("x-local-port"), Some(port));
+    // Rendered empty: left out, as Envoy leaves it.
+    assert!(r.json()["headers"].get("x-missing").is_none());
+    let start = r.echoed("x-request-start").unwrap();
+    let (secs, millis) = start.strip_prefix("t=").unwrap().split_once('.').unwrap();
+    assert_eq!(millis.len(), 3, "{start}");
+    let at: f64 = format!("{secs}.{millis}").parse().unwrap();
+    assert!(at >= before.floor() && at < before + 60.0, "{start} against {before}");
+    // The response's values read the request as the route left it.
+    assert_eq!(r.headers["x-echo-id"], "abc-123");
+    assert_eq!(r.headers["x-seen-copied"], "ab");
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use meshgate_config::model::authz::Attributes;
+use meshgate_config::model::header_format::{FormatContext, PeerUris};
 use meshgate_config::model::{ListenerKind, ListenerProtocol, OutboundPolicy, RouteAction};
 
 use crate::access_log::{self, HandshakeEntry, RequestEntry};
@@ -48,6 +49,8 @@ struct Connection {
     /// The request counters of the peer's trust domain.
     trust_domain: crate::metrics::TrustDomainSeries,
     peer: Option<PeerIdentity>,
+    /// A `MUTUAL` client certificate's URI SANs (`%DOWNSTREAM_PEER_URI_SAN%`).
+    certificate_uris: Box<[String]>,
     peer_addr: SocketAddr,
     /// The local address the connection was accepted on (`destination.ip`).
     local_addr: SocketAddr,
@@ -159,6 +162,7 @@ pub async fn serve_connection(
                 origin: None,
                 trust_domain: runtime.trust_domains.series(None),
                 peer: None,
+                certificate_uris: Box::default(),
                 runtime: runtime.clone(),
                 listener,
                 group: None,
@@ -212,6 +216,7 @@ fn connection(
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
     let pem = tag::client_pem(chain, tagging);
     let pem = pem.as_deref();
+    let mut certificate_uris = Box::default();
     let (tags, origin, peer) = match peer {
         Peer::Spiffe(peer) => {
             let origin = origin(&peer, &runtime.model.trust);
@@ -220,11 +225,11 @@ fn connection(
             let tags = ConnectionTags::new(peer_tags, own, tagging, peer_addr, pem);
             (tags, Some(origin), Some(peer))
         }
-        Peer::Certificate(cert) => (
-            ConnectionTags::tls(Some(&cert), tagging, peer_addr, pem),
-            None,
-            None,
-        ),
+        Peer::Certificate(cert) => {
+            let tags = ConnectionTags::tls(Some(&cert), tagging, peer_addr, pem);
+            certificate_uris = cert.uris.into();
+            (tags, None, None)
+        }
         Peer::Anonymous => (
             ConnectionTags::tls(None, tagging, peer_addr, None),
             None,
@@ -238,6 +243,7 @@ fn connection(
             .trust_domains
             .series(peer.as_ref().map(|p| p.spiffe_id.trust_domain())),
         peer,
+        certificate_uris,
         runtime: runtime.clone(),
         listener,
         group: Some(group),
@@ -558,6 +564,16 @@ fn route_and_forward<'a>(
             .cors
             .as_ref()
             .and_then(|_| req.headers().get(http::header::ORIGIN).cloned());
+        // What command operators in the route's header values read, taken only when there
+        // are some (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(...)%`, ...).
+        let formats = route.request_headers.formats() || route.response_headers.formats();
+        let mut facts = formats.then(|| Box::new(RequestFacts::of(&req, full, listener)));
+        let response_reads_request = route.response_headers.reads_request();
+        if response_reads_request && !matches!(route.action, RouteAction::Forward(_)) {
+            if let Some(facts) = facts.as_deref_mut() {
+                facts.headers = Some(req.headers().clone());
+            }
+        }
         let mut response = match &route.action {
             RouteAction::Direct(direct) => respond::direct(direct),
             RouteAction::Redirect(redirect) => {
@@ -569,7 +585,16 @@ fn route_and_forward<'a>(
             RouteAction::Forward(backends) => {
                 let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
                 chosen.backend = Some(backend);
-                route.request_headers.apply(req.headers_mut());
+                let cx = facts.as_deref().map(|f| f.context(conn, client));
+                route
+                    .request_headers
+                    .apply(req.headers_mut(), cx.as_ref(), None);
+                if response_reads_request {
+                    if let Some(facts) = facts.as_deref_mut() {
+                        // As Envoy's response values see it: with the route's changes.
+                        facts.headers = Some(req.headers().clone());
+                    }
+                }
                 let upstreams = &conn.runtime.upstreams;
                 let downstream = forward::Downstream {
                     client,
@@ -593,11 +618,76 @@ fn route_and_forward<'a>(
                 upstream.map(ResponseBody::Upstream)
             }
         };
-        route.response_headers.apply(response.headers_mut());
+        let cx = facts.as_deref().map(|f| f.context(conn, client));
+        let request = facts.as_deref().and_then(|f| f.headers.as_ref());
+        let no_request = http::HeaderMap::new();
+        route.response_headers.apply(
+            response.headers_mut(),
+            cx.as_ref(),
+            Some(request.unwrap_or(&no_request)),
+        );
         if let Some(cors) = &route.cors {
             cors::decorate(cors, origin.as_ref(), response.headers_mut());
         }
         Ok(response)
+    }
+}
+
+/// What a route's header values read of a request (Envoy's command operators), kept apart
+/// from it: the request's own header operations change its head, and its response's come after
+/// it has gone upstream.
+struct RequestFacts {
+    start: SystemTime,
+    method: http::Method,
+    authority: String,
+    path: String,
+    scheme: &'static str,
+    version: http::Version,
+    /// The request's headers, for a response value that reads them (`%REQ(...)%`).
+    headers: Option<http::HeaderMap>,
+}
+
+impl RequestFacts {
+    fn of<B>(req: &Request<B>, authority: &str, listener: &meshgate_config::model::Listener) -> Self {
+        Self {
+            start: SystemTime::now(),
+            method: req.method().clone(),
+            authority: authority.to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            scheme: if listener.tls.is_empty() { "http" } else { "https" },
+            version: req.version(),
+            headers: None,
+        }
+    }
+
+    fn context<'a>(&'a self, conn: &'a Connection, client: IpAddr) -> FormatContext<'a> {
+        // The trusted client: the peer itself (its port known), or an address
+        // `x-forwarded-for` gave, whose port Envoy prints as 0.
+        let remote = if client == conn.peer_addr.ip() {
+            conn.peer_addr
+        } else {
+            SocketAddr::new(client, 0)
+        };
+        let peer_uris = match (&conn.peer, conn.certificate_uris.as_ref()) {
+            (Some(peer), _) => PeerUris::One(peer.spiffe_id.as_str()),
+            (None, []) => PeerUris::None,
+            (None, uris) => PeerUris::Many(uris),
+        };
+        FormatContext {
+            remote,
+            local: conn.local_addr,
+            peer_uris,
+            version: self.version,
+            start: self.start,
+            method: &self.method,
+            authority: Some(&self.authority),
+            path: &self.path,
+            scheme: self.scheme,
+        }
     }
 }
 

@@ -819,6 +819,11 @@ fn route_header_operations_may_not_touch_owned_headers() {
         (vs("{headers: {request: {add: {x-forwarded-for: 1.2.3.4}}}, directResponse: {status: 200}}"), "headers.request.add.x-forwarded-for"),
         (vs("{headers: {request: {set: {host: x}}}, directResponse: {status: 200}}"), "use rewrite.authority"),
         (vs("{match: [{method: {exact: CONNECT}}], directResponse: {status: 200}}"), "spec.http[0].match[0].method: CONNECT cannot be routed"),
+        // Envoy refuses a value it cannot read as text and command operators; so does meshgate,
+        // and a command it does not render is never sent as its own text.
+        (vs("{headers: {request: {set: {x-share: 100%}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.x-share: `100%`: `%` starts no command operator (at byte 3; a `%` of the value itself is written `%%`)"),
+        (vs("{headers: {response: {add: {x-up: \"%UPSTREAM_HOST%\"}}}, directResponse: {status: 200}}"), "spec.http[0].headers.response.add.x-up: `%UPSTREAM_HOST%`: `%UPSTREAM_HOST%` is not a command operator meshgate renders"),
+        (vs("{headers: {request: {set: {x-t: \"%START_TIME(%Q)%\"}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.x-t: `%START_TIME(%Q)%`: `START_TIME(%Q)`: `%Q` is not a specifier"),
     ];
     for (yaml, want) in cases {
         let got = errors(&yaml);

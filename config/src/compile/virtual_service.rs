@@ -19,6 +19,7 @@ use super::export::{ExportTo, Seen};
 use super::service_entry::Backends;
 use super::Origin;
 use crate::error::ConfigError;
+use crate::model::header_format::HeaderValueSource;
 use crate::model::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
     HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror, QueryParamMatch, Redirect,
@@ -1323,13 +1324,14 @@ fn header_ops(
             let mut out = Vec::new();
             for (k, v) in map {
                 let at = format!("{path}.{field}.{k}");
-                match (header_name(k), HeaderValue::from_str(v)) {
+                match (header_name(k), HeaderValueSource::parse(v)) {
                     (Some(k), Ok(v)) => {
-                        if !refused(at, &k, errors) {
+                        if !refused(at.clone(), &k, errors) {
                             out.push((k, v));
                         }
                     }
-                    _ => errors.push(o.error(at, "not a valid header name and value")),
+                    (None, _) => errors.push(o.error(at, "not a valid header name")),
+                    (Some(_), Err(e)) => errors.push(o.error(at, format!("`{v}`: {e}"))),
                 }
             }
             out

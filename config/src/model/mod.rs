@@ -4,6 +4,7 @@
 //! configuration was compiled, and matching data (host suffixes, regexes) is precomputed.
 
 pub mod authz;
+pub mod header_format;
 mod host;
 mod outlier;
 pub mod path;

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 use serde::{Serialize, Serializer};
 
+use super::header_format::{FormatContext, HeaderValueSource};
 use super::HostMatcher;
 
 /// The routes for a set of hosts: one VirtualService's, or on a Gateway those of every
@@ -356,13 +357,15 @@ impl StringMatcher {
     }
 }
 
-/// `headers.request` or `headers.response`: applied in the order remove, set, add.
+/// `headers.request` or `headers.response`, as Envoy applies one level of them: the removals,
+/// then every value rendered (against the headers as the removals left them), then the sets,
+/// then the adds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HeaderOps {
-    #[serde(serialize_with = "serialize_pairs")]
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    #[serde(serialize_with = "serialize_pairs")]
-    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "serialize_sources")]
+    pub set: Vec<(HeaderName, HeaderValueSource)>,
+    #[serde(serialize_with = "serialize_sources")]
+    pub add: Vec<(HeaderName, HeaderValueSource)>,
     #[serde(serialize_with = "serialize_names")]
     pub remove: Vec<HeaderName>,
 }
@@ -373,16 +376,62 @@ impl HeaderOps {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies the operations to a header map.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Whether a value reads the request (`%REQ(...)%`): a response's operations then need
+    /// the request's head, kept from before it was forwarded.
+    pub fn reads_request(&self) -> bool {
+        self.values().any(HeaderValueSource::reads_request)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &HeaderValueSource> {
+        self.set.iter().chain(&self.add).map(|(_, v)| v)
+    }
+
+    /// Whether a value has command operators: `apply` then needs a context.
+    pub fn formats(&self) -> bool {
+        self.values()
+            .any(|v| matches!(v, HeaderValueSource::Formatted(_)))
+    }
+
+    /// Applies the operations to `headers`. `cx` is what command operators read, given
+    /// whenever `formats()`; `request` is the request's header map that `%REQ(...)%` reads,
+    /// `None` when `headers` are the request's own.
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        cx: Option<&FormatContext<'_>>,
+        request: Option<&HeaderMap>,
+    ) {
         for name in &self.remove {
             headers.remove(name);
         }
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
+        let Some(cx) = cx.filter(|_| self.formats()) else {
+            for (name, value) in &self.set {
+                if let HeaderValueSource::Fixed(value) = value {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            for (name, value) in &self.add {
+                if let HeaderValueSource::Fixed(value) = value {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            return;
+        };
+        // Every value from the headers as they are now, before any is set.
+        let rendered: Vec<Option<HeaderValue>> = {
+            let read = request.unwrap_or(headers);
+            self.values().map(|v| v.render(cx, read)).collect()
+        };
+        let (sets, adds) = rendered.split_at(self.set.len().min(rendered.len()));
+        for ((name, _), value) in self.set.iter().zip(sets) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
         }
-        for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
+        for ((name, _), value) in self.add.iter().zip(adds) {
+            if let Some(value) = value {
+                headers.append(name.clone(), value.clone());
+            }
         }
     }
 }
@@ -412,14 +461,11 @@ fn serialize_opt_header_value<S: Serializer>(
     }
 }
 
-fn serialize_pairs<S: Serializer>(
-    v: &[(HeaderName, HeaderValue)],
+fn serialize_sources<S: Serializer>(
+    v: &[(HeaderName, HeaderValueSource)],
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.collect_map(
-        v.iter()
-            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()))),
-    )
+    s.collect_map(v.iter().map(|(k, v)| (k.as_str(), v.as_written())))
 }
 
 fn serialize_names<S: Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
