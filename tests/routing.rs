@@ -261,7 +261,10 @@ async fn header_values_render_envoy_command_operators() {
     let (secs, millis) = start.strip_prefix("t=").unwrap().split_once('.').unwrap();
     assert_eq!(millis.len(), 3, "{start}");
     let at: f64 = format!("{secs}.{millis}").parse().unwrap();
-    assert!(at >= before.floor() && at < before + 60.0, "{start} against {before}");
+    assert!(
+        at >= before.floor() && at < before + 60.0,
+        "{start} against {before}"
+    );
     // The response's values read the request as the route left it.
     assert_eq!(r.headers["x-echo-id"], "abc-123");
     assert_eq!(r.headers["x-seen-copied"], "ab");

@@ -648,7 +648,11 @@ struct RequestFacts {
 }
 
 impl RequestFacts {
-    fn of<B>(req: &Request<B>, authority: &str, listener: &meshgate_config::model::Listener) -> Self {
+    fn of<B>(
+        req: &Request<B>,
+        authority: &str,
+        listener: &meshgate_config::model::Listener,
+    ) -> Self {
         Self {
             start: SystemTime::now(),
             method: req.method().clone(),
@@ -658,7 +662,11 @@ impl RequestFacts {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            scheme: if listener.tls.is_empty() { "http" } else { "https" },
+            scheme: if listener.tls.is_empty() {
+                "http"
+            } else {
+                "https"
+            },
             version: req.version(),
             headers: None,
         }

@@ -517,13 +517,19 @@ mod tests {
                 ("%PROTOCOL%", "HTTP/2"),
                 ("%REQ(X-Request-Id)%", "abc"),
                 ("%REQ(x-missing?x-request-id)%", "abc"),
-                ("%REQ(:authority)% %REQ(:path)% %REQ(:method)%", "api.example.com:8443 /a?b=c GET"),
+                (
+                    "%REQ(:authority)% %REQ(:path)% %REQ(:method)%",
+                    "api.example.com:8443 /a?b=c GET",
+                ),
                 ("%REQ(x-request-id):2%", "ab"),
                 ("100%% of %PROTOCOL%", "100% of HTTP/2"),
                 ("100%%", "100%"),
                 ("%START_TIME%", "2026-12-06T03:15:51.123Z"),
                 ("t=%START_TIME(%s.%3f)%", "t=1796526951.123"),
-                ("%START_TIME(%Y%m%d %H:%M:%S.%f %z %Z %%)%", "20261206 03:15:51.123456789 +0000 UTC %"),
+                (
+                    "%START_TIME(%Y%m%d %H:%M:%S.%f %z %Z %%)%",
+                    "20261206 03:15:51.123456789 +0000 UTC %",
+                ),
                 ("%START_TIME(%6f)%", "123456"),
             ];
             for (value, want) in cases {
@@ -546,8 +552,12 @@ mod tests {
         let escaped = HeaderValueSource::parse("50%%").unwrap();
         assert!(matches!(&escaped, HeaderValueSource::Fixed(v) if v == "50%"));
         assert!(!escaped.reads_request());
-        assert!(HeaderValueSource::parse("%REQ(a)%").unwrap().reads_request());
-        assert!(!HeaderValueSource::parse("%PROTOCOL%").unwrap().reads_request());
+        assert!(HeaderValueSource::parse("%REQ(a)%")
+            .unwrap()
+            .reads_request());
+        assert!(!HeaderValueSource::parse("%PROTOCOL%")
+            .unwrap()
+            .reads_request());
     }
 
     #[test]
@@ -562,7 +572,10 @@ mod tests {
             ("%START_TIME(%3d)%", "only read before `f`"),
             ("%START_TIME(%)%", "ends in `%`"),
             ("%REQ(host)%", "write `%REQ(:authority)%`"),
-            ("%REQUESTED_SERVER_NAME%", "not a command operator meshgate renders"),
+            (
+                "%REQUESTED_SERVER_NAME%",
+                "not a command operator meshgate renders",
+            ),
             ("%UPSTREAM_HOST%", "not a command operator"),
             ("%DOWNSTREAM_LOCAL_URI_SAN%", "not a command operator"),
             ("%ENVIRONMENT(HOME)%", "`%ENVIRONMENT(HOME)%`"),
