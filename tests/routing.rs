@@ -100,6 +100,30 @@ spec:
       response:
         set: {{x-echo-id: "%REQ(x-request-id)%", x-seen-copied: "%REQ(x-copied):2%"}}
     route: [{{destination: {{host: local-pool.internal}}}}]
+  - name: one-destination
+    match: [{{uri: {{prefix: /one-destination}}}}]
+    headers:
+      request: {{set: {{x-level: rule, x-rule: "1"}}}}
+      response: {{set: {{x-level: rule}}}}
+    route:
+    - destination: {{host: local-pool.internal}}
+      headers:
+        request: {{set: {{x-level: destination}}, remove: [x-rule]}}
+        response: {{set: {{x-level: destination}}, add: {{x-destination: local}}}}
+  - name: two-destinations
+    match: [{{uri: {{prefix: /two-destinations}}}}]
+    headers:
+      request: {{set: {{x-level: rule}}}}
+      response: {{set: {{x-level: rule}}}}
+    route:
+    - destination: {{host: local-pool.internal}}
+      weight: 100
+      headers:
+        request: {{set: {{x-level: destination, x-destination: local}}}}
+        response: {{set: {{x-level: destination}}, add: {{x-destination: "%REQ(x-destination)%"}}}}
+    - destination: {{host: remote-pool.internal}}
+      weight: 0
+      headers: {{request: {{set: {{x-destination: remote}}}}}}
   - name: refused
     match: [{{uri: {{prefix: /refused}}}}]
     route: [{{destination: {{host: nowhere.internal}}}}]
@@ -268,6 +292,41 @@ async fn header_values_render_envoy_command_operators() {
     // The response's values read the request as the route left it.
     assert_eq!(r.headers["x-echo-id"], "abc-123");
     assert_eq!(r.headers["x-seen-copied"], "ab");
+}
+
+/// A destination's own `headers`, as Istio hands them to Envoy: a lone destination's join its
+/// rule's as one level (removals first, the destination's `set` last), while each of several
+/// destinations is a weighted cluster, applied before the rule's, which win.
+#[tokio::test]
+async fn destination_headers_apply_as_istio_orders_them() {
+    let s = Setup::new().await;
+    let client = s.client("example.com");
+    let one = client
+        .get(
+            s.addr(),
+            HOST,
+            HOST,
+            "/one-destination",
+            &[("x-rule", "sent")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.echoed("x-level").as_deref(), Some("destination"));
+    // One level: the removal ran before the rule's own `set`.
+    assert_eq!(one.echoed("x-rule").as_deref(), Some("1"));
+    assert_eq!(one.headers["x-level"], "destination");
+    assert_eq!(one.headers["x-destination"], "local");
+
+    let two = client
+        .get(s.addr(), HOST, HOST, "/two-destinations", &[])
+        .await
+        .unwrap();
+    assert_eq!(two.json()["server"], s.local_pool.address.to_string());
+    assert_eq!(two.echoed("x-level").as_deref(), Some("rule"));
+    assert_eq!(two.echoed("x-destination").as_deref(), Some("local"));
+    assert_eq!(two.headers["x-level"], "rule");
+    // The destination's response values read the request as its operations left it.
+    assert_eq!(two.headers["x-destination"], "local");
 }
 
 #[tokio::test]

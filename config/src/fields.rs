@@ -122,11 +122,7 @@ pub const FIELDS: &[Field] = &[
     yes(VS, "http[].route[].destination.port"),
     yes(VS, "http[].route[].destination.subset"),
     yes(VS, "http[].route[].weight"),
-    no(
-        VS,
-        "http[].route[].headers",
-        "set headers for the whole rule with http[].headers",
-    ),
+    yes(VS, "http[].route[].headers"),
     yes(VS, "http[].redirect"),
     yes(VS, "http[].directResponse.status"),
     yes(VS, "http[].directResponse.body.string"),

@@ -566,9 +566,24 @@ fn route_and_forward<'a>(
             .and_then(|_| req.headers().get(http::header::ORIGIN).cloned());
         // What command operators in the route's header values read, taken only when there
         // are some (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(...)%`, ...).
-        let formats = route.request_headers.formats() || route.response_headers.formats();
+        let destinations = match &route.action {
+            RouteAction::Forward(backends) => backends.as_slice(),
+            _ => &[],
+        };
+        let formats = route.request_headers.formats()
+            || route.response_headers.formats()
+            || destinations
+                .iter()
+                .any(|b| b.headers.as_ref().is_some_and(|h| h.formats()));
         let mut facts = formats.then(|| Box::new(RequestFacts::of(&req, full, listener)));
-        let response_reads_request = route.response_headers.reads_request();
+        let response_reads_request = route.response_headers.reads_request()
+            || destinations.iter().any(|b| {
+                b.headers
+                    .as_ref()
+                    .is_some_and(|h| h.response.reads_request())
+            });
+        // The chosen destination's own response operations (several destinations only).
+        let mut destination_response = None;
         if response_reads_request && !matches!(route.action, RouteAction::Forward(_)) {
             if let Some(facts) = facts.as_deref_mut() {
                 facts.headers = Some(req.headers().clone());
@@ -583,9 +598,15 @@ fn route_and_forward<'a>(
                 respond::redirect(redirect, full, target, !listener.tls.is_empty(), port)
             }
             RouteAction::Forward(backends) => {
-                let backend = route::pick(backends).ok_or(ProxyError::NoRoute)?.backend;
+                let picked = route::pick(backends).ok_or(ProxyError::NoRoute)?;
+                let backend = picked.backend;
                 chosen.backend = Some(backend);
                 let cx = facts.as_deref().map(|f| f.context(conn, client));
+                // Envoy's weighted cluster level first, then the route's, which wins.
+                if let Some(own) = &picked.headers {
+                    own.request.apply(req.headers_mut(), cx.as_ref(), None);
+                    destination_response = Some(&own.response);
+                }
                 route
                     .request_headers
                     .apply(req.headers_mut(), cx.as_ref(), None);
@@ -621,11 +642,13 @@ fn route_and_forward<'a>(
         let cx = facts.as_deref().map(|f| f.context(conn, client));
         let request = facts.as_deref().and_then(|f| f.headers.as_ref());
         let no_request = http::HeaderMap::new();
-        route.response_headers.apply(
-            response.headers_mut(),
-            cx.as_ref(),
-            Some(request.unwrap_or(&no_request)),
-        );
+        let request = Some(request.unwrap_or(&no_request));
+        if let Some(own) = destination_response {
+            own.apply(response.headers_mut(), cx.as_ref(), request);
+        }
+        route
+            .response_headers
+            .apply(response.headers_mut(), cx.as_ref(), request);
         if let Some(cors) = &route.cors {
             cors::decorate(cors, origin.as_ref(), response.headers_mut());
         }

@@ -74,6 +74,7 @@ pub(crate) fn add_services(
             action: RouteAction::Forward(vec![WeightedBackend {
                 backend: resolved.backend,
                 weight: 1,
+                headers: None,
             }]),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),

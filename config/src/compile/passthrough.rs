@@ -287,7 +287,11 @@ pub(super) fn weighted(
             continue;
         }
         match resolve(backends, &host, port, d.destination.subset.as_deref()) {
-            Ok(backend) => out.push(WeightedBackend { backend, weight }),
+            Ok(backend) => out.push(WeightedBackend {
+                backend,
+                weight,
+                headers: None,
+            }),
             Err(why) => errors.push(o.error(format!("{dp}.destination"), why)),
         }
     }

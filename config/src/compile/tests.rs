@@ -819,6 +819,8 @@ fn route_header_operations_may_not_touch_owned_headers() {
         (vs("{headers: {request: {add: {x-forwarded-for: 1.2.3.4}}}, directResponse: {status: 200}}"), "headers.request.add.x-forwarded-for"),
         (vs("{headers: {request: {set: {host: x}}}, directResponse: {status: 200}}"), "use rewrite.authority"),
         (vs("{match: [{method: {exact: CONNECT}}], directResponse: {status: 200}}"), "spec.http[0].match[0].method: CONNECT cannot be routed"),
+        (vs("{route: [{destination: {host: a.b}, headers: {request: {set: {x-mesh-origin: local}}}}]}"), "spec.http[0].route[0].headers.request.set.x-mesh-origin: `x-mesh-origin` is owned by the proxy"),
+        (vs("{route: [{destination: {host: a.b}, headers: {request: {set: {host: x}}}}]}"), "spec.http[0].route[0].headers.request.set.host: `host` is the request's authority"),
         // Envoy refuses a value it cannot read as text and command operators; so does meshgate,
         // and a command it does not render is never sent as its own text.
         (vs("{headers: {request: {set: {x-share: 100%}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.x-share: `100%`: `%` starts no command operator (at byte 3; a `%` of the value itself is written `%%`)"),

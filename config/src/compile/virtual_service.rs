@@ -21,14 +21,14 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::header_format::HeaderValueSource;
 use crate::model::{
-    AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror, QueryParamMatch, Redirect,
-    RedirectPort, RequestMatch, Retry, RetryOn, Route, RouteAction, RouteTable, StringMatcher,
-    VirtualHost, WeightedBackend,
+    AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
+    HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror,
+    QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry, RetryOn, Route, RouteAction,
+    RouteTable, StringMatcher, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
-    HttpMatch, HttpRoute, Percent, Redirect as RedirectSpec, Retries as RetriesSpec,
+    Headers, HttpMatch, HttpRoute, Percent, Redirect as RedirectSpec, Retries as RetriesSpec,
     VirtualServiceSpec,
 };
 use crate::raw::{Labels, StringMatch};
@@ -497,7 +497,7 @@ fn compile_route(
         .enumerate()
         .filter_map(|(i, m)| compile_match(o, &format!("{path}.match[{i}]"), m, errors))
         .collect();
-    let action = match (&r.redirect, &r.direct_response, r.route.is_empty()) {
+    let mut action = match (&r.redirect, &r.direct_response, r.route.is_empty()) {
         (Some(rd), None, true) => {
             if r.rewrite.is_some() {
                 errors.push(o.error(
@@ -555,7 +555,10 @@ fn compile_route(
             let weighted = r.route.iter().any(|d| d.weight.is_some());
             for (i, d) in r.route.iter().enumerate() {
                 let p = format!("{path}.route[{i}]");
-                o.unsupported(errors, &p, &[("headers", d.headers.is_some())]);
+                let headers = d
+                    .headers
+                    .as_ref()
+                    .map(|h| Box::new(headers(o, &format!("{p}.headers"), h, owned, errors)));
                 // Istio: a lone destination takes all traffic; otherwise weights are relative.
                 let weight = if weighted { d.weight.unwrap_or(0) } else { 1 };
                 let Some(backend) =
@@ -564,7 +567,11 @@ fn compile_route(
                     continue;
                 };
                 if weight > 0 {
-                    list.push(WeightedBackend { backend, weight });
+                    list.push(WeightedBackend {
+                        backend,
+                        weight,
+                        headers,
+                    });
                 }
             }
             if list.is_empty() && errors.len() == before {
@@ -573,25 +580,23 @@ fn compile_route(
             Some(RouteAction::Forward(list))
         }
     };
-    let (request_headers, response_headers) = match &r.headers {
-        None => (HeaderOps::default(), HeaderOps::default()),
-        Some(h) => (
-            header_ops(
-                o,
-                &format!("{path}.headers.request"),
-                h.request.as_ref(),
-                owned,
-                errors,
-            ),
-            header_ops(
-                o,
-                &format!("{path}.headers.response"),
-                h.response.as_ref(),
-                &[],
-                errors,
-            ),
-        ),
-    };
+    let DestinationHeaders {
+        request: mut request_headers,
+        response: mut response_headers,
+    } = r
+        .headers
+        .as_ref()
+        .map(|h| headers(o, &format!("{path}.headers"), h, owned, errors))
+        .unwrap_or_default();
+    // Istio appends a lone destination's operations to its rule's (`processDestination`): one
+    // level, where the destination's `set` comes last and wins. Several destinations keep
+    // theirs apart (Envoy's weighted clusters).
+    if let (Some(RouteAction::Forward(list)), [_]) = (action.as_mut(), r.route.as_slice()) {
+        if let Some(own) = list.first_mut().and_then(|b| b.headers.take()) {
+            request_headers.extend(own.request);
+            response_headers.extend(own.response);
+        }
+    }
     let mut rewrite_uri = None;
     let mut rewrite_authority = None;
     if let Some(rw) = &r.rewrite {
@@ -1288,6 +1293,32 @@ fn string_matcher(sm: &StringMatch) -> Result<Option<StringMatcher>, String> {
 /// `headers.request` or `headers.response`. Request operations may not name a header the
 /// proxy owns (`owned`), nor `host`: the proxy sets those last, from the connection and the
 /// one authority of the request.
+/// A rule's or a destination's `headers`.
+fn headers(
+    o: &Origin,
+    path: &str,
+    h: &Headers,
+    owned: &[HeaderName],
+    errors: &mut Vec<ConfigError>,
+) -> DestinationHeaders {
+    DestinationHeaders {
+        request: header_ops(
+            o,
+            &format!("{path}.request"),
+            h.request.as_ref(),
+            owned,
+            errors,
+        ),
+        response: header_ops(
+            o,
+            &format!("{path}.response"),
+            h.response.as_ref(),
+            &[],
+            errors,
+        ),
+    }
+}
+
 fn header_ops(
     o: &Origin,
     path: &str,

@@ -23,9 +23,9 @@ pub use host::{HostMatcher, NamespaceFilter};
 pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
-    AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderMatch, HeaderOps,
-    MatchInput, Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Route, RouteAction,
-    StringMatcher, VirtualHost, WeightedBackend,
+    AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
+    HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch, Redirect, RedirectPort,
+    RequestMatch, Route, RouteAction, StringMatcher, VirtualHost, WeightedBackend,
 };
 pub use table::RouteTable;
 

@@ -168,6 +168,25 @@ pub struct WeightedBackend {
     pub backend: usize,
     /// Relative weight; all weights of a route are > 0 after compilation.
     pub weight: u32,
+    /// The destination's own `headers`, when the route has several destinations (Envoy's
+    /// weighted cluster level: applied before the route's, which win a conflict). A lone
+    /// destination's are merged into the route's, after them, as Istio merges them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Box<DestinationHeaders>>,
+}
+
+/// `http[].route[].headers`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationHeaders {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl DestinationHeaders {
+    /// Whether a value has command operators.
+    pub fn formats(&self) -> bool {
+        self.request.formats() || self.response.formats()
+    }
 }
 
 /// `directResponse`.
@@ -384,6 +403,14 @@ impl HeaderOps {
 
     fn values(&self) -> impl Iterator<Item = &HeaderValueSource> {
         self.set.iter().chain(&self.add).map(|(_, v)| v)
+    }
+
+    /// `other`'s operations after these, as one level: Istio appends a lone destination's
+    /// operations to its rule's.
+    pub fn extend(&mut self, other: HeaderOps) {
+        self.set.extend(other.set);
+        self.add.extend(other.add);
+        self.remove.extend(other.remove);
     }
 
     /// Whether a value has command operators: `apply` then needs a context.

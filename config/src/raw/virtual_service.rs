@@ -200,7 +200,7 @@ pub struct MirrorPolicy {
 pub struct RouteDestination {
     pub destination: Destination,
     pub weight: Option<u32>,
-    pub headers: Unsupported,
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -255,10 +255,12 @@ fn weighted_pick_follows_weights() {
         WeightedBackend {
             backend: 0,
             weight: 90,
+            headers: None,
         },
         WeightedBackend {
             backend: 1,
             weight: 10,
+            headers: None,
         },
     ];
     let mut counts = [0u32; 2];
@@ -278,10 +280,12 @@ fn weights_over_u32_pick_without_overflow() {
         WeightedBackend {
             backend: 0,
             weight: u32::MAX,
+            headers: None,
         },
         WeightedBackend {
             backend: 1,
             weight: 1,
+            headers: None,
         },
     ];
     for _ in 0..100 {
