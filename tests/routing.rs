@@ -410,6 +410,12 @@ spec:
   - match: [{{uri: {{prefix: /Case/}}, ignoreUriCase: true}}]
     rewrite: {{uri: /cased/}}
     route: [{{destination: {{host: echo.internal}}}}]
+  - match: [{{uri: {{prefix: /service/}}}}]
+    rewrite: {{uriRegexRewrite: {{match: '^/service/([^/]+)(/.*)$', rewrite: '/customprefix\2/\1'}}}}
+    route: [{{destination: {{host: echo.internal}}}}]
+  - match: [{{uri: {{prefix: /every/}}}}]
+    rewrite: {{uriRegexRewrite: {{match: '/v1(/|$)', rewrite: '/v2\1'}}}}
+    route: [{{destination: {{host: echo.internal}}}}]
 {}"#,
         service_entry("echo", backend.address.port())
     );
@@ -424,7 +430,7 @@ spec:
     );
     let client = Client::plain(Some(&caller), &pki.root.cert_pem);
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 10] = [
         // The second match selected the route: its prefix goes, not the first one's.
         ("/api/v1/items?x=1", &[], "/new/items?x=1"),
         ("/api/v1/items", &[("x-version", "2")], "/new/v1/items"),
@@ -435,6 +441,16 @@ spec:
         ("/", &[("x-any", "1")], "/v2/"),
         // With ignoreUriCase, the prefix goes in whatever case the path has it.
         ("/CASE/x", &[], "/cased/x"),
+        // uriRegexRewrite: groups, the path alone (the query kept), every match replaced.
+        (
+            "/service/orders/list?page=2",
+            &[],
+            "/customprefix/list/orders?page=2",
+        ),
+        ("/every/v1/a/v1?q=/v1/", &[], "/every/v2/a/v2?q=/v1/"),
+        ("/every/v1x/v1/", &[], "/every/v1x/v2/"),
+        // No match: the path as it was.
+        ("/service/", &[], "/service/"),
     ];
     for (path, headers, want) in cases {
         let r = client

@@ -134,11 +134,7 @@ pub const FIELDS: &[Field] = &[
     ),
     yes(VS, "http[].rewrite.uri"),
     yes(VS, "http[].rewrite.authority"),
-    no(
-        VS,
-        "http[].rewrite.uriRegexRewrite",
-        "match a uri prefix and use rewrite.uri",
-    ),
+    yes(VS, "http[].rewrite.uriRegexRewrite"),
     yes(VS, "http[].timeout"),
     yes(VS, "http[].retries.attempts"),
     yes(VS, "http[].retries.perTryTimeout"),

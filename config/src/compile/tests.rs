@@ -821,6 +821,11 @@ fn route_header_operations_may_not_touch_owned_headers() {
         (vs("{match: [{method: {exact: CONNECT}}], directResponse: {status: 200}}"), "spec.http[0].match[0].method: CONNECT cannot be routed"),
         (vs("{route: [{destination: {host: a.b}, headers: {request: {set: {x-mesh-origin: local}}}}]}"), "spec.http[0].route[0].headers.request.set.x-mesh-origin: `x-mesh-origin` is owned by the proxy"),
         (vs("{route: [{destination: {host: a.b}, headers: {request: {set: {host: x}}}}]}"), "spec.http[0].route[0].headers.request.set.host: `host` is the request's authority"),
+        (vs("{rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite: rewrite may only contain one of uri and uriRegexRewrite"),
+        (vs("{rewrite: {uriRegexRewrite: {rewrite: /b}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite.match: required, with rewrite"),
+        (vs("{rewrite: {uriRegexRewrite: {match: '(', rewrite: /b}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite.match: invalid regex"),
+        (vs("{rewrite: {uriRegexRewrite: {match: '^/(a)', rewrite: '/\\2'}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite.rewrite: `\\2` names a group the pattern does not have (it has 1)"),
+        (vs("{rewrite: {uriRegexRewrite: {match: a}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite.rewrite: required, with match"),
         // Envoy refuses a value it cannot read as text and command operators; so does meshgate,
         // and a command it does not render is never sent as its own text.
         (vs("{headers: {request: {set: {x-share: 100%}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.x-share: `100%`: `%` starts no command operator (at byte 3; a `%` of the value itself is written `%%`)"),

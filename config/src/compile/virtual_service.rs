@@ -24,12 +24,12 @@ use crate::model::{
     AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
     HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror,
     QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry, RetryOn, Route, RouteAction,
-    RouteTable, StringMatcher, VirtualHost, WeightedBackend,
+    RouteTable, StringMatcher, UriRewrite, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
-    Headers, HttpMatch, HttpRoute, Percent, Redirect as RedirectSpec, Retries as RetriesSpec,
-    VirtualServiceSpec,
+    Headers, HttpMatch, HttpRoute, Percent, Redirect as RedirectSpec,
+    RegexRewrite as RegexRewriteSpec, Retries as RetriesSpec, VirtualServiceSpec,
 };
 use crate::raw::{Labels, StringMatch};
 use crate::warning::{Code, Warning};
@@ -600,16 +600,24 @@ fn compile_route(
     let mut rewrite_uri = None;
     let mut rewrite_authority = None;
     if let Some(rw) = &r.rewrite {
-        o.unsupported(
-            errors,
-            &format!("{path}.rewrite"),
-            &[("uriRegexRewrite", rw.uri_regex_rewrite.is_some())],
-        );
         if let Some(uri) = &rw.uri {
             if !uri.starts_with('/') {
                 errors.push(o.error(format!("{path}.rewrite.uri"), "must start with `/`"));
             }
-            rewrite_uri = Some(uri.clone());
+            rewrite_uri = Some(UriRewrite::Prefix(uri.clone()));
+        }
+        if let Some(regex) = &rw.uri_regex_rewrite {
+            let at = format!("{path}.rewrite.uriRegexRewrite");
+            if rw.uri.is_some() {
+                errors.push(o.error(
+                    &at,
+                    "rewrite may only contain one of uri and uriRegexRewrite (Istio refuses both)",
+                ));
+            }
+            match regex_rewrite(regex) {
+                Ok(rewrite) => rewrite_uri = Some(rewrite),
+                Err((field, e)) => errors.push(o.error(format!("{at}.{field}"), e)),
+            }
         }
         if let Some(a) = &rw.authority {
             match HeaderValue::from_str(a) {
@@ -1277,6 +1285,30 @@ fn header_matches(
     out
 }
 
+/// Istio's longest regex (`validateStringRegexp`).
+const MAX_REGEX_LEN: usize = 1024;
+
+/// `rewrite.uriRegexRewrite`, or the field that is wrong and why.
+fn regex_rewrite(spec: &RegexRewriteSpec) -> Result<UriRewrite, (&'static str, String)> {
+    let pattern = match spec.pattern.as_deref() {
+        None | Some("") => return Err(("match", "required, with rewrite".into())),
+        Some(p) if p.len() > MAX_REGEX_LEN => {
+            return Err(("match", format!("longer than {MAX_REGEX_LEN} bytes")))
+        }
+        Some(p) => Regex::new(p).map_err(|e| ("match", format!("invalid regex: {e}")))?,
+    };
+    let rewrite = match spec.rewrite.as_deref() {
+        None | Some("") => return Err(("rewrite", "required, with match".into())),
+        Some(r) => r,
+    };
+    let replacement = UriRewrite::regex_replacement(rewrite, pattern.captures_len())
+        .map_err(|e| ("rewrite", e))?;
+    Ok(UriRewrite::Regex {
+        pattern,
+        replacement,
+    })
+}
+
 /// `Ok(None)` for an empty `StringMatch` (which means "present" for headers).
 fn string_matcher(sm: &StringMatch) -> Result<Option<StringMatcher>, String> {
     match (&sm.exact, &sm.prefix, &sm.regex) {
@@ -1290,9 +1322,6 @@ fn string_matcher(sm: &StringMatch) -> Result<Option<StringMatcher>, String> {
     }
 }
 
-/// `headers.request` or `headers.response`. Request operations may not name a header the
-/// proxy owns (`owned`), nor `host`: the proxy sets those last, from the connection and the
-/// one authority of the request.
 /// A rule's or a destination's `headers`.
 fn headers(
     o: &Origin,
@@ -1319,6 +1348,9 @@ fn headers(
     }
 }
 
+/// `headers.request` or `headers.response`. Request operations may not name a header the
+/// proxy owns (`owned`), nor `host`: the proxy sets those last, from the connection and the
+/// one authority of the request.
 fn header_ops(
     o: &Origin,
     path: &str,

@@ -25,7 +25,7 @@ pub use retry::{Retry, RetryOn};
 pub use route::{
     AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
     HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch, Redirect, RedirectPort,
-    RequestMatch, Route, RouteAction, StringMatcher, VirtualHost, WeightedBackend,
+    RequestMatch, Route, RouteAction, StringMatcher, UriRewrite, VirtualHost, WeightedBackend,
 };
 pub use table::RouteTable;
 

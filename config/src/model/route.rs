@@ -42,8 +42,8 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
-    /// Replaces the matched path prefix (or the whole path for exact/regex matches).
-    pub rewrite_uri: Option<String>,
+    /// `rewrite.uri` or `rewrite.uriRegexRewrite`.
+    pub rewrite_uri: Option<UriRewrite>,
     #[serde(serialize_with = "serialize_opt_header_value")]
     pub rewrite_authority: Option<HeaderValue>,
     /// The whole request's deadline, retries included; `None` means none, as Istio's default.
@@ -56,6 +56,70 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// CORS (Envoy's CORS filter, per route).
     pub cors: Option<Cors>,
+}
+
+/// How a route rewrites the path it forwards (the query is kept either way).
+#[derive(Debug, Clone, Serialize)]
+pub enum UriRewrite {
+    /// `rewrite.uri`: replaces the matched path prefix (the whole path for an exact or regex
+    /// match), Envoy's `prefix_rewrite`.
+    Prefix(String),
+    /// `rewrite.uriRegexRewrite`: every match of the pattern in the path replaced, Envoy's
+    /// `regex_rewrite` (RE2's `GlobalReplace`).
+    Regex {
+        #[serde(serialize_with = "serialize_display")]
+        pattern: Regex,
+        /// The rewrite in `regex`'s syntax: `\1` written `${1}`, a `$` as `$$`.
+        replacement: String,
+    },
+}
+
+impl UriRewrite {
+    /// `path` with every match of a `Regex` rewrite's pattern replaced; a `Prefix` rewrite
+    /// (which needs the match that chose the route) leaves it as it is.
+    pub fn replace_all<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        match self {
+            Self::Regex {
+                pattern,
+                replacement,
+            } => pattern.replace_all(path, replacement.as_str()),
+            Self::Prefix(_) => std::borrow::Cow::Borrowed(path),
+        }
+    }
+
+    /// `rewrite` of `uriRegexRewrite` (RE2's: `\0`-`\9` a group, `\\` a backslash) in
+    /// `regex`'s syntax, for a pattern of `groups` capture groups (the whole match included).
+    pub fn regex_replacement(rewrite: &str, groups: usize) -> Result<String, String> {
+        let mut out = String::with_capacity(rewrite.len());
+        let mut chars = rewrite.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '$' => out.push_str("$$"),
+                '\\' => match chars.next() {
+                    Some('\\') => out.push('\\'),
+                    Some(d @ '0'..='9') => {
+                        let n = d.to_digit(10).unwrap_or(0) as usize;
+                        if n >= groups {
+                            return Err(format!(
+                                "`\\{n}` names a group the pattern does not have (it has {})",
+                                groups.saturating_sub(1)
+                            ));
+                        }
+                        out.push_str("${");
+                        out.push(d);
+                        out.push('}');
+                    }
+                    _ => {
+                        return Err(
+                            "a `\\` is followed by a group digit (`\\1`) or another `\\`".into(),
+                        )
+                    }
+                },
+                c => out.push(c),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A copy of a share of a route's requests, sent and forgotten (Envoy's shadow).
@@ -507,6 +571,38 @@ mod tests {
         RequestMatch {
             uri: Some(m),
             ..RequestMatch::default()
+        }
+    }
+
+    /// RE2's rewrite strings (`\\1`, `\\\\`) in `regex`'s syntax, a `$` kept as itself.
+    #[test]
+    fn regex_rewrites_translate_from_re2() {
+        let re = Regex::new("^/(a)(b)?").unwrap();
+        let groups = re.captures_len();
+        let ok = [
+            (r"/x/\1", "/x/${1}"),
+            (r"\0\2", "${0}${2}"),
+            (r"/\\/$1", r"/\/$$1"),
+        ];
+        for (rewrite, want) in ok {
+            assert_eq!(
+                UriRewrite::regex_replacement(rewrite, groups).unwrap(),
+                want
+            );
+        }
+        let rw = UriRewrite::Regex {
+            pattern: re.clone(),
+            replacement: UriRewrite::regex_replacement(r"/$\1\2", groups).unwrap(),
+        };
+        assert_eq!(rw.replace_all("/ab/c"), "/$ab/c");
+        assert_eq!(rw.replace_all("/a/c"), "/$a/c");
+        assert_eq!(rw.replace_all("/c"), "/c");
+        for (rewrite, want) in [
+            (r"\3", "names a group the pattern does not have (it has 2)"),
+            (r"\x", "followed by a group digit"),
+        ] {
+            let err = UriRewrite::regex_replacement(rewrite, groups).unwrap_err();
+            assert!(err.contains(want), "{rewrite}: {err}");
         }
     }
 

@@ -254,5 +254,14 @@ pub struct HeaderOperations {
 pub struct Rewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
-    pub uri_regex_rewrite: Unsupported,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `rewrite.uriRegexRewrite`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    pub rewrite: Option<String>,
 }

@@ -27,7 +27,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use tokio::time::Instant;
 
-use meshgate_config::model::{BackendProtocol, RequestMatch, Retry, StringMatcher};
+use meshgate_config::model::{BackendProtocol, RequestMatch, Retry, StringMatcher, UriRewrite};
 
 use deadline::{Deadline, Expired, RouteTimer, Within};
 pub use pool::{PooledBody, Upstreams};
@@ -133,7 +133,8 @@ pub fn forward<'a>(
             },
         };
         let path = match &route.rewrite_uri {
-            Some(new) => rewrite_path(req.uri(), new, selected.matched),
+            Some(UriRewrite::Prefix(new)) => rewrite_path(req.uri(), new, selected.matched),
+            Some(regex @ UriRewrite::Regex { .. }) => regex_rewrite_path(req.uri(), regex),
             None => req
                 .uri()
                 .path_and_query()
@@ -613,6 +614,21 @@ fn rewrite_path(uri: &Uri, new: &str, matched: Option<&RequestMatch>) -> PathAnd
     let mut text = String::with_capacity(new.len().saturating_add(rest.len()).saturating_add(16));
     text.push_str(new);
     text.push_str(rest);
+    if let Some(q) = original.query() {
+        text.push('?');
+        text.push_str(q);
+    }
+    PathAndQuery::try_from(text).unwrap_or(original)
+}
+
+/// `uri`'s path with every match of `pattern` replaced, its query kept: Envoy's
+/// `regex_rewrite` (RE2's `GlobalReplace` on the path alone).
+fn regex_rewrite_path(uri: &Uri, rewrite: &UriRewrite) -> PathAndQuery {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut text = rewrite.replace_all(original.path()).into_owned();
     if let Some(q) = original.query() {
         text.push('?');
         text.push_str(q);
