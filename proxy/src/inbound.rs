@@ -566,22 +566,11 @@ fn route_and_forward<'a>(
             .and_then(|_| req.headers().get(http::header::ORIGIN).cloned());
         // What command operators in the route's header values read, taken only when there
         // are some (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(...)%`, ...).
-        let destinations = match &route.action {
-            RouteAction::Forward(backends) => backends.as_slice(),
-            _ => &[],
-        };
-        let formats = route.request_headers.formats()
-            || route.response_headers.formats()
-            || destinations
-                .iter()
-                .any(|b| b.headers.as_ref().is_some_and(|h| h.formats()));
-        let mut facts = formats.then(|| Box::new(RequestFacts::of(&req, full, listener)));
-        let response_reads_request = route.response_headers.reads_request()
-            || destinations.iter().any(|b| {
-                b.headers
-                    .as_ref()
-                    .is_some_and(|h| h.response.reads_request())
-            });
+        let commands = route.header_commands;
+        let mut facts = commands
+            .formats
+            .then(|| Box::new(RequestFacts::of(&req, full, listener)));
+        let response_reads_request = commands.response_reads_request;
         // The chosen destination's own response operations (several destinations only).
         let mut destination_response = None;
         if response_reads_request && !matches!(route.action, RouteAction::Forward(_)) {

@@ -10,8 +10,9 @@ use super::destination_rule::Rules;
 use super::service_entry::Backends;
 use super::virtual_service::sidecar_names;
 use crate::model::{
-    HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter,
-    RequestMatch, Route, RouteAction, RouteTable, ServerHost, VirtualHost, WeightedBackend,
+    HeaderCommands, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol,
+    NamespaceFilter, RequestMatch, Route, RouteAction, RouteTable, ServerHost, VirtualHost,
+    WeightedBackend,
 };
 
 /// The Gateway name VirtualServices use to bind to sidecars.
@@ -78,6 +79,7 @@ pub(crate) fn add_services(
             }]),
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            header_commands: HeaderCommands::default(),
             rewrite_uri: None,
             rewrite_authority: None,
             timeout: None,

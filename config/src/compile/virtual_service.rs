@@ -22,9 +22,9 @@ use crate::error::ConfigError;
 use crate::model::header_format::HeaderValueSource;
 use crate::model::{
     AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
-    HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol, Mirror,
-    QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry, RetryOn, Route, RouteAction,
-    RouteTable, StringMatcher, UriRewrite, VirtualHost, WeightedBackend,
+    HeaderCommands, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol,
+    Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry, RetryOn, Route,
+    RouteAction, RouteTable, StringMatcher, UriRewrite, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
@@ -663,7 +663,7 @@ fn compile_route(
     if errors.len() > before {
         return None;
     }
-    Some(Route {
+    let mut route = Route {
         fault,
         cors,
         name: r.name.clone(),
@@ -674,12 +674,15 @@ fn compile_route(
         action: action?,
         request_headers,
         response_headers,
+        header_commands: HeaderCommands::default(),
         rewrite_uri,
         rewrite_authority,
         timeout,
         retry,
         mirrors,
-    })
+    };
+    route.header_commands = route.header_commands_of();
+    Some(route)
 }
 
 /// A route's or a mirror's `destination`: its backend, with a warning for a host nothing

@@ -24,8 +24,9 @@ pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
     AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
-    HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch, Redirect, RedirectPort,
-    RequestMatch, Route, RouteAction, StringMatcher, UriRewrite, VirtualHost, WeightedBackend,
+    HeaderCommands, HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch, Redirect,
+    RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, UriRewrite, VirtualHost,
+    WeightedBackend,
 };
 pub use table::RouteTable;
 

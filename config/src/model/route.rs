@@ -42,6 +42,10 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// What the header values of the route and its destinations need of a request, worked
+    /// out once (`Route::header_commands_of`) rather than per request.
+    #[serde(skip)]
+    pub header_commands: HeaderCommands,
     /// `rewrite.uri` or `rewrite.uriRegexRewrite`.
     pub rewrite_uri: Option<UriRewrite>,
     #[serde(serialize_with = "serialize_opt_header_value")]
@@ -119,6 +123,33 @@ impl UriRewrite {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a route's header values need of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderCommands {
+    /// A value of the route or of a destination has command operators.
+    pub formats: bool,
+    /// A response value reads the request (`%REQ(...)%`).
+    pub response_reads_request: bool,
+}
+
+impl Route {
+    /// `header_commands` for the route's operations and its destinations'.
+    pub fn header_commands_of(&self) -> HeaderCommands {
+        let destinations = match &self.action {
+            RouteAction::Forward(backends) => backends.as_slice(),
+            _ => &[],
+        };
+        let own = || destinations.iter().filter_map(|b| b.headers.as_deref());
+        HeaderCommands {
+            formats: self.request_headers.formats()
+                || self.response_headers.formats()
+                || own().any(DestinationHeaders::formats),
+            response_reads_request: self.response_headers.reads_request()
+                || own().any(|h| h.response.reads_request()),
+        }
     }
 }
 
