@@ -460,3 +460,75 @@ spec:
         assert_eq!(r.json()["path"], want, "{path} {headers:?}");
     }
 }
+
+/// A Gateway's VirtualService that delegates a path to another team's VirtualService, as
+/// istiod merges them: requests go by the delegate's rules within the root's match, the root's
+/// settings apply where the delegate sets none, and a delegate that is missing leaves its rule
+/// out while the rest of the VirtualService serves.
+#[tokio::test]
+async fn delegated_rules_route_within_the_root_match() {
+    let pki = Pki::new(&["example-target.com"]);
+    let shop = echo();
+    let shop_v2 = echo();
+    let yaml = format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [istio-system/multi-mesh-gateway]
+  http:
+  - name: shop
+    match: [{{uri: {{prefix: /shop}}}}]
+    headers: {{response: {{set: {{x-root: "yes"}}}}}}
+    delegate: {{name: shop, namespace: team-a}}
+  - match: [{{uri: {{prefix: /gone}}}}]
+    delegate: {{name: nothing}}
+  - directResponse: {{status: 200, body: {{string: fallback}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: team-a}}
+spec:
+  http:
+  - name: v2
+    match: [{{uri: {{prefix: /shop/v2}}}}]
+    headers: {{response: {{set: {{x-leaf: v2}}}}}}
+    route: [{{destination: {{host: shop-v2.internal}}}}]
+  - match: [{{uri: {{prefix: /elsewhere}}}}]
+    route: [{{destination: {{host: shop-v2.internal}}}}]
+  - route: [{{destination: {{host: shop.internal}}}}]
+{}{}"#,
+        service_entry("shop", shop.address.port()),
+        service_entry("shop-v2", shop_v2.address.port()),
+    );
+    let proxy = Proxy::start(
+        &gateway_yaml(&yaml),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let caller = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/default/sa/app",
+    );
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let get = |path: &'static str| client.get(proxy.addr(443), HOST, HOST, path, &[]);
+
+    let v2 = get("/shop/v2/cart").await.unwrap();
+    assert_eq!(v2.json()["server"], shop_v2.address.to_string());
+    // The delegate's own headers replace the root's.
+    assert_eq!(v2.headers["x-leaf"], "v2");
+    assert!(v2.headers.get("x-root").is_none());
+
+    let rest = get("/shop/items").await.unwrap();
+    assert_eq!(rest.json()["server"], shop.address.to_string());
+    assert_eq!(rest.headers["x-root"], "yes");
+
+    // Outside the root's match the delegate's rules do not apply, even one that names the path.
+    for path in ["/elsewhere", "/gone/x", "/"] {
+        let r = get(path).await.unwrap();
+        assert_eq!(&r.body[..], b"fallback", "{path}");
+    }
+}

@@ -127,11 +127,7 @@ pub const FIELDS: &[Field] = &[
     yes(VS, "http[].directResponse.status"),
     yes(VS, "http[].directResponse.body.string"),
     no(VS, "http[].directResponse.body.bytes", "use body.string"),
-    no(
-        VS,
-        "http[].delegate",
-        "write the routes in the VirtualService bound to the Gateway",
-    ),
+    yes(VS, "http[].delegate"),
     yes(VS, "http[].rewrite.uri"),
     yes(VS, "http[].rewrite.authority"),
     yes(VS, "http[].rewrite.uriRegexRewrite"),
@@ -386,7 +382,7 @@ mod tests {
             table_path("spec.subsets[1].trafficPolicy.portLevelSettings[0].outlierDetection"),
             "trafficPolicy.outlierDetection"
         );
-        assert!(advice(VS, "spec.http[0].delegate").is_some());
+        assert!(advice(VS, "spec.http[0].match[0].scheme").is_some());
         assert!(advice(DR, "spec.subsets[0].trafficPolicy.tls.insecureSkipVerify").is_some());
         assert_eq!(advice(VS, "spec.http[0].retries"), None);
         assert_eq!(advice(VS, "spec.http[0].timeout"), None);

@@ -186,6 +186,12 @@ codes! {
     /// A VirtualService, DestinationRule or ServiceEntry whose `exportTo` leaves out this
     /// proxy's namespace: Istio would not give it to this proxy, so it is not applied.
     NotExported = "MG0119",
+    /// A VirtualService rule delegates to a VirtualService that is not loaded, has hosts, or
+    /// is not exported to the delegating one's namespace: the rule routes nothing.
+    DelegateNotFound = "MG0120",
+    /// A delegate VirtualService's rule with a match that no match of the rule delegating to
+    /// it admits (a delegate must narrow the root's conditions): Istio drops the rule.
+    DelegateRuleConflicts = "MG0121",
     /// The outbound listener is not on a loopback address.
     OutboundNotLoopback = "MG0201",
     /// An ISTIO_MUTUAL gateway without issuer binding.

@@ -8,6 +8,7 @@
 
 mod analyze;
 mod authorization_policy;
+mod delegate;
 mod destination_rule;
 mod export;
 mod gateway;
@@ -50,6 +51,7 @@ pub fn compile(
     }
     duplicates(&parsed, errors);
     drop(documents);
+    delegate::expand(&mut parsed.virtual_services, errors, warnings);
     let install = install::compile(&parsed, errors, warnings);
     let proxy = mesh_gateway::compile(&parsed.mesh_gateways, &install, errors);
     let trust = mesh_gateway::trust(&parsed, &install, errors);

@@ -2493,3 +2493,136 @@ fn query_parameter_matches_compile_as_istio_gives_them_to_envoy() {
         );
     }
 }
+
+/// `delegate`, as istiod merges it: the delegate's rules take the delegating rule's place, each
+/// match narrowed by the root's, short names resolved where they were written, the root's
+/// settings filling what the delegate leaves out; what cannot apply is dropped with a warning.
+#[test]
+fn delegate_rules_take_the_place_of_the_rule_that_names_them() {
+    use crate::model::StringMatcher;
+    let yaml = with_gateway(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*/bookinfo.com"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: istio-system}
+spec:
+  hosts: [bookinfo.com]
+  gateways: [gw]
+  http:
+  - name: pp
+    match: [{uri: {prefix: /productpage}}]
+    timeout: 5s
+    delegate: {name: productpage, namespace: ns-a}
+  - match: [{uri: {prefix: /gone}}]
+    delegate: {name: nothing}
+  - match: [{uri: {prefix: /hidden}}]
+    delegate: {name: private, namespace: ns-a}
+  - directResponse: {status: 404}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: productpage, namespace: ns-a}
+spec:
+  http:
+  - name: v1
+    match: [{uri: {prefix: /productpage/v1/}}]
+    route: [{destination: {host: productpage-v1, port: {number: 9080}}}]
+  - match: [{uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+  - timeout: 1s
+    route: [{destination: {host: productpage, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: private, namespace: ns-a}
+spec:
+  exportTo: [.]
+  http: [{route: [{destination: {host: secret, port: {number: 9080}}}]}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let vhosts = model.listeners[0].routes.virtual_hosts();
+    assert_eq!(vhosts.len(), 1, "{vhosts:?}");
+    let routes = &vhosts[0].routes;
+    // The two delegate rules that narrow `/productpage`, then the root's own last rule.
+    assert_eq!(routes.len(), 3, "{routes:#?}");
+    let uri = |i: usize| match routes[i].matches.first().and_then(|m| m.uri.as_ref()) {
+        Some(StringMatcher::Prefix(p)) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(uri(0), "/productpage/v1/");
+    assert_eq!(uri(1), "/productpage");
+    assert_eq!(routes[0].name.as_deref(), Some("pp-v1"));
+    assert_eq!(routes[1].name.as_deref(), Some("pp"));
+    // The root's timeout where the delegate sets none; the delegate's own where it does.
+    assert_eq!(routes[0].timeout, Some(std::time::Duration::from_secs(5)));
+    assert_eq!(routes[1].timeout, Some(std::time::Duration::from_secs(1)));
+    assert_eq!(routes[0].source, "VirtualService istio-system/bookinfo");
+    // Short names resolve in the delegate's namespace, where they were written.
+    let host = |i: usize| match &routes[i].action {
+        RouteAction::Forward(b) => model.backends[b[0].backend].host.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(host(0), "productpage-v1.ns-a.svc.cluster.local");
+    assert_eq!(host(1), "productpage.ns-a.svc.cluster.local");
+    assert!(matches!(routes[2].action, RouteAction::Direct(_)));
+    let warned = |code: Code, text: &str| {
+        assert!(
+            model
+                .warnings
+                .iter()
+                .any(|w| w.code == code && w.to_string().contains(text)),
+            "{code:?} `{text}` in {:#?}",
+            model.warnings
+        );
+    };
+    warned(
+        Code::DelegateRuleConflicts,
+        "VirtualService ns-a/productpage: spec.http[1]: a match of this rule fits no match of VirtualService istio-system/bookinfo spec.http[0]",
+    );
+    warned(
+        Code::DelegateNotFound,
+        "VirtualService istio-system/bookinfo: spec.http[1].delegate: no VirtualService istio-system/nothing without hosts is loaded",
+    );
+    warned(
+        Code::DelegateNotFound,
+        "spec.http[2].delegate: VirtualService ns-a/private is not exported to namespace `istio-system`",
+    );
+
+    // An error in a delegate's rule names the delegate and the rule that delegated to it.
+    let broken = yaml.replace("timeout: 1s", "timeout: soon");
+    let got = errors(&broken);
+    assert!(
+        got.iter().any(|e| e.contains("VirtualService ns-a/productpage: spec.http[2] (delegated to by VirtualService istio-system/bookinfo spec.http[0]).timeout: `soon` is not a duration")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn delegation_mistakes_are_errors() {
+    let root = |rule: &str| {
+        with_gateway(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: root, namespace: ns}}\nspec:\n  hosts: [a.b]\n  http:\n  - {rule}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: leaf, namespace: ns}}\nspec:\n  http: [{{route: [{{destination: {{host: a.b}}}}]}}]\n"
+        ))
+    };
+    let cases = [
+        (root("{delegate: {name: leaf}, route: [{destination: {host: a.b}}]}"), "VirtualService ns/root: spec.http[0].route: a rule that delegates may not route"),
+        (root("{delegate: {name: leaf}, redirect: {uri: /x}}"), "spec.http[0].redirect: a rule that delegates may not redirect"),
+        (root("{delegate: {namespace: ns}}"), "spec.http[0].delegate.name: required"),
+        (root("{delegate: {name: leaf}}").replace("  http: [{route", "  gateways: [gw]\n  http: [{route"), "VirtualService ns/leaf: spec.gateways: a VirtualService without hosts is a delegate"),
+        (root("{delegate: {name: leaf}}").replace("  http: [{route: [{destination: {host: a.b}}]}]", "  http: [{delegate: {name: root}}]"), "VirtualService ns/leaf: spec.http[0].delegate: a delegate's rule cannot delegate again"),
+    ];
+    for (yaml, want) in cases {
+        let got = errors(&yaml);
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}

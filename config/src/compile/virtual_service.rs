@@ -142,17 +142,23 @@ pub(crate) fn bind(
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                let path = format!("spec.http[{i}]");
                 let scopes = r
                     .matches
                     .iter()
                     .map(|m| scope(m, &o.namespace, proxy))
                     .collect();
-                let route = compile_route(o, &path, r, backends, rules, owned, errors, warnings);
+                // A delegate's rule, merged: its errors name the delegate and its rule.
+                let (ro, path) = match spec.delegated.get(i).and_then(Option::as_ref) {
+                    Some(d) => (&d.origin, d.path.clone()),
+                    None => (o, format!("spec.http[{i}]")),
+                };
+                let route = compile_route(ro, &path, r, backends, rules, owned, errors, warnings);
                 route.map(|route| {
                     (
                         Route {
                             position: i,
+                            // Counted under the VirtualService that holds the host.
+                            source: o.resource(),
                             ..route
                         },
                         scopes,

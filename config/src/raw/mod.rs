@@ -71,7 +71,7 @@ pub struct Header {
 }
 
 /// Istio's `StringMatch`: exactly one of `exact`, `prefix`, `regex`; empty means "present".
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StringMatch {
     pub exact: Option<String>,

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{StringMatch, Unsupported};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     #[serde(default)]
@@ -17,10 +17,23 @@ pub struct VirtualServiceSpec {
     pub tls: Option<Vec<TlsRoute>>,
     pub tcp: Option<Vec<TcpRoute>>,
     pub export_to: Option<Vec<String>>,
+    /// For each of `http`, where it came from when it is a delegate's rule merged into the
+    /// rule that delegated to it (`compile::delegate`).
+    #[serde(skip)]
+    pub(crate) delegated: Vec<Option<Delegated>>,
+}
+
+/// A rule of a delegate VirtualService, merged: where errors in it are reported.
+#[derive(Debug, Clone)]
+pub(crate) struct Delegated {
+    /// The delegate's file and resource.
+    pub(crate) origin: crate::compile::Origin,
+    /// The delegate's rule (`spec.http[1]`) and the rule that delegated to it.
+    pub path: String,
 }
 
 /// `tcp[]`: a route for bytes a `TCP` server (plaintext, or TLS it terminates) forwards.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpRoute {
     #[serde(default, rename = "match")]
@@ -30,7 +43,7 @@ pub struct TcpRoute {
 }
 
 /// `L4MatchAttributes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct L4Match {
     pub destination_subnets: Option<Vec<String>>,
@@ -42,7 +55,7 @@ pub struct L4Match {
 }
 
 /// `tls[]`: a route for TLS a `PASSTHROUGH` server does not terminate, chosen by SNI.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsRoute {
     #[serde(default, rename = "match")]
@@ -51,7 +64,7 @@ pub struct TlsRoute {
     pub route: Vec<RouteDestination>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsMatch {
     #[serde(default)]
@@ -63,7 +76,7 @@ pub struct TlsMatch {
     pub source_namespace: Unsupported,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRoute {
     pub name: Option<String>,
@@ -78,7 +91,7 @@ pub struct HttpRoute {
     pub redirect: Option<Redirect>,
     pub fault: Option<Fault>,
     pub cors_policy: Option<CorsPolicy>,
-    pub delegate: Unsupported,
+    pub delegate: Option<Delegate>,
     pub retries: Option<Retries>,
     pub mirror: Option<Destination>,
     pub mirrors: Option<Vec<MirrorPolicy>>,
@@ -87,8 +100,16 @@ pub struct HttpRoute {
     pub mirror_percent: Option<u32>,
 }
 
+/// `delegate`: the VirtualService (without hosts) whose rules take this rule's place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delegate {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+}
+
 /// `retries`: Envoy's RetryPolicy.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Retries {
     pub attempts: Option<i64>,
@@ -100,7 +121,7 @@ pub struct Retries {
 }
 
 /// `redirect`: Envoy's RedirectAction.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Redirect {
     pub uri: Option<String>,
@@ -112,14 +133,14 @@ pub struct Redirect {
 }
 
 /// `fault`: Envoy's HTTP fault filter, per route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fault {
     pub delay: Option<Delay>,
     pub abort: Option<Abort>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delay {
     pub fixed_delay: Option<String>,
@@ -129,7 +150,7 @@ pub struct Delay {
     pub exponential_delay: Unsupported,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     pub http_status: Option<u32>,
@@ -139,14 +160,14 @@ pub struct Abort {
 }
 
 /// Istio's `Percent`: a double, 0 to 100.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Percent {
     pub value: Option<f64>,
 }
 
 /// `corsPolicy`: Envoy's CORS filter, per route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CorsPolicy {
     pub allow_origins: Option<Vec<StringMatch>>,
@@ -163,7 +184,7 @@ pub struct CorsPolicy {
     pub unmatched_preflights: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatch {
     pub name: Option<String>,
@@ -188,14 +209,14 @@ pub struct HttpMatch {
 }
 
 /// One of `mirrors`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MirrorPolicy {
     pub destination: Destination,
     pub percentage: Option<Percent>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteDestination {
     pub destination: Destination,
@@ -203,7 +224,7 @@ pub struct RouteDestination {
     pub headers: Option<Headers>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     pub host: String,
@@ -211,34 +232,34 @@ pub struct Destination {
     pub subset: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortSelector {
     pub number: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectResponse {
     pub status: u32,
     pub body: Option<HttpBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpBody {
     pub string: Option<String>,
     pub bytes: Unsupported,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Headers {
     pub request: Option<HeaderOperations>,
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderOperations {
     #[serde(default)]
@@ -249,7 +270,7 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rewrite {
     pub uri: Option<String>,
@@ -258,7 +279,7 @@ pub struct Rewrite {
 }
 
 /// `rewrite.uriRegexRewrite`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegexRewrite {
     #[serde(rename = "match")]
