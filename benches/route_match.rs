@@ -71,6 +71,7 @@ fn route_match(c: &mut Criterion) {
                             path: black_box("/remote/items"),
                             query: None,
                             full_authority: black_box(authority),
+                            scheme: "https",
                             headers: &headers,
                         },
                         authority: black_box(authority),

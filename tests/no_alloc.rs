@@ -109,6 +109,7 @@ fn authorize_route_and_count_allocate_nothing() {
             path: "/v1/items",
             query: Some("a=1&v=y"),
             full_authority: "API.example-target.com",
+            scheme: "https",
             headers: &headers,
         },
         authority: "API.example-target.com",

@@ -124,6 +124,12 @@ spec:
     - destination: {{host: remote-pool.internal}}
       weight: 0
       headers: {{request: {{set: {{x-destination: remote}}}}}}
+  - name: scheme-http
+    match: [{{uri: {{prefix: /scheme}}, scheme: {{exact: http}}}}]
+    directResponse: {{status: 200, body: {{string: plaintext}}}}
+  - name: scheme-https
+    match: [{{uri: {{prefix: /scheme}}, scheme: {{prefix: https}}}}]
+    directResponse: {{status: 200, body: {{string: tls}}}}
   - name: refused
     match: [{{uri: {{prefix: /refused}}}}]
     route: [{{destination: {{host: nowhere.internal}}}}]
@@ -292,6 +298,18 @@ async fn header_values_render_envoy_command_operators() {
     // The response's values read the request as the route left it.
     assert_eq!(r.headers["x-echo-id"], "abc-123");
     assert_eq!(r.headers["x-seen-copied"], "ab");
+}
+
+/// `match.scheme` reads Envoy's `:scheme`: `https` for a request that came over TLS.
+#[tokio::test]
+async fn scheme_matches_read_the_request_scheme() {
+    let s = Setup::new().await;
+    let r = s
+        .client("example.com")
+        .get(s.addr(), HOST, HOST, "/scheme", &[])
+        .await
+        .unwrap();
+    assert_eq!(&r.body[..], b"tls");
 }
 
 /// A destination's own `headers`, as Istio hands them to Envoy: a lone destination's join its

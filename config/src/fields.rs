@@ -106,11 +106,7 @@ pub const FIELDS: &[Field] = &[
     yes(VS, "http[].match[].gateways"),
     yes(VS, "http[].match[].sourceLabels"),
     yes(VS, "http[].match[].sourceNamespace"),
-    no(
-        VS,
-        "http[].match[].scheme",
-        "match the port (a Gateway port has one scheme), or the x-forwarded-proto header",
-    ),
+    yes(VS, "http[].match[].scheme"),
     yes(VS, "http[].match[].queryParams"),
     yes(VS, "http[].match[].ignoreUriCase"),
     no(
@@ -382,7 +378,7 @@ mod tests {
             table_path("spec.subsets[1].trafficPolicy.portLevelSettings[0].outlierDetection"),
             "trafficPolicy.outlierDetection"
         );
-        assert!(advice(VS, "spec.http[0].match[0].scheme").is_some());
+        assert!(advice(VS, "spec.http[0].match[0].statPrefix").is_some());
         assert!(advice(DR, "spec.subsets[0].trafficPolicy.tls.insecureSkipVerify").is_some());
         assert_eq!(advice(VS, "spec.http[0].retries"), None);
         assert_eq!(advice(VS, "spec.http[0].timeout"), None);

@@ -504,12 +504,21 @@ fn route_and_forward<'a>(
             ListenerKind::Gateway => listener.port,
             ListenerKind::Outbound => route::authority_port(req.uri(), req.headers()),
         };
+        // Envoy's `:scheme`: an HTTP/2 client's, when it is one Envoy accepts; otherwise the
+        // connection's.
+        let scheme = match req.uri().scheme_str() {
+            Some("http") => "http",
+            Some("https") => "https",
+            _ if listener.tls.is_empty() => "http",
+            _ => "https",
+        };
         let head = RouteRequest {
             input: route::MatchInput {
                 method: req.method(),
                 path: req.uri().path(),
                 query: req.uri().query(),
                 full_authority: full,
+                scheme,
                 headers: req.headers(),
             },
             authority: route::strip_port(full),
@@ -569,7 +578,7 @@ fn route_and_forward<'a>(
         let commands = route.header_commands;
         let mut facts = commands
             .formats
-            .then(|| Box::new(RequestFacts::of(&req, full, listener)));
+            .then(|| Box::new(RequestFacts::of(&req, full, scheme)));
         let response_reads_request = commands.response_reads_request;
         // The chosen destination's own response operations (several destinations only).
         let mut destination_response = None;
@@ -660,11 +669,7 @@ struct RequestFacts {
 }
 
 impl RequestFacts {
-    fn of<B>(
-        req: &Request<B>,
-        authority: &str,
-        listener: &meshgate_config::model::Listener,
-    ) -> Self {
+    fn of<B>(req: &Request<B>, authority: &str, scheme: &'static str) -> Self {
         Self {
             start: SystemTime::now(),
             method: req.method().clone(),
@@ -674,11 +679,7 @@ impl RequestFacts {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            scheme: if listener.tls.is_empty() {
-                "http"
-            } else {
-                "https"
-            },
+            scheme,
             version: req.version(),
             headers: None,
         }

@@ -330,6 +330,7 @@ fn merge_match(root: &HttpMatch, leaf: &HttpMatch) -> HttpMatch {
 fn conflict(root: &HttpMatch, leaf: &HttpMatch) -> bool {
     let strings = [
         (&root.uri, &leaf.uri),
+        (&root.scheme, &leaf.scheme),
         (&root.method, &leaf.method),
         (&root.authority, &leaf.authority),
     ];

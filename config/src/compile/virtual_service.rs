@@ -1179,14 +1179,7 @@ fn compile_match(
     m: &HttpMatch,
     errors: &mut Vec<ConfigError>,
 ) -> Option<RequestMatch> {
-    o.unsupported(
-        errors,
-        path,
-        &[
-            ("scheme", m.scheme.is_some()),
-            ("statPrefix", m.stat_prefix.is_some()),
-        ],
-    );
+    o.unsupported(errors, path, &[("statPrefix", m.stat_prefix.is_some())]);
     let mut required = |field: &str, sm: Option<&StringMatch>| {
         sm.and_then(|sm| match string_matcher(sm) {
             Ok(Some(m)) => Some(m),
@@ -1206,6 +1199,7 @@ fn compile_match(
     let uri = required("uri", m.uri.as_ref());
     let authority = required("authority", m.authority.as_ref());
     let method = required("method", m.method.as_ref());
+    let scheme = required("scheme", m.scheme.as_ref());
     if matches!(&method, Some(StringMatcher::Exact(m)) if m == "CONNECT") {
         errors.push(o.error(
             format!("{path}.method"),
@@ -1233,6 +1227,7 @@ fn compile_match(
         uri,
         authority,
         method,
+        scheme,
         headers,
         without_headers,
         query_params,

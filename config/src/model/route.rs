@@ -300,6 +300,8 @@ pub struct RequestMatch {
     pub uri: Option<StringMatcher>,
     pub authority: Option<StringMatcher>,
     pub method: Option<StringMatcher>,
+    /// `scheme`: Envoy's `:scheme` header matcher.
+    pub scheme: Option<StringMatcher>,
     /// Header name and value matcher; `None` means "present".
     pub headers: Vec<HeaderMatch>,
     /// Header name and value matcher; `None` means "absent".
@@ -364,6 +366,7 @@ impl RequestMatch {
         any_path
             && self.method.is_none()
             && self.authority.is_none()
+            && self.scheme.is_none()
             && self.headers.is_empty()
             && self.without_headers.is_empty()
             && self.query_params.is_empty()
@@ -392,6 +395,7 @@ impl RequestMatch {
             path,
             query,
             full_authority,
+            scheme,
             headers,
         } = *req;
         self.port.is_none_or(|p| p == port)
@@ -409,6 +413,10 @@ impl RequestMatch {
                 .authority
                 .as_ref()
                 .is_none_or(|m| m.matches(full_authority.as_bytes()))
+            && self
+                .scheme
+                .as_ref()
+                .is_none_or(|m| m.matches(scheme.as_bytes()))
             && self
                 .headers
                 .iter()
@@ -430,6 +438,9 @@ pub struct MatchInput<'a> {
     pub query: Option<&'a str>,
     /// The authority with its port, if it has one.
     pub full_authority: &'a str,
+    /// Envoy's `:scheme`: an HTTP/2 request's as sent (`http` or `https`), otherwise `https` on
+    /// TLS and `http` on plaintext.
+    pub scheme: &'a str,
     pub headers: &'a HeaderMap,
 }
 
@@ -646,7 +657,15 @@ mod tests {
             value: None,
         };
         let exact = || Some(StringMatcher::Exact("x".into()));
-        let cases: [(&str, RequestMatch, bool); 13] = [
+        let cases: [(&str, RequestMatch, bool); 14] = [
+            (
+                "a scheme",
+                RequestMatch {
+                    scheme: exact(),
+                    ..RequestMatch::default()
+                },
+                false,
+            ),
             ("no condition", RequestMatch::default(), true),
             ("prefix /", uri(StringMatcher::Prefix("/".into())), true),
             (

@@ -200,7 +200,7 @@ pub struct HttpMatch {
     #[serde(default)]
     pub source_labels: super::Labels,
     pub source_namespace: Option<String>,
-    pub scheme: Unsupported,
+    pub scheme: Option<StringMatch>,
     #[serde(default)]
     pub query_params: BTreeMap<String, StringMatch>,
     #[serde(default)]

@@ -111,6 +111,7 @@ fn name(
             path,
             query,
             full_authority: authority,
+            scheme: "https",
             headers: &h,
         },
         authority: strip_port(authority),
