@@ -110,6 +110,17 @@ spec:
       headers:
         request: {{set: {{x-level: destination}}, remove: [x-rule]}}
         response: {{set: {{x-level: destination}}, add: {{x-destination: local}}}}
+  - name: one-weighted
+    match: [{{uri: {{prefix: /one-weighted}}}}]
+    headers:
+      request: {{set: {{x-level: rule}}}}
+    route:
+    - destination: {{host: local-pool.internal}}
+      weight: 100
+      headers: {{request: {{set: {{x-level: destination}}}}}}
+    - destination: {{host: remote-pool.internal}}
+      weight: 0
+      headers: {{request: {{set: {{x-destination: remote}}}}}}
   - name: two-destinations
     match: [{{uri: {{prefix: /two-destinations}}}}]
     headers:
@@ -117,13 +128,20 @@ spec:
       response: {{set: {{x-level: rule}}}}
     route:
     - destination: {{host: local-pool.internal}}
-      weight: 100
+      weight: 50
       headers:
         request: {{set: {{x-level: destination, x-destination: local}}}}
         response: {{set: {{x-level: destination}}, add: {{x-destination: "%REQ(x-destination)%"}}}}
     - destination: {{host: remote-pool.internal}}
-      weight: 0
-      headers: {{request: {{set: {{x-destination: remote}}}}}}
+      weight: 50
+      headers:
+        request: {{set: {{x-level: destination, x-destination: remote}}}}
+        response: {{add: {{x-destination: "%REQ(x-destination)%"}}}}
+  - name: delayed-commands
+    match: [{{uri: {{prefix: /delayed-commands}}}}]
+    fault: {{delay: {{fixedDelay: 1s, percentage: {{value: 100}}}}}}
+    headers: {{request: {{set: {{x-request-start: "%START_TIME(%s.%3f)%"}}}}}}
+    route: [{{destination: {{host: local-pool.internal}}}}]
   - name: scheme-http
     match: [{{uri: {{prefix: /scheme}}, scheme: {{exact: http}}}}]
     directResponse: {{status: 200, body: {{string: plaintext}}}}
@@ -298,6 +316,19 @@ async fn header_values_render_envoy_command_operators() {
     // The response's values read the request as the route left it.
     assert_eq!(r.headers["x-echo-id"], "abc-123");
     assert_eq!(r.headers["x-seen-copied"], "ab");
+
+    // The start is when the request came, not when a fault's delay let it go on.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let r = s
+        .client("example.com")
+        .get(s.addr(), HOST, HOST, "/delayed-commands", &[])
+        .await
+        .unwrap();
+    let start: f64 = r.echoed("x-request-start").unwrap().parse().unwrap();
+    assert!(start < before + 0.5, "started {start}, sent at {before}");
 }
 
 /// `match.scheme` reads Envoy's `:scheme`: `https` for a request that came over TLS.
@@ -335,16 +366,41 @@ async fn destination_headers_apply_as_istio_orders_them() {
     assert_eq!(one.headers["x-level"], "destination");
     assert_eq!(one.headers["x-destination"], "local");
 
-    let two = client
-        .get(s.addr(), HOST, HOST, "/two-destinations", &[])
+    // One destination left once weight 0 is set aside: one level again, as Istio rewrites a
+    // lone weighted cluster to a single cluster.
+    let one = client
+        .get(s.addr(), HOST, HOST, "/one-weighted", &[])
         .await
         .unwrap();
-    assert_eq!(two.json()["server"], s.local_pool.address.to_string());
-    assert_eq!(two.echoed("x-level").as_deref(), Some("rule"));
-    assert_eq!(two.echoed("x-destination").as_deref(), Some("local"));
-    assert_eq!(two.headers["x-level"], "rule");
-    // The destination's response values read the request as its operations left it.
-    assert_eq!(two.headers["x-destination"], "local");
+    assert_eq!(one.echoed("x-level").as_deref(), Some("destination"));
+    assert!(one.json()["headers"].get("x-destination").is_none());
+
+    // Several destinations: whichever answers, its own operations ran first and the rule's won.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let two = client
+            .get(s.addr(), HOST, HOST, "/two-destinations", &[])
+            .await
+            .unwrap();
+        let server = two.json()["server"].as_str().unwrap().to_string();
+        let which = if server == s.local_pool.address.to_string() {
+            "local"
+        } else {
+            assert_eq!(server, s.remote_pool.address.to_string());
+            "remote"
+        };
+        seen.insert(which);
+        assert_eq!(two.echoed("x-level").as_deref(), Some("rule"));
+        assert_eq!(two.echoed("x-destination").as_deref(), Some(which));
+        assert_eq!(two.headers["x-level"], "rule");
+        // The destination's response values read the request as its operations left it.
+        assert_eq!(two.headers["x-destination"], which);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "40 requests at 50/50 reached one destination only"
+    );
 }
 
 #[tokio::test]

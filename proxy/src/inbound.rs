@@ -358,7 +358,8 @@ async fn handle_request(
             let limits = &model.proxy.limits;
             // Pinned where it is built: `bounded` takes a reference, not a copy of the whole
             // request future (memcpy showed up per request when it was moved in).
-            let forward = route_and_forward(conn, req, client.address, &mut chosen);
+            let forward =
+                route_and_forward(conn, req, (client.address, exchange.started), &mut chosen);
             tokio::pin!(forward);
             if limits.stream_idle_timeout.is_some() || limits.request_timeout.is_some() {
                 stream::bounded(forward, exchange.clock(), limits.request_timeout).await
@@ -493,7 +494,7 @@ struct Chosen {
 fn route_and_forward<'a>(
     conn: &'a Connection,
     mut req: Request<RequestBody>,
-    client: IpAddr,
+    (client, started): (IpAddr, Instant),
     chosen: &'a mut Chosen,
 ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
     async move {
@@ -578,7 +579,7 @@ fn route_and_forward<'a>(
         let commands = route.header_commands;
         let mut facts = commands
             .formats
-            .then(|| Box::new(RequestFacts::of(&req, full, scheme)));
+            .then(|| Box::new(RequestFacts::of(&req, full, scheme, started)));
         let response_reads_request = commands.response_reads_request;
         // The chosen destination's own response operations (several destinations only).
         let mut destination_response = None;
@@ -637,16 +638,18 @@ fn route_and_forward<'a>(
                 upstream.map(ResponseBody::Upstream)
             }
         };
-        let cx = facts.as_deref().map(|f| f.context(conn, client));
-        let request = facts.as_deref().and_then(|f| f.headers.as_ref());
-        let no_request = http::HeaderMap::new();
-        let request = Some(request.unwrap_or(&no_request));
-        if let Some(own) = destination_response {
-            own.apply(response.headers_mut(), cx.as_ref(), request);
+        if destination_response.is_some() || !route.response_headers.is_empty() {
+            let cx = facts.as_deref().map(|f| f.context(conn, client));
+            let request = facts.as_deref().and_then(|f| f.headers.as_ref());
+            let no_request = http::HeaderMap::new();
+            let request = Some(request.unwrap_or(&no_request));
+            if let Some(own) = destination_response {
+                own.apply(response.headers_mut(), cx.as_ref(), request);
+            }
+            route
+                .response_headers
+                .apply(response.headers_mut(), cx.as_ref(), request);
         }
-        route
-            .response_headers
-            .apply(response.headers_mut(), cx.as_ref(), request);
         if let Some(cors) = &route.cors {
             cors::decorate(cors, origin.as_ref(), response.headers_mut());
         }
@@ -669,9 +672,11 @@ struct RequestFacts {
 }
 
 impl RequestFacts {
-    fn of<B>(req: &Request<B>, authority: &str, scheme: &'static str) -> Self {
+    /// `started`: when the request's head was read, before any fault delay.
+    fn of<B>(req: &Request<B>, authority: &str, scheme: &'static str, started: Instant) -> Self {
+        let now = SystemTime::now();
         Self {
-            start: SystemTime::now(),
+            start: now.checked_sub(started.elapsed()).unwrap_or(now),
             method: req.method().clone(),
             authority: authority.to_string(),
             path: req

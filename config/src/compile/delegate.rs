@@ -24,7 +24,9 @@ use super::export::ExportTo;
 use super::virtual_service::{qualify, qualify_gateways};
 use super::Origin;
 use crate::error::ConfigError;
-use crate::raw::virtual_service::{Delegated, HttpMatch, HttpRoute, VirtualServiceSpec};
+use crate::raw::virtual_service::{
+    Delegated, HttpMatch, HttpRoute, MirrorPolicy, Percent, VirtualServiceSpec,
+};
 use crate::raw::StringMatch;
 use crate::warning::{Code, Warning};
 
@@ -154,7 +156,11 @@ fn delegate_rule(
         return Vec::new();
     };
     let d = &delegate.origin;
-    if !delegate.export.exported_to(&d.namespace, &o.namespace) {
+    if delegate
+        .export
+        .seen_from(&d.namespace, &o.namespace)
+        .is_none()
+    {
         let why = format!(
             "VirtualService {namespace}/{name} is not exported to namespace `{}`",
             o.namespace
@@ -247,6 +253,33 @@ fn merge(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
         headers,
         direct_response
     );
+    // What each resource's validation keeps apart can meet in a merged rule; Istio then builds
+    // the route as `translateRoute` reads it: a redirect first (without rewrite), then a direct
+    // response (without destinations), and both mirror fields.
+    if out.redirect.is_some() {
+        out.direct_response = None;
+        if leaf.rewrite.is_none() {
+            out.rewrite = None;
+        }
+    } else if out.direct_response.is_some() {
+        out.route.clear();
+    }
+    if let (Some(mirror), Some(list)) = (out.mirror.take(), out.mirrors.as_mut()) {
+        let percentage = match (out.mirror_percentage.take(), out.mirror_percent.take()) {
+            (Some(p), _) => Some(p),
+            (None, Some(n)) => Some(Percent {
+                value: Some(f64::from(n)),
+            }),
+            (None, None) => None,
+        };
+        list.insert(
+            0,
+            MirrorPolicy {
+                destination: mirror,
+                percentage,
+            },
+        );
+    }
     Some(out)
 }
 
@@ -385,7 +418,7 @@ fn string_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bo
         return true;
     }
     if let Some(r) = root.exact.as_deref().filter(|r| !r.is_empty()) {
-        return leaf.prefix.is_some() || leaf.exact.as_deref().is_some_and(|l| l != r);
+        return leaf.prefix.is_some() || leaf.exact.as_deref() != Some(r);
     }
     if let Some(r) = root.prefix.as_deref().filter(|r| !r.is_empty()) {
         let narrows = |l: Option<&str>| l.is_some_and(|l| l.starts_with(r));

@@ -821,6 +821,9 @@ fn route_header_operations_may_not_touch_owned_headers() {
         (vs("{match: [{method: {exact: CONNECT}}], directResponse: {status: 200}}"), "spec.http[0].match[0].method: CONNECT cannot be routed"),
         (vs("{route: [{destination: {host: a.b}, headers: {request: {set: {x-mesh-origin: local}}}}]}"), "spec.http[0].route[0].headers.request.set.x-mesh-origin: `x-mesh-origin` is owned by the proxy"),
         (vs("{route: [{destination: {host: a.b}, headers: {request: {set: {host: x}}}}]}"), "spec.http[0].route[0].headers.request.set.host: `host` is the request's authority"),
+        (vs("{headers: {request: {set: {content-length: \"%REQ(x-len)%\"}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.content-length: `content-length` describes the message on one connection"),
+        (vs("{headers: {response: {remove: [Transfer-Encoding]}}, directResponse: {status: 200}}"), "spec.http[0].headers.response.remove[0]: `transfer-encoding` describes"),
+        (vs("{route: [{destination: {host: a.b}, headers: {request: {add: {connection: close}}}}]}"), "spec.http[0].route[0].headers.request.add.connection: `connection` describes"),
         (vs("{rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite: rewrite may only contain one of uri and uriRegexRewrite"),
         (vs("{rewrite: {uriRegexRewrite: {rewrite: /b}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite.match: required, with rewrite"),
         (vs("{rewrite: {uriRegexRewrite: {match: '(', rewrite: /b}}, route: [{destination: {host: a.b}}]}"), "spec.http[0].rewrite.uriRegexRewrite.match: invalid regex"),
@@ -2625,4 +2628,69 @@ fn delegation_mistakes_are_errors() {
             "want `{want}`, got {got:#?}"
         );
     }
+}
+
+/// Delegation as Istio reads the merged rule: a delegate private to the root's namespace is
+/// visible, a root's exact header value is not widened by a delegate's presence check, and
+/// fields that one resource's validation keeps apart meet as `translateRoute` reads them.
+#[test]
+fn delegate_merges_follow_istio_where_the_two_resources_meet() {
+    let yaml = with_gateway(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*/shop.com"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: root, namespace: shop}
+spec:
+  hosts: [shop.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{headers: {x-tenant: {exact: a}}}]
+    rewrite: {uri: /tenant-a/}
+    mirror: {host: audit.shop.svc.cluster.local, port: {number: 80}}
+    delegate: {name: leaf}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: leaf, namespace: shop}
+spec:
+  exportTo: [.]
+  http:
+  - match: [{headers: {x-tenant: {}}}]
+    route: [{destination: {host: wide, port: {number: 80}}}]
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new}
+  - mirrors: [{destination: {host: copy, port: {number: 80}}}]
+    route: [{destination: {host: narrow, port: {number: 80}}}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let routes = &model.listeners[0].routes.virtual_hosts()[0].routes;
+    // The presence check would widen `x-tenant: a`: that rule is dropped.
+    assert_eq!(routes.len(), 2, "{routes:#?}");
+    assert!(model.warnings.iter().any(
+        |w| w.code == Code::DelegateRuleConflicts && w.field.as_deref() == Some("spec.http[0]")
+    ));
+    // The redirect keeps no rewrite of the root's (`translateRoute` redirects first).
+    assert!(matches!(routes[0].action, RouteAction::Redirect(_)));
+    assert!(routes[0].rewrite_uri.is_none());
+    // Both mirrors: the root's `mirror` and the delegate's `mirrors`, the root's first.
+    let hosts: Vec<&str> = routes[1]
+        .mirrors
+        .iter()
+        .map(|m| model.backends[m.backend].host.as_str())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "audit.shop.svc.cluster.local",
+            "copy.shop.svc.cluster.local"
+        ]
+    );
+    assert!(routes[1].rewrite_uri.is_some());
 }

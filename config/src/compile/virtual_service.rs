@@ -597,10 +597,14 @@ fn compile_route(
     // Istio appends a lone destination's operations to its rule's (`processDestination`): one
     // level, where the destination's `set` comes last and wins. Several destinations keep
     // theirs apart (Envoy's weighted clusters).
-    if let (Some(RouteAction::Forward(list)), [_]) = (action.as_mut(), r.route.as_slice()) {
-        if let Some(own) = list.first_mut().and_then(|b| b.headers.take()) {
-            request_headers.extend(own.request);
-            response_headers.extend(own.response);
+    if let Some(RouteAction::Forward(list)) = action.as_mut() {
+        // One destination left once those of weight 0 are: a single cluster, as Istio
+        // rewrites a lone weighted cluster.
+        if let [only] = list.as_mut_slice() {
+            if let Some(own) = only.headers.take() {
+                request_headers.extend(own.request);
+                response_headers.extend(own.response);
+            }
         }
     }
     let mut rewrite_uri = None;
@@ -1326,6 +1330,17 @@ fn string_matcher(sm: &StringMatch) -> Result<Option<StringMatcher>, String> {
     }
 }
 
+/// Fields that frame a message or describe one hop: no header operation may name them.
+const FRAMING: [HeaderName; 7] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// A rule's or a destination's `headers`.
 fn headers(
     o: &Origin,
@@ -1367,7 +1382,16 @@ fn header_ops(
     };
     let refused = |field: String, name: &HeaderName, errors: &mut Vec<ConfigError>| {
         let request = path.ends_with(".request");
-        if request && name == http::header::HOST {
+        if FRAMING.contains(name) {
+            errors.push(o.error(
+                field,
+                format!(
+                    "`{name}` describes the message on one connection: the proxy writes it for \
+                     each hop, and a value from a header operation could desynchronise the peer"
+                ),
+            ));
+            true
+        } else if request && name == http::header::HOST {
             errors.push(o.error(
                 field,
                 "`host` is the request's authority: use rewrite.authority",

@@ -173,6 +173,7 @@ impl HeaderValueSource {
     /// `headers` are the request's, which `REQ(...)` reads.
     pub fn render(&self, cx: &FormatContext<'_>, headers: &HeaderMap) -> Option<HeaderValue> {
         match self {
+            Self::Fixed(v) if v.is_empty() => None,
             Self::Fixed(v) => Some(v.clone()),
             Self::Formatted(f) => {
                 let mut out = String::new();
@@ -335,6 +336,15 @@ fn time_format(format: &str) -> Result<Box<[TimePart]>, String> {
     if !text.is_empty() {
         parts.push(TimePart::Text(text.into()));
     }
+    let texts_valid = parts.iter().all(|p| match p {
+        TimePart::Text(t) => HeaderValue::from_str(t).is_ok(),
+        _ => true,
+    });
+    if !texts_valid {
+        return Err(format!(
+            "`START_TIME({format})`: its text is not valid in a header value"
+        ));
+    }
     Ok(parts.into())
 }
 
@@ -403,7 +413,7 @@ pub struct FormatContext<'a> {
     /// The client certificate's URI SANs: its SPIFFE ID, or a `MUTUAL` certificate's list.
     pub peer_uris: PeerUris<'a>,
     pub version: Version,
-    /// When the request's head began to arrive.
+    /// When the request started (its head was read).
     pub start: SystemTime,
     pub method: &'a Method,
     pub authority: Option<&'a str>,
@@ -571,6 +581,10 @@ mod tests {
             ("%START_TIME(%A)%", "`%A` is not a specifier"),
             ("%START_TIME(%3d)%", "only read before `f`"),
             ("%START_TIME(%)%", "ends in `%`"),
+            (
+                "%START_TIME(%Y\u{1})%",
+                "its text is not valid in a header value",
+            ),
             ("%REQ(host)%", "write `%REQ(:authority)%`"),
             (
                 "%REQUESTED_SERVER_NAME%",

@@ -537,15 +537,24 @@ impl HeaderOps {
         for name in &self.remove {
             headers.remove(name);
         }
+        debug_assert!(
+            cx.is_some() || !self.formats(),
+            "command operators without a context"
+        );
+        // An empty value is left out, as Envoy leaves it (`keep_empty_value` is false).
         let Some(cx) = cx.filter(|_| self.formats()) else {
             for (name, value) in &self.set {
                 if let HeaderValueSource::Fixed(value) = value {
-                    headers.insert(name.clone(), value.clone());
+                    if !value.is_empty() {
+                        headers.insert(name.clone(), value.clone());
+                    }
                 }
             }
             for (name, value) in &self.add {
                 if let HeaderValueSource::Fixed(value) = value {
-                    headers.append(name.clone(), value.clone());
+                    if !value.is_empty() {
+                        headers.append(name.clone(), value.clone());
+                    }
                 }
             }
             return;
