@@ -96,6 +96,7 @@ spec:
           x-copied: "%REQ(x-request-id)%"
           x-share: "100%%"
           x-missing: "%REQ(x-not-sent)%"
+          x-blank: ""
         add: {{x-local-port: "%DOWNSTREAM_LOCAL_PORT%", x-authority: "%REQ(:authority)%"}}
       response:
         set: {{x-echo-id: "%REQ(x-request-id)%", x-seen-copied: "%REQ(x-copied):2%"}}
@@ -303,8 +304,9 @@ async fn header_values_render_envoy_command_operators() {
     assert_eq!(r.echoed("x-authority").as_deref(), Some(HOST));
     let port = s.addr().port().to_string();
     assert_eq!(r.echoed("x-local-port"), Some(port));
-    // Rendered empty: left out, as Envoy leaves it.
+    // Rendered empty, or empty as written: left out, as Envoy leaves it.
     assert!(r.json()["headers"].get("x-missing").is_none());
+    assert!(r.json()["headers"].get("x-blank").is_none());
     let start = r.echoed("x-request-start").unwrap();
     let (secs, millis) = start.strip_prefix("t=").unwrap().split_once('.').unwrap();
     assert_eq!(millis.len(), 3, "{start}");
@@ -341,6 +343,14 @@ async fn scheme_matches_read_the_request_scheme() {
         .await
         .unwrap();
     assert_eq!(&r.body[..], b"tls");
+    // HTTP/1.1 carries no scheme: the connection's.
+    let caller = s
+        .pki
+        .workload("example.com", "spiffe://example.com/ns/default/sa/app");
+    let h1 = Client::new(Some(&caller), &s.pki.root.cert_pem, &[b"http/1.1"]);
+    let r = h1.get(s.addr(), HOST, HOST, "/scheme", &[]).await.unwrap();
+    assert_eq!(r.version, http::Version::HTTP_11);
+    assert_eq!(&r.body[..], b"tls");
 }
 
 /// A destination's own `headers`, as Istio hands them to Envoy: a lone destination's join its
@@ -366,13 +376,14 @@ async fn destination_headers_apply_as_istio_orders_them() {
     assert_eq!(one.headers["x-level"], "destination");
     assert_eq!(one.headers["x-destination"], "local");
 
-    // One destination left once weight 0 is set aside: one level again, as Istio rewrites a
-    // lone weighted cluster to a single cluster.
+    // Two destinations, one of weight 0: still a weighted cluster in Istio (only a rule's
+    // lone destination joins its level), so the rule's `set` wins.
     let one = client
         .get(s.addr(), HOST, HOST, "/one-weighted", &[])
         .await
         .unwrap();
-    assert_eq!(one.echoed("x-level").as_deref(), Some("destination"));
+    assert_eq!(one.json()["server"], s.local_pool.address.to_string());
+    assert_eq!(one.echoed("x-level").as_deref(), Some("rule"));
     assert!(one.json()["headers"].get("x-destination").is_none());
 
     // Several destinations: whichever answers, its own operations ran first and the rule's won.

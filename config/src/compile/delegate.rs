@@ -37,6 +37,16 @@ struct Delegate {
     export: ExportTo,
 }
 
+/// Each `field` of `out` that is `None` takes `root`'s: the delegate's value wins, the root's
+/// fills in.
+macro_rules! inherit {
+    ($out:ident, $root:ident; $($field:ident),* $(,)?) => {
+        $(if $out.$field.is_none() {
+            $out.$field = $root.$field.clone();
+        })*
+    };
+}
+
 /// Replaces every delegating rule of `found` by its delegate's rules, merged, and takes the
 /// delegates (VirtualServices without hosts) out.
 pub(crate) fn expand(
@@ -233,14 +243,7 @@ fn merge(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
     out.matches = matches;
     out.name = joined(root.name.as_deref(), leaf.name.as_deref());
     out.delegate = None;
-    macro_rules! inherit {
-        ($($field:ident),*) => {
-            $(if out.$field.is_none() {
-                out.$field = root.$field.clone();
-            })*
-        };
-    }
-    inherit!(
+    inherit!(out, root;
         rewrite,
         timeout,
         retries,
@@ -253,18 +256,42 @@ fn merge(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
         headers,
         direct_response
     );
-    // What each resource's validation keeps apart can meet in a merged rule; Istio then builds
-    // the route as `translateRoute` reads it: a redirect first (without rewrite), then a direct
-    // response (without destinations), and both mirror fields.
+    // What each resource's validation keeps apart can meet in a merged rule, one field the
+    // delegate's and the other inherited; Istio then builds the route as `translateRoute`
+    // reads it: a redirect first (without rewrite), then a direct response (without
+    // destinations), and mirrors only on a rule that forwards. Fields the delegate itself sets
+    // together are left for its own validation to refuse.
     if out.redirect.is_some() {
-        out.direct_response = None;
+        if leaf.direct_response.is_none() {
+            out.direct_response = None;
+        }
         if leaf.rewrite.is_none() {
             out.rewrite = None;
         }
-    } else if out.direct_response.is_some() {
+    } else if out.direct_response.is_some() && leaf.direct_response.is_none() {
         out.route.clear();
     }
-    if let (Some(mirror), Some(list)) = (out.mirror.take(), out.mirrors.as_mut()) {
+    let own_answer = leaf.redirect.is_some() || leaf.direct_response.is_some();
+    if !own_answer && out.direct_response.is_some() {
+        // The inherited answer: no destination, so no mirror of either.
+        out.mirror = None;
+        out.mirror_percentage = None;
+        out.mirror_percent = None;
+        out.mirrors = None;
+    } else if own_answer {
+        if leaf.mirror.is_none() {
+            out.mirror = None;
+            out.mirror_percentage = leaf.mirror_percentage.clone();
+            out.mirror_percent = leaf.mirror_percent;
+        }
+        if leaf.mirrors.is_none() {
+            out.mirrors = None;
+        }
+    }
+    // A root's `mirror` and a delegate's `mirrors` (or the other way round): both apply, the
+    // `mirror` first, as `applyHTTPRouteDestination` lists them.
+    let one_inherited = leaf.mirror.is_none() || leaf.mirrors.is_none();
+    if one_inherited && out.mirror.is_some() && out.mirrors.is_some() {
         let percentage = match (out.mirror_percentage.take(), out.mirror_percent.take()) {
             (Some(p), _) => Some(p),
             (None, Some(n)) => Some(Percent {
@@ -272,13 +299,15 @@ fn merge(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
             }),
             (None, None) => None,
         };
-        list.insert(
-            0,
-            MirrorPolicy {
-                destination: mirror,
-                percentage,
-            },
-        );
+        if let (Some(mirror), Some(list)) = (out.mirror.take(), out.mirrors.as_mut()) {
+            list.insert(
+                0,
+                MirrorPolicy {
+                    destination: mirror,
+                    percentage,
+                },
+            );
+        }
     }
     Some(out)
 }
@@ -323,14 +352,7 @@ fn merge_matches(root: &[HttpMatch], leaf: &[HttpMatch]) -> Option<Vec<HttpMatch
 fn merge_match(root: &HttpMatch, leaf: &HttpMatch) -> HttpMatch {
     let mut out = leaf.clone();
     out.name = joined(root.name.as_deref(), leaf.name.as_deref());
-    macro_rules! inherit {
-        ($($field:ident),*) => {
-            $(if out.$field.is_none() {
-                out.$field = root.$field.clone();
-            })*
-        };
-    }
-    inherit!(
+    inherit!(out, root;
         uri,
         scheme,
         method,

@@ -2667,30 +2667,54 @@ spec:
     redirect: {uri: /new}
   - mirrors: [{destination: {host: copy, port: {number: 80}}}]
     route: [{destination: {host: narrow, port: {number: 80}}}]
+  - route: [{destination: {host: plain, port: {number: 80}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: answers, namespace: shop}
+spec:
+  hosts: [shop.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /closed}}]
+    directResponse: {status: 503}
+    delegate: {name: leaf}
 "#,
     );
     let model = load_str("t.yaml", &yaml).unwrap();
     let routes = &model.listeners[0].routes.virtual_hosts()[0].routes;
-    // The presence check would widen `x-tenant: a`: that rule is dropped.
-    assert_eq!(routes.len(), 2, "{routes:#?}");
+    // VirtualService shop/answers first (by name), then shop/root.
+    assert_eq!(routes.len(), 6, "{routes:#?}");
+    // An inherited directResponse answers instead of the delegate's destinations, and with no
+    // destination no mirror applies, the delegate's own included.
+    for r in &routes[..3] {
+        assert!(matches!(r.action, RouteAction::Direct(_)), "{r:#?}");
+        assert!(r.mirrors.is_empty(), "{r:#?}");
+    }
+    // In shop/root, the presence check would widen `x-tenant: a`: that rule is dropped.
     assert!(model.warnings.iter().any(
         |w| w.code == Code::DelegateRuleConflicts && w.field.as_deref() == Some("spec.http[0]")
     ));
-    // The redirect keeps no rewrite of the root's (`translateRoute` redirects first).
-    assert!(matches!(routes[0].action, RouteAction::Redirect(_)));
-    assert!(routes[0].rewrite_uri.is_none());
+    // The redirect keeps no rewrite and no mirror of the root's.
+    assert!(matches!(routes[3].action, RouteAction::Redirect(_)));
+    assert!(routes[3].rewrite_uri.is_none());
+    assert!(routes[3].mirrors.is_empty());
     // Both mirrors: the root's `mirror` and the delegate's `mirrors`, the root's first.
-    let hosts: Vec<&str> = routes[1]
-        .mirrors
-        .iter()
-        .map(|m| model.backends[m.backend].host.as_str())
-        .collect();
+    let mirrored = |i: usize| -> Vec<&str> {
+        routes[i]
+            .mirrors
+            .iter()
+            .map(|m| model.backends[m.backend].host.as_str())
+            .collect()
+    };
     assert_eq!(
-        hosts,
+        mirrored(4),
         [
             "audit.shop.svc.cluster.local",
             "copy.shop.svc.cluster.local"
         ]
     );
-    assert!(routes[1].rewrite_uri.is_some());
+    assert!(routes[4].rewrite_uri.is_some());
+    // A rule that only inherits the root's `mirror` keeps it.
+    assert_eq!(mirrored(5), ["audit.shop.svc.cluster.local"]);
 }

@@ -597,14 +597,10 @@ fn compile_route(
     // Istio appends a lone destination's operations to its rule's (`processDestination`): one
     // level, where the destination's `set` comes last and wins. Several destinations keep
     // theirs apart (Envoy's weighted clusters).
-    if let Some(RouteAction::Forward(list)) = action.as_mut() {
-        // One destination left once those of weight 0 are: a single cluster, as Istio
-        // rewrites a lone weighted cluster.
-        if let [only] = list.as_mut_slice() {
-            if let Some(own) = only.headers.take() {
-                request_headers.extend(own.request);
-                response_headers.extend(own.response);
-            }
+    if let (Some(RouteAction::Forward(list)), [_]) = (action.as_mut(), r.route.as_slice()) {
+        if let Some(own) = list.first_mut().and_then(|b| b.headers.take()) {
+            request_headers.extend(own.request);
+            response_headers.extend(own.response);
         }
     }
     let mut rewrite_uri = None;
