@@ -351,6 +351,38 @@ async fn max_requests_per_connection_retires_connections() {
     assert_eq!(accepted(&target), 5);
 }
 
+/// `maxConnectionDuration`: a pooled connection that old takes no new request, and one that
+/// comes of age with a request in flight finishes it and is not used again; over HTTP/1.1 and
+/// over HTTP/2 (`h2UpgradePolicy: UPGRADE`) to the peer gateway.
+#[tokio::test]
+async fn max_connection_duration_retires_old_connections() {
+    let pki = pki();
+    for upgrade in ["", ", h2UpgradePolicy: UPGRADE"] {
+        let (target, _backend) = target(&pki).await;
+        let policy = format!(
+            "{{tls: {{mode: ISTIO_MUTUAL}}, connectionPool: {{tcp: {{maxConnectionDuration: 400ms}}, http: {{idleTimeout: 1h{upgrade}}}}}}}"
+        );
+        let source = source(&pki, target.addr(443), &policy).await;
+        for _ in 0..3 {
+            let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+        }
+        assert_eq!(accepted(&target), 1, "{upgrade}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(accepted(&target), 2, "{upgrade}");
+        // Comes of age while its request is in flight: the request is answered.
+        let r = plain_get(source.outbound(), HOST, "/delay/600", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(accepted(&target), 3, "{upgrade}");
+    }
+}
+
 #[tokio::test]
 async fn max_connections_queues_requests_on_the_allowed_connections() {
     let pki = pki();

@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -416,4 +417,51 @@ spec:
     assert_eq!(header.source, client_addr);
     assert_eq!(header.destination, target.addr(9001));
     assert!(header.tlvs.is_empty(), "{header:?}");
+}
+
+/// A DestinationRule's `maxConnectionDuration` on a TCP route's backend: the connection is
+/// closed at that age however busy it is (Envoy's `max_downstream_connection_duration`),
+/// counted and logged as such.
+#[tokio::test]
+async fn tcp_connections_close_at_the_backends_max_connection_duration() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = target_yaml(backend.address)
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: istio-system}
+spec:
+  host: db.internal
+  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 300ms}}}
+"#;
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+    let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    // Busy until the proxy closes it: an echo every 50 ms.
+    let closed_after = loop {
+        if conn.write_all(b"ping").await.is_err() {
+            break started.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no echo and no close within 5 s"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        closed_after >= Duration::from_millis(250),
+        "closed after {closed_after:?}"
+    );
+    eventually("the end counted", || {
+        target
+            .running
+            .metrics
+            .render()
+            .contains(r#"meshgate_tcp_connections_total{end="max_connection_duration"} 1"#)
+    })
+    .await;
 }

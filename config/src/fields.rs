@@ -249,11 +249,7 @@ pub const FIELDS: &[Field] = &[
     yes(DR, "trafficPolicy.connectionPool.tcp.connectTimeout"),
     yes(DR, "trafficPolicy.connectionPool.tcp.tcpKeepalive"),
     yes(DR, "trafficPolicy.connectionPool.tcp.idleTimeout"),
-    no(
-        DR,
-        "trafficPolicy.connectionPool.tcp.maxConnectionDuration",
-        "",
-    ),
+    yes(DR, "trafficPolicy.connectionPool.tcp.maxConnectionDuration"),
     yes(
         DR,
         "trafficPolicy.connectionPool.http.http1MaxPendingRequests",

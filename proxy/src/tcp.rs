@@ -29,9 +29,10 @@ use crate::runtime::Runtime;
 use crate::tls::server::{handshake, Peer};
 
 /// How a connection of a TCP listener ended, as counted and logged.
-pub const ENDS: [&str; 7] = [
+pub const ENDS: [&str; 8] = [
     "closed",
     "idle_timeout",
+    "max_connection_duration",
     "reset",
     "handshake_rejected",
     "no_route",
@@ -178,13 +179,15 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         .tagging
         .proxy_protocol_tlv
         .zip(id.map(|i| i.as_str()));
-    let mut server = runtime
-        .upstreams
-        .backend(backend)
+    let pool = runtime.upstreams.backend(backend);
+    let mut server = pool
         .open_stream(down.peer, down.local, spiffe)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
-    let idle = runtime.model.proxy.limits.idle_timeout;
-    let (end, received, sent) = splice(&mut client, &mut server, idle).await;
+    let limits = (
+        runtime.model.proxy.limits.idle_timeout,
+        pool.max_connection_duration(),
+    );
+    let (end, received, sent) = splice(&mut client, &mut server, limits).await;
     Ok((end, (received, sent)))
 }

@@ -49,6 +49,7 @@ struct Pool {
     connect_timeout: Option<Duration>,
     tcp_keepalive: Option<TcpKeepalive>,
     idle_timeout: Option<Duration>,
+    max_connection_duration: Option<Duration>,
     max_connections: Option<u32>,
     max_requests_per_connection: Option<u32>,
     max_pending_requests: Option<u32>,
@@ -542,6 +543,7 @@ impl Rules {
             if let Some(t) = pool.idle_timeout {
                 policy.idle_timeout = t;
             }
+            policy.max_connection_duration = pool.max_connection_duration;
             policy.max_connections = pool.max_connections;
             policy.max_requests_per_connection = pool.max_requests_per_connection;
             policy.max_pending_requests = pool.max_pending_requests;
@@ -619,12 +621,10 @@ fn patch(
             };
             let mut out = Pool::default();
             if let Some(tcp) = &p.tcp {
-                o.unsupported(
+                out.max_connection_duration = duration(
+                    format!("{path}.tcp.maxConnectionDuration"),
+                    &tcp.max_connection_duration,
                     errors,
-                    &format!("{path}.tcp"),
-                    &[
-                        ("maxConnectionDuration", tcp.max_connection_duration.is_some()),
-                    ],
                 );
                 // Istio: http.idleTimeout, else tcp.idleTimeout.
                 out.idle_timeout = duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors);

@@ -154,7 +154,7 @@ pub struct TcpSettings {
     pub max_connections: Option<u32>,
     pub tcp_keepalive: Option<TcpKeepalive>,
     pub idle_timeout: Option<String>,
-    pub max_connection_duration: Unsupported,
+    pub max_connection_duration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

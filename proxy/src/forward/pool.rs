@@ -70,6 +70,8 @@ pub struct UpstreamBackend {
     /// `proxyProtocol`: the PROXY header version streams open with.
     proxy_protocol: Option<meshgate_config::model::ProxyVersion>,
     idle_timeout: Duration,
+    /// `maxConnectionDuration`: a connection this old takes no new request.
+    max_age: Option<Duration>,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
     /// A subset no DestinationRule defines: every request is a 503 (`NC`).
@@ -196,6 +198,7 @@ struct OwnIdle {
     conn: h1::Conn,
     used: u32,
     since: Instant,
+    retire_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -203,12 +206,20 @@ struct Idle {
     sender: http1::SendRequest<RequestBody>,
     used: u32,
     since: Instant,
+    retire_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct Shared {
     sender: http2::SendRequest<RequestBody>,
     used: Arc<AtomicUsize>,
+    retire_at: Option<Instant>,
+}
+
+/// Whether a connection that retires at `retire_at` (`maxConnectionDuration`) may still take a
+/// request.
+fn young(retire_at: Option<Instant>) -> bool {
+    retire_at.is_none_or(|t| Instant::now() < t)
 }
 
 impl Upstreams {
@@ -297,6 +308,7 @@ impl UpstreamBackend {
             max_requests_per_connection: b.policy.max_requests_per_connection,
             proxy_protocol: b.policy.proxy_protocol,
             idle_timeout: b.policy.idle_timeout,
+            max_age: b.policy.max_connection_duration,
             counts,
             undefined: matches!(b.endpoints, Endpoints::Undefined),
             by_port: (b.port == 0).then(|| Mutex::new(Vec::new())),
@@ -416,6 +428,11 @@ impl UpstreamBackend {
             }
         }
         result
+    }
+
+    /// `maxConnectionDuration`: how long a stream opened by `open_stream` may last.
+    pub fn max_connection_duration(&self) -> Option<Duration> {
+        self.max_age
     }
 
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as
@@ -604,7 +621,11 @@ impl UpstreamBackend {
                         return Ok(self.lease(
                             response.map(Inner::Hyper),
                             endpoint,
-                            Lease1::new(Held::Hyper(idle.sender), idle.used, permit),
+                            Lease1::new(
+                                Held::Hyper(idle.sender),
+                                (idle.used, idle.retire_at),
+                                permit,
+                            ),
                         ))
                     }
                     Err(mut e) => match e.take_message() {
@@ -625,7 +646,7 @@ impl UpstreamBackend {
                 Ok(response) => Ok(self.lease(
                     response.map(Inner::Hyper),
                     endpoint,
-                    Lease1::new(Held::Hyper(sender), 0, permit),
+                    Lease1::new(Held::Hyper(sender), (0, self.retire_at()), permit),
                 )),
                 Err(mut e) => Err(Failed {
                     unsent: e.take_message().map(Box::new),
@@ -677,7 +698,7 @@ impl UpstreamBackend {
             let method = req.method().clone();
             loop {
                 let (mut conn, used, reused) = match endpoint.take_own(self.idle_timeout) {
-                    Some(idle) => (idle.conn, idle.used, true),
+                    Some(idle) => (idle.conn, (idle.used, idle.retire_at), true),
                     None => {
                         let io = match Box::pin(self.connect(endpoint)).await {
                             Ok(io) => io,
@@ -686,7 +707,7 @@ impl UpstreamBackend {
                         self.start_sweeper(endpoint);
                         // An idle connection of hyper's client may make room for this one.
                         self.make_room(endpoint, &endpoint.idle);
-                        (h1::Conn::new(io), 0, false)
+                        (h1::Conn::new(io), (0, self.retire_at()), false)
                     }
                 };
                 if let Err(e) = conn.write_head(&req).await {
@@ -725,7 +746,11 @@ impl UpstreamBackend {
             let guard = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
             guard
                 .as_ref()
-                .filter(|s| !s.sender.is_closed() && s.used.load(Ordering::Relaxed) < limit)
+                .filter(|s| {
+                    !s.sender.is_closed()
+                        && s.used.load(Ordering::Relaxed) < limit
+                        && young(s.retire_at)
+                })
                 .map(|s| (s.sender.clone(), s.used.clone()))
         };
         let (mut sender, used) = match shared {
@@ -736,9 +761,11 @@ impl UpstreamBackend {
                     Err(e) => return Err(Failed::unsent(e, req)),
                 };
                 let used = Arc::new(AtomicUsize::new(0));
+                // An old connection that is replaced closes once its streams are done.
                 *endpoint.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Shared {
                     sender: sender.clone(),
                     used: used.clone(),
+                    retire_at: self.retire_at(),
                 });
                 (sender, used)
             }
@@ -786,6 +813,11 @@ impl UpstreamBackend {
         })
     }
 
+    /// When a connection opened now retires (`maxConnectionDuration`).
+    fn retire_at(&self) -> Option<Instant> {
+        self.max_age.and_then(|d| Instant::now().checked_add(d))
+    }
+
     /// One sweeper per endpoint, started with its first connection; it ends with the backend.
     fn start_sweeper(&self, endpoint: &Arc<Endpoint>) {
         if endpoint.sweeper.swap(true, Ordering::Relaxed) {
@@ -807,12 +839,16 @@ impl UpstreamBackend {
                     .idle
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                    .retain(|c| {
+                        c.since.elapsed() < timeout && !c.sender.is_closed() && young(c.retire_at)
+                    });
                 endpoint
                     .own
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .retain_mut(|c| c.since.elapsed() < timeout && !c.conn.closed());
+                    .retain_mut(|c| {
+                        c.since.elapsed() < timeout && !c.conn.closed() && young(c.retire_at)
+                    });
             }
         });
     }
@@ -836,7 +872,7 @@ impl Endpoint {
     fn take_idle(&self, idle_timeout: Duration) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
+            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() && young(c.retire_at) {
                 return Some(c);
             }
         }
@@ -848,7 +884,7 @@ impl Endpoint {
     fn take_own(&self, idle_timeout: Duration) -> Option<OwnIdle> {
         loop {
             let mut c = self.own.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if c.since.elapsed() < idle_timeout && !c.conn.closed() {
+            if c.since.elapsed() < idle_timeout && !c.conn.closed() && young(c.retire_at) {
                 return Some(c);
             }
         }
@@ -879,6 +915,8 @@ impl Drop for InFlight<'_> {
 struct Lease1 {
     held: Held,
     used: u32,
+    /// `maxConnectionDuration`: when the connection takes no more requests.
+    retire_at: Option<Instant>,
     max_requests: Option<u32>,
     endpoint: Option<Arc<Endpoint>>,
     _permit: Option<OwnedSemaphorePermit>,
@@ -894,10 +932,16 @@ enum Held {
 }
 
 impl Lease1 {
-    fn new(held: Held, used: u32, permit: Option<OwnedSemaphorePermit>) -> Self {
+    /// `used`: requests the connection served before, and when it retires.
+    fn new(
+        held: Held,
+        (used, retire_at): (u32, Option<Instant>),
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         Self {
             held,
             used,
+            retire_at,
             max_requests: None,
             endpoint: None,
             _permit: permit,
@@ -908,7 +952,8 @@ impl Lease1 {
     /// kept), unless it served its last request or is closed; dropping the sender closes the
     /// connection once its response is done.
     fn release(self, own: Option<h1::Conn>) {
-        let retire = self.max_requests.is_some_and(|max| self.used >= max);
+        let retire =
+            self.max_requests.is_some_and(|max| self.used >= max) || !young(self.retire_at);
         let Some(endpoint) = self.endpoint.as_ref().filter(|_| !retire) else {
             return;
         };
@@ -921,6 +966,7 @@ impl Lease1 {
                     sender,
                     used: self.used,
                     since: Instant::now(),
+                    retire_at: self.retire_at,
                 }),
             (Held::Own, Some(conn)) => {
                 endpoint
@@ -931,6 +977,7 @@ impl Lease1 {
                         conn,
                         used: self.used,
                         since: Instant::now(),
+                        retire_at: self.retire_at,
                     })
             }
             _ => {}

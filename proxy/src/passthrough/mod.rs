@@ -41,9 +41,10 @@ pub const ISTIO_ALPN: [&[u8]; 5] = [
 ];
 
 /// How a passed-through connection ended, as counted and logged.
-pub const ENDS: [&str; 10] = [
+pub const ENDS: [&str; 11] = [
     "closed",
     "idle_timeout",
+    "max_connection_duration",
     "reset",
     "hello_timeout",
     "invalid_hello",
@@ -246,8 +247,11 @@ async fn forward(
         return Err(("reset", format!("replaying the ClientHello: {e}")));
     }
     let replayed = buf.len() as u64;
-    let idle = runtime.model.proxy.limits.idle_timeout;
-    let (end, received, sent) = splice(client, &mut server, idle).await;
+    let limits = (
+        runtime.model.proxy.limits.idle_timeout,
+        pool.max_connection_duration(),
+    );
+    let (end, received, sent) = splice(client, &mut server, limits).await;
     Ok((end, (received.saturating_add(replayed), sent)))
 }
 
@@ -274,12 +278,14 @@ async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<hello::
     }
 }
 
-/// Copies both ways until both sides have closed, one fails, or nothing moves for `idle`.
-/// How it ended, and the bytes from the client and to the client.
+/// Copies both ways until both sides have closed, one fails, nothing moves for `idle`, or the
+/// connection is `max_age` old (the backend's `maxConnectionDuration`, Envoy's
+/// `max_downstream_connection_duration`). How it ended, and the bytes from the client and to
+/// the client.
 pub(crate) async fn splice<A, B>(
     a: &mut A,
     b: &mut B,
-    idle: Option<Duration>,
+    (idle, max_age): (Option<Duration>, Option<Duration>),
 ) -> (&'static str, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -291,7 +297,7 @@ where
         received: &received,
         sent: &sent,
     };
-    let end = {
+    let spliced = async {
         let copy = tokio::io::copy_bidirectional(&mut a, b);
         tokio::pin!(copy);
         match idle {
@@ -327,6 +333,12 @@ where
                 }
             }
         }
+    };
+    let end = match max_age {
+        None => spliced.await,
+        Some(max) => tokio::time::timeout(max, spliced)
+            .await
+            .unwrap_or("max_connection_duration"),
     };
     (
         end,
