@@ -360,7 +360,7 @@ async fn max_connection_duration_retires_old_connections() {
     for upgrade in ["", ", h2UpgradePolicy: UPGRADE"] {
         let (target, _backend) = target(&pki).await;
         let policy = format!(
-            "{{tls: {{mode: ISTIO_MUTUAL}}, connectionPool: {{tcp: {{maxConnectionDuration: 400ms}}, http: {{idleTimeout: 1h{upgrade}}}}}}}"
+            "{{tls: {{mode: ISTIO_MUTUAL}}, connectionPool: {{tcp: {{maxConnectionDuration: 1500ms}}, http: {{idleTimeout: 1h{upgrade}}}}}}}"
         );
         let source = source(&pki, target.addr(443), &policy).await;
         for _ in 0..3 {
@@ -368,12 +368,12 @@ async fn max_connection_duration_retires_old_connections() {
             assert_eq!(r.status, StatusCode::OK);
         }
         assert_eq!(accepted(&target), 1, "{upgrade}");
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
         let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(accepted(&target), 2, "{upgrade}");
         // Comes of age while its request is in flight: the request is answered.
-        let r = plain_get(source.outbound(), HOST, "/delay/600", &[])
+        let r = plain_get(source.outbound(), HOST, "/delay/1700", &[])
             .await
             .unwrap();
         assert_eq!(r.status, StatusCode::OK);

@@ -552,6 +552,13 @@ impl Rules {
             policy.h2_upgrade = pool.h2_upgrade;
         }
         policy.outlier_detection = blocks.outlier;
+        // A TCP route's limit is the rule's top-level one alone, whatever the subset or port
+        // says, as Istio's `tcp_proxy` reads it.
+        policy.tcp_max_connection_duration = rule
+            .policy
+            .as_ref()
+            .and_then(|p| p.top.pool.as_ref())
+            .and_then(|p| p.max_connection_duration);
         // Istio: the subset's, else the rule's, on every port.
         policy.proxy_protocol = subset_policy
             .and_then(|sp| sp.proxy_protocol)
@@ -621,11 +628,19 @@ fn patch(
             };
             let mut out = Pool::default();
             if let Some(tcp) = &p.tcp {
-                out.max_connection_duration = duration(
-                    format!("{path}.tcp.maxConnectionDuration"),
-                    &tcp.max_connection_duration,
-                    errors,
-                );
+                // Istio's `ValidateDuration`: 1ms or more, in whole milliseconds.
+                out.max_connection_duration = tcp.max_connection_duration.as_ref().and_then(|t| {
+                    match parse_duration(t) {
+                        Some(d) if d >= Duration::from_millis(1) && d.subsec_nanos() % 1_000_000 == 0 => Some(d),
+                        _ => {
+                            errors.push(o.error(
+                                format!("{path}.tcp.maxConnectionDuration"),
+                                format!("`{t}` is not a duration of 1ms or more in whole milliseconds"),
+                            ));
+                            None
+                        }
+                    }
+                });
                 // Istio: http.idleTimeout, else tcp.idleTimeout.
                 out.idle_timeout = duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors);
                 if let Some(k) = &tcp.tcp_keepalive {

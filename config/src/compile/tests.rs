@@ -380,6 +380,8 @@ fn destination_rule_mistakes() {
         (dr("{tls: {mode: SOMETIMES}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.mode: unknown TLS mode `SOMETIMES`"),
         (dr("{loadBalancer: {simple: PASSTHROUGH}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.simple: `PASSTHROUGH` is not implemented"),
         (dr("{connectionPool: {http: {useClientProtocol: true}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.http.useClientProtocol: this Istio field is not implemented by meshgate"),
+        (dr("{connectionPool: {tcp: {maxConnectionDuration: 500us}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration: `500us` is not a duration of 1ms or more in whole milliseconds"),
+        (dr("{connectionPool: {tcp: {maxConnectionDuration: 1.5ms}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration: `1.5ms` is not a duration of 1ms or more in whole milliseconds"),
         (dr("{outlierDetection: {maxEjectionPercent: 120}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.outlierDetection.maxEjectionPercent: `120` is not a percentage"),
         (dr("{loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer: simple and consistentHash are exclusive"),
         (dr("{loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x-user}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.consistentHash: exactly one of"),
@@ -2717,4 +2719,75 @@ spec:
     assert!(routes[4].rewrite_uri.is_some());
     // A rule that only inherits the root's `mirror` keeps it.
     assert_eq!(mirrored(5), ["audit.shop.svc.cluster.local"]);
+}
+
+/// `maxConnectionDuration`: the merged policy's for HTTP connections (Envoy's cluster
+/// setting, by port and subset as the rest of the pool); for a TCP route's connections the
+/// rule's top-level one alone, as Istio's `tcp_proxy` reads it.
+#[test]
+fn max_connection_duration_for_http_by_port_and_for_tcp_from_the_top_level() {
+    let yaml = with_gateway(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: istio-system}
+spec:
+  hosts: [db.internal]
+  ports: [{number: 5432, name: tcp, protocol: TCP}, {number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: istio-system}
+spec:
+  host: db.internal
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnectionDuration: 10m}}
+    portLevelSettings:
+    - port: {number: 5432}
+      connectionPool: {tcp: {maxConnectionDuration: 1m}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-tcp, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 9000, name: tcp, protocol: TCP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-http, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [db.internal]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db-tcp, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw-tcp]
+  tcp: [{route: [{destination: {host: db.internal, port: {number: 5432}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db-http, namespace: istio-system}
+spec:
+  hosts: [db.internal]
+  gateways: [gw-http]
+  http: [{route: [{destination: {host: db.internal, port: {number: 80}}}]}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let port = |p: u16| {
+        model
+            .backends
+            .iter()
+            .find(|b| b.host == "db.internal" && b.port == p)
+            .unwrap_or_else(|| panic!("no backend for port {p}: {:#?}", model.backends))
+    };
+    let minutes = |m: u64| Some(std::time::Duration::from_secs(60 * m));
+    assert_eq!(port(5432).policy.max_connection_duration, minutes(1));
+    assert_eq!(port(5432).policy.tcp_max_connection_duration, minutes(10));
+    assert_eq!(port(80).policy.max_connection_duration, minutes(10));
 }

@@ -768,9 +768,12 @@ pub struct UpstreamPolicy {
     pub idle_timeout: std::time::Duration,
     /// `connectionPool.tcp.maxConnectionDuration`: an upstream connection this old takes no
     /// new request and closes once its requests are done (Envoy's
-    /// `common_http_protocol_options.max_connection_duration`); a TCP route's connection to the
-    /// backend is closed at that age (`max_downstream_connection_duration`). `None`: no limit.
+    /// `common_http_protocol_options.max_connection_duration`). `None`: no limit.
     pub max_connection_duration: Option<std::time::Duration>,
+    /// The DestinationRule's top-level `connectionPool.tcp.maxConnectionDuration`: a TCP or
+    /// passthrough route's connection to the backend is closed at that age (Istio sets
+    /// `tcp_proxy`'s `max_downstream_connection_duration` from the top level only).
+    pub tcp_max_connection_duration: Option<std::time::Duration>,
     /// `connectionPool.tcp.maxConnections`: at most this many HTTP/1.1 connections (and so
     /// requests at once) to the backend; more requests wait for one.
     pub max_connections: Option<u32>,
@@ -806,6 +809,7 @@ impl Default for UpstreamPolicy {
             tcp_keepalive: TcpKeepalive::default(),
             idle_timeout: std::time::Duration::from_secs(60),
             max_connection_duration: None,
+            tcp_max_connection_duration: None,
             max_connections: None,
             max_requests_per_connection: None,
             max_pending_requests: None,

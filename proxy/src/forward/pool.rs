@@ -72,6 +72,8 @@ pub struct UpstreamBackend {
     idle_timeout: Duration,
     /// `maxConnectionDuration`: a connection this old takes no new request.
     max_age: Option<Duration>,
+    /// The top-level `maxConnectionDuration`: a stream `open_stream` opened lasts no longer.
+    stream_max_age: Option<Duration>,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
     /// A subset no DestinationRule defines: every request is a 503 (`NC`).
@@ -309,6 +311,7 @@ impl UpstreamBackend {
             proxy_protocol: b.policy.proxy_protocol,
             idle_timeout: b.policy.idle_timeout,
             max_age: b.policy.max_connection_duration,
+            stream_max_age: b.policy.tcp_max_connection_duration,
             counts,
             undefined: matches!(b.endpoints, Endpoints::Undefined),
             by_port: (b.port == 0).then(|| Mutex::new(Vec::new())),
@@ -430,9 +433,10 @@ impl UpstreamBackend {
         result
     }
 
-    /// `maxConnectionDuration`: how long a stream opened by `open_stream` may last.
+    /// How long a stream opened by `open_stream` may last: the DestinationRule's top-level
+    /// `maxConnectionDuration`.
     pub fn max_connection_duration(&self) -> Option<Duration> {
-        self.max_age
+        self.stream_max_age
     }
 
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as
@@ -761,6 +765,9 @@ impl UpstreamBackend {
                     Err(e) => return Err(Failed::unsent(e, req)),
                 };
                 let used = Arc::new(AtomicUsize::new(0));
+                if self.max_age.is_some() {
+                    self.start_sweeper(endpoint);
+                }
                 // An old connection that is replaced closes once its streams are done.
                 *endpoint.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Shared {
                     sender: sender.clone(),
@@ -849,6 +856,11 @@ impl UpstreamBackend {
                     .retain_mut(|c| {
                         c.since.elapsed() < timeout && !c.conn.closed() && young(c.retire_at)
                     });
+                // A shared HTTP/2 connection of age: let go, it closes once its streams end.
+                let mut http2 = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
+                if http2.as_ref().is_some_and(|s| !young(s.retire_at)) {
+                    *http2 = None;
+                }
             }
         });
     }
