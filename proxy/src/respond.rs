@@ -27,9 +27,6 @@ use crate::stream::StreamTimeout;
 
 /// The body of every response meshgate sends: streamed from upstream, or a buffer the proxy
 /// made — an enum rather than a boxed trait object, so responses cost no extra allocation.
-/// The upstream variant is the larger by far (it holds the pooled connection's lease); boxing
-/// it would allocate for every proxied response to save bytes on the proxy's own answers.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ResponseBody {
     /// Streamed from the upstream, never buffered whole.

@@ -200,7 +200,7 @@ struct OwnIdle {
     conn: h1::Conn,
     used: u32,
     since: Instant,
-    retire_at: Option<Instant>,
+    retire_at: RetireAt,
 }
 
 #[derive(Debug)]
@@ -208,20 +208,31 @@ struct Idle {
     sender: http1::SendRequest<RequestBody>,
     used: u32,
     since: Instant,
-    retire_at: Option<Instant>,
+    retire_at: RetireAt,
 }
 
 #[derive(Debug)]
 struct Shared {
     sender: http2::SendRequest<RequestBody>,
     used: Arc<AtomicUsize>,
-    retire_at: Option<Instant>,
+    retire_at: RetireAt,
 }
 
-/// Whether a connection that retires at `retire_at` (`maxConnectionDuration`) may still take a
-/// request.
-fn young(retire_at: Option<Instant>) -> bool {
-    retire_at.is_none_or(|t| Instant::now() < t)
+/// When a connection retires (`maxConnectionDuration`): milliseconds on the pools' clock
+/// (`retire_clock`), 0 for never. Eight bytes rather than an `Option<Instant>`'s sixteen:
+/// it rides in every response body's lease, which is moved as the response goes.
+type RetireAt = u64;
+
+/// The pools' clock for `RetireAt`: milliseconds since it was first read.
+fn retire_clock() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a connection that retires at `retire_at` may still take a request; no clock is
+/// read for one that never retires.
+fn young(retire_at: RetireAt) -> bool {
+    retire_at == 0 || retire_clock() < retire_at
 }
 
 impl Upstreams {
@@ -803,7 +814,9 @@ impl UpstreamBackend {
     ) -> Response<PooledBody> {
         lease.used = lease.used.saturating_add(1);
         lease.endpoint = Some(endpoint.clone());
-        lease.max_requests = self.max_requests_per_connection;
+        lease.last = self
+            .max_requests_per_connection
+            .is_some_and(|max| lease.used >= max);
         let lease = Some(lease);
         response.map(|body| {
             let mut pooled = PooledBody {
@@ -821,8 +834,11 @@ impl UpstreamBackend {
     }
 
     /// When a connection opened now retires (`maxConnectionDuration`).
-    fn retire_at(&self) -> Option<Instant> {
-        self.max_age.and_then(|d| Instant::now().checked_add(d))
+    fn retire_at(&self) -> RetireAt {
+        self.max_age.map_or(0, |d| {
+            let d = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            retire_clock().saturating_add(d).max(1)
+        })
     }
 
     /// One sweeper per endpoint, started with its first connection; it ends with the backend.
@@ -928,8 +944,9 @@ struct Lease1 {
     held: Held,
     used: u32,
     /// `maxConnectionDuration`: when the connection takes no more requests.
-    retire_at: Option<Instant>,
-    max_requests: Option<u32>,
+    retire_at: RetireAt,
+    /// It served its last request (`maxRequestsPerConnection`), worked out when lent.
+    last: bool,
     endpoint: Option<Arc<Endpoint>>,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -947,14 +964,14 @@ impl Lease1 {
     /// `used`: requests the connection served before, and when it retires.
     fn new(
         held: Held,
-        (used, retire_at): (u32, Option<Instant>),
+        (used, retire_at): (u32, RetireAt),
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             held,
             used,
             retire_at,
-            max_requests: None,
+            last: false,
             endpoint: None,
             _permit: permit,
         }
@@ -964,8 +981,7 @@ impl Lease1 {
     /// kept), unless it served its last request or is closed; dropping the sender closes the
     /// connection once its response is done.
     fn release(self, own: Option<h1::Conn>) {
-        let retire =
-            self.max_requests.is_some_and(|max| self.used >= max) || !young(self.retire_at);
+        let retire = self.last || !young(self.retire_at);
         let Some(endpoint) = self.endpoint.as_ref().filter(|_| !retire) else {
             return;
         };
