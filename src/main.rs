@@ -280,6 +280,9 @@ async fn run(
     drain: Duration,
     suppress: &[String],
 ) -> anyhow::Result<ExitCode> {
+    // What the files hold, taken before each is read: a file that changes from here on is
+    // reloaded at the first poll, even if it changed while being loaded.
+    let seen = meshgate_proxy::reload::Fingerprint::config(&config);
     let model = match meshgate_config::load(&config) {
         Ok(model) => model,
         Err(errors) => {
@@ -289,6 +292,7 @@ async fn run(
             return Ok(ExitCode::FAILURE);
         }
     };
+    let seen = seen.with_certificates(&model);
     for w in shown(&model.warnings, suppress) {
         tracing::warn!("{w}");
     }
@@ -300,7 +304,7 @@ async fn run(
     for w in shown(&running.warnings(), suppress) {
         tracing::warn!("{w}");
     }
-    meshgate_proxy::reload::run(&running, &config, hangup, stop).await;
+    meshgate_proxy::reload::run(&running, &config, seen, hangup, stop).await;
     tracing::info!("shutting down: draining for at most {}s", drain.as_secs());
     running.shutdown(drain).await;
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+use meshgate_proxy::reload::Fingerprint;
 use support::client::Client;
 use support::pki::Pki;
 use support::proxy::gateway_yaml;
@@ -204,7 +205,8 @@ async fn rotating_the_leaf_and_the_bundle_under_load_drops_nothing() {
     let paths = vec![proxy.dir.path().join("config.yaml")];
     let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
     let running = &proxy.running;
-    let watcher = meshgate_proxy::reload::run(running, &paths, None, async {
+    let seen = Fingerprint::config(&paths).with_certificates(&running.model());
+    let watcher = meshgate_proxy::reload::run(running, &paths, seen, None, async {
         let _ = watch_rx.await;
     });
     let scenario = async {
@@ -322,38 +324,80 @@ async fn a_kubernetes_secret_volume_swap_rotates_the_identity() {
     let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
     let before = serial_of(&client.connect(addr, HOST).await.unwrap());
     let paths = vec![proxy.dir.path().join("config.yaml")];
+    // What the proxy was loaded from; the volume is then swapped before the watcher starts, as
+    // it can be between the initial load and the watcher's first poll.
+    let seen = Fingerprint::config(&paths).with_certificates(&proxy.running.model());
+    secret_volume(
+        volume.path(),
+        2,
+        &pki.workload("example-target.com", GATEWAY_ID),
+    );
     let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, None, async {
+    let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, seen, None, async {
         let _ = watch_rx.await;
     });
     let scenario = async {
         let deadline = tokio::time::Instant::now() + support::TIMEOUT;
-        // The watcher's first look at the files races the first swap: on a loaded machine it
-        // can read the swapped volume as its starting point. Each later swap is a change
-        // whatever it saw, so the volume is swapped again until one is presented.
-        let mut version = 2;
-        'swaps: loop {
-            secret_volume(
-                volume.path(),
-                version,
-                &pki.workload("example-target.com", GATEWAY_ID),
+        while serial_of(&client.connect(addr, HOST).await.unwrap()) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the swapped identity was never presented"
             );
-            let swapped = tokio::time::Instant::now();
-            while swapped.elapsed() < std::time::Duration::from_secs(2) {
-                if serial_of(&client.connect(addr, HOST).await.unwrap()) != before {
-                    break 'swaps;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the swapped identity was never presented"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            version += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let _ = stop_watch.send(());
     };
     tokio::join!(watcher, scenario);
+}
+
+/// A file that changes while a reload reads the configuration is read again: the reload's
+/// fingerprint is of the files before it read them, so the watcher's next poll differs from it.
+/// A FIFO among the configuration paths holds the load open, after it has read `config.yaml`
+/// and before it ends, while `config.yaml` changes.
+#[tokio::test]
+async fn a_file_changed_while_a_reload_reads_it_is_read_again() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let proxy = support::proxy::Proxy::start(
+        &config("v1", false),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let config_file = proxy.dir.path().join("config.yaml");
+    let fifo = proxy.dir.path().join("z-held.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let paths = vec![config_file.clone(), fifo.clone()];
+    std::fs::write(&config_file, config("v2", false)).unwrap();
+    let writer = {
+        let config_file = config_file.clone();
+        std::thread::spawn(move || {
+            // Opening a FIFO to write waits for its reader: the load, past `config.yaml`.
+            let mut held = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            std::fs::write(&config_file, config("v3", false)).unwrap();
+            std::io::Write::write_all(&mut held, b"# nothing more\n").unwrap();
+        })
+    };
+    let seen = meshgate_proxy::reload::reload(&proxy.running, &paths)
+        .await
+        .unwrap();
+    writer.join().unwrap();
+    let caller = pki.workload("example.com", "spiffe://example.com/ns/default/sa/sleep");
+    let client = Client::new(Some(&caller), &pki.root.cert_pem, &[b"http/1.1"]);
+    let addr = proxy.addr(443);
+    let served = client.get(addr, HOST, HOST, "/", &[]).await.unwrap();
+    assert_eq!(
+        served.body,
+        "v2".as_bytes(),
+        "the reload loaded what it read"
+    );
+    assert_ne!(
+        seen,
+        seen.again(&paths),
+        "a file changed during the load counts as changed, to be read again"
+    );
 }
 
 #[tokio::test]
@@ -445,7 +489,7 @@ async fn a_reload_does_not_stall_requests_on_a_one_worker_runtime() {
         let _ = answered.send(());
         (reply, before_release)
     };
-    let ((reply, before_release), ()) = tokio::join!(
+    let ((reply, before_release), _) = tokio::join!(
         request,
         meshgate_proxy::reload::reload(&proxy.running, &paths)
     );

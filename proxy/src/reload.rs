@@ -17,6 +17,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{error, info, warn};
 
+use meshgate_config::Model;
+
 use crate::Running;
 
 /// The SIGHUP handler, registered now: a SIGHUP before the handler exists would end the
@@ -31,20 +33,58 @@ pub fn hangup() -> Option<Signal> {
     }
 }
 
+/// What the watched files held when a load read them: the configuration files at the paths,
+/// and the certificate files the configuration names. Each part is taken just before its files
+/// are read, so a file that changes while a load reads it differs from the fingerprint and is
+/// read again at the next poll; a change is never taken for the state already loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    config: u64,
+    certificate_files: Vec<PathBuf>,
+    certificates: u64,
+}
+
+impl Fingerprint {
+    /// Of the configuration files `paths` stand for now. Take it before loading them. This
+    /// blocks: run it off the async workers once serving.
+    pub fn config(paths: &[PathBuf]) -> Self {
+        Self {
+            config: digest(&meshgate_config::source::files(paths)),
+            certificate_files: Vec::new(),
+            certificates: 0,
+        }
+    }
+
+    /// With the certificate files `model` names, as they are now. Take it before the runtime
+    /// reads them. This blocks.
+    pub fn with_certificates(self, model: &Model) -> Self {
+        self.with_certificate_files(model.certificate_files())
+    }
+
+    fn with_certificate_files(mut self, files: Vec<PathBuf>) -> Self {
+        self.certificates = digest(&files);
+        self.certificate_files = files;
+        self
+    }
+
+    /// The same files as `self`, as they are now.
+    pub fn again(&self, paths: &[PathBuf]) -> Self {
+        Self::config(paths).with_certificate_files(self.certificate_files.clone())
+    }
+}
+
 /// Reloads `running` from `paths` on `hangup` (SIGHUP) and on file changes, until `stop`
-/// resolves.
+/// resolves. `seen` is the fingerprint of what `running` was loaded from, taken before it was
+/// loaded.
 pub async fn run(
     running: &Running,
     paths: &[PathBuf],
+    mut seen: Fingerprint,
     mut hangup: Option<Signal>,
     stop: impl Future<Output = ()>,
 ) {
     let mut period = running.model().proxy.reload_poll;
     let mut ticker = period.map(interval);
-    let mut seen = match period {
-        Some(_) => fingerprint(running, paths).await,
-        None => 0,
-    };
     tokio::pin!(stop);
     loop {
         // SPIFFE bundle endpoints: fetched at once, then by their refresh hints.
@@ -56,21 +96,19 @@ pub async fn run(
             }
             _ = hangup_recv(&mut hangup) => {
                 info!("SIGHUP: reloading");
-                reload(running, paths).await;
+                seen = reload(running, paths).await.unwrap_or(seen);
             }
             _ = tick(&mut ticker) => {
-                let now = fingerprint(running, paths).await;
-                if now == seen {
+                let (before, paths_now) = (seen.clone(), paths.to_vec());
+                let now = tokio::task::spawn_blocking(move || before.again(&paths_now)).await;
+                if now.as_ref().map_or(true, |now| *now == seen) {
                     continue;
                 }
                 info!("configuration or certificate files changed: reloading");
-                reload(running, paths).await;
+                seen = reload(running, paths).await.unwrap_or(seen);
             }
         }
         let configured = running.model().proxy.reload_poll;
-        if configured.is_some() {
-            seen = fingerprint(running, paths).await;
-        }
         if configured != period {
             period = configured;
             ticker = period.map(interval);
@@ -81,11 +119,35 @@ pub async fn run(
 /// Loads and compiles the configuration again and swaps it in; any error keeps the running
 /// configuration, logged and counted. Reading and compiling run off the async workers, as the
 /// runtime's build does: a reload never stalls a connection.
-pub async fn reload(running: &Running, paths: &[PathBuf]) {
-    let paths = paths.to_vec();
-    let loaded = tokio::task::spawn_blocking(move || meshgate_config::load(&paths)).await;
+///
+/// Returns the fingerprint of what it read, taken before reading: after a failed load, the
+/// files that failed, so that they are read again once they change (a file half-written when
+/// read fails the load and is complete at the next poll). Nothing when the reader itself
+/// failed.
+pub async fn reload(running: &Running, paths: &[PathBuf]) -> Option<Fingerprint> {
+    let (owned, running_model) = (paths.to_vec(), running.model());
+    let loaded = tokio::task::spawn_blocking(move || {
+        let seen = Fingerprint::config(&owned);
+        let model = meshgate_config::load(&owned);
+        // The certificate files of the configuration that will be built, or (when it does not
+        // load) of the one that stays.
+        let seen = match &model {
+            Ok(model) => seen.with_certificates(model),
+            Err(_) => seen.with_certificates(&running_model),
+        };
+        (seen, model)
+    })
+    .await;
+    let (seen, loaded) = match loaded {
+        Ok((seen, loaded)) => (seen, loaded),
+        Err(e) => {
+            error!("reload failed, the running configuration stays: {e}");
+            running.metrics.reload(false);
+            return None;
+        }
+    };
     match loaded {
-        Ok(Ok(model)) => {
+        Ok(model) => {
             for w in &model.warnings {
                 warn!("{w}");
             }
@@ -93,33 +155,30 @@ pub async fn reload(running: &Running, paths: &[PathBuf]) {
                 error!("reload failed, the running configuration stays: {e}");
             }
         }
-        Ok(Err(errors)) => {
+        Err(errors) => {
             for e in &errors.0 {
                 error!("reload failed, the running configuration stays: {e}");
             }
             running.metrics.reload(false);
         }
-        Err(e) => {
-            error!("reload failed, the running configuration stays: {e}");
-            running.metrics.reload(false);
-        }
     }
+    Some(seen)
 }
 
-/// A hash of the contents of every watched file (a missing one counts as such).
-async fn fingerprint(running: &Running, paths: &[PathBuf]) -> u64 {
-    let mut files = meshgate_config::source::files(paths);
-    files.extend(running.model().certificate_files());
-    tokio::task::spawn_blocking(move || {
-        let mut h = DefaultHasher::new();
-        for f in &files {
-            f.hash(&mut h);
+/// A hash of the contents of `files` (a missing file counts as such). Only regular files are
+/// read: a FIFO or device named as configuration counts by its name, as reading it here would
+/// take what the load is to read.
+fn digest(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        let regular = std::fs::metadata(f).is_ok_and(|m| m.is_file());
+        regular.hash(&mut h);
+        if regular {
             std::fs::read(f).ok().hash(&mut h);
         }
-        h.finish()
-    })
-    .await
-    .unwrap_or_default()
+    }
+    h.finish()
 }
 
 fn interval(period: Duration) -> Interval {
