@@ -465,3 +465,55 @@ spec:
     })
     .await;
 }
+
+/// A DestinationRule's top-level `tcp.idleTimeout` on a TCP route's backend replaces
+/// `limits.idleTimeout` (1 h here) as Istio sets `tcp_proxy`'s `idle_timeout`: traffic either
+/// way keeps the connection, and quiet for that long closes it, counted as `idle_timeout`.
+#[tokio::test]
+async fn tcp_connections_close_at_the_backends_idle_timeout() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = target_yaml(backend.address)
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: istio-system}
+spec:
+  host: db.internal
+  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 300ms}}}
+"#;
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+    let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
+    let mut buf = [0u8; 64];
+    // Busy for twice the idle timeout: an echo every 50 ms keeps it open.
+    let busy = std::time::Instant::now();
+    while busy.elapsed() < Duration::from_millis(600) {
+        conn.write_all(b"ping").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("no echo within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed while busy, after {:?}", busy.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then quiet: closed by the proxy.
+    let quiet = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed within 5 s of quiet: {read:?}"
+    );
+    let closed_after = quiet.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(200) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?} of quiet"
+    );
+    eventually("the end counted", || {
+        target
+            .running
+            .metrics
+            .render()
+            .contains(r#"meshgate_tcp_connections_total{end="idle_timeout"} 1"#)
+    })
+    .await;
+}

@@ -184,10 +184,7 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         .open_stream(down.peer, down.local, spiffe)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
-    let limits = (
-        runtime.model.proxy.limits.idle_timeout,
-        pool.max_connection_duration(),
-    );
+    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout);
     let (end, received, sent) = splice(&mut client, &mut server, limits).await;
     Ok((end, (received, sent)))
 }

@@ -49,6 +49,8 @@ struct Pool {
     connect_timeout: Option<Duration>,
     tcp_keepalive: Option<TcpKeepalive>,
     idle_timeout: Option<Duration>,
+    /// `tcp.idleTimeout` alone, which `idle_timeout` merges with `http.idleTimeout`.
+    tcp_idle_timeout: Option<Duration>,
     max_connection_duration: Option<Duration>,
     max_connections: Option<u32>,
     max_requests_per_connection: Option<u32>,
@@ -552,13 +554,11 @@ impl Rules {
             policy.h2_upgrade = pool.h2_upgrade;
         }
         policy.outlier_detection = blocks.outlier;
-        // A TCP route's limit is the rule's top-level one alone, whatever the subset or port
-        // says, as Istio's `tcp_proxy` reads it.
-        policy.tcp_max_connection_duration = rule
-            .policy
-            .as_ref()
-            .and_then(|p| p.top.pool.as_ref())
-            .and_then(|p| p.max_connection_duration);
+        // A TCP route's limits are the rule's top-level ones alone, whatever the subset or
+        // port says, as Istio's `tcp_proxy` reads them.
+        let top_pool = rule.policy.as_ref().and_then(|p| p.top.pool.as_ref());
+        policy.tcp_max_connection_duration = top_pool.and_then(|p| p.max_connection_duration);
+        policy.tcp_idle_timeout = top_pool.and_then(|p| p.tcp_idle_timeout);
         // Istio: the subset's, else the rule's, on every port.
         policy.proxy_protocol = subset_policy
             .and_then(|sp| sp.proxy_protocol)
@@ -642,7 +642,8 @@ fn patch(
                     }
                 });
                 // Istio: http.idleTimeout, else tcp.idleTimeout.
-                out.idle_timeout = duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors);
+                out.tcp_idle_timeout = duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors);
+                out.idle_timeout = out.tcp_idle_timeout;
                 if let Some(k) = &tcp.tcp_keepalive {
                     let p = format!("{path}.tcp.tcpKeepalive");
                     let mut keepalive = TcpKeepalive::default();

@@ -774,6 +774,11 @@ pub struct UpstreamPolicy {
     /// passthrough route's connection to the backend is closed at that age (Istio sets
     /// `tcp_proxy`'s `max_downstream_connection_duration` from the top level only).
     pub tcp_max_connection_duration: Option<std::time::Duration>,
+    /// The DestinationRule's top-level `connectionPool.tcp.idleTimeout`: a TCP or passthrough
+    /// route's connection is closed once nothing moved either way for this long, in place of
+    /// `limits.idleTimeout` (Istio sets `tcp_proxy`'s `idle_timeout` from the top level, else
+    /// from the proxy's default).
+    pub tcp_idle_timeout: Option<std::time::Duration>,
     /// `connectionPool.tcp.maxConnections`: at most this many HTTP/1.1 connections (and so
     /// requests at once) to the backend; more requests wait for one.
     pub max_connections: Option<u32>,
@@ -810,6 +815,7 @@ impl Default for UpstreamPolicy {
             idle_timeout: std::time::Duration::from_secs(60),
             max_connection_duration: None,
             tcp_max_connection_duration: None,
+            tcp_idle_timeout: None,
             max_connections: None,
             max_requests_per_connection: None,
             max_pending_requests: None,

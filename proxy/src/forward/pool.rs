@@ -72,7 +72,9 @@ pub struct UpstreamBackend {
     idle_timeout: Duration,
     /// `maxConnectionDuration`: a connection this old takes no new request.
     max_age: Option<Duration>,
-    /// The top-level `maxConnectionDuration`: a stream `open_stream` opened lasts no longer.
+    /// The top-level `tcp.idleTimeout` and `maxConnectionDuration`, for streams `open_stream`
+    /// opened.
+    stream_idle: Option<Duration>,
     stream_max_age: Option<Duration>,
     /// Connections made, and attempts that failed, for `/stats/prometheus`.
     counts: UpstreamCounts,
@@ -322,6 +324,7 @@ impl UpstreamBackend {
             proxy_protocol: b.policy.proxy_protocol,
             idle_timeout: b.policy.idle_timeout,
             max_age: b.policy.max_connection_duration,
+            stream_idle: b.policy.tcp_idle_timeout,
             stream_max_age: b.policy.tcp_max_connection_duration,
             counts,
             undefined: matches!(b.endpoints, Endpoints::Undefined),
@@ -444,10 +447,14 @@ impl UpstreamBackend {
         result
     }
 
-    /// How long a stream opened by `open_stream` may last: the DestinationRule's top-level
-    /// `maxConnectionDuration`.
-    pub fn max_connection_duration(&self) -> Option<Duration> {
-        self.stream_max_age
+    /// How long a stream opened by `open_stream` may stay idle and how long it may last, as
+    /// `splice` takes them: the DestinationRule's top-level `tcp.idleTimeout` (else `default_idle`,
+    /// the listener's `limits.idleTimeout`) and `maxConnectionDuration`.
+    pub fn stream_limits(
+        &self,
+        default_idle: Option<Duration>,
+    ) -> (Option<Duration>, Option<Duration>) {
+        (self.stream_idle.or(default_idle), self.stream_max_age)
     }
 
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as

@@ -247,10 +247,7 @@ async fn forward(
         return Err(("reset", format!("replaying the ClientHello: {e}")));
     }
     let replayed = buf.len() as u64;
-    let limits = (
-        runtime.model.proxy.limits.idle_timeout,
-        pool.max_connection_duration(),
-    );
+    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout);
     let (end, received, sent) = splice(client, &mut server, limits).await;
     Ok((end, (received.saturating_add(replayed), sent)))
 }
