@@ -81,8 +81,10 @@ spec:
     match: [{{uri: {{prefix: /api/v1/}}}}]
     rewrite: {{uri: /v2/, authority: backend.internal}}
     headers:
-      request: {{set: {{x-added: "1"}}, remove: [x-secret]}}
-      response: {{add: {{x-served-by: meshgate}}}}
+      request: {{set: {{x-added: "1", x-path-received: "%REQ(:path)%"}}, remove: [x-secret]}}
+      response:
+        add: {{x-served-by: meshgate}}
+        set: {{x-path-sent: "%REQ(:path)%", x-authority-sent: "%REQ(:authority)%"}}
     route: [{{destination: {{host: local-pool.internal}}}}]
   - name: commands
     match: [{{uri: {{prefix: /commands}}}}]
@@ -269,6 +271,14 @@ async fn direct_responses_rewrites_and_header_operations() {
     assert_eq!(rewritten.echoed("x-added").as_deref(), Some("1"));
     assert!(rewritten.json()["headers"].get("x-secret").is_none());
     assert_eq!(rewritten.headers["x-served-by"], "meshgate");
+    // As in Envoy: request values read the request as received, response values read it as
+    // it was sent, after the rewrites.
+    assert_eq!(
+        rewritten.echoed("x-path-received").as_deref(),
+        Some("/api/v1/items?page=2")
+    );
+    assert_eq!(rewritten.headers["x-path-sent"], "/v2/items?page=2");
+    assert_eq!(rewritten.headers["x-authority-sent"], "backend.internal");
 }
 
 /// Envoy's command operators in header values are rendered for each request, from what the

@@ -611,8 +611,16 @@ fn route_and_forward<'a>(
                     .apply(req.headers_mut(), cx.as_ref(), None);
                 if response_reads_request {
                     if let Some(facts) = facts.as_deref_mut() {
-                        // As Envoy's response values see it: with the route's changes.
+                        // As Envoy's response values see the request: with the route's header
+                        // operations, and its path and authority rewritten.
                         facts.headers = Some(req.headers().clone());
+                        if let Some(path) = forward::rewritten_path(selected, req.uri()) {
+                            facts.path = path.as_str().to_string();
+                        }
+                        if let Some(authority) = &route.rewrite_authority {
+                            facts.authority =
+                                String::from_utf8_lossy(authority.as_bytes()).into_owned();
+                        }
                     }
                 }
                 let upstreams = &conn.runtime.upstreams;

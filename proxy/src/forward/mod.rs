@@ -132,15 +132,12 @@ pub fn forward<'a>(
                     .ok_or(ForwardError::BadRequest("no authority"))?,
             },
         };
-        let path = match &route.rewrite_uri {
-            Some(UriRewrite::Prefix(new)) => rewrite_path(req.uri(), new, selected.matched),
-            Some(regex @ UriRewrite::Regex { .. }) => regex_rewrite_path(req.uri(), regex),
-            None => req
-                .uri()
+        let path = rewritten_path(selected, req.uri()).unwrap_or_else(|| {
+            req.uri()
                 .path_and_query()
                 .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        };
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        });
         let policy = route.retry.as_ref();
         // The content type is looked up only for a policy with gRPC conditions.
         let grpc = || {
@@ -591,6 +588,16 @@ pub async fn passthrough(
 
 /// Istio's default `connectTimeout`.
 const PASSTHROUGH_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The path and query the route's `rewrite.uri` or `rewrite.uriRegexRewrite` makes of `uri`;
+/// `None` for a route without either.
+pub fn rewritten_path(selected: Selected<'_>, uri: &Uri) -> Option<PathAndQuery> {
+    match &selected.route.rewrite_uri {
+        Some(UriRewrite::Prefix(new)) => Some(rewrite_path(uri, new, selected.matched)),
+        Some(regex @ UriRewrite::Regex { .. }) => Some(regex_rewrite_path(uri, regex)),
+        None => None,
+    }
+}
 
 /// Istio's `rewrite.uri`, as Envoy's `prefix_rewrite` on the route Istio makes of the match
 /// that selected the request: a `prefix` match has that prefix replaced; an `exact` or `regex`
