@@ -456,12 +456,24 @@ spec:
         closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(3),
         "closed after {closed_after:?}"
     );
-    eventually("the end counted", || {
+
+    // The age counts from the client's connect, as Envoy's does: a connection whose TLS
+    // handshake starts after the limit is closed once it ends, and nothing is forwarded.
+    let sleep = pki.workload("example.com", SLEEP);
+    let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
+    let tcp = TcpStream::connect(target.addr(9443)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let tls = client
+        .handshake(tcp, "outbound_.5432_._.db.internal")
+        .await
+        .unwrap();
+    assert_eq!(echoed(tls, b"too late\n").await, b"");
+    eventually("the ends counted", || {
         target
             .running
             .metrics
             .render()
-            .contains(r#"meshgate_tcp_connections_total{end="max_connection_duration"} 1"#)
+            .contains(r#"meshgate_tcp_connections_total{end="max_connection_duration"} 2"#)
     })
     .await;
 }

@@ -49,6 +49,8 @@ struct Downstream<'a> {
     local: SocketAddr,
     sni: Option<&'a str>,
     identity: Option<&'a PeerIdentity>,
+    /// When the connection was accepted.
+    accepted: Instant,
 }
 
 /// Serves one connection of a `TCP` listener, to its end.
@@ -71,6 +73,7 @@ pub async fn serve(
                 local,
                 sni: None,
                 identity: None,
+                accepted: start.1,
             };
             forward(&runtime, listener, client, &down, &mut upstream).await
         }
@@ -95,6 +98,7 @@ pub async fn serve(
                         local,
                         sni: sni.as_deref(),
                         identity,
+                        accepted: start.1,
                     };
                     forward(&runtime, listener, accepted.tls, &down, &mut upstream).await
                 }
@@ -184,7 +188,7 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         .open_stream(down.peer, down.local, spiffe)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
-    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout);
+    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout, down.accepted);
     let (end, received, sent) = splice(&mut client, &mut server, limits).await;
     Ok((end, (received, sent)))
 }

@@ -447,14 +447,20 @@ impl UpstreamBackend {
         result
     }
 
-    /// How long a stream opened by `open_stream` may stay idle and how long it may last, as
-    /// `splice` takes them: the DestinationRule's top-level `tcp.idleTimeout` (else `default_idle`,
-    /// the listener's `limits.idleTimeout`) and `maxConnectionDuration`.
+    /// How long a stream opened by `open_stream` may stay idle and how much longer it may
+    /// last, as `splice` takes them: the DestinationRule's top-level `tcp.idleTimeout` (else
+    /// `default_idle`, the listener's `limits.idleTimeout`), and what is left of
+    /// `maxConnectionDuration` counted from `accepted`, when the client's connection was (as
+    /// Envoy counts `max_downstream_connection_duration`).
     pub fn stream_limits(
         &self,
         default_idle: Option<Duration>,
+        accepted: std::time::Instant,
     ) -> (Option<Duration>, Option<Duration>) {
-        (self.stream_idle.or(default_idle), self.stream_max_age)
+        let left = self
+            .stream_max_age
+            .map(|max| max.saturating_sub(accepted.elapsed()));
+        (self.stream_idle.or(default_idle), left)
     }
 
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as

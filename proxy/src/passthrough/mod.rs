@@ -115,7 +115,7 @@ pub async fn serve(
         &runtime,
         listener,
         &mut client,
-        (peer, local),
+        (peer, local, start.1),
         &mut buf,
         &mut sni,
         &mut upstream,
@@ -157,7 +157,7 @@ async fn forward(
     runtime: &Runtime,
     listener: usize,
     client: &mut TcpStream,
-    (peer, local): (SocketAddr, SocketAddr),
+    (peer, local, accepted): (SocketAddr, SocketAddr, Instant),
     buf: &mut Vec<u8>,
     sni_out: &mut Option<String>,
     upstream_out: &mut Option<usize>,
@@ -247,7 +247,7 @@ async fn forward(
         return Err(("reset", format!("replaying the ClientHello: {e}")));
     }
     let replayed = buf.len() as u64;
-    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout);
+    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout, accepted);
     let (end, received, sent) = splice(client, &mut server, limits).await;
     Ok((end, (received.saturating_add(replayed), sent)))
 }
@@ -333,6 +333,8 @@ where
     };
     let end = match max_age {
         None => spliced.await,
+        // Already as old as it may be: nothing is passed on.
+        Some(max) if max.is_zero() => "max_connection_duration",
         Some(max) => tokio::time::timeout(max, spliced)
             .await
             .unwrap_or("max_connection_duration"),
