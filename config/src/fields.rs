@@ -200,11 +200,7 @@ pub const FIELDS: &[Field] = &[
     yes(DR, "host"),
     yes(DR, "subsets"),
     yes(DR, "exportTo"),
-    no(
-        DR,
-        "workloadSelector",
-        "meshgate applies every DestinationRule it is given: give it only the ones for it",
-    ),
+    yes(DR, "workloadSelector"),
     yes(DR, "trafficPolicy.portLevelSettings"),
     yes(DR, "trafficPolicy.tls.mode"),
     yes(DR, "trafficPolicy.tls.clientCertificate"),

@@ -160,7 +160,8 @@ codes! {
     DestinationNotDeclared = "MG0109",
     /// No Gateway selects this MeshGateway's labels: no listener is bound.
     NoListener = "MG0110",
-    /// An AuthorizationPolicy that applies to no workload of this proxy.
+    /// An AuthorizationPolicy, or a DestinationRule with a `workloadSelector`, that applies to
+    /// no workload of this proxy.
     PolicyNotApplied = "MG0111",
     /// A route's fault has no percentage: Istio's default is 0%, so it injects nothing.
     FaultNeverInjected = "MG0112",

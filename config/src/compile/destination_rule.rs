@@ -15,6 +15,14 @@
 //! order (`istio_order`): the subsets of each, a later rule's subset of a name already defined
 //! ignored, and the first top-level `trafficPolicy` (`check` reports what is ignored, MG0117).
 //!
+//! A rule with a `workloadSelector` applies only in its own namespace, to the workloads it
+//! selects (Istio's `SidecarScope.DestinationRule`): here, when that is the proxy's namespace
+//! and its `matchLabels` are among the MeshGateway's labels; otherwise it applies to nothing
+//! (MG0111). Istio orders such rules before the others, keeps them private to their namespace,
+//! and a selecting rule of a host applies in place of the rules without a selector: it merges
+//! only with rules of the same selector, and with rules without one whose `exportTo` lists `.`
+//! (Istio's `mergeDestinationRule` with `EnableEnhancedDestinationRuleMerge`).
+//!
 //! The chosen rule's policy is merged as Istio's `MergeTrafficPolicy` does: a `portLevelSettings` entry for the port replaces the top-level
 //! policy entirely (omitted blocks take their defaults, they are not inherited); a subset's
 //! `trafficPolicy` then replaces each block it sets (`tls`, `loadBalancer`, `connectionPool`),
@@ -167,6 +175,8 @@ struct Rule {
     /// takes its place there: the most specific host is found first, then its export
     /// checked (`getExportedDestinationRuleFromNamespace`).
     visible: bool,
+    /// The `workloadSelector` of a rule that selects this proxy.
+    selector: Option<Labels>,
 }
 
 /// The DestinationRules `found`, for a proxy in `proxy_namespace` with Istio's root namespace
@@ -174,6 +184,7 @@ struct Rule {
 pub(crate) fn compile(
     found: &[(Origin, DestinationRuleSpec)],
     proxy_namespace: &str,
+    proxy_labels: &Labels,
     root_namespace: &str,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
@@ -184,15 +195,54 @@ pub(crate) fn compile(
     let mut of_host: HashMap<(View, String, HostMatcher), usize> = HashMap::new();
     // What merging says, once however many lists a rule is merged in.
     let mut merged: Vec<Warning> = Vec::new();
-    // Istio merges the rules of a host in its order: by creation, then by name.
-    let ordered = super::istio_order(found);
+    // Istio merges the rules of a host in its order: those with a workload selector first,
+    // then by creation, then by name (`sortConfigBySelectorAndCreationTime`).
+    let mut ordered = super::istio_order(found);
+    ordered.sort_by_key(|&i| {
+        found
+            .get(i)
+            .is_none_or(|(_, spec)| spec.workload_selector.is_none())
+    });
     for (o, spec) in ordered.iter().filter_map(|&i| found.get(i)) {
-        o.unsupported(
-            errors,
-            "spec",
-            &[("workloadSelector", spec.workload_selector.is_some())],
-        );
-        let export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
+        let selector = spec.workload_selector.as_ref().map(|s| &s.match_labels);
+        let mut export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
+        if let Some(selector) = selector {
+            let before = errors.len();
+            for (k, v) in selector {
+                if k.is_empty() || k.contains('*') || v.contains('*') {
+                    errors.push(o.error(
+                        format!("spec.workloadSelector.matchLabels.{k}"),
+                        "an empty key or a `*` matches nothing: labels are compared exactly",
+                    ));
+                }
+            }
+            if errors.len() > before {
+                continue;
+            }
+            let selects = o.namespace == proxy_namespace
+                && selector.iter().all(|(k, v)| proxy_labels.get(k) == Some(v));
+            if !selects {
+                warnings.push(o.warn(
+                    Code::PolicyNotApplied,
+                    Some("spec.workloadSelector"),
+                    format!(
+                        "selects no workload of this proxy (namespace {proxy_namespace}, labels \
+                         {proxy_labels:?}): a DestinationRule with a workloadSelector applies \
+                         only to the workloads of its own namespace that it selects"
+                    ),
+                ));
+                continue;
+            }
+            if spec.export_to.is_some() {
+                warnings.push(o.warn(
+                    Code::DestinationRuleSettingIgnored,
+                    Some("spec.exportTo"),
+                    "Istio keeps a DestinationRule with a workloadSelector to its own \
+                     namespace, whatever its exportTo",
+                ));
+            }
+            export = ExportTo::written(Some(&[".".to_string()]));
+        }
         let ns = o.namespace.as_str();
         let local = export.local_for(ns, proxy_namespace, root_namespace);
         let visible = export.exported_to(ns, proxy_namespace);
@@ -251,6 +301,7 @@ pub(crate) fn compile(
             subsets,
             export,
             visible: true,
+            selector: selector.cloned(),
         };
         let mut refused = false;
         for view in views {
@@ -260,6 +311,29 @@ pub(crate) fn compile(
             };
             let key = (view, rule.namespace.clone(), rule.host.clone());
             match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
+                // A rule that selects this proxy by its labels (ordered first) applies in place
+                // of those without a selector. Those merge into it only with `.` among their
+                // `exportTo`, as Istio's set comparison has it; otherwise they stand apart, for
+                // the workloads it does not select.
+                Some((_, first)) if first.selector.is_some() => {
+                    let joins = match &rule.selector {
+                        Some(selector) => first.selector.as_ref() == Some(selector),
+                        None => rule.export.lists_dot(),
+                    };
+                    if joins {
+                        first.merge(o, rule, &mut merged);
+                    } else {
+                        merged.push(o.warn(
+                            Code::DestinationRuleSettingIgnored,
+                            None,
+                            format!(
+                                "{} has a workloadSelector that selects this proxy: it applies \
+                                 to `{}` here in place of this rule",
+                                first.source, first.host
+                            ),
+                        ));
+                    }
+                }
                 // Istio keeps rules of one host with another exportTo apart. Of the exported
                 // ones it takes those exported to the proxy's namespace: when only one of the
                 // two is, that one stands (still the host's most specific rule there).

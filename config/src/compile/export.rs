@@ -77,6 +77,11 @@ impl ExportTo {
         self.0.iter().any(|v| v == value)
     }
 
+    /// Whether `.` is written among the values (Istio compares `exportTo` as the set written).
+    pub(crate) fn lists_dot(&self) -> bool {
+        self.has(".")
+    }
+
     /// How a proxy in `proxy` sees the resource of namespace `own`: `None` when it does not.
     pub(crate) fn seen_from(&self, own: &str, proxy: &str) -> Option<Seen> {
         if self.0.is_empty() || self.has("*") {

@@ -75,9 +75,11 @@ pub fn compile(
     let root_namespace = proxy
         .as_ref()
         .map_or(ROOT_NAMESPACE, |(p, _)| p.root_namespace.as_str());
+    let no_labels = raw::Labels::new();
     let rules = destination_rule::compile(
         &parsed.destination_rules,
         proxy_namespace,
+        proxy.as_ref().map_or(&no_labels, |(p, _)| &p.labels),
         root_namespace,
         errors,
         warnings,
@@ -108,7 +110,6 @@ pub fn compile(
         .as_ref()
         .map(|(p, _)| p.tagging.owned().to_vec())
         .unwrap_or_default();
-    let no_labels = raw::Labels::new();
     let exported =
         virtual_service::exported(&parsed.virtual_services, proxy_namespace, errors, warnings);
     let workload = virtual_service::Proxy {

@@ -1048,6 +1048,171 @@ fn destination_rules_of_one_host_merge_as_istio_does() {
     );
 }
 
+/// A DestinationRule's `workloadSelector`, as Istio's `SidecarScope.DestinationRule` applies
+/// it to one workload (this MeshGateway: namespace `default`, labels `app: productpage`).
+#[test]
+fn destination_rules_with_a_workload_selector_apply_to_the_workloads_they_select() {
+    use crate::model::LoadBalancer;
+    let selected = |name: &str, ns: &str, created: &str, labels: &str, extra: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  host: reviews.default.svc.cluster.local\n  workloadSelector: {{matchLabels: {labels}}}\n  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n{extra}"
+        )
+    };
+    let route = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {prefix: /v1}}]\n    route: [{destination: {host: reviews, subset: v1}}]\n  - route: [{destination: {host: reviews}}]\n";
+    // BOOKINFO_REVIEWS' rule (RANDOM, subsets v1..v3) has no timestamp: Istio orders it first
+    // among rules without a selector, and a selecting rule before all of them.
+    let load = |rules: &str| {
+        let yaml = sidecar(&format!("{BOOKINFO_REVIEWS}{rules}{route}"));
+        load_str("t.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let backend = |model: &crate::model::Model, subset: Option<&str>| {
+        model
+            .backends
+            .iter()
+            .find(|b| {
+                b.host == "reviews.default.svc.cluster.local" && b.subset.as_deref() == subset
+            })
+            .map(|b| {
+                (
+                    b.policy.source.clone().unwrap_or_default(),
+                    b.policy.load_balancer.clone(),
+                )
+            })
+    };
+    let warned = |model: &crate::model::Model, code: Code| -> Vec<String> {
+        model
+            .warnings
+            .iter()
+            .filter(|w| w.code == code)
+            .map(|w| w.resource.clone().unwrap_or_default())
+            .collect()
+    };
+
+    // Selecting this proxy, created after the rule without a selector: it applies in its
+    // place. That rule's subsets do not join it (its exportTo does not list `.`).
+    let model = load(&selected(
+        "mine",
+        "default",
+        "2024-01-01T00:00:00Z",
+        "{app: productpage}",
+        "",
+    ));
+    assert_eq!(
+        backend(&model, None),
+        Some((
+            "DestinationRule default/mine".into(),
+            LoadBalancer::LeastRequest
+        ))
+    );
+    assert_eq!(
+        warned(&model, Code::DestinationRuleSettingIgnored),
+        ["DestinationRule default/reviews"]
+    );
+    assert!(
+        model
+            .warnings
+            .iter()
+            .any(|w| w.code == Code::SubsetNotFound && w.message.contains("`v1`")),
+        "{:?}",
+        model.warnings
+    );
+
+    // A rule without a selector whose exportTo lists `.` merges into it: its subsets join, the
+    // selecting rule's top-level policy stays.
+    let private = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: versions, namespace: default}\nspec:\n  host: reviews\n  exportTo: [.]\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+    let model = load(&format!(
+        "{}{private}",
+        selected(
+            "mine",
+            "default",
+            "2024-01-01T00:00:00Z",
+            "{app: productpage}",
+            ""
+        )
+    ));
+    for subset in [None, Some("v1")] {
+        assert_eq!(
+            backend(&model, subset),
+            Some((
+                "DestinationRule default/mine".into(),
+                LoadBalancer::LeastRequest
+            )),
+            "{subset:?}"
+        );
+    }
+
+    // Selecting other workloads, or in another namespace: it applies to nothing here.
+    for (ns, labels) in [
+        ("default", "{app: reviews}"),
+        ("team", "{app: productpage}"),
+    ] {
+        let model = load(&selected("theirs", ns, "2024-01-01T00:00:00Z", labels, ""));
+        assert_eq!(
+            backend(&model, None),
+            Some((
+                "DestinationRule default/reviews".into(),
+                LoadBalancer::Random
+            )),
+            "{ns} {labels}"
+        );
+        assert_eq!(
+            warned(&model, Code::PolicyNotApplied),
+            [format!("DestinationRule {ns}/theirs")]
+        );
+    }
+
+    // Two rules that select this proxy with other selectors: the first in Istio's order
+    // applies; the later one, and exportTo on a selecting rule, are reported.
+    let model = load(&format!(
+        "{}{}",
+        selected(
+            "later",
+            "default",
+            "2024-02-01T00:00:00Z",
+            "{}",
+            "  exportTo: ['*']\n  subsets: [{name: v1, labels: {version: v1}}]\n"
+        ),
+        selected(
+            "first",
+            "default",
+            "2024-01-01T00:00:00Z",
+            "{app: productpage}",
+            ""
+        )
+    ));
+    assert_eq!(
+        backend(&model, None).unwrap().0,
+        "DestinationRule default/first"
+    );
+    let ignored: Vec<(String, Option<String>)> = model
+        .warnings
+        .iter()
+        .filter(|w| w.code == Code::DestinationRuleSettingIgnored)
+        .map(|w| (w.resource.clone().unwrap_or_default(), w.field.clone()))
+        .collect();
+    assert!(
+        ignored.contains(&(
+            "DestinationRule default/later".into(),
+            Some("spec.exportTo".into())
+        )),
+        "{ignored:?}"
+    );
+    assert!(
+        ignored.contains(&("DestinationRule default/later".into(), None)),
+        "{ignored:?}"
+    );
+
+    // A `*` or an empty key matches nothing: refused, as Istio's validation refuses it.
+    let e = errors(&sidecar(&format!(
+        "{BOOKINFO_REVIEWS}{}",
+        selected("bad", "default", "2024-01-01T00:00:00Z", "{app: '*'}", "")
+    )));
+    assert_eq!(
+        e,
+        ["t.yaml: DestinationRule default/bad: spec.workloadSelector.matchLabels.app: an empty key or a `*` matches nothing: labels are compared exactly"]
+    );
+}
+
 /// Istio's `PushContext.destinationRule`: the proxy's namespace first, then the service's,
 /// then the root namespace; a rule of any other namespace does not apply.
 #[test]
@@ -1663,7 +1828,7 @@ fn every_refused_networking_field_is_refused_by_name_with_its_advice() {
         }
         checked += 1;
     }
-    assert!(checked > 40, "{checked}");
+    assert!(checked >= 40, "{checked}");
 }
 
 /// Kyma's published samples: no spec, a spec with only a comment, and the documented fields.

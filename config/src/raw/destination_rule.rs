@@ -12,7 +12,7 @@ pub struct DestinationRuleSpec {
     #[serde(default)]
     pub subsets: Vec<Subset>,
     pub export_to: Option<Vec<String>>,
-    pub workload_selector: Unsupported,
+    pub workload_selector: Option<super::authorization_policy::Selector>,
 }
 
 /// A named version of the service: the endpoints with these labels, and the policy for them.
