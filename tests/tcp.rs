@@ -457,17 +457,29 @@ spec:
         "closed after {closed_after:?}"
     );
 
-    // The age counts from the client's connect, as Envoy's does: a connection whose TLS
-    // handshake starts after the limit is closed once it ends, and nothing is forwarded.
+    // On a TLS listener the age counts from the ClientHello, where Envoy's listener filters
+    // end and its `tcp_proxy` starts the clock: a client slow to start its handshake still
+    // gets the whole duration.
     let sleep = pki.workload("example.com", SLEEP);
     let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
     let tcp = TcpStream::connect(target.addr(9443)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let tls = client
+    let hello = std::time::Instant::now();
+    let mut tls = client
         .handshake(tcp, "outbound_.5432_._.db.internal")
         .await
         .unwrap();
-    assert_eq!(echoed(tls, b"too late\n").await, b"");
+    tls.write_all(b"slow start\n").await.unwrap();
+    let mut got = [0u8; 11];
+    tls.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"slow start\n");
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let closed_after = hello.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(3),
+        "closed {closed_after:?} after the ClientHello"
+    );
     eventually("the ends counted", || {
         target
             .running
@@ -478,9 +490,73 @@ spec:
     .await;
 }
 
+/// A TCP route with weighted destinations takes its limits from the first destination's
+/// DestinationRule, whichever is picked, as Istio builds one `tcp_proxy` for them.
+#[tokio::test]
+async fn weighted_tcp_destinations_share_the_first_ones_limits() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = target_yaml(backend.address)
+        .replace(
+            "    - destination: {host: nowhere.internal, port: {number: 1}}\n      weight: 0\n",
+            "    - destination: {host: db2.internal, port: {number: 5432}}\n      weight: 50\n",
+        )
+        .replace("      weight: 100\n", "      weight: 50\n")
+        + &format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db2, namespace: istio-system}}
+spec:
+  hosts: [db2.internal]
+  ports: [{{number: 5432, name: tcp-postgres, protocol: TCP, targetPort: {}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  host: db.internal
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: 300ms}}}}}}
+"#,
+            backend.address.port()
+        );
+    assert!(yaml.contains("db2.internal, port"), "{yaml}");
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
+        assert_eq!(echoed_keep(&mut conn, b"ping").await, b"ping");
+        conns.push(conn);
+    }
+    for mut conn in conns {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+    eventually("every end counted", || {
+        target
+            .running
+            .metrics
+            .render()
+            .contains(r#"meshgate_tcp_connections_total{end="max_connection_duration"} 8"#)
+    })
+    .await;
+}
+
+/// Writes `message` and reads back as many bytes, keeping the connection.
+async fn echoed_keep(s: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    s.write_all(message).await.unwrap();
+    let mut got = vec![0u8; message.len()];
+    s.read_exact(&mut got).await.unwrap();
+    got
+}
+
 /// A DestinationRule's top-level `tcp.idleTimeout` on a TCP route's backend replaces
 /// `limits.idleTimeout` (1 h here) as Istio sets `tcp_proxy`'s `idle_timeout`: traffic either
-/// way keeps the connection, and quiet for that long closes it, counted as `idle_timeout`.
+/// way keeps the connection, and quiet for that long closes it, counted as `idle_timeout`; 0s
+/// turns it off, where `limits.idleTimeout` would close it.
 #[tokio::test]
 async fn tcp_connections_close_at_the_backends_idle_timeout() {
     let pki = Pki::new(&["example.com", "example-target.com"]);
@@ -528,4 +604,21 @@ spec:
             .contains(r#"meshgate_tcp_connections_total{end="idle_timeout"} 1"#)
     })
     .await;
+
+    // 0s: never, with `limits.idleTimeout` at 1s.
+    let yaml = yaml
+        .replace("tcp: {idleTimeout: 300ms}", "tcp: {idleTimeout: 0s}")
+        .replacen(
+            "  accessLog:",
+            "  limits: {idleTimeout: 1s}\n  accessLog:",
+            1,
+        );
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+    let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    conn.read_exact(&mut buf[..4]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    conn.write_all(b"pong").await.unwrap();
+    conn.read_exact(&mut buf[..4]).await.unwrap();
+    assert_eq!(&buf[..4], b"pong", "open after 1.6 s of quiet");
 }

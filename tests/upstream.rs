@@ -308,3 +308,72 @@ async fn requests_with_and_without_a_body_keep_their_connections_under_max_conne
     }
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// DestinationRule `http.maxConcurrentStreams` on an HTTP/2 backend: at most that many
+/// requests at once on one connection, more opening another (Envoy's HTTP/2 pool), within
+/// `maxConnections` past the endpoint's first; a request that finds no stream and no connection
+/// left waits as a pending request, and past `http1MaxPendingRequests` is answered 503.
+#[tokio::test]
+async fn http2_streams_per_connection_follow_max_concurrent_streams() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let cases = [
+        ("{}", 1, 0),
+        ("{http: {maxConcurrentStreams: 1}}", 3, 0),
+        ("{http: {maxConcurrentStreams: 2}}", 2, 0),
+        ("{tcp: {maxConnections: 1}, http: {maxConcurrentStreams: 1}}", 1, 0),
+        (
+            "{tcp: {maxConnections: 1}, http: {maxConcurrentStreams: 1, http1MaxPendingRequests: 1}}",
+            1,
+            1,
+        ),
+    ];
+    for (pool, connections, refused) in cases {
+        let extra = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: h2}}\nspec:\n  host: h2.internal\n  trafficPolicy: {{connectionPool: {pool}}}\n",
+            virtual_service("h2.internal"),
+            backend.address.port()
+        );
+        let proxy = start(&pki, &extra).await;
+        let client = caller(&pki);
+        // Three requests at once, each answered after 300 ms.
+        let get = || client.get(proxy.addr(443), HOST, HOST, "/delay/300", &[]);
+        let (a, b, c) = tokio::join!(get(), get(), get());
+        let mut statuses: Vec<u16> = [a, b, c]
+            .into_iter()
+            .map(|r| r.unwrap().status.as_u16())
+            .collect();
+        statuses.sort_unstable();
+        let mut want = vec![200; 3 - refused];
+        want.extend(std::iter::repeat_n(503, refused));
+        assert_eq!(statuses, want, "{pool}");
+        let made = format!(
+            "meshgate_upstream_connections_total{{backend=\"h2.internal:80\",result=\"success\"}} {connections}\n"
+        );
+        let metrics = proxy.running.metrics.render();
+        assert!(metrics.contains(&made), "{pool}: want {made}{metrics}");
+    }
+
+    // A connection that cannot be opened: the requests counting on it, waiting, are not left
+    // waiting; each gets its answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {closed}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        virtual_service("h2.internal"),
+    );
+    let proxy = start(&pki, &extra).await;
+    let client = caller(&pki);
+    let get = || client.get(proxy.addr(443), HOST, HOST, "/", &[]);
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(get(), get(), get())
+    })
+    .await
+    .expect("requests left waiting on a failed connect");
+    for r in [answered.0, answered.1, answered.2] {
+        assert_eq!(r.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -263,11 +263,7 @@ pub const FIELDS: &[Field] = &[
         "trafficPolicy.connectionPool.http.useClientProtocol",
         "",
     ),
-    no(
-        DR,
-        "trafficPolicy.connectionPool.http.maxConcurrentStreams",
-        "",
-    ),
+    yes(DR, "trafficPolicy.connectionPool.http.maxConcurrentStreams"),
     yes(DR, "trafficPolicy.outlierDetection.consecutive5xxErrors"),
     yes(DR, "trafficPolicy.outlierDetection.consecutiveGatewayErrors"),
     yes(DR, "trafficPolicy.outlierDetection.consecutiveErrors"),

@@ -211,6 +211,7 @@ fn connection(
         peer,
         version,
         group,
+        hello_at: _,
     } = accepted;
     let sni = tls.get_ref().1.server_name().map(Into::into);
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();

@@ -49,8 +49,9 @@ struct Downstream<'a> {
     local: SocketAddr,
     sni: Option<&'a str>,
     identity: Option<&'a PeerIdentity>,
-    /// When the connection was accepted.
-    accepted: Instant,
+    /// Where `maxConnectionDuration` starts, as Envoy's `tcp_proxy` starts it after the
+    /// listener filters: the accept, or on a TLS listener the ClientHello read.
+    since: Instant,
 }
 
 /// Serves one connection of a `TCP` listener, to its end.
@@ -73,7 +74,7 @@ pub async fn serve(
                 local,
                 sni: None,
                 identity: None,
-                accepted: start.1,
+                since: start.1,
             };
             forward(&runtime, listener, client, &down, &mut upstream).await
         }
@@ -98,7 +99,7 @@ pub async fn serve(
                         local,
                         sni: sni.as_deref(),
                         identity,
-                        accepted: start.1,
+                        since: accepted.hello_at,
                     };
                     forward(&runtime, listener, accepted.tls, &down, &mut upstream).await
                 }
@@ -172,10 +173,21 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
                 .any(|m| m.matches(model.port, down.local.ip()))
     });
     // A compiled route has a backend.
-    let Some(backend) = route.and_then(|r| pick(&r.backends)) else {
+    let Some((backend, first)) =
+        route.and_then(|r| Some((pick(&r.backends)?, r.backends.first()?)))
+    else {
         return Err(("no_route", "no tcp route matches this connection".into()));
     };
     *upstream_out = Some(backend);
+    // The route's limits are its first destination's rule's, whichever is picked, as Istio
+    // builds one `tcp_proxy` for weighted destinations.
+    let limits = runtime
+        .upstreams
+        .backend(first.backend)
+        .stream_limits(runtime.model.proxy.limits.idle_timeout, down.since);
+    if limits.1.is_some_and(|end| end <= Instant::now()) {
+        return Ok(("max_connection_duration", (0, 0)));
+    }
     // With a PROXY v2 header, the identity this listener verified, when configured.
     let spiffe = runtime
         .model
@@ -188,7 +200,6 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         .open_stream(down.peer, down.local, spiffe)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
-    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout, down.accepted);
     let (end, received, sent) = splice(&mut client, &mut server, limits).await;
     Ok((end, (received, sent)))
 }

@@ -62,6 +62,7 @@ struct Pool {
     max_connection_duration: Option<Duration>,
     max_connections: Option<u32>,
     max_requests_per_connection: Option<u32>,
+    max_concurrent_streams: Option<u32>,
     max_pending_requests: Option<u32>,
     max_requests: Option<u32>,
     max_retries: Option<u32>,
@@ -206,6 +207,8 @@ pub(crate) fn compile(
     for (o, spec) in ordered.iter().filter_map(|&i| found.get(i)) {
         let selector = spec.workload_selector.as_ref().map(|s| &s.match_labels);
         let mut export = ExportTo::parse(o, spec.export_to.as_deref(), false, errors);
+        // A rule whose selector selects no workload here is still checked, then left out.
+        let mut selects_none = false;
         if let Some(selector) = selector {
             let before = errors.len();
             for (k, v) in selector {
@@ -231,9 +234,8 @@ pub(crate) fn compile(
                          only to the workloads of its own namespace that it selects"
                     ),
                 ));
-                continue;
-            }
-            if spec.export_to.is_some() {
+                selects_none = true;
+            } else if spec.export_to.is_some() {
                 warnings.push(o.warn(
                     Code::DestinationRuleSettingIgnored,
                     Some("spec.exportTo"),
@@ -253,7 +255,7 @@ pub(crate) fn compile(
         .into_iter()
         .flatten()
         .collect();
-        if !local && !visible {
+        if !local && !visible && !selects_none {
             warnings.push(export.not_exported(o, proxy_namespace, "applies to nothing"));
         }
         let host = if spec.host == "*" {
@@ -293,6 +295,9 @@ pub(crate) fn compile(
                 source: o.resource(),
             });
         }
+        if selects_none {
+            continue;
+        }
         let rule = Rule {
             namespace: o.namespace.clone(),
             source: o.resource(),
@@ -310,6 +315,13 @@ pub(crate) fn compile(
                 ..rule.clone()
             };
             let key = (view, rule.namespace.clone(), rule.host.clone());
+            // Rules this proxy's own list answers for by a selecting rule: their exported list
+            // is never looked at here, so rules kept apart there are no conflict.
+            let shadowed = view == View::Exported
+                && of_host
+                    .get(&(View::Local, rule.namespace.clone(), rule.host.clone()))
+                    .and_then(|&i| rules.get(i))
+                    .is_some_and(|(_, local)| local.selector.is_some());
             match of_host.get(&key).and_then(|&i| rules.get_mut(i)) {
                 // A rule that selects this proxy by its labels (ordered first) applies in place
                 // of those without a selector. Those merge into it only with `.` among their
@@ -345,6 +357,7 @@ pub(crate) fn compile(
                     }
                 }
                 Some((_, first)) if first.export != rule.export && !first.visible => {}
+                Some((_, first)) if first.export != rule.export && shadowed => {}
                 // Both apply to this proxy, and Istio would apply one of them, which meshgate
                 // does not reproduce.
                 Some((_, first)) if first.export != rule.export => {
@@ -622,6 +635,7 @@ impl Rules {
             policy.max_connection_duration = pool.max_connection_duration;
             policy.max_connections = pool.max_connections;
             policy.max_requests_per_connection = pool.max_requests_per_connection;
+            policy.max_concurrent_streams = pool.max_concurrent_streams;
             policy.max_pending_requests = pool.max_pending_requests;
             policy.max_requests = pool.max_requests;
             policy.max_retries = pool.max_retries;
@@ -716,8 +730,13 @@ fn patch(
                     }
                 });
                 // Istio: http.idleTimeout, else tcp.idleTimeout.
-                out.tcp_idle_timeout = duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors);
-                out.idle_timeout = out.tcp_idle_timeout;
+                // 0s turns the timeout off, as Istio documents (and its validation takes since
+                // istio/istio#55409).
+                out.tcp_idle_timeout = match tcp.idle_timeout.as_deref().map(parse_duration) {
+                    Some(Some(d)) if d.is_zero() => Some(Duration::ZERO),
+                    _ => duration(format!("{path}.tcp.idleTimeout"), &tcp.idle_timeout, errors),
+                };
+                out.idle_timeout = out.tcp_idle_timeout.map(|d| if d.is_zero() { Duration::MAX } else { d });
                 if let Some(k) = &tcp.tcp_keepalive {
                     let p = format!("{path}.tcp.tcpKeepalive");
                     let mut keepalive = TcpKeepalive::default();
@@ -735,11 +754,22 @@ fn patch(
                 o.unsupported(
                     errors,
                     &format!("{path}.http"),
-                    &[
-                        ("useClientProtocol", http.use_client_protocol.is_some()),
-                        ("maxConcurrentStreams", http.max_concurrent_streams.is_some()),
-                    ],
+                    &[("useClientProtocol", http.use_client_protocol.is_some())],
                 );
+                // Istio: an int32, 0 for Envoy's default (no limit); a negative one is refused.
+                out.max_concurrent_streams = match http.max_concurrent_streams {
+                    None | Some(0) => None,
+                    Some(n) => match u32::try_from(n) {
+                        Ok(n) if n <= i32::MAX as u32 => Some(n),
+                        _ => {
+                            errors.push(o.error(
+                                format!("{path}.http.maxConcurrentStreams"),
+                                format!("`{n}` is not a number of streams from 0 to 2147483647"),
+                            ));
+                            None
+                        }
+                    },
+                };
                 if let Some(t) = duration(format!("{path}.http.idleTimeout"), &http.idle_timeout, errors) {
                     out.idle_timeout = Some(t);
                 }

@@ -777,13 +777,17 @@ pub struct UpstreamPolicy {
     /// The DestinationRule's top-level `connectionPool.tcp.idleTimeout`: a TCP or passthrough
     /// route's connection is closed once nothing moved either way for this long, in place of
     /// `limits.idleTimeout` (Istio sets `tcp_proxy`'s `idle_timeout` from the top level, else
-    /// from the proxy's default).
+    /// from the proxy's default); zero: never.
     pub tcp_idle_timeout: Option<std::time::Duration>,
     /// `connectionPool.tcp.maxConnections`: at most this many HTTP/1.1 connections (and so
     /// requests at once) to the backend; more requests wait for one.
     pub max_connections: Option<u32>,
     /// `connectionPool.http.maxRequestsPerConnection`: a connection is closed after this many.
     pub max_requests_per_connection: Option<u32>,
+    /// `connectionPool.http.maxConcurrentStreams`: at most this many requests at once on one
+    /// HTTP/2 connection to an endpoint; more open another connection (Envoy's
+    /// `http2_protocol_options.max_concurrent_streams` for the cluster).
+    pub max_concurrent_streams: Option<u32>,
     /// `connectionPool.http.http1MaxPendingRequests`: requests waiting for one of
     /// `maxConnections`; one more is answered 503 (`UO`). `None`: unlimited, as Istio's default.
     pub max_pending_requests: Option<u32>,
@@ -818,6 +822,7 @@ impl Default for UpstreamPolicy {
             tcp_idle_timeout: None,
             max_connections: None,
             max_requests_per_connection: None,
+            max_concurrent_streams: None,
             max_pending_requests: None,
             max_requests: None,
             max_retries: None,

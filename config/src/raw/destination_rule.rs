@@ -175,5 +175,5 @@ pub struct HttpSettings {
     pub max_retries: Option<u32>,
     pub h2_upgrade_policy: Option<String>,
     pub use_client_protocol: Unsupported,
-    pub max_concurrent_streams: Unsupported,
+    pub max_concurrent_streams: Option<i64>,
 }

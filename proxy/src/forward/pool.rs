@@ -2,8 +2,11 @@
 //!
 //! Each backend has its own connector (so a connection is only reused for the endpoint, TLS
 //! settings and identity that shaped it) and its endpoints. An endpoint keeps its idle HTTP/1.1
-//! connections in a list behind a mutex that one worker holds for a push or a pop, and one
-//! shared HTTP/2 connection. A request leases a connection; the lease rides on the response
+//! connections in a list behind a mutex that one worker holds for a push or a pop, and its
+//! shared HTTP/2 connections: one, or, with `maxConcurrentStreams`, as many as the streams in
+//! flight need (Envoy's HTTP/2 pool). `maxConnections` bounds them too, though an endpoint may
+//! always have one; a request that finds every stream taken and no connection left to open
+//! waits for a stream, pending as an HTTP/1.1 request waits for a connection. A request leases a connection; the lease rides on the response
 //! body and puts the connection back when the body ends (`maxRequestsPerConnection` retires it
 //! instead). `maxConnections` is a semaphore: an HTTP/1.1 connection carries one request at a
 //! time, so at most that many requests, and connections, at once; a request waiting for a
@@ -26,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use meshgate_config::model::{Backend, BackendProtocol, Endpoints, Model};
 
@@ -67,6 +70,8 @@ pub struct UpstreamBackend {
     /// Mirrored copies in flight to this backend.
     mirrors: Arc<AtomicUsize>,
     max_requests_per_connection: Option<u32>,
+    /// `maxConcurrentStreams`: requests at once on one HTTP/2 connection.
+    max_concurrent_streams: Option<u32>,
     /// `proxyProtocol`: the PROXY header version streams open with.
     proxy_protocol: Option<meshgate_config::model::ProxyVersion>,
     idle_timeout: Duration,
@@ -193,7 +198,10 @@ pub struct Endpoint {
     idle: Mutex<Vec<Idle>>,
     /// Idle connections of meshgate's own HTTP/1.1 client (requests without a body).
     own: Mutex<Vec<OwnIdle>>,
-    http2: Mutex<Option<Shared>>,
+    http2: Mutex<Http2Pool>,
+    /// Signalled when a stream counted against `maxConcurrentStreams` ends, and when a
+    /// connection being opened is ready (or failed).
+    freed: Arc<Notify>,
     sweeper: AtomicBool,
 }
 
@@ -213,11 +221,96 @@ struct Idle {
     retire_at: RetireAt,
 }
 
+/// An endpoint's HTTP/2 connections.
+#[derive(Debug, Default)]
+struct Http2Pool {
+    /// The connections that take new streams: at most one without `maxConcurrentStreams`. A
+    /// connection that leaves the list closes once its streams end.
+    shared: Vec<Shared>,
+    /// Connections being opened, and the requests counting on them (their openers among
+    /// them). A request that finds no stream waits for one being opened while it has room (as
+    /// Envoy's pool counts a connecting connection's streams), rather than opening its own.
+    opening: usize,
+    promised: usize,
+}
+
 #[derive(Debug)]
 struct Shared {
     sender: http2::SendRequest<RequestBody>,
     used: Arc<AtomicUsize>,
     retire_at: RetireAt,
+    streams: Arc<Streams>,
+}
+
+/// What one shared HTTP/2 connection carries: its streams in flight (counted under
+/// `maxConcurrentStreams` only) and its place among the backend's connections when
+/// `maxConnections` bounds them, given back once the connection has left the pool and its last
+/// stream has ended.
+#[derive(Debug)]
+struct Streams {
+    now: AtomicUsize,
+    freed: Arc<Notify>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What `next_stream` decided.
+enum Next<'e> {
+    Stream(
+        (
+            http2::SendRequest<RequestBody>,
+            Arc<AtomicUsize>,
+            Option<StreamSlot>,
+        ),
+    ),
+    /// Wait, counting on a connection being opened (with a promise) or for a stream to end.
+    Wait(Option<Promise<'e>>),
+    Open(Connecting<'e>),
+}
+
+/// A request's count among those a connection being opened is to take: given back when it
+/// looks again.
+struct Promise<'e>(&'e Endpoint);
+
+impl Drop for Promise<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.0.http2.lock().unwrap_or_else(|p| p.into_inner());
+        pool.promised = pool.promised.saturating_sub(1);
+    }
+}
+
+/// A connection being opened, with its `maxConnections` permit until the connection takes
+/// it. Dropped once the connection is in the pool, or when opening failed or was given up:
+/// either way those counting on it look again.
+struct Connecting<'e> {
+    endpoint: &'e Endpoint,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        {
+            let mut pool = self
+                .endpoint
+                .http2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pool.opening = pool.opening.saturating_sub(1);
+            pool.promised = pool.promised.saturating_sub(1);
+        }
+        self.endpoint.freed.notify_waiters();
+    }
+}
+
+/// One stream's place on its connection, held by the response body: freed when the body ends
+/// or is dropped, which wakes a request waiting for one.
+#[derive(Debug)]
+struct StreamSlot(Arc<Streams>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
 }
 
 /// When a connection retires (`maxConnectionDuration`): milliseconds on the pools' clock
@@ -321,6 +414,7 @@ impl UpstreamBackend {
             retries: Gauge::new(b.policy.max_retries),
             mirrors: Arc::new(AtomicUsize::new(0)),
             max_requests_per_connection: b.policy.max_requests_per_connection,
+            max_concurrent_streams: b.policy.max_concurrent_streams,
             proxy_protocol: b.policy.proxy_protocol,
             idle_timeout: b.policy.idle_timeout,
             max_age: b.policy.max_connection_duration,
@@ -447,20 +541,22 @@ impl UpstreamBackend {
         result
     }
 
-    /// How long a stream opened by `open_stream` may stay idle and how much longer it may
-    /// last, as `splice` takes them: the DestinationRule's top-level `tcp.idleTimeout` (else
-    /// `default_idle`, the listener's `limits.idleTimeout`), and what is left of
-    /// `maxConnectionDuration` counted from `accepted`, when the client's connection was (as
-    /// Envoy counts `max_downstream_connection_duration`).
+    /// How long a stream opened by `open_stream` may stay idle, and when it ends, as
+    /// `splice` takes them: the DestinationRule's top-level `tcp.idleTimeout` (else
+    /// `default_idle`, the listener's `limits.idleTimeout`; 0s: never), and `since` (where
+    /// Envoy's `tcp_proxy` starts its clock) plus `maxConnectionDuration`.
     pub fn stream_limits(
         &self,
         default_idle: Option<Duration>,
-        accepted: std::time::Instant,
-    ) -> (Option<Duration>, Option<Duration>) {
-        let left = self
-            .stream_max_age
-            .map(|max| max.saturating_sub(accepted.elapsed()));
-        (self.stream_idle.or(default_idle), left)
+        since: Instant,
+    ) -> (Option<Duration>, Option<Instant>) {
+        let idle = match self.stream_idle {
+            Some(idle) if idle.is_zero() => None,
+            Some(idle) => Some(idle),
+            None => default_idle,
+        };
+        let end = self.stream_max_age.and_then(|max| since.checked_add(max));
+        (idle, end)
     }
 
     /// A new connection, not pooled, to the next endpoint, for bytes the proxy passes on as
@@ -770,44 +866,75 @@ impl UpstreamBackend {
         let limit = self
             .max_requests_per_connection
             .map_or(usize::MAX, |n| n as usize);
-        let shared = {
-            let guard = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
-            guard
-                .as_ref()
-                .filter(|s| {
-                    !s.sender.is_closed()
-                        && s.used.load(Ordering::Relaxed) < limit
-                        && young(s.retire_at)
-                })
-                .map(|s| (s.sender.clone(), s.used.clone()))
-        };
-        let (mut sender, used) = match shared {
-            Some(s) => s,
-            None => {
-                let sender = match self.open_http2(endpoint).await {
-                    Ok(sender) => sender,
-                    Err(e) => return Err(Failed::unsent(e, req)),
-                };
-                let used = Arc::new(AtomicUsize::new(0));
-                if self.max_age.is_some() {
-                    self.start_sweeper(endpoint);
+        let cap = self.max_concurrent_streams.map(|n| n as usize);
+        // Waiting for a stream, as Envoy counts a pending request (`http1MaxPendingRequests`).
+        let mut pending = None;
+        let (mut sender, used, slot) = loop {
+            // Registered before looking, so that a stream or a connection ready meanwhile is
+            // not missed.
+            let freed = endpoint.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let next = {
+                let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
+                self.next_stream(&mut pool, endpoint, cap, limit)
+            };
+            let mut connecting = match next {
+                Next::Stream(stream) => break stream,
+                Next::Open(connecting) => connecting,
+                Next::Wait(promise) => {
+                    if pending.is_none() {
+                        pending = self.pending.enter();
+                        if pending.is_none() {
+                            self.counts.overflow();
+                            return Err(Failed::unsent(ForwardError::Overflow, req));
+                        }
+                    }
+                    freed.await;
+                    drop(promise);
+                    continue;
                 }
-                // An old connection that is replaced closes once its streams are done.
-                *endpoint.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(Shared {
+            };
+            let sender = match self.open_http2(endpoint).await {
+                Ok(sender) => sender,
+                // `connecting`, dropped, wakes those counting on this connection.
+                Err(e) => return Err(Failed::unsent(e, req)),
+            };
+            let streams = Arc::new(Streams {
+                now: AtomicUsize::new(usize::from(cap.is_some())),
+                freed: endpoint.freed.clone(),
+                _permit: connecting.permit.take(),
+            });
+            let slot = cap.map(|_| StreamSlot(streams.clone()));
+            let used = Arc::new(AtomicUsize::new(0));
+            if self.max_age.is_some() {
+                self.start_sweeper(endpoint);
+            }
+            endpoint
+                .http2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .shared
+                .push(Shared {
                     sender: sender.clone(),
                     used: used.clone(),
                     retire_at: self.retire_at(),
+                    streams,
                 });
-                (sender, used)
-            }
+            drop(connecting);
+            break (sender, used, slot);
         };
+        drop(pending);
         used.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = sender.ready().await {
             return Err(Failed::unsent(ForwardError::Upstream(e.into()), req));
         }
         match sender.try_send_request(req).await {
             Ok(response) => Ok(response.map(|body| PooledBody {
-                body: Inner::Hyper(body),
+                body: match slot {
+                    None => Inner::Hyper(body),
+                    Some(slot) => Inner::Bounded(body, Some(slot)),
+                },
                 lease: None,
                 active: None,
                 deadline: None,
@@ -817,6 +944,57 @@ impl UpstreamBackend {
                 error: ForwardError::Upstream(e.into_error().into()),
             }),
         }
+    }
+
+    /// What a request does for a stream, decided under `pool`'s lock: take one on a shared
+    /// connection (its slot taken here, so two requests never take a connection's last), wait
+    /// for a connection being opened that has room or for a stream to end, or open a
+    /// connection, the endpoint's first always, any other within `maxConnections`.
+    fn next_stream<'e>(
+        &self,
+        pool: &mut Http2Pool,
+        endpoint: &'e Endpoint,
+        cap: Option<usize>,
+        limit: usize,
+    ) -> Next<'e> {
+        // A connection that takes no new stream leaves; it closes once its streams end.
+        pool.shared.retain(|s| {
+            !s.sender.is_closed() && s.used.load(Ordering::Relaxed) < limit && young(s.retire_at)
+        });
+        let found = pool.shared.iter().find_map(|s| {
+            let slot = match cap {
+                None => None,
+                Some(cap) if s.streams.now.load(Ordering::Acquire) >= cap => return None,
+                Some(_) => {
+                    s.streams.now.fetch_add(1, Ordering::AcqRel);
+                    Some(StreamSlot(s.streams.clone()))
+                }
+            };
+            Some((s.sender.clone(), s.used.clone(), slot))
+        });
+        if let Some(stream) = found {
+            return Next::Stream(stream);
+        }
+        let room = match cap {
+            None if pool.opening > 0 => usize::MAX,
+            None => 0,
+            Some(cap) => pool.opening.saturating_mul(cap),
+        };
+        if pool.promised < room {
+            pool.promised = pool.promised.saturating_add(1);
+            return Next::Wait(Some(Promise(endpoint)));
+        }
+        let permit = match &self.connections {
+            None => None,
+            Some(permits) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) if pool.shared.is_empty() && pool.opening == 0 => None,
+                Err(_) => return Next::Wait(None),
+            },
+        };
+        pool.opening = pool.opening.saturating_add(1);
+        pool.promised = pool.promised.saturating_add(1);
+        Next::Open(Connecting { endpoint, permit })
     }
 
     fn lease(
@@ -886,10 +1064,12 @@ impl UpstreamBackend {
                         c.since.elapsed() < timeout && !c.conn.closed() && young(c.retire_at)
                     });
                 // A shared HTTP/2 connection of age: let go, it closes once its streams end.
-                let mut http2 = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
-                if http2.as_ref().is_some_and(|s| !young(s.retire_at)) {
-                    *http2 = None;
-                }
+                endpoint
+                    .http2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .shared
+                    .retain(|s| young(s.retire_at));
             }
         });
     }
@@ -904,7 +1084,8 @@ impl Endpoint {
             health: Health::default(),
             idle: Mutex::new(Vec::new()),
             own: Mutex::new(Vec::new()),
-            http2: Mutex::new(None),
+            http2: Mutex::new(Http2Pool::default()),
+            freed: Arc::new(Notify::new()),
             sweeper: AtomicBool::new(false),
         }
     }
@@ -1051,6 +1232,9 @@ enum BodyDeadline {
 #[derive(Debug)]
 enum Inner {
     Hyper(Incoming),
+    /// An HTTP/2 stream counted against `maxConcurrentStreams`, its place held until the body
+    /// ends.
+    Bounded(Incoming, Option<StreamSlot>),
     Own(h1::Body),
 }
 
@@ -1112,9 +1296,12 @@ impl PooledBody {
         if let Some(lease) = self.lease.take() {
             let own = match &mut self.body {
                 Inner::Own(body) => body.reusable(),
-                Inner::Hyper(_) => None,
+                Inner::Hyper(_) | Inner::Bounded(..) => None,
             };
             lease.release(own);
+        }
+        if let Inner::Bounded(_, slot) = &mut self.body {
+            *slot = None;
         }
         self.active = None;
         self.end_deadline();
@@ -1137,21 +1324,23 @@ impl Body for Inner {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
-            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(UpstreamError::from),
+            Self::Hyper(body) | Self::Bounded(body, _) => {
+                Pin::new(body).poll_frame(cx).map_err(UpstreamError::from)
+            }
             Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(UpstreamError::from),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Hyper(body) => body.is_end_stream(),
+            Self::Hyper(body) | Self::Bounded(body, _) => body.is_end_stream(),
             Self::Own(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Hyper(body) => body.size_hint(),
+            Self::Hyper(body) | Self::Bounded(body, _) => body.size_hint(),
             Self::Own(body) => body.size_hint(),
         }
     }

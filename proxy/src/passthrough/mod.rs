@@ -115,7 +115,7 @@ pub async fn serve(
         &runtime,
         listener,
         &mut client,
-        (peer, local, start.1),
+        (peer, local),
         &mut buf,
         &mut sni,
         &mut upstream,
@@ -157,7 +157,7 @@ async fn forward(
     runtime: &Runtime,
     listener: usize,
     client: &mut TcpStream,
-    (peer, local, accepted): (SocketAddr, SocketAddr, Instant),
+    (peer, local): (SocketAddr, SocketAddr),
     buf: &mut Vec<u8>,
     sni_out: &mut Option<String>,
     upstream_out: &mut Option<usize>,
@@ -174,6 +174,8 @@ async fn forward(
         Ok(Err(why)) => return Err(("invalid_hello", why)),
         Ok(Ok(hello)) => hello,
     };
+    // Where Envoy's `tcp_proxy` starts `maxConnectionDuration`: after its listener filters.
+    let since = Instant::now();
     let auto = model.protocol == ListenerProtocol::AutoPassthrough;
     if auto
         && !hello
@@ -194,8 +196,10 @@ async fn forward(
     let Some(sni) = hello.sni.map(|s| s.to_ascii_lowercase()) else {
         return Err(("no_sni", "the ClientHello names no server".into()));
     };
+    // The backend, and the one whose rule gives the route's limits: the route's first, as
+    // Istio builds one `tcp_proxy` for weighted destinations.
     let backend = if auto {
-        model.passthrough.get(&sni).copied()
+        model.passthrough.get(&sni).map(|&b| (b, b))
     } else {
         model
             .sni_routes
@@ -205,10 +209,10 @@ async fn forward(
                     .iter()
                     .any(|m| m.matches(&sni, model.port, local.ip()))
             })
-            .and_then(|r| pick(&r.backends))
+            .and_then(|r| Some((pick(&r.backends)?, r.backends.first()?.backend)))
     };
     let sni = sni_out.insert(sni);
-    let Some(backend) = backend else {
+    let Some((backend, first)) = backend else {
         let why = if auto {
             "no exposed service has this SNI"
         } else {
@@ -238,16 +242,23 @@ async fn forward(
         return Err(("denied", by));
     }
     *upstream_out = Some(backend);
+    let limits = runtime
+        .upstreams
+        .backend(first)
+        .stream_limits(runtime.model.proxy.limits.idle_timeout, since);
     let pool = runtime.upstreams.backend(backend);
     let mut server = pool
         .open_stream(peer, local, None)
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
+    // Past its end already (a slow connect): not a byte is passed on.
+    if limits.1.is_some_and(|end| end <= Instant::now()) {
+        return Ok(("max_connection_duration", (0, 0)));
+    }
     if let Err(e) = server.write_all(buf).await {
         return Err(("reset", format!("replaying the ClientHello: {e}")));
     }
     let replayed = buf.len() as u64;
-    let limits = pool.stream_limits(runtime.model.proxy.limits.idle_timeout, accepted);
     let (end, received, sent) = splice(client, &mut server, limits).await;
     Ok((end, (received.saturating_add(replayed), sent)))
 }
@@ -275,14 +286,14 @@ async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<hello::
     }
 }
 
-/// Copies both ways until both sides have closed, one fails, nothing moves for `idle`, or the
-/// connection is `max_age` old (the backend's `maxConnectionDuration`, Envoy's
-/// `max_downstream_connection_duration`). How it ended, and the bytes from the client and to
-/// the client.
+/// Copies both ways until both sides have closed, one fails, nothing moves for `idle`, or
+/// `end` passes (the route's `maxConnectionDuration`, Envoy's
+/// `max_downstream_connection_duration`); nothing is copied once it has. How it ended, and the
+/// bytes from the client and to the client.
 pub(crate) async fn splice<A, B>(
     a: &mut A,
     b: &mut B,
-    (idle, max_age): (Option<Duration>, Option<Duration>),
+    (idle, end): (Option<Duration>, Option<Instant>),
 ) -> (&'static str, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -331,11 +342,11 @@ where
             }
         }
     };
-    let end = match max_age {
+    let end = match end {
         None => spliced.await,
         // Already as old as it may be: nothing is passed on.
-        Some(max) if max.is_zero() => "max_connection_duration",
-        Some(max) => tokio::time::timeout(max, spliced)
+        Some(at) if at <= Instant::now() => "max_connection_duration",
+        Some(at) => tokio::time::timeout_at(at.into(), spliced)
             .await
             .unwrap_or("max_connection_duration"),
     };

@@ -8,7 +8,7 @@
 //! `istio-http/1.x` and `istio` select HTTP/1.1; `istio-peer-exchange` is never selected.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{Acceptor, NoServerSessionStorage, ServerSessionMemoryCache};
@@ -57,6 +57,9 @@ pub struct Accepted {
     /// The TLS group (`Listener::tls` index) the SNI chose: the request's host must be one of
     /// its servers' hosts.
     pub group: usize,
+    /// When the ClientHello had been read: where Envoy's listener filters end and a TCP
+    /// route's `maxConnectionDuration` starts.
+    pub hello_at: Instant,
 }
 
 /// The server configs of one HTTPS listener: one group per distinct TLS setting of its
@@ -236,6 +239,7 @@ async fn handshake_inner(
     let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
         .await
         .map_err(peer_error)?;
+    let hello_at = Instant::now();
     let hello = start.client_hello();
     let index = choose_group(hello.server_name(), servers, configs.groups.len())?;
     let group = configs
@@ -275,6 +279,7 @@ async fn handshake_inner(
         peer,
         version,
         group: index,
+        hello_at,
     })
 }
 
