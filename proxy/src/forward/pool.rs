@@ -263,7 +263,10 @@ enum Next<'e> {
         ),
     ),
     /// Wait, counting on a connection being opened (with a promise) or for a stream to end.
-    Wait(Option<Promise<'e>>),
+    Wait(
+        Option<Promise<'e>>,
+        Pin<Box<tokio::sync::futures::Notified<'e>>>,
+    ),
     Open(Connecting<'e>),
 }
 
@@ -870,11 +873,6 @@ impl UpstreamBackend {
         // Waiting for a stream, as Envoy counts a pending request (`http1MaxPendingRequests`).
         let mut pending = None;
         let (mut sender, used, slot) = loop {
-            // Registered before looking, so that a stream or a connection ready meanwhile is
-            // not missed.
-            let freed = endpoint.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
             let next = {
                 let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
                 self.next_stream(&mut pool, endpoint, cap, limit)
@@ -882,7 +880,7 @@ impl UpstreamBackend {
             let mut connecting = match next {
                 Next::Stream(stream) => break stream,
                 Next::Open(connecting) => connecting,
-                Next::Wait(promise) => {
+                Next::Wait(promise, freed) => {
                     if pending.is_none() {
                         pending = self.pending.enter();
                         if pending.is_none() {
@@ -980,16 +978,23 @@ impl UpstreamBackend {
             None => 0,
             Some(cap) => pool.opening.saturating_mul(cap),
         };
+        // Registered under the lock, so that a stream or a connection ready after this look is
+        // not missed (one ending before it left a permit in the `Notify`).
+        let wait = |promise| {
+            let mut freed = Box::pin(endpoint.freed.notified());
+            freed.as_mut().enable();
+            Next::Wait(promise, freed)
+        };
         if pool.promised < room {
             pool.promised = pool.promised.saturating_add(1);
-            return Next::Wait(Some(Promise(endpoint)));
+            return wait(Some(Promise(endpoint)));
         }
         let permit = match &self.connections {
             None => None,
             Some(permits) => match permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) if pool.shared.is_empty() && pool.opening == 0 => None,
-                Err(_) => return Next::Wait(None),
+                Err(_) => return wait(None),
             },
         };
         pool.opening = pool.opening.saturating_add(1);
