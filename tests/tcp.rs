@@ -433,7 +433,7 @@ kind: DestinationRule
 metadata: {name: db, namespace: istio-system}
 spec:
   host: db.internal
-  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 300ms}}}
+  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 1s}}}
 "#;
     let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
     let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
@@ -453,7 +453,7 @@ spec:
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
-        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(3),
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
         "closed after {closed_after:?}"
     );
 
@@ -463,7 +463,7 @@ spec:
     let sleep = pki.workload("example.com", SLEEP);
     let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
     let tcp = TcpStream::connect(target.addr(9443)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let hello = std::time::Instant::now();
     let mut tls = client
         .handshake(tcp, "outbound_.5432_._.db.internal")
@@ -477,7 +477,7 @@ spec:
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
     let closed_after = hello.elapsed();
     assert!(
-        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(3),
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
         "closed {closed_after:?} after the ClientHello"
     );
     eventually("the ends counted", || {
@@ -518,7 +518,7 @@ kind: DestinationRule
 metadata: {{name: db, namespace: istio-system}}
 spec:
   host: db.internal
-  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: 300ms}}}}}}
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: 1s}}}}}}
 "#,
             backend.address.port()
         );

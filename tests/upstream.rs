@@ -336,8 +336,9 @@ async fn http2_streams_per_connection_follow_max_concurrent_streams() {
         );
         let proxy = start(&pki, &extra).await;
         let client = caller(&pki);
-        // Three requests at once, each answered after 300 ms.
-        let get = || client.get(proxy.addr(443), HOST, HOST, "/delay/300", &[]);
+        // Three requests at once, each answered after 1.5 s: time for all three to reach the
+        // pool while the others are in flight, even on a loaded machine.
+        let get = || client.get(proxy.addr(443), HOST, HOST, "/delay/1500", &[]);
         let (a, b, c) = tokio::join!(get(), get(), get());
         let mut statuses: Vec<u16> = [a, b, c]
             .into_iter()
@@ -353,6 +354,29 @@ async fn http2_streams_per_connection_follow_max_concurrent_streams() {
         let metrics = proxy.running.metrics.render();
         assert!(metrics.contains(&made), "{pool}: want {made}{metrics}");
     }
+
+    // A connection that does not open (TCP taken, TLS never answered) until `connectTimeout`:
+    // the requests counting on it fail with it, together, not one connect timeout after the
+    // other as each tries its own in turn.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: httpbin, namespace: default}}\nspec:\n  hosts: [\"{HOST}\"]\n  gateways: [istio-system/multi-mesh-gateway]\n  http: [{{retries: {{attempts: 0}}, route: [{{destination: {{host: h2.internal, port: {{number: 80}}}}}}]}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: h2}}\nspec:\n  host: h2.internal\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}, connectionPool: {{tcp: {{connectTimeout: 2s}}}}}}\n",
+        silent.local_addr().unwrap().port()
+    );
+    let proxy = start(&pki, &extra).await;
+    let client = caller(&pki);
+    let get = || client.get(proxy.addr(443), HOST, HOST, "/", &[]);
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(get(), get(), get());
+    let took = started.elapsed();
+    for r in [a, b, c] {
+        assert_eq!(r.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        took < std::time::Duration::from_millis(4500),
+        "three requests on one failing connect took {took:?}, not one connect timeout (2 s)"
+    );
+    drop(silent);
 
     // A connection that cannot be opened: the requests counting on it, waiting, are not left
     // waiting; each gets its answer.

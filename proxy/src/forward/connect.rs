@@ -25,7 +25,7 @@ pub struct Connector {
 /// Why a connection could not be made. All of them answer 503.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// No TCP connection within `connectTimeout`.
+    /// No connection (TCP, then TLS when originated) within `connectTimeout`.
     #[error("connect timeout after {0:?}")]
     Timeout(Duration),
     /// Refused, unreachable, or a name that does not resolve.
@@ -38,6 +38,10 @@ pub enum ConnectError {
     /// The HTTP handshake on the new connection failed.
     #[error("HTTP handshake: {0}")]
     Http(#[source] hyper::Error),
+    /// The HTTP/2 connection this request waited for, which another request was opening,
+    /// failed to open.
+    #[error("the HTTP/2 connection this request waited for failed to open")]
+    Shared,
 }
 
 impl Connector {
@@ -61,16 +65,32 @@ impl Connector {
     }
 
     /// A new connection to `host:port` (a name is resolved now, every address tried), with
-    /// `preface` (a PROXY header) written before anything else, TLS included.
+    /// `preface` (a PROXY header) written before anything else, TLS included. All of it within
+    /// `connectTimeout`, as Envoy's connect timer runs until the connection is up, its TLS
+    /// handshake done: an upstream that takes the TCP connection and never answers TLS does
+    /// not hold the request.
     pub async fn connect(
         &self,
         host: &str,
         port: u16,
         preface: Option<&[u8]>,
     ) -> Result<UpstreamStream, ConnectError> {
-        let mut tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+        tokio::time::timeout(
+            self.connect_timeout,
+            self.connect_within(host, port, preface),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+    }
+
+    async fn connect_within(
+        &self,
+        host: &str,
+        port: u16,
+        preface: Option<&[u8]>,
+    ) -> Result<UpstreamStream, ConnectError> {
+        let mut tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
             .map_err(ConnectError::Tcp)?;
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&self.keepalive);

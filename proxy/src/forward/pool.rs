@@ -199,9 +199,11 @@ pub struct Endpoint {
     /// Idle connections of meshgate's own HTTP/1.1 client (requests without a body).
     own: Mutex<Vec<OwnIdle>>,
     http2: Mutex<Http2Pool>,
-    /// Signalled when a stream counted against `maxConcurrentStreams` ends, and when a
-    /// connection being opened is ready (or failed).
+    /// Signalled when a stream counted against `maxConcurrentStreams` ends, when an HTTP/2
+    /// connection goes, and when one being opened is ready (or failed).
     freed: Arc<Notify>,
+    /// HTTP/2 connections alive, in the pool or leaving it.
+    http2_live: Arc<AtomicUsize>,
     sweeper: AtomicBool,
 }
 
@@ -232,65 +234,84 @@ struct Http2Pool {
     /// Envoy's pool counts a connecting connection's streams), rather than opening its own.
     opening: usize,
     promised: usize,
+    /// Connections that failed to open: those counting on one fail with it, as Envoy fails
+    /// the pending requests of a connection that could not connect.
+    failed: u64,
 }
 
 #[derive(Debug)]
 struct Shared {
     sender: http2::SendRequest<RequestBody>,
-    used: Arc<AtomicUsize>,
+    /// Requests given this connection, for `maxRequestsPerConnection`: counted under the
+    /// pool's lock as they are given.
+    used: usize,
     retire_at: RetireAt,
     streams: Arc<Streams>,
 }
 
-/// What one shared HTTP/2 connection carries: its streams in flight (counted under
-/// `maxConcurrentStreams` only) and its place among the backend's connections when
-/// `maxConnections` bounds them, given back once the connection has left the pool and its last
-/// stream has ended.
+/// What one HTTP/2 connection carries while it lives, in the pool or leaving it: its streams
+/// in flight (counted under `maxConcurrentStreams` only) and its `maxConnections` permit. Both
+/// go with the last of the connection's streams, which wakes a request waiting for room.
 #[derive(Debug)]
 struct Streams {
     now: AtomicUsize,
     freed: Arc<Notify>,
-    _permit: Option<OwnedSemaphorePermit>,
+    live: Arc<AtomicUsize>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        // The permit and the count first, then the wake-up: the request woken finds them.
+        drop(self.permit.take());
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
 }
 
 /// What `next_stream` decided.
 enum Next<'e> {
-    Stream(
-        (
-            http2::SendRequest<RequestBody>,
-            Arc<AtomicUsize>,
-            Option<StreamSlot>,
-        ),
-    ),
-    /// Wait, counting on a connection being opened (with a promise) or for a stream to end.
-    Wait(
-        Option<Promise<'e>>,
-        Pin<Box<tokio::sync::futures::Notified<'e>>>,
-    ),
+    Stream(http2::SendRequest<RequestBody>, Option<StreamSlot>),
+    /// Wait, counting on a connection being opened (with a promise), or for a stream to end
+    /// or a connection to go (with `full`: every connection `maxConnections` allows is open).
+    Wait {
+        promise: Option<Promise<'e>>,
+        full: bool,
+        freed: Pin<Box<tokio::sync::futures::Notified<'e>>>,
+    },
     Open(Connecting<'e>),
 }
 
-/// A request's count among those a connection being opened is to take: given back when it
-/// looks again.
-struct Promise<'e>(&'e Endpoint);
+/// A request's count among those a connection being opened is to take, and how many
+/// connections had failed to open when it began to count: given back when it looks again.
+struct Promise<'e> {
+    endpoint: &'e Endpoint,
+    failed: u64,
+}
 
 impl Drop for Promise<'_> {
     fn drop(&mut self) {
-        let mut pool = self.0.http2.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self
+            .endpoint
+            .http2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         pool.promised = pool.promised.saturating_sub(1);
     }
 }
 
 /// A connection being opened, with its `maxConnections` permit until the connection takes
-/// it. Dropped once the connection is in the pool, or when opening failed or was given up:
-/// either way those counting on it look again.
+/// it. Dropped once the connection is in the pool (`opened`), or when opening failed or was
+/// given up: either way those counting on it look again, and after a failure they fail too.
 struct Connecting<'e> {
     endpoint: &'e Endpoint,
     permit: Option<OwnedSemaphorePermit>,
+    opened: bool,
 }
 
 impl Drop for Connecting<'_> {
     fn drop(&mut self) {
+        drop(self.permit.take());
         {
             let mut pool = self
                 .endpoint
@@ -299,6 +320,9 @@ impl Drop for Connecting<'_> {
                 .unwrap_or_else(|p| p.into_inner());
             pool.opening = pool.opening.saturating_sub(1);
             pool.promised = pool.promised.saturating_sub(1);
+            if !self.opened {
+                pool.failed = pool.failed.wrapping_add(1);
+            }
         }
         self.endpoint.freed.notify_waiters();
     }
@@ -872,15 +896,21 @@ impl UpstreamBackend {
         let cap = self.max_concurrent_streams.map(|n| n as usize);
         // Waiting for a stream, as Envoy counts a pending request (`http1MaxPendingRequests`).
         let mut pending = None;
-        let (mut sender, used, slot) = loop {
+        // A `maxConnections` permit this request waited for.
+        let mut held = None;
+        let (mut sender, slot) = loop {
             let next = {
                 let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
-                self.next_stream(&mut pool, endpoint, cap, limit)
+                self.next_stream(&mut pool, endpoint, (cap, limit), &mut held)
             };
             let mut connecting = match next {
-                Next::Stream(stream) => break stream,
+                Next::Stream(sender, slot) => break (sender, slot),
                 Next::Open(connecting) => connecting,
-                Next::Wait(promise, freed) => {
+                Next::Wait {
+                    promise,
+                    full,
+                    freed,
+                } => {
                     if pending.is_none() {
                         pending = self.pending.enter();
                         if pending.is_none() {
@@ -888,23 +918,41 @@ impl UpstreamBackend {
                             return Err(Failed::unsent(ForwardError::Overflow, req));
                         }
                     }
-                    freed.await;
-                    drop(promise);
+                    match (&self.connections, full) {
+                        // Room may also come from another endpoint giving back a permit.
+                        (Some(permits), true) => tokio::select! {
+                            () = freed => {}
+                            permit = permits.clone().acquire_owned() => held = permit.ok(),
+                        },
+                        _ => freed.await,
+                    }
+                    if let Some(promise) = promise {
+                        let failed = endpoint
+                            .http2
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .failed;
+                        if failed != promise.failed {
+                            let e = ForwardError::Connect(ConnectError::Shared);
+                            return Err(Failed::unsent(e, req));
+                        }
+                    }
                     continue;
                 }
             };
             let sender = match self.open_http2(endpoint).await {
                 Ok(sender) => sender,
-                // `connecting`, dropped, wakes those counting on this connection.
+                // `connecting`, dropped, fails those counting on this connection.
                 Err(e) => return Err(Failed::unsent(e, req)),
             };
+            endpoint.http2_live.fetch_add(1, Ordering::AcqRel);
             let streams = Arc::new(Streams {
                 now: AtomicUsize::new(usize::from(cap.is_some())),
                 freed: endpoint.freed.clone(),
-                _permit: connecting.permit.take(),
+                live: endpoint.http2_live.clone(),
+                permit: connecting.permit.take(),
             });
             let slot = cap.map(|_| StreamSlot(streams.clone()));
-            let used = Arc::new(AtomicUsize::new(0));
             if self.max_age.is_some() {
                 self.start_sweeper(endpoint);
             }
@@ -915,15 +963,15 @@ impl UpstreamBackend {
                 .shared
                 .push(Shared {
                     sender: sender.clone(),
-                    used: used.clone(),
+                    used: 1,
                     retire_at: self.retire_at(),
                     streams,
                 });
+            connecting.opened = true;
             drop(connecting);
-            break (sender, used, slot);
+            break (sender, slot);
         };
         drop(pending);
-        used.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = sender.ready().await {
             return Err(Failed::unsent(ForwardError::Upstream(e.into()), req));
         }
@@ -945,61 +993,76 @@ impl UpstreamBackend {
     }
 
     /// What a request does for a stream, decided under `pool`'s lock: take one on a shared
-    /// connection (its slot taken here, so two requests never take a connection's last), wait
-    /// for a connection being opened that has room or for a stream to end, or open a
-    /// connection, the endpoint's first always, any other within `maxConnections`.
+    /// connection (its slot and its count for `maxRequestsPerConnection` taken here, so two
+    /// requests never take a connection's last), wait for a connection being opened that has
+    /// room or for a stream or a permit to come free, or open a connection: within
+    /// `maxConnections` (with `held`, a permit waited for, or one free now), or without a
+    /// permit when the endpoint has no connection at all, as an endpoint may always have one.
     fn next_stream<'e>(
         &self,
         pool: &mut Http2Pool,
         endpoint: &'e Endpoint,
-        cap: Option<usize>,
-        limit: usize,
+        (cap, limit): (Option<usize>, usize),
+        held: &mut Option<OwnedSemaphorePermit>,
     ) -> Next<'e> {
         // A connection that takes no new stream leaves; it closes once its streams end.
-        pool.shared.retain(|s| {
-            !s.sender.is_closed() && s.used.load(Ordering::Relaxed) < limit && young(s.retire_at)
-        });
-        let found = pool.shared.iter().find_map(|s| {
+        pool.shared
+            .retain(|s| !s.sender.is_closed() && s.used < limit && young(s.retire_at));
+        for s in &mut pool.shared {
             let slot = match cap {
                 None => None,
-                Some(cap) if s.streams.now.load(Ordering::Acquire) >= cap => return None,
+                Some(cap) if s.streams.now.load(Ordering::Acquire) >= cap => continue,
                 Some(_) => {
                     s.streams.now.fetch_add(1, Ordering::AcqRel);
                     Some(StreamSlot(s.streams.clone()))
                 }
             };
-            Some((s.sender.clone(), s.used.clone(), slot))
-        });
-        if let Some(stream) = found {
-            return Next::Stream(stream);
+            s.used = s.used.saturating_add(1);
+            // A permit waited for and not needed goes back.
+            drop(held.take());
+            return Next::Stream(s.sender.clone(), slot);
         }
-        let room = match cap {
-            None if pool.opening > 0 => usize::MAX,
-            None => 0,
-            Some(cap) => pool.opening.saturating_mul(cap),
-        };
-        // Registered under the lock, so that a stream or a connection ready after this look is
-        // not missed (one ending before it left a permit in the `Notify`).
-        let wait = |promise| {
+        // Registered under the lock, so that a stream, a connection or a permit coming free
+        // after this look is not missed (one before it left a permit in the `Notify`).
+        let wait = |promise, full| {
             let mut freed = Box::pin(endpoint.freed.notified());
             freed.as_mut().enable();
-            Next::Wait(promise, freed)
+            Next::Wait {
+                promise,
+                full,
+                freed,
+            }
         };
+        // The streams a connection being opened has room for.
+        let room = pool
+            .opening
+            .saturating_mul(cap.unwrap_or(usize::MAX).min(limit));
         if pool.promised < room {
             pool.promised = pool.promised.saturating_add(1);
-            return wait(Some(Promise(endpoint)));
+            let promise = Promise {
+                endpoint,
+                failed: pool.failed,
+            };
+            return wait(Some(promise), false);
         }
-        let permit = match &self.connections {
-            None => None,
-            Some(permits) => match permits.clone().try_acquire_owned() {
+        let permit = match (&self.connections, held.take()) {
+            (None, _) => None,
+            (Some(_), Some(permit)) => Some(permit),
+            (Some(permits), None) => match permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) if pool.shared.is_empty() && pool.opening == 0 => None,
-                Err(_) => return wait(None),
+                Err(_) if pool.opening == 0 && endpoint.http2_live.load(Ordering::Acquire) == 0 => {
+                    None
+                }
+                Err(_) => return wait(None, true),
             },
         };
         pool.opening = pool.opening.saturating_add(1);
         pool.promised = pool.promised.saturating_add(1);
-        Next::Open(Connecting { endpoint, permit })
+        Next::Open(Connecting {
+            endpoint,
+            permit,
+            opened: false,
+        })
     }
 
     fn lease(
@@ -1091,6 +1154,7 @@ impl Endpoint {
             own: Mutex::new(Vec::new()),
             http2: Mutex::new(Http2Pool::default()),
             freed: Arc::new(Notify::new()),
+            http2_live: Arc::new(AtomicUsize::new(0)),
             sweeper: AtomicBool::new(false),
         }
     }
