@@ -269,6 +269,18 @@ impl Drop for Streams {
     }
 }
 
+/// Waits for a stream or a connection of the endpoint to go (`freed`), or for a permit of
+/// `permits`, which another endpoint may give back: the permit, when that came first.
+async fn room(
+    freed: Pin<Box<tokio::sync::futures::Notified<'_>>>,
+    permits: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        () = freed => None,
+        permit = permits.clone().acquire_owned() => permit.ok(),
+    }
+}
+
 /// What `next_stream` decided.
 enum Next<'e> {
     Stream(http2::SendRequest<RequestBody>, Option<StreamSlot>),
@@ -301,12 +313,12 @@ impl Drop for Promise<'_> {
 }
 
 /// A connection being opened, with its `maxConnections` permit until the connection takes
-/// it. Dropped once the connection is in the pool (`opened`), or when opening failed or was
-/// given up: either way those counting on it look again, and after a failure they fail too.
+/// it. Dropped once the connection is in the pool, or when opening failed or was given up
+/// (its request gone): either way those counting on it look again. After a failure, which
+/// `send_http2` counts first, they fail too.
 struct Connecting<'e> {
     endpoint: &'e Endpoint,
     permit: Option<OwnedSemaphorePermit>,
-    opened: bool,
 }
 
 impl Drop for Connecting<'_> {
@@ -320,9 +332,6 @@ impl Drop for Connecting<'_> {
                 .unwrap_or_else(|p| p.into_inner());
             pool.opening = pool.opening.saturating_sub(1);
             pool.promised = pool.promised.saturating_sub(1);
-            if !self.opened {
-                pool.failed = pool.failed.wrapping_add(1);
-            }
         }
         self.endpoint.freed.notify_waiters();
     }
@@ -894,6 +903,9 @@ impl UpstreamBackend {
             .max_requests_per_connection
             .map_or(usize::MAX, |n| n as usize);
         let cap = self.max_concurrent_streams.map(|n| n as usize);
+        // Streams are counted for the cap, and with `maxConnections` so that a connection
+        // leaving the pool counts until its last stream ends.
+        let track = cap.is_some() || self.connections.is_some();
         // Waiting for a stream, as Envoy counts a pending request (`http1MaxPendingRequests`).
         let mut pending = None;
         // A `maxConnections` permit this request waited for.
@@ -901,7 +913,7 @@ impl UpstreamBackend {
         let (mut sender, slot) = loop {
             let next = {
                 let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
-                self.next_stream(&mut pool, endpoint, (cap, limit), &mut held)
+                self.next_stream(&mut pool, endpoint, (cap, limit, track), &mut held)
             };
             let mut connecting = match next {
                 Next::Stream(sender, slot) => break (sender, slot),
@@ -920,10 +932,7 @@ impl UpstreamBackend {
                     }
                     match (&self.connections, full) {
                         // Room may also come from another endpoint giving back a permit.
-                        (Some(permits), true) => tokio::select! {
-                            () = freed => {}
-                            permit = permits.clone().acquire_owned() => held = permit.ok(),
-                        },
+                        (Some(permits), true) => held = Box::pin(room(freed, permits)).await,
                         _ => freed.await,
                     }
                     if let Some(promise) = promise {
@@ -942,17 +951,23 @@ impl UpstreamBackend {
             };
             let sender = match self.open_http2(endpoint).await {
                 Ok(sender) => sender,
-                // `connecting`, dropped, fails those counting on this connection.
-                Err(e) => return Err(Failed::unsent(e, req)),
+                Err(e) => {
+                    // Those counting on this connection fail with it (`connecting`, dropped,
+                    // wakes them).
+                    let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
+                    pool.failed = pool.failed.wrapping_add(1);
+                    drop(pool);
+                    return Err(Failed::unsent(e, req));
+                }
             };
             endpoint.http2_live.fetch_add(1, Ordering::AcqRel);
             let streams = Arc::new(Streams {
-                now: AtomicUsize::new(usize::from(cap.is_some())),
+                now: AtomicUsize::new(usize::from(track)),
                 freed: endpoint.freed.clone(),
                 live: endpoint.http2_live.clone(),
                 permit: connecting.permit.take(),
             });
-            let slot = cap.map(|_| StreamSlot(streams.clone()));
+            let slot = track.then(|| StreamSlot(streams.clone()));
             if self.max_age.is_some() {
                 self.start_sweeper(endpoint);
             }
@@ -967,7 +982,6 @@ impl UpstreamBackend {
                     retire_at: self.retire_at(),
                     streams,
                 });
-            connecting.opened = true;
             drop(connecting);
             break (sender, slot);
         };
@@ -1002,21 +1016,20 @@ impl UpstreamBackend {
         &self,
         pool: &mut Http2Pool,
         endpoint: &'e Endpoint,
-        (cap, limit): (Option<usize>, usize),
+        (cap, limit, track): (Option<usize>, usize, bool),
         held: &mut Option<OwnedSemaphorePermit>,
     ) -> Next<'e> {
         // A connection that takes no new stream leaves; it closes once its streams end.
         pool.shared
             .retain(|s| !s.sender.is_closed() && s.used < limit && young(s.retire_at));
         for s in &mut pool.shared {
-            let slot = match cap {
-                None => None,
-                Some(cap) if s.streams.now.load(Ordering::Acquire) >= cap => continue,
-                Some(_) => {
-                    s.streams.now.fetch_add(1, Ordering::AcqRel);
-                    Some(StreamSlot(s.streams.clone()))
-                }
-            };
+            if cap.is_some_and(|cap| s.streams.now.load(Ordering::Acquire) >= cap) {
+                continue;
+            }
+            let slot = track.then(|| {
+                s.streams.now.fetch_add(1, Ordering::AcqRel);
+                StreamSlot(s.streams.clone())
+            });
             s.used = s.used.saturating_add(1);
             // A permit waited for and not needed goes back.
             drop(held.take());
@@ -1038,6 +1051,8 @@ impl UpstreamBackend {
             .opening
             .saturating_mul(cap.unwrap_or(usize::MAX).min(limit));
         if pool.promised < room {
+            // A permit waited for is not needed to wait for this connection.
+            drop(held.take());
             pool.promised = pool.promised.saturating_add(1);
             let promise = Promise {
                 endpoint,
@@ -1058,11 +1073,7 @@ impl UpstreamBackend {
         };
         pool.opening = pool.opening.saturating_add(1);
         pool.promised = pool.promised.saturating_add(1);
-        Next::Open(Connecting {
-            endpoint,
-            permit,
-            opened: false,
-        })
+        Next::Open(Connecting { endpoint, permit })
     }
 
     fn lease(
