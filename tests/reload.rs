@@ -350,25 +350,32 @@ async fn a_kubernetes_secret_volume_swap_rotates_the_identity() {
     tokio::join!(watcher, scenario);
 }
 
+/// A gateway answering `body`, and a FIFO `name` beside its configuration, which a load
+/// reading it waits on until something writes it.
+async fn with_fifo(body: &str, name: &str) -> (Pki, support::proxy::Proxy, std::path::PathBuf) {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let proxy = support::proxy::Proxy::start(
+        &config(body, false),
+        &pki.workload("example-target.com", GATEWAY_ID),
+    )
+    .await;
+    let fifo = proxy.dir.path().join(name);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    (pki, proxy, fifo)
+}
+
 /// A file that changes while a reload reads the configuration is read again: the reload's
 /// fingerprint is of the files before it read them, so the watcher's next poll differs from it.
 /// A FIFO among the configuration paths holds the load open, after it has read `config.yaml`
 /// and before it ends, while `config.yaml` changes.
 #[tokio::test]
 async fn a_file_changed_while_a_reload_reads_it_is_read_again() {
-    let pki = Pki::new(&["example-target.com", "example.com"]);
-    let proxy = support::proxy::Proxy::start(
-        &config("v1", false),
-        &pki.workload("example-target.com", GATEWAY_ID),
-    )
-    .await;
+    let (pki, proxy, fifo) = with_fifo("v1", "z-held.yaml").await;
     let config_file = proxy.dir.path().join("config.yaml");
-    let fifo = proxy.dir.path().join("z-held.yaml");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
     let paths = vec![config_file.clone(), fifo.clone()];
     std::fs::write(&config_file, config("v2", false)).unwrap();
     let writer = {
@@ -453,18 +460,7 @@ async fn a_broken_or_expired_new_identity_keeps_the_old_one_serving() {
 /// does not stall the requests being served meanwhile.
 #[tokio::test(flavor = "current_thread")]
 async fn a_reload_does_not_stall_requests_on_a_one_worker_runtime() {
-    let pki = Pki::new(&["example-target.com", "example.com"]);
-    let proxy = support::proxy::Proxy::start(
-        &config("served", false),
-        &pki.workload("example-target.com", GATEWAY_ID),
-    )
-    .await;
-    let fifo = proxy.dir.path().join("slow.yaml");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let (pki, proxy, fifo) = with_fifo("served", "slow.yaml").await;
     // The writer: releases the reload once the request is answered (or after 5 s, so that a
     // reload that blocks the worker fails this test instead of hanging it).
     let written = Arc::new(AtomicBool::new(false));

@@ -419,6 +419,13 @@ spec:
     assert!(header.tlvs.is_empty(), "{header:?}");
 }
 
+/// A DestinationRule for `db.internal` with `connectionPool` `pool` at its top level.
+fn db_pool(pool: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db, namespace: istio-system}}\nspec:\n  host: db.internal\n  trafficPolicy: {{connectionPool: {pool}}}\n"
+    )
+}
+
 /// A DestinationRule's `maxConnectionDuration` on a TCP route's backend: the connection is
 /// closed at that age however busy it is (Envoy's `max_downstream_connection_duration`),
 /// counted and logged as such.
@@ -426,15 +433,7 @@ spec:
 async fn tcp_connections_close_at_the_backends_max_connection_duration() {
     let pki = Pki::new(&["example.com", "example-target.com"]);
     let backend = tcp_echo();
-    let yaml = target_yaml(backend.address)
-        + r#"---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: istio-system}
-spec:
-  host: db.internal
-  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 1s}}}
-"#;
+    let yaml = target_yaml(backend.address) + &db_pool("{tcp: {maxConnectionDuration: 1s}}");
     let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
     let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
     let started = std::time::Instant::now();
@@ -512,16 +511,10 @@ spec:
   ports: [{{number: 5432, name: tcp-postgres, protocol: TCP, targetPort: {}}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: db, namespace: istio-system}}
-spec:
-  host: db.internal
-  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: 1s}}}}}}
 "#,
             backend.address.port()
-        );
+        )
+        + &db_pool("{tcp: {maxConnectionDuration: 1s}}");
     assert!(yaml.contains("db2.internal, port"), "{yaml}");
     let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
     let mut conns = Vec::new();
@@ -561,15 +554,7 @@ async fn echoed_keep(s: &mut TcpStream, message: &[u8]) -> Vec<u8> {
 async fn tcp_connections_close_at_the_backends_idle_timeout() {
     let pki = Pki::new(&["example.com", "example-target.com"]);
     let backend = tcp_echo();
-    let yaml = target_yaml(backend.address)
-        + r#"---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: istio-system}
-spec:
-  host: db.internal
-  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 300ms}}}
-"#;
+    let yaml = target_yaml(backend.address) + &db_pool("{tcp: {idleTimeout: 300ms}}");
     let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
     let mut conn = TcpStream::connect(target.addr(9001)).await.unwrap();
     let mut buf = [0u8; 64];
