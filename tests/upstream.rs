@@ -401,3 +401,65 @@ async fn http2_streams_per_connection_follow_max_concurrent_streams() {
         assert_eq!(r.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }
+
+/// An HTTP/2 backend that allows one stream at a time (`SETTINGS_MAX_CONCURRENT_STREAMS` 1)
+/// gets a connection for each request in flight, as Envoy's pool takes the least of its own
+/// cap and the server's, rather than every request queued behind one stream.
+#[tokio::test]
+async fn an_http2_servers_own_stream_limit_opens_more_connections() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"slow"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .max_concurrent_streams(1)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        })
+    };
+    let extra = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {port}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        virtual_service("h2.internal"),
+    );
+    let proxy = start(&pki, &extra).await;
+    let client = caller(&pki);
+    // One request first, so that the connection has the server's SETTINGS.
+    let first = client
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    let get = || client.get(proxy.addr(443), HOST, HOST, "/", &[]);
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(get(), get(), get());
+    let took = started.elapsed();
+    for r in [a, b, c] {
+        assert_eq!(r.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one connection per request in flight"
+    );
+    assert!(
+        took < std::time::Duration::from_millis(4000),
+        "three requests of 1.5 s each took {took:?}: queued behind one stream"
+    );
+    server.abort();
+}

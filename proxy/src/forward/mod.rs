@@ -15,6 +15,7 @@ pub(crate) mod deadline;
 pub mod h1;
 pub mod pool;
 pub mod retry;
+mod settings;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

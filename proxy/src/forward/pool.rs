@@ -3,10 +3,12 @@
 //! Each backend has its own connector (so a connection is only reused for the endpoint, TLS
 //! settings and identity that shaped it) and its endpoints. An endpoint keeps its idle HTTP/1.1
 //! connections in a list behind a mutex that one worker holds for a push or a pop, and its
-//! shared HTTP/2 connections: one, or, with `maxConcurrentStreams`, as many as the streams in
-//! flight need (Envoy's HTTP/2 pool). `maxConnections` bounds them too, though an endpoint may
+//! shared HTTP/2 connections, as many as the streams in flight need (Envoy's HTTP/2 pool): a
+//! connection takes at most `maxConcurrentStreams` streams, or as many as its server allows
+//! when that is fewer (`settings`). `maxConnections` bounds them too, though an endpoint may
 //! always have one; a request that finds every stream taken and no connection left to open
-//! waits for a stream, pending as an HTTP/1.1 request waits for a connection. A request leases a connection; the lease rides on the response
+//! waits for a stream, pending as an HTTP/1.1 request waits for a connection. A request
+//! leases an HTTP/1.1 connection; the lease rides on the response
 //! body and puts the connection back when the body ends (`maxRequestsPerConnection` retires it
 //! instead). `maxConnections` is a semaphore: an HTTP/1.1 connection carries one request at a
 //! time, so at most that many requests, and connections, at once; a request waiting for a
@@ -199,7 +201,7 @@ pub struct Endpoint {
     /// Idle connections of meshgate's own HTTP/1.1 client (requests without a body).
     own: Mutex<Vec<OwnIdle>>,
     http2: Mutex<Http2Pool>,
-    /// Signalled when a stream counted against `maxConcurrentStreams` ends, when an HTTP/2
+    /// Signalled when an HTTP/2 stream ends, when an HTTP/2
     /// connection goes, and when one being opened is ready (or failed).
     freed: Arc<Notify>,
     /// HTTP/2 connections alive, in the pool or leaving it.
@@ -226,8 +228,8 @@ struct Idle {
 /// An endpoint's HTTP/2 connections.
 #[derive(Debug, Default)]
 struct Http2Pool {
-    /// The connections that take new streams: at most one without `maxConcurrentStreams`. A
-    /// connection that leaves the list closes once its streams end.
+    /// The connections that take new streams. A connection that leaves the list closes once
+    /// its streams end.
     shared: Vec<Shared>,
     /// Connections being opened, and the requests counting on them (their openers among
     /// them). A request that finds no stream waits for one being opened while it has room (as
@@ -242,6 +244,8 @@ struct Http2Pool {
 #[derive(Debug)]
 struct Shared {
     sender: http2::SendRequest<RequestBody>,
+    /// The streams at once the server allows on it, as its task last saw them.
+    allowed: Arc<AtomicUsize>,
     /// Requests given this connection, for `maxRequestsPerConnection`: counted under the
     /// pool's lock as they are given.
     used: usize,
@@ -250,7 +254,7 @@ struct Shared {
 }
 
 /// What one HTTP/2 connection carries while it lives, in the pool or leaving it: its streams
-/// in flight (counted under `maxConcurrentStreams` only) and its `maxConnections` permit. Both
+/// in flight and its `maxConnections` permit. Both
 /// go with the last of the connection's streams, which wakes a request waiting for room.
 #[derive(Debug)]
 struct Streams {
@@ -283,7 +287,7 @@ async fn room(
 
 /// What `next_stream` decided.
 enum Next<'e> {
-    Stream(http2::SendRequest<RequestBody>, Option<StreamSlot>),
+    Stream(http2::SendRequest<RequestBody>, StreamSlot),
     /// Wait, counting on a connection being opened (with a promise), or for a stream to end
     /// or a connection to go (with `full`: every connection `maxConnections` allows is open).
     Wait {
@@ -684,19 +688,23 @@ impl UpstreamBackend {
     }
 
     /// A new HTTP/2 connection to `endpoint`, its task spawned.
+    /// A new HTTP/2 connection to `endpoint`, its task spawned, with the streams at once its
+    /// server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`) as the task last saw them.
     fn open_http2<'a>(
         &'a self,
         endpoint: &'a Arc<Endpoint>,
-    ) -> Opening<'a, http2::SendRequest<RequestBody>> {
+    ) -> Opening<'a, (http2::SendRequest<RequestBody>, Arc<AtomicUsize>)> {
         Box::pin(async move {
             let io = self.connect(endpoint).await?;
+            let allowed = Arc::new(AtomicUsize::new(super::settings::INITIAL));
+            let io = super::settings::Watched::new(io, allowed.clone());
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| ForwardError::Connect(ConnectError::Http(e)))?;
             tokio::spawn(conn);
-            Ok(sender)
+            Ok((sender, allowed))
         })
     }
 
@@ -903,9 +911,6 @@ impl UpstreamBackend {
             .max_requests_per_connection
             .map_or(usize::MAX, |n| n as usize);
         let cap = self.max_concurrent_streams.map(|n| n as usize);
-        // Streams are counted for the cap, and with `maxConnections` so that a connection
-        // leaving the pool counts until its last stream ends.
-        let track = cap.is_some() || self.connections.is_some();
         // Waiting for a stream, as Envoy counts a pending request (`http1MaxPendingRequests`).
         let mut pending = None;
         // A `maxConnections` permit this request waited for.
@@ -913,7 +918,7 @@ impl UpstreamBackend {
         let (mut sender, slot) = loop {
             let next = {
                 let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
-                self.next_stream(&mut pool, endpoint, (cap, limit, track), &mut held)
+                self.next_stream(&mut pool, endpoint, (cap, limit), &mut held)
             };
             let mut connecting = match next {
                 Next::Stream(sender, slot) => break (sender, slot),
@@ -949,8 +954,8 @@ impl UpstreamBackend {
                     continue;
                 }
             };
-            let sender = match self.open_http2(endpoint).await {
-                Ok(sender) => sender,
+            let (sender, allowed) = match self.open_http2(endpoint).await {
+                Ok(opened) => opened,
                 Err(e) => {
                     // Those counting on this connection fail with it (`connecting`, dropped,
                     // wakes them).
@@ -962,12 +967,12 @@ impl UpstreamBackend {
             };
             endpoint.http2_live.fetch_add(1, Ordering::AcqRel);
             let streams = Arc::new(Streams {
-                now: AtomicUsize::new(usize::from(track)),
+                now: AtomicUsize::new(1),
                 freed: endpoint.freed.clone(),
                 live: endpoint.http2_live.clone(),
                 permit: connecting.permit.take(),
             });
-            let slot = track.then(|| StreamSlot(streams.clone()));
+            let slot = StreamSlot(streams.clone());
             if self.max_age.is_some() {
                 self.start_sweeper(endpoint);
             }
@@ -978,6 +983,7 @@ impl UpstreamBackend {
                 .shared
                 .push(Shared {
                     sender: sender.clone(),
+                    allowed,
                     used: 1,
                     retire_at: self.retire_at(),
                     streams,
@@ -991,10 +997,7 @@ impl UpstreamBackend {
         }
         match sender.try_send_request(req).await {
             Ok(response) => Ok(response.map(|body| PooledBody {
-                body: match slot {
-                    None => Inner::Hyper(body),
-                    Some(slot) => Inner::Bounded(body, Some(slot)),
-                },
+                body: Inner::Bounded(body, Some(slot)),
                 lease: None,
                 active: None,
                 deadline: None,
@@ -1016,20 +1019,24 @@ impl UpstreamBackend {
         &self,
         pool: &mut Http2Pool,
         endpoint: &'e Endpoint,
-        (cap, limit, track): (Option<usize>, usize, bool),
+        (cap, limit): (Option<usize>, usize),
         held: &mut Option<OwnedSemaphorePermit>,
     ) -> Next<'e> {
         // A connection that takes no new stream leaves; it closes once its streams end.
         pool.shared
             .retain(|s| !s.sender.is_closed() && s.used < limit && young(s.retire_at));
         for s in &mut pool.shared {
-            if cap.is_some_and(|cap| s.streams.now.load(Ordering::Acquire) >= cap) {
+            // The configured cap, or the server's own limit when lower, as Envoy's pool takes
+            // the least of the two.
+            let room = s
+                .allowed
+                .load(Ordering::Relaxed)
+                .min(cap.unwrap_or(usize::MAX));
+            if s.streams.now.load(Ordering::Acquire) >= room {
                 continue;
             }
-            let slot = track.then(|| {
-                s.streams.now.fetch_add(1, Ordering::AcqRel);
-                StreamSlot(s.streams.clone())
-            });
+            s.streams.now.fetch_add(1, Ordering::AcqRel);
+            let slot = StreamSlot(s.streams.clone());
             s.used = s.used.saturating_add(1);
             // A permit waited for and not needed goes back.
             drop(held.take());
@@ -1312,8 +1319,7 @@ enum BodyDeadline {
 #[derive(Debug)]
 enum Inner {
     Hyper(Incoming),
-    /// An HTTP/2 stream counted against `maxConcurrentStreams`, its place held until the body
-    /// ends.
+    /// An HTTP/2 stream, its place on its connection held until the body ends.
     Bounded(Incoming, Option<StreamSlot>),
     Own(h1::Body),
 }
