@@ -323,6 +323,8 @@ impl Drop for Promise<'_> {
 struct Connecting<'e> {
     endpoint: &'e Endpoint,
     permit: Option<OwnedSemaphorePermit>,
+    /// The streams at once its server is expected to allow until it says.
+    expected: usize,
 }
 
 impl Drop for Connecting<'_> {
@@ -687,16 +689,17 @@ impl UpstreamBackend {
         })
     }
 
-    /// A new HTTP/2 connection to `endpoint`, its task spawned.
     /// A new HTTP/2 connection to `endpoint`, its task spawned, with the streams at once its
-    /// server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`) as the task last saw them.
+    /// server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`) as its reads have seen them:
+    /// `expected` until its server's SETTINGS come.
     fn open_http2<'a>(
         &'a self,
         endpoint: &'a Arc<Endpoint>,
+        expected: usize,
     ) -> Opening<'a, (http2::SendRequest<RequestBody>, Arc<AtomicUsize>)> {
         Box::pin(async move {
             let io = self.connect(endpoint).await?;
-            let allowed = Arc::new(AtomicUsize::new(super::settings::INITIAL));
+            let allowed = Arc::new(AtomicUsize::new(expected));
             let io = super::settings::Watched::new(io, allowed.clone());
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -954,7 +957,8 @@ impl UpstreamBackend {
                     continue;
                 }
             };
-            let (sender, allowed) = match self.open_http2(endpoint).await {
+            let expected = connecting.expected;
+            let (sender, allowed) = match self.open_http2(endpoint, expected).await {
                 Ok(opened) => opened,
                 Err(e) => {
                     // Those counting on this connection fail with it (`connecting`, dropped,
@@ -973,21 +977,19 @@ impl UpstreamBackend {
                 permit: connecting.permit.take(),
             });
             let slot = StreamSlot(streams.clone());
-            if self.max_age.is_some() {
+            let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
+            // The sweeper lets go of connections that aged, and of extra ones gone idle.
+            if self.max_age.is_some() || !pool.shared.is_empty() {
                 self.start_sweeper(endpoint);
             }
-            endpoint
-                .http2
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .shared
-                .push(Shared {
-                    sender: sender.clone(),
-                    allowed,
-                    used: 1,
-                    retire_at: self.retire_at(),
-                    streams,
-                });
+            pool.shared.push(Shared {
+                sender: sender.clone(),
+                allowed,
+                used: 1,
+                retire_at: self.retire_at(),
+                streams,
+            });
+            drop(pool);
             drop(connecting);
             break (sender, slot);
         };
@@ -1027,11 +1029,13 @@ impl UpstreamBackend {
             .retain(|s| !s.sender.is_closed() && s.used < limit && young(s.retire_at));
         for s in &mut pool.shared {
             // The configured cap, or the server's own limit when lower, as Envoy's pool takes
-            // the least of the two.
+            // the least of the two. A server that allows no stream for now (RFC 9113 wants
+            // that short) queues requests on its connection rather than have one opened for
+            // each.
             let room = s
                 .allowed
                 .load(Ordering::Relaxed)
-                .min(cap.unwrap_or(usize::MAX));
+                .clamp(1, cap.unwrap_or(usize::MAX).max(1));
             if s.streams.now.load(Ordering::Acquire) >= room {
                 continue;
             }
@@ -1053,10 +1057,18 @@ impl UpstreamBackend {
                 freed,
             }
         };
-        // The streams a connection being opened has room for.
+        // The streams a connection being opened has room for: those its server allows, as the
+        // endpoint's connection has seen them (h2's first guess before any), within the cap.
+        let expected = pool
+            .shared
+            .first()
+            .map_or(super::settings::INITIAL, |s| {
+                s.allowed.load(Ordering::Relaxed)
+            })
+            .max(1);
         let room = pool
             .opening
-            .saturating_mul(cap.unwrap_or(usize::MAX).min(limit));
+            .saturating_mul(cap.unwrap_or(usize::MAX).min(limit).min(expected));
         if pool.promised < room {
             // A permit waited for is not needed to wait for this connection.
             drop(held.take());
@@ -1080,7 +1092,11 @@ impl UpstreamBackend {
         };
         pool.opening = pool.opening.saturating_add(1);
         pool.promised = pool.promised.saturating_add(1);
-        Next::Open(Connecting { endpoint, permit })
+        Next::Open(Connecting {
+            endpoint,
+            permit,
+            expected,
+        })
     }
 
     fn lease(
@@ -1149,13 +1165,18 @@ impl UpstreamBackend {
                     .retain_mut(|c| {
                         c.since.elapsed() < timeout && !c.conn.closed() && young(c.retire_at)
                     });
-                // A shared HTTP/2 connection of age: let go, it closes once its streams end.
-                endpoint
-                    .http2
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .shared
-                    .retain(|s| young(s.retire_at));
+                // A shared HTTP/2 connection of age is let go, and so are connections opened
+                // for a burst and idle now (all but the first), as Envoy closes idle upstream
+                // connections: each closes once its streams end.
+                let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
+                let mut first = true;
+                pool.shared.retain(|s| {
+                    let keep =
+                        young(s.retire_at) && (first || s.streams.now.load(Ordering::Acquire) > 0);
+                    first = false;
+                    keep
+                });
+                drop(pool);
             }
         });
     }

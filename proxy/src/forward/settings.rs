@@ -4,7 +4,8 @@
 //! task it spawns, out of the pool's reach; Envoy's pool opens another connection when a
 //! connection has as many streams as its server allows. `Watched` wraps the connection's I/O
 //! and, reading the frame headers of what the server sends (never changing a byte), notes the
-//! value of each SETTINGS frame that sets it.
+//! value of each SETTINGS frame that sets it; a first SETTINGS frame without it means no
+//! limit, as RFC 9113 has it (and h2's client).
 
 use std::io;
 use std::pin::Pin;
@@ -35,12 +36,17 @@ pub struct Frames {
     settings: bool,
     entry: [u8; ENTRY],
     entry_have: usize,
+    /// A SETTINGS frame has been read whole: the server's first tells its limit, or that it
+    /// has none.
+    first_done: bool,
+    /// The current SETTINGS frame set the limit.
+    set_here: bool,
 }
 
 impl Frames {
     /// Reads `bytes`, the next the server sent, and returns the last
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` they set, if any. A frame's payload is skipped
-    /// whole unless it is a SETTINGS frame's.
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` they set, if any (`u32::MAX` for a first SETTINGS
+    /// frame without it). A frame's payload is skipped whole unless it is a SETTINGS frame's.
     pub fn read(&mut self, mut bytes: &[u8]) -> Option<u32> {
         let mut found = None;
         while !bytes.is_empty() {
@@ -59,8 +65,9 @@ impl Frames {
                     self.left = usize::try_from(len).unwrap_or(usize::MAX);
                     self.settings = kind == SETTINGS && flags & ACK == 0;
                     self.entry_have = 0;
+                    self.set_here = false;
                     if self.left == 0 {
-                        self.have = 0;
+                        self.frame_done(&mut found);
                     }
                 }
                 continue;
@@ -80,6 +87,7 @@ impl Frames {
                     let [i0, i1, v0, v1, v2, v3] = self.entry;
                     if u16::from_be_bytes([i0, i1]) == MAX_CONCURRENT_STREAMS {
                         found = Some(u32::from_be_bytes([v0, v1, v2, v3]));
+                        self.set_here = true;
                     }
                 }
             } else {
@@ -88,10 +96,22 @@ impl Frames {
                 self.left = self.left.saturating_sub(take);
             }
             if self.left == 0 {
-                self.have = 0;
+                self.frame_done(&mut found);
             }
         }
         found
+    }
+
+    /// The current frame has been read whole.
+    fn frame_done(&mut self, found: &mut Option<u32>) {
+        self.have = 0;
+        if self.settings && !self.first_done {
+            self.first_done = true;
+            if !self.set_here {
+                *found = Some(u32::MAX);
+            }
+        }
+        self.settings = false;
     }
 }
 
@@ -125,8 +145,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = &mut *self;
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Some(new) = buf.filled().get(before..) {
-            if let Some(n) = this.frames.read(new) {
+        // Only bytes a read delivered count (its caller drops any other).
+        if let Poll::Ready(Ok(())) = read {
+            if let Some(n) = buf
+                .filled()
+                .get(before..)
+                .and_then(|new| this.frames.read(new))
+            {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
                 this.allowed.store(n, Ordering::Relaxed);
             }
@@ -222,5 +247,29 @@ mod tests {
         let mut ack = frame(SETTINGS, ACK, &[]);
         ack.extend(frame(0x0, 0, &setting(MAX_CONCURRENT_STREAMS, 1)));
         assert_eq!(frames.read(&ack), None);
+    }
+
+    #[test]
+    fn a_first_settings_frame_without_the_limit_means_none() {
+        // Empty, or with other entries only; a later one without the limit changes nothing.
+        for first in [
+            frame(SETTINGS, 0, &[]),
+            frame(SETTINGS, 0, &setting(0x4, 1 << 20)),
+        ] {
+            let mut frames = Frames::default();
+            assert_eq!(frames.read(&first), Some(u32::MAX));
+            assert_eq!(frames.read(&frame(SETTINGS, 0, &setting(0x4, 1))), None);
+            let limit = frame(SETTINGS, 0, &setting(MAX_CONCURRENT_STREAMS, 3));
+            assert_eq!(frames.read(&limit), Some(3));
+        }
+        // The limit not last among the entries, and a length that is not a whole number of
+        // entries: the next frame is still read from its header.
+        let mut entries = setting(MAX_CONCURRENT_STREAMS, 9);
+        entries.extend(setting(0x4, 65_535));
+        entries.extend([0, 3, 0]);
+        let mut stream = frame(SETTINGS, 0, &entries);
+        stream.extend(frame(SETTINGS, 0, &setting(MAX_CONCURRENT_STREAMS, 4)));
+        let mut frames = Frames::default();
+        assert_eq!(frames.read(&stream), Some(4));
     }
 }
