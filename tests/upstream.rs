@@ -404,18 +404,21 @@ async fn http2_streams_per_connection_follow_max_concurrent_streams() {
 
 /// An HTTP/2 backend that allows one stream at a time (`SETTINGS_MAX_CONCURRENT_STREAMS` 1)
 /// gets a connection for each request in flight, as Envoy's pool takes the least of its own
-/// cap and the server's, rather than every request queued behind one stream.
+/// cap and the server's, rather than every request queued behind one stream; once idle for
+/// the rule's `idleTimeout`, the connections past the first are closed.
 #[tokio::test]
 async fn an_http2_servers_own_stream_limit_opens_more_connections() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = {
-        let connections = connections.clone();
+        let (connections, closed) = (connections.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let closed = closed.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(|_req| async {
                         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -429,12 +432,13 @@ async fn an_http2_servers_own_stream_limit_opens_more_connections() {
                     .max_concurrent_streams(1)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                    closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         })
     };
     let extra = format!(
-        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {port}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: h2}}\nspec:\n  hosts: [h2.internal]\n  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {port}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: h2}}\nspec:\n  host: h2.internal\n  trafficPolicy: {{connectionPool: {{http: {{idleTimeout: 500ms}}}}}}\n",
         virtual_service("h2.internal"),
     );
     let proxy = start(&pki, &extra).await;
@@ -461,5 +465,17 @@ async fn an_http2_servers_own_stream_limit_opens_more_connections() {
         took < std::time::Duration::from_millis(4000),
         "three requests of 1.5 s each took {took:?}: queued behind one stream"
     );
+    support::eventually("the idle connections past the first closed", || {
+        closed.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    // The first stays, and serves the next request.
+    let again = client
+        .get(proxy.addr(443), HOST, HOST, "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 2);
     server.abort();
 }

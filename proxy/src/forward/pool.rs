@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -259,6 +259,9 @@ struct Shared {
 #[derive(Debug)]
 struct Streams {
     now: AtomicUsize,
+    /// When its last stream ended (`retire_clock` milliseconds), for the idle timeout of a
+    /// connection past the endpoint's first.
+    idle_since: AtomicU64,
     freed: Arc<Notify>,
     live: Arc<AtomicUsize>,
     permit: Option<OwnedSemaphorePermit>,
@@ -350,9 +353,19 @@ struct StreamSlot(Arc<Streams>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::AcqRel);
+        if self.0.now.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(retire_clock(), Ordering::Relaxed);
+        }
         self.0.freed.notify_one();
     }
+}
+
+/// The streams a connection takes: at most `cap`, and at most what its server allows. A
+/// server that allows none for now (RFC 9113 wants that short) has requests queued on its
+/// connection rather than a connection opened for each.
+fn stream_room(allowed: usize, cap: Option<usize>) -> usize {
+    let allowed = if allowed == 0 { usize::MAX } else { allowed };
+    allowed.min(cap.unwrap_or(usize::MAX))
 }
 
 /// When a connection retires (`maxConnectionDuration`): milliseconds on the pools' clock
@@ -972,6 +985,7 @@ impl UpstreamBackend {
             endpoint.http2_live.fetch_add(1, Ordering::AcqRel);
             let streams = Arc::new(Streams {
                 now: AtomicUsize::new(1),
+                idle_since: AtomicU64::new(0),
                 freed: endpoint.freed.clone(),
                 live: endpoint.http2_live.clone(),
                 permit: connecting.permit.take(),
@@ -1029,13 +1043,8 @@ impl UpstreamBackend {
             .retain(|s| !s.sender.is_closed() && s.used < limit && young(s.retire_at));
         for s in &mut pool.shared {
             // The configured cap, or the server's own limit when lower, as Envoy's pool takes
-            // the least of the two. A server that allows no stream for now (RFC 9113 wants
-            // that short) queues requests on its connection rather than have one opened for
-            // each.
-            let room = s
-                .allowed
-                .load(Ordering::Relaxed)
-                .clamp(1, cap.unwrap_or(usize::MAX).max(1));
+            // the least of the two.
+            let room = stream_room(s.allowed.load(Ordering::Relaxed), cap);
             if s.streams.now.load(Ordering::Acquire) >= room {
                 continue;
             }
@@ -1059,16 +1068,12 @@ impl UpstreamBackend {
         };
         // The streams a connection being opened has room for: those its server allows, as the
         // endpoint's connection has seen them (h2's first guess before any), within the cap.
-        let expected = pool
-            .shared
-            .first()
-            .map_or(super::settings::INITIAL, |s| {
-                s.allowed.load(Ordering::Relaxed)
-            })
-            .max(1);
+        let expected = pool.shared.first().map_or(super::settings::INITIAL, |s| {
+            s.allowed.load(Ordering::Relaxed)
+        });
         let room = pool
             .opening
-            .saturating_mul(cap.unwrap_or(usize::MAX).min(limit).min(expected));
+            .saturating_mul(stream_room(expected, cap).min(limit));
         if pool.promised < room {
             // A permit waited for is not needed to wait for this connection.
             drop(held.take());
@@ -1141,6 +1146,10 @@ impl UpstreamBackend {
         }
         let weak: Weak<Endpoint> = Arc::downgrade(endpoint);
         let timeout = self.idle_timeout;
+        let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let limit = self
+            .max_requests_per_connection
+            .map_or(usize::MAX, |n| n as usize);
         tokio::spawn(async move {
             let period = timeout
                 .checked_div(2)
@@ -1165,14 +1174,20 @@ impl UpstreamBackend {
                     .retain_mut(|c| {
                         c.since.elapsed() < timeout && !c.conn.closed() && young(c.retire_at)
                     });
-                // A shared HTTP/2 connection of age is let go, and so are connections opened
-                // for a burst and idle now (all but the first), as Envoy closes idle upstream
-                // connections: each closes once its streams end.
+                // HTTP/2 connections that take no new stream are let go (each closes once its
+                // streams end), and so are connections past the first usable one that have had
+                // no stream for the idle timeout, as Envoy closes idle upstream connections.
+                let now = retire_clock();
                 let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
                 let mut first = true;
                 pool.shared.retain(|s| {
-                    let keep =
-                        young(s.retire_at) && (first || s.streams.now.load(Ordering::Acquire) > 0);
+                    if s.sender.is_closed() || s.used >= limit || !young(s.retire_at) {
+                        return false;
+                    }
+                    let idle = s.streams.now.load(Ordering::Acquire) == 0
+                        && now.saturating_sub(s.streams.idle_since.load(Ordering::Relaxed))
+                            >= idle_ms;
+                    let keep = first || !idle;
                     first = false;
                     keep
                 });
