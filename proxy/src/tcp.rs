@@ -185,7 +185,7 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         .upstreams
         .backend(first.backend)
         .stream_limits(runtime.model.proxy.limits.idle_timeout, down.since);
-    if limits.1.is_some_and(|end| end <= Instant::now()) {
+    if crate::passthrough::past_end(limits.1) {
         return Ok(("max_connection_duration", (0, 0)));
     }
     // With a PROXY v2 header, the identity this listener verified, when configured.

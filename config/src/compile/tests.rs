@@ -25,6 +25,17 @@ fn errors(yaml: &str) -> Vec<String> {
     }
 }
 
+/// Each configuration of `cases` fails to load with an error containing its text.
+fn assert_errors(cases: &[(String, &str)]) {
+    for (yaml, want) in cases {
+        let got = errors(yaml);
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "want `{want}`, got {got:#?}"
+        );
+    }
+}
+
 #[test]
 fn trust_domain_sources_and_defaults() {
     let model = load_str("t.yaml", MESH_GATEWAY).unwrap();
@@ -839,13 +850,7 @@ fn route_header_operations_may_not_touch_owned_headers() {
         (vs("{headers: {response: {add: {x-up: \"%UPSTREAM_HOST%\"}}}, directResponse: {status: 200}}"), "spec.http[0].headers.response.add.x-up: `%UPSTREAM_HOST%`: `%UPSTREAM_HOST%` is not a command operator meshgate renders"),
         (vs("{headers: {request: {set: {x-t: \"%START_TIME(%Q)%\"}}}, directResponse: {status: 200}}"), "spec.http[0].headers.request.set.x-t: `%START_TIME(%Q)%`: `START_TIME(%Q)`: `%Q` is not a specifier"),
     ];
-    for (yaml, want) in cases {
-        let got = errors(&yaml);
-        assert!(
-            got.iter().any(|e| e.contains(want)),
-            "want `{want}`, got {got:#?}"
-        );
-    }
+    assert_errors(&cases);
     // Response headers are the backend's: setting them is fine.
     load_str(
         "t.yaml",
@@ -1506,13 +1511,7 @@ fn subset_and_port_mistakes() {
             "port 443 of `reviews.default.svc.cluster.local` is HTTPS/TLS: meshgate does not pass TLS through; originate it with a DestinationRule `tls.mode: SIMPLE`",
         ),
     ];
-    for (yaml, want) in cases {
-        let got = errors(&yaml);
-        assert!(
-            got.iter().any(|e| e.contains(want)),
-            "want `{want}`, got {got:#?}"
-        );
-    }
+    assert_errors(&cases);
 }
 
 #[test]
@@ -1603,13 +1602,7 @@ fn fault_redirect_and_cors_mistakes() {
         (vs("{corsPolicy: {maxAge: forever}, directResponse: {status: 200}}"), "spec.http[0].corsPolicy.maxAge: not a duration"),
         (vs("{corsPolicy: {unmatchedPreflights: DROP}, directResponse: {status: 200}}"), "spec.http[0].corsPolicy.unmatchedPreflights: `DROP` is not FORWARD or IGNORE"),
     ];
-    for (yaml, want) in cases {
-        let got = errors(&yaml);
-        assert!(
-            got.iter().any(|e| e.contains(want)),
-            "want `{want}`, got {got:#?}"
-        );
-    }
+    assert_errors(&cases);
 }
 
 /// `istioctl install -f` files: no name needed; what meshgate honours is honoured; one warning
@@ -2825,13 +2818,7 @@ fn delegation_mistakes_are_errors() {
         (root("{delegate: {name: leaf}}").replace("  http: [{route", "  gateways: [gw]\n  http: [{route"), "VirtualService ns/leaf: spec.gateways: a VirtualService without hosts is a delegate"),
         (root("{delegate: {name: leaf}}").replace("  http: [{route: [{destination: {host: a.b}}]}]", "  http: [{delegate: {name: root}}]"), "VirtualService ns/leaf: spec.http[0].delegate: a delegate's rule cannot delegate again"),
     ];
-    for (yaml, want) in cases {
-        let got = errors(&yaml);
-        assert!(
-            got.iter().any(|e| e.contains(want)),
-            "want `{want}`, got {got:#?}"
-        );
-    }
+    assert_errors(&cases);
 }
 
 /// Delegation as Istio reads the merged rule: a delegate private to the root's namespace is

@@ -253,6 +253,14 @@ struct Shared {
     streams: Arc<Streams>,
 }
 
+impl Shared {
+    /// Whether the connection may take a new stream: open, short of `limit` requests
+    /// (`maxRequestsPerConnection`), not retired by age.
+    fn takes_streams(&self, limit: usize) -> bool {
+        !self.sender.is_closed() && self.used < limit && young(self.retire_at)
+    }
+}
+
 /// What one HTTP/2 connection carries while it lives, in the pool or leaving it: its streams
 /// in flight and its `maxConnections` permit. Both
 /// go with the last of the connection's streams, which wakes a request waiting for room.
@@ -923,9 +931,7 @@ impl UpstreamBackend {
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, Failed> {
-        let limit = self
-            .max_requests_per_connection
-            .map_or(usize::MAX, |n| n as usize);
+        let limit = self.request_limit();
         let cap = self.max_concurrent_streams.map(|n| n as usize);
         // Waiting for a stream, as Envoy counts a pending request (`http1MaxPendingRequests`).
         let mut pending = None;
@@ -1039,8 +1045,7 @@ impl UpstreamBackend {
         held: &mut Option<OwnedSemaphorePermit>,
     ) -> Next<'e> {
         // A connection that takes no new stream leaves; it closes once its streams end.
-        pool.shared
-            .retain(|s| !s.sender.is_closed() && s.used < limit && young(s.retire_at));
+        pool.shared.retain(|s| s.takes_streams(limit));
         for s in &mut pool.shared {
             // The configured cap, or the server's own limit when lower, as Envoy's pool takes
             // the least of the two.
@@ -1139,6 +1144,12 @@ impl UpstreamBackend {
         })
     }
 
+    /// `maxRequestsPerConnection` as a count to compare with; unlimited without one.
+    fn request_limit(&self) -> usize {
+        self.max_requests_per_connection
+            .map_or(usize::MAX, |n| n as usize)
+    }
+
     /// One sweeper per endpoint, started with its first connection; it ends with the backend.
     fn start_sweeper(&self, endpoint: &Arc<Endpoint>) {
         if endpoint.sweeper.swap(true, Ordering::Relaxed) {
@@ -1147,9 +1158,7 @@ impl UpstreamBackend {
         let weak: Weak<Endpoint> = Arc::downgrade(endpoint);
         let timeout = self.idle_timeout;
         let idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let limit = self
-            .max_requests_per_connection
-            .map_or(usize::MAX, |n| n as usize);
+        let limit = self.request_limit();
         tokio::spawn(async move {
             let period = timeout
                 .checked_div(2)
@@ -1181,7 +1190,7 @@ impl UpstreamBackend {
                 let mut pool = endpoint.http2.lock().unwrap_or_else(|p| p.into_inner());
                 let mut first = true;
                 pool.shared.retain(|s| {
-                    if s.sender.is_closed() || s.used >= limit || !young(s.retire_at) {
+                    if !s.takes_streams(limit) {
                         return false;
                     }
                     let idle = s.streams.now.load(Ordering::Acquire) == 0

@@ -252,7 +252,7 @@ async fn forward(
         .await
         .map_err(|e| ("connect_failed", e.to_string()))?;
     // Past its end already (a slow connect): not a byte is passed on.
-    if limits.1.is_some_and(|end| end <= Instant::now()) {
+    if past_end(limits.1) {
         return Ok(("max_connection_duration", (0, 0)));
     }
     if let Err(e) = server.write_all(buf).await {
@@ -345,7 +345,7 @@ where
     let end = match end {
         None => spliced.await,
         // Already as old as it may be: nothing is passed on.
-        Some(at) if at <= Instant::now() => "max_connection_duration",
+        Some(_) if past_end(end) => "max_connection_duration",
         Some(at) => tokio::time::timeout_at(at.into(), spliced)
             .await
             .unwrap_or("max_connection_duration"),
@@ -355,6 +355,12 @@ where
         received.load(Ordering::Relaxed),
         sent.load(Ordering::Relaxed),
     )
+}
+
+/// Whether `end`, a connection's `maxConnectionDuration` as `stream_limits` gives it, has
+/// passed.
+pub(crate) fn past_end(end: Option<Instant>) -> bool {
+    end.is_some_and(|end| end <= Instant::now())
 }
 
 fn ended(copied: std::io::Result<(u64, u64)>) -> &'static str {
