@@ -401,3 +401,163 @@ async fn server_certificates_reload_like_identity_files() {
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// Standard base64 with padding, as `verifyCertificateSpki` is written.
+fn base64(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(DIGITS[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// SHA-256 of the leaf's SubjectPublicKeyInfo.
+fn spki_sha256(w: &Workload) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(&w.leaf_der).unwrap();
+    let hex = meshgate_proxy::identity::sha256_hex(cert.public_key().raw);
+    (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A certificate of the partner CA with these DNS SANs.
+fn partner_cert(ca: &Authority, dns: &[&str]) -> Workload {
+    let mut spec = LeafSpec::spiffe("spiffe://unused");
+    spec.uris.clear();
+    spec.dns = dns.iter().map(|d| d.to_string()).collect();
+    ca.issue(&spec).unwrap()
+}
+
+#[tokio::test]
+async fn client_certificates_must_carry_a_listed_name_and_match_a_pin() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let clients = Authority::root("partner client CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let server = server_cert(&public, "*.example.com");
+    let partner = partner_cert(&clients, &["partner.example.org"]);
+    let other = partner_cert(&clients, &["other.example.org"]);
+    let wildcard = partner_cert(&clients, &["*.example.org"]);
+    let two_labels = partner_cert(&clients, &["*.example.net"]);
+    // Envoy's documented form of a certificate hash: upper case, colon-separated.
+    let partner_hash = meshgate_proxy::identity::sha256_hex(&partner.leaf_der)
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let other_spki = base64(&spki_sha256(&other));
+    let backend = echo();
+    let files =
+        "serverCertificate: tls/s.pem, privateKey: tls/s-key.pem, caCertificates: tls/clients.pem";
+    let yaml = config(backend.address, "ECDHE-ECDSA-AES128-GCM-SHA256").replace(
+        "  - port: {number: 80, name: http, protocol: HTTP}",
+        &format!(
+            r#"  - port: {{number: 443, name: names, protocol: HTTPS}}
+    hosts: [names.example.com]
+    tls: {{mode: MUTUAL, {files}, subjectAltNames: [partner.example.org, deep.sub.example.net]}}
+  - port: {{number: 443, name: pins, protocol: HTTPS}}
+    hosts: [pins.example.com]
+    tls: {{mode: MUTUAL, {files}, verifyCertificateHash: ["{partner_hash}"], verifyCertificateSpki: ["{other_spki}"]}}
+  - port: {{number: 443, name: mesh-names, protocol: HTTPS}}
+    hosts: ["*.mesh.example-target.com"]
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ["{CALLER}"]}}
+  - port: {{number: 80, name: http, protocol: HTTP}}"#
+        ),
+    );
+    let yaml = yaml.replace(
+        r#"hosts: [a.example.com, b.example.com, "*.example-target.com"]"#,
+        r#"hosts: [a.example.com, b.example.com, names.example.com, pins.example.com, "*.example-target.com"]"#,
+    );
+    let a = server_cert(&public, "a.example.com");
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &pki.workload("example-target.com", GATEWAY_ID),
+        &[
+            ("tls/a.pem", &a.chain_pem),
+            ("tls/a-key.pem", &a.key_pem),
+            ("tls/b.pem", &a.chain_pem),
+            ("tls/b-key.pem", &a.key_pem),
+            ("tls/s.pem", &server.chain_pem),
+            ("tls/s-key.pem", &server.key_pem),
+            ("tls/clients.pem", &clients.cert_pem),
+        ],
+    )
+    .await;
+    let addr = proxy.addr(443);
+    let get = |cert: &Workload, host: &'static str| {
+        let client = Client::plain(Some(cert), &public.cert_pem);
+        async move { client.get(addr, host, host, "/", &[]).await }
+    };
+
+    // subjectAltNames: a listed DNS name, or a `*.` SAN one label above it, as Envoy matches
+    // them; a wildcard does not stand for two labels, and another name is refused.
+    assert_eq!(
+        get(&partner, "names.example.com").await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&wildcard, "names.example.com").await.unwrap().status,
+        StatusCode::OK
+    );
+    assert!(get(&other, "names.example.com").await.is_err());
+    assert!(get(&two_labels, "names.example.com").await.is_err());
+    assert_eq!(proxy.rejected("san_not_allowed"), 2);
+
+    // Pins: the certificate's hash or its key's, either list accepting it.
+    let r = get(&partner, "pins.example.com").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r
+        .echoed("x-forwarded-client-cert")
+        .unwrap()
+        .contains("DNS=partner.example.org"));
+    assert_eq!(
+        get(&other, "pins.example.com").await.unwrap().status,
+        StatusCode::OK
+    );
+    assert!(get(&wildcard, "pins.example.com").await.is_err());
+    assert_eq!(proxy.rejected("certificate_not_pinned"), 1);
+    // The chain is still verified first: a pinned hash does not admit another CA's leaf.
+    let stranger = partner_cert(&public, &["partner.example.org"]);
+    assert!(get(&stranger, "names.example.com").await.is_err());
+    assert_eq!(proxy.rejected("unknown_issuer"), 1);
+
+    // ISTIO_MUTUAL: the mesh's chain and trust domains, then the listed SPIFFE IDs.
+    let mesh = |id: &str| Client::plain(Some(&pki.workload("example.com", id)), &pki.root.cert_pem);
+    let sni = "outbound_.443_._.api.mesh.example-target.com";
+    let host = "api.mesh.example-target.com";
+    let r = mesh(CALLER).get(addr, sni, host, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-mesh-origin").as_deref(), Some("remote"));
+    let refused = mesh("spiffe://example.com/ns/default/sa/other")
+        .get(addr, sni, host, "/", &[])
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(proxy.rejected("san_not_allowed"), 3);
+    // Another ISTIO_MUTUAL server of the listener, without the list, still admits it.
+    let r = mesh("spiffe://example.com/ns/default/sa/other")
+        .get(
+            addr,
+            "outbound_.443_._.httpbin.example-target.com",
+            "httpbin.example-target.com",
+            "/",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -107,6 +107,13 @@ pub enum PeerError {
     /// ISTIO_MUTUAL without them) is not a SPIFFE ID.
     #[error("server identity not allowed: {0}")]
     IdentityNotAllowed(String),
+    /// A client's certificate names none of its Gateway server's `subjectAltNames`.
+    #[error("client certificate names none of subjectAltNames: {0}")]
+    SanNotAllowed(String),
+    /// A client's certificate matches none of its Gateway server's `verifyCertificateHash` and
+    /// `verifyCertificateSpki`.
+    #[error("certificate not pinned: {0}")]
+    NotPinned(String),
     /// The SNI names no host of this listener's Gateway servers.
     #[error("SNI `{0}` matches no Gateway server host")]
     SniMismatch(String),
@@ -140,6 +147,8 @@ impl PeerError {
             Self::TrustDomainNotAllowed(..) => "trust_domain_not_allowed",
             Self::IssuerNotAllowed(_) => "issuer_not_allowed",
             Self::IdentityNotAllowed(_) => "identity_not_allowed",
+            Self::SanNotAllowed(_) => "san_not_allowed",
+            Self::NotPinned(_) => "certificate_not_pinned",
             Self::SniMismatch(_) => "sni_mismatch",
             Self::Timeout => "timeout",
             Self::Tls(_) => "tls_error",
@@ -148,7 +157,7 @@ impl PeerError {
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const REASONS: [&'static str; 19] = [
+    pub const REASONS: [&'static str; 21] = [
         "no_client_certificate",
         "unknown_issuer",
         "expired",
@@ -164,6 +173,8 @@ impl PeerError {
         "trust_domain_not_allowed",
         "issuer_not_allowed",
         "identity_not_allowed",
+        "san_not_allowed",
+        "certificate_not_pinned",
         "sni_mismatch",
         "timeout",
         "tls_error",

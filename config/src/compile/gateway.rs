@@ -12,8 +12,8 @@ use super::mesh_gateway::ListenSettings;
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
 use crate::model::{
-    HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter, RouteTable,
-    ServerCertificate, ServerHost, ServerTls, ServerTlsMode, TlsVersion, CIPHER_SUITES,
+    ClientCertChecks, HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter,
+    RouteTable, ServerCertificate, ServerHost, ServerTls, ServerTlsMode, TlsVersion, CIPHER_SUITES,
 };
 use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
 
@@ -303,15 +303,6 @@ fn server_tls(
         &[
             ("credentialNames", tls.credential_names.is_some()),
             ("tlsCertificates", tls.tls_certificates.is_some()),
-            ("subjectAltNames", tls.subject_alt_names.is_some()),
-            (
-                "verifyCertificateSpki",
-                tls.verify_certificate_spki.is_some(),
-            ),
-            (
-                "verifyCertificateHash",
-                tls.verify_certificate_hash.is_some(),
-            ),
         ],
     );
     o.unsupported(
@@ -355,6 +346,15 @@ fn server_tls(
                 for (field, set) in [
                     ("caCertificates", tls.ca_certificates.is_some()),
                     ("caCrl", tls.ca_crl.is_some()),
+                    ("subjectAltNames", tls.subject_alt_names.is_some()),
+                    (
+                        "verifyCertificateSpki",
+                        tls.verify_certificate_spki.is_some(),
+                    ),
+                    (
+                        "verifyCertificateHash",
+                        tls.verify_certificate_hash.is_some(),
+                    ),
                 ] {
                     if set {
                         errors.push(o.error(
@@ -473,11 +473,64 @@ fn server_tls(
     if errors.len() > before {
         return None;
     }
+    let client_checks = client_checks(o, tls_path, tls, errors);
     mode.map(|mode| ServerTls {
         mode,
         min_version,
         max_version,
         cipher_suites,
+        client_checks,
+    })
+}
+
+/// `subjectAltNames`, `verifyCertificateSpki` (base64 SHA-256 of a SubjectPublicKeyInfo) and
+/// `verifyCertificateHash` (hex SHA-256 of a certificate, colons allowed), checked as Envoy
+/// checks them when it loads a validation context.
+fn client_checks(
+    o: &Origin,
+    tls_path: &str,
+    tls: &RawTls,
+    errors: &mut Vec<ConfigError>,
+) -> ClientCertChecks {
+    let mut checks = ClientCertChecks::default();
+    for (i, name) in tls.subject_alt_names.iter().flatten().enumerate() {
+        if name.is_empty() {
+            errors.push(o.error(format!("{tls_path}.subjectAltNames[{i}]"), "empty"));
+        } else if !checks.subject_alt_names.contains(name) {
+            checks.subject_alt_names.push(name.clone());
+        }
+    }
+    for (i, text) in tls.verify_certificate_spki.iter().flatten().enumerate() {
+        match super::decode_base64(text).filter(|d| d.len() == 32) {
+            Some(digest) => checks.spki_sha256.push(hex(&digest)),
+            None => errors.push(o.error(
+                format!("{tls_path}.verifyCertificateSpki[{i}]"),
+                format!("`{text}` is not a base64-encoded SHA-256 digest (32 bytes)"),
+            )),
+        }
+    }
+    for (i, text) in tls.verify_certificate_hash.iter().flatten().enumerate() {
+        let digits: String = text.chars().filter(|c| *c != ':').collect();
+        if digits.len() == 64 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            checks.cert_sha256.push(digits.to_ascii_lowercase());
+        } else {
+            errors.push(o.error(
+                format!("{tls_path}.verifyCertificateHash[{i}]"),
+                format!(
+                    "`{text}` is not a hex-encoded SHA-256 digest (64 hex digits, colons allowed)"
+                ),
+            ));
+        }
+    }
+    checks
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
     })
 }
 

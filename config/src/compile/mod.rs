@@ -885,6 +885,38 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
 }
 
 /// Resolves a path named in `file` relative to that file's directory.
+/// Decodes a protobuf `bytes` field as its JSON mapping writes it (Istio's YAML is that JSON):
+/// standard or URL-safe base64, with or without padding. `None` for anything else.
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let digits = text.trim_end_matches('=');
+    // Padding completes a group of four, and is at most two.
+    let padding = text.len().saturating_sub(digits.len());
+    if padding > 2 || (padding > 0 && !text.len().is_multiple_of(4)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(digits.len());
+    let mut group: u32 = 0;
+    let mut bits: u32 = 0;
+    for c in digits.bytes() {
+        let c = match c {
+            b'-' => b'+',
+            b'_' => b'/',
+            c => c,
+        };
+        let value = DIGITS.iter().position(|&d| d == c)?;
+        group = group.wrapping_shl(6) | value as u32;
+        bits = bits.wrapping_add(6);
+        if bits >= 8 {
+            bits = bits.wrapping_sub(8);
+            out.push(group.wrapping_shr(bits) as u8);
+            group &= 1u32.wrapping_shl(bits).wrapping_sub(1);
+        }
+    }
+    // One digit past a whole group carries less than a byte.
+    (bits < 6).then_some(out)
+}
+
 pub(crate) fn relative_to(file: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {

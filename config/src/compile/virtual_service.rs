@@ -530,26 +530,34 @@ fn compile_route(
         }
         (None, Some(d), true) => {
             let p = format!("{path}.directResponse");
-            if let Some(body) = &d.body {
-                o.unsupported(
-                    errors,
-                    &format!("{p}.body"),
-                    &[("bytes", body.bytes.is_some())],
-                );
-            }
+            // Istio's `HTTPBody` is a oneof: `string`, or `bytes` in base64 as protobuf's JSON
+            // writes bytes.
+            let body = match d.body.as_ref().map(|b| (&b.string, &b.bytes)) {
+                None | Some((None, None)) => Bytes::new(),
+                Some((Some(text), None)) => Bytes::from(text.clone()),
+                Some((None, Some(encoded))) => match super::decode_base64(encoded) {
+                    Some(decoded) => Bytes::from(decoded),
+                    None => {
+                        errors.push(o.error(
+                            format!("{p}.body.bytes"),
+                            "not base64 (standard or URL-safe, padding optional)",
+                        ));
+                        Bytes::new()
+                    }
+                },
+                Some((Some(_), Some(_))) => {
+                    errors.push(o.error(
+                        format!("{p}.body"),
+                        "string and bytes are exclusive: give one",
+                    ));
+                    Bytes::new()
+                }
+            };
             match u16::try_from(d.status)
                 .ok()
                 .and_then(|s| StatusCode::from_u16(s).ok())
             {
-                Some(status) => Some(RouteAction::Direct(DirectResponse {
-                    status,
-                    body: Bytes::from(
-                        d.body
-                            .as_ref()
-                            .and_then(|b| b.string.clone())
-                            .unwrap_or_default(),
-                    ),
-                })),
+                Some(status) => Some(RouteAction::Direct(DirectResponse { status, body })),
                 None => {
                     errors.push(o.error(format!("{p}.status"), "not an HTTP status code"));
                     None

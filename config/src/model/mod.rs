@@ -672,6 +672,31 @@ pub struct ServerTls {
     /// TLS 1.2 cipher suites by their OpenSSL names, in preference order; empty: rustls'
     /// defaults. TLS 1.3 suites are not configurable, as in Envoy.
     pub cipher_suites: Vec<String>,
+    /// What a client certificate must also be, once it chains (`MUTUAL`, `ISTIO_MUTUAL`).
+    pub client_checks: ClientCertChecks,
+}
+
+/// A Gateway server's `subjectAltNames`, `verifyCertificateSpki` and `verifyCertificateHash`,
+/// checked as Envoy's validation context checks them: every list given must accept the client's
+/// leaf, except that the two pin lists together are one (a match in either accepts it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClientCertChecks {
+    /// One of the leaf's SANs equals one of these: a DNS SAN as Envoy matches it (no case, and
+    /// a `*.` SAN stands for one label), a URI, email or IP address SAN exactly.
+    pub subject_alt_names: Vec<String>,
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo, lowercase hex (`verifyCertificateSpki`).
+    pub spki_sha256: Vec<String>,
+    /// SHA-256 of the leaf's DER, lowercase hex (`verifyCertificateHash`).
+    pub cert_sha256: Vec<String>,
+}
+
+impl ClientCertChecks {
+    /// Nothing to check beyond the chain.
+    pub fn is_empty(&self) -> bool {
+        self.subject_alt_names.is_empty()
+            && self.spki_sha256.is_empty()
+            && self.cert_sha256.is_empty()
+    }
 }
 
 /// Gateway `tls.mode` values meshgate terminates.

@@ -49,7 +49,7 @@ pub struct ServerTls {
     pub credential_name: Option<String>,
     pub credential_names: Unsupported,
     pub tls_certificates: Unsupported,
-    pub subject_alt_names: Unsupported,
-    pub verify_certificate_spki: Unsupported,
-    pub verify_certificate_hash: Unsupported,
+    pub subject_alt_names: Option<Vec<String>>,
+    pub verify_certificate_spki: Option<Vec<String>>,
+    pub verify_certificate_hash: Option<Vec<String>>,
 }

@@ -249,7 +249,7 @@ pub struct DirectResponse {
 #[serde(rename_all = "camelCase")]
 pub struct HttpBody {
     pub string: Option<String>,
-    pub bytes: Unsupported,
+    pub bytes: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{Acceptor, NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -24,7 +25,7 @@ use meshgate_config::Model;
 
 use super::credentials::{Credentials, OwnCertificate};
 use super::files::{LoadedServerCertificate, ServerFiles};
-use super::verify::{peer_error, ChainLimit, SpiffeClientVerifier};
+use super::verify::{peer_error, ChainLimit, ClientChecks, SpiffeClientVerifier};
 use crate::identity::{
     client_certificate, peer_identity, ClientCertificate, PeerError, PeerIdentity,
 };
@@ -152,7 +153,7 @@ fn group(
             )
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
             let verifier = ChainLimit {
-                inner: Arc::new(verifier),
+                inner: with_checks(Arc::new(verifier), tls),
                 most,
             };
             let config = builder
@@ -187,7 +188,7 @@ fn group(
                 .build()
                 .map_err(|e| rustls::Error::General(format!("caCertificates: {e}")))?;
             let verifier = ChainLimit {
-                inner: verifier,
+                inner: with_checks(verifier, tls),
                 most,
             };
             let config = builder
@@ -212,6 +213,20 @@ fn group(
         without_alpn,
         alpn,
         mode,
+    })
+}
+
+/// `verifier`, then the server's `subjectAltNames` and certificate pins, if it has any.
+fn with_checks(
+    verifier: Arc<dyn ClientCertVerifier>,
+    tls: &ServerTls,
+) -> Arc<dyn ClientCertVerifier> {
+    if tls.client_checks.is_empty() {
+        return verifier;
+    }
+    Arc::new(ClientChecks {
+        inner: verifier,
+        checks: tls.client_checks.clone(),
     })
 }
 

@@ -4,6 +4,7 @@
 //! A failure of our own checks travels as `CertificateError::Other` holding the `PeerError`,
 //! so the client gets a TLS alert and the reason survives to the log and the metric.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -16,7 +17,8 @@ use rustls::{
     SignatureScheme,
 };
 
-use meshgate_config::model::TrustSettings;
+use meshgate_config::model::{ClientCertChecks, TrustSettings};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::credentials::{Revocation, TrustRoots};
 use super::verified::{ChainKey, VerifiedChains};
@@ -456,6 +458,183 @@ impl ClientCertVerifier for ChainLimit {
     }
 }
 
+/// A Gateway server's `subjectAltNames`, `verifyCertificateSpki` and `verifyCertificateHash`:
+/// once `inner` has verified the chain, the leaf must also carry one of the names and, when
+/// pins are given, match one of them (Envoy's `DefaultCertValidator`: `fail_verify_san`, then
+/// `fail_verify_cert_hash`). A resumed session was checked when it was made.
+#[derive(Debug)]
+pub struct ClientChecks {
+    pub inner: Arc<dyn ClientCertVerifier>,
+    pub checks: ClientCertChecks,
+}
+
+impl ClientChecks {
+    fn check(&self, leaf: &CertificateDer<'_>) -> Result<(), PeerError> {
+        let checks = &self.checks;
+        let (_, cert) = X509Certificate::from_der(leaf)
+            .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
+        if !checks.subject_alt_names.is_empty() {
+            let names = subject_alt_names(&cert);
+            let allowed = names.iter().any(|name| {
+                checks
+                    .subject_alt_names
+                    .iter()
+                    .any(|wanted| name.matches(wanted))
+            });
+            if !allowed {
+                let shown: Vec<String> = names.iter().map(ToString::to_string).collect();
+                return Err(PeerError::SanNotAllowed(format!(
+                    "it names {}; subjectAltNames: {}",
+                    if shown.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        shown.join(", ")
+                    },
+                    checks.subject_alt_names.join(", ")
+                )));
+            }
+        }
+        if !checks.cert_sha256.is_empty() || !checks.spki_sha256.is_empty() {
+            let hash = sha256_hex(leaf);
+            let spki = sha256_hex(cert.tbs_certificate.subject_pki.raw);
+            if !checks.cert_sha256.contains(&hash) && !checks.spki_sha256.contains(&spki) {
+                return Err(PeerError::NotPinned(format!(
+                    "certificate SHA-256 {hash}, SubjectPublicKeyInfo SHA-256 {spki}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClientCertVerifier for ClientChecks {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.check(end_entity).map_err(reject)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One subjectAltName of a leaf, of the kinds Envoy matches `subjectAltNames` against.
+#[derive(Debug, PartialEq)]
+enum San<'a> {
+    Dns(&'a str),
+    Uri(&'a str),
+    Email(&'a str),
+    Ip(IpAddr),
+}
+
+impl San<'_> {
+    /// Envoy's `StringSanMatcher` with an exact matcher: a DNS SAN by `dnsNameMatch` (no case;
+    /// a `*.` SAN matches one more label, not an empty one nor two), the others as they are.
+    fn matches(&self, wanted: &str) -> bool {
+        match self {
+            San::Dns(san) => {
+                if san.eq_ignore_ascii_case(wanted) {
+                    return true;
+                }
+                let Some(suffix) = san.strip_prefix('*') else {
+                    return false;
+                };
+                if !suffix.starts_with('.') {
+                    return false;
+                }
+                let Some(split) = wanted.len().checked_sub(suffix.len()) else {
+                    return false;
+                };
+                match (wanted.get(..split), wanted.get(split..)) {
+                    (Some(label), Some(rest)) => {
+                        !label.is_empty()
+                            && !label.contains('.')
+                            && rest.eq_ignore_ascii_case(suffix)
+                    }
+                    _ => false,
+                }
+            }
+            San::Uri(san) | San::Email(san) => *san == wanted,
+            San::Ip(ip) => wanted.parse::<IpAddr>().is_ok_and(|w| w == *ip),
+        }
+    }
+}
+
+impl std::fmt::Display for San<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            San::Dns(n) => write!(f, "DNS:{n}"),
+            San::Uri(n) => write!(f, "URI:{n}"),
+            San::Email(n) => write!(f, "email:{n}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+/// The DNS, URI, email and IP address SANs of `cert`.
+fn subject_alt_names<'a>(cert: &'a X509Certificate<'_>) -> Vec<San<'a>> {
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(n) => Some(San::Dns(n)),
+            GeneralName::URI(n) => Some(San::Uri(n)),
+            GeneralName::RFC822Name(n) => Some(San::Email(n)),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| San::Ip(IpAddr::from(b))),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| San::Ip(IpAddr::from(b))),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 fn reject(e: PeerError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
@@ -523,6 +702,8 @@ fn copy(e: &PeerError) -> PeerError {
         PeerError::Revoked => PeerError::Revoked,
         PeerError::CrlExpired => PeerError::CrlExpired,
         PeerError::IdentityNotAllowed(d) => PeerError::IdentityNotAllowed(d.clone()),
+        PeerError::SanNotAllowed(d) => PeerError::SanNotAllowed(d.clone()),
+        PeerError::NotPinned(d) => PeerError::NotPinned(d.clone()),
         PeerError::InvalidCertificate(d) => PeerError::InvalidCertificate(d.clone()),
         other => PeerError::InvalidCertificate(other.to_string()),
     }
@@ -789,6 +970,34 @@ fn san_names(cert: &CertificateDer<'_>) -> Vec<String> {
     };
     let names = meshgate_spiffe::svid::SanNames::of(&cert);
     names.uris.into_iter().chain(names.dns).collect()
+}
+
+#[cfg(test)]
+mod san_tests {
+    use super::San;
+
+    /// Envoy's `dnsNameMatch` for a DNS SAN, exact comparison for the other kinds.
+    #[test]
+    fn subject_alt_names_match_as_envoy_matches_them() {
+        let dns = San::Dns("*.Example.org");
+        assert!(dns.matches("a.example.ORG"));
+        assert!(dns.matches("*.example.org"));
+        assert!(!dns.matches("a.b.example.org"), "one label only");
+        assert!(!dns.matches(".example.org"), "not an empty label");
+        assert!(!dns.matches("example.org"));
+        assert!(!dns.matches("aexample.org"));
+        assert!(San::Dns("api.example.org").matches("API.example.org"));
+        assert!(!San::Dns("a*.example.org").matches("ab.example.org"));
+        assert!(!San::Dns("api.example.org").matches("*.example.org"));
+        let uri = San::Uri("spiffe://example.com/ns/a/sa/b");
+        assert!(uri.matches("spiffe://example.com/ns/a/sa/b"));
+        assert!(!uri.matches("spiffe://EXAMPLE.com/ns/a/sa/b"));
+        assert!(San::Email("ops@example.org").matches("ops@example.org"));
+        let ip = San::Ip("2001:db8::1".parse().unwrap());
+        assert!(ip.matches("2001:db8:0::1"));
+        assert!(!ip.matches("2001:db8::2"));
+        assert!(!ip.matches("not an address"));
+    }
 }
 
 #[cfg(test)]
