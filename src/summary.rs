@@ -97,6 +97,13 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                                 .as_ref()
                                 .map_or("-".into(), |p| p.display().to_string())
                         ),
+                        ServerTlsMode::OptionalMutual(c) => format!(
+                            "OPTIONAL_MUTUAL {} (clients of {}, or none)",
+                            c.certificate.display(),
+                            c.ca_certificates
+                                .as_ref()
+                                .map_or("-".into(), |p| p.display().to_string())
+                        ),
                     };
                     let ciphers = if t.cipher_suites.is_empty() {
                         String::new()

@@ -1,7 +1,8 @@
-//! HTTPS ingress as Istio's Gateway servers configure it, over real handshakes: `SIMPLE` and
-//! `MUTUAL` servers with certificate files beside an `ISTIO_MUTUAL` one on the same port,
-//! chosen by SNI; the request host must be one of the chosen server's hosts; `cipherSuites`
-//! and protocol versions; `httpsRedirect`; certificate files reloaded.
+//! HTTPS ingress as Istio's Gateway servers configure it, over real handshakes: `SIMPLE`,
+//! `MUTUAL` and `OPTIONAL_MUTUAL` servers with certificate files beside an `ISTIO_MUTUAL` one
+//! on the same port, chosen by SNI; the request host must be one of the chosen server's hosts;
+//! client certificates checked against `subjectAltNames` and pins; `cipherSuites` and
+//! protocol versions; `httpsRedirect`; certificate files reloaded.
 
 mod support;
 
@@ -443,7 +444,7 @@ fn partner_cert(ca: &Authority, dns: &[&str]) -> Workload {
 }
 
 #[tokio::test]
-async fn client_certificates_must_carry_a_listed_name_and_match_a_pin() {
+async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_optional() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
     let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
     let clients = Authority::root("partner client CA", KeyAlgorithm::EcdsaP256).unwrap();
@@ -473,6 +474,9 @@ async fn client_certificates_must_carry_a_listed_name_and_match_a_pin() {
   - port: {{number: 443, name: pins, protocol: HTTPS}}
     hosts: [pins.example.com]
     tls: {{mode: MUTUAL, {files}, verifyCertificateHash: ["{partner_hash}"], verifyCertificateSpki: ["{other_spki}"]}}
+  - port: {{number: 443, name: optional, protocol: HTTPS}}
+    hosts: [optional.example.com]
+    tls: {{mode: OPTIONAL_MUTUAL, {files}, subjectAltNames: [partner.example.org]}}
   - port: {{number: 443, name: mesh-names, protocol: HTTPS}}
     hosts: ["*.mesh.example-target.com"]
     tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ["{CALLER}"]}}
@@ -481,7 +485,7 @@ async fn client_certificates_must_carry_a_listed_name_and_match_a_pin() {
     );
     let yaml = yaml.replace(
         r#"hosts: [a.example.com, b.example.com, "*.example-target.com"]"#,
-        r#"hosts: [a.example.com, b.example.com, names.example.com, pins.example.com, "*.example-target.com"]"#,
+        r#"hosts: [a.example.com, b.example.com, names.example.com, pins.example.com, optional.example.com, "*.example-target.com"]"#,
     );
     let a = server_cert(&public, "a.example.com");
     let proxy = Proxy::start_with_files(
@@ -536,6 +540,38 @@ async fn client_certificates_must_carry_a_listed_name_and_match_a_pin() {
     assert!(get(&stranger, "names.example.com").await.is_err());
     assert_eq!(proxy.rejected("unknown_issuer"), 1);
 
+    // OPTIONAL_MUTUAL: no certificate is an anonymous client, whose XFCC is not passed on; a
+    // certificate sent is verified and checked as on MUTUAL, and described in XFCC.
+    let anonymous = Client::plain(None, &public.cert_pem);
+    let r = anonymous
+        .get(
+            addr,
+            "optional.example.com",
+            "optional.example.com",
+            "/",
+            &[("x-forwarded-client-cert", "Hash=forged")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-forwarded-client-cert"), None);
+    let r = get(&partner, "optional.example.com").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r
+        .echoed("x-forwarded-client-cert")
+        .unwrap()
+        .contains("DNS=partner.example.org"));
+    assert!(get(&other, "optional.example.com").await.is_err());
+    assert_eq!(proxy.rejected("san_not_allowed"), 3);
+    assert!(get(&stranger, "optional.example.com").await.is_err());
+    assert_eq!(proxy.rejected("unknown_issuer"), 2);
+    // The same client without a certificate is refused where one is required.
+    assert!(anonymous
+        .get(addr, "names.example.com", "names.example.com", "/", &[])
+        .await
+        .is_err());
+    assert_eq!(proxy.rejected("no_client_certificate"), 1);
+
     // ISTIO_MUTUAL: the mesh's chain and trust domains, then the listed SPIFFE IDs.
     let mesh = |id: &str| Client::plain(Some(&pki.workload("example.com", id)), &pki.root.cert_pem);
     let sni = "outbound_.443_._.api.mesh.example-target.com";
@@ -547,7 +583,7 @@ async fn client_certificates_must_carry_a_listed_name_and_match_a_pin() {
         .get(addr, sni, host, "/", &[])
         .await;
     assert!(refused.is_err(), "{refused:?}");
-    assert_eq!(proxy.rejected("san_not_allowed"), 3);
+    assert_eq!(proxy.rejected("san_not_allowed"), 4);
     // Another ISTIO_MUTUAL server of the listener, without the list, still admits it.
     let r = mesh("spiffe://example.com/ns/default/sa/other")
         .get(

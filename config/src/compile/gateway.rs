@@ -335,10 +335,10 @@ fn server_tls(
             }
             Some(ServerTlsMode::IstioMutual)
         }
-        Some(mode @ ("SIMPLE" | "MUTUAL")) if tls.credential_name.is_none() => {
+        Some(mode @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) if tls.credential_name.is_none() => {
             let certificate = file("serverCertificate", &tls.server_certificate, errors);
             let private_key = file("privateKey", &tls.private_key, errors);
-            let (ca_certificates, ca_crl) = if mode == "MUTUAL" {
+            let (ca_certificates, ca_crl) = if mode != "SIMPLE" {
                 let ca = file("caCertificates", &tls.ca_certificates, errors);
                 let crl = tls.ca_crl.as_ref().map(|c| relative_to(&o.file, c));
                 (ca, crl)
@@ -359,7 +359,8 @@ fn server_tls(
                     if set {
                         errors.push(o.error(
                             format!("{tls_path}.{field}"),
-                            "SIMPLE asks for no client certificate: use mode MUTUAL to verify one",
+                            "SIMPLE asks for no client certificate: use mode MUTUAL (or \
+                             OPTIONAL_MUTUAL) to verify one",
                         ));
                     }
                 }
@@ -373,22 +374,22 @@ fn server_tls(
                         ca_certificates,
                         ca_crl,
                     };
-                    Some(if mode == "MUTUAL" {
-                        ServerTlsMode::Mutual(files)
-                    } else {
-                        ServerTlsMode::Simple(files)
+                    Some(match mode {
+                        "MUTUAL" => ServerTlsMode::Mutual(files),
+                        "OPTIONAL_MUTUAL" => ServerTlsMode::OptionalMutual(files),
+                        _ => ServerTlsMode::Simple(files),
                     })
                 }
                 _ => None,
             }
         }
-        Some("SIMPLE" | "MUTUAL") => None,
-        Some(other @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL")) => {
+        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") => None,
+        Some(other @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH")) => {
             errors.push(o.error(
                 format!("{tls_path}.mode"),
                 format!(
-                    "{other} is not implemented: meshgate terminates SIMPLE, MUTUAL and \
-                     ISTIO_MUTUAL"
+                    "{other} is not implemented: meshgate terminates SIMPLE, MUTUAL, \
+                     OPTIONAL_MUTUAL and ISTIO_MUTUAL"
                 ),
             ));
             None
@@ -403,7 +404,7 @@ fn server_tls(
         None => {
             errors.push(o.error(
                 format!("{tls_path}.mode"),
-                "required (SIMPLE, MUTUAL or ISTIO_MUTUAL)",
+                "required (SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL)",
             ));
             None
         }

@@ -2036,13 +2036,22 @@ fn gateway_tls_settings() {
     let mutual = "  - port: {number: 443, name: https-b, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: MUTUAL, serverCertificate: b.pem, privateKey: b-key.pem, caCertificates: ca.pem}\n";
     let istio = "  - port: {number: 443, name: mtls, protocol: HTTPS}\n    hosts: [\"*.mesh.example.com\"]\n    tls: {mode: ISTIO_MUTUAL}\n";
     let redirect = "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n    tls: {httpsRedirect: true}\n";
-    let model = load_str("t.yaml", &gw(&format!("{simple}{mutual}{istio}{redirect}"))).unwrap();
+    let optional = "  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, serverCertificate: b.pem, privateKey: b-key.pem, caCertificates: ca.pem}\n";
+    let model = load_str(
+        "t.yaml",
+        &gw(&format!("{simple}{mutual}{istio}{optional}{redirect}")),
+    )
+    .unwrap();
     let https = &model.listeners[0];
-    assert_eq!(https.tls.len(), 3, "one TLS group per setting");
+    assert_eq!(https.tls.len(), 4, "one TLS group per setting");
     assert_eq!(
         https.servers.iter().map(|s| s.tls).collect::<Vec<_>>(),
-        [Some(0), Some(1), Some(2)]
+        [Some(0), Some(1), Some(2), Some(3)]
     );
+    assert!(matches!(
+        &https.tls[3].mode,
+        crate::model::ServerTlsMode::OptionalMutual(f) if f.ca_certificates.as_ref().is_some_and(|p| p.ends_with("ca.pem"))
+    ));
     assert_eq!(https.tls[0].cipher_suites, ["ECDHE-RSA-AES128-GCM-SHA256"]);
     assert!(model.listeners[1].servers[0].https_redirect);
     let files = model.certificate_files();
@@ -2056,6 +2065,8 @@ fn gateway_tls_settings() {
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: a-cert}\n"), "spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate: it names a Kubernetes Secret, which meshgate does not read: mount the Secret as files and name them with serverCertificate and privateKey"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, privateKey: k.pem}\n"), "spec.servers[0].tls.serverCertificate: required"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: MUTUAL, serverCertificate: a.pem, privateKey: k.pem}\n"), "spec.servers[0].tls.caCertificates: required"),
+        (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, serverCertificate: a.pem, privateKey: k.pem}\n"), "spec.servers[0].tls.caCertificates: required"),
+        (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, serverCertificate: a.pem, privateKey: k.pem, caCertificates: ca.pem}\n"), "spec.servers[0].tls.caCertificates: SIMPLE asks for no client certificate: use mode MUTUAL (or OPTIONAL_MUTUAL) to verify one"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, serverCertificate: a.pem, privateKey: k.pem, cipherSuites: [AES128-SHA]}\n"), "spec.servers[0].tls.cipherSuites[0]: `AES128-SHA` is not offered by meshgate's TLS (rustls)"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, serverCertificate: a.pem, privateKey: k.pem, maxProtocolVersion: TLSV1_1}\n"), "spec.servers[0].tls.maxProtocolVersion: `TLSV1_1` is not supported"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: ISTIO_MUTUAL, serverCertificate: a.pem}\n"), "spec.servers[0].tls.serverCertificate: ISTIO_MUTUAL presents the MeshGateway's identity"),

@@ -711,6 +711,9 @@ pub enum ServerTlsMode {
     /// HTTPS with the server certificate files; a client certificate chained to
     /// `ca_certificates` is required.
     Mutual(ServerCertificate),
+    /// As `Mutual`, but a client may send no certificate: one it sends must chain and is
+    /// described in XFCC; without one the connection is anonymous.
+    OptionalMutual(ServerCertificate),
 }
 
 /// The files of a `SIMPLE` or `MUTUAL` server, as Istio's file-mounted gateway certificates.
@@ -718,9 +721,9 @@ pub enum ServerTlsMode {
 pub struct ServerCertificate {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
-    /// Client CAs (`MUTUAL`).
+    /// Client CAs (`MUTUAL`, `OPTIONAL_MUTUAL`).
     pub ca_certificates: Option<PathBuf>,
-    /// Revoked client certificates (`MUTUAL`).
+    /// Revoked client certificates (`MUTUAL`, `OPTIONAL_MUTUAL`).
     pub ca_crl: Option<PathBuf>,
 }
 

@@ -45,7 +45,10 @@ impl ServerFiles {
         let mut loaded = Vec::new();
         for l in &model.listeners {
             for (i, tls) in l.tls.iter().enumerate() {
-                if let ServerTlsMode::Simple(files) | ServerTlsMode::Mutual(files) = &tls.mode {
+                if let ServerTlsMode::Simple(files)
+                | ServerTlsMode::Mutual(files)
+                | ServerTlsMode::OptionalMutual(files) = &tls.mode
+                {
                     loaded.push(((l.port, i), load(files, material, provider)?));
                 }
             }

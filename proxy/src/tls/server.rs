@@ -85,7 +85,10 @@ struct Group {
 enum GroupMode {
     IstioMutual,
     Simple,
-    Mutual,
+    /// A client certificate is required (`MUTUAL`) or optional (`OPTIONAL_MUTUAL`).
+    Mutual {
+        required: bool,
+    },
 }
 
 impl ServerTlsConfigs {
@@ -168,7 +171,8 @@ fn group(
                 .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
             (config, GroupMode::Simple)
         }
-        ServerTlsMode::Mutual(_) => {
+        ServerTlsMode::Mutual(_) | ServerTlsMode::OptionalMutual(_) => {
+            let required = matches!(tls.mode, ServerTlsMode::Mutual(_));
             let files = files.ok_or_else(|| missing("the server certificate"))?;
             let roots = files
                 .client_roots
@@ -184,6 +188,11 @@ fn group(
                     .with_crls(files.crls.iter().cloned())
                     .allow_unknown_revocation_status();
             }
+            if !required {
+                // Asked for, verified when sent, not required (Envoy's
+                // `require_client_certificate: false` with a validation context).
+                verifier = verifier.allow_unauthenticated();
+            }
             let verifier = verifier
                 .build()
                 .map_err(|e| rustls::Error::General(format!("caCertificates: {e}")))?;
@@ -194,7 +203,7 @@ fn group(
             let config = builder
                 .with_client_cert_verifier(Arc::new(verifier))
                 .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
-            (config, GroupMode::Mutual)
+            (config, GroupMode::Mutual { required })
         }
     };
     // The server's order decides, as Envoy's listeners do: AES-128-GCM first (`tls::provider`),
@@ -280,9 +289,11 @@ async fn handshake_inner(
         GroupMode::IstioMutual => {
             Peer::Spiffe(peer_identity(leaf.ok_or(PeerError::NoCertificate)?)?)
         }
-        GroupMode::Mutual => {
-            Peer::Certificate(client_certificate(leaf.ok_or(PeerError::NoCertificate)?)?)
-        }
+        GroupMode::Mutual { required } => match leaf {
+            Some(leaf) => Peer::Certificate(client_certificate(leaf)?),
+            None if required => return Err(PeerError::NoCertificate),
+            None => Peer::Anonymous,
+        },
         GroupMode::Simple => Peer::Anonymous,
     };
     let version = match conn.alpn_protocol() {
