@@ -487,6 +487,56 @@ async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_option
         r#"hosts: [a.example.com, b.example.com, "*.example-target.com"]"#,
         r#"hosts: [a.example.com, b.example.com, names.example.com, pins.example.com, optional.example.com, "*.example-target.com"]"#,
     );
+    // A second and a third Gateway on the port: a partner API behind a MUTUAL server with a
+    // name list, and an open SIMPLE server whose wildcard also covers the partner's host.
+    let yaml = format!(
+        r#"{yaml}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: partners, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: partner, protocol: HTTPS}}
+    hosts: [partner.example.net, files.example.net]
+    tls: {{mode: MUTUAL, serverCertificate: tls/net.pem, privateKey: tls/net-key.pem, caCertificates: tls/clients.pem, subjectAltNames: [partner.example.org]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: open, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: open, protocol: HTTPS}}
+    hosts: ["*.example.net"]
+    tls: {{mode: SIMPLE, serverCertificate: tls/net.pem, privateKey: tls/net-key.pem}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner-api, namespace: istio-system}}
+spec:
+  hosts: [partner.example.net, files.example.net]
+  gateways: [partners]
+  http: [{{route: [{{destination: {{host: echo.internal, port: {{number: 80}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: open-site, namespace: istio-system}}
+spec:
+  hosts: ["*.example.net"]
+  gateways: [open]
+  http: [{{directResponse: {{status: 418, body: {{string: the open site}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: open-notice, namespace: istio-system}}
+spec:
+  hosts: [partner.example.net]
+  gateways: [open]
+  http: [{{directResponse: {{status: 451, body: {{string: ask for a partner certificate}}}}}}]
+"#
+    );
+    let net = server_cert(&public, "*.example.net");
     let a = server_cert(&public, "a.example.com");
     let proxy = Proxy::start_with_files(
         &yaml,
@@ -498,11 +548,45 @@ async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_option
             ("tls/b-key.pem", &a.key_pem),
             ("tls/s.pem", &server.chain_pem),
             ("tls/s-key.pem", &server.key_pem),
+            ("tls/net.pem", &net.chain_pem),
+            ("tls/net-key.pem", &net.key_pem),
             ("tls/clients.pem", &clients.cert_pem),
         ],
     )
     .await;
     let addr = proxy.addr(443);
+
+    // The partner API is reached through its own server only. A client that the open
+    // server's SNI admits without a certificate, asking for the partner's host, gets the open
+    // Gateway's answer for it: each server answers with its own Gateway's routes, as each of
+    // Envoy's filter chains has its own route configuration: the same host's routes of two
+    // Gateways are kept apart, and a host that only the other Gateway names exactly falls to
+    // this one's wildcard.
+    let anonymous = Client::plain(None, &public.cert_pem);
+    for (host, status) in [
+        (
+            "partner.example.net",
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+        ),
+        ("files.example.net", StatusCode::IM_A_TEAPOT),
+        ("api.example.net", StatusCode::IM_A_TEAPOT),
+    ] {
+        let r = anonymous
+            .get(addr, "www.example.net", host, "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, status, "{host}");
+    }
+    let r = Client::plain(Some(&partner), &public.cert_pem)
+        .get(addr, "partner.example.net", "partner.example.net", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(Client::plain(Some(&other), &public.cert_pem)
+        .get(addr, "partner.example.net", "partner.example.net", "/", &[])
+        .await
+        .is_err());
+    let san_refusals = 1;
     let get = |cert: &Workload, host: &'static str| {
         let client = Client::plain(Some(cert), &public.cert_pem);
         async move { client.get(addr, host, host, "/", &[]).await }
@@ -520,7 +604,7 @@ async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_option
     );
     assert!(get(&other, "names.example.com").await.is_err());
     assert!(get(&two_labels, "names.example.com").await.is_err());
-    assert_eq!(proxy.rejected("san_not_allowed"), 2);
+    assert_eq!(proxy.rejected("san_not_allowed"), san_refusals + 2);
 
     // Pins: the certificate's hash or its key's, either list accepting it.
     let r = get(&partner, "pins.example.com").await.unwrap();
@@ -542,7 +626,6 @@ async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_option
 
     // OPTIONAL_MUTUAL: no certificate is an anonymous client, whose XFCC is not passed on; a
     // certificate sent is verified and checked as on MUTUAL, and described in XFCC.
-    let anonymous = Client::plain(None, &public.cert_pem);
     let r = anonymous
         .get(
             addr,
@@ -562,7 +645,7 @@ async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_option
         .unwrap()
         .contains("DNS=partner.example.org"));
     assert!(get(&other, "optional.example.com").await.is_err());
-    assert_eq!(proxy.rejected("san_not_allowed"), 3);
+    assert_eq!(proxy.rejected("san_not_allowed"), san_refusals + 3);
     assert!(get(&stranger, "optional.example.com").await.is_err());
     assert_eq!(proxy.rejected("unknown_issuer"), 2);
     // The same client without a certificate is refused where one is required.
@@ -583,7 +666,7 @@ async fn mutual_servers_check_names_and_pins_and_may_make_the_certificate_option
         .get(addr, sni, host, "/", &[])
         .await;
     assert!(refused.is_err(), "{refused:?}");
-    assert_eq!(proxy.rejected("san_not_allowed"), 4);
+    assert_eq!(proxy.rejected("san_not_allowed"), san_refusals + 4);
     // Another ISTIO_MUTUAL server of the listener, without the list, still admits it.
     let r = mesh("spiffe://example.com/ns/default/sa/other")
         .get(

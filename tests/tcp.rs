@@ -607,3 +607,111 @@ async fn tcp_connections_close_at_the_backends_idle_timeout() {
     conn.read_exact(&mut buf[..4]).await.unwrap();
     assert_eq!(&buf[..4], b"pong", "open after 1.6 s of quiet");
 }
+
+/// Two Gateways' TLS servers on one port, told apart by SNI: each connection takes a `tcp`
+/// route of the Gateway whose server its SNI chose, naming that server's hosts, as each of
+/// Envoy's filter chains has its own `tcp_proxy`.
+#[tokio::test]
+async fn a_tls_tcp_connection_takes_only_its_own_servers_routes() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = format!(
+        r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {{name: target-gateway, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway}}
+  identity: {{certChain: certs/cert-chain.pem, privateKey: certs/key.pem, rootCerts: certs/root-cert.pem}}
+  listen: {{address: 127.0.0.1, portOverrides: {{9444: 0}}}}
+---
+apiVersion: operator.kyma-project.io/v1alpha2
+kind: Istio
+metadata: {{name: default, namespace: kyma-system}}
+spec:
+  config: {{trustDomain: example-target.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: restricted, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9444, name: tls-db, protocol: TLS}}
+    hosts: [db.internal]
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ["{SLEEP}"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: open, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9444, name: tls-cache, protocol: TLS}}
+    hosts: [cache.internal]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: [db.internal]
+  gateways: [restricted]
+  tcp: [{{route: [{{destination: {{host: db.internal, port: {{number: 5432}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cache, namespace: istio-system}}
+spec:
+  hosts: [cache.internal]
+  gateways: [open]
+  tcp: [{{route: [{{destination: {{host: cache.internal, port: {{number: 1}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: [db.internal]
+  ports: [{{number: 5432, name: tcp-postgres, protocol: TCP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cache, namespace: istio-system}}
+spec:
+  hosts: [cache.internal]
+  ports: [{{number: 1, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#,
+        port = backend.address.port()
+    );
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+    let addr = target.addr(9444);
+    let db = "outbound_.5432_._.db.internal";
+    let cache = "outbound_.1_._.cache.internal";
+
+    let sleep = pki.workload("example.com", SLEEP);
+    let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
+    let tls = client.connect(addr, db).await.unwrap();
+    assert_eq!(echoed(tls, b"SELECT 1;\n").await, b"SELECT 1;\n");
+
+    // `other` is not on the database server's list; through the cache server's SNI it gets
+    // the cache's route (nothing listens there), never the database's.
+    let other = pki.workload("example.com", OTHER);
+    let client = Client::new(Some(&other), &other.root_pem, SIDECAR_TCP_ALPN);
+    assert!(
+        echoed(client.connect(addr, db).await.unwrap(), b"SELECT 2;\n")
+            .await
+            .is_empty()
+    );
+    assert_eq!(target.rejected("san_not_allowed"), 1);
+    let tls = client.connect(addr, cache).await.unwrap();
+    assert_eq!(echoed(tls, b"SELECT 3;\n").await, b"");
+    let metrics = &target.running.metrics;
+    eventually("the connections counted", || {
+        metrics.tcp_ended("closed") == 1 && metrics.tcp_ended("connect_failed") == 1
+    })
+    .await;
+}

@@ -49,6 +49,8 @@ struct Downstream<'a> {
     local: SocketAddr,
     sni: Option<&'a str>,
     identity: Option<&'a PeerIdentity>,
+    /// The TLS group the SNI chose (`None`: plaintext): only its Gateways' routes apply.
+    group: Option<usize>,
     /// Where `maxConnectionDuration` starts, as Envoy's `tcp_proxy` starts it after the
     /// listener filters: the accept, or on a TLS listener the ClientHello read.
     since: Instant,
@@ -74,6 +76,7 @@ pub async fn serve(
                 local,
                 sni: None,
                 identity: None,
+                group: None,
                 since: start.1,
             };
             forward(&runtime, listener, client, &down, &mut upstream).await
@@ -99,6 +102,7 @@ pub async fn serve(
                         local,
                         sni: sni.as_deref(),
                         identity,
+                        group: Some(accepted.group),
                         since: accepted.hello_at,
                     };
                     forward(&runtime, listener, accepted.tls, &down, &mut upstream).await
@@ -167,10 +171,11 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
         return Err(("denied", by));
     }
     let route = model.tcp_routes.iter().find(|r| {
-        r.matches.is_empty()
-            || r.matches
-                .iter()
-                .any(|m| m.matches(model.port, down.local.ip()))
+        r.admits_tls_group(down.group)
+            && (r.matches.is_empty()
+                || r.matches
+                    .iter()
+                    .any(|m| m.matches(model.port, down.local.ip())))
     });
     // A compiled route has a backend.
     let Some((backend, first)) =

@@ -17,6 +17,10 @@ use crate::model::{
 };
 use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
 
+/// The most TLS settings one port serves: a route keeps the groups it answers as bits of a
+/// `u64` (`Route::tls_groups`).
+const MAX_TLS_GROUPS: usize = 64;
+
 pub(crate) fn compile(
     found: &[(Origin, GatewaySpec)],
     labels: &BTreeMap<String, String>,
@@ -72,6 +76,16 @@ pub(crate) fn compile(
                 Some(g) => g,
                 None => {
                     let g = listener.tls.len();
+                    if g == MAX_TLS_GROUPS {
+                        errors.push(o.error(
+                            format!("{path}.tls"),
+                            format!(
+                                "port {} already has {MAX_TLS_GROUPS} different TLS settings, \
+                                 as many as meshgate serves on one port",
+                                compiled.port
+                            ),
+                        ));
+                    }
                     listener.tls.push(tls);
                     g
                 }
@@ -149,8 +163,16 @@ fn compile_server(
                 || tls.server_certificate.is_some()
                 || tls.private_key.is_some()
                 || tls.ca_certificates.is_some()
+                || tls.ca_crl.is_some()
                 || tls.credential_name.is_some()
-                || tls.cipher_suites.is_some();
+                || tls.credential_names.is_some()
+                || tls.tls_certificates.is_some()
+                || tls.min_protocol_version.is_some()
+                || tls.max_protocol_version.is_some()
+                || tls.cipher_suites.is_some()
+                || tls.subject_alt_names.is_some()
+                || tls.verify_certificate_spki.is_some()
+                || tls.verify_certificate_hash.is_some();
             if other {
                 errors.push(o.error(
                     tls_path.clone(),
@@ -165,7 +187,7 @@ fn compile_server(
         ("HTTPS", None) => {
             errors.push(o.error(
                 tls_path.clone(),
-                "protocol HTTPS needs tls (mode SIMPLE, MUTUAL or ISTIO_MUTUAL)",
+                "protocol HTTPS needs tls (mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL)",
             ));
             None
         }
@@ -188,7 +210,19 @@ fn compile_server(
                 ("serverCertificate", tls.server_certificate.is_some()),
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
+                ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential_name.is_some()),
+                ("credentialNames", tls.credential_names.is_some()),
+                ("tlsCertificates", tls.tls_certificates.is_some()),
+                ("subjectAltNames", tls.subject_alt_names.is_some()),
+                (
+                    "verifyCertificateSpki",
+                    tls.verify_certificate_spki.is_some(),
+                ),
+                (
+                    "verifyCertificateHash",
+                    tls.verify_certificate_hash.is_some(),
+                ),
                 ("httpsRedirect", tls.https_redirect.unwrap_or(false)),
                 ("minProtocolVersion", tls.min_protocol_version.is_some()),
                 ("maxProtocolVersion", tls.max_protocol_version.is_some()),
@@ -210,7 +244,7 @@ fn compile_server(
             errors.push(o.error(
                 tls_path.clone(),
                 "protocol TLS needs tls: PASSTHROUGH or AUTO_PASSTHROUGH to pass it through, \
-                 or SIMPLE, MUTUAL or ISTIO_MUTUAL to terminate it",
+                 or SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL to terminate it",
             ));
             None
         }
@@ -288,8 +322,8 @@ fn compile_server(
     Some((listener, tls))
 }
 
-/// The `tls` of an HTTPS server: `ISTIO_MUTUAL` with our identity, `SIMPLE` or `MUTUAL` with
-/// certificate files (relative to the Gateway's file, as meshgate's other paths).
+/// The `tls` of an HTTPS server: `ISTIO_MUTUAL` with our identity, `SIMPLE`, `MUTUAL` or
+/// `OPTIONAL_MUTUAL` with certificate files (relative to the Gateway's file, as meshgate's other paths).
 fn server_tls(
     o: &Origin,
     tls_path: &str,
@@ -471,10 +505,10 @@ fn server_tls(
             "applies to TLS 1.2 only, and minProtocolVersion is TLSV1_3",
         ));
     }
+    let client_checks = client_checks(o, tls_path, tls, errors);
     if errors.len() > before {
         return None;
     }
-    let client_checks = client_checks(o, tls_path, tls, errors);
     mode.map(|mode| ServerTls {
         mode,
         min_version,

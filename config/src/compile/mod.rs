@@ -884,11 +884,17 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
-/// Resolves a path named in `file` relative to that file's directory.
 /// Decodes a protobuf `bytes` field as its JSON mapping writes it (Istio's YAML is that JSON):
-/// standard or URL-safe base64, with or without padding. `None` for anything else.
+/// standard or URL-safe base64 (not both in one value), with or without padding, line breaks
+/// skipped as Go's decoder skips them. `None` for anything else.
 pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let text: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    let standard = text.contains(['+', '/']);
+    let url_safe = text.contains(['-', '_']);
+    if standard && url_safe {
+        return None;
+    }
     let digits = text.trim_end_matches('=');
     // Padding completes a group of four, and is at most two.
     let padding = text.len().saturating_sub(digits.len());
@@ -917,6 +923,7 @@ pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     (bits < 6).then_some(out)
 }
 
+/// Resolves a path named in `file` relative to that file's directory.
 pub(crate) fn relative_to(file: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {

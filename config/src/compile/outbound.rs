@@ -88,6 +88,7 @@ pub(crate) fn add_services(
             mirrors: Vec::new(),
             fault: None,
             cors: None,
+            tls_groups: u64::MAX,
         };
         match made.entry((source, host)) {
             Entry::Occupied(e) => {

@@ -13,11 +13,11 @@
 use super::destination_rule::Rules;
 use super::passthrough::{l4_match, weighted};
 use super::service_entry::Backends;
-use super::virtual_service::{qualify_gateways, MESH_GATEWAY};
+use super::virtual_service::{qualify, qualify_gateways, MESH_GATEWAY};
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::authz::Policies;
-use crate::model::{L4Match, Listener, ListenerProtocol, TcpRoute};
+use crate::model::{HostMatcher, L4Match, Listener, ListenerProtocol, ServerHost, TcpRoute};
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
 use crate::raw::virtual_service::{TcpRoute as RawTcpRoute, VirtualServiceSpec};
 use crate::warning::{Code, Warning};
@@ -59,25 +59,51 @@ pub(crate) fn bind_tcp_routes(
             None => vec![MESH_GATEWAY.to_string()],
             Some(list) => qualify_gateways(list, &o.namespace),
         };
+        // The hosts as the HTTP binding reads them (which reports the ones that do not parse).
+        let hosts: Vec<HostMatcher> = spec
+            .hosts
+            .iter()
+            .map(|h| {
+                if h == "*" {
+                    h.clone()
+                } else {
+                    qualify(h, &o.namespace)
+                }
+            })
+            .filter_map(|h| HostMatcher::parse(&h))
+            .collect();
         let mut bound = false;
         for listener in listeners
             .iter_mut()
             .filter(|l| l.protocol == ListenerProtocol::Tcp)
         {
-            let servers: Vec<String> = listener
+            let servers: Vec<&ServerHost> = listener
                 .servers
                 .iter()
                 .filter(|s| gateways.contains(&s.gateway) && s.namespace.admits(&o.namespace))
-                .map(|s| s.gateway.clone())
                 .collect();
             if servers.is_empty() {
                 continue;
             }
             bound = true;
+            // With TLS terminated, the SNI chose a server: its route is one of its own
+            // Gateway's that names its hosts (Istio's `pickMatchingGatewayHosts`), as each of
+            // Envoy's filter chains has its own `tcp_proxy`.
+            let tls_groups = if listener.tls.is_empty() {
+                u64::MAX
+            } else {
+                servers
+                    .iter()
+                    .filter(|s| hosts.iter().any(|h| s.host.intersects(h)))
+                    .filter_map(|s| s.tls)
+                    .filter_map(|g| u32::try_from(g).ok())
+                    .fold(0u64, |mask, g| mask | 1u64.checked_shl(g).unwrap_or(0))
+            };
+            let names: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
             for (i, route) in routes.iter().enumerate() {
                 let path = format!("spec.tcp[{i}]");
-                if let Some(r) = tcp_route(o, &path, route, &servers, backends, rules, errors) {
-                    listener.tcp_routes.push(r);
+                if let Some(r) = tcp_route(o, &path, route, &names, backends, rules, errors) {
+                    listener.tcp_routes.push(TcpRoute { tls_groups, ..r });
                 }
             }
         }
@@ -85,7 +111,7 @@ pub(crate) fn bind_tcp_routes(
             errors.push(o.error(
                 "spec.tcp",
                 "tcp routes apply to Gateway servers with protocol TCP, or TLS with tls.mode \
-                 SIMPLE, MUTUAL or ISTIO_MUTUAL, and none of spec.gateways has one here (the \
+                 SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL, and none of spec.gateways has one here (the \
                  outbound listener, `mesh`, routes HTTP)",
             ));
         }
@@ -152,6 +178,7 @@ fn tcp_route(
         source: o.resource(),
         matches,
         backends: out,
+        tls_groups: u64::MAX,
     })
 }
 

@@ -2129,7 +2129,17 @@ fn gateway_client_certificate_checks() {
     assert_eq!(load_str("t.yaml", &two).unwrap().listeners[0].tls.len(), 2);
 
     let simple = "mode: SIMPLE, serverCertificate: b.pem, privateKey: b-key.pem";
+    let server = |protocol: &str, tls: &str| {
+        with_gateway(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: p, protocol: {protocol}}}\n    hosts: [b.example.com]\n    tls: {tls}\n"
+        ))
+    };
     assert_errors(&[
+        (server("TLS", "{mode: PASSTHROUGH, subjectAltNames: [x]}"), "spec.servers[0].tls.subjectAltNames: PASSTHROUGH and AUTO_PASSTHROUGH do not terminate TLS"),
+        (server("TLS", &format!("{{mode: AUTO_PASSTHROUGH, verifyCertificateHash: ['{hash}']}}")), "spec.servers[0].tls.verifyCertificateHash: PASSTHROUGH and AUTO_PASSTHROUGH do not terminate TLS"),
+        (server("HTTP", "{httpsRedirect: true, verifyCertificateSpki: [x]}"), "spec.servers[0].tls: protocol HTTP is plaintext: only httpsRedirect may be set here"),
+        (server("TCP", "{caCrl: crl.pem}"), "spec.servers[0].tls: protocol TCP is plaintext"),
+
         (gw(&format!("{{{simple}, subjectAltNames: [x]}}")), "t.yaml: Gateway istio-system/gw: spec.servers[0].tls.subjectAltNames: SIMPLE asks for no client certificate"),
         (gw(&format!("{{{simple}, verifyCertificateHash: ['{hash}']}}")), "spec.servers[0].tls.verifyCertificateHash: SIMPLE asks for no client certificate"),
         (gw(&format!("{{{mutual}, subjectAltNames: [a, '']}}")), "spec.servers[0].tls.subjectAltNames[1]: empty"),
@@ -2156,6 +2166,11 @@ fn base64_as_protobuf_json_reads_bytes() {
         ("YQ===", None),
         ("Y=Q=", None),
         ("YW J", None),
+        // Line breaks, as a YAML block writes a long value, are skipped.
+        ("YWJj\nZGVm", Some(b"abcdef")),
+        ("YW\r\nJj", Some(b"abc")),
+        // One value, one alphabet.
+        ("+_8", None),
     ] {
         assert_eq!(decode_base64(text).as_deref(), want, "{text}");
     }

@@ -257,9 +257,28 @@ pub(crate) fn bind(
                 if bound.is_empty() {
                     continue;
                 }
+                // The TLS groups of this Gateway's servers that serve these hosts: a
+                // connection whose SNI chose another Gateway's server does not take them.
+                let tls_groups = if listener.tls.is_empty() {
+                    u64::MAX
+                } else {
+                    servers
+                        .iter()
+                        .filter(|s| {
+                            s.gateway == gateway
+                                && bound.iter().any(|b| s.host.intersection(b).is_some())
+                        })
+                        .filter_map(|s| s.tls)
+                        .filter_map(|g| u32::try_from(g).ok())
+                        .fold(0u64, |mask, g| mask | 1u64.checked_shl(g).unwrap_or(0))
+                };
                 let on_listener = routes
                     .iter()
                     .filter_map(|(route, scopes)| on(route, scopes, gateway))
+                    .map(|route| Route {
+                        tls_groups,
+                        ..route
+                    })
                     .collect();
                 table.push((
                     (rank, rank_in_order, vs),
@@ -680,6 +699,7 @@ fn compile_route(
     let mut route = Route {
         fault,
         cors,
+        tls_groups: u64::MAX,
         name: r.name.clone(),
         source: o.resource(),
         position: 0,

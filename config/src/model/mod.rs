@@ -622,6 +622,18 @@ pub struct TcpRoute {
     pub matches: Vec<L4Match>,
     /// Weights > 0.
     pub backends: Vec<WeightedBackend>,
+    /// With TLS terminated, the TLS groups (bit `g` for `Listener::tls[g]`) of the servers of
+    /// its Gateways that serve its hosts: a connection whose SNI chose another group does not
+    /// take it. Every bit on a plaintext listener.
+    #[serde(skip)]
+    pub tls_groups: u64,
+}
+
+impl TcpRoute {
+    /// Whether a connection of TLS group `group` (`None`: plaintext) may take it.
+    pub fn admits_tls_group(&self, group: Option<usize>) -> bool {
+        route::admits(self.tls_groups, group)
+    }
 }
 
 /// `tcp[].match[]`: every present part must match.

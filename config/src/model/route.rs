@@ -60,6 +60,33 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// CORS (Envoy's CORS filter, per route).
     pub cors: Option<Cors>,
+    /// On an HTTPS listener, the TLS groups (bit `g` for `Listener::tls[g]`) of the servers
+    /// through which this route's Gateway serves its hosts: a connection whose SNI chose
+    /// another group does not take it, as Envoy's route configuration belongs to the filter
+    /// chain of one Gateway's server. Every bit elsewhere.
+    #[serde(skip)]
+    pub tls_groups: u64,
+}
+
+impl Route {
+    /// Whether a connection of TLS group `group` (`None`: not an HTTPS listener) may take it.
+    #[inline]
+    pub fn admits_tls_group(&self, group: Option<usize>) -> bool {
+        admits(self.tls_groups, group)
+    }
+}
+
+/// Whether the TLS groups `mask` (bit `g` for group `g`) hold `group`; `None` (not an HTTPS
+/// listener) is in every mask.
+#[inline]
+pub fn admits(mask: u64, group: Option<usize>) -> bool {
+    match group {
+        None => true,
+        Some(g) => u32::try_from(g)
+            .ok()
+            .and_then(|g| 1u64.checked_shl(g))
+            .is_some_and(|bit| mask & bit != 0),
+    }
 }
 
 /// How a route rewrites the path it forwards (the query is kept either way).

@@ -8,21 +8,30 @@ use serde::Serialize;
 use super::{HostMatcher, VirtualHost};
 
 /// The virtual hosts of one listener and their host index. Built once; never out of step.
+///
+/// On an HTTPS listener each virtual host answers only the TLS groups of the Gateways whose
+/// routes it holds (`Route::tls_groups`): a host pattern may then have a virtual host for each
+/// group, and a lookup sees only those of the connection's group, as if each group had a
+/// route configuration of its own (Envoy's, per filter chain).
 #[derive(Debug, Default, Serialize)]
 pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
+    /// The TLS groups each virtual host answers: the union of its routes'.
     #[serde(skip)]
-    exact: HashMap<Box<str>, usize>,
+    groups: Vec<u64>,
+    #[serde(skip)]
+    exact: HashMap<Box<str>, Vec<usize>>,
     /// `*.example.com` kept as `.example.com`.
     #[serde(skip)]
-    suffix: HashMap<Box<str>, usize>,
+    suffix: HashMap<Box<str>, Vec<usize>>,
     #[serde(skip)]
-    any: Option<usize>,
+    any: Vec<usize>,
 }
 
 impl RouteTable {
-    /// Indexes `virtual_hosts`; for a host pattern that several declare, the first wins. Numbers
-    /// every route (`Route::index`) in declaration order.
+    /// Indexes `virtual_hosts`; for a host pattern that several declare, the first that
+    /// answers a connection's TLS group wins. Numbers every route (`Route::index`) in
+    /// declaration order.
     pub fn new(mut virtual_hosts: Vec<VirtualHost>) -> Self {
         let mut table = Self::default();
         for (index, route) in virtual_hosts
@@ -33,17 +42,14 @@ impl RouteTable {
             route.index = index;
         }
         for (i, vh) in virtual_hosts.iter().enumerate() {
+            table
+                .groups
+                .push(vh.routes.iter().fold(0, |mask, r| mask | r.tls_groups));
             for host in &vh.hosts {
                 match host {
-                    HostMatcher::Exact(h) => {
-                        table.exact.entry(h.clone()).or_insert(i);
-                    }
-                    HostMatcher::Suffix(s) => {
-                        table.suffix.entry(s.clone()).or_insert(i);
-                    }
-                    HostMatcher::Any => {
-                        table.any.get_or_insert(i);
-                    }
+                    HostMatcher::Exact(h) => table.exact.entry(h.clone()).or_default().push(i),
+                    HostMatcher::Suffix(s) => table.suffix.entry(s.clone()).or_default().push(i),
+                    HostMatcher::Any => table.any.push(i),
                 }
             }
         }
@@ -69,6 +75,11 @@ impl RouteTable {
     /// The virtual host for `host` (no port, any case), as Envoy picks it: an exact host, else
     /// the longest matching `*.suffix`, else `*`.
     pub fn find(&self, host: &str) -> Option<&VirtualHost> {
+        self.find_for(host, None)
+    }
+
+    /// As `find`, among the virtual hosts that answer TLS group `group` (`None`: all).
+    pub fn find_for(&self, host: &str, group: Option<usize>) -> Option<&VirtualHost> {
         let mut buf = [0u8; 256];
         let owned;
         let lower: &str = match buf.get_mut(..host.len()) {
@@ -83,15 +94,27 @@ impl RouteTable {
                 &owned
             }
         };
-        let i = self.exact.get(lower).copied().or_else(|| {
-            // Longest suffix first: `.b.example.com` before `.example.com`. A suffix needs at
-            // least one character before its dot.
-            lower
-                .char_indices()
-                .filter(|&(i, c)| c == '.' && i > 0)
-                .find_map(|(i, _)| self.suffix.get(&lower[i..]).copied())
-        });
-        i.or(self.any).and_then(|i| self.virtual_hosts.get(i))
+        let answering = |candidates: &[usize]| {
+            candidates.iter().copied().find(|&i| {
+                self.groups
+                    .get(i)
+                    .is_some_and(|&mask| super::route::admits(mask, group))
+            })
+        };
+        let i = self
+            .exact
+            .get(lower)
+            .and_then(|c| answering(c))
+            .or_else(|| {
+                // Longest suffix first: `.b.example.com` before `.example.com`. A suffix needs
+                // at least one character before its dot.
+                lower
+                    .char_indices()
+                    .filter(|&(i, c)| c == '.' && i > 0)
+                    .find_map(|(i, _)| self.suffix.get(&lower[i..]).and_then(|c| answering(c)))
+            })
+            .or_else(|| answering(&self.any));
+        i.and_then(|i| self.virtual_hosts.get(i))
     }
 }
 
