@@ -17,8 +17,8 @@ use crate::model::{
 };
 use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
 
-/// The most TLS settings one port serves: a route keeps the groups it answers as bits of a
-/// `u64` (`Route::tls_groups`).
+/// The most TLS settings one port serves: a virtual host keeps the groups that see each of its
+/// hosts as bits of a `u64` (`VirtualHost::host_groups`).
 const MAX_TLS_GROUPS: usize = 64;
 
 pub(crate) fn compile(

@@ -88,7 +88,6 @@ pub(crate) fn add_services(
             mirrors: Vec::new(),
             fault: None,
             cors: None,
-            tls_groups: u64::MAX,
         };
         match made.entry((source, host)) {
             Entry::Occupied(e) => {
@@ -104,6 +103,7 @@ pub(crate) fn add_services(
                 hosts.extend(sidecar_names(&exact, proxy_namespace));
                 e.insert(vhosts.len());
                 vhosts.push(VirtualHost {
+                    host_groups: None,
                     source,
                     hosts,
                     routes: vec![route],

@@ -13,7 +13,9 @@ use super::virtual_service::{qualify, qualify_gateways, MESH_GATEWAY};
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::authz::{Cidr, Policies};
-use crate::model::{HostMatcher, Listener, ListenerProtocol, SniMatch, SniRoute, WeightedBackend};
+use crate::model::{
+    HostMatcher, Listener, ListenerProtocol, ServerHost, SniMatch, SniRoute, WeightedBackend,
+};
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
 use crate::raw::virtual_service::{RouteDestination, TlsRoute, VirtualServiceSpec};
 use crate::warning::{Code, Warning};
@@ -111,22 +113,55 @@ pub(crate) fn bind_tls_routes(
             .iter_mut()
             .filter(|l| l.protocol == ListenerProtocol::TlsPassthrough)
         {
-            let servers: Vec<String> = listener
+            let servers: Vec<&ServerHost> = listener
                 .servers
                 .iter()
                 .filter(|s| gateways.contains(&s.gateway) && s.namespace.admits(&o.namespace))
-                .map(|s| s.gateway.clone())
                 .collect();
             if servers.is_empty() {
                 continue;
             }
             bound = true;
-            for (i, route) in routes.iter().enumerate() {
-                let path = format!("spec.tls[{i}]");
-                if let Some(r) = sni_route(o, &path, route, &servers, backends, rules, errors) {
-                    listener.sni_routes.push(r);
+            // Gateway by Gateway, as Istio builds each server's filter chains from its own
+            // Gateway's VirtualServices (a match's `gateways` naming that Gateway), each
+            // match's `sniHosts` narrowed to the hosts that Gateway's servers serve: an SNI no
+            // server of the Gateway serves is not routed by it.
+            let mut gateways_here: Vec<&str> = Vec::new();
+            for s in &servers {
+                if !gateways_here.contains(&s.gateway.as_str()) {
+                    gateways_here.push(&s.gateway);
                 }
             }
+            let mut made = Vec::new();
+            for gateway in gateways_here {
+                let serving: Vec<&HostMatcher> = servers
+                    .iter()
+                    .filter(|s| s.gateway == gateway)
+                    .map(|s| &s.host)
+                    .collect();
+                let names = [gateway.to_string()];
+                // A route's errors are its own, whichever Gateway it is read for: said once.
+                let mut found_errors = Vec::new();
+                for (i, route) in routes.iter().enumerate() {
+                    let path = format!("spec.tls[{i}]");
+                    let r = sni_route(
+                        o,
+                        &path,
+                        route,
+                        (&names, &serving),
+                        backends,
+                        rules,
+                        &mut found_errors,
+                    );
+                    made.extend(r);
+                }
+                for e in found_errors {
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+            }
+            listener.sni_routes.extend(made);
         }
         if !bound && !routes.is_empty() {
             errors.push(o.error(
@@ -138,13 +173,14 @@ pub(crate) fn bind_tls_routes(
     }
 }
 
-/// One `tls[]` route as it stands on a listener whose servers belong to `gateways`; `None`
-/// when its matches all name other gateways, or on error.
+/// One `tls[]` route as it stands on a listener for one Gateway (`gateways`, the hosts its
+/// servers there serve); `None` when its matches all name other gateways or no SNI they serve,
+/// or on error.
 fn sni_route(
     o: &Origin,
     path: &str,
     route: &TlsRoute,
-    gateways: &[String],
+    (gateways, serving): (&[String], &[&HostMatcher]),
     backends: &mut Backends,
     rules: &Rules,
     errors: &mut Vec<ConfigError>,
@@ -168,10 +204,16 @@ fn sni_route(
         if m.sni_hosts.is_empty() {
             errors.push(o.error(format!("{mp}.sniHosts"), "required"));
         }
-        let mut sni_hosts = Vec::new();
+        let mut sni_hosts: Vec<HostMatcher> = Vec::new();
         for (k, h) in m.sni_hosts.iter().enumerate() {
             match HostMatcher::parse(h) {
-                Some(h) => sni_hosts.push(h),
+                Some(h) => {
+                    for common in serving.iter().filter_map(|s| s.intersection(&h)) {
+                        if !sni_hosts.contains(&common) {
+                            sni_hosts.push(common);
+                        }
+                    }
+                }
                 None => errors.push(o.error(
                     format!("{mp}.sniHosts[{k}]"),
                     format!("`{h}` is not a host, `*.suffix` or `*`"),
@@ -180,6 +222,10 @@ fn sni_route(
         }
         let (port, destination_subnets) =
             l4_match(o, &mp, m.port, m.destination_subnets.as_deref(), errors);
+        // No SNI of this match is served here: it matches nothing.
+        if sni_hosts.is_empty() && !m.sni_hosts.is_empty() {
+            continue;
+        }
         matches.push(SniMatch {
             sni_hosts,
             port,

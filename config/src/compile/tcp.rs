@@ -17,7 +17,9 @@ use super::virtual_service::{qualify, qualify_gateways, MESH_GATEWAY};
 use super::Origin;
 use crate::error::ConfigError;
 use crate::model::authz::Policies;
-use crate::model::{HostMatcher, L4Match, Listener, ListenerProtocol, ServerHost, TcpRoute};
+use crate::model::{
+    tls_group_bit, HostMatcher, L4Match, Listener, ListenerProtocol, ServerHost, TcpRoute,
+};
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
 use crate::raw::virtual_service::{TcpRoute as RawTcpRoute, VirtualServiceSpec};
 use crate::warning::{Code, Warning};
@@ -86,26 +88,50 @@ pub(crate) fn bind_tcp_routes(
                 continue;
             }
             bound = true;
-            // With TLS terminated, the SNI chose a server: its route is one of its own
-            // Gateway's that names its hosts (Istio's `pickMatchingGatewayHosts`), as each of
-            // Envoy's filter chains has its own `tcp_proxy`.
-            let tls_groups = if listener.tls.is_empty() {
-                u64::MAX
-            } else {
-                servers
-                    .iter()
-                    .filter(|s| hosts.iter().any(|h| s.host.intersects(h)))
-                    .filter_map(|s| s.tls)
-                    .filter_map(|g| u32::try_from(g).ok())
-                    .fold(0u64, |mask, g| mask | 1u64.checked_shl(g).unwrap_or(0))
-            };
-            let names: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
-            for (i, route) in routes.iter().enumerate() {
-                let path = format!("spec.tcp[{i}]");
-                if let Some(r) = tcp_route(o, &path, route, &names, backends, rules, errors) {
-                    listener.tcp_routes.push(TcpRoute { tls_groups, ..r });
+            // Gateway by Gateway, as Istio builds each server's `tcp_proxy` from its own
+            // Gateway's VirtualServices (a match's `gateways` naming that Gateway). With TLS
+            // terminated the SNI chose a server: only the routes of its Gateway, for hosts it
+            // serves (Istio's `pickMatchingGatewayHosts`), are seen by its TLS group.
+            let mut gateways_here: Vec<&str> = Vec::new();
+            for s in &servers {
+                if !gateways_here.contains(&s.gateway.as_str()) {
+                    gateways_here.push(&s.gateway);
                 }
             }
+            let mut bound_here = Vec::new();
+            for gateway in gateways_here {
+                let tls_groups = if listener.tls.is_empty() {
+                    u64::MAX
+                } else {
+                    servers
+                        .iter()
+                        .filter(|s| {
+                            s.gateway == gateway && hosts.iter().any(|h| s.host.intersects(h))
+                        })
+                        .filter_map(|s| s.tls)
+                        .fold(0u64, |mask, g| mask | tls_group_bit(g))
+                };
+                if tls_groups == 0 {
+                    continue;
+                }
+                let names = [gateway.to_string()];
+                // A route's errors are its own, whichever Gateway it is read for: said once.
+                let mut found_errors = Vec::new();
+                for (i, route) in routes.iter().enumerate() {
+                    let path = format!("spec.tcp[{i}]");
+                    let made =
+                        tcp_route(o, &path, route, &names, backends, rules, &mut found_errors);
+                    if let Some(r) = made {
+                        bound_here.push(TcpRoute { tls_groups, ..r });
+                    }
+                }
+                for e in found_errors {
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+            }
+            listener.tcp_routes.extend(bound_here);
         }
         if !bound && !routes.is_empty() {
             errors.push(o.error(

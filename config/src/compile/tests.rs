@@ -2150,6 +2150,142 @@ fn gateway_client_certificate_checks() {
     ]);
 }
 
+/// On a TLS-terminating TCP port, each Gateway's `tcp` routes are read for that Gateway (its
+/// `match.gateways`) and seen only by the TLS groups of its servers that serve the
+/// VirtualService's hosts.
+#[test]
+fn tls_tcp_routes_are_seen_by_their_own_servers_groups() {
+    let yaml = with_gateway(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: restricted, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9443, name: db, protocol: TLS}
+    hosts: [db.internal]
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://example.com/ns/a/sa/db-client"]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: open, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9443, name: cache, protocol: TLS}
+    hosts: [cache.internal, queue.internal]
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: both, namespace: istio-system}
+spec:
+  hosts: [db.internal, cache.internal]
+  gateways: [restricted, open]
+  tcp:
+  - match: [{gateways: [restricted]}]
+    route: [{destination: {host: db.internal, port: {number: 5432}}}]
+  - match: [{gateways: [open]}]
+    route: [{destination: {host: cache.internal, port: {number: 6379}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: istio-system}
+spec:
+  hosts: [other.internal]
+  gateways: [open]
+  tcp: [{route: [{destination: {host: cache.internal, port: {number: 6379}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: stores, namespace: istio-system}
+spec:
+  hosts: [db.internal, cache.internal]
+  ports: [{number: 5432, name: tcp-db, protocol: TCP}, {number: 6379, name: tcp-cache, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+"#,
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let l = &model.listeners[0];
+    assert_eq!(l.tls.len(), 2);
+    let db = model
+        .backends
+        .iter()
+        .position(|b| b.host == "db.internal")
+        .unwrap();
+    // (group, backend) of each route, in order; `elsewhere` names no host `open` serves.
+    let seen: Vec<(Vec<usize>, usize)> = l
+        .tcp_routes
+        .iter()
+        .map(|r| {
+            let groups = (0..2).filter(|g| r.admits_tls_group(Some(*g))).collect();
+            (groups, r.backends[0].backend)
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], (vec![0], db));
+    assert_eq!(seen[1].0, vec![1]);
+    assert_ne!(seen[1].1, db);
+}
+
+/// A PASSTHROUGH `tls` route's `sniHosts` are narrowed to the hosts its own Gateway's servers
+/// serve, as Istio builds each server's filter chains: one team's VirtualService does not
+/// capture an SNI that another team's server serves.
+#[test]
+fn passthrough_sni_hosts_are_those_their_gateways_servers_serve() {
+    let gateway = |name: &str, host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: {name}, protocol: TLS}}\n    hosts: [{host}]\n    tls: {{mode: PASSTHROUGH}}\n---\n"
+        )
+    };
+    let yaml = with_gateway(&format!(
+        "{}{}{}",
+        gateway("team-a", "a.example.com"),
+        gateway("team-b", "b.example.com"),
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [team-a, team-b]
+  tls:
+  - match: [{sniHosts: [b.example.com], gateways: [team-a]}]
+    route: [{destination: {host: a.internal, port: {number: 443}}}]
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: a.internal, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: istio-system}
+spec:
+  hosts: [a.internal]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+"#
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let l = &model.listeners[0];
+    let hosts: Vec<Vec<String>> = l
+        .sni_routes
+        .iter()
+        .map(|r| {
+            r.matches
+                .iter()
+                .flat_map(|m| m.sni_hosts.iter().map(|h| h.to_string()))
+                .collect()
+        })
+        .collect();
+    // The first route names team-a for b.example.com, which team-a does not serve: gone.
+    // The second is read once for each Gateway, narrowed to its own server's host.
+    assert_eq!(
+        hosts,
+        [vec!["a.example.com"], vec!["b.example.com"]],
+        "{hosts:?}"
+    );
+}
+
 #[test]
 fn base64_as_protobuf_json_reads_bytes() {
     use super::decode_base64;

@@ -21,10 +21,11 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::header_format::HeaderValueSource;
 use crate::model::{
-    AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
-    HeaderCommands, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol,
-    Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry, RetryOn, Route,
-    RouteAction, RouteTable, StringMatcher, UriRewrite, VirtualHost, WeightedBackend,
+    tls_group_bit, AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort,
+    FaultDelay, HeaderCommands, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind,
+    ListenerProtocol, Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry,
+    RetryOn, Route, RouteAction, RouteTable, StringMatcher, UriRewrite, VirtualHost,
+    WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
@@ -234,15 +235,26 @@ pub(crate) fn bind(
                 // Each host as far as a server of this Gateway serves it (a `*.example.com`
                 // bound to a server of `a.example.com` answers that host only, not the hosts
                 // other Gateways serve on the port), as Istio binds them.
+                // With the TLS groups of the servers that serve each (their bits or'd; every
+                // bit on a listener without TLS).
                 let mut bound: Vec<HostMatcher> = Vec::new();
+                let mut groups: Vec<u64> = Vec::new();
                 for h in &hosts {
-                    let common = servers
-                        .iter()
-                        .filter(|s| s.gateway == gateway)
-                        .filter_map(|s| s.host.intersection(h));
-                    for common in common {
-                        if !bound.contains(&common) {
-                            bound.push(common);
+                    for s in servers.iter().filter(|s| s.gateway == gateway) {
+                        let Some(common) = s.host.intersection(h) else {
+                            continue;
+                        };
+                        let bit = s.tls.map_or(u64::MAX, tls_group_bit);
+                        match bound.iter().position(|b| *b == common) {
+                            Some(i) => {
+                                if let Some(g) = groups.get_mut(i) {
+                                    *g |= bit;
+                                }
+                            }
+                            None => {
+                                bound.push(common);
+                                groups.push(bit);
+                            }
                         }
                     }
                 }
@@ -257,34 +269,17 @@ pub(crate) fn bind(
                 if bound.is_empty() {
                     continue;
                 }
-                // The TLS groups of this Gateway's servers that serve these hosts: a
-                // connection whose SNI chose another Gateway's server does not take them.
-                let tls_groups = if listener.tls.is_empty() {
-                    u64::MAX
-                } else {
-                    servers
-                        .iter()
-                        .filter(|s| {
-                            s.gateway == gateway
-                                && bound.iter().any(|b| s.host.intersection(b).is_some())
-                        })
-                        .filter_map(|s| s.tls)
-                        .filter_map(|g| u32::try_from(g).ok())
-                        .fold(0u64, |mask, g| mask | 1u64.checked_shl(g).unwrap_or(0))
-                };
                 let on_listener = routes
                     .iter()
                     .filter_map(|(route, scopes)| on(route, scopes, gateway))
-                    .map(|route| Route {
-                        tls_groups,
-                        ..route
-                    })
                     .collect();
                 table.push((
                     (rank, rank_in_order, vs),
                     VirtualHost {
                         source: o.resource(),
                         hosts: bound,
+                        // Only an HTTPS listener tells its servers apart by SNI.
+                        host_groups: (!listener.tls.is_empty()).then_some(groups),
                         routes: on_listener,
                     },
                 ));
@@ -320,12 +315,16 @@ fn merge(
 ) -> Vec<VirtualHost> {
     let on_gateway = listener.kind != ListenerKind::Outbound;
     // The virtual hosts answering each host, in `table`'s order; the hosts in the order met.
-    let mut answering: HashMap<&HostMatcher, Vec<usize>> = HashMap::new();
-    let mut hosts: Vec<&HostMatcher> = Vec::new();
+    // On an HTTPS listener a host is also told apart by the TLS groups that see it: a host
+    // two Gateways serve through servers of different TLS settings has a virtual host for
+    // each, so that neither's routes answer the other's connections.
+    let mut answering: HashMap<(&HostMatcher, u64), Vec<usize>> = HashMap::new();
+    let mut hosts: Vec<(&HostMatcher, u64)> = Vec::new();
     for (i, (_, vh)) in table.iter().enumerate() {
-        for h in &vh.hosts {
-            let list = answering.entry(h).or_insert_with(|| {
-                hosts.push(h);
+        for (k, h) in vh.hosts.iter().enumerate() {
+            let key = (h, vh.groups_of(k));
+            let list = answering.entry(key).or_insert_with(|| {
+                hosts.push(key);
                 Vec::new()
             });
             if !list.contains(&i) {
@@ -333,12 +332,13 @@ fn merge(
             }
         }
     }
+    let https = !listener.tls.is_empty();
     // Hosts that the same virtual hosts answer share one virtual host.
-    let mut groups: Vec<(Vec<usize>, Vec<HostMatcher>)> = Vec::new();
+    let mut groups: Vec<(Vec<usize>, Vec<HostMatcher>, Vec<u64>)> = Vec::new();
     let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
     let mut reported: HashSet<(usize, usize)> = HashSet::new();
-    for h in hosts {
-        let Some(mut list) = answering.get(h).cloned() else {
+    for (h, tls_groups) in hosts {
+        let Some(mut list) = answering.get(&(h, tls_groups)).cloned() else {
             continue;
         };
         if !on_gateway {
@@ -355,12 +355,13 @@ fn merge(
             Some(&g) => g,
             None => {
                 group_of.insert(list.clone(), groups.len());
-                groups.push((list, Vec::new()));
+                groups.push((list, Vec::new(), Vec::new()));
                 groups.len().saturating_sub(1)
             }
         };
-        if let Some((_, group_hosts)) = groups.get_mut(g) {
+        if let Some((_, group_hosts, host_groups)) = groups.get_mut(g) {
             group_hosts.push(h.clone());
+            host_groups.push(tls_groups);
         }
     }
     let prepared: Vec<(String, Vec<Route>, Option<Route>)> = table
@@ -372,7 +373,7 @@ fn merge(
         .collect();
     groups
         .into_iter()
-        .map(|(members, hosts)| {
+        .map(|(members, hosts, host_groups)| {
             let parts: Vec<_> = members.iter().filter_map(|&i| prepared.get(i)).collect();
             // A VirtualService on two Gateways of the port is one part per Gateway.
             let mut sources: Vec<&str> = Vec::new();
@@ -394,6 +395,7 @@ fn merge(
             VirtualHost {
                 source: sources.join(", "),
                 hosts,
+                host_groups: https.then_some(host_groups),
                 routes,
             }
         })
@@ -699,7 +701,6 @@ fn compile_route(
     let mut route = Route {
         fault,
         cors,
-        tls_groups: u64::MAX,
         name: r.name.clone(),
         source: o.resource(),
         position: 0,

@@ -23,10 +23,10 @@ pub use host::{HostMatcher, NamespaceFilter};
 pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
-    AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
-    HeaderCommands, HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch, Redirect,
-    RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, UriRewrite, VirtualHost,
-    WeightedBackend,
+    tls_group_bit, AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort,
+    FaultDelay, HeaderCommands, HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch,
+    Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, UriRewrite,
+    VirtualHost, WeightedBackend,
 };
 pub use table::RouteTable;
 

@@ -20,8 +20,25 @@ pub struct VirtualHost {
     /// `VirtualService namespace/name`, or several joined by `, ` when merged.
     pub source: String,
     pub hosts: Vec<HostMatcher>,
+    /// On an HTTPS listener, for each of `hosts`, the TLS groups (bit `g` for
+    /// `Listener::tls[g]`) of the servers that serve it for these routes' Gateways: a
+    /// connection whose SNI chose another group does not see it, as each of Envoy's filter
+    /// chains has a route configuration of its own. `None`: every group (other listeners).
+    #[serde(skip)]
+    pub host_groups: Option<Vec<u64>>,
     /// In order: the first route whose match succeeds wins.
     pub routes: Vec<Route>,
+}
+
+impl VirtualHost {
+    /// The TLS groups that see `hosts[k]`.
+    pub fn groups_of(&self, k: usize) -> u64 {
+        match &self.host_groups {
+            None => u64::MAX,
+            // A host added without its groups is seen by none.
+            Some(groups) => groups.get(k).copied().unwrap_or(0),
+        }
+    }
 }
 
 /// One `http` rule of a VirtualService.
@@ -60,33 +77,22 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// CORS (Envoy's CORS filter, per route).
     pub cors: Option<Cors>,
-    /// On an HTTPS listener, the TLS groups (bit `g` for `Listener::tls[g]`) of the servers
-    /// through which this route's Gateway serves its hosts: a connection whose SNI chose
-    /// another group does not take it, as Envoy's route configuration belongs to the filter
-    /// chain of one Gateway's server. Every bit elsewhere.
-    #[serde(skip)]
-    pub tls_groups: u64,
 }
 
-impl Route {
-    /// Whether a connection of TLS group `group` (`None`: not an HTTPS listener) may take it.
-    #[inline]
-    pub fn admits_tls_group(&self, group: Option<usize>) -> bool {
-        admits(self.tls_groups, group)
-    }
+/// The bit of TLS group `group` in a mask of groups (none past the 64th, which a port may not
+/// have).
+pub fn tls_group_bit(group: usize) -> u64 {
+    u32::try_from(group)
+        .ok()
+        .and_then(|g| 1u64.checked_shl(g))
+        .unwrap_or(0)
 }
 
 /// Whether the TLS groups `mask` (bit `g` for group `g`) hold `group`; `None` (not an HTTPS
 /// listener) is in every mask.
 #[inline]
 pub fn admits(mask: u64, group: Option<usize>) -> bool {
-    match group {
-        None => true,
-        Some(g) => u32::try_from(g)
-            .ok()
-            .and_then(|g| 1u64.checked_shl(g))
-            .is_some_and(|bit| mask & bit != 0),
-    }
+    group.is_none_or(|g| mask & tls_group_bit(g) != 0)
 }
 
 /// How a route rewrites the path it forwards (the query is kept either way).

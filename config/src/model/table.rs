@@ -9,23 +9,21 @@ use super::{HostMatcher, VirtualHost};
 
 /// The virtual hosts of one listener and their host index. Built once; never out of step.
 ///
-/// On an HTTPS listener each virtual host answers only the TLS groups of the Gateways whose
-/// routes it holds (`Route::tls_groups`): a host pattern may then have a virtual host for each
-/// group, and a lookup sees only those of the connection's group, as if each group had a
-/// route configuration of its own (Envoy's, per filter chain).
+/// On an HTTPS listener each host of a virtual host is seen by the TLS groups of the servers
+/// that serve it (`VirtualHost::host_groups`): a host pattern may then have a virtual host for
+/// each, and a lookup sees only those of the connection's group, as if each group had a route
+/// configuration of its own (Envoy's, per filter chain).
 #[derive(Debug, Default, Serialize)]
 pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
-    /// The TLS groups each virtual host answers: the union of its routes'.
+    /// Each pattern's virtual hosts, with the TLS groups that see it there.
     #[serde(skip)]
-    groups: Vec<u64>,
-    #[serde(skip)]
-    exact: HashMap<Box<str>, Vec<usize>>,
+    exact: HashMap<Box<str>, Vec<(usize, u64)>>,
     /// `*.example.com` kept as `.example.com`.
     #[serde(skip)]
-    suffix: HashMap<Box<str>, Vec<usize>>,
+    suffix: HashMap<Box<str>, Vec<(usize, u64)>>,
     #[serde(skip)]
-    any: Vec<usize>,
+    any: Vec<(usize, u64)>,
 }
 
 impl RouteTable {
@@ -42,14 +40,14 @@ impl RouteTable {
             route.index = index;
         }
         for (i, vh) in virtual_hosts.iter().enumerate() {
-            table
-                .groups
-                .push(vh.routes.iter().fold(0, |mask, r| mask | r.tls_groups));
-            for host in &vh.hosts {
+            for (k, host) in vh.hosts.iter().enumerate() {
+                let entry = (i, vh.groups_of(k));
                 match host {
-                    HostMatcher::Exact(h) => table.exact.entry(h.clone()).or_default().push(i),
-                    HostMatcher::Suffix(s) => table.suffix.entry(s.clone()).or_default().push(i),
-                    HostMatcher::Any => table.any.push(i),
+                    HostMatcher::Exact(h) => table.exact.entry(h.clone()).or_default().push(entry),
+                    HostMatcher::Suffix(s) => {
+                        table.suffix.entry(s.clone()).or_default().push(entry)
+                    }
+                    HostMatcher::Any => table.any.push(entry),
                 }
             }
         }
@@ -94,12 +92,11 @@ impl RouteTable {
                 &owned
             }
         };
-        let answering = |candidates: &[usize]| {
-            candidates.iter().copied().find(|&i| {
-                self.groups
-                    .get(i)
-                    .is_some_and(|&mask| super::route::admits(mask, group))
-            })
+        let answering = |candidates: &[(usize, u64)]| {
+            candidates
+                .iter()
+                .find(|(_, groups)| super::route::admits(*groups, group))
+                .map(|&(i, _)| i)
         };
         let i = self
             .exact
@@ -129,6 +126,7 @@ mod tests {
                 .iter()
                 .map(|h| HostMatcher::parse(h).unwrap())
                 .collect(),
+            host_groups: None,
             routes: Vec::new(),
         }
     }

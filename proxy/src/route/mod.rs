@@ -44,27 +44,24 @@ pub fn route<'a>(
     {
         return None;
     }
-    // Only the virtual hosts and routes of the Gateways whose servers the SNI chose.
+    // Only the virtual hosts of the servers the SNI chose.
     let vh = listener.routes.find_for(req.authority, group)?;
-    vh.routes
-        .iter()
-        .filter(|r| r.admits_tls_group(group))
-        .find_map(|route| {
-            if route.matches.is_empty() {
-                return Some(Selected {
-                    route,
-                    matched: None,
-                });
-            }
-            route
-                .matches
-                .iter()
-                .find(|m| m.matches(&req.input, req.port))
-                .map(|m| Selected {
-                    route,
-                    matched: Some(m),
-                })
-        })
+    vh.routes.iter().find_map(|route| {
+        if route.matches.is_empty() {
+            return Some(Selected {
+                route,
+                matched: None,
+            });
+        }
+        route
+            .matches
+            .iter()
+            .find(|m| m.matches(&req.input, req.port))
+            .map(|m| Selected {
+                route,
+                matched: Some(m),
+            })
+    })
 }
 
 /// Whether the server host that `authority` matches most specifically asks for a redirect to

@@ -663,3 +663,94 @@ fn ignore_uri_case_applies_to_exact_and_prefix_uris() {
         assert_eq!(get(uri).as_deref(), Some(want), "{uri}");
     }
 }
+
+/// On one HTTPS port, a connection sees the hosts each Gateway serves through servers of the
+/// TLS setting its SNI chose, and no other: the same VirtualService answers a host through one
+/// server and not through another of its Gateway's servers of another setting.
+#[test]
+fn an_https_connection_sees_the_hosts_its_tls_group_serves() {
+    let yaml = r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway}
+  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g1, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: partners, protocol: HTTPS}
+    hosts: ["*.example.com"]
+    tls: {mode: MUTUAL, serverCertificate: k.pem, privateKey: k-key.pem, caCertificates: ca.pem}
+  - port: {number: 443, name: public-x, protocol: HTTPS}
+    hosts: [x.example.com]
+    tls: {mode: SIMPLE, serverCertificate: k.pem, privateKey: k-key.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g2, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: public, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: k.pem, privateKey: k-key.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: admin, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [g1]
+  http: [{directResponse: {status: 200, body: {string: admin}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: site, namespace: istio-system}
+spec:
+  hosts: [www.example.org, x.example.com]
+  gateways: [g2]
+  http: [{directResponse: {status: 200, body: {string: site}}}]
+"#;
+    let mut model = meshgate_config::load_str("groups.yaml", yaml).unwrap();
+    let l = model.listeners.remove(0);
+    assert_eq!(
+        l.tls.len(),
+        2,
+        "MUTUAL, and SIMPLE shared by g1's x and g2's *"
+    );
+    let seen = |group: usize, authority: &str| {
+        let h = HeaderMap::new();
+        let req = RouteRequest {
+            input: MatchInput {
+                method: &Method::GET,
+                path: "/",
+                query: None,
+                full_authority: authority,
+                scheme: "https",
+                headers: &h,
+            },
+            authority,
+            port: 443,
+        };
+        route(&l, Some(group), &req).map(|r| match &r.route.action {
+            RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
+            _ => "other".into(),
+        })
+    };
+    // Through the MUTUAL server, g1's wildcard answers.
+    assert_eq!(seen(0, "secret.example.com").as_deref(), Some("admin"));
+    // Through the SIMPLE setting, g1 serves x.example.com only: another host of its wildcard
+    // is not there, though g2's `*` server lets the host through.
+    assert_eq!(seen(1, "secret.example.com"), None);
+    assert_eq!(seen(1, "www.example.org").as_deref(), Some("site"));
+    // x.example.com in the SIMPLE setting is served by g1 and g2, merged as Istio merges one
+    // host's VirtualServices (g1's server first); the MUTUAL one sees only g1's.
+    assert_eq!(seen(1, "x.example.com").as_deref(), Some("admin"));
+    assert_eq!(seen(0, "x.example.com").as_deref(), Some("admin"));
+    assert_eq!(seen(0, "www.example.org"), None);
+}
