@@ -132,32 +132,35 @@ pub(crate) fn bind_tls_routes(
                     gateways_here.push(&s.gateway);
                 }
             }
+            let names: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
             let mut made = Vec::new();
-            for gateway in gateways_here {
-                let serving: Vec<&HostMatcher> = servers
-                    .iter()
-                    .filter(|s| s.gateway == gateway)
-                    .map(|s| &s.host)
-                    .collect();
-                let names = [gateway.to_string()];
-                // A route's errors are its own, whichever Gateway it is read for: said once.
-                let mut found_errors = Vec::new();
-                for (i, route) in routes.iter().enumerate() {
-                    let path = format!("spec.tls[{i}]");
-                    let r = sni_route(
-                        o,
-                        &path,
-                        route,
-                        (&names, &serving),
-                        backends,
-                        rules,
-                        &mut found_errors,
-                    );
-                    made.extend(r);
-                }
-                for e in found_errors {
-                    if !errors.contains(&e) {
-                        errors.push(e);
+            for (i, route) in routes.iter().enumerate() {
+                let path = format!("spec.tls[{i}]");
+                // Read once for the listener, its SNIs as written: its errors said once, its
+                // destinations one backend whichever Gateway's connections take it.
+                let every = [&HostMatcher::Any];
+                let Some(read) =
+                    sni_route(o, &path, route, (&names, &every), backends, rules, errors)
+                else {
+                    continue;
+                };
+                for gateway in &gateways_here {
+                    let serving: Vec<&HostMatcher> = servers
+                        .iter()
+                        .filter(|s| s.gateway == *gateway)
+                        .map(|s| &s.host)
+                        .collect();
+                    let one = [gateway.to_string()];
+                    // Said above, for every Gateway at once.
+                    let mut again = Vec::new();
+                    if let Some(matches) =
+                        sni_matches(o, &path, route, (&one, &serving), &mut again)
+                    {
+                        made.push(SniRoute {
+                            source: read.source.clone(),
+                            matches,
+                            backends: read.backends.clone(),
+                        });
                     }
                 }
             }
@@ -173,25 +176,15 @@ pub(crate) fn bind_tls_routes(
     }
 }
 
-/// One `tls[]` route as it stands on a listener for one Gateway (`gateways`, the hosts its
-/// servers there serve); `None` when its matches all name other gateways or no SNI they serve,
-/// or on error.
-fn sni_route(
+/// The matches of a `tls[]` route that apply to servers of `gateways` serving `serving`, each
+/// `sniHosts` narrowed to those hosts; `None` when none applies there.
+fn sni_matches(
     o: &Origin,
     path: &str,
     route: &TlsRoute,
     (gateways, serving): (&[String], &[&HostMatcher]),
-    backends: &mut Backends,
-    rules: &Rules,
     errors: &mut Vec<ConfigError>,
-) -> Option<SniRoute> {
-    let before = errors.len();
-    if route.matches.is_empty() {
-        errors.push(o.error(
-            format!("{path}.match"),
-            "required: a tls route matches on sniHosts",
-        ));
-    }
+) -> Option<Vec<SniMatch>> {
     let mut matches = Vec::new();
     for (j, m) in route.matches.iter().enumerate() {
         let mp = format!("{path}.match[{j}]");
@@ -232,9 +225,29 @@ fn sni_route(
             destination_subnets,
         });
     }
-    if matches.is_empty() && !route.matches.is_empty() {
-        return None;
+    (!matches.is_empty() || route.matches.is_empty()).then_some(matches)
+}
+
+/// One `tls[]` route as it stands on a listener for one Gateway (`gateways`, the hosts its
+/// servers there serve); `None` when its matches all name other gateways or no SNI they serve,
+/// or on error.
+fn sni_route(
+    o: &Origin,
+    path: &str,
+    route: &TlsRoute,
+    (gateways, serving): (&[String], &[&HostMatcher]),
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SniRoute> {
+    let before = errors.len();
+    if route.matches.is_empty() {
+        errors.push(o.error(
+            format!("{path}.match"),
+            "required: a tls route matches on sniHosts",
+        ));
     }
+    let matches = sni_matches(o, path, route, (gateways, serving), errors)?;
     if route.route.is_empty() {
         errors.push(o.error(
             format!("{path}.route"),

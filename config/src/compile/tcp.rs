@@ -88,74 +88,69 @@ pub(crate) fn bind_tcp_routes(
                 continue;
             }
             bound = true;
-            // Gateway by Gateway, as Istio builds each server's `tcp_proxy` from its own
-            // Gateway's VirtualServices (a match's `gateways` naming that Gateway). With TLS
-            // terminated the SNI chose a server: only the routes of its Gateway, for hosts it
-            // serves (Istio's `pickMatchingGatewayHosts`), are seen by its TLS group.
-            let mut gateways_here: Vec<&str> = Vec::new();
-            for s in &servers {
-                if !gateways_here.contains(&s.gateway.as_str()) {
-                    gateways_here.push(&s.gateway);
+            // With TLS terminated the SNI chose a server: Gateway by Gateway, as Istio builds
+            // each server's `tcp_proxy` from its own Gateway's VirtualServices (a match's
+            // `gateways` naming that Gateway), only the routes of a Gateway whose servers of
+            // the connection's TLS group serve the VirtualService's hosts (Istio's
+            // `pickMatchingGatewayHosts`) take it. Plaintext: the port's one `tcp_proxy`.
+            let names: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
+            let readings: Vec<(Vec<String>, u64)> = if listener.tls.is_empty() {
+                vec![(names.clone(), u64::MAX)]
+            } else {
+                let mut each: Vec<(Vec<String>, u64)> = Vec::new();
+                for s in &servers {
+                    if !hosts.iter().any(|h| s.host.intersects(h)) {
+                        continue;
+                    }
+                    let bit = s.tls.map_or(0, tls_group_bit);
+                    match each.iter_mut().find(|(g, _)| g.first() == Some(&s.gateway)) {
+                        Some((_, mask)) => *mask |= bit,
+                        None => each.push((vec![s.gateway.clone()], bit)),
+                    }
                 }
-            }
-            let mut bound_here = Vec::new();
-            for gateway in gateways_here {
-                let tls_groups = if listener.tls.is_empty() {
-                    u64::MAX
-                } else {
-                    servers
-                        .iter()
-                        .filter(|s| {
-                            s.gateway == gateway && hosts.iter().any(|h| s.host.intersects(h))
-                        })
-                        .filter_map(|s| s.tls)
-                        .fold(0u64, |mask, g| mask | tls_group_bit(g))
-                };
-                if tls_groups == 0 {
+                each
+            };
+            for (i, route) in routes.iter().enumerate() {
+                let path = format!("spec.tcp[{i}]");
+                // Read once for the listener: its errors said once, its destinations one
+                // backend (one connection limit) whichever Gateway's connections take it.
+                let Some(made) = tcp_route(o, &path, route, &names, backends, rules, errors) else {
                     continue;
-                }
-                let names = [gateway.to_string()];
-                // A route's errors are its own, whichever Gateway it is read for: said once.
-                let mut found_errors = Vec::new();
-                for (i, route) in routes.iter().enumerate() {
-                    let path = format!("spec.tcp[{i}]");
-                    let made =
-                        tcp_route(o, &path, route, &names, backends, rules, &mut found_errors);
-                    if let Some(r) = made {
-                        bound_here.push(TcpRoute { tls_groups, ..r });
-                    }
-                }
-                for e in found_errors {
-                    if !errors.contains(&e) {
-                        errors.push(e);
+                };
+                for (gateways, tls_groups) in &readings {
+                    // Said above, for every Gateway at once.
+                    let mut again = Vec::new();
+                    if let Some(matches) = l4_matches(o, &path, route, gateways, &mut again) {
+                        listener.tcp_routes.push(TcpRoute {
+                            source: made.source.clone(),
+                            matches,
+                            backends: made.backends.clone(),
+                            tls_groups: *tls_groups,
+                        });
                     }
                 }
             }
-            listener.tcp_routes.extend(bound_here);
         }
         if !bound && !routes.is_empty() {
             errors.push(o.error(
                 "spec.tcp",
                 "tcp routes apply to Gateway servers with protocol TCP, or TLS with tls.mode \
-                 SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL, and none of spec.gateways has one here (the \
-                 outbound listener, `mesh`, routes HTTP)",
+                 SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL, and none of spec.gateways has \
+                 one here (the outbound listener, `mesh`, routes HTTP)",
             ));
         }
     }
 }
 
-/// One `tcp[]` route as it stands on a listener whose servers belong to `gateways`; `None`
-/// when its matches all name other gateways, or on error.
-fn tcp_route(
+/// The matches of a `tcp[]` route that apply to servers of `gateways`; `None` when all name
+/// other gateways (the route is not there).
+fn l4_matches(
     o: &Origin,
     path: &str,
     route: &RawTcpRoute,
     gateways: &[String],
-    backends: &mut Backends,
-    rules: &Rules,
     errors: &mut Vec<ConfigError>,
-) -> Option<TcpRoute> {
-    let before = errors.len();
+) -> Option<Vec<L4Match>> {
     let mut matches = Vec::new();
     for (j, m) in route.matches.iter().enumerate() {
         let mp = format!("{path}.match[{j}]");
@@ -172,10 +167,22 @@ fn tcp_route(
             destination_subnets,
         });
     }
-    // Every match names other gateways: the route is not on this listener.
-    if matches.is_empty() && !route.matches.is_empty() {
-        return None;
-    }
+    (!matches.is_empty() || route.matches.is_empty()).then_some(matches)
+}
+
+/// One `tcp[]` route as it stands on a listener whose servers belong to `gateways`; `None`
+/// when its matches all name other gateways, or on error.
+fn tcp_route(
+    o: &Origin,
+    path: &str,
+    route: &RawTcpRoute,
+    gateways: &[String],
+    backends: &mut Backends,
+    rules: &Rules,
+    errors: &mut Vec<ConfigError>,
+) -> Option<TcpRoute> {
+    let before = errors.len();
+    let matches = l4_matches(o, path, route, gateways, errors)?;
     if route.route.is_empty() {
         errors.push(o.error(
             format!("{path}.route"),

@@ -2284,6 +2284,52 @@ spec:
         [vec!["a.example.com"], vec!["b.example.com"]],
         "{hosts:?}"
     );
+
+    // The most specific SNI host wins, whatever the order: a wildcard team listed first does
+    // not take an exact host another team serves.
+    let yaml = with_gateway(&format!(
+        "{}{}{}",
+        gateway("team-b", "\"*.example.com\""),
+        gateway("team-a", "a.example.com"),
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [team-b]
+  tls: [{match: [{sniHosts: ["*.example.com"]}], route: [{destination: {host: b.internal, port: {number: 443}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: istio-system}
+spec:
+  hosts: [a.example.com]
+  gateways: [team-a]
+  tls: [{match: [{sniHosts: [a.example.com]}], route: [{destination: {host: a.internal, port: {number: 443}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: both, namespace: istio-system}
+spec:
+  hosts: [a.internal, b.internal]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+"#
+    ));
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let l = &model.listeners[0];
+    let local = "127.0.0.1".parse().unwrap();
+    let source = |sni: &str| l.sni_route(sni, local).map(|r| r.source.clone());
+    assert_eq!(
+        source("a.example.com").as_deref(),
+        Some("VirtualService istio-system/a")
+    );
+    assert_eq!(
+        source("c.example.com").as_deref(),
+        Some("VirtualService istio-system/b")
+    );
+    assert_eq!(source("c.example.org"), None);
 }
 
 #[test]

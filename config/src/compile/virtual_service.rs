@@ -315,20 +315,31 @@ fn merge(
 ) -> Vec<VirtualHost> {
     let on_gateway = listener.kind != ListenerKind::Outbound;
     // The virtual hosts answering each host, in `table`'s order; the hosts in the order met.
-    // On an HTTPS listener a host is also told apart by the TLS groups that see it: a host
-    // two Gateways serve through servers of different TLS settings has a virtual host for
-    // each, so that neither's routes answer the other's connections.
+    // On an HTTPS listener a host is taken group by group (each TLS group that sees it, as
+    // its own bit): what answers it for one group's connections is what its servers of that
+    // group serve, as each of Envoy's filter chains has its own route configuration.
     let mut answering: HashMap<(&HostMatcher, u64), Vec<usize>> = HashMap::new();
     let mut hosts: Vec<(&HostMatcher, u64)> = Vec::new();
     for (i, (_, vh)) in table.iter().enumerate() {
         for (k, h) in vh.hosts.iter().enumerate() {
-            let key = (h, vh.groups_of(k));
-            let list = answering.entry(key).or_insert_with(|| {
-                hosts.push(key);
-                Vec::new()
-            });
-            if !list.contains(&i) {
-                list.push(i);
+            let mask = vh.groups_of(k);
+            let bits: Vec<u64> = if mask == u64::MAX {
+                vec![mask]
+            } else {
+                (0..64)
+                    .map(tls_group_bit)
+                    .filter(|bit| mask & bit != 0)
+                    .collect()
+            };
+            for bit in bits {
+                let key = (h, bit);
+                let list = answering.entry(key).or_insert_with(|| {
+                    hosts.push(key);
+                    Vec::new()
+                });
+                if !list.contains(&i) {
+                    list.push(i);
+                }
             }
         }
     }
@@ -360,8 +371,18 @@ fn merge(
             }
         };
         if let Some((_, group_hosts, host_groups)) = groups.get_mut(g) {
-            group_hosts.push(h.clone());
-            host_groups.push(tls_groups);
+            // One host seen the same way by several groups is one entry for them all.
+            match group_hosts.iter().position(|known| known == h) {
+                Some(k) => {
+                    if let Some(mask) = host_groups.get_mut(k) {
+                        *mask |= tls_groups;
+                    }
+                }
+                None => {
+                    group_hosts.push(h.clone());
+                    host_groups.push(tls_groups);
+                }
+            }
         }
     }
     let prepared: Vec<(String, Vec<Route>, Option<Route>)> = table

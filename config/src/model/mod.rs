@@ -549,6 +549,25 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The `tls` route of a PASSTHROUGH listener for a connection with `sni` at `local`: the
+    /// one whose SNI host matches most specifically (exact, the longest `*.suffix`, `*`), as
+    /// Envoy picks a filter chain by server name; the first of equals.
+    pub fn sni_route(&self, sni: &str, local: std::net::IpAddr) -> Option<&SniRoute> {
+        self.sni_routes
+            .iter()
+            .filter_map(|r| {
+                r.matches
+                    .iter()
+                    .filter_map(|m| m.specificity(sni, self.port, local))
+                    .max()
+                    .map(|specificity| (specificity, r))
+            })
+            .min_by_key(|(specificity, _)| std::cmp::Reverse(*specificity))
+            .map(|(_, r)| r)
+    }
+}
+
+impl Listener {
     /// Whether any server on this port terminates `ISTIO_MUTUAL` (needs our identity).
     pub fn istio_mutual(&self) -> bool {
         self.tls
@@ -668,10 +687,24 @@ pub struct SniMatch {
 impl SniMatch {
     /// Whether a connection with `sni`, to Gateway port `port` at `local`, matches.
     pub fn matches(&self, sni: &str, port: u16, local: std::net::IpAddr) -> bool {
-        self.sni_hosts.iter().any(|h| h.matches(sni))
-            && self.port.is_none_or(|p| p == port)
+        self.specificity(sni, port, local).is_some()
+    }
+
+    /// How specifically it matches such a connection: that of its most specific SNI host that
+    /// matches (`HostMatcher::specificity`), as Envoy picks a filter chain by its most
+    /// specific server name; `None` when it does not match.
+    pub fn specificity(&self, sni: &str, port: u16, local: std::net::IpAddr) -> Option<usize> {
+        if !(self.port.is_none_or(|p| p == port)
             && (self.destination_subnets.is_empty()
-                || self.destination_subnets.iter().any(|c| c.contains(local)))
+                || self.destination_subnets.iter().any(|c| c.contains(local))))
+        {
+            return None;
+        }
+        self.sni_hosts
+            .iter()
+            .filter(|h| h.matches(sni))
+            .map(HostMatcher::specificity)
+            .max()
     }
 }
 

@@ -202,13 +202,7 @@ async fn forward(
         model.passthrough.get(&sni).map(|&b| (b, b))
     } else {
         model
-            .sni_routes
-            .iter()
-            .find(|r| {
-                r.matches
-                    .iter()
-                    .any(|m| m.matches(&sni, model.port, local.ip()))
-            })
+            .sni_route(&sni, local.ip())
             .and_then(|r| Some((pick(&r.backends)?, r.backends.first()?.backend)))
     };
     let sni = sni_out.insert(sni);

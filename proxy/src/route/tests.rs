@@ -754,3 +754,75 @@ spec:
     assert_eq!(seen(0, "x.example.com").as_deref(), Some("admin"));
     assert_eq!(seen(0, "www.example.org"), None);
 }
+
+/// One host seen by two TLS groups of a Gateway: for each group, the VirtualServices that its
+/// servers of that group serve answer it, merged as in that server's route configuration.
+#[test]
+fn a_host_is_merged_group_by_group() {
+    let yaml = r#"
+apiVersion: meshgate.dev/v1alpha1
+kind: MeshGateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  labels: {istio: ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: a, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, serverCertificate: k.pem, privateKey: k-key.pem}
+  - port: {number: 443, name: partners, protocol: HTTPS}
+    hosts: ["*.example.com"]
+    tls: {mode: MUTUAL, serverCertificate: k.pem, privateKey: k-key.pem, caCertificates: ca.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: istio-system}
+spec:
+  hosts: [a.example.com]
+  gateways: [gw]
+  http: [{match: [{uri: {prefix: /a}}], directResponse: {status: 200, body: {string: a}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [gw]
+  http: [{match: [{uri: {prefix: /b}}], directResponse: {status: 200, body: {string: b}}}]
+"#;
+    let mut model = meshgate_config::load_str("merge.yaml", yaml).unwrap();
+    let l = model.listeners.remove(0);
+    let seen = |group: usize, authority: &str, path: &str| {
+        let h = HeaderMap::new();
+        let req = RouteRequest {
+            input: MatchInput {
+                method: &Method::GET,
+                path,
+                query: None,
+                full_authority: authority,
+                scheme: "https",
+                headers: &h,
+            },
+            authority,
+            port: 443,
+        };
+        route(&l, Some(group), &req).map(|r| match &r.route.action {
+            RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
+            _ => "other".into(),
+        })
+    };
+    // SIMPLE `a.example.com`: both VirtualServices reach it there, merged.
+    assert_eq!(seen(0, "a.example.com", "/a").as_deref(), Some("a"));
+    assert_eq!(seen(0, "a.example.com", "/b").as_deref(), Some("b"));
+    assert_eq!(seen(0, "z.example.com", "/b"), None);
+    // MUTUAL `*.example.com`: `a.example.com` is its own virtual host there, as in Envoy's
+    // route configuration of that server; other hosts take the wildcard.
+    assert_eq!(seen(1, "a.example.com", "/a").as_deref(), Some("a"));
+    assert_eq!(seen(1, "a.example.com", "/b"), None);
+    assert_eq!(seen(1, "z.example.com", "/b").as_deref(), Some("b"));
+}
