@@ -84,14 +84,22 @@ pub(crate) fn bind_tls_routes(
     errors: &mut Vec<ConfigError>,
 ) {
     // A VirtualService not exported to this proxy's namespace routes nothing here.
-    let found = found
-        .iter()
-        .zip(exported)
-        .filter_map(|(vs, seen)| seen.map(|_| vs));
+    // In Istio's order, which decides between routes of equally specific SNI hosts.
+    let found = super::istio_order(found)
+        .into_iter()
+        .filter(|&i| exported.get(i).is_some_and(Option::is_some))
+        .filter_map(|i| found.get(i));
     for (o, spec) in found {
         let Some(routes) = &spec.tls else {
             continue;
         };
+        // Istio's validation: each SNI host is within one of the VirtualService's hosts, so
+        // that a VirtualService routes only the names it declares.
+        let declared: Vec<HostMatcher> = spec
+            .hosts
+            .iter()
+            .filter_map(|h| HostMatcher::parse(h))
+            .collect();
         for (i, route) in routes.iter().enumerate() {
             for (j, m) in route.matches.iter().enumerate() {
                 o.unsupported(
@@ -102,6 +110,24 @@ pub(crate) fn bind_tls_routes(
                         ("sourceNamespace", m.source_namespace.is_some()),
                     ],
                 );
+                for (k, sni) in m.sni_hosts.iter().enumerate() {
+                    let Some(sni) = HostMatcher::parse(sni) else {
+                        continue;
+                    };
+                    let within = declared
+                        .iter()
+                        .any(|h| h.intersection(&sni).as_ref() == Some(&sni));
+                    if !within {
+                        errors.push(o.error(
+                            format!("spec.tls[{i}].match[{j}].sniHosts[{k}]"),
+                            format!(
+                                "`{sni}` is not within the VirtualService's hosts ({}): a \
+                                 VirtualService routes only the names it declares",
+                                spec.hosts.join(", ")
+                            ),
+                        ));
+                    }
+                }
             }
         }
         let gateways: Vec<String> = match &spec.gateways {

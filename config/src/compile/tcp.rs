@@ -108,6 +108,8 @@ pub(crate) fn bind_tcp_routes(
                         None => each.push((vec![s.gateway.clone()], bit)),
                     }
                 }
+                // A Gateway whose servers here are all plaintext takes no TLS connection.
+                each.retain(|(_, mask)| *mask != 0);
                 each
             };
             for (i, route) in routes.iter().enumerate() {

@@ -2330,6 +2330,14 @@ spec:
         Some("VirtualService istio-system/b")
     );
     assert_eq!(source("c.example.org"), None);
+
+    // An SNI host outside the VirtualService's hosts is refused, as Istio's validation does.
+    let stray = yaml.replace(
+        "hosts: [a.example.com]\n  gateways: [team-a]\n  tls: [{match: [{sniHosts: [a.example.com]}]",
+        "hosts: [a.example.com]\n  gateways: [team-a]\n  tls: [{match: [{sniHosts: [a.example.com, pay.b.example.com]}]",
+    );
+    assert_ne!(stray, yaml);
+    assert_errors(&[(stray, "t.yaml: VirtualService istio-system/a: spec.tls[0].match[0].sniHosts[1]: `pay.b.example.com` is not within the VirtualService's hosts (a.example.com)")]);
 }
 
 #[test]

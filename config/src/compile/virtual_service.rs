@@ -318,12 +318,13 @@ fn merge(
     // On an HTTPS listener a host is taken group by group (each TLS group that sees it, as
     // its own bit): what answers it for one group's connections is what its servers of that
     // group serve, as each of Envoy's filter chains has its own route configuration.
+    let https = !listener.tls.is_empty();
     let mut answering: HashMap<(&HostMatcher, u64), Vec<usize>> = HashMap::new();
     let mut hosts: Vec<(&HostMatcher, u64)> = Vec::new();
     for (i, (_, vh)) in table.iter().enumerate() {
         for (k, h) in vh.hosts.iter().enumerate() {
             let mask = vh.groups_of(k);
-            let bits: Vec<u64> = if mask == u64::MAX {
+            let bits: Vec<u64> = if !https {
                 vec![mask]
             } else {
                 (0..64)
@@ -343,7 +344,6 @@ fn merge(
             }
         }
     }
-    let https = !listener.tls.is_empty();
     // Hosts that the same virtual hosts answer share one virtual host.
     let mut groups: Vec<(Vec<usize>, Vec<HostMatcher>, Vec<u64>)> = Vec::new();
     let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
