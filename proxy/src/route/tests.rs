@@ -664,6 +664,33 @@ fn ignore_uri_case_applies_to_exact_and_prefix_uris() {
     }
 }
 
+/// The body of the direct response that answers a GET of `path` at `authority` on port 443,
+/// for a connection of TLS group `group`.
+fn answer(
+    l: &meshgate_config::model::Listener,
+    group: usize,
+    authority: &str,
+    path: &str,
+) -> Option<String> {
+    let h = HeaderMap::new();
+    let req = RouteRequest {
+        input: MatchInput {
+            method: &Method::GET,
+            path,
+            query: None,
+            full_authority: authority,
+            scheme: "https",
+            headers: &h,
+        },
+        authority,
+        port: 443,
+    };
+    route(l, Some(group), &req).map(|r| match &r.route.action {
+        RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
+        _ => "other".into(),
+    })
+}
+
 /// On one HTTPS port, a connection sees the hosts each Gateway serves through servers of the
 /// TLS setting its SNI chose, and no other: the same VirtualService answers a host through one
 /// server and not through another of its Gateway's servers of another setting.
@@ -723,25 +750,7 @@ spec:
         2,
         "MUTUAL, and SIMPLE shared by g1's x and g2's *"
     );
-    let seen = |group: usize, authority: &str| {
-        let h = HeaderMap::new();
-        let req = RouteRequest {
-            input: MatchInput {
-                method: &Method::GET,
-                path: "/",
-                query: None,
-                full_authority: authority,
-                scheme: "https",
-                headers: &h,
-            },
-            authority,
-            port: 443,
-        };
-        route(&l, Some(group), &req).map(|r| match &r.route.action {
-            RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
-            _ => "other".into(),
-        })
-    };
+    let seen = |group: usize, authority: &str| answer(&l, group, authority, "/");
     // Through the MUTUAL server, g1's wildcard answers.
     assert_eq!(seen(0, "secret.example.com").as_deref(), Some("admin"));
     // Through the SIMPLE setting, g1 serves x.example.com only: another host of its wildcard
@@ -797,25 +806,7 @@ spec:
 "#;
     let mut model = meshgate_config::load_str("merge.yaml", yaml).unwrap();
     let l = model.listeners.remove(0);
-    let seen = |group: usize, authority: &str, path: &str| {
-        let h = HeaderMap::new();
-        let req = RouteRequest {
-            input: MatchInput {
-                method: &Method::GET,
-                path,
-                query: None,
-                full_authority: authority,
-                scheme: "https",
-                headers: &h,
-            },
-            authority,
-            port: 443,
-        };
-        route(&l, Some(group), &req).map(|r| match &r.route.action {
-            RouteAction::Direct(d) => String::from_utf8(d.body.to_vec()).unwrap(),
-            _ => "other".into(),
-        })
-    };
+    let seen = |group: usize, authority: &str, path: &str| answer(&l, group, authority, path);
     // SIMPLE `a.example.com`: both VirtualServices reach it there, merged.
     assert_eq!(seen(0, "a.example.com", "/a").as_deref(), Some("a"));
     assert_eq!(seen(0, "a.example.com", "/b").as_deref(), Some("b"));

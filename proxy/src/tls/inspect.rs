@@ -37,9 +37,11 @@ pub fn would_accept(
         &credentials.revocation,
     )
     .map_err(|e| BuildError::Tls(format!("trust bundle: {e}")))?;
+    // The bundle's verdict: a server's own subjectAltNames and pins are not asked here.
     let verifier = ChainLimit {
         inner: Arc::new(verifier),
         most: model.proxy.limits.max_certificate_chain_length as usize,
+        checks: Default::default(),
     };
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Ok(Err(PeerError::NoCertificate));

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{Acceptor, NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -25,7 +24,7 @@ use meshgate_config::Model;
 
 use super::credentials::{Credentials, OwnCertificate};
 use super::files::{LoadedServerCertificate, ServerFiles};
-use super::verify::{peer_error, ChainLimit, ClientChecks, SpiffeClientVerifier};
+use super::verify::{peer_error, ChainLimit, SpiffeClientVerifier};
 use crate::identity::{
     client_certificate, peer_identity, ClientCertificate, PeerError, PeerIdentity,
 };
@@ -156,8 +155,9 @@ fn group(
             )
             .map_err(|e| rustls::Error::General(format!("trust bundle: {e}")))?;
             let verifier = ChainLimit {
-                inner: with_checks(Arc::new(verifier), tls),
+                inner: Arc::new(verifier),
                 most,
+                checks: tls.client_checks.clone(),
             };
             let config = builder
                 .with_client_cert_verifier(Arc::new(verifier))
@@ -197,8 +197,9 @@ fn group(
                 .build()
                 .map_err(|e| rustls::Error::General(format!("caCertificates: {e}")))?;
             let verifier = ChainLimit {
-                inner: with_checks(verifier, tls),
+                inner: verifier,
                 most,
+                checks: tls.client_checks.clone(),
             };
             let config = builder
                 .with_client_cert_verifier(Arc::new(verifier))
@@ -222,20 +223,6 @@ fn group(
         without_alpn,
         alpn,
         mode,
-    })
-}
-
-/// `verifier`, then the server's `subjectAltNames` and certificate pins, if it has any.
-fn with_checks(
-    verifier: Arc<dyn ClientCertVerifier>,
-    tls: &ServerTls,
-) -> Arc<dyn ClientCertVerifier> {
-    if tls.client_checks.is_empty() {
-        return verifier;
-    }
-    Arc::new(ClientChecks {
-        inner: verifier,
-        checks: tls.client_checks.clone(),
     })
 }
 

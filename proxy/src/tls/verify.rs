@@ -400,12 +400,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 }
 
 /// A client verifier that refuses a chain of more than `most` certificates (leaf included)
-/// before any signature is checked: path building over many fake CAs costs many times a
-/// normal handshake's CPU, and an Istio chain has two or three.
+/// before any signature is checked (path building over many fake CAs costs many times a
+/// normal handshake's CPU, and an Istio chain has two or three), then has `inner` verify it,
+/// then applies the server's `checks` to the leaf (`check_client`).
 #[derive(Debug)]
 pub struct ChainLimit {
     pub inner: Arc<dyn ClientCertVerifier>,
     pub most: usize,
+    pub checks: ClientCertChecks,
 }
 
 impl ClientCertVerifier for ChainLimit {
@@ -431,105 +433,10 @@ impl ClientCertVerifier for ChainLimit {
         if length > self.most {
             return Err(reject(PeerError::ChainTooLong(length)));
         }
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// A Gateway server's `subjectAltNames`, `verifyCertificateSpki` and `verifyCertificateHash`:
-/// once `inner` has verified the chain, the leaf must also carry one of the names and, when
-/// pins are given, match one of them (Envoy's `DefaultCertValidator`: `fail_verify_san`, then
-/// `fail_verify_cert_hash`). A resumed session was checked when it was made.
-#[derive(Debug)]
-pub struct ClientChecks {
-    pub inner: Arc<dyn ClientCertVerifier>,
-    pub checks: ClientCertChecks,
-}
-
-impl ClientChecks {
-    fn check(&self, leaf: &CertificateDer<'_>) -> Result<(), PeerError> {
-        let checks = &self.checks;
-        let (_, cert) = X509Certificate::from_der(leaf)
-            .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
-        if !checks.subject_alt_names.is_empty() {
-            let names = subject_alt_names(&cert);
-            let allowed = names.iter().any(|name| {
-                checks
-                    .subject_alt_names
-                    .iter()
-                    .any(|wanted| name.matches(wanted))
-            });
-            if !allowed {
-                let shown: Vec<String> = names.iter().map(ToString::to_string).collect();
-                return Err(PeerError::SanNotAllowed(format!(
-                    "it names {}; subjectAltNames: {}",
-                    if shown.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        shown.join(", ")
-                    },
-                    checks.subject_alt_names.join(", ")
-                )));
-            }
-        }
-        if !checks.cert_sha256.is_empty() || !checks.spki_sha256.is_empty() {
-            let hash = sha256_hex(leaf);
-            let spki = sha256_hex(cert.tbs_certificate.subject_pki.raw);
-            if !checks.cert_sha256.contains(&hash) && !checks.spki_sha256.contains(&spki) {
-                return Err(PeerError::NotPinned(format!(
-                    "certificate SHA-256 {hash}, SubjectPublicKeyInfo SHA-256 {spki}"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl ClientCertVerifier for ClientChecks {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.check(end_entity).map_err(reject)?;
+        check_client(&self.checks, end_entity).map_err(reject)?;
         Ok(verified)
     }
 
@@ -554,6 +461,49 @@ impl ClientCertVerifier for ClientChecks {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// A Gateway server's `subjectAltNames`, `verifyCertificateSpki` and `verifyCertificateHash`,
+/// once the chain has verified: the leaf must also carry one of the names and, when pins are
+/// given, match one of them (Envoy's `DefaultCertValidator`: `fail_verify_san`, then
+/// `fail_verify_cert_hash`). A resumed session was checked when it was made.
+fn check_client(checks: &ClientCertChecks, leaf: &CertificateDer<'_>) -> Result<(), PeerError> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| PeerError::InvalidCertificate(format!("unparsable leaf: {e}")))?;
+    if !checks.subject_alt_names.is_empty() {
+        let names = subject_alt_names(&cert);
+        let allowed = names.iter().any(|name| {
+            checks
+                .subject_alt_names
+                .iter()
+                .any(|wanted| name.matches(wanted))
+        });
+        if !allowed {
+            let shown: Vec<String> = names.iter().map(ToString::to_string).collect();
+            return Err(PeerError::SanNotAllowed(format!(
+                "it names {}; subjectAltNames: {}",
+                if shown.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    shown.join(", ")
+                },
+                checks.subject_alt_names.join(", ")
+            )));
+        }
+    }
+    if !checks.cert_sha256.is_empty() || !checks.spki_sha256.is_empty() {
+        let hash = sha256_hex(leaf);
+        let spki = sha256_hex(cert.tbs_certificate.subject_pki.raw);
+        if !checks.cert_sha256.contains(&hash) && !checks.spki_sha256.contains(&spki) {
+            return Err(PeerError::NotPinned(format!(
+                "certificate SHA-256 {hash}, SubjectPublicKeyInfo SHA-256 {spki}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One subjectAltName of a leaf, of the kinds Envoy matches `subjectAltNames` against.
