@@ -2036,7 +2036,7 @@ fn gateway_tls_settings() {
     let mutual = "  - port: {number: 443, name: https-b, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: MUTUAL, serverCertificate: b.pem, privateKey: b-key.pem, caCertificates: ca.pem}\n";
     let istio = "  - port: {number: 443, name: mtls, protocol: HTTPS}\n    hosts: [\"*.mesh.example.com\"]\n    tls: {mode: ISTIO_MUTUAL}\n";
     let redirect = "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n    tls: {httpsRedirect: true}\n";
-    let optional = "  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, serverCertificate: b.pem, privateKey: b-key.pem, caCertificates: ca.pem}\n";
+    let optional = "  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, serverCertificate: c.pem, privateKey: c-key.pem, caCertificates: c-ca.pem}\n";
     let model = load_str(
         "t.yaml",
         &gw(&format!("{simple}{mutual}{istio}{optional}{redirect}")),
@@ -2050,12 +2050,21 @@ fn gateway_tls_settings() {
     );
     assert!(matches!(
         &https.tls[3].mode,
-        crate::model::ServerTlsMode::OptionalMutual(f) if f.ca_certificates.as_ref().is_some_and(|p| p.ends_with("ca.pem"))
+        crate::model::ServerTlsMode::OptionalMutual(f) if f.ca_certificates.as_ref().is_some_and(|p| p.ends_with("c-ca.pem"))
     ));
     assert_eq!(https.tls[0].cipher_suites, ["ECDHE-RSA-AES128-GCM-SHA256"]);
     assert!(model.listeners[1].servers[0].https_redirect);
     let files = model.certificate_files();
-    for f in ["a.pem", "a-key.pem", "b.pem", "b-key.pem", "ca.pem"] {
+    for f in [
+        "a.pem",
+        "a-key.pem",
+        "b.pem",
+        "b-key.pem",
+        "ca.pem",
+        "c.pem",
+        "c-key.pem",
+        "c-ca.pem",
+    ] {
         assert!(
             files.iter().any(|p| p.ends_with(f)),
             "{f} reloads: {files:?}"

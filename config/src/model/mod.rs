@@ -458,7 +458,7 @@ impl Model {
         }
         for l in &self.listeners {
             for t in &l.tls {
-                if let ServerTlsMode::Simple(c) | ServerTlsMode::Mutual(c) = &t.mode {
+                if let Some(c) = t.mode.files() {
                     files.extend([c.certificate.clone(), c.private_key.clone()]);
                     files.extend(c.ca_certificates.iter().chain(&c.ca_crl).cloned());
                 }
@@ -759,6 +759,16 @@ pub enum ServerTlsMode {
     /// As `Mutual`, but a client may send no certificate: one it sends must chain and is
     /// described in XFCC; without one the connection is anonymous.
     OptionalMutual(ServerCertificate),
+}
+
+impl ServerTlsMode {
+    /// The certificate files of a mode that has them (all but `ISTIO_MUTUAL`).
+    pub fn files(&self) -> Option<&ServerCertificate> {
+        match self {
+            Self::IstioMutual => None,
+            Self::Simple(c) | Self::Mutual(c) | Self::OptionalMutual(c) => Some(c),
+        }
+    }
 }
 
 /// The files of a `SIMPLE` or `MUTUAL` server, as Istio's file-mounted gateway certificates.

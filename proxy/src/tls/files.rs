@@ -13,7 +13,7 @@ use rustls::pki_types::CertificateRevocationListDer;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
-use meshgate_config::model::{Listener, ServerCertificate, ServerTlsMode};
+use meshgate_config::model::{Listener, ServerCertificate};
 use meshgate_config::Model;
 
 use crate::material::Material;
@@ -45,10 +45,7 @@ impl ServerFiles {
         let mut loaded = Vec::new();
         for l in &model.listeners {
             for (i, tls) in l.tls.iter().enumerate() {
-                if let ServerTlsMode::Simple(files)
-                | ServerTlsMode::Mutual(files)
-                | ServerTlsMode::OptionalMutual(files) = &tls.mode
-                {
+                if let Some(files) = tls.mode.files() {
                     loaded.push(((l.port, i), load(files, material, provider)?));
                 }
             }
