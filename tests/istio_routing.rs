@@ -401,6 +401,60 @@ spec:
     assert_eq!(observer.seen()[0].sni.as_deref(), Some("edition.cnn.com"));
 }
 
+/// `caCrl` beside `caCertificates`: a server whose certificate the CRL revokes is refused, as
+/// Envoy's upstream validation context refuses it; one it does not revoke is served.
+#[tokio::test]
+async fn tls_origination_refuses_a_server_that_ca_crl_revokes() {
+    let pki = support::pki::Pki::new(&["example.com"]);
+    let mut spec = meshgate_pki::LeafSpec::spiffe("spiffe://example.com/ns/web/sa/cnn");
+    spec.dns = vec!["edition.cnn.com".into()];
+    let server = pki.leaf("example.com", &spec);
+    let other = pki.leaf("example.com", &spec);
+    let tomorrow = meshgate_pki::OffsetDateTime::now_utc() + meshgate_pki::Duration::days(1);
+    let observer =
+        support::observer::Observer::start_with(&server, &pki.root.cert_pem, &[b"http/1.1"], false)
+            .await;
+    for (revoked, status) in [
+        (&other, StatusCode::OK),
+        (&server, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let crl = pki
+            .ca("example.com")
+            .crl(&[&revoked.leaf_der], tomorrow)
+            .unwrap();
+        let extra = format!(
+            r#"  resolve: [{{host: edition.cnn.com, port: 443, address: "{}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{{number: 80, name: http-port, protocol: HTTP, targetPort: 443}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: edition-cnn-com, namespace: default}}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: root.pem, caCrl: crl.pem}}
+"#,
+            observer.address
+        );
+        let sidecar = Sidecar::start_with_files(
+            &extra,
+            &[("root.pem", &pki.root.cert_pem), ("crl.pem", &crl)],
+        )
+        .await;
+        let r = plain_get(sidecar.addr(), "edition.cnn.com", "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, status);
+    }
+}
+
 /// The same task as Istio published it before: a VirtualService sends port 80 to the HTTPS
 /// port 443, through a subset whose port-level policy originates TLS.
 #[tokio::test]

@@ -213,7 +213,7 @@ pub const FIELDS: &[Field] = &[
         "trafficPolicy.tls.credentialName",
         "name the files: clientCertificate, privateKey, caCertificates",
     ),
-    no(DR, "trafficPolicy.tls.caCrl", ""),
+    yes(DR, "trafficPolicy.tls.caCrl"),
     no(
         DR,
         "trafficPolicy.tls.insecureSkipVerify",

@@ -978,7 +978,6 @@ fn client_tls(
         path,
         &[
             ("credentialName", t.credential_name.is_some()),
-            ("caCrl", t.ca_crl.is_some()),
             ("insecureSkipVerify", t.insecure_skip_verify.is_some()),
         ],
     );
@@ -987,6 +986,7 @@ fn client_tls(
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
         ca_certificates: file(&t.ca_certificates),
+        ca_crl: file(&t.ca_crl),
         client_certificate: file(&t.client_certificate),
         private_key: file(&t.private_key),
     };
@@ -995,6 +995,7 @@ fn client_tls(
             ("clientCertificate", t.client_certificate.is_some()),
             ("privateKey", t.private_key.is_some()),
             ("caCertificates", t.ca_certificates.is_some()),
+            ("caCrl", t.ca_crl.is_some()),
         ] {
             if set {
                 errors.push(o.error(
@@ -1004,6 +1005,18 @@ fn client_tls(
             }
         }
     };
+    // A CRL goes with the CAs it covers: without caCertificates the mesh's bundle verifies,
+    // with the mesh's own CRLs (`spec.identity.crl`).
+    if t.ca_crl.is_some()
+        && t.ca_certificates.is_none()
+        && t.mode.as_deref() != Some("ISTIO_MUTUAL")
+    {
+        errors.push(o.error(
+            format!("{path}.caCrl"),
+            "needs caCertificates, the CAs it revokes certificates of: without them the \
+             MeshGateway's bundle verifies the server, with spec.identity.crl",
+        ));
+    }
     match t.mode.as_deref() {
         Some("DISABLE") => Some(UpstreamTls::Disable),
         Some("SIMPLE") => Some(UpstreamTls::Simple(settings)),

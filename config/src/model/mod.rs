@@ -485,10 +485,15 @@ impl Model {
         for b in &self.backends {
             if let UpstreamTls::Simple(t) | UpstreamTls::Mutual(t) = &b.policy.tls {
                 files.extend(
-                    [&t.ca_certificates, &t.client_certificate, &t.private_key]
-                        .into_iter()
-                        .flatten()
-                        .cloned(),
+                    [
+                        &t.ca_certificates,
+                        &t.ca_crl,
+                        &t.client_certificate,
+                        &t.private_key,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
                 );
             }
         }
@@ -968,6 +973,9 @@ pub struct ClientTls {
     /// The server's SPIFFE ID or DNS name must be one of these, when given.
     pub subject_alt_names: Vec<String>,
     pub ca_certificates: Option<PathBuf>,
+    /// Revoked certificates of `ca_certificates`' CAs (`caCrl`): a server whose chain one
+    /// revokes is refused.
+    pub ca_crl: Option<PathBuf>,
     pub client_certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
 }

@@ -91,7 +91,7 @@ pub struct ClientTls {
     pub subject_alt_names: Vec<String>,
     pub sni: Option<String>,
     pub credential_name: Unsupported,
-    pub ca_crl: Unsupported,
+    pub ca_crl: Option<String>,
     pub insecure_skip_verify: Unsupported,
 }
 

@@ -54,12 +54,18 @@ pub fn origination(
             .unwrap_or("DestinationRule");
         format!("{source} for {}:{}", backend.host, backend.port)
     };
-    // The mesh's CRLs go with the mesh's bundle; `caCertificates` stands alone.
-    let no_crls = super::credentials::Revocation::default();
+    // The mesh's CRLs go with the mesh's bundle; `caCertificates` with its own `caCrl`.
+    let own_crls = super::credentials::Revocation {
+        crls: match &settings.ca_crl {
+            Some(path) if !istio => material.crls(path)?,
+            _ => Vec::new(),
+        },
+        deny_expired: false,
+    };
     let (roots, revocation) = match (&settings.ca_certificates, credentials) {
         (Some(path), _) if !istio => (
             TrustRoots::single(Arc::new(read_roots(path, material)?)),
-            &no_crls,
+            &own_crls,
         ),
         (_, Some(c)) => (c.roots.clone(), &c.revocation),
         (_, None) => {
