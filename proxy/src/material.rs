@@ -171,6 +171,20 @@ impl Material {
         Err(missing(path, "holds no X509 CRL"))
     }
 
+    /// As `crls`, each parsed now: a file that does not hold usable CRLs is refused at load,
+    /// naming it, and the configuration serving keeps its own.
+    pub fn usable_crls(
+        &self,
+        path: &Path,
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, Missing> {
+        let crls = self.crls(path)?;
+        for der in &crls {
+            webpki::OwnedCertRevocationList::from_der(der)
+                .map_err(|e| missing(path, &format!("unusable CRL: {e:?}")))?;
+        }
+        Ok(crls)
+    }
+
     fn file(&self, path: &Path) -> Result<&FileMaterial, Missing> {
         // Every path a model names was read; a model built without its material is a bug of
         // the caller, reported rather than trusted.
@@ -264,6 +278,26 @@ mod tests {
             std::error::Error::source(&e).is_some(),
             "the io::Error is kept"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `caCrl` whose PEM block is not a CRL is refused at load, naming the file.
+    #[test]
+    fn a_crl_that_does_not_parse_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("meshgate-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("crl.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN X509 CRL-----\nAAAAAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let mut material = Material::default();
+        material.files.insert(bad.clone(), read_file(&bad).unwrap());
+        assert_eq!(material.crls(&bad).unwrap().len(), 1, "read as a CRL block");
+        let e = material.usable_crls(&bad).unwrap_err();
+        assert_eq!(e.path, bad);
+        assert!(e.message.starts_with("unusable CRL"), "{}", e.message);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1005,18 +1005,6 @@ fn client_tls(
             }
         }
     };
-    // A CRL goes with the CAs it covers: without caCertificates the mesh's bundle verifies,
-    // with the mesh's own CRLs (`spec.identity.crl`).
-    if t.ca_crl.is_some()
-        && t.ca_certificates.is_none()
-        && t.mode.as_deref() != Some("ISTIO_MUTUAL")
-    {
-        errors.push(o.error(
-            format!("{path}.caCrl"),
-            "needs caCertificates, the CAs it revokes certificates of: without them the \
-             MeshGateway's bundle verifies the server, with spec.identity.crl",
-        ));
-    }
     match t.mode.as_deref() {
         Some("DISABLE") => Some(UpstreamTls::Disable),
         Some("SIMPLE") => Some(UpstreamTls::Simple(settings)),

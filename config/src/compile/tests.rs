@@ -389,7 +389,6 @@ fn destination_rule_mistakes() {
         (dr("{tls: {mode: ISTIO_MUTUAL, clientCertificate: c.pem}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.clientCertificate: not used with ISTIO_MUTUAL"),
         (dr("{tls: {mode: MUTUAL}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls: MUTUAL needs clientCertificate and privateKey"),
         (dr("{tls: {mode: ISTIO_MUTUAL, caCrl: crl.pem}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.caCrl: not used with ISTIO_MUTUAL"),
-        (dr("{tls: {mode: SIMPLE, caCrl: crl.pem}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.caCrl: needs caCertificates"),
         (dr("{tls: {mode: SOMETIMES}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.tls.mode: unknown TLS mode `SOMETIMES`"),
         (dr("{loadBalancer: {simple: PASSTHROUGH}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.loadBalancer.simple: `PASSTHROUGH` is not implemented"),
         (dr("{connectionPool: {http: {useClientProtocol: true}}}"), "t.yaml: DestinationRule default/dr: spec.trafficPolicy.connectionPool.http.useClientProtocol: this Istio field is not implemented by meshgate"),

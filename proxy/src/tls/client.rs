@@ -54,20 +54,26 @@ pub fn origination(
             .unwrap_or("DestinationRule");
         format!("{source} for {}:{}", backend.host, backend.port)
     };
-    // The mesh's CRLs go with the mesh's bundle; `caCertificates` with its own `caCrl`.
-    let own_crls = super::credentials::Revocation {
-        crls: match &settings.ca_crl {
-            Some(path) if !istio => material.crls(path)?,
-            _ => Vec::new(),
-        },
+    // The mesh's CRLs go with the mesh's bundle, and `caCrl` with them when the bundle
+    // verifies (SIMPLE or MUTUAL without caCertificates); with `caCertificates`, `caCrl` alone.
+    let ca_crls = match &settings.ca_crl {
+        Some(path) if !istio => material.usable_crls(path)?,
+        _ => Vec::new(),
+    };
+    let own = super::credentials::Revocation {
+        crls: ca_crls.clone(),
         deny_expired: false,
     };
+    let with_mesh = credentials.map(|c| super::credentials::Revocation {
+        crls: c.revocation.crls.iter().cloned().chain(ca_crls).collect(),
+        deny_expired: c.revocation.deny_expired,
+    });
     let (roots, revocation) = match (&settings.ca_certificates, credentials) {
         (Some(path), _) if !istio => (
             TrustRoots::single(Arc::new(read_roots(path, material)?)),
-            &own_crls,
+            &own,
         ),
-        (_, Some(c)) => (c.roots.clone(), &c.revocation),
+        (_, Some(c)) => (c.roots.clone(), with_mesh.as_ref().unwrap_or(&c.revocation)),
         (_, None) => {
             return Err(BuildError::Tls(format!(
                 "{}: {} needs the MeshGateway identity (its trust bundle{})",

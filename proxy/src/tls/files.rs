@@ -101,7 +101,7 @@ fn load(
     };
     let crls = match &files.ca_crl {
         None => Vec::new(),
-        Some(path) => material.crls(path)?,
+        Some(path) => material.usable_crls(path)?,
     };
     Ok(LoadedServerCertificate {
         certified_key: Arc::new(certified_key),
