@@ -468,6 +468,30 @@ async fn simple_tls_checks_the_server_name_and_sessions_are_resumed() {
     let source = self::source(&pki, observer.address, wrong).await;
     let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // `caCrl` without `caCertificates`: the mesh bundle verifies, and the CRL adds to its own.
+    let tomorrow = meshgate_pki::OffsetDateTime::now_utc() + meshgate_pki::Duration::days(1);
+    let other = pki.workload(
+        "example-target.com",
+        "spiffe://example-target.com/ns/x/sa/y",
+    );
+    for (revoked, status) in [
+        (&other, StatusCode::OK),
+        (&server, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let crl = pki
+            .ca("example-target.com")
+            .crl(&[&revoked.leaf_der], tomorrow)
+            .unwrap();
+        let source = Proxy::start_with_files(
+            &source_yaml(observer.address, "{tls: {mode: SIMPLE, caCrl: crl.pem}}"),
+            &pki.workload("example.com", SOURCE_ID),
+            &[("crl.pem", &crl)],
+        )
+        .await;
+        let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, status);
+    }
 }
 
 #[tokio::test]
