@@ -76,8 +76,59 @@ pub(crate) fn bindings(
                 Some(true) => hosts_in_gateway(o, spec, &name, listeners, warnings),
             }
         }
+        sni_hosts_served(o, spec, listeners, warnings);
     }
     not_routed(parsed, labels, listeners, warnings);
+}
+
+/// MG0103 for `tls` routes: an SNI host that no PASSTHROUGH server of the VirtualService's
+/// Gateways serves (to its namespace) routes nothing, as Istio builds no filter chain for it.
+fn sni_hosts_served(
+    o: &super::Origin,
+    spec: &crate::raw::virtual_service::VirtualServiceSpec,
+    listeners: &[Listener],
+    warnings: &mut Vec<Warning>,
+) {
+    let Some(routes) = &spec.tls else {
+        return;
+    };
+    let names: Vec<String> = spec
+        .gateways
+        .iter()
+        .flatten()
+        .map(|g| super::gateway::resolve_name(g, &o.namespace))
+        .collect();
+    let servers: Vec<_> = listeners
+        .iter()
+        .filter(|l| l.protocol == ListenerProtocol::TlsPassthrough)
+        .flat_map(|l| &l.servers)
+        .filter(|s| names.contains(&s.gateway) && s.namespace.admits(&o.namespace))
+        .collect();
+    if servers.is_empty() {
+        return;
+    }
+    for (i, route) in routes.iter().enumerate() {
+        for (j, m) in route.matches.iter().enumerate() {
+            for (k, sni) in m.sni_hosts.iter().enumerate() {
+                let Some(h) = HostMatcher::parse(sni) else {
+                    continue;
+                };
+                if servers.iter().any(|s| s.host.intersects(&h)) {
+                    continue;
+                }
+                let all: Vec<String> = servers.iter().map(|s| s.host.to_string()).collect();
+                warnings.push(o.warn(
+                    Code::VirtualServiceHostNotInGateway,
+                    Some(&format!("spec.tls[{i}].match[{j}].sniHosts[{k}]")),
+                    format!(
+                        "`{sni}` is not among the hosts of the PASSTHROUGH servers of its \
+                         Gateways ({}): no connection with that SNI is routed by it",
+                        all.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// MG0103: each host of the VirtualService must be among the hosts of `gateway`'s servers

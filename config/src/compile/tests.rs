@@ -2264,6 +2264,8 @@ spec:
     route: [{destination: {host: a.internal, port: {number: 443}}}]
   - match: [{sniHosts: ["*.example.com"]}]
     route: [{destination: {host: a.internal, port: {number: 443}}}]
+  - match: [{sniHosts: [c.example.com]}]
+    route: [{destination: {host: a.internal, port: {number: 443}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -2293,6 +2295,19 @@ spec:
         hosts,
         [vec!["a.example.com"], vec!["b.example.com"]],
         "{hosts:?}"
+    );
+    // An SNI host no server of its Gateways serves routes nothing, and `check` says so.
+    let said: Vec<String> = model.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        said.iter().any(|w| w.contains("MG0103")
+            && w.contains("spec.tls[2].match[0].sniHosts[0]")
+            && w.contains("`c.example.com` is not among the hosts of the PASSTHROUGH servers")),
+        "{said:#?}"
+    );
+    assert_eq!(
+        said.iter().filter(|w| w.contains("sniHosts")).count(),
+        1,
+        "{said:#?}"
     );
 
     // The most specific SNI host wins, whatever the order: a wildcard team listed first does
