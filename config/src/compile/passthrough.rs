@@ -152,10 +152,12 @@ pub(crate) fn bind_tls_routes(
             // Gateway's VirtualServices (a match's `gateways` naming that Gateway), each
             // match's `sniHosts` narrowed to the hosts that Gateway's servers serve: an SNI no
             // server of the Gateway serves is not routed by it.
-            let mut gateways_here: Vec<&str> = Vec::new();
+            // Each Gateway here, with the hosts its servers serve.
+            let mut gateways_here: Vec<([String; 1], Vec<&HostMatcher>)> = Vec::new();
             for s in &servers {
-                if !gateways_here.contains(&s.gateway.as_str()) {
-                    gateways_here.push(&s.gateway);
+                match gateways_here.iter_mut().find(|(g, _)| g[0] == s.gateway) {
+                    Some((_, serving)) => serving.push(&s.host),
+                    None => gateways_here.push(([s.gateway.clone()], vec![&s.host])),
                 }
             }
             let names: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
@@ -170,17 +172,10 @@ pub(crate) fn bind_tls_routes(
                 else {
                     continue;
                 };
-                for gateway in &gateways_here {
-                    let serving: Vec<&HostMatcher> = servers
-                        .iter()
-                        .filter(|s| s.gateway == *gateway)
-                        .map(|s| &s.host)
-                        .collect();
-                    let one = [gateway.to_string()];
+                for (one, serving) in &gateways_here {
                     // Said above, for every Gateway at once.
                     let mut again = Vec::new();
-                    if let Some(matches) =
-                        sni_matches(o, &path, route, (&one, &serving), &mut again)
+                    if let Some(matches) = sni_matches(o, &path, route, (one, serving), &mut again)
                     {
                         made.push(SniRoute {
                             source: read.source.clone(),

@@ -211,18 +211,11 @@ impl Credentials {
         }
         let revocation = match &identity.crl {
             None => Revocation::default(),
-            Some(path) => {
-                let crls = material.crls(path)?;
-                // Parsed now, so that a broken file is refused at load and the old one kept.
-                for der in &crls {
-                    webpki::OwnedCertRevocationList::from_der(der)
-                        .map_err(|e| identity_error(path, format!("unusable CRL: {e:?}")))?;
-                }
-                Revocation {
-                    crls,
-                    deny_expired: identity.deny_expired_crl,
-                }
-            }
+            // Parsed now, so that a broken file is refused at load and the old one kept.
+            Some(path) => Revocation {
+                crls: material.usable_crls(path)?,
+                deny_expired: identity.deny_expired_crl,
+            },
         };
         let (domains, bundle_summary) = domain_roots(bundles, &source.federated, material)?;
         let (from, chain_from, roots_from) = match &identity.source {
