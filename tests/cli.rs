@@ -97,7 +97,7 @@ spec:
     let b = dir.path().join("b.yaml").display().to_string();
     let c = dir.path().join("c.yaml").display().to_string();
     let expected = [
-        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate: it names a Kubernetes Secret, which meshgate does not read: mount the Secret as files and name them with serverCertificate and privateKey"),
+        format!("{a}: Gateway istio-system/gw: spec.servers[0].tls.credentialName: names the Kubernetes Secret `foo`: mount it under the directory set as MeshGateway spec.credentials.directory"),
         format!("{a}: VirtualService default/vs: spec.http[0].retries.retryOn: `sometimes` is not a retry condition meshgate implements; use 5xx, gateway-error"),
         format!("{a}: VirtualService default/vs: spec.http[0].match[0].uri: only one of exact, prefix and regex may be set"),
         format!("{a}: Frobnicator default/f: kind: unknown kind `Frobnicator`"),

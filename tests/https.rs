@@ -680,3 +680,111 @@ spec:
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// `credentialName` reads a Kubernetes Secret where it is mounted, with the keys Istio reads:
+/// an Opaque Secret's `cert` and `key` before a TLS Secret's `tls.crt` and `tls.key`, the
+/// stapled `tls.ocsp-staple`, and the CA of a `<name>-cacert` Secret before the Secret's own,
+/// seen when it is mounted later.
+#[tokio::test]
+async fn credential_name_reads_the_mounted_secret_as_istio_reads_it() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let old_clients = Authority::root("old partner CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let new_clients = Authority::root("new partner CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let a = server_cert(&public, "a.example.com");
+    let b = server_cert(&public, "b.example.com");
+    let b_tls_keys = server_cert(&public, "b.example.com");
+    let old_partner = partner_cert(&old_clients, &["partner.example.org"]);
+    let new_partner = partner_cert(&new_clients, &["partner.example.org"]);
+    // An OCSPResponse of status `unauthorized`: a DER SEQUENCE, stapled as it is.
+    let staple = "\u{30}\u{03}\u{0a}\u{01}\u{06}";
+    let backend = echo();
+    let yaml = config(backend.address, "ECDHE-ECDSA-AES128-GCM-SHA256")
+        .replacen(
+            "  reload: {pollInterval: 0s}",
+            "  reload: {pollInterval: 50ms}\n  credentials: {directory: secrets}",
+            1,
+        )
+        .replace(
+            "      serverCertificate: tls/a.pem\n      privateKey: tls/a-key.pem\n",
+            "      credentialName: a-credential\n",
+        )
+        .replace(
+            "tls: {mode: MUTUAL, serverCertificate: tls/b.pem, privateKey: tls/b-key.pem, caCertificates: tls/clients.pem}",
+            "tls: {mode: MUTUAL, credentialName: b-credential}",
+        );
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &pki.workload("example-target.com", GATEWAY_ID),
+        &[
+            ("secrets/a-credential/tls.crt", &a.chain_pem),
+            ("secrets/a-credential/tls.key", &a.key_pem),
+            ("secrets/a-credential/tls.ocsp-staple", staple),
+            ("secrets/b-credential/cert", &b.chain_pem),
+            ("secrets/b-credential/key", &b.key_pem),
+            ("secrets/b-credential/tls.crt", &b_tls_keys.chain_pem),
+            ("secrets/b-credential/tls.key", &b_tls_keys.key_pem),
+            ("secrets/b-credential/cacert", &old_clients.cert_pem),
+        ],
+    )
+    .await;
+    let addr = proxy.addr(443);
+    let anonymous = Client::plain(None, &public.cert_pem);
+    let presented = |client: Client, sni: &'static str| async move {
+        let tls = client.connect(addr, sni).await.unwrap();
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        (leaf, client.stapled())
+    };
+    assert_eq!(
+        presented(anonymous.clone(), "a.example.com").await,
+        (a.leaf_der.clone(), staple.as_bytes().to_vec())
+    );
+    // The Opaque keys win; a Secret without a staple staples nothing.
+    assert_eq!(
+        presented(anonymous.clone(), "b.example.com").await,
+        (b.leaf_der.clone(), Vec::new())
+    );
+    let status = |client: Client| async move {
+        client
+            .get(addr, "b.example.com", "b.example.com", "/", &[])
+            .await
+            .map(|r| r.status)
+    };
+    assert_eq!(
+        status(Client::plain(Some(&old_partner), &public.cert_pem)).await,
+        Ok(StatusCode::OK)
+    );
+    assert!(status(Client::plain(Some(&new_partner), &public.cert_pem))
+        .await
+        .is_err());
+    assert!(status(anonymous.clone()).await.is_err());
+
+    // `b-credential-cacert` mounted: the watcher reloads, and its CA alone verifies clients.
+    let paths = vec![proxy.config()];
+    let seen = meshgate_proxy::reload::Fingerprint::config(&paths)
+        .with_certificates(&proxy.running.model());
+    let split = proxy.dir.path().join("secrets/b-credential-cacert");
+    std::fs::create_dir_all(&split).unwrap();
+    std::fs::write(split.join("ca.crt"), &new_clients.cert_pem).unwrap();
+    let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, seen, None, async {
+        let _ = watch_rx.await;
+    });
+    let scenario = async {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while status(Client::plain(Some(&new_partner), &public.cert_pem)).await
+            != Ok(StatusCode::OK)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the mounted -cacert Secret was never read"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = stop_watch.send(());
+    };
+    tokio::join!(watcher, scenario);
+    assert!(status(Client::plain(Some(&old_partner), &public.cert_pem))
+        .await
+        .is_err());
+}

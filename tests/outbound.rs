@@ -220,6 +220,46 @@ async fn mutual_tls_with_explicit_files() {
     );
 }
 
+/// As Istio's egress TLS origination with a client Secret: `credentialName` names the Secret
+/// (`tls.crt`, `tls.key`, `ca.crt`, as `kubectl create secret generic client-credential`
+/// writes it) mounted under the MeshGateway's credentials directory.
+#[tokio::test]
+async fn mutual_tls_with_a_credential_name() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    let secrets = support::TempDir::new("secrets");
+    let batch = pki.workload("example.com", "spiffe://example.com/ns/payments/sa/batch");
+    let secret = secrets.path().join("client-credential");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("tls.crt"), &batch.chain_pem).unwrap();
+    std::fs::write(secret.join("tls.key"), &batch.key_pem).unwrap();
+    std::fs::write(secret.join("ca.crt"), &batch.root_pem).unwrap();
+    let yaml = source_yaml(
+        target.addr(443),
+        &format!("{{tls: {{mode: MUTUAL, credentialName: client-credential, sni: {HOST}, subjectAltNames: [{GATEWAY_ID}]}}}}"),
+    )
+    .replacen(
+        "  outbound:",
+        &format!("  credentials: {{directory: {}}}\n  outbound:", secrets.path().display()),
+        1,
+    );
+    let source = Proxy::start(&yaml, &pki.workload("example.com", SOURCE_ID)).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // The Secret's certificate, not the proxy's identity, authenticated the origination.
+    assert_eq!(
+        r.echoed("x-source-principal").as_deref(),
+        Some("example.com/ns/payments/sa/batch")
+    );
+
+    // A Secret whose CA does not issue the target's certificate: the origination fails.
+    let stranger = Pki::new(&["example-target.com"]);
+    std::fs::write(secret.join("ca.crt"), &stranger.root.cert_pem).unwrap();
+    let source = Proxy::start(&yaml, &pki.workload("example.com", SOURCE_ID)).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test]
 async fn a_gateway_forwards_into_another_mesh_over_istio_mutual() {
     let pki = pki();

@@ -73,17 +73,11 @@ pub const FIELDS: &[Field] = &[
     yes(GW, "servers[].tls.caCertificates"),
     yes(GW, "servers[].tls.caCrl"),
     yes(GW, "servers[].tls.cipherSuites"),
-    no(
-        GW,
-        "servers[].tls.credentialName",
-        "it names a Kubernetes Secret, which meshgate does not read: mount the Secret as files \
-         and name them with serverCertificate and privateKey (and caCertificates for MUTUAL), \
-         Istio's file-mounted gateway certificates",
-    ),
+    yes(GW, "servers[].tls.credentialName"),
     no(
         GW,
         "servers[].tls.credentialNames",
-        "mount the Secrets as files and name them with serverCertificate and privateKey",
+        "name one Secret with credentialName",
     ),
     no(
         GW,
@@ -208,11 +202,7 @@ pub const FIELDS: &[Field] = &[
     yes(DR, "trafficPolicy.tls.caCertificates"),
     yes(DR, "trafficPolicy.tls.subjectAltNames"),
     yes(DR, "trafficPolicy.tls.sni"),
-    no(
-        DR,
-        "trafficPolicy.tls.credentialName",
-        "name the files: clientCertificate, privateKey, caCertificates",
-    ),
+    yes(DR, "trafficPolicy.tls.credentialName"),
     yes(DR, "trafficPolicy.tls.caCrl"),
     no(
         DR,

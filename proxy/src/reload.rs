@@ -58,7 +58,9 @@ impl Fingerprint {
     /// With the certificate files `model` names, as they are now. Take it before the runtime
     /// reads them. This blocks.
     pub fn with_certificates(self, model: &Model) -> Self {
-        self.with_certificate_files(model.certificate_files())
+        let mut files = model.certificate_files();
+        files.extend(model.secret_files.iter().cloned());
+        self.with_certificate_files(files)
     }
 
     fn with_certificate_files(mut self, files: Vec<PathBuf>) -> Self {

@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::credential::Credentials;
 use super::export::ExportTo;
 use super::virtual_service::{parse_duration, qualify};
 use super::{relative_to, Origin};
@@ -187,6 +188,7 @@ pub(crate) fn compile(
     proxy_namespace: &str,
     proxy_labels: &Labels,
     root_namespace: &str,
+    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) -> Rules {
@@ -270,7 +272,7 @@ pub(crate) fn compile(
         let policy = spec
             .traffic_policy
             .as_ref()
-            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, errors));
+            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, credentials, errors));
         let mut subsets: Vec<Subset> = Vec::new();
         for (i, s) in spec.subsets.iter().enumerate() {
             let path = format!("spec.subsets[{i}]");
@@ -288,10 +290,9 @@ pub(crate) fn compile(
             subsets.push(Subset {
                 name: s.name.clone(),
                 labels: s.labels.clone(),
-                policy: s
-                    .traffic_policy
-                    .as_ref()
-                    .map(|tp| traffic_policy(o, &format!("{path}.trafficPolicy"), tp, errors)),
+                policy: s.traffic_policy.as_ref().map(|tp| {
+                    traffic_policy(o, &format!("{path}.trafficPolicy"), tp, credentials, errors)
+                }),
                 source: o.resource(),
             });
         }
@@ -416,6 +417,7 @@ fn traffic_policy(
     o: &Origin,
     path: &str,
     tp: &raw::TrafficPolicy,
+    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Policy {
     o.unsupported(
@@ -440,10 +442,14 @@ fn traffic_policy(
                 None
             }
         });
+    let tls = tp
+        .tls
+        .as_ref()
+        .and_then(|t| client_tls(o, &format!("{path}.tls"), t, credentials, errors));
     let top = patch(
         o,
         path,
-        tp.tls.as_ref(),
+        tls,
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
         tp.outlier_detection.as_ref(),
@@ -461,10 +467,14 @@ fn traffic_policy(
             errors.push(o.error(format!("{path}.port.number"), "required, 1 to 65535"));
             continue;
         };
+        let tls = p
+            .tls
+            .as_ref()
+            .and_then(|t| client_tls(o, &format!("{path}.tls"), t, credentials, errors));
         let blocks = patch(
             o,
             &path,
-            p.tls.as_ref(),
+            tls,
             p.load_balancer.as_ref(),
             p.connection_pool.as_ref(),
             p.outlier_detection.as_ref(),
@@ -658,7 +668,7 @@ impl Rules {
 fn patch(
     o: &Origin,
     path: &str,
-    tls: Option<&raw::ClientTls>,
+    tls: Option<UpstreamTls>,
     lb: Option<&raw::LoadBalancer>,
     pool: Option<&raw::ConnectionPool>,
     outlier: Option<&raw::OutlierDetection>,
@@ -667,7 +677,7 @@ fn patch(
     Blocks {
         outlier: outlier
             .and_then(|od| outlier_detection(o, &format!("{path}.outlierDetection"), od, errors)),
-        tls: tls.and_then(|t| client_tls(o, &format!("{path}.tls"), t, errors)),
+        tls,
         load_balancer: lb.and_then(|lb| {
             let path = format!("{path}.loadBalancer");
             o.unsupported(
@@ -971,18 +981,16 @@ fn client_tls(
     o: &Origin,
     path: &str,
     t: &raw::ClientTls,
+    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Option<UpstreamTls> {
     o.unsupported(
         errors,
         path,
-        &[
-            ("credentialName", t.credential_name.is_some()),
-            ("insecureSkipVerify", t.insecure_skip_verify.is_some()),
-        ],
+        &[("insecureSkipVerify", t.insecure_skip_verify.is_some())],
     );
     let file = |v: &Option<String>| v.as_ref().map(|p| relative_to(&o.file, p));
-    let settings = ClientTls {
+    let mut settings = ClientTls {
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
         ca_certificates: file(&t.ca_certificates),
@@ -990,6 +998,13 @@ fn client_tls(
         client_certificate: file(&t.client_certificate),
         private_key: file(&t.private_key),
     };
+    if t.credential_name.is_some() && matches!(t.mode.as_deref(), Some("SIMPLE" | "MUTUAL")) {
+        let before = errors.len();
+        from_secret(o, path, t, &mut settings, credentials, errors);
+        if errors.len() > before {
+            return None;
+        }
+    }
     let no_files = |mode: &str, errors: &mut Vec<ConfigError>| {
         for (field, set) in [
             ("clientCertificate", t.client_certificate.is_some()),
@@ -1006,11 +1021,21 @@ fn client_tls(
         }
     };
     match t.mode.as_deref() {
+        Some(mode @ ("ISTIO_MUTUAL" | "DISABLE")) if t.credential_name.is_some() => {
+            errors.push(o.error(
+                format!("{path}.credentialName"),
+                format!("not used with {mode}: a Secret's certificates are for SIMPLE and MUTUAL"),
+            ));
+            None
+        }
         Some("DISABLE") => Some(UpstreamTls::Disable),
         Some("SIMPLE") => Some(UpstreamTls::Simple(settings)),
         Some("MUTUAL") => {
-            if t.client_certificate.is_none() || t.private_key.is_none() {
-                errors.push(o.error(path, "MUTUAL needs clientCertificate and privateKey"));
+            if settings.client_certificate.is_none() || settings.private_key.is_none() {
+                errors.push(o.error(
+                    path,
+                    "MUTUAL needs clientCertificate and privateKey, or credentialName",
+                ));
                 return None;
             }
             Some(UpstreamTls::Mutual(settings))
@@ -1030,5 +1055,51 @@ fn client_tls(
             errors.push(o.error(format!("{path}.mode"), "required"));
             None
         }
+    }
+}
+
+/// The files of `credentialName` into `settings` (Istio: only one of the certificate files and
+/// `credentialName` may be given). SIMPLE reads the CA; MUTUAL the certificate, key and CA.
+fn from_secret(
+    o: &Origin,
+    path: &str,
+    t: &raw::ClientTls,
+    settings: &mut ClientTls,
+    credentials: &mut Credentials,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(name) = t.credential_name.as_deref() else {
+        return;
+    };
+    for (field, set) in [
+        ("clientCertificate", t.client_certificate.is_some()),
+        ("privateKey", t.private_key.is_some()),
+        ("caCertificates", t.ca_certificates.is_some()),
+        ("caCrl", t.ca_crl.is_some()),
+    ] {
+        if set {
+            errors.push(o.error(
+                format!("{path}.{field}"),
+                "credentialName is set: the Secret holds the certificates (and the CRL as `crl` \
+                 or `ca.crl`), so the files are not given as well",
+            ));
+        }
+    }
+    let field = format!("{path}.credentialName");
+    if t.mode.as_deref() == Some("MUTUAL") {
+        match credentials.key_pair(name) {
+            Ok(pair) => {
+                settings.client_certificate = Some(pair.certificate);
+                settings.private_key = Some(pair.private_key);
+            }
+            Err(e) => errors.push(o.error(field.clone(), e)),
+        }
+    }
+    match credentials.ca(name) {
+        Ok(ca) => {
+            settings.ca_certificates = Some(ca.certificates);
+            settings.ca_crl = ca.crl;
+        }
+        Err(e) => errors.push(o.error(field, e)),
     }
 }

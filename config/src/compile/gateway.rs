@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use super::credential::Credentials;
 use super::mesh_gateway::ListenSettings;
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
@@ -25,6 +26,7 @@ pub(crate) fn compile(
     found: &[(Origin, GatewaySpec)],
     labels: &BTreeMap<String, String>,
     listen: &ListenSettings,
+    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Listener> {
     let mut listeners: Vec<Listener> = Vec::new();
@@ -38,7 +40,9 @@ pub(crate) fn compile(
         }
         for (i, server) in spec.servers.iter().enumerate() {
             let path = format!("spec.servers[{i}]");
-            let Some((mut compiled, tls)) = compile_server(o, &path, server, listen, errors) else {
+            let Some((mut compiled, tls)) =
+                compile_server(o, &path, server, listen, credentials, errors)
+            else {
                 continue;
             };
             let Some(listener) = listeners.iter_mut().find(|l| l.port == compiled.port) else {
@@ -125,6 +129,7 @@ fn compile_server(
     path: &str,
     server: &Server,
     listen: &ListenSettings,
+    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Option<(Listener, Option<ServerTls>)> {
     let before = errors.len();
@@ -239,7 +244,7 @@ fn compile_server(
             None
         }
         // TLS terminated, then bytes routed by `tcp` routes.
-        ("HTTPS" | "TLS", Some(tls)) => server_tls(o, &tls_path, tls, errors),
+        ("HTTPS" | "TLS", Some(tls)) => server_tls(o, &tls_path, tls, credentials, errors),
         ("TLS", None) => {
             errors.push(o.error(
                 tls_path.clone(),
@@ -328,6 +333,7 @@ fn server_tls(
     o: &Origin,
     tls_path: &str,
     tls: &RawTls,
+    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Option<ServerTls> {
     let before = errors.len();
@@ -338,11 +344,6 @@ fn server_tls(
             ("credentialNames", tls.credential_names.is_some()),
             ("tlsCertificates", tls.tls_certificates.is_some()),
         ],
-    );
-    o.unsupported(
-        errors,
-        tls_path,
-        &[("credentialName", tls.credential_name.is_some())],
     );
     let file = |field: &str, value: &Option<String>, errors: &mut Vec<ConfigError>| match value {
         Some(v) if !v.is_empty() => Some(relative_to(&o.file, v)),
@@ -358,25 +359,21 @@ fn server_tls(
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
+                ("credentialName", tls.credential_name.is_some()),
             ] {
                 if set {
                     errors.push(o.error(
                         format!("{tls_path}.{field}"),
                         "ISTIO_MUTUAL presents the MeshGateway's identity and trusts its bundle: \
-                         certificate files are for SIMPLE and MUTUAL",
+                         certificates are for SIMPLE and MUTUAL",
                     ));
                 }
             }
             Some(ServerTlsMode::IstioMutual)
         }
-        Some(mode @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) if tls.credential_name.is_none() => {
-            let certificate = file("serverCertificate", &tls.server_certificate, errors);
-            let private_key = file("privateKey", &tls.private_key, errors);
-            let (ca_certificates, ca_crl) = if mode != "SIMPLE" {
-                let ca = file("caCertificates", &tls.ca_certificates, errors);
-                let crl = tls.ca_crl.as_ref().map(|c| relative_to(&o.file, c));
-                (ca, crl)
-            } else {
+        Some(mode @ ("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) => {
+            let mutual = mode != "SIMPLE";
+            if !mutual {
                 for (field, set) in [
                     ("caCertificates", tls.ca_certificates.is_some()),
                     ("caCrl", tls.ca_crl.is_some()),
@@ -398,26 +395,37 @@ fn server_tls(
                         ));
                     }
                 }
-                (None, None)
-            };
-            match (certificate, private_key) {
-                (Some(certificate), Some(private_key)) => {
-                    let files = ServerCertificate {
-                        certificate,
-                        private_key,
-                        ca_certificates,
-                        ca_crl,
-                    };
-                    Some(match mode {
-                        "MUTUAL" => ServerTlsMode::Mutual(files),
-                        "OPTIONAL_MUTUAL" => ServerTlsMode::OptionalMutual(files),
-                        _ => ServerTlsMode::Simple(files),
-                    })
-                }
-                _ => None,
             }
+            let files = match &tls.credential_name {
+                Some(name) => from_secret(o, tls_path, tls, name, mutual, credentials, errors),
+                None => {
+                    let certificate = file("serverCertificate", &tls.server_certificate, errors);
+                    let private_key = file("privateKey", &tls.private_key, errors);
+                    let (ca_certificates, ca_crl) = if mutual {
+                        let ca = file("caCertificates", &tls.ca_certificates, errors);
+                        let crl = tls.ca_crl.as_ref().map(|c| relative_to(&o.file, c));
+                        (ca, crl)
+                    } else {
+                        (None, None)
+                    };
+                    match (certificate, private_key) {
+                        (Some(certificate), Some(private_key)) => Some(ServerCertificate {
+                            certificate,
+                            private_key,
+                            ca_certificates,
+                            ca_crl,
+                            ocsp_staple: None,
+                        }),
+                        _ => None,
+                    }
+                }
+            };
+            files.map(|files| match mode {
+                "MUTUAL" => ServerTlsMode::Mutual(files),
+                "OPTIONAL_MUTUAL" => ServerTlsMode::OptionalMutual(files),
+                _ => ServerTlsMode::Simple(files),
+            })
         }
-        Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") => None,
         Some(other @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH")) => {
             errors.push(o.error(
                 format!("{tls_path}.mode"),
@@ -515,6 +523,61 @@ fn server_tls(
         max_version,
         cipher_suites,
         client_checks,
+    })
+}
+
+/// The files of `credentialName` (Istio: only one of the certificate files and
+/// `credentialName` may be given). The CA is read for MUTUAL and OPTIONAL_MUTUAL only.
+fn from_secret(
+    o: &Origin,
+    tls_path: &str,
+    tls: &RawTls,
+    name: &str,
+    mutual: bool,
+    credentials: &mut Credentials,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ServerCertificate> {
+    let before = errors.len();
+    for (field, set) in [
+        ("serverCertificate", tls.server_certificate.is_some()),
+        ("privateKey", tls.private_key.is_some()),
+        ("caCertificates", tls.ca_certificates.is_some()),
+        ("caCrl", tls.ca_crl.is_some()),
+    ] {
+        if set {
+            errors.push(o.error(
+                format!("{tls_path}.{field}"),
+                "credentialName is set: the Secret holds the certificates (and the CRL as \
+                 `crl` or `ca.crl`), so the files are not given as well",
+            ));
+        }
+    }
+    let field = format!("{tls_path}.credentialName");
+    let pair = credentials
+        .key_pair(name)
+        .map_err(|e| errors.push(o.error(field.clone(), e)))
+        .ok();
+    let ca = if mutual {
+        match credentials.ca(name) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                errors.push(o.error(field, e));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if errors.len() > before {
+        return None;
+    }
+    let pair = pair?;
+    Some(ServerCertificate {
+        certificate: pair.certificate,
+        private_key: pair.private_key,
+        ca_certificates: ca.as_ref().map(|c| c.certificates.clone()),
+        ca_crl: ca.and_then(|c| c.crl),
+        ocsp_staple: pair.ocsp_staple,
     })
 }
 

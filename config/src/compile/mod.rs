@@ -8,6 +8,7 @@
 
 mod analyze;
 mod authorization_policy;
+mod credential;
 mod delegate;
 mod destination_rule;
 mod export;
@@ -54,6 +55,7 @@ pub fn compile(
     delegate::expand(&mut parsed.virtual_services, errors, warnings);
     let install = install::compile(&parsed, errors, warnings);
     let proxy = mesh_gateway::compile(&parsed.mesh_gateways, &install, errors);
+    let mut credentials = credential::Credentials::new(&parsed.mesh_gateways, errors);
     let trust = mesh_gateway::trust(&parsed, &install, errors);
     let proxy_namespace = parsed
         .mesh_gateways
@@ -81,11 +83,18 @@ pub fn compile(
         proxy_namespace,
         proxy.as_ref().map_or(&no_labels, |(p, _)| &p.labels),
         root_namespace,
+        &mut credentials,
         errors,
         warnings,
     );
     let mut listeners = match &proxy {
-        Some((proxy, listen)) => gateway::compile(&parsed.gateways, &proxy.labels, listen, errors),
+        Some((proxy, listen)) => gateway::compile(
+            &parsed.gateways,
+            &proxy.labels,
+            listen,
+            &mut credentials,
+            errors,
+        ),
         None => Vec::new(),
     };
     if let Some(address) = proxy.as_ref().and_then(|(p, _)| p.outbound) {
@@ -267,6 +276,7 @@ pub fn compile(
         backends: backends.into_backends(),
         policies,
         files,
+        secret_files: credentials.into_watched(),
         warnings: std::mem::take(warnings),
     })
 }

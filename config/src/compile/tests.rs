@@ -1,7 +1,9 @@
 //! Compilation, table-driven: what each resource becomes, and the error each mistake gives.
 
 use crate::load_str;
-use crate::model::{AccessLogEncoding, Endpoints, ListenerProtocol, OutboundPolicy, RouteAction};
+use crate::model::{
+    AccessLogEncoding, Endpoints, ListenerProtocol, OutboundPolicy, RouteAction, UpstreamTls,
+};
 use crate::warning::Code;
 
 const MESH_GATEWAY: &str = r#"
@@ -2072,7 +2074,7 @@ fn gateway_tls_settings() {
         );
     }
     let cases: &[(String, &str)] = &[
-        (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: a-cert}\n"), "spec.servers[0].tls.credentialName: this Istio field is not implemented by meshgate: it names a Kubernetes Secret, which meshgate does not read: mount the Secret as files and name them with serverCertificate and privateKey"),
+        (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: a-cert}\n"), "spec.servers[0].tls.credentialName: names the Kubernetes Secret `a-cert`: mount it under the directory set as MeshGateway spec.credentials.directory"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, privateKey: k.pem}\n"), "spec.servers[0].tls.serverCertificate: required"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: MUTUAL, serverCertificate: a.pem, privateKey: k.pem}\n"), "spec.servers[0].tls.caCertificates: required"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, serverCertificate: a.pem, privateKey: k.pem}\n"), "spec.servers[0].tls.caCertificates: required"),
@@ -3318,4 +3320,120 @@ spec:
     assert_eq!(port(5432).policy.max_connection_duration, minutes(1));
     assert_eq!(port(5432).policy.tcp_max_connection_duration, minutes(10));
     assert_eq!(port(80).policy.max_connection_duration, minutes(10));
+}
+
+/// `credentialName` of a Gateway server and of a DestinationRule: the mounted Secret's files,
+/// chosen by the keys Istio reads, and every mistake named by its field.
+#[test]
+fn credential_names_resolve_to_the_mounted_secret_files() {
+    let dir = std::env::temp_dir().join(format!("meshgate-credentials-{}", std::process::id()));
+    let write = |path: &str, contents: &str| {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    };
+    write("tls-only/tls.crt", "c");
+    write("tls-only/tls.key", "k");
+    write("tls-only/tls.ocsp-staple", "0");
+    write("opaque/cert", "c");
+    write("opaque/key", "k");
+    write("opaque/tls.crt", "c");
+    write("opaque/tls.key", "k");
+    write("opaque/cacert", "ca");
+    write("opaque/crl", "crl");
+    write("opaque/ca.crt", "ca");
+    // An empty key is no key, as Istio reads a Secret.
+    write("split/cert", "");
+    write("split/key", "k");
+    write("split/tls.crt", "c");
+    write("split/tls.key", "k");
+    write("split/ca.crt", "ignored: split-cacert is mounted");
+    write("split-cacert/ca.crt", "ca");
+    write("split-cacert/ca.crl", "crl");
+    write("no-ca/cert", "c");
+    write("no-ca/key", "k");
+    write("ca-only/ca.crt", "ca");
+    let mesh_gateway = MESH_GATEWAY.replace(
+        "  identity:",
+        &format!(
+            "  credentials: {{directory: {}}}\n  outbound: {{address: \"127.0.0.1:15001\"}}\n  identity:",
+            dir.display()
+        ),
+    );
+    let yaml = |rest: &str| format!("{mesh_gateway}---\n{rest}");
+    let gw = |tls: &str| {
+        yaml(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [a.example.com]\n    tls: {tls}\n"
+        ))
+    };
+    let server = |tls: &str| {
+        let model = load_str("t.yaml", &gw(tls)).unwrap();
+        let files = model.listeners[0].tls[0].mode.files().unwrap().clone();
+        (model, files)
+    };
+    let (model, files) = server("{mode: SIMPLE, credentialName: tls-only}");
+    assert_eq!(files.certificate, dir.join("tls-only/tls.crt"));
+    assert_eq!(files.private_key, dir.join("tls-only/tls.key"));
+    assert_eq!(
+        files.ocsp_staple,
+        Some(dir.join("tls-only/tls.ocsp-staple"))
+    );
+    assert_eq!(files.ca_certificates, None);
+    assert!(model
+        .certificate_files()
+        .contains(&dir.join("tls-only/tls.ocsp-staple")));
+    // Every key the Secret could hold is watched, the -cacert Secret's too once a CA is read.
+    assert!(model.secret_files.contains(&dir.join("tls-only/cert")));
+    let (model, files) = server("{mode: MUTUAL, credentialName: opaque}");
+    assert_eq!(
+        (files.certificate, files.private_key, files.ocsp_staple),
+        (dir.join("opaque/cert"), dir.join("opaque/key"), None)
+    );
+    assert_eq!(files.ca_certificates, Some(dir.join("opaque/cacert")));
+    assert_eq!(files.ca_crl, Some(dir.join("opaque/crl")));
+    assert!(model
+        .secret_files
+        .contains(&dir.join("opaque-cacert/ca.crt")));
+    let (_, files) = server("{mode: OPTIONAL_MUTUAL, credentialName: split}");
+    assert_eq!(files.certificate, dir.join("split/tls.crt"));
+    assert_eq!(files.ca_certificates, Some(dir.join("split-cacert/ca.crt")));
+    assert_eq!(files.ca_crl, Some(dir.join("split-cacert/ca.crl")));
+
+    let dr = |tls: &str| {
+        yaml(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: istio-system}}\nspec:\n  host: api.example.com\n  trafficPolicy: {{tls: {tls}}}\n"
+        ))
+    };
+    let upstream = |tls: &str| {
+        let model = load_str("t.yaml", &format!("{}---\n{}", dr(tls), "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: istio-system}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n")).unwrap();
+        match &model.backends[0].policy.tls {
+            UpstreamTls::Simple(t) | UpstreamTls::Mutual(t) => t.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let t = upstream("{mode: SIMPLE, credentialName: ca-only, sni: api.example.com}");
+    assert_eq!(t.ca_certificates, Some(dir.join("ca-only/ca.crt")));
+    assert_eq!((t.client_certificate, t.ca_crl), (None, None));
+    let t = upstream("{mode: MUTUAL, credentialName: split}");
+    assert_eq!(t.client_certificate, Some(dir.join("split/tls.crt")));
+    assert_eq!(t.private_key, Some(dir.join("split/tls.key")));
+    assert_eq!(t.ca_certificates, Some(dir.join("split-cacert/ca.crt")));
+
+    assert_errors(&[
+        (gw("{mode: SIMPLE, credentialName: ../opaque}"), "spec.servers[0].tls.credentialName: `../opaque` is not a Secret name"),
+        (gw("{mode: SIMPLE, credentialName: missing}"), &format!("spec.servers[0].tls.credentialName: Secret `missing` is not mounted: {} is not a directory", dir.join("missing").display())),
+        (gw("{mode: SIMPLE, credentialName: ca-only}"), "spec.servers[0].tls.credentialName: Secret `ca-only` ("),
+        (gw("{mode: SIMPLE, credentialName: ca-only}"), "holds neither `cert` and `key` nor `tls.crt` and `tls.key`"),
+        (gw("{mode: MUTUAL, credentialName: no-ca}"), "spec.servers[0].tls.credentialName: Secret `no-ca` ("),
+        (gw("{mode: MUTUAL, credentialName: no-ca}"), "holds neither `cacert` nor `ca.crt`"),
+        (gw("{mode: SIMPLE, credentialName: opaque, serverCertificate: a.pem}"), "spec.servers[0].tls.serverCertificate: credentialName is set: the Secret holds the certificates"),
+        (gw("{mode: MUTUAL, credentialName: opaque, caCrl: crl.pem}"), "spec.servers[0].tls.caCrl: credentialName is set"),
+        (gw("{mode: ISTIO_MUTUAL, credentialName: opaque}"), "spec.servers[0].tls.credentialName: ISTIO_MUTUAL presents the MeshGateway's identity"),
+        (dr("{mode: SIMPLE, credentialName: tls-only}"), "spec.trafficPolicy.tls.credentialName: Secret `tls-only` ("),
+        (dr("{mode: MUTUAL, credentialName: ca-only}"), "holds neither `cert` and `key` nor `tls.crt` and `tls.key`"),
+        (dr("{mode: MUTUAL, credentialName: opaque, caCertificates: ca.pem}"), "spec.trafficPolicy.tls.caCertificates: credentialName is set"),
+        (dr("{mode: ISTIO_MUTUAL, credentialName: opaque}"), "spec.trafficPolicy.tls.credentialName: not used with ISTIO_MUTUAL"),
+        (MESH_GATEWAY.replace("  identity:", "  credentials: {directory: \"\"}\n  identity:"), "spec.credentials.directory: required"),
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

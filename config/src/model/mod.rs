@@ -48,6 +48,9 @@ pub struct Model {
     pub policies: authz::Policies,
     /// Every file that was read, for reload watching.
     pub files: Vec<PathBuf>,
+    /// Every file the Secrets that `credentialName`s name could hold, whether it exists or
+    /// not: watched for reloads, so that a key added to a Secret is seen.
+    pub secret_files: Vec<PathBuf>,
     /// Problems that do not stop the proxy, for `meshgate check`, `run` and reloads.
     pub warnings: Vec<Warning>,
 }
@@ -460,7 +463,13 @@ impl Model {
             for t in &l.tls {
                 if let Some(c) = t.mode.files() {
                     files.extend([c.certificate.clone(), c.private_key.clone()]);
-                    files.extend(c.ca_certificates.iter().chain(&c.ca_crl).cloned());
+                    files.extend(
+                        c.ca_certificates
+                            .iter()
+                            .chain(&c.ca_crl)
+                            .chain(&c.ocsp_staple)
+                            .cloned(),
+                    );
                 }
             }
         }
@@ -785,6 +794,8 @@ pub struct ServerCertificate {
     pub ca_certificates: Option<PathBuf>,
     /// Revoked client certificates (`MUTUAL`, `OPTIONAL_MUTUAL`).
     pub ca_crl: Option<PathBuf>,
+    /// A DER OCSP response stapled to the handshake (a Secret's `tls.ocsp-staple`).
+    pub ocsp_staple: Option<PathBuf>,
 }
 
 /// TLS protocol versions, as Istio's `TLSV1_2` and `TLSV1_3`.

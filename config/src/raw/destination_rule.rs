@@ -90,7 +90,7 @@ pub struct ClientTls {
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
     pub sni: Option<String>,
-    pub credential_name: Unsupported,
+    pub credential_name: Option<String>,
     pub ca_crl: Option<String>,
     pub insecure_skip_verify: Unsupported,
 }

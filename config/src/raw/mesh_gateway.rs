@@ -26,6 +26,16 @@ pub struct MeshGatewaySpec {
     pub reload: Option<Reload>,
     pub limits: Option<Limits>,
     pub http: Option<Http>,
+    pub credentials: Option<Credentials>,
+}
+
+/// Where Kubernetes Secrets named by `credentialName` are mounted.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// The Secret `name` is the directory `<directory>/name`.
+    #[serde(default)]
+    pub directory: String,
 }
 
 /// Request handling that Istio leaves to Envoy's defaults.

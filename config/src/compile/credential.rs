@@ -1,0 +1,200 @@
+//! `credentialName`: a Kubernetes Secret, read where it is mounted.
+//!
+//! Istio's gateways read a Secret from the API server. meshgate reads the Secrets mounted as
+//! volumes under MeshGateway `spec.credentials.directory`: the Secret `name` is the directory
+//! `<directory>/name`, one file per key, as the kubelet writes it. The keys are those Istio's
+//! secret controller reads:
+//! - the certificate and key: `cert` and `key` (an Opaque Secret), else `tls.crt` and
+//!   `tls.key` (a `kubernetes.io/tls` Secret), whose `tls.ocsp-staple` is stapled;
+//! - the CA, from the Secret `name-cacert` when one is mounted, else from `name`: `cacert` with
+//!   `crl`, else `ca.crt` with `ca.crl`.
+//!
+//! A key counts when its file is not empty, as Istio counts a key that has a value. The files
+//! are resolved at each load; every file a Secret could hold is watched, so a key that appears
+//! later (a CA added to the Secret) reloads.
+
+use std::path::{Path, PathBuf};
+
+use super::{relative_to, Origin};
+use crate::error::ConfigError;
+use crate::raw::mesh_gateway::MeshGatewaySpec;
+
+/// The Opaque keys, then the `kubernetes.io/tls` keys, of a certificate and its key.
+const KEY_PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
+/// The Opaque keys, then the `kubernetes.io/tls` keys, of a CA and its CRL.
+const CAS: [(&str, &str); 2] = [("cacert", "crl"), ("ca.crt", "ca.crl")];
+/// A DER OCSP response for `tls.crt`.
+const OCSP_STAPLE: &str = "tls.ocsp-staple";
+/// The Secret that holds the CA of `name`, when mounted: `name-cacert`.
+const CA_SUFFIX: &str = "-cacert";
+
+/// Where Secrets are mounted, and the files the names resolved so far could hold.
+#[derive(Debug, Default)]
+pub(crate) struct Credentials {
+    directory: Option<PathBuf>,
+    watched: Vec<PathBuf>,
+}
+
+/// A certificate chain and its key, from a Secret.
+#[derive(Debug)]
+pub(crate) struct KeyPair {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub ocsp_staple: Option<PathBuf>,
+}
+
+/// CA certificates and their CRL, from a Secret.
+#[derive(Debug)]
+pub(crate) struct CaFiles {
+    pub certificates: PathBuf,
+    pub crl: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// `spec.credentials` of the MeshGateway, when there is one.
+    pub fn new(found: &[(Origin, MeshGatewaySpec)], errors: &mut Vec<ConfigError>) -> Self {
+        let directory = match found {
+            [(o, spec)] => spec.credentials.as_ref().and_then(|c| {
+                if c.directory.is_empty() {
+                    errors.push(o.error("spec.credentials.directory", "required"));
+                    None
+                } else {
+                    Some(relative_to(&o.file, &c.directory))
+                }
+            }),
+            _ => None,
+        };
+        Self {
+            directory,
+            watched: Vec::new(),
+        }
+    }
+
+    /// The certificate and key of Secret `name`.
+    pub fn key_pair(&mut self, name: &str) -> Result<KeyPair, String> {
+        let dir = self.secret(name)?;
+        self.watch(&dir, KEY_PAIRS.iter().flat_map(|(c, k)| [*c, *k]));
+        self.watch(&dir, [OCSP_STAPLE]);
+        mounted(&dir, name)?;
+        for (cert, key) in KEY_PAIRS {
+            let (certificate, private_key) = (dir.join(cert), dir.join(key));
+            if has_value(&certificate) && has_value(&private_key) {
+                let staple = dir.join(OCSP_STAPLE);
+                return Ok(KeyPair {
+                    certificate,
+                    private_key,
+                    ocsp_staple: (cert == "tls.crt" && has_value(&staple)).then_some(staple),
+                });
+            }
+        }
+        Err(format!(
+            "Secret `{name}` ({}) holds neither `cert` and `key` nor `tls.crt` and `tls.key`",
+            dir.display()
+        ))
+    }
+
+    /// The CA certificates (and CRL) of Secret `name`: those of `name-cacert` when it is
+    /// mounted, else its own.
+    pub fn ca(&mut self, name: &str) -> Result<CaFiles, String> {
+        let own = self.secret(name)?;
+        let split_name = format!("{name}{CA_SUFFIX}");
+        let split = self.secret(&split_name)?;
+        let keys = || CAS.iter().flat_map(|(c, r)| [*c, *r]);
+        self.watch(&own, keys());
+        self.watch(&split, keys());
+        let (dir, from) = if split.is_dir() {
+            (split, split_name.as_str())
+        } else {
+            mounted(&own, name)?;
+            (own, name)
+        };
+        for (ca, crl) in CAS {
+            let (certificates, crl) = (dir.join(ca), dir.join(crl));
+            if has_value(&certificates) {
+                return Ok(CaFiles {
+                    certificates,
+                    crl: has_value(&crl).then_some(crl),
+                });
+            }
+        }
+        Err(format!(
+            "Secret `{from}` ({}) holds neither `cacert` nor `ca.crt`",
+            dir.display()
+        ))
+    }
+
+    /// Every file a Secret named so far could hold: a change to any reloads.
+    pub fn into_watched(mut self) -> Vec<PathBuf> {
+        self.watched.sort();
+        self.watched.dedup();
+        self.watched
+    }
+
+    /// The directory of Secret `name`.
+    fn secret(&self, name: &str) -> Result<PathBuf, String> {
+        if !is_secret_name(name) {
+            return Err(format!(
+                "`{name}` is not a Secret name (lowercase letters, digits, `-` and `.`, as \
+                 Kubernetes names Secrets)"
+            ));
+        }
+        match &self.directory {
+            Some(dir) => Ok(dir.join(name)),
+            None => Err(format!(
+                "names the Kubernetes Secret `{name}`: mount it under the directory set as \
+                 MeshGateway spec.credentials.directory (the Secret `{name}` is then \
+                 <directory>/{name})"
+            )),
+        }
+    }
+
+    fn watch<'a>(&mut self, dir: &Path, keys: impl IntoIterator<Item = &'a str>) {
+        self.watched.extend(keys.into_iter().map(|k| dir.join(k)));
+    }
+}
+
+fn mounted(dir: &Path, name: &str) -> Result<(), String> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Secret `{name}` is not mounted: {} is not a directory",
+            dir.display()
+        ))
+    }
+}
+
+/// A file with something in it (a mounted key with a value).
+fn has_value(file: &Path) -> bool {
+    std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): so never a path that leaves the directory.
+fn is_secret_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_name_never_leaves_the_directory() {
+        for bad in [
+            "", "..", ".", "a/b", "../etc", "a..b", "-a", "a-", "A", "a b", "a\0",
+        ] {
+            assert!(!is_secret_name(bad), "{bad:?}");
+        }
+        for good in ["httpbin-credential", "a", "a.b-c.d9", "0"] {
+            assert!(is_secret_name(good), "{good:?}");
+        }
+    }
+}
