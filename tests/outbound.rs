@@ -220,6 +220,44 @@ async fn mutual_tls_with_explicit_files() {
     );
 }
 
+/// `insecureSkipVerify` accepts a server no root of the source vouches for, and only with it.
+#[tokio::test]
+async fn insecure_skip_verify_accepts_a_server_the_bundle_does_not_vouch_for() {
+    let pki = pki();
+    let (target, _backend) = target(&pki).await;
+    // The source's own mesh trusts another root; its client certificate is one the target
+    // trusts, named in the DestinationRule.
+    let stranger = Pki::new(&["example.com"]);
+    let dir = support::TempDir::new("insecure");
+    pki.workload("example.com", "spiffe://example.com/ns/payments/sa/batch")
+        .write(dir.path())
+        .unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let policy = |insecure: &str| {
+        format!(
+            "{{tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, sni: {HOST}{insecure}}}}}",
+            p("cert-chain.pem"),
+            p("key.pem"),
+        )
+    };
+    for (insecure, want) in [
+        ("", StatusCode::SERVICE_UNAVAILABLE),
+        (
+            ", insecureSkipVerify: false",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (", insecureSkipVerify: true", StatusCode::OK),
+    ] {
+        let source = Proxy::start(
+            &source_yaml(target.addr(443), &policy(insecure)),
+            &stranger.workload("example.com", SOURCE_ID),
+        )
+        .await;
+        let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+        assert_eq!(r.status, want, "{insecure}");
+    }
+}
+
 /// As Istio's egress TLS origination with a client Secret: `credentialName` names the Secret
 /// (`tls.crt`, `tls.key`, `ca.crt`, as `kubectl create secret generic client-credential`
 /// writes it) mounted under the MeshGateway's credentials directory.

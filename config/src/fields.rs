@@ -204,11 +204,7 @@ pub const FIELDS: &[Field] = &[
     yes(DR, "trafficPolicy.tls.sni"),
     yes(DR, "trafficPolicy.tls.credentialName"),
     yes(DR, "trafficPolicy.tls.caCrl"),
-    no(
-        DR,
-        "trafficPolicy.tls.insecureSkipVerify",
-        "give caCertificates for the server's CA",
-    ),
+    yes(DR, "trafficPolicy.tls.insecureSkipVerify"),
     yes(DR, "trafficPolicy.loadBalancer.simple"),
     yes(DR, "trafficPolicy.loadBalancer.consistentHash.httpHeaderName"),
     yes(DR, "trafficPolicy.loadBalancer.consistentHash.httpCookie.name"),
@@ -357,7 +353,11 @@ mod tests {
             "trafficPolicy.outlierDetection"
         );
         assert!(advice(VS, "spec.http[0].match[0].statPrefix").is_some());
-        assert!(advice(DR, "spec.subsets[0].trafficPolicy.tls.insecureSkipVerify").is_some());
+        assert!(advice(
+            DR,
+            "spec.subsets[0].trafficPolicy.portLevelSettings[1].loadBalancer.localityLbSetting"
+        )
+        .is_some());
         assert_eq!(advice(VS, "spec.http[0].retries"), None);
         assert_eq!(advice(VS, "spec.http[0].timeout"), None);
     }

@@ -209,6 +209,9 @@ codes! {
     /// With issuer binding, a trust domain the proxy accepts at an ISTIO_MUTUAL handshake, or
     /// expects of an ISTIO_MUTUAL upstream, that no listed CA may issue: those handshakes fail.
     IssuerNotBound = "MG0207",
+    /// A DestinationRule that does not verify the server it originates TLS to
+    /// (`insecureSkipVerify`).
+    UnverifiedUpstream = "MG0208",
 }
 
 impl Serialize for Code {

@@ -247,6 +247,7 @@ pub(crate) fn compile(
             }
             export = ExportTo::written(Some(&[".".to_string()]));
         }
+        unverified_servers(o, spec, warnings);
         let ns = o.namespace.as_str();
         let local = export.local_for(ns, proxy_namespace, root_namespace);
         let visible = export.exported_to(ns, proxy_namespace);
@@ -971,6 +972,35 @@ fn outlier_detection(
     (errors.len() == before).then_some(out)
 }
 
+/// MG0208 for each `tls` of `spec` that turns off verification of the server.
+fn unverified_servers(o: &Origin, spec: &DestinationRuleSpec, warnings: &mut Vec<Warning>) {
+    let policies = spec
+        .traffic_policy
+        .iter()
+        .map(|tp| ("spec.trafficPolicy".to_string(), tp))
+        .chain(spec.subsets.iter().enumerate().filter_map(|(i, s)| {
+            let path = format!("spec.subsets[{i}].trafficPolicy");
+            s.traffic_policy.as_ref().map(|tp| (path, tp))
+        }));
+    for (path, tp) in policies {
+        let ports = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("{path}.portLevelSettings[{i}]"), p.tls.as_ref()));
+        for (path, tls) in std::iter::once((path.clone(), tp.tls.as_ref())).chain(ports) {
+            if tls.is_some_and(|t| t.insecure_skip_verify == Some(true)) {
+                warnings.push(o.warn(
+                    Code::UnverifiedUpstream,
+                    Some(&format!("{path}.tls.insecureSkipVerify")),
+                    "the server's certificate is not verified: anyone on the path to it can \
+                     pose as it and read what is sent",
+                ));
+            }
+        }
+    }
+}
+
 /// Istio's limits: 0 is the field's zero value, which Istio reads as not set (its default,
 /// unlimited), not as "none at all".
 fn limit(v: Option<u32>) -> Option<u32> {
@@ -984,11 +1014,43 @@ fn client_tls(
     credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Option<UpstreamTls> {
-    o.unsupported(
-        errors,
-        path,
-        &[("insecureSkipVerify", t.insecure_skip_verify.is_some())],
-    );
+    let insecure = t.insecure_skip_verify.unwrap_or(false);
+    if insecure {
+        // Istio's validation: nothing that verifies the server goes with insecureSkipVerify.
+        let mode = t.mode.as_deref().unwrap_or("");
+        let verifying: &[(&str, bool)] = match mode {
+            "SIMPLE" => &[
+                ("caCertificates", t.ca_certificates.is_some()),
+                ("caCrl", t.ca_crl.is_some()),
+                ("credentialName", t.credential_name.is_some()),
+                ("subjectAltNames", !t.subject_alt_names.is_empty()),
+            ],
+            "MUTUAL" => &[
+                ("caCertificates", t.ca_certificates.is_some()),
+                ("caCrl", t.ca_crl.is_some()),
+                ("subjectAltNames", !t.subject_alt_names.is_empty()),
+            ],
+            _ => &[],
+        };
+        for (field, set) in verifying {
+            if *set {
+                errors.push(o.error(
+                    format!("{path}.{field}"),
+                    "insecureSkipVerify is true: the server is not verified, so nothing that \
+                     verifies it may be given",
+                ));
+            }
+        }
+        if !matches!(mode, "SIMPLE" | "MUTUAL") {
+            errors.push(o.error(
+                format!("{path}.insecureSkipVerify"),
+                format!(
+                    "applies to SIMPLE and MUTUAL only: {} always verifies the server",
+                    if mode.is_empty() { "this mode" } else { mode }
+                ),
+            ));
+        }
+    }
     let file = |v: &Option<String>| v.as_ref().map(|p| relative_to(&o.file, p));
     let mut settings = ClientTls {
         sni: t.sni.clone(),
@@ -997,6 +1059,7 @@ fn client_tls(
         ca_crl: file(&t.ca_crl),
         client_certificate: file(&t.client_certificate),
         private_key: file(&t.private_key),
+        insecure_skip_verify: insecure,
     };
     if t.credential_name.is_some() && matches!(t.mode.as_deref(), Some("SIMPLE" | "MUTUAL")) {
         let before = errors.len();
@@ -1059,7 +1122,8 @@ fn client_tls(
 }
 
 /// The files of `credentialName` into `settings` (Istio: only one of the certificate files and
-/// `credentialName` may be given). SIMPLE reads the CA; MUTUAL the certificate, key and CA.
+/// `credentialName` may be given). SIMPLE reads the CA; MUTUAL the certificate, key and CA
+/// (no CA with `insecureSkipVerify`).
 fn from_secret(
     o: &Origin,
     path: &str,
@@ -1094,6 +1158,9 @@ fn from_secret(
             }
             Err(e) => errors.push(o.error(field.clone(), e)),
         }
+    }
+    if settings.insecure_skip_verify {
+        return;
     }
     match credentials.ca(name) {
         Ok(ca) => {

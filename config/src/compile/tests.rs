@@ -3418,6 +3418,10 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     assert_eq!(t.client_certificate, Some(dir.join("split/tls.crt")));
     assert_eq!(t.private_key, Some(dir.join("split/tls.key")));
     assert_eq!(t.ca_certificates, Some(dir.join("split-cacert/ca.crt")));
+    // insecureSkipVerify needs no CA of the Secret.
+    let t = upstream("{mode: MUTUAL, credentialName: no-ca, insecureSkipVerify: true}");
+    assert_eq!(t.client_certificate, Some(dir.join("no-ca/cert")));
+    assert_eq!(t.ca_certificates, None);
 
     assert_errors(&[
         (gw("{mode: SIMPLE, credentialName: ../opaque}"), "spec.servers[0].tls.credentialName: `../opaque` is not a Secret name"),
@@ -3436,4 +3440,53 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
         (MESH_GATEWAY.replace("  identity:", "  credentials: {directory: \"\"}\n  identity:"), "spec.credentials.directory: required"),
     ]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `insecureSkipVerify`: on SIMPLE and MUTUAL, alone (Istio refuses what would verify the
+/// server beside it), and said by `check`.
+#[test]
+fn insecure_skip_verify_turns_off_server_verification_and_is_warned() {
+    let yaml = |tls: &str| {
+        sidecar(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api, namespace: default}}\nspec:\n  hosts: [api.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    portLevelSettings: [{{port: {{number: 80}}, tls: {tls}}}]\n"
+        ))
+    };
+    let model = load_str(
+        "t.yaml",
+        &yaml(
+            "{mode: MUTUAL, clientCertificate: c.pem, privateKey: k.pem, insecureSkipVerify: true}",
+        ),
+    )
+    .unwrap();
+    let UpstreamTls::Mutual(t) = &model.backends[0].policy.tls else {
+        panic!("{:?}", model.backends[0].policy.tls);
+    };
+    assert!(t.insecure_skip_verify);
+    let w: Vec<_> = model
+        .warnings
+        .iter()
+        .filter(|w| w.code == Code::UnverifiedUpstream)
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", model.warnings);
+    assert_eq!(
+        w[0].field.as_deref(),
+        Some("spec.trafficPolicy.portLevelSettings[0].tls.insecureSkipVerify")
+    );
+    let model = load_str("t.yaml", &yaml("{mode: SIMPLE, insecureSkipVerify: false}")).unwrap();
+    let UpstreamTls::Simple(t) = &model.backends[0].policy.tls else {
+        panic!("{:?}", model.backends[0].policy.tls);
+    };
+    assert!(!t.insecure_skip_verify);
+    assert!(model
+        .warnings
+        .iter()
+        .all(|w| w.code != Code::UnverifiedUpstream));
+    let field = "spec.trafficPolicy.portLevelSettings[0].tls";
+    assert_errors(&[
+        (yaml("{mode: SIMPLE, caCertificates: ca.pem, insecureSkipVerify: true}"), &format!("{field}.caCertificates: insecureSkipVerify is true: the server is not verified")),
+        (yaml("{mode: SIMPLE, subjectAltNames: [api.example.com], insecureSkipVerify: true}"), &format!("{field}.subjectAltNames: insecureSkipVerify is true")),
+        (yaml("{mode: SIMPLE, credentialName: api, insecureSkipVerify: true}"), &format!("{field}.credentialName: insecureSkipVerify is true")),
+        (yaml("{mode: MUTUAL, clientCertificate: c.pem, privateKey: k.pem, caCrl: crl.pem, insecureSkipVerify: true}"), &format!("{field}.caCrl: insecureSkipVerify is true")),
+        (yaml("{mode: ISTIO_MUTUAL, insecureSkipVerify: true}"), &format!("{field}.insecureSkipVerify: applies to SIMPLE and MUTUAL only: ISTIO_MUTUAL always verifies the server")),
+    ]);
 }

@@ -989,6 +989,9 @@ pub struct ClientTls {
     pub ca_crl: Option<PathBuf>,
     pub client_certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
+    /// `insecureSkipVerify` (SIMPLE, MUTUAL): any server certificate is accepted; the server
+    /// still proves it holds the certificate's key.
+    pub insecure_skip_verify: bool,
 }
 
 /// `loadBalancer`: `simple`, or `consistentHash`.

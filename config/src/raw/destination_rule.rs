@@ -92,7 +92,7 @@ pub struct ClientTls {
     pub sni: Option<String>,
     pub credential_name: Option<String>,
     pub ca_crl: Option<String>,
-    pub insecure_skip_verify: Unsupported,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,7 +19,7 @@ use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use meshgate_config::model::{Backend, BackendProtocol, ClientTls, UpstreamTls};
 
 use super::credentials::{Credentials, TrustRoots};
-use super::verify::SpiffeServerVerifier;
+use super::verify::{SpiffeServerVerifier, UnverifiedServer};
 use crate::material::Material;
 use crate::runtime::BuildError;
 
@@ -54,53 +54,25 @@ pub fn origination(
             .unwrap_or("DestinationRule");
         format!("{source} for {}:{}", backend.host, backend.port)
     };
-    // The mesh's CRLs go with the mesh's bundle, and `caCrl` with them when the bundle
-    // verifies (SIMPLE or MUTUAL without caCertificates); with `caCertificates`, `caCrl` alone.
-    let ca_crls = match &settings.ca_crl {
-        Some(path) if !istio => material.usable_crls(path)?,
-        _ => Vec::new(),
-    };
-    let own = super::credentials::Revocation {
-        crls: ca_crls.clone(),
-        deny_expired: false,
-    };
-    let with_mesh = credentials.map(|c| super::credentials::Revocation {
-        crls: c.revocation.crls.iter().cloned().chain(ca_crls).collect(),
-        deny_expired: c.revocation.deny_expired,
-    });
-    let (roots, revocation) = match (&settings.ca_certificates, credentials) {
-        (Some(path), _) if !istio => (
-            TrustRoots::single(Arc::new(read_roots(path, material)?)),
-            &own,
-        ),
-        (_, Some(c)) => (c.roots.clone(), with_mesh.as_ref().unwrap_or(&c.revocation)),
-        (_, None) => {
-            return Err(BuildError::Tls(format!(
-                "{}: {} needs the MeshGateway identity (its trust bundle{})",
-                what(),
-                if istio {
-                    "ISTIO_MUTUAL"
-                } else {
-                    "SIMPLE without caCertificates"
-                },
-                if istio { " and certificate" } else { "" }
-            )))
-        }
-    };
-    let verifier = SpiffeServerVerifier::new(
-        &roots,
-        settings.subject_alt_names.clone(),
-        istio,
-        issuers,
-        provider.clone(),
-        revocation,
-    )
-    .map_err(|e| BuildError::Tls(format!("{}: {e}", what())))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        if settings.insecure_skip_verify && !istio {
+            Arc::new(UnverifiedServer::new(provider.clone()))
+        } else {
+            Arc::new(server_verifier(
+                settings,
+                istio,
+                credentials,
+                issuers,
+                material,
+                provider,
+                &what,
+            )?)
+        };
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| BuildError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
+        .with_custom_certificate_verifier(verifier);
     let mut config = match (mutual, istio) {
         (false, _) => builder.with_no_client_auth(),
         (true, true) => {
@@ -139,6 +111,61 @@ pub fn origination(
         config: Arc::new(config),
         server_name,
     }))
+}
+
+/// The verifier of a server: by the mesh bundle (ISTIO_MUTUAL, and SIMPLE or MUTUAL without
+/// `caCertificates`) or by `caCertificates`, with the CRLs that go with it.
+fn server_verifier(
+    settings: &ClientTls,
+    istio: bool,
+    credentials: Option<&Credentials>,
+    issuers: &[(String, Vec<String>)],
+    material: &Material,
+    provider: &Arc<CryptoProvider>,
+    what: &dyn Fn() -> String,
+) -> Result<SpiffeServerVerifier, BuildError> {
+    // The mesh's CRLs go with the mesh's bundle, and `caCrl` with them when the bundle
+    // verifies (SIMPLE or MUTUAL without caCertificates); with `caCertificates`, `caCrl` alone.
+    let ca_crls = match &settings.ca_crl {
+        Some(path) if !istio => material.usable_crls(path)?,
+        _ => Vec::new(),
+    };
+    let own = super::credentials::Revocation {
+        crls: ca_crls.clone(),
+        deny_expired: false,
+    };
+    let with_mesh = credentials.map(|c| super::credentials::Revocation {
+        crls: c.revocation.crls.iter().cloned().chain(ca_crls).collect(),
+        deny_expired: c.revocation.deny_expired,
+    });
+    let (roots, revocation) = match (&settings.ca_certificates, credentials) {
+        (Some(path), _) if !istio => (
+            TrustRoots::single(Arc::new(read_roots(path, material)?)),
+            &own,
+        ),
+        (_, Some(c)) => (c.roots.clone(), with_mesh.as_ref().unwrap_or(&c.revocation)),
+        (_, None) => {
+            return Err(BuildError::Tls(format!(
+                "{}: {} needs the MeshGateway identity (its trust bundle{})",
+                what(),
+                if istio {
+                    "ISTIO_MUTUAL"
+                } else {
+                    "SIMPLE without caCertificates"
+                },
+                if istio { " and certificate" } else { "" }
+            )))
+        }
+    };
+    SpiffeServerVerifier::new(
+        &roots,
+        settings.subject_alt_names.clone(),
+        istio,
+        issuers,
+        provider.clone(),
+        revocation,
+    )
+    .map_err(|e| BuildError::Tls(format!("{}: {e}", what())))
 }
 
 fn alpn(istio: bool, protocol: BackendProtocol) -> Vec<Vec<u8>> {

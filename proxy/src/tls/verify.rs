@@ -893,6 +893,67 @@ impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
+/// DestinationRule `insecureSkipVerify`: any server certificate is accepted, as Envoy without a
+/// validation context accepts it. The handshake signature is still checked, so the server
+/// proves it holds the key of the certificate it presented.
+#[derive(Debug)]
+pub struct UnverifiedServer {
+    provider: Arc<CryptoProvider>,
+}
+
+impl UnverifiedServer {
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self { provider }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// `e` with what the server presented added to its detail.
 fn presented_by(e: PeerError, presented: &str) -> PeerError {
     let add = |d: String| {
