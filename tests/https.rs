@@ -682,9 +682,9 @@ spec:
 }
 
 /// `credentialName` reads a Kubernetes Secret where it is mounted, with the keys Istio reads:
-/// an Opaque Secret's `cert` and `key` before a TLS Secret's `tls.crt` and `tls.key`, the
-/// stapled `tls.ocsp-staple`, and the CA of a `<name>-cacert` Secret before the Secret's own,
-/// seen when it is mounted later.
+/// an Opaque Secret's `cert` and `key` before a TLS Secret's `tls.crt` and `tls.key`, and the CA
+/// of a `<name>-cacert` Secret before the Secret's own once it exists (its optional volume is
+/// mounted empty until then). A Secret that fails a reload is watched, and fixing it reloads.
 #[tokio::test]
 async fn credential_name_reads_the_mounted_secret_as_istio_reads_it() {
     let pki = Pki::new(&["example-target.com", "example.com"]);
@@ -694,10 +694,9 @@ async fn credential_name_reads_the_mounted_secret_as_istio_reads_it() {
     let a = server_cert(&public, "a.example.com");
     let b = server_cert(&public, "b.example.com");
     let b_tls_keys = server_cert(&public, "b.example.com");
+    let c = server_cert(&public, "c.example.com");
     let old_partner = partner_cert(&old_clients, &["partner.example.org"]);
     let new_partner = partner_cert(&new_clients, &["partner.example.org"]);
-    // An OCSPResponse of status `unauthorized`: a DER SEQUENCE, stapled as it is.
-    let staple = "\u{30}\u{03}\u{0a}\u{01}\u{06}";
     let backend = echo();
     let yaml = config(backend.address, "ECDHE-ECDSA-AES128-GCM-SHA256")
         .replacen(
@@ -719,72 +718,103 @@ async fn credential_name_reads_the_mounted_secret_as_istio_reads_it() {
         &[
             ("secrets/a-credential/tls.crt", &a.chain_pem),
             ("secrets/a-credential/tls.key", &a.key_pem),
-            ("secrets/a-credential/tls.ocsp-staple", staple),
             ("secrets/b-credential/cert", &b.chain_pem),
             ("secrets/b-credential/key", &b.key_pem),
             ("secrets/b-credential/tls.crt", &b_tls_keys.chain_pem),
             ("secrets/b-credential/tls.key", &b_tls_keys.key_pem),
             ("secrets/b-credential/cacert", &old_clients.cert_pem),
+            // The kubelet's own entry of an optional volume whose Secret does not exist yet.
+            ("secrets/b-credential-cacert/..data/.keep", ""),
+            ("secrets/c-credential/tls.crt", &c.chain_pem),
+            ("secrets/c-credential/tls.key", &c.key_pem),
         ],
     )
     .await;
     let addr = proxy.addr(443);
     let anonymous = Client::plain(None, &public.cert_pem);
-    let presented = |client: Client, sni: &'static str| async move {
-        let tls = client.connect(addr, sni).await.unwrap();
-        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-        (leaf, client.stapled())
+    let presented = |sni: &'static str| {
+        let anonymous = anonymous.clone();
+        async move {
+            let tls = anonymous.connect(addr, sni).await.unwrap();
+            tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        }
     };
-    assert_eq!(
-        presented(anonymous.clone(), "a.example.com").await,
-        (a.leaf_der.clone(), staple.as_bytes().to_vec())
-    );
-    // The Opaque keys win; a Secret without a staple staples nothing.
-    assert_eq!(
-        presented(anonymous.clone(), "b.example.com").await,
-        (b.leaf_der.clone(), Vec::new())
-    );
-    let status = |client: Client| async move {
+    assert_eq!(presented("a.example.com").await, a.leaf_der);
+    // The Opaque keys win.
+    assert_eq!(presented("b.example.com").await, b.leaf_der);
+    let status = |client: Client, host: &'static str| async move {
         client
-            .get(addr, "b.example.com", "b.example.com", "/", &[])
+            .get(addr, host, host, "/", &[])
             .await
             .map(|r| r.status)
     };
-    assert_eq!(
-        status(Client::plain(Some(&old_partner), &public.cert_pem)).await,
-        Ok(StatusCode::OK)
-    );
-    assert!(status(Client::plain(Some(&new_partner), &public.cert_pem))
-        .await
-        .is_err());
-    assert!(status(anonymous.clone()).await.is_err());
+    let old = || Client::plain(Some(&old_partner), &public.cert_pem);
+    let new = || Client::plain(Some(&new_partner), &public.cert_pem);
+    assert_eq!(status(old(), "b.example.com").await, Ok(StatusCode::OK));
+    assert!(status(new(), "b.example.com").await.is_err());
+    assert!(status(anonymous.clone(), "b.example.com").await.is_err());
 
-    // `b-credential-cacert` mounted: the watcher reloads, and its CA alone verifies clients.
     let paths = vec![proxy.config()];
     let seen = meshgate_proxy::reload::Fingerprint::config(&paths)
         .with_certificates(&proxy.running.model());
-    let split = proxy.dir.path().join("secrets/b-credential-cacert");
-    std::fs::create_dir_all(&split).unwrap();
-    std::fs::write(split.join("ca.crt"), &new_clients.cert_pem).unwrap();
     let (stop_watch, watch_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = meshgate_proxy::reload::run(&proxy.running, &paths, seen, None, async {
         let _ = watch_rx.await;
     });
-    let scenario = async {
+    let dir = proxy.dir.path().to_path_buf();
+    let until = |what: &'static str, client: Client, host: &'static str| async move {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
-        while status(Client::plain(Some(&new_partner), &public.cert_pem)).await
-            != Ok(StatusCode::OK)
-        {
+        while status(client.clone(), host).await != Ok(StatusCode::OK) {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let scenario = async {
+        // `b-credential-cacert` created: the watcher reloads, and its CA alone verifies clients.
+        std::fs::write(
+            dir.join("secrets/b-credential-cacert/ca.crt"),
+            &new_clients.cert_pem,
+        )
+        .unwrap();
+        until("the -cacert Secret was never read", new(), "b.example.com").await;
+        assert!(status(old(), "b.example.com").await.is_err());
+
+        // A MUTUAL server whose Secret has no CA yet: that reload fails and the running
+        // configuration stays; the CA added to the Secret then reloads.
+        let failures = || {
+            proxy
+                .running
+                .metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with("meshgate_config_reloads_total{result=\"failure\"}"))
+                .map(str::to_string)
+        };
+        let before = failures();
+        let edited = std::fs::read_to_string(proxy.config()).unwrap().replace(
+            "  - port: {number: 443, name: mtls, protocol: HTTPS}",
+            "  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: MUTUAL, credentialName: c-credential}\n  - port: {number: 443, name: mtls, protocol: HTTPS}",
+        ).replace(
+            "hosts: [a.example.com, b.example.com, ",
+            "hosts: [a.example.com, b.example.com, c.example.com, ",
+        );
+        std::fs::write(proxy.config(), edited).unwrap();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while failures() == before {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the mounted -cacert Secret was never read"
+                "the edit was never loaded"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        assert_eq!(presented("a.example.com").await, a.leaf_der);
+        std::fs::write(
+            dir.join("secrets/c-credential/ca.crt"),
+            &old_clients.cert_pem,
+        )
+        .unwrap();
+        until("the fixed Secret was never read", old(), "c.example.com").await;
         let _ = stop_watch.send(());
     };
     tokio::join!(watcher, scenario);
-    assert!(status(Client::plain(Some(&old_partner), &public.cert_pem))
-        .await
-        .is_err());
 }

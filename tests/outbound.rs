@@ -290,12 +290,31 @@ async fn mutual_tls_with_a_credential_name() {
         Some("example.com/ns/payments/sa/batch")
     );
 
-    // A Secret whose CA does not issue the target's certificate: the origination fails.
+    // The Secret's CA rotated to one that does not issue the target's certificate: once the
+    // running proxy reloads, its originations fail at the handshake.
     let stranger = Pki::new(&["example-target.com"]);
     std::fs::write(secret.join("ca.crt"), &stranger.root.cert_pem).unwrap();
-    let source = Proxy::start(&yaml, &pki.workload("example.com", SOURCE_ID)).await;
+    meshgate_proxy::reload::reload(&source.running, &[source.config()]).await;
+    let failed = |source: &Proxy| {
+        let metrics = source.running.metrics.render();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("meshgate_upstream_connections_total{")
+                    && l.contains("result=\"failure\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    let before = failed(&source);
     let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(failed(&source) > before);
+    // And back.
+    std::fs::write(secret.join("ca.crt"), &batch.root_pem).unwrap();
+    meshgate_proxy::reload::reload(&source.running, &[source.config()]).await;
+    let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -66,7 +66,12 @@ impl std::error::Error for ConfigError {}
 
 /// Every problem found in one load, in the order found. Never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(
+    pub Vec<ConfigError>,
+    /// The files of the Secrets the configuration names (`Model::secret_files`): a reload
+    /// that failed watches them, so that fixing the Secret reloads.
+    pub Vec<PathBuf>,
+);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

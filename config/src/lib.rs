@@ -57,10 +57,10 @@ fn finish(
     read: source::Read,
     mut errors: Vec<ConfigError>,
 ) -> Result<Model, (ConfigErrors, Vec<Warning>)> {
-    let mut warnings = Vec::new();
-    let model = compile::compile(read, &mut errors, &mut warnings);
+    let (mut warnings, mut secret_files) = (Vec::new(), Vec::new());
+    let model = compile::compile(read, &mut errors, &mut warnings, &mut secret_files);
     match model {
         Some(model) if errors.is_empty() => Ok(model),
-        _ => Err((ConfigErrors(errors), warnings)),
+        _ => Err((ConfigErrors(errors, secret_files), warnings)),
     }
 }

@@ -185,15 +185,6 @@ impl Material {
         Ok(crls)
     }
 
-    /// The bytes of `path` as read (a DER OCSP response), not empty.
-    pub fn bytes(&self, path: &Path) -> Result<&[u8], Missing> {
-        let raw = &self.file(path)?.raw;
-        if raw.is_empty() {
-            return Err(missing(path, "is empty"));
-        }
-        Ok(raw)
-    }
-
     fn file(&self, path: &Path) -> Result<&FileMaterial, Missing> {
         // Every path a model names was read; a model built without its material is a bug of
         // the caller, reported rather than trusted.

@@ -58,8 +58,14 @@ impl Fingerprint {
     /// With the certificate files `model` names, as they are now. Take it before the runtime
     /// reads them. This blocks.
     pub fn with_certificates(self, model: &Model) -> Self {
-        let mut files = model.certificate_files();
-        files.extend(model.secret_files.iter().cloned());
+        self.with_certificate_files(certificate_files(model))
+    }
+
+    /// After a load that failed: the certificate files of `running`, which stays, and the files
+    /// of the Secrets the failed configuration named, so that a fix to either reloads.
+    fn after_failure(self, running: &Model, secret_files: &[PathBuf]) -> Self {
+        let mut files = certificate_files(running);
+        files.extend(secret_files.iter().cloned());
         self.with_certificate_files(files)
     }
 
@@ -135,7 +141,7 @@ pub async fn reload(running: &Running, paths: &[PathBuf]) -> Option<Fingerprint>
         // load) of the one that stays.
         let seen = match &model {
             Ok(model) => seen.with_certificates(model),
-            Err(_) => seen.with_certificates(&running_model),
+            Err(e) => seen.after_failure(&running_model, &e.1),
         };
         (seen, model)
     })
@@ -165,6 +171,13 @@ pub async fn reload(running: &Running, paths: &[PathBuf]) -> Option<Fingerprint>
         }
     }
     Some(seen)
+}
+
+/// The files of `model` whose change reloads: those it reads, and those its Secrets could hold.
+fn certificate_files(model: &Model) -> Vec<PathBuf> {
+    let mut files = model.certificate_files();
+    files.extend(model.secret_files.iter().cloned());
+    files
 }
 
 /// A hash of the contents of `files` (a missing file counts as such). Only regular files are

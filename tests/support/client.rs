@@ -71,8 +71,6 @@ impl Reply {
 #[derive(Clone)]
 pub struct Client {
     config: Arc<ClientConfig>,
-    /// The OCSP response the last server stapled (empty: none).
-    stapled: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Client {
@@ -117,12 +115,10 @@ impl Client {
             roots.add(cert.unwrap()).unwrap();
         }
         let provider = Arc::new(provider);
-        let stapled = Arc::new(std::sync::Mutex::new(Vec::new()));
         let verifier = Arc::new(ChainOnly(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .unwrap(),
-            stapled.clone(),
         ));
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
@@ -142,13 +138,7 @@ impl Client {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Self {
             config: Arc::new(config),
-            stapled,
         }
-    }
-
-    /// The OCSP response the server of the last handshake stapled (empty: none).
-    pub fn stapled(&self) -> Vec<u8> {
-        self.stapled.lock().unwrap().clone()
     }
 
     /// The plain `h2, http/1.1` client most HTTP clients are.
@@ -228,9 +218,8 @@ impl Client {
 
 /// Verifies the server's chain to the bundle but not its name: an Istio gateway presents a
 /// workload certificate whose only SAN is its SPIFFE ID.
-/// It keeps the OCSP response the server stapled.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>, Arc<std::sync::Mutex<Vec<u8>>>);
+struct ChainOnly(Arc<WebPkiServerVerifier>);
 
 impl ServerCertVerifier for ChainOnly {
     fn verify_server_cert(
@@ -241,7 +230,6 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.1.lock().unwrap() = ocsp.to_vec();
         match self
             .0
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)

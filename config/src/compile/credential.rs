@@ -5,26 +5,27 @@
 //! `<directory>/name`, one file per key, as the kubelet writes it. The keys are those Istio's
 //! secret controller reads:
 //! - the certificate and key: `cert` and `key` (an Opaque Secret), else `tls.crt` and
-//!   `tls.key` (a `kubernetes.io/tls` Secret), whose `tls.ocsp-staple` is stapled;
+//!   `tls.key` (a `kubernetes.io/tls` Secret);
 //! - the CA, from the Secret `name-cacert` when one is mounted, else from `name`: `cacert` with
 //!   `crl`, else `ca.crt` with `ca.crl`.
 //!
-//! A key counts when its file is not empty, as Istio counts a key that has a value. The files
-//! are resolved at each load; every file a Secret could hold is watched, so a key that appears
-//! later (a CA added to the Secret) reloads.
+//! A key counts when its file is not empty, as Istio counts a key that has a value. A directory
+//! holding nothing but the kubelet's own `..` entries is a Secret that does not exist (an
+//! `optional: true` volume of a Secret not yet created). The files are resolved at each load;
+//! every file a named Secret could hold is watched, also after a load that failed, so a key
+//! that appears later (a CA added to the Secret, a `name-cacert` Secret created) reloads.
 
 use std::path::{Path, PathBuf};
 
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
+use crate::model::{Backend, UpstreamTls};
 use crate::raw::mesh_gateway::MeshGatewaySpec;
 
 /// The Opaque keys, then the `kubernetes.io/tls` keys, of a certificate and its key.
 const KEY_PAIRS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
 /// The Opaque keys, then the `kubernetes.io/tls` keys, of a CA and its CRL.
 const CAS: [(&str, &str); 2] = [("cacert", "crl"), ("ca.crt", "ca.crl")];
-/// A DER OCSP response for `tls.crt`.
-const OCSP_STAPLE: &str = "tls.ocsp-staple";
 /// The Secret that holds the CA of `name`, when mounted: `name-cacert`.
 const CA_SUFFIX: &str = "-cacert";
 
@@ -40,7 +41,6 @@ pub(crate) struct Credentials {
 pub(crate) struct KeyPair {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
-    pub ocsp_staple: Option<PathBuf>,
 }
 
 /// CA certificates and their CRL, from a Secret.
@@ -74,39 +74,57 @@ impl Credentials {
     pub fn key_pair(&mut self, name: &str) -> Result<KeyPair, String> {
         let dir = self.secret(name)?;
         self.watch(&dir, KEY_PAIRS.iter().flat_map(|(c, k)| [*c, *k]));
-        self.watch(&dir, [OCSP_STAPLE]);
-        mounted(&dir, name)?;
+        if !holds_keys(&dir) {
+            return Err(not_mounted(name, &dir));
+        }
         for (cert, key) in KEY_PAIRS {
             let (certificate, private_key) = (dir.join(cert), dir.join(key));
             if has_value(&certificate) && has_value(&private_key) {
-                let staple = dir.join(OCSP_STAPLE);
                 return Ok(KeyPair {
                     certificate,
                     private_key,
-                    ocsp_staple: (cert == "tls.crt" && has_value(&staple)).then_some(staple),
                 });
             }
         }
-        Err(format!(
-            "Secret `{name}` ({}) holds neither `cert` and `key` nor `tls.crt` and `tls.key`",
-            dir.display()
-        ))
+        Err(
+            match KEY_PAIRS
+                .iter()
+                .find(|(c, k)| dir.join(c).exists() && dir.join(k).exists())
+            {
+                Some((c, k)) => format!(
+                    "Secret `{name}` ({}) has the keys `{c}` and `{k}`, but one of them is empty",
+                    dir.display()
+                ),
+                None => format!(
+                "Secret `{name}` ({}) holds neither `cert` and `key` nor `tls.crt` and `tls.key`",
+                dir.display()
+            ),
+            },
+        )
     }
 
     /// The CA certificates (and CRL) of Secret `name`: those of `name-cacert` when it is
     /// mounted, else its own.
     pub fn ca(&mut self, name: &str) -> Result<CaFiles, String> {
         let own = self.secret(name)?;
-        let split_name = format!("{name}{CA_SUFFIX}");
-        let split = self.secret(&split_name)?;
         let keys = || CAS.iter().flat_map(|(c, r)| [*c, *r]);
         self.watch(&own, keys());
-        self.watch(&split, keys());
-        let (dir, from) = if split.is_dir() {
-            (split, split_name.as_str())
-        } else {
-            mounted(&own, name)?;
-            (own, name)
+        // A name too long for `-cacert` is a Secret that cannot exist: the CA is the Secret's.
+        let split_name = format!("{name}{CA_SUFFIX}");
+        let split = self.secret(&split_name).ok();
+        if let Some(split) = &split {
+            self.watch(split, keys());
+        }
+        let (dir, from) = match split {
+            Some(split) if holds_keys(&split) => (split, split_name.as_str()),
+            _ if holds_keys(&own) => (own, name),
+            _ => {
+                return Err(format!(
+                    "neither the Secret `{split_name}` nor the Secret `{name}` is mounted under \
+                     {}",
+                    self.directory.as_deref().unwrap_or(Path::new("")).display()
+                ))
+            }
         };
         for (ca, crl) in CAS {
             let (certificates, crl) = (dir.join(ca), dir.join(crl));
@@ -117,10 +135,68 @@ impl Credentials {
                 });
             }
         }
-        Err(format!(
-            "Secret `{from}` ({}) holds neither `cacert` nor `ca.crt`",
-            dir.display()
-        ))
+        Err(if CAS.iter().any(|(ca, _)| dir.join(ca).exists()) {
+            format!(
+                "Secret `{from}` ({}) has the key `cacert` or `ca.crt`, but it is empty",
+                dir.display()
+            )
+        } else {
+            format!(
+                "Secret `{from}` ({}) holds neither `cacert` nor `ca.crt`",
+                dir.display()
+            )
+        })
+    }
+
+    /// Fills the files of each backend's TLS origination that names a Secret
+    /// (DestinationRule `credentialName`): SIMPLE reads its CA, MUTUAL its certificate, key and
+    /// CA (no CA with `insecureSkipVerify`). Only the rules that reach a backend read theirs.
+    pub fn resolve_upstreams(&mut self, backends: &mut [Backend], errors: &mut Vec<ConfigError>) {
+        for b in backends {
+            let (t, mutual) = match &mut b.policy.tls {
+                UpstreamTls::Simple(t) => (t, false),
+                UpstreamTls::Mutual(t) => (t, true),
+                UpstreamTls::Disable | UpstreamTls::IstioMutual(_) => continue,
+            };
+            let Some(secret) = t.secret.take() else {
+                continue;
+            };
+            let mut fail = |message: String| {
+                let e = ConfigError {
+                    file: secret.file.clone(),
+                    position: None,
+                    resource: Some(secret.resource.clone()),
+                    field: Some(secret.field.clone()),
+                    message,
+                };
+                // Every backend of the rule reads the same Secret: one error for it.
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            };
+            if mutual {
+                match self.key_pair(&secret.name) {
+                    Ok(pair) => {
+                        t.client_certificate = Some(pair.certificate);
+                        t.private_key = Some(pair.private_key);
+                    }
+                    Err(e) => {
+                        fail(e);
+                        continue;
+                    }
+                }
+            }
+            if !t.insecure_skip_verify {
+                match self.ca(&secret.name) {
+                    Ok(ca) => {
+                        t.ca_certificates = Some(ca.certificates);
+                        t.ca_crl = ca.crl;
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            t.secret = Some(secret);
+        }
     }
 
     /// Every file a Secret named so far could hold: a change to any reloads.
@@ -132,12 +208,7 @@ impl Credentials {
 
     /// The directory of Secret `name`.
     fn secret(&self, name: &str) -> Result<PathBuf, String> {
-        if !is_secret_name(name) {
-            return Err(format!(
-                "`{name}` is not a Secret name (lowercase letters, digits, `-` and `.`, as \
-                 Kubernetes names Secrets)"
-            ));
-        }
+        check_name(name)?;
         match &self.directory {
             Some(dir) => Ok(dir.join(name)),
             None => Err(format!(
@@ -153,15 +224,33 @@ impl Credentials {
     }
 }
 
-fn mounted(dir: &Path, name: &str) -> Result<(), String> {
-    if dir.is_dir() {
+/// Whether `name` can name a Secret: a Kubernetes object name.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if is_secret_name(name) {
         Ok(())
     } else {
         Err(format!(
-            "Secret `{name}` is not mounted: {} is not a directory",
-            dir.display()
+            "`{name}` is not a Secret name (lowercase letters, digits, `-` and `.`, as \
+             Kubernetes names Secrets)"
         ))
     }
+}
+
+fn not_mounted(name: &str, dir: &Path) -> String {
+    format!(
+        "Secret `{name}` is not mounted: {} is not a directory holding its keys",
+        dir.display()
+    )
+}
+
+/// A mounted Secret: a directory with an entry other than the kubelet's own (`..data` and
+/// the timestamped directory it points to).
+fn holds_keys(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().as_encoded_bytes().starts_with(b".."))
+    })
 }
 
 /// A file with something in it (a mounted key with a value).

@@ -31,14 +31,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::credential::Credentials;
+use super::credential;
 use super::export::ExportTo;
 use super::virtual_service::{parse_duration, qualify};
 use super::{relative_to, Origin};
 use crate::error::ConfigError;
 use crate::model::{
     ClientTls, ConsistentHash, HashKey, HashTable, HostMatcher, LoadBalancer, OutlierDetection,
-    ProxyVersion, TcpKeepalive, UpstreamPolicy, UpstreamTls,
+    ProxyVersion, SecretRef, TcpKeepalive, UpstreamPolicy, UpstreamTls,
 };
 use crate::raw::destination_rule::{self as raw, DestinationRuleSpec};
 use crate::raw::Labels;
@@ -188,7 +188,6 @@ pub(crate) fn compile(
     proxy_namespace: &str,
     proxy_labels: &Labels,
     root_namespace: &str,
-    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
 ) -> Rules {
@@ -273,7 +272,7 @@ pub(crate) fn compile(
         let policy = spec
             .traffic_policy
             .as_ref()
-            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, credentials, errors));
+            .map(|tp| traffic_policy(o, "spec.trafficPolicy", tp, errors));
         let mut subsets: Vec<Subset> = Vec::new();
         for (i, s) in spec.subsets.iter().enumerate() {
             let path = format!("spec.subsets[{i}]");
@@ -291,9 +290,10 @@ pub(crate) fn compile(
             subsets.push(Subset {
                 name: s.name.clone(),
                 labels: s.labels.clone(),
-                policy: s.traffic_policy.as_ref().map(|tp| {
-                    traffic_policy(o, &format!("{path}.trafficPolicy"), tp, credentials, errors)
-                }),
+                policy: s
+                    .traffic_policy
+                    .as_ref()
+                    .map(|tp| traffic_policy(o, &format!("{path}.trafficPolicy"), tp, errors)),
                 source: o.resource(),
             });
         }
@@ -418,7 +418,6 @@ fn traffic_policy(
     o: &Origin,
     path: &str,
     tp: &raw::TrafficPolicy,
-    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Policy {
     o.unsupported(
@@ -446,7 +445,7 @@ fn traffic_policy(
     let tls = tp
         .tls
         .as_ref()
-        .and_then(|t| client_tls(o, &format!("{path}.tls"), t, credentials, errors));
+        .and_then(|t| client_tls(o, &format!("{path}.tls"), t, errors));
     let top = patch(
         o,
         path,
@@ -471,7 +470,7 @@ fn traffic_policy(
         let tls = p
             .tls
             .as_ref()
-            .and_then(|t| client_tls(o, &format!("{path}.tls"), t, credentials, errors));
+            .and_then(|t| client_tls(o, &format!("{path}.tls"), t, errors));
         let blocks = patch(
             o,
             &path,
@@ -1011,7 +1010,6 @@ fn client_tls(
     o: &Origin,
     path: &str,
     t: &raw::ClientTls,
-    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Option<UpstreamTls> {
     let insecure = t.insecure_skip_verify.unwrap_or(false);
@@ -1060,10 +1058,12 @@ fn client_tls(
         client_certificate: file(&t.client_certificate),
         private_key: file(&t.private_key),
         insecure_skip_verify: insecure,
+        secret: None,
     };
-    if t.credential_name.is_some() && matches!(t.mode.as_deref(), Some("SIMPLE" | "MUTUAL")) {
+    let credential_name = t.credential_name.as_deref().filter(|n| !n.is_empty());
+    if let (Some(name), Some("SIMPLE" | "MUTUAL")) = (credential_name, t.mode.as_deref()) {
         let before = errors.len();
-        from_secret(o, path, t, &mut settings, credentials, errors);
+        secret_ref(o, path, t, name, &mut settings, errors);
         if errors.len() > before {
             return None;
         }
@@ -1084,7 +1084,7 @@ fn client_tls(
         }
     };
     match t.mode.as_deref() {
-        Some(mode @ ("ISTIO_MUTUAL" | "DISABLE")) if t.credential_name.is_some() => {
+        Some(mode @ ("ISTIO_MUTUAL" | "DISABLE")) if credential_name.is_some() => {
             errors.push(o.error(
                 format!("{path}.credentialName"),
                 format!("not used with {mode}: a Secret's certificates are for SIMPLE and MUTUAL"),
@@ -1094,7 +1094,8 @@ fn client_tls(
         Some("DISABLE") => Some(UpstreamTls::Disable),
         Some("SIMPLE") => Some(UpstreamTls::Simple(settings)),
         Some("MUTUAL") => {
-            if settings.client_certificate.is_none() || settings.private_key.is_none() {
+            let files = settings.client_certificate.is_some() && settings.private_key.is_some();
+            if !files && settings.secret.is_none() {
                 errors.push(o.error(
                     path,
                     "MUTUAL needs clientCertificate and privateKey, or credentialName",
@@ -1121,20 +1122,16 @@ fn client_tls(
     }
 }
 
-/// The files of `credentialName` into `settings` (Istio: only one of the certificate files and
-/// `credentialName` may be given). SIMPLE reads the CA; MUTUAL the certificate, key and CA
-/// (no CA with `insecureSkipVerify`).
-fn from_secret(
+/// `credentialName` into `settings`, read once the rule applies (Istio: only one of the
+/// certificate files and `credentialName` may be given).
+fn secret_ref(
     o: &Origin,
     path: &str,
     t: &raw::ClientTls,
+    name: &str,
     settings: &mut ClientTls,
-    credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) {
-    let Some(name) = t.credential_name.as_deref() else {
-        return;
-    };
     for (field, set) in [
         ("clientCertificate", t.client_certificate.is_some()),
         ("privateKey", t.private_key.is_some()),
@@ -1150,23 +1147,14 @@ fn from_secret(
         }
     }
     let field = format!("{path}.credentialName");
-    if t.mode.as_deref() == Some("MUTUAL") {
-        match credentials.key_pair(name) {
-            Ok(pair) => {
-                settings.client_certificate = Some(pair.certificate);
-                settings.private_key = Some(pair.private_key);
-            }
-            Err(e) => errors.push(o.error(field.clone(), e)),
-        }
-    }
-    if settings.insecure_skip_verify {
+    if let Err(e) = credential::check_name(name) {
+        errors.push(o.error(field, e));
         return;
     }
-    match credentials.ca(name) {
-        Ok(ca) => {
-            settings.ca_certificates = Some(ca.certificates);
-            settings.ca_crl = ca.crl;
-        }
-        Err(e) => errors.push(o.error(field, e)),
-    }
+    settings.secret = Some(SecretRef {
+        name: name.to_string(),
+        file: o.file.clone(),
+        resource: o.resource(),
+        field,
+    });
 }

@@ -169,7 +169,7 @@ fn compile_server(
                 || tls.private_key.is_some()
                 || tls.ca_certificates.is_some()
                 || tls.ca_crl.is_some()
-                || tls.credential_name.is_some()
+                || tls.credential().is_some()
                 || tls.credential_names.is_some()
                 || tls.tls_certificates.is_some()
                 || tls.min_protocol_version.is_some()
@@ -216,7 +216,7 @@ fn compile_server(
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
-                ("credentialName", tls.credential_name.is_some()),
+                ("credentialName", tls.credential().is_some()),
                 ("credentialNames", tls.credential_names.is_some()),
                 ("tlsCertificates", tls.tls_certificates.is_some()),
                 ("subjectAltNames", tls.subject_alt_names.is_some()),
@@ -359,7 +359,7 @@ fn server_tls(
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
-                ("credentialName", tls.credential_name.is_some()),
+                ("credentialName", tls.credential().is_some()),
             ] {
                 if set {
                     errors.push(o.error(
@@ -396,7 +396,7 @@ fn server_tls(
                     }
                 }
             }
-            let files = match &tls.credential_name {
+            let files = match tls.credential() {
                 Some(name) => from_secret(o, tls_path, tls, name, mutual, credentials, errors),
                 None => {
                     let certificate = file("serverCertificate", &tls.server_certificate, errors);
@@ -414,7 +414,6 @@ fn server_tls(
                             private_key,
                             ca_certificates,
                             ca_crl,
-                            ocsp_staple: None,
                         }),
                         _ => None,
                     }
@@ -541,8 +540,9 @@ fn from_secret(
     for (field, set) in [
         ("serverCertificate", tls.server_certificate.is_some()),
         ("privateKey", tls.private_key.is_some()),
-        ("caCertificates", tls.ca_certificates.is_some()),
-        ("caCrl", tls.ca_crl.is_some()),
+        // On SIMPLE these are refused as such already.
+        ("caCertificates", mutual && tls.ca_certificates.is_some()),
+        ("caCrl", mutual && tls.ca_crl.is_some()),
     ] {
         if set {
             errors.push(o.error(
@@ -553,16 +553,20 @@ fn from_secret(
         }
     }
     let field = format!("{tls_path}.credentialName");
-    let pair = credentials
-        .key_pair(name)
-        .map_err(|e| errors.push(o.error(field.clone(), e)))
-        .ok();
+    let pair = match credentials.key_pair(name) {
+        Ok(pair) => pair,
+        Err(e) => {
+            // Not mounted says it once, for the certificate.
+            errors.push(o.error(field, e));
+            return None;
+        }
+    };
     let ca = if mutual {
         match credentials.ca(name) {
             Ok(ca) => Some(ca),
             Err(e) => {
                 errors.push(o.error(field, e));
-                None
+                return None;
             }
         }
     } else {
@@ -571,13 +575,11 @@ fn from_secret(
     if errors.len() > before {
         return None;
     }
-    let pair = pair?;
     Some(ServerCertificate {
         certificate: pair.certificate,
         private_key: pair.private_key,
         ca_certificates: ca.as_ref().map(|c| c.certificates.clone()),
         ca_crl: ca.and_then(|c| c.crl),
-        ocsp_staple: pair.ocsp_staple,
     })
 }
 

@@ -35,10 +35,13 @@ use crate::warning::{Code, Warning};
 
 /// Compiles what `source::read` found into a model, or returns `None` with the problems in
 /// `errors`. The warnings found go into the model, or stay in `warnings` when there is none.
+/// `secret_files` gets the files of the Secrets named (`Model::secret_files`) either way, so
+/// that a load that failed for a Secret is tried again once the Secret changes.
 pub fn compile(
     read: Read,
     errors: &mut Vec<ConfigError>,
     warnings: &mut Vec<Warning>,
+    secret_files: &mut Vec<PathBuf>,
 ) -> Option<Model> {
     let Read {
         documents,
@@ -83,7 +86,6 @@ pub fn compile(
         proxy_namespace,
         proxy.as_ref().map_or(&no_labels, |(p, _)| &p.labels),
         root_namespace,
-        &mut credentials,
         errors,
         warnings,
     );
@@ -182,6 +184,7 @@ pub fn compile(
     if let Some((_, listen)) = &proxy {
         service_entry::resolve(backends.list_mut(), &listen.resolve);
     }
+    credentials.resolve_upstreams(backends.list_mut(), errors);
     let workload = match (parsed.mesh_gateways.first(), &proxy) {
         (Some((o, spec)), Some((p, _))) => Some(authorization_policy::Workload {
             namespace: &o.namespace,
@@ -265,6 +268,7 @@ pub fn compile(
             "no Gateway selects this MeshGateway's labels: no listener will be bound",
         ));
     }
+    *secret_files = credentials.into_watched();
     if !errors.is_empty() {
         return None;
     }
@@ -276,7 +280,7 @@ pub fn compile(
         backends: backends.into_backends(),
         policies,
         files,
-        secret_files: credentials.into_watched(),
+        secret_files: secret_files.clone(),
         warnings: std::mem::take(warnings),
     })
 }

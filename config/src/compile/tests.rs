@@ -3334,7 +3334,8 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     };
     write("tls-only/tls.crt", "c");
     write("tls-only/tls.key", "k");
-    write("tls-only/tls.ocsp-staple", "0");
+    // An optional volume of a Secret not created yet: the kubelet's entries only.
+    write("tls-only-cacert/..data/.keep", "");
     write("opaque/cert", "c");
     write("opaque/key", "k");
     write("opaque/tls.crt", "c");
@@ -3352,6 +3353,11 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     write("split-cacert/ca.crl", "crl");
     write("no-ca/cert", "c");
     write("no-ca/key", "k");
+    write("empty-ca/cert", "c");
+    write("empty-ca/key", "k");
+    write("empty-ca/ca.crt", "");
+    write("empty-pair/tls.crt", "c");
+    write("empty-pair/tls.key", "");
     write("ca-only/ca.crt", "ca");
     let mesh_gateway = MESH_GATEWAY.replace(
         "  identity:",
@@ -3374,20 +3380,13 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     let (model, files) = server("{mode: SIMPLE, credentialName: tls-only}");
     assert_eq!(files.certificate, dir.join("tls-only/tls.crt"));
     assert_eq!(files.private_key, dir.join("tls-only/tls.key"));
-    assert_eq!(
-        files.ocsp_staple,
-        Some(dir.join("tls-only/tls.ocsp-staple"))
-    );
     assert_eq!(files.ca_certificates, None);
-    assert!(model
-        .certificate_files()
-        .contains(&dir.join("tls-only/tls.ocsp-staple")));
     // Every key the Secret could hold is watched, the -cacert Secret's too once a CA is read.
     assert!(model.secret_files.contains(&dir.join("tls-only/cert")));
     let (model, files) = server("{mode: MUTUAL, credentialName: opaque}");
     assert_eq!(
-        (files.certificate, files.private_key, files.ocsp_staple),
-        (dir.join("opaque/cert"), dir.join("opaque/key"), None)
+        (files.certificate, files.private_key),
+        (dir.join("opaque/cert"), dir.join("opaque/key"))
     );
     assert_eq!(files.ca_certificates, Some(dir.join("opaque/cacert")));
     assert_eq!(files.ca_crl, Some(dir.join("opaque/crl")));
@@ -3398,14 +3397,20 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     assert_eq!(files.certificate, dir.join("split/tls.crt"));
     assert_eq!(files.ca_certificates, Some(dir.join("split-cacert/ca.crt")));
     assert_eq!(files.ca_crl, Some(dir.join("split-cacert/ca.crl")));
+    // An empty name is no name, as Istio reads one.
+    let (_, files) =
+        server("{mode: SIMPLE, credentialName: \"\", serverCertificate: a.pem, privateKey: k.pem}");
+    assert!(files.certificate.ends_with("a.pem"));
 
-    let dr = |tls: &str| {
+    let service = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: istio-system}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n---\n";
+    let dr_for = |host: &str, tls: &str| {
         yaml(&format!(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: istio-system}}\nspec:\n  host: api.example.com\n  trafficPolicy: {{tls: {tls}}}\n"
+            "{service}apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: istio-system}}\nspec:\n  host: {host}\n  trafficPolicy: {{tls: {tls}}}\n"
         ))
     };
+    let dr = |tls: &str| dr_for("api.example.com", tls);
     let upstream = |tls: &str| {
-        let model = load_str("t.yaml", &format!("{}---\n{}", dr(tls), "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: istio-system}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n")).unwrap();
+        let model = load_str("t.yaml", &dr(tls)).unwrap();
         match &model.backends[0].policy.tls {
             UpstreamTls::Simple(t) | UpstreamTls::Mutual(t) => t.clone(),
             other => panic!("{other:?}"),
@@ -3422,23 +3427,57 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     let t = upstream("{mode: MUTUAL, credentialName: no-ca, insecureSkipVerify: true}");
     assert_eq!(t.client_certificate, Some(dir.join("no-ca/cert")));
     assert_eq!(t.ca_certificates, None);
+    // A rule that reaches no backend of this proxy needs no Secret mounted here.
+    load_str(
+        "t.yaml",
+        &dr_for(
+            "other.example.com",
+            "{mode: MUTUAL, credentialName: missing}",
+        ),
+    )
+    .unwrap();
 
+    let dirs = |a: &str| dir.join(a).display().to_string();
     assert_errors(&[
         (gw("{mode: SIMPLE, credentialName: ../opaque}"), "spec.servers[0].tls.credentialName: `../opaque` is not a Secret name"),
-        (gw("{mode: SIMPLE, credentialName: missing}"), &format!("spec.servers[0].tls.credentialName: Secret `missing` is not mounted: {} is not a directory", dir.join("missing").display())),
-        (gw("{mode: SIMPLE, credentialName: ca-only}"), "spec.servers[0].tls.credentialName: Secret `ca-only` ("),
-        (gw("{mode: SIMPLE, credentialName: ca-only}"), "holds neither `cert` and `key` nor `tls.crt` and `tls.key`"),
-        (gw("{mode: MUTUAL, credentialName: no-ca}"), "spec.servers[0].tls.credentialName: Secret `no-ca` ("),
-        (gw("{mode: MUTUAL, credentialName: no-ca}"), "holds neither `cacert` nor `ca.crt`"),
+        (gw("{mode: SIMPLE, credentialName: missing}"), &format!("spec.servers[0].tls.credentialName: Secret `missing` is not mounted: {} is not a directory holding its keys", dirs("missing"))),
+        (gw("{mode: SIMPLE, credentialName: ca-only}"), &format!("spec.servers[0].tls.credentialName: Secret `ca-only` ({}) holds neither `cert` and `key` nor `tls.crt` and `tls.key`", dirs("ca-only"))),
+        (gw("{mode: SIMPLE, credentialName: empty-pair}"), "Secret `empty-pair` ("),
+        (gw("{mode: SIMPLE, credentialName: empty-pair}"), ") has the keys `tls.crt` and `tls.key`, but one of them is empty"),
+        (gw("{mode: MUTUAL, credentialName: no-ca}"), &format!("spec.servers[0].tls.credentialName: Secret `no-ca` ({}) holds neither `cacert` nor `ca.crt`", dirs("no-ca"))),
+        (gw("{mode: MUTUAL, credentialName: empty-ca}"), "has the key `cacert` or `ca.crt`, but it is empty"),
+        // The empty -cacert mount is passed over for the Secret itself.
+        (gw("{mode: MUTUAL, credentialName: tls-only}"), &format!("Secret `tls-only` ({}) holds neither `cacert` nor `ca.crt`", dirs("tls-only"))),
         (gw("{mode: SIMPLE, credentialName: opaque, serverCertificate: a.pem}"), "spec.servers[0].tls.serverCertificate: credentialName is set: the Secret holds the certificates"),
         (gw("{mode: MUTUAL, credentialName: opaque, caCrl: crl.pem}"), "spec.servers[0].tls.caCrl: credentialName is set"),
         (gw("{mode: ISTIO_MUTUAL, credentialName: opaque}"), "spec.servers[0].tls.credentialName: ISTIO_MUTUAL presents the MeshGateway's identity"),
-        (dr("{mode: SIMPLE, credentialName: tls-only}"), "spec.trafficPolicy.tls.credentialName: Secret `tls-only` ("),
-        (dr("{mode: MUTUAL, credentialName: ca-only}"), "holds neither `cert` and `key` nor `tls.crt` and `tls.key`"),
+        (dr("{mode: SIMPLE, credentialName: tls-only}"), &format!("spec.trafficPolicy.tls.credentialName: Secret `tls-only` ({}) holds neither `cacert` nor `ca.crt`", dirs("tls-only"))),
+        (dr("{mode: SIMPLE, credentialName: missing}"), &format!("spec.trafficPolicy.tls.credentialName: neither the Secret `missing-cacert` nor the Secret `missing` is mounted under {}", dir.display())),
+        (dr("{mode: MUTUAL, credentialName: ca-only}"), "spec.trafficPolicy.tls.credentialName: Secret `ca-only` ("),
         (dr("{mode: MUTUAL, credentialName: opaque, caCertificates: ca.pem}"), "spec.trafficPolicy.tls.caCertificates: credentialName is set"),
+        (dr("{mode: MUTUAL, credentialName: UPPER}"), "spec.trafficPolicy.tls.credentialName: `UPPER` is not a Secret name"),
         (dr("{mode: ISTIO_MUTUAL, credentialName: opaque}"), "spec.trafficPolicy.tls.credentialName: not used with ISTIO_MUTUAL"),
         (MESH_GATEWAY.replace("  identity:", "  credentials: {directory: \"\"}\n  identity:"), "spec.credentials.directory: required"),
     ]);
+    // One error for a Secret that is not mounted, not one per key it lacks.
+    let e = errors(&gw("{mode: MUTUAL, credentialName: missing}"));
+    assert_eq!(
+        e.iter().filter(|e| e.contains("credentialName")).count(),
+        1,
+        "{e:#?}"
+    );
+    let e = errors(&gw(
+        "{mode: SIMPLE, credentialName: opaque, caCertificates: ca.pem}",
+    ));
+    assert_eq!(
+        e.iter().filter(|e| e.contains("caCertificates")).count(),
+        1,
+        "{e:#?}"
+    );
+    // A load that fails for a Secret still names the Secret's files, to watch them.
+    let e = load_str("t.yaml", &gw("{mode: MUTUAL, credentialName: no-ca}")).unwrap_err();
+    assert!(e.1.contains(&dir.join("no-ca/ca.crt")), "{:?}", e.1);
+    assert!(e.1.contains(&dir.join("no-ca-cacert/cacert")), "{:?}", e.1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

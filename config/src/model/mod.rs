@@ -463,13 +463,7 @@ impl Model {
             for t in &l.tls {
                 if let Some(c) = t.mode.files() {
                     files.extend([c.certificate.clone(), c.private_key.clone()]);
-                    files.extend(
-                        c.ca_certificates
-                            .iter()
-                            .chain(&c.ca_crl)
-                            .chain(&c.ocsp_staple)
-                            .cloned(),
-                    );
+                    files.extend(c.ca_certificates.iter().chain(&c.ca_crl).cloned());
                 }
             }
         }
@@ -794,8 +788,6 @@ pub struct ServerCertificate {
     pub ca_certificates: Option<PathBuf>,
     /// Revoked client certificates (`MUTUAL`, `OPTIONAL_MUTUAL`).
     pub ca_crl: Option<PathBuf>,
-    /// A DER OCSP response stapled to the handshake (a Secret's `tls.ocsp-staple`).
-    pub ocsp_staple: Option<PathBuf>,
 }
 
 /// TLS protocol versions, as Istio's `TLSV1_2` and `TLSV1_3`.
@@ -992,6 +984,21 @@ pub struct ClientTls {
     /// `insecureSkipVerify` (SIMPLE, MUTUAL): any server certificate is accepted; the server
     /// still proves it holds the certificate's key.
     pub insecure_skip_verify: bool,
+    /// `credentialName`: the Secret whose files fill the fields above, read only for the
+    /// backends the rule applies to (a rule this proxy does not use needs no Secret mounted).
+    #[serde(skip)]
+    pub secret: Option<SecretRef>,
+}
+
+/// A `credentialName` of a DestinationRule, and where it is written (for its errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub name: String,
+    pub file: PathBuf,
+    /// `Kind namespace/name`.
+    pub resource: String,
+    /// The path of the `credentialName` field.
+    pub field: String,
 }
 
 /// `loadBalancer`: `simple`, or `consistentHash`.

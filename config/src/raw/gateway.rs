@@ -53,3 +53,10 @@ pub struct ServerTls {
     pub verify_certificate_spki: Option<Vec<String>>,
     pub verify_certificate_hash: Option<Vec<String>>,
 }
+
+impl ServerTls {
+    /// `credentialName`, where it names something: Istio reads an empty one as not set.
+    pub fn credential(&self) -> Option<&str> {
+        self.credential_name.as_deref().filter(|n| !n.is_empty())
+    }
+}

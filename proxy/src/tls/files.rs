@@ -69,7 +69,7 @@ fn load(
 ) -> Result<LoadedServerCertificate, BuildError> {
     let chain = material.certificates(&files.certificate)?.to_vec();
     let key = material.key(&files.private_key)?;
-    let mut certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
+    let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
         error(
             &files.private_key,
             format!(
@@ -86,15 +86,6 @@ fn load(
                 format!("expired at {}", not_after.to_rfc2822().unwrap_or_default()),
             ));
         }
-    }
-    if let Some(path) = &files.ocsp_staple {
-        // Stapled as the Secret holds it, as Envoy staples it; only its outer DER SEQUENCE is
-        // checked, so that a PEM file or text is refused by name rather than sent.
-        let staple = material.bytes(path)?;
-        if staple.first() != Some(&0x30) {
-            return Err(error(path, "is not a DER OCSP response".to_string()));
-        }
-        certified_key.ocsp = Some(staple.to_vec());
     }
     let client_roots = match &files.ca_certificates {
         None => None,
