@@ -818,3 +818,78 @@ async fn credential_name_reads_the_mounted_secret_as_istio_reads_it() {
     };
     tokio::join!(watcher, scenario);
 }
+
+/// Two Gateways' ISTIO_MUTUAL servers on one port, with the same settings: a connection sees
+/// only the routes of the server its SNI chose, as each is a filter chain of Envoy's with a
+/// route configuration of its own; another Gateway's host through it is a 404.
+#[tokio::test]
+async fn servers_with_the_same_settings_keep_their_routes_apart() {
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let backend = echo();
+    let yaml = config(backend.address, "ECDHE-ECDSA-AES128-GCM-SHA256")
+        .replace(
+            "    hosts: [\"*.example-target.com\"]\n    tls: {mode: ISTIO_MUTUAL}",
+            "    hosts: [a.example-target.com]\n    tls: {mode: ISTIO_MUTUAL}",
+        )
+        .replace(
+            r#"hosts: [a.example.com, b.example.com, "*.example-target.com"]"#,
+            "hosts: [a.example.com, b.example.com, a.example-target.com]",
+        );
+    let yaml = format!(
+        r#"{yaml}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: team-b, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: mtls, protocol: HTTPS}}
+    hosts: [b.example-target.com]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: team-b, namespace: istio-system}}
+spec:
+  hosts: [b.example-target.com]
+  gateways: [team-b]
+  http: [{{directResponse: {{status: 200, body: {{string: team-b}}}}}}]
+"#
+    );
+    let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let (a, b) = (
+        server_cert(&public, "a.example.com"),
+        server_cert(&public, "b.example.com"),
+    );
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &pki.workload("example-target.com", GATEWAY_ID),
+        &[
+            ("tls/a.pem", &a.chain_pem),
+            ("tls/a-key.pem", &a.key_pem),
+            ("tls/b.pem", &b.chain_pem),
+            ("tls/b-key.pem", &b.key_pem),
+            ("tls/clients.pem", &public.cert_pem),
+        ],
+    )
+    .await;
+    let caller = pki.workload("example.com", CALLER);
+    let client = Client::plain(Some(&caller), &pki.root.cert_pem);
+    let get = |sni: &'static str, host: &'static str| {
+        let client = client.clone();
+        let addr = proxy.addr(443);
+        async move {
+            let r = client.get(addr, sni, host, "/", &[]).await.unwrap();
+            (r.status, r.body)
+        }
+    };
+    let (status, body) = get("b.example-target.com", "b.example-target.com").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"team-b"[..]));
+    let (status, _) = get("a.example-target.com", "a.example-target.com").await;
+    assert_eq!(status, StatusCode::OK);
+    // Team b's host through team a's server, and the other way round.
+    let (status, _) = get("a.example-target.com", "b.example-target.com").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get("b.example-target.com", "a.example-target.com").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

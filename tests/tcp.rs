@@ -608,14 +608,10 @@ async fn tcp_connections_close_at_the_backends_idle_timeout() {
     assert_eq!(&buf[..4], b"pong", "open after 1.6 s of quiet");
 }
 
-/// Two Gateways' TLS servers on one port, told apart by SNI: each connection takes a `tcp`
-/// route of the Gateway whose server its SNI chose, naming that server's hosts, as each of
-/// Envoy's filter chains has its own `tcp_proxy`.
-#[tokio::test]
-async fn a_tls_tcp_connection_takes_only_its_own_servers_routes() {
-    let pki = Pki::new(&["example.com", "example-target.com"]);
-    let backend = tcp_echo();
-    let yaml = format!(
+/// Two Gateways' TLS servers on port 9444: `db.internal` (its server's TLS with `db_checks`
+/// added) routed to `backend`, and `cache.internal` routed to a port where nothing listens.
+fn two_tls_servers_yaml(backend: SocketAddr, db_checks: &str) -> String {
+    format!(
         r#"
 apiVersion: meshgate.dev/v1alpha1
 kind: MeshGateway
@@ -639,7 +635,7 @@ spec:
   servers:
   - port: {{number: 9444, name: tls-db, protocol: TLS}}
     hosts: [db.internal]
-    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ["{SLEEP}"]}}
+    tls: {{mode: ISTIO_MUTUAL{db_checks}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -685,7 +681,20 @@ spec:
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1}}]
 "#,
-        port = backend.address.port()
+        port = backend.port()
+    )
+}
+
+/// Two Gateways' TLS servers on one port, told apart by SNI: each connection takes a `tcp`
+/// route of the Gateway whose server its SNI chose, naming that server's hosts, as each of
+/// Envoy's filter chains has its own `tcp_proxy`.
+#[tokio::test]
+async fn a_tls_tcp_connection_takes_only_its_own_servers_routes() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = two_tls_servers_yaml(
+        backend.address,
+        &format!(", subjectAltNames: [\"{SLEEP}\"]"),
     );
     let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
     let addr = target.addr(9444);
@@ -709,6 +718,36 @@ spec:
     assert_eq!(target.rejected("san_not_allowed"), 1);
     let tls = client.connect(addr, cache).await.unwrap();
     assert_eq!(echoed(tls, b"SELECT 3;\n").await, b"");
+    let metrics = &target.running.metrics;
+    eventually("the connections counted", || {
+        metrics.tcp_ended("closed") == 1 && metrics.tcp_ended("connect_failed") == 1
+    })
+    .await;
+}
+
+/// Two TLS servers of the same settings, each with its own VirtualService: the SNI chooses the
+/// server, and each connection takes its own server's route, as each server is a filter chain
+/// of Envoy's with its own `tcp_proxy`.
+#[tokio::test]
+async fn tls_tcp_servers_with_the_same_settings_keep_their_routes_apart() {
+    let pki = Pki::new(&["example.com", "example-target.com"]);
+    let backend = tcp_echo();
+    let yaml = two_tls_servers_yaml(backend.address, "");
+    let target = Proxy::start(&yaml, &pki.workload("example-target.com", TARGET)).await;
+    let addr = target.addr(9444);
+    let sleep = pki.workload("example.com", SLEEP);
+    let client = Client::new(Some(&sleep), &sleep.root_pem, SIDECAR_TCP_ALPN);
+    let tls = client
+        .connect(addr, "outbound_.5432_._.db.internal")
+        .await
+        .unwrap();
+    assert_eq!(echoed(tls, b"SELECT 1;\n").await, b"SELECT 1;\n");
+    // The cache's SNI takes the cache's route, where nothing listens: never the database's.
+    let tls = client
+        .connect(addr, "outbound_.1_._.cache.internal")
+        .await
+        .unwrap();
+    assert_eq!(echoed(tls, b"SELECT 2;\n").await, b"");
     let metrics = &target.running.metrics;
     eventually("the connections counted", || {
         metrics.tcp_ended("closed") == 1 && metrics.tcp_ended("connect_failed") == 1

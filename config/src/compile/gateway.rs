@@ -1,9 +1,11 @@
 //! Gateways selected by this proxy's labels -> listeners, one per port.
 //!
 //! Servers on one port must all speak one protocol: plaintext HTTP, HTTPS, TCP (plaintext or
-//! TLS terminated), PASSTHROUGH or AUTO_PASSTHROUGH. HTTPS servers are grouped by their
-//! TLS settings; a connection's SNI picks the group (the proxy's handshake), and the request's
-//! host must then be a host of that group. A host served with two TLS settings is an error.
+//! TLS terminated), PASSTHROUGH or AUTO_PASSTHROUGH. Each TLS-terminating server is a TLS group
+//! of its own, as each is one of Envoy's filter chains with its own route configuration
+//! (`https.<port>.<portName>.<gateway>.<namespace>`): a connection's SNI picks the server (the
+//! proxy's handshake), and the request's host must then be a host that server serves. A host
+//! that two TLS servers of a port serve is an error (Istio skips the second).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use crate::model::{
 };
 use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
 
-/// The most TLS settings one port serves: a virtual host keeps the groups that see each of its
+/// The most TLS servers one port serves: a virtual host keeps the groups that see each of its
 /// hosts as bits of a `u64` (`VirtualHost::host_groups`).
 const MAX_TLS_GROUPS: usize = 64;
 
@@ -74,39 +76,23 @@ pub(crate) fn compile(
                 ));
                 continue;
             }
-            // HTTPS servers sharing a port are told apart by SNI: one TLS setting per group,
-            // and a host may not be served with two.
-            let group = tls.map(|tls| match listener.tls.iter().position(|t| *t == tls) {
-                Some(g) => g,
-                None => {
-                    let g = listener.tls.len();
-                    if g == MAX_TLS_GROUPS {
-                        errors.push(o.error(
-                            format!("{path}.tls"),
-                            format!(
-                                "port {} already has {MAX_TLS_GROUPS} different TLS settings, \
-                                 as many as meshgate serves on one port",
-                                compiled.port
-                            ),
-                        ));
-                    }
-                    listener.tls.push(tls);
-                    g
-                }
-            });
+            // TLS servers sharing a port are told apart by SNI, each a group of its own (as
+            // each is a filter chain of Envoy's with a route configuration of its own), and a
+            // host may not be served by two: Istio skips such a server as a duplicate.
             let mut clash = false;
             for s in &compiled.servers {
                 if let Some(other) = listener
                     .servers
                     .iter()
-                    .find(|e| e.host == s.host && e.tls != group)
+                    .find(|e| e.host == s.host && e.tls.is_some())
                 {
                     clash = true;
                     errors.push(o.error(
                         format!("{path}.hosts"),
                         format!(
-                            "`{}` is already served on port {} with other TLS settings (Gateway \
-                             {}): the SNI could not choose between them",
+                            "`{}` is already served with TLS on port {} (Gateway {}): the SNI \
+                             could not choose between the two servers (Istio skips this one as \
+                             a duplicate host)",
                             s.host, compiled.port, other.gateway
                         ),
                     ));
@@ -115,6 +101,24 @@ pub(crate) fn compile(
             if clash {
                 continue;
             }
+            let group = match tls {
+                Some(tls) => {
+                    let g = listener.tls.len();
+                    if g == MAX_TLS_GROUPS {
+                        errors.push(o.error(
+                            format!("{path}.tls"),
+                            format!(
+                                "port {} already has {MAX_TLS_GROUPS} TLS servers, as many as \
+                                 meshgate serves on one port",
+                                compiled.port
+                            ),
+                        ));
+                    }
+                    listener.tls.push(tls);
+                    Some(g)
+                }
+                None => None,
+            };
             for s in &mut compiled.servers {
                 s.tls = group;
             }

@@ -2046,7 +2046,7 @@ fn gateway_tls_settings() {
     )
     .unwrap();
     let https = &model.listeners[0];
-    assert_eq!(https.tls.len(), 4, "one TLS group per setting");
+    assert_eq!(https.tls.len(), 4, "one TLS group per server");
     assert_eq!(
         https.servers.iter().map(|s| s.tls).collect::<Vec<_>>(),
         [Some(0), Some(1), Some(2), Some(3)]
@@ -2057,6 +2057,26 @@ fn gateway_tls_settings() {
     ));
     assert_eq!(https.tls[0].cipher_suites, ["ECDHE-RSA-AES128-GCM-SHA256"]);
     assert!(model.listeners[1].servers[0].https_redirect);
+    // Servers with the same settings are groups of their own: each sees its own routes.
+    let two = load_str(
+        "t.yaml",
+        &gw(&format!(
+            "{istio}{}",
+            istio
+                .replace("name: mtls", "name: mtls-2")
+                .replace("*.mesh.example.com", "*.other.example.com")
+        )),
+    )
+    .unwrap();
+    assert_eq!(two.listeners[0].tls.len(), 2);
+    assert_eq!(
+        two.listeners[0]
+            .servers
+            .iter()
+            .map(|s| s.tls)
+            .collect::<Vec<_>>(),
+        [Some(0), Some(1)]
+    );
     let files = model.certificate_files();
     for f in [
         "a.pem",
@@ -2083,7 +2103,9 @@ fn gateway_tls_settings() {
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, serverCertificate: a.pem, privateKey: k.pem, maxProtocolVersion: TLSV1_1}\n"), "spec.servers[0].tls.maxProtocolVersion: `TLSV1_1` is not supported"),
         (gw("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: ISTIO_MUTUAL, serverCertificate: a.pem}\n"), "spec.servers[0].tls.serverCertificate: ISTIO_MUTUAL presents the MeshGateway's identity"),
         (gw("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE}\n"), "spec.servers[0].tls: protocol HTTP is plaintext: only httpsRedirect may be set here"),
-        (gw(&format!("{simple}  - port: {{number: 443, name: https-2, protocol: HTTPS}}\n    hosts: [a.example.com]\n    tls: {{mode: ISTIO_MUTUAL}}\n")), "spec.servers[1].hosts: `a.example.com` is already served on port 443 with other TLS settings"),
+        (gw(&format!("{simple}  - port: {{number: 443, name: https-2, protocol: HTTPS}}\n    hosts: [a.example.com]\n    tls: {{mode: ISTIO_MUTUAL}}\n")), "spec.servers[1].hosts: `a.example.com` is already served with TLS on port 443 (Gateway istio-system/gw): the SNI could not choose between the two servers"),
+        // The same settings too: each TLS server is a filter chain of its own.
+        (gw(&format!("{simple}{}", simple.replace("name: https,", "name: https-2,"))), "spec.servers[1].hosts: `a.example.com` is already served with TLS on port 443"),
         (gw(&format!("{simple}{redirect}  - port: {{number: 443, name: x, protocol: HTTP}}\n    hosts: [c.example.com]\n")), "spec.servers[2].port: port 443 is already served as HTTPS"),
     ];
     for (yaml, want) in cases {

@@ -536,8 +536,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Plaintext HTTP or TLS-terminated HTTPS.
     pub protocol: ListenerProtocol,
-    /// The TLS settings of the HTTPS servers on this port, one per distinct setting; the SNI
-    /// of a connection chooses one (`ServerHost::tls`). Empty on plaintext listeners.
+    /// The TLS settings of the TLS servers on this port, one per server (its TLS group); the
+    /// SNI of a connection chooses one (`ServerHost::tls`). Empty on plaintext listeners.
     pub tls: Vec<ServerTls>,
     /// Hosts the servers on this port accept.
     pub servers: Vec<ServerHost>,

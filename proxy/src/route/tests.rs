@@ -691,9 +691,10 @@ fn answer(
     })
 }
 
-/// On one HTTPS port, a connection sees the hosts each Gateway serves through servers of the
-/// TLS setting its SNI chose, and no other: the same VirtualService answers a host through one
-/// server and not through another of its Gateway's servers of another setting.
+/// On one HTTPS port, a connection sees the hosts the server its SNI chose serves, and no
+/// other, as each server has a route configuration of its own in Envoy: the same
+/// VirtualService answers a host through one server and not through another, even of the same
+/// TLS settings.
 #[test]
 fn an_https_connection_sees_the_hosts_its_tls_group_serves() {
     let yaml = r#"
@@ -747,19 +748,21 @@ spec:
     let l = model.listeners.remove(0);
     assert_eq!(
         l.tls.len(),
-        2,
-        "MUTUAL, and SIMPLE shared by g1's x and g2's *"
+        3,
+        "one group per server, shared settings or not"
     );
     let seen = |group: usize, authority: &str| answer(&l, group, authority, "/");
     // Through the MUTUAL server, g1's wildcard answers.
     assert_eq!(seen(0, "secret.example.com").as_deref(), Some("admin"));
-    // Through the SIMPLE setting, g1 serves x.example.com only: another host of its wildcard
-    // is not there, though g2's `*` server lets the host through.
+    // Through g1's SIMPLE server, x.example.com only: not another host of g1's wildcard, and
+    // not what g2's `*` server of the same settings serves.
     assert_eq!(seen(1, "secret.example.com"), None);
-    assert_eq!(seen(1, "www.example.org").as_deref(), Some("site"));
-    // x.example.com in the SIMPLE setting is served by g1 and g2, merged as Istio merges one
-    // host's VirtualServices (g1's server first); the MUTUAL one sees only g1's.
+    assert_eq!(seen(1, "www.example.org"), None);
     assert_eq!(seen(1, "x.example.com").as_deref(), Some("admin"));
+    // Through g2's server, g2's VirtualService, x.example.com included.
+    assert_eq!(seen(2, "www.example.org").as_deref(), Some("site"));
+    assert_eq!(seen(2, "x.example.com").as_deref(), Some("site"));
+    assert_eq!(seen(2, "secret.example.com"), None);
     assert_eq!(seen(0, "x.example.com").as_deref(), Some("admin"));
     assert_eq!(seen(0, "www.example.org"), None);
 }

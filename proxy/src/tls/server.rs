@@ -62,8 +62,7 @@ pub struct Accepted {
     pub hello_at: Instant,
 }
 
-/// The server configs of one HTTPS listener: one group per distinct TLS setting of its
-/// servers, chosen by SNI.
+/// The server configs of one HTTPS listener: one group per TLS server, chosen by SNI.
 #[derive(Debug, Clone)]
 pub struct ServerTlsConfigs {
     groups: Vec<Group>,
