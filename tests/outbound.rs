@@ -233,28 +233,36 @@ async fn insecure_skip_verify_accepts_a_server_the_bundle_does_not_vouch_for() {
         .write(dir.path())
         .unwrap();
     let p = |f: &str| dir.path().join(f).display().to_string();
-    let policy = |insecure: &str| {
+    let policy = |extra: &str| {
         format!(
-            "{{tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, sni: {HOST}{insecure}}}}}",
+            "{{tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, sni: {HOST}{extra}}}}}",
             p("cert-chain.pem"),
             p("key.pem"),
         )
     };
-    for (insecure, want) in [
-        ("", StatusCode::SERVICE_UNAVAILABLE),
+    let verified = format!(", subjectAltNames: [{GATEWAY_ID}]");
+    for (identity, extra, want) in [
+        // The control: a bundle that trusts the target's root verifies it.
+        (&pki, verified.clone(), StatusCode::OK),
+        (&stranger, verified.clone(), StatusCode::SERVICE_UNAVAILABLE),
         (
-            ", insecureSkipVerify: false",
+            &stranger,
+            format!("{verified}, insecureSkipVerify: false"),
             StatusCode::SERVICE_UNAVAILABLE,
         ),
-        (", insecureSkipVerify: true", StatusCode::OK),
+        (
+            &stranger,
+            ", insecureSkipVerify: true".to_string(),
+            StatusCode::OK,
+        ),
     ] {
         let source = Proxy::start(
-            &source_yaml(target.addr(443), &policy(insecure)),
-            &stranger.workload("example.com", SOURCE_ID),
+            &source_yaml(target.addr(443), &policy(&extra)),
+            &identity.workload("example.com", SOURCE_ID),
         )
         .await;
         let r = plain_get(source.outbound(), HOST, "/", &[]).await.unwrap();
-        assert_eq!(r.status, want, "{insecure}");
+        assert_eq!(r.status, want, "{extra}");
     }
 }
 

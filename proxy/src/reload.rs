@@ -34,9 +34,12 @@ pub fn hangup() -> Option<Signal> {
 }
 
 /// What the watched files held when a load read them: the configuration files at the paths,
-/// and the certificate files the configuration names. Each part is taken just before its files
-/// are read, so a file that changes while a load reads it differs from the fingerprint and is
-/// read again at the next poll; a change is never taken for the state already loaded.
+/// and the certificate files the configuration names (with every file its Secrets could hold).
+/// Each part is taken just before its files are read, so a file that changes while a load
+/// reads it differs from the fingerprint and is read again at the next poll; a change is never
+/// taken for the state already loaded. The load itself looks into Secrets (which keys they
+/// hold): a reload the watcher starts keeps the digest it took before the load when the files
+/// stay the same, so that a Secret that changes during the load is seen at the next poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     config: u64,
@@ -58,26 +61,36 @@ impl Fingerprint {
     /// With the certificate files `model` names, as they are now. Take it before the runtime
     /// reads them. This blocks.
     pub fn with_certificates(self, model: &Model) -> Self {
-        self.with_certificate_files(certificate_files(model))
+        self.with_certificate_files(certificate_files(model), None)
     }
 
     /// After a load that failed: the certificate files of `running`, which stays, and the files
     /// of the Secrets the failed configuration named, so that a fix to either reloads.
-    fn after_failure(self, running: &Model, secret_files: &[PathBuf]) -> Self {
+    fn after_failure(
+        self,
+        running: &Model,
+        secret_files: &[PathBuf],
+        before: Option<&Fingerprint>,
+    ) -> Self {
         let mut files = certificate_files(running);
         files.extend(secret_files.iter().cloned());
-        self.with_certificate_files(files)
+        self.with_certificate_files(files, before)
     }
 
-    fn with_certificate_files(mut self, files: Vec<PathBuf>) -> Self {
-        self.certificates = digest(&files);
+    /// With `files` as they are now; or, when `before` (taken before the load) has the same
+    /// files, as they were then.
+    fn with_certificate_files(mut self, files: Vec<PathBuf>, before: Option<&Fingerprint>) -> Self {
+        self.certificates = match before {
+            Some(b) if b.certificate_files == files => b.certificates,
+            _ => digest(&files),
+        };
         self.certificate_files = files;
         self
     }
 
     /// The same files as `self`, as they are now.
     pub fn again(&self, paths: &[PathBuf]) -> Self {
-        Self::config(paths).with_certificate_files(self.certificate_files.clone())
+        Self::config(paths).with_certificate_files(self.certificate_files.clone(), None)
     }
 }
 
@@ -113,7 +126,7 @@ pub async fn run(
                     continue;
                 }
                 info!("configuration or certificate files changed: reloading");
-                seen = reload(running, paths).await.unwrap_or(seen);
+                seen = reload_after(running, paths, now.ok()).await.unwrap_or(seen);
             }
         }
         let configured = running.model().proxy.reload_poll;
@@ -133,6 +146,16 @@ pub async fn run(
 /// read fails the load and is complete at the next poll). Nothing when the reader itself
 /// failed.
 pub async fn reload(running: &Running, paths: &[PathBuf]) -> Option<Fingerprint> {
+    reload_after(running, paths, None).await
+}
+
+/// `reload`, with `before`: the fingerprint of the running configuration's files taken just
+/// before (by the watcher's poll).
+async fn reload_after(
+    running: &Running,
+    paths: &[PathBuf],
+    before: Option<Fingerprint>,
+) -> Option<Fingerprint> {
     let (owned, running_model) = (paths.to_vec(), running.model());
     let loaded = tokio::task::spawn_blocking(move || {
         let seen = Fingerprint::config(&owned);
@@ -140,8 +163,8 @@ pub async fn reload(running: &Running, paths: &[PathBuf]) -> Option<Fingerprint>
         // The certificate files of the configuration that will be built, or (when it does not
         // load) of the one that stays.
         let seen = match &model {
-            Ok(model) => seen.with_certificates(model),
-            Err(e) => seen.after_failure(&running_model, &e.1),
+            Ok(model) => seen.with_certificate_files(certificate_files(model), before.as_ref()),
+            Err(e) => seen.after_failure(&running_model, &e.1, before.as_ref()),
         };
         (seen, model)
     })

@@ -86,21 +86,19 @@ impl Credentials {
                 });
             }
         }
-        Err(
-            match KEY_PAIRS
-                .iter()
-                .find(|(c, k)| dir.join(c).exists() && dir.join(k).exists())
-            {
-                Some((c, k)) => format!(
-                    "Secret `{name}` ({}) has the keys `{c}` and `{k}`, but one of them is empty",
-                    dir.display()
-                ),
-                None => format!(
-                "Secret `{name}` ({}) holds neither `cert` and `key` nor `tls.crt` and `tls.key`",
-                dir.display()
-            ),
-            },
-        )
+        let empty = KEY_PAIRS
+            .iter()
+            .find(|(c, k)| dir.join(c).exists() && dir.join(k).exists());
+        let (at, keys) = (
+            dir.display(),
+            "`cert` and `key` nor `tls.crt` and `tls.key`",
+        );
+        Err(match empty {
+            Some((c, k)) => {
+                format!("Secret `{name}` ({at}) has the keys `{c}` and `{k}`, but one is empty")
+            }
+            None => format!("Secret `{name}` ({at}) holds neither {keys}"),
+        })
     }
 
     /// The CA certificates (and CRL) of Secret `name`: those of `name-cacert` when it is

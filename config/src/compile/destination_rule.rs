@@ -246,7 +246,6 @@ pub(crate) fn compile(
             }
             export = ExportTo::written(Some(&[".".to_string()]));
         }
-        unverified_servers(o, spec, warnings);
         let ns = o.namespace.as_str();
         let local = export.local_for(ns, proxy_namespace, root_namespace);
         let visible = export.exported_to(ns, proxy_namespace);
@@ -299,6 +298,9 @@ pub(crate) fn compile(
         }
         if selects_none {
             continue;
+        }
+        if local || visible {
+            unverified_servers(o, spec, warnings);
         }
         let rule = Rule {
             namespace: o.namespace.clone(),
@@ -988,7 +990,9 @@ fn unverified_servers(o: &Origin, spec: &DestinationRuleSpec, warnings: &mut Vec
             .enumerate()
             .map(|(i, p)| (format!("{path}.portLevelSettings[{i}]"), p.tls.as_ref()));
         for (path, tls) in std::iter::once((path.clone(), tp.tls.as_ref())).chain(ports) {
-            if tls.is_some_and(|t| t.insecure_skip_verify == Some(true)) {
+            let originating =
+                |t: &raw::ClientTls| matches!(t.mode.as_deref(), Some("SIMPLE" | "MUTUAL"));
+            if tls.is_some_and(|t| t.insecure_skip_verify == Some(true) && originating(t)) {
                 warnings.push(o.warn(
                     Code::UnverifiedUpstream,
                     Some(&format!("{path}.tls.insecureSkipVerify")),
@@ -1013,19 +1017,22 @@ fn client_tls(
     errors: &mut Vec<ConfigError>,
 ) -> Option<UpstreamTls> {
     let insecure = t.insecure_skip_verify.unwrap_or(false);
+    let credential_name = t.credential_name.as_deref().filter(|n| !n.is_empty());
     if insecure {
-        // Istio's validation: nothing that verifies the server goes with insecureSkipVerify.
-        let mode = t.mode.as_deref().unwrap_or("");
-        let verifying: &[(&str, bool)] = match mode {
-            "SIMPLE" => &[
-                ("caCertificates", t.ca_certificates.is_some()),
-                ("caCrl", t.ca_crl.is_some()),
-                ("credentialName", t.credential_name.is_some()),
+        // Istio's validation: nothing that verifies the server goes with insecureSkipVerify
+        // (and `caCrl`, which Istio would then drop unsaid). Beside credentialName the files
+        // are refused as such already.
+        let files = credential_name.is_none();
+        let verifying: &[(&str, bool)] = match t.mode.as_deref() {
+            Some("SIMPLE") => &[
+                ("caCertificates", files && t.ca_certificates.is_some()),
+                ("caCrl", files && t.ca_crl.is_some()),
+                ("credentialName", credential_name.is_some()),
                 ("subjectAltNames", !t.subject_alt_names.is_empty()),
             ],
-            "MUTUAL" => &[
-                ("caCertificates", t.ca_certificates.is_some()),
-                ("caCrl", t.ca_crl.is_some()),
+            Some("MUTUAL") => &[
+                ("caCertificates", files && t.ca_certificates.is_some()),
+                ("caCrl", files && t.ca_crl.is_some()),
                 ("subjectAltNames", !t.subject_alt_names.is_empty()),
             ],
             _ => &[],
@@ -1039,13 +1046,16 @@ fn client_tls(
                 ));
             }
         }
-        if !matches!(mode, "SIMPLE" | "MUTUAL") {
+        // Istio drops it on these modes unsaid; meshgate says so.
+        let refused = match t.mode.as_deref() {
+            Some("ISTIO_MUTUAL") => Some("ISTIO_MUTUAL always verifies the server"),
+            Some("DISABLE") => Some("DISABLE originates no TLS"),
+            _ => None,
+        };
+        if let Some(why) = refused {
             errors.push(o.error(
                 format!("{path}.insecureSkipVerify"),
-                format!(
-                    "applies to SIMPLE and MUTUAL only: {} always verifies the server",
-                    if mode.is_empty() { "this mode" } else { mode }
-                ),
+                format!("applies to SIMPLE and MUTUAL only: {why}"),
             ));
         }
     }
@@ -1060,7 +1070,6 @@ fn client_tls(
         insecure_skip_verify: insecure,
         secret: None,
     };
-    let credential_name = t.credential_name.as_deref().filter(|n| !n.is_empty());
     if let (Some(name), Some("SIMPLE" | "MUTUAL")) = (credential_name, t.mode.as_deref()) {
         let before = errors.len();
         secret_ref(o, path, t, name, &mut settings, errors);

@@ -3449,7 +3449,8 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
     let t = upstream("{mode: MUTUAL, credentialName: no-ca, insecureSkipVerify: true}");
     assert_eq!(t.client_certificate, Some(dir.join("no-ca/cert")));
     assert_eq!(t.ca_certificates, None);
-    // A rule that reaches no backend of this proxy needs no Secret mounted here.
+    // A rule that reaches no backend of this proxy needs no Secret mounted here: for another
+    // host, or for another workload.
     load_str(
         "t.yaml",
         &dr_for(
@@ -3458,6 +3459,30 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
         ),
     )
     .unwrap();
+    load_str(
+        "t.yaml",
+        &dr("{mode: MUTUAL, credentialName: missing}").replace(
+            "  host: api.example.com\n",
+            "  host: api.example.com\n  workloadSelector: {matchLabels: {app: other}}\n",
+        ),
+    )
+    .unwrap();
+    // Two backends of one rule (two ports): one error for its Secret.
+    let two_ports = dr("{mode: SIMPLE, credentialName: missing}").replace(
+        "  ports: [{number: 80, name: http, protocol: HTTP}]",
+        "  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: http-alt, protocol: HTTP}]",
+    );
+    let e = errors(&two_ports);
+    assert_eq!(
+        e.iter().filter(|e| e.contains("credentialName")).count(),
+        1,
+        "{e:#?}"
+    );
+    let both = load_str("t.yaml", &two_ports.replace("missing", "ca-only")).unwrap();
+    let read = both.backends.iter().filter(|b| {
+        matches!(&b.policy.tls, UpstreamTls::Simple(t) if t.ca_certificates == Some(dir.join("ca-only/ca.crt")))
+    });
+    assert_eq!(read.count(), 2);
 
     let dirs = |a: &str| dir.join(a).display().to_string();
     assert_errors(&[
@@ -3465,7 +3490,7 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
         (gw("{mode: SIMPLE, credentialName: missing}"), &format!("spec.servers[0].tls.credentialName: Secret `missing` is not mounted: {} is not a directory holding its keys", dirs("missing"))),
         (gw("{mode: SIMPLE, credentialName: ca-only}"), &format!("spec.servers[0].tls.credentialName: Secret `ca-only` ({}) holds neither `cert` and `key` nor `tls.crt` and `tls.key`", dirs("ca-only"))),
         (gw("{mode: SIMPLE, credentialName: empty-pair}"), "Secret `empty-pair` ("),
-        (gw("{mode: SIMPLE, credentialName: empty-pair}"), ") has the keys `tls.crt` and `tls.key`, but one of them is empty"),
+        (gw("{mode: SIMPLE, credentialName: empty-pair}"), ") has the keys `tls.crt` and `tls.key`, but one is empty"),
         (gw("{mode: MUTUAL, credentialName: no-ca}"), &format!("spec.servers[0].tls.credentialName: Secret `no-ca` ({}) holds neither `cacert` nor `ca.crt`", dirs("no-ca"))),
         (gw("{mode: MUTUAL, credentialName: empty-ca}"), "has the key `cacert` or `ca.crt`, but it is empty"),
         // The empty -cacert mount is passed over for the Secret itself.
@@ -3549,5 +3574,40 @@ fn insecure_skip_verify_turns_off_server_verification_and_is_warned() {
         (yaml("{mode: SIMPLE, credentialName: api, insecureSkipVerify: true}"), &format!("{field}.credentialName: insecureSkipVerify is true")),
         (yaml("{mode: MUTUAL, clientCertificate: c.pem, privateKey: k.pem, caCrl: crl.pem, insecureSkipVerify: true}"), &format!("{field}.caCrl: insecureSkipVerify is true")),
         (yaml("{mode: ISTIO_MUTUAL, insecureSkipVerify: true}"), &format!("{field}.insecureSkipVerify: applies to SIMPLE and MUTUAL only: ISTIO_MUTUAL always verifies the server")),
+        (yaml("{mode: DISABLE, insecureSkipVerify: true}"), &format!("{field}.insecureSkipVerify: applies to SIMPLE and MUTUAL only: DISABLE originates no TLS")),
     ]);
+    // Beside credentialName the files are refused once, as such.
+    let e = errors(&yaml(
+        "{mode: MUTUAL, credentialName: api, caCertificates: ca.pem, insecureSkipVerify: true}",
+    ));
+    assert_eq!(
+        e.iter().filter(|e| e.contains(".caCertificates")).count(),
+        1,
+        "{e:#?}"
+    );
+    // A subset's, warned at its own path; a rule that selects another workload, not at all.
+    let subset = yaml("{mode: SIMPLE}").replace(
+        "    portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]\n",
+        "    tls: {mode: SIMPLE}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true}}\n",
+    );
+    let model = load_str("t.yaml", &subset).unwrap();
+    let fields: Vec<_> = model
+        .warnings
+        .iter()
+        .filter(|w| w.code == Code::UnverifiedUpstream)
+        .map(|w| w.field.as_deref())
+        .collect();
+    assert_eq!(
+        fields,
+        [Some("spec.subsets[0].trafficPolicy.tls.insecureSkipVerify")]
+    );
+    let elsewhere = yaml("{mode: SIMPLE, insecureSkipVerify: true}").replace(
+        "  host: api.example.com\n",
+        "  host: api.example.com\n  workloadSelector: {matchLabels: {app: other}}\n",
+    );
+    let model = load_str("t.yaml", &elsewhere).unwrap();
+    assert!(model
+        .warnings
+        .iter()
+        .all(|w| w.code != Code::UnverifiedUpstream));
 }

@@ -54,6 +54,17 @@ pub fn origination(
             .unwrap_or("DestinationRule");
         format!("{source} for {}:{}", backend.host, backend.port)
     };
+    // A Secret's CA is read where its rule applies: one still missing here would leave SIMPLE
+    // verifying by the mesh bundle instead, so it is refused rather than fallen back from.
+    if let Some(secret) = &settings.secret {
+        if settings.ca_certificates.is_none() && !settings.insecure_skip_verify {
+            return Err(BuildError::Tls(format!(
+                "{}: the CA of Secret `{}` was not read",
+                what(),
+                secret.name
+            )));
+        }
+    }
     let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
         if settings.insecure_skip_verify && !istio {
             Arc::new(UnverifiedServer::new(provider.clone()))
@@ -87,7 +98,7 @@ pub fn origination(
             )))
         }
         (true, false) => {
-            let (chain, key) = read_client_files(settings, material)?;
+            let (chain, key) = read_client_files(settings, material, &what)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| BuildError::Tls(format!("{}: client certificate: {e}", what())))?
@@ -210,11 +221,13 @@ fn read_roots(path: &Path, material: &Material) -> Result<RootCertStore, BuildEr
 fn read_client_files(
     settings: &ClientTls,
     material: &Material,
+    what: &dyn Fn() -> String,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), BuildError> {
     let (Some(cert), Some(key)) = (&settings.client_certificate, &settings.private_key) else {
-        return Err(BuildError::Tls(
-            "MUTUAL needs clientCertificate and privateKey".into(),
-        ));
+        return Err(BuildError::Tls(format!(
+            "{}: MUTUAL needs clientCertificate and privateKey",
+            what()
+        )));
     };
     Ok((material.certificates(cert)?.to_vec(), material.key(key)?))
 }

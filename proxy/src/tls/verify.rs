@@ -1243,3 +1243,95 @@ mod tests {
         assert_eq!(v.verified.hits(), 1);
     }
 }
+
+#[cfg(test)]
+mod unverified_tests {
+    //! `insecureSkipVerify` skips the certificate, never the proof of its key.
+
+    use std::sync::Arc;
+
+    use meshgate_pki::{Authority, KeyAlgorithm, LeafSpec, Workload};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+    use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+
+    use super::UnverifiedServer;
+
+    #[derive(Debug)]
+    struct Presents(Arc<CertifiedKey>);
+
+    impl ResolvesServerCert for Presents {
+        fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// A handshake of an `UnverifiedServer` client with a server presenting `chain_of`'s
+    /// certificate and signing with `key_of`'s key.
+    fn handshake(chain_of: &Workload, key_of: &Workload) -> Result<(), rustls::Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_of.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key_of.key_pem.as_bytes()).unwrap();
+        let signing = provider.key_provider.load_private_key(key).unwrap();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Presents(Arc::new(CertifiedKey::new(
+                chain, signing,
+            )))));
+        let client = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(UnverifiedServer::new(provider)))
+            .with_no_client_auth();
+        let name = ServerName::try_from("api.example.com").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut &wire[..]).unwrap();
+            // The server's own failures are not what is tested.
+            let _ = s.process_new_packets();
+            wire.clear();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut &wire[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not end");
+    }
+
+    #[test]
+    fn any_certificate_is_accepted_but_its_key_must_sign() {
+        let ca = Authority::root("unknown CA", KeyAlgorithm::EcdsaP256).unwrap();
+        let leaf = || {
+            let mut spec = LeafSpec::spiffe("spiffe://unused");
+            spec.uris.clear();
+            spec.dns = vec!["elsewhere.example.org".into()];
+            ca.issue(&spec).unwrap()
+        };
+        let (a, b) = (leaf(), leaf());
+        // A CA nobody trusts, a name that is not the SNI: accepted.
+        handshake(&a, &a).unwrap();
+        // A certificate without its key: refused.
+        let e = handshake(&a, &b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+                    | rustls::Error::PeerMisbehaved(_)
+            ),
+            "{e:?}"
+        );
+    }
+}
