@@ -250,6 +250,7 @@ pub(crate) fn destination_rules(
     parsed: &Parsed,
     backends: &[Backend],
     proxy_namespaces: [&str; 2],
+    proxy_labels: &crate::raw::Labels,
     warnings: &mut Vec<Warning>,
 ) {
     // Whether a rule of `namespace` may apply to backend `b`: the namespace of the resource
@@ -281,6 +282,14 @@ pub(crate) fn destination_rules(
         if !export.local_for(&o.namespace, proxy, root) && !export.exported_to(&o.namespace, proxy)
         {
             continue;
+        }
+        // One whose workloadSelector selects no workload here is reported as such (MG0111).
+        if let Some(selector) = spec.workload_selector.as_ref().map(|s| &s.match_labels) {
+            let selects = o.namespace == proxy
+                && selector.iter().all(|(k, v)| proxy_labels.get(k) == Some(v));
+            if !selects {
+                continue;
+            }
         }
         let host = if spec.host == "*" {
             spec.host.clone()

@@ -1078,19 +1078,9 @@ fn client_tls(
         }
     }
     let no_files = |mode: &str, errors: &mut Vec<ConfigError>| {
-        for (field, set) in [
-            ("clientCertificate", t.client_certificate.is_some()),
-            ("privateKey", t.private_key.is_some()),
-            ("caCertificates", t.ca_certificates.is_some()),
-            ("caCrl", t.ca_crl.is_some()),
-        ] {
-            if set {
-                errors.push(o.error(
-                    format!("{path}.{field}"),
-                    format!("not used with {mode}: ISTIO_MUTUAL uses the MeshGateway identity and bundle"),
-                ));
-            }
-        }
+        let why =
+            format!("not used with {mode}: ISTIO_MUTUAL uses the MeshGateway identity and bundle");
+        refuse_files(o, path, t, &why, errors);
     };
     match t.mode.as_deref() {
         Some(mode @ ("ISTIO_MUTUAL" | "DISABLE")) if credential_name.is_some() => {
@@ -1141,20 +1131,14 @@ fn secret_ref(
     settings: &mut ClientTls,
     errors: &mut Vec<ConfigError>,
 ) {
-    for (field, set) in [
-        ("clientCertificate", t.client_certificate.is_some()),
-        ("privateKey", t.private_key.is_some()),
-        ("caCertificates", t.ca_certificates.is_some()),
-        ("caCrl", t.ca_crl.is_some()),
-    ] {
-        if set {
-            errors.push(o.error(
-                format!("{path}.{field}"),
-                "credentialName is set: the Secret holds the certificates (and the CRL as `crl` \
-                 or `ca.crl`), so the files are not given as well",
-            ));
-        }
-    }
+    refuse_files(
+        o,
+        path,
+        t,
+        "credentialName is set: the Secret holds the certificates (and the CRL as `crl` or \
+         `ca.crl`), so the files are not given as well",
+        errors,
+    );
     let field = format!("{path}.credentialName");
     if let Err(e) = credential::check_name(name) {
         errors.push(o.error(field, e));
@@ -1166,4 +1150,24 @@ fn secret_ref(
         resource: o.resource(),
         field,
     });
+}
+
+/// An error `why` for each certificate file `t` names.
+fn refuse_files(
+    o: &Origin,
+    path: &str,
+    t: &raw::ClientTls,
+    why: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (field, set) in [
+        ("clientCertificate", t.client_certificate.is_some()),
+        ("privateKey", t.private_key.is_some()),
+        ("caCertificates", t.ca_certificates.is_some()),
+        ("caCrl", t.ca_crl.is_some()),
+    ] {
+        if set {
+            errors.push(o.error(format!("{path}.{field}"), why));
+        }
+    }
 }

@@ -179,6 +179,7 @@ pub fn compile(
         &parsed,
         backends.list(),
         [proxy_namespace, root_namespace],
+        proxy.as_ref().map_or(&no_labels, |(p, _)| &p.labels),
         warnings,
     );
     if let Some((_, listen)) = &proxy {

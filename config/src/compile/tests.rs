@@ -3611,3 +3611,19 @@ fn insecure_skip_verify_turns_off_server_verification_and_is_warned() {
         .iter()
         .all(|w| w.code != Code::UnverifiedUpstream));
 }
+
+/// A DestinationRule whose workloadSelector selects another workload is reported once, as
+/// such, and not again for a host nothing here uses.
+#[test]
+fn a_rule_for_another_workload_is_reported_once() {
+    let yaml = sidecar(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: default}\nspec:\n  host: nothing.example.com\n  workloadSelector: {matchLabels: {app: other}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+    );
+    let model = load_str("t.yaml", &yaml).unwrap();
+    let codes: Vec<Code> = model.warnings.iter().map(|w| w.code).collect();
+    assert_eq!(codes, [Code::PolicyNotApplied], "{:?}", model.warnings);
+    // Selecting this proxy, the unused host is reported.
+    let model = load_str("t.yaml", &yaml.replace("app: other", "app: productpage")).unwrap();
+    let codes: Vec<Code> = model.warnings.iter().map(|w| w.code).collect();
+    assert_eq!(codes, [Code::DestinationRuleUnused], "{:?}", model.warnings);
+}
