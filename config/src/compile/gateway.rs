@@ -20,10 +20,6 @@ use crate::model::{
 };
 use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
 
-/// The most TLS servers one port serves: a virtual host keeps the groups that see each of its
-/// hosts as bits of a `u64` (`VirtualHost::host_groups`).
-const MAX_TLS_GROUPS: usize = 64;
-
 pub(crate) fn compile(
     found: &[(Origin, GatewaySpec)],
     labels: &BTreeMap<String, String>,
@@ -101,24 +97,10 @@ pub(crate) fn compile(
             if clash {
                 continue;
             }
-            let group = match tls {
-                Some(tls) => {
-                    let g = listener.tls.len();
-                    if g == MAX_TLS_GROUPS {
-                        errors.push(o.error(
-                            format!("{path}.tls"),
-                            format!(
-                                "port {} already has {MAX_TLS_GROUPS} TLS servers, as many as \
-                                 meshgate serves on one port",
-                                compiled.port
-                            ),
-                        ));
-                    }
-                    listener.tls.push(tls);
-                    Some(g)
-                }
-                None => None,
-            };
+            let group = tls.map(|tls| {
+                listener.tls.push(tls);
+                listener.tls.len().saturating_sub(1)
+            });
             for s in &mut compiled.servers {
                 s.tls = group;
             }

@@ -18,7 +18,7 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::authz::Policies;
 use crate::model::{
-    tls_group_bit, HostMatcher, L4Match, Listener, ListenerProtocol, ServerHost, TcpRoute,
+    HostMatcher, L4Match, Listener, ListenerProtocol, ServerHost, TcpRoute, TlsGroups,
 };
 use crate::raw::authorization_policy::AuthorizationPolicySpec;
 use crate::raw::virtual_service::{TcpRoute as RawTcpRoute, VirtualServiceSpec};
@@ -94,22 +94,24 @@ pub(crate) fn bind_tcp_routes(
             // the connection's TLS group serve the VirtualService's hosts (Istio's
             // `pickMatchingGatewayHosts`) take it. Plaintext: the port's one `tcp_proxy`.
             let names: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
-            let readings: Vec<(Vec<String>, u64)> = if listener.tls.is_empty() {
-                vec![(names.clone(), u64::MAX)]
+            let readings: Vec<(Vec<String>, TlsGroups)> = if listener.tls.is_empty() {
+                vec![(names.clone(), TlsGroups::All)]
             } else {
-                let mut each: Vec<(Vec<String>, u64)> = Vec::new();
+                let mut each: Vec<(Vec<String>, TlsGroups)> = Vec::new();
                 for s in &servers {
                     if !hosts.iter().any(|h| s.host.intersects(h)) {
                         continue;
                     }
-                    let bit = s.tls.map_or(0, tls_group_bit);
+                    let Some(group) = s.tls else {
+                        continue;
+                    };
                     match each.iter_mut().find(|(g, _)| g.first() == Some(&s.gateway)) {
-                        Some((_, mask)) => *mask |= bit,
-                        None => each.push((vec![s.gateway.clone()], bit)),
+                        Some((_, set)) => set.insert(group),
+                        None => each.push((vec![s.gateway.clone()], TlsGroups::one(group))),
                     }
                 }
                 // A Gateway whose servers here are all plaintext takes no TLS connection.
-                each.retain(|(_, mask)| *mask != 0);
+                each.retain(|(_, set)| !set.is_empty());
                 each
             };
             for (i, route) in routes.iter().enumerate() {
@@ -127,7 +129,7 @@ pub(crate) fn bind_tcp_routes(
                             source: made.source.clone(),
                             matches,
                             backends: made.backends.clone(),
-                            tls_groups: *tls_groups,
+                            tls_groups: tls_groups.clone(),
                         });
                     }
                 }
@@ -213,7 +215,7 @@ fn tcp_route(
         source: o.resource(),
         matches,
         backends: out,
-        tls_groups: u64::MAX,
+        tls_groups: TlsGroups::All,
     })
 }
 

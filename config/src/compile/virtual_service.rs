@@ -21,11 +21,10 @@ use super::Origin;
 use crate::error::ConfigError;
 use crate::model::header_format::HeaderValueSource;
 use crate::model::{
-    tls_group_bit, AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort,
-    FaultDelay, HeaderCommands, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind,
-    ListenerProtocol, Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry,
-    RetryOn, Route, RouteAction, RouteTable, StringMatcher, UriRewrite, VirtualHost,
-    WeightedBackend,
+    AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
+    HeaderCommands, HeaderMatch, HeaderOps, HostMatcher, Listener, ListenerKind, ListenerProtocol,
+    Mirror, QueryParamMatch, Redirect, RedirectPort, RequestMatch, Retry, RetryOn, Route,
+    RouteAction, RouteTable, StringMatcher, TlsGroups, UriRewrite, VirtualHost, WeightedBackend,
 };
 use crate::raw::virtual_service::{
     CorsPolicy as CorsSpec, Destination as DestinationSpec, Fault as FaultSpec, HeaderOperations,
@@ -238,22 +237,22 @@ pub(crate) fn bind(
                 // With the TLS groups of the servers that serve each (their bits or'd; every
                 // bit on a listener without TLS).
                 let mut bound: Vec<HostMatcher> = Vec::new();
-                let mut groups: Vec<u64> = Vec::new();
+                let mut groups: Vec<TlsGroups> = Vec::new();
                 for h in &hosts {
                     for s in servers.iter().filter(|s| s.gateway == gateway) {
                         let Some(common) = s.host.intersection(h) else {
                             continue;
                         };
-                        let bit = s.tls.map_or(u64::MAX, tls_group_bit);
+                        let set = s.tls.map_or(TlsGroups::All, TlsGroups::one);
                         match bound.iter().position(|b| *b == common) {
                             Some(i) => {
                                 if let Some(g) = groups.get_mut(i) {
-                                    *g |= bit;
+                                    g.extend(&set);
                                 }
                             }
                             None => {
                                 bound.push(common);
-                                groups.push(bit);
+                                groups.push(set);
                             }
                         }
                     }
@@ -319,21 +318,18 @@ fn merge(
     // its own bit): what answers it for one group's connections is what its servers of that
     // group serve, as each of Envoy's filter chains has its own route configuration.
     let https = !listener.tls.is_empty();
-    let mut answering: HashMap<(&HostMatcher, u64), Vec<usize>> = HashMap::new();
-    let mut hosts: Vec<(&HostMatcher, u64)> = Vec::new();
+    // The group is `None` on a listener without TLS, where every connection sees every host.
+    let mut answering: HashMap<(&HostMatcher, Option<usize>), Vec<usize>> = HashMap::new();
+    let mut hosts: Vec<(&HostMatcher, Option<usize>)> = Vec::new();
     for (i, (_, vh)) in table.iter().enumerate() {
         for (k, h) in vh.hosts.iter().enumerate() {
-            let mask = vh.groups_of(k);
-            let bits: Vec<u64> = if !https {
-                vec![mask]
+            let groups: Vec<Option<usize>> = if !https {
+                vec![None]
             } else {
-                (0..64)
-                    .map(tls_group_bit)
-                    .filter(|bit| mask & bit != 0)
-                    .collect()
+                vh.groups_of(k).groups().map(Some).collect()
             };
-            for bit in bits {
-                let key = (h, bit);
+            for group in groups {
+                let key = (h, group);
                 let list = answering.entry(key).or_insert_with(|| {
                     hosts.push(key);
                     Vec::new()
@@ -345,11 +341,11 @@ fn merge(
         }
     }
     // Hosts that the same virtual hosts answer share one virtual host.
-    let mut groups: Vec<(Vec<usize>, Vec<HostMatcher>, Vec<u64>)> = Vec::new();
+    let mut groups: Vec<(Vec<usize>, Vec<HostMatcher>, Vec<TlsGroups>)> = Vec::new();
     let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
     let mut reported: HashSet<(usize, usize)> = HashSet::new();
-    for (h, tls_groups) in hosts {
-        let Some(mut list) = answering.get(&(h, tls_groups)).cloned() else {
+    for (h, tls_group) in hosts {
+        let Some(mut list) = answering.get(&(h, tls_group)).cloned() else {
             continue;
         };
         if !on_gateway {
@@ -372,15 +368,16 @@ fn merge(
         };
         if let Some((_, group_hosts, host_groups)) = groups.get_mut(g) {
             // One host seen the same way by several groups is one entry for them all.
+            let set = tls_group.map_or(TlsGroups::All, TlsGroups::one);
             match group_hosts.iter().position(|known| known == h) {
                 Some(k) => {
-                    if let Some(mask) = host_groups.get_mut(k) {
-                        *mask |= tls_groups;
+                    if let Some(seen_by) = host_groups.get_mut(k) {
+                        seen_by.extend(&set);
                     }
                 }
                 None => {
                     group_hosts.push(h.clone());
-                    host_groups.push(tls_groups);
+                    host_groups.push(set);
                 }
             }
         }

@@ -23,9 +23,9 @@ pub use host::{HostMatcher, NamespaceFilter};
 pub use outlier::OutlierDetection;
 pub use retry::{Retry, RetryOn};
 pub use route::{
-    tls_group_bit, AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort,
-    FaultDelay, HeaderCommands, HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch,
-    Redirect, RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, UriRewrite,
+    AbortStatus, Cors, DestinationHeaders, DirectResponse, Fault, FaultAbort, FaultDelay,
+    HeaderCommands, HeaderMatch, HeaderOps, MatchInput, Mirror, QueryParamMatch, Redirect,
+    RedirectPort, RequestMatch, Route, RouteAction, StringMatcher, TlsGroups, UriRewrite,
     VirtualHost, WeightedBackend,
 };
 pub use table::RouteTable;
@@ -649,17 +649,17 @@ pub struct TcpRoute {
     pub matches: Vec<L4Match>,
     /// Weights > 0.
     pub backends: Vec<WeightedBackend>,
-    /// With TLS terminated, the TLS groups (bit `g` for `Listener::tls[g]`) of the servers of
-    /// its Gateways that serve its hosts: a connection whose SNI chose another group does not
-    /// take it. Every bit on a plaintext listener.
+    /// With TLS terminated, the TLS groups (`Listener::tls`, one per server) of the servers of
+    /// its Gateways that serve its hosts: a connection whose SNI chose another server does not
+    /// take it. All on a plaintext listener.
     #[serde(skip)]
-    pub tls_groups: u64,
+    pub tls_groups: TlsGroups,
 }
 
 impl TcpRoute {
     /// Whether a connection of TLS group `group` (`None`: plaintext) may take it.
     pub fn admits_tls_group(&self, group: Option<usize>) -> bool {
-        route::admits(self.tls_groups, group)
+        self.tls_groups.admits(group)
     }
 }
 

@@ -20,23 +20,23 @@ pub struct VirtualHost {
     /// `VirtualService namespace/name`, or several joined by `, ` when merged.
     pub source: String,
     pub hosts: Vec<HostMatcher>,
-    /// On an HTTPS listener, for each of `hosts`, the TLS groups (bit `g` for
-    /// `Listener::tls[g]`) of the servers that serve it for these routes' Gateways: a
-    /// connection whose SNI chose another group does not see it, as each of Envoy's filter
-    /// chains has a route configuration of its own. `None`: every group (other listeners).
+    /// On an HTTPS listener, for each of `hosts`, the TLS groups (`Listener::tls`, one per
+    /// server) that serve it for these routes' Gateways: a connection whose SNI chose another
+    /// server does not see it, as each of Envoy's filter chains has a route configuration of
+    /// its own. `None`: every group (other listeners).
     #[serde(skip)]
-    pub host_groups: Option<Vec<u64>>,
+    pub host_groups: Option<Vec<TlsGroups>>,
     /// In order: the first route whose match succeeds wins.
     pub routes: Vec<Route>,
 }
 
 impl VirtualHost {
     /// The TLS groups that see `hosts[k]`.
-    pub fn groups_of(&self, k: usize) -> u64 {
+    pub fn groups_of(&self, k: usize) -> TlsGroups {
         match &self.host_groups {
-            None => u64::MAX,
+            None => TlsGroups::All,
             // A host added without its groups is seen by none.
-            Some(groups) => groups.get(k).copied().unwrap_or(0),
+            Some(groups) => groups.get(k).cloned().unwrap_or_default(),
         }
     }
 }
@@ -79,20 +79,96 @@ pub struct Route {
     pub cors: Option<Cors>,
 }
 
-/// The bit of TLS group `group` in a mask of groups (none past the 64th, which a port may not
-/// have).
-pub fn tls_group_bit(group: usize) -> u64 {
-    u32::try_from(group)
-        .ok()
-        .and_then(|g| 1u64.checked_shl(g))
-        .unwrap_or(0)
+/// A set of a listener's TLS groups (`Listener::tls`, one per TLS server), or all of them (a
+/// listener without TLS): those that see a host or take a `tcp` route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum TlsGroups {
+    /// Group `g` is bit `g % 64` of word `g / 64`.
+    Some(Vec<u64>),
+    /// Every group, and a connection without TLS.
+    All,
+    /// None.
+    #[default]
+    Empty,
 }
 
-/// Whether the TLS groups `mask` (bit `g` for group `g`) hold `group`; `None` (not an HTTPS
-/// listener) is in every mask.
-#[inline]
-pub fn admits(mask: u64, group: Option<usize>) -> bool {
-    group.is_none_or(|g| mask & tls_group_bit(g) != 0)
+impl TlsGroups {
+    /// Group `group` alone.
+    pub fn one(group: usize) -> Self {
+        let mut set = Self::Empty;
+        set.insert(group);
+        set
+    }
+
+    /// Adds group `group`.
+    pub fn insert(&mut self, group: usize) {
+        let (word, bit) = (group >> 6, 1u64 << (group & 63));
+        match self {
+            Self::All => {}
+            Self::Empty => {
+                let mut words = vec![0; word.saturating_add(1)];
+                if let Some(w) = words.get_mut(word) {
+                    *w = bit;
+                }
+                *self = Self::Some(words);
+            }
+            Self::Some(words) => {
+                if words.len() <= word {
+                    words.resize(word.saturating_add(1), 0);
+                }
+                if let Some(w) = words.get_mut(word) {
+                    *w |= bit;
+                }
+            }
+        }
+    }
+
+    /// Adds every group of `other`.
+    pub fn extend(&mut self, other: &Self) {
+        match other {
+            Self::All => *self = Self::All,
+            Self::Empty => {}
+            Self::Some(_) => other.groups().for_each(|g| self.insert(g)),
+        }
+    }
+
+    /// The groups, in order (none for `All`, which names no group).
+    pub fn groups(&self) -> impl Iterator<Item = usize> + '_ {
+        let words = match self {
+            Self::Some(words) => words.as_slice(),
+            Self::All | Self::Empty => &[],
+        };
+        words.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64usize)
+                .filter(move |b| word & (1u64 << b) != 0)
+                .map(move |b| (w << 6) | b)
+        })
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::All => false,
+            Self::Some(words) => words.iter().all(|w| *w == 0),
+        }
+    }
+
+    /// Whether a connection of TLS group `group` is in it; `None` (a listener without TLS) is
+    /// in every set.
+    #[inline]
+    pub fn admits(&self, group: Option<usize>) -> bool {
+        let Some(g) = group else {
+            return true;
+        };
+        match self {
+            Self::All => true,
+            Self::Empty => false,
+            Self::Some(words) => words
+                .get(g >> 6)
+                .is_some_and(|w| w & (1u64 << (g & 63)) != 0),
+        }
+    }
 }
 
 /// How a route rewrites the path it forwards (the query is kept either way).
@@ -785,5 +861,39 @@ mod tests {
         for (what, m, want) in cases {
             assert_eq!(m.is_catch_all(8080), want, "{what}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_group_tests {
+    use super::TlsGroups;
+
+    #[test]
+    fn a_set_of_groups_holds_any_number() {
+        let mut set = TlsGroups::default();
+        assert!(set.is_empty() && !set.admits(Some(0)) && set.admits(None));
+        for g in [3, 64, 200] {
+            set.insert(g);
+        }
+        assert!(!set.is_empty());
+        assert_eq!(set.groups().collect::<Vec<_>>(), [3, 64, 200]);
+        for (g, held) in [
+            (3, true),
+            (64, true),
+            (200, true),
+            (0, false),
+            (63, false),
+            (65, false),
+            (199, false),
+            (1000, false),
+        ] {
+            assert_eq!(set.admits(Some(g)), held, "{g}");
+        }
+        let mut more = TlsGroups::one(5);
+        more.extend(&set);
+        assert_eq!(more.groups().collect::<Vec<_>>(), [3, 5, 64, 200]);
+        more.extend(&TlsGroups::All);
+        assert!(more.admits(Some(7)) && more.admits(Some(100_000)));
+        assert_eq!(TlsGroups::All.groups().count(), 0);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{HostMatcher, VirtualHost};
+use super::{HostMatcher, TlsGroups, VirtualHost};
 
 /// The virtual hosts of one listener and their host index. Built once; never out of step.
 ///
@@ -18,12 +18,12 @@ pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
     /// Each pattern's virtual hosts, with the TLS groups that see it there.
     #[serde(skip)]
-    exact: HashMap<Box<str>, Vec<(usize, u64)>>,
+    exact: HashMap<Box<str>, Vec<(usize, TlsGroups)>>,
     /// `*.example.com` kept as `.example.com`.
     #[serde(skip)]
-    suffix: HashMap<Box<str>, Vec<(usize, u64)>>,
+    suffix: HashMap<Box<str>, Vec<(usize, TlsGroups)>>,
     #[serde(skip)]
-    any: Vec<(usize, u64)>,
+    any: Vec<(usize, TlsGroups)>,
 }
 
 impl RouteTable {
@@ -92,11 +92,11 @@ impl RouteTable {
                 &owned
             }
         };
-        let answering = |candidates: &[(usize, u64)]| {
+        let answering = |candidates: &[(usize, TlsGroups)]| {
             candidates
                 .iter()
-                .find(|(_, groups)| super::route::admits(*groups, group))
-                .map(|&(i, _)| i)
+                .find(|(_, groups)| groups.admits(group))
+                .map(|(i, _)| *i)
         };
         let i = self
             .exact

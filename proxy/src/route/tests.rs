@@ -820,3 +820,30 @@ spec:
     assert_eq!(seen(1, "a.example.com", "/b"), None);
     assert_eq!(seen(1, "z.example.com", "/b").as_deref(), Some("b"));
 }
+
+/// Many TLS servers on one port (past 64, where one machine word of groups ends): each still
+/// sees its own host's routes and no other's.
+#[test]
+fn a_port_keeps_many_servers_apart() {
+    let mut yaml = String::from(
+        "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}\n",
+    );
+    for i in 0..130 {
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g{i}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: mtls, protocol: HTTPS}}\n    hosts: [h{i}.example.com]\n    tls: {{mode: ISTIO_MUTUAL}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{i}, namespace: istio-system}}\nspec:\n  hosts: [\"*.example.com\"]\n  gateways: [g{i}]\n  http: [{{directResponse: {{status: 200, body: {{string: v{i}}}}}}}]\n"
+        ));
+    }
+    let mut model = meshgate_config::load_str("many.yaml", &yaml).unwrap();
+    let l = model.listeners.remove(0);
+    assert_eq!(l.tls.len(), 130);
+    for i in [0usize, 63, 64, 65, 127, 128, 129] {
+        let own = format!("h{i}.example.com");
+        assert_eq!(answer(&l, i, &own, "/"), Some(format!("v{i}")), "{own}");
+        for other in [0usize, 64, 128] {
+            if other != i {
+                let host = format!("h{other}.example.com");
+                assert_eq!(answer(&l, i, &host, "/"), None, "{host} through {i}");
+            }
+        }
+    }
+}
