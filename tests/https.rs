@@ -893,3 +893,125 @@ spec:
     let (status, _) = get("b.example-target.com", "a.example-target.com").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A certificate and its RSA twin (`tlsCertificates`, `credentialNames`): a client gets the
+/// ECDSA one when it can take it, the RSA one when only RSA fits its signature schemes or its
+/// TLS 1.2 cipher suites, as Envoy chooses; clients are verified with the one CA bundle.
+#[tokio::test]
+async fn twin_certificates_go_to_the_clients_that_can_take_them() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let pki = Pki::new(&["example-target.com", "example.com"]);
+    let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let clients = Authority::root("partner client CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let rsa = |dns: &str| {
+        let mut spec = LeafSpec::spiffe("spiffe://unused");
+        spec.uris.clear();
+        spec.dns = vec![dns.to_string()];
+        spec.key = KeyAlgorithm::Rsa2048;
+        public.issue(&spec).unwrap()
+    };
+    let (b, b_rsa) = (server_cert(&public, "b.example.com"), rsa("b.example.com"));
+    let (c, c_rsa) = (server_cert(&public, "c.example.com"), rsa("c.example.com"));
+    let partner = partner_cert(&clients, &["partner.example.org"]);
+    let backend = echo();
+    let yaml = config(backend.address, "ECDHE-ECDSA-AES128-GCM-SHA256")
+        .replacen(
+            "  reload: {pollInterval: 0s}",
+            "  reload: {pollInterval: 0s}\n  credentials: {directory: secrets}",
+            1,
+        )
+        .replace(
+            "tls: {mode: MUTUAL, serverCertificate: tls/b.pem, privateKey: tls/b-key.pem, caCertificates: tls/clients.pem}",
+            "tls: {mode: MUTUAL, caCertificates: tls/clients.pem, tlsCertificates: [{serverCertificate: tls/b.pem, privateKey: tls/b-key.pem}, {serverCertificate: tls/b-rsa.pem, privateKey: tls/b-rsa-key.pem}]}\n  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: SIMPLE, credentialNames: [c-rsa, c-ecdsa]}",
+        )
+        .replace(
+            "hosts: [a.example.com, b.example.com, ",
+            "hosts: [a.example.com, b.example.com, c.example.com, ",
+        );
+    let a = server_cert(&public, "a.example.com");
+    let proxy = Proxy::start_with_files(
+        &yaml,
+        &pki.workload("example-target.com", GATEWAY_ID),
+        &[
+            ("tls/a.pem", &a.chain_pem),
+            ("tls/a-key.pem", &a.key_pem),
+            ("tls/b.pem", &b.chain_pem),
+            ("tls/b-key.pem", &b.key_pem),
+            ("tls/b-rsa.pem", &b_rsa.chain_pem),
+            ("tls/b-rsa-key.pem", &b_rsa.key_pem),
+            ("tls/clients.pem", &clients.cert_pem),
+            ("secrets/c-rsa/cert", &c_rsa.chain_pem),
+            ("secrets/c-rsa/key", &c_rsa.key_pem),
+            ("secrets/c-ecdsa/tls.crt", &c.chain_pem),
+            ("secrets/c-ecdsa/tls.key", &c.key_pem),
+        ],
+    )
+    .await;
+    let addr = proxy.addr(443);
+    let presented = |client: Client, sni: &'static str| async move {
+        let tls = client.connect(addr, sni).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+    // TLS 1.3, every scheme: ECDSA, whichever is listed first.
+    let any = Client::plain(Some(&partner), &public.cert_pem);
+    assert_eq!(presented(any.clone(), "b.example.com").await, b.leaf_der);
+    assert_eq!(presented(any.clone(), "c.example.com").await, c.leaf_der);
+    // TLS 1.2 with RSA suites only: the RSA twin; with ECDSA suites only, the first.
+    let rsa_suites = Client::tls12(
+        Some(&partner),
+        &public.cert_pem,
+        &[cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256],
+    );
+    assert_eq!(
+        presented(rsa_suites.clone(), "b.example.com").await,
+        b_rsa.leaf_der
+    );
+    assert_eq!(presented(rsa_suites, "c.example.com").await, c_rsa.leaf_der);
+    let ecdsa_suites = Client::tls12(
+        Some(&partner),
+        &public.cert_pem,
+        &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
+    );
+    assert_eq!(presented(ecdsa_suites, "b.example.com").await, b.leaf_der);
+    // The client certificate is verified whichever certificate was presented.
+    let r = any
+        .get(addr, "b.example.com", "b.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(Client::plain(None, &public.cert_pem)
+        .get(addr, "b.example.com", "b.example.com", "/", &[])
+        .await
+        .is_err());
+
+    // openssl offering RSA signature schemes only, over TLS 1.3: the RSA twin.
+    let peer_signature = move |sigalgs: Option<&'static str>| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "c.example.com",
+        ]);
+        if let Some(s) = sigalgs {
+            cmd.args(["-sigalgs", s]);
+        }
+        let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("Peer signature type: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no peer signature in:\n{text}"))
+    };
+    let (default, rsa_only) = tokio::task::spawn_blocking(move || {
+        (
+            peer_signature(None),
+            peer_signature(Some("RSA-PSS+SHA256:RSA+SHA256")),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(default, "ECDSA");
+    assert_eq!(rsa_only, "RSA-PSS");
+}

@@ -74,16 +74,8 @@ pub const FIELDS: &[Field] = &[
     yes(GW, "servers[].tls.caCrl"),
     yes(GW, "servers[].tls.cipherSuites"),
     yes(GW, "servers[].tls.credentialName"),
-    no(
-        GW,
-        "servers[].tls.credentialNames",
-        "name one Secret with credentialName",
-    ),
-    no(
-        GW,
-        "servers[].tls.tlsCertificates",
-        "name one certificate with serverCertificate and privateKey",
-    ),
+    yes(GW, "servers[].tls.credentialNames"),
+    yes(GW, "servers[].tls.tlsCertificates"),
     yes(GW, "servers[].tls.subjectAltNames"),
     yes(GW, "servers[].tls.verifyCertificateSpki"),
     yes(GW, "servers[].tls.verifyCertificateHash"),

@@ -323,21 +323,6 @@ fn server_tls(
     errors: &mut Vec<ConfigError>,
 ) -> Option<ServerTls> {
     let before = errors.len();
-    o.unsupported(
-        errors,
-        tls_path,
-        &[
-            ("credentialNames", tls.credential_names.is_some()),
-            ("tlsCertificates", tls.tls_certificates.is_some()),
-        ],
-    );
-    let file = |field: &str, value: &Option<String>, errors: &mut Vec<ConfigError>| match value {
-        Some(v) if !v.is_empty() => Some(relative_to(&o.file, v)),
-        _ => {
-            errors.push(o.error(format!("{tls_path}.{field}"), "required"));
-            None
-        }
-    };
     let mode = match tls.mode.as_deref() {
         Some("ISTIO_MUTUAL") => {
             for (field, set) in [
@@ -346,6 +331,8 @@ fn server_tls(
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential().is_some()),
+                ("credentialNames", tls.credential_names.is_some()),
+                ("tlsCertificates", tls.tls_certificates.is_some()),
             ] {
                 if set {
                     errors.push(o.error(
@@ -382,29 +369,7 @@ fn server_tls(
                     }
                 }
             }
-            let files = match tls.credential() {
-                Some(name) => from_secret(o, tls_path, tls, name, mutual, credentials, errors),
-                None => {
-                    let certificate = file("serverCertificate", &tls.server_certificate, errors);
-                    let private_key = file("privateKey", &tls.private_key, errors);
-                    let (ca_certificates, ca_crl) = if mutual {
-                        let ca = file("caCertificates", &tls.ca_certificates, errors);
-                        let crl = tls.ca_crl.as_ref().map(|c| relative_to(&o.file, c));
-                        (ca, crl)
-                    } else {
-                        (None, None)
-                    };
-                    match (certificate, private_key) {
-                        (Some(certificate), Some(private_key)) => Some(ServerCertificate {
-                            certificate,
-                            private_key,
-                            ca_certificates,
-                            ca_crl,
-                        }),
-                        _ => None,
-                    }
-                }
-            };
+            let files = certificates(o, tls_path, tls, mutual, credentials, errors);
             files.map(|files| match mode {
                 "MUTUAL" => ServerTlsMode::Mutual(files),
                 "OPTIONAL_MUTUAL" => ServerTlsMode::OptionalMutual(files),
@@ -511,21 +476,165 @@ fn server_tls(
     })
 }
 
-/// The files of `credentialName` (Istio: only one of the certificate files and
-/// `credentialName` may be given). The CA is read for MUTUAL and OPTIONAL_MUTUAL only.
-fn from_secret(
+/// The server's certificates, and its client CAs on MUTUAL and OPTIONAL_MUTUAL, from one of
+/// Istio's four sources (only one may be given): `serverCertificate` and `privateKey`,
+/// `credentialName`, `credentialNames` or `tlsCertificates` (the last two: one or two
+/// certificates, RSA beside ECDSA, with the server's `caCertificates` or the first Secret's CA).
+fn certificates(
     o: &Origin,
     tls_path: &str,
     tls: &RawTls,
-    name: &str,
+    mutual: bool,
+    credentials: &mut Credentials,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ServerCertificate> {
+    let sources = [
+        (
+            "serverCertificate",
+            tls.server_certificate.is_some() || tls.private_key.is_some(),
+        ),
+        ("credentialName", tls.credential().is_some()),
+        ("credentialNames", tls.credential_names.is_some()),
+        ("tlsCertificates", tls.tls_certificates.is_some()),
+    ];
+    let mut given = sources.iter().filter(|(_, set)| *set).map(|(f, _)| *f);
+    let first = given.next();
+    let mut refused = false;
+    for other in given {
+        refused = true;
+        errors.push(o.error(
+            format!("{tls_path}.{other}"),
+            format!(
+                "`{}` is given: only one of serverCertificate and privateKey, credentialName, \
+                 credentialNames and tlsCertificates names a server's certificates",
+                first.unwrap_or_default()
+            ),
+        ));
+    }
+    if refused {
+        return None;
+    }
+    let file = |field: &str, value: &Option<String>, errors: &mut Vec<ConfigError>| match value {
+        Some(v) if !v.is_empty() => Some(relative_to(&o.file, v)),
+        _ => {
+            errors.push(o.error(format!("{tls_path}.{field}"), "required"));
+            None
+        }
+    };
+    // The client CAs of the files, the server's own (also with tlsCertificates).
+    let own_ca = |errors: &mut Vec<ConfigError>| {
+        if mutual {
+            let ca = file("caCertificates", &tls.ca_certificates, errors);
+            (ca, tls.ca_crl.as_ref().map(|c| relative_to(&o.file, c)))
+        } else {
+            (None, None)
+        }
+    };
+    match first {
+        Some("credentialName") => {
+            let name = tls.credential().unwrap_or_default();
+            let field = format!("{tls_path}.credentialName");
+            from_secrets(
+                o,
+                tls_path,
+                tls,
+                &[(name, field)],
+                mutual,
+                credentials,
+                errors,
+            )
+        }
+        Some("credentialNames") => {
+            let names: Vec<(&str, String)> = tls
+                .credential_names
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), format!("{tls_path}.credentialNames[{i}]")))
+                .collect();
+            if names.is_empty() || names.len() > 2 {
+                errors.push(o.error(
+                    format!("{tls_path}.credentialNames"),
+                    "one or two Secrets (a certificate and its RSA or ECDSA twin), as Istio \
+                     allows",
+                ));
+                return None;
+            }
+            from_secrets(o, tls_path, tls, &names, mutual, credentials, errors)
+        }
+        Some("tlsCertificates") => {
+            let list = tls.tls_certificates.as_deref().unwrap_or_default();
+            if list.is_empty() || list.len() > 2 {
+                errors.push(o.error(
+                    format!("{tls_path}.tlsCertificates"),
+                    "one or two certificates (a certificate and its RSA or ECDSA twin), as \
+                     Istio allows",
+                ));
+                return None;
+            }
+            let before = errors.len();
+            let mut pairs = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                let at = format!("tlsCertificates[{i}]");
+                if c.ca_certificates.is_some() {
+                    errors.push(o.error(
+                        format!("{tls_path}.{at}.caCertificates"),
+                        "clients are verified with one CA bundle for all the certificates (as \
+                         Envoy does; Istio drops this one unsaid): give it as the server's \
+                         caCertificates",
+                    ));
+                }
+                let certificate = file(
+                    &format!("{at}.serverCertificate"),
+                    &c.server_certificate,
+                    errors,
+                );
+                let key = file(&format!("{at}.privateKey"), &c.private_key, errors);
+                pairs.push((certificate, key));
+            }
+            let (ca_certificates, ca_crl) = own_ca(errors);
+            if errors.len() > before {
+                return None;
+            }
+            let mut pairs = pairs.into_iter().filter_map(|(c, k)| Some((c?, k?)));
+            let (certificate, private_key) = pairs.next()?;
+            Some(ServerCertificate {
+                certificate,
+                private_key,
+                second: pairs.next(),
+                ca_certificates,
+                ca_crl,
+            })
+        }
+        _ => {
+            let certificate = file("serverCertificate", &tls.server_certificate, errors);
+            let private_key = file("privateKey", &tls.private_key, errors);
+            let (ca_certificates, ca_crl) = own_ca(errors);
+            Some(ServerCertificate {
+                certificate: certificate?,
+                private_key: private_key?,
+                second: None,
+                ca_certificates,
+                ca_crl,
+            })
+        }
+    }
+}
+
+/// The files of the Secrets `names` (with the path of the field that names each): their
+/// certificates, and on MUTUAL and OPTIONAL_MUTUAL the CA of the first (as Istio: one CA for
+/// all, `<first>-cacert` or the first's own).
+fn from_secrets(
+    o: &Origin,
+    tls_path: &str,
+    tls: &RawTls,
+    names: &[(&str, String)],
     mutual: bool,
     credentials: &mut Credentials,
     errors: &mut Vec<ConfigError>,
 ) -> Option<ServerCertificate> {
     let before = errors.len();
     for (field, set) in [
-        ("serverCertificate", tls.server_certificate.is_some()),
-        ("privateKey", tls.private_key.is_some()),
         // On SIMPLE these are refused as such already.
         ("caCertificates", mutual && tls.ca_certificates.is_some()),
         ("caCrl", mutual && tls.ca_crl.is_some()),
@@ -533,37 +642,40 @@ fn from_secret(
         if set {
             errors.push(o.error(
                 format!("{tls_path}.{field}"),
-                "credentialName is set: the Secret holds the certificates (and the CRL as \
-                 `crl` or `ca.crl`), so the files are not given as well",
+                "a Secret names the certificates: it holds the CA (and the CRL as `crl` or \
+                 `ca.crl`), so the files are not given as well",
             ));
         }
     }
-    let field = format!("{tls_path}.credentialName");
-    let pair = match credentials.key_pair(name) {
-        Ok(pair) => pair,
-        Err(e) => {
+    let mut pairs = Vec::new();
+    for (name, field) in names {
+        match credentials.key_pair(name) {
+            Ok(pair) => pairs.push(pair),
             // Not mounted says it once, for the certificate.
-            errors.push(o.error(field, e));
-            return None;
+            Err(e) => errors.push(o.error(field.clone(), e)),
         }
-    };
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let (first, first_field) = names.first()?;
     let ca = if mutual {
-        match credentials.ca(name) {
+        match credentials.ca(first) {
             Ok(ca) => Some(ca),
             Err(e) => {
-                errors.push(o.error(field, e));
+                errors.push(o.error(first_field.clone(), e));
                 return None;
             }
         }
     } else {
         None
     };
-    if errors.len() > before {
-        return None;
-    }
+    let mut pairs = pairs.into_iter();
+    let pair = pairs.next()?;
     Some(ServerCertificate {
         certificate: pair.certificate,
         private_key: pair.private_key,
+        second: pairs.next().map(|p| (p.certificate, p.private_key)),
         ca_certificates: ca.as_ref().map(|c| c.certificates.clone()),
         ca_crl: ca.and_then(|c| c.crl),
     })

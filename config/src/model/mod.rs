@@ -463,6 +463,9 @@ impl Model {
             for t in &l.tls {
                 if let Some(c) = t.mode.files() {
                     files.extend([c.certificate.clone(), c.private_key.clone()]);
+                    if let Some((certificate, key)) = &c.second {
+                        files.extend([certificate.clone(), key.clone()]);
+                    }
                     files.extend(c.ca_certificates.iter().chain(&c.ca_crl).cloned());
                 }
             }
@@ -784,6 +787,10 @@ impl ServerTlsMode {
 pub struct ServerCertificate {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// A second certificate and key (`credentialNames`, `tlsCertificates`: RSA beside ECDSA).
+    /// A handshake gets the first of the two whose key signs with a scheme the client offers,
+    /// an ECDSA one before an RSA one, as Envoy chooses.
+    pub second: Option<(PathBuf, PathBuf)>,
     /// Client CAs (`MUTUAL`, `OPTIONAL_MUTUAL`).
     pub ca_certificates: Option<PathBuf>,
     /// Revoked client certificates (`MUTUAL`, `OPTIONAL_MUTUAL`).

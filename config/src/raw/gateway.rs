@@ -47,11 +47,20 @@ pub struct ServerTls {
     pub ca_crl: Option<String>,
     pub cipher_suites: Option<Vec<String>>,
     pub credential_name: Option<String>,
-    pub credential_names: Unsupported,
-    pub tls_certificates: Unsupported,
+    pub credential_names: Option<Vec<String>>,
+    pub tls_certificates: Option<Vec<TlsCertificate>>,
     pub subject_alt_names: Option<Vec<String>>,
     pub verify_certificate_spki: Option<Vec<String>>,
     pub verify_certificate_hash: Option<Vec<String>>,
+}
+
+/// `tls.tlsCertificates[]`: one of a server's certificates (RSA beside ECDSA).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCertificate {
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
 }
 
 impl ServerTls {

@@ -10,12 +10,15 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateRevocationListDer;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
+use rustls::SignatureAlgorithm;
 
 use meshgate_config::model::{Listener, ServerCertificate};
 use meshgate_config::Model;
 
+use super::credentials::OwnCertificate;
 use crate::material::Material;
 use crate::runtime::BuildError;
 
@@ -29,6 +32,8 @@ pub struct ServerFiles {
 #[derive(Debug)]
 pub struct LoadedServerCertificate {
     pub certified_key: Arc<CertifiedKey>,
+    /// Its RSA or ECDSA twin (`credentialNames`, `tlsCertificates`).
+    pub second: Option<Arc<CertifiedKey>>,
     /// `caCertificates` (MUTUAL).
     pub client_roots: Option<Arc<RootCertStore>>,
     /// `caCrl` (MUTUAL).
@@ -67,26 +72,13 @@ fn load(
     material: &Material,
     provider: &CryptoProvider,
 ) -> Result<LoadedServerCertificate, BuildError> {
-    let chain = material.certificates(&files.certificate)?.to_vec();
-    let key = material.key(&files.private_key)?;
-    let certified_key = CertifiedKey::from_der(chain.clone(), key, provider).map_err(|e| {
-        error(
-            &files.private_key,
-            format!(
-                "does not match the certificate of {}: {e}",
-                files.certificate.display()
-            ),
-        )
-    })?;
-    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(material.leaf(&files.certificate)?) {
-        let not_after = cert.validity().not_after;
-        if not_after.timestamp() < now_unix() {
-            return Err(error(
-                &files.certificate,
-                format!("expired at {}", not_after.to_rfc2822().unwrap_or_default()),
-            ));
+    let certified_key = certified(&files.certificate, &files.private_key, material, provider)?;
+    let second = match &files.second {
+        Some((certificate, key)) => {
+            Some(Arc::new(certified(certificate, key, material, provider)?))
         }
-    }
+        None => None,
+    };
     let client_roots = match &files.ca_certificates {
         None => None,
         Some(path) => {
@@ -105,8 +97,98 @@ fn load(
     };
     Ok(LoadedServerCertificate {
         certified_key: Arc::new(certified_key),
+        second,
         client_roots,
         crls,
+    })
+}
+
+/// The chain of `certificate` with the key of `key`: refused if they do not match, or if the
+/// certificate has expired.
+fn certified(
+    certificate: &Path,
+    key: &Path,
+    material: &Material,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, BuildError> {
+    let chain = material.certificates(certificate)?.to_vec();
+    let certified = CertifiedKey::from_der(chain, material.key(key)?, provider).map_err(|e| {
+        error(
+            key,
+            format!(
+                "does not match the certificate of {}: {e}",
+                certificate.display()
+            ),
+        )
+    })?;
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(material.leaf(certificate)?) {
+        let not_after = cert.validity().not_after;
+        if not_after.timestamp() < now_unix() {
+            return Err(error(
+                certificate,
+                format!("expired at {}", not_after.to_rfc2822().unwrap_or_default()),
+            ));
+        }
+    }
+    Ok(certified)
+}
+
+impl LoadedServerCertificate {
+    /// What presents its certificate: the one, or of the two the one a client can take.
+    pub fn resolver(&self) -> Arc<dyn ResolvesServerCert> {
+        match &self.second {
+            None => Arc::new(OwnCertificate(self.certified_key.clone())),
+            Some(second) => Arc::new(Twins([self.certified_key.clone(), second.clone()])),
+        }
+    }
+}
+
+/// Two certificates of one server (RSA beside ECDSA): a handshake gets the first whose key
+/// signs with a scheme the client offers (and, on TLS 1.2, that a cipher suite it offers
+/// allows), an ECDSA one before an RSA one, as Envoy prefers ECDSA when the client supports
+/// it; when neither fits, the first, and the handshake fails as it would with it alone.
+#[derive(Debug)]
+struct Twins([Arc<CertifiedKey>; 2]);
+
+impl ResolvesServerCert for Twins {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let fits = |k: &&Arc<CertifiedKey>| fits(k, &hello);
+        let ecdsa = |k: &&Arc<CertifiedKey>| k.key.algorithm() == SignatureAlgorithm::ECDSA;
+        let [first, second] = &self.0;
+        [first, second]
+            .into_iter()
+            .filter(fits)
+            .min_by_key(|k| !ecdsa(k))
+            .or(Some(first))
+            .cloned()
+    }
+}
+
+/// Whether `hello` can take `key`: a signature scheme it offers, and a cipher suite that goes
+/// with the key (any TLS 1.3 suite; on TLS 1.2, an ECDHE suite of the key's algorithm).
+fn fits(key: &CertifiedKey, hello: &ClientHello<'_>) -> bool {
+    if key.key.choose_scheme(hello.signature_schemes()).is_none() {
+        return false;
+    }
+    let algorithm = key.key.algorithm();
+    hello.cipher_suites().iter().any(|suite| {
+        use rustls::CipherSuite as S;
+        match suite {
+            S::TLS13_AES_128_GCM_SHA256
+            | S::TLS13_AES_256_GCM_SHA384
+            | S::TLS13_CHACHA20_POLY1305_SHA256 => true,
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                algorithm == SignatureAlgorithm::ECDSA
+            }
+            S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                algorithm == SignatureAlgorithm::RSA
+            }
+            _ => false,
+        }
     })
 }
 

@@ -167,7 +167,7 @@ fn group(
             let files = files.ok_or_else(|| missing("the server certificate"))?;
             let config = builder
                 .with_no_client_auth()
-                .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
+                .with_cert_resolver(files.resolver());
             (config, GroupMode::Simple)
         }
         ServerTlsMode::Mutual(_) | ServerTlsMode::OptionalMutual(_) => {
@@ -202,7 +202,7 @@ fn group(
             };
             let config = builder
                 .with_client_cert_verifier(Arc::new(verifier))
-                .with_cert_resolver(Arc::new(OwnCertificate(files.certified_key.clone())));
+                .with_cert_resolver(files.resolver());
             (config, GroupMode::Mutual { required })
         }
     };
