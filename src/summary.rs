@@ -87,19 +87,17 @@ pub fn summary(model: &Model, runtime: Option<&Runtime>) -> String {
                 .map(|t| {
                     let mode = match &t.mode {
                         ServerTlsMode::IstioMutual => "ISTIO_MUTUAL".to_string(),
-                        ServerTlsMode::Simple(c) => {
-                            format!("SIMPLE {}", c.certificate.display())
-                        }
+                        ServerTlsMode::Simple(c) => format!("SIMPLE {}", certificates(c)),
                         ServerTlsMode::Mutual(c) => format!(
                             "MUTUAL {} (clients of {})",
-                            c.certificate.display(),
+                            certificates(c),
                             c.ca_certificates
                                 .as_ref()
                                 .map_or("-".into(), |p| p.display().to_string())
                         ),
                         ServerTlsMode::OptionalMutual(c) => format!(
                             "OPTIONAL_MUTUAL {} (clients of {}, or none)",
-                            c.certificate.display(),
+                            certificates(c),
                             c.ca_certificates
                                 .as_ref()
                                 .map_or("-".into(), |p| p.display().to_string())
@@ -316,5 +314,13 @@ fn endpoints(e: &Endpoints) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         Endpoints::Undefined => "subset not defined: 503".into(),
+    }
+}
+
+/// A server's certificate file, and its twin's.
+fn certificates(c: &meshgate_config::model::ServerCertificate) -> String {
+    match &c.second {
+        Some((second, _)) => format!("{} + {}", c.certificate.display(), second.display()),
+        None => c.certificate.display().to_string(),
     }
 }

@@ -796,7 +796,7 @@ async fn credential_name_reads_the_mounted_secret_as_istio_reads_it() {
             "  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: MUTUAL, credentialName: c-credential}\n  - port: {number: 443, name: mtls, protocol: HTTPS}",
         ).replace(
             "hosts: [a.example.com, b.example.com, ",
-            "hosts: [a.example.com, b.example.com, c.example.com, ",
+            "hosts: [a.example.com, b.example.com, c.example.com, e.example.com, ",
         );
         std::fs::write(proxy.config(), edited).unwrap();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
@@ -912,6 +912,7 @@ async fn twin_certificates_go_to_the_clients_that_can_take_them() {
     };
     let (b, b_rsa) = (server_cert(&public, "b.example.com"), rsa("b.example.com"));
     let (c, c_rsa) = (server_cert(&public, "c.example.com"), rsa("c.example.com"));
+    let (e, e_rsa) = (server_cert(&public, "e.example.com"), rsa("e.example.com"));
     let partner = partner_cert(&clients, &["partner.example.org"]);
     let backend = echo();
     let yaml = config(backend.address, "ECDHE-ECDSA-AES128-GCM-SHA256")
@@ -922,7 +923,7 @@ async fn twin_certificates_go_to_the_clients_that_can_take_them() {
         )
         .replace(
             "tls: {mode: MUTUAL, serverCertificate: tls/b.pem, privateKey: tls/b-key.pem, caCertificates: tls/clients.pem}",
-            "tls: {mode: MUTUAL, caCertificates: tls/clients.pem, tlsCertificates: [{serverCertificate: tls/b.pem, privateKey: tls/b-key.pem}, {serverCertificate: tls/b-rsa.pem, privateKey: tls/b-rsa-key.pem}]}\n  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: SIMPLE, credentialNames: [c-rsa, c-ecdsa]}",
+            "tls: {mode: MUTUAL, caCertificates: tls/clients.pem, tlsCertificates: [{serverCertificate: tls/b.pem, privateKey: tls/b-key.pem}, {serverCertificate: tls/b-rsa.pem, privateKey: tls/b-rsa-key.pem}]}\n  - port: {number: 443, name: https-c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: SIMPLE, credentialNames: [c-rsa, c-ecdsa]}\n  - port: {number: 443, name: https-e, protocol: HTTPS}\n    hosts: [e.example.com]\n    tls: {mode: SIMPLE, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256], tlsCertificates: [{serverCertificate: tls/e.pem, privateKey: tls/e-key.pem}, {serverCertificate: tls/e-rsa.pem, privateKey: tls/e-rsa-key.pem}]}",
         )
         .replace(
             "hosts: [a.example.com, b.example.com, ",
@@ -940,6 +941,10 @@ async fn twin_certificates_go_to_the_clients_that_can_take_them() {
             ("tls/b-rsa.pem", &b_rsa.chain_pem),
             ("tls/b-rsa-key.pem", &b_rsa.key_pem),
             ("tls/clients.pem", &clients.cert_pem),
+            ("tls/e.pem", &e.chain_pem),
+            ("tls/e-key.pem", &e.key_pem),
+            ("tls/e-rsa.pem", &e_rsa.chain_pem),
+            ("tls/e-rsa-key.pem", &e_rsa.key_pem),
             ("secrets/c-rsa/cert", &c_rsa.chain_pem),
             ("secrets/c-rsa/key", &c_rsa.key_pem),
             ("secrets/c-ecdsa/tls.crt", &c.chain_pem),
@@ -972,7 +977,16 @@ async fn twin_certificates_go_to_the_clients_that_can_take_them() {
         &public.cert_pem,
         &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256],
     );
-    assert_eq!(presented(ecdsa_suites, "b.example.com").await, b.leaf_der);
+    assert_eq!(
+        presented(ecdsa_suites.clone(), "b.example.com").await,
+        b.leaf_der
+    );
+    assert_eq!(presented(ecdsa_suites, "c.example.com").await, c.leaf_der);
+    // A server of TLS 1.2 and RSA suites only: the RSA twin, whatever the client offers.
+    assert_eq!(
+        presented(any.clone(), "e.example.com").await,
+        e_rsa.leaf_der
+    );
     // The client certificate is verified whichever certificate was presented.
     let r = any
         .get(addr, "b.example.com", "b.example.com", "/", &[])
@@ -1014,4 +1028,44 @@ async fn twin_certificates_go_to_the_clients_that_can_take_them() {
     .unwrap();
     assert_eq!(default, "ECDSA");
     assert_eq!(rsa_only, "RSA-PSS");
+}
+
+/// A server's second certificate must be the twin of the other key type: two of one type are
+/// refused at load, naming the second file.
+#[tokio::test]
+async fn twin_certificates_of_one_key_type_are_refused() {
+    let pki = Pki::new(&["example-target.com"]);
+    let public = Authority::root("public web CA", KeyAlgorithm::EcdsaP256).unwrap();
+    let (one, two) = (
+        server_cert(&public, "b.example.com"),
+        server_cert(&public, "b.example.com"),
+    );
+    let dir = support::TempDir::new("twins");
+    for (name, text) in [
+        ("one.pem", &one.chain_pem),
+        ("one-key.pem", &one.key_pem),
+        ("two.pem", &two.chain_pem),
+        ("two-key.pem", &two.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    pki.workload("example-target.com", GATEWAY_ID)
+        .write(&dir.path().join("certs"))
+        .unwrap();
+    let yaml = config(echo().address, "ECDHE-ECDSA-AES128-GCM-SHA256")
+        .replace(
+            "tls: {mode: MUTUAL, serverCertificate: tls/b.pem, privateKey: tls/b-key.pem, caCertificates: tls/clients.pem}",
+            "tls: {mode: SIMPLE, tlsCertificates: [{serverCertificate: one.pem, privateKey: one-key.pem}, {serverCertificate: two.pem, privateKey: two-key.pem}]}",
+        )
+        .replace("      serverCertificate: tls/a.pem\n      privateKey: tls/a-key.pem\n", "      serverCertificate: one.pem\n      privateKey: one-key.pem\n");
+    std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+    let model = meshgate_config::load(&[dir.path().join("config.yaml")]).unwrap();
+    let e = match meshgate_proxy::start(model).await {
+        Ok(_) => panic!("two ECDSA certificates were taken as twins"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("two.pem") && e.contains("has a ECDSA key"),
+        "{e}"
+    );
 }

@@ -36,8 +36,24 @@ pub(crate) fn compile(
         if spec.servers.is_empty() {
             errors.push(o.error("spec.servers", "at least one server is required"));
         }
+        let mut port_names: Vec<(&str, usize)> = Vec::new();
         for (i, server) in spec.servers.iter().enumerate() {
             let path = format!("spec.servers[{i}]");
+            // Istio's validation: a Gateway's port names are unique (an HTTPS server's name
+            // is its route configuration's).
+            if let Some(name) = server.port.name.as_deref().filter(|n| !n.is_empty()) {
+                if let Some((_, j)) = port_names.iter().find(|(n, _)| *n == name) {
+                    errors.push(o.error(
+                        format!("{path}.port.name"),
+                        format!(
+                            "`{name}` already names spec.servers[{j}].port: port names are \
+                             unique in a Gateway, as Istio validates them"
+                        ),
+                    ));
+                    continue;
+                }
+                port_names.push((name, i));
+            }
             let Some((mut compiled, tls)) =
                 compile_server(o, &path, server, listen, credentials, errors)
             else {
@@ -68,6 +84,23 @@ pub(crate) fn compile(
                             ListenerProtocol::TlsPassthrough => "PASSTHROUGH",
                             ListenerProtocol::Tcp => "TCP",
                         }
+                    ),
+                ));
+                continue;
+            }
+            // A TCP port terminates TLS for all its servers or for none (Istio skips a server
+            // that would mix them).
+            let plaintext_here = listener.servers.iter().any(|s| s.tls.is_none());
+            if compiled.protocol == ListenerProtocol::Tcp
+                && (tls.is_some() && plaintext_here || tls.is_none() && !listener.tls.is_empty())
+            {
+                errors.push(o.error(
+                    format!("{path}.port"),
+                    format!(
+                        "port {} already serves TCP {} TLS: its servers must all terminate TLS \
+                         (protocol TLS) or none (protocol TCP)",
+                        compiled.port,
+                        if plaintext_here { "without" } else { "with" }
                     ),
                 ));
                 continue;
@@ -156,8 +189,8 @@ fn compile_server(
                 || tls.ca_certificates.is_some()
                 || tls.ca_crl.is_some()
                 || tls.credential().is_some()
-                || tls.credential_names.is_some()
-                || tls.tls_certificates.is_some()
+                || tls.credential_names.as_ref().is_some_and(|v| !v.is_empty())
+                || tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty())
                 || tls.min_protocol_version.is_some()
                 || tls.max_protocol_version.is_some()
                 || tls.cipher_suites.is_some()
@@ -203,8 +236,14 @@ fn compile_server(
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential().is_some()),
-                ("credentialNames", tls.credential_names.is_some()),
-                ("tlsCertificates", tls.tls_certificates.is_some()),
+                (
+                    "credentialNames",
+                    tls.credential_names.as_ref().is_some_and(|v| !v.is_empty()),
+                ),
+                (
+                    "tlsCertificates",
+                    tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty()),
+                ),
                 ("subjectAltNames", tls.subject_alt_names.is_some()),
                 (
                     "verifyCertificateSpki",
@@ -331,8 +370,14 @@ fn server_tls(
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential().is_some()),
-                ("credentialNames", tls.credential_names.is_some()),
-                ("tlsCertificates", tls.tls_certificates.is_some()),
+                (
+                    "credentialNames",
+                    tls.credential_names.as_ref().is_some_and(|v| !v.is_empty()),
+                ),
+                (
+                    "tlsCertificates",
+                    tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty()),
+                ),
             ] {
                 if set {
                     errors.push(o.error(
@@ -494,8 +539,14 @@ fn certificates(
             tls.server_certificate.is_some() || tls.private_key.is_some(),
         ),
         ("credentialName", tls.credential().is_some()),
-        ("credentialNames", tls.credential_names.is_some()),
-        ("tlsCertificates", tls.tls_certificates.is_some()),
+        (
+            "credentialNames",
+            tls.credential_names.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "tlsCertificates",
+            tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
     ];
     let mut given = sources.iter().filter(|(_, set)| *set).map(|(f, _)| *f);
     let first = given.next();

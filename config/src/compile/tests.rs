@@ -2107,6 +2107,9 @@ fn gateway_tls_settings() {
         // The same settings too: each TLS server is a filter chain of its own.
         (gw(&format!("{simple}{}", simple.replace("name: https,", "name: https-2,"))), "spec.servers[1].hosts: `a.example.com` is already served with TLS on port 443"),
         (gw(&format!("{simple}{redirect}  - port: {{number: 443, name: x, protocol: HTTP}}\n    hosts: [c.example.com]\n")), "spec.servers[2].port: port 443 is already served as HTTPS"),
+        (gw(&format!("{simple}{}", simple.replace("a.example.com", "b.example.com"))), "spec.servers[1].port.name: `https` already names spec.servers[0].port: port names are unique in a Gateway"),
+        (gw("  - port: {number: 9000, name: tcp, protocol: TCP}\n    hosts: [a.example.com]\n  - port: {number: 9000, name: tls, protocol: TLS}\n    hosts: [b.example.com]\n    tls: {mode: ISTIO_MUTUAL}\n"), "spec.servers[1].port: port 9000 already serves TCP without TLS"),
+        (gw("  - port: {number: 9000, name: tls, protocol: TLS}\n    hosts: [b.example.com]\n    tls: {mode: ISTIO_MUTUAL}\n  - port: {number: 9000, name: tcp, protocol: TCP}\n    hosts: [a.example.com]\n"), "spec.servers[1].port: port 9000 already serves TCP with TLS"),
     ];
     for (yaml, want) in cases {
         let e = errors(yaml);
@@ -3505,7 +3508,9 @@ fn credential_names_resolve_to_the_mounted_secret_files() {
 
     assert_errors(&[
         (gw("{mode: SIMPLE, credentialNames: [a, b, c]}"), "spec.servers[0].tls.credentialNames: one or two Secrets"),
-        (gw("{mode: SIMPLE, tlsCertificates: []}"), "spec.servers[0].tls.tlsCertificates: one or two certificates"),
+        // An empty list is none (as an empty credentialName is).
+        (gw("{mode: SIMPLE, tlsCertificates: []}"), "spec.servers[0].tls.serverCertificate: required"),
+        (gw("{mode: SIMPLE, tlsCertificates: [{serverCertificate: a.pem, privateKey: a-key.pem}, {serverCertificate: b.pem, privateKey: b-key.pem}, {serverCertificate: c.pem, privateKey: c-key.pem}]}"), "spec.servers[0].tls.tlsCertificates: one or two certificates"),
         (gw("{mode: SIMPLE, credentialName: opaque, credentialNames: [opaque]}"), "spec.servers[0].tls.credentialNames: `credentialName` is given: only one of"),
         (gw("{mode: SIMPLE, serverCertificate: a.pem, privateKey: k.pem, tlsCertificates: [{serverCertificate: e.pem, privateKey: e-key.pem}]}"), "spec.servers[0].tls.tlsCertificates: `serverCertificate` is given"),
         (gw("{mode: MUTUAL, tlsCertificates: [{serverCertificate: e.pem, privateKey: e-key.pem}]}"), "spec.servers[0].tls.caCertificates: required"),

@@ -243,7 +243,13 @@ pub(crate) fn bind(
                         let Some(common) = s.host.intersection(h) else {
                             continue;
                         };
-                        let set = s.tls.map_or(TlsGroups::All, TlsGroups::one);
+                        // A server without TLS is seen by every connection only where no
+                        // server has TLS.
+                        let set = match s.tls {
+                            Some(g) => TlsGroups::one(g),
+                            None if listener.tls.is_empty() => TlsGroups::All,
+                            None => TlsGroups::Empty,
+                        };
                         match bound.iter().position(|b| *b == common) {
                             Some(i) => {
                                 if let Some(g) = groups.get_mut(i) {

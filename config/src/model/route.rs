@@ -83,6 +83,8 @@ pub struct Route {
 /// listener without TLS): those that see a host or take a `tcp` route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum TlsGroups {
+    /// One group (a host one server serves: the common case, kept without a heap word).
+    One(usize),
     /// Group `g` is bit `g % 64` of word `g / 64`.
     Some(Vec<u64>),
     /// Every group, and a connection without TLS.
@@ -95,9 +97,7 @@ pub enum TlsGroups {
 impl TlsGroups {
     /// Group `group` alone.
     pub fn one(group: usize) -> Self {
-        let mut set = Self::Empty;
-        set.insert(group);
-        set
+        Self::One(group)
     }
 
     /// Adds group `group`.
@@ -105,12 +105,13 @@ impl TlsGroups {
         let (word, bit) = (group >> 6, 1u64 << (group & 63));
         match self {
             Self::All => {}
-            Self::Empty => {
-                let mut words = vec![0; word.saturating_add(1)];
-                if let Some(w) = words.get_mut(word) {
-                    *w = bit;
-                }
-                *self = Self::Some(words);
+            Self::Empty => *self = Self::One(group),
+            Self::One(g) if *g == group => {}
+            Self::One(g) => {
+                let first = *g;
+                *self = Self::Some(Vec::new());
+                self.insert(first);
+                self.insert(group);
             }
             Self::Some(words) => {
                 if words.len() <= word {
@@ -128,28 +129,30 @@ impl TlsGroups {
         match other {
             Self::All => *self = Self::All,
             Self::Empty => {}
-            Self::Some(_) => other.groups().for_each(|g| self.insert(g)),
+            Self::One(_) | Self::Some(_) => other.groups().for_each(|g| self.insert(g)),
         }
     }
 
     /// The groups, in order (none for `All`, which names no group).
     pub fn groups(&self) -> impl Iterator<Item = usize> + '_ {
-        let words = match self {
-            Self::Some(words) => words.as_slice(),
-            Self::All | Self::Empty => &[],
+        let (one, words) = match self {
+            Self::One(g) => (Some(*g), &[][..]),
+            Self::Some(words) => (None, words.as_slice()),
+            Self::All | Self::Empty => (None, &[][..]),
         };
-        words.iter().enumerate().flat_map(|(w, &word)| {
-            (0..64usize)
-                .filter(move |b| word & (1u64 << b) != 0)
-                .map(move |b| (w << 6) | b)
-        })
+        one.into_iter()
+            .chain(words.iter().enumerate().flat_map(|(w, &word)| {
+                (0..64usize)
+                    .filter(move |b| word & (1u64 << b) != 0)
+                    .map(move |b| (w << 6) | b)
+            }))
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::All => false,
+            Self::All | Self::One(_) => false,
             Self::Some(words) => words.iter().all(|w| *w == 0),
         }
     }
@@ -164,6 +167,7 @@ impl TlsGroups {
         match self {
             Self::All => true,
             Self::Empty => false,
+            Self::One(one) => *one == g,
             Self::Some(words) => words
                 .get(g >> 6)
                 .is_some_and(|w| w & (1u64 << (g & 63)) != 0),

@@ -37,10 +37,14 @@ pub fn route<'a>(
     group: Option<usize>,
     req: &RouteRequest<'_>,
 ) -> Option<Selected<'a>> {
-    if !listener
-        .servers
-        .iter()
-        .any(|s| (group.is_none() || s.tls == group) && s.host.matches(req.authority))
+    // With TLS, the virtual hosts a group sees hold only hosts its server serves (each bound
+    // host is a server host narrowed by a VirtualService's), so `find_for` alone decides;
+    // without, the host must still be one of a server's.
+    if group.is_none()
+        && !listener
+            .servers
+            .iter()
+            .any(|s| s.host.matches(req.authority))
     {
         return None;
     }

@@ -13,7 +13,7 @@ use rustls::pki_types::CertificateRevocationListDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
-use rustls::SignatureAlgorithm;
+use rustls::{SignatureAlgorithm, SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion};
 
 use meshgate_config::model::{Listener, ServerCertificate};
 use meshgate_config::Model;
@@ -75,7 +75,19 @@ fn load(
     let certified_key = certified(&files.certificate, &files.private_key, material, provider)?;
     let second = match &files.second {
         Some((certificate, key)) => {
-            Some(Arc::new(certified(certificate, key, material, provider)?))
+            let second = certified(certificate, key, material, provider)?;
+            let algorithm = second.key.algorithm();
+            if algorithm == certified_key.key.algorithm() {
+                return Err(error(
+                    certificate,
+                    format!(
+                        "has a {algorithm:?} key, as the server's first certificate has: the \
+                         second of a server's two is its twin of the other key type (RSA beside \
+                         ECDSA)"
+                    ),
+                ));
+            }
+            Some(Arc::new(second))
         }
         None => None,
     };
@@ -134,62 +146,99 @@ fn certified(
 }
 
 impl LoadedServerCertificate {
-    /// What presents its certificate: the one, or of the two the one a client can take.
-    pub fn resolver(&self) -> Arc<dyn ResolvesServerCert> {
-        match &self.second {
-            None => Arc::new(OwnCertificate(self.certified_key.clone())),
-            Some(second) => Arc::new(Twins([self.certified_key.clone(), second.clone()])),
+    /// What presents its certificate: the one, or of the two the one a client can take with
+    /// the protocol `versions` and the cipher suites of `provider` the server speaks.
+    pub fn resolver(
+        &self,
+        provider: &CryptoProvider,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> Arc<dyn ResolvesServerCert> {
+        let Some(second) = &self.second else {
+            return Arc::new(OwnCertificate(self.certified_key.clone()));
+        };
+        let suites = provider
+            .cipher_suites
+            .iter()
+            .filter(|s| versions.contains(&s.version()))
+            .copied()
+            .collect();
+        Arc::new(Twins {
+            twins: [Twin::new(&self.certified_key), Twin::new(second)],
+            suites,
+        })
+    }
+}
+
+/// One of a server's two certificates, with what it can sign, worked out once.
+#[derive(Debug)]
+struct Twin {
+    key: Arc<CertifiedKey>,
+    algorithm: SignatureAlgorithm,
+    schemes: Vec<SignatureScheme>,
+}
+
+impl Twin {
+    fn new(key: &Arc<CertifiedKey>) -> Self {
+        let schemes = SCHEMES
+            .iter()
+            .filter(|s| key.key.choose_scheme(&[**s]).is_some())
+            .copied()
+            .collect();
+        Self {
+            key: key.clone(),
+            algorithm: key.key.algorithm(),
+            schemes,
         }
     }
 }
 
+/// The signature schemes a server key may sign with.
+const SCHEMES: [SignatureScheme; 10] = [
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    SignatureScheme::ED25519,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+];
+
 /// Two certificates of one server (RSA beside ECDSA): a handshake gets the first whose key
-/// signs with a scheme the client offers (and, on TLS 1.2, that a cipher suite it offers
-/// allows), an ECDSA one before an RSA one, as Envoy prefers ECDSA when the client supports
-/// it; when neither fits, the first, and the handshake fails as it would with it alone.
+/// signs with a scheme the client offers and goes with a cipher suite both speak (any TLS 1.3
+/// suite; on TLS 1.2, one of the key's algorithm), an ECDSA one before an RSA one, as Envoy
+/// prefers ECDSA when the client supports it; when neither fits, the first, and the handshake
+/// fails as it would with it alone.
 #[derive(Debug)]
-struct Twins([Arc<CertifiedKey>; 2]);
+struct Twins {
+    twins: [Twin; 2],
+    /// The cipher suites of the versions the server speaks.
+    suites: Vec<SupportedCipherSuite>,
+}
 
 impl ResolvesServerCert for Twins {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let fits = |k: &&Arc<CertifiedKey>| fits(k, &hello);
-        let ecdsa = |k: &&Arc<CertifiedKey>| k.key.algorithm() == SignatureAlgorithm::ECDSA;
-        let [first, second] = &self.0;
-        [first, second]
-            .into_iter()
+        let offered = hello.signature_schemes();
+        let fits = |t: &&Twin| {
+            t.schemes.iter().any(|s| offered.contains(s))
+                && hello.cipher_suites().iter().any(|c| {
+                    self.suites
+                        .iter()
+                        .any(|s| s.suite() == *c && s.usable_for_signature_algorithm(t.algorithm))
+                })
+        };
+        let [first, _] = &self.twins;
+        self.twins
+            .iter()
             .filter(fits)
-            .min_by_key(|k| !ecdsa(k))
-            .or(Some(first))
-            .cloned()
+            .min_by_key(|t| t.algorithm != SignatureAlgorithm::ECDSA)
+            .unwrap_or(first)
+            .key
+            .clone()
+            .into()
     }
-}
-
-/// Whether `hello` can take `key`: a signature scheme it offers, and a cipher suite that goes
-/// with the key (any TLS 1.3 suite; on TLS 1.2, an ECDHE suite of the key's algorithm).
-fn fits(key: &CertifiedKey, hello: &ClientHello<'_>) -> bool {
-    if key.key.choose_scheme(hello.signature_schemes()).is_none() {
-        return false;
-    }
-    let algorithm = key.key.algorithm();
-    hello.cipher_suites().iter().any(|suite| {
-        use rustls::CipherSuite as S;
-        match suite {
-            S::TLS13_AES_128_GCM_SHA256
-            | S::TLS13_AES_256_GCM_SHA384
-            | S::TLS13_CHACHA20_POLY1305_SHA256 => true,
-            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
-                algorithm == SignatureAlgorithm::ECDSA
-            }
-            S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
-                algorithm == SignatureAlgorithm::RSA
-            }
-            _ => false,
-        }
-    })
 }
 
 fn error(path: &Path, message: String) -> BuildError {

@@ -138,6 +138,7 @@ fn group(
     .map(|(_, v)| v)
     .collect();
     let provider = super::with_cipher_suites(provider, &tls.cipher_suites);
+    let twins = |files: &LoadedServerCertificate| files.resolver(&provider, &versions);
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let missing = |what: &str| rustls::Error::General(format!("{what} not loaded"));
@@ -167,7 +168,7 @@ fn group(
             let files = files.ok_or_else(|| missing("the server certificate"))?;
             let config = builder
                 .with_no_client_auth()
-                .with_cert_resolver(files.resolver());
+                .with_cert_resolver(twins(files));
             (config, GroupMode::Simple)
         }
         ServerTlsMode::Mutual(_) | ServerTlsMode::OptionalMutual(_) => {
@@ -202,7 +203,7 @@ fn group(
             };
             let config = builder
                 .with_client_cert_verifier(Arc::new(verifier))
-                .with_cert_resolver(files.resolver());
+                .with_cert_resolver(twins(files));
             (config, GroupMode::Mutual { required })
         }
     };
