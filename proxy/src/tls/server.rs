@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{Acceptor, NoServerSessionStorage, ServerSessionMemoryCache};
+use rustls::server::{
+    Acceptor, NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -104,31 +106,55 @@ impl ServerTlsConfigs {
             ListenerProtocol::Tcp => &TCP_ALPN,
             _ => &ALPN,
         };
+        // One session store for the listener's servers: a session is resumed only with the
+        // SNI it was made with (rustls, RFC 6066), and an SNI always chooses the same server,
+        // so no session crosses servers; one store keeps a port of many servers from
+        // reserving one each.
+        let sessions: Arc<dyn StoresServerSessions> = if model.proxy.session_resumption {
+            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
+        } else {
+            Arc::new(NoServerSessionStorage {})
+        };
+        let port = Port {
+            credentials,
+            issuers,
+            alpn,
+            model,
+            provider,
+            sessions,
+        };
         let mut groups = Vec::new();
         for (i, tls) in listener.tls.iter().enumerate() {
-            groups.push(group(
-                credentials,
-                tls,
-                files.get(listener, i),
-                issuers,
-                alpn,
-                model,
-                provider,
-            )?);
+            groups.push(group(&port, tls, files.get(listener, i))?);
         }
         Ok(Self { groups })
     }
 }
 
+/// What every TLS server of a listener shares.
+struct Port<'a> {
+    credentials: Option<&'a Credentials>,
+    issuers: &'a [(String, Vec<String>)],
+    alpn: &'static [&'static [u8]],
+    model: &'a Model,
+    provider: &'a Arc<CryptoProvider>,
+    sessions: Arc<dyn StoresServerSessions>,
+}
+
 fn group(
-    credentials: Option<&Credentials>,
+    port: &Port<'_>,
     tls: &ServerTls,
     files: Option<&LoadedServerCertificate>,
-    issuers: &[(String, Vec<String>)],
-    alpn: &'static [&'static [u8]],
-    model: &Model,
-    provider: &Arc<CryptoProvider>,
 ) -> Result<Group, rustls::Error> {
+    let Port {
+        credentials,
+        issuers,
+        alpn,
+        model,
+        provider,
+        sessions,
+    } = port;
+    let (credentials, alpn) = (*credentials, *alpn);
     let versions: Vec<_> = [
         (TlsVersion::V1_2, &rustls::version::TLS12),
         (TlsVersion::V1_3, &rustls::version::TLS13),
@@ -210,10 +236,8 @@ fn group(
     // The server's order decides, as Envoy's listeners do: AES-128-GCM first (`tls::provider`),
     // or the Gateway's `cipherSuites` order for TLS 1.2.
     config.ignore_client_order = true;
-    if model.proxy.session_resumption {
-        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-    } else {
-        config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.session_storage = sessions.clone();
+    if !model.proxy.session_resumption {
         config.send_tls13_tickets = 0;
     }
     let without_alpn = Arc::new(config.clone());
