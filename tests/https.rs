@@ -29,6 +29,21 @@ fn server_cert(ca: &Authority, dns: &str) -> Workload {
     ca.issue(&spec).unwrap()
 }
 
+/// The certificate files `config` names: `a`'s and `b`'s certificates, and the client CAs.
+fn config_files<'a>(
+    a: &'a Workload,
+    b: &'a Workload,
+    clients: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("tls/a.pem", &a.chain_pem),
+        ("tls/a-key.pem", &a.key_pem),
+        ("tls/b.pem", &b.chain_pem),
+        ("tls/b-key.pem", &b.key_pem),
+        ("tls/clients.pem", clients),
+    ]
+}
+
 fn config(backend: SocketAddr, a_ciphers: &str) -> String {
     format!(
         r#"
@@ -111,13 +126,7 @@ impl Setup {
         let proxy = Proxy::start_with_files(
             &config(backend.address, a_ciphers),
             &pki.workload("example-target.com", GATEWAY_ID),
-            &[
-                ("tls/a.pem", &a.chain_pem),
-                ("tls/a-key.pem", &a.key_pem),
-                ("tls/b.pem", &b.chain_pem),
-                ("tls/b-key.pem", &b.key_pem),
-                ("tls/clients.pem", &clients.cert_pem),
-            ],
+            &config_files(&a, &b, &clients.cert_pem),
         )
         .await;
         Self {
@@ -542,16 +551,15 @@ spec:
         &yaml,
         &pki.workload("example-target.com", GATEWAY_ID),
         &[
-            ("tls/a.pem", &a.chain_pem),
-            ("tls/a-key.pem", &a.key_pem),
-            ("tls/b.pem", &a.chain_pem),
-            ("tls/b-key.pem", &a.key_pem),
-            ("tls/s.pem", &server.chain_pem),
-            ("tls/s-key.pem", &server.key_pem),
-            ("tls/net.pem", &net.chain_pem),
-            ("tls/net-key.pem", &net.key_pem),
-            ("tls/clients.pem", &clients.cert_pem),
-        ],
+            config_files(&a, &a, &clients.cert_pem),
+            vec![
+                ("tls/s.pem", &server.chain_pem),
+                ("tls/s-key.pem", &server.key_pem),
+                ("tls/net.pem", &net.chain_pem),
+                ("tls/net-key.pem", &net.key_pem),
+            ],
+        ]
+        .concat(),
     )
     .await;
     let addr = proxy.addr(443);
@@ -864,13 +872,7 @@ spec:
     let proxy = Proxy::start_with_files(
         &yaml,
         &pki.workload("example-target.com", GATEWAY_ID),
-        &[
-            ("tls/a.pem", &a.chain_pem),
-            ("tls/a-key.pem", &a.key_pem),
-            ("tls/b.pem", &b.chain_pem),
-            ("tls/b-key.pem", &b.key_pem),
-            ("tls/clients.pem", &public.cert_pem),
-        ],
+        &config_files(&a, &b, &public.cert_pem),
     )
     .await;
     let caller = pki.workload("example.com", CALLER);
@@ -934,22 +936,21 @@ async fn twin_certificates_go_to_the_clients_that_can_take_them() {
         &yaml,
         &pki.workload("example-target.com", GATEWAY_ID),
         &[
-            ("tls/a.pem", &a.chain_pem),
-            ("tls/a-key.pem", &a.key_pem),
-            ("tls/b.pem", &b.chain_pem),
-            ("tls/b-key.pem", &b.key_pem),
-            ("tls/b-rsa.pem", &b_rsa.chain_pem),
-            ("tls/b-rsa-key.pem", &b_rsa.key_pem),
-            ("tls/clients.pem", &clients.cert_pem),
-            ("tls/e.pem", &e.chain_pem),
-            ("tls/e-key.pem", &e.key_pem),
-            ("tls/e-rsa.pem", &e_rsa.chain_pem),
-            ("tls/e-rsa-key.pem", &e_rsa.key_pem),
-            ("secrets/c-rsa/cert", &c_rsa.chain_pem),
-            ("secrets/c-rsa/key", &c_rsa.key_pem),
-            ("secrets/c-ecdsa/tls.crt", &c.chain_pem),
-            ("secrets/c-ecdsa/tls.key", &c.key_pem),
-        ],
+            config_files(&a, &b, &clients.cert_pem),
+            vec![
+                ("tls/b-rsa.pem", &b_rsa.chain_pem),
+                ("tls/b-rsa-key.pem", &b_rsa.key_pem),
+                ("tls/e.pem", &e.chain_pem),
+                ("tls/e-key.pem", &e.key_pem),
+                ("tls/e-rsa.pem", &e_rsa.chain_pem),
+                ("tls/e-rsa-key.pem", &e_rsa.key_pem),
+                ("secrets/c-rsa/cert", &c_rsa.chain_pem),
+                ("secrets/c-rsa/key", &c_rsa.key_pem),
+                ("secrets/c-ecdsa/tls.crt", &c.chain_pem),
+                ("secrets/c-ecdsa/tls.key", &c.key_pem),
+            ],
+        ]
+        .concat(),
     )
     .await;
     let addr = proxy.addr(443);

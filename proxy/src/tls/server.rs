@@ -146,15 +146,8 @@ fn group(
     tls: &ServerTls,
     files: Option<&LoadedServerCertificate>,
 ) -> Result<Group, rustls::Error> {
-    let Port {
-        credentials,
-        issuers,
-        alpn,
-        model,
-        provider,
-        sessions,
-    } = port;
-    let (credentials, alpn) = (*credentials, *alpn);
+    let (credentials, issuers, alpn) = (port.credentials, port.issuers, port.alpn);
+    let (model, provider, sessions) = (port.model, port.provider, &port.sessions);
     let versions: Vec<_> = [
         (TlsVersion::V1_2, &rustls::version::TLS12),
         (TlsVersion::V1_3, &rustls::version::TLS13),
