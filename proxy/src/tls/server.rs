@@ -282,11 +282,22 @@ async fn handshake_inner(
     } else {
         &group.without_alpn
     };
+    // Each session carries the server it was made on. The listener's servers share one session
+    // store, and rustls resumes a session only with the SNI it was made with, which always
+    // chooses the same server; the tag holds that if the choice ever depends on more, as a
+    // resumed session skips the server's own certificate checks.
+    let tag = index.to_be_bytes();
     let tls = start
-        .into_stream(config.clone())
+        .into_stream_with(config.clone(), |conn| conn.set_resumption_data(&tag))
         .await
         .map_err(peer_error)?;
     let (_, conn) = tls.get_ref();
+    if conn.received_resumption_data().is_some_and(|d| d != tag) {
+        return Err(PeerError::SniMismatch(format!(
+            "{}: a session made with another server of the port",
+            conn.server_name().unwrap_or("")
+        )));
+    }
     let leaf = conn.peer_certificates().and_then(|c| c.first());
     let peer = match group.mode {
         // rustls verified the chain (or resumed a session that it had verified).
@@ -364,7 +375,7 @@ const ALPN: [&[u8]; 6] = [
     b"istio",
 ];
 
-/// Sessions kept for TLS 1.3 resumption (stateful tickets) per listener.
+/// Sessions kept for resumption (TLS 1.3 stateful tickets, TLS 1.2 session IDs) per listener.
 const SESSION_CACHE_SIZE: usize = 4096;
 
 #[cfg(test)]
