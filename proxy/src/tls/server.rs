@@ -343,11 +343,16 @@ fn choose_group(
             .and_then(|s| s.tls)
             .ok_or_else(|| PeerError::SniMismatch(String::new()));
     };
-    let istio_host = istio_sni_host(sni);
-    servers
-        .iter()
-        .filter(|s| s.host.matches(sni) || istio_host.is_some_and(|h| s.host.matches(h)))
-        .min_by_key(|s| std::cmp::Reverse(s.host.specificity()))
+    // The SNI as sent first, as Envoy's `server_names` match it; the host inside Istio's
+    // outbound form only where no server host matches the SNI itself.
+    let most_specific = |name: &str| {
+        servers
+            .iter()
+            .filter(|s| s.host.matches(name))
+            .min_by_key(|s| std::cmp::Reverse(s.host.specificity()))
+    };
+    most_specific(sni)
+        .or_else(|| istio_sni_host(sni).and_then(most_specific))
         .and_then(|s| s.tls)
         .ok_or_else(|| PeerError::SniMismatch(sni.to_string()))
 }
@@ -394,5 +399,35 @@ mod tests {
         );
         assert_eq!(istio_sni_host("httpbin.example.com"), None);
         assert_eq!(istio_sni_host("outbound_.80_._."), None);
+    }
+
+    /// As Envoy's `server_names`: the SNI itself first, the most specific host winning; the
+    /// host inside an Istio outbound SNI only where nothing matches the SNI itself.
+    #[test]
+    fn the_sni_itself_chooses_before_the_host_inside_it() {
+        let server = |host: &str, group: usize| ServerHost {
+            gateway: "istio-system/gw".into(),
+            namespace: meshgate_config::model::NamespaceFilter::Any,
+            host: HostMatcher::parse(host).unwrap(),
+            tls: Some(group),
+            https_redirect: false,
+        };
+        let servers = [
+            server("*.example-target.com", 0),
+            server("httpbin.example-target.com", 1),
+            server("api.internal", 2),
+        ];
+        let chosen = |sni: &str| choose_group(Some(sni), &servers, 3).ok();
+        assert_eq!(chosen("httpbin.example-target.com"), Some(1));
+        assert_eq!(chosen("other.example-target.com"), Some(0));
+        // The wildcard matches the outbound SNI itself, as in Envoy.
+        assert_eq!(
+            chosen("outbound_.80_._.httpbin.example-target.com"),
+            Some(0)
+        );
+        // Nothing matches the SNI itself: the host inside it chooses.
+        assert_eq!(chosen("outbound_.80_._.api.internal"), Some(2));
+        assert_eq!(chosen("outbound_.80_._.nowhere.example.org"), None);
+        assert_eq!(chosen("api.internal.example.org"), None);
     }
 }
