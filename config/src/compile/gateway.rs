@@ -18,7 +18,7 @@ use crate::model::{
     ClientCertChecks, HostMatcher, Listener, ListenerKind, ListenerProtocol, NamespaceFilter,
     RouteTable, ServerCertificate, ServerHost, ServerTls, ServerTlsMode, TlsVersion, CIPHER_SUITES,
 };
-use crate::raw::gateway::{GatewaySpec, Server, ServerTls as RawTls};
+use crate::raw::gateway::{listed, GatewaySpec, Server, ServerTls as RawTls};
 
 pub(crate) fn compile(
     found: &[(Origin, GatewaySpec)],
@@ -183,20 +183,7 @@ fn compile_server(
         ("HTTP" | "HTTP2" | "GRPC" | "TCP", Some(tls)) => {
             // Istio: on a plaintext server, `tls` may only ask for the redirect.
             https_redirect = tls.https_redirect.unwrap_or(false);
-            let other = tls.mode.is_some()
-                || tls.server_certificate.is_some()
-                || tls.private_key.is_some()
-                || tls.ca_certificates.is_some()
-                || tls.ca_crl.is_some()
-                || tls.credential().is_some()
-                || tls.credential_names.as_ref().is_some_and(|v| !v.is_empty())
-                || tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty())
-                || tls.min_protocol_version.is_some()
-                || tls.max_protocol_version.is_some()
-                || tls.cipher_suites.is_some()
-                || tls.subject_alt_names.is_some()
-                || tls.verify_certificate_spki.is_some()
-                || tls.verify_certificate_hash.is_some();
+            let other = tls.mode.is_some() || tls.termination_fields().any(|(_, set)| set);
             if other {
                 errors.push(o.error(
                     tls_path.clone(),
@@ -230,34 +217,8 @@ fn compile_server(
         {
             passthrough = true;
             sni_routed = tls.mode.as_deref() == Some("PASSTHROUGH");
-            for (field, set) in [
-                ("serverCertificate", tls.server_certificate.is_some()),
-                ("privateKey", tls.private_key.is_some()),
-                ("caCertificates", tls.ca_certificates.is_some()),
-                ("caCrl", tls.ca_crl.is_some()),
-                ("credentialName", tls.credential().is_some()),
-                (
-                    "credentialNames",
-                    tls.credential_names.as_ref().is_some_and(|v| !v.is_empty()),
-                ),
-                (
-                    "tlsCertificates",
-                    tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty()),
-                ),
-                ("subjectAltNames", tls.subject_alt_names.is_some()),
-                (
-                    "verifyCertificateSpki",
-                    tls.verify_certificate_spki.is_some(),
-                ),
-                (
-                    "verifyCertificateHash",
-                    tls.verify_certificate_hash.is_some(),
-                ),
-                ("httpsRedirect", tls.https_redirect.unwrap_or(false)),
-                ("minProtocolVersion", tls.min_protocol_version.is_some()),
-                ("maxProtocolVersion", tls.max_protocol_version.is_some()),
-                ("cipherSuites", tls.cipher_suites.is_some()),
-            ] {
+            let redirect = ("httpsRedirect", tls.https_redirect.unwrap_or(false));
+            for (field, set) in tls.termination_fields().chain([redirect]) {
                 if set {
                     errors.push(o.error(
                         format!("{tls_path}.{field}"),
@@ -364,21 +325,7 @@ fn server_tls(
     let before = errors.len();
     let mode = match tls.mode.as_deref() {
         Some("ISTIO_MUTUAL") => {
-            for (field, set) in [
-                ("serverCertificate", tls.server_certificate.is_some()),
-                ("privateKey", tls.private_key.is_some()),
-                ("caCertificates", tls.ca_certificates.is_some()),
-                ("caCrl", tls.ca_crl.is_some()),
-                ("credentialName", tls.credential().is_some()),
-                (
-                    "credentialNames",
-                    tls.credential_names.as_ref().is_some_and(|v| !v.is_empty()),
-                ),
-                (
-                    "tlsCertificates",
-                    tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty()),
-                ),
-            ] {
+            for (field, set) in tls.certificate_fields() {
                 if set {
                     errors.push(o.error(
                         format!("{tls_path}.{field}"),
@@ -539,14 +486,8 @@ fn certificates(
             tls.server_certificate.is_some() || tls.private_key.is_some(),
         ),
         ("credentialName", tls.credential().is_some()),
-        (
-            "credentialNames",
-            tls.credential_names.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-        (
-            "tlsCertificates",
-            tls.tls_certificates.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
+        ("credentialNames", listed(&tls.credential_names)),
+        ("tlsCertificates", listed(&tls.tls_certificates)),
     ];
     let mut given = sources.iter().filter(|(_, set)| *set).map(|(f, _)| *f);
     let first = given.next();

@@ -64,8 +64,44 @@ pub struct TlsCertificate {
 }
 
 impl ServerTls {
+    /// Which of the fields that name certificates are set (an empty list or name is not).
+    pub fn certificate_fields(&self) -> [(&'static str, bool); 7] {
+        [
+            ("serverCertificate", self.server_certificate.is_some()),
+            ("privateKey", self.private_key.is_some()),
+            ("caCertificates", self.ca_certificates.is_some()),
+            ("caCrl", self.ca_crl.is_some()),
+            ("credentialName", self.credential().is_some()),
+            ("credentialNames", listed(&self.credential_names)),
+            ("tlsCertificates", listed(&self.tls_certificates)),
+        ]
+    }
+
+    /// Which of the fields a terminating server reads, besides `mode`, are set.
+    pub fn termination_fields(&self) -> impl Iterator<Item = (&'static str, bool)> {
+        self.certificate_fields().into_iter().chain([
+            ("subjectAltNames", self.subject_alt_names.is_some()),
+            (
+                "verifyCertificateSpki",
+                self.verify_certificate_spki.is_some(),
+            ),
+            (
+                "verifyCertificateHash",
+                self.verify_certificate_hash.is_some(),
+            ),
+            ("minProtocolVersion", self.min_protocol_version.is_some()),
+            ("maxProtocolVersion", self.max_protocol_version.is_some()),
+            ("cipherSuites", self.cipher_suites.is_some()),
+        ])
+    }
+
     /// `credentialName`, where it names something: Istio reads an empty one as not set.
     pub fn credential(&self) -> Option<&str> {
         self.credential_name.as_deref().filter(|n| !n.is_empty())
     }
+}
+
+/// A list that is given and not empty (Istio reads an empty one as not set).
+pub fn listed<T>(list: &Option<Vec<T>>) -> bool {
+    list.as_ref().is_some_and(|l| !l.is_empty())
 }

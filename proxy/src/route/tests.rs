@@ -691,6 +691,16 @@ fn answer(
     })
 }
 
+/// The first listener of the Gateways and VirtualServices in `yaml`, on the MeshGateway
+/// `istio: ingressgateway` with an identity.
+fn https_listener(yaml: &str) -> meshgate_config::model::Listener {
+    let config = format!("{}---\n{yaml}", MESH_GATEWAY_WITH_IDENTITY);
+    let mut model = meshgate_config::load_str("https.yaml", &config).unwrap();
+    model.listeners.remove(0)
+}
+
+const MESH_GATEWAY_WITH_IDENTITY: &str = "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}\n";
+
 /// On one HTTPS port, a connection sees the hosts the server its SNI chose serves, and no
 /// other, as each server has a route configuration of its own in Envoy: the same
 /// VirtualService answers a host through one server and not through another, even of the same
@@ -698,13 +708,6 @@ fn answer(
 #[test]
 fn an_https_connection_sees_the_hosts_its_tls_group_serves() {
     let yaml = r#"
-apiVersion: meshgate.dev/v1alpha1
-kind: MeshGateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  labels: {istio: ingressgateway}
-  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}
----
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: g1, namespace: istio-system}
@@ -744,8 +747,7 @@ spec:
   gateways: [g2]
   http: [{directResponse: {status: 200, body: {string: site}}}]
 "#;
-    let mut model = meshgate_config::load_str("groups.yaml", yaml).unwrap();
-    let l = model.listeners.remove(0);
+    let l = https_listener(yaml);
     assert_eq!(
         l.tls.len(),
         3,
@@ -772,12 +774,6 @@ spec:
 #[test]
 fn a_host_is_merged_group_by_group() {
     let yaml = r#"
-apiVersion: meshgate.dev/v1alpha1
-kind: MeshGateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  labels: {istio: ingressgateway}
----
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: istio-system}
@@ -807,8 +803,7 @@ spec:
   gateways: [gw]
   http: [{match: [{uri: {prefix: /b}}], directResponse: {status: 200, body: {string: b}}}]
 "#;
-    let mut model = meshgate_config::load_str("merge.yaml", yaml).unwrap();
-    let l = model.listeners.remove(0);
+    let l = https_listener(yaml);
     let seen = |group: usize, authority: &str, path: &str| answer(&l, group, authority, path);
     // SIMPLE `a.example.com`: both VirtualServices reach it there, merged.
     assert_eq!(seen(0, "a.example.com", "/a").as_deref(), Some("a"));
@@ -825,9 +820,7 @@ spec:
 /// sees its own host's routes and no other's.
 #[test]
 fn a_port_keeps_many_servers_apart() {
-    let mut yaml = String::from(
-        "apiVersion: meshgate.dev/v1alpha1\nkind: MeshGateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  identity: {certChain: c.pem, privateKey: k.pem, rootCerts: r.pem}\n",
-    );
+    let mut yaml = String::new();
     for i in 0..130 {
         // Group 128 (bit 0 of its third word, where group 0 is bit 0 of the first) serves
         // every host of the domain.
@@ -840,8 +833,7 @@ fn a_port_keeps_many_servers_apart() {
             "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g{i}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: mtls, protocol: HTTPS}}\n    hosts: [{host}]\n    tls: {{mode: ISTIO_MUTUAL}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{i}, namespace: istio-system}}\nspec:\n  hosts: [\"*.example.com\"]\n  gateways: [g{i}]\n  http: [{{directResponse: {{status: 200, body: {{string: v{i}}}}}}}]\n"
         ));
     }
-    let mut model = meshgate_config::load_str("many.yaml", &yaml).unwrap();
-    let l = model.listeners.remove(0);
+    let l = https_listener(&yaml);
     assert_eq!(l.tls.len(), 130);
     for i in [0usize, 63, 64, 65, 127, 129] {
         let own = format!("h{i}.example.com");
